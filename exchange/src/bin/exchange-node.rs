@@ -1,0 +1,113 @@
+//! A standalone exchange process for the crash-recovery test and the load tool: runs the service
+//! against a database and a broker until stdin says `quit` (or the process is killed).
+//!
+//! ```text
+//! exchange-node --db sqlite://data/gridex.sqlite --mqtt 127.0.0.1:1883
+//! ```
+//! Prints `ready` once subscribed. On stdin, `dump` prints `dump <json>`: every open book's resting
+//! orders in priority order; `quit` shuts down cleanly.
+
+use anyhow::{bail, Context};
+use exchange::clock::SystemClock;
+use exchange::config::ExchangeConfig;
+use exchange::db::Database;
+use exchange::service;
+use protocol::{Side, ZoneId};
+use std::io::Write;
+use std::sync::Arc;
+use tokio::io::AsyncBufReadExt;
+
+/// Connections in the pool: the writer, the zone owners and key look-ups.
+const POOL_SIZE: u32 = 8;
+
+#[derive(serde::Serialize)]
+struct BookJson {
+    zone: String,
+    slot: i64,
+    /// `[account, nonce, side, price, open_qty, filled_qty]` in priority order.
+    orders: Vec<(String, u64, &'static str, i64, i64, i64)>,
+}
+
+fn args() -> anyhow::Result<(String, String, String, Vec<ZoneId>)> {
+    let mut db = None;
+    let mut mqtt = None;
+    let mut client_id = "gridex-exchange-node".to_owned();
+    let mut zones = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--db" => db = args.next(),
+            "--mqtt" => mqtt = args.next(),
+            "--client-id" => client_id = args.next().context("--client-id needs a value")?,
+            "--zone" => zones.push(ZoneId::parse(&args.next().context("--zone needs a value")?)?),
+            other => bail!(
+                "unknown argument {other}; usage: exchange-node --db URL --mqtt HOST:PORT [--client-id ID] [--zone Z]…"
+            ),
+        }
+    }
+    Ok((db.context("--db URL is required")?, mqtt.context("--mqtt HOST:PORT is required")?, client_id, zones))
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(error) = run().await {
+        eprintln!("exchange-node: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let (db_url, mqtt, client_id, zones) = args()?;
+    let (host, port) = mqtt.rsplit_once(':').context("--mqtt is HOST:PORT")?;
+    let port: u16 = port.parse().context("--mqtt port")?;
+    let db = Database::open(&db_url, POOL_SIZE).context("open the database")?;
+    // Stable across restarts: the exchange's MQTT session is persistent (see `service`).
+    let mut options = rumqttc::MqttOptions::new(client_id, host, port);
+    options.set_keep_alive(std::time::Duration::from_secs(30));
+    options.set_max_packet_size(64 * 1024, 64 * 1024);
+    options.set_inflight(500);
+    let config = ExchangeConfig { zones, ..ExchangeConfig::default() };
+    let exchange =
+        service::start(config, db, Arc::new(SystemClock), Some(options)).await.context("start the exchange")?;
+    exchange.mqtt_subscribed().await;
+    println!("ready");
+    std::io::stdout().flush()?;
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        match line.trim() {
+            "dump" => {
+                let books: Vec<BookJson> = exchange
+                    .resting_orders()
+                    .await
+                    .into_iter()
+                    .map(|dump| BookJson {
+                        zone: dump.zone.to_string(),
+                        slot: dump.slot.start_ms(),
+                        orders: dump
+                            .orders
+                            .iter()
+                            .map(|order| {
+                                let side = if order.side == Side::Buy { "buy" } else { "sell" };
+                                (
+                                    order.account.to_hex(),
+                                    order.nonce,
+                                    side,
+                                    order.price.0,
+                                    order.open_qty.0,
+                                    order.filled_qty.0,
+                                )
+                            })
+                            .collect(),
+                    })
+                    .collect();
+                println!("dump {}", serde_json::to_string(&books)?);
+                std::io::stdout().flush()?;
+            }
+            "quit" => break,
+            _ => {}
+        }
+    }
+    exchange.shutdown().await;
+    println!("bye");
+    Ok(())
+}

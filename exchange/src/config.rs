@@ -1,0 +1,118 @@
+//! The exchange's settings, with defaults that need no file.
+
+use protocol::{PricePerKwh, Wh, ZoneId};
+
+/// Default slot length: 15 minutes, the European intraday standard.
+pub const SLOT_LEN_MS_DEFAULT: i64 = 15 * 60 * 1000;
+/// Books open this far ahead: one day of slots.
+pub const HORIZON_MS_DEFAULT: i64 = 24 * 60 * 60 * 1000;
+/// Gate closure five minutes before delivery leaves the grid operator time to schedule.
+pub const GATE_CLOSURE_MS_DEFAULT: i64 = 5 * 60 * 1000;
+/// An order older than a minute is more likely a replay than a slow network.
+pub const ORDER_AGE_MS_MAX_DEFAULT: i64 = 60 * 1000;
+/// Gateways buffer readings while offline; a week of buffering still settles.
+pub const READING_AGE_MS_MAX_DEFAULT: i64 = 7 * 24 * 60 * 60 * 1000;
+/// Clock skew we tolerate from a sender whose clock runs ahead.
+pub const FUTURE_SKEW_MS_MAX_DEFAULT: i64 = 30 * 1000;
+/// A group commit waits at most this long for more messages, and only while more are being
+/// verified (otherwise it commits at once): a few ms keeps acks fast.
+pub const GROUP_COMMIT_DELAY_MS_DEFAULT: u64 = 3;
+/// And takes at most this many messages in one transaction.
+pub const GROUP_COMMIT_SIZE_MAX_DEFAULT: usize = 1_024;
+/// Raw messages waiting for verification; beyond this the exchange answers `overloaded`.
+pub const INGEST_QUEUE_LEN_DEFAULT: usize = 8_192;
+/// Verified messages waiting for the group commit.
+pub const COMMIT_QUEUE_LEN_DEFAULT: usize = 4_096;
+/// Committed commands waiting for one zone's books.
+pub const ZONE_QUEUE_LEN_DEFAULT: usize = 4_096;
+/// Outbound MQTT messages waiting for the publisher.
+pub const PUBLISH_QUEUE_LEN_DEFAULT: usize = 16_384;
+/// Messages verified together: large enough for batch verification to pay off (~2× at 64).
+pub const VERIFY_BATCH_MAX_DEFAULT: usize = 256;
+/// Batches whose signatures are verified at once, each on its own blocking thread. Ed25519
+/// verification is the exchange's main cost (tens of µs per message), so by default every core
+/// may verify; the stateful checks stay on one task, in arrival order.
+pub fn verify_workers_default() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+/// Market events buffered per `subscribe()` receiver before a slow one starts lagging.
+pub const EVENT_BROADCAST_LEN: usize = 4_096;
+/// Tolerance of the nameplate check: meters round to whole Wh and clocks jitter.
+pub const NAMEPLATE_TOLERANCE_PERCENT: i64 = 5;
+/// Plus a fixed allowance for counter rounding at both ends of the interval.
+pub const NAMEPLATE_TOLERANCE_WH: i64 = 2;
+
+/// A household places a handful of orders per slot; a hundred leaves room for trading bots.
+pub const OPEN_ORDERS_PER_ACCOUNT_MAX_DEFAULT: usize = 100;
+/// Gate closures are checked five times a second: a 15-minute slot closes within 200 ms of its gate.
+pub const TICK_INTERVAL_MS_DEFAULT: u64 = 200;
+/// Book price band when a zone has no tariff and none is configured: one tick to a thousand ticks.
+pub const FALLBACK_BAND_TICKS: i64 = 1_000;
+
+/// Everything the service needs to know besides the database, the clock and the broker.
+#[derive(Debug, Clone)]
+pub struct ExchangeConfig {
+    /// Zones served; empty means every zone in the registry.
+    pub zones: Vec<ZoneId>,
+    /// Slot length used when a zone does not set its own (zones' `slot_len_ms` wins).
+    pub slot_len_ms: i64,
+    pub horizon_ms: i64,
+    pub gate_closure_ms: i64,
+    /// Price increment in µ/kWh.
+    pub tick: PricePerKwh,
+    pub qty_min: Wh,
+    pub qty_max: Wh,
+    /// Price band for every zone instead of the tariff's feed-in..retail (both ends included).
+    pub price_band: Option<(PricePerKwh, PricePerKwh)>,
+    pub order_age_ms_max: i64,
+    pub reading_age_ms_max: i64,
+    pub future_skew_ms_max: i64,
+    pub group_commit_delay_ms: u64,
+    pub group_commit_size_max: usize,
+    pub ingest_queue_len: usize,
+    pub commit_queue_len: usize,
+    pub zone_queue_len: usize,
+    pub publish_queue_len: usize,
+    pub verify_batch_max: usize,
+    /// Verification batches in flight at once, each on a blocking thread (at least 1).
+    pub verify_workers: usize,
+    /// Most orders one account may rest in one book.
+    pub open_orders_per_account_max: usize,
+    /// How often the zone owners look at the clock for gate closures and new slots.
+    pub tick_interval_ms: u64,
+}
+
+impl ExchangeConfig {
+    /// Whether an instance with this configuration serves `zone`.
+    pub fn serves(&self, zone: &ZoneId) -> bool {
+        self.zones.is_empty() || self.zones.contains(zone)
+    }
+}
+
+impl Default for ExchangeConfig {
+    fn default() -> Self {
+        Self {
+            zones: Vec::new(),
+            slot_len_ms: SLOT_LEN_MS_DEFAULT,
+            horizon_ms: HORIZON_MS_DEFAULT,
+            gate_closure_ms: GATE_CLOSURE_MS_DEFAULT,
+            tick: PricePerKwh(1_000),
+            qty_min: Wh(1),
+            qty_max: Wh(1_000_000),
+            price_band: None,
+            order_age_ms_max: ORDER_AGE_MS_MAX_DEFAULT,
+            reading_age_ms_max: READING_AGE_MS_MAX_DEFAULT,
+            future_skew_ms_max: FUTURE_SKEW_MS_MAX_DEFAULT,
+            group_commit_delay_ms: GROUP_COMMIT_DELAY_MS_DEFAULT,
+            group_commit_size_max: GROUP_COMMIT_SIZE_MAX_DEFAULT,
+            ingest_queue_len: INGEST_QUEUE_LEN_DEFAULT,
+            commit_queue_len: COMMIT_QUEUE_LEN_DEFAULT,
+            zone_queue_len: ZONE_QUEUE_LEN_DEFAULT,
+            publish_queue_len: PUBLISH_QUEUE_LEN_DEFAULT,
+            verify_batch_max: VERIFY_BATCH_MAX_DEFAULT,
+            verify_workers: verify_workers_default(),
+            open_orders_per_account_max: OPEN_ORDERS_PER_ACCOUNT_MAX_DEFAULT,
+            tick_interval_ms: TICK_INTERVAL_MS_DEFAULT,
+        }
+    }
+}

@@ -1,0 +1,610 @@
+//! The verification stage of ingest: strict parse, topic check, registered key, batch signature
+//! verification, timestamp window, sequence numbers and nonces, and the plausibility of readings.
+//!
+//! It is pure apart from the in-memory [`Directory`] it keeps (registered keys and per-sender
+//! high-water marks); the service fills missing entries from storage before calling
+//! [`Verifier::check`], so the same code runs in the benchmark without a database.
+
+use crate::config::{ExchangeConfig, NAMEPLATE_TOLERANCE_PERCENT, NAMEPLATE_TOLERANCE_WH};
+use protocol::{
+    verify_batch, AccountId, Cancel, Command, DeviceId, Order, ProtocolError, Reading, Reason, Replace, Signed, SlotId,
+    ZoneId,
+};
+use std::collections::HashMap;
+
+/// Milliseconds per hour, for energy = power × time.
+const MS_PER_HOUR: i128 = 3_600_000;
+
+/// Why the exchange refused a message: the protocol reason code and a human-readable detail.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {message}")]
+pub struct Rejection {
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Self { reason, message: message.into() }
+    }
+}
+
+impl From<ProtocolError> for Rejection {
+    fn from(error: ProtocolError) -> Self {
+        Self { reason: error.reason, message: error.detail }
+    }
+}
+
+/// Which channel a message arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Reading,
+    Command,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Reading => "reading",
+            Kind::Command => "command",
+        }
+    }
+}
+
+/// Where a raw message came from: an MQTT topic (whose zone and sender must match the message) or
+/// a direct submission (HTTP), which has no topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Mqtt { zone: String, sender: String },
+    Direct,
+}
+
+/// A message that passed strict parsing and the topic check but is not verified yet.
+#[derive(Debug, Clone)]
+pub enum Parsed {
+    Reading(Signed<Reading>, String),
+    Command(Command, String),
+}
+
+impl Parsed {
+    pub fn zone(&self) -> &ZoneId {
+        match self {
+            Parsed::Reading(signed, _) => &signed.message.zone,
+            Parsed::Command(command, _) => command.zone(),
+        }
+    }
+    pub fn sender_hex(&self) -> String {
+        match self {
+            Parsed::Reading(signed, _) => signed.message.device.to_hex(),
+            Parsed::Command(command, _) => command.account().to_hex(),
+        }
+    }
+    pub fn seq(&self) -> u64 {
+        match self {
+            Parsed::Reading(signed, _) => signed.message.seq,
+            Parsed::Command(command, _) => command.nonce(),
+        }
+    }
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Parsed::Reading(..) => <Reading as protocol::WireMessage>::TYPE,
+            Parsed::Command(command, _) => command.type_name(),
+        }
+    }
+}
+
+/// Whether an accepted reading repeats one accepted before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Duplicate {
+    /// New: store it.
+    No,
+    /// Identical to the device's last accepted reading: acknowledge again, store nothing.
+    OfLast,
+    /// Older than the last accepted reading: storage decides (same payload stored → acknowledge
+    /// again; otherwise `replayed`).
+    CheckStorage,
+}
+
+/// A message that passed every check of this stage, ready for the group commit.
+#[derive(Debug, Clone)]
+pub enum Verified {
+    Reading {
+        signed: Signed<Reading>,
+        payload: String,
+        duplicate: Duplicate,
+    },
+    Command {
+        command: Command,
+        slot: SlotId,
+        payload: String,
+    },
+    /// A command whose nonce is not above the account's last accepted one. Storage decides: the
+    /// same signed command stored under that nonce makes it a `duplicate` (a resend, such as a
+    /// broker's redelivery after a restart), anything else a `replayed`. Neither is applied.
+    CommandSeen {
+        command: Command,
+        payload: String,
+    },
+}
+
+/// What the verifier remembers of an accepted reading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastReading {
+    pub seq: u64,
+    pub ts_ms: i64,
+    pub import_wh: i64,
+    pub export_wh: i64,
+    pub pv_wh: Option<i64>,
+    /// The signed bytes, to recognise a resend of this very reading.
+    pub signing_bytes: Vec<u8>,
+}
+
+impl LastReading {
+    pub fn of(signed: &Signed<Reading>) -> Self {
+        let reading = &signed.message;
+        Self {
+            seq: reading.seq,
+            ts_ms: reading.ts_ms.0,
+            import_wh: reading.import_wh.0,
+            export_wh: reading.export_wh.0,
+            pv_wh: reading.pv_wh.map(|pv| pv.0),
+            signing_bytes: signed.signing_bytes().to_vec(),
+        }
+    }
+}
+
+/// A registered device and its high-water mark.
+#[derive(Debug, Clone)]
+pub struct DeviceState {
+    pub zone: ZoneId,
+    pub nameplate_w: i64,
+    pub last: Option<LastReading>,
+    /// A reading whose counters were lower than `last`: rejected, but if the next reading continues
+    /// from it consistently, the meter was reset and that next reading is accepted.
+    pub reset_candidate: Option<LastReading>,
+}
+
+/// A registered account and its nonce high-water mark.
+#[derive(Debug, Clone)]
+pub struct AccountState {
+    /// The zone the account trades in; `None` lets it trade in any zone served.
+    pub zone: Option<ZoneId>,
+    pub nonce_max: Option<u64>,
+}
+
+/// A zone the exchange knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZoneInfo {
+    pub slot_len_ms: i64,
+}
+
+/// Registered keys, zones and per-sender high-water marks, kept in memory. Entries are added from
+/// storage on a miss (only registered keys are ever cached, so it is bounded by the registry).
+#[derive(Debug, Default, Clone)]
+pub struct Directory {
+    pub devices: HashMap<DeviceId, DeviceState>,
+    pub accounts: HashMap<AccountId, AccountState>,
+    pub zones: HashMap<ZoneId, ZoneInfo>,
+}
+
+impl Directory {
+    /// Keys named by `parsed` that are not cached yet.
+    pub fn missing(&self, parsed: &[Result<Parsed, Rejection>]) -> (Vec<DeviceId>, Vec<AccountId>) {
+        let mut devices = Vec::new();
+        let mut accounts = Vec::new();
+        for item in parsed.iter().flatten() {
+            match item {
+                Parsed::Reading(signed, _) if !self.devices.contains_key(&signed.message.device) => {
+                    devices.push(signed.message.device)
+                }
+                Parsed::Command(command, _) if !self.accounts.contains_key(&command.account()) => {
+                    accounts.push(command.account())
+                }
+                _ => {}
+            }
+        }
+        devices.sort();
+        devices.dedup();
+        accounts.sort();
+        accounts.dedup();
+        (devices, accounts)
+    }
+
+    /// Forgets what it knows of these senders, so it is reloaded from storage (after a failed commit).
+    pub fn forget(&mut self, devices: &[DeviceId], accounts: &[AccountId]) {
+        for device in devices {
+            self.devices.remove(device);
+        }
+        for account in accounts {
+            self.accounts.remove(account);
+        }
+    }
+}
+
+/// Strict parse of one raw message and the check that its topic names its zone and sender.
+pub fn parse(kind: Kind, origin: &Origin, bytes: &[u8]) -> Result<Parsed, Rejection> {
+    // Strict parsing accepted the bytes as UTF-8 JSON, so the lossy conversion never replaces anything.
+    let payload = || String::from_utf8_lossy(bytes).into_owned();
+    let parsed = match kind {
+        Kind::Reading => Parsed::Reading(Signed::<Reading>::parse(bytes)?, payload()),
+        Kind::Command => Parsed::Command(Command::parse(bytes)?, payload()),
+    };
+    if let Origin::Mqtt { zone, sender } = origin {
+        if parsed.zone().as_str() != zone {
+            return Err(Rejection::new(Reason::TopicMismatch, "the topic names a different zone"));
+        }
+        if parsed.sender_hex() != *sender {
+            return Err(Rejection::new(Reason::TopicMismatch, "the topic names a different sender"));
+        }
+    }
+    Ok(parsed)
+}
+
+/// The slot a command is for.
+pub fn command_slot(command: &Command) -> SlotId {
+    match command {
+        Command::Order(signed) => signed.message.slot,
+        Command::Cancel(signed) => signed.message.slot,
+        Command::Replace(signed) => signed.message.slot,
+    }
+}
+
+/// The limits the checks apply, taken from [`ExchangeConfig`].
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub order_age_ms_max: i64,
+    pub reading_age_ms_max: i64,
+    pub future_skew_ms_max: i64,
+    pub horizon_ms: i64,
+    pub gate_closure_ms: i64,
+}
+
+impl From<&ExchangeConfig> for Limits {
+    fn from(config: &ExchangeConfig) -> Self {
+        Self {
+            order_age_ms_max: config.order_age_ms_max,
+            reading_age_ms_max: config.reading_age_ms_max,
+            future_skew_ms_max: config.future_skew_ms_max,
+            horizon_ms: config.horizon_ms,
+            gate_closure_ms: config.gate_closure_ms,
+        }
+    }
+}
+
+/// The verification stage. Feed it parsed messages in arrival order.
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    pub directory: Directory,
+    pub limits: Limits,
+}
+
+impl Verifier {
+    pub fn new(limits: Limits) -> Self {
+        Self { directory: Directory::default(), limits }
+    }
+
+    /// Checks a batch: registered keys, signatures (batch-verified), freshness, plausibility. The
+    /// result has one entry per input, in order. Accepted messages advance the high-water marks.
+    pub fn check(&mut self, parsed: Vec<Result<Parsed, Rejection>>, now_ms: i64) -> Vec<Result<Verified, Rejection>> {
+        let signatures = verify_signatures(&parsed);
+        self.check_signed(parsed, signatures, now_ms)
+    }
+
+    /// The stateful half of [`Verifier::check`], for messages whose signatures
+    /// [`verify_signatures`] already checked (`signatures` has one entry per input): registered
+    /// key, then the signature's verdict, then freshness and plausibility, the same order of
+    /// reasons as `check`. Feed batches in arrival order: this is where sequence numbers and
+    /// nonces advance.
+    pub fn check_signed(
+        &mut self,
+        parsed: Vec<Result<Parsed, Rejection>>,
+        signatures: Vec<Option<Rejection>>,
+        now_ms: i64,
+    ) -> Vec<Result<Verified, Rejection>> {
+        assert_eq!(parsed.len(), signatures.len(), "one signature verdict per message");
+        parsed
+            .into_iter()
+            .zip(signatures)
+            .map(|(item, signature)| {
+                let parsed = self.check_key(item?)?;
+                match signature {
+                    Some(rejection) => Err(rejection),
+                    None => self.check_fresh(parsed, now_ms),
+                }
+            })
+            .collect()
+    }
+
+    fn check_key(&self, parsed: Parsed) -> Result<Parsed, Rejection> {
+        let zone = parsed.zone();
+        if !self.directory.zones.contains_key(zone) {
+            return Err(Rejection::new(Reason::UnknownZone, format!("zone `{zone}` is not served here")));
+        }
+        let registered_zone = match &parsed {
+            Parsed::Reading(signed, _) => match self.directory.devices.get(&signed.message.device) {
+                Some(device) => Some(&device.zone),
+                None => return Err(Rejection::new(Reason::UnknownKey, "the device is not registered")),
+            },
+            Parsed::Command(command, _) => match self.directory.accounts.get(&command.account()) {
+                Some(account) => account.zone.as_ref(),
+                None => return Err(Rejection::new(Reason::UnknownKey, "the account is not registered")),
+            },
+        };
+        match registered_zone {
+            Some(registered) if registered != zone => {
+                Err(Rejection::new(Reason::ZoneMismatch, format!("the key is registered to zone `{registered}`")))
+            }
+            _ => Ok(parsed),
+        }
+    }
+
+    fn check_fresh(&mut self, parsed: Parsed, now_ms: i64) -> Result<Verified, Rejection> {
+        match parsed {
+            Parsed::Reading(signed, payload) => self.check_reading(signed, payload, now_ms),
+            Parsed::Command(command, payload) => self.check_command(command, payload, now_ms),
+        }
+    }
+
+    fn check_window(&self, ts_ms: i64, age_ms_max: i64, now_ms: i64) -> Result<(), Rejection> {
+        if ts_ms < now_ms.saturating_sub(age_ms_max) {
+            return Err(Rejection::new(Reason::TimestampTooOld, format!("older than {age_ms_max} ms")));
+        }
+        if ts_ms > now_ms.saturating_add(self.limits.future_skew_ms_max) {
+            return Err(Rejection::new(Reason::TimestampInFuture, "the timestamp is ahead of the exchange's clock"));
+        }
+        Ok(())
+    }
+
+    fn check_reading(&mut self, signed: Signed<Reading>, payload: String, now_ms: i64) -> Result<Verified, Rejection> {
+        let device = self
+            .directory
+            .devices
+            .get(&signed.message.device)
+            .ok_or_else(|| Rejection::new(Reason::UnknownKey, "the device is not registered"))?;
+        // A resend of an accepted reading is answered before the window: it was fresh when accepted.
+        if let Some(last) = &device.last {
+            if signed.message.seq == last.seq {
+                return if last.signing_bytes == signed.signing_bytes() {
+                    Ok(Verified::Reading { signed, payload, duplicate: Duplicate::OfLast })
+                } else {
+                    Err(Rejection::new(Reason::Replayed, "a different reading with this seq was accepted"))
+                };
+            }
+            if signed.message.seq < last.seq {
+                return Ok(Verified::Reading { signed, payload, duplicate: Duplicate::CheckStorage });
+            }
+        }
+        self.check_window(signed.message.ts_ms.0, self.limits.reading_age_ms_max, now_ms)?;
+        let device = self
+            .directory
+            .devices
+            .get_mut(&signed.message.device)
+            .ok_or_else(|| Rejection::new(Reason::UnknownKey, "the device is not registered"))?;
+        let next = LastReading::of(&signed);
+        plausible(device, next)?;
+        Ok(Verified::Reading { signed, payload, duplicate: Duplicate::No })
+    }
+
+    fn check_command(&mut self, command: Command, payload: String, now_ms: i64) -> Result<Verified, Rejection> {
+        // A resend of an accepted command is recognised before the window and the slot checks: it
+        // was fresh when accepted, and "duplicate" tells its sender more than "gate_closed".
+        let seen = self.directory.accounts.get(&command.account()).and_then(|account| account.nonce_max);
+        if seen.is_some_and(|max| command.nonce() <= max) {
+            return Ok(Verified::CommandSeen { command, payload });
+        }
+        self.check_window(command.ts_ms().0, self.limits.order_age_ms_max, now_ms)?;
+        let slot = command_slot(&command);
+        let zone = self
+            .directory
+            .zones
+            .get(command.zone())
+            .copied()
+            .ok_or_else(|| Rejection::new(Reason::UnknownZone, "the zone is not served here"))?;
+        check_slot(slot, zone.slot_len_ms, &self.limits, now_ms)?;
+        let account = self
+            .directory
+            .accounts
+            .get_mut(&command.account())
+            .ok_or_else(|| Rejection::new(Reason::UnknownKey, "the account is not registered"))?;
+        account.nonce_max = Some(command.nonce());
+        Ok(Verified::Command { command, slot, payload })
+    }
+}
+
+/// The stateless half of verification: batch-verifies the signatures of the messages that parsed
+/// (a message's signer is its key, so no registry is needed). One entry per input: the rejection
+/// of a bad signature, `None` for a good one or an input that did not parse. Pure, so any thread
+/// may run it on any batch; [`Verifier::check_signed`] then applies the verdicts in arrival order.
+pub fn verify_signatures(parsed: &[Result<Parsed, Rejection>]) -> Vec<Option<Rejection>> {
+    let mut readings: Vec<(usize, &Signed<Reading>)> = Vec::new();
+    let mut orders: Vec<(usize, &Signed<Order>)> = Vec::new();
+    let mut cancels: Vec<(usize, &Signed<Cancel>)> = Vec::new();
+    let mut replaces: Vec<(usize, &Signed<Replace>)> = Vec::new();
+    for (index, item) in parsed.iter().enumerate() {
+        match item {
+            Ok(Parsed::Reading(signed, _)) => readings.push((index, signed)),
+            Ok(Parsed::Command(Command::Order(signed), _)) => orders.push((index, signed)),
+            Ok(Parsed::Command(Command::Cancel(signed), _)) => cancels.push((index, signed)),
+            Ok(Parsed::Command(Command::Replace(signed), _)) => replaces.push((index, signed)),
+            Err(_) => {}
+        }
+    }
+    let mut verdicts: Vec<Option<Rejection>> = vec![None; parsed.len()];
+    let failures =
+        failed(&readings).into_iter().chain(failed(&orders)).chain(failed(&cancels)).chain(failed(&replaces));
+    for (index, error) in failures {
+        verdicts[index] = Some(error.into());
+    }
+    verdicts
+}
+
+fn failed<T: protocol::Signable>(batch: &[(usize, &Signed<T>)]) -> Vec<(usize, ProtocolError)> {
+    if batch.is_empty() {
+        return Vec::new();
+    }
+    let refs: Vec<&Signed<T>> = batch.iter().map(|(_, signed)| *signed).collect();
+    verify_batch(&refs)
+        .into_iter()
+        .zip(batch)
+        .filter_map(|(result, (index, _))| result.err().map(|error| (*index, error)))
+        .collect()
+}
+
+/// The slot must be aligned, not yet past gate closure, and within the horizon.
+pub fn check_slot(slot: SlotId, slot_len_ms: i64, limits: &Limits, now_ms: i64) -> Result<(), Rejection> {
+    if !slot.is_aligned(slot_len_ms) {
+        return Err(Rejection::new(Reason::SlotMisaligned, format!("slots start at multiples of {slot_len_ms} ms")));
+    }
+    if slot.start_ms().saturating_add(slot_len_ms) <= now_ms {
+        return Err(Rejection::new(Reason::SlotNotOpen, "the slot has been delivered"));
+    }
+    if slot.start_ms().saturating_sub(limits.gate_closure_ms) <= now_ms {
+        return Err(Rejection::new(Reason::GateClosed, "gate closure for the slot has passed"));
+    }
+    if slot.start_ms() > now_ms.saturating_add(limits.horizon_ms) {
+        return Err(Rejection::new(Reason::SlotNotOpen, "the slot is beyond the trading horizon"));
+    }
+    Ok(())
+}
+
+/// Counters never go backwards (except a reset confirmed by the next reading) and the energy
+/// between two readings fits the nameplate. On success `device.last` becomes `next`.
+///
+/// Reset policy: a reading whose counters are lower than the last accepted one is rejected and
+/// held as a reset candidate. If the next reading continues consistently from the candidate
+/// (counters not lower, energy within the nameplate) and not from the old baseline, the reset is
+/// confirmed: that reading is accepted and becomes the baseline. The candidate itself stays
+/// rejected, so settlement only ever sees accepted readings; the energy between the last reading
+/// before the reset and the confirming one is counted from the candidate on.
+fn plausible(device: &mut DeviceState, next: LastReading) -> Result<(), Rejection> {
+    let Some(last) = &device.last else {
+        device.last = Some(next);
+        device.reset_candidate = None;
+        return Ok(());
+    };
+    if counters_not_lower(last, &next) {
+        within_nameplate(last, &next, device.nameplate_w)?;
+        device.last = Some(next);
+        device.reset_candidate = None;
+        return Ok(());
+    }
+    let confirms = device
+        .reset_candidate
+        .as_ref()
+        .is_some_and(|candidate| counters_not_lower(candidate, &next) && next.seq > candidate.seq);
+    if confirms {
+        if let Some(candidate) = &device.reset_candidate {
+            within_nameplate(candidate, &next, device.nameplate_w)?;
+        }
+        device.last = Some(next);
+        device.reset_candidate = None;
+        return Ok(());
+    }
+    device.reset_candidate = Some(next);
+    Err(Rejection::new(
+        Reason::CounterWentBackwards,
+        "a counter is lower than in the last accepted reading (held as a possible meter reset)",
+    ))
+}
+
+fn counters_not_lower(earlier: &LastReading, later: &LastReading) -> bool {
+    let pv_ok = match (earlier.pv_wh, later.pv_wh) {
+        (Some(before), Some(after)) => after >= before,
+        _ => true,
+    };
+    later.import_wh >= earlier.import_wh && later.export_wh >= earlier.export_wh && pv_ok
+}
+
+/// The energy the nameplate allows over `elapsed_ms`, with the documented tolerance.
+pub fn nameplate_allowance_wh(nameplate_w: i64, elapsed_ms: i64) -> i128 {
+    let exact = i128::from(nameplate_w) * i128::from(elapsed_ms.max(0)) / MS_PER_HOUR;
+    exact + exact * i128::from(NAMEPLATE_TOLERANCE_PERCENT) / 100 + i128::from(NAMEPLATE_TOLERANCE_WH)
+}
+
+fn within_nameplate(earlier: &LastReading, later: &LastReading, nameplate_w: i64) -> Result<(), Rejection> {
+    let allowance = nameplate_allowance_wh(nameplate_w, later.ts_ms - earlier.ts_ms);
+    // A net meter either imports or exports at any instant, so the two together fit the nameplate.
+    let grid = i128::from(later.import_wh - earlier.import_wh) + i128::from(later.export_wh - earlier.export_wh);
+    let pv = match (earlier.pv_wh, later.pv_wh) {
+        (Some(before), Some(after)) => i128::from(after - before),
+        _ => 0,
+    };
+    if grid > allowance || pv > allowance {
+        return Err(Rejection::new(
+            Reason::ImplausibleEnergy,
+            format!("{} Wh in {} ms exceeds the {nameplate_w} W nameplate", grid.max(pv), later.ts_ms - earlier.ts_ms),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn last(seq: u64, ts_ms: i64, import_wh: i64) -> LastReading {
+        LastReading { seq, ts_ms, import_wh, export_wh: 0, pv_wh: None, signing_bytes: Vec::new() }
+    }
+
+    fn device(nameplate_w: i64) -> DeviceState {
+        let zone = ZoneId::parse("z").expect("a zone id");
+        DeviceState { zone, nameplate_w, last: None, reset_candidate: None }
+    }
+
+    #[test]
+    fn the_nameplate_allows_power_times_time_plus_the_tolerance() {
+        // 3 600 W for one hour is 3 600 Wh; 5 % and 2 Wh on top.
+        assert_eq!(nameplate_allowance_wh(3_600, 3_600_000), 3_600 + 180 + 2);
+        assert_eq!(nameplate_allowance_wh(3_600, -5), 2);
+    }
+
+    #[test]
+    fn a_reset_is_accepted_only_when_the_next_reading_continues_from_it() {
+        let mut state = device(10_000);
+        plausible(&mut state, last(1, 0, 5_000)).expect("the first reading sets the baseline");
+        let backwards = plausible(&mut state, last(2, 1_000, 10)).expect_err("backwards");
+        assert_eq!(backwards.reason, Reason::CounterWentBackwards);
+        assert_eq!(state.reset_candidate.as_ref().map(|candidate| candidate.seq), Some(2));
+        plausible(&mut state, last(3, 2_000, 12)).expect("continues from the candidate: a confirmed reset");
+        assert_eq!(state.last.as_ref().map(|last| last.import_wh), Some(12));
+        assert!(state.reset_candidate.is_none());
+    }
+
+    #[test]
+    fn a_glitch_followed_by_a_reading_from_the_old_baseline_keeps_the_baseline() {
+        let mut state = device(10_000);
+        plausible(&mut state, last(1, 0, 5_000)).expect("baseline");
+        assert!(plausible(&mut state, last(2, 1_000, 10)).is_err());
+        plausible(&mut state, last(3, 2_000, 5_001)).expect("continues from the old baseline");
+        assert!(state.reset_candidate.is_none());
+        assert_eq!(state.last.as_ref().map(|last| last.seq), Some(3));
+    }
+
+    #[test]
+    fn energy_beyond_the_nameplate_is_implausible_and_leaves_the_baseline() {
+        let mut state = device(1_000);
+        plausible(&mut state, last(1, 0, 0)).expect("baseline");
+        let error = plausible(&mut state, last(2, 3_600_000, 1_100)).expect_err("1 100 Wh from 1 kW in an hour");
+        assert_eq!(error.reason, Reason::ImplausibleEnergy);
+        assert_eq!(state.last.as_ref().map(|last| last.seq), Some(1));
+    }
+
+    #[test]
+    fn slots_must_be_aligned_open_and_within_the_horizon() {
+        let limits = Limits {
+            order_age_ms_max: 60_000,
+            reading_age_ms_max: 60_000,
+            future_skew_ms_max: 1_000,
+            horizon_ms: 3_600_000,
+            gate_closure_ms: 300_000,
+        };
+        let now_ms = 9_000_000;
+        let slot = |start_ms| SlotId::new(start_ms).expect("a slot");
+        assert!(check_slot(slot(9_900_000), 900_000, &limits, now_ms).is_ok());
+        let reason = |start_ms| check_slot(slot(start_ms), 900_000, &limits, now_ms).expect_err("refused").reason;
+        assert_eq!(reason(9_900_001), Reason::SlotMisaligned);
+        assert_eq!(reason(9_000_000), Reason::GateClosed);
+        assert_eq!(reason(8_100_000), Reason::SlotNotOpen);
+        assert_eq!(reason(13_500_000), Reason::SlotNotOpen);
+    }
+}

@@ -1,0 +1,282 @@
+//! The exchange's reads and writes: registry look-ups, the group commit of readings and order
+//! commands, trades (idempotent by trade id) and the command log replayed after a crash.
+//! Every function is blocking and takes a connection; the service calls them through
+//! [`Database::run`](crate::db::Database::run) / [`Database::write`](crate::db::Database::write).
+
+use crate::db::{DbConnection, DbError};
+use crate::ingest::{AccountState, DeviceState, LastReading, ZoneInfo};
+use crate::schema::{accounts, devices, order_commands, readings, tariffs, trades, zones};
+use diesel::prelude::*;
+use protocol::{AccountId, Command, DeviceId, PricePerKwh, Reading, Side, Signed, SlotId, Trade, ZoneId};
+use std::collections::HashMap;
+
+/// Runs a multi-row insert on the concrete backend: diesel's `MultiConnection` cannot batch inserts.
+macro_rules! execute_batch {
+    ($conn:expr, $statement:expr) => {
+        match $conn {
+            DbConnection::Postgres(postgres) => $statement.execute(postgres),
+            DbConnection::Sqlite(sqlite) => $statement.execute(sqlite),
+        }
+    };
+}
+
+fn to_i64(value: u64) -> Result<i64, DbError> {
+    i64::try_from(value).map_err(|_| DbError::Invalid(format!("{value} does not fit a BIGINT")))
+}
+
+fn to_u64(value: i64) -> Result<u64, DbError> {
+    u64::try_from(value).map_err(|_| DbError::Invalid(format!("{value} is negative")))
+}
+
+/// Zones in the registry (all of them, or the ones named).
+pub fn load_zones(conn: &mut DbConnection, only: &[ZoneId]) -> Result<HashMap<ZoneId, ZoneInfo>, DbError> {
+    let rows: Vec<(String, i64)> = zones::table.select((zones::zone_id, zones::slot_len_ms)).load(conn)?;
+    let mut found = HashMap::new();
+    for (zone_id, slot_len_ms) in rows {
+        let Ok(zone) = ZoneId::parse(&zone_id) else { continue };
+        if only.is_empty() || only.contains(&zone) {
+            found.insert(zone, ZoneInfo { slot_len_ms });
+        }
+    }
+    Ok(found)
+}
+
+/// The feed-in and retail prices in force at `at_ms`: the default price band of a book.
+pub fn tariff_band(
+    conn: &mut DbConnection,
+    zone: &ZoneId,
+    at_ms: i64,
+) -> Result<Option<(PricePerKwh, PricePerKwh)>, DbError> {
+    let row: Option<(i64, i64)> = tariffs::table
+        .filter(tariffs::zone_id.eq(zone.as_str()))
+        .filter(tariffs::effective_from_ms.le(at_ms))
+        .order(tariffs::effective_from_ms.desc())
+        .select((tariffs::feed_in_price_per_kwh, tariffs::retail_price_per_kwh))
+        .first(conn)
+        .optional()?;
+    Ok(row.map(|(feed_in, retail)| (PricePerKwh(feed_in), PricePerKwh(retail))))
+}
+
+/// Registered devices among `ids`, each with its last accepted reading.
+pub fn load_devices(conn: &mut DbConnection, ids: &[DeviceId]) -> Result<Vec<(DeviceId, DeviceState)>, DbError> {
+    let hex: Vec<String> = ids.iter().map(DeviceId::to_hex).collect();
+    let rows: Vec<(String, String, i64)> = devices::table
+        .filter(devices::device_id.eq_any(&hex))
+        .select((devices::device_id, devices::zone_id, devices::nameplate_w))
+        .load(conn)?;
+    let mut found = Vec::with_capacity(rows.len());
+    for (device_id, zone_id, nameplate_w) in rows {
+        let (Ok(device), Ok(zone)) = (DeviceId::parse(&device_id), ZoneId::parse(&zone_id)) else { continue };
+        let last = last_reading(conn, &device_id)?;
+        found.push((device, DeviceState { zone, nameplate_w, last, reset_candidate: None }));
+    }
+    Ok(found)
+}
+
+fn last_reading(conn: &mut DbConnection, device_id: &str) -> Result<Option<LastReading>, DbError> {
+    let payload: Option<String> = readings::table
+        .filter(readings::device_id.eq(device_id))
+        .order(readings::seq.desc())
+        .select(readings::payload)
+        .first(conn)
+        .optional()?;
+    let Some(payload) = payload else { return Ok(None) };
+    let signed = Signed::<Reading>::parse(payload.as_bytes())
+        .map_err(|error| DbError::Invalid(format!("a stored reading does not parse: {error}")))?;
+    Ok(Some(LastReading::of(&signed)))
+}
+
+/// True when the stored reading `(device, seq)` has the same signed content as `signed`.
+pub fn same_reading_stored(conn: &mut DbConnection, signed: &Signed<Reading>) -> Result<bool, DbError> {
+    let payload: Option<String> = readings::table
+        .filter(readings::device_id.eq(signed.message.device.to_hex()))
+        .filter(readings::seq.eq(to_i64(signed.message.seq)?))
+        .select(readings::payload)
+        .first(conn)
+        .optional()?;
+    Ok(payload
+        .and_then(|payload| Signed::<Reading>::parse(payload.as_bytes()).ok())
+        .is_some_and(|stored| stored.signing_bytes() == signed.signing_bytes()))
+}
+
+/// Whether the command log holds this very command (the same signed bytes) under its account and
+/// nonce: a resend, as opposed to a different command replaying a used nonce.
+pub fn same_command_stored(conn: &mut DbConnection, command: &Command) -> Result<bool, DbError> {
+    let payload: Option<String> = order_commands::table
+        .filter(order_commands::account_id.eq(command.account().to_hex()))
+        .filter(order_commands::nonce.eq(to_i64(command.nonce())?))
+        .select(order_commands::payload)
+        .first(conn)
+        .optional()?;
+    Ok(payload
+        .and_then(|payload| Command::parse(payload.as_bytes()).ok())
+        .is_some_and(|stored| stored.signing_bytes() == command.signing_bytes()))
+}
+
+/// Registered accounts among `ids`, each with its highest committed nonce.
+pub fn load_accounts(conn: &mut DbConnection, ids: &[AccountId]) -> Result<Vec<(AccountId, AccountState)>, DbError> {
+    let hex: Vec<String> = ids.iter().map(AccountId::to_hex).collect();
+    let rows: Vec<(String, Option<String>)> = accounts::table
+        .filter(accounts::account_id.eq_any(&hex))
+        .select((accounts::account_id, accounts::zone_id))
+        .load(conn)?;
+    let mut found = Vec::with_capacity(rows.len());
+    for (account_id, zone_id) in rows {
+        let Ok(account) = AccountId::parse(&account_id) else { continue };
+        let zone = zone_id.and_then(|zone| ZoneId::parse(&zone).ok());
+        let nonce_max: Option<i64> = order_commands::table
+            .filter(order_commands::account_id.eq(&account_id))
+            .select(diesel::dsl::max(order_commands::nonce))
+            .first(conn)?;
+        found.push((account, AccountState { zone, nonce_max: nonce_max.map(to_u64).transpose()? }));
+    }
+    Ok(found)
+}
+
+/// The next free command sequence number.
+pub fn next_command_seq(conn: &mut DbConnection) -> Result<u64, DbError> {
+    let max: Option<i64> = order_commands::table.select(diesel::dsl::max(order_commands::command_seq)).first(conn)?;
+    Ok(max.map(to_u64).transpose()?.map_or(1, |max| max + 1))
+}
+
+/// An accepted reading as stored.
+#[derive(Debug, Clone)]
+pub struct ReadingRow {
+    pub signed: Signed<Reading>,
+    pub payload: String,
+    pub received_ms: i64,
+}
+
+/// Inserts new readings in one statement.
+pub fn insert_readings(conn: &mut DbConnection, rows: &[ReadingRow]) -> Result<(), DbError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut values = Vec::with_capacity(rows.len());
+    for row in rows {
+        let reading = &row.signed.message;
+        values.push((
+            readings::device_id.eq(reading.device.to_hex()),
+            readings::seq.eq(to_i64(reading.seq)?),
+            readings::ts_ms.eq(reading.ts_ms.0),
+            readings::import_wh.eq(reading.import_wh.0),
+            readings::export_wh.eq(reading.export_wh.0),
+            readings::pv_wh.eq(reading.pv_wh.map(|pv| pv.0)),
+            readings::power_w.eq(reading.power_w.0),
+            readings::received_ms.eq(row.received_ms),
+            readings::payload.eq(&row.payload),
+        ));
+    }
+    execute_batch!(conn, diesel::insert_into(readings::table).values(values))?;
+    Ok(())
+}
+
+/// A command of the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandRow {
+    pub command_seq: u64,
+    pub zone: ZoneId,
+    pub slot: SlotId,
+    pub account: AccountId,
+    pub nonce: u64,
+    pub kind: String,
+    pub payload: String,
+    pub received_ms: i64,
+}
+
+/// Appends commands to the log in one statement.
+pub fn insert_commands(conn: &mut DbConnection, rows: &[CommandRow]) -> Result<(), DbError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut values = Vec::with_capacity(rows.len());
+    for row in rows {
+        values.push((
+            order_commands::command_seq.eq(to_i64(row.command_seq)?),
+            order_commands::zone_id.eq(row.zone.as_str()),
+            order_commands::slot_start_ms.eq(row.slot.start_ms()),
+            order_commands::account_id.eq(row.account.to_hex()),
+            order_commands::nonce.eq(to_i64(row.nonce)?),
+            order_commands::kind.eq(&row.kind),
+            order_commands::payload.eq(&row.payload),
+            order_commands::received_ms.eq(row.received_ms),
+        ));
+    }
+    execute_batch!(conn, diesel::insert_into(order_commands::table).values(values))?;
+    Ok(())
+}
+
+/// The commands of a zone's books for slots starting after `slot_after_ms`, in log order.
+pub fn load_commands(conn: &mut DbConnection, zone: &ZoneId, slot_after_ms: i64) -> Result<Vec<CommandRow>, DbError> {
+    type Row = (i64, String, i64, String, i64, String, String, i64);
+    let rows: Vec<Row> = order_commands::table
+        .filter(order_commands::zone_id.eq(zone.as_str()))
+        .filter(order_commands::slot_start_ms.gt(slot_after_ms))
+        .order(order_commands::command_seq.asc())
+        .select((
+            order_commands::command_seq,
+            order_commands::zone_id,
+            order_commands::slot_start_ms,
+            order_commands::account_id,
+            order_commands::nonce,
+            order_commands::kind,
+            order_commands::payload,
+            order_commands::received_ms,
+        ))
+        .load(conn)?;
+    let mut commands = Vec::with_capacity(rows.len());
+    for (command_seq, zone_id, slot_start_ms, account_id, nonce, kind, payload, received_ms) in rows {
+        commands.push(CommandRow {
+            command_seq: to_u64(command_seq)?,
+            zone: ZoneId::parse(&zone_id).map_err(|error| DbError::Invalid(error.to_string()))?,
+            slot: SlotId::new(slot_start_ms).map_err(|error| DbError::Invalid(error.to_string()))?,
+            account: AccountId::parse(&account_id).map_err(|error| DbError::Invalid(error.to_string()))?,
+            nonce: to_u64(nonce)?,
+            kind,
+            payload,
+            received_ms,
+        });
+    }
+    Ok(commands)
+}
+
+/// Inserts the trades that are not stored yet (trade ids are derived from the command log, so a
+/// replay produces the same ids). Returns how many were new.
+pub fn insert_trades(conn: &mut DbConnection, batch: &[(Trade, u64)]) -> Result<usize, DbError> {
+    if batch.is_empty() {
+        return Ok(0);
+    }
+    let mut ids = Vec::with_capacity(batch.len());
+    for (trade, _) in batch {
+        ids.push(to_i64(trade.trade_id)?);
+    }
+    let existing: Vec<i64> = trades::table.filter(trades::trade_id.eq_any(&ids)).select(trades::trade_id).load(conn)?;
+    let mut values = Vec::new();
+    for ((trade, command_seq), id) in batch.iter().zip(&ids) {
+        if existing.contains(id) {
+            continue;
+        }
+        values.push((
+            trades::trade_id.eq(*id),
+            trades::zone_id.eq(trade.zone.as_str()),
+            trades::slot_start_ms.eq(trade.slot.start_ms()),
+            trades::price_per_kwh.eq(trade.price_per_kwh.0),
+            trades::qty_wh.eq(trade.qty_wh.0),
+            trades::buyer_id.eq(trade.buyer.to_hex()),
+            trades::buy_nonce.eq(to_i64(trade.buy_nonce)?),
+            trades::seller_id.eq(trade.seller.to_hex()),
+            trades::sell_nonce.eq(to_i64(trade.sell_nonce)?),
+            trades::aggressor.eq(match trade.aggressor {
+                Side::Buy => "buy",
+                Side::Sell => "sell",
+            }),
+            trades::ts_ms.eq(trade.ts_ms.0),
+            trades::command_seq.eq(to_i64(*command_seq)?),
+        ));
+    }
+    let inserted = values.len();
+    if inserted > 0 {
+        execute_batch!(conn, diesel::insert_into(trades::table).values(values))?;
+    }
+    Ok(inserted)
+}

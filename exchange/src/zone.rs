@@ -1,0 +1,578 @@
+//! One owner task per zone: it owns every book of the zone, applies committed commands in log
+//! order, closes books at gate closure, stores trades (idempotently) and publishes what happened.
+//! After a crash, [`ZoneOwner::recover`] replays the command log of the open books through the
+//! matching core, which rebuilds them exactly (the core is deterministic).
+
+use crate::config::{ExchangeConfig, FALLBACK_BAND_TICKS};
+use crate::db::{Database, DbError};
+use crate::ingest::Rejection;
+use crate::matching::{BookConfig, Event, NewOrder, OrderBook, RestingOrderView};
+use crate::service::{parse_logged, CommandAck, MarketEvent, Outlets, SlotInfo};
+use crate::store::{self, CommandRow};
+use protocol::topics;
+use protocol::{
+    AccountId, BookSnapshot, BookState, Command, OrderStatus, OrderUpdate, PricePerKwh, Reason, Reject, SlotId,
+    TimestampMs, Trade, Wh, ZoneId,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Trade ids are `command_seq × TRADES_PER_COMMAND_MAX + index`: derived from the log, so a replay
+/// gives every trade the id it had. One command meets at most the orders resting in one book,
+/// far fewer than this; `command_seq` may grow to 2^53 / 10^5 ≈ 9 × 10^10 before ids leave the
+/// safe JSON integer range.
+pub const TRADES_PER_COMMAND_MAX: u64 = 100_000;
+
+/// A committed command on its way to its zone's books.
+#[derive(Debug)]
+pub(crate) struct Committed {
+    pub row: CommandRow,
+    pub command: Command,
+    pub reply: Option<oneshot::Sender<Result<CommandAck, Rejection>>>,
+}
+
+/// Requests a zone owner serves.
+#[derive(Debug)]
+pub(crate) enum ZoneMsg {
+    Apply(Vec<Committed>),
+    Book {
+        slot: SlotId,
+        levels: usize,
+        reply: oneshot::Sender<Option<BookSnapshot>>,
+    },
+    OpenSlots {
+        reply: oneshot::Sender<Vec<SlotInfo>>,
+    },
+    OpenOrders {
+        account: AccountId,
+        reply: oneshot::Sender<Vec<OpenOrder>>,
+    },
+    Dump {
+        reply: oneshot::Sender<Vec<BookDump>>,
+    },
+    /// Sent by the writer after its last `Apply`: stop.
+    Stop,
+}
+
+/// One open book's resting orders in priority order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BookDump {
+    pub zone: ZoneId,
+    pub slot: SlotId,
+    pub orders: Vec<RestingOrderView>,
+}
+
+/// What the owner remembers of a live order to describe it once it left the book.
+#[derive(Debug, Clone, Copy)]
+struct Tracked {
+    price: PricePerKwh,
+    filled: Wh,
+    /// The order's signed time (`ts_ms` of the order message).
+    placed_ms: TimestampMs,
+}
+
+/// One of a trader's resting orders: its live state and the terms it rests with. Only GTC orders
+/// rest (IOC and FOK never do), so its time in force is GTC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenOrder {
+    pub update: OrderUpdate,
+    pub side: protocol::Side,
+    pub post_only: bool,
+    /// The order's signed time.
+    pub placed_ms: TimestampMs,
+}
+
+#[derive(Debug)]
+struct SlotBook {
+    book: OrderBook,
+    /// Increases with every change (the snapshot's `seq`).
+    version: u64,
+    tracked: HashMap<(AccountId, u64), Tracked>,
+}
+
+/// The outcome of one command.
+#[derive(Debug, Default)]
+struct Applied {
+    rejected: Option<Reason>,
+    updates: Vec<OrderUpdate>,
+    trades: Vec<Trade>,
+}
+
+pub(crate) struct ZoneOwner {
+    zone: ZoneId,
+    slot_len_ms: i64,
+    config: ExchangeConfig,
+    db: Database,
+    outlets: Outlets,
+    books: BTreeMap<SlotId, SlotBook>,
+}
+
+impl std::fmt::Debug for ZoneOwner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZoneOwner").field("zone", &self.zone).field("books", &self.books.len()).finish()
+    }
+}
+
+impl ZoneOwner {
+    /// Rebuilds the zone's open books from the command log and stores any trade the log implies
+    /// that is not stored yet.
+    pub async fn recover(
+        zone: ZoneId,
+        slot_len_ms: i64,
+        config: &ExchangeConfig,
+        db: Database,
+        outlets: Outlets,
+    ) -> Result<Self, DbError> {
+        let mut owner =
+            Self { zone, slot_len_ms, config: config.clone(), db: db.clone(), outlets, books: BTreeMap::new() };
+        let open_after_ms = owner.outlets.now_ms().saturating_add(config.gate_closure_ms);
+        let zone = owner.zone.clone();
+        let rows = db.run(move |conn| store::load_commands(conn, &zone, open_after_ms)).await?;
+        let mut trades = Vec::new();
+        for row in rows {
+            let Ok(command) = parse_logged(&row.payload) else {
+                tracing::error!(command_seq = row.command_seq, "a logged command does not parse; skipped");
+                continue;
+            };
+            owner.ensure_book(row.slot).await?;
+            let applied = owner.apply(&row, &command);
+            trades.extend(applied.trades.into_iter().map(|trade| (trade, row.command_seq)));
+        }
+        let inserted = db.write(move |conn| store::insert_trades(conn, &trades)).await?;
+        if inserted > 0 {
+            tracing::warn!(inserted, "recovery stored trades that were lost in a crash");
+        }
+        Ok(owner)
+    }
+
+    /// Serves until the writer, after its last commit, says `Stop` (so every committed command is
+    /// applied before the task ends).
+    pub async fn run(mut self, mut inbox: mpsc::Receiver<ZoneMsg>) {
+        let mut ticker = tokio::time::interval(Duration::from_millis(self.config.tick_interval_ms.max(1)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                message = inbox.recv() => match message {
+                    Some(ZoneMsg::Stop) | None => break,
+                    Some(message) => self.handle(message).await,
+                },
+                _ = ticker.tick() => self.close_due().await,
+            }
+        }
+    }
+
+    async fn handle(&mut self, message: ZoneMsg) {
+        match message {
+            ZoneMsg::Apply(batch) => self.apply_batch(batch).await,
+            ZoneMsg::Book { slot, levels, reply } => {
+                let _ = reply.send(self.snapshot(slot, levels));
+            }
+            ZoneMsg::OpenSlots { reply } => {
+                let _ = reply.send(self.open_slots());
+            }
+            ZoneMsg::OpenOrders { account, reply } => {
+                let _ = reply.send(self.open_orders(account));
+            }
+            ZoneMsg::Stop => {}
+            ZoneMsg::Dump { reply } => {
+                let dumps = self
+                    .books
+                    .iter()
+                    .map(|(slot, book)| BookDump {
+                        zone: self.zone.clone(),
+                        slot: *slot,
+                        orders: book.book.resting_orders(),
+                    })
+                    .collect();
+                let _ = reply.send(dumps);
+            }
+        }
+    }
+
+    fn gate_ms(&self, slot: SlotId) -> i64 {
+        slot.start_ms().saturating_sub(self.config.gate_closure_ms)
+    }
+
+    async fn book_config(&self, slot: SlotId) -> BookConfig {
+        let tick = self.config.tick.get().max(1);
+        let band = match self.config.price_band {
+            Some(band) => Some(band),
+            None => {
+                let zone = self.zone.clone();
+                let at_ms = slot.start_ms();
+                self.db.run(move |conn| store::tariff_band(conn, &zone, at_ms)).await.unwrap_or_else(|error| {
+                    tracing::error!(%error, "cannot read the tariff; using the fallback band");
+                    None
+                })
+            }
+        };
+        let (low, high) = band.unwrap_or((PricePerKwh(tick), PricePerKwh(tick * FALLBACK_BAND_TICKS)));
+        // The band's ends move inwards onto the tick grid; a zero feed-in tariff becomes one tick.
+        let price_min = ((low.get() + tick - 1) / tick).max(1) * tick;
+        let price_max = (high.get() / tick * tick).max(price_min);
+        BookConfig {
+            tick: PricePerKwh(tick),
+            qty_min: self.config.qty_min,
+            qty_max: self.config.qty_max,
+            price_min: PricePerKwh(price_min),
+            price_max: PricePerKwh(price_max),
+            open_orders_per_account_max: self.config.open_orders_per_account_max,
+        }
+    }
+
+    async fn ensure_book(&mut self, slot: SlotId) -> Result<(), DbError> {
+        if !self.books.contains_key(&slot) {
+            let config = self.book_config(slot).await;
+            let book = OrderBook::try_new(config).map_err(|error| DbError::Invalid(error.to_string()))?;
+            self.books.insert(slot, SlotBook { book, version: 0, tracked: HashMap::new() });
+        }
+        Ok(())
+    }
+
+    /// Applies one logged command to its (existing) book; pure apart from the book.
+    fn apply(&mut self, row: &CommandRow, command: &Command) -> Applied {
+        let zone = self.zone.clone();
+        let Some(slot_book) = self.books.get_mut(&row.slot) else {
+            return Applied { rejected: Some(Reason::SlotNotOpen), ..Applied::default() };
+        };
+        let mut events = Vec::new();
+        match command {
+            Command::Order(signed) => {
+                let order = &signed.message;
+                let new_order = NewOrder {
+                    account: order.account,
+                    nonce: order.nonce,
+                    side: order.side,
+                    price: order.price_per_kwh,
+                    qty: order.qty_wh,
+                    tif: order.tif,
+                    post_only: order.post_only,
+                    ts_ms: order.ts_ms,
+                };
+                slot_book.book.submit(new_order, &mut events);
+            }
+            Command::Cancel(signed) => {
+                slot_book.book.cancel(signed.message.account, signed.message.order_nonce, &mut events)
+            }
+            Command::Replace(signed) => {
+                let replace = &signed.message;
+                slot_book.book.replace(
+                    replace.account,
+                    replace.order_nonce,
+                    replace.price_per_kwh,
+                    replace.qty_wh,
+                    &mut events,
+                )
+            }
+        }
+        if !events.is_empty() {
+            slot_book.version += 1;
+        }
+        describe(&zone, row, command.ts_ms(), slot_book, &events)
+    }
+
+    async fn apply_batch(&mut self, batch: Vec<Committed>) {
+        let started = std::time::Instant::now();
+        let now_ms = self.outlets.now_ms();
+        let mut results = Vec::with_capacity(batch.len());
+        let mut touched = Vec::new();
+        for committed in batch {
+            let applied = if self.gate_ms(committed.row.slot) <= now_ms {
+                Applied { rejected: Some(Reason::GateClosed), ..Applied::default() }
+            } else {
+                match self.ensure_book(committed.row.slot).await {
+                    Ok(()) => self.apply(&committed.row, &committed.command),
+                    Err(error) => {
+                        tracing::error!(%error, "cannot open a book");
+                        Applied { rejected: Some(Reason::InternalError), ..Applied::default() }
+                    }
+                }
+            };
+            if !touched.contains(&committed.row.slot) {
+                touched.push(committed.row.slot);
+            }
+            results.push((committed, applied));
+        }
+        metrics::histogram!("gridex_matching_seconds").record(started.elapsed().as_secs_f64());
+        let trades: Vec<(Trade, u64)> = results
+            .iter()
+            .flat_map(|(committed, applied)| {
+                applied.trades.iter().map(|trade| (trade.clone(), committed.row.command_seq))
+            })
+            .collect();
+        if !trades.is_empty() {
+            // Trades are derived from the committed log, so a failure here loses nothing: recovery
+            // re-derives and stores them. Publishing waits for the write so subscribers never see a
+            // trade that storage does not have yet.
+            if let Err(error) = self.db.write(move |conn| store::insert_trades(conn, &trades)).await {
+                tracing::error!(%error, "storing trades failed; recovery will store them");
+            }
+        }
+        for (committed, applied) in results {
+            self.publish(committed, applied);
+        }
+        for slot in touched {
+            self.publish_book(slot);
+        }
+    }
+
+    fn publish(&self, committed: Committed, applied: Applied) {
+        let account = committed.row.account;
+        if let Some(reason) = applied.rejected {
+            metrics::counter!("gridex_orders_total", "result" => reason.code()).increment(1);
+            let reject = Reject {
+                of: committed.command.type_name().to_owned(),
+                seq: Some(committed.row.nonce),
+                reason,
+                message: format!("{} refused by the book", committed.command.type_name()),
+                ts_ms: TimestampMs(self.outlets.now_ms()),
+            };
+            self.outlets.publish_message(topics::rejects(&self.zone, &account), &reject);
+            self.outlets.event(MarketEvent::Rejected {
+                zone: Some(self.zone.clone()),
+                sender: Some(account.to_hex()),
+                reject: reject.clone(),
+            });
+            if let Some(reply) = committed.reply {
+                let _ = reply.send(Err(Rejection::new(reason, reject.message)));
+            }
+            return;
+        }
+        metrics::counter!("gridex_orders_total", "result" => "accepted").increment(1);
+        for trade in &applied.trades {
+            self.outlets.publish_message(topics::trades(&self.zone), trade);
+            self.outlets.event(MarketEvent::Trade(trade.clone()));
+        }
+        for update in &applied.updates {
+            self.outlets.publish_message(topics::events(&self.zone, &update.account), update);
+            self.outlets.event(MarketEvent::OrderUpdate(update.clone()));
+        }
+        if let Some(reply) = committed.reply {
+            let updates = applied.updates.into_iter().filter(|update| update.account == account).collect();
+            let _ =
+                reply.send(Ok(CommandAck { command_seq: committed.row.command_seq, updates, trades: applied.trades }));
+        }
+    }
+
+    fn snapshot(&self, slot: SlotId, levels: usize) -> Option<BookSnapshot> {
+        let slot_book = self.books.get(&slot)?;
+        let (bids, asks) = slot_book.book.depth(levels.min(protocol::messages::BOOK_LEVELS_MAX));
+        let state = if slot_book.book.is_closed() { BookState::Closed } else { BookState::Open };
+        Some(BookSnapshot {
+            zone: self.zone.clone(),
+            slot,
+            seq: slot_book.version,
+            state,
+            bids,
+            asks,
+            ts_ms: TimestampMs(self.outlets.now_ms()),
+        })
+    }
+
+    fn publish_book(&self, slot: SlotId) {
+        let Some(snapshot) = self.snapshot(slot, protocol::messages::BOOK_LEVELS_MAX) else { return };
+        if let Ok(payload) = protocol::encode(&snapshot) {
+            self.outlets.publish(topics::book(&self.zone), payload, rumqttc::QoS::AtMostOnce, true);
+        }
+        self.outlets.event(MarketEvent::Book(snapshot));
+    }
+
+    fn open_slots(&self) -> Vec<SlotInfo> {
+        let now_ms = self.outlets.now_ms();
+        let mut slot = SlotId::containing(TimestampMs(now_ms), self.slot_len_ms);
+        let mut slots = Vec::new();
+        while slot.start_ms() <= now_ms.saturating_add(self.config.horizon_ms) {
+            let gate_closure_ms = self.gate_ms(slot);
+            if gate_closure_ms > now_ms {
+                let book = self.books.get(&slot).map(|slot_book| &slot_book.book);
+                slots.push(SlotInfo {
+                    slot,
+                    gate_closure_ms,
+                    state: BookState::Open,
+                    best_bid: book.and_then(OrderBook::best_bid),
+                    best_ask: book.and_then(OrderBook::best_ask),
+                });
+            }
+            slot = slot.next(self.slot_len_ms);
+        }
+        slots
+    }
+
+    fn open_orders(&self, account: AccountId) -> Vec<OpenOrder> {
+        let now_ms = TimestampMs(self.outlets.now_ms());
+        self.books
+            .iter()
+            .flat_map(|(slot, slot_book)| {
+                slot_book.book.resting_orders().into_iter().filter(move |order| order.account == account).map(
+                    move |order| OpenOrder {
+                        update: update_of(&self.zone, *slot, &order, now_ms),
+                        side: order.side,
+                        post_only: order.post_only,
+                        placed_ms: slot_book
+                            .tracked
+                            .get(&(order.account, order.nonce))
+                            .map_or(TimestampMs(0), |tracked| tracked.placed_ms),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Closes every book whose gate closure has passed: its orders expire, a last snapshot says so.
+    async fn close_due(&mut self) {
+        let now_ms = self.outlets.now_ms();
+        let due: Vec<SlotId> = self.books.keys().copied().filter(|slot| self.gate_ms(*slot) <= now_ms).collect();
+        for slot in due {
+            let Some(mut slot_book) = self.books.remove(&slot) else { continue };
+            let mut events = Vec::new();
+            slot_book.book.close(&mut events);
+            slot_book.version += 1;
+            for event in &events {
+                if let Event::Expired { account, nonce, open_qty, filled_qty } = *event {
+                    let price =
+                        slot_book.tracked.get(&(account, nonce)).map_or(PricePerKwh(0), |tracked| tracked.price);
+                    let update = OrderUpdate {
+                        account,
+                        zone: self.zone.clone(),
+                        slot,
+                        order_nonce: nonce,
+                        status: OrderStatus::Expired,
+                        price_per_kwh: price,
+                        open_qty_wh: open_qty,
+                        filled_qty_wh: filled_qty,
+                        ts_ms: TimestampMs(now_ms),
+                    };
+                    self.outlets.publish_message(topics::events(&self.zone, &account), &update);
+                    self.outlets.event(MarketEvent::OrderUpdate(update));
+                }
+            }
+            let snapshot = BookSnapshot {
+                zone: self.zone.clone(),
+                slot,
+                seq: slot_book.version,
+                state: BookState::Closed,
+                bids: Vec::new(),
+                asks: Vec::new(),
+                ts_ms: TimestampMs(now_ms),
+            };
+            if let Ok(payload) = protocol::encode(&snapshot) {
+                self.outlets.publish(topics::book(&self.zone), payload, rumqttc::QoS::AtMostOnce, true);
+            }
+            self.outlets.event(MarketEvent::Book(snapshot));
+        }
+    }
+}
+
+fn update_of(zone: &ZoneId, slot: SlotId, order: &RestingOrderView, ts_ms: TimestampMs) -> OrderUpdate {
+    OrderUpdate {
+        account: order.account,
+        zone: zone.clone(),
+        slot,
+        order_nonce: order.nonce,
+        status: OrderStatus::Open,
+        price_per_kwh: order.price,
+        open_qty_wh: order.open_qty,
+        filled_qty_wh: order.filled_qty,
+        ts_ms,
+    }
+}
+
+/// Turns a command's events into trades and order updates, keeping `tracked` current.
+/// `placed_ms` is the command's signed time: an accepted order's placement time.
+fn describe(
+    zone: &ZoneId,
+    row: &CommandRow,
+    placed_ms: TimestampMs,
+    slot_book: &mut SlotBook,
+    events: &[Event],
+) -> Applied {
+    let ts_ms = TimestampMs(row.received_ms);
+    let mut applied = Applied::default();
+    let mut touched: Vec<(AccountId, u64)> = Vec::new();
+    let mut gone: HashMap<(AccountId, u64), (OrderStatus, Wh)> = HashMap::new();
+    let mut trade_index = 0;
+    for event in events {
+        match *event {
+            Event::Rejected { reason, .. } => applied.rejected = Some(reason),
+            Event::Accepted { account, nonce, price, .. } => {
+                slot_book.tracked.insert((account, nonce), Tracked { price, filled: Wh(0), placed_ms });
+                touched.push((account, nonce));
+            }
+            Event::Trade { price, qty, buyer, buy_nonce, seller, sell_nonce, aggressor, .. } => {
+                assert!(trade_index < TRADES_PER_COMMAND_MAX, "one command made more trades than trade ids allow");
+                applied.trades.push(Trade {
+                    trade_id: row.command_seq * TRADES_PER_COMMAND_MAX + trade_index,
+                    zone: zone.clone(),
+                    slot: row.slot,
+                    price_per_kwh: price,
+                    qty_wh: qty,
+                    buyer,
+                    seller,
+                    buy_nonce,
+                    sell_nonce,
+                    aggressor,
+                    ts_ms,
+                });
+                trade_index += 1;
+                for key in [(buyer, buy_nonce), (seller, sell_nonce)] {
+                    if let Some(tracked) = slot_book.tracked.get_mut(&key) {
+                        tracked.filled += qty;
+                    }
+                    touched.push(key);
+                }
+            }
+            Event::Rested { account, nonce, .. } => touched.push((account, nonce)),
+            Event::Replaced { account, nonce, price, .. } => {
+                if let Some(tracked) = slot_book.tracked.get_mut(&(account, nonce)) {
+                    tracked.price = price;
+                }
+                touched.push((account, nonce));
+            }
+            Event::Cancelled { account, nonce, open_qty, .. } => {
+                gone.insert((account, nonce), (OrderStatus::Cancelled, open_qty));
+                touched.push((account, nonce));
+            }
+            Event::Expired { account, nonce, open_qty, .. } => {
+                gone.insert((account, nonce), (OrderStatus::Expired, open_qty));
+                touched.push((account, nonce));
+            }
+            Event::Filled { account, nonce } => {
+                gone.insert((account, nonce), (OrderStatus::Filled, Wh(0)));
+                touched.push((account, nonce));
+            }
+        }
+    }
+    if applied.rejected.is_some() {
+        return Applied { rejected: applied.rejected, ..Applied::default() };
+    }
+    let mut seen = Vec::new();
+    for key in touched {
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key);
+        if let Some(order) = slot_book.book.order(key.0, key.1) {
+            applied.updates.push(update_of(zone, row.slot, &order, ts_ms));
+            continue;
+        }
+        let Some((status, open_qty)) = gone.get(&key).copied() else { continue };
+        let tracked = slot_book.tracked.remove(&key).unwrap_or(Tracked {
+            price: PricePerKwh(0),
+            filled: Wh(0),
+            placed_ms: TimestampMs(0),
+        });
+        applied.updates.push(OrderUpdate {
+            account: key.0,
+            zone: zone.clone(),
+            slot: row.slot,
+            order_nonce: key.1,
+            status,
+            price_per_kwh: tracked.price,
+            open_qty_wh: open_qty,
+            filled_qty_wh: tracked.filled,
+            ts_ms,
+        });
+    }
+    applied
+}

@@ -1,0 +1,326 @@
+//! Shared by the integration tests and the examples: an embedded MQTT broker (or the machine's
+//! Mosquitto when `MQTT_URL` is set), registry rows written straight into the tables, signed
+//! messages, and an MQTT probe that sees what the exchange publishes.
+#![allow(dead_code)]
+
+use diesel::prelude::*;
+use ed25519_dalek::SigningKey;
+use exchange::db::{Database, DbError};
+use exchange::schema::{accounts, devices, tariffs, zones};
+use protocol::{
+    AccountId, DeviceId, MeterSerial, Order, PowerW, PricePerKwh, Reading, Side, Signed, SlotId, TimeInForce,
+    TimestampMs, Wh, ZoneId,
+};
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How long a test waits for an answer from the exchange before failing (not a timing assertion:
+/// only a bound on a hang).
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where a broker listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddr {
+    pub name: &'static str,
+    pub host: String,
+    pub port: u16,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port")
+}
+
+fn wait_listening(host: &str, port: u16) -> bool {
+    let addr: SocketAddr = format!("{host}:{port}").parse().expect("a socket address");
+    for _ in 0..100 {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Starts an embedded rumqttd broker on a free loopback port (in its own thread; it lives as long as
+/// the process).
+pub fn embedded_broker() -> BrokerAddr {
+    use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+    let port = free_port();
+    let connections = ConnectionSettings {
+        connection_timeout_ms: 60_000,
+        max_payload_size: 64 * 1024,
+        max_inflight_count: 500,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = ServerSettings {
+        name: "v4-1".to_owned(),
+        listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections,
+    };
+    let router = RouterConfig {
+        max_connections: 10_000,
+        max_outgoing_packet_count: 1_000,
+        max_segment_size: 100 * 1024 * 1024,
+        max_segment_count: 10,
+        custom_segment: None,
+        initialized_filters: None,
+        shared_subscriptions_strategy: Default::default(),
+    };
+    let config = Config { router, v4: Some(HashMap::from([("1".to_owned(), server)])), ..Config::default() };
+    std::thread::spawn(move || {
+        let mut broker = Broker::new(config);
+        if let Err(error) = broker.start() {
+            eprintln!("embedded broker stopped: {error}");
+        }
+    });
+    assert!(wait_listening("127.0.0.1", port), "the embedded broker did not start");
+    BrokerAddr { name: "rumqttd", host: "127.0.0.1".to_owned(), port }
+}
+
+/// The machine's broker from `MQTT_URL` (`mqtt://host:port` or `host:port`), when set. Panics when
+/// it is set but unreachable: a configured service that is down must fail the test.
+pub fn external_broker() -> Option<BrokerAddr> {
+    let url = std::env::var("MQTT_URL").ok().filter(|url| !url.is_empty())?;
+    let rest = url.split("://").last().unwrap_or(&url).trim_end_matches('/');
+    let (host, port) = rest.rsplit_once(':').map_or((rest, 1883), |(host, port)| (host, port.parse().unwrap_or(1883)));
+    assert!(wait_listening(host, port), "MQTT_URL is set ({url}) but the broker is unreachable");
+    Some(BrokerAddr { name: "mosquitto", host: host.to_owned(), port })
+}
+
+/// The embedded broker always, plus Mosquitto when `MQTT_URL` is set.
+pub fn brokers() -> Vec<BrokerAddr> {
+    let mut brokers = vec![embedded_broker()];
+    brokers.extend(external_broker());
+    brokers
+}
+
+static UNIQUE: AtomicU64 = AtomicU64::new(0);
+
+/// A unique suffix for zone names and client ids, so tests sharing a broker never see each other.
+pub fn unique() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("{:x}{:x}{}", std::process::id(), nanos, UNIQUE.fetch_add(1, Ordering::Relaxed))
+}
+
+pub fn mqtt_options(broker: &BrokerAddr, client_id: &str) -> rumqttc::MqttOptions {
+    let mut options = rumqttc::MqttOptions::new(client_id, broker.host.clone(), broker.port);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_max_packet_size(64 * 1024, 64 * 1024);
+    options.set_inflight(200);
+    options
+}
+
+/// A zone with a tariff (feed-in 50 000, retail 300 000 µ/kWh from the epoch).
+pub fn seed_zone(db: &Database, zone: &ZoneId, slot_len_ms: i64) {
+    let zone = zone.as_str().to_owned();
+    db.write_blocking(move |conn| {
+        diesel::insert_into(zones::table)
+            .values((
+                zones::zone_id.eq(&zone),
+                zones::name.eq(&zone),
+                zones::slot_len_ms.eq(slot_len_ms),
+                zones::utility_account.eq(format!("utility:{zone}")),
+                zones::created_ms.eq(0_i64),
+            ))
+            .execute(conn)?;
+        diesel::insert_into(tariffs::table)
+            .values((
+                tariffs::zone_id.eq(&zone),
+                tariffs::effective_from_ms.eq(0_i64),
+                tariffs::retail_price_per_kwh.eq(300_000_i64),
+                tariffs::feed_in_price_per_kwh.eq(50_000_i64),
+                tariffs::grid_fee_per_kwh.eq(20_000_i64),
+                tariffs::protocol_fee_bps.eq(50_i64),
+            ))
+            .execute(conn)?;
+        Ok::<_, DbError>(())
+    })
+    .expect("seed a zone");
+}
+
+/// A household account (key `seed`) in `zone`, with one device (key `seed + 100`) of `nameplate_w`.
+pub fn seed_household(db: &Database, zone: &ZoneId, seed: u8, nameplate_w: i64) -> (SigningKey, SigningKey) {
+    let account_key = SigningKey::from_bytes(&[seed; 32]);
+    let device_key = SigningKey::from_bytes(&[seed.wrapping_add(100); 32]);
+    seed_keys(db, zone, &account_key, &device_key, nameplate_w);
+    (account_key, device_key)
+}
+
+pub fn seed_keys(db: &Database, zone: &ZoneId, account_key: &SigningKey, device_key: &SigningKey, nameplate_w: i64) {
+    let zone = zone.as_str().to_owned();
+    let account = AccountId::from_verifying_key(&account_key.verifying_key()).to_hex();
+    let device = DeviceId::from_verifying_key(&device_key.verifying_key()).to_hex();
+    db.write_blocking(move |conn| {
+        diesel::insert_into(accounts::table)
+            .values((
+                accounts::account_id.eq(&account),
+                accounts::kind.eq("household"),
+                accounts::display_name.eq("test household"),
+                accounts::zone_id.eq(Some(&zone)),
+                accounts::created_ms.eq(0_i64),
+            ))
+            .execute(conn)?;
+        diesel::insert_into(devices::table)
+            .values((
+                devices::device_id.eq(&device),
+                devices::account_id.eq(&account),
+                devices::zone_id.eq(&zone),
+                devices::meter_serial.eq("SN-1"),
+                devices::nameplate_w.eq(nameplate_w),
+                devices::registered_ms.eq(0_i64),
+            ))
+            .execute(conn)?;
+        Ok::<_, DbError>(())
+    })
+    .expect("seed a household");
+}
+
+pub fn reading(key: &SigningKey, zone: &ZoneId, seq: u64, ts_ms: i64, import_wh: i64, export_wh: i64) -> Reading {
+    Reading {
+        device: DeviceId::from_verifying_key(&key.verifying_key()),
+        zone: zone.clone(),
+        meter_serial: MeterSerial::parse("SN-1").expect("a valid literal"),
+        seq,
+        ts_ms: TimestampMs(ts_ms),
+        import_wh: Wh(import_wh),
+        export_wh: Wh(export_wh),
+        pv_wh: None,
+        power_w: PowerW(0),
+    }
+}
+
+pub fn signed_reading(key: &SigningKey, reading: Reading) -> Vec<u8> {
+    Signed::sign(reading, key).expect("sign a reading").to_json()
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn order(
+    key: &SigningKey,
+    zone: &ZoneId,
+    slot: SlotId,
+    side: Side,
+    price: i64,
+    qty_wh: i64,
+    nonce: u64,
+    ts_ms: i64,
+) -> Vec<u8> {
+    let order = Order {
+        account: AccountId::from_verifying_key(&key.verifying_key()),
+        zone: zone.clone(),
+        slot,
+        side,
+        price_per_kwh: PricePerKwh(price),
+        qty_wh: Wh(qty_wh),
+        tif: TimeInForce::Gtc,
+        post_only: false,
+        nonce,
+        ts_ms: TimestampMs(ts_ms),
+    };
+    Signed::sign(order, key).expect("sign an order").to_json()
+}
+
+pub fn device_hex(key: &SigningKey) -> String {
+    DeviceId::from_verifying_key(&key.verifying_key()).to_hex()
+}
+
+/// An MQTT client that publishes for the test and records everything under `gridex/v1/{zone}/…`
+/// for the zones it watches.
+pub struct Probe {
+    pub client: rumqttc::AsyncClient,
+    inbox: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    held: Vec<(String, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Probe").finish_non_exhaustive()
+    }
+}
+
+impl Probe {
+    pub async fn connect(broker: &BrokerAddr, zones: &[ZoneId]) -> Probe {
+        let (client, mut eventloop) =
+            rumqttc::AsyncClient::new(mqtt_options(broker, &format!("probe-{}", unique())), 10_000);
+        let (sender, inbox) = mpsc::unbounded_channel();
+        let (subscribed_tx, mut subscribed_rx) = mpsc::unbounded_channel();
+        for zone in zones {
+            for channel in ["rejects", "events"] {
+                client
+                    .subscribe(format!("gridex/v1/{zone}/{channel}/+"), rumqttc::QoS::AtLeastOnce)
+                    .await
+                    .expect("subscribe");
+            }
+            client.subscribe(format!("gridex/v1/{zone}/trades"), rumqttc::QoS::AtLeastOnce).await.expect("subscribe");
+        }
+        let expected = zones.len() * 3;
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(publish))) => {
+                        if sender.send((publish.topic.clone(), publish.payload.to_vec())).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        let _ = subscribed_tx.send(());
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        eprintln!("probe connection: {error}");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+        for _ in 0..expected {
+            tokio::time::timeout(ANSWER_TIMEOUT, subscribed_rx.recv()).await.expect("subscribed in time");
+        }
+        Probe { client, inbox, held: Vec::new() }
+    }
+
+    pub async fn publish(&self, topic: String, payload: Vec<u8>) {
+        self.client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload).await.expect("publish");
+    }
+
+    /// The next message on `topic` (messages on other topics are kept for later calls).
+    pub async fn next_on(&mut self, topic: &str) -> Vec<u8> {
+        self.next_any(&[topic]).await.1
+    }
+
+    /// The next message on any of `topics`, with its topic.
+    pub async fn next_any(&mut self, topics: &[&str]) -> (String, Vec<u8>) {
+        if let Some(index) = self.held.iter().position(|(held, _)| topics.contains(&held.as_str())) {
+            return self.held.remove(index);
+        }
+        let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+        loop {
+            let received = tokio::time::timeout_at(deadline, self.inbox.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no message on {topics:?} in time"))
+                .expect("probe connection alive");
+            if topics.contains(&received.0.as_str()) {
+                return received;
+            }
+            self.held.push(received);
+        }
+    }
+
+    /// Every message received so far (waiting `quiet` for more).
+    pub async fn drain(&mut self, quiet: Duration) -> Vec<(String, Vec<u8>)> {
+        let mut all = std::mem::take(&mut self.held);
+        while let Ok(Some(received)) = tokio::time::timeout(quiet, self.inbox.recv()).await {
+            all.push(received);
+        }
+        all
+    }
+}

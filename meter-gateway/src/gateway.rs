@@ -1,0 +1,420 @@
+//! The gateway loop: poll the device, apply the counter rules, sign, spool, and let the publisher
+//! forward; optionally feed the home trading agent.
+
+use crate::clock::SimClock;
+use crate::config::{GatewaySettings, POLL_INTERVAL_MIN_MS};
+use crate::counters::{CounterTracker, CountersState, RawCounters};
+use crate::modbus::{ModbusClient, ModbusError, ModbusUrl};
+use crate::profile::{Profile, ProfileError};
+use crate::publisher::{self, lock, PublisherConfig, PublisherStats};
+use crate::spool::{Spool, SpoolError};
+use crate::sunspec::{self, SunSpecError};
+use ed25519_dalek::SigningKey;
+use protocol::{DeviceId, MeterSerial, PowerW, Reading, Signed, TimestampMs, Wh, ZoneId};
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Notify};
+
+const STATE_FILE: &str = "state.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("invalid settings: {0}")]
+    Settings(String),
+    #[error(transparent)]
+    Key(#[from] crate::keys::KeyError),
+    #[error(transparent)]
+    Modbus(#[from] ModbusError),
+    #[error(transparent)]
+    SunSpec(#[from] SunSpecError),
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error(transparent)]
+    Publish(#[from] crate::publisher::PublishError),
+    #[error(transparent)]
+    Agent(#[from] crate::agent::AgentError),
+    #[error("cannot write gateway state {path}: {source}")]
+    State { path: PathBuf, source: std::io::Error },
+}
+
+/// The gateway's persisted state next to the spool.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayState {
+    /// Highest sequence number used; the next reading gets a higher one, across restarts.
+    pub last_seq: u64,
+    pub counters: CountersState,
+}
+
+impl GatewayState {
+    pub fn load(dir: &Path) -> Self {
+        std::fs::read(dir.join(STATE_FILE))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<(), GatewayError> {
+        use std::io::Write;
+        let path = dir.join(STATE_FILE);
+        let temp = dir.join("state.json.tmp");
+        let io = |source| GatewayError::State { path: path.clone(), source };
+        let bytes = serde_json::to_vec(self).map_err(|e| io(std::io::Error::other(e)))?;
+        let mut file = std::fs::File::create(&temp).map_err(io)?;
+        file.write_all(&bytes).map_err(io)?;
+        file.sync_data().map_err(io)?;
+        std::fs::rename(&temp, &path).map_err(io)
+    }
+}
+
+/// What is read each poll, before the counter rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sample {
+    pub import_wh: Option<i64>,
+    pub export_wh: Option<i64>,
+    pub pv_wh: Option<i64>,
+    pub power_w: Option<i64>,
+    pub meter_modulus_wh: Option<i64>,
+    pub pv_modulus_wh: Option<i64>,
+    pub serial: Option<String>,
+}
+
+/// How values are found on the device.
+#[derive(Debug)]
+pub enum Source {
+    /// SunSpec, discovered on first use (and again after a failure).
+    SunSpec(Option<sunspec::Device>),
+    Profile(Profile),
+}
+
+impl Source {
+    pub fn from_settings(profile: Option<&str>) -> Result<Self, ProfileError> {
+        Ok(match profile {
+            Some(name) => Source::Profile(Profile::load(name)?),
+            None => Source::SunSpec(None),
+        })
+    }
+
+    /// Reads one sample. A SunSpec device is rediscovered after any error.
+    pub async fn read(&mut self, client: &mut ModbusClient) -> Result<Sample, GatewayError> {
+        match self {
+            Source::Profile(profile) => {
+                let values = profile.read(client).await?;
+                Ok(Sample {
+                    import_wh: values.import_wh,
+                    export_wh: values.export_wh,
+                    pv_wh: values.pv_wh,
+                    power_w: values.power_w,
+                    meter_modulus_wh: values.counter_modulus_wh,
+                    pv_modulus_wh: None,
+                    serial: values.serial,
+                })
+            }
+            Source::SunSpec(device) => {
+                if device.is_none() {
+                    *device = Some(sunspec::discover(client).await?);
+                }
+                let Some(found) = device.as_ref() else { return Err(SunSpecError::NotFound.into()) };
+                let result = Self::read_sunspec(client, found).await;
+                if result.is_err() {
+                    *device = None;
+                }
+                result
+            }
+        }
+    }
+
+    async fn read_sunspec(client: &mut ModbusClient, device: &sunspec::Device) -> Result<Sample, GatewayError> {
+        let meter_model = device.meter().ok_or(SunSpecError::NoMeter)?;
+        let meter = sunspec::read_meter(client, meter_model).await?;
+        let inverter = match device.inverter() {
+            Some(model) => Some(sunspec::read_inverter(client, model).await?),
+            None => None,
+        };
+        Ok(Sample {
+            import_wh: meter.import_wh,
+            export_wh: meter.export_wh,
+            power_w: meter.power_w,
+            meter_modulus_wh: meter.counter_modulus_wh,
+            pv_wh: inverter.and_then(|i| i.energy_wh),
+            pv_modulus_wh: inverter.and_then(|i| i.counter_modulus_wh),
+            serial: device.serial.clone(),
+        })
+    }
+}
+
+/// Makes a device-reported serial fit the protocol's alphabet.
+pub fn sanitize_serial(text: &str) -> Option<MeterSerial> {
+    let cleaned: String = text
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "._:-".contains(c) { c } else { '-' })
+        .take(protocol::ids::METER_SERIAL_LEN_MAX)
+        .collect();
+    MeterSerial::parse(&cleaned).ok()
+}
+
+/// The poll-sign-spool part of the gateway, separate from I/O scheduling so tests can drive it.
+#[derive(Debug)]
+pub struct Poller {
+    pub key: SigningKey,
+    pub device: DeviceId,
+    pub zone: ZoneId,
+    pub serial_override: Option<MeterSerial>,
+    pub tracker: CounterTracker,
+    pub state: GatewayState,
+    pub state_dir: PathBuf,
+}
+
+impl Poller {
+    /// Applies the counter rules to a sample taken at `ts_ms` and, if accepted, signs the reading,
+    /// appends it to the spool and saves the state. Returns the reading, or `None` when rejected.
+    pub fn accept(
+        &mut self,
+        sample: &Sample,
+        ts_ms: i64,
+        spool: &Mutex<Spool>,
+    ) -> Result<Option<Reading>, GatewayError> {
+        let raw = RawCounters {
+            ts_ms,
+            import_wh: sample.import_wh,
+            export_wh: sample.export_wh,
+            pv_wh: sample.pv_wh,
+            meter_modulus_wh: sample.meter_modulus_wh,
+            pv_modulus_wh: sample.pv_modulus_wh,
+        };
+        let accepted = match self.tracker.observe(raw) {
+            Ok(accepted) => accepted,
+            Err(rejection) => {
+                tracing::warn!(%rejection, "reading not published");
+                // A pending reset is part of the state.
+                self.state.counters = self.tracker.state().clone();
+                self.state.save(&self.state_dir)?;
+                return Ok(None);
+            }
+        };
+        let serial = self
+            .serial_override
+            .clone()
+            .or_else(|| sample.serial.as_deref().and_then(sanitize_serial))
+            .or_else(|| MeterSerial::parse("unknown").ok());
+        let Some(meter_serial) = serial else { return Ok(None) };
+        let mut spool = lock(spool);
+        let seq = self.state.last_seq.max(spool.last_seq()) + 1;
+        let reading = Reading {
+            device: self.device,
+            zone: self.zone.clone(),
+            meter_serial,
+            seq,
+            ts_ms: TimestampMs(ts_ms),
+            import_wh: Wh(accepted.import_wh),
+            export_wh: Wh(accepted.export_wh),
+            pv_wh: accepted.pv_wh.map(Wh),
+            power_w: PowerW(
+                sample.power_w.unwrap_or(0).clamp(-protocol::messages::POWER_W_MAX, protocol::messages::POWER_W_MAX),
+            ),
+        };
+        let signed = match Signed::sign(reading.clone(), &self.key) {
+            Ok(signed) => signed,
+            Err(error) => {
+                tracing::error!(%error, "reading cannot be signed; not published");
+                return Ok(None);
+            }
+        };
+        spool.append(seq, &signed.to_json())?;
+        drop(spool);
+        self.state.last_seq = seq;
+        self.state.counters = self.tracker.state().clone();
+        self.state.save(&self.state_dir)?;
+        Ok(Some(reading))
+    }
+}
+
+/// Handles for watching a running gateway (tests, the demo).
+#[derive(Debug, Clone)]
+pub struct GatewayHandle {
+    pub device: DeviceId,
+    pub stats: Arc<PublisherStats>,
+}
+
+fn validate(settings: &GatewaySettings) -> Result<(ZoneId, ModbusUrl), GatewayError> {
+    let zone = ZoneId::parse(&settings.zone).map_err(|e| GatewayError::Settings(format!("zone: {e}")))?;
+    let url = ModbusUrl::parse(&settings.modbus.url)?;
+    if settings.interval_ms < POLL_INTERVAL_MIN_MS {
+        return Err(GatewayError::Settings(format!("interval_ms must be at least {POLL_INTERVAL_MIN_MS}")));
+    }
+    if settings.nameplate_w <= 0 {
+        return Err(GatewayError::Settings("nameplate_w must be positive".to_owned()));
+    }
+    if let Some(agent) = &settings.agent {
+        agent.validate()?;
+        // Fail now rather than run without the agent the owner asked for.
+        crate::keys::load(&agent.key)?;
+    }
+    Ok((zone, url))
+}
+
+/// Runs the gateway until `shutdown` completes: polls every `interval_ms`, publishes through the spool,
+/// and runs the trading agent when configured. Fails early on bad settings, a missing key or an
+/// unusable spool; device and broker outages are logged and retried forever.
+pub async fn run(settings: GatewaySettings, shutdown: impl Future<Output = ()> + Send) -> Result<(), GatewayError> {
+    run_with_handle(settings, shutdown, |_| {}).await
+}
+
+/// [`run`], calling `on_start` with a handle once the gateway is set up.
+pub async fn run_with_handle(
+    settings: GatewaySettings,
+    shutdown: impl Future<Output = ()> + Send,
+    on_start: impl FnOnce(GatewayHandle),
+) -> Result<(), GatewayError> {
+    let (zone, url) = validate(&settings)?;
+    let key = crate::keys::load(&settings.key)?;
+    let device = DeviceId::from_verifying_key(&key.verifying_key());
+    let clock = settings.clock.unwrap_or_else(SimClock::real);
+    let spool = Arc::new(Mutex::new(Spool::open(&settings.spool_dir, settings.spool_bytes_max)?));
+    let state = GatewayState::load(&settings.spool_dir);
+    let mut source = Source::from_settings(settings.modbus.profile.as_deref())?;
+    let serial_override = match &settings.meter_serial {
+        Some(text) => Some(MeterSerial::parse(text).map_err(|e| GatewayError::Settings(format!("meter_serial: {e}")))?),
+        None => None,
+    };
+    let mut poller = Poller {
+        key,
+        device,
+        zone: zone.clone(),
+        serial_override,
+        tracker: CounterTracker::new(settings.nameplate_w, state.counters.clone()),
+        state,
+        state_dir: settings.spool_dir.clone(),
+    };
+    let mut client = ModbusClient::new(url, settings.modbus.unit, settings.modbus.retry_policy());
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let notify = Arc::new(Notify::new());
+    let stats = Arc::new(PublisherStats::default());
+    let publisher_config = PublisherConfig { mqtt: settings.mqtt.clone(), device, zone: zone.clone() };
+    let publisher =
+        tokio::spawn(publisher::run(publisher_config, spool.clone(), notify.clone(), stats.clone(), stop_rx.clone()));
+    let (agent_tx, agent_task) = match settings.agent.clone() {
+        Some(agent) => {
+            let (tx, rx) = mpsc::channel(crate::agent::READINGS_CHANNEL_CAPACITY);
+            let task =
+                tokio::spawn(crate::agent::run(agent, zone.clone(), settings.mqtt.clone(), clock, rx, stop_rx.clone()));
+            (Some(tx), Some(task))
+        }
+        None => (None, None),
+    };
+    tracing::info!(%device, %zone, modbus = %client.url(), mqtt = %settings.mqtt.url, "gateway started");
+    on_start(GatewayHandle { device, stats });
+
+    let mut tick = tokio::time::interval(Duration::from_millis(settings.interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    let result = loop {
+        tokio::select! {
+            _ = &mut shutdown => break Ok(()),
+            _ = tick.tick() => {}
+        }
+        let sample = tokio::select! {
+            _ = &mut shutdown => break Ok(()),
+            sample = source.read(&mut client) => sample,
+        };
+        let sample = match sample {
+            Ok(sample) => sample,
+            Err(error) => {
+                tracing::warn!(%error, "poll failed");
+                continue;
+            }
+        };
+        match poller.accept(&sample, clock.now_ms(), &spool) {
+            Ok(Some(reading)) => {
+                notify.notify_one();
+                if let Some(tx) = &agent_tx {
+                    // The agent only needs recent readings; when it lags, skipping one is harmless.
+                    let _ = tx.try_send(reading);
+                }
+            }
+            Ok(None) => {}
+            // Disk trouble is fatal: silently dropping readings is worse than stopping.
+            Err(error) => break Err(error),
+        }
+    };
+    let _ = stop_tx.send(true);
+    client.disconnect().await;
+    let _ = publisher.await;
+    if let Some(task) = agent_task {
+        drop(agent_tx);
+        match task.await {
+            Ok(Err(error)) => tracing::error!(%error, "trading agent stopped"),
+            Err(error) => tracing::error!(%error, "trading agent panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn poller(dir: &Path) -> Poller {
+        let key = protocol::testing::signing_key(7);
+        Poller {
+            device: DeviceId::from_verifying_key(&key.verifying_key()),
+            key,
+            zone: protocol::testing::zone(),
+            serial_override: None,
+            tracker: CounterTracker::new(10_000, CountersState::default()),
+            state: GatewayState::load(dir),
+            state_dir: dir.to_path_buf(),
+        }
+    }
+
+    fn sample(import_wh: i64, export_wh: i64) -> Sample {
+        Sample {
+            import_wh: Some(import_wh),
+            export_wh: Some(export_wh),
+            power_w: Some(100),
+            meter_modulus_wh: Some(1 << 32),
+            serial: Some("SN 7/α".to_owned()),
+            ..Sample::default()
+        }
+    }
+
+    const MINUTE_MS: i64 = 60_000;
+
+    #[test]
+    fn only_plausible_readings_are_spooled_and_seq_survives_a_restart() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let spool = Mutex::new(Spool::open(dir.path(), crate::spool::SPOOL_BYTES_DEFAULT).expect("spool"));
+        let mut first = poller(dir.path());
+        let reading = first.accept(&sample(1_000, 0), MINUTE_MS, &spool).expect("io").expect("accepted");
+        assert_eq!(reading.seq, 1);
+        assert_eq!(reading.meter_serial.as_str(), "SN-7--", "the serial is made protocol-safe");
+        // 10 kW for a minute allows about 180 Wh: a 50 kWh jump is rejected and not spooled.
+        assert!(first.accept(&sample(51_000, 0), 2 * MINUTE_MS, &spool).expect("io").is_none());
+        // A wrap of the 32-bit counter is published as a continuing count.
+        let near_top = (1i64 << 32) - 10;
+        assert!(first.accept(&sample(1_100, 0), 3 * MINUTE_MS, &spool).expect("io").is_some());
+        drop(first);
+
+        // Restart: state and seq continue.
+        let mut second = poller(dir.path());
+        let next = second.accept(&sample(1_150, 5), 4 * MINUTE_MS, &spool).expect("io").expect("accepted");
+        assert_eq!(next.seq, 3);
+        assert_eq!(next.import_wh, Wh(1_150));
+        let records = lock(&spool).read_after(0, 10).expect("reads");
+        assert_eq!(records.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+
+        // A 32-bit wrap on a fresh device is continued, not reset.
+        let other = tempfile::tempdir().expect("temp dir");
+        let other_spool = Mutex::new(Spool::open(other.path(), crate::spool::SPOOL_BYTES_DEFAULT).expect("spool"));
+        let mut wrapping = poller(other.path());
+        wrapping.accept(&sample(near_top, 0), MINUTE_MS, &other_spool).expect("io").expect("accepted");
+        let wrapped = wrapping.accept(&sample(20, 0), 2 * MINUTE_MS, &other_spool).expect("io").expect("accepted");
+        assert_eq!(wrapped.import_wh, Wh((1i64 << 32) + 20));
+    }
+}

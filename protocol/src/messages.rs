@@ -1,0 +1,499 @@
+//! The messages of the wire contract. Field names, types, units and limits are documented in
+//! PROTOCOL.md; a change here is a change of the protocol.
+
+use crate::ids::{AccountId, DeviceId, MeterSerial, SlotId, ZoneId};
+use crate::reason::Reason;
+use crate::units::{MicroMoney, MicroTokens, PowerW, PricePerKwh, TimestampMs, Wh, MAX_SAFE_INTEGER};
+use crate::wire::{ProtocolError, Signable, WireMessage};
+use serde::{Deserialize, Serialize};
+
+/// Largest signed message from a gateway or trader. A reading or order encodes to about 450 bytes;
+/// 1 KiB leaves room for long serials without letting a sender make us buffer much.
+pub const SIGNED_MESSAGE_BYTES_MAX: usize = 1024;
+/// Largest outbound message (a book snapshot of `BOOK_LEVELS_MAX` levels a side).
+pub const OUTBOUND_MESSAGE_BYTES_MAX: usize = 16 * 1024;
+/// Levels per side in a published book snapshot.
+pub const BOOK_LEVELS_MAX: usize = 20;
+/// Largest instantaneous power a reading may report: 100 MW is beyond any household connection.
+pub const POWER_W_MAX: i64 = 100_000_000;
+/// Longest human-readable text in a reject.
+pub const REJECT_MESSAGE_LEN_MAX: usize = 256;
+
+fn invalid(field: &str, text: &str) -> ProtocolError {
+    ProtocolError::new(Reason::InvalidValue, format!("`{field}` {text}"))
+}
+
+fn require(condition: bool, field: &str, text: &str) -> Result<(), ProtocolError> {
+    if condition {
+        Ok(())
+    } else {
+        Err(invalid(field, text))
+    }
+}
+
+fn non_negative_time(ts_ms: TimestampMs) -> Result<(), ProtocolError> {
+    require(ts_ms.0 >= 0, "ts_ms", "must be a unix time in milliseconds")
+}
+
+/// A meter reading: cumulative counters at one instant, signed by the device key.
+///
+/// Sign convention: `import_wh` (energy taken from the grid) and `export_wh` (energy fed into the
+/// grid) are separate, non-negative, monotonic counters; `pv_wh` counts PV production.
+/// `power_w` is the net power at the grid connection point, positive when importing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reading {
+    pub device: DeviceId,
+    pub zone: ZoneId,
+    pub meter_serial: MeterSerial,
+    /// Per-device sequence number, strictly increasing across readings (restarts do not reset it).
+    pub seq: u64,
+    pub ts_ms: TimestampMs,
+    pub import_wh: Wh,
+    pub export_wh: Wh,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pv_wh: Option<Wh>,
+    pub power_w: PowerW,
+}
+
+impl WireMessage for Reading {
+    const TYPE: &'static str = "reading";
+    const SIZE_MAX: usize = SIGNED_MESSAGE_BYTES_MAX;
+    fn validate(&self) -> Result<(), ProtocolError> {
+        non_negative_time(self.ts_ms)?;
+        require(self.import_wh.0 >= 0, "import_wh", "must not be negative")?;
+        require(self.export_wh.0 >= 0, "export_wh", "must not be negative")?;
+        require(self.pv_wh.is_none_or(|pv| pv.0 >= 0), "pv_wh", "must not be negative")?;
+        require(self.power_w.0.abs() <= POWER_W_MAX, "power_w", "exceeds 100 MW")
+    }
+}
+
+impl Signable for Reading {
+    fn signer(&self) -> [u8; 32] {
+        self.device.0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Buy,
+    Sell,
+}
+
+impl Side {
+    pub fn opposite(self) -> Side {
+        match self {
+            Side::Buy => Side::Sell,
+            Side::Sell => Side::Buy,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Buy => "buy",
+            Side::Sell => "sell",
+        }
+    }
+}
+
+/// How long an order may rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeInForce {
+    /// Good till cancelled: rests until filled, cancelled, or gate closure of its slot.
+    Gtc,
+    /// Immediate or cancel: trades what it can on arrival, the rest is cancelled.
+    Ioc,
+    /// Fill or kill: trades in full on arrival or not at all.
+    Fok,
+}
+
+/// A limit order for one delivery slot, signed by the account key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Order {
+    pub account: AccountId,
+    pub zone: ZoneId,
+    pub slot: SlotId,
+    pub side: Side,
+    pub price_per_kwh: PricePerKwh,
+    pub qty_wh: Wh,
+    pub tif: TimeInForce,
+    /// Rest only: reject instead of trading on arrival. Only with `gtc`.
+    pub post_only: bool,
+    /// Per-account nonce, strictly increasing across orders, cancels and replaces. With `account` it
+    /// also names the order.
+    pub nonce: u64,
+    pub ts_ms: TimestampMs,
+}
+
+fn validate_price_qty(price: PricePerKwh, qty: Wh) -> Result<(), ProtocolError> {
+    require(price.0 > 0, "price_per_kwh", "must be positive")?;
+    require(qty.0 > 0, "qty_wh", "must be positive")
+}
+
+impl WireMessage for Order {
+    const TYPE: &'static str = "order";
+    const SIZE_MAX: usize = SIGNED_MESSAGE_BYTES_MAX;
+    fn validate(&self) -> Result<(), ProtocolError> {
+        non_negative_time(self.ts_ms)?;
+        validate_price_qty(self.price_per_kwh, self.qty_wh)?;
+        require(!self.post_only || self.tif == TimeInForce::Gtc, "post_only", "is only allowed with tif gtc")
+    }
+}
+
+impl Signable for Order {
+    fn signer(&self) -> [u8; 32] {
+        self.account.0
+    }
+}
+
+/// Cancels the account's open order `order_nonce` in `slot`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cancel {
+    pub account: AccountId,
+    pub zone: ZoneId,
+    pub slot: SlotId,
+    pub order_nonce: u64,
+    pub nonce: u64,
+    pub ts_ms: TimestampMs,
+}
+
+impl WireMessage for Cancel {
+    const TYPE: &'static str = "cancel";
+    const SIZE_MAX: usize = SIGNED_MESSAGE_BYTES_MAX;
+    fn validate(&self) -> Result<(), ProtocolError> {
+        non_negative_time(self.ts_ms)
+    }
+}
+
+impl Signable for Cancel {
+    fn signer(&self) -> [u8; 32] {
+        self.account.0
+    }
+}
+
+/// Changes the price and/or open quantity of the account's open order `order_nonce`. Reducing the
+/// quantity at the same price keeps the order's time priority; any other change loses it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replace {
+    pub account: AccountId,
+    pub zone: ZoneId,
+    pub slot: SlotId,
+    pub order_nonce: u64,
+    pub price_per_kwh: PricePerKwh,
+    /// The new open quantity.
+    pub qty_wh: Wh,
+    pub nonce: u64,
+    pub ts_ms: TimestampMs,
+}
+
+impl WireMessage for Replace {
+    const TYPE: &'static str = "replace";
+    const SIZE_MAX: usize = SIGNED_MESSAGE_BYTES_MAX;
+    fn validate(&self) -> Result<(), ProtocolError> {
+        non_negative_time(self.ts_ms)?;
+        validate_price_qty(self.price_per_kwh, self.qty_wh)
+    }
+}
+
+impl Signable for Replace {
+    fn signer(&self) -> [u8; 32] {
+        self.account.0
+    }
+}
+
+/// A trade: `qty_wh` delivered by `seller` to `buyer` in `slot` at the resting order's price.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trade {
+    /// Exchange-wide, strictly increasing trade id.
+    pub trade_id: u64,
+    pub zone: ZoneId,
+    pub slot: SlotId,
+    pub price_per_kwh: PricePerKwh,
+    pub qty_wh: Wh,
+    pub buyer: AccountId,
+    pub seller: AccountId,
+    pub buy_nonce: u64,
+    pub sell_nonce: u64,
+    /// The side of the inbound order that caused the trade.
+    pub aggressor: Side,
+    pub ts_ms: TimestampMs,
+}
+
+impl WireMessage for Trade {
+    const TYPE: &'static str = "trade";
+    const SIZE_MAX: usize = OUTBOUND_MESSAGE_BYTES_MAX;
+}
+
+/// Why the exchange refused a message; sent on the sender's reject topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reject {
+    /// The `type` of the refused message, or `unknown` when it could not be parsed that far.
+    pub of: String,
+    /// The refused message's sequence number or nonce, when it could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    pub reason: Reason,
+    pub message: String,
+    pub ts_ms: TimestampMs,
+}
+
+impl WireMessage for Reject {
+    const TYPE: &'static str = "reject";
+    const SIZE_MAX: usize = OUTBOUND_MESSAGE_BYTES_MAX;
+    fn validate(&self) -> Result<(), ProtocolError> {
+        require(self.message.len() <= REJECT_MESSAGE_LEN_MAX, "message", "is too long")
+    }
+}
+
+/// The state of an order after an event, sent on the account's events topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    /// Accepted and durable; resting in the book with `open_qty_wh` left.
+    Open,
+    Filled,
+    Cancelled,
+    /// Removed at gate closure.
+    Expired,
+}
+
+/// An acknowledgement that a command was committed, with the resulting state of the order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderUpdate {
+    pub account: AccountId,
+    pub zone: ZoneId,
+    pub slot: SlotId,
+    /// The nonce of the order (not of the command that changed it).
+    pub order_nonce: u64,
+    pub status: OrderStatus,
+    pub price_per_kwh: PricePerKwh,
+    pub open_qty_wh: Wh,
+    pub filled_qty_wh: Wh,
+    pub ts_ms: TimestampMs,
+}
+
+impl WireMessage for OrderUpdate {
+    const TYPE: &'static str = "order_update";
+    const SIZE_MAX: usize = OUTBOUND_MESSAGE_BYTES_MAX;
+}
+
+/// Acknowledges that a reading was accepted and stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadingAck {
+    pub device: DeviceId,
+    pub seq: u64,
+    pub ts_ms: TimestampMs,
+}
+
+impl WireMessage for ReadingAck {
+    const TYPE: &'static str = "reading_ack";
+    const SIZE_MAX: usize = OUTBOUND_MESSAGE_BYTES_MAX;
+}
+
+/// One price level of a book snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Level {
+    pub price_per_kwh: PricePerKwh,
+    pub qty_wh: Wh,
+    pub orders: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BookState {
+    Open,
+    /// Gate closure has passed; no more orders.
+    Closed,
+}
+
+/// The top of one slot's book: best first on each side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BookSnapshot {
+    pub zone: ZoneId,
+    pub slot: SlotId,
+    /// Increases with every change of this book; a consumer drops snapshots older than one it has.
+    pub seq: u64,
+    pub state: BookState,
+    pub bids: Vec<Level>,
+    pub asks: Vec<Level>,
+    pub ts_ms: TimestampMs,
+}
+
+impl WireMessage for BookSnapshot {
+    const TYPE: &'static str = "book";
+    const SIZE_MAX: usize = OUTBOUND_MESSAGE_BYTES_MAX;
+    fn validate(&self) -> Result<(), ProtocolError> {
+        require(self.bids.len() <= BOOK_LEVELS_MAX, "bids", "has too many levels")?;
+        require(self.asks.len() <= BOOK_LEVELS_MAX, "asks", "has too many levels")
+    }
+}
+
+/// A device's retained presence on `gridex/v1/status/{device}`; the broker publishes the offline
+/// form as the gateway's last will.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Status {
+    pub device: DeviceId,
+    pub online: bool,
+}
+
+impl WireMessage for Status {
+    const TYPE: &'static str = "status";
+    const SIZE_MAX: usize = SIGNED_MESSAGE_BYTES_MAX;
+}
+
+/// One account's settlement statement for one slot: the leaf of the slot's Merkle tree.
+/// Money is in micro-units: positive amounts are what the account receives, negative what it pays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Statement {
+    pub zone: ZoneId,
+    pub slot: SlotId,
+    pub account: AccountId,
+    pub metered_import_wh: Wh,
+    pub metered_export_wh: Wh,
+    pub bought_wh: Wh,
+    pub sold_wh: Wh,
+    /// Metered net export − traded net sales: positive was sold to the utility at the feed-in
+    /// tariff, negative was bought from it at the retail price.
+    pub imbalance_wh: Wh,
+    pub purchases: MicroMoney,
+    pub sales: MicroMoney,
+    pub grid_fees: MicroMoney,
+    pub protocol_fees: MicroMoney,
+    pub utility_net: MicroMoney,
+    /// Sum of the money lines above.
+    pub net: MicroMoney,
+    pub tokens_earned: MicroTokens,
+    /// True when a device of the account had no readings around a slot boundary.
+    pub no_data: bool,
+}
+
+impl WireMessage for Statement {
+    const TYPE: &'static str = "statement";
+    const SIZE_MAX: usize = OUTBOUND_MESSAGE_BYTES_MAX;
+}
+
+/// The operator's signed commitment to a settled slot's statements.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotRoot {
+    pub zone: ZoneId,
+    pub slot: SlotId,
+    /// Merkle root of the slot's statements, 64 lowercase hex digits.
+    pub root: String,
+    pub statements: u64,
+    pub operator: AccountId,
+    pub ts_ms: TimestampMs,
+}
+
+impl WireMessage for SlotRoot {
+    const TYPE: &'static str = "slot_root";
+    const SIZE_MAX: usize = SIGNED_MESSAGE_BYTES_MAX;
+    fn validate(&self) -> Result<(), ProtocolError> {
+        let hex_ok =
+            self.root.len() == 64 && self.root.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        require(hex_ok, "root", "is 64 lowercase hex digits")
+    }
+}
+
+impl Signable for SlotRoot {
+    fn signer(&self) -> [u8; 32] {
+        self.operator.0
+    }
+}
+
+/// Any order-entry command, as carried on an account's orders topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Order(crate::wire::Signed<Order>),
+    Cancel(crate::wire::Signed<Cancel>),
+    Replace(crate::wire::Signed<Replace>),
+}
+
+impl Command {
+    /// Parses an order, cancel or replace by its `type` field.
+    pub fn parse(bytes: &[u8]) -> Result<Command, ProtocolError> {
+        use crate::wire::{decode_any, Signed};
+        let (type_name, object) = decode_any(bytes, SIGNED_MESSAGE_BYTES_MAX)?;
+        match type_name.as_str() {
+            Order::TYPE => Signed::from_object(object).map(Command::Order),
+            Cancel::TYPE => Signed::from_object(object).map(Command::Cancel),
+            Replace::TYPE => Signed::from_object(object).map(Command::Replace),
+            other => Err(ProtocolError::new(
+                Reason::WrongMessageType,
+                format!("expected order, cancel or replace, found `{other}`"),
+            )),
+        }
+    }
+    pub fn account(&self) -> AccountId {
+        match self {
+            Command::Order(signed) => signed.message.account,
+            Command::Cancel(signed) => signed.message.account,
+            Command::Replace(signed) => signed.message.account,
+        }
+    }
+    pub fn zone(&self) -> &ZoneId {
+        match self {
+            Command::Order(signed) => &signed.message.zone,
+            Command::Cancel(signed) => &signed.message.zone,
+            Command::Replace(signed) => &signed.message.zone,
+        }
+    }
+    pub fn nonce(&self) -> u64 {
+        match self {
+            Command::Order(signed) => signed.message.nonce,
+            Command::Cancel(signed) => signed.message.nonce,
+            Command::Replace(signed) => signed.message.nonce,
+        }
+    }
+    pub fn ts_ms(&self) -> TimestampMs {
+        match self {
+            Command::Order(signed) => signed.message.ts_ms,
+            Command::Cancel(signed) => signed.message.ts_ms,
+            Command::Replace(signed) => signed.message.ts_ms,
+        }
+    }
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Command::Order(_) => Order::TYPE,
+            Command::Cancel(_) => Cancel::TYPE,
+            Command::Replace(_) => Replace::TYPE,
+        }
+    }
+    pub fn verify(&self) -> Result<(), ProtocolError> {
+        match self {
+            Command::Order(signed) => signed.verify(),
+            Command::Cancel(signed) => signed.verify(),
+            Command::Replace(signed) => signed.verify(),
+        }
+    }
+    /// The bytes the signature covers (domain tag and canonical JSON).
+    pub fn signing_bytes(&self) -> &[u8] {
+        match self {
+            Command::Order(signed) => signed.signing_bytes(),
+            Command::Cancel(signed) => signed.signing_bytes(),
+            Command::Replace(signed) => signed.signing_bytes(),
+        }
+    }
+    pub fn to_json(&self) -> Vec<u8> {
+        match self {
+            Command::Order(signed) => signed.to_json(),
+            Command::Cancel(signed) => signed.to_json(),
+            Command::Replace(signed) => signed.to_json(),
+        }
+    }
+}
+
+/// Largest sequence number or nonce: the largest safe JSON integer.
+pub const SEQ_MAX: u64 = MAX_SAFE_INTEGER as u64;

@@ -1,0 +1,66 @@
+//! Deterministic keys and sample messages for tests in this and other crates. Not for production:
+//! the keys come from public seeds.
+
+use crate::ids::{AccountId, DeviceId, MeterSerial, SlotId, ZoneId};
+use crate::messages::{Order, Reading, Side, Statement, TimeInForce};
+use crate::units::{MicroMoney, MicroTokens, PowerW, PricePerKwh, TimestampMs, Wh};
+use ed25519_dalek::SigningKey;
+
+/// A signing key from a fixed seed: 32 bytes of `seed`.
+pub fn signing_key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+pub fn zone() -> ZoneId {
+    ZoneId::parse("test-zone").expect("a valid literal")
+}
+
+pub fn sample_reading(key: &SigningKey) -> Reading {
+    Reading {
+        device: DeviceId::from_verifying_key(&key.verifying_key()),
+        zone: zone(),
+        meter_serial: MeterSerial::parse("SN-0001").expect("a valid literal"),
+        seq: 42,
+        ts_ms: TimestampMs(1_790_000_000_000),
+        import_wh: Wh(1_234_567),
+        export_wh: Wh(7_654_321),
+        pv_wh: Some(Wh(9_000_000)),
+        power_w: PowerW(-2_500),
+    }
+}
+
+pub fn sample_order(key: &SigningKey) -> Order {
+    Order {
+        account: AccountId::from_verifying_key(&key.verifying_key()),
+        zone: zone(),
+        slot: SlotId::new(1_790_000_900_000 - 1_790_000_900_000 % 900_000).expect("a valid literal"),
+        side: Side::Sell,
+        price_per_kwh: PricePerKwh(180_000),
+        qty_wh: Wh(1_500),
+        tif: TimeInForce::Gtc,
+        post_only: false,
+        nonce: 7,
+        ts_ms: TimestampMs(1_790_000_000_000),
+    }
+}
+
+pub fn sample_statement(index: u8) -> Statement {
+    Statement {
+        zone: zone(),
+        slot: SlotId::new(900_000).expect("a valid literal"),
+        account: AccountId::from_verifying_key(&signing_key(index.wrapping_add(1)).verifying_key()),
+        metered_import_wh: Wh(100),
+        metered_export_wh: Wh(i64::from(index) * 10),
+        bought_wh: Wh(0),
+        sold_wh: Wh(i64::from(index) * 10),
+        imbalance_wh: Wh(0),
+        purchases: MicroMoney(0),
+        sales: MicroMoney(i64::from(index) * 1_800),
+        grid_fees: MicroMoney(0),
+        protocol_fees: MicroMoney(-9),
+        utility_net: MicroMoney(-25_000),
+        net: MicroMoney(i64::from(index) * 1_800 - 25_009),
+        tokens_earned: MicroTokens(i64::from(index)),
+        no_data: false,
+    }
+}

@@ -1,0 +1,271 @@
+//! The test vectors of `protocol/test-vectors.json`, built from fixed seeds so that anyone can
+//! regenerate them: `cargo run -p protocol --example gen_vectors > protocol/test-vectors.json`.
+//! A test checks that the committed file equals what this module builds.
+
+use crate::messages::{Cancel, Order, Reading, Replace, Side, SlotRoot, TimeInForce};
+use crate::testing::{sample_order, sample_reading, signing_key};
+use crate::units::{PricePerKwh, TimestampMs, Wh};
+use crate::wire::{domain_tag, Signable, Signed, WireMessage};
+use crate::AccountId;
+use ed25519_dalek::{Signer, SigningKey};
+use serde_json::{json, Map, Value};
+
+/// The group order of ed25519, little-endian: adding it to `s` gives a non-canonical signature.
+const GROUP_ORDER_LE: [u8; 32] = [
+    0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+];
+
+fn object_of<T: WireMessage>(message: &T) -> Map<String, Value> {
+    let mut object = match serde_json::to_value(message) {
+        Ok(Value::Object(object)) => object,
+        _ => unreachable!("messages serialize to objects"),
+    };
+    object.insert("type".to_owned(), Value::String(T::TYPE.to_owned()));
+    object
+}
+
+fn valid<T: Signable>(name: &str, message: T, key: &SigningKey) -> Value {
+    #[allow(clippy::expect_used)]
+    let signed = Signed::sign(message, key).expect("sample messages are valid");
+    #[allow(clippy::expect_used)]
+    let sent: Value = serde_json::from_slice(&signed.to_json()).expect("our own JSON");
+    json!({
+        "name": name,
+        "kind": T::TYPE,
+        "public_key": hex::encode(key.verifying_key().to_bytes()),
+        "message": sent,
+        "signing_bytes_hex": hex::encode(signed.signing_bytes()),
+        "valid": true,
+    })
+}
+
+fn invalid(name: &str, kind: &str, public_key: &[u8; 32], message: Value, reason: &str) -> Value {
+    json!({
+        "name": name,
+        "kind": kind,
+        "public_key": hex::encode(public_key),
+        "message": message,
+        "valid": false,
+        "reason": reason,
+    })
+}
+
+/// Signs arbitrary bytes and returns the object with `sig` set.
+fn with_sig(mut object: Map<String, Value>, key: &SigningKey, signed_bytes: &[u8]) -> Value {
+    object.insert("sig".to_owned(), Value::String(hex::encode(key.sign(signed_bytes).to_bytes())));
+    Value::Object(object)
+}
+
+fn canonical_signing_bytes(kind: &str, object: &Map<String, Value>) -> Vec<u8> {
+    #[allow(clippy::expect_used)]
+    crate::wire::signing_bytes(kind, object).expect("restricted values")
+}
+
+/// Every vector, in file order.
+pub fn vectors() -> Value {
+    let device = signing_key(1);
+    let trader = signing_key(3);
+    let operator = signing_key(9);
+    let mut out = Vec::new();
+
+    // --- valid ---
+    out.push(valid("reading", sample_reading(&device), &device));
+    let mut no_pv = sample_reading(&signing_key(2));
+    no_pv.pv_wh = None;
+    no_pv.seq = 1;
+    out.push(valid("reading-without-pv", no_pv, &signing_key(2)));
+    out.push(valid("order-sell-gtc", sample_order(&trader), &trader));
+    let mut buy = sample_order(&signing_key(4));
+    buy.side = Side::Buy;
+    buy.tif = TimeInForce::Ioc;
+    buy.price_per_kwh = PricePerKwh(305_000);
+    buy.nonce = 1;
+    out.push(valid("order-buy-ioc", buy, &signing_key(4)));
+    let order = sample_order(&trader);
+    out.push(valid(
+        "cancel",
+        Cancel {
+            account: order.account,
+            zone: order.zone.clone(),
+            slot: order.slot,
+            order_nonce: 7,
+            nonce: 8,
+            ts_ms: TimestampMs(1_790_000_001_000),
+        },
+        &trader,
+    ));
+    out.push(valid(
+        "replace",
+        Replace {
+            account: order.account,
+            zone: order.zone.clone(),
+            slot: order.slot,
+            order_nonce: 7,
+            price_per_kwh: PricePerKwh(175_000),
+            qty_wh: Wh(1_000),
+            nonce: 9,
+            ts_ms: TimestampMs(1_790_000_002_000),
+        },
+        &trader,
+    ));
+    out.push(valid(
+        "slot-root",
+        SlotRoot {
+            zone: order.zone.clone(),
+            slot: order.slot,
+            root: hex::encode([0xab; 32]),
+            statements: 20,
+            operator: AccountId::from_verifying_key(&operator.verifying_key()),
+            ts_ms: TimestampMs(1_790_001_900_000),
+        },
+        &operator,
+    ));
+    // A message sent with its fields in another order and whitespace: the signature covers the
+    // canonical form, so it is still valid.
+    let mut shuffled = valid("reading-fields-in-any-order", sample_reading(&device), &device);
+    if let Some(Value::Object(message)) = shuffled.get_mut("message") {
+        let mut reversed: Vec<(String, Value)> = std::mem::take(message).into_iter().collect();
+        reversed.reverse();
+        *message = reversed.into_iter().collect();
+    }
+    out.push(shuffled);
+
+    // --- invalid ---
+    let device_pub = device.verifying_key().to_bytes();
+    let reading_object = object_of(&sample_reading(&device));
+    let reading_bytes = canonical_signing_bytes(Reading::TYPE, &reading_object);
+
+    let mut tampered = with_sig(reading_object.clone(), &device, &reading_bytes);
+    tampered["import_wh"] = json!(1_234_568);
+    out.push(invalid("tampered-field", "reading", &device_pub, tampered, "bad_signature"));
+
+    // Names device 1 but is signed by device 5.
+    out.push(invalid(
+        "wrong-key",
+        "reading",
+        &device_pub,
+        with_sig(reading_object.clone(), &signing_key(5), &reading_bytes),
+        "bad_signature",
+    ));
+
+    let mut wrong_tag = domain_tag(Order::TYPE).into_bytes();
+    wrong_tag.extend_from_slice(&reading_bytes[domain_tag(Reading::TYPE).len()..]);
+    out.push(invalid(
+        "wrong-domain-tag",
+        "reading",
+        &device_pub,
+        with_sig(reading_object.clone(), &device, &wrong_tag),
+        "bad_signature",
+    ));
+
+    // Signed over the fields in declaration order (serde's output), not the canonical order.
+    let mut non_canonical = domain_tag(Reading::TYPE).into_bytes();
+    #[allow(clippy::expect_used)]
+    non_canonical.extend_from_slice(&serde_json::to_vec(&sample_reading(&device)).expect("serializes"));
+    out.push(invalid(
+        "non-canonical-signing-bytes",
+        "reading",
+        &device_pub,
+        with_sig(reading_object.clone(), &device, &non_canonical),
+        "bad_signature",
+    ));
+
+    let mut float = with_sig(reading_object.clone(), &device, &reading_bytes);
+    float["import_wh"] = json!(1234.5);
+    out.push(invalid("float-value", "reading", &device_pub, float, "float_not_allowed"));
+
+    let mut unknown_object = reading_object.clone();
+    unknown_object.insert("note".to_owned(), json!("hello"));
+    let unknown_bytes = canonical_signing_bytes(Reading::TYPE, &unknown_object);
+    out.push(invalid(
+        "unknown-field",
+        "reading",
+        &device_pub,
+        with_sig(unknown_object, &device, &unknown_bytes),
+        "unknown_field",
+    ));
+
+    let mut oversized_object = reading_object.clone();
+    oversized_object.insert("note".to_owned(), json!("x".repeat(1100)));
+    let oversized_bytes = canonical_signing_bytes(Reading::TYPE, &oversized_object);
+    out.push(invalid(
+        "oversized",
+        "reading",
+        &device_pub,
+        with_sig(oversized_object, &device, &oversized_bytes),
+        "too_large",
+    ));
+
+    let mut big_object = reading_object.clone();
+    big_object.insert("seq".to_owned(), json!(1_u64 << 53));
+    // Out of the restricted set, so the canonical form is spelled by hand from the valid one.
+    let big_bytes = String::from_utf8_lossy(&reading_bytes)
+        .replace("\"seq\":42,", &format!("\"seq\":{},", 1_u64 << 53))
+        .into_bytes();
+    out.push(invalid(
+        "integer-beyond-2^53",
+        "reading",
+        &device_pub,
+        with_sig(big_object, &device, &big_bytes),
+        "integer_out_of_range",
+    ));
+
+    let mut negative_object = reading_object.clone();
+    negative_object.insert("export_wh".to_owned(), json!(-1));
+    let negative_bytes = canonical_signing_bytes(Reading::TYPE, &negative_object);
+    out.push(invalid(
+        "negative-counter",
+        "reading",
+        &device_pub,
+        with_sig(negative_object, &device, &negative_bytes),
+        "invalid_value",
+    ));
+
+    out.push(invalid(
+        "missing-sig",
+        "reading",
+        &device_pub,
+        Value::Object(reading_object.clone()),
+        "missing_signature",
+    ));
+
+    let mut uppercase = with_sig(reading_object.clone(), &device, &reading_bytes);
+    if let Some(Value::String(sig)) = uppercase.get_mut("sig") {
+        *sig = sig.to_uppercase();
+    }
+    out.push(invalid("uppercase-sig", "reading", &device_pub, uppercase, "malformed_signature"));
+
+    // s + L: the same signature in a non-canonical encoding (malleability); strict verification refuses it.
+    let signature = device.sign(&reading_bytes).to_bytes();
+    let mut s_plus_l = signature;
+    let mut carry = 0u16;
+    for (index, byte) in s_plus_l[32..].iter_mut().enumerate() {
+        let sum = u16::from(*byte) + u16::from(GROUP_ORDER_LE[index]) + carry;
+        *byte = (sum & 0xff) as u8;
+        carry = sum >> 8;
+    }
+    let mut malleated = reading_object.clone();
+    malleated.insert("sig".to_owned(), Value::String(hex::encode(s_plus_l)));
+    out.push(invalid("non-canonical-s", "reading", &device_pub, Value::Object(malleated), "bad_signature"));
+
+    // The identity point as a key with R = identity and s = 0 passes a non-strict verifier for any
+    // message; strict verification rejects the small-order key.
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let mut small_order_object = object_of(&sample_order(&trader));
+    small_order_object.insert("account".to_owned(), Value::String(hex::encode(identity)));
+    let mut forged_sig = [0u8; 64];
+    forged_sig[0] = 1;
+    small_order_object.insert("sig".to_owned(), Value::String(hex::encode(forged_sig)));
+    out.push(invalid("small-order-key", "order", &identity, Value::Object(small_order_object), "invalid_public_key"));
+
+    Value::Array(out)
+}
+
+/// The file's text: pretty JSON with a trailing newline.
+pub fn vectors_file() -> String {
+    let mut text = serde_json::to_string_pretty(&vectors()).unwrap_or_default();
+    text.push('\n');
+    text
+}

@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Independent check of protocol/test-vectors.json, written from PROTOCOL.md alone.
+
+It shares no code with the Rust crate: its own canonical JSON (RFC 8785 for our restricted value
+set), its own field tables, and libsodium's ed25519 (through PyNaCl) instead of ed25519-dalek.
+Valid vectors must produce exactly `signing_bytes_hex` and verify; invalid ones must fail with their
+`reason`. Usage: python3 protocol/tools/verify_vectors.py [protocol/test-vectors.json]
+Needs: pip install pynacl
+"""
+import json
+import re
+import sys
+
+import nacl.bindings
+import nacl.exceptions
+import nacl.signing
+
+SIZE_MAX = 1024  # PROTOCOL.md: signed messages from gateways and traders
+MAX_SAFE = 2**53 - 1
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+HEX128 = re.compile(r"^[0-9a-f]{128}$")
+
+# PROTOCOL.md field tables: name -> (required, checker)
+def _int(lo=None):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and (lo is None or v >= lo)
+
+_str = lambda v: isinstance(v, str)
+_bool = lambda v: isinstance(v, bool)
+_key = lambda v: isinstance(v, str) and HEX64.match(v) is not None
+_side = lambda v: v in ("buy", "sell")
+_tif = lambda v: v in ("gtc", "ioc", "fok")
+
+FIELDS = {
+    "reading": {"device": (True, _key), "zone": (True, _str), "meter_serial": (True, _str), "seq": (True, _int(0)),
+                "ts_ms": (True, _int(0)), "import_wh": (True, _int(0)), "export_wh": (True, _int(0)),
+                "pv_wh": (False, _int(0)), "power_w": (True, _int())},
+    "order": {"account": (True, _key), "zone": (True, _str), "slot": (True, _int(0)), "side": (True, _side),
+              "price_per_kwh": (True, _int(1)), "qty_wh": (True, _int(1)), "tif": (True, _tif),
+              "post_only": (True, _bool), "nonce": (True, _int(0)), "ts_ms": (True, _int(0))},
+    "cancel": {"account": (True, _key), "zone": (True, _str), "slot": (True, _int(0)), "order_nonce": (True, _int(0)),
+               "nonce": (True, _int(0)), "ts_ms": (True, _int(0))},
+    "replace": {"account": (True, _key), "zone": (True, _str), "slot": (True, _int(0)),
+                "order_nonce": (True, _int(0)), "price_per_kwh": (True, _int(1)), "qty_wh": (True, _int(1)),
+                "nonce": (True, _int(0)), "ts_ms": (True, _int(0))},
+    "slot_root": {"zone": (True, _str), "slot": (True, _int(0)), "root": (True, _key), "statements": (True, _int(0)),
+                  "operator": (True, _key), "ts_ms": (True, _int(0))},
+}
+SIGNER = {"reading": "device", "order": "account", "cancel": "account", "replace": "account", "slot_root": "operator"}
+
+
+class Rejected(Exception):
+    def __init__(self, reason):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def check_values(value):
+    """The restricted value set: objects, arrays, strings, booleans, integers within +-(2^53-1)."""
+    if value is None:
+        raise Rejected("null_not_allowed")
+    if isinstance(value, float):
+        raise Rejected("float_not_allowed")
+    if isinstance(value, bool) or isinstance(value, str):
+        return
+    if isinstance(value, int):
+        if abs(value) > MAX_SAFE:
+            raise Rejected("integer_out_of_range")
+        return
+    if isinstance(value, list):
+        for item in value:
+            check_values(item)
+        return
+    if isinstance(value, dict):
+        for item in value.values():
+            check_values(item)
+        return
+    raise Rejected("wrong_type")
+
+
+def escape(text):
+    out = ['"']
+    for ch in text:
+        code = ord(ch)
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch == "\b":
+            out.append("\\b")
+        elif ch == "\f":
+            out.append("\\f")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif code < 0x20:
+            out.append("\\u%04x" % code)
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def canonical(value):
+    """RFC 8785 for the restricted set: members sorted by UTF-16 code units, no whitespace."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return escape(value)
+    if isinstance(value, list):
+        return "[" + ",".join(canonical(v) for v in value) + "]"
+    keys = sorted(value.keys(), key=lambda k: k.encode("utf-16-be"))
+    return "{" + ",".join(escape(k) + ":" + canonical(value[k]) for k in keys) + "}"
+
+
+def verify(kind, message):
+    """Returns the signing bytes of a valid message, raises Rejected(reason) otherwise."""
+    wire = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(wire) > SIZE_MAX:
+        raise Rejected("too_large")
+    check_values(message)
+    if message.get("type") != kind:
+        raise Rejected("wrong_message_type")
+    if "sig" not in message:
+        raise Rejected("missing_signature")
+    sig = message["sig"]
+    if not isinstance(sig, str) or not HEX128.match(sig):
+        raise Rejected("malformed_signature")
+    body = {k: v for k, v in message.items() if k != "sig"}
+    fields = FIELDS[kind]
+    for name in body:
+        if name != "type" and name not in fields:
+            raise Rejected("unknown_field")
+    for name, (required, ok) in fields.items():
+        if name not in body:
+            if required:
+                raise Rejected("missing_field")
+            continue
+        if not ok(body[name]):
+            raise Rejected("invalid_value")
+    signing_bytes = ("gridex/v1/%s\n" % kind).encode("utf-8") + canonical(body).encode("utf-8")
+    public_key = bytes.fromhex(body[SIGNER[kind]])
+    if not nacl.bindings.crypto_core_ed25519_is_valid_point(public_key):
+        raise Rejected("invalid_public_key")  # not on the curve, or small order
+    try:
+        nacl.signing.VerifyKey(public_key).verify(signing_bytes, bytes.fromhex(sig))
+    except nacl.exceptions.BadSignatureError:
+        raise Rejected("bad_signature")
+    return signing_bytes
+
+
+def main():
+    path = sys.argv[1] if len(sys.argv) > 1 else "protocol/test-vectors.json"
+    with open(path, encoding="utf-8") as handle:
+        vectors = json.load(handle)
+    failures = 0
+    for vector in vectors:
+        name, kind = vector["name"], vector["kind"]
+        try:
+            signing_bytes = verify(kind, vector["message"])
+            outcome = "valid"
+        except Rejected as rejected:
+            outcome = rejected.reason
+        if vector["valid"]:
+            good = outcome == "valid" and signing_bytes.hex() == vector["signing_bytes_hex"]
+        else:
+            good = outcome == vector["reason"]
+        expected = "valid" if vector["valid"] else vector["reason"]
+        print("%-4s %-32s expected %-22s got %s" % ("ok" if good else "FAIL", name, expected, outcome))
+        failures += 0 if good else 1
+    print("%d vectors, %d failures" % (len(vectors), failures))
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,488 @@
+//! The registry: zones, tariffs over time, accounts, devices and the reward schedule. Every input is
+//! validated here with a typed error; the web API and the demo call these functions.
+//!
+//! Functions take a `&mut DbConnection` and block; from async code call them inside
+//! `Database::run`/`Database::write`, or use [`write()`]/[`read()`], which keep the typed error.
+
+use crate::rewards::RewardSchedule;
+use crate::rules::{Tariff, ISSUER_ACCOUNT, TREASURY_ACCOUNT};
+use crate::schema::settlement_slots;
+use diesel::prelude::*;
+use exchange::db::{Database, DbConnection, DbError};
+use exchange::schema::{accounts, devices, reward_schedule, tariffs, zones};
+use protocol::{AccountId, DeviceId, MeterSerial, PricePerKwh, ZoneId};
+use serde::Serialize;
+
+/// Shortest and longest slot a zone may use (the `zones` table's CHECK): one minute to one hour.
+pub const SLOT_LEN_MS_MIN: i64 = 60_000;
+pub const SLOT_LEN_MS_MAX: i64 = 3_600_000;
+/// Highest price a tariff may set: 100 currency units per kWh is far above any retail price, and
+/// keeps `price × energy` of a slot far from overflowing.
+pub const PRICE_PER_KWH_MAX: i64 = 100_000_000;
+/// Longest display name: fits a dashboard row.
+pub const DISPLAY_NAME_LEN_MAX: usize = 64;
+/// Largest nameplate power: 1 MW is beyond any household or small business connection.
+pub const NAMEPLATE_W_MAX: i64 = 1_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("unknown zone `{0}`")]
+    UnknownZone(String),
+    #[error("zone `{0}` already exists")]
+    ZoneExists(String),
+    #[error("unknown account `{0}`")]
+    UnknownAccount(String),
+    #[error("account `{0}` already exists")]
+    AccountExists(String),
+    #[error("device `{0}` already exists")]
+    DeviceExists(String),
+    #[error("invalid {field}: {message}")]
+    Invalid { field: &'static str, message: String },
+    #[error("a tariff effective at {effective_from_ms} would change slot {settled_slot_ms}, which is already settled")]
+    TariffInThePast { effective_from_ms: i64, settled_slot_ms: i64 },
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<diesel::result::Error> for RegistryError {
+    fn from(error: diesel::result::Error) -> Self {
+        RegistryError::Db(DbError::Query(error))
+    }
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> RegistryError {
+    RegistryError::Invalid { field, message: message.into() }
+}
+
+/// What an account is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccountKind {
+    Household,
+    Utility,
+    Treasury,
+    Issuer,
+}
+
+impl AccountKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountKind::Household => "household",
+            AccountKind::Utility => "utility",
+            AccountKind::Treasury => "treasury",
+            AccountKind::Issuer => "issuer",
+        }
+    }
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "household" => Some(AccountKind::Household),
+            "utility" => Some(AccountKind::Utility),
+            "treasury" => Some(AccountKind::Treasury),
+            "issuer" => Some(AccountKind::Issuer),
+            _ => None,
+        }
+    }
+}
+
+/// The utility account of a zone: `utility:<zone>`.
+pub fn utility_account_for(zone: &ZoneId) -> String {
+    format!("utility:{zone}")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Zone {
+    pub zone_id: ZoneId,
+    pub name: String,
+    pub slot_len_ms: i64,
+    pub utility_account: String,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Account {
+    pub account_id: String,
+    pub kind: AccountKind,
+    pub display_name: String,
+    pub zone_id: Option<String>,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Device {
+    pub device_id: DeviceId,
+    pub account_id: AccountId,
+    pub zone_id: ZoneId,
+    pub meter_serial: MeterSerial,
+    pub nameplate_w: i64,
+    pub registered_ms: i64,
+}
+
+fn check_name(name: &str) -> Result<(), RegistryError> {
+    let length = name.chars().count();
+    if length == 0 || length > DISPLAY_NAME_LEN_MAX || name.chars().any(char::is_control) {
+        return Err(invalid("name", format!("1 to {DISPLAY_NAME_LEN_MAX} printable characters")));
+    }
+    Ok(())
+}
+
+type ZoneRow = (String, String, i64, String, i64);
+
+fn zone_from_row((zone_id, name, slot_len_ms, utility_account, created_ms): ZoneRow) -> Result<Zone, RegistryError> {
+    let zone_id = ZoneId::parse(&zone_id).map_err(|error| invalid("zone_id", error.to_string()))?;
+    Ok(Zone { zone_id, name, slot_len_ms, utility_account, created_ms })
+}
+
+/// The zone, if registered.
+pub fn zone(conn: &mut DbConnection, zone: &ZoneId) -> Result<Option<Zone>, RegistryError> {
+    let row: Option<ZoneRow> = zones::table
+        .filter(zones::zone_id.eq(zone.as_str()))
+        .select((zones::zone_id, zones::name, zones::slot_len_ms, zones::utility_account, zones::created_ms))
+        .first(conn)
+        .optional()?;
+    row.map(zone_from_row).transpose()
+}
+
+/// Every zone, by id.
+pub fn list_zones(conn: &mut DbConnection) -> Result<Vec<Zone>, RegistryError> {
+    let rows: Vec<ZoneRow> = zones::table
+        .order(zones::zone_id)
+        .select((zones::zone_id, zones::name, zones::slot_len_ms, zones::utility_account, zones::created_ms))
+        .load(conn)?;
+    rows.into_iter().map(zone_from_row).collect()
+}
+
+/// Creates a zone with its utility account (`utility:<zone>` unless named) and the system accounts.
+/// Its first slot to settle is the one containing `now_ms`.
+pub fn create_zone(
+    conn: &mut DbConnection,
+    zone_id: &ZoneId,
+    name: &str,
+    slot_len_ms: i64,
+    utility_account: Option<&str>,
+    now_ms: i64,
+) -> Result<Zone, RegistryError> {
+    check_name(name)?;
+    if !(SLOT_LEN_MS_MIN..=SLOT_LEN_MS_MAX).contains(&slot_len_ms) || 86_400_000 % slot_len_ms != 0 {
+        return Err(invalid("slot_len_ms", "between 1 minute and 1 hour, dividing a day evenly"));
+    }
+    let utility_account = utility_account.map_or_else(|| utility_account_for(zone_id), str::to_owned);
+    if !utility_account.starts_with("utility:") || utility_account.len() > 64 {
+        return Err(invalid("utility_account", "`utility:<name>`, at most 64 characters"));
+    }
+    if self::zone(conn, zone_id)?.is_some() {
+        return Err(RegistryError::ZoneExists(zone_id.to_string()));
+    }
+    diesel::insert_into(zones::table)
+        .values((
+            zones::zone_id.eq(zone_id.as_str()),
+            zones::name.eq(name),
+            zones::slot_len_ms.eq(slot_len_ms),
+            zones::utility_account.eq(&utility_account),
+            zones::created_ms.eq(now_ms),
+        ))
+        .execute(conn)?;
+    ensure_account(conn, &utility_account, AccountKind::Utility, &format!("Utility of {name}"), Some(zone_id), now_ms)?;
+    ensure_system_accounts(conn, now_ms)?;
+    Ok(Zone { zone_id: zone_id.clone(), name: name.to_owned(), slot_len_ms, utility_account, created_ms: now_ms })
+}
+
+fn ensure_account(
+    conn: &mut DbConnection,
+    id: &str,
+    kind: AccountKind,
+    display_name: &str,
+    zone: Option<&ZoneId>,
+    now_ms: i64,
+) -> Result<(), RegistryError> {
+    let exists: i64 = accounts::table.filter(accounts::account_id.eq(id)).count().get_result(conn)?;
+    if exists == 0 {
+        diesel::insert_into(accounts::table)
+            .values((
+                accounts::account_id.eq(id),
+                accounts::kind.eq(kind.as_str()),
+                accounts::display_name.eq(display_name),
+                accounts::zone_id.eq(zone.map(ZoneId::as_str)),
+                accounts::created_ms.eq(now_ms),
+            ))
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// Makes sure `treasury` and `issuer` exist.
+pub fn ensure_system_accounts(conn: &mut DbConnection, now_ms: i64) -> Result<(), RegistryError> {
+    ensure_account(conn, TREASURY_ACCOUNT, AccountKind::Treasury, "Protocol treasury", None, now_ms)?;
+    ensure_account(conn, ISSUER_ACCOUNT, AccountKind::Issuer, "GRID issuer", None, now_ms)
+}
+
+fn check_price(field: &'static str, price: PricePerKwh) -> Result<(), RegistryError> {
+    if !(0..=PRICE_PER_KWH_MAX).contains(&price.0) {
+        return Err(invalid(field, format!("0 to {PRICE_PER_KWH_MAX} micro-units per kWh")));
+    }
+    Ok(())
+}
+
+/// Sets the zone's tariff from `tariff.effective_from_ms` on (replacing one at the same time). A
+/// tariff may not take effect inside or before a slot that is already settled.
+pub fn set_tariff(conn: &mut DbConnection, zone_id: &ZoneId, tariff: &Tariff) -> Result<(), RegistryError> {
+    check_price("retail_price_per_kwh", tariff.retail_price_per_kwh)?;
+    check_price("feed_in_price_per_kwh", tariff.feed_in_price_per_kwh)?;
+    check_price("grid_fee_per_kwh", tariff.grid_fee_per_kwh)?;
+    if !(0..=crate::rules::BPS_PER_UNIT).contains(&tariff.protocol_fee_bps) {
+        return Err(invalid("protocol_fee_bps", "0 to 10000"));
+    }
+    if tariff.effective_from_ms < 0 {
+        return Err(invalid("effective_from_ms", "a unix time in milliseconds"));
+    }
+    let zone = self::zone(conn, zone_id)?.ok_or_else(|| RegistryError::UnknownZone(zone_id.to_string()))?;
+    let last_settled: Option<i64> = settlement_slots::table
+        .filter(settlement_slots::zone_id.eq(zone_id.as_str()))
+        .select(diesel::dsl::max(settlement_slots::slot_start_ms))
+        .first(conn)?;
+    if let Some(settled_slot_ms) = last_settled {
+        if tariff.effective_from_ms < settled_slot_ms + zone.slot_len_ms {
+            return Err(RegistryError::TariffInThePast {
+                effective_from_ms: tariff.effective_from_ms,
+                settled_slot_ms,
+            });
+        }
+    }
+    diesel::delete(
+        tariffs::table
+            .filter(tariffs::zone_id.eq(zone_id.as_str()))
+            .filter(tariffs::effective_from_ms.eq(tariff.effective_from_ms)),
+    )
+    .execute(conn)?;
+    diesel::insert_into(tariffs::table)
+        .values((
+            tariffs::zone_id.eq(zone_id.as_str()),
+            tariffs::effective_from_ms.eq(tariff.effective_from_ms),
+            tariffs::retail_price_per_kwh.eq(tariff.retail_price_per_kwh.0),
+            tariffs::feed_in_price_per_kwh.eq(tariff.feed_in_price_per_kwh.0),
+            tariffs::grid_fee_per_kwh.eq(tariff.grid_fee_per_kwh.0),
+            tariffs::protocol_fee_bps.eq(tariff.protocol_fee_bps),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+type TariffRow = (i64, i64, i64, i64, i64);
+
+fn tariff_from_row((effective_from_ms, retail, feed_in, grid_fee, bps): TariffRow) -> Tariff {
+    Tariff {
+        effective_from_ms,
+        retail_price_per_kwh: PricePerKwh(retail),
+        feed_in_price_per_kwh: PricePerKwh(feed_in),
+        grid_fee_per_kwh: PricePerKwh(grid_fee),
+        protocol_fee_bps: bps,
+    }
+}
+
+const TARIFF_COLUMNS: (
+    tariffs::effective_from_ms,
+    tariffs::retail_price_per_kwh,
+    tariffs::feed_in_price_per_kwh,
+    tariffs::grid_fee_per_kwh,
+    tariffs::protocol_fee_bps,
+) = (
+    tariffs::effective_from_ms,
+    tariffs::retail_price_per_kwh,
+    tariffs::feed_in_price_per_kwh,
+    tariffs::grid_fee_per_kwh,
+    tariffs::protocol_fee_bps,
+);
+
+/// The tariff in force at `at_ms`: the latest one effective at or before it.
+pub fn tariff_at(conn: &mut DbConnection, zone_id: &ZoneId, at_ms: i64) -> Result<Option<Tariff>, RegistryError> {
+    let row: Option<TariffRow> = tariffs::table
+        .filter(tariffs::zone_id.eq(zone_id.as_str()))
+        .filter(tariffs::effective_from_ms.le(at_ms))
+        .order(tariffs::effective_from_ms.desc())
+        .select(TARIFF_COLUMNS)
+        .first(conn)
+        .optional()?;
+    Ok(row.map(tariff_from_row))
+}
+
+/// Every tariff of the zone, oldest first.
+pub fn tariffs(conn: &mut DbConnection, zone_id: &ZoneId) -> Result<Vec<Tariff>, RegistryError> {
+    let rows: Vec<TariffRow> = tariffs::table
+        .filter(tariffs::zone_id.eq(zone_id.as_str()))
+        .order(tariffs::effective_from_ms)
+        .select(TARIFF_COLUMNS)
+        .load(conn)?;
+    Ok(rows.into_iter().map(tariff_from_row).collect())
+}
+
+/// Registers an account. Households are named by their key (64 hex digits); a utility must be
+/// `utility:<zone>` of an existing zone; `treasury` and `issuer` have those names.
+pub fn register_account(
+    conn: &mut DbConnection,
+    id: &str,
+    kind: AccountKind,
+    display_name: &str,
+    zone_id: Option<&ZoneId>,
+    now_ms: i64,
+) -> Result<Account, RegistryError> {
+    check_name(display_name)?;
+    let valid_id = match kind {
+        AccountKind::Household => AccountId::parse(id).is_ok(),
+        AccountKind::Utility => zone_id.is_some_and(|zone| id == utility_account_for(zone)),
+        AccountKind::Treasury => id == TREASURY_ACCOUNT,
+        AccountKind::Issuer => id == ISSUER_ACCOUNT,
+    };
+    if !valid_id {
+        return Err(invalid("account_id", format!("not a valid id for a {} account", kind.as_str())));
+    }
+    if let Some(zone_id) = zone_id {
+        if self::zone(conn, zone_id)?.is_none() {
+            return Err(RegistryError::UnknownZone(zone_id.to_string()));
+        }
+    }
+    let exists: i64 = accounts::table.filter(accounts::account_id.eq(id)).count().get_result(conn)?;
+    if exists > 0 {
+        return Err(RegistryError::AccountExists(id.to_owned()));
+    }
+    diesel::insert_into(accounts::table)
+        .values((
+            accounts::account_id.eq(id),
+            accounts::kind.eq(kind.as_str()),
+            accounts::display_name.eq(display_name),
+            accounts::zone_id.eq(zone_id.map(ZoneId::as_str)),
+            accounts::created_ms.eq(now_ms),
+        ))
+        .execute(conn)?;
+    Ok(Account {
+        account_id: id.to_owned(),
+        kind,
+        display_name: display_name.to_owned(),
+        zone_id: zone_id.map(ZoneId::to_string),
+        created_ms: now_ms,
+    })
+}
+
+/// The account, if registered.
+pub fn account(conn: &mut DbConnection, id: &str) -> Result<Option<Account>, RegistryError> {
+    let row: Option<(String, String, String, Option<String>, i64)> = accounts::table
+        .filter(accounts::account_id.eq(id))
+        .select((accounts::account_id, accounts::kind, accounts::display_name, accounts::zone_id, accounts::created_ms))
+        .first(conn)
+        .optional()?;
+    row.map(|(account_id, kind, display_name, zone_id, created_ms)| {
+        let kind = AccountKind::parse(&kind).ok_or_else(|| invalid("kind", kind.clone()))?;
+        Ok(Account { account_id, kind, display_name, zone_id, created_ms })
+    })
+    .transpose()
+}
+
+/// Registers a metering device of a household account in a zone.
+pub fn register_device(
+    conn: &mut DbConnection,
+    device_id: &DeviceId,
+    account_id: &AccountId,
+    zone_id: &ZoneId,
+    meter_serial: &MeterSerial,
+    nameplate_w: i64,
+    now_ms: i64,
+) -> Result<Device, RegistryError> {
+    if !(1..=NAMEPLATE_W_MAX).contains(&nameplate_w) {
+        return Err(invalid("nameplate_w", format!("1 to {NAMEPLATE_W_MAX} W")));
+    }
+    if self::zone(conn, zone_id)?.is_none() {
+        return Err(RegistryError::UnknownZone(zone_id.to_string()));
+    }
+    match account(conn, &account_id.to_hex())? {
+        Some(account) if account.kind == AccountKind::Household => {}
+        Some(_) => return Err(invalid("account_id", "devices belong to household accounts")),
+        None => return Err(RegistryError::UnknownAccount(account_id.to_hex())),
+    }
+    let exists: i64 = devices::table.filter(devices::device_id.eq(device_id.to_hex())).count().get_result(conn)?;
+    if exists > 0 {
+        return Err(RegistryError::DeviceExists(device_id.to_hex()));
+    }
+    diesel::insert_into(devices::table)
+        .values((
+            devices::device_id.eq(device_id.to_hex()),
+            devices::account_id.eq(account_id.to_hex()),
+            devices::zone_id.eq(zone_id.as_str()),
+            devices::meter_serial.eq(meter_serial.as_str()),
+            devices::nameplate_w.eq(nameplate_w),
+            devices::registered_ms.eq(now_ms),
+        ))
+        .execute(conn)?;
+    Ok(Device {
+        device_id: *device_id,
+        account_id: *account_id,
+        zone_id: zone_id.clone(),
+        meter_serial: meter_serial.clone(),
+        nameplate_w,
+        registered_ms: now_ms,
+    })
+}
+
+/// Sets the (single, global) reward schedule.
+pub fn set_reward_schedule(conn: &mut DbConnection, schedule: &RewardSchedule) -> Result<(), RegistryError> {
+    if schedule.epoch_len_ms <= 0 {
+        return Err(invalid("epoch_len_ms", "must be positive"));
+    }
+    if schedule.halving_epochs <= 0 {
+        return Err(invalid("halving_epochs", "must be positive"));
+    }
+    if schedule.initial_emission_per_epoch < 0 || schedule.max_supply < 0 || schedule.genesis_ms < 0 {
+        return Err(invalid("reward_schedule", "amounts and genesis must not be negative"));
+    }
+    diesel::delete(reward_schedule::table).execute(conn)?;
+    diesel::insert_into(reward_schedule::table)
+        .values((
+            reward_schedule::id.eq(1_i64),
+            reward_schedule::genesis_ms.eq(schedule.genesis_ms),
+            reward_schedule::epoch_len_ms.eq(schedule.epoch_len_ms),
+            reward_schedule::initial_emission_per_epoch.eq(schedule.initial_emission_per_epoch),
+            reward_schedule::halving_epochs.eq(schedule.halving_epochs),
+            reward_schedule::max_supply.eq(schedule.max_supply),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// The reward schedule, if one is set (without one, no GRID is emitted).
+pub fn reward_schedule(conn: &mut DbConnection) -> Result<Option<RewardSchedule>, RegistryError> {
+    let row: Option<(i64, i64, i64, i64, i64)> = reward_schedule::table
+        .select((
+            reward_schedule::genesis_ms,
+            reward_schedule::epoch_len_ms,
+            reward_schedule::initial_emission_per_epoch,
+            reward_schedule::halving_epochs,
+            reward_schedule::max_supply,
+        ))
+        .first(conn)
+        .optional()?;
+    Ok(row.map(|(genesis_ms, epoch_len_ms, initial_emission_per_epoch, halving_epochs, max_supply)| RewardSchedule {
+        genesis_ms,
+        epoch_len_ms,
+        initial_emission_per_epoch,
+        halving_epochs,
+        max_supply,
+    }))
+}
+
+/// Runs `work` in one write transaction from async code, keeping its typed error (the work is rolled
+/// back when it fails).
+pub async fn write<T, E, F>(db: &Database, work: F) -> Result<T, E>
+where
+    T: Send + 'static,
+    E: From<diesel::result::Error> + From<DbError> + Send + 'static,
+    F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
+{
+    db.write(move |conn| Ok(conn.transaction(work))).await?
+}
+
+/// Runs a blocking read from async code on the blocking pool, keeping its typed error.
+pub async fn read<T, E, F>(db: &Database, work: F) -> Result<T, E>
+where
+    T: Send + 'static,
+    E: From<DbError> + Send + 'static,
+    F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
+{
+    db.run(move |conn| Ok(work(conn))).await?
+}

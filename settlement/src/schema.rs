@@ -1,0 +1,94 @@
+//! Diesel table definitions for the ledger (migrations/*/2026-11-23-000002_ledger). The registry and
+//! market tables are in `exchange::schema`.
+
+diesel::table! {
+    ledger_head (id) {
+        id -> BigInt,
+        next_tx_id -> BigInt,
+    }
+}
+
+diesel::table! {
+    ledger_transactions (tx_id) {
+        tx_id -> BigInt,
+        zone_id -> Text,
+        slot_start_ms -> BigInt,
+        kind -> Text,
+        reference -> Text,
+        created_ms -> BigInt,
+    }
+}
+
+diesel::table! {
+    ledger_entries (tx_id, line) {
+        tx_id -> BigInt,
+        line -> BigInt,
+        account_id -> Text,
+        asset -> Text,
+        kind -> Text,
+        amount -> BigInt,
+    }
+}
+
+diesel::table! {
+    settlement_slots (zone_id, slot_start_ms) {
+        zone_id -> Text,
+        slot_start_ms -> BigInt,
+        slot_len_ms -> BigInt,
+        status -> Text,
+        statements -> BigInt,
+        trades -> BigInt,
+        traded_wh -> BigInt,
+        traded_value -> BigInt,
+        delivered_p2p_wh -> BigInt,
+        metered_import_wh -> BigInt,
+        metered_export_wh -> BigInt,
+        utility_supplied_wh -> BigInt,
+        utility_absorbed_wh -> BigInt,
+        utility_supplied_value -> BigInt,
+        utility_absorbed_value -> BigInt,
+        grid_fees -> BigInt,
+        protocol_fees -> BigInt,
+        household_savings -> BigInt,
+        tokens_emitted -> BigInt,
+        tokens_carry -> BigInt,
+        no_data_accounts -> BigInt,
+        first_tx_id -> BigInt,
+        next_tx_id -> BigInt,
+        entries -> BigInt,
+        merkle_root -> Text,
+        root_signature -> Text,
+        operator -> Text,
+        signed_root -> Text,
+        closed_ms -> BigInt,
+    }
+}
+
+diesel::table! {
+    statements (zone_id, slot_start_ms, account_id) {
+        zone_id -> Text,
+        slot_start_ms -> BigInt,
+        account_id -> Text,
+        leaf_index -> BigInt,
+        leaf_hash -> Text,
+        statement -> Text,
+    }
+}
+
+diesel::table! {
+    reward_epochs (zone_id, epoch) {
+        zone_id -> Text,
+        epoch -> BigInt,
+        scheduled -> BigInt,
+        emitted -> BigInt,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(
+    ledger_head,
+    ledger_transactions,
+    ledger_entries,
+    settlement_slots,
+    statements,
+    reward_epochs
+);

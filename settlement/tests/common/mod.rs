@@ -1,0 +1,194 @@
+//! Fixtures shared by the settlement integration tests: a zone with a tariff and reward schedule,
+//! households with a device each, readings and trades written directly with diesel (the exchange
+//! writes them in production).
+#![allow(dead_code)]
+
+use diesel::prelude::*;
+use exchange::db::testing::TestDb;
+use exchange::db::DbConnection;
+use exchange::schema::{readings, trades};
+use protocol::testing::signing_key;
+use protocol::{AccountId, DeviceId, MeterSerial, PricePerKwh, SlotId, ZoneId};
+use settlement::registry::{self, AccountKind};
+use settlement::rewards::RewardSchedule;
+use settlement::rules::Tariff;
+use settlement::{close_slot, SettlementConfig, SettlementError, SlotOutcome};
+
+pub const SLOT_LEN_MS: i64 = 900_000;
+pub const GRACE_MS: i64 = 120_000;
+pub const RETAIL: i64 = 300_000;
+pub const FEED_IN: i64 = 80_000;
+pub const GRID_FEE: i64 = 20_000;
+pub const FEE_BPS: i64 = 50;
+/// 96 slots a day: one million micro-GRID per slot.
+pub const EMISSION_PER_DAY: i64 = 96_000_000;
+pub const TOKENS_PER_SLOT: i64 = 1_000_000;
+
+pub fn zone() -> ZoneId {
+    ZoneId::parse("north").expect("valid")
+}
+
+pub fn slot(index: i64) -> SlotId {
+    SlotId::new(index * SLOT_LEN_MS).expect("valid")
+}
+
+pub fn config() -> SettlementConfig {
+    SettlementConfig { grace_ms: GRACE_MS, ..SettlementConfig::new(signing_key(200)) }
+}
+
+pub fn default_schedule() -> RewardSchedule {
+    RewardSchedule {
+        genesis_ms: 0,
+        epoch_len_ms: 86_400_000,
+        initial_emission_per_epoch: EMISSION_PER_DAY,
+        halving_epochs: 365,
+        max_supply: 21_000_000_000_000,
+    }
+}
+
+pub fn tariff() -> Tariff {
+    Tariff {
+        effective_from_ms: 0,
+        retail_price_per_kwh: PricePerKwh(RETAIL),
+        feed_in_price_per_kwh: PricePerKwh(FEED_IN),
+        grid_fee_per_kwh: PricePerKwh(GRID_FEE),
+        protocol_fee_bps: FEE_BPS,
+    }
+}
+
+/// A zone created at time 0 (so slot 0 is its first), with the default tariff and schedule.
+pub fn setup(conn: &mut DbConnection, schedule: RewardSchedule) {
+    registry::create_zone(conn, &zone(), "North", SLOT_LEN_MS, None, 0).expect("zone");
+    registry::set_tariff(conn, &zone(), &tariff()).expect("tariff");
+    registry::set_reward_schedule(conn, &schedule).expect("schedule");
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Household {
+    pub account: AccountId,
+    pub device: DeviceId,
+}
+
+impl Household {
+    pub fn hex(&self) -> String {
+        self.account.to_hex()
+    }
+}
+
+/// Registers household `seed` (its account key from seed, its device key from seed + 100).
+pub fn household(conn: &mut DbConnection, seed: u8) -> Household {
+    let account = AccountId::from_verifying_key(&signing_key(seed).verifying_key());
+    let device = DeviceId::from_verifying_key(&signing_key(seed.wrapping_add(100)).verifying_key());
+    registry::register_account(
+        conn,
+        &account.to_hex(),
+        AccountKind::Household,
+        &format!("House {seed}"),
+        Some(&zone()),
+        0,
+    )
+    .expect("account");
+    let serial = MeterSerial::parse(&format!("SN-{seed}")).expect("serial");
+    registry::register_device(conn, &device, &account, &zone(), &serial, 5_000, 0).expect("device");
+    Household { account, device }
+}
+
+/// Stores an accepted reading received `received_ms`.
+pub fn reading_received(
+    conn: &mut DbConnection,
+    device: &DeviceId,
+    ts_ms: i64,
+    import_wh: i64,
+    export_wh: i64,
+    received_ms: i64,
+) {
+    diesel::insert_into(readings::table)
+        .values((
+            readings::device_id.eq(device.to_hex()),
+            readings::seq.eq(ts_ms),
+            readings::ts_ms.eq(ts_ms),
+            readings::import_wh.eq(import_wh),
+            readings::export_wh.eq(export_wh),
+            readings::pv_wh.eq(None::<i64>),
+            readings::power_w.eq(0_i64),
+            readings::received_ms.eq(received_ms),
+            readings::payload.eq("{}"),
+        ))
+        .execute(conn)
+        .expect("reading");
+}
+
+pub fn reading(conn: &mut DbConnection, device: &DeviceId, ts_ms: i64, import_wh: i64, export_wh: i64) {
+    reading_received(conn, device, ts_ms, import_wh, export_wh, ts_ms + 1_000);
+}
+
+/// Readings on both boundaries of slot `index` so the device metered exactly `import_wh`/`export_wh`
+/// in it; counters continue from a reading already on the start boundary (the previous slot's end).
+pub fn meter(conn: &mut DbConnection, household: &Household, index: i64, import_wh: i64, export_wh: i64) {
+    let start = slot(index).start_ms();
+    let existing: Option<(i64, i64)> = readings::table
+        .filter(readings::device_id.eq(household.device.to_hex()))
+        .filter(readings::ts_ms.eq(start))
+        .select((readings::import_wh, readings::export_wh))
+        .first(conn)
+        .optional()
+        .expect("query");
+    let (import_base, export_base) = existing.unwrap_or_else(|| {
+        reading(conn, &household.device, start, 1_000, 1_000);
+        (1_000, 1_000)
+    });
+    reading(conn, &household.device, start + SLOT_LEN_MS, import_base + import_wh, export_base + export_wh);
+}
+
+pub fn trade(
+    conn: &mut DbConnection,
+    trade_id: i64,
+    index: i64,
+    price: i64,
+    qty_wh: i64,
+    buyer: &Household,
+    seller: &Household,
+) {
+    diesel::insert_into(trades::table)
+        .values((
+            trades::trade_id.eq(trade_id),
+            trades::zone_id.eq(zone().as_str()),
+            trades::slot_start_ms.eq(slot(index).start_ms()),
+            trades::price_per_kwh.eq(price),
+            trades::qty_wh.eq(qty_wh),
+            trades::buyer_id.eq(buyer.hex()),
+            trades::buy_nonce.eq(trade_id),
+            trades::seller_id.eq(seller.hex()),
+            trades::sell_nonce.eq(trade_id),
+            trades::aggressor.eq("buy"),
+            trades::ts_ms.eq(slot(index).start_ms() - 60_000),
+            trades::command_seq.eq(trade_id),
+        ))
+        .execute(conn)
+        .expect("trade");
+}
+
+/// The earliest time slot `index` may close.
+pub fn due(index: i64) -> i64 {
+    slot(index).start_ms() + SLOT_LEN_MS + GRACE_MS
+}
+
+pub fn close(conn: &mut DbConnection, index: i64) -> Result<SlotOutcome, SettlementError> {
+    close_slot(conn, &zone(), slot(index), &config(), due(index))
+}
+
+pub fn connection(test_db: &TestDb) -> exchange::db::PooledDb {
+    test_db.db.get().expect("a connection")
+}
+
+pub fn count(conn: &mut DbConnection, table: &str) -> i64 {
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    diesel::sql_query(format!("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM {table}"))
+        .get_result::<Count>(conn)
+        .expect("count")
+        .n
+}

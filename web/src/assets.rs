@@ -1,0 +1,47 @@
+//! The dashboard's files (`web/static/**`), embedded at build time by `build.rs`.
+
+use actix_web::{web, HttpResponse};
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/static_files.rs"));
+}
+
+/// Every embedded file: path relative to `static/`, and its bytes.
+pub fn files() -> &'static [(&'static str, &'static [u8])] {
+    embedded::FILES
+}
+
+pub fn get(path: &str) -> Option<&'static [u8]> {
+    files().iter().find(|(name, _)| *name == path).map(|(_, bytes)| *bytes)
+}
+
+fn content_type(path: &str) -> &'static str {
+    match path.rsplit('.').next().unwrap_or_default() {
+        "html" => "text/html; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "json" => "application/json",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "ico" => "image/x-icon",
+        "woff2" => "font/woff2",
+        "txt" => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    }
+}
+
+const PLACEHOLDER: &str = "<!doctype html><meta charset=utf-8><title>gridex</title>\
+<p>The dashboard is not built into this binary. The API is at <a href=/api/v1/openapi.json>/api/v1/openapi.json</a>.";
+
+pub async fn index() -> HttpResponse {
+    match get("index.html") {
+        Some(bytes) => HttpResponse::Ok().content_type(content_type("index.html")).body(bytes),
+        None => HttpResponse::Ok().content_type("text/html; charset=utf-8").body(PLACEHOLDER),
+    }
+}
+
+pub async fn file(path: web::Path<String>) -> Result<HttpResponse, crate::error::ApiError> {
+    let path = path.into_inner();
+    let bytes = get(&path).ok_or_else(|| crate::error::ApiError::not_found("not_found", "no such file"))?;
+    Ok(HttpResponse::Ok().content_type(content_type(&path)).insert_header(("Cache-Control", "no-cache")).body(bytes))
+}

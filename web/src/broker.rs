@@ -1,0 +1,171 @@
+//! The exchange's connection to an external MQTT broker (`gridex serve`): `mqtt://HOST[:1883]` or
+//! `mqtts://HOST[:8883]`, optional username and password, and for TLS the CA file to trust
+//! (`mqtt.ca_file`; the system's roots without it).
+//!
+//! The options are built by `meter_gateway::publisher::mqtt_options`, which the gateways use for the
+//! same brokers: one URL grammar, and TLS through rustls with an explicit ring provider (the
+//! workspace links two rustls providers, so the process-wide default would panic). This module adds
+//! the exchange's own limits and keeps secrets out of error messages.
+
+use crate::settings::MqttSettings;
+use meter_gateway::publisher::{self, PublishError};
+use rumqttc::MqttOptions;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The exchange's client id at the broker.
+pub const EXCHANGE_CLIENT_ID: &str = "gridex-exchange";
+/// Keep-alive of the exchange's connection.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// Largest MQTT packet in and out: a signed order or reading is under 1 KiB, a book snapshot of
+/// many levels a few KiB; 64 KiB leaves room and caps what a client can make us buffer.
+pub const PACKET_BYTES_MAX: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// Only the reason: the URL itself is a secret setting and may hold credentials.
+    #[error("the MQTT URL is invalid: {0}")]
+    BadUrl(String),
+    #[error("mqtt.password is set without mqtt.username")]
+    PasswordWithoutUsername,
+    #[error("mqtt.ca_file is only used with mqtts:// URLs")]
+    CaFileWithoutTls,
+    /// Not a `#[source]`: the gateway's message already includes its cause, and `{:#}` would repeat it.
+    #[error("{0}")]
+    Tls(PublishError),
+}
+
+/// Where the broker is: host, port and whether TLS is used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddress {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+fn parse_url(url: &str) -> Result<BrokerAddress, BrokerError> {
+    match publisher::parse_url(url) {
+        Ok((host, port, tls)) => Ok(BrokerAddress { host, port, tls }),
+        Err(PublishError::BadUrl { reason, .. }) => Err(BrokerError::BadUrl(reason)),
+        Err(other) => Err(BrokerError::Tls(other)),
+    }
+}
+
+/// The broker's address, or `None` when no broker is configured.
+pub fn address(settings: &MqttSettings) -> Result<Option<BrokerAddress>, BrokerError> {
+    settings.url.as_ref().map(|url| parse_url(url.expose())).transpose()
+}
+
+/// The exchange's MQTT options, or `None` when no broker is configured. Reads the CA file.
+pub fn mqtt_options(settings: &MqttSettings) -> Result<Option<MqttOptions>, BrokerError> {
+    let Some(url) = &settings.url else { return Ok(None) };
+    let address = parse_url(url.expose())?;
+    if settings.password.is_some() && settings.username.is_none() {
+        return Err(BrokerError::PasswordWithoutUsername);
+    }
+    if settings.ca_file.is_some() && !address.tls {
+        return Err(BrokerError::CaFileWithoutTls);
+    }
+    let client_id = settings.client_id.as_deref().unwrap_or(EXCHANGE_CLIENT_ID);
+    let gateway_settings = publisher::MqttSettings {
+        url: url.expose().to_owned(),
+        username: settings.username.clone(),
+        password: settings.password.as_ref().map(|password| password.expose().to_owned()),
+        ca_file: settings.ca_file.as_ref().map(PathBuf::from),
+        client_id: Some(client_id.to_owned()),
+    };
+    let mut options = publisher::mqtt_options(&gateway_settings, client_id, None).map_err(|error| match error {
+        PublishError::BadUrl { reason, .. } => BrokerError::BadUrl(reason),
+        other => BrokerError::Tls(other),
+    })?;
+    options.set_keep_alive(KEEP_ALIVE);
+    options.set_max_packet_size(PACKET_BYTES_MAX, PACKET_BYTES_MAX);
+    Ok(Some(options))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::Secret;
+    use rumqttc::Transport;
+
+    fn settings(url: &str) -> MqttSettings {
+        MqttSettings { url: Some(Secret::new(url)), ..MqttSettings::default() }
+    }
+
+    #[test]
+    fn a_plain_url_gives_host_and_port_with_the_default_port_1883() {
+        let options = mqtt_options(&settings("mqtt://broker.local")).expect("valid").expect("configured");
+        assert_eq!(options.broker_address(), ("broker.local".to_owned(), 1883));
+        assert!(matches!(options.transport(), Transport::Tcp));
+        assert_eq!(options.keep_alive(), KEEP_ALIVE);
+        assert_eq!(options.client_id(), EXCHANGE_CLIENT_ID);
+        let named = MqttSettings { client_id: Some("exchange-north".to_owned()), ..settings("mqtt://broker.local") };
+        assert_eq!(mqtt_options(&named).expect("valid").expect("configured").client_id(), "exchange-north");
+        assert!(options.credentials().is_none());
+        let address = address(&settings("mqtt://127.0.0.1:1884")).expect("valid");
+        assert_eq!(address, Some(BrokerAddress { host: "127.0.0.1".into(), port: 1884, tls: false }));
+    }
+
+    #[test]
+    fn no_url_is_no_broker() {
+        assert!(mqtt_options(&MqttSettings::default()).expect("valid").is_none());
+        assert_eq!(address(&MqttSettings::default()).expect("valid"), None);
+    }
+
+    #[test]
+    fn mqtts_uses_tls_trusting_the_ca_file_and_logs_in() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, include_bytes!("../../meter-gateway/tests/fixtures/test-ca.pem")).expect("write");
+        let settings = MqttSettings {
+            url: Some(Secret::new("mqtts://broker.example")),
+            username: Some("exchange".into()),
+            password: Some(Secret::new("hunter2")),
+            ca_file: Some(ca.display().to_string()),
+            client_id: None,
+        };
+        let options = mqtt_options(&settings).expect("valid").expect("configured");
+        assert_eq!(options.broker_address(), ("broker.example".to_owned(), 8883));
+        assert!(matches!(options.transport(), Transport::Tls(_)));
+        let login = options.credentials().expect("credentials");
+        assert_eq!((login.username.as_str(), login.password.as_str()), ("exchange", "hunter2"));
+        assert_eq!(address(&settings).expect("valid").map(|address| address.tls), Some(true));
+    }
+
+    #[test]
+    fn a_missing_or_empty_ca_file_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let missing = dir.path().join("missing.pem");
+        let mut settings = settings("mqtts://broker:8884");
+        settings.ca_file = Some(missing.display().to_string());
+        let error = mqtt_options(&settings).expect_err("no such file").to_string();
+        assert!(error.contains("missing.pem"), "{error}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, b"not a certificate\n").expect("write");
+        settings.ca_file = Some(empty.display().to_string());
+        assert!(matches!(mqtt_options(&settings), Err(BrokerError::Tls(PublishError::CaCertificates { .. }))));
+    }
+
+    #[test]
+    fn credentials_in_the_url_are_refused_without_repeating_the_url() {
+        let error = mqtt_options(&settings("mqtts://exchange:hunter2@broker")).expect_err("refused").to_string();
+        assert!(error.contains("username and password"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+        let error = address(&settings("mqtt://u:hunter2@broker")).expect_err("refused").to_string();
+        assert!(!error.contains("hunter2"), "{error}");
+    }
+
+    #[test]
+    fn malformed_settings_are_refused() {
+        for url in ["http://broker", "mqtt://", "mqtt://broker:99999", "broker:1883"] {
+            assert!(matches!(mqtt_options(&settings(url)), Err(BrokerError::BadUrl(_))), "{url}");
+        }
+        let mut lonely_password = settings("mqtt://broker");
+        lonely_password.password = Some(Secret::new("pw"));
+        assert!(matches!(mqtt_options(&lonely_password), Err(BrokerError::PasswordWithoutUsername)));
+        let mut plain_with_ca = settings("mqtt://broker");
+        plain_with_ca.ca_file = Some("/etc/ssl/ca.pem".into());
+        assert!(matches!(mqtt_options(&plain_with_ca), Err(BrokerError::CaFileWithoutTls)));
+    }
+}

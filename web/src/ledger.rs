@@ -1,0 +1,179 @@
+//! Endpoints answered from the settlement ledger: statements with proofs, balances, zone statistics,
+//! token supply and settlement reports. The ledger belongs to `settlement`; these handlers only call
+//! its query functions.
+
+use crate::error::ApiError;
+use crate::state::{AppState, LiveEvent, SlotSettled};
+use actix_web::{web, HttpRequest, HttpResponse};
+use exchange::db::DbConnection;
+use protocol::SlotId;
+use serde::Deserialize;
+use settlement::{queries, SettlementError};
+use std::fmt::Write as _;
+use tokio::sync::broadcast;
+
+/// Statements returned by one request at most.
+pub const STATEMENTS_LIMIT_MAX: i64 = 500;
+pub const STATEMENTS_LIMIT_DEFAULT: i64 = 100;
+
+fn settlement_error(error: SettlementError) -> ApiError {
+    match error {
+        SettlementError::UnknownZone(_) => ApiError::not_found("unknown_zone", "no such zone"),
+        SettlementError::Registry(inner) => crate::registry::api_error(inner),
+        other => ApiError::internal(other),
+    }
+}
+
+async fn query<T, F>(state: &AppState, work: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut DbConnection) -> Result<T, SettlementError> + Send + 'static,
+{
+    settlement::registry::read(&state.db, work).await.map_err(settlement_error)
+}
+
+fn parse_slot(start_ms: i64) -> Result<SlotId, ApiError> {
+    SlotId::new(start_ms).map_err(|error| ApiError::bad_request("invalid_slot", error.to_string()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitQuery {
+    pub limit: Option<i64>,
+}
+
+pub async fn my_statements(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    limit: web::Query<LimitQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let account = crate::trader::authenticate(&state, &request, b"").await?;
+    let limit = limit.limit.unwrap_or(STATEMENTS_LIMIT_DEFAULT);
+    if !(1..=STATEMENTS_LIMIT_MAX).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", format!("limit is 1..={STATEMENTS_LIMIT_MAX}")));
+    }
+    let statements = query(&state, move |conn| queries::statements(conn, &account, limit)).await?;
+    Ok(HttpResponse::Ok().json(statements))
+}
+
+pub async fn my_statement(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<(String, i64)>,
+) -> Result<HttpResponse, ApiError> {
+    let account = crate::trader::authenticate(&state, &request, b"").await?;
+    let (zone, slot) = path.into_inner();
+    let (zone, slot) = (crate::public::parse_zone(&zone)?, parse_slot(slot)?);
+    let proof = query(&state, move |conn| queries::statement_with_proof(conn, &zone, slot, &account)).await?;
+    let proof =
+        proof.ok_or_else(|| ApiError::not_found("statement_not_found", "no statement of yours for this slot"))?;
+    Ok(HttpResponse::Ok().json(proof))
+}
+
+pub async fn my_balances(state: web::Data<AppState>, request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let account = crate::trader::authenticate(&state, &request, b"").await?;
+    let balances = query(&state, move |conn| queries::balances(conn, &account.to_hex())).await?;
+    Ok(HttpResponse::Ok().json(balances))
+}
+
+pub async fn zone_stats(state: web::Data<AppState>, zone: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let zone = crate::public::parse_zone(&zone)?;
+    crate::public::require_zone(&state, &zone).await?;
+    let stats =
+        query(&state, move |conn| queries::zone_stats(conn, &zone, 0, protocol::units::MAX_SAFE_INTEGER)).await?;
+    Ok(HttpResponse::Ok().json(stats))
+}
+
+pub async fn tokens(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let now_ms = state.now_ms();
+    let supply = query(&state, move |conn| queries::token_supply(conn, now_ms)).await?;
+    Ok(HttpResponse::Ok().json(supply))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportQuery {
+    pub format: Option<String>,
+}
+
+pub async fn slot_report(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<(String, i64)>,
+    format: web::Query<ReportQuery>,
+) -> Result<HttpResponse, ApiError> {
+    crate::utility::authorize(&state, &request)?;
+    let csv = match format.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(_) => return Err(ApiError::bad_request("invalid_query", "format is json or csv")),
+    };
+    let (zone, slot) = path.into_inner();
+    let (zone, slot) = (crate::public::parse_zone(&zone)?, parse_slot(slot)?);
+    crate::public::require_zone(&state, &zone).await?;
+    let report = query(&state, move |conn| queries::slot_report(conn, &zone, slot)).await?;
+    let report = report.ok_or_else(|| ApiError::not_found("slot_not_settled", "the slot is not settled"))?;
+    if !csv {
+        return Ok(HttpResponse::Ok().json(report));
+    }
+    Ok(HttpResponse::Ok().content_type("text/csv; charset=utf-8").body(report_csv(&report)))
+}
+
+/// One line per statement, money in micro-units and energy in Wh.
+pub fn report_csv(report: &queries::SlotReport) -> String {
+    let mut csv = String::from(
+        "zone,slot,account,metered_import_wh,metered_export_wh,bought_wh,sold_wh,imbalance_wh,purchases,sales,\
+         grid_fees,protocol_fees,utility_net,net,tokens_earned,no_data\n",
+    );
+    for s in &report.statements {
+        let _ = writeln!(
+            csv,
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            s.zone,
+            s.slot,
+            s.account,
+            s.metered_import_wh.0,
+            s.metered_export_wh.0,
+            s.bought_wh.0,
+            s.sold_wh.0,
+            s.imbalance_wh.0,
+            s.purchases.0,
+            s.sales.0,
+            s.grid_fees.0,
+            s.protocol_fees.0,
+            s.utility_net.0,
+            s.net.0,
+            s.tokens_earned.0,
+            s.no_data
+        );
+    }
+    csv
+}
+
+/// Forwards settlement's settled-slot announcements to the live feed (and so to webhooks), and
+/// records each slot's settlement latency.
+pub fn spawn_settled_forwarder(state: &AppState, mut settled: broadcast::Receiver<settlement::SlotSettled>) {
+    let state = state.clone();
+    tokio::spawn(async move {
+        loop {
+            match settled.recv().await {
+                Ok(slot) => {
+                    crate::metrics::record_settlement_latency(
+                        slot.slot.start_ms().saturating_add(slot.slot_len_ms),
+                        slot.closed_ms,
+                    );
+                    state.publish(LiveEvent::Settlement(SlotSettled {
+                        zone: slot.zone,
+                        slot: slot.slot,
+                        root: slot.root,
+                        statements: slot.statements,
+                    }));
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "the live feed lagged behind settlement");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+}

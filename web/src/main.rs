@@ -1,0 +1,266 @@
+//! `gridex`: parse the command line, build the application from settings, run until stopped.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use exchange::clock::{Clock, SystemClock};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use web::settings::Settings;
+
+#[derive(Debug, Parser)]
+#[command(name = "gridex", version, about = "Peer-to-peer energy market: server, API, dashboard and demo")]
+struct Cli {
+    /// Settings file (TOML); environment variables GRIDEX_… override it.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// A whole market on this machine: broker, simulated homes, exchange, settlement, dashboard.
+    Demo {
+        #[arg(long, default_value_t = 20)]
+        homes: usize,
+        /// How much faster than real time the market runs (60: a 15-minute slot every 15 s).
+        #[arg(long, default_value_t = 60.0)]
+        speed: f64,
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        #[arg(long, default_value = "./data/demo")]
+        data_dir: PathBuf,
+    },
+    /// Production: PostgreSQL (DATABASE_URL), an external broker (MQTT_URL), no simulators.
+    Serve,
+    /// Applies database migrations and exits.
+    Migrate,
+    /// Creates an ed25519 key file and prints its public key (the account or device id).
+    Keygen {
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Zones.
+    Zone {
+        #[command(subcommand)]
+        command: ZoneCommand,
+    },
+    /// Tariffs.
+    Tariff {
+        #[command(subcommand)]
+        command: TariffCommand,
+    },
+    /// Household accounts.
+    Account {
+        #[command(subcommand)]
+        command: AccountCommand,
+    },
+    /// Metering devices.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ZoneCommand {
+    Create {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = 900_000)]
+        slot_len_ms: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TariffCommand {
+    /// Prices in micro-units per kWh.
+    Set {
+        #[arg(long)]
+        zone: String,
+        #[arg(long)]
+        effective_from_ms: Option<i64>,
+        #[arg(long)]
+        retail: i64,
+        #[arg(long)]
+        feed_in: i64,
+        #[arg(long)]
+        grid_fee: i64,
+        #[arg(long, default_value_t = 0)]
+        protocol_fee_bps: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AccountCommand {
+    Add {
+        /// The account's public key (64 hex digits).
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        zone: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeviceCommand {
+    Add {
+        /// The device's public key (64 hex digits).
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        zone: String,
+        #[arg(long)]
+        serial: String,
+        #[arg(long)]
+        nameplate_w: i64,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,web=info,rumqttd=off")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(error) = runtime.block_on(run(cli)) {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+    // The embedded broker's thread cannot be stopped; do not wait for stray blocking tasks either.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+}
+
+fn open_database(settings: &Settings) -> anyhow::Result<exchange::db::Database> {
+    let url = settings.database.url.expose();
+    exchange::db::Database::open(url, settings.database.pool_size)
+        .with_context(|| format!("cannot open the database {}", exchange::db::redact(url)))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = || Settings::load(cli.config.as_deref()).context("cannot load the settings");
+    let now_ms = SystemClock.now_ms();
+    match cli.command {
+        Command::Demo { homes, speed, port, data_dir } => {
+            web::demo::run(web::demo::DemoOptions { homes, speed, port, data_dir }).await
+        }
+        Command::Serve => serve(settings()?).await,
+        Command::Migrate => {
+            open_database(&settings()?)?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Keygen { key } => {
+            anyhow::ensure!(!key.exists(), "{} exists already; not overwriting a key", key.display());
+            let signing =
+                meter_gateway::keys::generate_file(&key).with_context(|| format!("cannot write {}", key.display()))?;
+            println!("{}", hex::encode(signing.verifying_key().to_bytes()));
+            Ok(())
+        }
+        Command::Zone { command: ZoneCommand::Create { id, name, slot_len_ms } } => {
+            let zone = protocol::ZoneId::parse(&id)?;
+            admin(&settings()?, move |conn| web::registry::create_zone(conn, &zone, &name, slot_len_ms, now_ms)).await
+        }
+        Command::Tariff {
+            command: TariffCommand::Set { zone, effective_from_ms, retail, feed_in, grid_fee, protocol_fee_bps },
+        } => {
+            let zone = protocol::ZoneId::parse(&zone)?;
+            let tariff = web::public::TariffView {
+                effective_from_ms: effective_from_ms.unwrap_or(now_ms),
+                retail_price_per_kwh: retail,
+                feed_in_price_per_kwh: feed_in,
+                grid_fee_per_kwh: grid_fee,
+                protocol_fee_bps,
+            };
+            admin(&settings()?, move |conn| web::registry::set_tariff(conn, &zone, &tariff)).await
+        }
+        Command::Account { command: AccountCommand::Add { id, name, zone } } => {
+            let (account, zone) = (protocol::AccountId::parse(&id)?, protocol::ZoneId::parse(&zone)?);
+            admin(&settings()?, move |conn| web::registry::register_account(conn, &account, &name, &zone, now_ms)).await
+        }
+        Command::Device { command: DeviceCommand::Add { id, account, zone, serial, nameplate_w } } => {
+            let device = web::utility::NewDevice {
+                device_id: protocol::DeviceId::parse(&id)?,
+                account_id: protocol::AccountId::parse(&account)?,
+                zone: protocol::ZoneId::parse(&zone)?,
+                meter_serial: protocol::MeterSerial::parse(&serial)?,
+                nameplate_w,
+            };
+            admin(&settings()?, move |conn| web::registry::register_device(conn, &device, now_ms)).await
+        }
+    }
+}
+
+async fn admin<F>(settings: &Settings, work: F) -> anyhow::Result<()>
+where
+    F: FnOnce(&mut exchange::db::DbConnection) -> Result<(), settlement::registry::RegistryError> + Send + 'static,
+{
+    let db = open_database(settings)?;
+    web::registry::write(&db, work).await.map_err(|error| anyhow::anyhow!("{}", error.message))?;
+    println!("done");
+    Ok(())
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let db = open_database(&settings)?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let mqtt = web::broker::mqtt_options(&settings.mqtt).context("invalid MQTT settings")?;
+    if let Some(broker) = web::broker::address(&settings.mqtt)? {
+        tracing::info!(host = %broker.host, port = broker.port, tls = broker.tls, "connecting to the MQTT broker");
+    }
+    let exchange_config = exchange::config::ExchangeConfig {
+        gate_closure_ms: settings.market.gate_closure_ms,
+        horizon_ms: settings.market.horizon_ms,
+        zones: settings.market.zones.clone(),
+        ..exchange::config::ExchangeConfig::default()
+    };
+    let exchange = exchange::service::start(exchange_config, db.clone(), clock.clone(), mqtt).await?;
+    let state = web::AppState::new(db.clone(), clock.clone(), &settings)
+        .with_market(web::market::Market::new(exchange.clone()));
+    state.market.spawn_forwarder(&state);
+    web::server::spawn_background(&state);
+
+    let operator_key_path = PathBuf::from(&settings.market.operator_key_path);
+    let operator_key = meter_gateway::keys::load(&operator_key_path).with_context(|| {
+        format!("cannot load the operator key {} (create it with gridex keygen)", operator_key_path.display())
+    })?;
+    let mut settlement_config = settlement::SettlementConfig::new(operator_key);
+    settlement_config.grace_ms = settings.market.settlement_grace_ms;
+    settlement_config.zones = settings.market.zones.clone();
+    let settled = settlement::service::settled_channel();
+    web::ledger::spawn_settled_forwarder(&state, settled.subscribe());
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut receiver: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = receiver.wait_for(|stop| *stop).await;
+    };
+    let settlement_task =
+        tokio::spawn(settlement::run(db, clock, settlement_config, settled, stopped(stop_rx.clone())));
+
+    let address = format!("{}:{}", settings.http.bind, settings.http.port);
+    let listener = std::net::TcpListener::bind(&address).with_context(|| format!("cannot listen on {address}"))?;
+    tracing::info!(%address, database = %exchange::db::redact(settings.database.url.expose()), "gridex serving");
+    let server = tokio::spawn(web::server::run(listener, state, stopped(stop_rx)));
+    tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")?;
+    let _ = stop.send(true);
+    let _ = settlement_task.await;
+    server.await.context("the web server task failed")??;
+    exchange.shutdown().await;
+    Ok(())
+}

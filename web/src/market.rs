@@ -1,0 +1,174 @@
+//! The web server's link to the exchange service: order entry and book queries, with the exchange's
+//! answers turned into API shapes and errors. A server may run without an exchange (`Market::none`),
+//! in which case these endpoints answer 503.
+
+use crate::error::ApiError;
+use crate::state::{AppState, LiveEvent};
+use exchange::service::{ExchangeHandle, MarketEvent};
+use protocol::{AccountId, BookSnapshot, OrderStatus, PricePerKwh, Side, SlotId, TimeInForce, Wh, ZoneId};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::broadcast;
+
+/// One open book of a zone, as listed by `GET /zones/{zone}/slots`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SlotView {
+    pub slot: SlotId,
+    pub gate_closure_ms: i64,
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub best_bid: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub best_ask: Option<i64>,
+}
+
+/// One of a trader's resting orders, as listed by `GET /me/orders`: the exchange's live state of the
+/// order (open and filled quantity, current price) with the terms it rests with.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OpenOrder {
+    pub account: AccountId,
+    pub zone: ZoneId,
+    pub slot: SlotId,
+    pub order_nonce: u64,
+    pub status: OrderStatus,
+    pub side: Side,
+    /// Always GTC: IOC and FOK orders never rest.
+    pub tif: TimeInForce,
+    pub post_only: bool,
+    /// The current limit price (a replace may have changed it).
+    pub price_per_kwh: PricePerKwh,
+    /// What is left to trade.
+    pub open_qty_wh: Wh,
+    /// What has traded so far.
+    pub filled_qty_wh: Wh,
+    /// The order's own signed time (market clock), when it was placed.
+    pub placed_ms: i64,
+    /// The time of this view.
+    pub ts_ms: i64,
+}
+
+impl From<exchange::zone::OpenOrder> for OpenOrder {
+    fn from(order: exchange::zone::OpenOrder) -> OpenOrder {
+        let update = order.update;
+        OpenOrder {
+            account: update.account,
+            zone: update.zone,
+            slot: update.slot,
+            order_nonce: update.order_nonce,
+            status: update.status,
+            side: order.side,
+            tif: TimeInForce::Gtc,
+            post_only: order.post_only,
+            price_per_kwh: update.price_per_kwh,
+            open_qty_wh: update.open_qty_wh,
+            filled_qty_wh: update.filled_qty_wh,
+            placed_ms: order.placed_ms.0,
+            ts_ms: update.ts_ms.0,
+        }
+    }
+}
+
+/// Handle on the exchange service, or nothing.
+#[derive(Clone, Default)]
+pub struct Market {
+    inner: Option<ExchangeHandle>,
+}
+
+impl std::fmt::Debug for Market {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Market").field("connected", &self.inner.is_some()).finish()
+    }
+}
+
+fn no_exchange() -> ApiError {
+    ApiError::unavailable("the exchange is not running in this process")
+}
+
+impl Market {
+    pub fn none() -> Market {
+        Market { inner: None }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    pub fn new(handle: ExchangeHandle) -> Market {
+        Market { inner: Some(handle) }
+    }
+
+    pub fn handle(&self) -> Option<&ExchangeHandle> {
+        self.inner.as_ref()
+    }
+
+    fn exchange(&self) -> Result<&ExchangeHandle, ApiError> {
+        self.inner.as_ref().ok_or_else(no_exchange)
+    }
+
+    /// Submits a signed order, cancel or replace exactly as received over MQTT; answers once the
+    /// command is committed.
+    pub async fn submit_command(&self, bytes: Vec<u8>) -> Result<serde_json::Value, ApiError> {
+        let ack = self
+            .exchange()?
+            .submit_command(bytes)
+            .await
+            .map_err(|rejection| ApiError::from_reason(rejection.reason, rejection.message))?;
+        let order_nonce = ack.updates.first().map(|update| update.order_nonce);
+        Ok(json!({
+            "status": "accepted",
+            "command_seq": ack.command_seq,
+            "order_nonce": order_nonce,
+            "updates": ack.updates,
+            "trades": ack.trades,
+        }))
+    }
+
+    pub async fn book(&self, zone: &ZoneId, slot: SlotId, levels: usize) -> Result<Option<BookSnapshot>, ApiError> {
+        Ok(self.exchange()?.book(zone, slot, levels).await)
+    }
+
+    pub async fn open_slots(&self, zone: &ZoneId) -> Result<Vec<SlotView>, ApiError> {
+        let slots = self.exchange()?.open_slots(zone).await;
+        Ok(slots
+            .into_iter()
+            .map(|info| SlotView {
+                slot: info.slot,
+                gate_closure_ms: info.gate_closure_ms,
+                state: match info.state {
+                    protocol::BookState::Open => "open".to_owned(),
+                    protocol::BookState::Closed => "closed".to_owned(),
+                },
+                best_bid: info.best_bid.map(|price| price.0),
+                best_ask: info.best_ask.map(|price| price.0),
+            })
+            .collect())
+    }
+
+    /// The account's resting orders with their side, time in force and post-only flag.
+    pub async fn open_orders(&self, account: AccountId) -> Result<Vec<OpenOrder>, ApiError> {
+        Ok(self.exchange()?.open_orders(account).await.into_iter().map(OpenOrder::from).collect())
+    }
+
+    /// Forwards the exchange's market events to the live feed until the exchange stops.
+    pub fn spawn_forwarder(&self, state: &AppState) {
+        let Some(handle) = &self.inner else { return };
+        let mut events = handle.subscribe();
+        let state = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let event = match events.recv().await {
+                    Ok(MarketEvent::Trade(trade)) => LiveEvent::Trade(trade),
+                    Ok(MarketEvent::Book(book)) => LiveEvent::Book(book),
+                    Ok(MarketEvent::OrderUpdate(update)) => LiveEvent::OrderUpdate(update),
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "the live feed lagged behind the exchange");
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                state.publish(event);
+            }
+        });
+    }
+}

@@ -1,0 +1,64 @@
+//! Operational endpoints: liveness, readiness, Prometheus metrics, the OpenAPI document, the clock,
+//! and the demo's household logins.
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+use std::time::Duration;
+
+/// How long the readiness probe waits for the broker's TCP handshake.
+pub const BROKER_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let db = state.db.clone();
+    let database = tokio::task::spawn_blocking(move || db.ping()).await.unwrap_or(false);
+    let broker = match &state.broker_address {
+        None => None,
+        Some((host, port)) => Some(matches!(
+            tokio::time::timeout(BROKER_PROBE_TIMEOUT, tokio::net::TcpStream::connect((host.as_str(), *port))).await,
+            Ok(Ok(_))
+        )),
+    };
+    let ready = database && broker != Some(false);
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "database": database,
+        "broker": broker.map_or("not_configured", |up| if up { "reachable" } else { "unreachable" }),
+        "exchange": state.market.is_connected(),
+    });
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let handle = crate::metrics::install().ok_or_else(|| ApiError::unavailable("no metrics recorder"))?;
+    crate::metrics::set_queue_depth("live_feed", state.live.len());
+    match state.webhooks.pending().await {
+        Ok(pending) => crate::metrics::set_queue_depth("webhook_outbox", usize::try_from(pending).unwrap_or(0)),
+        Err(error) => tracing::warn!(%error, "cannot count the webhook outbox"),
+    }
+    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(handle.render()))
+}
+
+pub async fn openapi(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(crate::routes::openapi_document(state.demo_households.is_some()))
+}
+
+/// The market clock: in the demo it runs faster than real time, and orders must carry its time.
+pub async fn clock(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "now_ms": state.now_ms(), "speed": state.clock_speed }))
+}
+
+pub async fn demo_households(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let households =
+        state.demo_households.clone().ok_or_else(|| ApiError::not_found("not_found", "not in demo mode"))?;
+    Ok(HttpResponse::Ok().json(&*households))
+}

@@ -1,0 +1,398 @@
+//! The route table: one list that both mounts the handlers and generates the OpenAPI 3 document, so
+//! the two cannot drift apart.
+
+use crate::error::ApiError;
+use crate::{assets, ledger, ops, public, sse, trader, utility};
+use actix_web::{web, HttpResponse, Route};
+use serde_json::{json, Map, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    Public,
+    Trader,
+    /// Trader signature optional (the live feed: adds the trader's private events).
+    OptionalTrader,
+    Utility,
+}
+
+/// A query parameter: name, JSON schema type, required.
+pub type Param = (&'static str, &'static str, bool);
+
+/// One endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoint {
+    pub method: &'static str,
+    /// actix pattern; `{name}` segments are path parameters.
+    pub path: &'static str,
+    pub summary: &'static str,
+    pub tag: &'static str,
+    pub security: Security,
+    pub query: &'static [Param],
+    /// Name of the request body schema in `components.schemas`.
+    pub body: Option<&'static str>,
+    pub status: u16,
+    pub content: &'static str,
+    /// The success response's schema in `components.schemas`, and whether it is a list of it.
+    pub response: Option<(&'static str, bool)>,
+    pub demo_only: bool,
+    pub route: fn() -> Route,
+}
+
+const JSON: &str = "application/json";
+
+const fn ep(
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    tag: &'static str,
+    route: fn() -> Route,
+) -> Endpoint {
+    Endpoint {
+        method,
+        path,
+        summary,
+        tag,
+        security: Security::Public,
+        query: &[],
+        body: None,
+        status: 200,
+        content: JSON,
+        response: None,
+        demo_only: false,
+        route,
+    }
+}
+
+impl Endpoint {
+    const fn auth(mut self, security: Security) -> Self {
+        self.security = security;
+        self
+    }
+    const fn query(mut self, query: &'static [Param]) -> Self {
+        self.query = query;
+        self
+    }
+    const fn body(mut self, schema: &'static str, status: u16) -> Self {
+        self.body = Some(schema);
+        self.status = status;
+        self
+    }
+    const fn content(mut self, content: &'static str) -> Self {
+        self.content = content;
+        self
+    }
+    const fn returns(mut self, schema: &'static str) -> Self {
+        self.response = Some((schema, false));
+        self
+    }
+    const fn no_content(mut self) -> Self {
+        self.status = 204;
+        self
+    }
+    const fn returns_list(mut self, schema: &'static str) -> Self {
+        self.response = Some((schema, true));
+        self
+    }
+    const fn demo(mut self) -> Self {
+        self.demo_only = true;
+        self
+    }
+}
+
+const RANGE: &[Param] = &[("from_ms", "integer", false), ("to_ms", "integer", false)];
+
+/// Every route the server mounts.
+pub fn endpoints() -> Vec<Endpoint> {
+    use Security::*;
+    vec![
+        ep("get", "/", "The dashboard", "dashboard", || web::get().to(assets::index)).content("text/html"),
+        ep("get", "/static/{path:.*}", "Dashboard assets", "dashboard", || web::get().to(assets::file))
+            .content("application/octet-stream"),
+        ep("get", "/healthz", "Liveness", "ops", || web::get().to(ops::healthz)),
+        ep("get", "/readyz", "Readiness: database and broker reachable", "ops", || web::get().to(ops::readyz)),
+        ep("get", "/metrics", "Prometheus metrics", "ops", || web::get().to(ops::metrics)).content("text/plain"),
+        ep("get", "/api/v1/openapi.json", "This document", "ops", || web::get().to(ops::openapi)),
+        ep("get", "/api/v1/clock", "The market clock (simulated in the demo)", "public", || web::get().to(ops::clock)),
+        ep("get", "/api/v1/zones", "Zones and their current tariff", "public", || web::get().to(public::list_zones)),
+        ep("post", "/api/v1/zones", "Create a zone", "utility", || web::post().to(utility::create_zone))
+            .auth(Utility)
+            .body("NewZone", 201),
+        ep("get", "/api/v1/zones/{zone}/tariffs", "A zone's tariffs", "public", || web::get().to(public::zone_tariffs)),
+        ep("put", "/api/v1/zones/{zone}/tariffs", "Set a tariff from an effective time", "utility", || {
+            web::put().to(utility::set_tariff)
+        })
+        .auth(Utility)
+        .body("Tariff", 200),
+        ep("get", "/api/v1/zones/{zone}/slots", "Open books of a zone", "public", || web::get().to(public::zone_slots)),
+        ep("get", "/api/v1/zones/{zone}/book", "Order book depth of a slot", "public", || {
+            web::get().to(public::zone_book)
+        })
+        .query(&[("slot", "integer", true), ("levels", "integer", false)]),
+        ep("get", "/api/v1/zones/{zone}/trades", "Recent trades, newest first", "public", || {
+            web::get().to(public::zone_trades)
+        })
+        .query(&[("limit", "integer", false)]),
+        ep("get", "/api/v1/zones/{zone}/prices", "Price history per slot", "public", || {
+            web::get().to(public::zone_prices)
+        })
+        .query(RANGE),
+        ep("get", "/api/v1/zones/{zone}/stats", "Zone totals", "public", || web::get().to(ledger::zone_stats)),
+        ep("get", "/api/v1/tokens", "GRID token supply and emission", "public", || web::get().to(ledger::tokens)),
+        ep("get", "/api/v1/stream", "Live feed (Server-Sent Events)", "public", || web::get().to(sse::stream))
+            .auth(OptionalTrader)
+            .query(&[("zone", "string", true)])
+            .content("text/event-stream"),
+        ep("post", "/api/v1/orders", "Submit a signed order, cancel or replace", "trader", || {
+            web::post().to(trader::submit_order)
+        })
+        .auth(Trader)
+        .body("SignedCommand", 202),
+        ep("get", "/api/v1/me/orders", "My open orders", "trader", || web::get().to(trader::my_orders))
+            .auth(Trader)
+            .returns_list("OpenOrder"),
+        ep("get", "/api/v1/me/readings", "My readings as interval data", "trader", || {
+            web::get().to(trader::my_readings)
+        })
+        .auth(Trader)
+        .query(RANGE),
+        ep("get", "/api/v1/me/statements", "My settlement statements", "trader", || {
+            web::get().to(ledger::my_statements)
+        })
+        .auth(Trader)
+        .query(&[("limit", "integer", false)]),
+        ep("get", "/api/v1/me/statements/{zone}/{slot}", "My statement with its Merkle proof", "trader", || {
+            web::get().to(ledger::my_statement)
+        })
+        .auth(Trader),
+        ep("get", "/api/v1/me/balances", "My money and GRID balances", "trader", || web::get().to(ledger::my_balances))
+            .auth(Trader),
+        ep("post", "/api/v1/accounts", "Register a household account", "utility", || {
+            web::post().to(utility::register_account)
+        })
+        .auth(Utility)
+        .body("NewAccount", 201),
+        ep("post", "/api/v1/devices", "Register a metering device", "utility", || {
+            web::post().to(utility::register_device)
+        })
+        .auth(Utility)
+        .body("NewDevice", 201),
+        ep("get", "/api/v1/reports/{zone}/{slot}", "Settlement report of a slot", "utility", || {
+            web::get().to(ledger::slot_report)
+        })
+        .auth(Utility)
+        .query(&[("format", "string", false)]),
+        ep("get", "/api/v1/export/readings", "Meter interval data (CSV)", "utility", || {
+            web::get().to(utility::export_readings)
+        })
+        .auth(Utility)
+        .query(&[
+            ("zone", "string", false),
+            ("device", "string", false),
+            ("from_ms", "integer", false),
+            ("to_ms", "integer", false),
+        ])
+        .content("text/csv"),
+        ep("post", "/api/v1/webhooks", "Register a settlement webhook", "utility", || {
+            web::post().to(utility::create_webhook)
+        })
+        .auth(Utility)
+        .body("NewWebhook", 201)
+        .returns("WebhookCreated"),
+        ep("get", "/api/v1/webhooks", "Registered webhooks, with their pending deliveries", "utility", || {
+            web::get().to(utility::list_webhooks)
+        })
+        .auth(Utility)
+        .returns_list("Webhook"),
+        ep("delete", "/api/v1/webhooks/{webhook}", "Delete a webhook and its pending deliveries", "utility", || {
+            web::delete().to(utility::delete_webhook)
+        })
+        .auth(Utility)
+        .no_content(),
+        ep("get", "/api/v1/demo/households", "Demo household logins", "demo", || web::get().to(ops::demo_households))
+            .demo(),
+    ]
+}
+
+/// The endpoints mounted in this mode.
+pub fn mounted(demo: bool) -> Vec<Endpoint> {
+    endpoints().into_iter().filter(|endpoint| demo || !endpoint.demo_only).collect()
+}
+
+async fn method_not_allowed() -> HttpResponse {
+    let error =
+        ApiError::new(actix_web::http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed");
+    actix_web::ResponseError::error_response(&error)
+}
+
+/// Mounts every endpoint, one resource per path.
+pub fn configure(config: &mut web::ServiceConfig, demo: bool) {
+    let endpoints = mounted(demo);
+    let mut paths: Vec<&'static str> = Vec::new();
+    for endpoint in &endpoints {
+        if !paths.contains(&endpoint.path) {
+            paths.push(endpoint.path);
+        }
+    }
+    for path in paths {
+        let mut resource = web::resource(path).default_service(web::to(method_not_allowed));
+        for endpoint in endpoints.iter().filter(|endpoint| endpoint.path == path) {
+            resource = resource.route((endpoint.route)());
+        }
+        config.service(resource);
+    }
+}
+
+/// `{name:regex}` → `{name}`.
+pub fn openapi_path(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    let (mut in_brace, mut in_regex) = (false, false);
+    for ch in pattern.chars() {
+        match ch {
+            '{' if !in_brace => {
+                in_brace = true;
+                out.push(ch);
+            }
+            '}' if in_brace => {
+                (in_brace, in_regex) = (false, false);
+                out.push(ch);
+            }
+            ':' if in_brace => in_regex = true,
+            _ if in_regex => {}
+            _ => out.push(ch),
+        }
+    }
+    out
+}
+
+fn path_params(path: &str) -> Vec<String> {
+    path.split('{').skip(1).filter_map(|part| part.split('}').next()).map(str::to_owned).collect()
+}
+
+fn schemas() -> Value {
+    let int = json!({ "type": "integer", "format": "int64" });
+    let string = json!({ "type": "string" });
+    json!({
+        "Error": { "type": "object", "required": ["error", "message"],
+                   "properties": { "error": string, "message": string } },
+        "NewZone": { "type": "object", "required": ["zone_id", "name"],
+                     "properties": { "zone_id": string, "name": string, "slot_len_ms": int } },
+        "Tariff": { "type": "object",
+                    "required": ["effective_from_ms", "retail_price_per_kwh", "feed_in_price_per_kwh", "grid_fee_per_kwh", "protocol_fee_bps"],
+                    "properties": { "effective_from_ms": int, "retail_price_per_kwh": int, "feed_in_price_per_kwh": int,
+                                    "grid_fee_per_kwh": int, "protocol_fee_bps": int } },
+        "NewAccount": { "type": "object", "required": ["account_id", "display_name", "zone"],
+                        "properties": { "account_id": string, "display_name": string, "zone": string } },
+        "NewDevice": { "type": "object", "required": ["device_id", "account_id", "zone", "meter_serial", "nameplate_w"],
+                       "properties": { "device_id": string, "account_id": string, "zone": string,
+                                       "meter_serial": string, "nameplate_w": int } },
+        "NewWebhook": { "type": "object", "required": ["url"], "properties": { "url": { "type": "string", "format": "uri" } } },
+        "WebhookCreated": { "type": "object", "required": ["id", "url", "secret"],
+                            "properties": { "id": string, "url": string,
+                                            "secret": { "type": "string", "description": "The HMAC-SHA256 key of the deliveries' X-Gridex-Signature; shown only here" } } },
+        "Webhook": { "type": "object", "required": ["id", "url", "registered_by", "created_ms", "pending_deliveries"],
+                     "properties": { "id": string, "url": string, "registered_by": string, "created_ms": int,
+                                     "pending_deliveries": { "type": "integer", "format": "int64",
+                                                             "description": "Deliveries not acknowledged yet" } } },
+        "OpenOrder": { "type": "object",
+                       "description": "A resting order: the exchange's live state with the terms it rests with (always GTC)",
+                       "required": ["account", "zone", "slot", "order_nonce", "status", "side", "tif", "post_only",
+                                    "price_per_kwh", "open_qty_wh", "filled_qty_wh", "placed_ms", "ts_ms"],
+                       "properties": { "account": string, "zone": string, "slot": int, "order_nonce": int,
+                                       "status": { "type": "string", "enum": ["open", "filled", "cancelled", "expired"] },
+                                       "side": { "type": "string", "enum": ["buy", "sell"] },
+                                       "tif": { "type": "string", "enum": ["gtc", "ioc", "fok"] },
+                                       "post_only": { "type": "boolean" },
+                                       "price_per_kwh": int,
+                                       "open_qty_wh": { "type": "integer", "format": "int64", "description": "Left to trade" },
+                                       "filled_qty_wh": { "type": "integer", "format": "int64", "description": "Traded so far" },
+                                       "placed_ms": { "type": "integer", "format": "int64",
+                                                      "description": "The order's signed time (market clock)" },
+                                       "ts_ms": int } },
+        "SignedCommand": { "type": "object", "required": ["type", "account", "sig"],
+                           "description": "A signed protocol order, cancel or replace (see PROTOCOL.md)",
+                           "properties": { "type": { "type": "string", "enum": ["order", "cancel", "replace"] },
+                                           "account": string, "sig": string } },
+    })
+}
+
+/// The OpenAPI 3 document of the routes mounted in this mode.
+pub fn openapi_document(demo: bool) -> Value {
+    let mut paths = Map::new();
+    for endpoint in mounted(demo) {
+        let path = openapi_path(endpoint.path);
+        let mut parameters: Vec<Value> = path_params(&path)
+            .into_iter()
+            .map(|name| {
+                let kind = if name == "slot" { "integer" } else { "string" };
+                json!({ "name": name, "in": "path", "required": true, "schema": { "type": kind } })
+            })
+            .collect();
+        parameters.extend(endpoint.query.iter().map(|(name, kind, required)| {
+            json!({ "name": name, "in": "query", "required": required, "schema": { "type": kind } })
+        }));
+        let schema = match endpoint.response {
+            None => json!({}),
+            Some((name, false)) => json!({ "$ref": format!("#/components/schemas/{name}") }),
+            Some((name, true)) => {
+                json!({ "type": "array", "items": { "$ref": format!("#/components/schemas/{name}") } })
+            }
+        };
+        let success = if endpoint.status == 204 {
+            json!({ "description": endpoint.summary })
+        } else {
+            json!({ "description": endpoint.summary, "content": { endpoint.content: { "schema": schema } } })
+        };
+        let mut operation = json!({
+            "summary": endpoint.summary,
+            "operationId": format!("{}_{}", endpoint.method, path.trim_matches('/').replace(['/', '{', '}', '.'], "_")),
+            "tags": [endpoint.tag],
+            "parameters": parameters,
+            "responses": {
+                endpoint.status.to_string(): success,
+                "default": { "description": "An error",
+                             "content": { JSON: { "schema": { "$ref": "#/components/schemas/Error" } } } },
+            },
+        });
+        if let Some(schema) = endpoint.body {
+            operation["requestBody"] = json!({ "required": true, "content": {
+                JSON: { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } });
+        }
+        match endpoint.security {
+            Security::Public => {}
+            Security::Trader => operation["security"] = json!([{ "traderSignature": [] }]),
+            Security::OptionalTrader => operation["security"] = json!([{}, { "traderSignature": [] }]),
+            Security::Utility => operation["security"] = json!([{ "utilityKey": [] }]),
+        }
+        let entry = paths.entry(path).or_insert_with(|| json!({}));
+        entry[endpoint.method] = operation;
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": { "title": "gridex API", "version": env!("CARGO_PKG_VERSION"),
+                  "description": "Peer-to-peer energy market: public market data, trader order entry and statements, utility administration." },
+        "paths": paths,
+        "components": {
+            "schemas": schemas(),
+            "securitySchemes": {
+                "traderSignature": { "type": "apiKey", "in": "header", "name": "X-Gridex-Signature",
+                    "description": "ed25519 signature of the account key over `gridex/v1/request\\n` + canonical JSON of {account, body_sha256, method, path, ts_ms}; also send X-Gridex-Account and X-Gridex-Timestamp" },
+                "utilityKey": { "type": "http", "scheme": "bearer", "description": "An API key with the utility role" },
+            },
+        },
+    })
+}
+
+pub async fn not_found_json() -> HttpResponse {
+    actix_web::ResponseError::error_response(&ApiError::not_found("no_route", "no such endpoint"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regex_segments_become_plain_parameters() {
+        assert_eq!(openapi_path("/static/{path:.*}"), "/static/{path}");
+        assert_eq!(openapi_path("/api/v1/zones/{zone}/book"), "/api/v1/zones/{zone}/book");
+    }
+}

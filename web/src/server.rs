@@ -1,0 +1,48 @@
+//! Builds the actix application and runs it on a given listener until a shutdown future resolves
+//! (tests bind port 0; `gridex` binds the configured address).
+
+use crate::state::AppState;
+use actix_web::{middleware, web, App, HttpServer};
+use std::future::Future;
+use std::net::TcpListener;
+
+/// HTTP worker threads: the machine has few cores and handlers mostly wait on the database.
+pub const HTTP_WORKERS: usize = 2;
+/// Seconds given to in-flight requests on shutdown (SSE streams are cut after this).
+pub const SHUTDOWN_GRACE_SECS: u64 = 5;
+
+/// Serves `state` on `listener` until `shutdown` resolves, then stops gracefully.
+pub async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    crate::metrics::install();
+    let demo = state.demo_households.is_some();
+    let state_webhooks = state.webhooks.clone();
+    let data = web::Data::new(state);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(crate::error::query_config())
+            .app_data(crate::error::path_config())
+            .wrap(middleware::from_fn(crate::metrics::track))
+            .configure(|config| crate::routes::configure(config, demo))
+            .default_service(web::to(crate::routes::not_found_json))
+    })
+    .workers(HTTP_WORKERS)
+    .shutdown_timeout(SHUTDOWN_GRACE_SECS)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    let handle = server.handle();
+    let server = tokio::spawn(server);
+    shutdown.await;
+    // Deliveries not acknowledged yet stay in the outbox for the next start.
+    state_webhooks.stop();
+    handle.stop(true).await;
+    server.await.map_err(std::io::Error::other)?
+}
+
+/// Starts the background tasks the server needs besides HTTP: webhook delivery and metrics upkeep.
+pub fn spawn_background(state: &AppState) {
+    crate::metrics::spawn_upkeep();
+    let events = state.live.subscribe();
+    tokio::spawn(state.webhooks.clone().run(events));
+}

@@ -1,0 +1,369 @@
+//! Settings of the `gridex` binary: a TOML file, then `GRIDEX_…` environment overrides
+//! (`DATABASE_URL` and `MQTT_URL` are honoured too), with defaults that need no file at all.
+//! Secrets (API keys, database passwords) are wrapped in [`Secret`], which never prints its value.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::Path;
+
+/// Largest JSON request body. Our biggest request (a signed order) is about 500 bytes and utility
+/// registrations are smaller; 16 KiB leaves ample room while capping what a client can make us buffer.
+pub const JSON_BODY_BYTES_MAX: usize = 16 * 1024;
+
+/// A value that must never be logged. `Debug` and `Display` print `***`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself; call only where it is used, never to print it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Registers zones, tariffs, accounts and devices; reads reports and exports; manages webhooks.
+    Utility,
+    /// Reads operational endpoints only; refused by utility endpoints.
+    Observer,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    pub name: String,
+    pub role: Role,
+    pub key: Secret,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    pub bind: String,
+    pub port: u16,
+    pub json_body_bytes_max: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self { bind: "127.0.0.1".to_owned(), port: 8080, json_body_bytes_max: JSON_BODY_BYTES_MAX }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `postgres://…`, `sqlite://PATH` or a bare path. May contain a password, hence a secret.
+    pub url: Secret,
+    pub pool_size: u32,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self { url: Secret::new("sqlite://./data/gridex.sqlite"), pool_size: 8 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttSettings {
+    /// `mqtt://HOST[:1883]` (plain) or `mqtts://HOST[:8883]` (TLS); none runs without a broker.
+    /// Credentials go in `username` and `password`, never in the URL.
+    pub url: Option<Secret>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// PEM file of the CA certificates that sign the broker's certificate (`mqtts://` only); without
+    /// it the system's trusted roots are used.
+    pub ca_file: Option<String>,
+    /// The exchange's MQTT client id (default `gridex-exchange`). Its session on the broker is
+    /// persistent: messages published while the exchange is down wait there. Keep it stable across
+    /// restarts, and give every exchange instance (one per set of zones) its own.
+    pub client_id: Option<String>,
+}
+
+/// Webhook deliveries are retried until acknowledged (or the registration is deleted): the wait
+/// after the n-th failure is `backoff_initial_ms × 2^(n-1)`, at most `backoff_max_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// One attempt's limit, connection to answer.
+    pub timeout_ms: u64,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self { backoff_initial_ms: 1_000, backoff_max_ms: 600_000, timeout_ms: 10_000 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MarketSettings {
+    pub gate_closure_ms: i64,
+    pub horizon_ms: i64,
+    pub settlement_grace_ms: i64,
+    /// Path of the operator's signing key (created by `gridex keygen`).
+    pub operator_key_path: String,
+    /// The zones this instance trades (its exchange) and settles; empty (the default): every zone,
+    /// including zones registered while it runs. Zones are the unit of partitioning: instances with disjoint lists
+    /// share the broker and the database (each with its own `mqtt.client_id`).
+    pub zones: Vec<protocol::ZoneId>,
+}
+
+impl Default for MarketSettings {
+    fn default() -> Self {
+        Self {
+            gate_closure_ms: 5 * 60_000,
+            horizon_ms: 24 * 3_600_000,
+            settlement_grace_ms: 5 * 60_000,
+            operator_key_path: "./data/operator.key".to_owned(),
+            zones: Vec::new(),
+        }
+    }
+}
+
+/// All settings of the binary.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub database: DatabaseSettings,
+    pub mqtt: MqttSettings,
+    pub api_keys: Vec<ApiKey>,
+    pub webhooks: WebhookSettings,
+    pub market: MarketSettings,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    /// Only toml's message and the byte offset: its full error quotes the offending line, which may
+    /// hold a secret.
+    #[error("invalid settings in {path} at byte {offset}: {message}")]
+    Parse { path: String, offset: usize, message: String },
+    #[error("invalid environment variable {name}: {message}")]
+    Env { name: String, message: String },
+}
+
+impl Settings {
+    /// Reads `path` (when given) and applies the environment.
+    pub fn load(path: Option<&Path>) -> Result<Settings, SettingsError> {
+        let mut settings = match path {
+            Some(path) => {
+                let shown = path.display().to_string();
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| SettingsError::Read { path: shown.clone(), source })?;
+                toml::from_str(&text).map_err(|error: toml::de::Error| SettingsError::Parse {
+                    path: shown,
+                    offset: error.span().map_or(0, |span| span.start),
+                    message: error.message().to_owned(),
+                })?
+            }
+            None => Settings::default(),
+        };
+        settings.apply_env(|name| std::env::var(name).ok())?;
+        Ok(settings)
+    }
+
+    /// Applies overrides from `lookup` (the environment, or a map in tests). `GRIDEX_DATABASE_URL`
+    /// wins over `DATABASE_URL`, `GRIDEX_MQTT_URL` over `MQTT_URL`. `GRIDEX_API_KEYS` is a comma
+    /// separated list of `name:role:key`.
+    pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<(), SettingsError> {
+        self.apply_sectioned_env(&lookup)?;
+        let first = |names: &[&'static str]| names.iter().find_map(|name| lookup(name).map(|value| (*name, value)));
+        if let Some((_, url)) = first(&["GRIDEX_DATABASE_URL", "DATABASE_URL"]) {
+            self.database.url = Secret::new(url);
+        }
+        if let Some((_, url)) = first(&["GRIDEX_MQTT__URL", "GRIDEX_MQTT_URL", "MQTT_URL"]) {
+            self.mqtt.url = Some(Secret::new(url));
+        }
+        if let Some((_, username)) = first(&["GRIDEX_MQTT__USERNAME", "GRIDEX_MQTT_USERNAME"]) {
+            self.mqtt.username = Some(username);
+        }
+        if let Some((_, password)) = first(&["GRIDEX_MQTT__PASSWORD", "GRIDEX_MQTT_PASSWORD"]) {
+            self.mqtt.password = Some(Secret::new(password));
+        }
+        if let Some((_, path)) = first(&["GRIDEX_MQTT__CA_FILE", "GRIDEX_MQTT_CA_FILE"]) {
+            self.mqtt.ca_file = Some(path);
+        }
+        if let Some((_, client_id)) = first(&["GRIDEX_MQTT__CLIENT_ID", "GRIDEX_MQTT_CLIENT_ID"]) {
+            self.mqtt.client_id = Some(client_id);
+        }
+        if let Some((_, bind)) = first(&["GRIDEX_HTTP_BIND"]) {
+            self.http.bind = bind;
+        }
+        if let Some((name, port)) = first(&["GRIDEX_HTTP_PORT", "GRIDEX_PORT"]) {
+            self.http.port =
+                port.parse().map_err(|_| SettingsError::Env { name: name.to_owned(), message: "not a port".into() })?;
+        }
+        if let Some((_, path)) = first(&["GRIDEX_OPERATOR_KEY_PATH"]) {
+            self.market.operator_key_path = path;
+        }
+        if let Some((name, list)) = first(&["GRIDEX_API_KEYS"]) {
+            self.api_keys =
+                parse_api_keys(&list).map_err(|message| SettingsError::Env { name: name.to_owned(), message })?;
+        }
+        Ok(())
+    }
+}
+
+impl Settings {
+    /// `GRIDEX_<SECTION>__<KEY>` for every scalar setting, e.g. `GRIDEX_HTTP__PORT=9000`,
+    /// `GRIDEX_WEBHOOKS__BACKOFF_MAX_MS=60000`. The value is read as the type the setting has.
+    fn apply_sectioned_env(&mut self, lookup: &impl Fn(&str) -> Option<String>) -> Result<(), SettingsError> {
+        let env_error = |name: &str, message: String| SettingsError::Env { name: name.to_owned(), message };
+        let mut tree = toml::Value::try_from(&*self).map_err(|error| env_error("GRIDEX_*", error.to_string()))?;
+        let mut changed = false;
+        if let Some(sections) = tree.as_table_mut() {
+            for (section, table) in sections.iter_mut() {
+                let Some(table) = table.as_table_mut() else { continue };
+                for (key, value) in table.iter_mut() {
+                    let name = format!("GRIDEX_{}__{}", section.to_uppercase(), key.to_uppercase());
+                    let Some(text) = lookup(&name) else { continue };
+                    *value = match value {
+                        toml::Value::Integer(_) => toml::Value::Integer(
+                            text.parse().map_err(|_| env_error(&name, "expected an integer".to_owned()))?,
+                        ),
+                        toml::Value::Boolean(_) => toml::Value::Boolean(
+                            text.parse().map_err(|_| env_error(&name, "expected true or false".to_owned()))?,
+                        ),
+                        _ => toml::Value::String(text),
+                    };
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            *self = tree.try_into().map_err(|error: toml::de::Error| env_error("GRIDEX_*", error.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+fn parse_api_keys(list: &str) -> Result<Vec<ApiKey>, String> {
+    list.split(',')
+        .filter(|entry| !entry.trim().is_empty())
+        .map(|entry| {
+            let mut parts = entry.trim().splitn(3, ':');
+            let (Some(name), Some(role), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+                return Err("each entry is name:role:key".to_owned());
+            };
+            let role = match role {
+                "utility" => Role::Utility,
+                "observer" => Role::Observer,
+                _ => return Err(format!("unknown role `{role}` (utility or observer)")),
+            };
+            if key.len() < API_KEY_LEN_MIN {
+                return Err(format!("key `{name}` is shorter than {API_KEY_LEN_MIN} characters"));
+            }
+            Ok(ApiKey { name: name.to_owned(), role, key: Secret::new(key) })
+        })
+        .collect()
+}
+
+/// Shortest accepted API key: 16 characters keep guessing out of reach even for short keys.
+pub const API_KEY_LEN_MIN: usize = 16;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn defaults_need_no_file_and_the_environment_overrides_them() {
+        let env: HashMap<&str, &str> = [
+            ("DATABASE_URL", "postgres://u:pw@h/db"),
+            ("MQTT_URL", "mqtt://127.0.0.1:1883"),
+            ("GRIDEX_HTTP__PORT", "9000"),
+            ("GRIDEX_WEBHOOKS__BACKOFF_MAX_MS", "60000"),
+            ("GRIDEX_API_KEYS", "ops:utility:0123456789abcdef0123"),
+        ]
+        .into();
+        let mut settings = Settings::default();
+        settings.apply_env(|name| env.get(name).map(|v| (*v).to_owned())).expect("valid env");
+        assert_eq!(settings.http.port, 9000);
+        assert_eq!(settings.webhooks.backoff_max_ms, 60_000);
+        assert_eq!(settings.database.url.expose(), "postgres://u:pw@h/db");
+        assert_eq!(settings.api_keys[0].role, Role::Utility);
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_output() {
+        let mut settings = Settings::default();
+        settings.database.url = Secret::new("postgres://u:hunter2@h/db");
+        settings.api_keys.push(ApiKey {
+            name: "ops".into(),
+            role: Role::Utility,
+            key: Secret::new("topsecretkey12345"),
+        });
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("topsecretkey12345"), "{shown}");
+    }
+
+    #[test]
+    fn a_settings_error_does_not_quote_the_line_with_a_secret() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("gridex.toml");
+        std::fs::write(&path, "[database]\nurl = \"postgres://u:hunter2@h/db\" garbage\n").expect("write");
+        let error = Settings::load(Some(&path)).expect_err("invalid TOML").to_string();
+        assert!(!error.contains("hunter2"), "{error}");
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let text = include_str!("../examples/gridex.toml");
+        let settings: Settings = toml::from_str(text).expect("the example parses");
+        assert_eq!(settings.api_keys.len(), 1);
+    }
+
+    #[test]
+    fn the_broker_login_and_ca_file_come_from_the_environment_and_the_password_stays_hidden() {
+        let env: HashMap<&str, &str> = [
+            ("MQTT_URL", "mqtts://broker.example:8884"),
+            ("GRIDEX_MQTT_USERNAME", "exchange"),
+            ("GRIDEX_MQTT_PASSWORD", "hunter2"),
+            ("GRIDEX_MQTT__CA_FILE", "/etc/gridex/broker-ca.pem"),
+        ]
+        .into();
+        let mut settings = Settings::default();
+        settings.apply_env(|name| env.get(name).map(|v| (*v).to_owned())).expect("valid env");
+        assert_eq!(settings.mqtt.url.as_ref().map(Secret::expose), Some("mqtts://broker.example:8884"));
+        assert_eq!(settings.mqtt.username.as_deref(), Some("exchange"));
+        assert_eq!(settings.mqtt.password.as_ref().map(Secret::expose), Some("hunter2"));
+        assert_eq!(settings.mqtt.ca_file.as_deref(), Some("/etc/gridex/broker-ca.pem"));
+        assert!(!format!("{settings:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn an_instance_serves_the_zones_it_names_and_a_malformed_zone_is_refused() {
+        let settings: Settings = toml::from_str("[market]\nzones = [\"north\", \"south-2\"]\n").expect("parses");
+        let names: Vec<&str> = settings.market.zones.iter().map(protocol::ZoneId::as_str).collect();
+        assert_eq!(names, ["north", "south-2"]);
+        assert!(Settings::default().market.zones.is_empty(), "every zone by default");
+        assert!(toml::from_str::<Settings>("[market]\nzones = [\"North Side\"]\n").is_err());
+    }
+
+    #[test]
+    fn the_broker_settings_parse_from_toml() {
+        let text = "[mqtt]\nurl = \"mqtts://broker:8883\"\nusername = \"x\"\npassword = \"y\"\nca_file = \"ca.pem\"\n";
+        let settings: Settings = toml::from_str(text).expect("parses");
+        assert_eq!(settings.mqtt.ca_file.as_deref(), Some("ca.pem"));
+        assert!(toml::from_str::<Settings>("[mqtt]\ncafile = \"x\"\n").is_err(), "unknown keys are refused");
+    }
+}

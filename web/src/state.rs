@@ -1,0 +1,140 @@
+//! What every handler shares: the database, the clock, the link to the exchange, the live-event hub,
+//! the webhook registry and the settings that matter at request time.
+
+use crate::market::Market;
+use crate::settings::{ApiKey, Settings};
+use crate::webhooks::Webhooks;
+use exchange::clock::Clock;
+use exchange::db::Database;
+use protocol::{BookSnapshot, OrderUpdate, SlotId, Trade, ZoneId};
+use serde::Serialize;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+/// Live events buffered per subscriber before a slow SSE client starts missing some (it is told
+/// with a `lagged` event). A second of a busy market's book changes.
+pub const LIVE_EVENTS_BUFFER_LEN: usize = 4_096;
+
+/// A settled slot, as announced on the live feed and to webhooks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct SlotSettled {
+    pub zone: ZoneId,
+    pub slot: SlotId,
+    /// Merkle root of the slot's statements (hex).
+    pub root: String,
+    /// How many statements the slot has.
+    pub statements: u64,
+}
+
+/// One event of the live feed.
+#[derive(Debug, Clone)]
+pub enum LiveEvent {
+    Book(BookSnapshot),
+    Trade(Trade),
+    OrderUpdate(OrderUpdate),
+    Settlement(SlotSettled),
+}
+
+impl LiveEvent {
+    pub fn zone(&self) -> &ZoneId {
+        match self {
+            LiveEvent::Book(book) => &book.zone,
+            LiveEvent::Trade(trade) => &trade.zone,
+            LiveEvent::OrderUpdate(update) => &update.zone,
+            LiveEvent::Settlement(settled) => &settled.zone,
+        }
+    }
+    /// The SSE event name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            LiveEvent::Book(_) => "book",
+            LiveEvent::Trade(_) => "trade",
+            LiveEvent::OrderUpdate(_) => "order_update",
+            LiveEvent::Settlement(_) => "settlement",
+        }
+    }
+    pub fn to_json(&self) -> String {
+        let value = match self {
+            LiveEvent::Book(book) => serde_json::to_string(book),
+            LiveEvent::Trade(trade) => serde_json::to_string(trade),
+            LiveEvent::OrderUpdate(update) => serde_json::to_string(update),
+            LiveEvent::Settlement(settled) => serde_json::to_string(settled),
+        };
+        value.unwrap_or_else(|_| "{}".to_owned())
+    }
+}
+
+/// A simulated household's login, shown only in demo mode.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct DemoHousehold {
+    pub account: String,
+    pub name: String,
+    pub secret_key_hex: String,
+}
+
+/// Shared state of the web server. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Database,
+    pub clock: Arc<dyn Clock>,
+    /// Speed of the clock relative to real time (1 in production), for the dashboard.
+    pub clock_speed: u32,
+    pub market: Market,
+    pub live: broadcast::Sender<LiveEvent>,
+    pub webhooks: Webhooks,
+    pub api_keys: Arc<Vec<ApiKey>>,
+    pub json_body_bytes_max: usize,
+    /// `host:port` of the MQTT broker, probed by `/readyz`.
+    pub broker_address: Option<(String, u16)>,
+    /// `Some` only in demo mode: mounts `/api/v1/demo/households`.
+    pub demo_households: Option<Arc<Vec<DemoHousehold>>>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("db", &self.db)
+            .field("clock_speed", &self.clock_speed)
+            .field("api_keys", &self.api_keys)
+            .field("demo", &self.demo_households.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// State for a server without an exchange link yet; see [`AppState::with_market`].
+    pub fn new(db: Database, clock: Arc<dyn Clock>, settings: &Settings) -> AppState {
+        // Metrics recorded before the recorder exists are lost: install it before anything runs.
+        crate::metrics::install();
+        let (live, _) = broadcast::channel(LIVE_EVENTS_BUFFER_LEN);
+        AppState {
+            webhooks: Webhooks::new(db.clone(), settings.webhooks.clone()),
+            db,
+            clock,
+            clock_speed: 1,
+            market: Market::none(),
+            live,
+            api_keys: Arc::new(settings.api_keys.clone()),
+            json_body_bytes_max: settings.http.json_body_bytes_max,
+            broker_address: crate::broker::address(&settings.mqtt)
+                .ok()
+                .flatten()
+                .map(|address| (address.host, address.port)),
+            demo_households: None,
+        }
+    }
+
+    pub fn with_market(mut self, market: Market) -> AppState {
+        self.market = market;
+        self
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Publishes an event to live-feed subscribers and webhooks (a send with no subscriber is fine).
+    pub fn publish(&self, event: LiveEvent) {
+        let _ = self.live.send(event);
+    }
+}

@@ -1,0 +1,239 @@
+//! Utility endpoints (API key with the utility role): registry writes, reports, exports, webhooks.
+
+use crate::error::ApiError;
+use crate::public::{parse_zone, range, require_zone, RangeQuery, TariffView};
+use crate::settings::Role;
+use crate::state::AppState;
+use crate::trader::read_limited_body;
+use crate::webhooks::WebhookError;
+use actix_web::{web, HttpRequest, HttpResponse};
+use diesel::prelude::*;
+use exchange::schema::devices;
+use protocol::{AccountId, DeviceId, MeterSerial, ZoneId};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+
+/// Longest readings export: 31 days.
+pub const EXPORT_RANGE_MS_MAX: i64 = 31 * 24 * 3_600_000;
+
+/// Requires a utility API key; returns the key's name (for audit logs).
+pub fn authorize(state: &AppState, request: &HttpRequest) -> Result<String, ApiError> {
+    Ok(crate::auth::require_role(request, &state.api_keys, Role::Utility)?.name.clone())
+}
+
+async fn json_body<T: DeserializeOwned>(state: &AppState, payload: web::Payload) -> Result<T, ApiError> {
+    let body = read_limited_body(payload, state.json_body_bytes_max).await?;
+    serde_json::from_slice(&body).map_err(|error| {
+        let code = if error.is_syntax() || error.is_eof() { "malformed_json" } else { "invalid_body" };
+        ApiError::bad_request(code, error.to_string())
+    })
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewZone {
+    pub zone_id: ZoneId,
+    pub name: String,
+    #[serde(default = "default_slot_len_ms")]
+    pub slot_len_ms: i64,
+}
+
+fn default_slot_len_ms() -> i64 {
+    900_000
+}
+
+pub async fn create_zone(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let by = authorize(&state, &request)?;
+    let zone: NewZone = json_body(&state, payload).await?;
+    let now_ms = state.now_ms();
+    let (id, name, slot_len_ms) = (zone.zone_id.clone(), zone.name.clone(), zone.slot_len_ms);
+    crate::registry::write(&state.db, move |conn| crate::registry::create_zone(conn, &id, &name, slot_len_ms, now_ms))
+        .await?;
+    tracing::info!(zone = %zone.zone_id, by, "zone created");
+    Ok(HttpResponse::Created().json(zone))
+}
+
+pub async fn set_tariff(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    zone: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let by = authorize(&state, &request)?;
+    let zone = parse_zone(&zone)?;
+    let tariff: TariffView = json_body(&state, payload).await?;
+    require_zone(&state, &zone).await?;
+    let (id, stored) = (zone.clone(), tariff.clone());
+    crate::registry::write(&state.db, move |conn| crate::registry::set_tariff(conn, &id, &stored)).await?;
+    tracing::info!(%zone, by, effective_from_ms = tariff.effective_from_ms, "tariff set");
+    Ok(HttpResponse::Ok().json(tariff))
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewAccount {
+    pub account_id: AccountId,
+    pub display_name: String,
+    pub zone: ZoneId,
+}
+
+pub async fn register_account(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let by = authorize(&state, &request)?;
+    let account: NewAccount = json_body(&state, payload).await?;
+    require_zone(&state, &account.zone).await?;
+    let now_ms = state.now_ms();
+    let stored = account.clone();
+    crate::registry::write(&state.db, move |conn| {
+        crate::registry::register_account(conn, &stored.account_id, &stored.display_name, &stored.zone, now_ms)
+    })
+    .await?;
+    tracing::info!(account = %account.account_id, by, "account registered");
+    Ok(HttpResponse::Created().json(account))
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewDevice {
+    pub device_id: DeviceId,
+    pub account_id: AccountId,
+    pub zone: ZoneId,
+    pub meter_serial: MeterSerial,
+    pub nameplate_w: i64,
+}
+
+pub async fn register_device(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let by = authorize(&state, &request)?;
+    let device: NewDevice = json_body(&state, payload).await?;
+    require_zone(&state, &device.zone).await?;
+    let now_ms = state.now_ms();
+    let stored = device.clone();
+    crate::registry::write(&state.db, move |conn| crate::registry::register_device(conn, &stored, now_ms)).await?;
+    tracing::info!(device = %device.device_id, by, "device registered");
+    Ok(HttpResponse::Created().json(device))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    pub zone: Option<String>,
+    pub device: Option<String>,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+}
+
+pub async fn export_readings(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    query: web::Query<ExportQuery>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &request)?;
+    let query = query.into_inner();
+    let (from_ms, to_ms) =
+        range(&RangeQuery { from_ms: query.from_ms, to_ms: query.to_ms }, state.now_ms(), EXPORT_RANGE_MS_MAX)?;
+    let selection = match (query.zone, query.device) {
+        (Some(zone), None) => Selection::Zone(parse_zone(&zone)?),
+        (None, Some(device)) => Selection::Device(
+            DeviceId::parse(&device).map_err(|error| ApiError::bad_request("invalid_query", error.to_string()))?,
+        ),
+        _ => return Err(ApiError::bad_request("invalid_query", "give exactly one of zone or device")),
+    };
+    let rows = state
+        .db
+        .run(move |conn| {
+            let device_ids: Vec<String> = match selection {
+                Selection::Zone(zone) => devices::table
+                    .filter(devices::zone_id.eq(zone.as_str().to_owned()))
+                    .select(devices::device_id)
+                    .load(conn)?,
+                Selection::Device(device) => vec![device.to_hex()],
+            };
+            crate::trader::load_readings(conn, device_ids, from_ms, to_ms)
+        })
+        .await?;
+    let mut csv =
+        String::from("device,seq,ts_ms,import_wh,export_wh,pv_wh,power_w,interval_import_wh,interval_export_wh\n");
+    for row in crate::trader::intervals(rows) {
+        let pv = row.pv_wh.map(|pv| pv.to_string()).unwrap_or_default();
+        let _ = writeln!(
+            csv,
+            "{},{},{},{},{},{},{},{},{}",
+            row.device,
+            row.seq,
+            row.ts_ms,
+            row.import_wh,
+            row.export_wh,
+            pv,
+            row.power_w,
+            row.interval_import_wh,
+            row.interval_export_wh
+        );
+    }
+    Ok(HttpResponse::Ok().content_type("text/csv; charset=utf-8").body(csv))
+}
+
+enum Selection {
+    Zone(ZoneId),
+    Device(DeviceId),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewWebhook {
+    pub url: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WebhookCreated {
+    pub id: String,
+    pub url: String,
+    /// The HMAC key; shown only in this response.
+    pub secret: String,
+}
+
+pub async fn create_webhook(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let by = authorize(&state, &request)?;
+    let new: NewWebhook = json_body(&state, payload).await?;
+    let (hook, secret) = state.webhooks.register(&new.url, &by).await.map_err(|error| match error {
+        WebhookError::BadUrl => ApiError::bad_request("invalid_value", error.to_string()),
+        WebhookError::TooMany => ApiError::conflict("too_many_webhooks", error.to_string()),
+        WebhookError::Db(error) => ApiError::internal(error),
+    })?;
+    tracing::info!(webhook = %hook.id, by, "webhook registered");
+    Ok(HttpResponse::Created().json(WebhookCreated { id: hook.id, url: hook.url, secret }))
+}
+
+pub async fn list_webhooks(state: web::Data<AppState>, request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &request)?;
+    Ok(HttpResponse::Ok().json(state.webhooks.list().await?))
+}
+
+/// Deletes a registration; its pending deliveries are dropped with it.
+pub async fn delete_webhook(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let by = authorize(&state, &request)?;
+    if !state.webhooks.delete(&id).await? {
+        return Err(ApiError::not_found("unknown_webhook", "no such webhook"));
+    }
+    tracing::info!(webhook = %id, by, "webhook deleted");
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,88 @@
+// HTTP access to /api/v1: JSON GETs, authenticated trader requests (X-Gridex-* request signature),
+// utility requests (Bearer API key), signed order commands, and the live event stream.
+import { requestHeaders } from './crypto.js';
+
+export const API = '/api/v1';
+/** A request that takes longer than this is abandoned and reported as failed. */
+const REQUEST_TIMEOUT_MS = 15_000;
+
+/** An API error: `code` is the server's `error` field (a protocol reason code for orders). */
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message || code || `HTTP ${status}`);
+    this.status = status;
+    this.code = code || `http_${status}`;
+  }
+}
+
+async function send(path, { method = 'GET', headers = {}, body } = {}) {
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), REQUEST_TIMEOUT_MS);
+  let response;
+  try {
+    response = await fetch(API + path, { method, headers, body, signal: controller.signal, cache: 'no-store' });
+  } catch (error) {
+    throw new ApiError(0, 'network', error.name === 'AbortError' ? 'the server did not answer in time' : 'the server cannot be reached');
+  } finally {
+    clearTimeout(timer);
+  }
+  const type = response.headers.get('content-type') || '';
+  const payload = type.includes('json') ? await response.json().catch(() => null) : await response.text();
+  if (!response.ok) {
+    const code = payload && typeof payload === 'object' ? payload.error : undefined;
+    const message = payload && typeof payload === 'object' ? payload.message : String(payload || '').slice(0, 200);
+    throw new ApiError(response.status, code, message);
+  }
+  return payload;
+}
+
+/** GET of a public resource. */
+export function get(path) {
+  return send(path);
+}
+
+/** A request authenticated by the household key (never sent: only signatures leave the browser). */
+export async function traderRequest(session, method, path, body = '') {
+  const headers = await requestHeaders({
+    account: session.account,
+    privateKey: session.privateKey,
+    method,
+    path: API + path,
+    body,
+  });
+  if (body) headers['Content-Type'] = 'application/json';
+  return send(path, { method, headers, body: body || undefined });
+}
+
+/** Posts a signed order or cancel (canonical JSON with `sig`). */
+export function postCommand(session, json) {
+  return traderRequest(session, 'POST', '/orders', json);
+}
+
+/** A utility request with the API key as a bearer token. */
+export function utilityGet(apiKey, path) {
+  return send(path, { headers: { Authorization: `Bearer ${apiKey}` } });
+}
+
+/**
+ * The live feed of one zone. `handlers` maps event names (book, trade, settlement, order_update) to
+ * functions of the parsed data; `onState` gets "live" or "reconnecting". The browser's EventSource
+ * reconnects by itself. Returns a function that closes the stream.
+ */
+export function stream(zone, handlers, onState) {
+  const source = new EventSource(`${API}/stream?zone=${encodeURIComponent(zone)}`);
+  source.onopen = () => onState('live');
+  source.onerror = () => onState(source.readyState === EventSource.CLOSED ? 'closed' : 'reconnecting');
+  for (const [name, handler] of Object.entries(handlers)) {
+    source.addEventListener(name, (event) => {
+      let data;
+      try {
+        data = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      handler(data);
+    });
+  }
+  return () => source.close();
+}

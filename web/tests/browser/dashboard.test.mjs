@@ -1,0 +1,284 @@
+// The dashboard in headless Chromium against a real `gridex demo`: the order book and a chart update
+// live (Server-Sent Events, no reload), a demo household logs in, places an order signed in the
+// browser, and sees it in its open orders and in the book. Leaves a screenshot in
+// <repo>/target/browser/dashboard.png.
+//
+// Uses Debian's Chromium (/usr/bin/chromium, or CHROMIUM_PATH); never downloads a browser.
+// GRIDEX_BIN names the server binary (default <repo>/target/debug/gridex).
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const REPO = path.resolve(here, '../../..');
+const GRIDEX_BIN = process.env.GRIDEX_BIN || path.join(REPO, 'target/debug/gridex');
+const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+const SCREENSHOT_DIR = path.join(REPO, 'target/browser');
+const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+/** The demo builds a database, a broker and simulated homes before it answers /healthz. */
+const STARTUP_TIMEOUT_MS = 90_000;
+/** A 15-minute slot passes in about 15 s in the demo: live changes come well within this. */
+const LIVE_TIMEOUT_MS = 60_000;
+const STEP_TIMEOUT_MS = 30_000;
+/** Ctrl-C must stop the whole demo (broker, simulators, server) within this. */
+const SHUTDOWN_TIMEOUT_MS = 20_000;
+const OUTPUT_KEPT_CHARS = 4_000;
+
+const cleanups = [];
+after(async () => {
+  for (const cleanup of cleanups.reverse()) await cleanup().catch(() => {});
+});
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function waitForHealth(base, child, output) {
+  const deadline = Date.now() + STARTUP_TIMEOUT_MS;
+  while (Date.now() < deadline) {
+    if (child && child.exitCode !== null) throw new Error(`gridex demo exited with ${child.exitCode} before answering /healthz:\n${output()}`);
+    try {
+      const response = await fetch(`${base}/healthz`);
+      if (response.ok) return;
+    } catch {
+      // not listening yet
+    }
+    await sleep(250);
+  }
+  throw new Error(`gridex demo did not answer ${base}/healthz within ${STARTUP_TIMEOUT_MS / 1000} s:\n${output()}`);
+}
+
+/** Starts `gridex demo`; returns {base, output(), stop()}. */
+async function startServer() {
+  if (!existsSync(GRIDEX_BIN)) {
+    throw new Error(`the gridex binary is missing at ${GRIDEX_BIN}: run \`cargo build -p web --bin gridex\` first or set GRIDEX_BIN`);
+  }
+  const port = await freePort();
+  const dataDir = mkdtempSync(path.join(os.tmpdir(), 'gridex-browser-'));
+  let log = '';
+  const child = spawn(GRIDEX_BIN, ['demo', '--homes', '4', '--port', String(port), '--data-dir', dataDir], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' },
+  });
+  const keep = (chunk) => {
+    log = (log + chunk.toString()).slice(-OUTPUT_KEPT_CHARS);
+  };
+  child.stdout.on('data', keep);
+  child.stderr.on('data', keep);
+  const output = () => log.trim() || '(no output)';
+  const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGINT');
+    const result = await Promise.race([exited, sleep(SHUTDOWN_TIMEOUT_MS).then(() => null)]);
+    rmSync(dataDir, { recursive: true, force: true });
+    if (result === null) {
+      child.kill('SIGKILL');
+      throw new Error(`gridex demo did not stop within ${SHUTDOWN_TIMEOUT_MS / 1000} s of SIGINT:\n${output()}`);
+    }
+    return result;
+  };
+  const base = `http://127.0.0.1:${port}`;
+  try {
+    await waitForHealth(base, child, output);
+  } catch (error) {
+    await stop().catch(() => {});
+    throw error;
+  }
+  return { base, output, stop };
+}
+
+/** Price ticks the test assumes the exchange accepts: 0.001 per kWh. */
+const PRICE_TICK_MICRO = 1_000;
+
+/**
+ * A buy price that rests in the book at the top of the bids without crossing the asks: one tick
+ * above the best bid when that is still below the best ask; otherwise just under the best ask, or
+ * the feed-in tariff when the slot is empty.
+ */
+function restingBidPrice(slot, tariff) {
+  const feedIn = Number(tariff.feed_in_price_per_kwh) || 100_000;
+  const bid = slot.best_bid == null ? null : Number(slot.best_bid);
+  const ask = slot.best_ask == null ? null : Number(slot.best_ask);
+  if (bid != null && (ask == null || bid + PRICE_TICK_MICRO < ask)) return bid + PRICE_TICK_MICRO;
+  if (ask != null) return Math.max(PRICE_TICK_MICRO, Math.min(feedIn, ask - PRICE_TICK_MICRO));
+  return feedIn;
+}
+
+/** Runs one named step; a failure says which step and shows the server's last output. */
+async function step(name, server, body) {
+  try {
+    return await body();
+  } catch (error) {
+    const detail = error && error.message ? error.message.split('\n').slice(0, 6).join('\n') : String(error);
+    throw new Error(`step "${name}" failed: ${detail}\n--- last server output ---\n${server.output()}`);
+  }
+}
+
+test('the dashboard shows the live market and a household places a signed order', { timeout: 240_000 }, async () => {
+  assert.ok(existsSync(CHROMIUM), `Chromium is missing at ${CHROMIUM}: apt-get install -y chromium`);
+  const server = await startServer();
+  let stopped = false;
+  cleanups.push(async () => {
+    if (!stopped) await server.stop();
+  });
+  const userDataDir = mkdtempSync(path.join(os.tmpdir(), 'gridex-chromium-'));
+  const context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: CHROMIUM_ARGS,
+    viewport: { width: 1280, height: 900 },
+  });
+  cleanups.push(async () => {
+    await context.close();
+    rmSync(userDataDir, { recursive: true, force: true });
+  });
+  const page = context.pages()[0] ?? (await context.newPage());
+  page.setDefaultTimeout(STEP_TIMEOUT_MS);
+  const pageErrors = [];
+  page.on('pageerror', (error) => pageErrors.push(error.message));
+  page.on('console', (message) => {
+    if (message.type() === 'error') pageErrors.push(message.text());
+  });
+
+  await step('open the market view', server, async () => {
+    await page.goto(`${server.base}/#/market`);
+    await page.waitForSelector('body[data-ready="true"]');
+    await page.waitForSelector('#live-status[data-state="live"]');
+    await page.waitForFunction(() => document.querySelectorAll('#slot-select option').length > 0, null, { timeout: LIVE_TIMEOUT_MS });
+    await page.evaluate(() => {
+      window.__loadedOnce = true;
+    });
+  });
+
+  await step('see the order book with orders', server, async () => {
+    await page.waitForFunction(
+      () => document.querySelectorAll('#book-bids tr td.bid, #book-asks tr td.ask').length > 0,
+      null,
+      { timeout: LIVE_TIMEOUT_MS },
+    );
+  });
+
+  await step('see a chart update live, without reloading', server, async () => {
+    const before = await page.evaluate(() => ({
+      book: Number(document.getElementById('book').dataset.liveUpdates || 0),
+      prices: Number(document.getElementById('price-chart').dataset.version || 0),
+      trades: document.getElementById('trades-table').textContent,
+    }));
+    await page.waitForFunction(
+      (start) => {
+        const book = Number(document.getElementById('book').dataset.liveUpdates || 0);
+        const prices = Number(document.getElementById('price-chart').dataset.version || 0);
+        const events = Number(document.body.dataset.liveEvents || 0);
+        return events > 0 && (book > start.book || (prices > start.prices && document.getElementById('trades-table').textContent !== start.trades));
+      },
+      before,
+      { timeout: LIVE_TIMEOUT_MS, polling: 250 },
+    );
+    assert.equal(await page.evaluate(() => window.__loadedOnce), true, 'the page reloaded instead of updating live');
+  });
+
+  // Give the exchange-clock estimate a few seconds of live events before signing an order.
+  await sleep(4_000);
+  const slot = await page.$eval('#slot-select', (select) => select.value);
+
+  await step('log in as a demo household', server, async () => {
+    await page.click('nav a[data-view="home"]');
+    await page.waitForSelector('#demo-households button');
+    await page.click('#demo-households button >> nth=0');
+    await page.waitForSelector('#home:not([hidden])');
+    await page.waitForFunction(() => document.getElementById('home-account').textContent.length > 0);
+    await page.waitForFunction(() => document.querySelectorAll('#order-slot option').length > 0);
+  });
+
+  const zones = await (await fetch(`${server.base}/api/v1/zones`)).json();
+  const zone = await page.$eval('#zone-select', (select) => select.value);
+  const tariff = zones.find((z) => z.zone_id === zone)?.tariff ?? {};
+  const openSlots = await (await fetch(`${server.base}/api/v1/zones/${zone}/slots`)).json();
+  const target = openSlots.find((s) => String(s.slot) === slot) ?? openSlots[0];
+  const priceMicro = restingBidPrice(target, tariff);
+  const priceText = (priceMicro / 1_000_000).toFixed(6);
+  const orderSlotWanted = String(target.slot);
+
+  const nonce = await step('place a signed order', server, async () => {
+    const slots = await page.$$eval('#order-slot option', (options) => options.map((option) => option.value));
+    assert.ok(slots.includes(orderSlotWanted), `slot ${orderSlotWanted} is not offered in the order form`);
+    await page.selectOption('#order-slot', orderSlotWanted);
+    await page.check('input[name="side"][value="buy"]');
+    await page.fill('#order-price', priceText);
+    await page.fill('#order-qty', '1');
+    await page.selectOption('#order-tif', 'gtc');
+    await page.check('#order-post-only');
+    await page.click('#order-submit');
+    await page.waitForSelector('#order-result.ok, #order-result.error');
+    const result = await page.$eval('#order-result', (element) => ({ ok: element.classList.contains('ok'), text: element.textContent }));
+    assert.ok(result.ok, `the order was refused: ${result.text}`);
+    return page.evaluate(() => document.body.dataset.lastOrderNonce);
+  });
+  const orderSlot = await page.$eval('#order-slot', (select) => select.value);
+
+  await step('see the order among the open orders', server, async () => {
+    const row = `#orders-table tr[data-nonce="${nonce}"]`;
+    await page.waitForSelector(row, { timeout: LIVE_TIMEOUT_MS });
+    // The row shows the order's terms as placed, from the server (not "-" for unknown).
+    const cells = await page.$eval(row, (tr) => Object.fromEntries([...tr.querySelectorAll('[data-field]')].map((td) => [td.dataset.field, td.textContent.trim()])));
+    assert.equal(cells.side, 'buy', `the side column shows ${JSON.stringify(cells)}`);
+    assert.equal(cells.tif, 'GTC, post only', `the time-in-force column shows ${JSON.stringify(cells)}`);
+    assert.equal(Number(cells.open) + Number(cells.filled), 1, `open + filled kWh of a 1 kWh order: ${JSON.stringify(cells)}`);
+  });
+
+  await step('see the order in the book', server, async () => {
+    await page.screenshot({ path: path.join(mkdirSync(SCREENSHOT_DIR, { recursive: true }) ?? SCREENSHOT_DIR, 'dashboard-home.png'), fullPage: true });
+    await page.click('nav a[data-view="market"]');
+    await page.waitForFunction((value) => [...document.querySelectorAll('#slot-select option')].some((o) => o.value === value), orderSlot);
+    await page.selectOption('#slot-select', orderSlot);
+    const shown = Number(priceText).toFixed(4);
+    await page.waitForFunction(
+      (text) => [...document.querySelectorAll('#book-bids td.bid')].some((cell) => cell.textContent.trim() === text),
+      shown,
+      { timeout: LIVE_TIMEOUT_MS },
+    ).catch((error) => {
+      throw new Error(`no bid level at ${shown} in the book of slot ${orderSlot}: ${error.message}`);
+    });
+  });
+
+  await step('see a settled statement arrive live and check its Merkle proof in the browser', server, async () => {
+    // The demo settles a slot about every 15 s; the statements table reloads on the live event.
+    await page.click('nav a[data-view="home"]');
+    const verify = await page.waitForSelector('#statements-table [data-verify]', { timeout: LIVE_TIMEOUT_MS });
+    await verify.click();
+    await page.waitForFunction(() => /✓|✗/.test(document.querySelector('#statements-table .proof-result')?.textContent ?? ''));
+    const text = await page.$eval('#statements-table .proof-result', (element) => element.textContent);
+    assert.match(text, /✓ included/, `the inclusion proof did not check: ${text}`);
+  });
+
+  await step('take a screenshot', server, async () => {
+    mkdirSync(SCREENSHOT_DIR, { recursive: true });
+    await page.screenshot({ path: path.join(SCREENSHOT_DIR, 'dashboard.png'), fullPage: true });
+  });
+
+  const seriousErrors = pageErrors.filter((text) => !/Failed to load resource|EventSource/.test(text));
+  assert.deepEqual(seriousErrors, [], `the page logged errors: ${seriousErrors.join('; ')}`);
+
+  await step('stop the demo with Ctrl-C', server, async () => {
+    stopped = true;
+    const result = await server.stop();
+    if (result) {
+      assert.ok(result.code === 0 || result.signal === 'SIGINT', `gridex demo exited with code ${result.code} signal ${result.signal}`);
+    }
+  });
+});
