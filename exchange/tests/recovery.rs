@@ -83,10 +83,14 @@ impl Stream {
         self.state >> 33
     }
 
+    fn next_nonce(&mut self, seed: u8) -> u64 {
+        *self.nonces.entry(seed).and_modify(|nonce| *nonce += 1).or_insert(1)
+    }
+
     /// `(account seed, nonce, signed order bytes)`.
     fn order(&mut self, keys: &[SigningKey], zone: &ZoneId, slot: SlotId) -> (u8, u64, Vec<u8>) {
         let seed = (self.next() % u64::from(ACCOUNTS)) as u8;
-        let nonce = *self.nonces.entry(seed).and_modify(|nonce| *nonce += 1).or_insert(1);
+        let nonce = self.next_nonce(seed);
         let side = if self.next() % 2 == 0 { Side::Buy } else { Side::Sell };
         let price = 140_000 + (self.next() % 21) as i64 * 1_000 + if side == Side::Buy { -5_000 } else { 5_000 };
         let qty = 100 + (self.next() % 20) as i64 * 50;
@@ -100,8 +104,16 @@ fn account_hex(key: &SigningKey) -> String {
     AccountId::from_verifying_key(&key.verifying_key()).to_hex()
 }
 
+/// What [`stream_orders`] saw: the acknowledged `(account, nonce)`s, the trades published, and the
+/// task still publishing the rest of the stream.
+struct Streamed {
+    acked: BTreeSet<(String, u64)>,
+    trades: Vec<Trade>,
+    publisher: tokio::task::JoinHandle<()>,
+}
+
 /// Publishes `count` orders and collects acknowledgements (order updates) until `stop_after` of the
-/// orders sent are acknowledged; returns the acknowledged `(account, nonce)`s and the trades seen.
+/// orders sent are answered.
 async fn stream_orders(
     probe: &mut Probe,
     stream: &mut Stream,
@@ -110,7 +122,7 @@ async fn stream_orders(
     slot: SlotId,
     count: usize,
     stop_after: usize,
-) -> (BTreeSet<(String, u64)>, Vec<Trade>) {
+) -> Streamed {
     let mut sent = BTreeSet::new();
     let publisher = probe.client.clone();
     let mut batch = Vec::new();
@@ -121,7 +133,7 @@ async fn stream_orders(
         batch.push((topics::orders(zone, &account), bytes));
     }
     // Publishing runs beside the collection, so the kill can land mid-stream.
-    tokio::spawn(async move {
+    let publisher = tokio::spawn(async move {
         for (topic, bytes) in batch {
             if publisher.publish(topic, rumqttc::QoS::AtLeastOnce, false, bytes).await.is_err() {
                 break;
@@ -154,7 +166,57 @@ async fn stream_orders(
             answered.insert((account, reject.seq.unwrap_or_default()));
         }
     }
-    (acked, seen_trades)
+    Streamed { acked, trades: seen_trades, publisher }
+}
+
+/// Waits until the node has taken in everything the stream published: once the publisher is done,
+/// publishes a marker order (a sell at the top of the band, which rests and never trades) and waits
+/// for its answer. The broker delivers one client's messages in order and the node answers a command
+/// only once it is applied and its trades are stored, so after the answer nothing the stream sent is
+/// still on its way. A broker may drop a message while the node's queue is full (Mosquitto's
+/// `max_queued_messages`), so a marker without an answer is followed by another. Timing-based
+/// quiescence (two equal dumps a moment apart) was not enough on a loaded machine: a redelivery could
+/// start after the dumps, and its trades were stored after the test read them.
+async fn settle(
+    probe: &mut Probe,
+    stream: &mut Stream,
+    keys: &[SigningKey],
+    zone: &ZoneId,
+    slot: SlotId,
+    publisher: tokio::task::JoinHandle<()>,
+) {
+    publisher.await.expect("the publisher finishes");
+    let account = account_hex(&keys[0]);
+    let answers = [topics::events(zone, &account), topics::rejects(zone, &account)];
+    let answers: Vec<&str> = answers.iter().map(String::as_str).collect();
+    for _ in 0..10 {
+        let nonce = stream.next_nonce(0);
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        probe
+            .publish(
+                topics::orders(zone, &account),
+                order(&keys[0], zone, slot, Side::Sell, 300_000, 100, nonce, now_ms),
+            )
+            .await;
+        let answered = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                let (topic, payload) = probe.next_any(&answers).await;
+                let answered_nonce = if topic.contains("/events/") {
+                    decode::<OrderUpdate>(&payload).expect("an order update").order_nonce
+                } else {
+                    decode::<protocol::Reject>(&payload).expect("a reject").seq.unwrap_or_default()
+                };
+                if answered_nonce == nonce {
+                    return;
+                }
+            }
+        })
+        .await;
+        if answered.is_ok() {
+            return;
+        }
+    }
+    panic!("the node answered none of 10 marker orders");
 }
 
 /// Trades by id: `(price, qty, buyer, seller)`.
@@ -250,19 +312,6 @@ fn replay_log(test_db: &TestDb) -> (TradeMap, serde_json::Value) {
     (derived, serde_json::Value::Array(dump))
 }
 
-/// The node's books once two dumps 300 ms apart agree: nothing is still arriving.
-fn quiescent(node: &mut Node) -> serde_json::Value {
-    let mut before = node.dump();
-    loop {
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        let again = node.dump();
-        if again == before {
-            return again;
-        }
-        before = again;
-    }
-}
-
 fn logged(test_db: &TestDb) -> BTreeSet<(String, u64)> {
     let mut conn = test_db.db.get().expect("a connection");
     let rows: Vec<(String, i64)> =
@@ -290,11 +339,12 @@ async fn crash_and_recover(test_db: &TestDb, broker: &BrokerAddr) {
     let mut probe = Probe::connect(broker, std::slice::from_ref(&zone)).await;
     let mut stream = Stream { state: 42, nonces: HashMap::new() };
 
-    // 1. Kill mid-stream: 400 orders on their way, SIGKILL after 100 are answered.
+    // 1. Kill mid-stream: 3000 orders on their way, SIGKILL after 100 are answered.
     // One client id for every incarnation: the restarted node resumes the dead one's MQTT session.
     let client_id = format!("node-{}", unique());
     let node = Node::start(&test_db.url, broker, &client_id, &zone);
-    let (acked, mut seen_trades) = stream_orders(&mut probe, &mut stream, &keys, &zone, slot, 3_000, 100).await;
+    let Streamed { acked, trades: mut seen_trades, publisher } =
+        stream_orders(&mut probe, &mut stream, &keys, &zone, slot, 3_000, 100).await;
     node.kill();
     // Trades the dead node published that the broker has not delivered yet (it delivers each
     // subscription filter at its own pace).
@@ -306,8 +356,9 @@ async fn crash_and_recover(test_db: &TestDb, broker: &BrokerAddr) {
     }
     let mut node = Node::start(&test_db.url, broker, &client_id, &zone);
     // The broker redelivers what the dead node took but never acknowledged, and what was published
-    // while it was down; wait until that has settled.
-    let rebuilt = quiescent(&mut node);
+    // while it was down; wait until the node has taken all of it.
+    settle(&mut probe, &mut stream, &keys, &zone, slot, publisher).await;
+    let rebuilt = node.dump();
 
     let log = logged(test_db);
     eprintln!("killed with {} acknowledged, {} logged of 3000 sent", acked.len(), log.len());
@@ -319,13 +370,24 @@ async fn crash_and_recover(test_db: &TestDb, broker: &BrokerAddr) {
         assert_eq!(stored.get(&trade.trade_id), Some(&expected), "published trade {} is stored", trade.trade_id);
     }
     let (derived, replayed) = replay_log(test_db);
-    assert_eq!(stored, derived, "stored trades are exactly the trades the log implies (none lost or duplicated)");
+    let missing: Vec<_> = derived.iter().filter(|(id, trade)| stored.get(id) != Some(trade)).collect();
+    let extra: Vec<_> = stored.iter().filter(|(id, trade)| derived.get(id) != Some(trade)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "stored trades are exactly the trades the log implies: {} of {} derived trades not stored \
+         ({missing:?}), {} of {} stored trades not derived ({extra:?})",
+        missing.len(),
+        derived.len(),
+        extra.len(),
+        stored.len()
+    );
     assert_eq!(rebuilt, replayed, "the restarted node rebuilt every book from the log");
     assert!(!stored.is_empty(), "the stream should have traded");
 
     // 2. Quiescent books, then a kill: the rebuilt books equal the books before the crash exactly.
-    let (_, _) = stream_orders(&mut probe, &mut stream, &keys, &zone, slot, 60, 60).await;
-    let before = quiescent(&mut node);
+    let streamed = stream_orders(&mut probe, &mut stream, &keys, &zone, slot, 60, 60).await;
+    settle(&mut probe, &mut stream, &keys, &zone, slot, streamed.publisher).await;
+    let before = node.dump();
     let trades_before = stored_trades(test_db);
     node.kill();
     let mut node = Node::start(&test_db.url, broker, &client_id, &zone);
