@@ -504,7 +504,7 @@ impl OrderBook {
     /// Moves every resting order into a table twice the size, keeping each queue's order.
     #[cold]
     fn grow_table(&mut self) {
-        let mut table = OrderTable::with_slots(self.table.slots() * 2);
+        let mut table = self.table.grown();
         let price_levels = self.config.price_levels();
         let mut bids = BookSide::new(Side::Buy, price_levels);
         let mut asks = BookSide::new(Side::Sell, price_levels);

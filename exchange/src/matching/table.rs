@@ -7,6 +7,11 @@
 //! lookups never slow down with churn); a node that moves is relinked in its queue. Consequently a node
 //! index is stable only until the next removal, and every live node must be linked in a queue whenever
 //! a removal happens (the book takes an order out of the table before matching it as a replace).
+//!
+//! The hash is keyed with a random 64-bit key per table. Traders choose their nonces, so with a fixed
+//! hash one could pick nonces that all land in one probe run and make every operation on the book walk
+//! it; with a key they cannot know, a nonce's home slot is unpredictable. The key changes nothing a
+//! caller can see: priority lives in the queues, not in the slots.
 
 use super::level::BookSide;
 use super::order::{account_prefix, Link, NodeIndex, OrderNode, NIL};
@@ -15,9 +20,10 @@ use protocol::{AccountId, Side};
 /// Slots of a new table; it doubles when more than half would be live.
 const SLOTS_MIN: usize = 64;
 
-/// Mixing constants (from SplitMix64 and Fx): odd, with well spread bits.
+/// Mixing constants (from SplitMix64 and MurmurHash3's finaliser): odd, with well spread bits.
 const MIX_ACCOUNT: u64 = 0x9E37_79B9_7F4A_7C15;
-const MIX_NONCE: u64 = 0xF135_7AEA_2E62_A9C5;
+const MIX_1: u64 = 0xFF51_AFD7_ED55_8CCD;
+const MIX_2: u64 = 0xC4CE_B9FE_1A85_EC53;
 
 #[derive(Debug)]
 pub(crate) struct OrderTable {
@@ -26,17 +32,26 @@ pub(crate) struct OrderTable {
     live: usize,
     /// `64 - log2(nodes.len())`: the home slot is the top bits of the hash.
     shift: u32,
+    /// The hash key (see the module documentation).
+    key: u64,
 }
 
 impl Default for OrderTable {
     fn default() -> Self {
-        Self::with_slots(SLOTS_MIN)
+        Self::with_slots(SLOTS_MIN, random_key())
     }
 }
 
+/// A fresh random key: std's `RandomState` is seeded from the operating system once per thread and
+/// differs for every instance.
+fn random_key() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(0x6772_6964_6578_u64)
+}
+
 impl OrderTable {
-    /// An empty table of `slots` slots (a power of two).
-    pub fn with_slots(slots: usize) -> Self {
+    /// An empty table of `slots` slots (a power of two) hashing with `key`.
+    pub fn with_slots(slots: usize, key: u64) -> Self {
         assert!(slots.is_power_of_two(), "table slots must be a power of two");
         assert!(slots <= NIL as usize, "the order table is too large for its node indices");
         Self {
@@ -44,7 +59,13 @@ impl OrderTable {
             links: vec![Link::DETACHED; slots],
             live: 0,
             shift: 64 - slots.trailing_zeros(),
+            key,
         }
+    }
+
+    /// An empty table of twice the slots, with the same key.
+    pub fn grown(&self) -> Self {
+        Self::with_slots(self.nodes.len() * 2, self.key)
     }
 
     /// How many orders the table holds.
@@ -63,9 +84,16 @@ impl OrderTable {
         (self.live + 1) * 2 <= self.nodes.len()
     }
 
+    /// The slot where the probe for `(account, nonce)` starts: the top bits of a keyed hash. The key
+    /// enters before the finaliser's xor-shift-multiply rounds, so every bit of it reaches every bit of
+    /// the result.
     #[inline]
     fn home(&self, account: &AccountId, nonce: u64) -> usize {
-        let hash = (account_prefix(account).wrapping_mul(MIX_ACCOUNT) ^ nonce).wrapping_mul(MIX_NONCE);
+        let mut hash = account_prefix(account).wrapping_mul(MIX_ACCOUNT) ^ nonce ^ self.key;
+        hash ^= hash >> 33;
+        hash = hash.wrapping_mul(MIX_1);
+        hash ^= hash >> 29;
+        hash = hash.wrapping_mul(MIX_2);
         (hash >> self.shift) as usize
     }
 
@@ -190,5 +218,47 @@ impl std::ops::IndexMut<NodeIndex> for OrderTable {
     #[inline]
     fn index_mut(&mut self, index: NodeIndex) -> &mut OrderNode {
         &mut self.nodes[index as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account() -> AccountId {
+        AccountId([7; 32])
+    }
+
+    /// `count` nonces that share one home slot under `table`'s key: what a trader who knew the key
+    /// could send.
+    fn colliding_nonces(table: &OrderTable, count: usize) -> Vec<u64> {
+        let target = table.home(&account(), 1);
+        (1..).filter(|&nonce| table.home(&account(), nonce) == target).take(count).collect()
+    }
+
+    #[test]
+    fn nonces_chosen_to_collide_under_one_key_spread_out_under_another() {
+        let known = OrderTable::with_slots(256, 0x0123_4567_89AB_CDEF);
+        let nonces = colliding_nonces(&known, 32);
+        let homes = |table: &OrderTable| {
+            let mut homes: Vec<usize> = nonces.iter().map(|&nonce| table.home(&account(), nonce)).collect();
+            homes.sort_unstable();
+            homes.dedup();
+            homes.len()
+        };
+        assert_eq!(homes(&known), 1, "under the key they were chosen for, all 32 share a slot");
+        for key in [0, 1, 0xFEDC_BA98_7654_3210, u64::MAX] {
+            let other = OrderTable::with_slots(256, key);
+            // 32 keys hashed at random into 256 slots meet in a few slots at most.
+            assert!(homes(&other) >= 26, "key {key:#x}: only {} distinct homes", homes(&other));
+        }
+    }
+
+    #[test]
+    fn every_table_gets_its_own_key_and_a_grown_table_keeps_it() {
+        let (a, b) = (OrderTable::default(), OrderTable::default());
+        assert_ne!(a.key, b.key);
+        let grown = a.grown();
+        assert_eq!((grown.key, grown.slots()), (a.key, a.slots() * 2));
     }
 }
