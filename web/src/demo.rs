@@ -330,13 +330,14 @@ fn print_guide(address: SocketAddr, options: &DemoOptions, broker_port: u16) {
          \n  Live feed:  http://{address}/api/v1/stream?zone={DEMO_ZONE}\
          \n  Metrics:    http://{address}/metrics\
          \n  MQTT:       mqtt://127.0.0.1:{broker_port} (embedded broker)\
-         \n\nWhat to expect: within a minute the homes' agents place orders for the next slots and trades appear;\
-         \nabout a minute later the first slots are settled with statements and GRID token rewards.\
+         \n\nWhat to expect: within seconds the homes' agents place orders for the next slots and trades appear;\
+         \nwithin about three slots ({settle_s:.0} s) the first slot is settled with statements and GRID token rewards.\
          \nLog in as a household from the dashboard (logins: http://{address}/api/v1/demo/households).\
          \nData directory: {data}. Press Ctrl-C to stop.",
         homes = options.homes,
         speed = options.speed,
         data = options.data_dir.display(),
+        settle_s = slot_real_s * 3.0,
     );
 }
 
