@@ -227,7 +227,10 @@ test('the dashboard shows the live market and a household places a signed order'
     await page.waitForSelector('#order-result.ok, #order-result.error');
     const result = await page.$eval('#order-result', (element) => ({ ok: element.classList.contains('ok'), text: element.textContent }));
     assert.ok(result.ok, `the order was refused: ${result.text}`);
-    return page.evaluate(() => document.body.dataset.lastOrderNonce);
+    const placed = await page.evaluate(() => document.body.dataset.lastOrderNonce);
+    // A post-only bid rests whole: the answer says so, from the exchange's order update.
+    assert.equal(result.text, `Order ${placed} accepted: nothing traded yet, 1 kWh resting in the book.`);
+    return placed;
   });
   const orderSlot = await page.$eval('#order-slot', (select) => select.value);
 

@@ -162,7 +162,7 @@ async function loadStatements() {
           <td class="num">${esc(money(s.utility_net))}</td>
           <td class="num ${Number(s.net) < 0 ? 'negative' : 'positive'}"><strong>${esc(money(s.net))}</strong></td>
           <td class="num">${esc(tokens(s.tokens_earned).replace(' GRID', ''))}</td>
-          <td><button type="button" class="small-button" data-verify="${index}">Verify inclusion</button> ${proofCell(s)}</td></tr>`,
+          <td class="proof"><button type="button" class="small-button" data-verify="${index}">Verify inclusion</button> ${proofCell(s)}</td></tr>`,
         )
         .join('')
     : '<tr><td colspan="11" class="muted">No statements yet: they appear when a slot you traded or metered in is settled.</td></tr>';
@@ -332,7 +332,7 @@ async function submitOrder(event) {
         tsMs,
       }),
     );
-    showResult(`Order ${ack?.order_nonce ?? order.nonce} accepted (${ack?.status ?? 'sent'}).`, true);
+    showResult(orderOutcome(order, ack), true);
     document.body.dataset.lastOrderNonce = String(order.nonce);
     scheduleReload(['orders', 'slots']);
   } catch (error) {
@@ -414,6 +414,23 @@ async function onStatementsClick(event) {
     setProofResult(result, statement, text, ok ? 'ok' : 'error', `root ${proof.root}, ${proof.proof?.length ?? 0} proof steps`);
   } catch (error) {
     setProofResult(result, statement, `✗ ${error.message}`, 'error');
+  }
+}
+
+/** What became of an accepted order, from the exchange's answer: traded, resting or cancelled. */
+export function orderOutcome(order, ack) {
+  const update = (ack?.updates ?? []).find((u) => u.order_nonce === order.nonce && u.account === order.account);
+  if (!update) return `Order ${order.nonce} accepted.`;
+  const filled = Number(update.filled_qty_wh ?? 0);
+  const open = Number(update.open_qty_wh ?? 0);
+  const traded = filled > 0 ? `${energy(filled)} traded` : 'nothing traded yet';
+  switch (update.status) {
+    case 'filled':
+      return `Order ${order.nonce} filled: ${energy(filled)} traded.`;
+    case 'open':
+      return `Order ${order.nonce} accepted: ${traded}, ${energy(open)} resting in the book.`;
+    default:
+      return `Order ${order.nonce} accepted: ${traded}; the rest was ${update.status}.`;
   }
 }
 
