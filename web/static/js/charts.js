@@ -100,7 +100,7 @@ export function depthChart(book, width = WIDTH_DEFAULT, height = 240) {
     d += ` L${x(edge).toFixed(1)},${y(previous).toFixed(1)} L${x(edge).toFixed(1)},${y(0).toFixed(1)} Z`;
     return d;
   };
-  const priceTicks = ticks(low, high, Math.max(2, Math.floor(width / 120)))
+  const priceTicks = ticks(low, high, Math.max(3, Math.floor(width / 120)))
     .map((p) => `<text class="axis" x="${x(p).toFixed(1)}" y="${bottom + 18}" text-anchor="middle">${esc(priceNumber(p))}</text>`)
     .join('');
   const body = [
