@@ -153,20 +153,30 @@ async fn stream_orders(
         let (topic, payload) = probe.next_any(&watched).await;
         if topic.ends_with("/trades") {
             seen_trades.push(decode::<Trade>(&payload).expect("a trade"));
-        } else if topic.contains("/events/") {
-            let update = decode::<OrderUpdate>(&payload).expect("an order update");
-            let key = (update.account.to_hex(), update.order_nonce);
-            if sent.contains(&key) {
+        } else {
+            let (key, accepted) = answer(&topic, &payload);
+            if !accepted {
+                answered.insert(key);
+            } else if sent.contains(&key) {
                 acked.insert(key.clone());
                 answered.insert(key);
             }
-        } else {
-            let reject = decode::<protocol::Reject>(&payload).expect("a reject");
-            let account = topic.rsplit('/').next().unwrap_or_default().to_owned();
-            answered.insert((account, reject.seq.unwrap_or_default()));
         }
     }
     Streamed { acked, trades: seen_trades, publisher }
+}
+
+/// The `(account, nonce)` an answer on an `events` or `rejects` topic is about, and whether it is an
+/// order update (the order was accepted) rather than a reject.
+fn answer(topic: &str, payload: &[u8]) -> ((String, u64), bool) {
+    if topic.contains("/events/") {
+        let update = decode::<OrderUpdate>(payload).expect("an order update");
+        ((update.account.to_hex(), update.order_nonce), true)
+    } else {
+        let reject = decode::<protocol::Reject>(payload).expect("a reject");
+        let account = topic.rsplit('/').next().unwrap_or_default().to_owned();
+        ((account, reject.seq.unwrap_or_default()), false)
+    }
 }
 
 /// Waits until the node has taken in everything the stream published: once the publisher is done,
@@ -201,11 +211,7 @@ async fn settle(
         let answered = tokio::time::timeout(std::time::Duration::from_secs(10), async {
             loop {
                 let (topic, payload) = probe.next_any(&answers).await;
-                let answered_nonce = if topic.contains("/events/") {
-                    decode::<OrderUpdate>(&payload).expect("an order update").order_nonce
-                } else {
-                    decode::<protocol::Reject>(&payload).expect("a reject").seq.unwrap_or_default()
-                };
+                let ((_, answered_nonce), _) = answer(&topic, &payload);
                 if answered_nonce == nonce {
                     return;
                 }

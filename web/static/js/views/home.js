@@ -418,7 +418,7 @@ async function onStatementsClick(event) {
 }
 
 /** What became of an accepted order, from the exchange's answer: traded, resting or cancelled. */
-export function orderOutcome(order, ack) {
+function orderOutcome(order, ack) {
   const update = (ack?.updates ?? []).find((u) => u.order_nonce === order.nonce && u.account === order.account);
   if (!update) return `Order ${order.nonce} accepted.`;
   const filled = Number(update.filled_qty_wh ?? 0);
