@@ -1,4 +1,5 @@
-//! Diesel table definitions for the registry and market tables (migrations/*/…_registry_and_market).
+//! Diesel table definitions for the registry and market tables (migrations/*/…_registry_and_market,
+//! …_meter_integrity).
 //! The ledger's tables are declared by `settlement`.
 
 diesel::table! {
@@ -98,7 +99,36 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    meter_replacements (device_id, replaced_at_ms) {
+        device_id -> Text,
+        replaced_at_ms -> BigInt,
+        old_import_wh -> BigInt,
+        old_export_wh -> BigInt,
+        old_pv_wh -> Nullable<BigInt>,
+        new_import_wh -> BigInt,
+        new_export_wh -> BigInt,
+        new_pv_wh -> Nullable<BigInt>,
+        new_meter_serial -> Text,
+        reference -> Text,
+        registered_ms -> BigInt,
+    }
+}
+
+diesel::table! {
+    reading_rejections (device_id, seq, received_ms) {
+        device_id -> Text,
+        seq -> BigInt,
+        ts_ms -> BigInt,
+        reason -> Text,
+        message -> Text,
+        received_ms -> BigInt,
+    }
+}
+
 diesel::joinable!(devices -> accounts (account_id));
+diesel::joinable!(meter_replacements -> devices (device_id));
+diesel::joinable!(reading_rejections -> devices (device_id));
 diesel::joinable!(devices -> zones (zone_id));
 diesel::joinable!(tariffs -> zones (zone_id));
 diesel::allow_tables_to_appear_in_same_query!(
@@ -109,5 +139,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     reward_schedule,
     readings,
     order_commands,
-    trades
+    trades,
+    meter_replacements,
+    reading_rejections
 );

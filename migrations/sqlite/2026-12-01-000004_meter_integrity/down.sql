@@ -1,0 +1,2 @@
+DROP TABLE reading_rejections;
+DROP TABLE meter_replacements;
