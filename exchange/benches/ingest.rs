@@ -34,7 +34,7 @@ fn fixture(count: usize) -> Fixture {
         let device = DeviceId::from_verifying_key(&key.verifying_key());
         directory
             .devices
-            .insert(device, DeviceState { zone: zone.clone(), nameplate_w: 10_000, last: None, reset_candidate: None });
+            .insert(device, DeviceState { zone: zone.clone(), nameplate_w: 10_000, last: None, replacements: Vec::new() });
         let reading = Reading {
             device,
             zone: zone.clone(),

@@ -151,17 +151,47 @@ impl LastReading {
             signing_bytes: signed.signing_bytes().to_vec(),
         }
     }
+
+    pub fn counters(&self) -> Counters {
+        Counters { import_wh: self.import_wh, export_wh: self.export_wh, pv_wh: self.pv_wh }
+    }
 }
 
-/// A registered device and its high-water mark.
+/// Counters of a meter at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    pub import_wh: i64,
+    pub export_wh: i64,
+    pub pv_wh: Option<i64>,
+}
+
+/// A meter replacement the utility registered: from `replaced_at_ms` on, the device's readings
+/// continue from the new meter's initial counters (`new`) instead of the last accepted reading's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replacement {
+    pub replaced_at_ms: i64,
+    pub new: Counters,
+}
+
+/// A registered device, its high-water mark and the meter replacements registered after it.
 #[derive(Debug, Clone)]
 pub struct DeviceState {
     pub zone: ZoneId,
     pub nameplate_w: i64,
     pub last: Option<LastReading>,
-    /// A reading whose counters were lower than `last`: rejected, but if the next reading continues
-    /// from it consistently, the meter was reset and that next reading is accepted.
-    pub reset_candidate: Option<LastReading>,
+    /// Replacements later than `last` (none is consumed until a reading after it is accepted),
+    /// oldest first.
+    pub replacements: Vec<Replacement>,
+}
+
+impl DeviceState {
+    /// Keeps the replacements a reading after `last` could still continue from.
+    pub fn set_replacements(&mut self, mut replacements: Vec<Replacement>) {
+        let after_ms = self.last.as_ref().map_or(i64::MIN, |last| last.ts_ms);
+        replacements.retain(|replacement| replacement.replaced_at_ms > after_ms);
+        replacements.sort_by_key(|replacement| replacement.replaced_at_ms);
+        self.replacements = replacements;
+    }
 }
 
 /// A registered account and its nonce high-water mark.
@@ -210,6 +240,26 @@ impl Directory {
         (devices, accounts)
     }
 
+    /// Cached devices in `parsed` with a new reading that their cached state would refuse for its
+    /// counters (lower than the last accepted reading's, or beyond the nameplate): a meter
+    /// replacement may have been registered since they were cached (by another process), so the
+    /// caller reloads their replacements from storage before checking. Rare, so it costs little.
+    pub fn stale_replacements(&self, parsed: &[Result<Parsed, Rejection>]) -> Vec<DeviceId> {
+        let mut stale: Vec<DeviceId> = Vec::new();
+        for item in parsed.iter().flatten() {
+            let Parsed::Reading(signed, _) = item else { continue };
+            let Some(device) = self.devices.get(&signed.message.device) else { continue };
+            let next = LastReading::of(signed);
+            let newer = device.last.as_ref().is_some_and(|last| next.seq > last.seq && next.ts_ms > last.ts_ms);
+            if newer && counters_check(device, &next).is_err() {
+                stale.push(signed.message.device);
+            }
+        }
+        stale.sort();
+        stale.dedup();
+        stale
+    }
+
     /// Forgets what it knows of these senders, so it is reloaded from storage (after a failed commit).
     pub fn forget(&mut self, devices: &[DeviceId], accounts: &[AccountId]) {
         for device in devices {
@@ -219,6 +269,41 @@ impl Directory {
             self.accounts.remove(account);
         }
     }
+}
+
+/// A reading refused although its signature was valid: the device really sent it, so it is recorded
+/// (`reading_rejections`) and its household is shown why its meter data is missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedReading {
+    pub device: DeviceId,
+    pub seq: u64,
+    pub ts_ms: i64,
+    pub rejection: Rejection,
+    pub received_ms: i64,
+}
+
+/// The record of a refusal worth showing the household: a reading (`parsed`) whose signature was
+/// valid, of a registered device, refused for what it says. Not refusals that say nothing about the
+/// reading (`overloaded`, `internal_error`) nor ones of keys or zones this exchange does not know.
+pub fn refused_reading(
+    parsed: Option<&Parsed>,
+    signature_valid: bool,
+    rejection: &Rejection,
+    received_ms: i64,
+) -> Option<RefusedReading> {
+    let Some(Parsed::Reading(signed, _)) = parsed else { return None };
+    let unrecorded = [Reason::UnknownKey, Reason::UnknownZone, Reason::Overloaded, Reason::InternalError];
+    if !signature_valid || unrecorded.contains(&rejection.reason) {
+        return None;
+    }
+    let reading = &signed.message;
+    Some(RefusedReading {
+        device: reading.device,
+        seq: reading.seq,
+        ts_ms: reading.ts_ms.0,
+        rejection: rejection.clone(),
+        received_ms,
+    })
 }
 
 /// Strict parse of one raw message and the check that its topic names its zone and sender.
@@ -380,8 +465,7 @@ impl Verifier {
             .devices
             .get_mut(&signed.message.device)
             .ok_or_else(|| Rejection::new(Reason::UnknownKey, "the device is not registered"))?;
-        let next = LastReading::of(&signed);
-        plausible(device, next)?;
+        accept_reading(device, LastReading::of(&signed))?;
         Ok(Verified::Reading { signed, payload, duplicate: Duplicate::No })
     }
 
@@ -467,47 +551,52 @@ pub fn check_slot(slot: SlotId, slot_len_ms: i64, limits: &Limits, now_ms: i64) 
     Ok(())
 }
 
-/// Counters never go backwards (except a reset confirmed by the next reading) and the energy
-/// between two readings fits the nameplate. On success `device.last` becomes `next`.
-///
-/// Reset policy: a reading whose counters are lower than the last accepted one is rejected and
-/// held as a reset candidate. If the next reading continues consistently from the candidate
-/// (counters not lower, energy within the nameplate) and not from the old baseline, the reset is
-/// confirmed: that reading is accepted and becomes the baseline. The candidate itself stays
-/// rejected, so settlement only ever sees accepted readings; the energy between the last reading
-/// before the reset and the confirming one is counted from the candidate on.
-fn plausible(device: &mut DeviceState, next: LastReading) -> Result<(), Rejection> {
-    let Some(last) = &device.last else {
-        device.last = Some(next);
-        device.reset_candidate = None;
-        return Ok(());
-    };
-    if counters_not_lower(last, &next) {
-        within_nameplate(last, &next, device.nameplate_w)?;
-        device.last = Some(next);
-        device.reset_candidate = None;
-        return Ok(());
-    }
-    let confirms = device
-        .reset_candidate
-        .as_ref()
-        .is_some_and(|candidate| counters_not_lower(candidate, &next) && next.seq > candidate.seq);
-    if confirms {
-        if let Some(candidate) = &device.reset_candidate {
-            within_nameplate(candidate, &next, device.nameplate_w)?;
+/// Accepts `next` as the device's new high-water mark if it is later in time than the last
+/// accepted reading and its counters are plausible ([`counters_check`]); otherwise the device's
+/// state is unchanged. Consumes the replacements `next` continues from.
+fn accept_reading(device: &mut DeviceState, next: LastReading) -> Result<(), Rejection> {
+    if let Some(last) = &device.last {
+        if next.ts_ms <= last.ts_ms {
+            return Err(Rejection::new(
+                Reason::TimestampNotIncreasing,
+                format!("ts_ms {} is not after the last accepted reading's {}", next.ts_ms, last.ts_ms),
+            ));
         }
-        device.last = Some(next);
-        device.reset_candidate = None;
-        return Ok(());
     }
-    device.reset_candidate = Some(next);
-    Err(Rejection::new(
-        Reason::CounterWentBackwards,
-        "a counter is lower than in the last accepted reading (held as a possible meter reset)",
-    ))
+    counters_check(device, &next)?;
+    device.replacements.retain(|replacement| replacement.replaced_at_ms > next.ts_ms);
+    device.last = Some(next);
+    Ok(())
 }
 
-fn counters_not_lower(earlier: &LastReading, later: &LastReading) -> bool {
+/// Where a reading's counters must continue from: the new meter's initial counters of the latest
+/// replacement registered at or before the reading (and after the last accepted reading), else the
+/// last accepted reading. `None` for a device's first reading.
+fn baseline(device: &DeviceState, next: &LastReading) -> Option<(i64, Counters)> {
+    let replaced = device.replacements.iter().rev().find(|replacement| replacement.replaced_at_ms <= next.ts_ms);
+    match (replaced, &device.last) {
+        (Some(replacement), _) => Some((replacement.replaced_at_ms, replacement.new)),
+        (None, Some(last)) => Some((last.ts_ms, last.counters())),
+        (None, None) => None,
+    }
+}
+
+/// No counter is lower than the baseline's ([`baseline`]; there is no automatic reset: a lower
+/// counter needs a registered meter replacement) and the energy since the baseline fits the
+/// nameplate power over the time since it, plus the named tolerance.
+fn counters_check(device: &DeviceState, next: &LastReading) -> Result<(), Rejection> {
+    let Some((since_ms, base)) = baseline(device, next) else { return Ok(()) };
+    let counters = next.counters();
+    if !counters_not_lower(&base, &counters) {
+        return Err(Rejection::new(
+            Reason::CounterWentBackwards,
+            "a counter is lower than in the last accepted reading and no meter replacement is registered",
+        ));
+    }
+    within_nameplate(&base, &counters, next.ts_ms - since_ms, device.nameplate_w)
+}
+
+fn counters_not_lower(earlier: &Counters, later: &Counters) -> bool {
     let pv_ok = match (earlier.pv_wh, later.pv_wh) {
         (Some(before), Some(after)) => after >= before,
         _ => true,
@@ -521,8 +610,8 @@ pub fn nameplate_allowance_wh(nameplate_w: i64, elapsed_ms: i64) -> i128 {
     exact + exact * i128::from(NAMEPLATE_TOLERANCE_PERCENT) / 100 + i128::from(NAMEPLATE_TOLERANCE_WH)
 }
 
-fn within_nameplate(earlier: &LastReading, later: &LastReading, nameplate_w: i64) -> Result<(), Rejection> {
-    let allowance = nameplate_allowance_wh(nameplate_w, later.ts_ms - earlier.ts_ms);
+fn within_nameplate(earlier: &Counters, later: &Counters, elapsed_ms: i64, nameplate_w: i64) -> Result<(), Rejection> {
+    let allowance = nameplate_allowance_wh(nameplate_w, elapsed_ms);
     // A net meter either imports or exports at any instant, so the two together fit the nameplate.
     let grid = i128::from(later.import_wh - earlier.import_wh) + i128::from(later.export_wh - earlier.export_wh);
     let pv = match (earlier.pv_wh, later.pv_wh) {
@@ -532,7 +621,7 @@ fn within_nameplate(earlier: &LastReading, later: &LastReading, nameplate_w: i64
     if grid > allowance || pv > allowance {
         return Err(Rejection::new(
             Reason::ImplausibleEnergy,
-            format!("{} Wh in {} ms exceeds the {nameplate_w} W nameplate", grid.max(pv), later.ts_ms - earlier.ts_ms),
+            format!("{} Wh in {elapsed_ms} ms exceeds the {nameplate_w} W nameplate", grid.max(pv)),
         ));
     }
     Ok(())
@@ -548,7 +637,15 @@ mod tests {
 
     fn device(nameplate_w: i64) -> DeviceState {
         let zone = ZoneId::parse("z").expect("a zone id");
-        DeviceState { zone, nameplate_w, last: None, reset_candidate: None }
+        DeviceState { zone, nameplate_w, last: None, replacements: Vec::new() }
+    }
+
+    fn replacement(replaced_at_ms: i64, import_wh: i64) -> Replacement {
+        Replacement { replaced_at_ms, new: Counters { import_wh, export_wh: 0, pv_wh: None } }
+    }
+
+    fn reason(result: Result<(), Rejection>) -> Reason {
+        result.expect_err("refused").reason
     }
 
     #[test]
@@ -559,32 +656,65 @@ mod tests {
     }
 
     #[test]
-    fn a_reset_is_accepted_only_when_the_next_reading_continues_from_it() {
+    fn a_reading_not_after_the_last_accepted_one_is_refused_and_leaves_the_baseline() {
         let mut state = device(10_000);
-        plausible(&mut state, last(1, 0, 5_000)).expect("the first reading sets the baseline");
-        let backwards = plausible(&mut state, last(2, 1_000, 10)).expect_err("backwards");
-        assert_eq!(backwards.reason, Reason::CounterWentBackwards);
-        assert_eq!(state.reset_candidate.as_ref().map(|candidate| candidate.seq), Some(2));
-        plausible(&mut state, last(3, 2_000, 12)).expect("continues from the candidate: a confirmed reset");
-        assert_eq!(state.last.as_ref().map(|last| last.import_wh), Some(12));
-        assert!(state.reset_candidate.is_none());
+        accept_reading(&mut state, last(1, 600_000, 0)).expect("baseline");
+        assert_eq!(reason(accept_reading(&mut state, last(2, 1, 0))), Reason::TimestampNotIncreasing);
+        assert_eq!(reason(accept_reading(&mut state, last(2, 600_000, 0))), Reason::TimestampNotIncreasing);
+        assert_eq!(state.last.as_ref().map(|last| last.seq), Some(1));
     }
 
     #[test]
-    fn a_glitch_followed_by_a_reading_from_the_old_baseline_keeps_the_baseline() {
+    fn the_nameplate_allowance_runs_from_the_last_accepted_reading_not_a_backdated_one() {
+        // The drill: a backdated reading would have widened the interval to days.
         let mut state = device(10_000);
-        plausible(&mut state, last(1, 0, 5_000)).expect("baseline");
-        assert!(plausible(&mut state, last(2, 1_000, 10)).is_err());
-        plausible(&mut state, last(3, 2_000, 5_001)).expect("continues from the old baseline");
-        assert!(state.reset_candidate.is_none());
-        assert_eq!(state.last.as_ref().map(|last| last.seq), Some(3));
+        accept_reading(&mut state, last(1, 6 * 86_400_000, 1_000)).expect("baseline");
+        assert!(accept_reading(&mut state, last(2, 1, 1_000)).is_err());
+        let jump = last(3, 6 * 86_400_000 + 60_000, 501_000);
+        assert_eq!(reason(accept_reading(&mut state, jump)), Reason::ImplausibleEnergy);
+        accept_reading(&mut state, last(4, 6 * 86_400_000 + 60_000, 1_150)).expect("150 Wh in a minute at 10 kW");
+    }
+
+    #[test]
+    fn a_counter_reset_is_refused_however_consistently_it_continues() {
+        let mut state = device(10_000);
+        accept_reading(&mut state, last(1, 0, 5_000)).expect("the first reading sets the baseline");
+        assert_eq!(reason(accept_reading(&mut state, last(2, 1_000, 10))), Reason::CounterWentBackwards);
+        assert_eq!(reason(accept_reading(&mut state, last(3, 2_000, 12))), Reason::CounterWentBackwards);
+        assert_eq!(state.last.as_ref().map(|last| last.import_wh), Some(5_000));
+        accept_reading(&mut state, last(4, 3_000, 5_001)).expect("continues from the old baseline");
+    }
+
+    #[test]
+    fn after_a_registered_replacement_readings_continue_from_the_new_meter() {
+        let mut state = device(3_600);
+        accept_reading(&mut state, last(1, 0, 5_000)).expect("baseline");
+        state.set_replacements(vec![replacement(3_600_000, 100)]);
+        // Before the swap the old meter still counts.
+        accept_reading(&mut state, last(2, 1_800_000, 5_100)).expect("old meter");
+        // Below the new meter's initial counters: backwards.
+        assert_eq!(reason(accept_reading(&mut state, last(3, 3_700_000, 99))), Reason::CounterWentBackwards);
+        // 3.6 kW for 100 s after the swap allows 105 Wh (+ tolerance), not 200 Wh.
+        assert_eq!(reason(accept_reading(&mut state, last(3, 3_700_000, 300))), Reason::ImplausibleEnergy);
+        accept_reading(&mut state, last(3, 3_700_000, 150)).expect("continues from the new meter");
+        assert!(state.replacements.is_empty(), "the replacement is consumed");
+        assert_eq!(reason(accept_reading(&mut state, last(4, 3_800_000, 149))), Reason::CounterWentBackwards);
+    }
+
+    #[test]
+    fn replacements_before_the_last_accepted_reading_are_ignored() {
+        let mut state = device(10_000);
+        accept_reading(&mut state, last(1, 10_000, 5_000)).expect("baseline");
+        state.set_replacements(vec![replacement(5_000, 0)]);
+        assert!(state.replacements.is_empty());
+        assert_eq!(reason(accept_reading(&mut state, last(2, 20_000, 1))), Reason::CounterWentBackwards);
     }
 
     #[test]
     fn energy_beyond_the_nameplate_is_implausible_and_leaves_the_baseline() {
         let mut state = device(1_000);
-        plausible(&mut state, last(1, 0, 0)).expect("baseline");
-        let error = plausible(&mut state, last(2, 3_600_000, 1_100)).expect_err("1 100 Wh from 1 kW in an hour");
+        accept_reading(&mut state, last(1, 0, 0)).expect("baseline");
+        let error = accept_reading(&mut state, last(2, 3_600_000, 1_100)).expect_err("1 100 Wh from 1 kW in an hour");
         assert_eq!(error.reason, Reason::ImplausibleEnergy);
         assert_eq!(state.last.as_ref().map(|last| last.seq), Some(1));
     }

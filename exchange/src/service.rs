@@ -26,7 +26,7 @@ use crate::clock::Clock;
 use crate::config::{ExchangeConfig, EVENT_BROADCAST_LEN};
 use crate::db::{Database, DbError};
 use crate::ingest::{
-    self, Directory, Duplicate, Kind, Limits, Origin, Parsed, Rejection, Verified, Verifier, ZoneInfo,
+    self, Directory, Duplicate, Kind, Limits, Origin, Parsed, RefusedReading, Rejection, Verified, Verifier, ZoneInfo,
 };
 use crate::store::{self, CommandRow, ReadingRow};
 use crate::zone::{self, Committed, ZoneMsg};
@@ -54,6 +54,9 @@ const MQTT_FLUSH_TIMEOUT_MS: u64 = 5_000;
 const VERIFY_BATCH_MIN: usize = 32;
 /// Failed commits whose senders the verifier must forget, waiting to be read.
 const RESYNC_QUEUE_LEN: usize = 64;
+/// Batches of refused readings waiting to be recorded by the group commit; beyond this their records
+/// are dropped (the refusals themselves are still answered and counted).
+const REFUSED_QUEUE_LEN: usize = 64;
 
 /// A refused start.
 #[derive(Debug, thiserror::Error)]
@@ -585,6 +588,7 @@ pub async fn start(
     let next_seq = db.run(store::next_command_seq).await?;
     let (commit_tx, commit_rx) = mpsc::channel(config.commit_queue_len);
     let (resync_tx, resync_rx) = mpsc::channel(RESYNC_QUEUE_LEN);
+    let (refused_tx, refused_rx) = mpsc::channel(REFUSED_QUEUE_LEN);
     let verifying = Arc::new(AtomicUsize::new(0));
     let writer = Writer {
         db: db.clone(),
@@ -595,6 +599,7 @@ pub async fn start(
         size_max: config.group_commit_size_max.max(1),
         verifying: verifying.clone(),
         resync: resync_tx,
+        refused: refused_rx,
     };
     spawn(tokio::spawn(writer.run(commit_rx)));
 
@@ -610,6 +615,7 @@ pub async fn start(
         verifying,
         commit: commit_tx,
         resync: resync_rx,
+        refused: refused_tx,
         config: config.clone(),
     };
     spawn(tokio::spawn(stage.run(ingest_rx, shutdown.clone())));
@@ -841,6 +847,8 @@ struct VerifyStage {
     verifying: Arc<AtomicUsize>,
     commit: mpsc::Sender<Pending>,
     resync: mpsc::Receiver<(Vec<protocol::DeviceId>, Vec<AccountId>)>,
+    /// Refused readings with a valid signature, for the group commit to record.
+    refused: mpsc::Sender<Vec<RefusedReading>>,
     /// Which zones this instance serves ([`ExchangeConfig::serves`]).
     config: ExchangeConfig,
 }
@@ -916,8 +924,10 @@ impl VerifyStage {
         let now_ms = self.outlets.now_ms();
         self.load_missing(&parsed).await;
         let kept: Vec<Option<Parsed>> = parsed.iter().map(|item| item.as_ref().ok().cloned()).collect();
+        let signature_valid: Vec<bool> = signatures.iter().map(Option::is_none).collect();
         let results = self.verifier.check_signed(parsed, signatures, now_ms);
-        for ((raw, result), parsed) in batch.into_iter().zip(results).zip(kept) {
+        let mut refused = Vec::new();
+        for (((raw, result), parsed), signature_valid) in batch.into_iter().zip(results).zip(kept).zip(signature_valid) {
             match result {
                 Ok(verified) => {
                     let pending =
@@ -929,10 +939,14 @@ impl VerifyStage {
                     }
                 }
                 Err(rejection) => {
+                    refused.extend(ingest::refused_reading(parsed.as_ref(), signature_valid, &rejection, now_ms));
                     reject(&self.outlets, raw.kind, &raw.origin, parsed.as_ref(), raw.reply, rejection);
                     acknowledge(raw.ack);
                 }
             }
+        }
+        if !refused.is_empty() && self.refused.try_send(refused).is_err() {
+            tracing::warn!("the refused readings queue is full; their records are dropped");
         }
         metrics::gauge!("gridex_queue_depth", "queue" => "commit")
             .set((self.commit.max_capacity() - self.commit.capacity()) as f64);
@@ -940,6 +954,7 @@ impl VerifyStage {
 
     async fn load_missing(&mut self, parsed: &[Result<Parsed, Rejection>]) {
         self.load_missing_zones(parsed).await;
+        self.reload_replacements(parsed).await;
         let (mut devices, mut accounts) = self.verifier.directory.missing(parsed);
         if devices.is_empty() && accounts.is_empty() {
             return;
@@ -962,6 +977,32 @@ impl VerifyStage {
 }
 
 impl VerifyStage {
+    /// Reloads the meter replacements of the cached devices whose readings in the batch their cache
+    /// would refuse for their counters ([`Directory::stale_replacements`]): the utility may have
+    /// registered one since, possibly from another process.
+    async fn reload_replacements(&mut self, parsed: &[Result<Parsed, Rejection>]) {
+        let mut stale = self.verifier.directory.stale_replacements(parsed);
+        if stale.is_empty() {
+            return;
+        }
+        stale.truncate(KEY_LOOKUPS_PER_BATCH_MAX);
+        let devices = &self.verifier.directory.devices;
+        let ids: Vec<_> = stale
+            .into_iter()
+            .map(|id| (id, devices.get(&id).and_then(|device| device.last.as_ref()).map(|last| last.ts_ms)))
+            .collect();
+        match self.db.run(move |conn| store::load_replacements(conn, &ids)).await {
+            Ok(found) => {
+                for (id, replacements) in found {
+                    if let Some(device) = self.verifier.directory.devices.get_mut(&id) {
+                        device.set_replacements(replacements);
+                    }
+                }
+            }
+            Err(error) => tracing::error!(%error, "cannot look meter replacements up"),
+        }
+    }
+
     /// Zones named by the batch that the verifier does not know yet: a zone registered while the
     /// exchange runs is looked up in storage (once per batch at most).
     async fn load_missing_zones(&mut self, parsed: &[Result<Parsed, Rejection>]) {
@@ -1010,6 +1051,8 @@ struct Writer {
     /// messages), so the group is committed at once.
     verifying: Arc<AtomicUsize>,
     resync: mpsc::Sender<(Vec<protocol::DeviceId>, Vec<AccountId>)>,
+    /// Refused readings to record, from the verification stage.
+    refused: mpsc::Receiver<Vec<RefusedReading>>,
 }
 
 /// What the transaction found for each pending message.
@@ -1022,8 +1065,15 @@ enum Outcome {
 
 impl Writer {
     async fn run(mut self, mut pending: mpsc::Receiver<Pending>) {
-        while let Some(first) = pending.recv().await {
-            let mut group = vec![first];
+        loop {
+            // A group starts with a message to commit or with refused readings to record.
+            let (mut group, mut refused) = tokio::select! {
+                first = pending.recv() => match first {
+                    Some(first) => (vec![first], Vec::new()),
+                    None => break,
+                },
+                Some(refused) = self.refused.recv() => (Vec::new(), refused),
+            };
             let deadline = tokio::time::Instant::now() + self.delay;
             while group.len() < self.size_max {
                 match pending.try_recv() {
@@ -1035,14 +1085,17 @@ impl Writer {
                     },
                 }
             }
-            self.commit(group).await;
+            while let Ok(more) = self.refused.try_recv() {
+                refused.extend(more);
+            }
+            self.commit(group, refused).await;
         }
         for (_, owner) in self.zones.all() {
             let _ = owner.send(ZoneMsg::Stop).await;
         }
     }
 
-    async fn commit(&mut self, group: Vec<Pending>) {
+    async fn commit(&mut self, group: Vec<Pending>, refused: Vec<RefusedReading>) {
         let first_seq = self.next_seq;
         let mut readings = Vec::new();
         let mut commands = Vec::new();
@@ -1092,6 +1145,7 @@ impl Writer {
             .write(move |conn| {
                 store::insert_readings(conn, &rows.0)?;
                 store::insert_commands(conn, &rows.1)?;
+                store::insert_rejections(conn, &refused)?;
                 let mut checked = Vec::with_capacity(to_check.len());
                 for (index, signed) in to_check {
                     checked.push((index, store::same_reading_stored(conn, &signed)?));

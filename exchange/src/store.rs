@@ -4,8 +4,10 @@
 //! [`Database::run`](crate::db::Database::run) / [`Database::write`](crate::db::Database::write).
 
 use crate::db::{DbConnection, DbError};
-use crate::ingest::{AccountState, DeviceState, LastReading, ZoneInfo};
-use crate::schema::{accounts, devices, order_commands, readings, tariffs, trades, zones};
+use crate::ingest::{AccountState, Counters, DeviceState, LastReading, RefusedReading, Replacement, ZoneInfo};
+use crate::schema::{
+    accounts, devices, meter_replacements, order_commands, reading_rejections, readings, tariffs, trades, zones,
+};
 use diesel::prelude::*;
 use protocol::{AccountId, Command, DeviceId, PricePerKwh, Reading, Side, Signed, SlotId, Trade, ZoneId};
 use std::collections::HashMap;
@@ -57,7 +59,12 @@ pub fn tariff_band(
     Ok(row.map(|(feed_in, retail)| (PricePerKwh(feed_in), PricePerKwh(retail))))
 }
 
-/// Registered devices among `ids`, each with its last accepted reading.
+/// Refused readings kept per device (the newest): enough for a household to see a day of refusals
+/// at one reading a minute and a flood's latest, while a device that floods cannot grow the table.
+pub const READING_REJECTIONS_PER_DEVICE_MAX: i64 = 2_000;
+
+/// Registered devices among `ids`, each with its last accepted reading and the meter replacements
+/// registered after it.
 pub fn load_devices(conn: &mut DbConnection, ids: &[DeviceId]) -> Result<Vec<(DeviceId, DeviceState)>, DbError> {
     let hex: Vec<String> = ids.iter().map(DeviceId::to_hex).collect();
     let rows: Vec<(String, String, i64)> = devices::table
@@ -68,9 +75,130 @@ pub fn load_devices(conn: &mut DbConnection, ids: &[DeviceId]) -> Result<Vec<(De
     for (device_id, zone_id, nameplate_w) in rows {
         let (Ok(device), Ok(zone)) = (DeviceId::parse(&device_id), ZoneId::parse(&zone_id)) else { continue };
         let last = last_reading(conn, &device_id)?;
-        found.push((device, DeviceState { zone, nameplate_w, last, reset_candidate: None }));
+        let mut state = DeviceState { zone, nameplate_w, last, replacements: Vec::new() };
+        state.set_replacements(replacements_after(conn, &device_id, state.last.as_ref().map(|last| last.ts_ms))?);
+        found.push((device, state));
     }
     Ok(found)
+}
+
+/// The meter replacements of each device in `ids` (oldest first) registered after `after_ms` of
+/// that device: what the exchange reloads when a reading's counters do not continue from its cache.
+pub fn load_replacements(
+    conn: &mut DbConnection,
+    ids: &[(DeviceId, Option<i64>)],
+) -> Result<Vec<(DeviceId, Vec<Replacement>)>, DbError> {
+    let mut found = Vec::with_capacity(ids.len());
+    for (device, after_ms) in ids {
+        found.push((*device, replacements_after(conn, &device.to_hex(), *after_ms)?));
+    }
+    Ok(found)
+}
+
+type ReplacementRow = (i64, i64, i64, Option<i64>);
+
+fn replacements_after(
+    conn: &mut DbConnection,
+    device_id: &str,
+    after_ms: Option<i64>,
+) -> Result<Vec<Replacement>, DbError> {
+    let rows: Vec<ReplacementRow> = meter_replacements::table
+        .filter(meter_replacements::device_id.eq(device_id))
+        .filter(meter_replacements::replaced_at_ms.gt(after_ms.unwrap_or(i64::MIN)))
+        .order(meter_replacements::replaced_at_ms.asc())
+        .select((
+            meter_replacements::replaced_at_ms,
+            meter_replacements::new_import_wh,
+            meter_replacements::new_export_wh,
+            meter_replacements::new_pv_wh,
+        ))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|(replaced_at_ms, import_wh, export_wh, pv_wh)| Replacement {
+            replaced_at_ms,
+            new: Counters { import_wh, export_wh, pv_wh },
+        })
+        .collect())
+}
+
+/// Records refused readings (one statement), then trims each device named to its newest
+/// [`READING_REJECTIONS_PER_DEVICE_MAX`] (two statements per device in the batch, not per row).
+/// A refusal already recorded under the same key (a resend refused in the same millisecond) is kept once.
+pub fn insert_rejections(conn: &mut DbConnection, rows: &[RefusedReading]) -> Result<(), DbError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut values = Vec::with_capacity(rows.len());
+    let mut keys = std::collections::HashSet::with_capacity(rows.len());
+    for row in rows {
+        let device_id = row.device.to_hex();
+        let seq = to_i64(row.seq)?;
+        if !keys.insert((device_id.clone(), seq, row.received_ms)) {
+            continue;
+        }
+        values.push((
+            reading_rejections::device_id.eq(device_id),
+            reading_rejections::seq.eq(seq),
+            reading_rejections::ts_ms.eq(row.ts_ms),
+            reading_rejections::reason.eq(row.rejection.reason.code()),
+            reading_rejections::message.eq(row.rejection.message.clone()),
+            reading_rejections::received_ms.eq(row.received_ms),
+        ));
+    }
+    execute_batch!(conn, diesel::insert_into(reading_rejections::table).values(values).on_conflict_do_nothing())?;
+    let mut devices: Vec<String> = rows.iter().map(|row| row.device.to_hex()).collect();
+    devices.sort();
+    devices.dedup();
+    for device_id in devices {
+        trim_rejections(conn, &device_id)?;
+    }
+    Ok(())
+}
+
+/// Deletes a device's refusals older than its newest [`READING_REJECTIONS_PER_DEVICE_MAX`]
+/// (ordered by reception, then seq).
+fn trim_rejections(conn: &mut DbConnection, device_id: &str) -> Result<(), DbError> {
+    let oldest_kept: Option<(i64, i64)> = reading_rejections::table
+        .filter(reading_rejections::device_id.eq(device_id))
+        .order((reading_rejections::received_ms.desc(), reading_rejections::seq.desc()))
+        .select((reading_rejections::received_ms, reading_rejections::seq))
+        .offset(READING_REJECTIONS_PER_DEVICE_MAX - 1)
+        .first(conn)
+        .optional()?;
+    let Some((received_ms, seq)) = oldest_kept else { return Ok(()) };
+    diesel::delete(
+        reading_rejections::table.filter(reading_rejections::device_id.eq(device_id)).filter(
+            reading_rejections::received_ms
+                .lt(received_ms)
+                .or(reading_rejections::received_ms.eq(received_ms).and(reading_rejections::seq.lt(seq))),
+        ),
+    )
+    .execute(conn)?;
+    Ok(())
+}
+
+/// A device's recorded refusals, newest first, at most `limit`.
+pub fn recent_rejections(
+    conn: &mut DbConnection,
+    device: &DeviceId,
+    limit: i64,
+) -> Result<Vec<(u64, i64, String, String, i64)>, DbError> {
+    let rows: Vec<(i64, i64, String, String, i64)> = reading_rejections::table
+        .filter(reading_rejections::device_id.eq(device.to_hex()))
+        .order((reading_rejections::received_ms.desc(), reading_rejections::seq.desc()))
+        .select((
+            reading_rejections::seq,
+            reading_rejections::ts_ms,
+            reading_rejections::reason,
+            reading_rejections::message,
+            reading_rejections::received_ms,
+        ))
+        .limit(limit)
+        .load(conn)?;
+    rows.into_iter()
+        .map(|(seq, ts_ms, reason, message, received_ms)| Ok((to_u64(seq)?, ts_ms, reason, message, received_ms)))
+        .collect()
 }
 
 fn last_reading(conn: &mut DbConnection, device_id: &str) -> Result<Option<LastReading>, DbError> {

@@ -89,6 +89,9 @@ reasons! {
     TimestampTooOld => "timestamp_too_old",
     /// The timestamp is further in the future than the accepted window.
     TimestampInFuture => "timestamp_in_future",
+    /// A reading's timestamp is not after the device's previous accepted reading: readings are
+    /// strictly ordered in time as in `seq`, so a reading cannot be backdated.
+    TimestampNotIncreasing => "timestamp_not_increasing",
     // --- readings ---
     /// A cumulative counter is lower than in the previous accepted reading.
     CounterWentBackwards => "counter_went_backwards",

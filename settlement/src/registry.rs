@@ -9,7 +9,8 @@ use crate::rules::{Tariff, ISSUER_ACCOUNT, TREASURY_ACCOUNT};
 use crate::schema::settlement_slots;
 use diesel::prelude::*;
 use exchange::db::{Database, DbConnection, DbError};
-use exchange::schema::{accounts, devices, reward_schedule, tariffs, zones};
+use exchange::ingest::nameplate_allowance_wh;
+use exchange::schema::{accounts, devices, meter_replacements, readings, reward_schedule, tariffs, zones};
 use protocol::{AccountId, DeviceId, MeterSerial, PricePerKwh, ZoneId};
 use serde::Serialize;
 
@@ -23,6 +24,8 @@ pub const PRICE_PER_KWH_MAX: i64 = 100_000_000;
 pub const DISPLAY_NAME_LEN_MAX: usize = 64;
 /// Largest nameplate power: 1 MW is beyond any household or small business connection.
 pub const NAMEPLATE_W_MAX: i64 = 1_000_000;
+/// Longest meter replacement reference (a work order number): fits a dashboard row.
+pub const REPLACEMENT_REFERENCE_LEN_MAX: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -36,6 +39,10 @@ pub enum RegistryError {
     AccountExists(String),
     #[error("device `{0}` already exists")]
     DeviceExists(String),
+    #[error("unknown device `{0}`")]
+    UnknownDevice(String),
+    #[error("device `{device}` already has a meter replacement at {replaced_at_ms}")]
+    ReplacementExists { device: String, replaced_at_ms: i64 },
     #[error("invalid {field}: {message}")]
     Invalid { field: &'static str, message: String },
     #[error("a tariff effective at {effective_from_ms} would change slot {settled_slot_ms}, which is already settled")]
@@ -485,4 +492,127 @@ where
     F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
 {
     db.run(move |conn| Ok(work(conn))).await?
+}
+
+/// A meter's counters at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct MeterCounters {
+    pub import_wh: i64,
+    pub export_wh: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pv_wh: Option<i64>,
+}
+
+impl MeterCounters {
+    fn non_negative(&self) -> bool {
+        self.import_wh >= 0 && self.export_wh >= 0 && self.pv_wh.is_none_or(|pv| pv >= 0)
+    }
+}
+
+/// A meter replacement: at `replaced_at_ms` the old meter stopped at `old` and the new one
+/// (`new_meter_serial`) started at `new`. The exchange accepts a device's readings after it only
+/// when they continue from `new`; settlement counts energy up to `old` and from `new`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MeterReplacement {
+    pub device_id: DeviceId,
+    pub replaced_at_ms: i64,
+    pub old: MeterCounters,
+    pub new: MeterCounters,
+    pub new_meter_serial: MeterSerial,
+    /// The utility's reference for the swap (a work order).
+    pub reference: String,
+    pub registered_ms: i64,
+}
+
+/// The device's last accepted reading: its time and counters.
+fn last_accepted(conn: &mut DbConnection, device_id: &str) -> Result<Option<(i64, MeterCounters)>, RegistryError> {
+    let row: Option<(i64, i64, i64, Option<i64>)> = readings::table
+        .filter(readings::device_id.eq(device_id))
+        .order(readings::seq.desc())
+        .select((readings::ts_ms, readings::import_wh, readings::export_wh, readings::pv_wh))
+        .first(conn)
+        .optional()?;
+    Ok(row.map(|(ts_ms, import_wh, export_wh, pv_wh)| (ts_ms, MeterCounters { import_wh, export_wh, pv_wh })))
+}
+
+/// The old meter's final counters continue from the last accepted reading: none lower, and the
+/// energy in between within the nameplate over the time in between (the exchange's own rule).
+fn check_final_counters(
+    last: &(i64, MeterCounters),
+    replacement: &MeterReplacement,
+    nameplate_w: i64,
+) -> Result<(), RegistryError> {
+    let (last_ts_ms, before) = last;
+    let after = &replacement.old;
+    if replacement.replaced_at_ms <= *last_ts_ms {
+        return Err(invalid("replaced_at_ms", format!("must be after the last accepted reading ({last_ts_ms})")));
+    }
+    let pv_wh = match (before.pv_wh, after.pv_wh) {
+        (Some(before), Some(after)) => Some(after - before),
+        _ => None,
+    };
+    let grid_wh = i128::from(after.import_wh - before.import_wh) + i128::from(after.export_wh - before.export_wh);
+    if after.import_wh < before.import_wh || after.export_wh < before.export_wh || pv_wh.is_some_and(|pv| pv < 0) {
+        return Err(invalid("old", "the old meter's final counters are below its last accepted reading"));
+    }
+    let allowance = nameplate_allowance_wh(nameplate_w, replacement.replaced_at_ms - last_ts_ms);
+    if grid_wh > allowance || pv_wh.is_some_and(|pv| i128::from(pv) > allowance) {
+        return Err(invalid("old", format!("more energy since the last accepted reading than {nameplate_w} W allow")));
+    }
+    Ok(())
+}
+
+/// Registers a meter replacement (see [`MeterReplacement`]) and sets the device's meter serial to
+/// the new one. The swap must be after the device's last accepted reading and not in the future;
+/// the old meter's final counters must continue plausibly from that reading; all counters are
+/// non-negative.
+pub fn register_meter_replacement(
+    conn: &mut DbConnection,
+    replacement: &MeterReplacement,
+    now_ms: i64,
+) -> Result<MeterReplacement, RegistryError> {
+    let device_id = replacement.device_id.to_hex();
+    let nameplate_w: Option<i64> =
+        devices::table.find(&device_id).select(devices::nameplate_w).first(conn).optional()?;
+    let Some(nameplate_w) = nameplate_w else { return Err(RegistryError::UnknownDevice(device_id)) };
+    if !replacement.old.non_negative() || !replacement.new.non_negative() {
+        return Err(invalid("counters", "counters must not be negative"));
+    }
+    if replacement.replaced_at_ms > now_ms {
+        return Err(invalid("replaced_at_ms", "must not be in the future"));
+    }
+    let length = replacement.reference.chars().count();
+    if length == 0 || length > REPLACEMENT_REFERENCE_LEN_MAX || replacement.reference.chars().any(char::is_control) {
+        return Err(invalid("reference", format!("1 to {REPLACEMENT_REFERENCE_LEN_MAX} printable characters")));
+    }
+    if let Some(last) = last_accepted(conn, &device_id)? {
+        check_final_counters(&last, replacement, nameplate_w)?;
+    }
+    let exists: i64 = meter_replacements::table
+        .filter(meter_replacements::device_id.eq(&device_id))
+        .filter(meter_replacements::replaced_at_ms.eq(replacement.replaced_at_ms))
+        .count()
+        .get_result(conn)?;
+    if exists > 0 {
+        return Err(RegistryError::ReplacementExists { device: device_id, replaced_at_ms: replacement.replaced_at_ms });
+    }
+    diesel::insert_into(meter_replacements::table)
+        .values((
+            meter_replacements::device_id.eq(&device_id),
+            meter_replacements::replaced_at_ms.eq(replacement.replaced_at_ms),
+            meter_replacements::old_import_wh.eq(replacement.old.import_wh),
+            meter_replacements::old_export_wh.eq(replacement.old.export_wh),
+            meter_replacements::old_pv_wh.eq(replacement.old.pv_wh),
+            meter_replacements::new_import_wh.eq(replacement.new.import_wh),
+            meter_replacements::new_export_wh.eq(replacement.new.export_wh),
+            meter_replacements::new_pv_wh.eq(replacement.new.pv_wh),
+            meter_replacements::new_meter_serial.eq(replacement.new_meter_serial.as_str()),
+            meter_replacements::reference.eq(&replacement.reference),
+            meter_replacements::registered_ms.eq(now_ms),
+        ))
+        .execute(conn)?;
+    diesel::update(devices::table.find(&device_id))
+        .set(devices::meter_serial.eq(replacement.new_meter_serial.as_str()))
+        .execute(conn)?;
+    Ok(MeterReplacement { registered_ms: now_ms, ..replacement.clone() })
 }

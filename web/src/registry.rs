@@ -16,9 +16,11 @@ pub fn api_error(error: RegistryError) -> ApiError {
         RegistryError::ZoneExists(_)
         | RegistryError::AccountExists(_)
         | RegistryError::DeviceExists(_)
+        | RegistryError::ReplacementExists { .. }
         | RegistryError::TariffInThePast { .. } => ApiError::conflict("conflict", error.to_string()),
         RegistryError::UnknownZone(_) => ApiError::not_found("unknown_zone", error.to_string()),
         RegistryError::UnknownAccount(_) => ApiError::not_found("unknown_account", error.to_string()),
+        RegistryError::UnknownDevice(_) => ApiError::not_found("unknown_device", error.to_string()),
         RegistryError::Invalid { .. } => ApiError::bad_request("invalid_value", error.to_string()),
         RegistryError::Db(_) => ApiError::internal(error),
     }

@@ -1,0 +1,241 @@
+//! Attacks of a household on its own meter readings (issue 11), through the real path: readings
+//! signed with the home's own device key, published to a real broker (embedded rumqttd, and
+//! Mosquitto when `MQTT_URL` is set), verified and stored by the exchange (SQLite, and PostgreSQL
+//! when `DATABASE_URL` is set). Each test failed on the exchange before the fix.
+
+mod support;
+
+use diesel::prelude::*;
+use ed25519_dalek::SigningKey;
+use exchange::clock::ManualClock;
+use exchange::config::ExchangeConfig;
+use exchange::db::testing::TestDb;
+use exchange::schema::{devices, reading_rejections, readings};
+use exchange::service::{self, ExchangeHandle};
+use protocol::{decode, topics, DeviceId, MeterSerial, ReadingAck, Reason, Reject, ZoneId};
+use settlement::registry::{self, MeterCounters, MeterReplacement, RegistryError};
+use std::sync::Arc;
+use support::*;
+
+/// The exchange's clock: a fixed instant.
+const NOW_MS: i64 = 1_790_000_000_000;
+/// 10 kW allows 166 Wh in a minute (plus the tolerance), 10 000 Wh in an hour.
+const NAMEPLATE_W: i64 = 10_000;
+const MINUTE_MS: i64 = 60_000;
+const DAY_MS: i64 = 24 * 3_600_000;
+
+/// One household's device against a running exchange.
+struct Env {
+    test_db: TestDb,
+    exchange: ExchangeHandle,
+    probe: Probe,
+    zone: ZoneId,
+    device: SigningKey,
+    clock: Arc<ManualClock>,
+    client_id: String,
+    config: ExchangeConfig,
+    broker: BrokerAddr,
+}
+
+impl Env {
+    async fn start(test_db: TestDb, broker: &BrokerAddr) -> Env {
+        let zone = ZoneId::parse(&format!("m{}", unique())).expect("a zone id");
+        seed_zone(&test_db.db, &zone, 900_000);
+        let (_, device) = seed_household(&test_db.db, &zone, 11, NAMEPLATE_W);
+        let clock = Arc::new(ManualClock::new(NOW_MS));
+        let client_id = format!("exchange-{}", unique());
+        // Only this test's zone: tests share Mosquitto.
+        let config = ExchangeConfig { zones: vec![zone.clone()], ..ExchangeConfig::default() };
+        let probe = Probe::connect(broker, std::slice::from_ref(&zone)).await;
+        let exchange = Self::exchange(&test_db, broker, &client_id, &config, &clock).await;
+        Env { test_db, exchange, probe, zone, device, clock, client_id, config, broker: broker.clone() }
+    }
+
+    async fn exchange(
+        test_db: &TestDb,
+        broker: &BrokerAddr,
+        client_id: &str,
+        config: &ExchangeConfig,
+        clock: &Arc<ManualClock>,
+    ) -> ExchangeHandle {
+        let options = mqtt_options(broker, client_id);
+        let exchange = service::start(config.clone(), test_db.db.clone(), clock.clone(), Some(options))
+            .await
+            .expect("the exchange starts");
+        tokio::time::timeout(ANSWER_TIMEOUT, exchange.mqtt_subscribed()).await.expect("subscribed in time");
+        exchange
+    }
+
+    /// Stops the exchange and starts it again on the same session and database: its directory of
+    /// devices is rebuilt from storage.
+    async fn restart(&mut self) {
+        self.exchange.clone().shutdown().await;
+        self.exchange = Self::exchange(&self.test_db, &self.broker, &self.client_id, &self.config, &self.clock).await;
+    }
+
+    /// Publishes a reading signed by the household's device and returns the exchange's answer:
+    /// its acknowledgement or its refusal.
+    async fn send(&mut self, seq: u64, ts_ms: i64, import_wh: i64, export_wh: i64) -> Result<ReadingAck, Reject> {
+        let device = device_hex(&self.device);
+        let bytes = signed_reading(&self.device, reading(&self.device, &self.zone, seq, ts_ms, import_wh, export_wh));
+        self.probe.publish(topics::readings(&self.zone, &device), bytes).await;
+        let acks = topics::events(&self.zone, &device);
+        let rejects = topics::rejects(&self.zone, &device);
+        let (topic, payload) = self.probe.next_any(&[&acks, &rejects]).await;
+        if topic == acks {
+            Ok(decode::<ReadingAck>(&payload).expect("an ack"))
+        } else {
+            Err(decode::<Reject>(&payload).expect("a reject"))
+        }
+    }
+
+    async fn refused(&mut self, seq: u64, ts_ms: i64, import_wh: i64, export_wh: i64) -> Reason {
+        match self.send(seq, ts_ms, import_wh, export_wh).await {
+            Ok(ack) => panic!("reading {} was acknowledged, expected a refusal", ack.seq),
+            Err(reject) => reject.reason,
+        }
+    }
+
+    async fn accepted(&mut self, seq: u64, ts_ms: i64, import_wh: i64, export_wh: i64) {
+        if let Err(reject) = self.send(seq, ts_ms, import_wh, export_wh).await {
+            panic!("reading {seq} was refused: {} ({})", reject.reason, reject.message);
+        }
+    }
+
+    /// (seq, export) of the stored readings, in seq order.
+    fn stored(&self) -> Vec<(i64, i64)> {
+        let mut conn = self.test_db.db.get().expect("a connection");
+        readings::table
+            .filter(readings::device_id.eq(device_hex(&self.device)))
+            .order(readings::seq.asc())
+            .select((readings::seq, readings::export_wh))
+            .load(&mut conn)
+            .expect("load readings")
+    }
+
+    /// Waits (with a generous deadline, not a fixed time) until the exchange has recorded `count`
+    /// refusals of the device, and returns their (seq, reason) in seq order.
+    async fn recorded_refusals(&self, count: usize) -> Vec<(i64, String)> {
+        let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+        loop {
+            let rows: Vec<(i64, String)> = {
+                let mut conn = self.test_db.db.get().expect("a connection");
+                reading_rejections::table
+                    .filter(reading_rejections::device_id.eq(device_hex(&self.device)))
+                    .order(reading_rejections::seq.asc())
+                    .select((reading_rejections::seq, reading_rejections::reason))
+                    .load(&mut conn)
+                    .expect("load refusals")
+            };
+            if rows.len() >= count || tokio::time::Instant::now() > deadline {
+                return rows;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Runs `scenario` on every backend and broker.
+async fn on_every_backend<F, Fut>(scenario: F)
+where
+    F: Fn(Env) -> Fut,
+    Fut: std::future::Future<Output = Env>,
+{
+    for broker in brokers() {
+        for test_db in TestDb::all() {
+            eprintln!("backend {:?}, broker {}", test_db.db.backend(), broker.name);
+            let env = Env::start(test_db, &broker).await;
+            let env = scenario(env).await;
+            env.exchange.shutdown().await;
+        }
+    }
+}
+
+/// The drill: a reading with the last counters backdated six days (a new seq), then one at the
+/// current time claiming 500 000 Wh of export. Before the fix both were acknowledged and the second
+/// was settled as feed-in, because the nameplate allowance ran from the backdated reading. The
+/// exchange is restarted in between, so the rule must hold from what storage says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backdated_reading_is_refused_and_earns_nothing() {
+    on_every_backend(|mut env| async move {
+        env.accepted(1, NOW_MS - MINUTE_MS, 2_000, 1_000).await;
+        env.restart().await;
+        let backdated = env.refused(2, NOW_MS - 6 * DAY_MS, 2_000, 1_000).await;
+        assert_eq!(backdated, Reason::TimestampNotIncreasing);
+        let jump = env.refused(3, NOW_MS, 2_000, 501_000).await;
+        assert_eq!(jump, Reason::ImplausibleEnergy);
+        assert_eq!(env.stored(), vec![(1, 1_000)], "nothing but the honest reading is stored");
+        // The refusals are recorded with their reasons, for the household to see.
+        let refusals = env.recorded_refusals(2).await;
+        let expected = vec![(2, "timestamp_not_increasing".to_owned()), (3, "implausible_energy".to_owned())];
+        assert_eq!(refusals, expected);
+        // An honest reading still continues from the last accepted one.
+        env.accepted(4, NOW_MS, 2_010, 1_100).await;
+        env
+    })
+    .await;
+}
+
+/// A counter that goes backwards and a next reading that continues from it: before the fix this
+/// was taken as a meter reset and the import before it was erased.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_faked_counter_reset_is_refused() {
+    on_every_backend(|mut env| async move {
+        env.accepted(1, NOW_MS - 2 * MINUTE_MS, 5_000, 0).await;
+        assert_eq!(env.refused(2, NOW_MS - MINUTE_MS, 10, 0).await, Reason::CounterWentBackwards);
+        assert_eq!(env.refused(3, NOW_MS, 20, 0).await, Reason::CounterWentBackwards);
+        assert_eq!(env.stored(), vec![(1, 0)]);
+        env.accepted(4, NOW_MS, 5_020, 0).await;
+        env
+    })
+    .await;
+}
+
+fn swap(device: &SigningKey, replaced_at_ms: i64, old_import_wh: i64, new_import_wh: i64) -> MeterReplacement {
+    MeterReplacement {
+        device_id: DeviceId::from_verifying_key(&device.verifying_key()),
+        replaced_at_ms,
+        old: MeterCounters { import_wh: old_import_wh, export_wh: 0, pv_wh: None },
+        new: MeterCounters { import_wh: new_import_wh, export_wh: 0, pv_wh: None },
+        new_meter_serial: MeterSerial::parse("SN-2").expect("a serial"),
+        reference: "WO-1".to_owned(),
+        registered_ms: 0,
+    }
+}
+
+/// The utility registers a meter replacement while the exchange runs (and has the device cached):
+/// the new meter's first reading, whose counters are lower than the old meter's, is accepted from
+/// the new meter's initial counters on. (Before the fix it was refused as `counter_went_backwards`:
+/// only a second reading "confirming" a reset was taken, the very hole a household exploited.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_meter_replacement_is_accepted() {
+    on_every_backend(|mut env| async move {
+        env.accepted(1, NOW_MS - 2 * MINUTE_MS, 5_000, 0).await;
+        // Registration is checked: not before the last accepted reading.
+        let early = swap(&env.device, NOW_MS - 3 * MINUTE_MS, 5_000, 0);
+        let refused = registry::write(&env.test_db.db, move |conn| registry::register_meter_replacement(conn, &early, NOW_MS));
+        assert!(matches!(refused.await, Err(RegistryError::Invalid { field: "replaced_at_ms", .. })));
+        let replacement = swap(&env.device, NOW_MS - MINUTE_MS, 5_010, 100);
+        registry::write(&env.test_db.db, move |conn| registry::register_meter_replacement(conn, &replacement, NOW_MS))
+            .await
+            .expect("the replacement is registered");
+        // From the new meter's initial counters, within the nameplate since the swap: accepted.
+        env.accepted(2, NOW_MS, 150, 0).await;
+        assert_eq!(env.stored(), vec![(1, 0), (2, 0)]);
+        let serial: String = {
+            let mut conn = env.test_db.db.get().expect("a connection");
+            devices::table
+                .filter(devices::device_id.eq(device_hex(&env.device)))
+                .select(devices::meter_serial)
+                .first(&mut conn)
+                .expect("the device")
+        };
+        assert_eq!(serial, "SN-2");
+        // After a restart the new meter goes on from its last accepted reading, never below it.
+        env.restart().await;
+        assert_eq!(env.refused(3, NOW_MS + 1, 149, 0).await, Reason::CounterWentBackwards);
+        env.accepted(4, NOW_MS + 2, 151, 0).await;
+        env
+    })
+    .await;
+}
