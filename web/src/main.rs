@@ -122,6 +122,31 @@ enum DeviceCommand {
         #[arg(long)]
         nameplate_w: i64,
     },
+    /// Registers a meter replacement: the device's readings then continue from the new meter's counters.
+    Replace {
+        #[arg(long)]
+        id: String,
+        /// When the meters were swapped (unix ms); after the device's last accepted reading.
+        #[arg(long)]
+        replaced_at_ms: i64,
+        #[arg(long)]
+        old_import_wh: i64,
+        #[arg(long)]
+        old_export_wh: i64,
+        #[arg(long)]
+        old_pv_wh: Option<i64>,
+        #[arg(long, default_value_t = 0)]
+        new_import_wh: i64,
+        #[arg(long, default_value_t = 0)]
+        new_export_wh: i64,
+        #[arg(long)]
+        new_pv_wh: Option<i64>,
+        #[arg(long)]
+        new_serial: String,
+        /// The utility's reference for the swap (a work order).
+        #[arg(long)]
+        reference: String,
+    },
 }
 
 fn main() {
@@ -205,7 +230,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             admin(&settings()?, move |conn| web::registry::register_device(conn, &device, now_ms)).await
         }
+        Command::Device { command: replace @ DeviceCommand::Replace { .. } } => {
+            let replacement = replacement(replace)?;
+            admin(&settings()?, move |conn| {
+                settlement::registry::register_meter_replacement(conn, &replacement, now_ms).map(|_| ())
+            })
+            .await
+        }
     }
+}
+
+fn replacement(command: DeviceCommand) -> anyhow::Result<settlement::registry::MeterReplacement> {
+    use settlement::registry::MeterCounters;
+    let DeviceCommand::Replace {
+        id,
+        replaced_at_ms,
+        old_import_wh,
+        old_export_wh,
+        old_pv_wh,
+        new_import_wh,
+        new_export_wh,
+        new_pv_wh,
+        new_serial,
+        reference,
+    } = command
+    else {
+        anyhow::bail!("not a replacement");
+    };
+    let new = web::utility::NewReplacement {
+        replaced_at_ms,
+        old: MeterCounters { import_wh: old_import_wh, export_wh: old_export_wh, pv_wh: old_pv_wh },
+        new: MeterCounters { import_wh: new_import_wh, export_wh: new_export_wh, pv_wh: new_pv_wh },
+        new_meter_serial: protocol::MeterSerial::parse(&new_serial)?,
+        reference,
+    };
+    Ok(new.of(protocol::DeviceId::parse(&id)?))
 }
 
 async fn admin<F>(settings: &Settings, work: F) -> anyhow::Result<()>

@@ -150,7 +150,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         ep("get", "/api/v1/me/orders", "My open orders", "trader", || web::get().to(trader::my_orders))
             .auth(Trader)
             .returns_list("OpenOrder"),
-        ep("get", "/api/v1/me/readings", "My readings as interval data", "trader", || {
+        ep("get", "/api/v1/me/readings", "My readings as interval data, and the ones refused with their reason", "trader", || {
             web::get().to(trader::my_readings)
         })
         .auth(Trader)
@@ -176,6 +176,17 @@ pub fn endpoints() -> Vec<Endpoint> {
         })
         .auth(Utility)
         .body("NewDevice", 201),
+        ep("post", "/api/v1/devices/{device}/replacements", "Register a meter replacement", "utility", || {
+            web::post().to(utility::register_replacement)
+        })
+        .auth(Utility)
+        .body("NewReplacement", 201)
+        .returns("MeterReplacement"),
+        ep("get", "/api/v1/zones/{zone}/devices/silent", "Devices without a reading for too long", "utility", || {
+            web::get().to(utility::zone_silent_devices)
+        })
+        .auth(Utility)
+        .returns_list("SilentDevice"),
         ep("get", "/api/v1/reports/{zone}/{slot}", "Settlement report of a slot", "utility", || {
             web::get().to(ledger::slot_report)
         })
@@ -285,6 +296,23 @@ fn schemas() -> Value {
         "NewDevice": { "type": "object", "required": ["device_id", "account_id", "zone", "meter_serial", "nameplate_w"],
                        "properties": { "device_id": string, "account_id": string, "zone": string,
                                        "meter_serial": string, "nameplate_w": int } },
+        "MeterCounters": { "type": "object", "required": ["import_wh", "export_wh"],
+                           "properties": { "import_wh": int, "export_wh": int, "pv_wh": int } },
+        "NewReplacement": { "type": "object", "required": ["replaced_at_ms", "old", "new", "new_meter_serial", "reference"],
+                            "description": "A meter swap: the old meter's final and the new meter's initial counters",
+                            "properties": { "replaced_at_ms": int,
+                                            "old": { "$ref": "#/components/schemas/MeterCounters" },
+                                            "new": { "$ref": "#/components/schemas/MeterCounters" },
+                                            "new_meter_serial": string, "reference": string } },
+        "MeterReplacement": { "type": "object",
+                              "required": ["device_id", "replaced_at_ms", "old", "new", "new_meter_serial", "reference", "registered_ms"],
+                              "properties": { "device_id": string, "replaced_at_ms": int,
+                                              "old": { "$ref": "#/components/schemas/MeterCounters" },
+                                              "new": { "$ref": "#/components/schemas/MeterCounters" },
+                                              "new_meter_serial": string, "reference": string, "registered_ms": int } },
+        "SilentDevice": { "type": "object", "required": ["device_id", "account_id", "meter_serial", "silent_for_ms"],
+                          "properties": { "device_id": string, "account_id": string, "meter_serial": string,
+                                          "last_received_ms": int, "silent_for_ms": int } },
         "NewWebhook": { "type": "object", "required": ["url"], "properties": { "url": { "type": "string", "format": "uri" } } },
         "WebhookCreated": { "type": "object", "required": ["id", "url", "secret"],
                             "properties": { "id": string, "url": string,

@@ -123,7 +123,13 @@ pub struct MarketSettings {
     /// including zones registered while it runs. Zones are the unit of partitioning: instances with disjoint lists
     /// share the broker and the database (each with its own `mqtt.client_id`).
     pub zones: Vec<protocol::ZoneId>,
+    /// A device that has sent no reading for longer than this is reported as silent to its utility.
+    pub silent_device_ms: i64,
 }
+
+/// A gateway publishes every minute or so and spools while offline: an hour without a reading means
+/// it (or its meter) needs a look, and settles later than its neighbours at best.
+pub const SILENT_DEVICE_MS_DEFAULT: i64 = 3_600_000;
 
 impl Default for MarketSettings {
     fn default() -> Self {
@@ -133,6 +139,7 @@ impl Default for MarketSettings {
             settlement_grace_ms: 5 * 60_000,
             operator_key_path: "./data/operator.key".to_owned(),
             zones: Vec::new(),
+            silent_device_ms: SILENT_DEVICE_MS_DEFAULT,
         }
     }
 }

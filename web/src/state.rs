@@ -84,6 +84,8 @@ pub struct AppState {
     pub webhooks: Webhooks,
     pub api_keys: Arc<Vec<ApiKey>>,
     pub json_body_bytes_max: usize,
+    /// `market.silent_device_ms`: a device without a reading for longer is reported silent.
+    pub silent_device_ms: i64,
     /// `host:port` of the MQTT broker, probed by `/readyz`.
     pub broker_address: Option<(String, u16)>,
     /// `Some` only in demo mode: mounts `/api/v1/demo/households`.
@@ -116,6 +118,7 @@ impl AppState {
             live,
             api_keys: Arc::new(settings.api_keys.clone()),
             json_body_bytes_max: settings.http.json_body_bytes_max,
+            silent_device_ms: settings.market.silent_device_ms,
             broker_address: crate::broker::address(&settings.mqtt)
                 .ok()
                 .flatten()

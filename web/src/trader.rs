@@ -8,7 +8,7 @@ use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use diesel::prelude::*;
 use exchange::db::DbError;
-use exchange::schema::{accounts, devices, readings};
+use exchange::schema::{accounts, devices, reading_rejections, readings};
 use futures_util_shim::read_body;
 use protocol::{AccountId, Command};
 use serde::Serialize;
@@ -17,6 +17,9 @@ use serde::Serialize;
 pub const READINGS_RANGE_MS_MAX: i64 = 7 * 24 * 3_600_000;
 /// Rows returned by one readings request at most.
 pub const READINGS_ROWS_MAX: i64 = 50_000;
+/// Refused readings returned by one readings request at most (newest first): a screenful to see
+/// why meter data is missing, not a second copy of a flood.
+pub const REFUSED_READINGS_ROWS_MAX: i64 = 500;
 
 /// Verifies the request signature against the real clock and that the account is a registered household.
 pub async fn authenticate(state: &AppState, request: &HttpRequest, body: &[u8]) -> Result<AccountId, ApiError> {
@@ -80,6 +83,63 @@ pub struct IntervalReading {
 
 pub type ReadingRow = (String, i64, i64, i64, i64, Option<i64>, i64);
 
+/// A reading the exchange refused although its device signed it, with the reason (PROTOCOL.md §7).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct RefusedReading {
+    pub device: String,
+    pub seq: i64,
+    pub ts_ms: i64,
+    /// Always `"refused"`: tells these entries from accepted readings.
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    pub received_ms: i64,
+}
+
+/// One entry of `/me/readings`: an accepted reading as interval data, or a refused one.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum ReadingEntry {
+    Accepted(IntervalReading),
+    Refused(RefusedReading),
+}
+
+/// The refusals of `device_ids` received within `[from, to)`, newest first.
+pub fn load_refused(
+    conn: &mut exchange::db::DbConnection,
+    device_ids: Vec<String>,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<RefusedReading>, DbError> {
+    let rows: Vec<(String, i64, i64, String, String, i64)> = reading_rejections::table
+        .filter(reading_rejections::device_id.eq_any(device_ids))
+        .filter(reading_rejections::received_ms.ge(from_ms))
+        .filter(reading_rejections::received_ms.lt(to_ms))
+        .order((reading_rejections::received_ms.desc(), reading_rejections::seq.desc()))
+        .limit(REFUSED_READINGS_ROWS_MAX)
+        .select((
+            reading_rejections::device_id,
+            reading_rejections::seq,
+            reading_rejections::ts_ms,
+            reading_rejections::reason,
+            reading_rejections::message,
+            reading_rejections::received_ms,
+        ))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|(device, seq, ts_ms, reason, message, received_ms)| RefusedReading {
+            device,
+            seq,
+            ts_ms,
+            status: "refused".to_owned(),
+            reason,
+            message,
+            received_ms,
+        })
+        .collect())
+}
+
 /// Rows sorted by (device, ts) into interval data.
 pub fn intervals(rows: Vec<ReadingRow>) -> Vec<IntervalReading> {
     let mut out: Vec<IntervalReading> = Vec::with_capacity(rows.len());
@@ -141,15 +201,21 @@ pub async fn my_readings(
     let account = authenticate(&state, &request, b"").await?;
     let (from_ms, to_ms) = range(&query, state.now_ms(), READINGS_RANGE_MS_MAX)?;
     let id = account.to_hex();
-    let rows = state
+    let (rows, refused) = state
         .db
         .run(move |conn| {
             let device_ids: Vec<String> =
                 devices::table.filter(devices::account_id.eq(id)).select(devices::device_id).load(conn)?;
-            load_readings(conn, device_ids, from_ms, to_ms)
+            Ok((load_readings(conn, device_ids.clone(), from_ms, to_ms)?, load_refused(conn, device_ids, from_ms, to_ms)?))
         })
         .await?;
-    Ok(HttpResponse::Ok().json(intervals(rows)))
+    // Accepted readings first (by device and time), then the refused ones received in the range.
+    let entries: Vec<ReadingEntry> = intervals(rows)
+        .into_iter()
+        .map(ReadingEntry::Accepted)
+        .chain(refused.into_iter().map(ReadingEntry::Refused))
+        .collect();
+    Ok(HttpResponse::Ok().json(entries))
 }
 
 /// Reads at most `limit_bytes` of a request body; larger bodies are refused with 413.

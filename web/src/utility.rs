@@ -8,7 +8,8 @@ use crate::trader::read_limited_body;
 use crate::webhooks::WebhookError;
 use actix_web::{web, HttpRequest, HttpResponse};
 use diesel::prelude::*;
-use exchange::schema::devices;
+use exchange::schema::{devices, readings};
+use settlement::registry::{MeterCounters, MeterReplacement};
 use protocol::{AccountId, DeviceId, MeterSerial, ZoneId};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -123,6 +124,120 @@ pub async fn register_device(
     crate::registry::write(&state.db, move |conn| crate::registry::register_device(conn, &stored, now_ms)).await?;
     tracing::info!(device = %device.device_id, by, "device registered");
     Ok(HttpResponse::Created().json(device))
+}
+
+/// A meter replacement as the utility registers it (the device is named by the path).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewReplacement {
+    pub replaced_at_ms: i64,
+    /// The old meter's final counters.
+    pub old: MeterCounters,
+    /// The new meter's initial counters.
+    pub new: MeterCounters,
+    pub new_meter_serial: MeterSerial,
+    /// The utility's reference (a work order).
+    pub reference: String,
+}
+
+impl NewReplacement {
+    pub fn of(self, device_id: DeviceId) -> MeterReplacement {
+        MeterReplacement {
+            device_id,
+            replaced_at_ms: self.replaced_at_ms,
+            old: self.old,
+            new: self.new,
+            new_meter_serial: self.new_meter_serial,
+            reference: self.reference,
+            registered_ms: 0,
+        }
+    }
+}
+
+fn parse_device(text: &str) -> Result<DeviceId, ApiError> {
+    DeviceId::parse(text).map_err(|error| ApiError::bad_request("invalid_device", error.to_string()))
+}
+
+/// Registers a meter replacement: the exchange then accepts the device's readings from the new
+/// meter's initial counters on (see `settlement::registry::register_meter_replacement`).
+pub async fn register_replacement(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    device: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let by = authorize(&state, &request)?;
+    let device_id = parse_device(&device)?;
+    let replacement = json_body::<NewReplacement>(&state, payload).await?.of(device_id);
+    let now_ms = state.now_ms();
+    let stored = crate::registry::write(&state.db, move |conn| {
+        settlement::registry::register_meter_replacement(conn, &replacement, now_ms)
+    })
+    .await?;
+    tracing::info!(device = %device_id, by, replaced_at_ms = stored.replaced_at_ms, "meter replacement registered");
+    Ok(HttpResponse::Created().json(stored))
+}
+
+/// A device of the zone that has sent no reading for longer than the configured limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SilentDevice {
+    pub device_id: String,
+    pub account_id: String,
+    pub meter_serial: String,
+    /// When the exchange received its last reading; absent when it never sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_received_ms: Option<i64>,
+    /// Since the last reading, or since registration for a device that never sent one.
+    pub silent_for_ms: i64,
+}
+
+/// The zone's devices silent for longer than `silent_ms` at `now_ms`, longest silent first.
+pub fn silent_devices(
+    conn: &mut exchange::db::DbConnection,
+    zone: &ZoneId,
+    now_ms: i64,
+    silent_ms: i64,
+) -> Result<Vec<SilentDevice>, exchange::db::DbError> {
+    let registered: Vec<(String, String, String, i64)> = devices::table
+        .filter(devices::zone_id.eq(zone.as_str()))
+        .select((devices::device_id, devices::account_id, devices::meter_serial, devices::registered_ms))
+        .load(conn)?;
+    let ids: Vec<&String> = registered.iter().map(|(id, ..)| id).collect();
+    let last: Vec<(String, Option<i64>)> = readings::table
+        .filter(readings::device_id.eq_any(ids))
+        .group_by(readings::device_id)
+        .select((readings::device_id, diesel::dsl::max(readings::received_ms)))
+        .load(conn)?;
+    let last: std::collections::HashMap<String, Option<i64>> = last.into_iter().collect();
+    let mut silent: Vec<SilentDevice> = registered
+        .into_iter()
+        .filter_map(|(device_id, account_id, meter_serial, registered_ms)| {
+            let last_received_ms = last.get(&device_id).copied().flatten();
+            let silent_for_ms = now_ms.saturating_sub(last_received_ms.unwrap_or(registered_ms));
+            (silent_for_ms > silent_ms).then_some(SilentDevice {
+                device_id,
+                account_id,
+                meter_serial,
+                last_received_ms,
+                silent_for_ms,
+            })
+        })
+        .collect();
+    silent.sort_by(|a, b| b.silent_for_ms.cmp(&a.silent_for_ms).then_with(|| a.device_id.cmp(&b.device_id)));
+    Ok(silent)
+}
+
+pub async fn zone_silent_devices(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    zone: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &request)?;
+    let zone = parse_zone(&zone)?;
+    require_zone(&state, &zone).await?;
+    let (now_ms, silent_ms) = (state.now_ms(), state.silent_device_ms);
+    let silent = state.db.run(move |conn| silent_devices(conn, &zone, now_ms, silent_ms)).await?;
+    Ok(HttpResponse::Ok().json(silent))
 }
 
 #[derive(Debug, Deserialize)]
