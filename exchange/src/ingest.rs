@@ -719,6 +719,43 @@ mod tests {
         assert_eq!(state.last.as_ref().map(|last| last.seq), Some(1));
     }
 
+    fn signed(seq: u64, ts_ms: i64, import_wh: i64) -> Signed<Reading> {
+        let key = protocol::testing::signing_key(7);
+        let mut reading = protocol::testing::sample_reading(&key);
+        reading.seq = seq;
+        reading.ts_ms = protocol::TimestampMs(ts_ms);
+        reading.import_wh = protocol::Wh(import_wh);
+        reading.pv_wh = None;
+        Signed::sign(reading, &key).expect("sign")
+    }
+
+    #[test]
+    fn only_readings_with_a_valid_signature_refused_for_what_they_say_are_recorded() {
+        let parsed = Parsed::Reading(signed(3, 1_000, 5), String::new());
+        let implausible = Rejection::new(Reason::ImplausibleEnergy, "too much");
+        let recorded = refused_reading(Some(&parsed), true, &implausible, 42).expect("recorded");
+        assert_eq!((recorded.seq, recorded.ts_ms, recorded.received_ms), (3, 1_000, 42));
+        assert_eq!(recorded.rejection, implausible);
+        assert!(refused_reading(Some(&parsed), false, &implausible, 42).is_none(), "a forged signature");
+        let unknown = Rejection::new(Reason::UnknownKey, "not registered");
+        assert!(refused_reading(Some(&parsed), true, &unknown, 42).is_none(), "no device to record it under");
+        assert!(refused_reading(None, true, &implausible, 42).is_none(), "did not parse");
+    }
+
+    #[test]
+    fn a_cached_device_whose_reading_would_be_refused_for_its_counters_is_stale() {
+        let first = signed(1, 1_000, 5_000);
+        let mut state = device(10_000);
+        state.last = Some(LastReading::of(&first));
+        let mut directory = Directory::default();
+        directory.devices.insert(first.message.device, state);
+        let batch = |reading: Signed<Reading>| vec![Ok(Parsed::Reading(reading, String::new()))];
+        assert!(directory.stale_replacements(&batch(signed(2, 2_000, 5_001))).is_empty(), "continues");
+        assert!(directory.stale_replacements(&batch(first.clone())).is_empty(), "a resend");
+        assert!(directory.stale_replacements(&batch(signed(2, 500, 1))).is_empty(), "refused for its time anyway");
+        assert_eq!(directory.stale_replacements(&batch(signed(2, 2_000, 10))), vec![first.message.device]);
+    }
+
     #[test]
     fn slots_must_be_aligned_open_and_within_the_horizon() {
         let limits = Limits {

@@ -239,3 +239,41 @@ async fn a_registered_meter_replacement_is_accepted() {
     })
     .await;
 }
+
+/// A device that floods refused readings cannot grow the table of refusals: each device keeps its
+/// newest `READING_REJECTIONS_PER_DEVICE_MAX`, and a resend refused in the same millisecond is one row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refused_readings_keeps_only_the_newest_records_of_the_device() {
+    use exchange::ingest::{refused_reading, Parsed, Rejection};
+    use exchange::store::{insert_rejections, READING_REJECTIONS_PER_DEVICE_MAX};
+    for test_db in TestDb::all() {
+        let zone = ZoneId::parse(&format!("f{}", unique())).expect("a zone id");
+        seed_zone(&test_db.db, &zone, 900_000);
+        let (_, device) = seed_household(&test_db.db, &zone, 12, NAMEPLATE_W);
+        let rejection = Rejection::new(Reason::ImplausibleEnergy, "too much");
+        let flood = READING_REJECTIONS_PER_DEVICE_MAX as u64 + 10;
+        let rows: Vec<_> = (1..=flood)
+            .map(|seq| {
+                let signed = protocol::Signed::sign(reading(&device, &zone, seq, NOW_MS, 0, 0), &device).expect("sign");
+                let parsed = Parsed::Reading(signed, String::new());
+                refused_reading(Some(&parsed), true, &rejection, NOW_MS + seq as i64 / 100).expect("recorded")
+            })
+            .collect();
+        for chunk in rows.chunks(500) {
+            let chunk = chunk.to_vec();
+            test_db.db.write(move |conn| insert_rejections(conn, &chunk)).await.expect("recorded");
+        }
+        let resend = vec![rows[rows.len() - 1].clone(), rows[rows.len() - 1].clone()];
+        test_db.db.write(move |conn| insert_rejections(conn, &resend)).await.expect("a resend is recorded once");
+        let mut conn = test_db.db.get().expect("a connection");
+        let seqs: Vec<i64> = reading_rejections::table
+            .filter(reading_rejections::device_id.eq(device_hex(&device)))
+            .order(reading_rejections::seq.asc())
+            .select(reading_rejections::seq)
+            .load(&mut conn)
+            .expect("load refusals");
+        assert_eq!(seqs.len() as i64, READING_REJECTIONS_PER_DEVICE_MAX);
+        assert_eq!(seqs.first().copied(), Some(11), "the oldest are dropped");
+        assert_eq!(seqs.last().copied(), Some(flood as i64));
+    }
+}

@@ -5,12 +5,24 @@ import { ApiError, get, postCommand, traderRequest } from '../api.js';
 import { draw, energyChart } from '../charts.js';
 import * as clock from '../clock.js';
 import { buildCancel, buildOrder, canonicalJson, nextNonce, signMessage, signingBytes, verifyBytes, verifyInclusion } from '../crypto.js';
-import { energy, energyNumber, esc, money, parseDecimal, price, priceNumber, shortId, slotLabel, tokens } from '../format.js';
+import { energy, energyNumber, esc, money, parseDecimal, price, priceNumber, shortId, slotLabel, timeLabel, tokens } from '../format.js';
 import { lastNonce, login, logout, on, rememberNonce, slotLenMs, state } from '../state.js';
 
 const STATEMENTS_SHOWN = 24;
 /** Slots of meter history in the energy chart. */
 const READINGS_HISTORY_SLOTS = 48;
+/** Refused readings listed at most (the newest); the API returns more. */
+const REFUSED_SHOWN = 20;
+/** Plain words for the reason codes a reading is refused with (PROTOCOL.md §7). */
+const REFUSAL_LABELS = {
+  timestamp_not_increasing: 'not later than the previous reading',
+  timestamp_too_old: 'too old',
+  timestamp_in_future: 'time ahead of the exchange',
+  counter_went_backwards: 'counter went backwards',
+  implausible_energy: 'more energy than the meter can deliver',
+  replayed: 'sequence number reused',
+  zone_mismatch: 'wrong zone',
+};
 /** Readings, balances and statements are re-read this often even without events. */
 const HOME_REFRESH_MS = 10_000;
 /** Settlement and order events come in bursts; the view re-reads at most this often. */
@@ -203,13 +215,30 @@ export function intervalsFromReadings(readings, intervalMs) {
 async function loadReadings() {
   const to = clock.now() + slotLenMs();
   const from = to - READINGS_HISTORY_SLOTS * slotLenMs();
-  const readings = await traderRequest(state.session, 'GET', `/me/readings?from_ms=${from}&to_ms=${to}`);
+  const entries = await traderRequest(state.session, 'GET', `/me/readings?from_ms=${from}&to_ms=${to}`);
+  const readings = entries.filter((entry) => entry.status !== 'refused');
+  showRefused(entries.filter((entry) => entry.status === 'refused'));
   const rows = intervalsFromReadings(readings, slotLenMs());
   draw($('energy-chart'), energyChart, rows);
   const total = (key) => rows.reduce((sum, row) => sum + row[key], 0);
   $('energy-totals').textContent = rows.length
     ? `Over ${rows.length} intervals: produced ${energy(total('production_wh'), 2)}, used ${energy(total('consumption_wh'), 2)}, imported ${energy(total('import_wh'), 2)}, exported ${energy(total('export_wh'), 2)}.`
     : '';
+}
+
+/** Lists the readings the exchange refused (newest first, as the API returns them), with their reason. */
+function showRefused(refused) {
+  $('refused-readings').hidden = refused.length === 0;
+  $('refused-count').textContent = String(refused.length);
+  $('refused-table').innerHTML = refused
+    .slice(0, REFUSED_SHOWN)
+    .map(
+      (entry) => `<tr data-seq="${esc(entry.seq)}">
+        <td>${esc(timeLabel(entry.received_ms))}</td><td class="num">${esc(entry.seq)}</td>
+        <td data-field="reason"><code>${esc(entry.reason)}</code> ${esc(REFUSAL_LABELS[entry.reason] ?? '')}</td>
+        <td class="muted">${esc(entry.message)}</td></tr>`,
+    )
+    .join('');
 }
 
 /** Short labels of the time-in-force values, as the order form names them. */
