@@ -111,10 +111,13 @@ pub async fn slot_report(
     let (zone, slot) = path.into_inner();
     let (zone, slot) = (crate::public::parse_zone(&zone)?, parse_slot(slot)?);
     crate::public::require_zone(&state, &zone).await?;
-    let report = query(&state, move |conn| queries::slot_report(conn, &zone, slot)).await?;
+    let id = zone.clone();
+    let report = query(&state, move |conn| queries::slot_report(conn, &id, slot)).await?;
     let report = report.ok_or_else(|| ApiError::not_found("slot_not_settled", "the slot is not settled"))?;
     if !csv {
-        return Ok(HttpResponse::Ok().json(report));
+        let at_ms = slot.start_ms().saturating_add(report.slot_len_ms);
+        let silent_devices = crate::utility::silent_at(&state, &zone, at_ms).await?;
+        return Ok(HttpResponse::Ok().json(crate::utility::ReportWithSilent { report: &report, silent_devices }));
     }
     Ok(HttpResponse::Ok().content_type("text/csv; charset=utf-8").body(report_csv(&report)))
 }

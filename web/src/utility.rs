@@ -191,7 +191,8 @@ pub struct SilentDevice {
     pub silent_for_ms: i64,
 }
 
-/// The zone's devices silent for longer than `silent_ms` at `now_ms`, longest silent first.
+/// The zone's devices silent for longer than `silent_ms` at `now_ms` (readings received up to then
+/// count; devices registered later are not listed), longest silent first.
 pub fn silent_devices(
     conn: &mut exchange::db::DbConnection,
     zone: &ZoneId,
@@ -205,6 +206,7 @@ pub fn silent_devices(
     let ids: Vec<&String> = registered.iter().map(|(id, ..)| id).collect();
     let last: Vec<(String, Option<i64>)> = readings::table
         .filter(readings::device_id.eq_any(ids))
+        .filter(readings::received_ms.le(now_ms))
         .group_by(readings::device_id)
         .select((readings::device_id, diesel::dsl::max(readings::received_ms)))
         .load(conn)?;
@@ -227,6 +229,20 @@ pub fn silent_devices(
     Ok(silent)
 }
 
+/// A settlement report with the zone's devices that were silent at the end of its slot.
+#[derive(Debug, Serialize)]
+pub struct ReportWithSilent<'a, T: Serialize> {
+    #[serde(flatten)]
+    pub report: &'a T,
+    pub silent_devices: Vec<SilentDevice>,
+}
+
+/// The devices of `zone` silent at `at_ms` by the configured limit (for the slot report).
+pub async fn silent_at(state: &AppState, zone: &ZoneId, at_ms: i64) -> Result<Vec<SilentDevice>, ApiError> {
+    let (zone, silent_ms) = (zone.clone(), state.silent_device_ms);
+    Ok(state.db.run(move |conn| silent_devices(conn, &zone, at_ms, silent_ms)).await?)
+}
+
 pub async fn zone_silent_devices(
     state: web::Data<AppState>,
     request: HttpRequest,
@@ -235,9 +251,7 @@ pub async fn zone_silent_devices(
     authorize(&state, &request)?;
     let zone = parse_zone(&zone)?;
     require_zone(&state, &zone).await?;
-    let (now_ms, silent_ms) = (state.now_ms(), state.silent_device_ms);
-    let silent = state.db.run(move |conn| silent_devices(conn, &zone, now_ms, silent_ms)).await?;
-    Ok(HttpResponse::Ok().json(silent))
+    Ok(HttpResponse::Ok().json(silent_at(&state, &zone, state.now_ms()).await?))
 }
 
 #[derive(Debug, Deserialize)]

@@ -51,9 +51,18 @@ fn device_id(key: &SigningKey) -> DeviceId {
 async fn seed(db: &exchange::db::Database, household: AccountId, device: DeviceId, quiet: DeviceId) {
     settlement::registry::write(db, move |conn| {
         let zone = zone();
-        web::registry::create_zone(conn, &zone, "Meter zone", 900_000, 0)?;
+        // Created two hours ago, so its first slot (the report's) is in the past.
+        web::registry::create_zone(conn, &zone, "Meter zone", 900_000, now_ms() - 2 * 3_600_000)?;
+        let tariff = web::public::TariffView {
+            effective_from_ms: 0,
+            retail_price_per_kwh: 300_000,
+            feed_in_price_per_kwh: 80_000,
+            grid_fee_per_kwh: 40_000,
+            protocol_fee_bps: 50,
+        };
+        web::registry::set_tariff(conn, &zone, &tariff)?;
         web::registry::register_account(conn, &household, "Carol", &zone, 0)?;
-        for (id, registered_ms) in [(device, now_ms()), (quiet, now_ms() - 2 * SILENT_MS)] {
+        for (id, registered_ms) in [(device, now_ms()), (quiet, now_ms() - 3 * 3_600_000)] {
             let new = web::utility::NewDevice {
                 device_id: id,
                 account_id: household,
@@ -251,7 +260,7 @@ async fn a_device_silent_beyond_the_limit_is_listed_for_the_utility() {
     let (status, silent) = app.utility("GET", &path, Some(UTILITY_KEY), None).await;
     assert_eq!(status, 200, "{silent}");
     let silent = silent.as_array().expect("array");
-    // The device that just sent a reading is not silent; the one registered 20 minutes ago and never heard from is.
+    // The device that just sent a reading is not silent; the one registered hours ago and never heard from is.
     assert_eq!(silent.len(), 1, "{silent:?}");
     assert_eq!(silent[0]["device_id"], device_id(&app.quiet_device).to_hex());
     assert!(silent[0]["silent_for_ms"].as_i64().is_some_and(|ms| ms > SILENT_MS));
@@ -259,6 +268,24 @@ async fn a_device_silent_beyond_the_limit_is_listed_for_the_utility() {
     let (status, _) = app.utility("GET", "/api/v1/zones/nowhere/devices/silent", Some(UTILITY_KEY), None).await;
     assert_eq!(status, 404);
     assert_eq!(app.state.silent_device_ms, SILENT_MS);
+    // The settlement report of the zone's first slot names the devices silent at its end: the
+    // quiet one (the other was registered later).
+    let config = settlement::SettlementConfig::new(protocol::testing::signing_key(50));
+    let outcome = settlement::registry::write(&app.state.db, move |conn| {
+        let zone = settlement::registry::zone(conn, &zone())?.expect("the zone");
+        let slot = settlement::close::next_slot(conn, &zone)?;
+        settlement::close_slot(conn, &zone.zone_id, slot, &config, now_ms() + 86_400_000)
+    })
+    .await
+    .expect("the slot settles");
+    let settlement::SlotOutcome::Settled(settled) = outcome else { panic!("a new slot was settled") };
+    let report_path = format!("/api/v1/reports/{ZONE}/{}", settled.slot.start_ms());
+    let (status, report) = app.utility("GET", &report_path, Some(UTILITY_KEY), None).await;
+    assert_eq!(status, 200, "{report}");
+    let silent: Vec<&str> =
+        report["silent_devices"].as_array().expect("a list").iter().filter_map(|d| d["device_id"].as_str()).collect();
+    assert_eq!(silent, vec![device_id(&app.quiet_device).to_hex()]);
+    assert!(report["statements"].is_array(), "the report itself is unchanged: {report}");
     app.stop().await;
 }
 
