@@ -32,9 +32,10 @@ fn fixture(count: usize) -> Fixture {
         seed[..8].copy_from_slice(&(index as u64 + 1).to_le_bytes());
         let key = SigningKey::from_bytes(&seed);
         let device = DeviceId::from_verifying_key(&key.verifying_key());
-        directory
-            .devices
-            .insert(device, DeviceState { zone: zone.clone(), nameplate_w: 10_000, last: None, replacements: Vec::new() });
+        directory.devices.insert(
+            device,
+            DeviceState { zone: zone.clone(), nameplate_w: 10_000, last: None, replacements: Vec::new() },
+        );
         let reading = Reading {
             device,
             zone: zone.clone(),

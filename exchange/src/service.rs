@@ -927,7 +927,8 @@ impl VerifyStage {
         let signature_valid: Vec<bool> = signatures.iter().map(Option::is_none).collect();
         let results = self.verifier.check_signed(parsed, signatures, now_ms);
         let mut refused = Vec::new();
-        for (((raw, result), parsed), signature_valid) in batch.into_iter().zip(results).zip(kept).zip(signature_valid) {
+        for (((raw, result), parsed), signature_valid) in batch.into_iter().zip(results).zip(kept).zip(signature_valid)
+        {
             match result {
                 Ok(verified) => {
                     let pending =

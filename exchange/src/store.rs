@@ -178,29 +178,6 @@ fn trim_rejections(conn: &mut DbConnection, device_id: &str) -> Result<(), DbErr
     Ok(())
 }
 
-/// A device's recorded refusals, newest first, at most `limit`.
-pub fn recent_rejections(
-    conn: &mut DbConnection,
-    device: &DeviceId,
-    limit: i64,
-) -> Result<Vec<(u64, i64, String, String, i64)>, DbError> {
-    let rows: Vec<(i64, i64, String, String, i64)> = reading_rejections::table
-        .filter(reading_rejections::device_id.eq(device.to_hex()))
-        .order((reading_rejections::received_ms.desc(), reading_rejections::seq.desc()))
-        .select((
-            reading_rejections::seq,
-            reading_rejections::ts_ms,
-            reading_rejections::reason,
-            reading_rejections::message,
-            reading_rejections::received_ms,
-        ))
-        .limit(limit)
-        .load(conn)?;
-    rows.into_iter()
-        .map(|(seq, ts_ms, reason, message, received_ms)| Ok((to_u64(seq)?, ts_ms, reason, message, received_ms)))
-        .collect()
-}
-
 fn last_reading(conn: &mut DbConnection, device_id: &str) -> Result<Option<LastReading>, DbError> {
     let payload: Option<String> = readings::table
         .filter(readings::device_id.eq(device_id))

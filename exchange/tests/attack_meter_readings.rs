@@ -213,7 +213,8 @@ async fn a_registered_meter_replacement_is_accepted() {
         env.accepted(1, NOW_MS - 2 * MINUTE_MS, 5_000, 0).await;
         // Registration is checked: not before the last accepted reading.
         let early = swap(&env.device, NOW_MS - 3 * MINUTE_MS, 5_000, 0);
-        let refused = registry::write(&env.test_db.db, move |conn| registry::register_meter_replacement(conn, &early, NOW_MS));
+        let refused =
+            registry::write(&env.test_db.db, move |conn| registry::register_meter_replacement(conn, &early, NOW_MS));
         assert!(matches!(refused.await, Err(RegistryError::Invalid { field: "replaced_at_ms", .. })));
         let replacement = swap(&env.device, NOW_MS - MINUTE_MS, 5_010, 100);
         registry::write(&env.test_db.db, move |conn| registry::register_meter_replacement(conn, &replacement, NOW_MS))

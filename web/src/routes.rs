@@ -150,9 +150,13 @@ pub fn endpoints() -> Vec<Endpoint> {
         ep("get", "/api/v1/me/orders", "My open orders", "trader", || web::get().to(trader::my_orders))
             .auth(Trader)
             .returns_list("OpenOrder"),
-        ep("get", "/api/v1/me/readings", "My readings as interval data, and the ones refused with their reason", "trader", || {
-            web::get().to(trader::my_readings)
-        })
+        ep(
+            "get",
+            "/api/v1/me/readings",
+            "My readings as interval data, and the ones refused with their reason",
+            "trader",
+            || web::get().to(trader::my_readings),
+        )
         .auth(Trader)
         .query(RANGE),
         ep("get", "/api/v1/me/statements", "My settlement statements", "trader", || {

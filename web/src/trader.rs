@@ -206,7 +206,10 @@ pub async fn my_readings(
         .run(move |conn| {
             let device_ids: Vec<String> =
                 devices::table.filter(devices::account_id.eq(id)).select(devices::device_id).load(conn)?;
-            Ok((load_readings(conn, device_ids.clone(), from_ms, to_ms)?, load_refused(conn, device_ids, from_ms, to_ms)?))
+            Ok((
+                load_readings(conn, device_ids.clone(), from_ms, to_ms)?,
+                load_refused(conn, device_ids, from_ms, to_ms)?,
+            ))
         })
         .await?;
     // Accepted readings first (by device and time), then the refused ones received in the range.

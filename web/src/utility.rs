@@ -9,10 +9,10 @@ use crate::webhooks::WebhookError;
 use actix_web::{web, HttpRequest, HttpResponse};
 use diesel::prelude::*;
 use exchange::schema::{devices, readings};
-use settlement::registry::{MeterCounters, MeterReplacement};
 use protocol::{AccountId, DeviceId, MeterSerial, ZoneId};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use settlement::registry::{MeterCounters, MeterReplacement};
 use std::fmt::Write as _;
 
 /// Longest readings export: 31 days.

@@ -81,11 +81,8 @@ async fn seed(db: &exchange::db::Database, household: AccountId, device: DeviceI
 async fn spawn_app() -> TestApp {
     let test_db = TestDb::any();
     let db = test_db.db.clone();
-    let (household, device, quiet_device) = (
-        protocol::testing::signing_key(21),
-        protocol::testing::signing_key(22),
-        protocol::testing::signing_key(23),
-    );
+    let (household, device, quiet_device) =
+        (protocol::testing::signing_key(21), protocol::testing::signing_key(22), protocol::testing::signing_key(23));
     let account = AccountId::from_verifying_key(&household.verifying_key());
     seed(&db, account, device_id(&device), device_id(&quiet_device)).await;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -214,7 +211,10 @@ async fn a_meter_replacement_is_registered_by_the_utility_api_and_the_new_meter_
     app.submit(2, swap_ms + 30_000, 120).await.expect("the new meter continues from its initial counters");
     let (_, openapi) = app.utility("GET", "/api/v1/openapi.json", None, None).await;
     let documented = &openapi["paths"]["/api/v1/devices/{device}/replacements"]["post"];
-    assert_eq!(documented["requestBody"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/NewReplacement");
+    assert_eq!(
+        documented["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/NewReplacement"
+    );
     app.stop().await;
 }
 
@@ -313,13 +313,37 @@ fn the_cli_registers_a_meter_replacement_and_reports_a_refusal_in_one_line() {
     let device = ok(&["keygen", "--key", &key_path("d.key")]);
     ok(&["zone", "create", "--id", "north", "--name", "North"]);
     ok(&["account", "add", "--id", &account, "--name", "Alice", "--zone", "north"]);
-    ok(&["device", "add", "--id", &device, "--account", &account, "--zone", "north", "--serial", "SN-1", "--nameplate-w", "5000"]);
+    ok(&[
+        "device",
+        "add",
+        "--id",
+        &device,
+        "--account",
+        &account,
+        "--zone",
+        "north",
+        "--serial",
+        "SN-1",
+        "--nameplate-w",
+        "5000",
+    ]);
     let at = (now_ms() - 1_000).to_string();
     let replace = |id: &str, old_import: &str| {
         let old_import = format!("--old-import-wh={old_import}");
         let args = [
-            "device", "replace", "--id", id, "--replaced-at-ms", &at, &old_import, "--old-export-wh", "0",
-            "--new-serial", "SN-2", "--reference", "WO-1",
+            "device",
+            "replace",
+            "--id",
+            id,
+            "--replaced-at-ms",
+            &at,
+            &old_import,
+            "--old-export-wh",
+            "0",
+            "--new-serial",
+            "SN-2",
+            "--reference",
+            "WO-1",
         ];
         run(&args)
     };
