@@ -1,6 +1,7 @@
 // The dashboard in headless Chromium against a real `gridex demo`: the order book and a chart update
 // live (Server-Sent Events, no reload), a demo household logs in, places an order signed in the
-// browser, and sees it in its open orders and in the book. Leaves a screenshot in
+// browser, and sees it in its open orders and in the book; a backdated reading signed with its
+// device key is refused and shown with its reason in the household view. Leaves a screenshot in
 // <repo>/target/browser/dashboard.png.
 //
 // Uses Debian's Chromium (/usr/bin/chromium, or CHROMIUM_PATH); never downloads a browser.
@@ -8,12 +9,13 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { importSeed, signMessage } from '../../static/js/crypto.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const REPO = path.resolve(here, '../../..');
@@ -71,12 +73,14 @@ async function startServer() {
   const port = await freePort();
   const dataDir = mkdtempSync(path.join(os.tmpdir(), 'gridex-browser-'));
   let log = '';
+  let mqttPort = null;
   const child = spawn(GRIDEX_BIN, ['demo', '--homes', '4', '--port', String(port), '--data-dir', dataDir], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' },
   });
   const keep = (chunk) => {
     log = (log + chunk.toString()).slice(-OUTPUT_KEPT_CHARS);
+    mqttPort ??= Number(/MQTT:\s+mqtt:\/\/127\.0\.0\.1:(\d+)/.exec(log)?.[1]) || null;
   };
   child.stdout.on('data', keep);
   child.stderr.on('data', keep);
@@ -99,7 +103,52 @@ async function startServer() {
     await stop().catch(() => {});
     throw error;
   }
-  return { base, output, stop };
+  return { base, output, stop, dataDir, mqttPort: () => mqttPort };
+}
+
+/** Encodes an MQTT 3.1.1 packet: fixed header byte, remaining length, body. */
+function mqttPacket(header, body) {
+  const length = [];
+  let rest = body.length;
+  do {
+    let digit = rest % 128;
+    rest = Math.floor(rest / 128);
+    if (rest > 0) digit |= 128;
+    length.push(digit);
+  } while (rest > 0);
+  return Buffer.concat([Buffer.from([header, ...length]), body]);
+}
+
+const mqttString = (text) => {
+  const bytes = Buffer.from(text);
+  return Buffer.concat([Buffer.from([bytes.length >> 8, bytes.length & 255]), bytes]);
+};
+
+/** Publishes one QoS 1 message to the demo's broker, as a gateway would; resolves on PUBACK. */
+function mqttPublish(port, topic, payload) {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1');
+    const connect = mqttPacket(0x10, Buffer.concat([mqttString('MQTT'), Buffer.from([4, 0x02, 0, 30]), mqttString(`browser-test-${process.pid}`)]));
+    const publish = mqttPacket(0x32, Buffer.concat([mqttString(topic), Buffer.from([0, 1]), Buffer.from(payload)]));
+    let received = Buffer.alloc(0);
+    socket.setTimeout(STEP_TIMEOUT_MS, () => socket.destroy(new Error('the broker did not answer')));
+    socket.on('connect', () => socket.write(connect));
+    socket.on('error', reject);
+    socket.on('data', (chunk) => {
+      received = Buffer.concat([received, chunk]);
+      while (received.length >= 2 && received.length >= 2 + received[1]) {
+        const [type, length] = [received[0] >> 4, received[1]];
+        const body = received.subarray(2, 2 + length);
+        received = received.subarray(2 + length);
+        if (type === 2 && body[1] !== 0) return reject(new Error(`the broker refused the connection (${body[1]})`));
+        if (type === 2) socket.write(publish);
+        if (type === 4) {
+          socket.end(Buffer.from([0xe0, 0]));
+          return resolve();
+        }
+      }
+    });
+  });
 }
 
 /** Price ticks the test assumes the exchange accepts: 0.001 per kWh. */
@@ -257,6 +306,26 @@ test('the dashboard shows the live market and a household places a signed order'
     ).catch((error) => {
       throw new Error(`no bid level at ${shown} in the book of slot ${orderSlot}: ${error.message}`);
     });
+  });
+
+  await step('see a refused backdated reading with its reason', server, async () => {
+    // Home 01's own device key signs a reading dated before the demo began, once the exchange has
+    // accepted readings of it: it is refused (`timestamp_not_increasing`) and listed in the household view.
+    await page.click('nav a[data-view="home"]');
+    await page.waitForFunction(() => document.getElementById('energy-totals').textContent.length > 0, null, { timeout: LIVE_TIMEOUT_MS });
+    const port = server.mqttPort();
+    assert.ok(port, 'the demo did not print its MQTT port');
+    const device = await importSeed(readFileSync(path.join(server.dataDir, 'keys', 'home-000-device.key'), 'utf8'));
+    const { now_ms: nowMs } = await (await fetch(`${server.base}/api/v1/clock`)).json();
+    const seq = 2 ** 40;
+    const reading = { type: 'reading', device: device.account, zone: 'demo', meter_serial: 'BACKDATED-1', seq, ts_ms: nowMs - 6 * 86_400_000, import_wh: 0, export_wh: 0, power_w: 0 };
+    const { json } = await signMessage(device.privateKey, reading);
+    await mqttPublish(port, `gridex/v1/demo/readings/${device.account}`, json);
+    const row = `#refused-table tr[data-seq="${seq}"]`;
+    await page.waitForSelector(row, { timeout: LIVE_TIMEOUT_MS });
+    assert.equal(await page.$eval('#refused-readings', (element) => element.hidden), false);
+    const reason = await page.$eval(`${row} [data-field="reason"]`, (cell) => cell.textContent);
+    assert.match(reason, /timestamp_not_increasing/);
   });
 
   await step('see a settled statement arrive live and check its Merkle proof in the browser', server, async () => {
