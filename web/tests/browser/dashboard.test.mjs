@@ -322,8 +322,10 @@ test('the dashboard shows the live market and a household places a signed order'
     const { json } = await signMessage(device.privateKey, reading);
     await mqttPublish(port, `gridex/v1/demo/readings/${device.account}`, json);
     const row = `#refused-table tr[data-seq="${seq}"]`;
-    await page.waitForSelector(row, { timeout: LIVE_TIMEOUT_MS });
-    assert.equal(await page.$eval('#refused-readings', (element) => element.hidden), false);
+    await page.waitForSelector(row, { state: 'attached', timeout: LIVE_TIMEOUT_MS });
+    // The list is folded under its count; a click shows it.
+    await page.click('#refused-readings:not([hidden]) summary');
+    await page.waitForSelector(row, { state: 'visible' });
     const reason = await page.$eval(`${row} [data-field="reason"]`, (cell) => cell.textContent);
     assert.match(reason, /timestamp_not_increasing/);
   });
