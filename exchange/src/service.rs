@@ -1091,6 +1091,14 @@ impl Writer {
             }
             self.commit(group, refused).await;
         }
+        // The verification stage has stopped: record the refusals it sent last.
+        let mut refused = Vec::new();
+        while let Ok(more) = self.refused.try_recv() {
+            refused.extend(more);
+        }
+        if !refused.is_empty() {
+            self.commit(Vec::new(), refused).await;
+        }
         for (_, owner) in self.zones.all() {
             let _ = owner.send(ZoneMsg::Stop).await;
         }
