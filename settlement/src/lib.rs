@@ -33,6 +33,7 @@
 
 pub mod close;
 pub mod correction;
+pub mod gaps;
 pub mod metering;
 pub mod queries;
 pub mod registry;

@@ -1,0 +1,350 @@
+//! Gaps: energy that fell between settled data, billed when data resumes (issue 11).
+//!
+//! It owns the metering cursors (`metering_cursors`: per device, the boundary up to which its energy
+//! is settled from metered data and its counters there), the per-zone start of cursors
+//! (`metering_zones`) and the gap lines (`gap_settlements`); all are written only here, inside the
+//! close transaction of a slot (`close`), so a slot's close stays one transaction and idempotent.
+//!
+//! In the close of slot S, for each household with data for S (every device bracketed at both
+//! boundaries):
+//! - each device's gap runs from its cursor to S.start; a device without a cursor starts at its
+//!   first accepted reading since its registration slot (or since the zone's first slot with
+//!   cursors), so no energy before its first reading is invented and none after it is lost;
+//! - the gap energy is `metering::gap_energy` (across registered meter replacements), summed over
+//!   the devices, and settled by `rules::settle_gap` together with what the household bought in the
+//!   gap's slots (all "no data": a cursor only moves when the household had data);
+//! - every device's cursor moves to S.end with its counters there.
+//!
+//! A household that is "no data" in S keeps its cursors: its gap grows until data resumes.
+
+use crate::close::METERED_WH_PER_SLOT_MAX;
+use crate::metering::{gap_energy, CounterSample, Replacement};
+use crate::registry;
+use crate::rules::{self, AccountMeter, GapInput, GapSettlement};
+use crate::schema::{gap_settlements, metering_cursors, metering_zones};
+use crate::SettlementError;
+use diesel::prelude::*;
+use diesel::upsert::excluded;
+use exchange::db::DbConnection;
+use exchange::schema::{meter_replacements, readings, trades};
+use protocol::{AccountId, SlotId, TimestampMs, ZoneId};
+use std::collections::{BTreeMap, HashMap};
+
+/// Rows per multi-row upsert of cursors: 1000 rows of 6 columns stay far below both backends'
+/// bound-parameter limits (SQLite 32 766, PostgreSQL 65 535).
+const CURSOR_UPSERT_ROWS_MAX: usize = 1_000;
+
+/// One device of the zone in the slot being closed: its counters at the slot's boundaries.
+#[derive(Debug, Clone)]
+pub(crate) struct DeviceMeter {
+    pub device_id: String,
+    pub account: AccountId,
+    pub registered_ms: i64,
+    /// Counters at the slot start and end, where bracketed.
+    pub start: Option<CounterSample>,
+    pub end: Option<CounterSample>,
+}
+
+/// What a slot's close writes for gaps: the households' gap settlements (each with a transaction
+/// that has entries) and the new cursors.
+#[derive(Debug, Default)]
+pub(crate) struct GapPlan {
+    pub settlements: Vec<GapSettlement>,
+    cursors: Vec<CursorRow>,
+    /// Set when this is the zone's first slot closed with cursors.
+    zone_since_ms: Option<i64>,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(treat_none_as_default_value = false)]
+#[diesel(table_name = metering_cursors)]
+struct CursorRow {
+    device_id: String,
+    zone_id: String,
+    boundary_ms: i64,
+    import_wh: i64,
+    export_wh: i64,
+    slot_start_ms: i64,
+}
+
+/// Everything needed to plan the gaps of one slot's close.
+pub(crate) struct SlotContext<'a> {
+    pub zone: &'a registry::Zone,
+    pub slot: SlotId,
+    /// Readings received after this are not used (the slot's cutoff).
+    pub cutoff_ms: i64,
+}
+
+/// Plans the gap settlements and cursor moves of the slot (see the module docs). Reads only.
+pub(crate) fn plan(
+    conn: &mut DbConnection,
+    context: &SlotContext<'_>,
+    devices: &[DeviceMeter],
+    meters: &BTreeMap<AccountId, AccountMeter>,
+) -> Result<GapPlan, SettlementError> {
+    let zone_id = &context.zone.zone_id;
+    let (start_ms, end_ms) = (context.slot.start_ms(), context.slot.end(context.zone.slot_len_ms).0);
+    let since: Option<i64> = metering_zones::table
+        .filter(metering_zones::zone_id.eq(zone_id.as_str()))
+        .select(metering_zones::since_ms)
+        .first(conn)
+        .optional()?;
+    let mut plan = GapPlan { zone_since_ms: since.is_none().then_some(start_ms), ..GapPlan::default() };
+    let since_ms = since.unwrap_or(start_ms);
+    let cursors = load_cursors(conn, zone_id)?;
+
+    let mut by_account: BTreeMap<AccountId, Vec<&DeviceMeter>> = BTreeMap::new();
+    for device in devices {
+        by_account.entry(device.account).or_default().push(device);
+    }
+    for (account, devices) in by_account {
+        if meters.get(&account).is_none_or(|meter| meter.no_data) {
+            continue;
+        }
+        let mut gap = HouseholdGap::default();
+        for device in devices {
+            let (Some(start), Some(end)) = (device.start, device.end) else {
+                return Err(SettlementError::InvalidData(format!("device {} has data without counters", device.device_id)));
+            };
+            let registered_slot_ms = SlotId::containing(TimestampMs(device.registered_ms), context.zone.slot_len_ms).start_ms();
+            let from = match cursors.get(&device.device_id) {
+                Some(cursor) => Some(*cursor),
+                None => first_reading(conn, &device.device_id, since_ms.max(registered_slot_ms), start_ms, context.cutoff_ms)?,
+            };
+            if let Some(from) = from.filter(|from| from.ts_ms < start_ms) {
+                gap.add_device(conn, &device.device_id, from, start, context.zone.slot_len_ms)?;
+            }
+            plan.cursors.push(CursorRow {
+                device_id: device.device_id.clone(),
+                zone_id: zone_id.to_string(),
+                boundary_ms: end_ms,
+                import_wh: end.import_wh,
+                export_wh: end.export_wh,
+                slot_start_ms: start_ms,
+            });
+        }
+        if let Some(gap_start_ms) = gap.start_ms {
+            let settlement = settle_household(conn, context, account, gap_start_ms, &gap)?;
+            if !settlement.tx.entries.is_empty() {
+                plan.settlements.push(settlement);
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// A household's gap, summed over its devices.
+#[derive(Debug, Default)]
+struct HouseholdGap {
+    /// The earliest device cursor (or first reading) before the slot start.
+    start_ms: Option<i64>,
+    import_wh: i64,
+    export_wh: i64,
+}
+
+impl HouseholdGap {
+    /// Adds one device's gap `[from, to)`. A device whose counters ran backwards without a
+    /// registered replacement, or that exported implausibly much, is credited no export.
+    fn add_device(
+        &mut self,
+        conn: &mut DbConnection,
+        device_id: &str,
+        from: CounterSample,
+        to: CounterSample,
+        slot_len_ms: i64,
+    ) -> Result<(), SettlementError> {
+        let replacements = load_replacements(conn, device_id, from.ts_ms, to.ts_ms)?;
+        let gap = gap_energy(from, to, &replacements);
+        let slots = (to.ts_ms - from.ts_ms).div_euclid(slot_len_ms) + 1;
+        let export_wh_max = METERED_WH_PER_SLOT_MAX.saturating_mul(slots);
+        if gap.inconsistent {
+            tracing::warn!(device = device_id, from = from.ts_ms, to = to.ts_ms, "gap counters run backwards");
+        }
+        let credited_export_wh =
+            if gap.inconsistent || gap.energy.export_wh > export_wh_max { 0 } else { gap.energy.export_wh };
+        self.start_ms = Some(self.start_ms.map_or(from.ts_ms, |start| start.min(from.ts_ms)));
+        self.import_wh += gap.energy.import_wh;
+        self.export_wh += credited_export_wh;
+        Ok(())
+    }
+}
+
+/// The gap settlement of one household: what it bought in the gap's slots, the prices in force.
+fn settle_household(
+    conn: &mut DbConnection,
+    context: &SlotContext<'_>,
+    account: AccountId,
+    gap_start_ms: i64,
+    gap: &HouseholdGap,
+) -> Result<GapSettlement, SettlementError> {
+    let zone_id = &context.zone.zone_id;
+    let first_slot_ms = SlotId::containing(TimestampMs(gap_start_ms), context.zone.slot_len_ms).start_ms();
+    let bought: Vec<i64> = trades::table
+        .filter(trades::zone_id.eq(zone_id.as_str()))
+        .filter(trades::buyer_id.eq(account.to_hex()))
+        .filter(trades::slot_start_ms.ge(first_slot_ms))
+        .filter(trades::slot_start_ms.lt(context.slot.start_ms()))
+        .select(trades::qty_wh)
+        .load(conn)?;
+    let in_force = tariffs_in_force(conn, zone_id, first_slot_ms, context.slot.start_ms())?;
+    let (retail, feed_in) = rules::gap_prices(&in_force)
+        .ok_or_else(|| SettlementError::NoTariff { zone: zone_id.to_string(), at_ms: first_slot_ms })?;
+    let input = GapInput {
+        account,
+        gap_start_ms,
+        import_wh: gap.import_wh,
+        export_wh: gap.export_wh,
+        bought_wh: bought.iter().sum(),
+        retail_price_per_kwh: retail,
+        feed_in_price_per_kwh: feed_in,
+    };
+    Ok(rules::settle_gap(&input, context.slot, &context.zone.utility_account))
+}
+
+/// The tariffs in force at some time in `[from_ms, to_ms)`.
+fn tariffs_in_force(
+    conn: &mut DbConnection,
+    zone_id: &ZoneId,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<rules::Tariff>, SettlementError> {
+    let mut in_force: Vec<rules::Tariff> = registry::tariff_at(conn, zone_id, from_ms)?.into_iter().collect();
+    in_force.extend(
+        registry::tariffs(conn, zone_id)?
+            .into_iter()
+            .filter(|tariff| from_ms < tariff.effective_from_ms && tariff.effective_from_ms < to_ms),
+    );
+    Ok(in_force)
+}
+
+/// The cursors of the zone's devices.
+fn load_cursors(conn: &mut DbConnection, zone_id: &ZoneId) -> Result<HashMap<String, CounterSample>, SettlementError> {
+    let rows: Vec<(String, i64, i64, i64)> = metering_cursors::table
+        .filter(metering_cursors::zone_id.eq(zone_id.as_str()))
+        .select((
+            metering_cursors::device_id,
+            metering_cursors::boundary_ms,
+            metering_cursors::import_wh,
+            metering_cursors::export_wh,
+        ))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|(device_id, ts_ms, import_wh, export_wh)| (device_id, CounterSample { ts_ms, import_wh, export_wh }))
+        .collect())
+}
+
+/// The device's first reading with a time in `[from_ms, before_ms)` received by `cutoff_ms`.
+fn first_reading(
+    conn: &mut DbConnection,
+    device_id: &str,
+    from_ms: i64,
+    before_ms: i64,
+    cutoff_ms: i64,
+) -> Result<Option<CounterSample>, SettlementError> {
+    let row: Option<(i64, i64, i64)> = readings::table
+        .filter(readings::device_id.eq(device_id))
+        .filter(readings::ts_ms.ge(from_ms))
+        .filter(readings::ts_ms.lt(before_ms))
+        .filter(readings::received_ms.le(cutoff_ms))
+        .order(readings::ts_ms)
+        .select((readings::ts_ms, readings::import_wh, readings::export_wh))
+        .first(conn)
+        .optional()?;
+    Ok(row.map(|(ts_ms, import_wh, export_wh)| CounterSample { ts_ms, import_wh, export_wh }))
+}
+
+/// The device's registered meter replacements at times in `(from_ms, to_ms]`.
+fn load_replacements(
+    conn: &mut DbConnection,
+    device_id: &str,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<Replacement>, SettlementError> {
+    let rows: Vec<(i64, i64, i64, i64, i64)> = meter_replacements::table
+        .filter(meter_replacements::device_id.eq(device_id))
+        .filter(meter_replacements::replaced_at_ms.gt(from_ms))
+        .filter(meter_replacements::replaced_at_ms.le(to_ms))
+        .order(meter_replacements::replaced_at_ms)
+        .select((
+            meter_replacements::replaced_at_ms,
+            meter_replacements::old_import_wh,
+            meter_replacements::old_export_wh,
+            meter_replacements::new_import_wh,
+            meter_replacements::new_export_wh,
+        ))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|(at_ms, old_import_wh, old_export_wh, new_import_wh, new_export_wh)| Replacement {
+            at_ms,
+            old_import_wh,
+            old_export_wh,
+            new_import_wh,
+            new_export_wh,
+        })
+        .collect())
+}
+
+/// Writes the plan: gap lines (their transactions have ids from `first_tx_id` on, in order), the
+/// cursors, and the zone's start of cursors. Call inside the slot's close transaction.
+pub(crate) fn write(
+    conn: &mut DbConnection,
+    zone_id: &ZoneId,
+    slot: SlotId,
+    plan: &GapPlan,
+    first_tx_id: i64,
+) -> Result<(), SettlementError> {
+    if let Some(since_ms) = plan.zone_since_ms {
+        diesel::insert_into(metering_zones::table)
+            .values((metering_zones::zone_id.eq(zone_id.as_str()), metering_zones::since_ms.eq(since_ms)))
+            .execute(conn)?;
+    }
+    for (index, settlement) in plan.settlements.iter().enumerate() {
+        let input = &settlement.input;
+        diesel::insert_into(gap_settlements::table)
+            .values((
+                gap_settlements::zone_id.eq(zone_id.as_str()),
+                gap_settlements::slot_start_ms.eq(slot.start_ms()),
+                gap_settlements::account_id.eq(input.account.to_hex()),
+                gap_settlements::gap_start_ms.eq(input.gap_start_ms),
+                gap_settlements::import_wh.eq(input.import_wh),
+                gap_settlements::export_wh.eq(input.export_wh),
+                gap_settlements::bought_wh.eq(input.bought_wh),
+                gap_settlements::retail_price_per_kwh.eq(input.retail_price_per_kwh.0),
+                gap_settlements::feed_in_price_per_kwh.eq(input.feed_in_price_per_kwh.0),
+                gap_settlements::charged.eq(settlement.charged),
+                gap_settlements::credited.eq(settlement.credited),
+                gap_settlements::tx_id.eq(first_tx_id + index as i64),
+            ))
+            .execute(conn)?;
+    }
+    upsert_cursors(conn, &plan.cursors)
+}
+
+macro_rules! upsert_chunks {
+    ($conn:expr, $rows:expr) => {
+        for chunk in $rows.chunks(CURSOR_UPSERT_ROWS_MAX) {
+            diesel::insert_into(metering_cursors::table)
+                .values(chunk)
+                .on_conflict(metering_cursors::device_id)
+                .do_update()
+                .set((
+                    metering_cursors::boundary_ms.eq(excluded(metering_cursors::boundary_ms)),
+                    metering_cursors::import_wh.eq(excluded(metering_cursors::import_wh)),
+                    metering_cursors::export_wh.eq(excluded(metering_cursors::export_wh)),
+                    metering_cursors::slot_start_ms.eq(excluded(metering_cursors::slot_start_ms)),
+                ))
+                .execute($conn)?;
+        }
+    };
+}
+
+/// Moves the cursors: multi-row upserts of [`CURSOR_UPSERT_ROWS_MAX`] rows.
+fn upsert_cursors(conn: &mut DbConnection, rows: &[CursorRow]) -> Result<(), SettlementError> {
+    match conn {
+        DbConnection::Postgres(pg) => upsert_chunks!(pg, rows),
+        DbConnection::Sqlite(sqlite) => upsert_chunks!(sqlite, rows),
+    }
+    Ok(())
+}
