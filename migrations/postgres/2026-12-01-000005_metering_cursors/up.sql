@@ -44,3 +44,11 @@ CREATE TABLE metering_zones (
     zone_id TEXT PRIMARY KEY NOT NULL REFERENCES zones (zone_id),
     since_ms BIGINT NOT NULL
 );
+
+-- Gap settlements are ledger transactions (and entries) of kind `gap`.
+ALTER TABLE ledger_transactions DROP CONSTRAINT ledger_transactions_kind_check,
+    ADD CONSTRAINT ledger_transactions_kind_check
+    CHECK (kind IN ('trade', 'imbalance', 'reward', 'correction', 'gap'));
+ALTER TABLE ledger_entries DROP CONSTRAINT ledger_entries_kind_check,
+    ADD CONSTRAINT ledger_entries_kind_check
+    CHECK (kind IN ('purchase', 'sale', 'grid_fee', 'protocol_fee', 'imbalance', 'reward', 'correction', 'gap'));

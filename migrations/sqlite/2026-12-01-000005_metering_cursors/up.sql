@@ -44,3 +44,45 @@ CREATE TABLE metering_zones (
     zone_id TEXT PRIMARY KEY NOT NULL REFERENCES zones (zone_id),
     since_ms BIGINT NOT NULL
 );
+
+-- Gap settlements are ledger transactions (and entries) of kind `gap`. SQLite cannot change a CHECK
+-- constraint, so both tables are rebuilt with the wider one (same columns, rows, index and
+-- append-only triggers; DROP TABLE fires no trigger).
+CREATE TABLE ledger_transactions_widened (
+    tx_id BIGINT PRIMARY KEY NOT NULL,
+    zone_id TEXT NOT NULL,
+    slot_start_ms BIGINT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('trade', 'imbalance', 'reward', 'correction', 'gap')),
+    -- What the transaction settles: the trade id, the account, the reward epoch, or the gap.
+    reference TEXT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+INSERT INTO ledger_transactions_widened (tx_id, zone_id, slot_start_ms, kind, reference, created_ms)
+    SELECT tx_id, zone_id, slot_start_ms, kind, reference, created_ms FROM ledger_transactions;
+DROP TABLE ledger_transactions;
+ALTER TABLE ledger_transactions_widened RENAME TO ledger_transactions;
+CREATE INDEX ledger_transactions_by_slot ON ledger_transactions (zone_id, slot_start_ms);
+CREATE TRIGGER ledger_transactions_append_only_update BEFORE UPDATE ON ledger_transactions
+BEGIN SELECT RAISE(ABORT, 'ledger transactions are append-only'); END;
+CREATE TRIGGER ledger_transactions_append_only_delete BEFORE DELETE ON ledger_transactions
+BEGIN SELECT RAISE(ABORT, 'ledger transactions are append-only'); END;
+
+CREATE TABLE ledger_entries_widened (
+    tx_id BIGINT NOT NULL,
+    line BIGINT NOT NULL,
+    account_id TEXT NOT NULL,
+    asset TEXT NOT NULL CHECK (asset IN ('money', 'grid')),
+    kind TEXT NOT NULL
+        CHECK (kind IN ('purchase', 'sale', 'grid_fee', 'protocol_fee', 'imbalance', 'reward', 'correction', 'gap')),
+    amount BIGINT NOT NULL,
+    PRIMARY KEY (tx_id, line)
+);
+INSERT INTO ledger_entries_widened (tx_id, line, account_id, asset, kind, amount)
+    SELECT tx_id, line, account_id, asset, kind, amount FROM ledger_entries;
+DROP TABLE ledger_entries;
+ALTER TABLE ledger_entries_widened RENAME TO ledger_entries;
+CREATE INDEX ledger_entries_by_account ON ledger_entries (account_id, asset);
+CREATE TRIGGER ledger_entries_append_only_update BEFORE UPDATE ON ledger_entries
+BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only'); END;
+CREATE TRIGGER ledger_entries_append_only_delete BEFORE DELETE ON ledger_entries
+BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only'); END;
