@@ -180,11 +180,8 @@ fn close_in_transaction(
     };
     let settlement = rules::settle(&input);
     let gap_plan = gaps::plan(conn, &SlotContext { zone: &zone, slot, cutoff_ms: due_ms }, &devices, &input.meters)?;
-    let transactions: Vec<&TxDraft> = settlement
-        .transactions
-        .iter()
-        .chain(gap_plan.settlements.iter().map(|gap| &gap.tx))
-        .collect();
+    let transactions: Vec<&TxDraft> =
+        settlement.transactions.iter().chain(gap_plan.settlements.iter().map(|gap| &gap.tx)).collect();
 
     // Statements as canonical JSON and their Merkle leaves (account id order, as `rules` returns them).
     let (statement_json, leaves) = encode_statements(&settlement.statements)?;

@@ -104,12 +104,22 @@ pub(crate) fn plan(
         let mut gap = HouseholdGap::default();
         for device in devices {
             let (Some(start), Some(end)) = (device.start, device.end) else {
-                return Err(SettlementError::InvalidData(format!("device {} has data without counters", device.device_id)));
+                return Err(SettlementError::InvalidData(format!(
+                    "device {} has data without counters",
+                    device.device_id
+                )));
             };
-            let registered_slot_ms = SlotId::containing(TimestampMs(device.registered_ms), context.zone.slot_len_ms).start_ms();
+            let registered_slot_ms =
+                SlotId::containing(TimestampMs(device.registered_ms), context.zone.slot_len_ms).start_ms();
             let from = match cursors.get(&device.device_id) {
                 Some(cursor) => Some(*cursor),
-                None => first_reading(conn, &device.device_id, since_ms.max(registered_slot_ms), start_ms, context.cutoff_ms)?,
+                None => first_reading(
+                    conn,
+                    &device.device_id,
+                    since_ms.max(registered_slot_ms),
+                    start_ms,
+                    context.cutoff_ms,
+                )?,
             };
             if let Some(from) = from.filter(|from| from.ts_ms < start_ms) {
                 gap.add_device(conn, &device.device_id, from, start, context.zone.slot_len_ms)?;

@@ -97,8 +97,10 @@ pub struct GapEnergy {
 /// counters: with replacements at times in `(from.ts_ms, to.ts_ms]` (taken in time order), the energy
 /// is `(old_final − from) + … + (to − new_initial)`. A segment whose counter runs backwards counts 0.
 pub fn gap_energy(from: CounterSample, to: CounterSample, replacements: &[Replacement]) -> GapEnergy {
-    let mut within: Vec<&Replacement> =
-        replacements.iter().filter(|replacement| from.ts_ms < replacement.at_ms && replacement.at_ms <= to.ts_ms).collect();
+    let mut within: Vec<&Replacement> = replacements
+        .iter()
+        .filter(|replacement| from.ts_ms < replacement.at_ms && replacement.at_ms <= to.ts_ms)
+        .collect();
     within.sort_by_key(|replacement| replacement.at_ms);
     let mut gap = GapEnergy::default();
     let mut add = |segment_import: i64, segment_export: i64| {
@@ -179,7 +181,8 @@ mod tests {
 
     #[test]
     fn a_replacement_in_the_gap_counts_each_meter_from_its_own_counters() {
-        let swap = Replacement { at_ms: 2_000, old_import_wh: 1_100, old_export_wh: 50, new_import_wh: 0, new_export_wh: 0 };
+        let swap =
+            Replacement { at_ms: 2_000, old_import_wh: 1_100, old_export_wh: 50, new_import_wh: 0, new_export_wh: 0 };
         // 100 Wh on the old meter up to its final reading, 30 on the new one since its initial reading.
         let gap = gap_energy(sample(900, 1_000, 40), sample(3_600, 30, 5), &[swap]);
         assert_eq!(gap, GapEnergy { energy: energy(130, 15), inconsistent: false });

@@ -222,8 +222,20 @@ pub struct GapLine {
 type GapRow = (String, i64, String, i64, i64, i64, i64, i64, i64, i64, i64, i64);
 
 fn gap_line(row: GapRow) -> Result<GapLine, SettlementError> {
-    let (zone, slot_ms, account, gap_start_ms, import_wh, export_wh, bought_wh, retail, feed_in, charged, credited, tx_id) =
-        row;
+    let (
+        zone,
+        slot_ms,
+        account,
+        gap_start_ms,
+        import_wh,
+        export_wh,
+        bought_wh,
+        retail,
+        feed_in,
+        charged,
+        credited,
+        tx_id,
+    ) = row;
     Ok(GapLine {
         zone: ZoneId::parse(&zone).map_err(|error| SettlementError::InvalidData(error.to_string()))?,
         slot: SlotId::new(slot_ms).map_err(|error| SettlementError::InvalidData(error.to_string()))?,

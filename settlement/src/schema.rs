@@ -135,4 +135,3 @@ diesel::allow_tables_to_appear_in_same_query!(
     statements,
     reward_epochs
 );
-

@@ -32,8 +32,11 @@ fn boundary(index: i64) -> i64 {
     index * SLOT_LEN_MS
 }
 
+/// Ledger entries (tx, line, account, kind, amount) and cursors (device, boundary, import, export).
+type Snapshot = (Vec<(i64, i64, String, String, i64)>, Vec<(String, i64, i64, i64)>);
+
 /// Everything the ledger and the cursors say, to compare before and after a repeated close.
-fn snapshot(conn: &mut DbConnection) -> (Vec<(i64, i64, String, String, i64)>, Vec<(String, i64, i64, i64)>) {
+fn snapshot(conn: &mut DbConnection) -> Snapshot {
     let entries = ledger_entries::table
         .order((ledger_entries::tx_id, ledger_entries::line))
         .select((
@@ -263,8 +266,11 @@ fn run(test_db: &TestDb, case: &Case, withhold: bool) -> Outcome {
                 (import_wh, export_wh) = (import_wh + import, export_wh + export);
             }
             let always_on_time = at == 0 || at >= slots - 1;
-            let delivery =
-                if withhold && index == case.withholder && !always_on_time { case.deliveries[at as usize] } else { Delivery::OnTime };
+            let delivery = if withhold && index == case.withholder && !always_on_time {
+                case.deliveries[at as usize]
+            } else {
+                Delivery::OnTime
+            };
             match delivery {
                 Delivery::OnTime => reading(conn, &house.device, boundary(at), import_wh, export_wh),
                 Delivery::Late(late) => {
