@@ -480,7 +480,7 @@ fn load_brackets(
 type Meters = (BTreeMap<AccountId, AccountMeter>, Vec<DeviceMeter>);
 
 /// Household meters of the zone over `[start_ms, end_ms)`, from readings received by `cutoff_ms`,
-/// and each device's counters at the two boundaries.
+/// and each device's counters at the slot start.
 fn load_meters(
     conn: &mut DbConnection,
     zone_id: &ZoneId,
@@ -513,7 +513,6 @@ fn load_meters(
             account,
             registered_ms: row.registered_ms,
             start: counters_at(&samples, start_ms, gap_ms_max),
-            end: counters_at(&samples, end_ms, gap_ms_max),
         });
     }
     Ok((meters, devices))

@@ -1,21 +1,26 @@
 //! Gaps: energy that fell between settled data, billed when data resumes (issue 11).
 //!
-//! It owns the metering cursors (`metering_cursors`: per device, the boundary up to which its energy
-//! is settled from metered data and its counters there), the per-zone start of cursors
+//! It owns the metering cursors (`metering_cursors`), the per-zone start of cursors
 //! (`metering_zones`) and the gap lines (`gap_settlements`); all are written only here, inside the
 //! close transaction of a slot (`close`), so a slot's close stays one transaction and idempotent.
 //!
-//! In the close of slot S, for each household with data for S (every device bracketed at both
-//! boundaries):
-//! - each device's gap runs from its cursor to S.start; a device without a cursor starts at its
-//!   first accepted reading since its registration slot (or since the zone's first slot with
-//!   cursors), so no energy before its first reading is invented and none after it is lost;
-//! - the gap energy is `metering::gap_energy` (across registered meter replacements), summed over
-//!   the devices, and settled by `rules::settle_gap` together with what the household bought in the
-//!   gap's slots (all "no data": a cursor only moves when the household had data);
-//! - every device's cursor moves to S.end with its counters there.
+//! A device's metering cursor is the boundary up to which its energy is settled from metered data,
+//! and its counters there. It is stored only while its household has an **open gap**: a device
+//! without a row is settled up to the end of its zone's last closed slot, so a slot in which every
+//! household has data writes no cursor at all (a 100,000-device close stays bound by its ledger
+//! writes). In the close of slot S:
+//! - a household that is "no data" in S opens a gap: each of its devices without a row gets one,
+//!   at S.start with its counters there, or, if it has no reading at S.start (a device that never
+//!   reported since it was registered, or since the zone's first slot with cursors), a row "from its
+//!   first reading" (counters NULL); rows that exist stay, so the gap grows until data resumes;
+//! - a household with data in S (every device bracketed at both boundaries) and rows settles its
+//!   gap: each device's energy from its cursor (or first reading) to S.start is
+//!   `metering::gap_energy` (across registered meter replacements), summed over the devices and
+//!   settled by `rules::settle_gap` with what the household bought in the gap's slots (all "no
+//!   data"); its rows are deleted. A device without a row was settled up to S.start (its household
+//!   had data in the previous slot, or it was not registered then): no gap.
 //!
-//! A household that is "no data" in S keeps its cursors: its gap grows until data resumes.
+//! No energy before a device's first reading is invented, and none after it is lost.
 
 use crate::close::METERED_WH_PER_SLOT_MAX;
 use crate::metering::{gap_energy, CounterSample, Replacement};
@@ -24,35 +29,41 @@ use crate::rules::{self, AccountMeter, GapInput, GapSettlement};
 use crate::schema::{gap_settlements, metering_cursors, metering_zones};
 use crate::SettlementError;
 use diesel::prelude::*;
-use diesel::upsert::excluded;
 use exchange::db::DbConnection;
 use exchange::schema::{meter_replacements, readings, trades};
 use protocol::{AccountId, SlotId, TimestampMs, ZoneId};
 use std::collections::{BTreeMap, HashMap};
 
-/// Rows per multi-row upsert of cursors: 1000 rows of 6 columns stay far below both backends'
-/// bound-parameter limits (SQLite 32 766, PostgreSQL 65 535).
-const CURSOR_UPSERT_ROWS_MAX: usize = 1_000;
+/// Rows per multi-row insert or delete of cursors: 1000 rows of 6 columns stay far below both
+/// backends' bound-parameter limits (SQLite 32 766, PostgreSQL 65 535).
+const CURSOR_ROWS_MAX: usize = 1_000;
 
-/// One device of the zone in the slot being closed: its counters at the slot's boundaries.
+/// One device of the zone in the slot being closed: its counters at the slot's start.
 #[derive(Debug, Clone)]
 pub(crate) struct DeviceMeter {
     pub device_id: String,
     pub account: AccountId,
     pub registered_ms: i64,
-    /// Counters at the slot start and end, where bracketed.
+    /// Counters at the slot start, where bracketed.
     pub start: Option<CounterSample>,
-    pub end: Option<CounterSample>,
 }
 
 /// What a slot's close writes for gaps: the households' gap settlements (each with a transaction
-/// that has entries) and the new cursors.
+/// that has entries), the cursors it opens and those it closes.
 #[derive(Debug, Default)]
 pub(crate) struct GapPlan {
     pub settlements: Vec<GapSettlement>,
-    cursors: Vec<CursorRow>,
+    opened: Vec<CursorRow>,
+    closed: Vec<String>,
     /// Set when this is the zone's first slot closed with cursors.
     zone_since_ms: Option<i64>,
+}
+
+/// A stored cursor: counters at `boundary_ms`, or `None`: from the first reading at or after it.
+#[derive(Debug, Clone, Copy)]
+struct Cursor {
+    boundary_ms: i64,
+    counters: Option<CounterSample>,
 }
 
 #[derive(Debug, Insertable)]
@@ -62,8 +73,8 @@ struct CursorRow {
     device_id: String,
     zone_id: String,
     boundary_ms: i64,
-    import_wh: i64,
-    export_wh: i64,
+    import_wh: Option<i64>,
+    export_wh: Option<i64>,
     slot_start_ms: i64,
 }
 
@@ -75,7 +86,7 @@ pub(crate) struct SlotContext<'a> {
     pub cutoff_ms: i64,
 }
 
-/// Plans the gap settlements and cursor moves of the slot (see the module docs). Reads only.
+/// Plans the gap settlements and cursor changes of the slot (see the module docs). Reads only.
 pub(crate) fn plan(
     conn: &mut DbConnection,
     context: &SlotContext<'_>,
@@ -83,7 +94,7 @@ pub(crate) fn plan(
     meters: &BTreeMap<AccountId, AccountMeter>,
 ) -> Result<GapPlan, SettlementError> {
     let zone_id = &context.zone.zone_id;
-    let (start_ms, end_ms) = (context.slot.start_ms(), context.slot.end(context.zone.slot_len_ms).0);
+    let start_ms = context.slot.start_ms();
     let since: Option<i64> = metering_zones::table
         .filter(metering_zones::zone_id.eq(zone_id.as_str()))
         .select(metering_zones::since_ms)
@@ -99,39 +110,33 @@ pub(crate) fn plan(
     }
     for (account, devices) in by_account {
         if meters.get(&account).is_none_or(|meter| meter.no_data) {
+            for device in devices.into_iter().filter(|device| !cursors.contains_key(&device.device_id)) {
+                plan.opened.push(open_cursor(context, device, since_ms));
+            }
+            continue;
+        }
+        if devices.iter().all(|device| !cursors.contains_key(&device.device_id)) {
             continue;
         }
         let mut gap = HouseholdGap::default();
         for device in devices {
-            let (Some(start), Some(end)) = (device.start, device.end) else {
+            let Some(cursor) = cursors.get(&device.device_id) else {
+                continue;
+            };
+            let Some(start) = device.start else {
                 return Err(SettlementError::InvalidData(format!(
                     "device {} has data without counters",
                     device.device_id
                 )));
             };
-            let registered_slot_ms =
-                SlotId::containing(TimestampMs(device.registered_ms), context.zone.slot_len_ms).start_ms();
-            let from = match cursors.get(&device.device_id) {
-                Some(cursor) => Some(*cursor),
-                None => first_reading(
-                    conn,
-                    &device.device_id,
-                    since_ms.max(registered_slot_ms),
-                    start_ms,
-                    context.cutoff_ms,
-                )?,
+            let from = match cursor.counters {
+                Some(counters) => Some(counters),
+                None => first_reading(conn, &device.device_id, cursor.boundary_ms, start_ms, context.cutoff_ms)?,
             };
             if let Some(from) = from.filter(|from| from.ts_ms < start_ms) {
                 gap.add_device(conn, &device.device_id, from, start, context.zone.slot_len_ms)?;
             }
-            plan.cursors.push(CursorRow {
-                device_id: device.device_id.clone(),
-                zone_id: zone_id.to_string(),
-                boundary_ms: end_ms,
-                import_wh: end.import_wh,
-                export_wh: end.export_wh,
-                slot_start_ms: start_ms,
-            });
+            plan.closed.push(device.device_id.clone());
         }
         if let Some(gap_start_ms) = gap.start_ms {
             let settlement = settle_household(conn, context, account, gap_start_ms, &gap)?;
@@ -141,6 +146,24 @@ pub(crate) fn plan(
         }
     }
     Ok(plan)
+}
+
+/// The cursor of a device whose household opens a gap in the slot: its counters at the slot start,
+/// or "from its first reading" since it was registered (or since cursors exist in the zone).
+fn open_cursor(context: &SlotContext<'_>, device: &DeviceMeter, since_ms: i64) -> CursorRow {
+    let registered_slot_ms = SlotId::containing(TimestampMs(device.registered_ms), context.zone.slot_len_ms).start_ms();
+    let (boundary_ms, import_wh, export_wh) = match device.start {
+        Some(start) => (start.ts_ms, Some(start.import_wh), Some(start.export_wh)),
+        None => (since_ms.max(registered_slot_ms), None, None),
+    };
+    CursorRow {
+        device_id: device.device_id.clone(),
+        zone_id: context.zone.zone_id.to_string(),
+        boundary_ms,
+        import_wh,
+        export_wh,
+        slot_start_ms: context.slot.start_ms(),
+    }
 }
 
 /// A household's gap, summed over its devices.
@@ -227,9 +250,9 @@ fn tariffs_in_force(
     Ok(in_force)
 }
 
-/// The cursors of the zone's devices.
-fn load_cursors(conn: &mut DbConnection, zone_id: &ZoneId) -> Result<HashMap<String, CounterSample>, SettlementError> {
-    let rows: Vec<(String, i64, i64, i64)> = metering_cursors::table
+/// The stored cursors of the zone's devices (those with an open gap).
+fn load_cursors(conn: &mut DbConnection, zone_id: &ZoneId) -> Result<HashMap<String, Cursor>, SettlementError> {
+    let rows: Vec<(String, i64, Option<i64>, Option<i64>)> = metering_cursors::table
         .filter(metering_cursors::zone_id.eq(zone_id.as_str()))
         .select((
             metering_cursors::device_id,
@@ -240,7 +263,14 @@ fn load_cursors(conn: &mut DbConnection, zone_id: &ZoneId) -> Result<HashMap<Str
         .load(conn)?;
     Ok(rows
         .into_iter()
-        .map(|(device_id, ts_ms, import_wh, export_wh)| (device_id, CounterSample { ts_ms, import_wh, export_wh }))
+        .map(|(device_id, boundary_ms, import_wh, export_wh)| {
+            let counters = import_wh.zip(export_wh).map(|(import_wh, export_wh)| CounterSample {
+                ts_ms: boundary_ms,
+                import_wh,
+                export_wh,
+            });
+            (device_id, Cursor { boundary_ms, counters })
+        })
         .collect())
 }
 
@@ -297,7 +327,7 @@ fn load_replacements(
 }
 
 /// Writes the plan: gap lines (their transactions have ids from `first_tx_id` on, in order), the
-/// cursors, and the zone's start of cursors. Call inside the slot's close transaction.
+/// cursors opened and closed, and the zone's start of cursors. Call inside the slot's close transaction.
 pub(crate) fn write(
     conn: &mut DbConnection,
     zone_id: &ZoneId,
@@ -329,32 +359,16 @@ pub(crate) fn write(
             ))
             .execute(conn)?;
     }
-    upsert_cursors(conn, &plan.cursors)
-}
-
-macro_rules! upsert_chunks {
-    ($conn:expr, $rows:expr) => {
-        for chunk in $rows.chunks(CURSOR_UPSERT_ROWS_MAX) {
-            diesel::insert_into(metering_cursors::table)
-                .values(chunk)
-                .on_conflict(metering_cursors::device_id)
-                .do_update()
-                .set((
-                    metering_cursors::boundary_ms.eq(excluded(metering_cursors::boundary_ms)),
-                    metering_cursors::import_wh.eq(excluded(metering_cursors::import_wh)),
-                    metering_cursors::export_wh.eq(excluded(metering_cursors::export_wh)),
-                    metering_cursors::slot_start_ms.eq(excluded(metering_cursors::slot_start_ms)),
-                ))
-                .execute($conn)?;
-        }
-    };
-}
-
-/// Moves the cursors: multi-row upserts of [`CURSOR_UPSERT_ROWS_MAX`] rows.
-fn upsert_cursors(conn: &mut DbConnection, rows: &[CursorRow]) -> Result<(), SettlementError> {
-    match conn {
-        DbConnection::Postgres(pg) => upsert_chunks!(pg, rows),
-        DbConnection::Sqlite(sqlite) => upsert_chunks!(sqlite, rows),
+    for chunk in plan.opened.chunks(CURSOR_ROWS_MAX) {
+        match conn {
+            DbConnection::Postgres(pg) => diesel::insert_into(metering_cursors::table).values(chunk).execute(pg)?,
+            DbConnection::Sqlite(sqlite) => {
+                diesel::insert_into(metering_cursors::table).values(chunk).execute(sqlite)?
+            }
+        };
+    }
+    for chunk in plan.closed.chunks(CURSOR_ROWS_MAX) {
+        diesel::delete(metering_cursors::table.filter(metering_cursors::device_id.eq_any(chunk))).execute(conn)?;
     }
     Ok(())
 }

@@ -86,14 +86,14 @@ diesel::table! {
 }
 
 diesel::table! {
-    /// Per device: the boundary up to which its energy is settled from metered data, and its
-    /// counters there (see `close`).
+    /// Per device with an open gap: the boundary up to which its energy is settled from metered
+    /// data, and its counters there (NULL: from its first reading since then). See `gaps`.
     metering_cursors (device_id) {
         device_id -> Text,
         zone_id -> Text,
         boundary_ms -> BigInt,
-        import_wh -> BigInt,
-        export_wh -> BigInt,
+        import_wh -> Nullable<BigInt>,
+        export_wh -> Nullable<BigInt>,
         slot_start_ms -> BigInt,
     }
 }

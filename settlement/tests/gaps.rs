@@ -10,10 +10,11 @@ use exchange::db::testing::TestDb;
 use exchange::db::DbConnection;
 use exchange::schema::meter_replacements;
 use proptest::prelude::*;
-use protocol::{MicroMoney, MicroTokens, Wh};
-use settlement::queries;
+use protocol::testing::signing_key;
+use protocol::{DeviceId, MeterSerial, MicroMoney, MicroTokens, Wh};
 use settlement::schema::{ledger_entries, metering_cursors};
 use settlement::SlotOutcome;
+use settlement::{queries, registry};
 
 fn money(conn: &mut DbConnection, account: &str) -> i64 {
     queries::balances(conn, account).expect("balances").money.0
@@ -33,7 +34,7 @@ fn boundary(index: i64) -> i64 {
 }
 
 /// Ledger entries (tx, line, account, kind, amount) and cursors (device, boundary, import, export).
-type Snapshot = (Vec<(i64, i64, String, String, i64)>, Vec<(String, i64, i64, i64)>);
+type Snapshot = (Vec<(i64, i64, String, String, i64)>, Vec<(String, i64, Option<i64>, Option<i64>)>);
 
 /// Everything the ledger and the cursors say, to compare before and after a repeated close.
 fn snapshot(conn: &mut DbConnection) -> Snapshot {
@@ -81,7 +82,12 @@ fn withheld_readings_are_billed_at_retail_when_readings_resume() {
         // Boundaries 2 and 3 withheld.
         reading(conn, &house.device, boundary(4), 1_260, 1_000);
         reading(conn, &house.device, boundary(5), 1_270, 1_000);
-        close_all(conn, 5);
+        close_all(conn, 4);
+        // The open gap is the only cursor stored: settled up to boundary 1, at its counters.
+        let cursors = snapshot(conn).1;
+        assert_eq!(cursors, vec![(house.device.to_hex(), boundary(1), Some(1_010), Some(1_000))]);
+        assert!(matches!(close(conn, 4).expect("closes"), SlotOutcome::Settled(_)));
+        assert!(snapshot(conn).1.is_empty(), "the settled gap's cursor is gone; slots with data store none");
 
         // 10 + 250 + 10 Wh, all at retail (300 µ/Wh).
         assert_eq!(money(conn, &house.hex()), -81_000);
@@ -160,6 +166,32 @@ fn a_new_device_that_withholds_its_first_boundaries_is_billed_from_its_first_rea
         reading(conn, &house.device, boundary(4), 1_410, 0);
         close_all(conn, 4);
         assert_eq!(money(conn, &house.hex()), -300 * 410);
+        assert_balanced(conn);
+    }
+}
+
+// A household with two meters: one withholds a boundary, so the household is "no data" for two
+// slots and both meters' energy in them is billed when data resumes.
+#[test]
+fn a_household_with_two_meters_is_billed_for_both_when_one_withholds() {
+    for test_db in TestDb::all() {
+        let conn = &mut *connection(&test_db);
+        setup(conn, default_schedule());
+        let house = household(conn, 1);
+        let second = DeviceId::from_verifying_key(&signing_key(150).verifying_key());
+        let serial = MeterSerial::parse("SN-1b").expect("serial");
+        registry::register_device(conn, &second, &house.account, &zone(), &serial, 5_000, 0).expect("device");
+        for (at, import_wh) in [(0, 1_000), (1, 1_010), (3, 1_100), (4, 1_110)] {
+            reading(conn, &house.device, boundary(at), import_wh, 0);
+        }
+        for (at, import_wh) in [(0, 500), (1, 520), (2, 540), (3, 560), (4, 580)] {
+            reading(conn, &second, boundary(at), import_wh, 0);
+        }
+        close_all(conn, 4);
+        let gap = &queries::slot_report(conn, &zone(), slot(3)).expect("query").expect("settled").gaps[0];
+        assert_eq!((gap.gap_start_ms, gap.import_wh), (boundary(1), Wh(90 + 40)));
+        // 30 + 130 + 30 Wh at retail.
+        assert_eq!(money(conn, &house.hex()), -300 * 190);
         assert_balanced(conn);
     }
 }

@@ -2,17 +2,22 @@
 -- close transaction of a slot.
 --
 -- A device's metering cursor: the slot boundary up to which its energy has been settled from
--- metered data, and its counters at that boundary. When a later slot has data while the cursor is
--- before its start, the energy of the gap [boundary_ms, slot start) is settled in that slot's close.
+-- metered data, and its counters at that boundary. A row exists only while the device's household
+-- has an open gap (it was "no data" since boundary_ms); a device without a row is settled up to the
+-- end of its zone's last closed slot, so the common case writes nothing. When a later slot has data,
+-- the energy of the gap [boundary_ms, slot start) is settled in that slot's close and the row goes.
+-- Counters NULL: the device had no reading yet; its gap starts at its first reading at or after
+-- boundary_ms.
 CREATE TABLE metering_cursors (
     device_id TEXT PRIMARY KEY NOT NULL REFERENCES devices (device_id),
     -- The device's zone (a device belongs to one zone; read per zone).
     zone_id TEXT NOT NULL,
     boundary_ms BIGINT NOT NULL,
-    import_wh BIGINT NOT NULL CHECK (import_wh >= 0),
-    export_wh BIGINT NOT NULL CHECK (export_wh >= 0),
+    import_wh BIGINT CHECK (import_wh >= 0),
+    export_wh BIGINT CHECK (export_wh >= 0),
     -- The slot whose close wrote it.
-    slot_start_ms BIGINT NOT NULL
+    slot_start_ms BIGINT NOT NULL,
+    CHECK ((import_wh IS NULL) = (export_wh IS NULL))
 );
 CREATE INDEX metering_cursors_by_zone ON metering_cursors (zone_id);
 
