@@ -196,8 +196,9 @@ impl HouseholdGap {
         let credited_export_wh =
             if gap.inconsistent || gap.energy.export_wh > export_wh_max { 0 } else { gap.energy.export_wh };
         self.start_ms = Some(self.start_ms.map_or(from.ts_ms, |start| start.min(from.ts_ms)));
-        self.import_wh += gap.energy.import_wh;
-        self.export_wh += credited_export_wh;
+        // Saturating: only forged counters near i64::MAX could overflow, and they are charged anyway.
+        self.import_wh = self.import_wh.saturating_add(gap.energy.import_wh);
+        self.export_wh = self.export_wh.saturating_add(credited_export_wh);
         Ok(())
     }
 }
@@ -227,7 +228,7 @@ fn settle_household(
         gap_start_ms,
         import_wh: gap.import_wh,
         export_wh: gap.export_wh,
-        bought_wh: bought.iter().sum(),
+        bought_wh: bought.iter().fold(0_i64, |sum, qty_wh| sum.saturating_add(*qty_wh)),
         retail_price_per_kwh: retail,
         feed_in_price_per_kwh: feed_in,
     };

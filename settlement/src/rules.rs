@@ -444,7 +444,8 @@ pub fn settle_gap(input: &GapInput, slot: SlotId, utility: &str) -> GapSettlemen
     assert!(input.gap_start_ms < slot.start_ms(), "a gap ends where the slot starts");
     let account = input.account.to_hex();
     let charged = input.retail_price_per_kwh.value_of(Wh(input.import_wh), Rounding::Floor).0;
-    let credited = input.feed_in_price_per_kwh.value_of(Wh(input.export_wh + input.bought_wh), Rounding::Floor).0;
+    let credited =
+        input.feed_in_price_per_kwh.value_of(Wh(input.export_wh.saturating_add(input.bought_wh)), Rounding::Floor).0;
     let mut tx = TxDraft::new(TxKind::Gap, format!("{account}/{}-{}", input.gap_start_ms, slot.start_ms()));
     tx.transfer(Asset::Money, EntryKind::Gap, &account, utility, charged);
     tx.transfer(Asset::Money, EntryKind::Gap, utility, &account, credited);
