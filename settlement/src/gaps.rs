@@ -16,8 +16,8 @@
 //! - a household with data in S (every device bracketed at both boundaries) and rows settles its
 //!   gap: each device's energy from its cursor (or first reading) to S.start is
 //!   `metering::gap_energy` (across registered meter replacements), summed over the devices and
-//!   settled by `rules::settle_gap` with what the household bought in the gap's slots (all "no
-//!   data"); its rows are deleted. A device without a row was settled up to S.start (its household
+//!   settled by `rules::settle_gap` with what the household bought in the slots wholly in the gap
+//!   (all "no data"); its rows are deleted. A device without a row was settled up to S.start (its household
 //!   had data in the previous slot, or it was not registered then): no gap.
 //!
 //! No energy before a device's first reading is invented, and none after it is lost.
@@ -113,39 +113,47 @@ pub(crate) fn plan(
             for device in devices.into_iter().filter(|device| !cursors.contains_key(&device.device_id)) {
                 plan.opened.push(open_cursor(context, device, since_ms));
             }
-            continue;
-        }
-        if devices.iter().all(|device| !cursors.contains_key(&device.device_id)) {
-            continue;
-        }
-        let mut gap = HouseholdGap::default();
-        for device in devices {
-            let Some(cursor) = cursors.get(&device.device_id) else {
-                continue;
-            };
-            let Some(start) = device.start else {
-                return Err(SettlementError::InvalidData(format!(
-                    "device {} has data without counters",
-                    device.device_id
-                )));
-            };
-            let from = match cursor.counters {
-                Some(counters) => Some(counters),
-                None => first_reading(conn, &device.device_id, cursor.boundary_ms, start_ms, context.cutoff_ms)?,
-            };
-            if let Some(from) = from.filter(|from| from.ts_ms < start_ms) {
-                gap.add_device(conn, &device.device_id, from, start, context.zone.slot_len_ms)?;
-            }
-            plan.closed.push(device.device_id.clone());
-        }
-        if let Some(gap_start_ms) = gap.start_ms {
-            let settlement = settle_household(conn, context, account, gap_start_ms, &gap)?;
-            if !settlement.tx.entries.is_empty() {
-                plan.settlements.push(settlement);
-            }
+        } else if devices.iter().any(|device| cursors.contains_key(&device.device_id)) {
+            settle_resumed(conn, context, account, &devices, &cursors, &mut plan)?;
         }
     }
     Ok(plan)
+}
+
+/// A household with data again and open cursors: its gap is settled and its cursors closed.
+fn settle_resumed(
+    conn: &mut DbConnection,
+    context: &SlotContext<'_>,
+    account: AccountId,
+    devices: &[&DeviceMeter],
+    cursors: &HashMap<String, Cursor>,
+    plan: &mut GapPlan,
+) -> Result<(), SettlementError> {
+    let start_ms = context.slot.start_ms();
+    let mut gap = HouseholdGap::default();
+    for device in devices {
+        let Some(cursor) = cursors.get(&device.device_id) else {
+            continue;
+        };
+        let Some(start) = device.start else {
+            return Err(SettlementError::InvalidData(format!("device {} has data without counters", device.device_id)));
+        };
+        let from = match cursor.counters {
+            Some(counters) => Some(counters),
+            None => first_reading(conn, &device.device_id, cursor.boundary_ms, start_ms, context.cutoff_ms)?,
+        };
+        if let Some(from) = from.filter(|from| from.ts_ms < start_ms) {
+            gap.add_device(conn, &device.device_id, from, start, context.zone.slot_len_ms)?;
+        }
+        plan.closed.push(device.device_id.clone());
+    }
+    if let Some(gap_start_ms) = gap.start_ms {
+        let settlement = settle_household(conn, context, account, gap_start_ms, &gap)?;
+        if !settlement.tx.entries.is_empty() {
+            plan.settlements.push(settlement);
+        }
+    }
+    Ok(())
 }
 
 /// The cursor of a device whose household opens a gap in the slot: its counters at the slot start,
@@ -213,10 +221,14 @@ fn settle_household(
 ) -> Result<GapSettlement, SettlementError> {
     let zone_id = &context.zone.zone_id;
     let first_slot_ms = SlotId::containing(TimestampMs(gap_start_ms), context.zone.slot_len_ms).start_ms();
+    // Purchases count from the first slot wholly in the gap: a gap that starts at a device's first
+    // reading, inside a slot, does not know what was used in that slot before the reading.
+    let bought_from_ms =
+        if first_slot_ms == gap_start_ms { first_slot_ms } else { first_slot_ms + context.zone.slot_len_ms };
     let bought: Vec<i64> = trades::table
         .filter(trades::zone_id.eq(zone_id.as_str()))
         .filter(trades::buyer_id.eq(account.to_hex()))
-        .filter(trades::slot_start_ms.ge(first_slot_ms))
+        .filter(trades::slot_start_ms.ge(bought_from_ms))
         .filter(trades::slot_start_ms.lt(context.slot.start_ms()))
         .select(trades::qty_wh)
         .load(conn)?;
