@@ -11,7 +11,8 @@ use exchange::db::DbConnection;
 use exchange::schema::meter_replacements;
 use proptest::prelude::*;
 use protocol::testing::signing_key;
-use protocol::{DeviceId, MeterSerial, MicroMoney, MicroTokens, Wh};
+use protocol::{DeviceId, MeterSerial, MicroMoney, MicroTokens, PricePerKwh, Wh};
+use settlement::rules::Tariff;
 use settlement::schema::{ledger_entries, metering_cursors};
 use settlement::SlotOutcome;
 use settlement::{queries, registry};
@@ -166,6 +167,43 @@ fn a_new_device_that_withholds_its_first_boundaries_is_billed_from_its_first_rea
         reading(conn, &house.device, boundary(4), 1_410, 0);
         close_all(conn, 4);
         assert_eq!(money(conn, &house.hex()), -300 * 410);
+        assert_balanced(conn);
+    }
+}
+
+// Energy bought peer-to-peer in a no-data slot was treated as imported there; the gap credits it at
+// feed-in. Across a tariff change the gap is billed at the highest retail and the lowest feed-in.
+#[test]
+fn a_gap_credits_purchases_at_feed_in_and_takes_the_worst_prices_across_a_tariff_change() {
+    for test_db in TestDb::all() {
+        let conn = &mut *connection(&test_db);
+        setup(conn, default_schedule());
+        let changed = Tariff {
+            effective_from_ms: boundary(2),
+            retail_price_per_kwh: PricePerKwh(350_000),
+            feed_in_price_per_kwh: PricePerKwh(60_000),
+            ..tariff()
+        };
+        registry::set_tariff(conn, &zone(), &changed).expect("a tariff from slot 2");
+        let (house, seller) = (household(conn, 1), household(conn, 2));
+        for (at, import_wh) in [(0, 1_000), (1, 1_010), (4, 1_260), (5, 1_270)] {
+            reading(conn, &house.device, boundary(at), import_wh, 0);
+        }
+        for at in 0..=5 {
+            reading(conn, &seller.device, boundary(at), 0, 100 * at);
+        }
+        trade(conn, 1, 2, 200_000, 100, &house, &seller);
+        close_all(conn, 5);
+
+        let gap = &queries::slot_report(conn, &zone(), slot(4)).expect("query").expect("settled").gaps[0];
+        assert_eq!((gap.import_wh, gap.bought_wh), (Wh(250), Wh(100)));
+        assert_eq!((gap.retail_price_per_kwh, gap.feed_in_price_per_kwh), (PricePerKwh(350_000), PricePerKwh(60_000)));
+        // 250 Wh at 350 µ/Wh charged, 100 Wh at 60 µ/Wh credited.
+        assert_eq!((gap.charged, gap.credited), (MicroMoney(-87_500), MicroMoney(6_000)));
+        // Slot 0 at the first tariff, slot 4 at the second; the trade: 20 000 + 2 000 grid fee + 100
+        // protocol fee; the gap.
+        let expected = -300 * 10 - 350 * 10 - (20_000 + 2_000 + 100) - 87_500 + 6_000;
+        assert_eq!(money(conn, &house.hex()), expected);
         assert_balanced(conn);
     }
 }
