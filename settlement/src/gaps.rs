@@ -108,29 +108,46 @@ pub(crate) fn plan(
     for device in devices {
         by_account.entry(device.account).or_default().push(device);
     }
+    let mut resuming = Vec::new();
     for (account, devices) in by_account {
         if meters.get(&account).is_none_or(|meter| meter.no_data) {
             for device in devices.into_iter().filter(|device| !cursors.contains_key(&device.device_id)) {
                 plan.opened.push(open_cursor(context, device, since_ms));
             }
         } else if devices.iter().any(|device| cursors.contains_key(&device.device_id)) {
-            settle_resumed(conn, context, account, &devices, &cursors, &mut plan)?;
+            resuming.push(resume(conn, context, account, &devices, &cursors, &mut plan)?);
+        }
+    }
+    if resuming.iter().any(|household| !household.segments.is_empty()) {
+        let batch = Batch::load(conn, context, &resuming)?;
+        for household in &resuming {
+            if let Some(settlement) = settle_household(context, household, &batch) {
+                plan.settlements.push(settlement);
+            }
         }
     }
     Ok(plan)
 }
 
-/// A household with data again and open cursors: its gap is settled and its cursors closed.
-fn settle_resumed(
+/// A household with data again and open cursors: each device's gap `[from, to)`.
+#[derive(Debug)]
+struct Resuming {
+    account: AccountId,
+    /// (device id, counters at the cursor or first reading, counters at the slot start).
+    segments: Vec<(String, CounterSample, CounterSample)>,
+}
+
+/// Closes the household's cursors and finds where each device's gap starts.
+fn resume(
     conn: &mut DbConnection,
     context: &SlotContext<'_>,
     account: AccountId,
     devices: &[&DeviceMeter],
     cursors: &HashMap<String, Cursor>,
     plan: &mut GapPlan,
-) -> Result<(), SettlementError> {
+) -> Result<Resuming, SettlementError> {
     let start_ms = context.slot.start_ms();
-    let mut gap = HouseholdGap::default();
+    let mut resuming = Resuming { account, segments: Vec::new() };
     for device in devices {
         let Some(cursor) = cursors.get(&device.device_id) else {
             continue;
@@ -140,20 +157,15 @@ fn settle_resumed(
         };
         let from = match cursor.counters {
             Some(counters) => Some(counters),
+            // Only devices that never reported before the gap: rare, one indexed probe each.
             None => first_reading(conn, &device.device_id, cursor.boundary_ms, start_ms, context.cutoff_ms)?,
         };
         if let Some(from) = from.filter(|from| from.ts_ms < start_ms) {
-            gap.add_device(conn, &device.device_id, from, start, context.zone.slot_len_ms)?;
+            resuming.segments.push((device.device_id.clone(), from, start));
         }
         plan.closed.push(device.device_id.clone());
     }
-    if let Some(gap_start_ms) = gap.start_ms {
-        let settlement = settle_household(conn, context, account, gap_start_ms, &gap)?;
-        if !settlement.tx.entries.is_empty() {
-            plan.settlements.push(settlement);
-        }
-    }
-    Ok(())
+    Ok(resuming)
 }
 
 /// The cursor of a device whose household opens a gap in the slot: its counters at the slot start,
@@ -174,6 +186,71 @@ fn open_cursor(context: &SlotContext<'_>, device: &DeviceMeter, since_ms: i64) -
     }
 }
 
+/// What settling the slot's resuming households needs beyond their counters, read set-based once
+/// per close (after an outage every household of a zone may resume in the same slot).
+struct Batch {
+    /// Registered replacements of the resuming devices, in time order.
+    replacements: HashMap<String, Vec<Replacement>>,
+    /// Purchases in the zone since the earliest gap: (buyer, slot start) → Wh.
+    bought: BTreeMap<(String, i64), i64>,
+    /// Every tariff of the zone, oldest first.
+    tariffs: Vec<rules::Tariff>,
+}
+
+impl Batch {
+    fn load(
+        conn: &mut DbConnection,
+        context: &SlotContext<'_>,
+        resuming: &[Resuming],
+    ) -> Result<Batch, SettlementError> {
+        let zone_id = &context.zone.zone_id;
+        let start_ms = context.slot.start_ms();
+        let earliest_ms = resuming
+            .iter()
+            .flat_map(|household| household.segments.iter().map(|(_, from, _)| from.ts_ms))
+            .min()
+            .unwrap_or(start_ms);
+        let devices: Vec<&str> = resuming
+            .iter()
+            .flat_map(|household| household.segments.iter().map(|(device, _, _)| device.as_str()))
+            .collect();
+        let mut replacements: HashMap<String, Vec<Replacement>> = HashMap::new();
+        for chunk in devices.chunks(CURSOR_ROWS_MAX) {
+            for (device_id, replacement) in load_replacements(conn, chunk, earliest_ms, start_ms)? {
+                replacements.entry(device_id).or_default().push(replacement);
+            }
+        }
+        let first_slot_ms = SlotId::containing(TimestampMs(earliest_ms), context.zone.slot_len_ms).start_ms();
+        let rows: Vec<(String, i64, i64)> = trades::table
+            .filter(trades::zone_id.eq(zone_id.as_str()))
+            .filter(trades::slot_start_ms.ge(first_slot_ms))
+            .filter(trades::slot_start_ms.lt(start_ms))
+            .select((trades::buyer_id, trades::slot_start_ms, trades::qty_wh))
+            .load(conn)?;
+        let mut bought: BTreeMap<(String, i64), i64> = BTreeMap::new();
+        for (buyer, slot_ms, qty_wh) in rows {
+            let sum = bought.entry((buyer, slot_ms)).or_default();
+            *sum = sum.saturating_add(qty_wh);
+        }
+        Ok(Batch { replacements, bought, tariffs: registry::tariffs(conn, zone_id)? })
+    }
+
+    /// What `buyer` bought in slots starting in `[from_ms, to_ms)`.
+    fn bought_wh(&self, buyer: &str, from_ms: i64, to_ms: i64) -> i64 {
+        self.bought
+            .range((buyer.to_owned(), from_ms)..(buyer.to_owned(), to_ms))
+            .fold(0_i64, |sum, (_, qty_wh)| sum.saturating_add(*qty_wh))
+    }
+
+    /// The tariffs in force at some time in `[from_ms, to_ms)`.
+    fn tariffs_in_force(&self, from_ms: i64, to_ms: i64) -> Vec<rules::Tariff> {
+        let at_start = self.tariffs.iter().rev().find(|tariff| tariff.effective_from_ms <= from_ms);
+        let later =
+            self.tariffs.iter().filter(|tariff| from_ms < tariff.effective_from_ms && tariff.effective_from_ms < to_ms);
+        at_start.into_iter().chain(later).copied().collect()
+    }
+}
+
 /// A household's gap, summed over its devices.
 #[derive(Debug, Default)]
 struct HouseholdGap {
@@ -188,14 +265,13 @@ impl HouseholdGap {
     /// registered replacement, or that exported implausibly much, is credited no export.
     fn add_device(
         &mut self,
-        conn: &mut DbConnection,
         device_id: &str,
         from: CounterSample,
         to: CounterSample,
+        replacements: &[Replacement],
         slot_len_ms: i64,
-    ) -> Result<(), SettlementError> {
-        let replacements = load_replacements(conn, device_id, from.ts_ms, to.ts_ms)?;
-        let gap = gap_energy(from, to, &replacements);
+    ) {
+        let gap = gap_energy(from, to, replacements);
         let slots = (to.ts_ms - from.ts_ms).div_euclid(slot_len_ms) + 1;
         let export_wh_max = METERED_WH_PER_SLOT_MAX.saturating_mul(slots);
         if gap.inconsistent {
@@ -207,60 +283,37 @@ impl HouseholdGap {
         // Saturating: only forged counters near i64::MAX could overflow, and they are charged anyway.
         self.import_wh = self.import_wh.saturating_add(gap.energy.import_wh);
         self.export_wh = self.export_wh.saturating_add(credited_export_wh);
-        Ok(())
     }
 }
 
-/// The gap settlement of one household: what it bought in the gap's slots, the prices in force.
-fn settle_household(
-    conn: &mut DbConnection,
-    context: &SlotContext<'_>,
-    account: AccountId,
-    gap_start_ms: i64,
-    gap: &HouseholdGap,
-) -> Result<GapSettlement, SettlementError> {
-    let zone_id = &context.zone.zone_id;
-    let first_slot_ms = SlotId::containing(TimestampMs(gap_start_ms), context.zone.slot_len_ms).start_ms();
+/// The gap settlement of one household (`None` when it has no gap or nothing to pay): its devices'
+/// energy, what it bought in the slots wholly in the gap, at the worst prices in force.
+fn settle_household(context: &SlotContext<'_>, household: &Resuming, batch: &Batch) -> Option<GapSettlement> {
+    let slot_len_ms = context.zone.slot_len_ms;
+    let mut gap = HouseholdGap::default();
+    for (device_id, from, to) in &household.segments {
+        let replacements = batch.replacements.get(device_id).map_or(&[][..], Vec::as_slice);
+        gap.add_device(device_id, *from, *to, replacements, slot_len_ms);
+    }
+    let gap_start_ms = gap.start_ms?;
+    let first_slot_ms = SlotId::containing(TimestampMs(gap_start_ms), slot_len_ms).start_ms();
     // Purchases count from the first slot wholly in the gap: a gap that starts at a device's first
     // reading, inside a slot, does not know what was used in that slot before the reading.
-    let bought_from_ms =
-        if first_slot_ms == gap_start_ms { first_slot_ms } else { first_slot_ms + context.zone.slot_len_ms };
-    let bought: Vec<i64> = trades::table
-        .filter(trades::zone_id.eq(zone_id.as_str()))
-        .filter(trades::buyer_id.eq(account.to_hex()))
-        .filter(trades::slot_start_ms.ge(bought_from_ms))
-        .filter(trades::slot_start_ms.lt(context.slot.start_ms()))
-        .select(trades::qty_wh)
-        .load(conn)?;
-    let in_force = tariffs_in_force(conn, zone_id, first_slot_ms, context.slot.start_ms())?;
-    let (retail, feed_in) = rules::gap_prices(&in_force)
-        .ok_or_else(|| SettlementError::NoTariff { zone: zone_id.to_string(), at_ms: first_slot_ms })?;
+    let bought_from_ms = if first_slot_ms == gap_start_ms { first_slot_ms } else { first_slot_ms + slot_len_ms };
+    let start_ms = context.slot.start_ms();
+    // Every slot of the gap had a tariff (it was closed); none would only mean no tariff at all.
+    let (retail, feed_in) = rules::gap_prices(&batch.tariffs_in_force(first_slot_ms, start_ms))?;
     let input = GapInput {
-        account,
+        account: household.account,
         gap_start_ms,
         import_wh: gap.import_wh,
         export_wh: gap.export_wh,
-        bought_wh: bought.iter().fold(0_i64, |sum, qty_wh| sum.saturating_add(*qty_wh)),
+        bought_wh: batch.bought_wh(&household.account.to_hex(), bought_from_ms, start_ms),
         retail_price_per_kwh: retail,
         feed_in_price_per_kwh: feed_in,
     };
-    Ok(rules::settle_gap(&input, context.slot, &context.zone.utility_account))
-}
-
-/// The tariffs in force at some time in `[from_ms, to_ms)`.
-fn tariffs_in_force(
-    conn: &mut DbConnection,
-    zone_id: &ZoneId,
-    from_ms: i64,
-    to_ms: i64,
-) -> Result<Vec<rules::Tariff>, SettlementError> {
-    let mut in_force: Vec<rules::Tariff> = registry::tariff_at(conn, zone_id, from_ms)?.into_iter().collect();
-    in_force.extend(
-        registry::tariffs(conn, zone_id)?
-            .into_iter()
-            .filter(|tariff| from_ms < tariff.effective_from_ms && tariff.effective_from_ms < to_ms),
-    );
-    Ok(in_force)
+    let settlement = rules::settle_gap(&input, context.slot, &context.zone.utility_account);
+    (!settlement.tx.entries.is_empty()).then_some(settlement)
 }
 
 /// The stored cursors of the zone's devices (those with an open gap).
@@ -307,19 +360,20 @@ fn first_reading(
     Ok(row.map(|(ts_ms, import_wh, export_wh)| CounterSample { ts_ms, import_wh, export_wh }))
 }
 
-/// The device's registered meter replacements at times in `(from_ms, to_ms]`.
+/// The registered meter replacements of `devices` at times in `(from_ms, to_ms]`, in time order.
 fn load_replacements(
     conn: &mut DbConnection,
-    device_id: &str,
+    devices: &[&str],
     from_ms: i64,
     to_ms: i64,
-) -> Result<Vec<Replacement>, SettlementError> {
-    let rows: Vec<(i64, i64, i64, i64, i64)> = meter_replacements::table
-        .filter(meter_replacements::device_id.eq(device_id))
+) -> Result<Vec<(String, Replacement)>, SettlementError> {
+    let rows: Vec<(String, i64, i64, i64, i64, i64)> = meter_replacements::table
+        .filter(meter_replacements::device_id.eq_any(devices))
         .filter(meter_replacements::replaced_at_ms.gt(from_ms))
         .filter(meter_replacements::replaced_at_ms.le(to_ms))
-        .order(meter_replacements::replaced_at_ms)
+        .order((meter_replacements::device_id, meter_replacements::replaced_at_ms))
         .select((
+            meter_replacements::device_id,
             meter_replacements::replaced_at_ms,
             meter_replacements::old_import_wh,
             meter_replacements::old_export_wh,
@@ -329,12 +383,8 @@ fn load_replacements(
         .load(conn)?;
     Ok(rows
         .into_iter()
-        .map(|(at_ms, old_import_wh, old_export_wh, new_import_wh, new_export_wh)| Replacement {
-            at_ms,
-            old_import_wh,
-            old_export_wh,
-            new_import_wh,
-            new_export_wh,
+        .map(|(device_id, at_ms, old_import_wh, old_export_wh, new_import_wh, new_export_wh)| {
+            (device_id, Replacement { at_ms, old_import_wh, old_export_wh, new_import_wh, new_export_wh })
         })
         .collect())
 }
