@@ -7,13 +7,17 @@
 //! `ledger_head` row, which serializes closers (a row lock on PostgreSQL, the write lock on SQLite)
 //! and allocates transaction ids. Slots of a zone close in order, each only after its grace period.
 //!
+//! The same transaction settles the gaps of households whose data resumed and moves the metering
+//! cursors (see [`crate::gaps`]).
+//!
 //! Writes are set-based: PostgreSQL gets each table in one binary `COPY`, SQLite multi-row `INSERT`s
 //! of [`SQLITE_INSERT_ROWS_MAX`] rows.
 
-use crate::metering::{metered_energy, CounterSample};
+use crate::gaps::{self, DeviceMeter, SlotContext};
+use crate::metering::{counters_at, metered_energy, CounterSample};
 use crate::registry;
 use crate::rewards::{capped_pool, zone_share, RewardSchedule};
-use crate::rules::{self, AccountMeter, Asset, SlotInput, SlotTotals, TradeInput, ISSUER_ACCOUNT};
+use crate::rules::{self, AccountMeter, Asset, SlotInput, SlotTotals, TradeInput, TxDraft, ISSUER_ACCOUNT};
 use crate::schema::{ledger_entries, ledger_head, ledger_transactions, reward_epochs, settlement_slots, statements};
 use crate::{SettlementConfig, SettlementError};
 use diesel::prelude::*;
@@ -141,7 +145,7 @@ fn close_in_transaction(
     let tariff = registry::tariff_at(conn, zone_id, slot.start_ms())?
         .ok_or_else(|| SettlementError::NoTariff { zone: zone_id.to_string(), at_ms: slot.start_ms() })?;
 
-    let meters = load_meters(conn, zone_id, slot.start_ms(), end_ms, due_ms, config.reading_gap_ms_max)?;
+    let (meters, devices) = load_meters(conn, zone_id, slot.start_ms(), end_ms, due_ms, config.reading_gap_ms_max)?;
     let trades = load_trades(conn, zone_id, slot)?;
     let schedule = registry::reward_schedule(conn)?;
     let carry_in: i64 = settlement_slots::table
@@ -175,6 +179,9 @@ fn close_in_transaction(
         reward_pool,
     };
     let settlement = rules::settle(&input);
+    let gap_plan = gaps::plan(conn, &SlotContext { zone: &zone, slot, cutoff_ms: due_ms }, &devices, &input.meters)?;
+    let transactions: Vec<&TxDraft> =
+        settlement.transactions.iter().chain(gap_plan.settlements.iter().map(|gap| &gap.tx)).collect();
 
     // Statements as canonical JSON and their Merkle leaves (account id order, as `rules` returns them).
     let (statement_json, leaves) = encode_statements(&settlement.statements)?;
@@ -191,8 +198,7 @@ fn close_in_transaction(
         Signed::sign(slot_root, &config.operator_key).map_err(|error| SettlementError::Signing(error.to_string()))?;
 
     // Writes: ledger, statements, reward epoch, head, and the slot record last.
-    let transaction_rows: Vec<TransactionRow> = settlement
-        .transactions
+    let transaction_rows: Vec<TransactionRow> = transactions
         .iter()
         .enumerate()
         .map(|(index, tx)| TransactionRow {
@@ -204,8 +210,7 @@ fn close_in_transaction(
             created_ms: now_ms,
         })
         .collect();
-    let entry_rows: Vec<EntryRow> = settlement
-        .transactions
+    let entry_rows: Vec<EntryRow> = transactions
         .iter()
         .enumerate()
         .flat_map(|(index, tx)| {
@@ -234,6 +239,7 @@ fn close_in_transaction(
     bulk_insert(conn, Table::Transactions(&transaction_rows))?;
     bulk_insert(conn, Table::Entries(&entry_rows))?;
     bulk_insert(conn, Table::Statements(&statement_rows))?;
+    gaps::write(conn, zone_id, slot, &gap_plan, first_tx_id + settlement.transactions.len() as i64)?;
     if let Some(schedule) = schedule {
         let (rank, zones) = reward_rank(conn, zone_id, slot)?;
         record_emission(conn, zone_id, &schedule, slot.start_ms(), settlement.totals.tokens_emitted, (rank, zones))?;
@@ -351,6 +357,8 @@ struct BracketRow {
     device_id: String,
     #[diesel(sql_type = diesel::sql_types::Text)]
     account_id: String,
+    #[diesel(sql_type = BigInt)]
+    registered_ms: i64,
     #[diesel(sql_type = diesel::sql_types::Nullable<BigInt>)]
     sb_ts: Option<i64>,
     #[diesel(sql_type = diesel::sql_types::Nullable<BigInt>)]
@@ -437,7 +445,7 @@ fn bracket_sql(backend: exchange::db::Backend) -> String {
         exchange::db::Backend::Sqlite => "?",
     };
     format!(
-        "SELECT d.device_id, d.account_id{columns} FROM devices d{joins} \
+        "SELECT d.device_id, d.account_id, d.registered_ms{columns} FROM devices d{joins} \
          WHERE d.zone_id = {{p}}3 AND d.registered_ms < {{p}}2 ORDER BY d.device_id"
     )
     .replace("{p}", placeholder)
@@ -469,7 +477,10 @@ fn load_brackets(
     })
 }
 
-/// Household meters of the zone over `[start_ms, end_ms)`, from readings received by `cutoff_ms`.
+type Meters = (BTreeMap<AccountId, AccountMeter>, Vec<DeviceMeter>);
+
+/// Household meters of the zone over `[start_ms, end_ms)`, from readings received by `cutoff_ms`,
+/// and each device's counters at the slot start.
 fn load_meters(
     conn: &mut DbConnection,
     zone_id: &ZoneId,
@@ -477,14 +488,16 @@ fn load_meters(
     end_ms: i64,
     cutoff_ms: i64,
     gap_ms_max: i64,
-) -> Result<BTreeMap<AccountId, AccountMeter>, SettlementError> {
+) -> Result<Meters, SettlementError> {
     let rows = load_brackets(conn, zone_id, start_ms, end_ms, cutoff_ms, gap_ms_max)?;
     let mut meters: BTreeMap<AccountId, AccountMeter> = BTreeMap::new();
-    for row in &rows {
+    let mut devices = Vec::with_capacity(rows.len());
+    for row in rows {
         let account = AccountId::parse(&row.account_id).map_err(|_| {
             SettlementError::InvalidData(format!("device {} belongs to `{}`", row.device_id, row.account_id))
         })?;
-        let energy = metered_energy(&row.samples(), start_ms, end_ms, gap_ms_max).filter(|energy| {
+        let samples = row.samples();
+        let energy = metered_energy(&samples, start_ms, end_ms, gap_ms_max).filter(|energy| {
             energy.import_wh <= METERED_WH_PER_SLOT_MAX && energy.export_wh <= METERED_WH_PER_SLOT_MAX
         });
         let meter = meters.entry(account).or_default();
@@ -495,8 +508,14 @@ fn load_meters(
             }
             None => meter.no_data = true,
         }
+        devices.push(DeviceMeter {
+            device_id: row.device_id,
+            account,
+            registered_ms: row.registered_ms,
+            start: counters_at(&samples, start_ms, gap_ms_max),
+        });
     }
-    Ok(meters)
+    Ok((meters, devices))
 }
 
 fn load_trades(conn: &mut DbConnection, zone_id: &ZoneId, slot: SlotId) -> Result<Vec<TradeInput>, SettlementError> {

@@ -7,6 +7,8 @@
 //! household's imbalance with the utility, mints GRID rewards for delivered peer-to-peer energy,
 //! writes one statement per household, and signs the Merkle root of the statements, all in one
 //! database transaction. [`run`] closes every due slot in order; [`queries`] serves the web API.
+//! The same transaction settles the energy of households whose readings resume after "no data"
+//! slots and moves their metering cursors ([`gaps`], migration `2026-12-01-000005_metering_cursors`).
 //!
 //! It must never: write readings, trades or orders (the exchange's); update or delete a ledger entry
 //! (a correction is a new transaction); use floats for money or energy; or settle a slot before its
@@ -33,6 +35,7 @@
 
 pub mod close;
 pub mod correction;
+pub mod gaps;
 pub mod metering;
 pub mod queries;
 pub mod registry;

@@ -12,6 +12,11 @@
 //! runs backwards, has no value; so has a slot in which a counter advances by more than
 //! [`METERED_WH_PER_SLOT_MAX`](crate::close::METERED_WH_PER_SLOT_MAX). The device is then "no data"
 //! for the slot (see `rules` for how such an account is settled).
+//!
+//! **Gaps:** energy that was settled provisionally as "no data" is settled exactly once data resumes:
+//! from a device's metering cursor (its counters at the boundary up to which it is settled) to the
+//! counters at the start of the first slot with data again, across any registered meter replacement
+//! in between ([`gap_energy`]; the billing rule is `rules::settle_gap`).
 
 /// One accepted reading's counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +72,51 @@ pub fn metered_energy(samples: &[CounterSample], start_ms: i64, end_ms: i64, gap
     (energy.import_wh >= 0 && energy.export_wh >= 0).then_some(energy)
 }
 
+/// A meter replacement registered by the utility (table `meter_replacements`): the old meter's final
+/// counters and the new meter's initial counters at `at_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replacement {
+    pub at_ms: i64,
+    pub old_import_wh: i64,
+    pub old_export_wh: i64,
+    pub new_import_wh: i64,
+    pub new_export_wh: i64,
+}
+
+/// Energy through a meter over a gap, and whether every segment of it ran forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GapEnergy {
+    pub energy: MeteredEnergy,
+    /// A counter ran backwards over a segment with no registered replacement: that segment counts as
+    /// zero (the exchange refuses such readings, so only inconsistent stored data gets here).
+    pub inconsistent: bool,
+}
+
+/// The energy from counters `from` (the cursor) to counters `to` (the start of the slot with data),
+/// both at boundaries, `from.ts_ms <= to.ts_ms`. Each meter contributes the difference of its own
+/// counters: with replacements at times in `(from.ts_ms, to.ts_ms]` (taken in time order), the energy
+/// is `(old_final − from) + … + (to − new_initial)`. A segment whose counter runs backwards counts 0.
+pub fn gap_energy(from: CounterSample, to: CounterSample, replacements: &[Replacement]) -> GapEnergy {
+    let mut within: Vec<&Replacement> = replacements
+        .iter()
+        .filter(|replacement| from.ts_ms < replacement.at_ms && replacement.at_ms <= to.ts_ms)
+        .collect();
+    within.sort_by_key(|replacement| replacement.at_ms);
+    let mut gap = GapEnergy::default();
+    let mut add = |segment_import: i64, segment_export: i64| {
+        gap.inconsistent |= segment_import < 0 || segment_export < 0;
+        gap.energy.import_wh += segment_import.max(0);
+        gap.energy.export_wh += segment_export.max(0);
+    };
+    let (mut import_wh, mut export_wh) = (from.import_wh, from.export_wh);
+    for replacement in within {
+        add(replacement.old_import_wh - import_wh, replacement.old_export_wh - export_wh);
+        (import_wh, export_wh) = (replacement.new_import_wh, replacement.new_export_wh);
+    }
+    add(to.import_wh - import_wh, to.export_wh - export_wh);
+    gap
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +166,46 @@ mod tests {
     fn readings_too_far_apart_or_running_backwards_are_no_data() {
         assert_eq!(counters_at(&[sample(0, 0, 0), sample(100_000, 5, 0)], 50_000, 10_000), None);
         assert_eq!(counters_at(&[sample(0, 9, 0), sample(1_000, 5, 0)], 500, 10_000), None);
+    }
+
+    fn energy(import_wh: i64, export_wh: i64) -> MeteredEnergy {
+        MeteredEnergy { import_wh, export_wh }
+    }
+
+    #[test]
+    fn the_gap_is_the_counter_difference_between_cursor_and_the_slot_start() {
+        let gap = gap_energy(sample(900, 1_010, 40), sample(3_600, 1_260, 55), &[]);
+        assert_eq!(gap, GapEnergy { energy: energy(250, 15), inconsistent: false });
+        assert_eq!(gap_energy(sample(900, 7, 7), sample(900, 7, 7), &[]).energy, energy(0, 0));
+    }
+
+    #[test]
+    fn a_replacement_in_the_gap_counts_each_meter_from_its_own_counters() {
+        let swap =
+            Replacement { at_ms: 2_000, old_import_wh: 1_100, old_export_wh: 50, new_import_wh: 0, new_export_wh: 0 };
+        // 100 Wh on the old meter up to its final reading, 30 on the new one since its initial reading.
+        let gap = gap_energy(sample(900, 1_000, 40), sample(3_600, 30, 5), &[swap]);
+        assert_eq!(gap, GapEnergy { energy: energy(130, 15), inconsistent: false });
+    }
+
+    #[test]
+    fn replacements_outside_the_gap_are_ignored_and_several_are_taken_in_time_order() {
+        let swap = |at_ms, old_import_wh, new_import_wh| Replacement {
+            at_ms,
+            old_import_wh,
+            old_export_wh: 0,
+            new_import_wh,
+            new_export_wh: 0,
+        };
+        let replacements = [swap(3_000, 520, 10), swap(2_000, 150, 500), swap(900, 99, 0), swap(4_000, 9, 9)];
+        // 100 → 150 (old), 500 → 520 (second meter), 10 → 40 (third): 50 + 20 + 30.
+        let gap = gap_energy(sample(900, 100, 0), sample(3_600, 40, 0), &replacements);
+        assert_eq!(gap, GapEnergy { energy: energy(100, 0), inconsistent: false });
+    }
+
+    #[test]
+    fn a_counter_running_backwards_without_a_replacement_counts_zero_and_is_flagged() {
+        let gap = gap_energy(sample(900, 5_000, 40), sample(3_600, 100, 60), &[]);
+        assert_eq!(gap, GapEnergy { energy: energy(0, 20), inconsistent: true });
     }
 }

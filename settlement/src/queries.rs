@@ -5,7 +5,7 @@ use crate::close::sum_amount;
 use crate::registry;
 use crate::rewards::RewardSchedule;
 use crate::rules::{Asset, SlotTotals, ISSUER_ACCOUNT};
-use crate::schema::{ledger_entries, settlement_slots, statements};
+use crate::schema::{gap_settlements, ledger_entries, settlement_slots, statements};
 use crate::SettlementError;
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
@@ -193,6 +193,103 @@ pub struct SlotReport {
     pub totals: SlotTotals,
     /// In Merkle leaf order (account id).
     pub statements: Vec<Statement>,
+    /// Gap energy settled in this slot's close, by account id: separate lines next to the statements
+    /// (a statement covers the slot only; its Merkle leaf and the signed root are unchanged).
+    pub gaps: Vec<GapLine>,
+}
+
+/// A household's gap energy settled late, in the close of `slot` (table `gap_settlements`; its
+/// ledger transaction has kind `gap`). See `rules`, "Gaps".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GapLine {
+    pub zone: ZoneId,
+    /// The slot whose close settled the gap; the gap is `[gap_start_ms, slot)`.
+    pub slot: SlotId,
+    pub account: String,
+    pub gap_start_ms: i64,
+    pub import_wh: Wh,
+    pub export_wh: Wh,
+    pub bought_wh: Wh,
+    pub retail_price_per_kwh: PricePerKwh,
+    pub feed_in_price_per_kwh: PricePerKwh,
+    /// Paid by the household (negative).
+    pub charged: MicroMoney,
+    /// Paid to the household.
+    pub credited: MicroMoney,
+    pub tx_id: i64,
+}
+
+type GapRow = (String, i64, String, i64, i64, i64, i64, i64, i64, i64, i64, i64);
+
+fn gap_line(row: GapRow) -> Result<GapLine, SettlementError> {
+    let (
+        zone,
+        slot_ms,
+        account,
+        gap_start_ms,
+        import_wh,
+        export_wh,
+        bought_wh,
+        retail,
+        feed_in,
+        charged,
+        credited,
+        tx_id,
+    ) = row;
+    Ok(GapLine {
+        zone: ZoneId::parse(&zone).map_err(|error| SettlementError::InvalidData(error.to_string()))?,
+        slot: SlotId::new(slot_ms).map_err(|error| SettlementError::InvalidData(error.to_string()))?,
+        account,
+        gap_start_ms,
+        import_wh: Wh(import_wh),
+        export_wh: Wh(export_wh),
+        bought_wh: Wh(bought_wh),
+        retail_price_per_kwh: PricePerKwh(retail),
+        feed_in_price_per_kwh: PricePerKwh(feed_in),
+        charged: MicroMoney(-charged),
+        credited: MicroMoney(credited),
+        tx_id,
+    })
+}
+
+/// `gap_settlements` columns in [`GapRow`] order.
+const GAP_COLUMNS: (
+    gap_settlements::zone_id,
+    gap_settlements::slot_start_ms,
+    gap_settlements::account_id,
+    gap_settlements::gap_start_ms,
+    gap_settlements::import_wh,
+    gap_settlements::export_wh,
+    gap_settlements::bought_wh,
+    gap_settlements::retail_price_per_kwh,
+    gap_settlements::feed_in_price_per_kwh,
+    gap_settlements::charged,
+    gap_settlements::credited,
+    gap_settlements::tx_id,
+) = (
+    gap_settlements::zone_id,
+    gap_settlements::slot_start_ms,
+    gap_settlements::account_id,
+    gap_settlements::gap_start_ms,
+    gap_settlements::import_wh,
+    gap_settlements::export_wh,
+    gap_settlements::bought_wh,
+    gap_settlements::retail_price_per_kwh,
+    gap_settlements::feed_in_price_per_kwh,
+    gap_settlements::charged,
+    gap_settlements::credited,
+    gap_settlements::tx_id,
+);
+
+/// The account's latest gap lines, newest first (at most [`STATEMENTS_LIMIT_MAX`]).
+pub fn gap_lines(conn: &mut DbConnection, account: &AccountId, limit: i64) -> Result<Vec<GapLine>, SettlementError> {
+    let rows: Vec<GapRow> = gap_settlements::table
+        .filter(gap_settlements::account_id.eq(account.to_hex()))
+        .order((gap_settlements::slot_start_ms.desc(), gap_settlements::zone_id))
+        .limit(limit.clamp(0, STATEMENTS_LIMIT_MAX))
+        .select(GAP_COLUMNS)
+        .load(conn)?;
+    rows.into_iter().map(gap_line).collect()
 }
 
 /// The report of a settled slot; `None` if it is not settled.
@@ -213,6 +310,12 @@ pub fn slot_report(
         .order(statements::leaf_index)
         .select(statements::statement)
         .load(conn)?;
+    let gap_rows: Vec<GapRow> = gap_settlements::table
+        .filter(gap_settlements::zone_id.eq(zone.as_str()))
+        .filter(gap_settlements::slot_start_ms.eq(slot.start_ms()))
+        .order(gap_settlements::account_id)
+        .select(GAP_COLUMNS)
+        .load(conn)?;
     Ok(Some(SlotReport {
         zone: zone.clone(),
         slot,
@@ -223,6 +326,7 @@ pub fn slot_report(
         operator: header.operator,
         totals: settled.totals,
         statements: rows.iter().map(|json| parse_statement(json)).collect::<Result<_, _>>()?,
+        gaps: gap_rows.into_iter().map(gap_line).collect::<Result<_, _>>()?,
     }))
 }
 

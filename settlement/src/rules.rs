@@ -25,6 +25,25 @@
 //! buys everything it sold back at retail and earns no tokens) and never charged for consumption no
 //! meter confirmed beyond its own purchases.
 //!
+//! ## Gaps (energy settled late, conservatively)
+//! When a household has data again for a slot S after "no data" slots, the energy its meters
+//! recorded in the gap `[cursor, S.start)` is known exactly (`metering::gap_energy`) and is settled
+//! in S's close by one transaction of kind `gap` ([`settle_gap`]): it is **charged**
+//! `retail × gap import` and **credited** `feed-in × (gap export + energy it bought peer-to-peer in
+//! the gap's slots)`, at the highest retail and lowest feed-in price in force during the gap; gap
+//! energy earns no GRID. Rounding as above: each amount is rounded down (the payer keeps the
+//! fraction).
+//!
+//! Why this never rewards withholding: a no-data slot charged `retail × sold` (P) and treated the
+//! `bought` energy (B) as imported. For any true split of the gap's energy into per-slot imports I
+//! and exports E, the on-time settlement of a slot would have paid `f(E − I + B − P)` (f = feed-in
+//! for a surplus, retail for a shortfall). The late settlement pays
+//! `feed-in × (E + B) − retail × (I + P)`, and since retail ≥ feed-in,
+//! `feed-in × X − retail × Y ≤ f(X − Y)` for all X, Y ≥ 0: withholding never pays more (up to
+//! the rounding of one amount instead of one per slot, under one micro-unit per slot). And the
+//! energy is exact: over any period that ends with data, the energy billed at retail minus the
+//! energy credited at feed-in is `metered import − bought − (metered export − sold)`.
+//!
 //! ## Rewards
 //! Delivered peer-to-peer energy = min(sold, max(metered net export, 0)); the slot's reward pool is
 //! shared in proportion to it (see `rewards`), minted from the `issuer` account.
@@ -72,6 +91,8 @@ pub enum EntryKind {
     Reward,
     /// A line of a correction transaction (see [`crate::correction`]).
     Correction,
+    /// Gap energy settled late (see [`settle_gap`]).
+    Gap,
 }
 
 impl EntryKind {
@@ -84,6 +105,7 @@ impl EntryKind {
             EntryKind::Imbalance => "imbalance",
             EntryKind::Reward => "reward",
             EntryKind::Correction => "correction",
+            EntryKind::Gap => "gap",
         }
     }
 }
@@ -97,6 +119,8 @@ pub enum TxKind {
     Reward,
     /// A correction of a settled slot, posted by the operator (see [`crate::correction`]).
     Correction,
+    /// A household's gap energy, settled in the close of the first slot with data (see [`settle_gap`]).
+    Gap,
 }
 
 impl TxKind {
@@ -106,6 +130,7 @@ impl TxKind {
             TxKind::Imbalance => "imbalance",
             TxKind::Reward => "reward",
             TxKind::Correction => "correction",
+            TxKind::Gap => "gap",
         }
     }
 }
@@ -377,6 +402,57 @@ pub fn settle(input: &SlotInput) -> SlotSettlement {
     SlotSettlement { transactions, statements, totals }
 }
 
+/// A household's gap, summed over its devices: `[gap_start_ms, slot start)` was settled as no data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GapInput {
+    pub account: AccountId,
+    pub gap_start_ms: i64,
+    pub import_wh: i64,
+    /// Credited gap export (zero when a device's counters were inconsistent, see `close`).
+    pub export_wh: i64,
+    /// Bought peer-to-peer in the gap's slots (all of them were settled as no data).
+    pub bought_wh: i64,
+    /// Highest retail price in force during the gap.
+    pub retail_price_per_kwh: PricePerKwh,
+    /// Lowest feed-in price in force during the gap.
+    pub feed_in_price_per_kwh: PricePerKwh,
+}
+
+/// The transaction of one household's gap and its two amounts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GapSettlement {
+    pub input: GapInput,
+    /// Paid by the household to the utility: `retail × import`, rounded down.
+    pub charged: i64,
+    /// Paid by the utility to the household: `feed-in × (export + bought)`, rounded down.
+    pub credited: i64,
+    pub tx: TxDraft,
+}
+
+/// The prices a gap is settled at: the highest retail and the lowest feed-in of `tariffs` (those in
+/// force during the gap); `None` when there is none.
+pub fn gap_prices(tariffs: &[Tariff]) -> Option<(PricePerKwh, PricePerKwh)> {
+    let retail = tariffs.iter().map(|tariff| tariff.retail_price_per_kwh).max()?;
+    let feed_in = tariffs.iter().map(|tariff| tariff.feed_in_price_per_kwh).min()?;
+    Some((retail, feed_in))
+}
+
+/// Settles one household's gap in the close of `slot` (see the module docs, "Gaps"). The reference
+/// names the account and the gap: `<account>/<gap start ms>-<slot start ms>`.
+pub fn settle_gap(input: &GapInput, slot: SlotId, utility: &str) -> GapSettlement {
+    assert!(input.import_wh >= 0 && input.export_wh >= 0 && input.bought_wh >= 0, "gap energy is non-negative");
+    assert!(input.gap_start_ms < slot.start_ms(), "a gap ends where the slot starts");
+    let account = input.account.to_hex();
+    let charged = input.retail_price_per_kwh.value_of(Wh(input.import_wh), Rounding::Floor).0;
+    let credited =
+        input.feed_in_price_per_kwh.value_of(Wh(input.export_wh.saturating_add(input.bought_wh)), Rounding::Floor).0;
+    let mut tx = TxDraft::new(TxKind::Gap, format!("{account}/{}-{}", input.gap_start_ms, slot.start_ms()));
+    tx.transfer(Asset::Money, EntryKind::Gap, &account, utility, charged);
+    tx.transfer(Asset::Money, EntryKind::Gap, utility, &account, credited);
+    assert_eq!(tx.sums(), (0, 0), "a gap transaction balances");
+    GapSettlement { input: *input, charged, credited, tx }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,5 +498,60 @@ mod tests {
         assert_eq!(by_account[&seller].imbalance_wh, Wh(0));
         assert_eq!(by_account[&seller].tokens_earned, MicroTokens(1_000));
         assert_eq!(result.totals.tokens_carry, 0);
+    }
+
+    fn gap(import_wh: i64, export_wh: i64, bought_wh: i64) -> GapInput {
+        GapInput {
+            account: account(1),
+            gap_start_ms: 900_000,
+            import_wh,
+            export_wh,
+            bought_wh,
+            retail_price_per_kwh: PricePerKwh(300_000),
+            feed_in_price_per_kwh: PricePerKwh(80_000),
+        }
+    }
+
+    #[test]
+    fn gap_import_is_charged_at_retail_and_export_plus_bought_credited_at_feed_in() {
+        let slot = SlotId::new(3_600_000).expect("valid");
+        let settled = settle_gap(&gap(250, 10, 5), slot, "utility:z");
+        assert_eq!(settled.charged, 75_000, "250 Wh at 300 000 µ/kWh");
+        assert_eq!(settled.credited, 1_200, "15 Wh at 80 000 µ/kWh");
+        assert_eq!(settled.tx.kind, TxKind::Gap);
+        assert_eq!(settled.tx.reference, format!("{}/900000-3600000", account(1).to_hex()));
+        let household: i64 = settled
+            .tx
+            .entries
+            .iter()
+            .filter(|entry| entry.account == account(1).to_hex())
+            .map(|entry| entry.amount)
+            .sum();
+        assert_eq!(household, -75_000 + 1_200);
+    }
+
+    #[test]
+    fn gap_amounts_are_rounded_down_and_zero_amounts_write_no_lines() {
+        let slot = SlotId::new(3_600_000).expect("valid");
+        let mut input = gap(1, 0, 0);
+        input.retail_price_per_kwh = PricePerKwh(333_333);
+        let settled = settle_gap(&input, slot, "utility:z");
+        assert_eq!(settled.charged, 333, "333.333 rounded down");
+        assert_eq!(settled.credited, 0);
+        assert_eq!(settled.tx.entries.len(), 2, "no credit lines");
+    }
+
+    #[test]
+    fn a_gap_across_tariffs_uses_the_highest_retail_and_the_lowest_feed_in() {
+        let tariff = |retail, feed_in| Tariff {
+            effective_from_ms: 0,
+            retail_price_per_kwh: PricePerKwh(retail),
+            feed_in_price_per_kwh: PricePerKwh(feed_in),
+            grid_fee_per_kwh: PricePerKwh(0),
+            protocol_fee_bps: 0,
+        };
+        let prices = gap_prices(&[tariff(300_000, 90_000), tariff(250_000, 70_000), tariff(280_000, 95_000)]);
+        assert_eq!(prices, Some((PricePerKwh(300_000), PricePerKwh(70_000))));
+        assert_eq!(gap_prices(&[]), None);
     }
 }

@@ -1,4 +1,5 @@
-//! Diesel table definitions for the ledger (migrations/*/2026-11-23-000002_ledger). The registry and
+//! Diesel table definitions for the ledger (migrations/*/2026-11-23-000002_ledger) and the metering
+//! cursors and gap settlements (migrations/*/2026-12-01-000005_metering_cursors). The registry and
 //! market tables are in `exchange::schema`.
 
 diesel::table! {
@@ -84,7 +85,49 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// Per device with an open gap: the boundary up to which its energy is settled from metered
+    /// data, and its counters there (NULL: from its first reading since then). See `gaps`.
+    metering_cursors (device_id) {
+        device_id -> Text,
+        zone_id -> Text,
+        boundary_ms -> BigInt,
+        import_wh -> Nullable<BigInt>,
+        export_wh -> Nullable<BigInt>,
+        slot_start_ms -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// Per household and slot: the gap energy settled in that slot's close (see `rules::settle_gap`).
+    gap_settlements (zone_id, slot_start_ms, account_id) {
+        zone_id -> Text,
+        slot_start_ms -> BigInt,
+        account_id -> Text,
+        gap_start_ms -> BigInt,
+        import_wh -> BigInt,
+        export_wh -> BigInt,
+        bought_wh -> BigInt,
+        retail_price_per_kwh -> BigInt,
+        feed_in_price_per_kwh -> BigInt,
+        charged -> BigInt,
+        credited -> BigInt,
+        tx_id -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// Per zone: the first slot closed with metering cursors.
+    metering_zones (zone_id) {
+        zone_id -> Text,
+        since_ms -> BigInt,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
+    metering_zones,
+    metering_cursors,
+    gap_settlements,
     ledger_head,
     ledger_transactions,
     ledger_entries,
