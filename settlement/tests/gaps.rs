@@ -8,7 +8,6 @@ use common::*;
 use diesel::prelude::*;
 use exchange::db::testing::TestDb;
 use exchange::db::DbConnection;
-use exchange::schema::meter_replacements;
 use proptest::prelude::*;
 use protocol::testing::signing_key;
 use protocol::{DeviceId, MeterSerial, MicroMoney, MicroTokens, PricePerKwh, Wh};
@@ -114,8 +113,8 @@ fn withheld_readings_are_billed_at_retail_when_readings_resume() {
 }
 
 // A registered meter replacement between two boundaries: the energy up to the old meter's final
-// counters and from the new meter's initial counters is billed. The row is written with diesel here;
-// the lead switches it to `settlement::registry`'s function once the integrity work is merged.
+// counters and from the new meter's initial counters is billed. Registered through the registry, as the
+// utility API and the CLI do.
 #[test]
 fn a_registered_meter_replacement_settles_energy_up_to_the_old_final_and_from_the_new_initial() {
     for test_db in TestDb::all() {
@@ -124,22 +123,16 @@ fn a_registered_meter_replacement_settles_energy_up_to_the_old_final_and_from_th
         let house = household(conn, 1);
         reading(conn, &house.device, boundary(0), 1_000, 500);
         reading(conn, &house.device, boundary(1), 1_100, 500);
-        diesel::insert_into(meter_replacements::table)
-            .values((
-                meter_replacements::device_id.eq(house.device.to_hex()),
-                meter_replacements::replaced_at_ms.eq(boundary(1) + SLOT_LEN_MS / 2),
-                meter_replacements::old_import_wh.eq(1_180_i64),
-                meter_replacements::old_export_wh.eq(520_i64),
-                meter_replacements::old_pv_wh.eq(None::<i64>),
-                meter_replacements::new_import_wh.eq(0_i64),
-                meter_replacements::new_export_wh.eq(0_i64),
-                meter_replacements::new_pv_wh.eq(None::<i64>),
-                meter_replacements::new_meter_serial.eq("SN-1-new"),
-                meter_replacements::reference.eq("ticket 7"),
-                meter_replacements::registered_ms.eq(boundary(2)),
-            ))
-            .execute(conn)
-            .expect("a replacement");
+        let replacement = registry::MeterReplacement {
+            device_id: house.device,
+            replaced_at_ms: boundary(1) + SLOT_LEN_MS / 2,
+            old: registry::MeterCounters { import_wh: 1_180, export_wh: 520, pv_wh: None },
+            new: registry::MeterCounters { import_wh: 0, export_wh: 0, pv_wh: None },
+            new_meter_serial: MeterSerial::parse("SN-1-new").expect("a serial"),
+            reference: "ticket 7".to_owned(),
+            registered_ms: boundary(2),
+        };
+        registry::register_meter_replacement(conn, &replacement, boundary(2)).expect("a replacement");
         // The new meter's counters: slot 1 runs backwards (no data); slots 2 and 3 have data.
         reading(conn, &house.device, boundary(2), 50, 10);
         reading(conn, &house.device, boundary(3), 90, 10);
