@@ -47,7 +47,13 @@ fn nonce(key: &SigningKey, signed_bytes: &[u8], counter: u64) -> Scalar {
 }
 
 /// `R ‖ s` with `s = r + H(R ‖ A ‖ M)·a`, for any encoding of R (whose discrete log is `r`) and of A.
-fn signature_with(key: &SigningKey, key_bytes: &[u8; 32], r: &Scalar, r_bytes: &[u8; 32], signed_bytes: &[u8]) -> [u8; 64] {
+fn signature_with(
+    key: &SigningKey,
+    key_bytes: &[u8; 32],
+    r: &Scalar,
+    r_bytes: &[u8; 32],
+    signed_bytes: &[u8],
+) -> [u8; 64] {
     let s = r + challenge(r_bytes, key_bytes, signed_bytes) * key.to_scalar();
     let mut signature = [0u8; 64];
     signature[..32].copy_from_slice(r_bytes);

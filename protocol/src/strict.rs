@@ -156,7 +156,11 @@ fn expected_r(item: &Item<'_>) -> Result<EdwardsPoint, ProtocolError> {
 }
 
 /// Step 3, given E and its canonical encoding.
-fn r_matches(item: &Item<'_>, expected: &EdwardsPoint, expected_bytes: &CompressedEdwardsY) -> Result<(), ProtocolError> {
+fn r_matches(
+    item: &Item<'_>,
+    expected: &EdwardsPoint,
+    expected_bytes: &CompressedEdwardsY,
+) -> Result<(), ProtocolError> {
     if expected_bytes.as_bytes()[..] != item.signature[..32] {
         return Err(bad_signature("signature does not verify"));
     }
