@@ -9,7 +9,8 @@
 //!
 //! `cargo bench -p exchange --bench ingest`; the ratios to `bare_verify_strict` are printed at the
 //! end, from criterion's estimates and from a second, interleaved measurement (every benchmark
-//! once per round, median of the rounds), which is the one to trust on a shared machine.
+//! once per round, median of the rounds), which is the one to trust on a shared machine;
+//! `cargo bench -p exchange --bench ingest -- interleaved` runs only the latter (about 15 s).
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
@@ -94,8 +95,9 @@ fn dalek_batch(parsed: &[Signed<Reading>], keys: &[VerifyingKey], check_r: bool)
 /// ed25519-dalek alone, so that it does not change with the code under test.
 fn bare_verify_strict(parsed: &[Signed<Reading>]) -> usize {
     let verifies = |signed: &&Signed<Reading>| {
-        VerifyingKey::from_bytes(&signed.message.device.0)
-            .is_ok_and(|key| key.verify_strict(signed.signing_bytes(), &Signature::from_bytes(&signed.signature)).is_ok())
+        VerifyingKey::from_bytes(&signed.message.device.0).is_ok_and(|key| {
+            key.verify_strict(signed.signing_bytes(), &Signature::from_bytes(&signed.signature)).is_ok()
+        })
     };
     parsed.iter().filter(verifies).count()
 }
@@ -136,7 +138,12 @@ fn bench(c: &mut Criterion) {
         let fixture = fixture(batch);
         let keys = keys_of(&fixture);
         for method in 0..NAMES.len() {
-            assert_eq!(run(method, &fixture, &keys, &mut fixture.verifier.clone()), batch, "{}: all pass", NAMES[method]);
+            assert_eq!(
+                run(method, &fixture, &keys, &mut fixture.verifier.clone()),
+                batch,
+                "{}: all pass",
+                NAMES[method]
+            );
         }
         group.throughput(Throughput::Elements(batch as u64));
         for (method, name) in NAMES.iter().enumerate() {
@@ -154,7 +161,7 @@ fn bench(c: &mut Criterion) {
 
 /// Rounds of the interleaved measurement: each round times every benchmark once, back to back, so
 /// that a neighbour's load falls on all of them alike; the median round is reported.
-const INTERLEAVED_ROUNDS: usize = 31;
+const INTERLEAVED_ROUNDS: usize = 61;
 /// Batches per benchmark and round: about 30 ms at 256 messages, long enough to dwarf the timer.
 const INTERLEAVED_BATCHES_PER_ROUND: usize = 2;
 
@@ -201,12 +208,15 @@ fn print_ratios(how: &str, batch: usize, ns: &[Option<f64>]) {
 }
 
 fn main() {
-    let mut criterion = Criterion::default().configure_from_args();
-    bench(&mut criterion);
-    criterion.final_summary();
-    for batch in BATCHES {
-        let ns: Vec<Option<f64>> = NAMES.iter().map(|name| estimate_ns(name, batch)).collect();
-        print_ratios("criterion", batch, &ns);
+    // `cargo bench -p exchange --bench ingest -- interleaved` runs only the interleaved measurement.
+    if !std::env::args().any(|arg| arg == "interleaved") {
+        let mut criterion = Criterion::default().configure_from_args();
+        bench(&mut criterion);
+        criterion.final_summary();
+        for batch in BATCHES {
+            let ns: Vec<Option<f64>> = NAMES.iter().map(|name| estimate_ns(name, batch)).collect();
+            print_ratios("criterion", batch, &ns);
+        }
     }
     for batch in BATCHES {
         let ns: Vec<Option<f64>> = interleaved_ns(&fixture(batch)).into_iter().map(Some).collect();
