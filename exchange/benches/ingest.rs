@@ -137,13 +137,8 @@ fn bench(c: &mut Criterion) {
     for batch in BATCHES {
         let fixture = fixture(batch);
         let keys = keys_of(&fixture);
-        for method in 0..NAMES.len() {
-            assert_eq!(
-                run(method, &fixture, &keys, &mut fixture.verifier.clone()),
-                batch,
-                "{}: all pass",
-                NAMES[method]
-            );
+        for (method, name) in NAMES.iter().enumerate() {
+            assert_eq!(run(method, &fixture, &keys, &mut fixture.verifier.clone()), batch, "{name}: all pass");
         }
         group.throughput(Throughput::Elements(batch as u64));
         for (method, name) in NAMES.iter().enumerate() {
