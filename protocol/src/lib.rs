@@ -25,10 +25,12 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod canonical;
+pub mod forge;
 pub mod ids;
 pub mod merkle;
 pub mod messages;
 pub mod reason;
+pub mod strict;
 pub mod testing;
 pub mod topics;
 pub mod units;

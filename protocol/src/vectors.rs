@@ -6,15 +6,9 @@ use crate::messages::{Cancel, Order, Reading, Replace, Side, SlotRoot, TimeInFor
 use crate::testing::{sample_order, sample_reading, signing_key};
 use crate::units::{PricePerKwh, TimestampMs, Wh};
 use crate::wire::{domain_tag, Signable, Signed, WireMessage};
-use crate::AccountId;
+use crate::{forge, AccountId};
 use ed25519_dalek::{Signer, SigningKey};
 use serde_json::{json, Map, Value};
-
-/// The group order of ed25519, little-endian: adding it to `s` gives a non-canonical signature.
-const GROUP_ORDER_LE: [u8; 32] = [
-    0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
-];
 
 fn object_of<T: WireMessage>(message: &T) -> Map<String, Value> {
     let mut object = match serde_json::to_value(message) {
@@ -237,14 +231,7 @@ pub fn vectors() -> Value {
     out.push(invalid("uppercase-sig", "reading", &device_pub, uppercase, "malformed_signature"));
 
     // s + L: the same signature in a non-canonical encoding (malleability); strict verification refuses it.
-    let signature = device.sign(&reading_bytes).to_bytes();
-    let mut s_plus_l = signature;
-    let mut carry = 0u16;
-    for (index, byte) in s_plus_l[32..].iter_mut().enumerate() {
-        let sum = u16::from(*byte) + u16::from(GROUP_ORDER_LE[index]) + carry;
-        *byte = (sum & 0xff) as u8;
-        carry = sum >> 8;
-    }
+    let s_plus_l = forge::s_plus_l(&device.sign(&reading_bytes).to_bytes());
     let mut malleated = reading_object.clone();
     malleated.insert("sig".to_owned(), Value::String(hex::encode(s_plus_l)));
     out.push(invalid("non-canonical-s", "reading", &device_pub, Value::Object(malleated), "bad_signature"));
@@ -260,7 +247,48 @@ pub fn vectors() -> Value {
     small_order_object.insert("sig".to_owned(), Value::String(hex::encode(forged_sig)));
     out.push(invalid("small-order-key", "order", &identity, Value::Object(small_order_object), "invalid_public_key"));
 
+    out.extend(signature_encoding_vectors(&trader));
+
     Value::Array(out)
+}
+
+/// An order by `trader` signed as `signature(signed bytes)` makes it.
+fn forged_order(name: &str, trader: &SigningKey, reason: &str, signature: impl Fn(&[u8]) -> [u8; 64]) -> Value {
+    let object = object_of(&sample_order(trader));
+    let bytes = canonical_signing_bytes(Order::TYPE, &object);
+    let mut message = object;
+    message.insert("sig".to_owned(), Value::String(hex::encode(signature(&bytes))));
+    invalid(name, Order::TYPE, &trader.verifying_key().to_bytes(), Value::Object(message), reason)
+}
+
+/// Signatures that only the key's owner can make and that a non-strict or batch verifier accepts
+/// (PROTOCOL.md §2): each breaks exactly one condition of the rule.
+fn signature_encoding_vectors(trader: &SigningKey) -> Vec<Value> {
+    let mut out = Vec::new();
+    // R = rB + T with T of order 2 and s recomputed: the cofactored equation holds (a random-
+    // coefficient batch accepted it about half the time), the cofactorless one does not.
+    out.push(forged_order("torsion-r", trader, "bad_signature", |bytes| forge::torsion_r(trader, bytes, 4)));
+    // R = the identity with y encoded as p + 1 (non-canonical) and s = H(R‖A‖M)·a: a decoder that
+    // reduces y and skips the small-order check finds the equation true.
+    out.push(forged_order("non-canonical-r", trader, "bad_signature", |bytes| {
+        forge::identity_r(trader, bytes, &forge::IDENTITY_AS_P_PLUS_ONE)
+    }));
+    // R = the identity, canonically encoded: the cofactorless equation holds, R is of small order.
+    out.push(forged_order("small-order-r", trader, "bad_signature", |bytes| {
+        forge::identity_r(trader, bytes, &forge::identity_bytes())
+    }));
+    // The trader's point plus a point of order 8 as the key, with a nonce whose challenge is a
+    // multiple of 8: the cofactorless equation holds (libsodium's crypto_sign_verify_detached and
+    // ed25519-dalek's verify_strict accept it); the key is refused because it has a torsion component.
+    let mixed = forge::mixed_order_key(trader);
+    let mut object = object_of(&sample_order(trader));
+    object.insert("account".to_owned(), Value::String(hex::encode(mixed)));
+    let bytes = canonical_signing_bytes(Order::TYPE, &object);
+    #[allow(clippy::expect_used)]
+    let signature = forge::mixed_order_signature(trader, &bytes).expect("a nonce within the tries");
+    object.insert("sig".to_owned(), Value::String(hex::encode(signature)));
+    out.push(invalid("mixed-order-key", Order::TYPE, &mixed, Value::Object(object), "invalid_public_key"));
+    out
 }
 
 /// The file's text: pretty JSON with a trailing newline.

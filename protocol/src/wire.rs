@@ -6,7 +6,8 @@
 
 use crate::canonical::{canonical_bytes, parse_strict};
 use crate::reason::Reason;
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use crate::strict;
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -186,16 +187,24 @@ impl<T: Signable> Signed<T> {
         Ok(Self { message, signature, signing_bytes })
     }
 
+    /// `message` with a signature made elsewhere (by a hardware key, or a malformed one for a
+    /// test). Nothing is checked but the message's fields; call [`Signed::verify`] before trusting it.
+    pub fn with_signature(message: T, signature: [u8; 64]) -> Result<Self, ProtocolError> {
+        message.validate()?;
+        let signing_bytes = signing_bytes(T::TYPE, &to_object(&message)?)?;
+        Ok(Self { message, signature, signing_bytes })
+    }
+
     /// The exact bytes the signature covers.
     pub fn signing_bytes(&self) -> &[u8] {
         &self.signing_bytes
     }
 
-    /// Strict ed25519 verification (rejects non-canonical signatures and small-order keys and R).
+    /// Verification under the acceptance rule of PROTOCOL.md §2 (see [`strict`]): the same
+    /// verdict as [`verify_batch`] gives this message in any batch.
     pub fn verify(&self) -> Result<(), ProtocolError> {
-        let key = verifying_key(self.message.signer())?;
-        key.verify_strict(&self.signing_bytes, &Signature::from_bytes(&self.signature))
-            .map_err(|_| ProtocolError::new(Reason::BadSignature, "signature does not verify"))
+        let signer = self.message.signer();
+        strict::verify_one(&item_of(self, &signer))
     }
 
     /// The message as sent on the wire: canonical JSON including `sig`.
@@ -222,63 +231,25 @@ fn parse_signature_hex(text: &str) -> Result<[u8; 64], ProtocolError> {
     Ok(signature)
 }
 
-/// The verifying key for `bytes`, refusing encodings that are not a curve point or are small-order.
+/// The verifying key for `bytes` under the acceptance rule (PROTOCOL.md §2): refused as
+/// `invalid_public_key` when it is not the canonical encoding of a curve point, is of small order or
+/// has a torsion component. Registration uses it to refuse keys that could never sign.
 pub fn verifying_key(bytes: [u8; 32]) -> Result<VerifyingKey, ProtocolError> {
-    let key = VerifyingKey::from_bytes(&bytes)
-        .map_err(|_| ProtocolError::new(Reason::InvalidPublicKey, "not an ed25519 point"))?;
-    if key.is_weak() {
-        return Err(ProtocolError::new(Reason::InvalidPublicKey, "small-order key"));
-    }
-    Ok(key)
+    strict::strict_verifying_key(&bytes)
 }
 
-/// Keys remembered per thread by [`verify_batch`]; the cache is emptied when it is full.
-pub const KEY_CACHE_LEN_MAX: usize = 65_536;
-
-thread_local! {
-    /// Decompressed, small-order-checked keys of recent signers. Decompressing a point costs about a
-    /// fifth of a batch-verified signature, and a sender signs many messages with one key.
-    static KEY_CACHE: std::cell::RefCell<std::collections::HashMap<[u8; 32], VerifyingKey>> =
-        std::cell::RefCell::new(std::collections::HashMap::new());
+fn item_of<'a, T: Signable>(signed: &'a Signed<T>, signer: &'a [u8; 32]) -> strict::Item<'a> {
+    strict::Item { signer, signed_bytes: signed.signing_bytes(), signature: &signed.signature }
 }
 
-/// [`verifying_key`], remembered per thread for valid keys (an invalid key is never cached).
-fn cached_verifying_key(bytes: [u8; 32]) -> Result<VerifyingKey, ProtocolError> {
-    if let Some(key) = KEY_CACHE.with(|cache| cache.borrow().get(&bytes).copied()) {
-        return Ok(key);
-    }
-    let key = verifying_key(bytes)?;
-    KEY_CACHE.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        if cache.len() >= KEY_CACHE_LEN_MAX {
-            cache.clear();
-        }
-        cache.insert(bytes, key);
-    });
-    Ok(key)
-}
-
-/// Verifies many messages at once. Batch verification is about twice as fast as one-by-one; when
-/// the batch fails, each message is verified strictly on its own to find the bad ones. Keys are
-/// checked for small order first, as strict verification does.
-///
-/// Note: batch verification checks the cofactored equation, so it also accepts a signature whose R
-/// carries a torsion component. Only the key's owner can make such a signature, so it still proves
-/// who signed; PROTOCOL.md tells implementers to sign deterministically (RFC 8032), which never
-/// produces one.
+/// Verifies many messages at once, with exactly the verdicts [`Signed::verify`] gives each of them,
+/// whatever else shares the batch: the same deterministic computation per message (see
+/// [`strict`]), sharing only the field inversions.
 pub fn verify_batch<T: Signable>(messages: &[&Signed<T>]) -> Vec<Result<(), ProtocolError>> {
-    let keys: Vec<Result<VerifyingKey, ProtocolError>> =
-        messages.iter().map(|signed| cached_verifying_key(signed.message.signer())).collect();
-    if keys.iter().all(Result::is_ok) && messages.len() > 1 {
-        let keys: Vec<VerifyingKey> = keys.iter().filter_map(|key| key.as_ref().ok().copied()).collect();
-        let payloads: Vec<&[u8]> = messages.iter().map(|signed| signed.signing_bytes()).collect();
-        let signatures: Vec<Signature> =
-            messages.iter().map(|signed| Signature::from_bytes(&signed.signature)).collect();
-        if ed25519_dalek::verify_batch(&payloads, &signatures, &keys).is_ok() {
-            return vec![Ok(()); messages.len()];
-        }
-    }
-    messages.iter().map(|signed| signed.verify()).collect()
+    let signers: Vec<[u8; 32]> = messages.iter().map(|signed| signed.message.signer()).collect();
+    let items: Vec<strict::Item<'_>> =
+        messages.iter().zip(&signers).map(|(signed, signer)| item_of(signed, signer)).collect();
+    strict::verify_many(&items)
 }
 
 #[cfg(test)]

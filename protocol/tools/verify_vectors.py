@@ -5,7 +5,8 @@ It shares no code with the Rust crate: its own canonical JSON (RFC 8785 for our 
 set), its own field tables, and libsodium's ed25519 (through PyNaCl) instead of ed25519-dalek.
 Valid vectors must produce exactly `signing_bytes_hex` and verify; invalid ones must fail with their
 `reason`. Usage: python3 protocol/tools/verify_vectors.py [protocol/test-vectors.json]
-Needs: pip install pynacl
+Needs: pip install pynacl. `cargo test -p protocol --test libsodium_vectors` runs it (skipped when
+Python or PyNaCl is missing, unless GRIDEX_REQUIRE_TOOLS is set, as in CI).
 """
 import json
 import re
@@ -143,14 +144,28 @@ def verify(kind, message):
         if not ok(body[name]):
             raise Rejected("invalid_value")
     signing_bytes = ("gridex/v1/%s\n" % kind).encode("utf-8") + canonical(body).encode("utf-8")
-    public_key = bytes.fromhex(body[SIGNER[kind]])
-    if not nacl.bindings.crypto_core_ed25519_is_valid_point(public_key):
-        raise Rejected("invalid_public_key")  # not on the curve, or small order
-    try:
-        nacl.signing.VerifyKey(public_key).verify(signing_bytes, bytes.fromhex(sig))
-    except nacl.exceptions.BadSignatureError:
-        raise Rejected("bad_signature")
+    check_signature(bytes.fromhex(body[SIGNER[kind]]), signing_bytes, bytes.fromhex(sig))
     return signing_bytes
+
+
+def check_signature(public_key, signing_bytes, sig):
+    """PROTOCOL.md section 2, the acceptance rule.
+
+    libsodium's crypto_sign_verify_detached checks that s is canonical, that A and R are canonical
+    and not of small order, and the cofactorless equation; it does NOT check that A is in the
+    prime-order subgroup (vector mixed-order-key passes it). The rule is stricter there, so A and R
+    are checked first with crypto_core_ed25519_is_valid_point, which requires a canonical encoding
+    of a point on the curve, not of small order, in the prime-order subgroup (torsion-free). For R
+    this adds nothing to the cofactorless equation once A is torsion-free, but it states the rule.
+    """
+    if not nacl.bindings.crypto_core_ed25519_is_valid_point(public_key):
+        raise Rejected("invalid_public_key")  # not canonical, not on the curve, small or mixed order
+    if not nacl.bindings.crypto_core_ed25519_is_valid_point(sig[:32]):
+        raise Rejected("bad_signature")  # R: not canonical, not on the curve, small or mixed order
+    try:
+        nacl.signing.VerifyKey(public_key).verify(signing_bytes, sig)
+    except nacl.exceptions.BadSignatureError:
+        raise Rejected("bad_signature")  # s not below L, or the cofactorless equation fails
 
 
 def main():

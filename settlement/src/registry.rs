@@ -333,7 +333,8 @@ pub fn register_account(
 ) -> Result<Account, RegistryError> {
     check_name(display_name)?;
     let valid_id = match kind {
-        AccountKind::Household => AccountId::parse(id).is_ok(),
+        // A household signs with this key: refuse one that could never pass PROTOCOL.md §2.
+        AccountKind::Household => AccountId::parse(id).is_ok_and(|id| protocol::wire::verifying_key(id.0).is_ok()),
         AccountKind::Utility => zone_id.is_some_and(|zone| id == utility_account_for(zone)),
         AccountKind::Treasury => id == TREASURY_ACCOUNT,
         AccountKind::Issuer => id == ISSUER_ACCOUNT,
@@ -395,6 +396,7 @@ pub fn register_device(
     if !(1..=NAMEPLATE_W_MAX).contains(&nameplate_w) {
         return Err(invalid("nameplate_w", format!("1 to {NAMEPLATE_W_MAX} W")));
     }
+    protocol::wire::verifying_key(device_id.0).map_err(|error| invalid("device_id", error.detail))?;
     if self::zone(conn, zone_id)?.is_none() {
         return Err(RegistryError::UnknownZone(zone_id.to_string()));
     }
