@@ -315,8 +315,10 @@ fn answer_of(config: &PublisherConfig, topic: &str, payload: &[u8]) -> Option<u6
         if reject.of != <Reading as protocol::WireMessage>::TYPE {
             return None;
         }
-        // `overloaded` and `internal_error` say "retry": the reading stays and is sent again.
-        if matches!(reject.reason, Reason::Overloaded | Reason::InternalError) {
+        // `overloaded` says "retry later": the reading stays and is sent again. Every other reason is
+        // final (the exchange never refuses a valid reading for a fault of its own over MQTT; it
+        // holds it unacknowledged instead), and a final reject must not hold the spool up forever.
+        if reject.reason == Reason::Overloaded {
             return None;
         }
         tracing::warn!(seq = ?reject.seq, reason = %reject.reason, message = %reject.message, "the exchange refused a reading");
