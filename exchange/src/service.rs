@@ -648,14 +648,7 @@ pub async fn start(
         let (held_tx, held_rx) = mpsc::channel(INBOUND_HELD_MAX);
         // Not joined: it ends with the listener or when the ingest queue closes.
         tokio::spawn(forward(held_rx, ingest_tx.clone()));
-        let listener = MqttListener {
-            client,
-            acks,
-            served,
-            held: held_tx,
-            ready: ready_tx,
-            subacks_pending: 0,
-        };
+        let listener = MqttListener { client, acks, served, held: held_tx, ready: ready_tx, subacks_pending: 0 };
         mqtt_tasks.push(tokio::spawn(listener.run(eventloop, shutdown.clone(), mqtt_stop)));
     }
 
@@ -1182,7 +1175,8 @@ impl Writer {
             metrics::histogram!("gridex_group_commit_seconds").record(started.elapsed().as_secs_f64());
             match result {
                 Ok(checked) => {
-                    let commands = Arc::try_unwrap(rows).map_or_else(|shared| shared.commands.clone(), |own| own.commands);
+                    let commands =
+                        Arc::try_unwrap(rows).map_or_else(|shared| shared.commands.clone(), |own| own.commands);
                     return Some((commands, checked));
                 }
                 Err(error) => {

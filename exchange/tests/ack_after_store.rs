@@ -151,8 +151,11 @@ impl Market {
     }
 }
 
-/// Stored (device, seq) rows and (account, nonce) commands: `Vec`s, so a duplicate would show.
-fn stored(db: &Database) -> (Vec<(String, i64)>, Vec<(String, i64)>) {
+/// (sender, seq or nonce) of each stored row.
+type Rows = Vec<(String, i64)>;
+
+/// Stored (device, seq) readings and (account, nonce) commands: `Vec`s, so a duplicate would show.
+fn stored(db: &Database) -> (Rows, Rows) {
     let mut conn = db.get().expect("a connection");
     let readings = readings::table
         .select((readings::device_id, readings::seq))
@@ -166,7 +169,7 @@ fn stored(db: &Database) -> (Vec<(String, i64)>, Vec<(String, i64)>) {
 }
 
 /// Waits until storage holds `readings` readings and `commands` commands (or fails the test).
-async fn wait_stored(db: &Database, readings: usize, commands: usize) -> (Vec<(String, i64)>, Vec<(String, i64)>) {
+async fn wait_stored(db: &Database, readings: usize, commands: usize) -> (Rows, Rows) {
     let deadline = tokio::time::Instant::now() + STORED_TIMEOUT;
     loop {
         let now = stored(db);

@@ -238,10 +238,7 @@ impl Gateway {
 /// Records the seqs the broker routes on the device's readings topic.
 async fn watch_readings(broker: &BrokerAddr, zone: &ZoneId, device: &str) -> Arc<Mutex<BTreeSet<u64>>> {
     let (client, mut eventloop) = rumqttc::AsyncClient::new(mqtt_options(broker, &format!("watch-{}", unique())), 64);
-    client
-        .subscribe(protocol::topics::readings(zone, &device), rumqttc::QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
+    client.subscribe(protocol::topics::readings(zone, &device), rumqttc::QoS::AtLeastOnce).await.expect("subscribe");
     let seen = Arc::new(Mutex::new(BTreeSet::new()));
     let sink = seen.clone();
     let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
@@ -327,8 +324,10 @@ async fn a_broker_restart_without_persistence_loses_no_reading() {
                 gateway.take(seq);
             }
             // The broker has them all (and queued them for the exchange's session).
-            wait_for("the broker to route the readings", || seen.lock().expect("lock").len() as u64 == READINGS_EACH_SIDE)
-                .await;
+            wait_for("the broker to route the readings", || {
+                seen.lock().expect("lock").len() as u64 == READINGS_EACH_SIDE
+            })
+            .await;
 
             broker.restart();
             for seq in READINGS_EACH_SIDE + 1..=2 * READINGS_EACH_SIDE {

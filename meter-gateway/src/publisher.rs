@@ -421,7 +421,11 @@ impl Session<'_> {
         }
         let again: Vec<Vec<u8>> =
             self.unanswered.iter().filter(|entry| !entry.answered).map(|entry| entry.payload.clone()).collect();
-        tracing::info!(readings = again.len(), timeout_ms = self.timeout_ms, "no answer from the exchange; publishing again");
+        tracing::info!(
+            readings = again.len(),
+            timeout_ms = self.timeout_ms,
+            "no answer from the exchange; publishing again"
+        );
         for payload in again {
             self.publish_reading(payload).await?;
             self.stats.resent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

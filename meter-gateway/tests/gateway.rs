@@ -126,7 +126,8 @@ impl Subscriber {
                         assert_eq!(publish.topic, topic, "published on the device's readings topic");
                         // Stands in for the exchange: the gateway keeps a reading until it is answered.
                         let reading = &signed.message;
-                        let ack = protocol::ReadingAck { device: reading.device, seq: reading.seq, ts_ms: reading.ts_ms };
+                        let ack =
+                            protocol::ReadingAck { device: reading.device, seq: reading.seq, ts_ms: reading.ts_ms };
                         let answer = protocol::encode(&ack).expect("encodes");
                         let events = protocol::topics::events(&reading.zone, &reading.device);
                         let _ = client.try_publish(events, QoS::AtLeastOnce, false, answer);

@@ -76,7 +76,8 @@ fn brokers() -> Vec<(String, u16)> {
     let mut brokers = vec![embedded_broker()];
     if let Some(url) = std::env::var("MQTT_URL").ok().filter(|url| !url.is_empty()) {
         let rest = url.split("://").last().unwrap_or(&url).trim_end_matches('/');
-        let (host, port) = rest.rsplit_once(':').map_or((rest, 1883), |(host, port)| (host, port.parse().unwrap_or(1883)));
+        let (host, port) =
+            rest.rsplit_once(':').map_or((rest, 1883), |(host, port)| (host, port.parse().unwrap_or(1883)));
         assert!(TcpStream::connect((host, port)).is_ok(), "MQTT_URL is set ({url}) but the broker is unreachable");
         brokers.push((host.to_owned(), port));
     }
