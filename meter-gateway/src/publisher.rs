@@ -431,7 +431,8 @@ impl Session<'_> {
             self.stats.resent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         self.sent_at = tokio::time::Instant::now();
-        self.timeout_ms = (self.timeout_ms * 2).clamp(self.config.ack_timeout_ms, ACK_TIMEOUT_MAX_MS);
+        // Never below the configured timeout, even when that is above the usual cap.
+        self.timeout_ms = self.timeout_ms.saturating_mul(2).min(ACK_TIMEOUT_MAX_MS.max(self.config.ack_timeout_ms));
         Ok(())
     }
 }
