@@ -619,6 +619,30 @@ mod tests {
     }
 
     #[test]
+    fn a_reading_is_answered_by_its_ack_or_a_final_reject_but_not_by_overloaded() {
+        let device = DeviceId::from_verifying_key(&protocol::testing::signing_key(1).verifying_key());
+        let zone = protocol::testing::zone();
+        let config = PublisherConfig { mqtt: MqttSettings::default(), device, zone: zone.clone(), ack_timeout_ms: 1 };
+        let ack = protocol::encode(&ReadingAck { device, seq: 7, ts_ms: protocol::TimestampMs(0) }).expect("encodes");
+        assert_eq!(answer_of(&config, &topics::events(&zone, &device), &ack), Some(7));
+        assert_eq!(answer_of(&config, &topics::rejects(&zone, &device), &ack), None, "an ack on the wrong topic");
+        let reject = |reason, of: &str| {
+            let reject = Reject {
+                of: of.to_owned(),
+                seq: Some(8),
+                reason,
+                message: String::new(),
+                ts_ms: protocol::TimestampMs(0),
+            };
+            protocol::encode(&reject).expect("encodes")
+        };
+        let rejects = topics::rejects(&zone, &device);
+        assert_eq!(answer_of(&config, &rejects, &reject(Reason::TimestampTooOld, "reading")), Some(8));
+        assert_eq!(answer_of(&config, &rejects, &reject(Reason::Overloaded, "reading")), None, "retry later");
+        assert_eq!(answer_of(&config, &rejects, &reject(Reason::TimestampTooOld, "order")), None);
+    }
+
+    #[test]
     fn the_status_payload_is_the_protocols_status_message() {
         let device = DeviceId::from_verifying_key(&protocol::testing::signing_key(1).verifying_key());
         let status: Status = protocol::decode(&status_payload(device, true)).expect("decodes");
