@@ -2,9 +2,9 @@
 //! zone with that zone's books, and the publisher. See [`start`].
 //!
 //! ```text
-//! MQTT event loop ──try_send──▶ ingest queue ◀── submit_command / submit_reading (HTTP)
-//!        │ (full: `overloaded`)       │
-//!        ▼                            ▼
+//! MQTT event loop ─try_send▶ held ─send▶ ingest queue ◀── submit_command / submit_reading (HTTP)
+//!        │          (full: back-pressure) │ (full: `overloaded`, HTTP only)
+//!        ▼                                ▼
 //!   publisher ◀──────────── verifier (parse + batch signatures on a pool of blocking threads; then
 //!        ▲                            │  keys, freshness, seq/nonces, plausibility in arrival order)
 //!        │                            │ verified
@@ -19,8 +19,12 @@
 //! (`clean_session = false`) and acknowledges each inbound QoS 1 message (PUBACK) only once its fate is
 //! final — stored, or refused with a reason published to the sender. A message taken but not yet
 //! committed when the exchange dies is redelivered by the broker when it reconnects, and messages
-//! published while it is down wait in its session. **Invariant:** the MQTT event loop task never awaits anything but the
-//! event loop itself; everything it hands on goes through `try_send`.
+//! published while it is down wait in its session. A full ingest queue is back-pressure, never a
+//! reject over MQTT: the message is held (unacknowledged) until there is room, so the broker's
+//! in-flight window stops further deliveries. A failed group commit is retried with a capped backoff,
+//! never acknowledged nor refused; at shutdown it is abandoned unacknowledged, for redelivery.
+//! **Invariant:** the MQTT event loop task never awaits anything but the event loop itself (and a
+//! pause before reconnecting); everything it hands on goes through `try_send`.
 
 use crate::clock::Clock;
 use crate::config::{ExchangeConfig, EVENT_BROADCAST_LEN};
@@ -52,11 +56,22 @@ const MQTT_FLUSH_TIMEOUT_MS: u64 = 5_000;
 /// Smallest batch the verification stage splits the queue into: batch verification pays off
 /// from a few dozen signatures on (~1.7× at 64), so spreading fewer over the workers is slower.
 const VERIFY_BATCH_MIN: usize = 32;
-/// Failed commits whose senders the verifier must forget, waiting to be read.
+/// Abandoned commits whose senders the verifier must forget, waiting to be read.
 const RESYNC_QUEUE_LEN: usize = 64;
 /// Batches of refused readings waiting to be recorded by the group commit; beyond this their records
 /// are dropped (the refusals themselves are still answered and counted).
 const REFUSED_QUEUE_LEN: usize = 64;
+/// First pause before a failed group commit is tried again: long enough for a lock or a failover
+/// to clear, short enough that a passing fault costs little.
+const COMMIT_RETRY_DELAY_MS_MIN: u64 = 50;
+/// Longest pause between attempts: a database that is down is retried every few seconds without
+/// flooding the log.
+const COMMIT_RETRY_DELAY_MS_MAX: u64 = 5_000;
+/// Inbound MQTT messages held while the ingest queue is full. MQTT 3.1.1 has no receive maximum,
+/// but brokers bound their unacknowledged deliveries (Mosquitto's `max_inflight_messages`, 20 by
+/// default; rumqttd 100) and the exchange acknowledges only stored messages, so this is never
+/// reached with a sane broker; beyond it the exchange reconnects and the broker redelivers.
+const INBOUND_HELD_MAX: usize = 1_024;
 
 /// A refused start.
 #[derive(Debug, thiserror::Error)]
@@ -600,6 +615,8 @@ pub async fn start(
         verifying: verifying.clone(),
         resync: resync_tx,
         refused: refused_rx,
+        shutdown: shutdown.clone(),
+        abandoned: false,
     };
     spawn(tokio::spawn(writer.run(commit_rx)));
 
@@ -634,15 +651,10 @@ pub async fn start(
             pending: VecDeque::new(),
             acks: acks_tx,
         }));
-        let listener = MqttListener {
-            client,
-            acks,
-            served,
-            ingest: ingest_tx.clone(),
-            outlets: outlets.clone(),
-            ready: ready_tx,
-            subacks_pending: 0,
-        };
+        let (held_tx, held_rx) = mpsc::channel(INBOUND_HELD_MAX);
+        // Not joined: it ends with the listener or when the ingest queue closes.
+        tokio::spawn(forward(held_rx, ingest_tx.clone()));
+        let listener = MqttListener { client, acks, served, held: held_tx, ready: ready_tx, subacks_pending: 0 };
         mqtt_tasks.push(tokio::spawn(listener.run(eventloop, shutdown.clone(), mqtt_stop)));
     }
 
@@ -689,14 +701,14 @@ async fn publisher(
     let _ = client.disconnect().await;
 }
 
-/// Polls the MQTT event loop and hands inbound messages on with `try_send` only.
+/// Polls the MQTT event loop and hands inbound messages on with `try_send` only (to [`forward`]).
 struct MqttListener {
     client: rumqttc::AsyncClient,
     acks: Arc<std::sync::Mutex<AckQueue>>,
     /// The zones subscribed to; `None`: every zone (wildcard subscriptions).
     served: Option<Vec<ZoneId>>,
-    ingest: mpsc::Sender<Raw>,
-    outlets: Outlets,
+    /// To [`forward`], which feeds the ingest queue.
+    held: mpsc::Sender<Raw>,
     ready: watch::Sender<bool>,
     subacks_pending: usize,
 }
@@ -744,7 +756,13 @@ impl MqttListener {
                     AckQueue::reconnected(&self.acks);
                     self.subscribe();
                 }
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(publish))) => self.inbound(publish),
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(publish))) => {
+                    if !self.inbound(publish) {
+                        // Drop the connection; the next poll reconnects (ConnAck voids the old acks).
+                        eventloop.clean();
+                        tokio::time::sleep(Duration::from_millis(MQTT_RECONNECT_DELAY_MS)).await;
+                    }
+                }
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
                     self.subacks_pending = self.subacks_pending.saturating_sub(1);
                     if self.subacks_pending == 0 {
@@ -760,25 +778,44 @@ impl MqttListener {
         }
     }
 
-    fn inbound(&self, publish: rumqttc::Publish) {
+    /// Hands one inbound message on. `false` when it could not be held (a broker sending more than
+    /// [`INBOUND_HELD_MAX`] unacknowledged messages): it stays unacknowledged, and so does every
+    /// later one, so the caller reconnects and the broker redelivers them.
+    fn inbound(&self, publish: rumqttc::Publish) -> bool {
         let ack = (publish.qos != rumqttc::QoS::AtMostOnce).then(|| AckQueue::take(&self.acks, publish.pkid));
         let topic = publish.topic.as_str();
         let (kind, zone, sender) = match topics::parse_inbound(topic) {
             Some(Inbound::Readings { zone, device }) => (Kind::Reading, zone, device),
             Some(Inbound::Orders { zone, account }) => (Kind::Command, zone, account),
-            None => return acknowledge(ack),
+            None => {
+                acknowledge(ack);
+                return true;
+            }
         };
         let origin = Origin::Mqtt { zone: zone.to_owned(), sender: sender.to_owned() };
         let raw = Raw { kind, origin, bytes: publish.payload.to_vec(), reply: None, ack };
-        match self.ingest.try_send(raw) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(raw)) => {
-                let rejection = Rejection::new(Reason::Overloaded, "the ingest queue is full; retry later");
-                reject(&self.outlets, raw.kind, &raw.origin, None, None, rejection);
-                acknowledge(raw.ack);
+        match self.held.try_send(raw) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!("gridex_inbound_held_overflow_total").increment(1);
+                tracing::warn!("more unacknowledged MQTT messages than the exchange holds; reconnecting");
+                false
             }
             // Shutting down: unacknowledged, so the broker redelivers it to the next session.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => true,
+        }
+    }
+}
+
+/// Moves inbound MQTT messages into the ingest queue, waiting while it is full: back-pressure,
+/// never `overloaded`. While it waits the exchange acknowledges nothing new, so the broker stops
+/// sending once its in-flight window is full; the event loop keeps being polled (pings, PUBACKs).
+async fn forward(mut held: mpsc::Receiver<Raw>, ingest: mpsc::Sender<Raw>) {
+    while let Some(raw) = held.recv().await {
+        metrics::gauge!("gridex_queue_depth", "queue" => "mqtt_held").set(held.len() as f64);
+        // Closed: shutting down; the message stays unacknowledged and is redelivered.
+        if ingest.send(raw).await.is_err() {
+            break;
         }
     }
 }
@@ -1054,6 +1091,23 @@ struct Writer {
     resync: mpsc::Sender<(Vec<protocol::DeviceId>, Vec<AccountId>)>,
     /// Refused readings to record, from the verification stage.
     refused: mpsc::Receiver<Vec<RefusedReading>>,
+    /// Ends the retries of a failing commit.
+    shutdown: watch::Receiver<bool>,
+    /// Set when a group was given up at shutdown: no later group may be stored before it.
+    abandoned: bool,
+}
+
+/// The rows one group commit writes and the resends it looks up, shared by its attempts.
+#[derive(Debug, Default)]
+struct GroupRows {
+    readings: Vec<ReadingRow>,
+    commands: Vec<CommandRow>,
+    /// Readings older than their device's last accepted one: (index in the group, reading).
+    to_check: Vec<(usize, protocol::Signed<protocol::Reading>)>,
+    /// Commands whose nonce was seen: (index in the group, command).
+    seen: Vec<(usize, Command)>,
+    /// Refused readings to record (signature valid, so the device sent them).
+    refused: Vec<RefusedReading>,
 }
 
 /// What the transaction found for each pending message.
@@ -1106,25 +1160,22 @@ impl Writer {
 
     async fn commit(&mut self, group: Vec<Pending>, refused: Vec<RefusedReading>) {
         let first_seq = self.next_seq;
-        let mut readings = Vec::new();
-        let mut commands = Vec::new();
-        let mut to_check = Vec::new();
-        let mut seen = Vec::new();
+        let mut rows = GroupRows { refused, ..GroupRows::default() };
         let mut seq = first_seq;
         for (index, item) in group.iter().enumerate() {
             match &item.verified {
-                Verified::Reading { signed, payload, duplicate: Duplicate::No } => readings.push(ReadingRow {
+                Verified::Reading { signed, payload, duplicate: Duplicate::No } => rows.readings.push(ReadingRow {
                     signed: signed.clone(),
                     payload: payload.clone(),
                     received_ms: item.received_ms,
                 }),
                 Verified::Reading { signed, duplicate: Duplicate::CheckStorage, .. } => {
-                    to_check.push((index, signed.clone()))
+                    rows.to_check.push((index, signed.clone()))
                 }
                 Verified::Reading { duplicate: Duplicate::OfLast, .. } => {}
-                Verified::CommandSeen { command, .. } => seen.push((index, command.clone())),
+                Verified::CommandSeen { command, .. } => rows.seen.push((index, command.clone())),
                 Verified::Command { command, slot, payload } => {
-                    commands.push(CommandRow {
+                    rows.commands.push(CommandRow {
                         command_seq: seq,
                         zone: command.zone().clone(),
                         slot: *slot,
@@ -1140,34 +1191,15 @@ impl Writer {
         }
         // A zone's owner recovers its books from the log when it starts, so a zone's first commands
         // must be committed after that, or they would be applied twice.
-        let mut zones: Vec<&ZoneId> = commands.iter().map(|row| &row.zone).collect();
+        let mut zones: Vec<&ZoneId> = rows.commands.iter().map(|row| &row.zone).collect();
         zones.dedup();
         for zone in zones {
             if let Err(error) = self.zones.get_or_start(zone).await {
                 tracing::error!(%zone, %error, "cannot start the zone's owner");
             }
         }
-        let started = std::time::Instant::now();
-        let rows = (readings, commands);
-        let result = self
-            .db
-            .write(move |conn| {
-                store::insert_readings(conn, &rows.0)?;
-                store::insert_commands(conn, &rows.1)?;
-                store::insert_rejections(conn, &refused)?;
-                let mut checked = Vec::with_capacity(to_check.len());
-                for (index, signed) in to_check {
-                    checked.push((index, store::same_reading_stored(conn, &signed)?));
-                }
-                for (index, command) in seen {
-                    checked.push((index, store::same_command_stored(conn, &command)?));
-                }
-                Ok((rows.1, checked))
-            })
-            .await;
-        metrics::histogram!("gridex_group_commit_seconds").record(started.elapsed().as_secs_f64());
-        match result {
-            Ok((commands, checked)) => {
+        match self.commit_until_stored(Arc::new(rows)).await {
+            Some((commands, checked)) => {
                 self.next_seq = seq;
                 let mut outcomes = vec![Outcome::Stored; group.len()];
                 for (index, same) in checked {
@@ -1175,30 +1207,78 @@ impl Writer {
                 }
                 self.after_commit(group, outcomes, commands).await;
             }
-            Err(error) => {
-                tracing::error!(%error, "group commit failed");
-                self.failed(group);
-            }
+            None => self.abandon(group),
         }
     }
 
-    fn failed(&self, group: Vec<Pending>) {
+    /// Runs the group's transaction until it commits, retrying a failure after a capped backoff:
+    /// a failed commit is never an answer to the senders (their messages are valid), and later groups
+    /// wait, so what is stored stays in arrival order and the verifier's high-water marks (which
+    /// assumed this group stored) stay true. `None` once the exchange is stopping while the commit
+    /// still fails, or after an earlier group was abandoned.
+    async fn commit_until_stored(&mut self, rows: Arc<GroupRows>) -> Option<(Vec<CommandRow>, Vec<(usize, bool)>)> {
+        let mut delay_ms = COMMIT_RETRY_DELAY_MS_MIN;
+        while !self.abandoned {
+            let started = std::time::Instant::now();
+            let attempt = rows.clone();
+            let result = self
+                .db
+                .write(move |conn| {
+                    store::insert_readings(conn, &attempt.readings)?;
+                    store::insert_commands(conn, &attempt.commands)?;
+                    store::insert_rejections(conn, &attempt.refused)?;
+                    let mut checked = Vec::with_capacity(attempt.to_check.len() + attempt.seen.len());
+                    for (index, signed) in &attempt.to_check {
+                        checked.push((*index, store::same_reading_stored(conn, signed)?));
+                    }
+                    for (index, command) in &attempt.seen {
+                        checked.push((*index, store::same_command_stored(conn, command)?));
+                    }
+                    Ok(checked)
+                })
+                .await;
+            metrics::histogram!("gridex_group_commit_seconds").record(started.elapsed().as_secs_f64());
+            match result {
+                Ok(checked) => {
+                    let commands =
+                        Arc::try_unwrap(rows).map_or_else(|shared| shared.commands.clone(), |own| own.commands);
+                    return Some((commands, checked));
+                }
+                Err(error) => {
+                    metrics::counter!("gridex_group_commit_failures_total").increment(1);
+                    tracing::error!(%error, retry_in_ms = delay_ms, "group commit failed; retrying");
+                }
+            }
+            if *self.shutdown.borrow() {
+                self.abandoned = true;
+                break;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(delay_ms)) => {}
+                _ = self.shutdown.changed() => {}
+            }
+            delay_ms = (delay_ms * 2).min(COMMIT_RETRY_DELAY_MS_MAX);
+        }
+        None
+    }
+
+    /// The exchange stops while storage fails: the group is not stored and not answered over MQTT.
+    /// Its messages (and every later one: PUBACKs go in arrival order) stay unacknowledged, so the
+    /// broker redelivers them to the exchange's session; an HTTP caller is told to retry.
+    fn abandon(&self, group: Vec<Pending>) {
         let mut devices = Vec::new();
         let mut accounts = Vec::new();
         for item in group {
-            let kind = match &item.verified {
-                Verified::Reading { signed, .. } => {
-                    devices.push(signed.message.device);
-                    Kind::Reading
-                }
+            match &item.verified {
+                Verified::Reading { signed, .. } => devices.push(signed.message.device),
                 Verified::Command { command, .. } | Verified::CommandSeen { command, .. } => {
-                    accounts.push(command.account());
-                    Kind::Command
+                    accounts.push(command.account())
                 }
-            };
-            let rejection = Rejection::new(Reason::InternalError, "storing the message failed; retry");
-            reject(&self.outlets, kind, &item.origin, None, item.reply, rejection);
-            acknowledge(item.ack);
+            }
+            if let Some(reply) = item.reply {
+                reply.reject(Rejection::new(Reason::InternalError, "storing the message failed; retry"));
+            }
+            // `item.ack` is dropped undone: no PUBACK.
         }
         // The verifier advanced these senders' high-water marks; make it reload them from storage.
         if self.resync.try_send((devices, accounts)).is_err() {

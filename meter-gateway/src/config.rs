@@ -4,7 +4,7 @@
 use crate::agent::AgentSettings;
 use crate::clock::SimClock;
 use crate::modbus::{RetryPolicy, ATTEMPTS_DEFAULT, REQUEST_TIMEOUT_DEFAULT_MS};
-use crate::publisher::MqttSettings;
+use crate::publisher::{MqttSettings, ACK_TIMEOUT_DEFAULT_MS};
 use crate::spool::SPOOL_BYTES_DEFAULT;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -72,6 +72,9 @@ pub struct GatewaySettings {
     /// Directory of the spool and the gateway's state (last seq, counter offsets).
     pub spool_dir: PathBuf,
     pub spool_bytes_max: u64,
+    /// How long a published reading waits for the exchange's `reading_ack` (or a final reject)
+    /// before it is published again; it stays in the spool until one of them arrives.
+    pub ack_timeout_ms: u64,
     pub modbus: ModbusSettings,
     pub mqtt: MqttSettings,
     /// The home trading agent, when present.
@@ -93,6 +96,7 @@ impl Default for GatewaySettings {
             interval_ms: POLL_INTERVAL_DEFAULT_MS,
             spool_dir: PathBuf::from("spool"),
             spool_bytes_max: SPOOL_BYTES_DEFAULT,
+            ack_timeout_ms: ACK_TIMEOUT_DEFAULT_MS,
             modbus: ModbusSettings::default(),
             mqtt: MqttSettings::default(),
             agent: None,

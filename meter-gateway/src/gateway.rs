@@ -246,6 +246,9 @@ fn validate(settings: &GatewaySettings) -> Result<(ZoneId, ModbusUrl), GatewayEr
     if settings.interval_ms < POLL_INTERVAL_MIN_MS {
         return Err(GatewayError::Settings(format!("interval_ms must be at least {POLL_INTERVAL_MIN_MS}")));
     }
+    if settings.ack_timeout_ms == 0 {
+        return Err(GatewayError::Settings("ack_timeout_ms must be positive".to_owned()));
+    }
     if settings.nameplate_w <= 0 {
         return Err(GatewayError::Settings("nameplate_w must be positive".to_owned()));
     }
@@ -295,7 +298,12 @@ pub async fn run_with_handle(
     let (stop_tx, stop_rx) = watch::channel(false);
     let notify = Arc::new(Notify::new());
     let stats = Arc::new(PublisherStats::default());
-    let publisher_config = PublisherConfig { mqtt: settings.mqtt.clone(), device, zone: zone.clone() };
+    let publisher_config = PublisherConfig {
+        mqtt: settings.mqtt.clone(),
+        device,
+        zone: zone.clone(),
+        ack_timeout_ms: settings.ack_timeout_ms,
+    };
     let publisher =
         tokio::spawn(publisher::run(publisher_config, spool.clone(), notify.clone(), stats.clone(), stop_rx.clone()));
     let (agent_tx, agent_task) = match settings.agent.clone() {

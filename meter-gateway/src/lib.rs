@@ -7,8 +7,8 @@
 //! on-disk store-and-forward spool ([`spool`]), MQTT publishing ([`publisher`]), the trading agent
 //! ([`agent`]), the simulator ([`simulator`]), settings ([`config`]) and key files ([`keys`]).
 //! It must never depend on `exchange` or `settlement`, never publish a reading that is not first in the
-//! spool, never drop a spooled reading before the broker's PUBACK (except the counted last-resort drop of
-//! a full spool), and never sign orders with the device key or readings with the account key.
+//! spool, never drop a spooled reading before the exchange answered it (its `reading_ack` or a final reject;
+//! the broker's PUBACK is not enough; except the counted last-resort drop of a full spool), and never sign orders with the device key or readings with the account key.
 //!
 //! **Sign convention** (see [`counters`]): `import_wh`, `export_wh` and `pv_wh` are separate,
 //! non-negative, monotonic counters; `power_w` is positive when importing.

@@ -67,7 +67,7 @@ enum Command {
         /// Poll period in milliseconds (at least 100).
         #[arg(long)]
         interval_ms: Option<u64>,
-        /// Spool directory (readings waiting for the broker, last seq, counter state).
+        /// Spool directory (readings waiting for the exchange's answer, last seq, counter state).
         #[arg(long)]
         spool: Option<PathBuf>,
         /// Largest power of the site in W; bounds plausible counter rises.

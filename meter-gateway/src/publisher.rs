@@ -1,27 +1,43 @@
-//! MQTT publishing of spooled readings with rumqttc: QoS 1, in spool order, each reading acknowledged
-//! in the spool only after the broker's PUBACK; retained online/offline status with a last will.
+//! MQTT publishing of spooled readings with rumqttc: QoS 1, in spool order, each reading removed from
+//! the spool only once the exchange answered it (its `reading_ack` on the device's events topic, or a
+//! final reject on its rejects topic), never on the broker's PUBACK: a broker that restarts without
+//! persistence loses what it queued. Unanswered readings are published again after
+//! [`PublisherConfig::ack_timeout_ms`] (doubling while unanswered) and on every reconnect; the
+//! exchange answers a resend of a stored reading with its `reading_ack` again. Retained
+//! online/offline status with a last will.
 //!
 //! Each connection is a fresh rumqttc client and event loop. The event loop is polled by its own task,
-//! which forwards only what the publisher needs (connected, published with packet id, PUBACK, down)
-//! over a bounded channel. At most [`WINDOW`] publishes are outstanding, so neither that channel nor
+//! which forwards only what the publisher needs (connected, subscribed, published with packet id,
+//! PUBACK, the exchange's answers, down) over a bounded channel. At most [`WINDOW`] readings are
+//! unanswered and at most [`WINDOW`] publishes lack their PUBACK, so neither that channel nor
 //! rumqttc's request channel can fill up (the known stall when one task both publishes and polls).
-//! After a disconnect everything not acknowledged is sent again from the spool, in order.
+//! After a disconnect everything not answered is sent again from the spool, in order.
 
 use crate::spool::Spool;
-use protocol::{topics, DeviceId, Status, ZoneId};
+use protocol::{topics, DeviceId, Reading, ReadingAck, Reason, Reject, Status, ZoneId};
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 
-/// Publishes outstanding at once. Well under rumqttc's in-flight limit (100) and request channel.
+/// Readings published and not yet answered by the exchange, and (separately) reading publishes not
+/// yet acknowledged by the broker. Well under rumqttc's in-flight limit (100) and request channel.
 pub const WINDOW: usize = 32;
-/// rumqttc request channel: the window plus status messages and a disconnect.
+/// rumqttc request channel: the window plus status messages, two subscriptions and a disconnect.
 pub const REQUEST_CHANNEL_CAPACITY: usize = WINDOW * 2;
-/// Events forwarded from the poll task: at most two per outstanding publish plus a few more.
+/// Events forwarded from the poll task: at most two per outstanding publish, one answer per
+/// unanswered reading (twice, counting answers to resends), plus a few more.
 pub const EVENT_CHANNEL_CAPACITY: usize = WINDOW * 4 + 16;
+/// Default wait for the exchange's answer to a reading before it is published again: the exchange
+/// answers within milliseconds when it runs, so this only matters when it or the broker lost it.
+pub const ACK_TIMEOUT_DEFAULT_MS: u64 = 30_000;
+/// The wait doubles while nothing is answered, up to this: an exchange down for hours gets one
+/// copy of the window every ten minutes from each gateway, not a flood.
+pub const ACK_TIMEOUT_MAX_MS: u64 = 10 * 60 * 1000;
+/// Shortest interval at which overdue answers are looked for (tests use short timeouts).
+pub const ACK_CHECK_INTERVAL_MIN_MS: u64 = 20;
 /// Delay before reconnecting after a failed connection; doubled up to the maximum.
 pub const RECONNECT_DELAY_INITIAL_MS: u64 = 200;
 pub const RECONNECT_DELAY_MAX_MS: u64 = 5_000;
@@ -180,8 +196,11 @@ pub fn status_payload(device: DeviceId, online: bool) -> Vec<u8> {
 #[derive(Debug)]
 enum LoopEvent {
     Connected,
+    Subscribed,
     Published(u16),
     Acked(u16),
+    /// A message on one of the topics the publisher subscribed to (the exchange's answers).
+    Message(String, Vec<u8>),
     Down(String),
 }
 
@@ -191,7 +210,11 @@ fn spawn_poll_task(mut eventloop: rumqttc::EventLoop, events: mpsc::Sender<LoopE
         loop {
             let event = match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => LoopEvent::Connected,
+                Ok(Event::Incoming(Packet::SubAck(_))) => LoopEvent::Subscribed,
                 Ok(Event::Incoming(Packet::PubAck(ack))) => LoopEvent::Acked(ack.pkid),
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    LoopEvent::Message(publish.topic, publish.payload.to_vec())
+                }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => LoopEvent::Published(pkid),
                 Ok(_) => continue,
                 Err(error) => {
@@ -210,8 +233,12 @@ fn spawn_poll_task(mut eventloop: rumqttc::EventLoop, events: mpsc::Sender<LoopE
 #[derive(Debug, Default)]
 pub struct PublisherStats {
     pub connections: std::sync::atomic::AtomicU64,
+    /// Readings published, resends included.
     pub published: std::sync::atomic::AtomicU64,
+    /// Readings the exchange answered (stored, or refused for good) and the spool let go.
     pub acked: std::sync::atomic::AtomicU64,
+    /// Readings published again because their answer did not come in time.
+    pub resent: std::sync::atomic::AtomicU64,
 }
 
 /// What the publisher task needs.
@@ -220,12 +247,14 @@ pub struct PublisherConfig {
     pub mqtt: MqttSettings,
     pub device: DeviceId,
     pub zone: ZoneId,
+    /// How long a published reading waits for the exchange's answer before it is published again.
+    pub ack_timeout_ms: u64,
 }
 
 /// One publish waiting for its packet id (FIFO, in publish order).
 #[derive(Debug, Clone, Copy)]
 enum Tag {
-    Reading(u64),
+    Reading,
     Status,
 }
 
@@ -267,6 +296,187 @@ pub async fn run(
     }
 }
 
+/// A published reading the exchange has not answered yet.
+#[derive(Debug)]
+struct Unanswered {
+    seq: u64,
+    payload: Vec<u8>,
+    answered: bool,
+}
+
+/// How the exchange answered a reading, read from its events or rejects topic.
+fn answer_of(config: &PublisherConfig, topic: &str, payload: &[u8]) -> Option<u64> {
+    if topic == topics::events(&config.zone, &config.device) {
+        let ack: ReadingAck = protocol::decode(payload).ok()?;
+        return (ack.device == config.device).then_some(ack.seq);
+    }
+    if topic == topics::rejects(&config.zone, &config.device) {
+        let reject: Reject = protocol::decode(payload).ok()?;
+        if reject.of != <Reading as protocol::WireMessage>::TYPE {
+            return None;
+        }
+        // `overloaded` says "retry later": the reading stays and is sent again. Every other reason is
+        // final (the exchange never refuses a valid reading for a fault of its own over MQTT; it
+        // holds it unacknowledged instead), and a final reject must not hold the spool up forever.
+        if reject.reason == Reason::Overloaded {
+            return None;
+        }
+        tracing::warn!(seq = ?reject.seq, reason = %reject.reason, message = %reject.message, "the exchange refused a reading");
+        return reject.seq;
+    }
+    None
+}
+
+/// One connection's state: what was published and not answered, in spool order.
+struct Session<'a> {
+    config: &'a PublisherConfig,
+    client: AsyncClient,
+    spool: &'a Arc<Mutex<Spool>>,
+    stats: &'a Arc<PublisherStats>,
+    topic: String,
+    waiting_for_pkid: VecDeque<Tag>,
+    /// Reading publishes the broker has not acknowledged yet (by packet id).
+    reading_pkids: HashSet<u16>,
+    /// Reading publishes handed to rumqttc without the broker's PUBACK: at most [`WINDOW`].
+    unpubacked: usize,
+    unanswered: VecDeque<Unanswered>,
+    last_sent: u64,
+    /// When the oldest unanswered reading was (re)published, and how long its answer may take.
+    sent_at: tokio::time::Instant,
+    timeout_ms: u64,
+}
+
+impl Session<'_> {
+    async fn publish_reading(&mut self, payload: Vec<u8>) -> Result<(), rumqttc::ClientError> {
+        self.client.publish(&self.topic, QoS::AtLeastOnce, false, payload).await?;
+        self.waiting_for_pkid.push_back(Tag::Reading);
+        self.unpubacked += 1;
+        self.stats.published.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Publishes spooled readings after the last one sent while the window has room.
+    async fn fill(&mut self) -> Result<(), rumqttc::ClientError> {
+        while self.unanswered.len() < WINDOW && self.unpubacked < WINDOW {
+            let room = WINDOW - self.unanswered.len().max(self.unpubacked);
+            let batch = match lock(self.spool).read_after(self.last_sent, room) {
+                Ok(batch) => batch,
+                Err(error) => {
+                    tracing::error!(%error, "cannot read the spool");
+                    return Ok(());
+                }
+            };
+            if batch.is_empty() {
+                return Ok(());
+            }
+            for (seq, payload) in batch {
+                if self.unanswered.is_empty() {
+                    self.sent_at = tokio::time::Instant::now();
+                }
+                self.publish_reading(payload.clone()).await?;
+                self.unanswered.push_back(Unanswered { seq, payload, answered: false });
+                self.last_sent = seq;
+            }
+        }
+        Ok(())
+    }
+
+    fn pubacked(&mut self, pkid: u16) {
+        if self.reading_pkids.remove(&pkid) {
+            self.unpubacked = self.unpubacked.saturating_sub(1);
+        }
+    }
+
+    fn published(&mut self, pkid: u16) {
+        if let Some(Tag::Reading) = self.waiting_for_pkid.pop_front() {
+            self.reading_pkids.insert(pkid);
+        }
+    }
+
+    /// The exchange answered `seq`: the answered readings at the front leave the spool.
+    fn answered(&mut self, seq: u64) {
+        let Some(entry) = self.unanswered.iter_mut().find(|entry| entry.seq == seq) else { return };
+        entry.answered = true;
+        let mut through = None;
+        while self.unanswered.front().is_some_and(|entry| entry.answered) {
+            through = self.unanswered.pop_front().map(|entry| entry.seq);
+            self.stats.acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(through) = through {
+            self.sent_at = tokio::time::Instant::now();
+            self.timeout_ms = self.config.ack_timeout_ms;
+            if let Err(error) = lock(self.spool).ack_through(through) {
+                tracing::error!(%error, "cannot record an acknowledgement");
+            }
+        }
+    }
+
+    /// Publishes the unanswered readings again once their answer is overdue (and the broker has
+    /// acknowledged the earlier publishes, so the window stays bounded). The timeout doubles while
+    /// nothing is answered, so an exchange that is down for long is not flooded with copies.
+    async fn resend_overdue(&mut self) -> Result<(), rumqttc::ClientError> {
+        let overdue = self.sent_at.elapsed() >= Duration::from_millis(self.timeout_ms);
+        if !overdue || self.unpubacked > 0 || self.unanswered.iter().all(|entry| entry.answered) {
+            return Ok(());
+        }
+        let again: Vec<Vec<u8>> =
+            self.unanswered.iter().filter(|entry| !entry.answered).map(|entry| entry.payload.clone()).collect();
+        tracing::info!(
+            readings = again.len(),
+            timeout_ms = self.timeout_ms,
+            "no answer from the exchange; publishing again"
+        );
+        for payload in again {
+            self.publish_reading(payload).await?;
+            self.stats.resent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.sent_at = tokio::time::Instant::now();
+        // Never below the configured timeout, even when that is above the usual cap.
+        self.timeout_ms = self.timeout_ms.saturating_mul(2).min(ACK_TIMEOUT_MAX_MS.max(self.config.ack_timeout_ms));
+        Ok(())
+    }
+}
+
+/// Waits for the broker's CONNACK and the SUBACKs of the answer topics.
+async fn connected(
+    events: &mut mpsc::Receiver<LoopEvent>,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    client: &AsyncClient,
+    config: &PublisherConfig,
+) -> Option<SessionEnd> {
+    let mut subacks_pending = None;
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(LoopEvent::Connected) => {
+                    // The exchange answers on the device's events and rejects topics.
+                    for topic in [topics::events(&config.zone, &config.device), topics::rejects(&config.zone, &config.device)] {
+                        if client.subscribe(topic, QoS::AtLeastOnce).await.is_err() {
+                            return Some(SessionEnd::Down);
+                        }
+                    }
+                    subacks_pending = Some(2);
+                }
+                Some(LoopEvent::Subscribed) => {
+                    if let Some(pending) = subacks_pending.as_mut() {
+                        *pending -= 1;
+                        if *pending == 0 {
+                            return None;
+                        }
+                    }
+                }
+                Some(LoopEvent::Down(error)) => {
+                    tracing::warn!(%error, "mqtt connection failed");
+                    return Some(SessionEnd::Down);
+                }
+                None => return Some(SessionEnd::Down),
+                Some(_) => {}
+            },
+            _ = shutdown.changed() => return Some(SessionEnd::Shutdown),
+        }
+    }
+}
+
 async fn session(
     config: &PublisherConfig,
     options: MqttOptions,
@@ -275,100 +485,66 @@ async fn session(
     stats: &Arc<PublisherStats>,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> SessionEnd {
-    use std::sync::atomic::Ordering::Relaxed;
     let (client, eventloop) = AsyncClient::new(options, REQUEST_CHANNEL_CAPACITY);
     let (events_tx, mut events) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
     let _poller = AbortOnDrop(spawn_poll_task(eventloop, events_tx));
-    let topic = topics::readings(&config.zone, &config.device);
     let status_topic = topics::status(&config.device);
-
-    // Wait for the broker to accept the connection.
-    loop {
-        tokio::select! {
-            event = events.recv() => match event {
-                Some(LoopEvent::Connected) => break,
-                Some(LoopEvent::Down(error)) => {
-                    tracing::warn!(%error, "mqtt connection failed");
-                    return SessionEnd::Down;
-                }
-                None => return SessionEnd::Down,
-                Some(_) => {}
-            },
-            _ = shutdown.changed() => return SessionEnd::Shutdown,
-        }
+    if let Some(end) = connected(&mut events, shutdown, &client, config).await {
+        return end;
     }
-    stats.connections.fetch_add(1, Relaxed);
+    stats.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(url = %config.mqtt.url, "mqtt connected");
 
-    let mut waiting_for_pkid: VecDeque<Tag> = VecDeque::new();
-    let mut pkid_to_seq: HashMap<u16, u64> = HashMap::new();
-    // Outstanding readings in publish order, with whether they were acknowledged.
-    let mut outstanding: VecDeque<(u64, bool)> = VecDeque::new();
-    let mut last_sent = lock(spool).acked_seq();
-
+    // Everything unanswered is published again on every connection, from the spool.
+    let last_sent = lock(spool).acked_seq();
+    let mut session = Session {
+        config,
+        client: client.clone(),
+        spool,
+        stats,
+        topic: topics::readings(&config.zone, &config.device),
+        waiting_for_pkid: VecDeque::new(),
+        reading_pkids: HashSet::new(),
+        unpubacked: 0,
+        unanswered: VecDeque::new(),
+        last_sent,
+        sent_at: tokio::time::Instant::now(),
+        timeout_ms: config.ack_timeout_ms,
+    };
     if client.publish(&status_topic, QoS::AtLeastOnce, true, status_payload(config.device, true)).await.is_err() {
         return SessionEnd::Down;
     }
-    waiting_for_pkid.push_back(Tag::Status);
+    session.waiting_for_pkid.push_back(Tag::Status);
 
-    let mut check = tokio::time::interval(Duration::from_millis(SPOOL_CHECK_INTERVAL_MS));
+    let check_ms = config.ack_timeout_ms.clamp(ACK_CHECK_INTERVAL_MIN_MS, SPOOL_CHECK_INTERVAL_MS);
+    let mut check = tokio::time::interval(Duration::from_millis(check_ms));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        // Fill the window from the spool.
-        while outstanding.len() < WINDOW {
-            let batch = match lock(spool).read_after(last_sent, WINDOW - outstanding.len()) {
-                Ok(batch) => batch,
-                Err(error) => {
-                    tracing::error!(%error, "cannot read the spool");
-                    break;
-                }
-            };
-            if batch.is_empty() {
-                break;
-            }
-            for (seq, payload) in batch {
-                if client.publish(&topic, QoS::AtLeastOnce, false, payload).await.is_err() {
-                    return SessionEnd::Down;
-                }
-                waiting_for_pkid.push_back(Tag::Reading(seq));
-                outstanding.push_back((seq, false));
-                last_sent = seq;
-                stats.published.fetch_add(1, Relaxed);
-            }
+        if session.fill().await.is_err() {
+            return SessionEnd::Down;
         }
         tokio::select! {
             event = events.recv() => match event {
-                Some(LoopEvent::Published(pkid)) => {
-                    if let Some(Tag::Reading(seq)) = waiting_for_pkid.pop_front() {
-                        pkid_to_seq.insert(pkid, seq);
+                Some(LoopEvent::Published(pkid)) => session.published(pkid),
+                Some(LoopEvent::Acked(pkid)) => session.pubacked(pkid),
+                Some(LoopEvent::Message(topic, payload)) => {
+                    if let Some(seq) = answer_of(config, &topic, &payload) {
+                        session.answered(seq);
                     }
                 }
-                Some(LoopEvent::Acked(pkid)) => {
-                    if let Some(seq) = pkid_to_seq.remove(&pkid) {
-                        if let Some(entry) = outstanding.iter_mut().find(|(s, _)| *s == seq) {
-                            entry.1 = true;
-                        }
-                        let mut through = None;
-                        while outstanding.front().is_some_and(|(_, acked)| *acked) {
-                            through = outstanding.pop_front().map(|(s, _)| s);
-                            stats.acked.fetch_add(1, Relaxed);
-                        }
-                        if let Some(through) = through {
-                            if let Err(error) = lock(spool).ack_through(through) {
-                                tracing::error!(%error, "cannot record an acknowledgement");
-                            }
-                        }
-                    }
-                }
-                Some(LoopEvent::Connected) => {}
+                Some(LoopEvent::Connected | LoopEvent::Subscribed) => {}
                 Some(LoopEvent::Down(error)) => {
-                    tracing::warn!(%error, unacknowledged = outstanding.len(), "mqtt connection lost");
+                    tracing::warn!(%error, unanswered = session.unanswered.len(), "mqtt connection lost");
                     return SessionEnd::Down;
                 }
                 None => return SessionEnd::Down,
             },
             _ = notify.notified() => {}
-            _ = check.tick() => {}
+            _ = check.tick() => {
+                if session.resend_overdue().await.is_err() {
+                    return SessionEnd::Down;
+                }
+            }
             _ = shutdown.changed() => {
                 let offline = status_payload(config.device, false);
                 let _ = client.try_publish(&status_topic, QoS::AtLeastOnce, true, offline);
@@ -440,6 +616,30 @@ mod tests {
         assert_eq!(options.broker_address(), ("broker".to_owned(), 8884));
         assert!(matches!(options.transport(), Transport::Tls(_)));
         assert_eq!(options.credentials().map(|login| login.username), Some("home".to_owned()));
+    }
+
+    #[test]
+    fn a_reading_is_answered_by_its_ack_or_a_final_reject_but_not_by_overloaded() {
+        let device = DeviceId::from_verifying_key(&protocol::testing::signing_key(1).verifying_key());
+        let zone = protocol::testing::zone();
+        let config = PublisherConfig { mqtt: MqttSettings::default(), device, zone: zone.clone(), ack_timeout_ms: 1 };
+        let ack = protocol::encode(&ReadingAck { device, seq: 7, ts_ms: protocol::TimestampMs(0) }).expect("encodes");
+        assert_eq!(answer_of(&config, &topics::events(&zone, &device), &ack), Some(7));
+        assert_eq!(answer_of(&config, &topics::rejects(&zone, &device), &ack), None, "an ack on the wrong topic");
+        let reject = |reason, of: &str| {
+            let reject = Reject {
+                of: of.to_owned(),
+                seq: Some(8),
+                reason,
+                message: String::new(),
+                ts_ms: protocol::TimestampMs(0),
+            };
+            protocol::encode(&reject).expect("encodes")
+        };
+        let rejects = topics::rejects(&zone, &device);
+        assert_eq!(answer_of(&config, &rejects, &reject(Reason::TimestampTooOld, "reading")), Some(8));
+        assert_eq!(answer_of(&config, &rejects, &reject(Reason::Overloaded, "reading")), None, "retry later");
+        assert_eq!(answer_of(&config, &rejects, &reject(Reason::TimestampTooOld, "order")), None);
     }
 
     #[test]

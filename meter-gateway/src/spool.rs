@@ -1,11 +1,12 @@
 //! On-disk store and forward: every signed reading is appended (and fsynced) here before anything
-//! tries to publish it, and is removed only after the broker acknowledged it.
+//! tries to publish it, and is removed only after the exchange answered it (see [`crate::publisher`]).
 //!
 //! Layout of the spool directory:
 //! - `seg-<first seq, 20 digits>.log`: append-only segments, one record per line: `<seq> <payload>\n`
 //!   (payloads are canonical JSON, which never contains a raw newline). A torn last line after a
 //!   crash is cut off when the spool is opened.
-//! - `acked`: the highest sequence number the broker acknowledged (all records up to it are done),
+//! - `acked`: the highest sequence number through which the exchange answered every record (all
+//!   records up to it are done),
 //!   replaced atomically (write, fsync, rename).
 //!
 //! The spool is bounded: when its segments exceed the configured size, the oldest segment is dropped

@@ -100,7 +100,8 @@ impl Subscriber {
     async fn start(host: &str, port: u16, filter: &str) -> Self {
         let mut options = MqttOptions::new(format!("test-sub-{}", free_port()), host, port);
         options.set_keep_alive(Duration::from_secs(30));
-        let (client, mut eventloop) = AsyncClient::new(options, 64);
+        // Room for one answer per reading between polls (try_publish never waits).
+        let (client, mut eventloop) = AsyncClient::new(options, 1_024);
         client.subscribe(filter, QoS::AtLeastOnce).await.expect("subscribe queued");
         // Wait for SUBACK so no reading published after this returns is missed.
         let deadline = Instant::now() + WAIT_MAX;
@@ -116,7 +117,6 @@ impl Subscriber {
         let received = Arc::new(Mutex::new(Vec::new()));
         let sink = received.clone();
         let task = tokio::spawn(async move {
-            let _client = client;
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -124,6 +124,13 @@ impl Subscriber {
                         signed.verify().expect("the signature verifies");
                         let topic = protocol::topics::readings(&signed.message.zone, &signed.message.device);
                         assert_eq!(publish.topic, topic, "published on the device's readings topic");
+                        // Stands in for the exchange: the gateway keeps a reading until it is answered.
+                        let reading = &signed.message;
+                        let ack =
+                            protocol::ReadingAck { device: reading.device, seq: reading.seq, ts_ms: reading.ts_ms };
+                        let answer = protocol::encode(&ack).expect("encodes");
+                        let events = protocol::topics::events(&reading.zone, &reading.device);
+                        let _ = client.try_publish(events, QoS::AtLeastOnce, false, answer);
                         sink.lock().expect("lock").push((signed.message.seq, signed.message, publish.payload.to_vec()));
                     }
                     Ok(_) => {}

@@ -1,0 +1,198 @@
+//! The gateway's side of "nothing acknowledged is lost": a reading leaves the spool on the
+//! exchange's answer (`reading_ack` or a final reject), not on the broker's PUBACK, and one left
+//! unanswered is published again. The real spool and publisher against an embedded rumqttd (and the
+//! machine's Mosquitto when `MQTT_URL` is set); a small MQTT client stands in for the exchange (this
+//! crate never depends on it; `exchange/tests/spool_until_ack.rs` runs the real one).
+
+use ed25519_dalek::SigningKey;
+use meter_gateway::counters::{CounterTracker, CountersState};
+use meter_gateway::gateway::{GatewayState, Poller, Sample};
+use meter_gateway::publisher::{self, MqttSettings, PublisherConfig, PublisherStats};
+use meter_gateway::spool::{Spool, SPOOL_BYTES_DEFAULT};
+use protocol::{topics, DeviceId, Reading, ReadingAck, Reason, Reject, Signed, TimestampMs, ZoneId};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// Readings the test takes.
+const READINGS: u64 = 6;
+/// The reading the stand-in exchange refuses for good.
+const REFUSED_SEQ: u64 = 2;
+/// The reading it leaves unanswered the first time it arrives.
+const IGNORED_SEQ: u64 = 4;
+/// Short, so the resend comes quickly.
+const ACK_TIMEOUT_MS: u64 = 200;
+const WAIT_MAX: Duration = Duration::from_secs(60);
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).map(|addr| addr.port()).expect("a port")
+}
+
+/// An embedded rumqttd on a free port (it lives as long as the process).
+fn embedded_broker() -> (String, u16) {
+    let port = free_port();
+    let server = rumqttd::ServerSettings {
+        name: "plain".to_owned(),
+        listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections: rumqttd::ConnectionSettings {
+            connection_timeout_ms: 60_000,
+            max_payload_size: 20_480,
+            max_inflight_count: 200,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    };
+    let config = rumqttd::Config {
+        router: rumqttd::RouterConfig {
+            max_connections: 100,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 1024 * 1024,
+            max_segment_count: 10,
+            ..Default::default()
+        },
+        v4: Some(HashMap::from([("plain".to_owned(), server)])),
+        ..Default::default()
+    };
+    std::thread::spawn(move || {
+        let _ = rumqttd::Broker::new(config).start();
+    });
+    let deadline = std::time::Instant::now() + WAIT_MAX;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the embedded broker did not start");
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    ("127.0.0.1".to_owned(), port)
+}
+
+/// The embedded broker, plus the machine's Mosquitto when `MQTT_URL` is set.
+fn brokers() -> Vec<(String, u16)> {
+    let mut brokers = vec![embedded_broker()];
+    if let Some(url) = std::env::var("MQTT_URL").ok().filter(|url| !url.is_empty()) {
+        let rest = url.split("://").last().unwrap_or(&url).trim_end_matches('/');
+        let (host, port) =
+            rest.rsplit_once(':').map_or((rest, 1883), |(host, port)| (host, port.parse().unwrap_or(1883)));
+        assert!(TcpStream::connect((host, port)).is_ok(), "MQTT_URL is set ({url}) but the broker is unreachable");
+        brokers.push((host.to_owned(), port));
+    }
+    brokers
+}
+
+/// Stands in for the exchange: answers each reading it receives with a `reading_ack`, except that it
+/// refuses [`REFUSED_SEQ`] as `timestamp_too_old` and ignores the first copy of [`IGNORED_SEQ`].
+/// Returns how often each seq arrived.
+async fn stand_in_exchange(host: &str, port: u16, zone: &ZoneId, device: DeviceId) -> Arc<Mutex<HashMap<u64, u32>>> {
+    let mut options = MqttOptions::new(format!("stand-in-{}", free_port()), host, port);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(options, 256);
+    client.subscribe(topics::readings(zone, &device), QoS::AtLeastOnce).await.expect("subscribe");
+    let arrivals = Arc::new(Mutex::new(HashMap::new()));
+    let seen = arrivals.clone();
+    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+    let (zone, mut subscribed_tx) = (zone.clone(), Some(subscribed_tx));
+    tokio::spawn(async move {
+        while let Ok(event) = eventloop.poll().await {
+            match event {
+                Event::Incoming(Packet::SubAck(_)) => {
+                    if let Some(tx) = subscribed_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Event::Incoming(Packet::Publish(publish)) => {
+                    let Ok(signed) = Signed::<Reading>::parse(&publish.payload) else { continue };
+                    let seq = signed.message.seq;
+                    let copies = {
+                        let mut seen = seen.lock().expect("lock");
+                        let copies = seen.entry(seq).or_insert(0);
+                        *copies += 1;
+                        *copies
+                    };
+                    let (topic, answer) = if seq == REFUSED_SEQ {
+                        let reject = Reject {
+                            of: "reading".to_owned(),
+                            seq: Some(seq),
+                            reason: Reason::TimestampTooOld,
+                            message: "refused for good".to_owned(),
+                            ts_ms: TimestampMs(0),
+                        };
+                        (topics::rejects(&zone, &device), protocol::encode(&reject).expect("encodes"))
+                    } else if seq == IGNORED_SEQ && copies == 1 {
+                        continue;
+                    } else {
+                        let ack = ReadingAck { device, seq, ts_ms: signed.message.ts_ms };
+                        (topics::events(&zone, &device), protocol::encode(&ack).expect("encodes"))
+                    };
+                    let _ = client.try_publish(topic, QoS::AtLeastOnce, false, answer);
+                }
+                _ => {}
+            }
+        }
+    });
+    tokio::time::timeout(WAIT_MAX, subscribed).await.expect("subscribed in time").expect("subscribed");
+    arrivals
+}
+
+fn poller(key: &SigningKey, zone: &ZoneId, dir: &std::path::Path) -> Poller {
+    Poller {
+        key: key.clone(),
+        device: DeviceId::from_verifying_key(&key.verifying_key()),
+        zone: zone.clone(),
+        serial_override: None,
+        tracker: CounterTracker::new(10_000, CountersState::default()),
+        state: GatewayState::load(dir),
+        state_dir: dir.to_path_buf(),
+    }
+}
+
+/// The attack: a reading the exchange never answered (lost after the broker's PUBACK). The spool
+/// used to let it go on the PUBACK, so it was never sent again. Now it stays until its answer, is
+/// published again after the timeout, and a reading refused for good does not hold the spool up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_reading_is_published_again_until_the_exchange_answers() {
+    for (host, port) in brokers() {
+        let zone = ZoneId::parse(&format!("spool{}", free_port())).expect("a zone id");
+        let key = SigningKey::from_bytes(&[port as u8; 32]);
+        let device = DeviceId::from_verifying_key(&key.verifying_key());
+        let arrivals = stand_in_exchange(&host, port, &zone, device).await;
+        let dir = tempfile::tempdir().expect("a spool directory");
+        let spool = Arc::new(Mutex::new(Spool::open(dir.path(), SPOOL_BYTES_DEFAULT).expect("the spool opens")));
+        let config = PublisherConfig {
+            mqtt: MqttSettings { url: format!("mqtt://{host}:{port}"), ..MqttSettings::default() },
+            device,
+            zone: zone.clone(),
+            ack_timeout_ms: ACK_TIMEOUT_MS,
+        };
+        let (notify, stats) = (Arc::new(Notify::new()), Arc::new(PublisherStats::default()));
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(publisher::run(config, spool.clone(), notify.clone(), stats, stop_rx));
+
+        let mut poller = poller(&key, &zone, dir.path());
+        for seq in 1..=READINGS {
+            let sample = Sample { import_wh: Some(seq as i64), export_wh: Some(0), ..Sample::default() };
+            let ts_ms = 1_790_000_000_000 + seq as i64 * 1_000;
+            poller.accept(&sample, ts_ms, &spool).expect("spooled").expect("plausible");
+            notify.notify_one();
+        }
+        let deadline = tokio::time::Instant::now() + WAIT_MAX;
+        while arrivals.lock().expect("lock").get(&IGNORED_SEQ).copied().unwrap_or(0) < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "the unanswered reading was not published again");
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+        while spool.lock().expect("lock").acked_seq() < READINGS {
+            assert!(tokio::time::Instant::now() < deadline, "the spool kept answered readings");
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+        let _ = stop.send(true);
+        task.await.expect("joins").expect("the publisher ran cleanly");
+        // Reading 2 was only ever refused, so the cursor passed it on the reject alone.
+        let mut spool = spool.lock().expect("lock");
+        let acked = spool.acked_seq();
+        assert!(spool.read_after(acked, 1).expect("reads").is_empty(), "the spool ends empty");
+    }
+}
