@@ -525,3 +525,37 @@ impl Command {
 
 /// Largest sequence number or nonce: the largest safe JSON integer.
 pub const SEQ_MAX: u64 = MAX_SAFE_INTEGER as u64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{decode, encode};
+
+    fn result(price: Option<i64>, qty_wh: i64) -> AuctionResult {
+        AuctionResult {
+            zone: ZoneId::parse("north").expect("a valid zone"),
+            slot: SlotId::new(1_800_000).expect("a valid slot"),
+            price_per_kwh: price.map(PricePerKwh),
+            qty_wh: Wh(qty_wh),
+            trades: 2,
+            ts_ms: TimestampMs(1_500_000),
+        }
+    }
+
+    #[test]
+    fn an_auction_result_round_trips_and_omits_a_missing_price() {
+        let traded = result(Some(150_000), 500);
+        assert_eq!(decode::<AuctionResult>(&encode(&traded).expect("encodes")).expect("decodes"), traded);
+        let empty = AuctionResult { trades: 0, ..result(None, 0) };
+        let bytes = encode(&empty).expect("encodes");
+        assert!(!String::from_utf8_lossy(&bytes).contains("price_per_kwh"));
+        assert_eq!(decode::<AuctionResult>(&bytes).expect("decodes"), empty);
+    }
+
+    #[test]
+    fn an_auction_result_with_volume_but_no_price_is_refused() {
+        let bytes = encode(&result(None, 500)).expect("encodes");
+        let error = decode::<AuctionResult>(&bytes).expect_err("a reader refuses it");
+        assert_eq!(error.reason, Reason::InvalidValue);
+    }
+}
