@@ -5,6 +5,8 @@
 //! The planner ([`Planner`]) is pure: readings in, commands out. [`run`] adds the clock, signing with
 //! the ACCOUNT key (never the device key) and MQTT.
 
+pub mod forecast;
+
 use crate::clock::SimClock;
 use crate::publisher::{mqtt_options, MqttSettings};
 use protocol::{
