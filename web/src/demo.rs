@@ -282,6 +282,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
                 slots_ahead: 2,
                 qty_min_wh: 50,
                 forecast_window_ms: 30 * 60_000,
+                quoting: None,
             }),
             clock: Some(sim_clock),
             ..GatewaySettings::default()
