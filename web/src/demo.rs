@@ -114,9 +114,10 @@ fn start_of_demo_ms(now_ms: i64) -> i64 {
     }
 }
 
-/// A home: its simulated site and the owner's price limits. Every third home has no solar panels
-/// (a pure buyer); the rest differ in size, load and limits.
-fn home(index: usize) -> (HomeSpec, i64, i64) {
+/// A home: its simulated site and the owner's price limits (lowest selling, highest buying price,
+/// µ per kWh). Every third home has no solar panels (a pure buyer); the rest differ in size, load and
+/// limits. Shared with the market report.
+pub(crate) fn home(index: usize) -> (HomeSpec, i64, i64) {
     let seed = index as u64 + 1;
     let mut spec = HomeSpec::from_seed(seed);
     if index % 3 == 2 {

@@ -31,6 +31,12 @@ enum Command {
         port: u16,
         #[arg(long, default_value = "./data/demo")]
         data_dir: PathBuf,
+        /// With --report: days to simulate (faster than real time, fixed seeds).
+        #[arg(long, default_value_t = 7)]
+        days: i64,
+        /// Instead of serving the demo, simulate every agent variant and write the market report here.
+        #[arg(long)]
+        report: Option<PathBuf>,
     },
     /// Production: PostgreSQL (DATABASE_URL), an external broker (MQTT_URL), no simulators.
     Serve,
@@ -158,7 +164,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = || Settings::load(cli.config.as_deref()).context("cannot load the settings");
     let now_ms = SystemClock.now_ms();
     match cli.command {
-        Command::Demo { homes, speed, port, data_dir } => {
+        Command::Demo { homes, days, report: Some(dir), .. } => {
+            let options = web::report::ReportOptions { homes, days, dir };
+            let summaries = tokio::task::spawn_blocking(move || web::report::run(&options)).await??;
+            for summary in summaries {
+                println!("{}: savings {}", summary.variant, web::report::euros(summary.household_savings));
+            }
+            Ok(())
+        }
+        Command::Demo { homes, speed, port, data_dir, .. } => {
             web::demo::run(web::demo::DemoOptions { homes, speed, port, data_dir }).await
         }
         Command::Serve => serve(settings()?).await,

@@ -25,6 +25,10 @@ pub const LOAD_PROFILE_PER_MILLE: i64 = 700;
 pub const CLEARNESS_LEARN_PER_MILLE: i64 = 50;
 /// Below this envelope (Wh per slot) a slot is night: its clearness says nothing about the weather.
 pub const DAYLIGHT_WH_MIN: i64 = 20;
+/// Weight (per mille) of a new slot's forecast error in the running error: about a day of slots.
+pub const ERROR_LEARN_PER_MILLE: i64 = 20;
+/// Forecasts remembered for scoring once their slot is metered: a day of 15-minute slots ahead.
+pub const FORECASTS_KEPT_MAX: usize = 96;
 /// A slot with readings over less than this share (per mille) of it is not learned from.
 pub const COVERAGE_PER_MILLE_MIN: i64 = 500;
 
@@ -66,6 +70,10 @@ pub struct Forecaster {
     recent: VecDeque<SlotEnergy>,
     current: Option<Accumulating>,
     last: Option<Counters>,
+    /// Net export forecasts made for slots not yet metered, to score them when they are.
+    pending: std::collections::BTreeMap<SlotId, i64>,
+    /// Running mean absolute error of the net export forecast, in Wh per slot.
+    error_wh: Option<i64>,
 }
 
 impl Forecaster {
@@ -82,6 +90,8 @@ impl Forecaster {
             recent: VecDeque::new(),
             current: None,
             last: None,
+            pending: std::collections::BTreeMap::new(),
+            error_wh: None,
         }
     }
 
@@ -128,6 +138,11 @@ impl Forecaster {
                 .unwrap_or(wh)
         };
         let energy = SlotEnergy { slot: done.slot, pv_wh: scale(done.pv_wh), load_wh: scale(done.load_wh) };
+        if let Some(forecast) = self.pending.remove(&energy.slot) {
+            let error = (forecast - (energy.pv_wh - energy.load_wh)).abs();
+            self.error_wh = Some(self.error_wh.map_or(error, |old| blend(old, error, ERROR_LEARN_PER_MILLE)));
+        }
+        self.pending.retain(|slot, _| *slot > energy.slot);
         let bucket = self.bucket(energy.slot);
         if let Some(envelope) = self.pv_envelope_wh[bucket] {
             if envelope >= DAYLIGHT_WH_MIN {
@@ -183,6 +198,22 @@ impl Forecaster {
     /// Forecast net export of `slot` in Wh (negative: a deficit).
     pub fn net_export_wh(&self, slot: SlotId) -> Option<i64> {
         Some(self.pv_wh(slot)? - self.load_wh(slot)?)
+    }
+
+    /// The forecast less its running error (towards zero): the part of the surplus or deficit the
+    /// forecaster is confident of. Remembers the forecast to score it once `slot` is metered.
+    pub fn confident_net_export_wh(&mut self, slot: SlotId) -> Option<i64> {
+        let forecast = self.net_export_wh(slot)?;
+        if self.pending.len() < FORECASTS_KEPT_MAX || self.pending.contains_key(&slot) {
+            self.pending.insert(slot, forecast);
+        }
+        let margin = self.error_wh.unwrap_or(0);
+        Some(forecast.signum() * (forecast.abs() - margin).max(0))
+    }
+
+    /// The running mean absolute error of the net export forecast (Wh per slot), once scored.
+    pub fn error_wh(&self) -> Option<i64> {
+        self.error_wh
     }
 }
 

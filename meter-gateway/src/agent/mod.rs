@@ -144,6 +144,12 @@ pub struct QuotingSettings {
     pub retail_price_per_kwh: i64,
     #[serde(default = "default_tick")]
     pub tick_per_kwh: i64,
+    /// The zone's grid fee (µ per kWh) and protocol fee (basis points of the trade value), both paid by
+    /// the buyer: the agent never buys above `retail − fees`, where buying from the utility is cheaper.
+    #[serde(default)]
+    pub grid_fee_per_kwh: i64,
+    #[serde(default)]
+    pub protocol_fee_bps: i64,
     #[serde(default)]
     pub qty_wh_per_slot_max: Option<i64>,
     #[serde(default)]
@@ -161,6 +167,13 @@ pub struct QuotingSettings {
 impl QuotingSettings {
     fn band(&self) -> Band {
         Band { feed_in_per_kwh: self.feed_in_price_per_kwh, retail_per_kwh: self.retail_price_per_kwh }
+    }
+
+    /// The highest price at which buying from a neighbour still beats the utility's retail price.
+    fn buy_break_even_per_kwh(&self) -> i64 {
+        let after_grid_fee = self.retail_price_per_kwh - self.grid_fee_per_kwh;
+        // price × (1 + bps / 10 000) <= retail − grid fee, rounded down.
+        after_grid_fee * 10_000 / (10_000 + self.protocol_fee_bps.max(0))
     }
 
     fn caps(&self) -> Caps {
@@ -451,9 +464,10 @@ impl Planner {
     }
 
     /// `(side, price, open quantity)` the agent wants resting in `slot` now, if anything: the
-    /// forecast less what filled, within the caps, at the quoted price inside the zone's band.
-    fn quote(&self, slot: SlotId, now_ms: i64, quoting: &QuotingSettings) -> Option<(Side, i64, i64)> {
-        let net_wh = self.forecaster.net_export_wh(slot)?;
+    /// forecast (less its running error: a kWh sold and not delivered is bought back at retail, one
+    /// bought and not used goes back at feed-in) less what filled, within the caps, at the quoted price inside the zone's band.
+    fn quote(&mut self, slot: SlotId, now_ms: i64, quoting: &QuotingSettings) -> Option<(Side, i64, i64)> {
+        let net_wh = self.forecaster.confident_net_export_wh(slot)?;
         let (side, plan_wh, limit) = if net_wh > 0 {
             (
                 Side::Sell,
@@ -461,7 +475,7 @@ impl Planner {
                 self.settings.price_per_kwh_sell_min,
             )
         } else if self.settings.buy_deficit {
-            (Side::Buy, -net_wh, self.settings.price_per_kwh_buy_max)
+            (Side::Buy, -net_wh, self.settings.price_per_kwh_buy_max.min(quoting.buy_break_even_per_kwh()))
         } else {
             return None;
         };
