@@ -130,8 +130,7 @@ fn default_tick() -> i64 {
 
 /// The exchange's default price tick (µ per kWh): quotes must lie on it.
 pub const QUOTE_TICK_DEFAULT_PER_KWH: i64 = 1_000;
-/// Days of orders the quoting agent remembers for its daily caps.
-pub const POSITIONS_KEPT_MS: i64 = 2 * 24 * 60 * 60 * 1000;
+const MS_PER_DAY: i64 = 24 * 60 * 60 * 1000;
 
 /// The quoting strategy's inputs beyond the owner's limits: the zone's tariffs, the price tick, the
 /// owner's caps and where the agent keeps its orders across restarts.
@@ -422,7 +421,9 @@ impl Planner {
     /// The quoting strategy (see [`quoting`]).
     fn plan_quoting(&mut self, now_ms: i64, quoting: &QuotingSettings) -> Vec<Action> {
         let gate_ms = self.settings.gate_closure_ms;
-        self.positions.settle_before(|slot| slot.start_ms() - gate_ms <= now_ms, now_ms - POSITIONS_KEPT_MS);
+        // The daily caps count the slots of a UTC day: earlier days' orders are done with.
+        let today_ms = now_ms - now_ms.rem_euclid(MS_PER_DAY);
+        self.positions.settle_before(|slot| slot.start_ms() - gate_ms <= now_ms, today_ms);
         self.tops.retain(|slot, _| slot.start_ms() - gate_ms > now_ms);
         let mut actions = Vec::new();
         for slot in self.tradable_slots(now_ms) {
@@ -495,13 +496,8 @@ impl Planner {
             _ => price.clamp(band_low, band_high),
         };
         // The caps and the plan are checked as if the live order were not there (it is to be replaced).
-        let mut others = self.positions.clone();
-        if let Some((nonce, _)) = self.positions.live_order(slot) {
-            if let Some(order) = others.orders.get_mut(&nonce) {
-                order.open_qty_wh = 0;
-            }
-        }
-        let qty = quoting::allowed_qty_wh(&others, slot, side, plan_wh, price, quoting.caps());
+        let live = self.positions.live_order(slot).map(|(nonce, _)| nonce);
+        let qty = quoting::allowed_qty_wh(&self.positions, slot, side, plan_wh, price, quoting.caps(), live);
         (qty >= self.settings.qty_min_wh).then_some((side, price, qty))
     }
 

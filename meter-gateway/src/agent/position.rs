@@ -132,41 +132,45 @@ impl Positions {
             .sum()
     }
 
-    /// Filled plus open energy of `slot`, both sides.
-    pub fn committed_slot_wh(&self, slot: SlotId) -> i64 {
-        self.orders
-            .values()
-            .filter(|order| order.slot == slot)
-            .map(|order| order.filled_qty_wh + order.open_qty_wh)
-            .sum()
+    /// What an order commits: its filled quantity, plus its open quantity unless it is `except` (an
+    /// order about to be replaced by another).
+    fn committed_qty(nonce: u64, order: &TrackedOrder, except: Option<u64>) -> i64 {
+        order.filled_qty_wh + if Some(nonce) == except { 0 } else { order.open_qty_wh }
+    }
+
+    /// Filled plus open energy of `slot`, both sides (the open quantity of `except` left out).
+    pub fn committed_slot_wh(&self, slot: SlotId, except: Option<u64>) -> i64 {
+        self.committed(|order| order.slot == slot, except, |_, qty| qty)
     }
 
     /// Filled plus open energy of every slot delivered on `slot`'s day.
-    pub fn committed_day_wh(&self, slot: SlotId) -> i64 {
+    pub fn committed_day_wh(&self, slot: SlotId, except: Option<u64>) -> i64 {
         let day = day_of(slot);
-        self.orders
-            .values()
-            .filter(|order| day_of(order.slot) == day)
-            .map(|order| order.filled_qty_wh + order.open_qty_wh)
-            .sum()
+        self.committed(|order| day_of(order.slot) == day, except, |_, qty| qty)
     }
 
     /// What buying could cost at most in `slot` (filled and open buys at their limit prices).
-    pub fn committed_slot_spend(&self, slot: SlotId) -> i64 {
-        self.spend(|order| order.slot == slot)
+    pub fn committed_slot_spend(&self, slot: SlotId, except: Option<u64>) -> i64 {
+        self.committed(|order| order.slot == slot && order.side == Side::Buy, except, cost_micro)
     }
 
     /// The same over `slot`'s day.
-    pub fn committed_day_spend(&self, slot: SlotId) -> i64 {
+    pub fn committed_day_spend(&self, slot: SlotId, except: Option<u64>) -> i64 {
         let day = day_of(slot);
-        self.spend(|order| day_of(order.slot) == day)
+        self.committed(|order| day_of(order.slot) == day && order.side == Side::Buy, except, cost_micro)
     }
 
-    fn spend(&self, include: impl Fn(&TrackedOrder) -> bool) -> i64 {
+    /// Sums `measure(price, committed quantity)` over the orders `include` selects.
+    fn committed(
+        &self,
+        include: impl Fn(&TrackedOrder) -> bool,
+        except: Option<u64>,
+        measure: impl Fn(i64, i64) -> i64,
+    ) -> i64 {
         self.orders
-            .values()
-            .filter(|order| order.side == Side::Buy && include(order))
-            .map(|order| cost_micro(order.price_per_kwh, order.filled_qty_wh + order.open_qty_wh))
+            .iter()
+            .filter(|(_, order)| include(order))
+            .map(|(nonce, order)| measure(order.price_per_kwh, Self::committed_qty(*nonce, order, except)))
             .fold(0i64, i64::saturating_add)
     }
 

@@ -67,34 +67,43 @@ pub fn quote_price(side: Side, limit: i64, band: Band, top: Top, tick: i64, prog
 
 /// How much more of `side` the agent may commit in `slot` at `price`: the plan less what filled, then
 /// cut to the volume caps (filled and open, both sides) and, for buys, the spend caps.
-pub fn allowed_qty_wh(positions: &Positions, slot: SlotId, side: Side, plan_wh: i64, price: i64, caps: Caps) -> i64 {
+/// `except` is an order about to be replaced: its open quantity does not count.
+pub fn allowed_qty_wh(
+    positions: &Positions,
+    slot: SlotId,
+    side: Side,
+    plan_wh: i64,
+    price: i64,
+    caps: Caps,
+    except: Option<u64>,
+) -> i64 {
     let mut qty = plan_wh - positions.filled_wh(slot, side);
     if let Some(cap) = caps.qty_wh_per_slot_max {
-        qty = qty.min(cap - positions.committed_slot_wh(slot));
+        qty = qty.min(cap - positions.committed_slot_wh(slot, except));
     }
     if let Some(cap) = caps.qty_wh_per_day_max {
-        qty = qty.min(cap - positions.committed_day_wh(slot));
+        qty = qty.min(cap - positions.committed_day_wh(slot, except));
     }
     if side == Side::Buy && price > 0 {
         let affordable = |budget: i64| i64::try_from(i128::from(budget.max(0)) * 1000 / i128::from(price)).unwrap_or(0);
         if let Some(cap) = caps.spend_per_slot_max {
-            qty = qty.min(affordable(cap - positions.committed_slot_spend(slot)));
+            qty = qty.min(affordable(cap - positions.committed_slot_spend(slot, except)));
         }
         if let Some(cap) = caps.spend_per_day_max {
-            qty = qty.min(affordable(cap - positions.committed_day_spend(slot)));
+            qty = qty.min(affordable(cap - positions.committed_day_spend(slot, except)));
         }
         // Rounding the cost up could still overshoot by a micro-unit: step down until it fits.
-        while qty > 0 && !fits_spend(positions, slot, price, qty, caps) {
+        while qty > 0 && !fits_spend(positions, slot, price, qty, caps, except) {
             qty -= 1;
         }
     }
     qty.max(0)
 }
 
-fn fits_spend(positions: &Positions, slot: SlotId, price: i64, qty: i64, caps: Caps) -> bool {
+fn fits_spend(positions: &Positions, slot: SlotId, price: i64, qty: i64, caps: Caps, except: Option<u64>) -> bool {
     let cost = cost_micro(price, qty);
-    let slot_ok = caps.spend_per_slot_max.is_none_or(|cap| positions.committed_slot_spend(slot) + cost <= cap);
-    let day_ok = caps.spend_per_day_max.is_none_or(|cap| positions.committed_day_spend(slot) + cost <= cap);
+    let slot_ok = caps.spend_per_slot_max.is_none_or(|cap| positions.committed_slot_spend(slot, except) + cost <= cap);
+    let day_ok = caps.spend_per_day_max.is_none_or(|cap| positions.committed_day_spend(slot, except) + cost <= cap);
     slot_ok && day_ok
 }
 
@@ -161,16 +170,16 @@ mod tests {
         positions.placed(1, slot(1), Side::Buy, 200_000, 600);
         filled(&mut positions, 1, slot(1), 400, OrderStatus::Cancelled);
         // Plan 1000 Wh, 400 filled: at most 600 more.
-        assert_eq!(allowed_qty_wh(&positions, slot(1), Side::Buy, 1_000, 200_000, Caps::default()), 600);
+        assert_eq!(allowed_qty_wh(&positions, slot(1), Side::Buy, 1_000, 200_000, Caps::default(), None), 600);
         // A slot cap of 700 Wh leaves 300.
         let caps = Caps { qty_wh_per_slot_max: Some(700), ..Caps::default() };
-        assert_eq!(allowed_qty_wh(&positions, slot(1), Side::Buy, 1_000, 200_000, caps), 300);
+        assert_eq!(allowed_qty_wh(&positions, slot(1), Side::Buy, 1_000, 200_000, caps, None), 300);
         // A daily spend cap of 0.10: 0.08 spent (400 Wh at 0.20), 0.02 left buys 100 Wh at 0.20.
         let caps = Caps { spend_per_day_max: Some(100_000), ..Caps::default() };
-        assert_eq!(allowed_qty_wh(&positions, slot(2), Side::Buy, 1_000, 200_000, caps), 100);
+        assert_eq!(allowed_qty_wh(&positions, slot(2), Side::Buy, 1_000, 200_000, caps, None), 100);
         // A daily volume cap counts every slot of the day.
         let caps = Caps { qty_wh_per_day_max: Some(450), ..Caps::default() };
-        assert_eq!(allowed_qty_wh(&positions, slot(3), Side::Sell, 1_000, 200_000, caps), 50);
+        assert_eq!(allowed_qty_wh(&positions, slot(3), Side::Sell, 1_000, 200_000, caps, None), 50);
     }
 
     #[test]
@@ -186,9 +195,9 @@ mod tests {
             ts_ms: TimestampMs(0),
         });
         assert_eq!(positions.live_order(slot(1)), None);
-        assert_eq!(allowed_qty_wh(&positions, slot(1), Side::Sell, 500, 150_000, Caps::default()), 0);
+        assert_eq!(allowed_qty_wh(&positions, slot(1), Side::Sell, 500, 150_000, Caps::default(), None), 0);
         // The update that follows says what really filled.
         filled(&mut positions, 1, slot(1), 200, OrderStatus::Cancelled);
-        assert_eq!(allowed_qty_wh(&positions, slot(1), Side::Sell, 500, 150_000, Caps::default()), 300);
+        assert_eq!(allowed_qty_wh(&positions, slot(1), Side::Sell, 500, 150_000, Caps::default(), None), 300);
     }
 }
