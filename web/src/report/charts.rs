@@ -10,6 +10,8 @@ use std::path::Path;
 /// Chart size in SVG pixels.
 const WIDTH: u32 = 900;
 const HEIGHT: u32 = 420;
+/// Space between bars.
+const BAR_MARGIN_PX: u32 = 24;
 /// One colour per variant, in [`super::sim::VARIANTS`] order.
 const COLOURS: [RGBColor; 4] =
     [RGBColor(150, 150, 150), RGBColor(90, 90, 90), RGBColor(46, 134, 222), RGBColor(16, 72, 160)];
@@ -33,17 +35,25 @@ fn bars(path: &Path, title: &str, summaries: &[Summary], values: &[f64]) -> anyh
             .margin(12)
             .x_label_area_size(30)
             .y_label_area_size(60)
-            .build_cartesian_2d(0..summaries.len() as i32, bottom..top)?;
+            .build_cartesian_2d((0..summaries.len() as i32 - 1).into_segmented(), bottom..top)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
             .x_labels(summaries.len())
-            .x_label_formatter(&|index| summaries.get(*index as usize).map_or(String::new(), |s| s.variant.to_owned()))
+            .x_label_formatter(&|segment| match segment {
+                SegmentValue::CenterOf(index) => {
+                    summaries.get(*index as usize).map_or(String::new(), |s| s.variant.to_owned())
+                }
+                _ => String::new(),
+            })
             .draw()?;
         for (index, value) in values.iter().enumerate() {
             let colour = COLOURS[index % COLOURS.len()];
             let x = index as i32;
-            chart.draw_series(std::iter::once(Rectangle::new([(x, 0.0), (x + 1, *value)], colour.filled())))?;
+            let mut bar =
+                Rectangle::new([(SegmentValue::Exact(x), 0.0), (SegmentValue::Exact(x + 1), *value)], colour.filled());
+            bar.set_margin(0, 0, BAR_MARGIN_PX, BAR_MARGIN_PX);
+            chart.draw_series(std::iter::once(bar))?;
         }
         root.present()?;
         Ok(())
@@ -75,7 +85,12 @@ fn prices(path: &Path, outcomes: &[(Variant, Outcome)]) -> anyhow::Result<()> {
                 .label(variant.name)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
         }
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
         root.present()?;
         Ok(())
     };
