@@ -37,6 +37,12 @@ enum Command {
         /// Instead of serving the demo, simulate every agent variant and write the market report here.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// The homes run the new quoting agent instead of today's limit agent.
+        #[arg(long)]
+        quoting_agents: bool,
+        /// The demo zone ends each slot with a closing auction.
+        #[arg(long)]
+        closing_auction: bool,
     },
     /// Production: PostgreSQL (DATABASE_URL), an external broker (MQTT_URL), no simulators.
     Serve,
@@ -172,8 +178,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Demo { homes, speed, port, data_dir, .. } => {
-            web::demo::run(web::demo::DemoOptions { homes, speed, port, data_dir }).await
+        Command::Demo { homes, speed, port, data_dir, quoting_agents, closing_auction, .. } => {
+            let options = web::demo::DemoOptions { homes, speed, port, data_dir, quoting_agents, closing_auction };
+            web::demo::run(options).await
         }
         Command::Serve => serve(settings()?).await,
         Command::Migrate => {
