@@ -9,7 +9,8 @@
 //! the final filled quantity), and only then places the new order.
 
 use super::position::{cost_micro, Positions};
-use protocol::{Side, SlotId};
+use super::{Action, Planner, QuotingSettings, MS_PER_DAY, REPLACE_THRESHOLD_PERCENT};
+use protocol::{Cancel, Order, PricePerKwh, Side, SlotId, TimeInForce, TimestampMs, Wh};
 
 /// The ramp reaches the owner's limit after this share (per mille) of the quoting window, so the last
 /// part of it before gate closure quotes the limit itself.
@@ -105,6 +106,104 @@ fn fits_spend(positions: &Positions, slot: SlotId, price: i64, qty: i64, caps: C
     let slot_ok = caps.spend_per_slot_max.is_none_or(|cap| positions.committed_slot_spend(slot, except) + cost <= cap);
     let day_ok = caps.spend_per_day_max.is_none_or(|cap| positions.committed_day_spend(slot, except) + cost <= cap);
     slot_ok && day_ok
+}
+
+impl Planner {
+    /// The quoting strategy (see the module documentation).
+    pub(super) fn plan_quoting(&mut self, now_ms: i64, quoting: &QuotingSettings) -> Vec<Action> {
+        let gate_ms = self.settings.gate_closure_ms;
+        // The daily caps count the slots of a UTC day: earlier days' orders are done with.
+        let today_ms = now_ms - now_ms.rem_euclid(MS_PER_DAY);
+        self.positions.settle_before(|slot| slot.start_ms() - gate_ms <= now_ms, today_ms);
+        self.tops.retain(|slot, _| slot.start_ms() - gate_ms > now_ms);
+        let mut actions = Vec::new();
+        for slot in self.tradable_slots(now_ms) {
+            let wanted = self.quote(slot, now_ms, quoting);
+            let live = self.positions.live_order(slot);
+            match (live, wanted) {
+                // A cancel is on its way: wait for its answer before anything else.
+                (Some((_, order)), _) if order.cancel_nonce.is_some() => {}
+                (Some((nonce, order)), Some((side, price, qty))) => {
+                    let threshold = (order.open_qty_wh * REPLACE_THRESHOLD_PERCENT / 100).max(self.settings.qty_min_wh);
+                    let same = order.side == side
+                        && order.price_per_kwh == price
+                        && (qty - order.open_qty_wh).abs() <= threshold;
+                    if !same {
+                        actions.push(self.cancel_tracked(slot, nonce, now_ms));
+                    }
+                }
+                (Some((nonce, _)), None) => actions.push(self.cancel_tracked(slot, nonce, now_ms)),
+                (None, Some((side, price, qty))) => {
+                    let nonce = self.nonce();
+                    self.positions.placed(nonce, slot, side, price, qty);
+                    actions.push(Action::Order(Order {
+                        account: self.account,
+                        zone: self.zone.clone(),
+                        slot,
+                        side,
+                        price_per_kwh: PricePerKwh(price),
+                        qty_wh: Wh(qty),
+                        tif: TimeInForce::Gtc,
+                        post_only: false,
+                        nonce,
+                        ts_ms: TimestampMs(now_ms),
+                    }));
+                }
+                (None, None) => {}
+            }
+        }
+        actions
+    }
+
+    /// `(side, price, open quantity)` the agent wants resting in `slot` now, if anything: the
+    /// forecast (less its running error: a kWh sold and not delivered is bought back at retail, one
+    /// bought and not used goes back at feed-in) less what filled, within the caps, at the quoted price inside the zone's band.
+    fn quote(&mut self, slot: SlotId, now_ms: i64, quoting: &QuotingSettings) -> Option<(Side, i64, i64)> {
+        let net_wh = self.forecaster.confident_net_export_wh(slot)?;
+        let (side, plan_wh, limit) = if net_wh > 0 {
+            (
+                Side::Sell,
+                net_wh * i64::from(self.settings.surplus_share_percent) / 100,
+                self.settings.price_per_kwh_sell_min,
+            )
+        } else if self.settings.buy_deficit {
+            (Side::Buy, -net_wh, self.settings.price_per_kwh_buy_max.min(quoting.buy_break_even_per_kwh()))
+        } else {
+            return None;
+        };
+        let band = quoting.band();
+        let tick = quoting.tick_per_kwh;
+        // The exchange's band: the tariffs moved inwards onto the tick grid.
+        let (band_low, band_high) =
+            ((band.feed_in_per_kwh + tick - 1) / tick * tick, band.retail_per_kwh / tick * tick);
+        let window_ms = i64::from(self.settings.slots_ahead) * self.settings.slot_len_ms;
+        let window_start_ms = slot.start_ms() - self.settings.gate_closure_ms - window_ms;
+        let progress = (now_ms - window_start_ms) * 1000 / window_ms.max(1);
+        let top = self.tops.get(&slot).map(|(_, top)| *top).unwrap_or_default();
+        let price = quote_price(side, limit, band, top, tick, progress);
+        let price = match side {
+            Side::Sell if price > band_high => return None,
+            Side::Buy if price < band_low => return None,
+            _ => price.clamp(band_low, band_high),
+        };
+        // The caps and the plan are checked as if the live order were not there (it is to be replaced).
+        let live = self.positions.live_order(slot).map(|(nonce, _)| nonce);
+        let qty = allowed_qty_wh(&self.positions, slot, side, plan_wh, price, quoting.caps(), live);
+        (qty >= self.settings.qty_min_wh).then_some((side, price, qty))
+    }
+
+    fn cancel_tracked(&mut self, slot: SlotId, order_nonce: u64, now_ms: i64) -> Action {
+        let nonce = self.nonce();
+        self.positions.cancelling(order_nonce, nonce);
+        Action::Cancel(Cancel {
+            account: self.account,
+            zone: self.zone.clone(),
+            slot,
+            order_nonce,
+            nonce,
+            ts_ms: TimestampMs(now_ms),
+        })
+    }
 }
 
 #[cfg(test)]
