@@ -49,6 +49,15 @@ pub const TICK_INTERVAL_MS_DEFAULT: u64 = 200;
 /// Book price band when a zone has no tariff and none is configured: one tick to a thousand ticks.
 pub const FALLBACK_BAND_TICKS: i64 = 1_000;
 
+/// A zone whose slots end in a closing auction: for the last `call_ms` before gate closure orders rest
+/// without trading, and at gate closure they cross at one uniform price (see `matching::auction`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosingAuction {
+    pub zone: ZoneId,
+    /// Length of the call phase, ending at gate closure.
+    pub call_ms: i64,
+}
+
 /// Everything the service needs to know besides the database, the clock and the broker.
 #[derive(Debug, Clone)]
 pub struct ExchangeConfig {
@@ -80,9 +89,16 @@ pub struct ExchangeConfig {
     pub open_orders_per_account_max: usize,
     /// How often the zone owners look at the clock for gate closures and new slots.
     pub tick_interval_ms: u64,
+    /// Zones with a closing auction (none by default: continuous trading up to gate closure).
+    pub closing_auctions: Vec<ClosingAuction>,
 }
 
 impl ExchangeConfig {
+    /// The call phase length of `zone`'s closing auction, if it has one.
+    pub fn auction_call_ms(&self, zone: &ZoneId) -> Option<i64> {
+        self.closing_auctions.iter().find(|auction| auction.zone == *zone).map(|auction| auction.call_ms.max(0))
+    }
+
     /// Whether an instance with this configuration serves `zone`.
     pub fn serves(&self, zone: &ZoneId) -> bool {
         self.zones.is_empty() || self.zones.contains(zone)
@@ -113,6 +129,7 @@ impl Default for ExchangeConfig {
             verify_workers: verify_workers_default(),
             open_orders_per_account_max: OPEN_ORDERS_PER_ACCOUNT_MAX_DEFAULT,
             tick_interval_ms: TICK_INTERVAL_MS_DEFAULT,
+            closing_auctions: Vec::new(),
         }
     }
 }

@@ -99,8 +99,17 @@ pub enum MarketEvent {
     Trade(Trade),
     Book(BookSnapshot),
     OrderUpdate(OrderUpdate),
-    ReadingAccepted { zone: ZoneId, ack: ReadingAck },
-    Rejected { zone: Option<ZoneId>, sender: Option<String>, reject: Reject },
+    ReadingAccepted {
+        zone: ZoneId,
+        ack: ReadingAck,
+    },
+    Rejected {
+        zone: Option<ZoneId>,
+        sender: Option<String>,
+        reject: Reject,
+    },
+    /// A zone's closing auction at gate closure (zones with a closing auction only).
+    Auction(protocol::AuctionResult),
 }
 
 /// One open (or just closed) slot of a zone.
@@ -492,6 +501,12 @@ impl ExchangeHandle {
     }
 
     /// The account's resting orders in every zone, with their side and placement time.
+    /// `zone`'s recent closing auction results, oldest first (empty for a zone without one, or one
+    /// this instance does not serve).
+    pub async fn auctions(&self, zone: &ZoneId) -> Vec<protocol::AuctionResult> {
+        self.ask(zone, |reply| ZoneMsg::Auctions { reply }).await.unwrap_or_default()
+    }
+
     pub async fn open_orders(&self, account: AccountId) -> Vec<zone::OpenOrder> {
         let mut orders = Vec::new();
         for (zone, _) in self.zones.all() {

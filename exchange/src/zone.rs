@@ -11,12 +11,14 @@ use crate::service::{parse_logged, CommandAck, MarketEvent, Outlets, SlotInfo};
 use crate::store::{self, CommandRow};
 use protocol::topics;
 use protocol::{
-    AccountId, BookSnapshot, BookState, Command, OrderStatus, OrderUpdate, PricePerKwh, Reason, Reject, SlotId,
-    TimestampMs, Trade, Wh, ZoneId,
+    AccountId, AuctionResult, BookSnapshot, BookState, Command, OrderStatus, OrderUpdate, PricePerKwh, Reason, Reject,
+    SlotId, TimestampMs, Trade, Wh, ZoneId,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+
+mod auction;
 
 /// Trade ids are `command_seq × TRADES_PER_COMMAND_MAX + index`: derived from the log, so a replay
 /// gives every trade the id it had. One command meets at most the orders resting in one book,
@@ -47,6 +49,10 @@ pub(crate) enum ZoneMsg {
     OpenOrders {
         account: AccountId,
         reply: oneshot::Sender<Vec<OpenOrder>>,
+    },
+    /// The zone's recent closing auction results, oldest first.
+    Auctions {
+        reply: oneshot::Sender<Vec<AuctionResult>>,
     },
     Dump {
         reply: oneshot::Sender<Vec<BookDump>>,
@@ -89,7 +95,14 @@ struct SlotBook {
     /// Increases with every change (the snapshot's `seq`).
     version: u64,
     tracked: HashMap<(AccountId, u64), Tracked>,
+    /// The last command applied to the book and how many trades it made: the closing auction's
+    /// trades take the ids after those, so they too follow from the log.
+    last_command_seq: u64,
+    last_command_trades: u64,
 }
+
+/// Closing auction results the owner keeps for the API, newest last: a day of 15-minute slots.
+pub const AUCTION_RESULTS_KEPT: usize = 96;
 
 /// The outcome of one command.
 #[derive(Debug, Default)]
@@ -106,6 +119,8 @@ pub(crate) struct ZoneOwner {
     db: Database,
     outlets: Outlets,
     books: BTreeMap<SlotId, SlotBook>,
+    /// The zone's last closing auction results, oldest first (at most [`AUCTION_RESULTS_KEPT`]).
+    auctions: std::collections::VecDeque<AuctionResult>,
 }
 
 impl std::fmt::Debug for ZoneOwner {
@@ -124,8 +139,15 @@ impl ZoneOwner {
         db: Database,
         outlets: Outlets,
     ) -> Result<Self, DbError> {
-        let mut owner =
-            Self { zone, slot_len_ms, config: config.clone(), db: db.clone(), outlets, books: BTreeMap::new() };
+        let mut owner = Self {
+            zone,
+            slot_len_ms,
+            config: config.clone(),
+            db: db.clone(),
+            outlets,
+            books: BTreeMap::new(),
+            auctions: std::collections::VecDeque::new(),
+        };
         let open_after_ms = owner.outlets.now_ms().saturating_add(config.gate_closure_ms);
         let zone = owner.zone.clone();
         let rows = db.run(move |conn| store::load_commands(conn, &zone, open_after_ms)).await?;
@@ -174,6 +196,9 @@ impl ZoneOwner {
             ZoneMsg::OpenOrders { account, reply } => {
                 let _ = reply.send(self.open_orders(account));
             }
+            ZoneMsg::Auctions { reply } => {
+                let _ = reply.send(self.auctions.iter().cloned().collect());
+            }
             ZoneMsg::Stop => {}
             ZoneMsg::Dump { reply } => {
                 let dumps = self
@@ -192,6 +217,12 @@ impl ZoneOwner {
 
     fn gate_ms(&self, slot: SlotId) -> i64 {
         slot.start_ms().saturating_sub(self.config.gate_closure_ms)
+    }
+
+    /// When `slot`'s closing auction starts calling, if the zone has one.
+    fn call_start_ms(&self, slot: SlotId) -> Option<i64> {
+        let call_ms = self.config.auction_call_ms(&self.zone)?;
+        Some(self.gate_ms(slot).saturating_sub(call_ms))
     }
 
     async fn book_config(&self, slot: SlotId) -> BookConfig {
@@ -225,17 +256,25 @@ impl ZoneOwner {
         if !self.books.contains_key(&slot) {
             let config = self.book_config(slot).await;
             let book = OrderBook::try_new(config).map_err(|error| DbError::Invalid(error.to_string()))?;
-            self.books.insert(slot, SlotBook { book, version: 0, tracked: HashMap::new() });
+            let slot_book =
+                SlotBook { book, version: 0, tracked: HashMap::new(), last_command_seq: 0, last_command_trades: 0 };
+            self.books.insert(slot, slot_book);
         }
         Ok(())
     }
 
-    /// Applies one logged command to its (existing) book; pure apart from the book.
+    /// Applies one logged command to its (existing) book; pure apart from the book. A command
+    /// received (by its logged time) once the slot's closing auction calls finds the book calling, so a
+    /// replay of the log puts the book in its call phase at the same command.
     fn apply(&mut self, row: &CommandRow, command: &Command) -> Applied {
         let zone = self.zone.clone();
+        let call_start_ms = self.call_start_ms(row.slot);
         let Some(slot_book) = self.books.get_mut(&row.slot) else {
             return Applied { rejected: Some(Reason::SlotNotOpen), ..Applied::default() };
         };
+        if call_start_ms.is_some_and(|start_ms| row.received_ms >= start_ms) {
+            slot_book.book.begin_call();
+        }
         let mut events = Vec::new();
         match command {
             Command::Order(signed) => {
@@ -269,7 +308,10 @@ impl ZoneOwner {
         if !events.is_empty() {
             slot_book.version += 1;
         }
-        describe(&zone, row, command.ts_ms(), slot_book, &events)
+        let applied = describe(&zone, row, command.ts_ms(), slot_book, &events);
+        slot_book.last_command_seq = row.command_seq;
+        slot_book.last_command_trades = applied.trades.len() as u64;
+        applied
     }
 
     async fn apply_batch(&mut self, batch: Vec<Committed>) {
@@ -367,6 +409,7 @@ impl ZoneOwner {
             bids,
             asks,
             ts_ms: TimestampMs(self.outlets.now_ms()),
+            call_phase: slot_book.book.is_calling().then_some(true),
         })
     }
 
@@ -425,6 +468,9 @@ impl ZoneOwner {
         let due: Vec<SlotId> = self.books.keys().copied().filter(|slot| self.gate_ms(*slot) <= now_ms).collect();
         for slot in due {
             let Some(mut slot_book) = self.books.remove(&slot) else { continue };
+            if self.call_start_ms(slot).is_some() {
+                self.run_auction(slot, &mut slot_book, now_ms).await;
+            }
             let mut events = Vec::new();
             slot_book.book.close(&mut events);
             slot_book.version += 1;
@@ -455,6 +501,7 @@ impl ZoneOwner {
                 bids: Vec::new(),
                 asks: Vec::new(),
                 ts_ms: TimestampMs(now_ms),
+                call_phase: None,
             };
             if let Ok(payload) = protocol::encode(&snapshot) {
                 self.outlets.publish(topics::book(&self.zone), payload, rumqttc::QoS::AtMostOnce, true);

@@ -39,8 +39,8 @@ pub mod wire;
 
 pub use ids::{AccountId, DeviceId, IdError, MeterSerial, SlotId, ZoneId};
 pub use messages::{
-    BookSnapshot, BookState, Cancel, Command, Level, Order, OrderStatus, OrderUpdate, Reading, ReadingAck, Reject,
-    Replace, Side, SlotRoot, Statement, Status, TimeInForce, Trade,
+    AuctionResult, BookSnapshot, BookState, Cancel, Command, Level, Order, OrderStatus, OrderUpdate, Reading,
+    ReadingAck, Reject, Replace, Side, SlotRoot, Statement, Status, TimeInForce, Trade,
 };
 pub use reason::Reason;
 pub use units::{MicroMoney, MicroTokens, PowerW, PricePerKwh, Rounding, TimestampMs, Wh};

@@ -327,6 +327,10 @@ pub struct BookSnapshot {
     pub bids: Vec<Level>,
     pub asks: Vec<Level>,
     pub ts_ms: TimestampMs,
+    /// Present (true) while the zone's closing auction is calling: orders rest without trading, so the
+    /// bids and asks may cross until gate closure uncrosses them at one price. Omitted otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_phase: Option<bool>,
 }
 
 impl WireMessage for BookSnapshot {
@@ -335,6 +339,30 @@ impl WireMessage for BookSnapshot {
     fn validate(&self) -> Result<(), ProtocolError> {
         require(self.bids.len() <= BOOK_LEVELS_MAX, "bids", "has too many levels")?;
         require(self.asks.len() <= BOOK_LEVELS_MAX, "asks", "has too many levels")
+    }
+}
+
+/// The outcome of a zone's closing auction for one slot, published once at gate closure (retained):
+/// the uniform price every auction trade of the slot used and the volume and number of those trades.
+/// `price_per_kwh` is omitted when no bid reached any ask (then `qty_wh` and `trades` are 0).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuctionResult {
+    pub zone: ZoneId,
+    pub slot: SlotId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_per_kwh: Option<PricePerKwh>,
+    pub qty_wh: Wh,
+    pub trades: u64,
+    pub ts_ms: TimestampMs,
+}
+
+impl WireMessage for AuctionResult {
+    const TYPE: &'static str = "auction";
+    const SIZE_MAX: usize = OUTBOUND_MESSAGE_BYTES_MAX;
+    fn validate(&self) -> Result<(), ProtocolError> {
+        require(self.qty_wh.0 >= 0, "qty_wh", "must not be negative")?;
+        require(self.price_per_kwh.is_some() || self.qty_wh.0 == 0, "price_per_kwh", "is required when qty_wh > 0")
     }
 }
 
@@ -497,3 +525,37 @@ impl Command {
 
 /// Largest sequence number or nonce: the largest safe JSON integer.
 pub const SEQ_MAX: u64 = MAX_SAFE_INTEGER as u64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{decode, encode};
+
+    fn result(price: Option<i64>, qty_wh: i64) -> AuctionResult {
+        AuctionResult {
+            zone: ZoneId::parse("north").expect("a valid zone"),
+            slot: SlotId::new(1_800_000).expect("a valid slot"),
+            price_per_kwh: price.map(PricePerKwh),
+            qty_wh: Wh(qty_wh),
+            trades: 2,
+            ts_ms: TimestampMs(1_500_000),
+        }
+    }
+
+    #[test]
+    fn an_auction_result_round_trips_and_omits_a_missing_price() {
+        let traded = result(Some(150_000), 500);
+        assert_eq!(decode::<AuctionResult>(&encode(&traded).expect("encodes")).expect("decodes"), traded);
+        let empty = AuctionResult { trades: 0, ..result(None, 0) };
+        let bytes = encode(&empty).expect("encodes");
+        assert!(!String::from_utf8_lossy(&bytes).contains("price_per_kwh"));
+        assert_eq!(decode::<AuctionResult>(&bytes).expect("decodes"), empty);
+    }
+
+    #[test]
+    fn an_auction_result_with_volume_but_no_price_is_refused() {
+        let bytes = encode(&result(None, 500)).expect("encodes");
+        let error = decode::<AuctionResult>(&bytes).expect_err("a reader refuses it");
+        assert_eq!(error.reason, Reason::InvalidValue);
+    }
+}

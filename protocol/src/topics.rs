@@ -6,6 +6,7 @@
 //! | `gridex/v1/{zone}/orders/{account}` | trader (order, cancel, replace) | 1 | no |
 //! | `gridex/v1/{zone}/trades` | exchange | 1 | no |
 //! | `gridex/v1/{zone}/book` | exchange | 0 | yes |
+//! | `gridex/v1/{zone}/auction` | exchange (closing auction results) | 1 | yes |
 //! | `gridex/v1/{zone}/events/{sender}` | exchange (order updates, reading acks) | 1 | no |
 //! | `gridex/v1/{zone}/rejects/{sender}` | exchange | 1 | no |
 //! | `gridex/v1/status/{device}` | gateway (and its last will) | 1 | yes |
@@ -29,6 +30,10 @@ pub fn trades(zone: &ZoneId) -> String {
 }
 pub fn book(zone: &ZoneId) -> String {
     format!("{PREFIX}/{zone}/book")
+}
+/// The zone's closing auction results (`auction`), retained: the last one.
+pub fn auction(zone: &ZoneId) -> String {
+    format!("{PREFIX}/{zone}/auction")
 }
 pub fn events(zone: &ZoneId, sender: &impl std::fmt::Display) -> String {
     format!("{PREFIX}/{zone}/events/{sender}")

@@ -44,7 +44,16 @@ pub struct DemoOptions {
     pub speed: f64,
     pub port: u16,
     pub data_dir: PathBuf,
+    /// The homes run the quoting agent instead of today's limit agent.
+    pub quoting_agents: bool,
+    /// The demo zone ends each slot with a closing auction (call phase: the last ten minutes before
+    /// gate closure).
+    pub closing_auction: bool,
 }
+
+/// The demo zone's call phase when the closing auction is on: the whole time a home's agent quotes
+/// its nearer slot.
+pub const CLOSING_AUCTION_CALL_MS: i64 = 10 * 60_000;
 
 /// The exchange's view of the simulator's clock: one clock for every component.
 #[derive(Debug, Clone, Copy)]
@@ -114,9 +123,10 @@ fn start_of_demo_ms(now_ms: i64) -> i64 {
     }
 }
 
-/// A home: its simulated site and the owner's price limits. Every third home has no solar panels
-/// (a pure buyer); the rest differ in size, load and limits.
-fn home(index: usize) -> (HomeSpec, i64, i64) {
+/// A home: its simulated site and the owner's price limits (lowest selling, highest buying price,
+/// µ per kWh). Every third home has no solar panels (a pure buyer); the rest differ in size, load and
+/// limits. Shared with the market report.
+pub(crate) fn home(index: usize) -> (HomeSpec, i64, i64) {
     let seed = index as u64 + 1;
     let mut spec = HomeSpec::from_seed(seed);
     if index % 3 == 2 {
@@ -140,6 +150,8 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let data_dir = &options.data_dir;
     let keys_dir = data_dir.join("keys");
     std::fs::create_dir_all(&keys_dir).with_context(|| format!("cannot create {}", keys_dir.display()))?;
+    let agents_dir = data_dir.join("agents");
+    std::fs::create_dir_all(&agents_dir).with_context(|| format!("cannot create {}", agents_dir.display()))?;
     // Each run is a fresh market (the simulated clock restarts); keys are kept.
     for stale in ["gridex.sqlite", "gridex.sqlite-wal", "gridex.sqlite-shm"] {
         let _ = std::fs::remove_file(data_dir.join(stale));
@@ -226,8 +238,14 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     mqtt.set_keep_alive(Duration::from_secs(30));
     mqtt.set_max_packet_size(64 * 1024, 64 * 1024);
     mqtt.set_inflight(500);
+    let closing_auctions = if options.closing_auction {
+        vec![exchange::config::ClosingAuction { zone: zone.clone(), call_ms: CLOSING_AUCTION_CALL_MS }]
+    } else {
+        Vec::new()
+    };
     let exchange_config = exchange::config::ExchangeConfig {
         gate_closure_ms: GATE_CLOSURE_MS,
+        closing_auctions,
         ..exchange::config::ExchangeConfig::default()
     };
     let exchange = exchange::service::start(exchange_config, db.clone(), clock.clone(), Some(mqtt)).await?;
@@ -282,6 +300,18 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
                 slots_ahead: 2,
                 qty_min_wh: 50,
                 forecast_window_ms: 30 * 60_000,
+                quoting: options.quoting_agents.then(|| meter_gateway::agent::QuotingSettings {
+                    feed_in_price_per_kwh: FEED_IN_PER_KWH,
+                    retail_price_per_kwh: RETAIL_PER_KWH,
+                    tick_per_kwh: meter_gateway::agent::QUOTE_TICK_DEFAULT_PER_KWH,
+                    grid_fee_per_kwh: GRID_FEE_PER_KWH,
+                    protocol_fee_bps: PROTOCOL_FEE_BPS,
+                    qty_wh_per_slot_max: None,
+                    qty_wh_per_day_max: None,
+                    spend_per_slot_max: None,
+                    spend_per_day_max: None,
+                    state_file: Some(agents_dir.join(format!("home-{index:03}.json"))),
+                }),
             }),
             clock: Some(sim_clock),
             ..GatewaySettings::default()

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod ops;
 pub mod public;
 pub mod registry;
+pub mod report;
 pub mod routes;
 pub mod schema;
 pub mod server;

@@ -31,6 +31,18 @@ enum Command {
         port: u16,
         #[arg(long, default_value = "./data/demo")]
         data_dir: PathBuf,
+        /// With --report: days to simulate (faster than real time, fixed seeds).
+        #[arg(long, default_value_t = 7)]
+        days: i64,
+        /// Instead of serving the demo, simulate every agent variant and write the market report here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// The homes run the new quoting agent instead of today's limit agent.
+        #[arg(long)]
+        quoting_agents: bool,
+        /// The demo zone ends each slot with a closing auction.
+        #[arg(long)]
+        closing_auction: bool,
     },
     /// Production: PostgreSQL (DATABASE_URL), an external broker (MQTT_URL), no simulators.
     Serve,
@@ -183,8 +195,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = || Settings::load(cli.config.as_deref()).context("cannot load the settings");
     let now_ms = SystemClock.now_ms();
     match cli.command {
-        Command::Demo { homes, speed, port, data_dir } => {
-            web::demo::run(web::demo::DemoOptions { homes, speed, port, data_dir }).await
+        Command::Demo { homes, days, report: Some(dir), .. } => {
+            let options = web::report::ReportOptions { homes, days, dir };
+            let summaries = tokio::task::spawn_blocking(move || web::report::run(&options)).await??;
+            for summary in summaries {
+                println!("{}: savings {}", summary.variant, web::report::euros(summary.household_savings));
+            }
+            Ok(())
+        }
+        Command::Demo { homes, speed, port, data_dir, quoting_agents, closing_auction, .. } => {
+            let options = web::demo::DemoOptions { homes, speed, port, data_dir, quoting_agents, closing_auction };
+            web::demo::run(options).await
         }
         Command::Serve => serve(settings()?).await,
         Command::Migrate => {

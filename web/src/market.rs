@@ -144,6 +144,11 @@ impl Market {
             .collect())
     }
 
+    /// The zone's recent closing auction results, oldest first.
+    pub async fn auctions(&self, zone: &ZoneId) -> Result<Vec<protocol::AuctionResult>, ApiError> {
+        Ok(self.exchange()?.auctions(zone).await)
+    }
+
     /// The account's resting orders with their side, time in force and post-only flag.
     pub async fn open_orders(&self, account: AccountId) -> Result<Vec<OpenOrder>, ApiError> {
         Ok(self.exchange()?.open_orders(account).await.into_iter().map(OpenOrder::from).collect())

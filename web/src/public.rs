@@ -163,6 +163,14 @@ pub async fn zone_book(
     Ok(HttpResponse::Ok().json(book))
 }
 
+/// The zone's recent closing auction results (uniform price, volume and trades per slot), oldest
+/// first; empty for a zone that trades continuously up to gate closure.
+pub async fn zone_auctions(state: web::Data<AppState>, zone: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let zone = parse_zone(&zone)?;
+    require_zone(&state, &zone).await?;
+    Ok(HttpResponse::Ok().json(state.market.auctions(&zone).await?))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TradesQuery {

@@ -128,6 +128,9 @@ pub fn endpoints() -> Vec<Endpoint> {
             web::get().to(public::zone_book)
         })
         .query(&[("slot", "integer", true), ("levels", "integer", false)]),
+        ep("get", "/api/v1/zones/{zone}/auctions", "Closing auction results, oldest first", "public", || {
+            web::get().to(public::zone_auctions)
+        }),
         ep("get", "/api/v1/zones/{zone}/trades", "Recent trades, newest first", "public", || {
             web::get().to(public::zone_trades)
         })

@@ -1,5 +1,6 @@
 //! The order book of one (zone, delivery slot): validation, matching, cancel, replace, gate closure.
 
+use super::auction::{self, AuctionOutcome, Clearing};
 use super::config::{BookConfig, BookConfigError};
 use super::events::Event;
 use super::level::BookSide;
@@ -45,6 +46,8 @@ pub struct OrderBook {
     open_orders: OpenOrders,
     /// The last trade sequence number handed out (0: none yet).
     trade_seq: u64,
+    /// In the closing auction's call phase: orders rest without trading.
+    calling: bool,
     closed: bool,
 }
 
@@ -56,6 +59,7 @@ impl fmt::Debug for OrderBook {
             .field("best_ask", &self.best_ask())
             .field("open_orders", &self.table.len())
             .field("trade_seq", &self.trade_seq)
+            .field("calling", &self.calling)
             .field("closed", &self.closed)
             .finish()
     }
@@ -85,6 +89,7 @@ impl OrderBook {
             table: OrderTable::default(),
             open_orders: OpenOrders::default(),
             trade_seq: 0,
+            calling: false,
             closed: false,
         })
     }
@@ -96,6 +101,17 @@ impl OrderBook {
     /// Whether gate closure has happened; a closed book accepts nothing.
     pub fn is_closed(&self) -> bool {
         self.closed
+    }
+
+    /// Whether the book is in the closing auction's call phase (see [`OrderBook::begin_call`]).
+    pub fn is_calling(&self) -> bool {
+        self.calling
+    }
+
+    /// Starts the closing auction's call phase: from now on orders rest without trading until
+    /// [`OrderBook::uncross`]. Does nothing on a closed book or one already calling.
+    pub fn begin_call(&mut self) {
+        self.calling = !self.closed;
     }
 
     /// The last trade sequence number handed out (0 before the first trade).
@@ -130,19 +146,30 @@ impl OrderBook {
         if post_only && tif != TimeInForce::Gtc {
             return reject(events, Reason::InvalidValue);
         }
+        if self.calling && tif != TimeInForce::Gtc {
+            return reject(events, Reason::InvalidValue);
+        }
         if self.table.find(&account, nonce).is_some() {
             return reject(events, Reason::Replayed);
         }
         if tif == TimeInForce::Gtc && self.open_orders.of(&account) >= self.config.open_orders_per_account_max {
             return reject(events, Reason::TooManyOpenOrders);
         }
-        if post_only && self.would_cross(side, level) {
+        if post_only && !self.calling && self.would_cross(side, level) {
             return reject(events, Reason::PostOnlyWouldCross);
         }
         if tif == TimeInForce::Fok && !self.can_fill(&account, side, level, qty.get()) {
             return reject(events, Reason::FokNotFillable);
         }
         events.push(Event::Accepted { account, nonce, side, price, qty });
+        if self.calling {
+            self.cancel_own_crossing(&account, side, level, events);
+            let node =
+                OrderNode { account, nonce, open_qty: qty.get(), filled_qty: 0, level, side, post_only, live: true };
+            self.rest(node);
+            events.push(Event::Rested { account, nonce, open_qty: qty });
+            return;
+        }
 
         let remaining = if self.would_cross(side, level) {
             self.match_inbound(&account, nonce, side, level, qty.get(), events)
@@ -224,12 +251,15 @@ impl OrderBook {
             events.push(Event::Replaced { account, nonce, price, open_qty: qty, kept_priority: true });
             return;
         }
+        let replaced = Event::Replaced { account, nonce, price, open_qty: qty, kept_priority: false };
+        if self.calling {
+            return self.move_in_call(index, level, qty, replaced, events);
+        }
         if node.post_only && self.would_cross(node.side, level) {
             return reject(events, Reason::PostOnlyWouldCross);
         }
         let (queues, table) = self.side_and_table(node.side);
         queues.unlink(table, index);
-        let replaced = Event::Replaced { account, nonce, price, open_qty: qty, kept_priority: false };
 
         if !self.would_cross(node.side, level) {
             // The common move: nothing leaves the table, so `index` still names the node.
@@ -276,7 +306,36 @@ impl OrderBook {
         self.asks = BookSide::new(Side::Sell, price_levels);
         self.table = OrderTable::default();
         self.open_orders = OpenOrders::default();
+        self.calling = false;
         self.closed = true;
+    }
+
+    /// The closing auction: trades every crossing order at one uniform price (see
+    /// [`auction`](super::auction) for the price rule), ends the call phase and returns what traded.
+    /// Events: one `Trade` per pair of a bid and an ask in priority order, then `Filled` for each
+    /// order used up, bids first. The book is uncrossed afterwards; the caller closes it next.
+    pub fn uncross(&mut self, events: &mut Vec<Event>) -> AuctionOutcome {
+        self.calling = false;
+        if self.closed {
+            return AuctionOutcome::NONE;
+        }
+        let (bids, asks) = (self.level_quantities(Side::Buy), self.level_quantities(Side::Sell));
+        let Some(clearing) = auction::clearing(&bids, &asks) else {
+            return AuctionOutcome::NONE;
+        };
+        let bid_fills = self.allocate(Side::Buy, &clearing);
+        let ask_fills = self.allocate(Side::Sell, &clearing);
+        let price = self.price_of(clearing.level);
+        // Buyers pressed when demand exceeded supply at the price, sellers when supply did.
+        let aggressor = if clearing.supply_wh > clearing.demand_wh { Side::Sell } else { Side::Buy };
+        let trades = self.pair_fills(&bid_fills, &ask_fills, price, aggressor, events);
+        for &(account, nonce, fill) in bid_fills.iter().chain(&ask_fills) {
+            self.apply_auction_fill(account, nonce, fill, events);
+        }
+        // The volume is at most the open quantity of a bounded number of orders each below 2^53; it
+        // fits i64 unless a book held more than a thousand maximal orders, where it saturates.
+        let volume = Wh(i64::try_from(clearing.volume_wh).unwrap_or(i64::MAX));
+        AuctionOutcome { price: Some(price), volume, trades }
     }
 
     /// Up to `levels` price levels per side, best first: `(bids, asks)`.
@@ -323,6 +382,157 @@ impl OrderBook {
     /// The resting order `(account, nonce)`, if it rests.
     pub fn order(&self, account: AccountId, nonce: u64) -> Option<RestingOrderView> {
         self.table.find(&account, nonce).map(|index| self.view(index))
+    }
+
+    // --- closing auction ---
+
+    /// `(level, open quantity)` of every occupied level of `side`, best first.
+    fn level_quantities(&self, side: Side) -> Vec<(u32, i64)> {
+        let queues = match side {
+            Side::Buy => &self.bids,
+            Side::Sell => &self.asks,
+        };
+        queues.occupied_best_first().map(|level| (level, queues.levels[level as usize].open_qty)).collect()
+    }
+
+    /// The fills of `side` at the clearing price, in price-time priority: `(account, nonce, fill)`,
+    /// adding up to the clearing volume.
+    fn allocate(&self, side: Side, clearing: &Clearing) -> Vec<(AccountId, u64, i64)> {
+        let queues = match side {
+            Side::Buy => &self.bids,
+            Side::Sell => &self.asks,
+        };
+        let mut remaining = clearing.volume_wh;
+        let mut fills = Vec::new();
+        for level in queues.occupied_best_first() {
+            if remaining == 0 || !queues.is_at_least_as_good(level, clearing.level) {
+                break;
+            }
+            let mut cursor = queues.levels[level as usize].head;
+            while cursor != NIL && remaining > 0 {
+                let node = &self.table[cursor];
+                let fill = remaining.min(i128::from(node.open_qty));
+                remaining -= fill;
+                // `fill <= node.open_qty`, an i64.
+                fills.push((node.account, node.nonce, fill as i64));
+                cursor = self.table.link(cursor).next;
+            }
+        }
+        debug_assert!(remaining == 0, "the clearing volume exceeds the eligible quantity");
+        fills
+    }
+
+    /// Pairs bid and ask fills in priority order into trades at `price`; returns how many.
+    fn pair_fills(
+        &mut self,
+        bids: &[(AccountId, u64, i64)],
+        asks: &[(AccountId, u64, i64)],
+        price: PricePerKwh,
+        aggressor: Side,
+        events: &mut Vec<Event>,
+    ) -> u64 {
+        let (mut bid_index, mut ask_index) = (0, 0);
+        let (mut bid_left, mut ask_left) = (0i64, 0i64);
+        let mut trades = 0;
+        loop {
+            if bid_left == 0 {
+                let Some(&(_, _, fill)) = bids.get(bid_index) else { break };
+                bid_left = fill;
+                bid_index += 1;
+            }
+            if ask_left == 0 {
+                let Some(&(_, _, fill)) = asks.get(ask_index) else { break };
+                ask_left = fill;
+                ask_index += 1;
+            }
+            let qty = bid_left.min(ask_left);
+            let (buyer, buy_nonce, _) = bids[bid_index - 1];
+            let (seller, sell_nonce, _) = asks[ask_index - 1];
+            debug_assert!(buyer != seller, "the call paired an account with itself");
+            bid_left -= qty;
+            ask_left -= qty;
+            self.trade_seq += 1;
+            trades += 1;
+            events.push(Event::Trade {
+                trade_seq: self.trade_seq,
+                price,
+                qty: Wh(qty),
+                buyer,
+                buy_nonce,
+                seller,
+                sell_nonce,
+                aggressor,
+            });
+        }
+        debug_assert!(bid_left == 0 && ask_left == 0, "bid and ask fills do not add up to the same volume");
+        trades
+    }
+
+    /// Takes an auction fill off the resting order `(account, nonce)`; retires it when used up.
+    fn apply_auction_fill(&mut self, account: AccountId, nonce: u64, fill: i64, events: &mut Vec<Event>) {
+        let Some(index) = self.table.find(&account, nonce) else {
+            debug_assert!(false, "an allocated order left the book");
+            return;
+        };
+        let node = &mut self.table[index];
+        debug_assert!(fill <= node.open_qty, "an auction fill exceeds the open quantity");
+        node.open_qty -= fill;
+        node.filled_qty += fill;
+        let (side, level, open_qty) = (node.side, node.level, node.open_qty);
+        self.side_mut(side).levels[level as usize].open_qty -= fill;
+        if open_qty == 0 {
+            self.retire(side, index);
+            events.push(Event::Filled { account, nonce });
+        }
+    }
+
+    /// Self-trade prevention in the call phase, "cancel resting": cancels `account`'s resting orders of
+    /// the other side that an order of `side` at `level` crosses.
+    fn cancel_own_crossing(&mut self, account: &AccountId, side: Side, level: u32, events: &mut Vec<Event>) {
+        let opposite = match side {
+            Side::Buy => &self.asks,
+            Side::Sell => &self.bids,
+        };
+        let mut own = Vec::new();
+        for resting_level in opposite.occupied_best_first() {
+            if !opposite.is_at_least_as_good(resting_level, level) {
+                break;
+            }
+            let mut cursor = opposite.levels[resting_level as usize].head;
+            while cursor != NIL {
+                if self.table[cursor].account == *account {
+                    own.push(self.table[cursor].nonce);
+                }
+                cursor = self.table.link(cursor).next;
+            }
+        }
+        for nonce in own {
+            // Found again each time: retiring may move nodes in the table.
+            let Some(index) = self.table.find(account, nonce) else { continue };
+            let node = self.table[index];
+            self.retire(side.opposite(), index);
+            events.push(Event::Cancelled {
+                account: *account,
+                nonce,
+                open_qty: Wh(node.open_qty),
+                filled_qty: Wh(node.filled_qty),
+                by_request: false,
+            });
+        }
+    }
+
+    /// A replace in the call phase that moves the order: to the back of the queue at `level` with
+    /// `qty`, without trading (events: `Replaced`, any self-trade cancels, `Rested`).
+    fn move_in_call(&mut self, index: NodeIndex, level: u32, qty: Wh, replaced: Event, events: &mut Vec<Event>) {
+        let node = self.table[index];
+        let (queues, table) = self.side_and_table(node.side);
+        queues.unlink(table, index);
+        // Out of the table while own orders are cancelled (removals may move nodes), still counted.
+        self.table.remove(index, &mut self.bids, &mut self.asks);
+        events.push(replaced);
+        self.cancel_own_crossing(&node.account, node.side, level, events);
+        self.rest_again(OrderNode { open_qty: qty.get(), level, ..node });
+        events.push(Event::Rested { account: node.account, nonce: node.nonce, open_qty: qty });
     }
 
     // --- matching ---
@@ -578,7 +788,7 @@ impl OrderBook {
                 ));
             }
         }
-        if let (Some(bid), Some(ask)) = (self.bids.best(), self.asks.best()) {
+        if let (Some(bid), Some(ask), false) = (self.bids.best(), self.asks.best(), self.calling) {
             if bid >= ask {
                 return Err(format!("the book is crossed: best bid level {bid} >= best ask level {ask}"));
             }

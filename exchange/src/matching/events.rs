@@ -14,6 +14,10 @@ use protocol::{AccountId, PricePerKwh, Reason, Side, Wh};
 /// - `replace`: `Rejected`; or `Replaced { kept_priority: true }` alone; or `Replaced { kept_priority:
 ///   false }` followed by what a new arrival gets: trades, and last `Filled` or `Rested`.
 /// - `close`: one `Expired` per resting order, bids best first then asks best first, each in queue order.
+/// - in the call phase (see [`OrderBook::begin_call`](super::OrderBook::begin_call)), `submit` and a moving
+///   `replace` trade nothing: `Accepted` (or `Replaced { kept_priority: false }`), a `Cancelled` for each
+///   of the account's own resting opposite orders it crosses, and last `Rested`.
+/// - `uncross`: a `Trade` per bid–ask pair at the clearing price, then `Filled` per order used up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Event {
     /// The order passed every check; it now matches and/or rests.

@@ -34,6 +34,14 @@
 //!   other accounts' quantity when deciding whether it can fill; a rejected FOK cancels nothing.
 //! - **Gate closure** ([`OrderBook::close`]): every resting order expires (`Expired`), and later commands
 //!   are rejected with `GateClosed`.
+//! - **Closing auction** (optional, per zone; rules and tie rule in [`auction`]). After
+//!   [`OrderBook::begin_call`] the book is in its call phase: orders rest without trading (so the book may
+//!   be crossed), IOC and FOK are rejected with `InvalidValue` (nothing could fill them on arrival), a
+//!   post-only order is accepted like any GTC order, and self-trade prevention cancels the account's own
+//!   resting opposite orders that the new or moved order crosses (so the call never pairs an account with
+//!   itself). [`OrderBook::uncross`] then trades every crossing order at one uniform price; the caller
+//!   closes the book right after. Without a call phase, `uncross` finds an uncrossed book and trades
+//!   nothing: the continuous auction before it is unchanged.
 //! - **Trade sequence.** `trade_seq` counts trades per book from 1; the caller maps it to exchange-wide ids.
 //!
 //! # Shape
@@ -78,6 +86,7 @@
 //! book.validate().unwrap();
 //! ```
 
+pub mod auction;
 mod book;
 mod config;
 mod events;
@@ -85,11 +94,16 @@ mod level;
 mod order;
 mod table;
 
+pub use auction::AuctionOutcome;
 pub use book::OrderBook;
 pub use config::{BookConfig, BookConfigError, OPEN_ORDERS_PER_ACCOUNT_LIMIT, PRICE_LEVELS_MAX};
 pub use events::Event;
 pub use order::{NewOrder, RestingOrderView};
 
+#[cfg(test)]
+mod auction_property_tests;
+#[cfg(test)]
+mod auction_script_tests;
 #[cfg(test)]
 mod property_tests;
 #[cfg(test)]

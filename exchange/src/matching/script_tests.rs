@@ -3,7 +3,8 @@
 //! compares it with the script; `validate()` runs after every command.
 //!
 //! Commands: `a#1 buy 200x10 gtc [post]` (account `a`, nonce 1, price 200, 10 Wh; tif gtc|ioc|fok),
-//! `cancel a#1`, `replace a#1 210x5`, `close`, `depth`. The book is 100..=1000 µ/kWh in ticks of 10,
+//! `cancel a#1`, `replace a#1 210x5`, `close`, `depth`, and for the closing auction `call` (begin the
+//! call phase) and `uncross` (its events, then `auction price=… volume=… trades=…`). The book is 100..=1000 µ/kWh in ticks of 10,
 //! 1..=1000 Wh per order, at most 3 open orders per account.
 
 use super::*;
@@ -105,6 +106,14 @@ fn execute(book: &mut OrderBook, command: &str, events: &mut Vec<Event>) -> Vec<
             book.replace(account, nonce, price, qty, events);
         }
         ["close"] => book.close(events),
+        ["call"] => book.begin_call(),
+        ["uncross"] => {
+            let outcome = book.uncross(events);
+            let mut lines: Vec<String> = events.drain(..).map(|event| render(&event)).collect();
+            let price = outcome.price.map_or("none".to_owned(), |price| price.get().to_string());
+            lines.push(format!("auction price={price} volume={} trades={}", outcome.volume.get(), outcome.trades));
+            return lines;
+        }
         ["depth"] => return vec![render_depth(book)],
         [order, side, price_and_qty, tif, flags @ ..] => {
             let (account, nonce) = order_ref(order);
@@ -130,7 +139,7 @@ fn execute(book: &mut OrderBook, command: &str, events: &mut Vec<Event>) -> Vec<
 }
 
 /// Runs `script` against a fresh book and asserts that the transcript equals it.
-fn run(script: &str) {
+pub(super) fn run(script: &str) {
     let expected: Vec<String> = script
         .lines()
         .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))

@@ -260,9 +260,14 @@ impl Probe {
                     .await
                     .expect("subscribe");
             }
-            client.subscribe(format!("gridex/v1/{zone}/trades"), rumqttc::QoS::AtLeastOnce).await.expect("subscribe");
+            for channel in ["trades", "auction"] {
+                client
+                    .subscribe(format!("gridex/v1/{zone}/{channel}"), rumqttc::QoS::AtLeastOnce)
+                    .await
+                    .expect("subscribe");
+            }
         }
-        let expected = zones.len() * 3;
+        let expected = zones.len() * 4;
         tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {

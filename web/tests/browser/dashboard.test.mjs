@@ -222,6 +222,10 @@ test('the dashboard shows the live market and a household places a signed order'
     );
   });
 
+  await step('see the closing auctions card (the demo zone has none: it says so)', server, async () => {
+    await page.waitForFunction(() => document.querySelectorAll('#auctions-table tr').length > 0);
+  });
+
   await step('see a chart update live, without reloading', server, async () => {
     const before = await page.evaluate(() => ({
       book: Number(document.getElementById('book').dataset.liveUpdates || 0),

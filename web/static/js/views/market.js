@@ -9,6 +9,8 @@ import { on, slotLenMs, state } from '../state.js';
 /** Price levels shown per side (the protocol publishes at most 20). */
 const BOOK_LEVELS = 12;
 const TRADES_SHOWN = 15;
+/** Closing auction results shown, newest first. */
+const AUCTIONS_SHOWN = 8;
 /** Slots of history in the price chart. */
 const PRICE_HISTORY_SLOTS = 48;
 /** Slots are re-read this often even without events, as gate closures pass. */
@@ -20,6 +22,7 @@ let slots = [];
 let selectedSlot = null;
 let bookSeq = -1;
 let trades = [];
+let auctions = [];
 let visible = false;
 let refreshTimer = null;
 let pricesTimer = null;
@@ -55,7 +58,7 @@ export function show() {
 async function loadAll() {
   if (!state.zone) return;
   await loadSlots();
-  await Promise.all([loadBook(), loadTrades(), loadPrices()]);
+  await Promise.all([loadBook(), loadTrades(), loadPrices(), loadAuctions()]);
 }
 
 /** The slot to show first: the earliest open slot with orders, else the earliest open slot. */
@@ -144,7 +147,27 @@ function renderBook(book) {
   const asks = (book.asks ?? []).slice(0, BOOK_LEVELS);
   $('book-bids').innerHTML = bids.length ? bids.map((l) => levelRow(l, 'bid')).join('') : '<tr><td colspan="3" class="muted">No bids</td></tr>';
   $('book-asks').innerHTML = asks.length ? asks.map((l) => levelRow(l, 'ask')).join('') : '<tr><td colspan="3" class="muted">No asks</td></tr>';
+  $('book-phase').hidden = book.call_phase !== true;
   draw($('depth-chart'), depthChart, book);
+}
+
+/** The zone's closing auction results (a zone without a closing auction has none). */
+async function loadAuctions() {
+  if (!state.zone) return;
+  try {
+    auctions = (await get(`/zones/${encodeURIComponent(state.zone)}/auctions`)).reverse().slice(0, AUCTIONS_SHOWN);
+  } catch {
+    auctions = [];
+  }
+  $('auctions-table').innerHTML = auctions.length
+    ? auctions
+        .map(
+          (result) => `<tr><td>${esc(slotLabel(result.slot))}</td>
+          <td class="num">${result.price_per_kwh != null ? esc(priceNumber(result.price_per_kwh)) : '–'}</td>
+          <td class="num">${esc(energyNumber(result.qty_wh))}</td><td class="num">${Number(result.trades)}</td></tr>`,
+        )
+        .join('')
+    : '<tr><td colspan="4" class="muted">No closing auction in this zone yet</td></tr>';
 }
 
 function onBook(book) {
@@ -153,7 +176,10 @@ function onBook(book) {
   if (known) {
     known.best_bid = book.bids?.[0]?.price_per_kwh ?? null;
     known.best_ask = book.asks?.[0]?.price_per_kwh ?? null;
-    if (book.state === 'closed') loadSlots();
+    if (book.state === 'closed') {
+      loadSlots();
+      loadAuctions();
+    }
     else if (visible) renderSlots();
   } else if (book.state !== 'closed') {
     loadSlots();

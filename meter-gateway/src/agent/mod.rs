@@ -1,16 +1,32 @@
 //! The home trading agent: within the owner's limits it forecasts the next slots' surplus or deficit
-//! from recent readings and keeps one order per upcoming slot in line with the forecast, publishing
-//! signed `Order`, `Cancel` and `Replace` messages on the account's orders topic.
+//! and keeps one order per upcoming slot in line with the forecast, publishing signed `Order`, `Cancel`
+//! and `Replace` messages on the account's orders topic.
 //!
-//! The planner ([`Planner`]) is pure: readings in, commands out. [`run`] adds the clock, signing with
-//! the ACCOUNT key (never the device key) and MQTT.
+//! Two strategies. *Limit* (the default, kept for comparison): a trailing one-hour forecast and orders
+//! at the owner's limit prices, blind to the market. *Quoting* (`[agent.quoting]`, see [`quoting`]): a
+//! forecast learned by time of day ([`forecast`]), prices from the public book and the zone's tariffs
+//! that move towards the owner's limit as gate closure nears, its own fills read from the exchange's
+//! order updates ([`position`]) so it never commits more than its plan or its volume and spend caps,
+//! and a state file so that a restart adopts its open orders instead of placing them again.
+//!
+//! The planner ([`Planner`]) is pure: readings, books and order updates in, commands out. [`run`] adds
+//! the clock, signing with the ACCOUNT key (never the device key), MQTT and the state file.
+
+pub mod forecast;
+pub mod position;
+pub mod quoting;
+#[cfg(test)]
+mod quoting_tests;
 
 use crate::clock::SimClock;
 use crate::publisher::{mqtt_options, MqttSettings};
+use forecast::Forecaster;
+use position::Positions;
 use protocol::{
-    topics, AccountId, Cancel, Order, PricePerKwh, Reading, Replace, Side, Signed, SlotId, TimeInForce, TimestampMs,
-    Wh, ZoneId,
+    topics, AccountId, BookSnapshot, Cancel, Order, OrderUpdate, PricePerKwh, Reading, Reject, Replace, Side, Signed,
+    SlotId, TimeInForce, TimestampMs, Wh, ZoneId,
 };
+use quoting::{Band, Caps, Top};
 use rumqttc::{AsyncClient, QoS};
 use serde::Deserialize;
 use std::collections::{BTreeMap, VecDeque};
@@ -38,6 +54,8 @@ pub const HISTORY_LEN_MAX: usize = 3_600;
 pub const REPLACE_THRESHOLD_PERCENT: i64 = 10;
 /// Commands buffered towards MQTT.
 pub const READINGS_CHANNEL_CAPACITY: usize = 64;
+/// Messages from the exchange (books, updates, rejects) waiting for the planner.
+pub const HEARD_CHANNEL_CAPACITY: usize = 256;
 /// How many times per slot the agent re-plans.
 pub const PLANS_PER_SLOT: i64 = 15;
 
@@ -49,6 +67,8 @@ pub enum AgentError {
     Key(#[from] crate::keys::KeyError),
     #[error(transparent)]
     Mqtt(#[from] crate::publisher::PublishError),
+    #[error(transparent)]
+    State(#[from] position::StateError),
 }
 
 fn default_share() -> u8 {
@@ -99,6 +119,70 @@ pub struct AgentSettings {
     pub qty_min_wh: i64,
     #[serde(default = "default_window")]
     pub forecast_window_ms: i64,
+    /// The quoting strategy and its settings; absent: the limit strategy.
+    #[serde(default)]
+    pub quoting: Option<QuotingSettings>,
+}
+
+fn default_tick() -> i64 {
+    QUOTE_TICK_DEFAULT_PER_KWH
+}
+
+/// The exchange's default price tick (µ per kWh): quotes must lie on it.
+pub const QUOTE_TICK_DEFAULT_PER_KWH: i64 = 1_000;
+const MS_PER_DAY: i64 = 24 * 60 * 60 * 1000;
+
+/// The quoting strategy's inputs beyond the owner's limits: the zone's tariffs, the price tick, the
+/// owner's caps and where the agent keeps its orders across restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotingSettings {
+    /// The zone's feed-in tariff (µ per kWh): what the utility pays for surplus.
+    pub feed_in_price_per_kwh: i64,
+    /// The zone's retail price (µ per kWh): what the utility charges.
+    pub retail_price_per_kwh: i64,
+    #[serde(default = "default_tick")]
+    pub tick_per_kwh: i64,
+    /// The zone's grid fee (µ per kWh) and protocol fee (basis points of the trade value), both paid by
+    /// the buyer: the agent never buys above `retail − fees`, where buying from the utility is cheaper.
+    #[serde(default)]
+    pub grid_fee_per_kwh: i64,
+    #[serde(default)]
+    pub protocol_fee_bps: i64,
+    #[serde(default)]
+    pub qty_wh_per_slot_max: Option<i64>,
+    #[serde(default)]
+    pub qty_wh_per_day_max: Option<i64>,
+    /// Most money (micro-units) spent buying in one slot.
+    #[serde(default)]
+    pub spend_per_slot_max: Option<i64>,
+    #[serde(default)]
+    pub spend_per_day_max: Option<i64>,
+    /// The agent's orders and next nonce, rewritten after each change; read back at start.
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
+}
+
+impl QuotingSettings {
+    fn band(&self) -> Band {
+        Band { feed_in_per_kwh: self.feed_in_price_per_kwh, retail_per_kwh: self.retail_price_per_kwh }
+    }
+
+    /// The highest price at which buying from a neighbour still beats the utility's retail price.
+    fn buy_break_even_per_kwh(&self) -> i64 {
+        let after_grid_fee = self.retail_price_per_kwh - self.grid_fee_per_kwh;
+        // price × (1 + bps / 10 000) <= retail − grid fee, rounded down.
+        after_grid_fee * 10_000 / (10_000 + self.protocol_fee_bps.max(0))
+    }
+
+    fn caps(&self) -> Caps {
+        Caps {
+            qty_wh_per_slot_max: self.qty_wh_per_slot_max,
+            qty_wh_per_day_max: self.qty_wh_per_day_max,
+            spend_per_slot_max: self.spend_per_slot_max,
+            spend_per_day_max: self.spend_per_day_max,
+        }
+    }
 }
 
 impl AgentSettings {
@@ -118,6 +202,23 @@ impl AgentSettings {
         }
         if self.qty_min_wh <= 0 || self.forecast_window_ms < FORECAST_SPAN_MIN_MS {
             return fail("qty_min_wh must be positive and forecast_window_ms at least a minute");
+        }
+        if let Some(quoting) = &self.quoting {
+            if quoting.feed_in_price_per_kwh < 0 || quoting.retail_price_per_kwh <= quoting.feed_in_price_per_kwh {
+                return fail("the tariffs must satisfy 0 <= feed_in < retail");
+            }
+            if quoting.tick_per_kwh <= 0 {
+                return fail("tick_per_kwh must be positive");
+            }
+            let caps = [
+                quoting.qty_wh_per_slot_max,
+                quoting.qty_wh_per_day_max,
+                quoting.spend_per_slot_max,
+                quoting.spend_per_day_max,
+            ];
+            if caps.iter().flatten().any(|cap| *cap < 0) {
+                return fail("caps must not be negative");
+            }
         }
         Ok(())
     }
@@ -149,12 +250,63 @@ pub struct Planner {
     history: VecDeque<(i64, i64, i64)>,
     open: BTreeMap<SlotId, OpenOrder>,
     next_nonce: u64,
+    /// The quoting strategy's state (unused by the limit strategy).
+    forecaster: Forecaster,
+    positions: Positions,
+    tops: BTreeMap<SlotId, (u64, Top)>,
 }
 
 impl Planner {
     /// `first_nonce` must be above any nonce this account used before (see [`nonce_base`]).
     pub fn new(settings: AgentSettings, account: AccountId, zone: ZoneId, first_nonce: u64) -> Self {
-        Self { settings, account, zone, history: VecDeque::new(), open: BTreeMap::new(), next_nonce: first_nonce }
+        let forecaster = Forecaster::new(settings.slot_len_ms);
+        Self {
+            settings,
+            account,
+            zone,
+            history: VecDeque::new(),
+            open: BTreeMap::new(),
+            next_nonce: first_nonce,
+            forecaster,
+            positions: Positions::default(),
+            tops: BTreeMap::new(),
+        }
+    }
+
+    /// Adopts orders remembered from before a restart (quoting strategy): they count as open until
+    /// the exchange says otherwise, so none is placed twice; nonces continue above the remembered ones.
+    pub fn adopt(&mut self, positions: Positions) {
+        self.next_nonce = self.next_nonce.max(positions.next_nonce);
+        self.positions = positions;
+    }
+
+    /// The quoting strategy's view of its orders (what the state file holds).
+    pub fn positions(&self) -> &Positions {
+        &self.positions
+    }
+
+    /// Takes a published book snapshot (older ones than a slot's last are ignored).
+    pub fn observe_book(&mut self, book: &BookSnapshot) {
+        if book.zone != self.zone || self.tops.get(&book.slot).is_some_and(|(seq, _)| *seq >= book.seq) {
+            return;
+        }
+        let top = Top {
+            best_bid: book.bids.first().map(|level| level.price_per_kwh.0),
+            best_ask: book.asks.first().map(|level| level.price_per_kwh.0),
+        };
+        self.tops.insert(book.slot, (book.seq, top));
+    }
+
+    /// Takes an order update of this account.
+    pub fn observe_update(&mut self, update: &OrderUpdate) {
+        if update.account == self.account {
+            self.positions.on_update(update);
+        }
+    }
+
+    /// Takes a reject of one of this account's commands.
+    pub fn observe_reject(&mut self, reject: &Reject) {
+        self.positions.on_reject(reject);
     }
 
     pub fn open_orders(&self) -> &BTreeMap<SlotId, OpenOrder> {
@@ -162,6 +314,7 @@ impl Planner {
     }
 
     pub fn observe(&mut self, reading: &Reading) {
+        self.forecaster.observe(reading);
         if self.history.back().is_some_and(|(ts, _, _)| *ts >= reading.ts_ms.0) {
             return;
         }
@@ -186,6 +339,7 @@ impl Planner {
     fn nonce(&mut self) -> u64 {
         let nonce = self.next_nonce;
         self.next_nonce += 1;
+        self.positions.next_nonce = self.next_nonce;
         nonce
     }
 
@@ -214,8 +368,16 @@ impl Planner {
             .collect()
     }
 
-    /// Brings the open orders in line with the forecast.
+    /// Brings the open orders in line with the forecast (and, quoting, with the market).
     pub fn plan(&mut self, now_ms: i64) -> Vec<Action> {
+        match self.settings.quoting.clone() {
+            Some(quoting) => self.plan_quoting(now_ms, &quoting),
+            None => self.plan_limit(now_ms),
+        }
+    }
+
+    /// The limit strategy: the trailing forecast at the owner's limit prices.
+    fn plan_limit(&mut self, now_ms: i64) -> Vec<Action> {
         let gate = self.settings.gate_closure_ms;
         // Orders whose gate closed are the exchange's business now (filled or expired).
         self.open.retain(|slot, _| slot.start_ms() - gate > now_ms);
@@ -302,8 +464,32 @@ pub fn sign(action: Action, key: &ed25519_dalek::SigningKey) -> Result<Vec<u8>, 
     })
 }
 
+/// What the quoting agent hears from the exchange.
+#[derive(Debug)]
+enum Heard {
+    Book(BookSnapshot),
+    Update(OrderUpdate),
+    Reject(Reject),
+}
+
+/// Decodes a message on one of the topics the agent subscribes to.
+fn heard(topic: &str, payload: &[u8], zone: &ZoneId, account: &AccountId) -> Option<Heard> {
+    if topic == topics::book(zone) {
+        return protocol::decode::<BookSnapshot>(payload).ok().map(Heard::Book);
+    }
+    if topic == topics::events(zone, account) {
+        return protocol::decode::<OrderUpdate>(payload).ok().map(Heard::Update);
+    }
+    if topic == topics::rejects(zone, account) {
+        return protocol::decode::<Reject>(payload).ok().map(Heard::Reject);
+    }
+    None
+}
+
 /// Runs the agent: readings arrive on `readings` (the gateway feeds its own), commands go to
-/// `gridex/v1/{zone}/orders/{account}`. Returns when `shutdown` turns true or the readings end.
+/// `gridex/v1/{zone}/orders/{account}`. The quoting strategy also subscribes to the zone's book and
+/// the account's events and rejects, in a persistent MQTT session (so updates sent while the agent
+/// was away arrive when it is back). Returns when `shutdown` turns true or the readings end.
 pub async fn run(
     settings: AgentSettings,
     zone: ZoneId,
@@ -315,31 +501,70 @@ pub async fn run(
     settings.validate()?;
     let key = crate::keys::load(&settings.key)?;
     let account = AccountId::from_verifying_key(&key.verifying_key());
-    let options = mqtt_options(&mqtt, &format!("gridex-agent-{}", &account.to_hex()[..16]), None)?;
+    let state_file = settings.quoting.as_ref().and_then(|quoting| quoting.state_file.clone());
+    let quoting = settings.quoting.is_some();
+    let mut options = mqtt_options(&mqtt, &format!("gridex-agent-{}", &account.to_hex()[..16]), None)?;
+    options.set_clean_session(!quoting);
     let (client, mut eventloop) = AsyncClient::new(options, crate::publisher::REQUEST_CHANNEL_CAPACITY);
+    let (heard_tx, mut heard_rx) = mpsc::channel(HEARD_CHANNEL_CAPACITY);
+    let (poll_zone, poll_account) = (zone.clone(), account);
     // The event loop gets its own task; rumqttc reconnects on the next poll after an error.
     let poller = tokio::spawn(async move {
         loop {
-            if let Err(error) = eventloop.poll().await {
-                tracing::debug!(%error, "agent mqtt connection down");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(publish))) => {
+                    if let Some(message) = heard(&publish.topic, &publish.payload, &poll_zone, &poll_account) {
+                        // When the planner lags, a book snapshot or update is dropped rather than the
+                        // connection stalled; the next one carries the cumulative state.
+                        let _ = heard_tx.try_send(message);
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::debug!(%error, "agent mqtt connection down");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
         }
     });
+    if quoting {
+        for topic in [topics::book(&zone), topics::events(&zone, &account), topics::rejects(&zone, &account)] {
+            client.subscribe(topic, QoS::AtLeastOnce).await.map_err(|error| AgentError::Settings(error.to_string()))?;
+        }
+    }
     let topic = topics::orders(&zone, &account);
     let plan_every_ms = clock.real_ms_for(settings.slot_len_ms / PLANS_PER_SLOT).max(100);
     let mut planner = Planner::new(settings, account, zone, nonce_base());
+    if let Some(path) = &state_file {
+        planner.adopt(Positions::load(path)?);
+    }
     let mut tick = tokio::time::interval(Duration::from_millis(plan_every_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tracing::info!(%account, "trading agent started");
+    tracing::info!(%account, quoting, "trading agent started");
     loop {
         tokio::select! {
             reading = readings.recv() => match reading {
                 Some(reading) => planner.observe(&reading),
                 None => break,
             },
+            Some(message) = heard_rx.recv() => {
+                match message {
+                    Heard::Book(book) => planner.observe_book(&book),
+                    Heard::Update(update) => planner.observe_update(&update),
+                    Heard::Reject(reject) => planner.observe_reject(&reject),
+                }
+            }
             _ = tick.tick() => {
-                for action in planner.plan(clock.now_ms()) {
+                let actions = planner.plan(clock.now_ms());
+                // The state is written before the commands leave, so a crash right after sending
+                // still remembers them (a remembered order that never arrived is refused on cancel).
+                if let (Some(path), false) = (&state_file, actions.is_empty()) {
+                    if let Err(error) = planner.positions().save(path) {
+                        tracing::error!(%error, "agent: cannot save its state; not sending");
+                        continue;
+                    }
+                }
+                for action in actions {
                     match sign(action, &key) {
                         // Orders are not spooled: a stale order is worth less than none.
                         Ok(json) => if client.try_publish(&topic, QoS::AtLeastOnce, false, json).is_err() {
@@ -350,6 +575,11 @@ pub async fn run(
                 }
             }
             _ = shutdown.changed() => break,
+        }
+    }
+    if let Some(path) = &state_file {
+        if let Err(error) = planner.positions().save(path) {
+            tracing::error!(%error, "agent: cannot save its state");
         }
     }
     let _ = client.try_disconnect();
@@ -377,6 +607,7 @@ mod tests {
             slots_ahead: 2,
             qty_min_wh: QTY_MIN_DEFAULT_WH,
             forecast_window_ms: 30 * MIN,
+            quoting: None,
         }
     }
 

@@ -1,0 +1,207 @@
+//! The quoting strategy through the planner: prices stay within the owner's limits and the zone's band,
+//! fills count against the plan (an order is cancelled and re-placed, never replaced), caps hold over a
+//! day of fills, and a restarted agent adopts its open orders instead of placing them again.
+
+use super::*;
+use protocol::{testing, DeviceId, MeterSerial, OrderStatus, PowerW};
+
+const MIN: i64 = 60_000;
+const SLOT: i64 = SLOT_LEN_DEFAULT_MS;
+const START_MS: i64 = 1_000 * SLOT;
+
+fn quoting(state_file: Option<PathBuf>) -> QuotingSettings {
+    QuotingSettings {
+        feed_in_price_per_kwh: 80_000,
+        retail_price_per_kwh: 300_000,
+        tick_per_kwh: 1_000,
+        grid_fee_per_kwh: 0,
+        protocol_fee_bps: 0,
+        qty_wh_per_slot_max: None,
+        qty_wh_per_day_max: None,
+        spend_per_slot_max: None,
+        spend_per_day_max: None,
+        state_file,
+    }
+}
+
+fn settings(quoting: QuotingSettings) -> AgentSettings {
+    AgentSettings {
+        key: PathBuf::from("unused"),
+        price_per_kwh_sell_min: 120_000,
+        price_per_kwh_buy_max: 260_000,
+        surplus_share_percent: 100,
+        buy_deficit: true,
+        slot_len_ms: SLOT,
+        gate_closure_ms: GATE_CLOSURE_DEFAULT_MS,
+        slots_ahead: 2,
+        qty_min_wh: QTY_MIN_DEFAULT_WH,
+        forecast_window_ms: 30 * MIN,
+        quoting: Some(quoting),
+    }
+}
+
+fn account() -> AccountId {
+    AccountId::from_verifying_key(&testing::signing_key(3).verifying_key())
+}
+
+fn reading(ts_ms: i64, import_wh: i64, export_wh: i64) -> Reading {
+    Reading {
+        device: DeviceId::from_verifying_key(&testing::signing_key(9).verifying_key()),
+        zone: testing::zone(),
+        meter_serial: MeterSerial::parse("SN").expect("valid"),
+        seq: 1,
+        ts_ms: TimestampMs(ts_ms),
+        import_wh: Wh(import_wh),
+        export_wh: Wh(export_wh),
+        pv_wh: None,
+        power_w: PowerW(0),
+    }
+}
+
+/// A planner that has seen `slots` slots of steady export (`wh_per_minute` > 0) or import (< 0).
+fn planner(settings: AgentSettings, wh_per_minute: i64, slots: i64) -> Planner {
+    let mut planner = Planner::new(settings, account(), testing::zone(), 1);
+    for minute in 0..=slots * 15 {
+        let (import, export) =
+            if wh_per_minute > 0 { (0, minute * wh_per_minute) } else { (-minute * wh_per_minute, 0) };
+        planner.observe(&reading(START_MS + minute * MIN, import, export));
+    }
+    planner
+}
+
+fn update(order: &Order, status: OrderStatus, open_wh: i64, filled_wh: i64) -> OrderUpdate {
+    OrderUpdate {
+        account: order.account,
+        zone: order.zone.clone(),
+        slot: order.slot,
+        order_nonce: order.nonce,
+        status,
+        price_per_kwh: order.price_per_kwh,
+        open_qty_wh: Wh(open_wh),
+        filled_qty_wh: Wh(filled_wh),
+        ts_ms: order.ts_ms,
+    }
+}
+
+fn orders(actions: &[Action]) -> Vec<Order> {
+    actions
+        .iter()
+        .filter_map(|action| if let Action::Order(order) = action { Some(order.clone()) } else { None })
+        .collect()
+}
+
+#[test]
+fn quotes_start_inside_the_band_and_move_to_the_owners_floor_but_never_below_it() {
+    // 20 Wh a minute: 300 Wh per slot of surplus.
+    let mut planner = planner(settings(quoting(None)), 20, 3);
+    let mut now_ms = START_MS + 3 * SLOT;
+    let mut prices = Vec::new();
+    for _ in 0..(4 * PLANS_PER_SLOT) {
+        for action in planner.plan(now_ms) {
+            match action {
+                Action::Order(order) => {
+                    assert_eq!(order.side, Side::Sell);
+                    assert!(order.price_per_kwh.0 >= 120_000, "below the floor: {order:?}");
+                    assert!(order.price_per_kwh.0 <= 300_000, "above the band: {order:?}");
+                    assert_eq!(order.price_per_kwh.0 % 1_000, 0, "off the tick");
+                    prices.push(order.price_per_kwh.0);
+                    planner.observe_update(&update(&order, OrderStatus::Open, order.qty_wh.0, 0));
+                }
+                Action::Cancel(cancel) => {
+                    let order = planner.positions().orders[&cancel.order_nonce];
+                    let placed = Order {
+                        account: account(),
+                        zone: testing::zone(),
+                        slot: order.slot,
+                        side: order.side,
+                        price_per_kwh: PricePerKwh(order.price_per_kwh),
+                        qty_wh: Wh(order.open_qty_wh),
+                        tif: TimeInForce::Gtc,
+                        post_only: false,
+                        nonce: cancel.order_nonce,
+                        ts_ms: cancel.ts_ms,
+                    };
+                    planner.observe_update(&update(&placed, OrderStatus::Cancelled, order.open_qty_wh, 0));
+                }
+                Action::Replace(replace) => panic!("the quoting agent never replaces: {replace:?}"),
+            }
+        }
+        now_ms += SLOT / PLANS_PER_SLOT;
+    }
+    // Each slot's quoting starts at the middle of the band (0.19) and steps down as its gate nears.
+    assert_eq!(prices.iter().max(), Some(&190_000), "{prices:?}");
+    assert!(prices.contains(&120_000), "reaches the floor before the gate: {prices:?}");
+}
+
+#[test]
+fn after_a_partial_fill_the_agent_never_commits_more_than_its_plan() {
+    // 20 Wh a minute of surplus: a plan of 300 Wh per slot.
+    let mut planner = planner(settings(quoting(None)), 20, 3);
+    let now_ms = START_MS + 3 * SLOT;
+    let first = orders(&planner.plan(now_ms));
+    assert_eq!(first.len(), 2, "one order per tradable slot");
+    // The later slot: its quoting has just begun, so its price will step down.
+    let order = &first[1];
+    let plan_wh = order.qty_wh.0;
+    assert!((280..=320).contains(&plan_wh), "plan {plan_wh}");
+    // 200 Wh fill; then the price steps down and the agent cancels (the cancel's answer has the
+    // final fill: 250 Wh, as 50 more filled while the cancel travelled).
+    planner.observe_update(&update(order, OrderStatus::Open, plan_wh - 200, 200));
+    let later_ms = now_ms + SLOT;
+    let actions = planner.plan(later_ms);
+    assert!(actions.iter().all(|action| !matches!(action, Action::Replace(_))), "{actions:?}");
+    assert!(actions.iter().any(|action| matches!(action, Action::Cancel(cancel) if cancel.order_nonce == order.nonce)));
+    assert!(orders(&actions).iter().all(|new| new.slot != order.slot), "nothing new before the cancel is answered");
+    planner.observe_update(&update(order, OrderStatus::Cancelled, plan_wh - 250, 250));
+    let again = orders(&planner.plan(later_ms + MIN));
+    let replacement = again.iter().find(|new| new.slot == order.slot).expect("the rest is offered again");
+    assert_eq!(replacement.qty_wh.0, plan_wh - 250, "only what the plan has left");
+}
+
+#[test]
+fn a_daily_spend_cap_holds_however_the_orders_fill() {
+    let mut quoting = quoting(None);
+    quoting.spend_per_day_max = Some(250_000);
+    quoting.qty_wh_per_slot_max = Some(400);
+    // 40 Wh a minute of deficit: 600 Wh per slot wanted, capped at 400 a slot, and the day's money.
+    let mut planner = planner(settings(quoting), -40, 3);
+    let mut now_ms = START_MS + 3 * SLOT;
+    let (mut spent, mut bought) = (0i64, std::collections::BTreeMap::<SlotId, i64>::new());
+    let day_end_ms = now_ms - now_ms % (24 * 3_600_000) + 24 * 3_600_000 - 3 * SLOT;
+    while now_ms < day_end_ms {
+        for order in orders(&planner.plan(now_ms)) {
+            assert!(order.price_per_kwh.0 <= 260_000, "above the owner's cap: {order:?}");
+            // Everything fills at once, at the order's price (the worst case for the budget).
+            spent += position::cost_micro(order.price_per_kwh.0, order.qty_wh.0);
+            *bought.entry(order.slot).or_default() += order.qty_wh.0;
+            planner.observe_update(&update(&order, OrderStatus::Filled, 0, order.qty_wh.0));
+        }
+        now_ms += SLOT / PLANS_PER_SLOT;
+    }
+    assert!(spent > 200_000, "the budget is used ({spent})");
+    assert!(spent <= 250_000, "the daily spend cap was exceeded: {spent}");
+    assert!(bought.values().all(|wh| *wh <= 400), "the slot cap was exceeded: {bought:?}");
+}
+
+#[test]
+fn a_restarted_agent_adopts_its_open_orders_and_places_none_twice() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("agent-state.json");
+    let mut before = planner(settings(quoting(Some(path.clone()))), 20, 3);
+    let now_ms = START_MS + 3 * SLOT;
+    let placed = orders(&before.plan(now_ms));
+    assert_eq!(placed.len(), 2);
+    before.positions().save(&path).expect("saved");
+
+    // A new process: a fresh planner (its forecast learns again) adopts the state file.
+    let mut after = planner(settings(quoting(Some(path.clone()))), 20, 3);
+    after.adopt(Positions::load(&path).expect("loaded"));
+    let actions = after.plan(now_ms + MIN);
+    assert!(orders(&actions).is_empty(), "placed again after the restart: {actions:?}");
+    for order in &placed {
+        assert!(after.positions().live_order(order.slot).is_some_and(|(nonce, _)| nonce == order.nonce));
+    }
+    // New commands use nonces above the remembered ones.
+    let next = after.nonce();
+    assert!(placed.iter().all(|order| order.nonce < next));
+}

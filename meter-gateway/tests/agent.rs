@@ -1,0 +1,157 @@
+//! The quoting agent over a real broker (embedded rumqttd): after a restart it adopts the order it
+//! remembers in its state file instead of placing a second one for the same slot.
+
+use meter_gateway::agent::{self, AgentSettings, QuotingSettings};
+use meter_gateway::clock::SimClock;
+use meter_gateway::keys;
+use meter_gateway::publisher::MqttSettings;
+use protocol::{Command, Reading, TimestampMs, Wh, ZoneId};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// A bound on waiting for the agent (not a timing assertion).
+const WAIT_MAX: Duration = Duration::from_secs(60);
+const SLOT_MS: i64 = 900_000;
+/// The clock starts at a slot boundary: the next slot's gate (5 minutes before it) is 10 simulated
+/// minutes away, 10 s of real time at 60×, far more than the test needs, so one slot is traded.
+const ORIGIN_MS: i64 = 2_000 * SLOT_MS;
+const SPEED: f64 = 60.0;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).map(|addr| addr.port()).expect("a port")
+}
+
+async fn start_broker() -> u16 {
+    let port = free_port();
+    let settings = rumqttd::ServerSettings {
+        name: "plain".to_owned(),
+        listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections: rumqttd::ConnectionSettings {
+            connection_timeout_ms: 60_000,
+            max_payload_size: 20_480,
+            max_inflight_count: 200,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    };
+    let config = rumqttd::Config {
+        router: rumqttd::RouterConfig {
+            max_connections: 100,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 1024 * 1024,
+            max_segment_count: 10,
+            ..Default::default()
+        },
+        v4: Some(std::collections::HashMap::from([("plain".to_owned(), settings)])),
+        ..Default::default()
+    };
+    std::thread::spawn(move || {
+        let _ = rumqttd::Broker::new(config).start();
+    });
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "the embedded broker did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    port
+}
+
+fn settings(dir: &Path) -> AgentSettings {
+    AgentSettings {
+        key: dir.join("account.key"),
+        price_per_kwh_sell_min: 100_000,
+        price_per_kwh_buy_max: 250_000,
+        surplus_share_percent: 100,
+        buy_deficit: true,
+        slot_len_ms: SLOT_MS,
+        gate_closure_ms: 300_000,
+        slots_ahead: 1,
+        qty_min_wh: 10,
+        forecast_window_ms: 3_600_000,
+        quoting: Some(QuotingSettings {
+            feed_in_price_per_kwh: 80_000,
+            retail_price_per_kwh: 300_000,
+            tick_per_kwh: 1_000,
+            grid_fee_per_kwh: 0,
+            protocol_fee_bps: 0,
+            qty_wh_per_slot_max: None,
+            qty_wh_per_day_max: None,
+            spend_per_slot_max: None,
+            spend_per_day_max: None,
+            state_file: Some(dir.join("agent-state.json")),
+        }),
+    }
+}
+
+/// Half an hour of readings up to `now_ms`, exporting `wh_per_minute`.
+async fn feed(tx: &mpsc::Sender<Reading>, zone: &ZoneId, now_ms: i64, wh_per_minute: i64) {
+    let device_key = protocol::testing::signing_key(4);
+    for minute in 0..=30i64 {
+        let mut reading = protocol::testing::sample_reading(&device_key);
+        reading.zone = zone.clone();
+        reading.pv_wh = None;
+        reading.ts_ms = TimestampMs(now_ms - (30 - minute) * 60_000);
+        reading.import_wh = Wh(5_000);
+        reading.export_wh = Wh(10_000 + minute * wh_per_minute);
+        tx.send(reading).await.expect("the agent listens");
+    }
+}
+
+async fn next_command(eventloop: &mut EventLoop) -> Command {
+    tokio::time::timeout(WAIT_MAX, async {
+        loop {
+            if let Ok(Event::Incoming(Packet::Publish(publish))) = eventloop.poll().await {
+                return Command::parse(&publish.payload).expect("a command");
+            }
+        }
+    })
+    .await
+    .expect("the agent sends a command")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_quoting_agent_adopts_its_remembered_order_instead_of_placing_a_second() {
+    let broker = start_broker().await;
+    let mut options = MqttOptions::new("orders-sub", "127.0.0.1", broker);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (sub, mut eventloop) = AsyncClient::new(options, 16);
+    sub.subscribe("gridex/v1/agent/orders/+", QoS::AtLeastOnce).await.expect("subscribes");
+    loop {
+        if let Ok(Event::Incoming(Packet::SubAck(_))) = eventloop.poll().await {
+            break;
+        }
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    keys::generate_file(&dir.path().join("account.key")).expect("a key");
+    let mqtt = MqttSettings { url: format!("mqtt://127.0.0.1:{broker}"), ..Default::default() };
+    let zone = ZoneId::parse("agent").expect("zone");
+    let clock = SimClock::starting_at(ORIGIN_MS, SPEED);
+
+    // First run: 20 Wh a minute of surplus, so one order for the next slot.
+    let (tx, rx) = mpsc::channel(64);
+    let (stop, stop_rx) = watch::channel(false);
+    let first = tokio::spawn(agent::run(settings(dir.path()), zone.clone(), mqtt.clone(), clock, rx, stop_rx));
+    feed(&tx, &zone, clock.now_ms(), 20).await;
+    let Command::Order(placed) = next_command(&mut eventloop).await else { panic!("expected an order first") };
+    let _ = stop.send(true);
+    first.await.expect("joins").expect("the agent ran");
+
+    // Second run, the surplus doubled: the agent must move the order it remembers (a cancel first),
+    // not place a second order for the same slot.
+    let (tx, rx) = mpsc::channel(64);
+    let (stop, stop_rx) = watch::channel(false);
+    let second = tokio::spawn(agent::run(settings(dir.path()), zone.clone(), mqtt, clock, rx, stop_rx));
+    feed(&tx, &zone, clock.now_ms(), 40).await;
+    match next_command(&mut eventloop).await {
+        Command::Cancel(cancel) => assert_eq!(cancel.message.order_nonce, placed.message.nonce),
+        other => panic!("after a restart the agent sent {other:?} instead of cancelling its remembered order"),
+    }
+    let _ = stop.send(true);
+    second.await.expect("joins").expect("the agent ran");
+}
