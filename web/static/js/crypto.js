@@ -121,9 +121,85 @@ export async function signBytes(privateKey, bytes) {
   return bytesToHex(await subtle.sign({ name: 'Ed25519' }, privateKey, bytes));
 }
 
+/**
+ * Verifies an ed25519 signature by PROTOCOL.md §2's strict rule. WebCrypto checks `s < L` and the
+ * cofactorless equation, but accepts a small-order `R` and a key with a torsion component; so `A` and
+ * `R` are first checked to be canonical points of the prime-order subgroup that are not of small
+ * order (`strictPoint`), as the exchange and libsodium's `crypto_core_ed25519_is_valid_point` do.
+ */
 export async function verifyBytes(publicKeyHex, signatureHex, bytes) {
-  const key = await subtle.importKey('raw', hexToBytes(publicKeyHex), { name: 'Ed25519' }, false, ['verify']);
-  return subtle.verify({ name: 'Ed25519' }, key, hexToBytes(signatureHex), bytes);
+  const publicKey = hexToBytes(publicKeyHex);
+  const signature = hexToBytes(signatureHex);
+  if (publicKey.length !== 32 || signature.length !== 64) return false;
+  if (!strictPoint(publicKey) || !strictPoint(signature.subarray(0, 32))) return false;
+  const key = await subtle.importKey('raw', publicKey, { name: 'Ed25519' }, false, ['verify']);
+  return subtle.verify({ name: 'Ed25519' }, key, signature, bytes);
+}
+
+// Edwards25519 arithmetic for the point checks only (never for secrets: BigInt is not constant time).
+const FIELD_P = 2n ** 255n - 19n;
+const GROUP_L = 2n ** 252n + 27742317777372353535851937790883648493n;
+const mod = (a) => ((a % FIELD_P) + FIELD_P) % FIELD_P;
+function power(base, exponent) {
+  let result = 1n;
+  let b = mod(base);
+  let e = exponent;
+  while (e > 0n) {
+    if (e & 1n) result = (result * b) % FIELD_P;
+    b = (b * b) % FIELD_P;
+    e >>= 1n;
+  }
+  return result;
+}
+const CURVE_D = mod(-121665n * power(121666n, FIELD_P - 2n));
+const SQRT_MINUS_ONE = power(2n, (FIELD_P - 1n) / 4n);
+
+/** The point `bytes` encodes, in extended coordinates, or null if it is not a canonical encoding. */
+function decodePoint(bytes) {
+  let y = 0n;
+  for (let i = 31; i >= 0; i -= 1) y = (y << 8n) | BigInt(i === 31 ? bytes[i] & 0x7f : bytes[i]);
+  const sign = bytes[31] >> 7;
+  if (y >= FIELD_P) return null;
+  const u = mod(y * y - 1n);
+  const v = mod(CURVE_D * y * y + 1n);
+  let x = mod(u * power(v, 3n) * power(u * power(v, 7n), (FIELD_P - 5n) / 8n));
+  const check = mod(v * x * x);
+  if (check === mod(-u)) x = mod(x * SQRT_MINUS_ONE);
+  else if (check !== u) return null;
+  if (x === 0n && sign === 1) return null;
+  if (Number(x & 1n) !== sign) x = FIELD_P - x;
+  return { x, y, z: 1n, t: mod(x * y) };
+}
+
+function addPoints(p, q) {
+  const a = mod((p.y - p.x) * (q.y - q.x));
+  const b = mod((p.y + p.x) * (q.y + q.x));
+  const c = mod(p.t * 2n * CURVE_D * q.t);
+  const d = mod(p.z * 2n * q.z);
+  const e = b - a;
+  const f = d - c;
+  const g = d + c;
+  const h = b + a;
+  return { x: mod(e * f), y: mod(g * h), z: mod(f * g), t: mod(e * h) };
+}
+
+function multiply(point, scalar) {
+  let result = { x: 0n, y: 1n, z: 1n, t: 0n };
+  let addend = point;
+  for (let k = scalar; k > 0n; k >>= 1n) {
+    if (k & 1n) result = addPoints(result, addend);
+    addend = addPoints(addend, addend);
+  }
+  return result;
+}
+
+const isIdentity = (p) => p.x === 0n && p.y === p.z;
+
+/** A canonical encoding of a point in the prime-order subgroup that is not of small order. */
+export function strictPoint(bytes) {
+  const point = decodePoint(bytes);
+  if (point === null) return false;
+  return !isIdentity(multiply(point, 8n)) && isIdentity(multiply(point, GROUP_L));
 }
 
 /**

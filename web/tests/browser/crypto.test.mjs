@@ -56,6 +56,9 @@ const FALLBACK_VECTORS = [
 const vectors = existsSync(VECTORS_PATH) ? JSON.parse(readFileSync(VECTORS_PATH, 'utf8')) : FALLBACK_VECTORS;
 const validVectors = vectors.filter((vector) => vector.valid);
 const badSignatureVectors = vectors.filter((vector) => !vector.valid && vector.reason === 'bad_signature');
+// Keys the strict rule refuses (PROTOCOL.md §2 step 1), e.g. `mixed-order-key`, whose signature
+// satisfies the equation: WebCrypto alone accepts it.
+const badKeyVectors = vectors.filter((vector) => !vector.valid && vector.reason === 'invalid_public_key');
 
 function withoutSig(message) {
   const { sig, ...rest } = message;
@@ -142,6 +145,21 @@ test('a cancel built by the dashboard signs to the cancel vector', async () => {
 
 test('bad-signature vectors do not verify over canonical signing bytes', async () => {
   for (const vector of badSignatureVectors) {
+    const { rest, sig } = withoutSig(vector.message);
+    if (typeof sig !== 'string' || !vector.message.type) continue;
+    let ok;
+    try {
+      ok = await verifyBytes(vector.public_key, sig, signingBytes(vector.message.type, rest));
+    } catch {
+      ok = false;
+    }
+    assert.equal(ok, false, vector.name);
+  }
+});
+
+test('vectors with a refused key do not verify, a mixed-order key included', async () => {
+  assert.ok(badKeyVectors.some((vector) => vector.name === 'mixed-order-key'), 'the mixed-order-key vector is there');
+  for (const vector of badKeyVectors) {
     const { rest, sig } = withoutSig(vector.message);
     if (typeof sig !== 'string' || !vector.message.type) continue;
     let ok;
