@@ -739,7 +739,9 @@ mod tests {
         let receiver = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         receiver.set_nonblocking(true).expect("non-blocking");
         let port = receiver.local_addr().expect("address").port();
+        // A deadline only so that a wrong build fails instead of hanging on the silent listener.
         let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
             .no_proxy()
             .dns_resolver(Arc::new(CheckedResolver { policy: TargetPolicy::default() }))
             .build()

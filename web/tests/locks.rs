@@ -204,18 +204,21 @@ fn empty_and_short_api_keys_stop_gridex_serve_at_start() {
     assert!(!stderr.contains("bbbbbbbb"), "{stderr}");
 }
 
-/// Before the fix an empty configured key made `Authorization: Bearer ` (nothing after it) valid.
-/// Settings built in code skip `Settings::validate`; the server still refuses.
+/// Before the fix a configured key had no minimum, so a one-character key made
+/// `Authorization: Bearer x` valid, and an empty one was a hair from matching `Bearer ` (the HTTP
+/// parser trims the trailing space, which alone saved it). Settings built in code skip
+/// `Settings::validate`; the server still refuses weak keys and empty tokens at request time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_empty_bearer_token_is_never_valid() {
+async fn a_weak_or_empty_bearer_token_is_never_valid() {
     let settings = Settings {
-        api_keys: vec![utility_key("empty", ""), utility_key("ops", UTILITY_KEY)],
+        api_keys: vec![utility_key("empty", ""), utility_key("short", "x"), utility_key("ops", UTILITY_KEY)],
         ..Settings::default()
     };
     let app = spawn_app(settings).await;
     let port = app.address.trim_start_matches("http://").to_owned();
-    for header in ["Authorization: Bearer \r\n", "Authorization: Bearer\r\n", "Authorization: Bearer  \r\n"] {
-        // Raw bytes: the exact header a client can send, with nothing after `Bearer `.
+    let headers = ["Authorization: Bearer \r\n", "Authorization: Bearer\r\n", "Authorization: Bearer \t\r\n", "Authorization: Bearer x\r\n"];
+    for header in headers {
+        // Raw bytes: exactly the header a client can send.
         let mut socket = tokio::net::TcpStream::connect(&port).await.expect("connect");
         let request = format!("GET /api/v1/webhooks HTTP/1.1\r\nHost: x\r\n{header}Connection: close\r\n\r\n");
         socket.write_all(request.as_bytes()).await.expect("send");
