@@ -182,15 +182,17 @@ pub enum SettingsError {
 pub enum ApiKeyWeakness {
     #[error("it is shorter than {API_KEY_LEN_MIN} characters")]
     TooShort,
-    #[error("it repeats too few distinct characters (estimated below {API_KEY_ENTROPY_BITS_MIN} bits); generate one with `openssl rand -hex 32`")]
+    #[error("it has too few distinct characters or an estimated strength below {API_KEY_ENTROPY_BITS_MIN} bits; generate one with `openssl rand -hex 32`")]
     LowEntropy,
     #[error("it is the placeholder of the example settings")]
     Placeholder,
 }
 
 /// Checks one key, whatever its source (TOML file, environment, a future API): at least
-/// [`API_KEY_LEN_MIN`] characters and [`API_KEY_ENTROPY_BITS_MIN`] bits by the estimate of
-/// [`estimated_entropy_bits`], and not the example's placeholder.
+/// [`API_KEY_LEN_MIN`] characters, [`API_KEY_DISTINCT_CHARS_MIN`] distinct ones and
+/// [`API_KEY_ENTROPY_BITS_MIN`] bits by the estimate of [`estimated_entropy_bits`], and not the
+/// example's placeholder. A rough check: it catches accidents (empty, short, repeated or
+/// tiny-alphabet keys), not a determined weak choice; generate keys at random.
 pub fn check_api_key(key: &str) -> Result<(), ApiKeyWeakness> {
     if key.chars().count() < API_KEY_LEN_MIN {
         return Err(ApiKeyWeakness::TooShort);
@@ -198,7 +200,8 @@ pub fn check_api_key(key: &str) -> Result<(), ApiKeyWeakness> {
     if key.starts_with(API_KEY_PLACEHOLDER_PREFIX) {
         return Err(ApiKeyWeakness::Placeholder);
     }
-    if estimated_entropy_bits(key) < API_KEY_ENTROPY_BITS_MIN {
+    let distinct = key.chars().collect::<std::collections::HashSet<char>>().len();
+    if distinct < API_KEY_DISTINCT_CHARS_MIN || estimated_entropy_bits(key) < API_KEY_ENTROPY_BITS_MIN {
         return Err(ApiKeyWeakness::LowEntropy);
     }
     Ok(())
@@ -359,6 +362,9 @@ pub const API_KEY_LEN_MIN: usize = 16;
 /// online guesses a second is months of guessing, and a key of 16 random characters from a
 /// 62-letter alphabet or 20 hex digits clears it, while `aaaa…` or `abab…` of any length does not.
 pub const API_KEY_ENTROPY_BITS_MIN: u32 = 48;
+/// Fewest distinct characters of an accepted key: the frequency estimate alone lets a long
+/// `abab…` through; a random key of 16 characters from any usual alphabet has well over 8.
+pub const API_KEY_DISTINCT_CHARS_MIN: usize = 8;
 /// The example settings' placeholder key (`replace-me-with-a-long-random-key`) and its kin.
 const API_KEY_PLACEHOLDER_PREFIX: &str = "replace-me";
 
