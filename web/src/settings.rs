@@ -111,7 +111,12 @@ pub struct WebhookSettings {
 
 impl Default for WebhookSettings {
     fn default() -> Self {
-        Self { backoff_initial_ms: 1_000, backoff_max_ms: 600_000, timeout_ms: 10_000, allowed_private_networks: Vec::new() }
+        Self {
+            backoff_initial_ms: 1_000,
+            backoff_max_ms: 600_000,
+            timeout_ms: 10_000,
+            allowed_private_networks: Vec::new(),
+        }
     }
 }
 

@@ -966,7 +966,8 @@ async fn a_settled_slot_is_posted_to_webhooks_signed_and_retried_until_acknowled
 fn assert_signed(secret: &str, received: &Received) {
     let now_s = now_ms() / 1_000;
     let tolerance_s = web::webhooks::SIGNATURE_TOLERANCE_S;
-    let checked = web::webhooks::verify_signature(secret, &received.signature, received.body.as_bytes(), now_s, tolerance_s);
+    let checked =
+        web::webhooks::verify_signature(secret, &received.signature, received.body.as_bytes(), now_s, tolerance_s);
     assert_eq!(checked, Ok(()), "{received:?}");
 }
 

@@ -216,7 +216,12 @@ async fn a_weak_or_empty_bearer_token_is_never_valid() {
     };
     let app = spawn_app(settings).await;
     let port = app.address.trim_start_matches("http://").to_owned();
-    let headers = ["Authorization: Bearer \r\n", "Authorization: Bearer\r\n", "Authorization: Bearer \t\r\n", "Authorization: Bearer x\r\n"];
+    let headers = [
+        "Authorization: Bearer \r\n",
+        "Authorization: Bearer\r\n",
+        "Authorization: Bearer \t\r\n",
+        "Authorization: Bearer x\r\n",
+    ];
     for header in headers {
         // Raw bytes: exactly the header a client can send.
         let mut socket = tokio::net::TcpStream::connect(&port).await.expect("connect");
@@ -361,7 +366,8 @@ async fn settle_a_slot(app: &TestApp) -> SlotSettled {
     .await
     .expect("the slot settles");
     let settlement::SlotOutcome::Settled(settled) = outcome else { panic!("a new slot was settled") };
-    let settled = SlotSettled { zone: settled.zone, slot: settled.slot, root: settled.root, statements: settled.statements };
+    let settled =
+        SlotSettled { zone: settled.zone, slot: settled.slot, root: settled.root, statements: settled.statements };
     app.state.publish(LiveEvent::Settlement(settled.clone()));
     settled
 }
