@@ -11,6 +11,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Longest wait for a registration's host name to resolve: the utility's request waits on it, and
+/// a working resolver answers in milliseconds.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An IP network `address/prefix` of the allow list; a bare address is a network of one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,10 +181,11 @@ impl TargetPolicy {
         if let Ok(address) = literal.parse::<IpAddr>() {
             return self.check(address);
         }
-        let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|_| format!("the host {host} does not resolve"))?
-            .collect();
+        let lookup = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port)));
+        let addresses: Vec<SocketAddr> = match lookup.await {
+            Ok(Ok(addresses)) => addresses.collect(),
+            _ => return Err(format!("the host {host} does not resolve")),
+        };
         if addresses.is_empty() {
             return Err(format!("the host {host} does not resolve"));
         }

@@ -760,4 +760,36 @@ mod tests {
             assert!(receiver.accept().is_err(), "no connection was made ({error})");
         }
     }
+
+    /// The checked resolver keeps the URL's port: a name resolving to an allowed address is reached.
+    #[tokio::test]
+    async fn a_name_resolving_to_an_allowed_address_is_reached_on_its_port() {
+        let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = receiver.local_addr().expect("address").port();
+        let policy = TargetPolicy::new(&["127.0.0.1".to_owned(), "::1".to_owned()]).expect("valid");
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .no_proxy()
+            .dns_resolver(Arc::new(CheckedResolver { policy: policy.clone() }))
+            .build()
+            .expect("client");
+        let answer = tokio::spawn(async move {
+            let (mut socket, _) = receiver.accept().await.expect("a connection");
+            let mut buffer = [0u8; 4096];
+            let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut buffer).await;
+            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut socket, reply).await;
+        });
+        let due = Due {
+            webhook_id: "w".into(),
+            event_id: "e".into(),
+            url: format!("http://localhost:{port}/hook"),
+            secret: "s".into(),
+            body: "{}".into(),
+            attempts: 0,
+            next_attempt_ms: 0,
+        };
+        assert_eq!(attempt(&client, &policy, &due).await, Ok(()));
+        answer.await.expect("the receiver answered");
+    }
 }

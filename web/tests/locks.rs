@@ -108,7 +108,7 @@ fn label_values(text: &str, metric: &str, label: &str) -> std::collections::BTre
 async fn ten_thousand_made_up_methods_leave_the_metrics_small() {
     /// Requests with made-up methods (the acceptance figure).
     const ODD_METHODS: usize = 10_000;
-    /// Requests to made-up paths, each distinct.
+    /// Requests to made-up paths, each distinct, unmatched and on a route with a parameter.
     const ODD_PATHS: usize = 1_000;
     /// Concurrent clients sending them.
     const CLIENTS: usize = 4;
@@ -123,8 +123,9 @@ async fn ten_thousand_made_up_methods_leave_the_metrics_small() {
                 app.client.request(method, url).send().await.expect("the server answers");
             }
             for i in (client..ODD_PATHS).step_by(CLIENTS) {
-                let url = format!("{}/api/v1/no-such-path-{i}", app.address);
-                app.client.get(url).send().await.expect("the server answers");
+                for path in [format!("/api/v1/no-such-path-{i}"), format!("/api/v1/zones/odd-zone-{i}/tariffs")] {
+                    app.client.get(format!("{}{path}", app.address)).send().await.expect("the server answers");
+                }
             }
         });
     }
@@ -136,7 +137,11 @@ async fn ten_thousand_made_up_methods_leave_the_metrics_small() {
     let methods = label_values(&text, "gridex_http_requests_total", "method");
     assert!(methods.len() <= 10, "method labels: {methods:?}");
     assert!(methods.contains("other"), "the odd methods are counted as other: {methods:?}");
-    assert!(!text.contains("X-ODD-") && !text.contains("no-such-path-"), "no client string became a label");
+    let forbidden = ["X-ODD-", "no-such-path-", "odd-zone-"];
+    assert!(forbidden.iter().all(|odd| !text.contains(odd)), "no client string became a label");
+    let routes = label_values(&text, "gridex_http_requests_total", "route");
+    assert!(routes.contains("/api/v1/zones/{zone}/tariffs"), "the route pattern is the label: {routes:?}");
+    assert!(routes.contains("unmatched"), "paths no route matches share one label: {routes:?}");
     let series = text.lines().filter(|line| line.starts_with("gridex_http_requests_total{")).count();
     assert!(series <= 200, "{series} request series");
     // Before the fix: megabytes. After: tens of kilobytes, whatever else the process recorded.
