@@ -95,7 +95,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Checks `Authorization: Bearer <key>` against the configured keys and requires `role`.
+/// Checks `Authorization: Bearer <key>` against the configured keys and requires `role`. An empty
+/// token, and a configured key too weak for [`crate::settings::check_api_key`], never match.
 pub fn require_role<'a>(request: &HttpRequest, keys: &'a [ApiKey], role: Role) -> Result<&'a ApiKey, ApiError> {
     let value = request
         .headers()
@@ -106,8 +107,13 @@ pub fn require_role<'a>(request: &HttpRequest, keys: &'a [ApiKey], role: Role) -
         .ok()
         .and_then(|text| text.strip_prefix("Bearer "))
         .ok_or_else(|| ApiError::unauthorized("bad_api_key", "send Authorization: Bearer <api key>"))?;
+    if token.trim().is_empty() {
+        return Err(ApiError::unauthorized("bad_api_key", "send Authorization: Bearer <api key>"));
+    }
     let mut found = None;
-    for key in keys {
+    // A weak key never matches, even one that reached the state without `Settings::validate`
+    // (settings built in code): an empty configured key must not make `Bearer ` valid.
+    for key in keys.iter().filter(|key| crate::settings::check_api_key(key.key.expose()).is_ok()) {
         if constant_time_eq(key.key.expose().as_bytes(), token.as_bytes()) {
             found = Some(key);
         }

@@ -34,6 +34,7 @@ pub mod sse;
 pub mod state;
 pub mod trader;
 pub mod utility;
+pub mod webhook_targets;
 pub mod webhooks;
 
 pub use settings::Settings;

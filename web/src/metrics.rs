@@ -95,17 +95,35 @@ pub fn set_queue_depth(queue: &'static str, depth: usize) {
     metrics::gauge!("gridex_queue_depth", "queue" => queue).set(depth as f64);
 }
 
-/// Counts every request by method, matched route and status, and times it.
+/// The `method` label: one of the standard methods, or `other`. A client chooses the method
+/// string freely; labelling by it would let anyone add series (and memory) without bound.
+pub fn method_label(method: &actix_web::http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        "CONNECT" => "CONNECT",
+        "TRACE" => "TRACE",
+        _ => "other",
+    }
+}
+
+/// Counts every request by method ([`method_label`]), route pattern (never the raw path: that too
+/// is the client's choice; `unmatched` when no route matched) and status, and times it.
 pub async fn track(
     request: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let route = request.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
     let response = next.call(request).await?;
     let status = response.status().as_u16().to_string();
-    metrics::counter!("gridex_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+    metrics::counter!("gridex_http_requests_total", "method" => method, "route" => route.clone(), "status" => status)
         .increment(1);
     metrics::histogram!("gridex_http_request_seconds", "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());

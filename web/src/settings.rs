@@ -103,11 +103,20 @@ pub struct WebhookSettings {
     pub backoff_max_ms: u64,
     /// One attempt's limit, connection to answer.
     pub timeout_ms: u64,
+    /// Loopback, private, link-local and other non-public networks webhooks may still be delivered
+    /// to, as addresses or `address/prefix` (e.g. `["10.20.0.0/16"]`). Empty (the default): public
+    /// addresses only.
+    pub allowed_private_networks: Vec<String>,
 }
 
 impl Default for WebhookSettings {
     fn default() -> Self {
-        Self { backoff_initial_ms: 1_000, backoff_max_ms: 600_000, timeout_ms: 10_000 }
+        Self {
+            backoff_initial_ms: 1_000,
+            backoff_max_ms: 600_000,
+            timeout_ms: 10_000,
+            allowed_private_networks: Vec::new(),
+        }
     }
 }
 
@@ -166,6 +175,63 @@ pub enum SettingsError {
     Parse { path: String, offset: usize, message: String },
     #[error("invalid environment variable {name}: {message}")]
     Env { name: String, message: String },
+    /// Names the key, never shows it.
+    #[error("API key `{name}` is refused: {reason}")]
+    WeakApiKey { name: String, reason: ApiKeyWeakness },
+    #[error("invalid webhooks.allowed_private_networks: {0}")]
+    AllowList(String),
+}
+
+/// Why an API key is too easy to guess.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ApiKeyWeakness {
+    #[error("it is shorter than {API_KEY_LEN_MIN} characters")]
+    TooShort,
+    #[error("it has too few distinct characters or an estimated strength below {API_KEY_ENTROPY_BITS_MIN} bits; generate one with `openssl rand -hex 32`")]
+    LowEntropy,
+    #[error("it is the placeholder of the example settings")]
+    Placeholder,
+}
+
+/// Checks one key, whatever its source (TOML file, environment, a future API): at least
+/// [`API_KEY_LEN_MIN`] characters, [`API_KEY_DISTINCT_CHARS_MIN`] distinct ones and
+/// [`API_KEY_ENTROPY_BITS_MIN`] bits by the estimate of [`estimated_entropy_bits`], and not the
+/// example's placeholder. A rough check: it catches accidents (empty, short, repeated or
+/// tiny-alphabet keys), not a determined weak choice; generate keys at random.
+pub fn check_api_key(key: &str) -> Result<(), ApiKeyWeakness> {
+    if key.chars().count() < API_KEY_LEN_MIN {
+        return Err(ApiKeyWeakness::TooShort);
+    }
+    if key.starts_with(API_KEY_PLACEHOLDER_PREFIX) {
+        return Err(ApiKeyWeakness::Placeholder);
+    }
+    let distinct = key.chars().collect::<std::collections::HashSet<char>>().len();
+    if distinct < API_KEY_DISTINCT_CHARS_MIN || estimated_entropy_bits(key) < API_KEY_ENTROPY_BITS_MIN {
+        return Err(ApiKeyWeakness::LowEntropy);
+    }
+    Ok(())
+}
+
+/// Length × the Shannon entropy of the key's character frequencies: a rough upper estimate that
+/// still catches repetition (`aaaa…`, `abab…`) and tiny alphabets; a random key scores close to
+/// its real strength.
+pub fn estimated_entropy_bits(key: &str) -> u32 {
+    let mut counts = std::collections::HashMap::<char, u32>::new();
+    for ch in key.chars() {
+        *counts.entry(ch).or_default() += 1;
+    }
+    let len = f64::from(u32::try_from(key.chars().count()).unwrap_or(u32::MAX));
+    let per_char: f64 = counts
+        .values()
+        .map(|&count| {
+            let p = f64::from(count) / len;
+            -p * p.log2()
+        })
+        .sum();
+    // A bit estimate of a key at most a few hundred characters long; truncation is intended.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let bits = (per_char * len).floor() as u32;
+    bits
 }
 
 impl Settings {
@@ -185,7 +251,20 @@ impl Settings {
             None => Settings::default(),
         };
         settings.apply_env(|name| std::env::var(name).ok())?;
+        settings.validate()?;
         Ok(settings)
+    }
+
+    /// Refuses settings the server must not start with: a weak API key (named, never shown) or a
+    /// malformed webhook allow list.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        for key in &self.api_keys {
+            check_api_key(key.key.expose())
+                .map_err(|reason| SettingsError::WeakApiKey { name: key.name.clone(), reason })?;
+        }
+        crate::webhook_targets::TargetPolicy::new(&self.webhooks.allowed_private_networks)
+            .map_err(SettingsError::AllowList)?;
+        Ok(())
     }
 
     /// Applies overrides from `lookup` (the environment, or a map in tests). `GRIDEX_DATABASE_URL`
@@ -276,9 +355,7 @@ fn parse_api_keys(list: &str) -> Result<Vec<ApiKey>, String> {
                 "observer" => Role::Observer,
                 _ => return Err(format!("unknown role `{role}` (utility or observer)")),
             };
-            if key.len() < API_KEY_LEN_MIN {
-                return Err(format!("key `{name}` is shorter than {API_KEY_LEN_MIN} characters"));
-            }
+            check_api_key(key).map_err(|reason| format!("API key `{name}` is refused: {reason}"))?;
             Ok(ApiKey { name: name.to_owned(), role, key: Secret::new(key) })
         })
         .collect()
@@ -286,6 +363,15 @@ fn parse_api_keys(list: &str) -> Result<Vec<ApiKey>, String> {
 
 /// Shortest accepted API key: 16 characters keep guessing out of reach even for short keys.
 pub const API_KEY_LEN_MIN: usize = 16;
+/// Fewest estimated bits ([`estimated_entropy_bits`]) of an accepted key: 48 bits at a million
+/// online guesses a second is months of guessing, and a key of 16 random characters from a
+/// 62-letter alphabet or 20 hex digits clears it, while `aaaa…` or `abab…` of any length does not.
+pub const API_KEY_ENTROPY_BITS_MIN: u32 = 48;
+/// Fewest distinct characters of an accepted key: the frequency estimate alone lets a long
+/// `abab…` through; a random key of 16 characters from any usual alphabet has well over 8.
+pub const API_KEY_DISTINCT_CHARS_MIN: usize = 8;
+/// The example settings' placeholder key (`replace-me-with-a-long-random-key`) and its kin.
+const API_KEY_PLACEHOLDER_PREFIX: &str = "replace-me";
 
 #[cfg(test)]
 mod tests {
@@ -308,6 +394,25 @@ mod tests {
         assert_eq!(settings.webhooks.backoff_max_ms, 60_000);
         assert_eq!(settings.database.url.expose(), "postgres://u:pw@h/db");
         assert_eq!(settings.api_keys[0].role, Role::Utility);
+    }
+
+    #[test]
+    fn empty_short_repetitive_and_placeholder_keys_are_weak_and_random_ones_are_not() {
+        assert_eq!(check_api_key(""), Err(ApiKeyWeakness::TooShort));
+        assert_eq!(check_api_key("short-key"), Err(ApiKeyWeakness::TooShort));
+        assert_eq!(check_api_key(&"a".repeat(64)), Err(ApiKeyWeakness::LowEntropy));
+        assert_eq!(check_api_key(&"ab".repeat(32)), Err(ApiKeyWeakness::LowEntropy));
+        assert_eq!(check_api_key("replace-me-with-a-long-random-key"), Err(ApiKeyWeakness::Placeholder));
+        assert_eq!(check_api_key("Xk3pQ9vLm2Tz7RwB"), Ok(()), "16 distinct characters: 64 bits");
+        assert_eq!(check_api_key("9f86d081884c7d659a2feaa0c55ad015"), Ok(()), "32 hex digits");
+    }
+
+    #[test]
+    fn a_weak_key_from_the_environment_is_refused_by_name_without_showing_it() {
+        let env: HashMap<&str, &str> = [("GRIDEX_API_KEYS", "ops:utility:aaaaaaaaaaaaaaaaaaaaaaaa")].into();
+        let error = Settings::default().apply_env(|name| env.get(name).map(|v| (*v).to_owned())).expect_err("weak");
+        let shown = error.to_string();
+        assert!(shown.contains("`ops`") && !shown.contains("aaaaaaaa"), "{shown}");
     }
 
     #[test]

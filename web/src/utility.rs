@@ -342,6 +342,7 @@ pub async fn create_webhook(
     let (hook, secret) = state.webhooks.register(&new.url, &by).await.map_err(|error| match error {
         WebhookError::BadUrl => ApiError::bad_request("invalid_value", error.to_string()),
         WebhookError::TooMany => ApiError::conflict("too_many_webhooks", error.to_string()),
+        WebhookError::RefusedTarget(_) => ApiError::bad_request("refused_target", error.to_string()),
         WebhookError::Db(error) => ApiError::internal(error),
     })?;
     tracing::info!(webhook = %hook.id, by, "webhook registered");

@@ -19,6 +19,7 @@
 use crate::schema::{webhook_cursor, webhook_deliveries, webhooks};
 use crate::settings::WebhookSettings;
 use crate::state::{LiveEvent, SlotSettled};
+use crate::webhook_targets::{CheckedResolver, TargetPolicy};
 use diesel::prelude::*;
 use exchange::db::{Database, DbConnection, DbError};
 use hmac::{Hmac, Mac};
@@ -55,7 +56,12 @@ pub const DUE_BATCH_LEN_MAX: i64 = 64;
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// Longest error text kept with a delivery.
 pub const LAST_ERROR_LEN_MAX: usize = 200;
+/// `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`, see [`signature`].
 pub const SIGNATURE_HEADER: &str = "X-Gridex-Signature";
+/// How far a delivery's signed time may be from the receiver's clock in the documented check
+/// ([`verify_signature`]): five minutes cover clock skew and a slow attempt (at most `timeout_ms`),
+/// while a captured delivery replayed later than that is refused.
+pub const SIGNATURE_TOLERANCE_S: i64 = 300;
 /// A claim on a delivery lasts the attempt's timeout and this much more.
 pub const CLAIM_MARGIN_MS: i64 = 5_000;
 
@@ -76,17 +82,66 @@ pub enum WebhookError {
     BadUrl,
     #[error("at most 100 webhooks can be registered")]
     TooMany,
+    /// The URL's host is (or resolves to) a loopback, private, link-local or other non-public
+    /// address that the allow list does not name.
+    #[error("refused webhook target: {0}")]
+    RefusedTarget(String),
     #[error(transparent)]
     Db(#[from] DbError),
 }
 
-/// `sha256=<hex>` of HMAC-SHA256(secret, body): what receivers recompute to authenticate a POST.
-pub fn signature(secret: &str, body: &[u8]) -> String {
+/// The `X-Gridex-Signature` of `body` sent at `unix_s`: `t=<unix_s>,v1=<hex>` where the hex is
+/// HMAC-SHA256(secret, "<unix_s>.<body>"). Signing the time lets a receiver refuse a captured
+/// delivery replayed later ([`verify_signature`]); every attempt is signed afresh.
+pub fn signature(secret: &str, unix_s: i64, body: &[u8]) -> String {
+    format!("t={unix_s},v1={}", hex::encode(mac(secret, unix_s, body).finalize().into_bytes()))
+}
+
+fn mac(secret: &str, unix_s: i64, body: &[u8]) -> Hmac<Sha256> {
     // HMAC accepts keys of any length, so this cannot fail.
     #[allow(clippy::expect_used)]
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(unix_s.to_string().as_bytes());
+    mac.update(b".");
     mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    mac
+}
+
+/// Why a receiver refuses a delivery's signature.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("the signature header is not t=<unix seconds>,v1=<64 hex digits>")]
+    Malformed,
+    #[error("the signed time is more than the tolerance away from now: a replay or a skewed clock")]
+    OutsideTolerance,
+    #[error("the signature does not match the body")]
+    Mismatch,
+}
+
+/// The receiver's check, as documented in README and PROTOCOL.md: parse `t` and `v1`, refuse a
+/// `t` more than `tolerance_s` from `now_s`, recompute the HMAC over `"<t>.<body>"` and compare in
+/// constant time. (Deduplicating by `X-Gridex-Delivery` is the receiver's other half.)
+pub fn verify_signature(
+    secret: &str,
+    header: &str,
+    body: &[u8],
+    now_s: i64,
+    tolerance_s: i64,
+) -> Result<(), SignatureError> {
+    let (mut unix_s, mut v1) = (None, None);
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", value)) => unix_s = value.parse::<i64>().ok(),
+            Some(("v1", value)) => v1 = hex::decode(value).ok(),
+            _ => {}
+        }
+    }
+    let (Some(unix_s), Some(v1)) = (unix_s, v1) else { return Err(SignatureError::Malformed) };
+    if unix_s.abs_diff(now_s) > tolerance_s.unsigned_abs() {
+        return Err(SignatureError::OutsideTolerance);
+    }
+    // `verify_slice` compares in constant time.
+    mac(secret, unix_s, body).verify_slice(&v1).map_err(|_| SignatureError::Mismatch)
 }
 
 /// Wait before attempt `attempts + 1` after `attempts` failed ones: the initial backoff doubling per
@@ -107,6 +162,8 @@ fn wall_ms() -> i64 {
 pub struct Webhooks {
     db: Database,
     settings: WebhookSettings,
+    /// Where deliveries may go (public addresses and the allow list).
+    targets: TargetPolicy,
     /// Wakes the dispatcher when deliveries were added.
     added: Arc<Notify>,
     stop: Arc<watch::Sender<bool>>,
@@ -136,18 +193,26 @@ impl std::fmt::Debug for Due {
 }
 
 impl Webhooks {
+    /// A malformed entry of `settings.allowed_private_networks` is logged and ignored (it admits
+    /// nothing); [`crate::settings::Settings::load`] refuses such settings at start.
     pub fn new(db: Database, settings: WebhookSettings) -> Webhooks {
-        Webhooks { db, settings, added: Arc::new(Notify::new()), stop: Arc::new(watch::channel(false).0) }
+        let targets = TargetPolicy::new(&settings.allowed_private_networks).unwrap_or_else(|error| {
+            tracing::error!(%error, "webhooks.allowed_private_networks is malformed; allowing no private network");
+            TargetPolicy::default()
+        });
+        Webhooks { db, settings, targets, added: Arc::new(Notify::new()), stop: Arc::new(watch::channel(false).0) }
     }
 
     /// Registers `url`; returns the registration and its secret (shown once).
     pub async fn register(&self, url: &str, registered_by: &str) -> Result<(Webhook, String), WebhookError> {
+        let parsed = reqwest::Url::parse(url).map_err(|_| WebhookError::BadUrl)?;
         let valid = url.len() <= WEBHOOK_URL_LEN_MAX
             && (url.starts_with("http://") || url.starts_with("https://"))
-            && reqwest::Url::parse(url).is_ok();
+            && parsed.host_str().is_some();
         if !valid {
             return Err(WebhookError::BadUrl);
         }
+        self.targets.check_url(&parsed).await.map_err(WebhookError::RefusedTarget)?;
         let mut rng = rand::rng();
         let id: [u8; 8] = rng.random();
         let secret: [u8; 32] = rng.random();
@@ -260,6 +325,9 @@ impl Webhooks {
         let client = match reqwest::Client::builder()
             .timeout(Duration::from_millis(self.settings.timeout_ms))
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy would connect on our behalf, past the address check.
+            .no_proxy()
+            .dns_resolver(Arc::new(CheckedResolver { policy: self.targets.clone() }))
             .build()
         {
             Ok(client) => client,
@@ -349,7 +417,7 @@ impl Webhooks {
             in_flight.insert((due.webhook_id.clone(), due.event_id.clone()));
             let (client, this) = (client.clone(), self.clone());
             attempts.spawn(async move {
-                let outcome = attempt(&client, &due).await;
+                let outcome = attempt(&client, &this.targets, &due).await;
                 this.record(&due, outcome).await;
                 (due.webhook_id, due.event_id)
             });
@@ -554,12 +622,18 @@ fn load_due(conn: &mut DbConnection, now_ms: i64) -> Result<Vec<Due>, DbError> {
         .collect())
 }
 
-/// One POST; `Ok` on a 2xx answer. Errors carry no URL (it may hold a token).
-async fn attempt(client: &reqwest::Client, due: &Due) -> Result<(), String> {
+/// One POST; `Ok` on a 2xx answer. Errors carry no URL (it may hold a token). An IP literal is
+/// checked here; a name is checked by the client's resolver, on the addresses it connects to.
+async fn attempt(client: &reqwest::Client, targets: &TargetPolicy, due: &Due) -> Result<(), String> {
+    let url = reqwest::Url::parse(&due.url).map_err(|_| "the stored URL does not parse".to_owned())?;
+    if let Some(address) = url.host_str().and_then(|host| host.trim_matches(['[', ']']).parse().ok()) {
+        targets.check(address)?;
+    }
+    let unix_s = wall_ms().div_euclid(1_000);
     let response = client
-        .post(&due.url)
+        .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header(SIGNATURE_HEADER, signature(&due.secret, due.body.as_bytes()))
+        .header(SIGNATURE_HEADER, signature(&due.secret, unix_s, due.body.as_bytes()))
         .header("X-Gridex-Event", "slot_settled")
         .header("X-Gridex-Delivery", &due.event_id)
         .header("X-Gridex-Delivery-Attempt", due.attempts.saturating_add(1).to_string())
@@ -589,12 +663,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_signature_is_the_hex_hmac_of_the_body() {
-        // RFC 4231 test case 2.
-        assert_eq!(
-            signature("Jefe", b"what do ya want for nothing?"),
-            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
+    fn the_signature_is_the_hex_hmac_of_the_time_a_dot_and_the_body() {
+        // HMAC-SHA256("Jefe", "1700000000.what do ya want for nothing?"), computed independently
+        // (Python's hmac module): the key of RFC 4231 test case 2 with the time prepended.
+        let header = signature("Jefe", 1_700_000_000, b"what do ya want for nothing?");
+        assert_eq!(header, "t=1700000000,v1=1cdd0650c8be1cb0974b1788d458b1e781206cfef59b85faafc582d2e182c57e");
+        let check = |body: &[u8], now_s| verify_signature("Jefe", &header, body, now_s, SIGNATURE_TOLERANCE_S);
+        assert_eq!(check(b"what do ya want for nothing?", 1_700_000_000 + 300), Ok(()));
+        assert_eq!(check(b"what do ya want for nothing?", 1_700_000_000 + 301), Err(SignatureError::OutsideTolerance));
+        assert_eq!(check(b"what do ya want for nothing!", 1_700_000_000), Err(SignatureError::Mismatch));
+        let forged_time = header.replace("t=1700000000", "t=1700000600");
+        let check_forged = verify_signature("Jefe", &forged_time, b"what do ya want for nothing?", 1_700_000_600, 300);
+        assert_eq!(check_forged, Err(SignatureError::Mismatch), "the time is signed too");
+        assert_eq!(verify_signature("Jefe", "sha256=00", b"", 0, 300), Err(SignatureError::Malformed));
     }
 
     #[test]
@@ -619,7 +700,7 @@ mod tests {
     #[tokio::test]
     async fn a_due_delivery_is_claimed_by_one_server_only() {
         for test_db in exchange::db::testing::TestDb::all() {
-            let hooks = Webhooks::new(test_db.db.clone(), WebhookSettings::default());
+            let hooks = Webhooks::new(test_db.db.clone(), loopback_allowed());
             hooks.register("http://127.0.0.1:9/hook", "u").await.expect("registered");
             let now_ms = 1_000_000;
             let read = |now_ms| test_db.db.run(move |conn| load_due(conn, now_ms));
@@ -642,8 +723,73 @@ mod tests {
     #[tokio::test]
     async fn only_http_urls_are_accepted() {
         let db = exchange::db::testing::TestDb::sqlite();
-        let hooks = Webhooks::new(db.db.clone(), WebhookSettings::default());
+        let hooks = Webhooks::new(db.db.clone(), loopback_allowed());
         assert!(matches!(hooks.register("ftp://x", "u").await, Err(WebhookError::BadUrl)));
         assert!(hooks.register("http://127.0.0.1:9/x", "u").await.is_ok());
+    }
+
+    fn loopback_allowed() -> WebhookSettings {
+        WebhookSettings { allowed_private_networks: vec!["127.0.0.1".to_owned()], ..WebhookSettings::default() }
+    }
+
+    /// The check at delivery time: a registration stored while its target was allowed (or whose
+    /// name resolved elsewhere then) is not posted once the target is refused; nothing connects.
+    #[tokio::test]
+    async fn a_delivery_to_a_refused_address_is_not_attempted() {
+        let receiver = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        receiver.set_nonblocking(true).expect("non-blocking");
+        let port = receiver.local_addr().expect("address").port();
+        // A deadline only so that a wrong build fails instead of hanging on the silent listener.
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .no_proxy()
+            .dns_resolver(Arc::new(CheckedResolver { policy: TargetPolicy::default() }))
+            .build()
+            .expect("client");
+        for url in [format!("http://127.0.0.1:{port}/hook"), format!("http://localhost:{port}/hook")] {
+            let due = Due {
+                webhook_id: "w".into(),
+                event_id: "e".into(),
+                url,
+                secret: "s".into(),
+                body: "{}".into(),
+                attempts: 0,
+                next_attempt_ms: 0,
+            };
+            let error = attempt(&client, &TargetPolicy::default(), &due).await.expect_err("refused");
+            assert!(receiver.accept().is_err(), "no connection was made ({error})");
+        }
+    }
+
+    /// The checked resolver keeps the URL's port: a name resolving to an allowed address is reached.
+    #[tokio::test]
+    async fn a_name_resolving_to_an_allowed_address_is_reached_on_its_port() {
+        let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = receiver.local_addr().expect("address").port();
+        let policy = TargetPolicy::new(&["127.0.0.1".to_owned(), "::1".to_owned()]).expect("valid");
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .no_proxy()
+            .dns_resolver(Arc::new(CheckedResolver { policy: policy.clone() }))
+            .build()
+            .expect("client");
+        let answer = tokio::spawn(async move {
+            let (mut socket, _) = receiver.accept().await.expect("a connection");
+            let mut buffer = [0u8; 4096];
+            let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut buffer).await;
+            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut socket, reply).await;
+        });
+        let due = Due {
+            webhook_id: "w".into(),
+            event_id: "e".into(),
+            url: format!("http://localhost:{port}/hook"),
+            secret: "s".into(),
+            body: "{}".into(),
+            attempts: 0,
+            next_attempt_ms: 0,
+        };
+        assert_eq!(attempt(&client, &policy, &due).await, Ok(()));
+        answer.await.expect("the receiver answered");
     }
 }
