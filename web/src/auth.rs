@@ -12,6 +12,8 @@ use ed25519_dalek::{Signature, Signer, SigningKey};
 use protocol::AccountId;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 
 pub const HEADER_ACCOUNT: &str = "x-gridex-account";
 pub const HEADER_TIMESTAMP: &str = "x-gridex-timestamp";
@@ -59,8 +61,24 @@ fn header<'a>(request: &'a HttpRequest, name: &str) -> Result<&'a str, ApiError>
 }
 
 /// Checks a trader's request signature against `now_ms`; returns the account that signed it.
-/// Whether the account is registered is checked by the caller.
+/// Whether the account is registered, and whether the request was seen before
+/// ([`UsedSignatures`]), is checked by the caller.
 pub fn verify_request(request: &HttpRequest, body: &[u8], now_ms: i64) -> Result<AccountId, ApiError> {
+    verify_signed(request, body, now_ms).map(|signed| signed.account)
+}
+
+/// A request whose signature verified: who signed it, when, and the digest of what was signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignedRequest {
+    pub account: AccountId,
+    pub ts_ms: i64,
+    /// SHA-256 of the signed bytes: the identity of the request for replay detection. The same
+    /// request (account, method, path, body, timestamp) has one digest whatever signature it carries.
+    pub digest: [u8; 32],
+}
+
+/// Like [`verify_request`], also returning the timestamp and digest for [`UsedSignatures`].
+pub fn verify_signed(request: &HttpRequest, body: &[u8], now_ms: i64) -> Result<SignedRequest, ApiError> {
     let account = AccountId::parse(header(request, HEADER_ACCOUNT)?)
         .map_err(|_| ApiError::unauthorized("malformed_signature", "X-Gridex-Account is 64 lowercase hex digits"))?;
     let ts_ms: i64 = header(request, HEADER_TIMESTAMP)?
@@ -83,7 +101,46 @@ pub fn verify_request(request: &HttpRequest, body: &[u8], now_ms: i64) -> Result
         .map_err(|error| ApiError::unauthorized("invalid_public_key", error.detail))?;
     key.verify_strict(&bytes, &Signature::from_bytes(&signature))
         .map_err(|_| ApiError::unauthorized("bad_signature", "the request signature does not verify"))?;
-    Ok(account)
+    Ok(SignedRequest { account, ts_ms, digest: Sha256::digest(&bytes).into() })
+}
+
+/// Requests remembered at most. An entry is kept until its timestamp leaves the window (at most
+/// 2 × [`REQUEST_WINDOW_MS`] = 120 s, a timestamp may be 60 s ahead), about 100 bytes each: 200,000
+/// entries (about 20 MB) sustain 1,600 signed requests a second, far above what the households of
+/// one server send. When full, new requests are refused (503) rather than accepted unremembered.
+pub const USED_SIGNATURES_MAX: usize = 200_000;
+
+/// The signed trader requests accepted within the window, so each is accepted once: a captured
+/// request replayed within its 60 s is refused with 409 `replayed_request`. Owns only memory, so
+/// the guarantee holds per web server: with several servers behind one address, a request
+/// replayed to another server is not detected; run one web server, or route each account to
+/// the same server (sticky by `X-Gridex-Account`).
+#[derive(Debug, Default)]
+pub struct UsedSignatures {
+    /// (timestamp, digest), ordered by timestamp so expired entries split off in one step.
+    seen: Mutex<BTreeSet<(i64, [u8; 32])>>,
+}
+
+impl UsedSignatures {
+    /// Records `signed` at `now_ms`; refuses it if it was recorded before.
+    pub fn accept_once(&self, signed: &SignedRequest, now_ms: i64) -> Result<(), ApiError> {
+        // A poisoned lock only means another request panicked mid-insert; the set is still valid.
+        let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Entries older than the window can go: their timestamp alone now refuses them.
+        let kept = seen.split_off(&(now_ms - REQUEST_WINDOW_MS, [0u8; 32]));
+        *seen = kept;
+        if seen.contains(&(signed.ts_ms, signed.digest)) {
+            return Err(ApiError::conflict(
+                "replayed_request",
+                "this signed request was already accepted; sign each request anew (a new timestamp)",
+            ));
+        }
+        if seen.len() >= USED_SIGNATURES_MAX {
+            return Err(ApiError::unavailable("too many signed requests in the last minute; retry shortly"));
+        }
+        seen.insert((signed.ts_ms, signed.digest));
+        Ok(())
+    }
 }
 
 /// Compares in time independent of where the inputs first differ, so response timing does not
@@ -152,6 +209,19 @@ mod tests {
         assert_eq!(verify_request(&request, b"x", 1_000_000).unwrap_err().code, "bad_signature");
         assert_eq!(verify_request(&request, b"", 1_000_000 + 61_000).unwrap_err().code, "timestamp_too_old");
         assert_eq!(verify_request(&request, b"", 1_000_000 - 61_000).unwrap_err().code, "timestamp_in_future");
+    }
+
+    #[test]
+    fn a_request_is_accepted_once_and_forgotten_after_the_window() {
+        let key = protocol::testing::signing_key(3);
+        let used = UsedSignatures::default();
+        let signed = verify_signed(&signed(&key, "/api/v1/me/orders", 1_000_000), b"", 1_000_000).expect("ok");
+        used.accept_once(&signed, 1_000_000).expect("first time");
+        assert_eq!(used.accept_once(&signed, 1_000_001).unwrap_err().code, "replayed_request");
+        let other = verify_signed(&signed(&key, "/api/v1/me/orders", 1_000_001), b"", 1_000_001).expect("ok");
+        used.accept_once(&other, 1_000_001).expect("another timestamp is another request");
+        used.accept_once(&signed, 1_000_000 + REQUEST_WINDOW_MS + 1).expect("expired entries are dropped");
+        assert_eq!(used.seen.lock().expect("lock").len(), 1);
     }
 
     #[test]

@@ -83,6 +83,8 @@ pub struct AppState {
     pub live: broadcast::Sender<LiveEvent>,
     pub webhooks: Webhooks,
     pub api_keys: Arc<Vec<ApiKey>>,
+    /// Signed trader requests accepted within the window, each accepted once.
+    pub used_signatures: Arc<crate::auth::UsedSignatures>,
     pub json_body_bytes_max: usize,
     /// `market.silent_device_ms`: a device without a reading for longer is reported silent.
     pub silent_device_ms: i64,
@@ -117,6 +119,7 @@ impl AppState {
             market: Market::none(),
             live,
             api_keys: Arc::new(settings.api_keys.clone()),
+            used_signatures: Arc::default(),
             json_body_bytes_max: settings.http.json_body_bytes_max,
             silent_device_ms: settings.market.silent_device_ms,
             broker_address: crate::broker::address(&settings.mqtt)

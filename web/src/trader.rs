@@ -26,14 +26,17 @@ pub async fn authenticate(state: &AppState, request: &HttpRequest, body: &[u8]) 
     // Request signatures are checked against wall-clock time, not the (possibly simulated) market
     // clock: the signer is a person's browser or program, which only knows real time.
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let account = crate::auth::verify_request(request, body, now_ms)?;
+    let signed = crate::auth::verify_signed(request, body, now_ms)?;
+    let account = signed.account;
     let id = account.to_hex();
     let kind: Option<String> = state
         .db
         .run(move |conn| accounts::table.find(id).select(accounts::kind).first(conn).optional().map_err(DbError::from))
         .await?;
     match kind.as_deref() {
-        Some("household") => Ok(account),
+        // Remembered only once the signer is a registered household, so strangers' keys cannot
+        // fill the memory of used requests.
+        Some("household") => state.used_signatures.accept_once(&signed, now_ms).map(|()| account),
         Some(_) => Err(ApiError::forbidden("forbidden", "only household accounts trade")),
         None => Err(ApiError::unauthorized("unknown_key", "the account is not registered")),
     }
