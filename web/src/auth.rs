@@ -215,13 +215,16 @@ mod tests {
     fn a_request_is_accepted_once_and_forgotten_after_the_window() {
         let key = protocol::testing::signing_key(3);
         let used = UsedSignatures::default();
-        let signed = verify_signed(&signed(&key, "/api/v1/me/orders", 1_000_000), b"", 1_000_000).expect("ok");
-        used.accept_once(&signed, 1_000_000).expect("first time");
-        assert_eq!(used.accept_once(&signed, 1_000_001).unwrap_err().code, "replayed_request");
+        let first = verify_signed(&signed(&key, "/api/v1/me/orders", 1_000_000), b"", 1_000_000).expect("ok");
+        used.accept_once(&first, 1_000_000).expect("first time");
+        assert_eq!(used.accept_once(&first, 1_000_001).unwrap_err().code, "replayed_request");
         let other = verify_signed(&signed(&key, "/api/v1/me/orders", 1_000_001), b"", 1_000_001).expect("ok");
         used.accept_once(&other, 1_000_001).expect("another timestamp is another request");
-        used.accept_once(&signed, 1_000_000 + REQUEST_WINDOW_MS + 1).expect("expired entries are dropped");
-        assert_eq!(used.seen.lock().expect("lock").len(), 1);
+        let late_ms = 1_000_000 + REQUEST_WINDOW_MS + 1;
+        let late = verify_signed(&signed(&key, "/api/v1/me/orders", late_ms), b"", late_ms).expect("ok");
+        used.accept_once(&late, late_ms).expect("a new request");
+        // `first` left the window (its timestamp alone refuses it now) and was forgotten.
+        assert_eq!(used.seen.lock().expect("lock").len(), 2);
     }
 
     #[test]
