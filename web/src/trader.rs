@@ -15,7 +15,7 @@ use serde::Serialize;
 
 /// Longest readings range for one request: a week of 1-minute readings is about 10k rows per device.
 pub const READINGS_RANGE_MS_MAX: i64 = 7 * 24 * 3_600_000;
-/// Rows returned by one readings request at most.
+/// Rows of one page of readings (`/me/readings`, the export); the rest follow by cursor.
 pub const READINGS_ROWS_MAX: i64 = 50_000;
 /// Refused readings returned by one readings request at most (newest first): a screenful to see
 /// why meter data is missing, not a second copy of a flood.
@@ -170,19 +170,71 @@ pub fn intervals(rows: Vec<ReadingRow>) -> Vec<IntervalReading> {
     out
 }
 
-/// Readings of `devices_of_account` or `zone`/`device` selection within `[from, to)`.
-pub fn load_readings(
+/// Where the next page of readings starts: after this reading, by the primary key
+/// `(device, seq)`. Keyset pagination, so a page is stable under concurrent inserts: no row is
+/// returned twice and none already stored is skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadingsCursor {
+    pub device: String,
+    pub seq: i64,
+}
+
+/// A cursor's length: the device key (64 hex digits) and the seq (16 hex digits).
+const CURSOR_HEX_LEN: usize = 80;
+
+impl ReadingsCursor {
+    /// Opaque to clients: they pass it back as `cursor=` unchanged.
+    pub fn encode(&self) -> String {
+        // seq is never negative (checked on parse and by the exchange), so the cast is exact.
+        format!("{}{:016x}", self.device, self.seq as u64)
+    }
+
+    pub fn parse(text: &str) -> Result<ReadingsCursor, ApiError> {
+        let invalid = || ApiError::bad_request("invalid_cursor", "cursor is a value from X-Next-Cursor, unchanged");
+        if text.len() != CURSOR_HEX_LEN || !text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(invalid());
+        }
+        let (device, seq) = text.split_at(CURSOR_HEX_LEN - 16);
+        let device = protocol::DeviceId::parse(device).map_err(|_| invalid())?;
+        let seq = u64::from_str_radix(seq, 16).ok().and_then(|seq| i64::try_from(seq).ok()).ok_or_else(invalid)?;
+        Ok(ReadingsCursor { device: device.to_hex(), seq })
+    }
+}
+
+/// One page of readings as interval data, and the cursor of the next page if there is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadingsPage {
+    pub rows: Vec<IntervalReading>,
+    pub next: Option<ReadingsCursor>,
+}
+
+/// A page of at most [`READINGS_ROWS_MAX`] readings of `device_ids` within `[from, to)`, ordered by
+/// `(device, seq)`, after `after`.
+pub fn load_readings_page(
     conn: &mut exchange::db::DbConnection,
     device_ids: Vec<String>,
     from_ms: i64,
     to_ms: i64,
-) -> Result<Vec<ReadingRow>, DbError> {
-    readings::table
+    after: Option<&ReadingsCursor>,
+) -> Result<ReadingsPage, DbError> {
+    let mut query = readings::table
         .filter(readings::device_id.eq_any(device_ids))
         .filter(readings::ts_ms.ge(from_ms))
         .filter(readings::ts_ms.lt(to_ms))
-        .order((readings::device_id.asc(), readings::ts_ms.asc(), readings::seq.asc()))
-        .limit(READINGS_ROWS_MAX)
+        .into_boxed();
+    if let Some(after) = after {
+        // The cursor's own reading is loaded too: it is the previous reading of the page's first
+        // row, whose interval energy is computed from it; it is not returned again.
+        query = query.filter(
+            readings::device_id
+                .gt(after.device.clone())
+                .or(readings::device_id.eq(after.device.clone()).and(readings::seq.ge(after.seq))),
+        );
+    }
+    let rows: Vec<ReadingRow> = query
+        .order((readings::device_id.asc(), readings::seq.asc()))
+        // One more row tells whether there is a next page, one more the cursor's own reading.
+        .limit(READINGS_ROWS_MAX + 2)
         .select((
             readings::device_id,
             readings::seq,
@@ -192,36 +244,85 @@ pub fn load_readings(
             readings::pv_wh,
             readings::power_w,
         ))
-        .load(conn)
-        .map_err(DbError::from)
+        .load(conn)?;
+    let mut rows = intervals(rows);
+    if let (Some(after), Some(first)) = (after, rows.first()) {
+        if first.device == after.device && first.seq == after.seq {
+            rows.remove(0);
+        }
+    }
+    let page_len = usize::try_from(READINGS_ROWS_MAX).unwrap_or(usize::MAX);
+    let next = if rows.len() > page_len {
+        rows.truncate(page_len);
+        rows.last().map(|last| ReadingsCursor { device: last.device.clone(), seq: last.seq })
+    } else {
+        None
+    };
+    Ok(ReadingsPage { rows, next })
+}
+
+/// `X-Next-Cursor` and `Link: <…>; rel="next"` on a response with a next page: the request's
+/// own path and query with `cursor` set to the next page's.
+pub fn with_next_page(
+    mut response: actix_web::HttpResponseBuilder,
+    request: &HttpRequest,
+    next: Option<&ReadingsCursor>,
+) -> actix_web::HttpResponseBuilder {
+    if let Some(next) = next {
+        let cursor = next.encode();
+        let mut query: Vec<&str> =
+            request.query_string().split('&').filter(|part| !part.is_empty() && !part.starts_with("cursor=")).collect();
+        let param = format!("cursor={cursor}");
+        query.push(&param);
+        let link = format!("<{}?{}>; rel=\"next\"", request.path(), query.join("&"));
+        response.insert_header((HEADER_NEXT_CURSOR, cursor)).insert_header((actix_web::http::header::LINK, link));
+    }
+    response
+}
+
+/// The response header naming the next page's cursor (absent on the last page).
+pub const HEADER_NEXT_CURSOR: &str = "x-next-cursor";
+
+/// `/me/readings` query: the range and, for the pages after the first, the cursor.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadingsQuery {
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    pub cursor: Option<String>,
 }
 
 pub async fn my_readings(
     state: web::Data<AppState>,
     request: HttpRequest,
-    query: web::Query<RangeQuery>,
+    query: web::Query<ReadingsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let account = authenticate(&state, &request, b"").await?;
-    let (from_ms, to_ms) = range(&query, state.now_ms(), READINGS_RANGE_MS_MAX)?;
+    let query = query.into_inner();
+    let after = query.cursor.as_deref().map(ReadingsCursor::parse).transpose()?;
+    let range_query = RangeQuery { from_ms: query.from_ms, to_ms: query.to_ms };
+    let (from_ms, to_ms) = range(&range_query, state.now_ms(), READINGS_RANGE_MS_MAX)?;
     let id = account.to_hex();
-    let (rows, refused) = state
+    let (page, refused) = state
         .db
         .run(move |conn| {
             let device_ids: Vec<String> =
                 devices::table.filter(devices::account_id.eq(id)).select(devices::device_id).load(conn)?;
-            Ok((
-                load_readings(conn, device_ids.clone(), from_ms, to_ms)?,
-                load_refused(conn, device_ids, from_ms, to_ms)?,
-            ))
+            // Refused readings come once, on the first page.
+            let refused =
+                if after.is_none() { load_refused(conn, device_ids.clone(), from_ms, to_ms)? } else { Vec::new() };
+            Ok((load_readings_page(conn, device_ids, from_ms, to_ms, after.as_ref())?, refused))
         })
         .await?;
-    // Accepted readings first (by device and time), then the refused ones received in the range.
-    let entries: Vec<ReadingEntry> = intervals(rows)
+    // Accepted readings first (by device and seq), then the refused ones received in the range.
+    let next = page.next.clone();
+    let entries: Vec<ReadingEntry> = page
+        .rows
         .into_iter()
         .map(ReadingEntry::Accepted)
         .chain(refused.into_iter().map(ReadingEntry::Refused))
         .collect();
-    Ok(HttpResponse::Ok().json(entries))
+    Ok(with_next_page(HttpResponse::Ok(), &request, next.as_ref()).json(entries))
 }
 
 /// Reads at most `limit_bytes` of a request body; larger bodies are refused with 413.

@@ -261,6 +261,8 @@ pub struct ExportQuery {
     pub device: Option<String>,
     pub from_ms: Option<i64>,
     pub to_ms: Option<i64>,
+    /// The next page's cursor, from the previous page's `X-Next-Cursor`.
+    pub cursor: Option<String>,
 }
 
 pub async fn export_readings(
@@ -279,7 +281,8 @@ pub async fn export_readings(
         ),
         _ => return Err(ApiError::bad_request("invalid_query", "give exactly one of zone or device")),
     };
-    let rows = state
+    let after = query.cursor.as_deref().map(crate::trader::ReadingsCursor::parse).transpose()?;
+    let page = state
         .db
         .run(move |conn| {
             let device_ids: Vec<String> = match selection {
@@ -289,12 +292,12 @@ pub async fn export_readings(
                     .load(conn)?,
                 Selection::Device(device) => vec![device.to_hex()],
             };
-            crate::trader::load_readings(conn, device_ids, from_ms, to_ms)
+            crate::trader::load_readings_page(conn, device_ids, from_ms, to_ms, after.as_ref())
         })
         .await?;
     let mut csv =
         String::from("device,seq,ts_ms,import_wh,export_wh,pv_wh,power_w,interval_import_wh,interval_export_wh\n");
-    for row in crate::trader::intervals(rows) {
+    for row in page.rows {
         let pv = row.pv_wh.map(|pv| pv.to_string()).unwrap_or_default();
         let _ = writeln!(
             csv,
@@ -310,7 +313,9 @@ pub async fn export_readings(
             row.interval_export_wh
         );
     }
-    Ok(HttpResponse::Ok().content_type("text/csv; charset=utf-8").body(csv))
+    Ok(crate::trader::with_next_page(HttpResponse::Ok(), &request, page.next.as_ref())
+        .content_type("text/csv; charset=utf-8")
+        .body(csv))
 }
 
 enum Selection {
