@@ -10,10 +10,11 @@ use serde_json::Value;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 use web::auth::sign_request;
-use web::settings::Settings;
+use web::settings::{ApiKey, Role, Secret, Settings};
 use web::state::AppState;
 
 const ZONE: &str = "lock-zone";
+const UTILITY_KEY: &str = "utility-key-0123456789";
 const SLOT_LEN_MS: i64 = 900_000;
 
 struct TestApp {
@@ -21,7 +22,7 @@ struct TestApp {
     client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    _db: TestDb,
+    db: TestDb,
 }
 
 fn now_ms() -> i64 {
@@ -45,7 +46,11 @@ async fn spawn_app(household: &SigningKey) -> TestApp {
     .await
     .expect("seed the registry");
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let state = AppState::new(test_db.db.clone(), clock, &Settings::default());
+    let settings = Settings {
+        api_keys: vec![ApiKey { name: "utility".into(), role: Role::Utility, key: Secret::new(UTILITY_KEY) }],
+        ..Settings::default()
+    };
+    let state = AppState::new(test_db.db.clone(), clock, &settings);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
     let address = format!("http://{}", listener.local_addr().expect("local address"));
     let (shutdown, stop) = oneshot::channel::<()>();
@@ -57,7 +62,7 @@ async fn spawn_app(household: &SigningKey) -> TestApp {
         client: reqwest::Client::builder().no_proxy().build().expect("client"),
         shutdown: Some(shutdown),
         server: Some(server),
-        _db: test_db,
+        db: test_db,
     }
 }
 
@@ -105,5 +110,175 @@ async fn a_replayed_trader_request_is_refused() {
     }
     let (status, again) = app.send_signed(path, &fresh).await;
     assert_eq!(status, 200, "a freshly signed request is served: {again}");
+    app.stop().await;
+}
+
+/// Devices of the 120,000-reading household, and readings per device.
+const EXPORT_DEVICES: u8 = 4;
+const READINGS_PER_DEVICE: i64 = 30_000;
+/// A reading every 20 s: 30,000 of them span 6.9 days, inside `/me/readings`' 7-day range.
+const READING_INTERVAL_MS: i64 = 20_000;
+/// Energy imported between two readings of a device: every interval but a device's first shows it,
+/// also across page boundaries.
+const IMPORT_STEP_WH: i64 = 7;
+/// Rows per insert statement: 9 columns stay under SQLite's and PostgreSQL's bind-parameter limits.
+const INSERT_BATCH_ROWS: usize = 1_000;
+
+fn device_key(index: u8) -> SigningKey {
+    protocol::testing::signing_key(100 + index)
+}
+
+/// Registers the devices and stores their readings in bulk; returns every `(device, seq)`.
+async fn seed_readings(app: &TestApp, alice: AccountId, from_ms: i64) -> std::collections::BTreeSet<(String, i64)> {
+    use diesel::prelude::*;
+    use exchange::db::DbConnection;
+    use exchange::schema::readings;
+    let devices: Vec<protocol::DeviceId> =
+        (0..EXPORT_DEVICES).map(|i| protocol::DeviceId::from_verifying_key(&device_key(i).verifying_key())).collect();
+    let registered = devices.clone();
+    settlement::registry::write(&app.db.db, move |conn| {
+        for (i, device) in registered.iter().enumerate() {
+            web::registry::register_device(
+                conn,
+                &web::utility::NewDevice {
+                    device_id: *device,
+                    account_id: alice,
+                    zone: protocol::ZoneId::parse(ZONE).expect("valid zone"),
+                    meter_serial: protocol::MeterSerial::parse(&format!("SN-{i}")).expect("valid serial"),
+                    nameplate_w: 10_000,
+                },
+                0,
+            )?;
+        }
+        Ok::<(), settlement::registry::RegistryError>(())
+    })
+    .await
+    .expect("register the devices");
+    let mut all = std::collections::BTreeSet::new();
+    let mut rows = Vec::new();
+    for device in &devices {
+        for seq in 1..=READINGS_PER_DEVICE {
+            all.insert((device.to_hex(), seq));
+            rows.push((device.to_hex(), seq, from_ms + (seq - 1) * READING_INTERVAL_MS, seq * IMPORT_STEP_WH));
+        }
+    }
+    app.db
+        .db
+        .write(move |conn| {
+            for batch in rows.chunks(INSERT_BATCH_ROWS) {
+                let values: Vec<_> = batch
+                    .iter()
+                    .map(|(device, seq, ts_ms, import_wh)| {
+                        (
+                            readings::device_id.eq(device.clone()),
+                            readings::seq.eq(*seq),
+                            readings::ts_ms.eq(*ts_ms),
+                            readings::import_wh.eq(*import_wh),
+                            readings::export_wh.eq(0_i64),
+                            readings::pv_wh.eq(None::<i64>),
+                            readings::power_w.eq(0_i64),
+                            readings::received_ms.eq(*ts_ms),
+                            readings::payload.eq("{}"),
+                        )
+                    })
+                    .collect();
+                let insert = diesel::insert_into(readings::table).values(values);
+                match conn {
+                    DbConnection::Postgres(pg) => insert.execute(pg)?,
+                    DbConnection::Sqlite(sqlite) => insert.execute(sqlite)?,
+                };
+            }
+            Ok(())
+        })
+        .await
+        .expect("insert the readings");
+    all
+}
+
+/// Checks one page's rows: each `(device, seq)` seen once overall, interval energy right.
+fn take_rows(seen: &mut std::collections::BTreeSet<(String, i64)>, rows: impl Iterator<Item = (String, i64, i64)>) {
+    for (device, seq, interval_import_wh) in rows {
+        let expected = if seq == 1 { 0 } else { IMPORT_STEP_WH };
+        assert_eq!(interval_import_wh, expected, "interval energy of {device}/{seq}, also across pages");
+        assert!(seen.insert((device.clone(), seq)), "{device}/{seq} returned twice");
+    }
+}
+
+/// Most pages a walk may take before the test calls it endless (120,000 rows are 3 pages).
+const PAGES_MAX: usize = 10;
+
+#[tokio::test]
+async fn cursors_walk_a_120_000_row_export_whole() {
+    let alice = protocol::testing::signing_key(42);
+    let app = spawn_app(&alice).await;
+    let from_ms = now_ms() - 8 * 86_400_000;
+    let to_ms = from_ms + 7 * 86_400_000;
+    let stored = seed_readings(&app, account(&alice), from_ms).await;
+    assert_eq!(stored.len(), 120_000);
+
+    // The utility's CSV export, page by page through `X-Next-Cursor` (and the same `Link`).
+    let mut seen = std::collections::BTreeSet::new();
+    let mut path = format!("/api/v1/export/readings?zone={ZONE}&from_ms={from_ms}&to_ms={to_ms}");
+    for _ in 0..PAGES_MAX {
+        let response = app
+            .client
+            .get(format!("{}{path}", app.address))
+            .bearer_auth(UTILITY_KEY)
+            .send()
+            .await
+            .expect("the server answers");
+        assert_eq!(response.status().as_u16(), 200);
+        let next = response.headers().get("x-next-cursor").map(|v| v.to_str().expect("ascii").to_owned());
+        let link = response.headers().get("link").map(|v| v.to_str().expect("ascii").to_owned());
+        let csv = response.text().await.expect("a CSV body");
+        take_rows(
+            &mut seen,
+            csv.lines().skip(1).map(|line| {
+                let fields: Vec<&str> = line.split(',').collect();
+                (fields[0].to_owned(), fields[1].parse().expect("seq"), fields[7].parse().expect("interval import"))
+            }),
+        );
+        let Some(next) = next else { break };
+        let link = link.expect("a Link header with the cursor");
+        assert!(link.contains(&format!("cursor={next}")) && link.ends_with("rel=\"next\""), "{link}");
+        path = format!("/api/v1/export/readings?zone={ZONE}&from_ms={from_ms}&to_ms={to_ms}&cursor={next}");
+    }
+    assert_eq!(seen, stored, "the CSV pages hold every reading exactly once");
+
+    // The household's own `/me/readings`, signed page by page.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut path = format!("/api/v1/me/readings?from_ms={from_ms}&to_ms={to_ms}");
+    for _ in 0..PAGES_MAX {
+        let mut request = app.client.get(format!("{}{path}", app.address));
+        for (name, value) in sign_request(&alice, "GET", &path, b"", now_ms()) {
+            request = request.header(name, value);
+        }
+        let response = request.send().await.expect("the server answers");
+        assert_eq!(response.status().as_u16(), 200);
+        let next = response.headers().get("x-next-cursor").map(|v| v.to_str().expect("ascii").to_owned());
+        let rows: Vec<Value> = response.json().await.expect("a JSON list");
+        take_rows(
+            &mut seen,
+            rows.iter().map(|row| {
+                let device = row["device"].as_str().expect("device").to_owned();
+                (device, row["seq"].as_i64().expect("seq"), row["interval_import_wh"].as_i64().expect("interval"))
+            }),
+        );
+        let Some(next) = next else { break };
+        path = format!("/api/v1/me/readings?from_ms={from_ms}&to_ms={to_ms}&cursor={next}");
+    }
+    assert_eq!(seen, stored, "the JSON pages hold every reading exactly once");
+
+    // A cursor is validated, never trusted.
+    let response = app
+        .client
+        .get(format!("{}/api/v1/export/readings?zone={ZONE}&cursor=zz", app.address))
+        .bearer_auth(UTILITY_KEY)
+        .send()
+        .await
+        .expect("the server answers");
+    assert_eq!(response.status().as_u16(), 400);
+    let error: Value = response.json().await.expect("a JSON error");
+    assert_eq!(error["error"], "invalid_cursor");
     app.stop().await;
 }
