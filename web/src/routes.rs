@@ -35,6 +35,8 @@ pub struct Endpoint {
     /// The success response's schema in `components.schemas`, and whether it is a list of it.
     pub response: Option<(&'static str, bool)>,
     pub demo_only: bool,
+    /// Answers one page and, when more follow, `X-Next-Cursor` and `Link: <…>; rel="next"`.
+    pub paged: bool,
     pub route: fn() -> Route,
 }
 
@@ -59,6 +61,7 @@ const fn ep(
         content: JSON,
         response: None,
         demo_only: false,
+        paged: false,
         route,
     }
 }
@@ -91,6 +94,10 @@ impl Endpoint {
     }
     const fn returns_list(mut self, schema: &'static str) -> Self {
         self.response = Some((schema, true));
+        self
+    }
+    const fn paged(mut self) -> Self {
+        self.paged = true;
         self
     }
     const fn demo(mut self) -> Self {
@@ -161,7 +168,8 @@ pub fn endpoints() -> Vec<Endpoint> {
             || web::get().to(trader::my_readings),
         )
         .auth(Trader)
-        .query(RANGE),
+        .query(&[("from_ms", "integer", false), ("to_ms", "integer", false), ("cursor", "string", false)])
+        .paged(),
         ep("get", "/api/v1/me/statements", "My settlement statements", "trader", || {
             web::get().to(ledger::my_statements)
         })
@@ -208,8 +216,10 @@ pub fn endpoints() -> Vec<Endpoint> {
             ("device", "string", false),
             ("from_ms", "integer", false),
             ("to_ms", "integer", false),
+            ("cursor", "string", false),
         ])
-        .content("text/csv"),
+        .content("text/csv")
+        .paged(),
         ep("post", "/api/v1/webhooks", "Register a settlement webhook", "utility", || {
             web::post().to(utility::create_webhook)
         })
@@ -372,11 +382,19 @@ pub fn openapi_document(demo: bool) -> Value {
                 json!({ "type": "array", "items": { "$ref": format!("#/components/schemas/{name}") } })
             }
         };
-        let success = if endpoint.status == 204 {
+        let mut success = if endpoint.status == 204 {
             json!({ "description": endpoint.summary })
         } else {
             json!({ "description": endpoint.summary, "content": { endpoint.content: { "schema": schema } } })
         };
+        if endpoint.paged {
+            success["headers"] = json!({
+                "X-Next-Cursor": { "description": "The next page's `cursor` (absent on the last page); opaque",
+                                   "schema": { "type": "string" } },
+                "Link": { "description": "`<path?…&cursor=…>; rel=\"next\"` when a next page exists",
+                          "schema": { "type": "string" } },
+            });
+        }
         let mut operation = json!({
             "summary": endpoint.summary,
             "operationId": format!("{}_{}", endpoint.method, path.trim_matches('/').replace(['/', '{', '}', '.'], "_")),

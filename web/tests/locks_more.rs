@@ -282,5 +282,22 @@ async fn cursors_walk_a_120_000_row_export_whole() {
     assert_eq!(response.status().as_u16(), 400);
     let error: Value = response.json().await.expect("a JSON error");
     assert_eq!(error["error"], "invalid_cursor");
+
+    // The OpenAPI document tells clients about the pages.
+    let document: Value = app
+        .client
+        .get(format!("{}/api/v1/openapi.json", app.address))
+        .send()
+        .await
+        .expect("the server answers")
+        .json()
+        .await
+        .expect("a JSON document");
+    for path in ["/api/v1/export/readings", "/api/v1/me/readings"] {
+        let operation = &document["paths"][path]["get"];
+        let parameters = operation["parameters"].as_array().expect("parameters");
+        assert!(parameters.iter().any(|p| p["name"] == "cursor"), "{path} takes a cursor");
+        assert!(operation["responses"]["200"]["headers"]["X-Next-Cursor"].is_object(), "{path} names X-Next-Cursor");
+    }
     app.stop().await;
 }
