@@ -55,11 +55,24 @@ pub struct HttpSettings {
     pub bind: String,
     pub port: u16,
     pub json_body_bytes_max: usize,
+    /// Live-feed (SSE) streams one client address may hold open at once; the next answers 429.
+    /// Behind a reverse proxy every client has the proxy's address: raise it there, or cap at the proxy.
+    pub sse_streams_per_client_max: usize,
 }
+
+/// A dashboard holds one live stream per open tab; 16 covers a household's tabs and devices behind
+/// one address while one client can no longer take the server's whole stream budget
+/// (`sse::STREAMS_MAX`).
+pub const SSE_STREAMS_PER_CLIENT_MAX: usize = 16;
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self { bind: "127.0.0.1".to_owned(), port: 8080, json_body_bytes_max: JSON_BODY_BYTES_MAX }
+        Self {
+            bind: "127.0.0.1".to_owned(),
+            port: 8080,
+            json_body_bytes_max: JSON_BODY_BYTES_MAX,
+            sse_streams_per_client_max: SSE_STREAMS_PER_CLIENT_MAX,
+        }
     }
 }
 

@@ -9,7 +9,10 @@ use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use protocol::{AccountId, ZoneId};
 use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -38,6 +41,53 @@ impl Drop for StreamSlot {
     }
 }
 
+/// The streams each client address holds open, so one client cannot take every stream.
+#[derive(Debug)]
+pub struct ClientStreams {
+    per_client_max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One open stream of a client; closing the stream (dropping this) frees it.
+struct ClientSlot {
+    streams: Arc<ClientStreams>,
+    client: IpAddr,
+}
+
+impl ClientStreams {
+    pub fn new(per_client_max: usize) -> ClientStreams {
+        ClientStreams { per_client_max, open: Mutex::new(HashMap::new()) }
+    }
+
+    /// Takes one of `client`'s streams, or refuses with 429 `too_many_streams` when it has all.
+    fn take(streams: &Arc<ClientStreams>, client: IpAddr) -> Result<ClientSlot, ApiError> {
+        // A poisoned lock only means a panic between two integer updates; the counts stay usable.
+        let mut open = streams.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(client).or_insert(0);
+        if *count >= streams.per_client_max {
+            return Err(ApiError::new(
+                actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+                "too_many_streams",
+                format!("this client already has {} live streams open; close one first", streams.per_client_max),
+            ));
+        }
+        *count += 1;
+        Ok(ClientSlot { streams: Arc::clone(streams), client })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.streams.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.client) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.client);
+            }
+        }
+    }
+}
+
 pub fn frame(event: &str, data: &str) -> Bytes {
     Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
 }
@@ -55,12 +105,15 @@ pub async fn stream(
     } else {
         None
     };
+    // Clients are told apart by their address (a connection without one shares a single budget).
+    let client = request.peer_addr().map_or(IpAddr::from([0, 0, 0, 0]), |address| address.ip());
+    let client_slot = ClientStreams::take(&state.sse_clients, client)?;
     if OPEN_STREAMS.fetch_add(1, Ordering::SeqCst) >= STREAMS_MAX {
         OPEN_STREAMS.fetch_sub(1, Ordering::SeqCst);
         return Err(ApiError::unavailable("too many live streams are open"));
     }
     metrics::gauge!("gridex_sse_streams").increment(1.0);
-    let slot = StreamSlot;
+    let slot = (StreamSlot, client_slot);
     let events = state.live.subscribe();
     let (sender, receiver) = mpsc::channel::<Bytes>(CLIENT_BUFFER_FRAMES);
     tokio::spawn(forward(events, sender, zone, account, slot));
@@ -77,7 +130,7 @@ async fn forward(
     sender: mpsc::Sender<Bytes>,
     zone: ZoneId,
     account: Option<AccountId>,
-    _slot: StreamSlot,
+    _slot: (StreamSlot, ClientSlot),
 ) {
     if sender.send(Bytes::from_static(b": connected\n\n")).await.is_err() {
         return;

@@ -85,6 +85,8 @@ pub struct AppState {
     pub api_keys: Arc<Vec<ApiKey>>,
     /// Signed trader requests accepted within the window, each accepted once.
     pub used_signatures: Arc<crate::auth::UsedSignatures>,
+    /// Live-feed streams open per client address, capped by `http.sse_streams_per_client_max`.
+    pub sse_clients: Arc<crate::sse::ClientStreams>,
     pub json_body_bytes_max: usize,
     /// `market.silent_device_ms`: a device without a reading for longer is reported silent.
     pub silent_device_ms: i64,
@@ -120,6 +122,7 @@ impl AppState {
             live,
             api_keys: Arc::new(settings.api_keys.clone()),
             used_signatures: Arc::default(),
+            sse_clients: Arc::new(crate::sse::ClientStreams::new(settings.http.sse_streams_per_client_max)),
             json_body_bytes_max: settings.http.json_body_bytes_max,
             silent_device_ms: settings.market.silent_device_ms,
             broker_address: crate::broker::address(&settings.mqtt)
