@@ -8,6 +8,7 @@ use exchange::db::testing::TestDb;
 use protocol::AccountId;
 use serde_json::Value;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use web::auth::sign_request;
 use web::settings::{ApiKey, Role, Secret, Settings};
@@ -16,6 +17,8 @@ use web::state::AppState;
 const ZONE: &str = "lock-zone";
 const UTILITY_KEY: &str = "utility-key-0123456789";
 const SLOT_LEN_MS: i64 = 900_000;
+/// Generous deadline of every wait for a condition (busy machines are slow, never this slow).
+const DEADLINE: Duration = Duration::from_secs(60);
 
 struct TestApp {
     address: String,
@@ -36,6 +39,10 @@ fn account(key: &SigningKey) -> AccountId {
 /// A server on a fresh database with one zone and `household` registered in it (no exchange:
 /// these locks sit in front of it).
 async fn spawn_app(household: &SigningKey) -> TestApp {
+    spawn_app_with(household, Settings::default()).await
+}
+
+async fn spawn_app_with(household: &SigningKey, settings: Settings) -> TestApp {
     let test_db = TestDb::any();
     let alice = account(household);
     settlement::registry::write(&test_db.db, move |conn| {
@@ -48,7 +55,7 @@ async fn spawn_app(household: &SigningKey) -> TestApp {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let settings = Settings {
         api_keys: vec![ApiKey { name: "utility".into(), role: Role::Utility, key: Secret::new(UTILITY_KEY) }],
-        ..Settings::default()
+        ..settings
     };
     let state = AppState::new(test_db.db.clone(), clock, &settings);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
@@ -299,5 +306,53 @@ async fn cursors_walk_a_120_000_row_export_whole() {
         assert!(parameters.iter().any(|p| p["name"] == "cursor"), "{path} takes a cursor");
         assert!(operation["responses"]["200"]["headers"]["X-Next-Cursor"].is_object(), "{path} names X-Next-Cursor");
     }
+    app.stop().await;
+}
+
+/// Streams one client may hold in the cap test: small, so the test opens few.
+const STREAMS_PER_CLIENT: usize = 2;
+
+impl TestApp {
+    async fn open_stream(&self) -> reqwest::Response {
+        self.client.get(format!("{}/api/v1/stream?zone={ZONE}", self.address)).send().await.expect("the server answers")
+    }
+}
+
+#[tokio::test]
+async fn one_client_cannot_open_more_than_its_share_of_live_streams() {
+    let alice = protocol::testing::signing_key(43);
+    let mut settings = Settings::default();
+    settings.http.sse_streams_per_client_max = STREAMS_PER_CLIENT;
+    let app = spawn_app_with(&alice, settings).await;
+
+    let mut open = Vec::new();
+    for _ in 0..STREAMS_PER_CLIENT {
+        let mut stream = app.open_stream().await;
+        assert_eq!(stream.status().as_u16(), 200);
+        let first = stream.chunk().await.expect("a frame").expect("the stream is open");
+        assert!(first.starts_with(b": connected"), "a live stream: {first:?}");
+        open.push(stream);
+    }
+    // The client's next stream is refused with a JSON error, while its others stay open.
+    let refused = app.open_stream().await;
+    assert_eq!(refused.status().as_u16(), 429);
+    let error: Value = refused.json().await.expect("a JSON error");
+    assert_eq!(error["error"], "too_many_streams", "{error}");
+
+    // Closing a stream gives its place back once the server notices the client went away: at a
+    // failed keepalive write, about two keepalive intervals after the close.
+    drop(open.pop());
+    let release_deadline = DEADLINE.max(web::sse::KEEPALIVE_INTERVAL * 8);
+    let start = Instant::now();
+    loop {
+        let stream = app.open_stream().await;
+        if stream.status().as_u16() == 200 {
+            break;
+        }
+        assert_eq!(stream.status().as_u16(), 429);
+        assert!(start.elapsed() < release_deadline, "a closed stream's place was never given back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(open);
     app.stop().await;
 }
