@@ -245,14 +245,19 @@ export function buildCancel({ account, zone, slot, orderNonce, nonce, tsMs }) {
  * `gridex/v1/request\n` + canonical {account, body_sha256, method, path, ts_ms}. `path` includes the
  * query string, e.g. `/api/v1/me/orders?x=y`.
  */
+// The server accepts a signed request once (PROTOCOL.md §8), so two identical requests signed in
+// the same millisecond (two panels fetching the same path) must differ: timestamps strictly increase.
+let lastRequestTsMs = 0;
+
 export async function requestHeaders({ account, privateKey, method, path, body = '', tsMs = Date.now() }) {
   const bodyBytes = typeof body === 'string' ? encoder.encode(body) : body;
+  lastRequestTsMs = nextNonce(lastRequestTsMs, tsMs);
   const payload = {
     account,
     body_sha256: await sha256Hex(bodyBytes),
     method: method.toUpperCase(),
     path,
-    ts_ms: Math.floor(tsMs),
+    ts_ms: lastRequestTsMs,
   };
   const signature = await signBytes(privateKey, signingBytes('request', payload));
   return {

@@ -188,6 +188,15 @@ test('request headers carry a signature over the canonical request description',
   assert.ok(await verifyBytes(account, headers['X-Gridex-Signature'], new TextEncoder().encode(expected)));
 });
 
+test('two identical requests signed in the same millisecond differ (the server accepts a signature once)', async () => {
+  const { privateKey, account } = await importSeed('07'.repeat(32));
+  const request = { account, privateKey, method: 'get', path: '/api/v1/me/balances', tsMs: 1_790_000_100_000 };
+  const first = await requestHeaders(request);
+  const second = await requestHeaders(request);
+  assert.equal(Number(second['X-Gridex-Timestamp']), Number(first['X-Gridex-Timestamp']) + 1);
+  assert.notEqual(second['X-Gridex-Signature'], first['X-Gridex-Signature']);
+});
+
 test('nonces strictly increase even when the clock does not', () => {
   const first = nextNonce(0, 1_000);
   const second = nextNonce(first, 1_000);
