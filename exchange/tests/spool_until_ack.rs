@@ -19,7 +19,7 @@ use meter_gateway::gateway::{GatewayState, Poller, Sample};
 use meter_gateway::publisher::{self, MqttSettings, PublisherConfig, PublisherStats};
 use meter_gateway::spool::{Spool, SPOOL_BYTES_DEFAULT};
 use protocol::{DeviceId, ZoneId};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -138,34 +138,8 @@ impl Drop for Broker {
 #[test]
 #[ignore = "run by a_broker_restart_without_persistence_loses_no_reading as its broker process"]
 fn rumqttd_child_process() {
-    use rumqttd::{ConnectionSettings, RouterConfig, ServerSettings};
     let Some(port) = std::env::var(RUMQTTD_PORT_ENV).ok().and_then(|port| port.parse::<u16>().ok()) else { return };
-    let connections = ConnectionSettings {
-        connection_timeout_ms: 60_000,
-        max_payload_size: 64 * 1024,
-        max_inflight_count: 500,
-        auth: None,
-        external_auth: None,
-        dynamic_filters: true,
-    };
-    let server = ServerSettings {
-        name: "v4-1".to_owned(),
-        listen: SocketAddr::from(([127, 0, 0, 1], port)),
-        tls: None,
-        next_connection_delay_ms: 0,
-        connections,
-    };
-    let router = RouterConfig {
-        max_connections: 10_000,
-        max_outgoing_packet_count: 1_000,
-        max_segment_size: 100 * 1024 * 1024,
-        max_segment_count: 10,
-        custom_segment: None,
-        initialized_filters: None,
-        shared_subscriptions_strategy: Default::default(),
-    };
-    let config =
-        rumqttd::Config { router, v4: Some(HashMap::from([("1".to_owned(), server)])), ..rumqttd::Config::default() };
+    let config = rumqttd_config(port);
     let _ = rumqttd::Broker::new(config).start();
 }
 

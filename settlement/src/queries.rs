@@ -219,67 +219,40 @@ pub struct GapLine {
     pub tx_id: i64,
 }
 
-type GapRow = (String, i64, String, i64, i64, i64, i64, i64, i64, i64, i64, i64);
-
-fn gap_line(row: GapRow) -> Result<GapLine, SettlementError> {
-    let (
-        zone,
-        slot_ms,
-        account,
-        gap_start_ms,
-        import_wh,
-        export_wh,
-        bought_wh,
-        retail,
-        feed_in,
-        charged,
-        credited,
-        tx_id,
-    ) = row;
-    Ok(GapLine {
-        zone: ZoneId::parse(&zone).map_err(|error| SettlementError::InvalidData(error.to_string()))?,
-        slot: SlotId::new(slot_ms).map_err(|error| SettlementError::InvalidData(error.to_string()))?,
-        account,
-        gap_start_ms,
-        import_wh: Wh(import_wh),
-        export_wh: Wh(export_wh),
-        bought_wh: Wh(bought_wh),
-        retail_price_per_kwh: PricePerKwh(retail),
-        feed_in_price_per_kwh: PricePerKwh(feed_in),
-        charged: MicroMoney(-charged),
-        credited: MicroMoney(credited),
-        tx_id,
-    })
+/// One `gap_settlements` row as stored.
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = gap_settlements)]
+struct GapRow {
+    zone_id: String,
+    slot_start_ms: i64,
+    account_id: String,
+    gap_start_ms: i64,
+    import_wh: i64,
+    export_wh: i64,
+    bought_wh: i64,
+    retail_price_per_kwh: i64,
+    feed_in_price_per_kwh: i64,
+    charged: i64,
+    credited: i64,
+    tx_id: i64,
 }
 
-/// `gap_settlements` columns in [`GapRow`] order.
-const GAP_COLUMNS: (
-    gap_settlements::zone_id,
-    gap_settlements::slot_start_ms,
-    gap_settlements::account_id,
-    gap_settlements::gap_start_ms,
-    gap_settlements::import_wh,
-    gap_settlements::export_wh,
-    gap_settlements::bought_wh,
-    gap_settlements::retail_price_per_kwh,
-    gap_settlements::feed_in_price_per_kwh,
-    gap_settlements::charged,
-    gap_settlements::credited,
-    gap_settlements::tx_id,
-) = (
-    gap_settlements::zone_id,
-    gap_settlements::slot_start_ms,
-    gap_settlements::account_id,
-    gap_settlements::gap_start_ms,
-    gap_settlements::import_wh,
-    gap_settlements::export_wh,
-    gap_settlements::bought_wh,
-    gap_settlements::retail_price_per_kwh,
-    gap_settlements::feed_in_price_per_kwh,
-    gap_settlements::charged,
-    gap_settlements::credited,
-    gap_settlements::tx_id,
-);
+fn gap_line(row: GapRow) -> Result<GapLine, SettlementError> {
+    Ok(GapLine {
+        zone: ZoneId::parse(&row.zone_id).map_err(|error| SettlementError::InvalidData(error.to_string()))?,
+        slot: SlotId::new(row.slot_start_ms).map_err(|error| SettlementError::InvalidData(error.to_string()))?,
+        account: row.account_id,
+        gap_start_ms: row.gap_start_ms,
+        import_wh: Wh(row.import_wh),
+        export_wh: Wh(row.export_wh),
+        bought_wh: Wh(row.bought_wh),
+        retail_price_per_kwh: PricePerKwh(row.retail_price_per_kwh),
+        feed_in_price_per_kwh: PricePerKwh(row.feed_in_price_per_kwh),
+        charged: MicroMoney(-row.charged),
+        credited: MicroMoney(row.credited),
+        tx_id: row.tx_id,
+    })
+}
 
 /// The account's latest gap lines, newest first (at most [`STATEMENTS_LIMIT_MAX`]).
 pub fn gap_lines(conn: &mut DbConnection, account: &AccountId, limit: i64) -> Result<Vec<GapLine>, SettlementError> {
@@ -287,7 +260,7 @@ pub fn gap_lines(conn: &mut DbConnection, account: &AccountId, limit: i64) -> Re
         .filter(gap_settlements::account_id.eq(account.to_hex()))
         .order((gap_settlements::slot_start_ms.desc(), gap_settlements::zone_id))
         .limit(limit.clamp(0, STATEMENTS_LIMIT_MAX))
-        .select(GAP_COLUMNS)
+        .select(GapRow::as_select())
         .load(conn)?;
     rows.into_iter().map(gap_line).collect()
 }
@@ -314,7 +287,7 @@ pub fn slot_report(
         .filter(gap_settlements::zone_id.eq(zone.as_str()))
         .filter(gap_settlements::slot_start_ms.eq(slot.start_ms()))
         .order(gap_settlements::account_id)
-        .select(GAP_COLUMNS)
+        .select(GapRow::as_select())
         .load(conn)?;
     Ok(Some(SlotReport {
         zone: zone.clone(),

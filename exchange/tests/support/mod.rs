@@ -47,11 +47,9 @@ fn wait_listening(host: &str, port: u16) -> bool {
     false
 }
 
-/// Starts an embedded rumqttd broker on a free loopback port (in its own thread; it lives as long as
-/// the process).
-pub fn embedded_broker() -> BrokerAddr {
-    use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
-    let port = free_port();
+/// The rumqttd configuration of the tests' embedded broker, listening on `port` of loopback.
+pub fn rumqttd_config(port: u16) -> rumqttd::Config {
+    use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings};
     let connections = ConnectionSettings {
         connection_timeout_ms: 60_000,
         max_payload_size: 64 * 1024,
@@ -76,7 +74,15 @@ pub fn embedded_broker() -> BrokerAddr {
         initialized_filters: None,
         shared_subscriptions_strategy: Default::default(),
     };
-    let config = Config { router, v4: Some(HashMap::from([("1".to_owned(), server)])), ..Config::default() };
+    Config { router, v4: Some(HashMap::from([("1".to_owned(), server)])), ..Config::default() }
+}
+
+/// Starts an embedded rumqttd broker on a free loopback port (in its own thread; it lives as long as
+/// the process).
+pub fn embedded_broker() -> BrokerAddr {
+    use rumqttd::Broker;
+    let port = free_port();
+    let config = rumqttd_config(port);
     std::thread::spawn(move || {
         let mut broker = Broker::new(config);
         if let Err(error) = broker.start() {
