@@ -1,5 +1,7 @@
 //! API integration tests: a real server on port 0, a fresh database, the real exchange service.
 
+mod common;
+
 use ed25519_dalek::SigningKey;
 use exchange::clock::{Clock, SystemClock};
 use exchange::db::testing::TestDb;
@@ -110,28 +112,7 @@ async fn seed_registry(
 ) {
     settlement::registry::write(db, move |conn| {
         let zone = zone();
-        web::registry::create_zone(conn, &zone, "Test zone", SLOT_LEN_MS, now_ms())?;
-        web::registry::set_reward_schedule(
-            conn,
-            &web::registry::RewardSchedule {
-                genesis_ms: now_ms() - 3_600_000,
-                epoch_len_ms: 86_400_000,
-                initial_emission_per_epoch: 1_000_000_000,
-                halving_epochs: 365,
-                max_supply: 21_000_000_000_000,
-            },
-        )?;
-        web::registry::set_tariff(
-            conn,
-            &zone,
-            &web::public::TariffView {
-                effective_from_ms: 0,
-                retail_price_per_kwh: 300_000,
-                feed_in_price_per_kwh: 80_000,
-                grid_fee_per_kwh: 40_000,
-                protocol_fee_bps: 50,
-            },
-        )?;
+        common::seed_zone_market(conn, &zone, "Test zone", SLOT_LEN_MS, now_ms())?;
         web::registry::register_account(conn, &alice_id, "Alice", &zone, 0)?;
         web::registry::register_account(conn, &bob_id, "Bob", &zone, 0)?;
         web::registry::register_device(

@@ -3,6 +3,8 @@
 //! and `Bearer ` with nothing after it is never valid, webhooks to loopback and private addresses
 //! are refused unless allowed, and a webhook delivery carries a signed time so a replay is detected.
 
+mod common;
+
 use exchange::clock::{Clock, SystemClock};
 use exchange::db::testing::TestDb;
 use serde_json::{json, Value};
@@ -342,28 +344,7 @@ async fn settle_a_slot(app: &TestApp) -> SlotSettled {
     let config = settlement::SettlementConfig::new(protocol::testing::signing_key(50));
     let outcome = settlement::registry::write(&app.state.db, move |conn| {
         let zone = protocol::ZoneId::parse(ZONE).expect("a valid zone");
-        web::registry::create_zone(conn, &zone, "Lock zone", SLOT_LEN_MS, now_ms())?;
-        web::registry::set_reward_schedule(
-            conn,
-            &web::registry::RewardSchedule {
-                genesis_ms: now_ms() - 3_600_000,
-                epoch_len_ms: 86_400_000,
-                initial_emission_per_epoch: 1_000_000_000,
-                halving_epochs: 365,
-                max_supply: 21_000_000_000_000,
-            },
-        )?;
-        web::registry::set_tariff(
-            conn,
-            &zone,
-            &web::public::TariffView {
-                effective_from_ms: 0,
-                retail_price_per_kwh: 300_000,
-                feed_in_price_per_kwh: 80_000,
-                grid_fee_per_kwh: 40_000,
-                protocol_fee_bps: 50,
-            },
-        )?;
+        common::seed_zone_market(conn, &zone, "Lock zone", SLOT_LEN_MS, now_ms())?;
         let zone = settlement::registry::zone(conn, &zone)?.expect("the zone just created");
         let slot = settlement::close::next_slot(conn, &zone)?;
         settlement::close_slot(conn, &zone.zone_id, slot, &config, now_ms() + 30 * 86_400_000)
