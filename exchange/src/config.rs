@@ -2,12 +2,10 @@
 
 use protocol::{PricePerKwh, Wh, ZoneId};
 
-/// Default slot length: 15 minutes, the European intraday standard.
-pub const SLOT_LEN_MS_DEFAULT: i64 = 15 * 60 * 1000;
-/// Books open this far ahead: one day of slots.
-pub const HORIZON_MS_DEFAULT: i64 = 24 * 60 * 60 * 1000;
-/// Gate closure five minutes before delivery leaves the grid operator time to schedule.
-pub const GATE_CLOSURE_MS_DEFAULT: i64 = 5 * 60 * 1000;
+/// Market timing defaults (defined once, in `protocol`, because gateways assume them too): 15-minute
+/// slots (the European intraday standard), books open a day ahead, gate closure five minutes before
+/// delivery (time for the grid operator to schedule).
+pub use protocol::market::{GATE_CLOSURE_MS_DEFAULT, HORIZON_MS_DEFAULT, SLOT_LEN_MS_DEFAULT};
 /// An order older than a minute is more likely a replay than a slow network.
 pub const ORDER_AGE_MS_MAX_DEFAULT: i64 = 60 * 1000;
 /// Gateways buffer readings while offline; a week of buffering still settles.

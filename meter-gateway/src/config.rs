@@ -3,18 +3,18 @@
 
 use crate::agent::AgentSettings;
 use crate::clock::SimClock;
-use crate::modbus::{RetryPolicy, ATTEMPTS_DEFAULT, REQUEST_TIMEOUT_DEFAULT_MS};
-use crate::publisher::{MqttSettings, ACK_TIMEOUT_DEFAULT_MS};
+use crate::modbus::{RetryPolicy, ATTEMPTS_DEFAULT, REQUEST_TIMEOUT_MS_DEFAULT};
+use crate::publisher::{MqttSettings, ACK_TIMEOUT_MS_DEFAULT};
 use crate::spool::SPOOL_BYTES_DEFAULT;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 /// Default poll interval: one reading per second.
-pub const POLL_INTERVAL_DEFAULT_MS: u64 = 1_000;
+pub const POLL_INTERVAL_MS_DEFAULT: u64 = 1_000;
 /// Fastest poll accepted: meters update their registers at most a few times a second.
 pub const POLL_INTERVAL_MIN_MS: u64 = 100;
 /// Default nameplate: a 3 × 63 A three-phase connection is about 43 kW; 30 kW covers most homes.
-pub const NAMEPLATE_DEFAULT_W: i64 = 30_000;
+pub const NAMEPLATE_W_DEFAULT: i64 = 30_000;
 /// Largest config file read.
 pub const CONFIG_BYTES_MAX: u64 = 256 * 1024;
 
@@ -45,7 +45,7 @@ impl Default for ModbusSettings {
             url: "tcp://127.0.0.1:1502".to_owned(),
             unit: 1,
             profile: None,
-            timeout_ms: REQUEST_TIMEOUT_DEFAULT_MS,
+            timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
             attempts: ATTEMPTS_DEFAULT,
         }
     }
@@ -92,11 +92,11 @@ impl Default for GatewaySettings {
             zone: "demo".to_owned(),
             key: PathBuf::from("device.key"),
             meter_serial: None,
-            nameplate_w: NAMEPLATE_DEFAULT_W,
-            interval_ms: POLL_INTERVAL_DEFAULT_MS,
+            nameplate_w: NAMEPLATE_W_DEFAULT,
+            interval_ms: POLL_INTERVAL_MS_DEFAULT,
             spool_dir: PathBuf::from("spool"),
             spool_bytes_max: SPOOL_BYTES_DEFAULT,
-            ack_timeout_ms: ACK_TIMEOUT_DEFAULT_MS,
+            ack_timeout_ms: ACK_TIMEOUT_MS_DEFAULT,
             modbus: ModbusSettings::default(),
             mqtt: MqttSettings::default(),
             agent: None,
@@ -135,7 +135,7 @@ mod tests {
     #[test]
     fn an_empty_file_gives_the_defaults() {
         let settings = GatewaySettings::parse(Path::new("x"), "").expect("parses");
-        assert_eq!(settings.interval_ms, POLL_INTERVAL_DEFAULT_MS);
+        assert_eq!(settings.interval_ms, POLL_INTERVAL_MS_DEFAULT);
         assert!(GatewaySettings::parse(Path::new("x"), "nonsense = 1").is_err());
     }
 }

@@ -13,7 +13,7 @@ use tokio_serial::{Parity, SerialPortBuilderExt, StopBits};
 pub const REGISTERS_PER_REQUEST_MAX: u16 = 125;
 /// How long one request may take. A healthy meter answers in tens of milliseconds; an RS-485 line at
 /// 9600 baud needs ~300 ms for 125 registers.
-pub const REQUEST_TIMEOUT_DEFAULT_MS: u64 = 1_000;
+pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 1_000;
 /// Attempts per read before the poll cycle gives up (the next poll tries again anyway).
 pub const ATTEMPTS_DEFAULT: u32 = 3;
 /// First retry delay; doubled on each retry.
@@ -140,7 +140,7 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
-            timeout_ms: REQUEST_TIMEOUT_DEFAULT_MS,
+            timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
             attempts: ATTEMPTS_DEFAULT,
             backoff_initial_ms: BACKOFF_INITIAL_MS,
         }

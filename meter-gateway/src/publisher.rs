@@ -32,7 +32,7 @@ pub const REQUEST_CHANNEL_CAPACITY: usize = WINDOW * 2;
 pub const EVENT_CHANNEL_CAPACITY: usize = WINDOW * 4 + 16;
 /// Default wait for the exchange's answer to a reading before it is published again: the exchange
 /// answers within milliseconds when it runs, so this only matters when it or the broker lost it.
-pub const ACK_TIMEOUT_DEFAULT_MS: u64 = 30_000;
+pub const ACK_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// The wait doubles while nothing is answered, up to this: an exchange down for hours gets one
 /// copy of the window every ten minutes from each gateway, not a flood.
 pub const ACK_TIMEOUT_MAX_MS: u64 = 10 * 60 * 1000;

@@ -27,6 +27,7 @@
 pub mod canonical;
 pub mod forge;
 pub mod ids;
+pub mod market;
 pub mod merkle;
 pub mod messages;
 pub mod reason;

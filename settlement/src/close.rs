@@ -24,7 +24,7 @@ use diesel::prelude::*;
 use diesel::sql_types::BigInt;
 use exchange::db::DbConnection;
 use exchange::schema::trades;
-use protocol::{AccountId, PricePerKwh, Signed, SlotId, SlotRoot, TimestampMs, Wh, ZoneId};
+use protocol::{AccountId, MicroMoney, MicroTokens, PricePerKwh, Signed, SlotId, SlotRoot, TimestampMs, Wh, ZoneId};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -242,7 +242,7 @@ fn close_in_transaction(
     gaps::write(conn, zone_id, slot, &gap_plan, first_tx_id + settlement.transactions.len() as i64)?;
     if let Some(schedule) = schedule {
         let (rank, zones) = reward_rank(conn, zone_id, slot)?;
-        record_emission(conn, zone_id, &schedule, slot.start_ms(), settlement.totals.tokens_emitted, (rank, zones))?;
+        record_emission(conn, zone_id, &schedule, slot.start_ms(), settlement.totals.tokens_emitted.0, (rank, zones))?;
     }
     let next_tx_id = first_tx_id + transaction_rows.len() as i64;
     ledger_head_advance(conn, next_tx_id)?;
@@ -254,23 +254,7 @@ fn close_in_transaction(
         slot_start_ms: slot.start_ms(),
         slot_len_ms,
         status: "settled",
-        statements: totals.statements,
-        trades: totals.trades,
-        traded_wh: totals.traded_wh,
-        traded_value: totals.traded_value,
-        delivered_p2p_wh: totals.delivered_p2p_wh,
-        metered_import_wh: totals.metered_import_wh,
-        metered_export_wh: totals.metered_export_wh,
-        utility_supplied_wh: totals.utility_supplied_wh,
-        utility_absorbed_wh: totals.utility_absorbed_wh,
-        utility_supplied_value: totals.utility_supplied_value,
-        utility_absorbed_value: totals.utility_absorbed_value,
-        grid_fees: totals.grid_fees,
-        protocol_fees: totals.protocol_fees,
-        household_savings: totals.household_savings,
-        tokens_emitted: totals.tokens_emitted,
-        tokens_carry: totals.tokens_carry,
-        no_data_accounts: totals.no_data_accounts,
+        totals: TotalsColumns::from(totals),
         first_tx_id,
         next_tx_id,
         entries: entry_rows.len() as i64,
@@ -601,8 +585,88 @@ fn record_emission(
     Ok(())
 }
 
-type SlotSummaryRow =
-    (i64, i64, String, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64);
+/// The stored columns of [`SlotTotals`], shared by the insert of a settled slot and its reads.
+#[derive(Insertable, Queryable, Selectable)]
+#[diesel(treat_none_as_default_value = false)]
+#[diesel(table_name = settlement_slots)]
+struct TotalsColumns {
+    statements: i64,
+    trades: i64,
+    traded_wh: i64,
+    traded_value: i64,
+    delivered_p2p_wh: i64,
+    metered_import_wh: i64,
+    metered_export_wh: i64,
+    utility_supplied_wh: i64,
+    utility_absorbed_wh: i64,
+    utility_supplied_value: i64,
+    utility_absorbed_value: i64,
+    grid_fees: i64,
+    protocol_fees: i64,
+    household_savings: i64,
+    tokens_emitted: i64,
+    tokens_carry: i64,
+    no_data_accounts: i64,
+}
+
+impl From<SlotTotals> for TotalsColumns {
+    fn from(totals: SlotTotals) -> Self {
+        Self {
+            statements: totals.statements,
+            trades: totals.trades,
+            traded_wh: totals.traded_wh.0,
+            traded_value: totals.traded_value.0,
+            delivered_p2p_wh: totals.delivered_p2p_wh.0,
+            metered_import_wh: totals.metered_import_wh.0,
+            metered_export_wh: totals.metered_export_wh.0,
+            utility_supplied_wh: totals.utility_supplied_wh.0,
+            utility_absorbed_wh: totals.utility_absorbed_wh.0,
+            utility_supplied_value: totals.utility_supplied_value.0,
+            utility_absorbed_value: totals.utility_absorbed_value.0,
+            grid_fees: totals.grid_fees.0,
+            protocol_fees: totals.protocol_fees.0,
+            household_savings: totals.household_savings.0,
+            tokens_emitted: totals.tokens_emitted.0,
+            tokens_carry: totals.tokens_carry.0,
+            no_data_accounts: totals.no_data_accounts,
+        }
+    }
+}
+
+impl From<TotalsColumns> for SlotTotals {
+    fn from(row: TotalsColumns) -> Self {
+        Self {
+            statements: row.statements,
+            trades: row.trades,
+            traded_wh: Wh(row.traded_wh),
+            traded_value: MicroMoney(row.traded_value),
+            delivered_p2p_wh: Wh(row.delivered_p2p_wh),
+            metered_import_wh: Wh(row.metered_import_wh),
+            metered_export_wh: Wh(row.metered_export_wh),
+            utility_supplied_wh: Wh(row.utility_supplied_wh),
+            utility_absorbed_wh: Wh(row.utility_absorbed_wh),
+            utility_supplied_value: MicroMoney(row.utility_supplied_value),
+            utility_absorbed_value: MicroMoney(row.utility_absorbed_value),
+            grid_fees: MicroMoney(row.grid_fees),
+            protocol_fees: MicroMoney(row.protocol_fees),
+            household_savings: MicroMoney(row.household_savings),
+            tokens_emitted: MicroTokens(row.tokens_emitted),
+            tokens_carry: MicroTokens(row.tokens_carry),
+            no_data_accounts: row.no_data_accounts,
+        }
+    }
+}
+
+/// A settled slot's announcement as stored.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = settlement_slots)]
+struct SettledRow {
+    closed_ms: i64,
+    merkle_root: String,
+    slot_len_ms: i64,
+    #[diesel(embed)]
+    totals: TotalsColumns,
+}
 
 /// The announcement of an already settled slot.
 pub fn load_settled(
@@ -610,59 +674,23 @@ pub fn load_settled(
     zone_id: &ZoneId,
     slot: SlotId,
 ) -> Result<Option<SlotSettled>, SettlementError> {
-    let row: Option<SlotSummaryRow> = settlement_slots::table
+    let row: Option<SettledRow> = settlement_slots::table
         .filter(settlement_slots::zone_id.eq(zone_id.as_str()))
         .filter(settlement_slots::slot_start_ms.eq(slot.start_ms()))
-        .select((
-            settlement_slots::statements,
-            settlement_slots::closed_ms,
-            settlement_slots::merkle_root,
-            settlement_slots::trades,
-            settlement_slots::traded_wh,
-            settlement_slots::traded_value,
-            settlement_slots::delivered_p2p_wh,
-            settlement_slots::metered_import_wh,
-            settlement_slots::metered_export_wh,
-            settlement_slots::utility_supplied_wh,
-            settlement_slots::utility_absorbed_wh,
-            settlement_slots::utility_supplied_value,
-            settlement_slots::utility_absorbed_value,
-            settlement_slots::grid_fees,
-            settlement_slots::protocol_fees,
-            settlement_slots::household_savings,
-            settlement_slots::tokens_emitted,
-            settlement_slots::tokens_carry,
-            settlement_slots::no_data_accounts,
-            settlement_slots::slot_len_ms,
-        ))
+        .select(SettledRow::as_select())
         .first(conn)
         .optional()?;
-    Ok(row.map(|row| SlotSettled {
-        zone: zone_id.clone(),
-        slot,
-        root: row.2,
-        statements: row.0 as u64,
-        totals: SlotTotals {
-            statements: row.0,
-            trades: row.3,
-            traded_wh: row.4,
-            traded_value: row.5,
-            delivered_p2p_wh: row.6,
-            metered_import_wh: row.7,
-            metered_export_wh: row.8,
-            utility_supplied_wh: row.9,
-            utility_absorbed_wh: row.10,
-            utility_supplied_value: row.11,
-            utility_absorbed_value: row.12,
-            grid_fees: row.13,
-            protocol_fees: row.14,
-            household_savings: row.15,
-            tokens_emitted: row.16,
-            tokens_carry: row.17,
-            no_data_accounts: row.18,
-        },
-        closed_ms: row.1,
-        slot_len_ms: row.19,
+    Ok(row.map(|row| {
+        let totals = SlotTotals::from(row.totals);
+        SlotSettled {
+            zone: zone_id.clone(),
+            slot,
+            root: row.merkle_root,
+            statements: totals.statements as u64,
+            totals,
+            closed_ms: row.closed_ms,
+            slot_len_ms: row.slot_len_ms,
+        }
     }))
 }
 
@@ -710,23 +738,8 @@ struct SlotRow<'a> {
     slot_start_ms: i64,
     slot_len_ms: i64,
     status: &'static str,
-    statements: i64,
-    trades: i64,
-    traded_wh: i64,
-    traded_value: i64,
-    delivered_p2p_wh: i64,
-    metered_import_wh: i64,
-    metered_export_wh: i64,
-    utility_supplied_wh: i64,
-    utility_absorbed_wh: i64,
-    utility_supplied_value: i64,
-    utility_absorbed_value: i64,
-    grid_fees: i64,
-    protocol_fees: i64,
-    household_savings: i64,
-    tokens_emitted: i64,
-    tokens_carry: i64,
-    no_data_accounts: i64,
+    #[diesel(embed)]
+    totals: TotalsColumns,
     first_tx_id: i64,
     next_tx_id: i64,
     entries: i64,

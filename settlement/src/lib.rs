@@ -50,14 +50,15 @@ pub use service::run;
 use ed25519_dalek::SigningKey;
 use exchange::db::DbError;
 
-/// Default metering grace period: readings that arrive up to two minutes after a slot ends still
-/// count (gateways buffer and retry for about that long).
-pub const DEFAULT_GRACE_MS: i64 = 120_000;
+/// Default metering grace period: readings that arrive up to five minutes after a slot ends still
+/// count (a gateway that lost its broker for a few minutes replays its spool within that time).
+/// The web server's `market.settlement_grace_ms` defaults to this same value.
+pub const GRACE_MS_DEFAULT: i64 = 300_000;
 /// Default widest gap between the two readings around a slot boundary that is still interpolated:
 /// 15 minutes; meters report every few seconds to a minute, so a longer gap is an outage.
-pub const DEFAULT_READING_GAP_MS_MAX: i64 = 900_000;
+pub const READING_GAP_MS_MAX_DEFAULT: i64 = 900_000;
 /// Default poll interval of [`run`].
-pub const DEFAULT_POLL_INTERVAL_MS: u64 = 1_000;
+pub const POLL_INTERVAL_MS_DEFAULT: u64 = 1_000;
 
 /// How settlement runs.
 #[derive(Clone)]
@@ -79,10 +80,10 @@ impl SettlementConfig {
     /// Defaults with the given operator key.
     pub fn new(operator_key: SigningKey) -> Self {
         Self {
-            grace_ms: DEFAULT_GRACE_MS,
-            reading_gap_ms_max: DEFAULT_READING_GAP_MS_MAX,
+            grace_ms: GRACE_MS_DEFAULT,
+            reading_gap_ms_max: READING_GAP_MS_MAX_DEFAULT,
             operator_key,
-            poll_interval_ms: DEFAULT_POLL_INTERVAL_MS,
+            poll_interval_ms: POLL_INTERVAL_MS_DEFAULT,
             zones: Vec::new(),
         }
     }

@@ -31,7 +31,7 @@ pub struct RewardSchedule {
 }
 
 /// One day: the default reward epoch.
-pub const DEFAULT_EPOCH_LEN_MS: i64 = 86_400_000;
+pub const EPOCH_LEN_MS_DEFAULT: i64 = 86_400_000;
 
 impl RewardSchedule {
     /// The epoch containing `at_ms`; `None` before genesis.

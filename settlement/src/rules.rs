@@ -221,24 +221,24 @@ pub struct SlotInput {
 pub struct SlotTotals {
     pub statements: i64,
     pub trades: i64,
-    pub traded_wh: i64,
-    pub traded_value: i64,
-    pub delivered_p2p_wh: i64,
-    pub metered_import_wh: i64,
-    pub metered_export_wh: i64,
-    pub utility_supplied_wh: i64,
-    pub utility_absorbed_wh: i64,
+    pub traded_wh: Wh,
+    pub traded_value: MicroMoney,
+    pub delivered_p2p_wh: Wh,
+    pub metered_import_wh: Wh,
+    pub metered_export_wh: Wh,
+    pub utility_supplied_wh: Wh,
+    pub utility_absorbed_wh: Wh,
     /// Paid by households to the utility for shortfalls.
-    pub utility_supplied_value: i64,
+    pub utility_supplied_value: MicroMoney,
     /// Paid by the utility to households for surpluses.
-    pub utility_absorbed_value: i64,
-    pub grid_fees: i64,
-    pub protocol_fees: i64,
+    pub utility_absorbed_value: MicroMoney,
+    pub grid_fees: MicroMoney,
+    pub protocol_fees: MicroMoney,
     /// What households would have paid buying every imported kWh at retail and selling every exported
     /// kWh at feed-in, minus what they paid; negative if trading cost them more.
-    pub household_savings: i64,
-    pub tokens_emitted: i64,
-    pub tokens_carry: i64,
+    pub household_savings: MicroMoney,
+    pub tokens_emitted: MicroTokens,
+    pub tokens_carry: MicroTokens,
     pub no_data_accounts: i64,
 }
 
@@ -296,10 +296,10 @@ pub fn settle(input: &SlotInput) -> SlotSettlement {
         seller_tally.sales += value.0;
 
         totals.trades += 1;
-        totals.traded_wh += trade.qty_wh.0;
-        totals.traded_value += value.0;
-        totals.grid_fees += grid_fee.0;
-        totals.protocol_fees += fee.0;
+        totals.traded_wh += trade.qty_wh;
+        totals.traded_value += value;
+        totals.grid_fees += grid_fee;
+        totals.protocol_fees += fee;
     }
 
     // Imbalance, metered figures and delivered energy per household (account id order).
@@ -328,23 +328,23 @@ pub fn settle(input: &SlotInput) -> SlotSettlement {
         let utility_net = if imbalance_wh < 0 {
             let cost = tariff.retail_price_per_kwh.value_of(Wh(-imbalance_wh), Rounding::Floor).0;
             tx.transfer(Asset::Money, EntryKind::Imbalance, &account_hex, utility, cost);
-            totals.utility_supplied_wh += -imbalance_wh;
-            totals.utility_supplied_value += cost;
+            totals.utility_supplied_wh += Wh(-imbalance_wh);
+            totals.utility_supplied_value += MicroMoney(cost);
             -cost
         } else {
             let proceeds = tariff.feed_in_price_per_kwh.value_of(Wh(imbalance_wh), Rounding::Floor).0;
             tx.transfer(Asset::Money, EntryKind::Imbalance, utility, &account_hex, proceeds);
-            totals.utility_absorbed_wh += imbalance_wh;
-            totals.utility_absorbed_value += proceeds;
+            totals.utility_absorbed_wh += Wh(imbalance_wh);
+            totals.utility_absorbed_value += MicroMoney(proceeds);
             proceeds
         };
         if !tx.entries.is_empty() {
             transactions.push(tx);
         }
         let delivered_wh = tally.sold_wh.min(net_export.max(0));
-        totals.delivered_p2p_wh += delivered_wh;
-        totals.metered_import_wh += meter.import_wh;
-        totals.metered_export_wh += meter.export_wh;
+        totals.delivered_p2p_wh += Wh(delivered_wh);
+        totals.metered_import_wh += Wh(meter.import_wh);
+        totals.metered_export_wh += Wh(meter.export_wh);
         totals.no_data_accounts += i64::from(meter.no_data);
         lines.push(Line { account, tally, meter, imbalance_wh, utility_net, delivered_wh });
     }
@@ -356,8 +356,8 @@ pub fn settle(input: &SlotInput) -> SlotSettlement {
     for (line, &earned) in lines.iter().zip(&tokens) {
         reward_tx.transfer(Asset::Grid, EntryKind::Reward, ISSUER_ACCOUNT, &line.account.to_hex(), earned);
     }
-    totals.tokens_emitted = tokens.iter().sum();
-    totals.tokens_carry = carry;
+    totals.tokens_emitted = MicroTokens(tokens.iter().sum());
+    totals.tokens_carry = MicroTokens(carry);
     if !reward_tx.entries.is_empty() {
         transactions.push(reward_tx);
     }
@@ -368,7 +368,7 @@ pub fn settle(input: &SlotInput) -> SlotSettlement {
         let net = tally.sales - tally.purchases - tally.grid_fees - tally.protocol_fees + line.utility_net;
         let all_retail_cost = tariff.retail_price_per_kwh.value_of(Wh(line.meter.import_wh), Rounding::Floor).0
             - tariff.feed_in_price_per_kwh.value_of(Wh(line.meter.export_wh), Rounding::Floor).0;
-        totals.household_savings += all_retail_cost + net;
+        totals.household_savings += MicroMoney(all_retail_cost + net);
         statements.push(Statement {
             zone: input.zone.clone(),
             slot: input.slot,
@@ -396,7 +396,7 @@ pub fn settle(input: &SlotInput) -> SlotSettlement {
     let net_export: i64 = lines.iter().map(|line| line.meter.export_wh - line.meter.import_wh).sum();
     assert_eq!(
         net_export,
-        totals.utility_absorbed_wh - totals.utility_supplied_wh,
+        (totals.utility_absorbed_wh - totals.utility_supplied_wh).0,
         "energy balances: metered = traded (0 net) + absorbed − supplied"
     );
     SlotSettlement { transactions, statements, totals }
@@ -497,7 +497,7 @@ mod tests {
         assert_eq!(by_account[&buyer].net, MicroMoney(-221_000));
         assert_eq!(by_account[&seller].imbalance_wh, Wh(0));
         assert_eq!(by_account[&seller].tokens_earned, MicroTokens(1_000));
-        assert_eq!(result.totals.tokens_carry, 0);
+        assert_eq!(result.totals.tokens_carry, MicroTokens(0));
     }
 
     fn gap(import_wh: i64, export_wh: i64, bought_wh: i64) -> GapInput {

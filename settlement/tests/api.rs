@@ -178,7 +178,7 @@ async fn the_loop_closes_due_slots_in_order_and_announces_them() {
     clock.set(due(2) + service::COMMIT_MARGIN_MS);
     let third = settled.recv().await.expect("slot 2");
     assert_eq!(third.slot, slot(2));
-    assert_eq!(third.totals.traded_wh, 1_000);
+    assert_eq!(third.totals.traded_wh, protocol::Wh(1_000));
     let _ = stop.send(());
     task.await.expect("the loop stops");
     let conn = &mut *connection(&test_db);

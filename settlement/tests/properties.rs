@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use exchange::db::testing::TestDb;
 use proptest::prelude::*;
-use protocol::{MicroMoney, MicroTokens};
+use protocol::{MicroMoney, MicroTokens, Wh};
 use settlement::queries;
 
 #[derive(Debug, Clone)]
@@ -79,10 +79,10 @@ proptest! {
         // Buyers' payments = sellers' receipts + grid fees + protocol fees.
         let paid: i64 = report.statements.iter().map(|s| -(s.purchases.0 + s.grid_fees.0 + s.protocol_fees.0)).sum();
         let received: i64 = report.statements.iter().map(|s| s.sales.0).sum();
-        prop_assert_eq!(paid, received + totals.grid_fees + totals.protocol_fees);
-        prop_assert_eq!(queries::balances(conn, "treasury").expect("q").money.0, totals.protocol_fees);
+        prop_assert_eq!(MicroMoney(paid), MicroMoney(received) + totals.grid_fees + totals.protocol_fees);
+        prop_assert_eq!(queries::balances(conn, "treasury").expect("q").money, totals.protocol_fees);
         prop_assert_eq!(
-            queries::balances(conn, "utility:north").expect("q").money.0,
+            queries::balances(conn, "utility:north").expect("q").money,
             totals.grid_fees + totals.utility_supplied_value - totals.utility_absorbed_value
         );
 
@@ -91,7 +91,7 @@ proptest! {
             report.statements.iter().map(|s| s.metered_export_wh.0 - s.metered_import_wh.0).sum();
         let traded_net_sales: i64 = report.statements.iter().map(|s| s.sold_wh.0 - s.bought_wh.0).sum();
         prop_assert_eq!(traded_net_sales, 0);
-        prop_assert_eq!(metered_net_export, traded_net_sales + totals.utility_absorbed_wh - totals.utility_supplied_wh);
+        prop_assert_eq!(Wh(metered_net_export), Wh(traded_net_sales) + totals.utility_absorbed_wh - totals.utility_supplied_wh);
 
         // Each household's balance is its statement; minted + carried = the slot's pool.
         for statement in &report.statements {
@@ -101,6 +101,6 @@ proptest! {
             prop_assert_eq!(statement.imbalance_wh.0,
                 statement.metered_export_wh.0 - statement.metered_import_wh.0 - (statement.sold_wh.0 - statement.bought_wh.0));
         }
-        prop_assert_eq!(totals.tokens_emitted + totals.tokens_carry, TOKENS_PER_SLOT);
+        prop_assert_eq!(totals.tokens_emitted + totals.tokens_carry, MicroTokens(TOKENS_PER_SLOT));
     }
 }

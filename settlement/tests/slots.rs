@@ -65,8 +65,8 @@ fn a_simple_sale_pays_the_seller_the_utility_and_the_treasury() {
         assert_eq!(buyer_statement.net, MicroMoney(-221_000));
         assert!(!buyer_statement.no_data);
         let report = queries::slot_report(conn, &zone(), slot(0)).expect("query").expect("settled");
-        assert_eq!(report.totals.traded_wh, 1_000);
-        assert_eq!(report.totals.delivered_p2p_wh, 1_000);
+        assert_eq!(report.totals.traded_wh, Wh(1_000));
+        assert_eq!(report.totals.delivered_p2p_wh, Wh(1_000));
         assert_eq!(report.statements.len(), 2);
     }
 }
@@ -114,8 +114,8 @@ fn a_seller_who_delivers_more_than_it_sold_sells_the_surplus_at_feed_in() {
         assert_eq!(money(conn, "utility:north"), 20_000 - 40_000);
         assert_eq!(tokens(conn, &seller.hex()), TOKENS_PER_SLOT, "only delivered p2p energy earns, all of it here");
         let report = queries::slot_report(conn, &zone(), slot(0)).expect("query").expect("settled");
-        assert_eq!(report.totals.utility_absorbed_wh, 500);
-        assert_eq!(report.totals.delivered_p2p_wh, 1_000);
+        assert_eq!(report.totals.utility_absorbed_wh, Wh(500));
+        assert_eq!(report.totals.delivered_p2p_wh, Wh(1_000));
         assert_balanced(conn);
     }
 }
@@ -159,7 +159,7 @@ fn a_seller_without_readings_is_flagged_and_settled_conservatively() {
         assert_eq!(money(conn, &seller.hex()), 200_000 - 300_000);
         let report = queries::slot_report(conn, &zone(), slot(0)).expect("query").expect("settled");
         assert_eq!(report.totals.no_data_accounts, 1);
-        assert_eq!(report.totals.tokens_carry, TOKENS_PER_SLOT, "undistributed tokens are carried");
+        assert_eq!(report.totals.tokens_carry, MicroTokens(TOKENS_PER_SLOT), "undistributed tokens are carried");
         assert_balanced(conn);
     }
 }
@@ -371,7 +371,7 @@ fn undistributed_tokens_and_rounding_remainders_are_carried_to_the_next_slot() {
         for seller in &sellers {
             assert_eq!(statement(conn, 1, seller).tokens_earned, MicroTokens(666_666));
         }
-        assert_eq!(settled.settled().totals.tokens_carry, 2);
+        assert_eq!(settled.settled().totals.tokens_carry, MicroTokens(2));
         // Slot 2: one seller gets the budget plus the carried 2.
         meter(conn, &sellers[0], 2, 0, 100);
         meter(conn, &buyer, 2, 100, 0);
@@ -397,7 +397,7 @@ fn zones_share_each_slots_emission_equally() {
         assert_eq!(statement(conn, 0, &seller).tokens_earned, MicroTokens(TOKENS_PER_SLOT / 2));
         // South had no sellers: its half is carried in south, not given to north.
         let south_slot = settlement::close_slot(conn, &south, slot(0), &config(), due(0)).expect("closes");
-        assert_eq!(south_slot.settled().totals.tokens_carry, TOKENS_PER_SLOT / 2);
+        assert_eq!(south_slot.settled().totals.tokens_carry, MicroTokens(TOKENS_PER_SLOT / 2));
         assert_eq!(queries::token_supply(conn, due(0)).expect("q").supply, MicroTokens(TOKENS_PER_SLOT / 2));
     }
 }

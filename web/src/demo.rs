@@ -303,7 +303,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
                 quoting: options.quoting_agents.then(|| meter_gateway::agent::QuotingSettings {
                     feed_in_price_per_kwh: FEED_IN_PER_KWH,
                     retail_price_per_kwh: RETAIL_PER_KWH,
-                    tick_per_kwh: meter_gateway::agent::QUOTE_TICK_DEFAULT_PER_KWH,
+                    tick_per_kwh: meter_gateway::agent::QUOTE_TICK_PER_KWH_DEFAULT,
                     grid_fee_per_kwh: GRID_FEE_PER_KWH,
                     protocol_fee_bps: PROTOCOL_FEE_BPS,
                     qty_wh_per_slot_max: None,

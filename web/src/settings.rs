@@ -156,9 +156,9 @@ pub const SILENT_DEVICE_MS_DEFAULT: i64 = 3_600_000;
 impl Default for MarketSettings {
     fn default() -> Self {
         Self {
-            gate_closure_ms: 5 * 60_000,
-            horizon_ms: 24 * 3_600_000,
-            settlement_grace_ms: 5 * 60_000,
+            gate_closure_ms: exchange::config::GATE_CLOSURE_MS_DEFAULT,
+            horizon_ms: exchange::config::HORIZON_MS_DEFAULT,
+            settlement_grace_ms: settlement::GRACE_MS_DEFAULT,
             operator_key_path: "./data/operator.key".to_owned(),
             zones: Vec::new(),
             silent_device_ms: SILENT_DEVICE_MS_DEFAULT,

@@ -34,18 +34,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-/// Default delivery slot: 15 minutes.
-pub const SLOT_LEN_DEFAULT_MS: i64 = 15 * 60 * 1000;
-/// Default gate closure: orders for a slot close 5 minutes before it starts.
-pub const GATE_CLOSURE_DEFAULT_MS: i64 = 5 * 60 * 1000;
+pub use protocol::market::{GATE_CLOSURE_MS_DEFAULT, SLOT_LEN_MS_DEFAULT};
 /// Default number of upcoming slots traded.
 pub const SLOTS_AHEAD_DEFAULT: u32 = 2;
 /// Most slots the agent trades at once: bounds open orders per account.
 pub const SLOTS_AHEAD_MAX: u32 = 16;
 /// Smallest order: below this the fees outweigh the trade.
-pub const QTY_MIN_DEFAULT_WH: i64 = 50;
+pub const QTY_MIN_WH_DEFAULT: i64 = 50;
 /// Readings the forecast looks back over by default: one hour.
-pub const FORECAST_WINDOW_DEFAULT_MS: i64 = 60 * 60 * 1000;
+pub const FORECAST_WINDOW_MS_DEFAULT: i64 = 60 * 60 * 1000;
 /// Shortest history that gives a forecast: shorter spans are dominated by a single cloud.
 pub const FORECAST_SPAN_MIN_MS: i64 = 60 * 1000;
 /// Readings kept for the forecast (an hour at a 1 s poll).
@@ -75,19 +72,19 @@ fn default_share() -> u8 {
     80
 }
 fn default_slot_len() -> i64 {
-    SLOT_LEN_DEFAULT_MS
+    SLOT_LEN_MS_DEFAULT
 }
 fn default_gate() -> i64 {
-    GATE_CLOSURE_DEFAULT_MS
+    GATE_CLOSURE_MS_DEFAULT
 }
 fn default_slots_ahead() -> u32 {
     SLOTS_AHEAD_DEFAULT
 }
 fn default_qty_min() -> i64 {
-    QTY_MIN_DEFAULT_WH
+    QTY_MIN_WH_DEFAULT
 }
 fn default_window() -> i64 {
-    FORECAST_WINDOW_DEFAULT_MS
+    FORECAST_WINDOW_MS_DEFAULT
 }
 fn default_true() -> bool {
     true
@@ -125,11 +122,11 @@ pub struct AgentSettings {
 }
 
 fn default_tick() -> i64 {
-    QUOTE_TICK_DEFAULT_PER_KWH
+    QUOTE_TICK_PER_KWH_DEFAULT
 }
 
 /// The exchange's default price tick (µ per kWh): quotes must lie on it.
-pub const QUOTE_TICK_DEFAULT_PER_KWH: i64 = 1_000;
+pub const QUOTE_TICK_PER_KWH_DEFAULT: i64 = 1_000;
 const MS_PER_DAY: i64 = 24 * 60 * 60 * 1000;
 
 /// The quoting strategy's inputs beyond the owner's limits: the zone's tariffs, the price tick, the
@@ -602,10 +599,10 @@ mod tests {
             price_per_kwh_buy_max: 300_000,
             surplus_share_percent: 50,
             buy_deficit: true,
-            slot_len_ms: SLOT_LEN_DEFAULT_MS,
-            gate_closure_ms: GATE_CLOSURE_DEFAULT_MS,
+            slot_len_ms: SLOT_LEN_MS_DEFAULT,
+            gate_closure_ms: GATE_CLOSURE_MS_DEFAULT,
             slots_ahead: 2,
-            qty_min_wh: QTY_MIN_DEFAULT_WH,
+            qty_min_wh: QTY_MIN_WH_DEFAULT,
             forecast_window_ms: 30 * MIN,
             quoting: None,
         }
@@ -646,7 +643,7 @@ mod tests {
             assert_eq!(order.side, Side::Sell);
             assert_eq!(order.price_per_kwh, PricePerKwh(120_000));
             assert!((240..=260).contains(&order.qty_wh.0), "qty {}", order.qty_wh.0);
-            assert!(order.slot.start_ms() - GATE_CLOSURE_DEFAULT_MS > now, "gate still open");
+            assert!(order.slot.start_ms() - GATE_CLOSURE_MS_DEFAULT > now, "gate still open");
             Signed::sign(order.clone(), &testing::signing_key(3)).expect("signs with the account key");
         }
         // Same forecast: nothing to change.
@@ -692,10 +689,10 @@ mod tests {
     fn slots_past_gate_closure_are_not_traded() {
         let planner = planner();
         // 11 minutes into a slot: the next slot starts in 4 minutes, inside the 5-minute gate.
-        let now = 100 * SLOT_LEN_DEFAULT_MS + 11 * MIN;
+        let now = 100 * SLOT_LEN_MS_DEFAULT + 11 * MIN;
         let slots = planner.tradable_slots(now);
-        assert_eq!(slots[0].start_ms(), 102 * SLOT_LEN_DEFAULT_MS);
-        assert_eq!(slots[1].start_ms(), 103 * SLOT_LEN_DEFAULT_MS);
+        assert_eq!(slots[0].start_ms(), 102 * SLOT_LEN_MS_DEFAULT);
+        assert_eq!(slots[1].start_ms(), 103 * SLOT_LEN_MS_DEFAULT);
     }
 
     #[test]

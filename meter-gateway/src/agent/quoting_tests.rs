@@ -6,7 +6,7 @@ use super::*;
 use protocol::{testing, DeviceId, MeterSerial, OrderStatus, PowerW};
 
 const MIN: i64 = 60_000;
-const SLOT: i64 = SLOT_LEN_DEFAULT_MS;
+const SLOT: i64 = SLOT_LEN_MS_DEFAULT;
 const START_MS: i64 = 1_000 * SLOT;
 
 fn quoting(state_file: Option<PathBuf>) -> QuotingSettings {
@@ -32,9 +32,9 @@ fn settings(quoting: QuotingSettings) -> AgentSettings {
         surplus_share_percent: 100,
         buy_deficit: true,
         slot_len_ms: SLOT,
-        gate_closure_ms: GATE_CLOSURE_DEFAULT_MS,
+        gate_closure_ms: GATE_CLOSURE_MS_DEFAULT,
         slots_ahead: 2,
-        qty_min_wh: QTY_MIN_DEFAULT_WH,
+        qty_min_wh: QTY_MIN_WH_DEFAULT,
         forecast_window_ms: 30 * MIN,
         quoting: Some(quoting),
     }

@@ -567,19 +567,19 @@ fn settle(
         }
     }
     let totals = settled.totals;
-    outcome.metered_import_wh += totals.metered_import_wh;
-    outcome.metered_export_wh += totals.metered_export_wh;
-    outcome.traded_wh += totals.traded_wh;
-    outcome.traded_value += totals.traded_value;
-    outcome.delivered_p2p_wh += totals.delivered_p2p_wh;
-    outcome.utility_supplied_wh += totals.utility_supplied_wh;
-    outcome.utility_absorbed_wh += totals.utility_absorbed_wh;
-    outcome.grid_fees += totals.grid_fees;
-    outcome.utility_supplied_value += totals.utility_supplied_value;
-    outcome.utility_absorbed_value += totals.utility_absorbed_value;
-    outcome.protocol_fees += totals.protocol_fees;
-    outcome.household_savings += totals.household_savings;
-    outcome.tokens_emitted += totals.tokens_emitted;
+    outcome.metered_import_wh += totals.metered_import_wh.get();
+    outcome.metered_export_wh += totals.metered_export_wh.get();
+    outcome.traded_wh += totals.traded_wh.get();
+    outcome.traded_value += totals.traded_value.get();
+    outcome.delivered_p2p_wh += totals.delivered_p2p_wh.get();
+    outcome.utility_supplied_wh += totals.utility_supplied_wh.get();
+    outcome.utility_absorbed_wh += totals.utility_absorbed_wh.get();
+    outcome.grid_fees += totals.grid_fees.get();
+    outcome.utility_supplied_value += totals.utility_supplied_value.get();
+    outcome.utility_absorbed_value += totals.utility_absorbed_value.get();
+    outcome.protocol_fees += totals.protocol_fees.get();
+    outcome.household_savings += totals.household_savings.get();
+    outcome.tokens_emitted += totals.tokens_emitted.get();
     outcome.trades += totals.trades;
     let (volume, value): (i64, i128) = trades.iter().fold((0, 0), |(v, p), t| {
         (v + t.qty_wh.get(), p + i128::from(t.price_per_kwh.get()) * i128::from(t.qty_wh.get()))
@@ -591,7 +591,7 @@ fn settle(
     for statement in &settled.statements {
         record_statement(outcome, statement, slot, day_traded);
     }
-    totals.tokens_carry
+    totals.tokens_carry.get()
 }
 
 fn record_statement(
