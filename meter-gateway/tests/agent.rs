@@ -7,7 +7,6 @@ use meter_gateway::keys;
 use meter_gateway::publisher::MqttSettings;
 use protocol::{Command, Reading, TimestampMs, Wh, ZoneId};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
-use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -20,46 +19,8 @@ const SLOT_MS: i64 = 900_000;
 const ORIGIN_MS: i64 = 2_000 * SLOT_MS;
 const SPEED: f64 = 60.0;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).map(|addr| addr.port()).expect("a port")
-}
-
 async fn start_broker() -> u16 {
-    let port = free_port();
-    let settings = rumqttd::ServerSettings {
-        name: "plain".to_owned(),
-        listen: SocketAddr::from(([127, 0, 0, 1], port)),
-        tls: None,
-        next_connection_delay_ms: 1,
-        connections: rumqttd::ConnectionSettings {
-            connection_timeout_ms: 60_000,
-            max_payload_size: 20_480,
-            max_inflight_count: 200,
-            auth: None,
-            external_auth: None,
-            dynamic_filters: true,
-        },
-    };
-    let config = rumqttd::Config {
-        router: rumqttd::RouterConfig {
-            max_connections: 100,
-            max_outgoing_packet_count: 200,
-            max_segment_size: 1024 * 1024,
-            max_segment_count: 10,
-            ..Default::default()
-        },
-        v4: Some(std::collections::HashMap::from([("plain".to_owned(), settings)])),
-        ..Default::default()
-    };
-    std::thread::spawn(move || {
-        let _ = rumqttd::Broker::new(config).start();
-    });
-    let deadline = tokio::time::Instant::now() + WAIT_MAX;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "the embedded broker did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    port
+    gridex_test_support::embedded_broker().port
 }
 
 fn settings(dir: &Path) -> AgentSettings {

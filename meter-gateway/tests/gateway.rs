@@ -13,7 +13,7 @@ use meter_gateway::{keys, sunspec};
 use protocol::{Reading, Signed};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,65 +26,9 @@ use tokio_modbus::ExceptionCode;
 const WAIT_MAX: Duration = Duration::from_secs(60);
 const POLL_MS: u64 = 100;
 
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").expect("binds").local_addr().expect("has addr").port()
-}
-
 /// Starts an embedded rumqttd on a free port and waits until it accepts connections.
 async fn start_broker() -> u16 {
-    start_broker_with(None).await.0
-}
-
-fn server_settings(name: &str, port: u16, tls: Option<rumqttd::TlsConfig>) -> rumqttd::ServerSettings {
-    rumqttd::ServerSettings {
-        name: name.to_owned(),
-        listen: SocketAddr::from(([127, 0, 0, 1], port)),
-        tls,
-        next_connection_delay_ms: 1,
-        connections: rumqttd::ConnectionSettings {
-            connection_timeout_ms: 60_000,
-            max_payload_size: 20_480,
-            max_inflight_count: 200,
-            auth: None,
-            external_auth: None,
-            dynamic_filters: true,
-        },
-    }
-}
-
-/// A broker with a plain listener and, when `tls` is given, a TLS listener too: (plain, tls) ports.
-async fn start_broker_with(tls: Option<rumqttd::TlsConfig>) -> (u16, u16) {
-    let (port, tls_port) = (free_port(), free_port());
-    let mut v4 = std::collections::HashMap::new();
-    v4.insert("plain".to_owned(), server_settings("plain", port, None));
-    let with_tls = tls.is_some();
-    if let Some(tls) = tls {
-        v4.insert("tls".to_owned(), server_settings("tls", tls_port, Some(tls)));
-    }
-    let config = rumqttd::Config {
-        id: 0,
-        router: rumqttd::RouterConfig {
-            max_connections: 100,
-            max_outgoing_packet_count: 200,
-            max_segment_size: 1024 * 1024,
-            max_segment_count: 10,
-            ..Default::default()
-        },
-        v4: Some(v4),
-        ..Default::default()
-    };
-    std::thread::spawn(move || {
-        let mut broker = rumqttd::Broker::new(config);
-        let _ = broker.start();
-    });
-    let deadline = Instant::now() + WAIT_MAX;
-    for probe in if with_tls { vec![port, tls_port] } else { vec![port] } {
-        while TcpStream::connect(("127.0.0.1", probe)).await.is_err() {
-            assert!(Instant::now() < deadline, "embedded broker did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    (port, tls_port)
+    gridex_test_support::embedded_broker().port
 }
 
 /// One received reading: its seq, the parsed reading and the raw signed payload.
@@ -98,7 +42,7 @@ struct Subscriber {
 
 impl Subscriber {
     async fn start(host: &str, port: u16, filter: &str) -> Self {
-        let mut options = MqttOptions::new(format!("test-sub-{}", free_port()), host, port);
+        let mut options = MqttOptions::new(format!("test-sub-{}", gridex_test_support::free_port()), host, port);
         options.set_keep_alive(Duration::from_secs(30));
         // Room for one answer per reading between polls (try_publish never waits).
         let (client, mut eventloop) = AsyncClient::new(options, 1_024);
@@ -246,7 +190,7 @@ async fn readings_flow_from_the_simulator_into(host: &str, port: u16, zone: &str
 /// Removes the gateway's retained status so runs against a shared broker leave nothing behind.
 async fn clear_retained_status(host: &str, port: u16, key: &Path) {
     let device = protocol::DeviceId::from_verifying_key(&keys::load(key).expect("key").verifying_key());
-    let mut options = MqttOptions::new(format!("cleanup-{}", free_port()), host, port);
+    let mut options = MqttOptions::new(format!("cleanup-{}", gridex_test_support::free_port()), host, port);
     options.set_keep_alive(Duration::from_secs(30));
     let (client, mut eventloop) = AsyncClient::new(options, 4);
     client.publish(protocol::topics::status(&device), QoS::AtLeastOnce, true, Vec::new()).await.expect("queued");
@@ -274,7 +218,7 @@ async fn readings_from_the_simulator_arrive_through_the_machines_mosquitto() {
     };
     let (host, port, _) = meter_gateway::publisher::parse_url(&url).expect("MQTT_URL is mqtt://host:port");
     // A unique zone keeps concurrent runs apart on a shared broker.
-    let zone = format!("mosq-{}", free_port());
+    let zone = format!("mosq-{}", gridex_test_support::free_port());
     readings_flow_from_the_simulator_into(&host, port, &zone).await;
 }
 
@@ -342,7 +286,7 @@ struct Proxy {
 
 impl Proxy {
     async fn start(target: u16) -> Self {
-        let mut proxy = Self { port: free_port(), target, task: None };
+        let mut proxy = Self { port: gridex_test_support::free_port(), target, task: None };
         proxy.up().await;
         proxy
     }
@@ -681,7 +625,7 @@ async fn the_agent_publishes_orders_signed_with_the_account_key() {
 
 /// Collects status payloads (`online` flags) seen on `gridex/v1/status/+`, retained ones included.
 async fn status_watcher(port: u16) -> (Arc<Mutex<Vec<(bool, bool)>>>, JoinHandle<()>) {
-    let mut options = MqttOptions::new(format!("status-sub-{}", free_port()), "127.0.0.1", port);
+    let mut options = MqttOptions::new(format!("status-sub-{}", gridex_test_support::free_port()), "127.0.0.1", port);
     options.set_keep_alive(Duration::from_secs(30));
     let (client, mut eventloop) = AsyncClient::new(options, 16);
     client.subscribe("gridex/v1/status/+", QoS::AtLeastOnce).await.expect("subscribes");
@@ -782,71 +726,16 @@ async fn a_gateway_with_an_agent_trades_its_homes_forecast_with_the_account_key(
     task.await.expect("joins").expect("gateway ran cleanly");
 }
 
-/// Makes a CA and a server certificate for 127.0.0.1/localhost with the openssl command line.
-fn make_certificates(dir: &Path) -> bool {
-    let run = |args: &[&str]| {
-        std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success())
-    };
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")
-        .expect("writes");
-    run(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "ca.key"])
-        && run(&[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            "ca.key",
-            "-subj",
-            "/CN=gridex test CA",
-            "-days",
-            "2",
-            "-out",
-            "ca.pem",
-        ])
-        && run(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "server.key"])
-        && run(&["req", "-new", "-key", "server.key", "-subj", "/CN=localhost", "-out", "server.csr"])
-        && run(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "server.pem",
-        ])
-}
-
 #[tokio::test]
 async fn readings_travel_over_mqtts_checked_against_a_ca_file() {
     let dir = tempfile::tempdir().expect("temp dir");
-    if std::process::Command::new("openssl").arg("version").output().is_err() {
-        assert!(
-            std::env::var_os("GRIDEX_REQUIRE_TOOLS").is_none(),
-            "GRIDEX_REQUIRE_TOOLS is set but openssl is missing"
-        );
-        eprintln!("SKIPPED: the openssl command is not installed, so no test certificates can be made");
-        return;
-    }
-    assert!(make_certificates(dir.path()), "openssl makes the test certificates");
+    let Some(certificates) = gridex_test_support::certs::make(dir.path()) else { return };
     let tls = rumqttd::TlsConfig::Rustls {
         capath: None,
-        certpath: dir.path().join("server.pem").display().to_string(),
-        keypath: dir.path().join("server.key").display().to_string(),
+        certpath: certificates.server_cert.display().to_string(),
+        keypath: certificates.server_key.display().to_string(),
     };
-    let (plain_port, tls_port) = start_broker_with(Some(tls)).await;
+    let (plain_port, tls_port) = gridex_test_support::broker::embedded_broker_with_tls(tls);
     let home = start_home(61).await;
     let subscriber = Subscriber::start("127.0.0.1", plain_port, "gridex/v1/tls/readings/+").await;
     let mut settings = settings(
@@ -856,7 +745,7 @@ async fn readings_travel_over_mqtts_checked_against_a_ca_file() {
         "tls",
         home.sim.clock,
     );
-    settings.mqtt.ca_file = Some(dir.path().join("ca.pem"));
+    settings.mqtt.ca_file = Some(certificates.ca);
     let (stop, task) = spawn_gateway(settings);
     subscriber.wait_for("readings sent over TLS", |r| r.len() >= 3).await;
     let _ = stop.send(true);

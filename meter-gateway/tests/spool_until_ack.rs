@@ -12,7 +12,6 @@ use meter_gateway::spool::{Spool, SPOOL_BYTES_DEFAULT};
 use protocol::{topics, DeviceId, Reading, ReadingAck, Reason, Reject, Signed, TimestampMs, ZoneId};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -28,67 +27,16 @@ const ACK_TIMEOUT_MS: u64 = 200;
 const WAIT_MAX: Duration = Duration::from_secs(60);
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).map(|addr| addr.port()).expect("a port")
-}
-
-/// An embedded rumqttd on a free port (it lives as long as the process).
-fn embedded_broker() -> (String, u16) {
-    let port = free_port();
-    let server = rumqttd::ServerSettings {
-        name: "plain".to_owned(),
-        listen: SocketAddr::from(([127, 0, 0, 1], port)),
-        tls: None,
-        next_connection_delay_ms: 1,
-        connections: rumqttd::ConnectionSettings {
-            connection_timeout_ms: 60_000,
-            max_payload_size: 20_480,
-            max_inflight_count: 200,
-            auth: None,
-            external_auth: None,
-            dynamic_filters: true,
-        },
-    };
-    let config = rumqttd::Config {
-        router: rumqttd::RouterConfig {
-            max_connections: 100,
-            max_outgoing_packet_count: 200,
-            max_segment_size: 1024 * 1024,
-            max_segment_count: 10,
-            ..Default::default()
-        },
-        v4: Some(HashMap::from([("plain".to_owned(), server)])),
-        ..Default::default()
-    };
-    std::thread::spawn(move || {
-        let _ = rumqttd::Broker::new(config).start();
-    });
-    let deadline = std::time::Instant::now() + WAIT_MAX;
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "the embedded broker did not start");
-        std::thread::sleep(POLL_INTERVAL);
-    }
-    ("127.0.0.1".to_owned(), port)
-}
-
 /// The embedded broker, plus the machine's Mosquitto when `MQTT_URL` is set.
 fn brokers() -> Vec<(String, u16)> {
-    let mut brokers = vec![embedded_broker()];
-    if let Some(url) = std::env::var("MQTT_URL").ok().filter(|url| !url.is_empty()) {
-        let rest = url.split("://").last().unwrap_or(&url).trim_end_matches('/');
-        let (host, port) =
-            rest.rsplit_once(':').map_or((rest, 1883), |(host, port)| (host, port.parse().unwrap_or(1883)));
-        assert!(TcpStream::connect((host, port)).is_ok(), "MQTT_URL is set ({url}) but the broker is unreachable");
-        brokers.push((host.to_owned(), port));
-    }
-    brokers
+    gridex_test_support::brokers().into_iter().map(|broker| (broker.host, broker.port)).collect()
 }
 
 /// Stands in for the exchange: answers each reading it receives with a `reading_ack`, except that it
 /// refuses [`REFUSED_SEQ`] as `timestamp_too_old` and ignores the first copy of [`IGNORED_SEQ`].
 /// Returns how often each seq arrived.
 async fn stand_in_exchange(host: &str, port: u16, zone: &ZoneId, device: DeviceId) -> Arc<Mutex<HashMap<u64, u32>>> {
-    let mut options = MqttOptions::new(format!("stand-in-{}", free_port()), host, port);
+    let mut options = MqttOptions::new(format!("stand-in-{}", gridex_test_support::free_port()), host, port);
     options.set_keep_alive(Duration::from_secs(30));
     let (client, mut eventloop) = AsyncClient::new(options, 256);
     client.subscribe(topics::readings(zone, &device), QoS::AtLeastOnce).await.expect("subscribe");
@@ -156,7 +104,7 @@ fn poller(key: &SigningKey, zone: &ZoneId, dir: &std::path::Path) -> Poller {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unanswered_reading_is_published_again_until_the_exchange_answers() {
     for (host, port) in brokers() {
-        let zone = ZoneId::parse(&format!("spool{}", free_port())).expect("a zone id");
+        let zone = ZoneId::parse(&format!("spool{}", gridex_test_support::free_port())).expect("a zone id");
         let key = SigningKey::from_bytes(&[port as u8; 32]);
         let device = DeviceId::from_verifying_key(&key.verifying_key());
         let arrivals = stand_in_exchange(&host, port, &zone, device).await;
