@@ -103,8 +103,6 @@ pub use order::{NewOrder, RestingOrderView};
 #[cfg(test)]
 mod auction_property_tests;
 #[cfg(test)]
-mod auction_script_tests;
-#[cfg(test)]
 mod property_tests;
 #[cfg(test)]
 mod script_tests;

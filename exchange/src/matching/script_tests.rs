@@ -1,11 +1,14 @@
-//! Data-driven book tests: each test is a script of commands, each followed by the events it must
-//! produce (`> ` lines). The runner executes the commands, renders a transcript in the same form and
-//! compares it with the script; `validate()` runs after every command.
+//! Data-driven book tests. The cases live in `testdata/*.txt`: each starts with `=== name`, then a
+//! script of commands, each followed by the events it must produce (`> ` lines); `//` lines are
+//! comments. The runner executes the commands on a fresh book, renders a transcript in the same form
+//! and compares it with the script; `validate()` runs after every command. `continuous.txt` covers
+//! the continuous double auction, `auction.txt` the closing auction (call phase, uniform-price
+//! uncross, its tie rule, self-trade prevention).
 //!
 //! Commands: `a#1 buy 200x10 gtc [post]` (account `a`, nonce 1, price 200, 10 Wh; tif gtc|ioc|fok),
 //! `cancel a#1`, `replace a#1 210x5`, `close`, `depth`, and for the closing auction `call` (begin the
-//! call phase) and `uncross` (its events, then `auction price=… volume=… trades=…`). The book is 100..=1000 µ/kWh in ticks of 10,
-//! 1..=1000 Wh per order, at most 3 open orders per account.
+//! call phase) and `uncross` (its events, then `auction price=… volume=… trades=…`). The book is
+//! 100..=1000 µ/kWh in ticks of 10, 1..=1000 Wh per order, at most 3 open orders per account.
 
 use super::*;
 use protocol::{AccountId, PricePerKwh, Side, TimeInForce, TimestampMs, Wh};
@@ -138,8 +141,9 @@ fn execute(book: &mut OrderBook, command: &str, events: &mut Vec<Event>) -> Vec<
     events.drain(..).map(|event| render(&event)).collect()
 }
 
-/// Runs `script` against a fresh book and asserts that the transcript equals it.
-pub(super) fn run(script: &str) {
+/// Runs `script` against a fresh book: `Err` with both transcripts when they differ, or with the
+/// book's complaint when `validate()` fails after a command.
+fn run(script: &str) -> Result<(), String> {
     let expected: Vec<String> = script
         .lines()
         .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))
@@ -153,426 +157,38 @@ pub(super) fn run(script: &str) {
         for line in execute(&mut book, command, &mut events) {
             transcript.push(format!("> {line}"));
         }
-        if let Err(problem) = book.validate() {
-            panic!("after {command:?}: {problem}");
+        book.validate().map_err(|problem| format!("after {command:?}: {problem}"))?;
+    }
+    if transcript == expected {
+        Ok(())
+    } else {
+        Err(format!("--- expected ---\n{}\n--- got ---\n{}", expected.join("\n"), transcript.join("\n")))
+    }
+}
+
+/// Runs every case of a script file and fails naming each case that does not hold.
+fn run_file(file: &str, text: &str) {
+    let mut cases = 0;
+    let mut failures = Vec::new();
+    for case in text.split("\n=== ").skip(1) {
+        let (name, script) = case.split_once('\n').unwrap_or((case, ""));
+        cases += 1;
+        if let Err(problem) = run(script) {
+            failures.push(format!("{file}: case `{}`\n{problem}", name.trim()));
         }
     }
-    assert_eq!(transcript.join("\n"), expected.join("\n"), "\n--- got ---\n{}\n", transcript.join("\n"));
+    assert!(cases > 0, "{file} holds no `=== name` case");
+    assert!(failures.is_empty(), "{} of {cases} cases failed:\n\n{}", failures.len(), failures.join("\n\n"));
 }
 
 #[test]
-fn a_crossing_order_trades_at_the_resting_orders_price() {
-    run("
-        a#1 sell 200x10 gtc
-        > accepted a#1 sell 200x10
-        > rested a#1 open=10
-        b#1 buy 250x4 gtc
-        > accepted b#1 buy 250x4
-        > trade #1 4@200 buyer=b#1 seller=a#1 aggressor=buy
-        > filled b#1
-        depth
-        > bids | asks 200x6/1
-    ");
+fn continuous_double_auction_scripts() {
+    run_file("testdata/continuous.txt", include_str!("testdata/continuous.txt"));
 }
 
 #[test]
-fn orders_at_the_same_price_fill_oldest_first() {
-    run("
-        a#1 buy 300x5 gtc
-        > accepted a#1 buy 300x5
-        > rested a#1 open=5
-        b#1 buy 300x5 gtc
-        > accepted b#1 buy 300x5
-        > rested b#1 open=5
-        c#1 sell 300x7 gtc
-        > accepted c#1 sell 300x7
-        > trade #1 5@300 buyer=a#1 seller=c#1 aggressor=sell
-        > filled a#1
-        > trade #2 2@300 buyer=b#1 seller=c#1 aggressor=sell
-        > filled c#1
-        depth
-        > bids 300x3/1 | asks
-    ");
-}
-
-#[test]
-fn a_better_price_fills_before_an_older_worse_one_and_the_remainder_rests() {
-    run("
-        a#1 sell 220x5 gtc
-        > accepted a#1 sell 220x5
-        > rested a#1 open=5
-        b#1 sell 210x5 gtc
-        > accepted b#1 sell 210x5
-        > rested b#1 open=5
-        c#1 buy 230x12 gtc
-        > accepted c#1 buy 230x12
-        > trade #1 5@210 buyer=c#1 seller=b#1 aggressor=buy
-        > filled b#1
-        > trade #2 5@220 buyer=c#1 seller=a#1 aggressor=buy
-        > filled a#1
-        > rested c#1 open=2
-        depth
-        > bids 230x2/1 | asks
-    ");
-}
-
-#[test]
-fn an_order_stops_at_its_limit_price() {
-    run("
-        a#1 sell 200x5 gtc
-        > accepted a#1 sell 200x5
-        > rested a#1 open=5
-        a#2 sell 300x5 gtc
-        > accepted a#2 sell 300x5
-        > rested a#2 open=5
-        b#1 buy 250x8 gtc
-        > accepted b#1 buy 250x8
-        > trade #1 5@200 buyer=b#1 seller=a#1 aggressor=buy
-        > filled a#1
-        > rested b#1 open=3
-        depth
-        > bids 250x3/1 | asks 300x5/1
-    ");
-}
-
-#[test]
-fn an_ioc_remainder_is_cancelled_and_never_rests() {
-    run("
-        a#1 sell 200x5 gtc
-        > accepted a#1 sell 200x5
-        > rested a#1 open=5
-        b#1 buy 200x8 ioc
-        > accepted b#1 buy 200x8
-        > trade #1 5@200 buyer=b#1 seller=a#1 aggressor=buy
-        > filled a#1
-        > cancelled b#1 open=3 filled=5 auto
-        b#2 buy 200x8 ioc
-        > accepted b#2 buy 200x8
-        > cancelled b#2 open=8 filled=0 auto
-        depth
-        > bids | asks
-    ");
-}
-
-#[test]
-fn a_fok_that_cannot_fill_completely_is_rejected_without_trading() {
-    run("
-        a#1 sell 200x5 gtc
-        > accepted a#1 sell 200x5
-        > rested a#1 open=5
-        a#2 sell 220x5 gtc
-        > accepted a#2 sell 220x5
-        > rested a#2 open=5
-        b#1 buy 210x6 fok
-        > rejected b#1 fok_not_fillable
-        b#2 buy 220x10 fok
-        > accepted b#2 buy 220x10
-        > trade #1 5@200 buyer=b#2 seller=a#1 aggressor=buy
-        > filled a#1
-        > trade #2 5@220 buyer=b#2 seller=a#2 aggressor=buy
-        > filled a#2
-        > filled b#2
-    ");
-}
-
-#[test]
-fn a_post_only_order_rests_but_is_rejected_if_it_would_cross() {
-    run("
-        a#1 sell 200x5 gtc
-        > accepted a#1 sell 200x5
-        > rested a#1 open=5
-        b#1 buy 200x5 gtc post
-        > rejected b#1 post_only_would_cross
-        b#2 buy 190x5 gtc post
-        > accepted b#2 buy 190x5
-        > rested b#2 open=5
-        b#3 buy 190x5 ioc post
-        > rejected b#3 invalid_value
-    ");
-}
-
-#[test]
-fn reducing_the_quantity_at_the_same_price_keeps_priority() {
-    run("
-        a#1 buy 300x5 gtc
-        > accepted a#1 buy 300x5
-        > rested a#1 open=5
-        b#1 buy 300x5 gtc
-        > accepted b#1 buy 300x5
-        > rested b#1 open=5
-        replace a#1 300x3
-        > replaced a#1 300x3 kept
-        c#1 sell 300x4 ioc
-        > accepted c#1 sell 300x4
-        > trade #1 3@300 buyer=a#1 seller=c#1 aggressor=sell
-        > filled a#1
-        > trade #2 1@300 buyer=b#1 seller=c#1 aggressor=sell
-        > filled c#1
-        depth
-        > bids 300x4/1 | asks
-    ");
-}
-
-#[test]
-fn raising_the_quantity_loses_priority() {
-    run("
-        a#1 buy 300x5 gtc
-        > accepted a#1 buy 300x5
-        > rested a#1 open=5
-        b#1 buy 300x5 gtc
-        > accepted b#1 buy 300x5
-        > rested b#1 open=5
-        replace a#1 300x6
-        > replaced a#1 300x6 moved
-        > rested a#1 open=6
-        c#1 sell 300x5 ioc
-        > accepted c#1 sell 300x5
-        > trade #1 5@300 buyer=b#1 seller=c#1 aggressor=sell
-        > filled b#1
-        > filled c#1
-    ");
-}
-
-#[test]
-fn changing_the_price_loses_priority_and_a_crossing_replace_trades() {
-    run("
-        a#1 buy 300x5 gtc
-        > accepted a#1 buy 300x5
-        > rested a#1 open=5
-        b#1 buy 300x5 gtc
-        > accepted b#1 buy 300x5
-        > rested b#1 open=5
-        replace a#1 290x5
-        > replaced a#1 290x5 moved
-        > rested a#1 open=5
-        replace a#1 300x5
-        > replaced a#1 300x5 moved
-        > rested a#1 open=5
-        c#1 sell 320x4 gtc
-        > accepted c#1 sell 320x4
-        > rested c#1 open=4
-        replace b#1 330x6
-        > replaced b#1 330x6 moved
-        > trade #1 4@320 buyer=b#1 seller=c#1 aggressor=buy
-        > filled c#1
-        > rested b#1 open=2
-        replace b#1 300x2
-        > replaced b#1 300x2 moved
-        > rested b#1 open=2
-        d#1 sell 300x6 ioc
-        > accepted d#1 sell 300x6
-        > trade #2 5@300 buyer=a#1 seller=d#1 aggressor=sell
-        > filled a#1
-        > trade #3 1@300 buyer=b#1 seller=d#1 aggressor=sell
-        > filled d#1
-        cancel b#1
-        > cancelled b#1 open=1 filled=5 requested
-    ");
-}
-
-#[test]
-fn a_replace_that_fills_completely_removes_the_order() {
-    run("
-        a#1 sell 200x5 gtc
-        > accepted a#1 sell 200x5
-        > rested a#1 open=5
-        b#1 buy 150x3 gtc
-        > accepted b#1 buy 150x3
-        > rested b#1 open=3
-        replace b#1 200x3
-        > replaced b#1 200x3 moved
-        > trade #1 3@200 buyer=b#1 seller=a#1 aggressor=buy
-        > filled b#1
-        cancel b#1
-        > rejected b#1 unknown_order
-        depth
-        > bids | asks 200x2/1
-    ");
-}
-
-#[test]
-fn prices_off_the_tick_or_outside_the_band_are_rejected() {
-    run("
-        a#1 buy 205x5 gtc
-        > rejected a#1 price_off_tick
-        a#2 buy 90x5 gtc
-        > rejected a#2 price_out_of_band
-        a#3 buy 1010x5 gtc
-        > rejected a#3 price_out_of_band
-        a#4 buy 1000x5 gtc
-        > accepted a#4 buy 1000x5
-        > rested a#4 open=5
-        replace a#4 995x5
-        > rejected a#4 price_off_tick
-        replace a#4 2000x5
-        > rejected a#4 price_out_of_band
-    ");
-}
-
-#[test]
-fn quantities_outside_the_limits_are_rejected() {
-    run("
-        a#1 buy 200x0 gtc
-        > rejected a#1 quantity_too_small
-        a#2 buy 200x1001 gtc
-        > rejected a#2 quantity_too_large
-        a#3 buy 200x1000 gtc
-        > accepted a#3 buy 200x1000
-        > rested a#3 open=1000
-        replace a#3 200x1001
-        > rejected a#3 quantity_too_large
-        replace a#3 200x0
-        > rejected a#3 quantity_too_small
-    ");
-}
-
-#[test]
-fn an_account_cannot_rest_more_than_its_open_order_limit() {
-    run("
-        a#1 buy 200x1 gtc
-        > accepted a#1 buy 200x1
-        > rested a#1 open=1
-        a#2 buy 200x1 gtc
-        > accepted a#2 buy 200x1
-        > rested a#2 open=1
-        a#3 buy 210x1 gtc
-        > accepted a#3 buy 210x1
-        > rested a#3 open=1
-        a#4 buy 220x1 gtc
-        > rejected a#4 too_many_open_orders
-        a#5 buy 220x1 ioc
-        > accepted a#5 buy 220x1
-        > cancelled a#5 open=1 filled=0 auto
-        cancel a#1
-        > cancelled a#1 open=1 filled=0 requested
-        a#6 buy 220x1 gtc
-        > accepted a#6 buy 220x1
-        > rested a#6 open=1
-    ");
-}
-
-#[test]
-fn cancel_and_replace_of_an_unknown_order_are_rejected() {
-    run("
-        cancel a#1
-        > rejected a#1 unknown_order
-        replace a#1 200x5
-        > rejected a#1 unknown_order
-        a#1 buy 200x5 gtc
-        > accepted a#1 buy 200x5
-        > rested a#1 open=5
-        cancel a#1
-        > cancelled a#1 open=5 filled=0 requested
-        cancel a#1
-        > rejected a#1 unknown_order
-    ");
-}
-
-#[test]
-fn a_second_order_with_a_resting_orders_key_is_rejected() {
-    run("
-        a#1 buy 200x5 gtc
-        > accepted a#1 buy 200x5
-        > rested a#1 open=5
-        a#1 sell 300x5 gtc
-        > rejected a#1 replayed
-        depth
-        > bids 200x5/1 | asks
-    ");
-}
-
-#[test]
-fn self_trade_prevention_cancels_the_resting_order_and_matching_continues() {
-    run("
-        b#1 sell 200x3 gtc
-        > accepted b#1 sell 200x3
-        > rested b#1 open=3
-        a#1 sell 200x5 gtc
-        > accepted a#1 sell 200x5
-        > rested a#1 open=5
-        c#1 sell 200x4 gtc
-        > accepted c#1 sell 200x4
-        > rested c#1 open=4
-        a#2 buy 200x6 gtc
-        > accepted a#2 buy 200x6
-        > trade #1 3@200 buyer=a#2 seller=b#1 aggressor=buy
-        > filled b#1
-        > cancelled a#1 open=5 filled=0 auto
-        > trade #2 3@200 buyer=a#2 seller=c#1 aggressor=buy
-        > filled a#2
-        depth
-        > bids | asks 200x1/1
-    ");
-}
-
-#[test]
-fn a_fok_counts_only_other_accounts_quantity_and_a_rejected_fok_cancels_nothing() {
-    run("
-        a#1 sell 200x5 gtc
-        > accepted a#1 sell 200x5
-        > rested a#1 open=5
-        b#1 sell 200x5 gtc
-        > accepted b#1 sell 200x5
-        > rested b#1 open=5
-        a#2 buy 200x6 fok
-        > rejected a#2 fok_not_fillable
-        a#3 buy 200x5 fok
-        > accepted a#3 buy 200x5
-        > cancelled a#1 open=5 filled=0 auto
-        > trade #1 5@200 buyer=a#3 seller=b#1 aggressor=buy
-        > filled b#1
-        > filled a#3
-    ");
-}
-
-#[test]
-fn a_moved_post_only_order_that_would_cross_is_rejected_and_stays_as_it_was() {
-    run("
-        a#1 sell 200x5 gtc
-        > accepted a#1 sell 200x5
-        > rested a#1 open=5
-        b#1 buy 190x5 gtc post
-        > accepted b#1 buy 190x5
-        > rested b#1 open=5
-        replace b#1 200x5
-        > rejected b#1 post_only_would_cross
-        replace b#1 190x4
-        > replaced b#1 190x4 kept
-        depth
-        > bids 190x4/1 | asks 200x5/1
-    ");
-}
-
-#[test]
-fn gate_closure_expires_every_resting_order_and_rejects_later_commands() {
-    run("
-        a#1 buy 200x5 gtc
-        > accepted a#1 buy 200x5
-        > rested a#1 open=5
-        b#1 buy 210x5 gtc
-        > accepted b#1 buy 210x5
-        > rested b#1 open=5
-        c#1 sell 300x5 gtc
-        > accepted c#1 sell 300x5
-        > rested c#1 open=5
-        d#1 sell 210x2 gtc
-        > accepted d#1 sell 210x2
-        > trade #1 2@210 buyer=b#1 seller=d#1 aggressor=sell
-        > filled d#1
-        close
-        > expired b#1 open=3 filled=2
-        > expired a#1 open=5 filled=0
-        > expired c#1 open=5 filled=0
-        close
-        e#1 buy 200x5 gtc
-        > rejected e#1 gate_closed
-        cancel a#1
-        > rejected a#1 gate_closed
-        replace a#1 200x1
-        > rejected a#1 gate_closed
-        depth
-        > bids | asks
-    ");
+fn closing_auction_scripts() {
+    run_file("testdata/auction.txt", include_str!("testdata/auction.txt"));
 }
 
 #[test]
