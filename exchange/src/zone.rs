@@ -7,7 +7,8 @@ use crate::config::{ExchangeConfig, FALLBACK_BAND_TICKS};
 use crate::db::{Database, DbError};
 use crate::ingest::Rejection;
 use crate::matching::{BookConfig, Event, NewOrder, OrderBook, RestingOrderView};
-use crate::service::{parse_logged, CommandAck, MarketEvent, Outlets, SlotInfo};
+use crate::service::events::{CommandAck, MarketEvent, SlotInfo};
+use crate::service::outlets::Outlets;
 use crate::store::{self, CommandRow};
 use protocol::topics;
 use protocol::{
@@ -25,6 +26,11 @@ mod auction;
 /// far fewer than this; `command_seq` may grow to 2^53 / 10^5 ≈ 9 × 10^10 before ids leave the
 /// safe JSON integer range.
 pub const TRADES_PER_COMMAND_MAX: u64 = 100_000;
+
+/// Parses a logged command again (the payload was verified before it was logged).
+fn parse_logged(payload: &str) -> Result<Command, Rejection> {
+    Command::parse(payload.as_bytes()).map_err(Rejection::from)
+}
 
 /// A committed command on its way to its zone's books.
 #[derive(Debug)]
