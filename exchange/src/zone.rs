@@ -1,12 +1,14 @@
 //! One owner task per zone: it owns every book of the zone, applies committed commands in log
 //! order, closes books at gate closure, stores trades (idempotently) and publishes what happened.
 //! After a crash, [`ZoneOwner::recover`] replays the command log of the open books through the
-//! matching core, which rebuilds them exactly (the core is deterministic).
+//! matching core, which rebuilds them exactly (the core is deterministic); a logged row it cannot
+//! parse stops recovery with [`ExchangeError::UnparsableCommand`] rather than being skipped.
 
 use crate::config::{ExchangeConfig, FALLBACK_BAND_TICKS};
 use crate::db::{Database, DbError};
 use crate::ingest::Rejection;
 use crate::matching::{BookConfig, Event, NewOrder, OrderBook, RestingOrderView};
+use crate::service::error::ExchangeError;
 use crate::service::events::{CommandAck, MarketEvent, SlotInfo};
 use crate::service::outlets::Outlets;
 use crate::store::{self, CommandRow};
@@ -144,7 +146,7 @@ impl ZoneOwner {
         config: &ExchangeConfig,
         db: Database,
         outlets: Outlets,
-    ) -> Result<Self, DbError> {
+    ) -> Result<Self, ExchangeError> {
         let mut owner = Self {
             zone,
             slot_len_ms,
@@ -159,10 +161,12 @@ impl ZoneOwner {
         let rows = db.run(move |conn| store::load_commands(conn, &zone, open_after_ms)).await?;
         let mut trades = Vec::new();
         for row in rows {
-            let Ok(command) = parse_logged(&row.payload) else {
-                tracing::error!(command_seq = row.command_seq, "a logged command does not parse; skipped");
-                continue;
-            };
+            // The log is the truth: skipping a row would rebuild a different book, so refuse.
+            let command = parse_logged(&row.payload).map_err(|rejection| ExchangeError::UnparsableCommand {
+                zone: row.zone.clone(),
+                command_seq: row.command_seq,
+                reason: rejection.message,
+            })?;
             owner.ensure_book(row.slot).await?;
             let applied = owner.apply(&row, &command);
             trades.extend(applied.trades.into_iter().map(|trade| (trade, row.command_seq)));
