@@ -40,6 +40,11 @@ for mod, p in files.items():
         if segs and segs[0] == '*':
             continue
         add(base + segs)
+    for m in re.finditer(r'\bcrate::\{([^}]*)\}', text):
+        for item in m.group(1).split(','):
+            segs = [x for x in item.strip().split('::') if x and x not in ('self', '*')]
+            if segs:
+                add(segs)
     for m in re.finditer(r'\buse\s+super::\{([^}]*)\}', text):
         for name in re.split(r'[,\s]+', m.group(1)):
             name = name.strip()
