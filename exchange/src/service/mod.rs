@@ -149,13 +149,13 @@ impl ExchangeHandle {
         self.ask(zone, |reply| ZoneMsg::OpenSlots { reply }).await.unwrap_or_default()
     }
 
-    /// The account's resting orders in every zone, with their side and placement time.
     /// `zone`'s recent closing auction results, oldest first (empty for a zone without one, or one
     /// this instance does not serve).
     pub async fn auctions(&self, zone: &ZoneId) -> Vec<protocol::AuctionResult> {
         self.ask(zone, |reply| ZoneMsg::Auctions { reply }).await.unwrap_or_default()
     }
 
+    /// The account's resting orders in every zone, with their side and placement time.
     pub async fn open_orders(&self, account: AccountId) -> Vec<zone::OpenOrder> {
         let mut orders = Vec::new();
         for (zone, _) in self.zones.all() {
