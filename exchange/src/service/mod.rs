@@ -26,10 +26,10 @@
 //! **Invariant:** the MQTT event loop task never awaits anything but the event loop itself (and a
 //! pause before reconnecting); everything it hands on goes through `try_send`.
 //!
-//! One file per stage: [`mqtt`] (publisher, listener, forwarder), [`acks`] (the ordered PUBACK
-//! queue), [`verify`] (the verification stage), [`commit`] (the group commit), [`zones`] (the zone
-//! owners, each a [`crate::zone::ZoneOwner`], which recovers its books from the command log when it
-//! starts). [`outlets`] and the leaves [`events`] and [`error`] are what the stages share; this
+//! One file per stage: `mqtt.rs` (publisher, listener, forwarder), `acks.rs` (the ordered PUBACK
+//! queue), `verify.rs` (the verification stage), `commit.rs` (the group commit), `zones.rs` (the zone
+//! owners, each a `ZoneOwner` of `zone.rs`, which recovers its books from the command log when it
+//! starts). `outlets.rs` and the leaves `events.rs` and `error.rs` are what the stages share; this
 //! file holds [`start`] and the [`ExchangeHandle`].
 
 mod acks;
