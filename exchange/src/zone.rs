@@ -1,6 +1,6 @@
 //! One owner task per zone: it owns every book of the zone, applies committed commands in log
 //! order, closes books at gate closure, stores trades (idempotently) and publishes what happened.
-//! After a crash, [`ZoneOwner::recover`] replays the command log of the open books through the
+//! After a crash, `ZoneOwner::recover` replays the command log of the open books through the
 //! matching core, which rebuilds them exactly (the core is deterministic); a logged row it cannot
 //! parse stops recovery with [`ExchangeError::UnparsableCommand`] rather than being skipped.
 
