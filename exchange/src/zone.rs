@@ -1,13 +1,16 @@
 //! One owner task per zone: it owns every book of the zone, applies committed commands in log
 //! order, closes books at gate closure, stores trades (idempotently) and publishes what happened.
-//! After a crash, [`ZoneOwner::recover`] replays the command log of the open books through the
-//! matching core, which rebuilds them exactly (the core is deterministic).
+//! After a crash, `ZoneOwner::recover` replays the command log of the open books through the
+//! matching core, which rebuilds them exactly (the core is deterministic); a logged row it cannot
+//! parse stops recovery with [`ExchangeError::UnparsableCommand`] rather than being skipped.
 
 use crate::config::{ExchangeConfig, FALLBACK_BAND_TICKS};
 use crate::db::{Database, DbError};
 use crate::ingest::Rejection;
 use crate::matching::{BookConfig, Event, NewOrder, OrderBook, RestingOrderView};
-use crate::service::{parse_logged, CommandAck, MarketEvent, Outlets, SlotInfo};
+use crate::service::error::ExchangeError;
+use crate::service::events::{CommandAck, MarketEvent, SlotInfo};
+use crate::service::outlets::Outlets;
 use crate::store::{self, CommandRow};
 use protocol::topics;
 use protocol::{
@@ -25,6 +28,11 @@ mod auction;
 /// far fewer than this; `command_seq` may grow to 2^53 / 10^5 ≈ 9 × 10^10 before ids leave the
 /// safe JSON integer range.
 pub const TRADES_PER_COMMAND_MAX: u64 = 100_000;
+
+/// Parses a logged command again (the payload was verified before it was logged).
+fn parse_logged(payload: &str) -> Result<Command, Rejection> {
+    Command::parse(payload.as_bytes()).map_err(Rejection::from)
+}
 
 /// A committed command on its way to its zone's books.
 #[derive(Debug)]
@@ -138,7 +146,7 @@ impl ZoneOwner {
         config: &ExchangeConfig,
         db: Database,
         outlets: Outlets,
-    ) -> Result<Self, DbError> {
+    ) -> Result<Self, ExchangeError> {
         let mut owner = Self {
             zone,
             slot_len_ms,
@@ -153,10 +161,12 @@ impl ZoneOwner {
         let rows = db.run(move |conn| store::load_commands(conn, &zone, open_after_ms)).await?;
         let mut trades = Vec::new();
         for row in rows {
-            let Ok(command) = parse_logged(&row.payload) else {
-                tracing::error!(command_seq = row.command_seq, "a logged command does not parse; skipped");
-                continue;
-            };
+            // The log is the truth: skipping a row would rebuild a different book, so refuse.
+            let command = parse_logged(&row.payload).map_err(|rejection| ExchangeError::UnparsableCommand {
+                zone: row.zone.clone(),
+                command_seq: row.command_seq,
+                reason: rejection.message,
+            })?;
             owner.ensure_book(row.slot).await?;
             let applied = owner.apply(&row, &command);
             trades.extend(applied.trades.into_iter().map(|trade| (trade, row.command_seq)));

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command as Process, Stdio};
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
 use support::*;
 
 const ACCOUNTS: u8 = 6;
@@ -407,4 +408,60 @@ async fn crash_and_recover(test_db: &TestDb, broker: &BrokerAddr) {
     writeln!(node.stdin, "quit").expect("quit");
     assert_eq!(node.line(), "bye");
     let _ = node.child.wait();
+}
+
+/// The log is the truth: a command-log row that does not parse cannot be skipped, since replaying
+/// the log without it would rebuild a different book from the one that acknowledged it (orders that
+/// rested on it, trades it made). So the exchange refuses to start and names the row. The row is
+/// written straight into `order_commands`, as a torn write or a bad manual edit would leave it; the
+/// valid row before it shows that recovery names the row that is wrong, not the first one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_refuses_to_start_on_a_command_log_row_it_cannot_parse_and_names_the_row() {
+    const NOW_MS: i64 = 1_790_000_000_000;
+    const SLOT_LEN_MS: i64 = 900_000;
+    for test_db in TestDb::all() {
+        eprintln!("backend {:?}", test_db.db.backend());
+        let zone = ZoneId::parse(&format!("c{}", unique())).expect("a zone id");
+        seed_zone(&test_db.db, &zone, SLOT_LEN_MS);
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let slot = SlotId::containing(protocol::TimestampMs(NOW_MS), SLOT_LEN_MS).next(SLOT_LEN_MS).next(SLOT_LEN_MS);
+        let valid = String::from_utf8(order(&key, &zone, slot, Side::Buy, 100_000, 1_000, 1, NOW_MS)).expect("utf-8");
+        let torn = valid[..valid.len() / 2].to_owned();
+        let rows = [(41_i64, 1_i64, valid), (42, 2, torn)];
+        let (zone_id, account) = (zone.as_str().to_owned(), account_hex(&key));
+        test_db
+            .db
+            .write_blocking(move |conn| {
+                for (command_seq, nonce, payload) in rows {
+                    diesel::insert_into(order_commands::table)
+                        .values((
+                            order_commands::command_seq.eq(command_seq),
+                            order_commands::zone_id.eq(&zone_id),
+                            order_commands::slot_start_ms.eq(slot.start_ms()),
+                            order_commands::account_id.eq(&account),
+                            order_commands::nonce.eq(nonce),
+                            order_commands::kind.eq("order"),
+                            order_commands::payload.eq(payload),
+                            order_commands::received_ms.eq(NOW_MS),
+                        ))
+                        .execute(conn)?;
+                }
+                Ok::<_, exchange::db::DbError>(())
+            })
+            .expect("write the log rows");
+
+        let config = exchange::config::ExchangeConfig { zones: vec![zone.clone()], ..Default::default() };
+        let clock = Arc::new(exchange::clock::ManualClock::new(NOW_MS));
+        let error = match exchange::service::start(config, test_db.db.clone(), clock, None).await {
+            Ok(exchange) => {
+                exchange.shutdown().await;
+                panic!("the exchange started on a command log with a row it cannot parse");
+            }
+            Err(error) => error,
+        };
+        let message = error.to_string();
+        assert!(message.contains(&format!("zone {zone}")), "names the zone: {message}");
+        assert!(message.contains("command_seq 42"), "names the row: {message}");
+        assert!(!message.contains("command_seq 41"), "names only the row that does not parse: {message}");
+    }
 }

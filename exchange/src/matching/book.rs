@@ -753,9 +753,10 @@ impl OrderBook {
 
     // --- validation ---
 
-    /// Recomputes every cached total (level quantities, the occupancy bitmaps, best prices,
-    /// the order index, per-account counts, the free list) from the queues and compares; also checks
-    /// that the book is not crossed. For tests and debugging: it walks the whole book.
+    /// Recomputes every cached total (level quantities, the occupancy bitmaps, best prices, the
+    /// order table's live count and load, per-account counts) from the queues and compares; also
+    /// checks that the book is not crossed (outside a call phase) and that a closed book is empty.
+    /// For tests and debugging: it walks the whole book.
     pub fn validate(&self) -> Result<(), String> {
         let mut live = 0usize;
         let mut per_account: FxHashMap<AccountKey, u32> = FxHashMap::default();

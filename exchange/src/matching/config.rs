@@ -3,9 +3,10 @@
 use protocol::units::MAX_SAFE_INTEGER;
 use protocol::{PricePerKwh, Wh};
 
-/// Most price levels one book may have, `(price_max - price_min) / tick + 1`. Each level costs 24 bytes
-/// per side, so this caps a book's level arrays at about 3 MB; the default band (feed-in tariff to retail
-/// price, a few hundred thousand µ/kWh) with a 100 µ/kWh tick needs a few thousand.
+/// Most price levels one book may have, `(price_max - price_min) / tick + 1`. Each level costs 16 bytes
+/// per side (a `PriceLevel`, asserted in `level.rs`) and one bit of the occupancy bitmap, so this caps a
+/// book's level arrays at about 2 MiB; the default band (feed-in tariff to retail price, a few hundred
+/// thousand µ/kWh) with a 100 µ/kWh tick needs a few thousand.
 pub const PRICE_LEVELS_MAX: u64 = 1 << 16;
 
 /// Most open orders one account may rest in one book; a household has no reason for more than a few,

@@ -1,7 +1,9 @@
-//! The matching core: one continuous double auction per (zone, delivery slot). Pure: no I/O, no clock,
-//! no randomness; it knows nothing of SQL, MQTT or HTTP. The same commands in the same order always give
-//! the same events and the same book, which is how ingest rebuilds books after a crash (it replays the
-//! committed command log through this code).
+//! The matching core: one continuous double auction per (zone, delivery slot). Pure: no I/O, no clock;
+//! it knows nothing of SQL, MQTT or HTTP. Its one use of randomness is the order table's hash key (drawn
+//! per table, see `table.rs`), which decides only which slot holds a node, never an event, a priority
+//! or a view. So the same commands in the same order always give the same events and the same book,
+//! which is how ingest rebuilds books after a crash (it replays the committed command log through this
+//! code).
 //!
 //! Principal types: [`OrderBook`] (one per zone and slot, owned by one task), [`BookConfig`], the inbound
 //! [`NewOrder`], the outbound [`Event`]s, and [`RestingOrderView`].

@@ -76,6 +76,9 @@ pub(crate) struct OrderNode {
     pub live: bool,
 }
 
+// The "exactly one cache line" above, checked.
+const _: () = assert!(std::mem::size_of::<OrderNode>() == 64);
+
 /// A node's neighbours in its price level's queue (an intrusive doubly linked list through the table).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Link {

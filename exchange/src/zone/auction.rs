@@ -3,7 +3,7 @@
 
 use super::{SlotBook, ZoneOwner, AUCTION_RESULTS_KEPT, TRADES_PER_COMMAND_MAX};
 use crate::matching::{AuctionOutcome, Event};
-use crate::service::MarketEvent;
+use crate::service::events::MarketEvent;
 use crate::store;
 use protocol::topics;
 use protocol::{AuctionResult, OrderStatus, OrderUpdate, PricePerKwh, SlotId, TimestampMs, Trade, Wh};

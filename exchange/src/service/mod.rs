@@ -1,0 +1,301 @@
+//! The running exchange: MQTT ingest, the verification stage, the group commit, one owner task per
+//! zone with that zone's books, and the publisher. See [`start`].
+//!
+//! ```text
+//! MQTT event loop ─try_send▶ held ─send▶ ingest queue ◀── submit_command / submit_reading (HTTP)
+//!        │          (full: back-pressure) │ (full: `overloaded`, HTTP only)
+//!        ▼                                ▼
+//!   publisher ◀──────────── verifier (parse + batch signatures on a pool of blocking threads; then
+//!        ▲                            │  keys, freshness, seq/nonces, plausibility in arrival order)
+//!        │                            │ verified
+//!        │                            ▼
+//!        ├────── acks ───────── writer (group commit: readings + command log, one transaction)
+//!        │                            │ committed commands, per zone
+//!        └── trades, book, updates ── zone owners (books, gate closure, trades stored idempotently)
+//! ```
+//!
+//! **Invariant:** a command is applied to a book, and acknowledged, only after the transaction that
+//! logged it committed. The same holds towards the broker: the exchange's MQTT session is persistent
+//! (`clean_session = false`) and acknowledges each inbound QoS 1 message (PUBACK) only once its fate is
+//! final — stored, or refused with a reason published to the sender. A message taken but not yet
+//! committed when the exchange dies is redelivered by the broker when it reconnects, and messages
+//! published while it is down wait in its session. A full ingest queue is back-pressure, never a
+//! reject over MQTT: the message is held (unacknowledged) until there is room, so the broker's
+//! in-flight window stops further deliveries. A failed group commit is retried with a capped backoff,
+//! never acknowledged nor refused; at shutdown it is abandoned unacknowledged, for redelivery.
+//! **Invariant:** the MQTT event loop task never awaits anything but the event loop itself (and a
+//! pause before reconnecting); everything it hands on goes through `try_send`.
+//!
+//! One file per stage: `mqtt.rs` (publisher, listener, forwarder), `acks.rs` (the ordered PUBACK
+//! queue), `verify.rs` (the verification stage), `commit.rs` (the group commit), `zones.rs` (the zone
+//! owners, each a `ZoneOwner` of `zone.rs`, which recovers its books from the command log when it
+//! starts). `outlets.rs` and the leaves `events.rs` and `error.rs` are what the stages share; this
+//! file holds [`start`] and the [`ExchangeHandle`].
+
+mod acks;
+mod commit;
+pub(crate) mod error;
+pub(crate) mod events;
+mod mqtt;
+pub(crate) mod outlets;
+mod verify;
+mod zones;
+
+pub use error::ExchangeError;
+pub use events::{CommandAck, MarketEvent, SlotInfo};
+
+use crate::clock::Clock;
+use crate::config::{ExchangeConfig, EVENT_BROADCAST_LEN};
+use crate::db::Database;
+use crate::ingest::{Directory, Kind, Limits, Origin, Rejection, Verifier};
+use crate::store;
+use crate::zone::{self, ZoneMsg};
+use commit::Writer;
+use events::{shutting_down, Reply};
+use outlets::{reject, Outlets};
+use protocol::{AccountId, BookSnapshot, Reason, SlotId, ZoneId};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use verify::{Raw, VerifyStage};
+use zones::ZoneSet;
+
+/// How long shutdown waits for the last messages to reach the broker.
+const MQTT_FLUSH_TIMEOUT_MS: u64 = 5_000;
+/// Abandoned commits whose senders the verifier must forget, waiting to be read.
+const RESYNC_QUEUE_LEN: usize = 64;
+/// Batches of refused readings waiting to be recorded by the group commit; beyond this their records
+/// are dropped (the refusals themselves are still answered and counted).
+const REFUSED_QUEUE_LEN: usize = 64;
+
+/// A handle on the running exchange. Cheap to clone.
+#[derive(Clone)]
+pub struct ExchangeHandle {
+    ingest: mpsc::Sender<Raw>,
+    zones: ZoneSet,
+    outlets: Outlets,
+    shutdown: Arc<watch::Sender<bool>>,
+    /// Verifier, writer and zone owners: they finish what was accepted, then end.
+    tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+    /// Told to stop once the core tasks ended, so their last messages are still published.
+    mqtt_stop: Arc<watch::Sender<bool>>,
+    mqtt_tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+    mqtt_ready: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for ExchangeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExchangeHandle").field("zones", &self.zones()).finish()
+    }
+}
+
+impl ExchangeHandle {
+    /// Submits a signed order, cancel or replace (the HTTP path): the same checks as MQTT, and the
+    /// answer only once the command is committed and applied.
+    pub async fn submit_command(&self, bytes: Vec<u8>) -> Result<CommandAck, Rejection> {
+        let (sender, receiver) = oneshot::channel();
+        self.submit(Kind::Command, bytes, Reply::Command(sender))?;
+        receiver.await.map_err(|_| shutting_down())?
+    }
+
+    /// Submits a signed reading; `Ok` once it is stored.
+    pub async fn submit_reading(&self, bytes: Vec<u8>) -> Result<(), Rejection> {
+        let (sender, receiver) = oneshot::channel();
+        self.submit(Kind::Reading, bytes, Reply::Reading(sender))?;
+        receiver.await.map_err(|_| shutting_down())?
+    }
+
+    fn submit(&self, kind: Kind, bytes: Vec<u8>, reply: Reply) -> Result<(), Rejection> {
+        let raw = Raw { kind, origin: Origin::Direct, bytes, reply: Some(reply), ack: None };
+        match self.ingest.try_send(raw) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(raw)) => {
+                let rejection = Rejection::new(Reason::Overloaded, "the ingest queue is full; retry later");
+                reject(&self.outlets, kind, &raw.origin, None, None, rejection.clone());
+                Err(rejection)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(shutting_down()),
+        }
+    }
+
+    /// Waits until the exchange is connected to the broker and subscribed to its topics (returns
+    /// at once without a broker). Messages published before that are not seen.
+    pub async fn mqtt_subscribed(&self) {
+        let mut ready = self.mqtt_ready.clone();
+        let _ = ready.wait_for(|ready| *ready).await;
+    }
+
+    /// Market events as they happen.
+    pub fn subscribe(&self) -> broadcast::Receiver<MarketEvent> {
+        self.outlets.events.subscribe()
+    }
+
+    async fn ask<T>(&self, zone: &ZoneId, make: impl FnOnce(oneshot::Sender<T>) -> ZoneMsg) -> Option<T> {
+        let owner = self.zones.get_or_start(zone).await.ok().flatten()?;
+        let (sender, receiver) = oneshot::channel();
+        owner.send(make(sender)).await.ok()?;
+        receiver.await.ok()
+    }
+
+    /// The top `levels` of a slot's book, if the book is open.
+    pub async fn book(&self, zone: &ZoneId, slot: SlotId, levels: usize) -> Option<BookSnapshot> {
+        self.ask(zone, |reply| ZoneMsg::Book { slot, levels, reply }).await.flatten()
+    }
+
+    /// The zone's tradable slots, earliest first.
+    pub async fn open_slots(&self, zone: &ZoneId) -> Vec<SlotInfo> {
+        self.ask(zone, |reply| ZoneMsg::OpenSlots { reply }).await.unwrap_or_default()
+    }
+
+    /// `zone`'s recent closing auction results, oldest first (empty for a zone without one, or one
+    /// this instance does not serve).
+    pub async fn auctions(&self, zone: &ZoneId) -> Vec<protocol::AuctionResult> {
+        self.ask(zone, |reply| ZoneMsg::Auctions { reply }).await.unwrap_or_default()
+    }
+
+    /// The account's resting orders in every zone, with their side and placement time.
+    pub async fn open_orders(&self, account: AccountId) -> Vec<zone::OpenOrder> {
+        let mut orders = Vec::new();
+        for (zone, _) in self.zones.all() {
+            let zone = &zone;
+            orders.extend(self.ask(zone, |reply| ZoneMsg::OpenOrders { account, reply }).await.unwrap_or_default());
+        }
+        orders
+    }
+
+    /// Every open book's resting orders in priority order (bids best first, then asks), for tests
+    /// and the crash-recovery check.
+    pub async fn resting_orders(&self) -> Vec<zone::BookDump> {
+        let mut dumps = Vec::new();
+        for (zone, _) in self.zones.all() {
+            let zone = &zone;
+            dumps.extend(self.ask(zone, |reply| ZoneMsg::Dump { reply }).await.unwrap_or_default());
+        }
+        dumps
+    }
+
+    /// The zones served so far (a zone registered while the exchange runs joins with its first
+    /// committed message, or with [`ExchangeHandle::serve_zone`]).
+    pub fn zones(&self) -> Vec<ZoneId> {
+        self.zones.all().into_iter().map(|(zone, _)| zone).collect()
+    }
+
+    /// Starts serving a zone registered after the exchange started (its books are recovered from
+    /// the log like any other); `false` when the zone is not in storage or not served here.
+    pub async fn serve_zone(&self, zone: &ZoneId) -> Result<bool, ExchangeError> {
+        Ok(self.zones.get_or_start(zone).await?.is_some())
+    }
+
+    /// Stops taking messages, commits and applies what was accepted, and stops every task.
+    pub async fn shutdown(self) {
+        let take = |tasks: &std::sync::Mutex<Vec<JoinHandle<()>>>| -> Vec<JoinHandle<()>> {
+            match tasks.lock() {
+                Ok(mut tasks) => tasks.drain(..).collect(),
+                Err(poisoned) => poisoned.into_inner().drain(..).collect(),
+            }
+        };
+        let _ = self.shutdown.send(true);
+        for task in take(&self.tasks) {
+            let _ = task.await;
+        }
+        let _ = self.mqtt_stop.send(true);
+        for mut task in take(&self.mqtt_tasks) {
+            if tokio::time::timeout(Duration::from_millis(MQTT_FLUSH_TIMEOUT_MS), &mut task).await.is_err() {
+                task.abort();
+            }
+        }
+    }
+}
+
+/// Starts the exchange: rebuilds the books of every served zone from the command log, then
+/// connects to the broker (if given) and starts taking messages.
+pub async fn start(
+    config: ExchangeConfig,
+    db: Database,
+    clock: Arc<dyn Clock>,
+    mqtt: Option<rumqttc::MqttOptions>,
+) -> Result<ExchangeHandle, ExchangeError> {
+    if !(60_000..=3_600_000).contains(&config.slot_len_ms) || config.gate_closure_ms < 0 || config.horizon_ms <= 0 {
+        return Err(ExchangeError::Config("slot length 1–60 min, gate closure ≥ 0, horizon > 0".to_owned()));
+    }
+    let only = config.zones.clone();
+    let zones = db.run(move |conn| store::load_zones(conn, &only)).await?;
+    let (events, _) = broadcast::channel(EVENT_BROADCAST_LEN);
+    let (shutdown_sender, shutdown) = watch::channel(false);
+    let (mqtt_stop_sender, mqtt_stop) = watch::channel(false);
+    let tasks = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut mqtt_tasks = Vec::new();
+
+    let connection = mqtt.map(|options| mqtt::connect(options, config.publish_queue_len, mqtt_stop.clone()));
+    let publish_tx = connection.as_ref().map(|connection| connection.publish.clone());
+    let outlets = Outlets { publish: publish_tx, events, clock: clock.clone() };
+
+    let zone_set = ZoneSet::new(config.clone(), db.clone(), outlets.clone(), tasks.clone());
+    for (zone, info) in &zones {
+        zone_set.start_owner(zone.clone(), *info).await?;
+    }
+    let spawn = |task: JoinHandle<()>| match tasks.lock() {
+        Ok(mut tasks) => tasks.push(task),
+        Err(poisoned) => poisoned.into_inner().push(task),
+    };
+
+    let next_seq = db.run(store::next_command_seq).await?;
+    let (commit_tx, commit_rx) = mpsc::channel(config.commit_queue_len);
+    let (resync_tx, resync_rx) = mpsc::channel(RESYNC_QUEUE_LEN);
+    let (refused_tx, refused_rx) = mpsc::channel(REFUSED_QUEUE_LEN);
+    let verifying = Arc::new(AtomicUsize::new(0));
+    let writer = Writer {
+        db: db.clone(),
+        outlets: outlets.clone(),
+        zones: zone_set.clone(),
+        next_seq,
+        delay: Duration::from_millis(config.group_commit_delay_ms),
+        size_max: config.group_commit_size_max.max(1),
+        verifying: verifying.clone(),
+        resync: resync_tx,
+        refused: refused_rx,
+        shutdown: shutdown.clone(),
+        abandoned: false,
+    };
+    spawn(tokio::spawn(writer.run(commit_rx)));
+
+    let (ingest_tx, ingest_rx) = mpsc::channel(config.ingest_queue_len);
+    let mut verifier = Verifier::new(Limits::from(&config));
+    verifier.directory = Directory { zones, ..Directory::default() };
+    let stage = VerifyStage {
+        verifier,
+        db: db.clone(),
+        outlets: outlets.clone(),
+        batch_max: config.verify_batch_max.max(1),
+        workers: config.verify_workers.max(1),
+        verifying,
+        commit: commit_tx,
+        resync: resync_rx,
+        refused: refused_tx,
+        config: config.clone(),
+    };
+    spawn(tokio::spawn(stage.run(ingest_rx, shutdown.clone())));
+
+    let (ready_tx, mqtt_ready) = watch::channel(connection.is_none());
+    if let Some(connection) = connection {
+        mqtt_tasks.push(connection.publisher);
+        // An instance serving every zone subscribes with wildcards, so a zone registered later is
+        // served without a restart; one serving named zones (a partition) subscribes to those.
+        let served: Option<Vec<ZoneId>> = (!config.zones.is_empty()).then(|| config.zones.clone());
+        let listener = mqtt::listen(connection.link, served, ingest_tx.clone(), ready_tx, shutdown.clone(), mqtt_stop);
+        mqtt_tasks.push(listener);
+    }
+
+    Ok(ExchangeHandle {
+        ingest: ingest_tx,
+        zones: zone_set,
+        outlets,
+        shutdown: Arc::new(shutdown_sender),
+        tasks,
+        mqtt_stop: Arc::new(mqtt_stop_sender),
+        mqtt_tasks: Arc::new(std::sync::Mutex::new(mqtt_tasks)),
+        mqtt_ready,
+    })
+}

@@ -1,0 +1,232 @@
+//! The MQTT stage: the connection's client half (the publisher), the event loop (the listener,
+//! which hands inbound messages on with `try_send` only), the PUBACK sender and the forwarder that
+//! feeds the ingest queue with back-pressure. See the invariants in [`super`].
+
+use super::acks::{acker, acknowledge, AckQueue};
+use super::events::Outbound;
+use super::verify::Raw;
+use crate::ingest::{Kind, Origin};
+use protocol::topics::{self, Inbound};
+use protocol::ZoneId;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// Capacity of rumqttc's request channel (publishes waiting for the event loop).
+const MQTT_REQUEST_CHANNEL_LEN: usize = 4_096;
+/// Pause before polling a failed MQTT connection again (rumqttc reconnects on the next poll).
+const MQTT_RECONNECT_DELAY_MS: u64 = 500;
+/// Inbound MQTT messages held while the ingest queue is full. MQTT 3.1.1 has no receive maximum,
+/// but brokers bound their unacknowledged deliveries (Mosquitto's `max_inflight_messages`, 20 by
+/// default; rumqttd 100) and the exchange acknowledges only stored messages, so this is never
+/// reached with a sane broker; beyond it the exchange reconnects and the broker redelivers.
+const INBOUND_HELD_MAX: usize = 1_024;
+
+/// The connection to the broker, before it is listened to.
+pub(super) struct Connection {
+    /// Feeds the publisher task.
+    pub publish: mpsc::Sender<Outbound>,
+    pub publisher: JoinHandle<()>,
+    /// What the listener polls.
+    pub link: Link,
+}
+
+/// The client and its event loop, for [`listen`].
+pub(super) struct Link {
+    client: rumqttc::AsyncClient,
+    eventloop: rumqttc::EventLoop,
+}
+
+/// Makes the client and its event loop and starts the publisher (which ends at `mqtt_stop`).
+pub(super) fn connect(
+    mut options: rumqttc::MqttOptions,
+    publish_queue_len: usize,
+    mqtt_stop: watch::Receiver<bool>,
+) -> Connection {
+    // See the service's invariant: a persistent session, and PUBACK only once a message's fate is
+    // final. The caller's client id must therefore be stable across restarts (one per exchange).
+    options.set_clean_session(false);
+    options.set_manual_acks(true);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, MQTT_REQUEST_CHANNEL_LEN);
+    // Acknowledgements and acks are small writes: Nagle's algorithm would hold them back
+    // until the broker's delayed ACK (40 ms on Linux), stalling every sender's window.
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
+    let (publish, publish_rx) = mpsc::channel(publish_queue_len);
+    let publisher = tokio::spawn(publisher(client.clone(), publish_rx, mqtt_stop));
+    Connection { publish, publisher, link: Link { client, eventloop } }
+}
+
+/// Starts taking inbound messages into `ingest`: the listener (returned, to be joined), the PUBACK
+/// sender and the forwarder. `served`: the zones to subscribe to, `None` for every zone.
+pub(super) fn listen(
+    link: Link,
+    served: Option<Vec<ZoneId>>,
+    ingest: mpsc::Sender<Raw>,
+    ready: watch::Sender<bool>,
+    shutdown: watch::Receiver<bool>,
+    mqtt_stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let Link { client, eventloop } = link;
+    let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+    // Not joined: it ends once the listener and every pending MqttAck are gone.
+    tokio::spawn(acker(client.clone(), acks_rx));
+    let acks = AckQueue::new(acks_tx);
+    let (held_tx, held_rx) = mpsc::channel(INBOUND_HELD_MAX);
+    // Not joined: it ends with the listener or when the ingest queue closes.
+    tokio::spawn(forward(held_rx, ingest));
+    let listener = MqttListener { client, acks, served, held: held_tx, ready, subacks_pending: 0 };
+    tokio::spawn(listener.run(eventloop, shutdown, mqtt_stop))
+}
+
+/// Owns the client half of the connection: the only task that awaits rumqttc's request channel.
+async fn publisher(
+    client: rumqttc::AsyncClient,
+    mut outbound: mpsc::Receiver<Outbound>,
+    mut stop: watch::Receiver<bool>,
+) {
+    async fn send(client: &rumqttc::AsyncClient, message: Outbound) {
+        if let Err(error) = client.publish(message.topic, message.qos, message.retain, message.payload).await {
+            tracing::warn!(%error, "publish failed");
+        }
+    }
+    loop {
+        tokio::select! {
+            message = outbound.recv() => match message {
+                Some(message) => {
+                    metrics::gauge!("gridex_queue_depth", "queue" => "publish").set(outbound.len() as f64);
+                    send(&client, message).await;
+                }
+                None => break,
+            },
+            () = async { drop(stop.wait_for(|stop| *stop).await) } => {
+                while let Ok(message) = outbound.try_recv() {
+                    send(&client, message).await;
+                }
+                break;
+            }
+        }
+    }
+    let _ = client.disconnect().await;
+}
+
+/// Polls the MQTT event loop and hands inbound messages on with `try_send` only (to [`forward`]).
+struct MqttListener {
+    client: rumqttc::AsyncClient,
+    acks: Arc<Mutex<AckQueue>>,
+    /// The zones subscribed to; `None`: every zone (wildcard subscriptions).
+    served: Option<Vec<ZoneId>>,
+    /// To [`forward`], which feeds the ingest queue.
+    held: mpsc::Sender<Raw>,
+    ready: watch::Sender<bool>,
+    subacks_pending: usize,
+}
+
+impl MqttListener {
+    fn subscribe(&mut self) {
+        let _ = self.ready.send(false);
+        let filters: Vec<String> = match &self.served {
+            Some(zones) => {
+                zones.iter().flat_map(|zone| [topics::readings(zone, &"+"), topics::orders(zone, &"+")]).collect()
+            }
+            None => vec![topics::ALL_READINGS.to_owned(), topics::ALL_ORDERS.to_owned()],
+        };
+        self.subacks_pending = filters.len();
+        if filters.is_empty() {
+            let _ = self.ready.send(true);
+        }
+        for filter in filters {
+            // try_subscribe never waits: the request channel is drained by this very task.
+            if let Err(error) = self.client.try_subscribe(filter, rumqttc::QoS::AtLeastOnce) {
+                tracing::error!(%error, "cannot subscribe");
+            }
+        }
+    }
+
+    /// Polls until the publisher disconnected (after `mqtt_stop`); stops forwarding inbound
+    /// messages at `shutdown`.
+    async fn run(
+        mut self,
+        mut eventloop: rumqttc::EventLoop,
+        shutdown: watch::Receiver<bool>,
+        mqtt_stop: watch::Receiver<bool>,
+    ) {
+        loop {
+            let event = eventloop.poll().await;
+            if *shutdown.borrow() {
+                match event {
+                    Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
+                    Err(_) if *mqtt_stop.borrow() => break,
+                    _ => continue,
+                }
+            }
+            match event {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    AckQueue::reconnected(&self.acks);
+                    self.subscribe();
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(publish))) => {
+                    if !self.inbound(publish) {
+                        // Drop the connection; the next poll reconnects (ConnAck voids the old acks).
+                        eventloop.clean();
+                        tokio::time::sleep(Duration::from_millis(MQTT_RECONNECT_DELAY_MS)).await;
+                    }
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                    self.subacks_pending = self.subacks_pending.saturating_sub(1);
+                    if self.subacks_pending == 0 {
+                        let _ = self.ready.send(true);
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "MQTT connection failed; reconnecting");
+                    tokio::time::sleep(Duration::from_millis(MQTT_RECONNECT_DELAY_MS)).await;
+                }
+            }
+        }
+    }
+
+    /// Hands one inbound message on. `false` when it could not be held (a broker sending more than
+    /// [`INBOUND_HELD_MAX`] unacknowledged messages): it stays unacknowledged, and so does every
+    /// later one, so the caller reconnects and the broker redelivers them.
+    fn inbound(&self, publish: rumqttc::Publish) -> bool {
+        let ack = (publish.qos != rumqttc::QoS::AtMostOnce).then(|| AckQueue::take(&self.acks, publish.pkid));
+        let topic = publish.topic.as_str();
+        let (kind, zone, sender) = match topics::parse_inbound(topic) {
+            Some(Inbound::Readings { zone, device }) => (Kind::Reading, zone, device),
+            Some(Inbound::Orders { zone, account }) => (Kind::Command, zone, account),
+            None => {
+                acknowledge(ack);
+                return true;
+            }
+        };
+        let origin = Origin::Mqtt { zone: zone.to_owned(), sender: sender.to_owned() };
+        let raw = Raw { kind, origin, bytes: publish.payload.to_vec(), reply: None, ack };
+        match self.held.try_send(raw) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!("gridex_inbound_held_overflow_total").increment(1);
+                tracing::warn!("more unacknowledged MQTT messages than the exchange holds; reconnecting");
+                false
+            }
+            // Shutting down: unacknowledged, so the broker redelivers it to the next session.
+            Err(mpsc::error::TrySendError::Closed(_)) => true,
+        }
+    }
+}
+
+/// Moves inbound MQTT messages into the ingest queue, waiting while it is full: back-pressure,
+/// never `overloaded`. While it waits the exchange acknowledges nothing new, so the broker stops
+/// sending once its in-flight window is full; the event loop keeps being polled (pings, PUBACKs).
+async fn forward(mut held: mpsc::Receiver<Raw>, ingest: mpsc::Sender<Raw>) {
+    while let Some(raw) = held.recv().await {
+        metrics::gauge!("gridex_queue_depth", "queue" => "mqtt_held").set(held.len() as f64);
+        // Closed: shutting down; the message stays unacknowledged and is redelivered.
+        if ingest.send(raw).await.is_err() {
+            break;
+        }
+    }
+}

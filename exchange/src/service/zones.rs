@@ -1,0 +1,101 @@
+//! The zone set: one owner task per zone ([`crate::zone::ZoneOwner`]), started at start-up for
+//! every served zone and later for a zone registered while the exchange runs. Starting an owner
+//! recovers its books from the command log.
+
+use super::error::ExchangeError;
+use super::outlets::Outlets;
+use crate::config::ExchangeConfig;
+use crate::db::Database;
+use crate::ingest::ZoneInfo;
+use crate::store;
+use crate::zone::{self, ZoneMsg};
+use protocol::ZoneId;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// The zone owners: started at start-up for every zone in storage, and for a zone registered while
+/// the exchange runs the first time a message for it is committed. One owner per zone, ever.
+#[derive(Clone)]
+pub(super) struct ZoneSet {
+    owners: Arc<std::sync::RwLock<HashMap<ZoneId, mpsc::Sender<ZoneMsg>>>>,
+    /// Held while an owner starts, so two callers never start two owners of one zone.
+    starting: Arc<tokio::sync::Mutex<()>>,
+    config: ExchangeConfig,
+    db: Database,
+    outlets: Outlets,
+    tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl ZoneSet {
+    /// An empty set; the owners it starts are pushed onto `tasks` (joined at shutdown).
+    pub(super) fn new(
+        config: ExchangeConfig,
+        db: Database,
+        outlets: Outlets,
+        tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+    ) -> Self {
+        ZoneSet { owners: Arc::default(), starting: Arc::default(), config, db, outlets, tasks }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ZoneId, mpsc::Sender<ZoneMsg>>> {
+        match self.owners.read() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    pub(super) fn get(&self, zone: &ZoneId) -> Option<mpsc::Sender<ZoneMsg>> {
+        self.read().get(zone).cloned()
+    }
+
+    /// Every owner, by zone.
+    pub(super) fn all(&self) -> Vec<(ZoneId, mpsc::Sender<ZoneMsg>)> {
+        let mut all: Vec<_> = self.read().iter().map(|(zone, owner)| (zone.clone(), owner.clone())).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// The zone's owner, started (its books recovered from the log) if it is not running yet.
+    /// `None` for a zone that is not in storage or not served by this instance.
+    pub(super) async fn get_or_start(&self, zone: &ZoneId) -> Result<Option<mpsc::Sender<ZoneMsg>>, ExchangeError> {
+        if let Some(owner) = self.get(zone) {
+            return Ok(Some(owner));
+        }
+        let _starting = self.starting.lock().await;
+        if let Some(owner) = self.get(zone) {
+            return Ok(Some(owner));
+        }
+        let wanted = vec![zone.clone()];
+        let found = self.db.run(move |conn| store::load_zones(conn, &wanted)).await?;
+        let Some(info) = found.get(zone).filter(|_| self.config.serves(zone)) else { return Ok(None) };
+        Ok(Some(self.start_owner(zone.clone(), *info).await?))
+    }
+
+    pub(super) async fn start_owner(
+        &self,
+        zone: ZoneId,
+        info: ZoneInfo,
+    ) -> Result<mpsc::Sender<ZoneMsg>, ExchangeError> {
+        let (sender, receiver) = mpsc::channel(self.config.zone_queue_len);
+        let owner = zone::ZoneOwner::recover(
+            zone.clone(),
+            info.slot_len_ms,
+            &self.config,
+            self.db.clone(),
+            self.outlets.clone(),
+        )
+        .await?;
+        let task = tokio::spawn(owner.run(receiver));
+        match self.tasks.lock() {
+            Ok(mut tasks) => tasks.push(task),
+            Err(poisoned) => poisoned.into_inner().push(task),
+        }
+        match self.owners.write() {
+            Ok(mut owners) => owners.insert(zone, sender.clone()),
+            Err(poisoned) => poisoned.into_inner().insert(zone, sender.clone()),
+        };
+        Ok(sender)
+    }
+}
