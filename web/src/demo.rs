@@ -260,7 +260,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         AppState::new(db.clone(), clock.clone(), &settings).with_market(crate::market::Market::new(exchange.clone()));
     state.clock_speed = options.speed.round() as u32;
     state.demo_households = Some(Arc::new(households));
-    state.market.spawn_forwarder(&state);
+    state.market.spawn_forwarder(state.live.clone());
     crate::server::spawn_background(&state);
 
     // Settlement.

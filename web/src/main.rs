@@ -314,7 +314,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let exchange = exchange::service::start(exchange_config, db.clone(), clock.clone(), mqtt).await?;
     let state = web::AppState::new(db.clone(), clock.clone(), &settings)
         .with_market(web::market::Market::new(exchange.clone()));
-    state.market.spawn_forwarder(&state);
+    state.market.spawn_forwarder(state.live.clone());
     web::server::spawn_background(&state);
 
     let operator_key_path = PathBuf::from(&settings.market.operator_key_path);

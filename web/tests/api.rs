@@ -12,8 +12,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use web::auth::sign_request;
+use web::live::{LiveEvent, SlotSettled};
 use web::settings::{ApiKey, Role, Secret, Settings, WebhookSettings};
-use web::state::{AppState, LiveEvent, SlotSettled};
+use web::state::AppState;
 
 const UTILITY_KEY: &str = "utility-key-0123456789";
 const OBSERVER_KEY: &str = "observer-key-0123456789";
@@ -81,7 +82,7 @@ async fn spawn_app_on(test_db: TestDb, seed: bool, webhooks: WebhookSettings) ->
     };
     let market = web::market::Market::new(exchange.clone());
     let state = AppState::new(db, clock, &settings).with_market(market);
-    state.market.spawn_forwarder(&state);
+    state.market.spawn_forwarder(state.live.clone());
     web::server::spawn_background(&state);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
     let address = format!("http://{}", listener.local_addr().expect("local address"));

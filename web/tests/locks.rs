@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
+use web::live::{LiveEvent, SlotSettled};
 use web::settings::{ApiKey, Role, Secret, Settings, WebhookSettings};
-use web::state::{AppState, LiveEvent, SlotSettled};
+use web::state::AppState;
 
 const UTILITY_KEY: &str = "utility-key-0123456789";
 const ZONE: &str = "lock-zone";
