@@ -14,6 +14,7 @@
 //! ```
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+pub mod application;
 pub mod assets;
 pub mod auth;
 pub mod broker;
@@ -39,6 +40,7 @@ pub mod utility;
 pub mod webhook_targets;
 pub mod webhooks;
 
+pub use application::{Application, ApplicationError};
 pub use live::LiveEvent;
 pub use settings::Settings;
 pub use state::AppState;
