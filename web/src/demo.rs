@@ -70,8 +70,9 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Starts rumqttd on a thread (it has no stop; it ends with the process) and waits until it listens.
-fn start_broker(port: u16) -> anyhow::Result<()> {
+/// Starts rumqttd on `127.0.0.1:port` on a thread (it has no stop; it ends with the process) and
+/// waits until it listens. The demo's broker; tests of `serve` without `MQTT_URL` use it too.
+pub fn start_broker(port: u16) -> anyhow::Result<()> {
     let listen = SocketAddr::from(([127, 0, 0, 1], port));
     let server = rumqttd::ServerSettings {
         name: "demo".to_owned(),
