@@ -197,24 +197,25 @@ impl ApplicationBuilder {
         let mut state = AppState::new(db.clone(), clock.clone(), &settings).with_market(Market::new(exchange.clone()));
         state.clock_speed = self.clock_speed;
         state.demo_households = self.demo_households.map(Arc::new);
-        let mut tasks = Tasks::default();
-        tasks.market_forwarder = state.market.spawn_forwarder(state.live.clone());
         let background = crate::server::spawn_background(&state);
-        tasks.webhooks = Some(background.webhooks);
-        tasks.metrics_upkeep = background.metrics_upkeep;
-
         let (stop, stop_rx) = watch::channel(false);
-        if let Some(config) = settlement_config {
-            let settled = settlement::service::settled_channel();
-            tasks.settled_forwarder = Some(crate::ledger::spawn_settled_forwarder(&state, settled.subscribe()));
-            tasks.settlement = Some(tokio::spawn(settlement::run(
-                db.clone(),
-                clock.clone(),
-                config,
-                settled,
-                stopped(stop_rx.clone()),
-            )));
-        }
+        let (settlement, settled_forwarder) = match settlement_config {
+            Some(config) => {
+                let settled = settlement::service::settled_channel();
+                let forwarder = crate::ledger::spawn_settled_forwarder(&state, settled.subscribe());
+                let shutdown = stopped(stop_rx.clone());
+                let settlement = tokio::spawn(settlement::run(db.clone(), clock.clone(), config, settled, shutdown));
+                (Some(settlement), Some(forwarder))
+            }
+            None => (None, None),
+        };
+        let tasks = Tasks {
+            settlement,
+            settled_forwarder,
+            market_forwarder: state.market.spawn_forwarder(state.live.clone()),
+            webhooks: Some(background.webhooks),
+            metrics_upkeep: background.metrics_upkeep,
+        };
         tracing::info!(%address, database = %db_name(&settings, database_given), "gridex serving");
         let server = tokio::spawn(crate::server::run(listener, state.clone(), stopped(stop_rx)));
         Ok(Application { address, state, exchange, stop, server, tasks })
@@ -246,7 +247,6 @@ async fn stopped(mut receiver: watch::Receiver<bool>) {
 }
 
 /// The tasks besides the HTTP server, each awaited (or, for endless loops, aborted) on shutdown.
-#[derive(Default)]
 struct Tasks {
     settlement: Option<JoinHandle<()>>,
     settled_forwarder: Option<JoinHandle<()>>,

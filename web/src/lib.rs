@@ -6,10 +6,15 @@
 //! It must never match orders (that is `exchange`'s), never write the ledger (that is
 //! `settlement`'s), and never log a secret.
 //!
+//! A process is wired in one place, [`application::Application`], for `gridex serve`, the demo and
+//! the tests alike:
+//!
 //! ```no_run
-//! # async fn example(state: web::state::AppState) -> std::io::Result<()> {
-//! let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-//! web::server::run(listener, state, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # async fn example() -> Result<(), web::ApplicationError> {
+//! let app = web::Application::build(web::Settings::load(None).expect("settings")).await?;
+//! println!("serving on {}", app.address());
+//! let _ = tokio::signal::ctrl_c().await;
+//! app.shutdown().await
 //! # }
 //! ```
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
