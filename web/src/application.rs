@@ -353,7 +353,9 @@ impl Application {
 
 async fn wait(part: &str, task: Option<JoinHandle<()>>) {
     let Some(task) = task else { return };
-    if tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, task).await.is_err() {
-        tracing::warn!(part, "did not stop in time");
+    match tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, task).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::error!(part, %error, "the task failed"),
+        Err(_) => tracing::warn!(part, "did not stop in time"),
     }
 }
