@@ -73,17 +73,7 @@ async fn spawn_app_on(test_db: TestDb, seed: bool, webhooks: WebhookSettings) ->
         webhooks: WebhookSettings { allowed_private_networks: vec!["127.0.0.1".to_owned()], ..webhooks },
         ..Settings::default()
     };
-    // The wiring `gridex serve` uses, on the test database and port 0, without a broker; these
-    // tests settle by hand.
-    let app = Application::builder(settings)
-        .database(db)
-        .listener(std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
-        .mqtt(None)
-        .exchange_config(exchange::config::ExchangeConfig::default())
-        .without_settlement()
-        .build()
-        .await
-        .expect("the app starts");
+    let app = common::start_app(settings, &db).await;
     let (address, state) = (app.url(), app.state().clone());
     TestApp {
         address,

@@ -42,16 +42,7 @@ fn utility_key(name: &str, key: &str) -> ApiKey {
 /// A server on a fresh database with `settings` (these locks sit in front of the exchange).
 async fn spawn_app(settings: Settings) -> TestApp {
     let test_db = TestDb::any();
-    // The wiring `gridex serve` uses, on the test database and port 0, without a broker or settlement.
-    let app = Application::builder(settings)
-        .database(test_db.db.clone())
-        .listener(std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
-        .mqtt(None)
-        .exchange_config(exchange::config::ExchangeConfig::default())
-        .without_settlement()
-        .build()
-        .await
-        .expect("the app starts");
+    let app = common::start_app(settings, &test_db.db).await;
     let (address, state) = (app.url(), app.state().clone());
     TestApp {
         address,

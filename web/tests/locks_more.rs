@@ -2,6 +2,8 @@
 //! list endpoints hand out cursors instead of truncating, and one client opens only so many live
 //! streams.
 
+mod common;
+
 use ed25519_dalek::SigningKey;
 use exchange::clock::{Clock, SystemClock};
 use exchange::db::testing::TestDb;
@@ -53,16 +55,7 @@ async fn spawn_app_with(household: &SigningKey, settings: Settings) -> TestApp {
         api_keys: vec![ApiKey { name: "utility".into(), role: Role::Utility, key: Secret::new(UTILITY_KEY) }],
         ..settings
     };
-    // The wiring `gridex serve` uses, on the test database and port 0, without a broker or settlement.
-    let app = Application::builder(settings)
-        .database(test_db.db.clone())
-        .listener(std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
-        .mqtt(None)
-        .exchange_config(exchange::config::ExchangeConfig::default())
-        .without_settlement()
-        .build()
-        .await
-        .expect("the app starts");
+    let app = common::start_app(settings, &test_db.db).await;
     let address = app.url();
     TestApp {
         address,

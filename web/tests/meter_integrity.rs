@@ -2,6 +2,8 @@
 //! the REST API or the CLI, sees its zone's silent devices, and a household sees the readings the
 //! exchange refused, with their reason.
 
+mod common;
+
 use ed25519_dalek::SigningKey;
 use exchange::clock::{Clock, SystemClock};
 use exchange::db::testing::TestDb;
@@ -87,15 +89,7 @@ async fn spawn_app() -> TestApp {
         market: MarketSettings { silent_device_ms: SILENT_MS, ..MarketSettings::default() },
         ..Settings::default()
     };
-    let app = Application::builder(settings)
-        .database(db)
-        .listener(std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
-        .mqtt(None)
-        .exchange_config(exchange::config::ExchangeConfig::default())
-        .without_settlement()
-        .build()
-        .await
-        .expect("the app starts");
+    let app = common::start_app(settings, &db).await;
     let (address, state) = (app.url(), app.state().clone());
     TestApp {
         address,
