@@ -3,7 +3,8 @@
 //! simulator + gateway + trading agent each), the exchange, the settlement loop and the web server,
 //! all on one simulated clock running `speed` times faster than real time.
 
-use crate::state::{AppState, DemoHousehold};
+use crate::application::Application;
+use crate::state::DemoHousehold;
 use anyhow::Context as _;
 use exchange::clock::Clock;
 use meter_gateway::agent::AgentSettings;
@@ -69,8 +70,9 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Starts rumqttd on a thread (it has no stop; it ends with the process) and waits until it listens.
-fn start_broker(port: u16) -> anyhow::Result<()> {
+/// Starts rumqttd on `127.0.0.1:port` on a thread (it has no stop; it ends with the process) and
+/// waits until it listens. The demo's broker; tests of `serve` without `MQTT_URL` use it too.
+pub fn start_broker(port: u16) -> anyhow::Result<()> {
     let listen = SocketAddr::from(([127, 0, 0, 1], port));
     let server = rumqttd::ServerSettings {
         name: "demo".to_owned(),
@@ -233,7 +235,8 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         let _ = receiver.wait_for(|stop| *stop).await;
     };
 
-    // The exchange.
+    // The exchange, settlement and the web server: the wiring `gridex serve` uses, with the demo's
+    // broker, clock, market rules and settlement pace.
     let mut mqtt = rumqttc::MqttOptions::new("gridex-exchange", "127.0.0.1", broker_port);
     mqtt.set_keep_alive(Duration::from_secs(30));
     mqtt.set_max_packet_size(64 * 1024, 64 * 1024);
@@ -248,30 +251,26 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         closing_auctions,
         ..exchange::config::ExchangeConfig::default()
     };
-    let exchange = exchange::service::start(exchange_config, db.clone(), clock.clone(), Some(mqtt)).await?;
-    tokio::time::timeout(Duration::from_secs(10), exchange.mqtt_subscribed())
-        .await
-        .context("the exchange did not subscribe to the embedded broker")?;
-
-    // The web server's state, fed by the exchange and settlement.
-    let mut settings = crate::Settings::default();
-    settings.mqtt.url = Some(crate::settings::Secret::new(mqtt_url.clone()));
-    let mut state =
-        AppState::new(db.clone(), clock.clone(), &settings).with_market(crate::market::Market::new(exchange.clone()));
-    state.clock_speed = options.speed.round() as u32;
-    state.demo_households = Some(Arc::new(households));
-    state.market.spawn_forwarder(&state);
-    crate::server::spawn_background(&state);
-
-    // Settlement.
     let operator_key = key(&data_dir.join("operator.key"))?;
     let mut settlement_config = settlement::SettlementConfig::new(operator_key);
     settlement_config.grace_ms = SETTLEMENT_GRACE_MS;
     settlement_config.poll_interval_ms = 250;
-    let settled = settlement::service::settled_channel();
-    crate::ledger::spawn_settled_forwarder(&state, settled.subscribe());
-    let settlement_task =
-        tokio::spawn(settlement::run(db.clone(), clock.clone(), settlement_config, settled, stopped(stop_rx.clone())));
+    // The readiness probe checks the embedded broker.
+    let mut settings = crate::Settings::default();
+    settings.mqtt.url = Some(crate::settings::Secret::new(mqtt_url.clone()));
+    let app = Application::builder(settings)
+        .database(db)
+        .clock(clock, options.speed.round() as u32)
+        .listener(listener)
+        .mqtt(Some(mqtt))
+        .exchange_config(exchange_config)
+        .settlement(settlement_config)
+        .demo_households(households)
+        .build()
+        .await?;
+    tokio::time::timeout(Duration::from_secs(10), app.exchange().mqtt_subscribed())
+        .await
+        .context("the exchange did not subscribe to the embedded broker")?;
 
     // The homes.
     let specs: Vec<HomeSpec> = (0..options.homes).map(|index| home(index).0).collect();
@@ -326,8 +325,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         }));
     }
 
-    let address = listener.local_addr()?;
-    let server = tokio::spawn(crate::server::run(listener, state, stopped(stop_rx.clone())));
+    let address = app.address();
     print_guide(address, &options, broker_port);
 
     tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")?;
@@ -343,9 +341,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     if tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, gateways_done).await.is_err() {
         tracing::warn!("some gateways did not stop in time");
     }
-    let _ = tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, settlement_task).await;
-    server.await.context("the web server task failed")??;
-    let _ = tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, exchange.shutdown()).await;
+    app.shutdown().await?;
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "demo stopped");
     println!("Stopped. Data is in {}", data_dir.display());
     Ok(())

@@ -3,7 +3,8 @@
 //! its query functions.
 
 use crate::error::ApiError;
-use crate::state::{AppState, LiveEvent, SlotSettled};
+use crate::live::{LiveEvent, SlotSettled};
+use crate::state::AppState;
 use actix_web::{web, HttpRequest, HttpResponse};
 use exchange::db::DbConnection;
 use protocol::SlotId;
@@ -155,7 +156,11 @@ pub fn report_csv(report: &queries::SlotReport) -> String {
 
 /// Forwards settlement's settled-slot announcements to the live feed (and so to webhooks), and
 /// records each slot's settlement latency.
-pub fn spawn_settled_forwarder(state: &AppState, mut settled: broadcast::Receiver<settlement::SlotSettled>) {
+/// Ends when settlement drops its sender (its loop stopped).
+pub fn spawn_settled_forwarder(
+    state: &AppState,
+    mut settled: broadcast::Receiver<settlement::SlotSettled>,
+) -> tokio::task::JoinHandle<()> {
     let state = state.clone();
     tokio::spawn(async move {
         loop {
@@ -178,5 +183,5 @@ pub fn spawn_settled_forwarder(state: &AppState, mut settled: broadcast::Receive
                 Err(broadcast::error::RecvError::Closed) => return,
             }
         }
-    });
+    })
 }

@@ -6,20 +6,27 @@
 //! It must never match orders (that is `exchange`'s), never write the ledger (that is
 //! `settlement`'s), and never log a secret.
 //!
+//! A process is wired in one place, [`application::Application`], for `gridex serve`, the demo and
+//! the tests alike:
+//!
 //! ```no_run
-//! # async fn example(state: web::state::AppState) -> std::io::Result<()> {
-//! let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-//! web::server::run(listener, state, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # async fn example() -> Result<(), web::ApplicationError> {
+//! let app = web::Application::build(web::Settings::load(None).expect("settings")).await?;
+//! println!("serving on {}", app.address());
+//! let _ = tokio::signal::ctrl_c().await;
+//! app.shutdown().await
 //! # }
 //! ```
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+pub mod application;
 pub mod assets;
 pub mod auth;
 pub mod broker;
 pub mod demo;
 pub mod error;
 pub mod ledger;
+pub mod live;
 pub mod market;
 pub mod metrics;
 pub mod ops;
@@ -31,11 +38,14 @@ pub mod schema;
 pub mod server;
 pub mod settings;
 pub mod sse;
+pub mod sse_clients;
 pub mod state;
 pub mod trader;
 pub mod utility;
 pub mod webhook_targets;
 pub mod webhooks;
 
+pub use application::{Application, ApplicationError};
+pub use live::LiveEvent;
 pub use settings::Settings;
-pub use state::{AppState, LiveEvent};
+pub use state::AppState;

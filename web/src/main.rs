@@ -2,9 +2,8 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use exchange::clock::{Clock, SystemClock};
+use exchange::clock::{Clock as _, SystemClock};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 use web::settings::Settings;
 
@@ -185,12 +184,6 @@ fn main() {
     runtime.shutdown_timeout(Duration::from_secs(2));
 }
 
-fn open_database(settings: &Settings) -> anyhow::Result<exchange::db::Database> {
-    let url = settings.database.url.expose();
-    exchange::db::Database::open(url, settings.database.pool_size)
-        .with_context(|| format!("cannot open the database {}", exchange::db::redact(url)))
-}
-
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = || Settings::load(cli.config.as_deref()).context("cannot load the settings");
     let now_ms = SystemClock.now_ms();
@@ -209,7 +202,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve => serve(settings()?).await,
         Command::Migrate => {
-            open_database(&settings()?)?;
+            web::application::open_database(&settings()?)?;
             println!("migrations applied");
             Ok(())
         }
@@ -292,55 +285,15 @@ async fn admin<F>(settings: &Settings, work: F) -> anyhow::Result<()>
 where
     F: FnOnce(&mut exchange::db::DbConnection) -> Result<(), settlement::registry::RegistryError> + Send + 'static,
 {
-    let db = open_database(settings)?;
+    let db = web::application::open_database(settings)?;
     web::registry::write(&db, work).await.map_err(|error| anyhow::anyhow!("{}", error.message))?;
     println!("done");
     Ok(())
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let db = open_database(&settings)?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let mqtt = web::broker::mqtt_options(&settings.mqtt).context("invalid MQTT settings")?;
-    if let Some(broker) = web::broker::address(&settings.mqtt)? {
-        tracing::info!(host = %broker.host, port = broker.port, tls = broker.tls, "connecting to the MQTT broker");
-    }
-    let exchange_config = exchange::config::ExchangeConfig {
-        gate_closure_ms: settings.market.gate_closure_ms,
-        horizon_ms: settings.market.horizon_ms,
-        zones: settings.market.zones.clone(),
-        ..exchange::config::ExchangeConfig::default()
-    };
-    let exchange = exchange::service::start(exchange_config, db.clone(), clock.clone(), mqtt).await?;
-    let state = web::AppState::new(db.clone(), clock.clone(), &settings)
-        .with_market(web::market::Market::new(exchange.clone()));
-    state.market.spawn_forwarder(&state);
-    web::server::spawn_background(&state);
-
-    let operator_key_path = PathBuf::from(&settings.market.operator_key_path);
-    let operator_key = meter_gateway::keys::load(&operator_key_path).with_context(|| {
-        format!("cannot load the operator key {} (create it with gridex keygen)", operator_key_path.display())
-    })?;
-    let mut settlement_config = settlement::SettlementConfig::new(operator_key);
-    settlement_config.grace_ms = settings.market.settlement_grace_ms;
-    settlement_config.zones = settings.market.zones.clone();
-    let settled = settlement::service::settled_channel();
-    web::ledger::spawn_settled_forwarder(&state, settled.subscribe());
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut receiver: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = receiver.wait_for(|stop| *stop).await;
-    };
-    let settlement_task =
-        tokio::spawn(settlement::run(db, clock, settlement_config, settled, stopped(stop_rx.clone())));
-
-    let address = format!("{}:{}", settings.http.bind, settings.http.port);
-    let listener = std::net::TcpListener::bind(&address).with_context(|| format!("cannot listen on {address}"))?;
-    tracing::info!(%address, database = %exchange::db::redact(settings.database.url.expose()), "gridex serving");
-    let server = tokio::spawn(web::server::run(listener, state, stopped(stop_rx)));
+    let app = web::Application::build(settings).await?;
     tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")?;
-    let _ = stop.send(true);
-    let _ = settlement_task.await;
-    server.await.context("the web server task failed")??;
-    exchange.shutdown().await;
+    app.shutdown().await?;
     Ok(())
 }

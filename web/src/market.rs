@@ -3,12 +3,13 @@
 //! in which case these endpoints answer 503.
 
 use crate::error::ApiError;
-use crate::state::{AppState, LiveEvent};
+use crate::live::LiveEvent;
 use exchange::service::{ExchangeHandle, MarketEvent};
 use protocol::{AccountId, BookSnapshot, OrderStatus, PricePerKwh, Side, SlotId, TimeInForce, Wh, ZoneId};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
 
 /// One open book of a zone, as listed by `GET /zones/{zone}/slots`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -154,12 +155,12 @@ impl Market {
         Ok(self.exchange()?.open_orders(account).await.into_iter().map(OpenOrder::from).collect())
     }
 
-    /// Forwards the exchange's market events to the live feed until the exchange stops.
-    pub fn spawn_forwarder(&self, state: &AppState) {
-        let Some(handle) = &self.inner else { return };
+    /// Forwards the exchange's market events to the live feed (`live`) until the exchange stops; `None`
+    /// without an exchange.
+    pub fn spawn_forwarder(&self, live: broadcast::Sender<LiveEvent>) -> Option<JoinHandle<()>> {
+        let handle = self.inner.as_ref()?;
         let mut events = handle.subscribe();
-        let state = state.clone();
-        tokio::spawn(async move {
+        Some(tokio::spawn(async move {
             loop {
                 let event = match events.recv().await {
                     Ok(MarketEvent::Trade(trade)) => LiveEvent::Trade(trade),
@@ -172,8 +173,9 @@ impl Market {
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
-                state.publish(event);
+                // A send with no subscriber is fine.
+                let _ = live.send(event);
             }
-        });
+        }))
     }
 }

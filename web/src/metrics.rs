@@ -62,16 +62,16 @@ fn builder() -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildErro
 }
 
 /// Folds histogram samples into buckets every [`UPKEEP_INTERVAL`] until the runtime stops.
-pub fn spawn_upkeep() {
-    let Some(handle) = install() else { return };
-    tokio::spawn(async move {
+pub fn spawn_upkeep() -> Option<tokio::task::JoinHandle<()>> {
+    let handle = install()?;
+    Some(tokio::spawn(async move {
         let mut interval = tokio::time::interval(UPKEEP_INTERVAL);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
             handle.run_upkeep();
         }
-    });
+    }))
 }
 
 /// Records how long after its end a slot was settled (market-clock seconds; 0 if the clocks

@@ -1,5 +1,5 @@
-//! Operational endpoints: liveness, readiness, Prometheus metrics, the OpenAPI document, the clock,
-//! and the demo's household logins.
+//! Operational endpoints: liveness, readiness, Prometheus metrics, the clock, and the demo's
+//! household logins. (The OpenAPI document is served by `routes`, which it is generated from.)
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -46,10 +46,6 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
         Err(error) => tracing::warn!(%error, "cannot count the webhook outbox"),
     }
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(handle.render()))
-}
-
-pub async fn openapi(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(crate::routes::openapi_document(state.demo_households.is_some()))
 }
 
 /// The market clock: in the demo it runs faster than real time, and orders must carry its time.

@@ -118,7 +118,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         ep("get", "/healthz", "Liveness", "ops", || web::get().to(ops::healthz)),
         ep("get", "/readyz", "Readiness: database and broker reachable", "ops", || web::get().to(ops::readyz)),
         ep("get", "/metrics", "Prometheus metrics", "ops", || web::get().to(ops::metrics)).content("text/plain"),
-        ep("get", "/api/v1/openapi.json", "This document", "ops", || web::get().to(ops::openapi)),
+        ep("get", "/api/v1/openapi.json", "This document", "ops", || web::get().to(openapi)),
         ep("get", "/api/v1/clock", "The market clock (simulated in the demo)", "public", || web::get().to(ops::clock)),
         ep("get", "/api/v1/zones", "Zones and their current tariff", "public", || web::get().to(public::list_zones)),
         ep("post", "/api/v1/zones", "Create a zone", "utility", || web::post().to(utility::create_zone))
@@ -433,6 +433,11 @@ pub fn openapi_document(demo: bool) -> Value {
             },
         },
     })
+}
+
+/// `GET /api/v1/openapi.json`: the document generated from this table.
+pub async fn openapi(state: web::Data<crate::state::AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(openapi_document(state.demo_households.is_some()))
 }
 
 pub async fn not_found_json() -> HttpResponse {

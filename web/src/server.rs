@@ -5,6 +5,7 @@ use crate::state::AppState;
 use actix_web::{middleware, web, App, HttpServer};
 use std::future::Future;
 use std::net::TcpListener;
+use tokio::task::JoinHandle;
 
 /// HTTP worker threads: the machine has few cores and handlers mostly wait on the database.
 pub const HTTP_WORKERS: usize = 2;
@@ -40,9 +41,18 @@ pub async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<O
     server.await.map_err(std::io::Error::other)?
 }
 
+/// The background tasks of [`spawn_background`].
+#[derive(Debug)]
+pub struct Background {
+    /// Ends once [`run`] has stopped the webhooks (on shutdown).
+    pub webhooks: JoinHandle<()>,
+    /// Loops for the life of the process; `None` without a metrics recorder.
+    pub metrics_upkeep: Option<JoinHandle<()>>,
+}
+
 /// Starts the background tasks the server needs besides HTTP: webhook delivery and metrics upkeep.
-pub fn spawn_background(state: &AppState) {
-    crate::metrics::spawn_upkeep();
+pub fn spawn_background(state: &AppState) -> Background {
+    let metrics_upkeep = crate::metrics::spawn_upkeep();
     let events = state.live.subscribe();
-    tokio::spawn(state.webhooks.clone().run(events));
+    Background { webhooks: tokio::spawn(state.webhooks.clone().run(events)), metrics_upkeep }
 }

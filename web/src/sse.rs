@@ -4,15 +4,15 @@
 //! only on a stream opened with a trader's signed request headers, and only for that trader.
 
 use crate::error::ApiError;
-use crate::state::{AppState, LiveEvent};
+use crate::live::LiveEvent;
+use crate::sse_clients::{ClientSlot, ClientStreams};
+use crate::state::AppState;
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use protocol::{AccountId, ZoneId};
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -38,53 +38,6 @@ impl Drop for StreamSlot {
     fn drop(&mut self) {
         OPEN_STREAMS.fetch_sub(1, Ordering::SeqCst);
         metrics::gauge!("gridex_sse_streams").decrement(1.0);
-    }
-}
-
-/// The streams each client address holds open, so one client cannot take every stream.
-#[derive(Debug)]
-pub struct ClientStreams {
-    per_client_max: usize,
-    open: Mutex<HashMap<IpAddr, usize>>,
-}
-
-/// One open stream of a client; closing the stream (dropping this) frees it.
-struct ClientSlot {
-    streams: Arc<ClientStreams>,
-    client: IpAddr,
-}
-
-impl ClientStreams {
-    pub fn new(per_client_max: usize) -> ClientStreams {
-        ClientStreams { per_client_max, open: Mutex::new(HashMap::new()) }
-    }
-
-    /// Takes one of `client`'s streams, or refuses with 429 `too_many_streams` when it has all.
-    fn take(streams: &Arc<ClientStreams>, client: IpAddr) -> Result<ClientSlot, ApiError> {
-        // A poisoned lock only means a panic between two integer updates; the counts stay usable.
-        let mut open = streams.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = open.entry(client).or_insert(0);
-        if *count >= streams.per_client_max {
-            return Err(ApiError::new(
-                actix_web::http::StatusCode::TOO_MANY_REQUESTS,
-                "too_many_streams",
-                format!("this client already has {} live streams open; close one first", streams.per_client_max),
-            ));
-        }
-        *count += 1;
-        Ok(ClientSlot { streams: Arc::clone(streams), client })
-    }
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut open = self.streams.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(count) = open.get_mut(&self.client) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                open.remove(&self.client);
-            }
-        }
     }
 }
 

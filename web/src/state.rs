@@ -1,68 +1,16 @@
 //! What every handler shares: the database, the clock, the link to the exchange, the live-event hub,
 //! the webhook registry and the settings that matter at request time.
 
+use crate::live::{LiveEvent, LIVE_EVENTS_BUFFER_LEN};
 use crate::market::Market;
 use crate::settings::{ApiKey, Settings};
+use crate::sse_clients::ClientStreams;
 use crate::webhooks::Webhooks;
 use exchange::clock::Clock;
 use exchange::db::Database;
-use protocol::{BookSnapshot, OrderUpdate, SlotId, Trade, ZoneId};
 use serde::Serialize;
 use std::sync::Arc;
 use tokio::sync::broadcast;
-
-/// Live events buffered per subscriber before a slow SSE client starts missing some (it is told
-/// with a `lagged` event). A second of a busy market's book changes.
-pub const LIVE_EVENTS_BUFFER_LEN: usize = 4_096;
-
-/// A settled slot, as announced on the live feed and to webhooks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct SlotSettled {
-    pub zone: ZoneId,
-    pub slot: SlotId,
-    /// Merkle root of the slot's statements (hex).
-    pub root: String,
-    /// How many statements the slot has.
-    pub statements: u64,
-}
-
-/// One event of the live feed.
-#[derive(Debug, Clone)]
-pub enum LiveEvent {
-    Book(BookSnapshot),
-    Trade(Trade),
-    OrderUpdate(OrderUpdate),
-    Settlement(SlotSettled),
-}
-
-impl LiveEvent {
-    pub fn zone(&self) -> &ZoneId {
-        match self {
-            LiveEvent::Book(book) => &book.zone,
-            LiveEvent::Trade(trade) => &trade.zone,
-            LiveEvent::OrderUpdate(update) => &update.zone,
-            LiveEvent::Settlement(settled) => &settled.zone,
-        }
-    }
-    /// The SSE event name.
-    pub fn name(&self) -> &'static str {
-        match self {
-            LiveEvent::Book(_) => "book",
-            LiveEvent::Trade(_) => "trade",
-            LiveEvent::OrderUpdate(_) => "order_update",
-            LiveEvent::Settlement(_) => "settlement",
-        }
-    }
-    pub fn to_json(&self) -> String {
-        let value = match self {
-            LiveEvent::Book(book) => serde_json::to_string(book),
-            LiveEvent::Trade(trade) => serde_json::to_string(trade),
-            LiveEvent::OrderUpdate(update) => serde_json::to_string(update),
-            LiveEvent::Settlement(settled) => serde_json::to_string(settled),
-        };
-        value.unwrap_or_else(|_| "{}".to_owned())
-    }
-}
 
 /// A simulated household's login, shown only in demo mode.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -86,7 +34,7 @@ pub struct AppState {
     /// Signed trader requests accepted within the window, each accepted once.
     pub used_signatures: Arc<crate::auth::UsedSignatures>,
     /// Live-feed streams open per client address, capped by `http.sse_streams_per_client_max`.
-    pub sse_clients: Arc<crate::sse::ClientStreams>,
+    pub sse_clients: Arc<ClientStreams>,
     pub json_body_bytes_max: usize,
     /// `market.silent_device_ms`: a device without a reading for longer is reported silent.
     pub silent_device_ms: i64,
@@ -122,7 +70,7 @@ impl AppState {
             live,
             api_keys: Arc::new(settings.api_keys.clone()),
             used_signatures: Arc::default(),
-            sse_clients: Arc::new(crate::sse::ClientStreams::new(settings.http.sse_streams_per_client_max)),
+            sse_clients: Arc::new(ClientStreams::new(settings.http.sse_streams_per_client_max)),
             json_body_bytes_max: settings.http.json_body_bytes_max,
             silent_device_ms: settings.market.silent_device_ms,
             broker_address: crate::broker::address(&settings.mqtt)

@@ -16,9 +16,9 @@
 //! Registrations, outbox rows and concurrent attempts are bounded. Secrets are never logged,
 //! and never returned after registration.
 
+use crate::live::{LiveEvent, SlotSettled};
 use crate::schema::{webhook_cursor, webhook_deliveries, webhooks};
 use crate::settings::WebhookSettings;
-use crate::state::{LiveEvent, SlotSettled};
 use crate::webhook_targets::{CheckedResolver, TargetPolicy};
 use diesel::prelude::*;
 use exchange::db::{Database, DbConnection, DbError};

@@ -10,10 +10,11 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::oneshot;
+use web::application::Application;
 use web::auth::sign_request;
+use web::live::{LiveEvent, SlotSettled};
 use web::settings::{ApiKey, Role, Secret, Settings, WebhookSettings};
-use web::state::{AppState, LiveEvent, SlotSettled};
+use web::state::AppState;
 
 const UTILITY_KEY: &str = "utility-key-0123456789";
 const OBSERVER_KEY: &str = "observer-key-0123456789";
@@ -28,9 +29,7 @@ struct TestApp {
     bob: SigningKey,
     alice_device: SigningKey,
     nonce: std::sync::atomic::AtomicU64,
-    shutdown: Option<oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    exchange: Option<exchange::service::ExchangeHandle>,
+    app: Option<Application>,
     db: Option<TestDb>,
 }
 
@@ -64,11 +63,6 @@ async fn spawn_app_on(test_db: TestDb, seed: bool, webhooks: WebhookSettings) ->
     if seed {
         seed_registry(&db, account(&alice), account(&bob), alice_device.verifying_key()).await;
     }
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let exchange =
-        exchange::service::start(exchange::config::ExchangeConfig::default(), db.clone(), clock.clone(), None)
-            .await
-            .expect("the exchange starts");
     let settings = Settings {
         api_keys: vec![
             ApiKey { name: "ops".into(), role: Role::Utility, key: Secret::new(UTILITY_KEY) },
@@ -79,16 +73,8 @@ async fn spawn_app_on(test_db: TestDb, seed: bool, webhooks: WebhookSettings) ->
         webhooks: WebhookSettings { allowed_private_networks: vec!["127.0.0.1".to_owned()], ..webhooks },
         ..Settings::default()
     };
-    let market = web::market::Market::new(exchange.clone());
-    let state = AppState::new(db, clock, &settings).with_market(market);
-    state.market.spawn_forwarder(&state);
-    web::server::spawn_background(&state);
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    let address = format!("http://{}", listener.local_addr().expect("local address"));
-    let (shutdown, stop) = oneshot::channel::<()>();
-    let server = tokio::spawn(web::server::run(listener, state.clone(), async move {
-        let _ = stop.await;
-    }));
+    let app = common::start_app(settings, &db).await;
+    let (address, state) = (app.url(), app.state().clone());
     TestApp {
         address,
         client: reqwest::Client::new(),
@@ -97,9 +83,7 @@ async fn spawn_app_on(test_db: TestDb, seed: bool, webhooks: WebhookSettings) ->
         bob,
         alice_device,
         nonce: std::sync::atomic::AtomicU64::new(1),
-        shutdown: Some(shutdown),
-        server: Some(server),
-        exchange: Some(exchange),
+        app: Some(app),
         db: Some(test_db),
     }
 }
@@ -138,14 +122,8 @@ impl TestApp {
 
     /// Stops the server and the exchange; returns the database for another start.
     async fn stop_keeping_database(mut self) -> TestDb {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(server) = self.server.take() {
-            server.await.expect("server task").expect("server exits cleanly");
-        }
-        if let Some(exchange) = self.exchange.take() {
-            exchange.shutdown().await;
+        if let Some(app) = self.app.take() {
+            app.shutdown().await.expect("the server exits cleanly");
         }
         self.db.take().expect("the database is kept until the app stops")
     }

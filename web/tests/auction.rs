@@ -8,9 +8,8 @@ use protocol::{AccountId, Order, PricePerKwh, Side, Signed, SlotId, TimeInForce,
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::oneshot;
+use web::application::Application;
 use web::settings::Settings;
-use web::state::AppState;
 
 const ZONE: &str = "auction-zone";
 const SLOT_LEN_MS: i64 = 900_000;
@@ -68,16 +67,18 @@ async fn the_api_reports_the_closing_auctions_price_and_volume() {
         closing_auctions: vec![ClosingAuction { zone: zone.clone(), call_ms: CALL_MS }],
         ..ExchangeConfig::default()
     };
-    let exchange = exchange::service::start(config.clone(), db.clone(), clock.clone(), None).await.expect("starts");
     let dyn_clock: Arc<dyn Clock> = clock.clone();
-    let state =
-        AppState::new(db, dyn_clock, &Settings::default()).with_market(web::market::Market::new(exchange.clone()));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    let address = format!("http://{}", listener.local_addr().expect("local address"));
-    let (shutdown, stop) = oneshot::channel::<()>();
-    let server = tokio::spawn(web::server::run(listener, state, async move {
-        let _ = stop.await;
-    }));
+    let app = Application::builder(Settings::default())
+        .database(db)
+        .clock(dyn_clock, 1)
+        .listener(std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
+        .mqtt(None)
+        .exchange_config(config.clone())
+        .without_settlement()
+        .build()
+        .await
+        .expect("the app starts");
+    let (address, exchange) = (app.url(), app.exchange().clone());
 
     let slot = SlotId::new(NOW_MS - NOW_MS % SLOT_LEN_MS + 4 * SLOT_LEN_MS).expect("a slot");
     let gate_ms = slot.start_ms() - config.gate_closure_ms;
@@ -117,7 +118,6 @@ async fn the_api_reports_the_closing_auctions_price_and_volume() {
     assert_eq!(trades.len(), 1);
     assert_eq!(trades[0]["price_per_kwh"], 150_000);
 
-    let _ = shutdown.send(());
-    let _ = server.await;
-    exchange.shutdown().await;
+    drop(exchange);
+    let _ = app.shutdown().await;
 }

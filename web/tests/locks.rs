@@ -12,9 +12,10 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::oneshot;
+use web::application::Application;
+use web::live::{LiveEvent, SlotSettled};
 use web::settings::{ApiKey, Role, Secret, Settings, WebhookSettings};
-use web::state::{AppState, LiveEvent, SlotSettled};
+use web::state::AppState;
 
 const UTILITY_KEY: &str = "utility-key-0123456789";
 const ZONE: &str = "lock-zone";
@@ -26,8 +27,7 @@ struct TestApp {
     address: String,
     client: reqwest::Client,
     state: AppState,
-    shutdown: Option<oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    app: Option<Application>,
     _db: TestDb,
 }
 
@@ -39,35 +39,24 @@ fn utility_key(name: &str, key: &str) -> ApiKey {
     ApiKey { name: name.into(), role: Role::Utility, key: Secret::new(key) }
 }
 
-/// A server on a fresh database with `settings` (no exchange: these locks sit in front of it).
+/// A server on a fresh database with `settings` (these locks sit in front of the exchange).
 async fn spawn_app(settings: Settings) -> TestApp {
     let test_db = TestDb::any();
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let state = AppState::new(test_db.db.clone(), clock, &settings);
-    web::server::spawn_background(&state);
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    let address = format!("http://{}", listener.local_addr().expect("local address"));
-    let (shutdown, stop) = oneshot::channel::<()>();
-    let server = tokio::spawn(web::server::run(listener, state.clone(), async move {
-        let _ = stop.await;
-    }));
+    let app = common::start_app(settings, &test_db.db).await;
+    let (address, state) = (app.url(), app.state().clone());
     TestApp {
         address,
         client: reqwest::Client::builder().no_proxy().build().expect("client"),
         state,
-        shutdown: Some(shutdown),
-        server: Some(server),
+        app: Some(app),
         _db: test_db,
     }
 }
 
 impl TestApp {
     async fn stop(mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(server) = self.server.take() {
-            let _ = server.await;
+        if let Some(app) = self.app.take() {
+            let _ = app.shutdown().await;
         }
     }
 

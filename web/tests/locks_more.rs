@@ -2,17 +2,17 @@
 //! list endpoints hand out cursors instead of truncating, and one client opens only so many live
 //! streams.
 
+mod common;
+
 use ed25519_dalek::SigningKey;
 use exchange::clock::{Clock, SystemClock};
 use exchange::db::testing::TestDb;
 use protocol::AccountId;
 use serde_json::Value;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use web::application::Application;
 use web::auth::sign_request;
 use web::settings::{ApiKey, Role, Secret, Settings};
-use web::state::AppState;
 
 const ZONE: &str = "lock-zone";
 const UTILITY_KEY: &str = "utility-key-0123456789";
@@ -23,8 +23,7 @@ const DEADLINE: Duration = Duration::from_secs(60);
 struct TestApp {
     address: String,
     client: reqwest::Client,
-    shutdown: Option<oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    app: Option<Application>,
     db: TestDb,
 }
 
@@ -36,8 +35,8 @@ fn account(key: &SigningKey) -> AccountId {
     AccountId::from_verifying_key(&key.verifying_key())
 }
 
-/// A server on a fresh database with one zone and `household` registered in it (no exchange:
-/// these locks sit in front of it).
+/// A server on a fresh database with one zone and `household` registered in it (these locks sit in
+/// front of the exchange).
 async fn spawn_app(household: &SigningKey) -> TestApp {
     spawn_app_with(household, Settings::default()).await
 }
@@ -52,34 +51,24 @@ async fn spawn_app_with(household: &SigningKey, settings: Settings) -> TestApp {
     })
     .await
     .expect("seed the registry");
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let settings = Settings {
         api_keys: vec![ApiKey { name: "utility".into(), role: Role::Utility, key: Secret::new(UTILITY_KEY) }],
         ..settings
     };
-    let state = AppState::new(test_db.db.clone(), clock, &settings);
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    let address = format!("http://{}", listener.local_addr().expect("local address"));
-    let (shutdown, stop) = oneshot::channel::<()>();
-    let server = tokio::spawn(web::server::run(listener, state, async move {
-        let _ = stop.await;
-    }));
+    let app = common::start_app(settings, &test_db.db).await;
+    let address = app.url();
     TestApp {
         address,
         client: reqwest::Client::builder().no_proxy().build().expect("client"),
-        shutdown: Some(shutdown),
-        server: Some(server),
+        app: Some(app),
         db: test_db,
     }
 }
 
 impl TestApp {
     async fn stop(mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(server) = self.server.take() {
-            let _ = server.await;
+        if let Some(app) = self.app.take() {
+            let _ = app.shutdown().await;
         }
     }
 

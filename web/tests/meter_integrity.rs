@@ -2,14 +2,15 @@
 //! the REST API or the CLI, sees its zone's silent devices, and a household sees the readings the
 //! exchange refused, with their reason.
 
+mod common;
+
 use ed25519_dalek::SigningKey;
 use exchange::clock::{Clock, SystemClock};
 use exchange::db::testing::TestDb;
 use protocol::{AccountId, DeviceId, MeterSerial, PowerW, Reading, Signed, TimestampMs, Wh, ZoneId};
 use serde_json::{json, Value};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::oneshot;
+use web::application::Application;
 use web::auth::sign_request;
 use web::settings::{ApiKey, MarketSettings, Role, Secret, Settings};
 use web::state::AppState;
@@ -30,9 +31,7 @@ struct TestApp {
     device: SigningKey,
     /// A device registered long ago that never sent a reading.
     quiet_device: SigningKey,
-    shutdown: Option<oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    exchange: Option<exchange::service::ExchangeHandle>,
+    app: Option<Application>,
     _db: TestDb,
 }
 
@@ -85,23 +84,13 @@ async fn spawn_app() -> TestApp {
         (protocol::testing::signing_key(21), protocol::testing::signing_key(22), protocol::testing::signing_key(23));
     let account = AccountId::from_verifying_key(&household.verifying_key());
     seed(&db, account, device_id(&device), device_id(&quiet_device)).await;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let exchange =
-        exchange::service::start(exchange::config::ExchangeConfig::default(), db.clone(), clock.clone(), None)
-            .await
-            .expect("the exchange starts");
     let settings = Settings {
         api_keys: vec![ApiKey { name: "ops".into(), role: Role::Utility, key: Secret::new(UTILITY_KEY) }],
         market: MarketSettings { silent_device_ms: SILENT_MS, ..MarketSettings::default() },
         ..Settings::default()
     };
-    let state = AppState::new(db, clock, &settings).with_market(web::market::Market::new(exchange.clone()));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    let address = format!("http://{}", listener.local_addr().expect("local address"));
-    let (shutdown, stop) = oneshot::channel::<()>();
-    let server = tokio::spawn(web::server::run(listener, state.clone(), async move {
-        let _ = stop.await;
-    }));
+    let app = common::start_app(settings, &db).await;
+    let (address, state) = (app.url(), app.state().clone());
     TestApp {
         address,
         client: reqwest::Client::new(),
@@ -109,28 +98,20 @@ async fn spawn_app() -> TestApp {
         household,
         device,
         quiet_device,
-        shutdown: Some(shutdown),
-        server: Some(server),
-        exchange: Some(exchange),
+        app: Some(app),
         _db: test_db,
     }
 }
 
 impl TestApp {
     async fn stop(mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(server) = self.server.take() {
-            server.await.expect("server task").expect("server exits cleanly");
-        }
-        if let Some(exchange) = self.exchange.take() {
-            exchange.shutdown().await;
+        if let Some(app) = self.app.take() {
+            app.shutdown().await.expect("the server exits cleanly");
         }
     }
 
     fn exchange(&self) -> &exchange::service::ExchangeHandle {
-        self.exchange.as_ref().expect("running")
+        self.app.as_ref().expect("running").exchange()
     }
 
     async fn utility(&self, method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> (u16, Value) {

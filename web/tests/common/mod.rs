@@ -1,8 +1,26 @@
 //! Test support shared by the web integration tests.
+// Each test crate includes this module and uses a part of it.
+#![allow(dead_code)]
 
-use exchange::db::DbConnection;
+use exchange::db::{Database, DbConnection};
 use protocol::ZoneId;
 use settlement::registry::RegistryError;
+use web::application::Application;
+use web::settings::Settings;
+
+/// Starts gridex as `serve` wires it, on `db` and a port-0 listener, with the default exchange
+/// configuration, no broker and no settlement loop (tests settle by hand).
+pub async fn start_app(settings: Settings, db: &Database) -> Application {
+    Application::builder(settings)
+        .database(db.clone())
+        .listener(std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
+        .mqtt(None)
+        .exchange_config(exchange::config::ExchangeConfig::default())
+        .without_settlement()
+        .build()
+        .await
+        .expect("the app starts")
+}
 
 /// Registers `zone` with the test market's reward schedule (genesis an hour before `now_ms`) and
 /// tariff (retail 0.30, feed-in 0.08, grid fee 0.04 per kWh, protocol fee 0.5 %), through the
