@@ -10,6 +10,7 @@
 
 use crate::live::LiveEvent;
 use crate::market::Market;
+use crate::server::Transport;
 use crate::settings::Settings;
 use crate::state::{AppState, DemoHousehold};
 use exchange::clock::{Clock, SystemClock};
@@ -47,6 +48,9 @@ pub enum ApplicationError {
         #[source]
         source: meter_gateway::keys::KeyError,
     },
+    /// Names the setting or the file (one line; never the key's contents).
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot listen on {address}")]
     Listen {
         address: String,
@@ -150,10 +154,11 @@ impl ApplicationBuilder {
         self
     }
 
-    /// Starts everything: checks what can fail first (database, broker settings, operator key,
-    /// listener), then the exchange, the forwarders, settlement and the HTTP server.
+    /// Starts everything: checks what can fail first (TLS files, database, broker settings,
+    /// operator key, listener), then the exchange, the forwarders, settlement and the HTTP server.
     pub async fn build(self) -> Result<Application, ApplicationError> {
         let settings = self.settings;
+        let transport = transport_from(&settings)?;
         let database_given = self.database.is_some();
         let db = match self.database {
             Some(db) => db,
@@ -216,9 +221,38 @@ impl ApplicationBuilder {
             webhooks: Some(background.webhooks),
             metrics_upkeep: background.metrics_upkeep,
         };
-        tracing::info!(%address, database = %db_name(&settings, database_given), "gridex serving");
-        let server = tokio::spawn(crate::server::run(listener, state.clone(), stopped(stop_rx)));
-        Ok(Application { address, state, exchange, stop, server, tasks })
+        let scheme = transport.scheme();
+        log_transport(address, &transport, settings.http.hsts);
+        tracing::info!(%address, scheme, database = %db_name(&settings, database_given), "gridex serving {scheme}");
+        let server = tokio::spawn(crate::server::run(listener, transport, state.clone(), stopped(stop_rx)));
+        Ok(Application { address, scheme, state, exchange, stop, server, tasks })
+    }
+}
+
+/// HTTPS when `http.tls_cert_file` and `http.tls_key_file` are set (both read and checked now),
+/// else plain HTTP.
+fn transport_from(settings: &Settings) -> Result<Transport, ApplicationError> {
+    Ok(match crate::tls::server_config(&settings.http)? {
+        Some(config) => Transport::Https { config: Box::new(config), hsts: settings.http.hsts },
+        None => Transport::Http,
+    })
+}
+
+/// Warns about plain HTTP reachable from the network (legitimate only behind a TLS-terminating
+/// proxy) and about `http.hsts` without HTTPS.
+fn log_transport(address: SocketAddr, transport: &Transport, hsts: bool) {
+    let tls = matches!(transport, Transport::Https { .. });
+    if crate::tls::plain_http_exposed(address, tls) {
+        tracing::warn!(
+            %address,
+            "serving plain HTTP on a non-loopback address: API keys and signed requests cross the network in clear \
+             unless a TLS-terminating proxy is in front; set http.tls_cert_file and http.tls_key_file to serve HTTPS"
+        );
+    }
+    if hsts && !tls {
+        tracing::warn!(
+            "http.hsts is ignored without HTTPS (http.tls_cert_file, http.tls_key_file); let the proxy send it"
+        );
     }
 }
 
@@ -259,6 +293,8 @@ struct Tasks {
 /// tasks. Stop it with [`Application::shutdown`].
 pub struct Application {
     address: SocketAddr,
+    /// `http` or `https`.
+    scheme: &'static str,
     state: AppState,
     exchange: ExchangeHandle,
     stop: watch::Sender<bool>,
@@ -301,9 +337,14 @@ impl Application {
         self.address
     }
 
-    /// `http://ADDRESS`.
+    /// `http://ADDRESS`, or `https://ADDRESS` when serving HTTPS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.address)
+        format!("{}://{}", self.scheme, self.address)
+    }
+
+    /// `http` or `https`: whether the server terminates TLS itself.
+    pub fn scheme(&self) -> &'static str {
+        self.scheme
     }
 
     /// The state the handlers share (database, clock, live hub, webhooks).

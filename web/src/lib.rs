@@ -40,6 +40,7 @@ pub mod settings;
 pub mod sse;
 pub mod sse_clients;
 pub mod state;
+pub mod tls;
 pub mod trader;
 pub mod utility;
 pub mod webhook_targets;

@@ -1,7 +1,8 @@
-//! Builds the actix application and runs it on a given listener until a shutdown future resolves
-//! (tests bind port 0; `gridex` binds the configured address).
+//! Builds the actix application and runs it on a given listener, over plain HTTP or HTTPS, until a
+//! shutdown future resolves (tests bind port 0; `gridex` binds the configured address).
 
 use crate::state::AppState;
+use actix_web::http::header;
 use actix_web::{middleware, web, App, HttpServer};
 use std::future::Future;
 use std::net::TcpListener;
@@ -12,10 +13,36 @@ pub const HTTP_WORKERS: usize = 2;
 /// Seconds given to in-flight requests on shutdown (SSE streams are cut after this).
 pub const SHUTDOWN_GRACE_SECS: u64 = 5;
 
-/// Serves `state` on `listener` until `shutdown` resolves, then stops gracefully.
-pub async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+/// How the listener's connections are served.
+#[derive(Debug)]
+pub enum Transport {
+    /// Plain HTTP: on loopback, or behind a TLS-terminating proxy.
+    Http,
+    /// HTTPS with this rustls configuration ([`crate::tls::server_config`]); with `hsts`, every
+    /// response carries `Strict-Transport-Security`.
+    Https { config: Box<rustls::ServerConfig>, hsts: bool },
+}
+
+impl Transport {
+    /// `http` or `https`, for URLs and the log.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            Transport::Http => "http",
+            Transport::Https { .. } => "https",
+        }
+    }
+}
+
+/// Serves `state` on `listener` over `transport` until `shutdown` resolves, then stops gracefully.
+pub async fn run(
+    listener: TcpListener,
+    transport: Transport,
+    state: AppState,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     crate::metrics::install();
     let demo = state.demo_households.is_some();
+    let hsts = matches!(transport, Transport::Https { hsts: true, .. });
     let state_webhooks = state.webhooks.clone();
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
@@ -24,13 +51,21 @@ pub async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<O
             .app_data(crate::error::query_config())
             .app_data(crate::error::path_config())
             .wrap(middleware::from_fn(crate::metrics::track))
+            .wrap(middleware::Condition::new(
+                hsts,
+                middleware::DefaultHeaders::new()
+                    .add((header::STRICT_TRANSPORT_SECURITY, crate::tls::HSTS_HEADER_VALUE)),
+            ))
             .configure(|config| crate::routes::configure(config, demo))
             .default_service(web::to(crate::routes::not_found_json))
     })
     .workers(HTTP_WORKERS)
     .shutdown_timeout(SHUTDOWN_GRACE_SECS)
-    .disable_signals()
-    .listen(listener)?
+    .disable_signals();
+    let server = match transport {
+        Transport::Http => server.listen(listener)?,
+        Transport::Https { config, .. } => server.listen_rustls_0_23(listener, *config)?,
+    }
     .run();
     let handle = server.handle();
     let server = tokio::spawn(server);

@@ -58,6 +58,14 @@ pub struct HttpSettings {
     /// Live-feed (SSE) streams one client address may hold open at once; the next answers 429.
     /// Behind a reverse proxy every client has the proxy's address: raise it there, or cap at the proxy.
     pub sse_streams_per_client_max: usize,
+    /// PEM certificate chain (the server's certificate first) to serve HTTPS; needs
+    /// `tls_key_file`. Without both, gridex serves plain HTTP (behind a TLS-terminating proxy).
+    pub tls_cert_file: Option<String>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert_file`'s certificate.
+    pub tls_key_file: Option<String>,
+    /// With HTTPS: every response carries `Strict-Transport-Security` ([`crate::tls::HSTS_HEADER_VALUE`]),
+    /// so browsers refuse plain HTTP to this host afterwards. Ignored (with a warning) without HTTPS.
+    pub hsts: bool,
 }
 
 /// A dashboard holds one live stream per open tab; 16 covers a household's tabs and devices behind
@@ -72,6 +80,9 @@ impl Default for HttpSettings {
             port: 8080,
             json_body_bytes_max: JSON_BODY_BYTES_MAX,
             sse_streams_per_client_max: SSE_STREAMS_PER_CLIENT_MAX,
+            tls_cert_file: None,
+            tls_key_file: None,
+            hsts: false,
         }
     }
 }
@@ -193,6 +204,8 @@ pub enum SettingsError {
     WeakApiKey { name: String, reason: ApiKeyWeakness },
     #[error("invalid webhooks.allowed_private_networks: {0}")]
     AllowList(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Why an API key is too easy to guess.
@@ -268,8 +281,9 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Refuses settings the server must not start with: a weak API key (named, never shown) or a
-    /// malformed webhook allow list.
+    /// Refuses settings the server must not start with: a weak API key (named, never shown), a
+    /// malformed webhook allow list, or a TLS certificate without its key (or the reverse). The TLS
+    /// files themselves are read when the server starts ([`crate::tls::server_config`]).
     pub fn validate(&self) -> Result<(), SettingsError> {
         for key in &self.api_keys {
             check_api_key(key.key.expose())
@@ -277,6 +291,7 @@ impl Settings {
         }
         crate::webhook_targets::TargetPolicy::new(&self.webhooks.allowed_private_networks)
             .map_err(SettingsError::AllowList)?;
+        crate::tls::files(&self.http)?;
         Ok(())
     }
 
@@ -306,6 +321,12 @@ impl Settings {
         }
         if let Some((_, bind)) = first(&["GRIDEX_HTTP_BIND"]) {
             self.http.bind = bind;
+        }
+        if let Some((_, path)) = first(&["GRIDEX_HTTP__TLS_CERT_FILE", "GRIDEX_HTTP_TLS_CERT_FILE"]) {
+            self.http.tls_cert_file = Some(path);
+        }
+        if let Some((_, path)) = first(&["GRIDEX_HTTP__TLS_KEY_FILE", "GRIDEX_HTTP_TLS_KEY_FILE"]) {
+            self.http.tls_key_file = Some(path);
         }
         if let Some((name, port)) = first(&["GRIDEX_HTTP_PORT", "GRIDEX_PORT"]) {
             self.http.port =
@@ -482,6 +503,27 @@ mod tests {
         assert_eq!(names, ["north", "south-2"]);
         assert!(Settings::default().market.zones.is_empty(), "every zone by default");
         assert!(toml::from_str::<Settings>("[market]\nzones = [\"North Side\"]\n").is_err());
+    }
+
+    #[test]
+    fn the_tls_files_come_from_toml_or_the_environment_and_one_without_the_other_is_refused() {
+        let text =
+            "[http]\ntls_cert_file = \"/etc/gridex/cert.pem\"\ntls_key_file = \"/etc/gridex/key.pem\"\nhsts = true\n";
+        let settings: Settings = toml::from_str(text).expect("parses");
+        assert_eq!(settings.http.tls_cert_file.as_deref(), Some("/etc/gridex/cert.pem"));
+        assert!(settings.http.hsts);
+        settings.validate().expect("both files are named");
+
+        let env: HashMap<&str, &str> = [("GRIDEX_HTTP__TLS_CERT_FILE", "/run/cert.pem")].into();
+        let mut settings = Settings::default();
+        settings.apply_env(|name| env.get(name).map(|v| (*v).to_owned())).expect("valid env");
+        assert_eq!(settings.http.tls_cert_file.as_deref(), Some("/run/cert.pem"));
+        let shown = settings.validate().expect_err("no key file").to_string();
+        assert!(shown.contains("http.tls_key_file"), "{shown}");
+        let env: HashMap<&str, &str> = [("GRIDEX_HTTP_TLS_KEY_FILE", "/run/key.pem")].into();
+        settings.apply_env(|name| env.get(name).map(|v| (*v).to_owned())).expect("valid env");
+        assert_eq!(settings.http.tls_key_file.as_deref(), Some("/run/key.pem"));
+        settings.validate().expect("both files are named");
     }
 
     #[test]
