@@ -2,7 +2,8 @@
 //! feed (Server-Sent Events), health and metrics endpoints, webhooks, and the one-command demo.
 //!
 //! It owns HTTP: routing, authentication (trader request signatures, utility API keys), request
-//! limits, error shapes and the OpenAPI document, plus wiring the other crates into one process.
+//! limits, error shapes, the OpenAPI document and TLS when it serves HTTPS itself ([`tls`]), plus
+//! wiring the other crates into one process.
 //! It must never match orders (that is `exchange`'s), never write the ledger (that is
 //! `settlement`'s), and never log a secret.
 //!
