@@ -7,12 +7,9 @@
 //! acknowledge an order before it is committed, and never block the MQTT event loop.
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
-pub mod clock;
 pub mod config;
-pub mod db;
 pub mod ingest;
 pub mod matching;
-pub mod schema;
 pub mod service;
 pub mod store;
 pub mod zone;

@@ -26,14 +26,15 @@
 //! **Invariant:** the MQTT event loop task never awaits anything but the event loop itself (and a
 //! pause before reconnecting); everything it hands on goes through `try_send`.
 
-use crate::clock::Clock;
 use crate::config::{ExchangeConfig, EVENT_BROADCAST_LEN};
-use crate::db::{Database, DbError};
 use crate::ingest::{
     self, Directory, Duplicate, Kind, Limits, Origin, Parsed, RefusedReading, Rejection, Verified, Verifier, ZoneInfo,
 };
 use crate::store::{self, CommandRow, ReadingRow};
 use crate::zone::{self, Committed, ZoneMsg};
+use gridex_store::clock::Clock;
+use gridex_store::{Database, DbError};
+use protocol::rules::slot_len_ms_within_limits;
 use protocol::topics::{self, Inbound};
 use protocol::{
     AccountId, BookSnapshot, Command, OrderUpdate, ReadingAck, Reason, Reject, SlotId, TimestampMs, Trade, ZoneId,
@@ -568,7 +569,7 @@ pub async fn start(
     clock: Arc<dyn Clock>,
     mqtt: Option<rumqttc::MqttOptions>,
 ) -> Result<ExchangeHandle, ExchangeError> {
-    if !(60_000..=3_600_000).contains(&config.slot_len_ms) || config.gate_closure_ms < 0 || config.horizon_ms <= 0 {
+    if !slot_len_ms_within_limits(config.slot_len_ms) || config.gate_closure_ms < 0 || config.horizon_ms <= 0 {
         return Err(ExchangeError::Config("slot length 1–60 min, gate closure ≥ 0, horizon > 0".to_owned()));
     }
     let only = config.zones.clone();

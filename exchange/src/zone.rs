@@ -4,11 +4,11 @@
 //! matching core, which rebuilds them exactly (the core is deterministic).
 
 use crate::config::{ExchangeConfig, FALLBACK_BAND_TICKS};
-use crate::db::{Database, DbError};
 use crate::ingest::Rejection;
 use crate::matching::{BookConfig, Event, NewOrder, OrderBook, RestingOrderView};
 use crate::service::{parse_logged, CommandAck, MarketEvent, Outlets, SlotInfo};
 use crate::store::{self, CommandRow};
+use gridex_store::{Database, DbError};
 use protocol::topics;
 use protocol::{
     AccountId, AuctionResult, BookSnapshot, BookState, Command, OrderStatus, OrderUpdate, PricePerKwh, Reason, Reject,

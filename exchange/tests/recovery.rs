@@ -7,10 +7,10 @@ mod support;
 
 use diesel::prelude::*;
 use ed25519_dalek::SigningKey;
-use exchange::db::testing::TestDb;
 use exchange::matching::{BookConfig, Event, NewOrder, OrderBook};
-use exchange::schema::{order_commands, trades};
 use exchange::zone::TRADES_PER_COMMAND_MAX;
+use gridex_store::schema::{order_commands, trades};
+use gridex_store::testing::TestDb;
 use protocol::topics;
 use protocol::{decode, AccountId, Command, OrderUpdate, PricePerKwh, Side, SlotId, Trade, Wh, ZoneId};
 use std::collections::{BTreeMap, BTreeSet, HashMap};

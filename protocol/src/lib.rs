@@ -30,6 +30,7 @@ pub mod ids;
 pub mod merkle;
 pub mod messages;
 pub mod reason;
+pub mod rules;
 pub mod strict;
 pub mod testing;
 pub mod topics;

@@ -8,9 +8,9 @@
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use exchange::db::testing::TestDb;
-use exchange::db::DbConnection;
-use exchange::schema::{accounts, devices, readings, trades};
+use gridex_store::schema::{accounts, devices, readings, trades};
+use gridex_store::testing::TestDb;
+use gridex_store::DbConnection;
 use protocol::testing::signing_key;
 use protocol::{PricePerKwh, SlotId, ZoneId};
 use settlement::rewards::RewardSchedule;

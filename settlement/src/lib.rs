@@ -41,14 +41,13 @@ pub mod queries;
 pub mod registry;
 pub mod rewards;
 pub mod rules;
-pub mod schema;
 pub mod service;
 
 pub use close::{close_slot, SlotOutcome, SlotSettled};
 pub use service::run;
 
 use ed25519_dalek::SigningKey;
-use exchange::db::DbError;
+use gridex_store::DbError;
 
 /// Default metering grace period: readings that arrive up to two minutes after a slot ends still
 /// count (gateways buffer and retry for about that long).

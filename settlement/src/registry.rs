@@ -6,17 +6,14 @@
 
 use crate::rewards::RewardSchedule;
 use crate::rules::{Tariff, ISSUER_ACCOUNT, TREASURY_ACCOUNT};
-use crate::schema::settlement_slots;
 use diesel::prelude::*;
-use exchange::db::{Database, DbConnection, DbError};
-use exchange::ingest::nameplate_allowance_wh;
-use exchange::schema::{accounts, devices, meter_replacements, readings, reward_schedule, tariffs, zones};
+use gridex_store::schema::settlement_slots;
+use gridex_store::schema::{accounts, devices, meter_replacements, readings, reward_schedule, tariffs, zones};
+use gridex_store::{Database, DbConnection, DbError};
+use protocol::rules::{nameplate_allowance_wh, slot_len_ms_within_limits};
 use protocol::{AccountId, DeviceId, MeterSerial, PricePerKwh, ZoneId};
 use serde::Serialize;
 
-/// Shortest and longest slot a zone may use (the `zones` table's CHECK): one minute to one hour.
-pub const SLOT_LEN_MS_MIN: i64 = 60_000;
-pub const SLOT_LEN_MS_MAX: i64 = 3_600_000;
 /// Highest price a tariff may set: 100 currency units per kWh is far above any retail price, and
 /// keeps `price × energy` of a slot far from overflowing.
 pub const PRICE_PER_KWH_MAX: i64 = 100_000_000;
@@ -169,7 +166,7 @@ pub fn create_zone(
     now_ms: i64,
 ) -> Result<Zone, RegistryError> {
     check_name(name)?;
-    if !(SLOT_LEN_MS_MIN..=SLOT_LEN_MS_MAX).contains(&slot_len_ms) || 86_400_000 % slot_len_ms != 0 {
+    if !slot_len_ms_within_limits(slot_len_ms) || 86_400_000 % slot_len_ms != 0 {
         return Err(invalid("slot_len_ms", "between 1 minute and 1 hour, dividing a day evenly"));
     }
     let utility_account = utility_account.map_or_else(|| utility_account_for(zone_id), str::to_owned);

@@ -5,7 +5,7 @@
 
 use crate::state::{AppState, DemoHousehold};
 use anyhow::Context as _;
-use exchange::clock::Clock;
+use gridex_store::clock::Clock;
 use meter_gateway::agent::AgentSettings;
 use meter_gateway::clock::SimClock;
 use meter_gateway::config::GatewaySettings;
@@ -167,7 +167,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let sim_clock = SimClock::starting_at(start_of_demo_ms(meter_gateway::clock::wall_clock_ms()), options.speed);
     let clock: Arc<dyn Clock> = Arc::new(SharedClock(sim_clock));
     let db_path = data_dir.join("gridex.sqlite");
-    let db = exchange::db::Database::open(&format!("sqlite://{}", db_path.display()), 8)?;
+    let db = gridex_store::Database::open(&format!("sqlite://{}", db_path.display()), 8)?;
 
     let zone = ZoneId::parse(DEMO_ZONE)?;
     let now_ms = clock.now_ms();

@@ -102,8 +102,8 @@ impl ResponseError for ApiError {
     }
 }
 
-impl From<exchange::db::DbError> for ApiError {
-    fn from(error: exchange::db::DbError) -> Self {
+impl From<gridex_store::DbError> for ApiError {
+    fn from(error: gridex_store::DbError) -> Self {
         ApiError::internal(error)
     }
 }

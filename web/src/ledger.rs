@@ -5,7 +5,7 @@
 use crate::error::ApiError;
 use crate::state::{AppState, LiveEvent, SlotSettled};
 use actix_web::{web, HttpRequest, HttpResponse};
-use exchange::db::DbConnection;
+use gridex_store::DbConnection;
 use protocol::SlotId;
 use serde::Deserialize;
 use settlement::{queries, SettlementError};

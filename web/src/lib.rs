@@ -27,7 +27,6 @@ pub mod public;
 pub mod registry;
 pub mod report;
 pub mod routes;
-pub mod schema;
 pub mod server;
 pub mod settings;
 pub mod sse;

@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use exchange::clock::{Clock, SystemClock};
+use gridex_store::clock::{Clock, SystemClock};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -185,10 +185,10 @@ fn main() {
     runtime.shutdown_timeout(Duration::from_secs(2));
 }
 
-fn open_database(settings: &Settings) -> anyhow::Result<exchange::db::Database> {
+fn open_database(settings: &Settings) -> anyhow::Result<gridex_store::Database> {
     let url = settings.database.url.expose();
-    exchange::db::Database::open(url, settings.database.pool_size)
-        .with_context(|| format!("cannot open the database {}", exchange::db::redact(url)))
+    gridex_store::Database::open(url, settings.database.pool_size)
+        .with_context(|| format!("cannot open the database {}", gridex_store::redact(url)))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -290,7 +290,7 @@ fn replacement(command: DeviceCommand) -> anyhow::Result<settlement::registry::M
 
 async fn admin<F>(settings: &Settings, work: F) -> anyhow::Result<()>
 where
-    F: FnOnce(&mut exchange::db::DbConnection) -> Result<(), settlement::registry::RegistryError> + Send + 'static,
+    F: FnOnce(&mut gridex_store::DbConnection) -> Result<(), settlement::registry::RegistryError> + Send + 'static,
 {
     let db = open_database(settings)?;
     web::registry::write(&db, work).await.map_err(|error| anyhow::anyhow!("{}", error.message))?;
@@ -335,7 +335,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 
     let address = format!("{}:{}", settings.http.bind, settings.http.port);
     let listener = std::net::TcpListener::bind(&address).with_context(|| format!("cannot listen on {address}"))?;
-    tracing::info!(%address, database = %exchange::db::redact(settings.database.url.expose()), "gridex serving");
+    tracing::info!(%address, database = %gridex_store::redact(settings.database.url.expose()), "gridex serving");
     let server = tokio::spawn(web::server::run(listener, state, stopped(stop_rx)));
     tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")?;
     let _ = stop.send(true);

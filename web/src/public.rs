@@ -4,8 +4,8 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use actix_web::{web, HttpResponse};
 use diesel::prelude::*;
-use exchange::db::DbError;
-use exchange::schema::{tariffs, trades, zones};
+use gridex_store::schema::{tariffs, trades, zones};
+use gridex_store::DbError;
 use protocol::{AccountId, PricePerKwh, Side, SlotId, TimestampMs, Trade, Wh, ZoneId};
 use serde::{Deserialize, Serialize};
 

@@ -4,7 +4,7 @@
 use crate::error::ApiError;
 use crate::public::TariffView;
 use crate::utility::NewDevice;
-use exchange::db::DbConnection;
+use gridex_store::DbConnection;
 use protocol::{AccountId, PricePerKwh, ZoneId};
 use settlement::registry::{self, AccountKind, RegistryError};
 
@@ -88,7 +88,7 @@ pub fn set_reward_schedule(conn: &mut DbConnection, schedule: &RewardSchedule) -
 }
 
 /// Runs a registry write in one transaction from async code.
-pub async fn write<T, F>(db: &exchange::db::Database, work: F) -> Result<T, ApiError>
+pub async fn write<T, F>(db: &gridex_store::Database, work: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: FnOnce(&mut DbConnection) -> Result<T, RegistryError> + Send + 'static,

@@ -4,8 +4,8 @@
 use crate::market::Market;
 use crate::settings::{ApiKey, Settings};
 use crate::webhooks::Webhooks;
-use exchange::clock::Clock;
-use exchange::db::Database;
+use gridex_store::clock::Clock;
+use gridex_store::Database;
 use protocol::{BookSnapshot, OrderUpdate, SlotId, Trade, ZoneId};
 use serde::Serialize;
 use std::sync::Arc;

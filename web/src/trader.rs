@@ -7,9 +7,9 @@ use crate::state::AppState;
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use diesel::prelude::*;
-use exchange::db::DbError;
-use exchange::schema::{accounts, devices, reading_rejections, readings};
 use futures_util_shim::read_body;
+use gridex_store::schema::{accounts, devices, reading_rejections, readings};
+use gridex_store::DbError;
 use protocol::{AccountId, Command};
 use serde::Serialize;
 
@@ -109,7 +109,7 @@ pub enum ReadingEntry {
 
 /// The refusals of `device_ids` received within `[from, to)`, newest first.
 pub fn load_refused(
-    conn: &mut exchange::db::DbConnection,
+    conn: &mut gridex_store::DbConnection,
     device_ids: Vec<String>,
     from_ms: i64,
     to_ms: i64,
@@ -211,7 +211,7 @@ pub struct ReadingsPage {
 /// A page of at most [`READINGS_ROWS_MAX`] readings of `device_ids` within `[from, to)`, ordered by
 /// `(device, seq)`, after `after`.
 pub fn load_readings_page(
-    conn: &mut exchange::db::DbConnection,
+    conn: &mut gridex_store::DbConnection,
     device_ids: Vec<String>,
     from_ms: i64,
     to_ms: i64,

@@ -8,7 +8,7 @@ use crate::trader::read_limited_body;
 use crate::webhooks::WebhookError;
 use actix_web::{web, HttpRequest, HttpResponse};
 use diesel::prelude::*;
-use exchange::schema::{devices, readings};
+use gridex_store::schema::{devices, readings};
 use protocol::{AccountId, DeviceId, MeterSerial, ZoneId};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -194,11 +194,11 @@ pub struct SilentDevice {
 /// The zone's devices silent for longer than `silent_ms` at `now_ms` (readings received up to then
 /// count; devices registered later are not listed), longest silent first.
 pub fn silent_devices(
-    conn: &mut exchange::db::DbConnection,
+    conn: &mut gridex_store::DbConnection,
     zone: &ZoneId,
     now_ms: i64,
     silent_ms: i64,
-) -> Result<Vec<SilentDevice>, exchange::db::DbError> {
+) -> Result<Vec<SilentDevice>, gridex_store::DbError> {
     let registered: Vec<(String, String, String, i64)> = devices::table
         .filter(devices::zone_id.eq(zone.as_str()))
         .select((devices::device_id, devices::account_id, devices::meter_serial, devices::registered_ms))

@@ -16,17 +16,17 @@
 //! Registrations, outbox rows and concurrent attempts are bounded. Secrets are never logged,
 //! and never returned after registration.
 
-use crate::schema::{webhook_cursor, webhook_deliveries, webhooks};
 use crate::settings::WebhookSettings;
 use crate::state::{LiveEvent, SlotSettled};
 use crate::webhook_targets::{CheckedResolver, TargetPolicy};
 use diesel::prelude::*;
-use exchange::db::{Database, DbConnection, DbError};
+use gridex_store::schema::settlement_slots;
+use gridex_store::schema::{webhook_cursor, webhook_deliveries, webhooks};
+use gridex_store::{Database, DbConnection, DbError};
 use hmac::{Hmac, Mac};
 use protocol::{SlotId, ZoneId};
 use rand::RngExt as _;
 use serde::{Deserialize, Serialize};
-use settlement::schema::settlement_slots;
 use sha2::Sha256;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -699,7 +699,7 @@ mod tests {
     /// delivery back until it runs out.
     #[tokio::test]
     async fn a_due_delivery_is_claimed_by_one_server_only() {
-        for test_db in exchange::db::testing::TestDb::all() {
+        for test_db in gridex_store::testing::TestDb::all() {
             let hooks = Webhooks::new(test_db.db.clone(), loopback_allowed());
             hooks.register("http://127.0.0.1:9/hook", "u").await.expect("registered");
             let now_ms = 1_000_000;
@@ -722,7 +722,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_http_urls_are_accepted() {
-        let db = exchange::db::testing::TestDb::sqlite();
+        let db = gridex_store::testing::TestDb::sqlite();
         let hooks = Webhooks::new(db.db.clone(), loopback_allowed());
         assert!(matches!(hooks.register("ftp://x", "u").await, Err(WebhookError::BadUrl)));
         assert!(hooks.register("http://127.0.0.1:9/x", "u").await.is_ok());

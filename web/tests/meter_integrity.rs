@@ -3,8 +3,8 @@
 //! exchange refused, with their reason.
 
 use ed25519_dalek::SigningKey;
-use exchange::clock::{Clock, SystemClock};
-use exchange::db::testing::TestDb;
+use gridex_store::clock::{Clock, SystemClock};
+use gridex_store::testing::TestDb;
 use protocol::{AccountId, DeviceId, MeterSerial, PowerW, Reading, Signed, TimestampMs, Wh, ZoneId};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -48,7 +48,7 @@ fn device_id(key: &SigningKey) -> DeviceId {
     DeviceId::from_verifying_key(&key.verifying_key())
 }
 
-async fn seed(db: &exchange::db::Database, household: AccountId, device: DeviceId, quiet: DeviceId) {
+async fn seed(db: &gridex_store::Database, household: AccountId, device: DeviceId, quiet: DeviceId) {
     settlement::registry::write(db, move |conn| {
         let zone = zone();
         // Created two hours ago, so its first slot (the report's) is in the past.

@@ -5,8 +5,8 @@
 
 use diesel::prelude::*;
 use ed25519_dalek::SigningKey;
-use exchange::db::{Database, DbError};
-use exchange::schema::{accounts, devices, tariffs, zones};
+use gridex_store::schema::{accounts, devices, tariffs, zones};
+use gridex_store::{Database, DbError};
 use protocol::{
     AccountId, DeviceId, MeterSerial, Order, PowerW, PricePerKwh, Reading, Side, Signed, SlotId, TimeInForce,
     TimestampMs, Wh, ZoneId,

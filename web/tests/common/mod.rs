@@ -1,6 +1,6 @@
 //! Test support shared by the web integration tests.
 
-use exchange::db::DbConnection;
+use gridex_store::DbConnection;
 use protocol::ZoneId;
 use settlement::registry::RegistryError;
 
