@@ -380,7 +380,8 @@ pub fn account(conn: &mut DbConnection, id: &str) -> Result<Option<Account>, Reg
     .transpose()
 }
 
-/// Registers a metering device of a household account in a zone.
+/// Registers a metering device of a household account in a zone; the account must be of the same
+/// zone (checked first, so a device offered for another zone's account is refused as `zone`).
 pub fn register_device(
     conn: &mut DbConnection,
     device_id: &DeviceId,
@@ -390,6 +391,11 @@ pub fn register_device(
     nameplate_w: i64,
     now_ms: i64,
 ) -> Result<Device, RegistryError> {
+    if let Some(owner) = account(conn, &account_id.to_hex())? {
+        if owner.zone_id.as_deref() != Some(zone_id.as_str()) {
+            return Err(invalid("zone", "the account belongs to another zone"));
+        }
+    }
     if !(1..=NAMEPLATE_W_MAX).contains(&nameplate_w) {
         return Err(invalid("nameplate_w", format!("1 to {NAMEPLATE_W_MAX} W")));
     }
@@ -424,6 +430,27 @@ pub fn register_device(
         nameplate_w,
         registered_ms: now_ms,
     })
+}
+
+/// The devices of an account (their ids, 64 hex digits).
+pub fn device_ids_of_account(conn: &mut DbConnection, account_id: &str) -> Result<Vec<String>, DbError> {
+    Ok(devices::table.filter(devices::account_id.eq(account_id)).select(devices::device_id).load(conn)?)
+}
+
+/// The devices registered in a zone (their ids, 64 hex digits).
+pub fn device_ids_in_zone(conn: &mut DbConnection, zone_id: &ZoneId) -> Result<Vec<String>, DbError> {
+    Ok(devices::table.filter(devices::zone_id.eq(zone_id.as_str())).select(devices::device_id).load(conn)?)
+}
+
+/// A registered device as stored: device id, account id, meter serial, registered_ms.
+pub type DeviceListing = (String, String, String, i64);
+
+/// Every device registered in a zone, as stored.
+pub fn zone_devices(conn: &mut DbConnection, zone_id: &ZoneId) -> Result<Vec<DeviceListing>, DbError> {
+    Ok(devices::table
+        .filter(devices::zone_id.eq(zone_id.as_str()))
+        .select((devices::device_id, devices::account_id, devices::meter_serial, devices::registered_ms))
+        .load(conn)?)
 }
 
 /// Sets the (single, global) reward schedule.

@@ -212,7 +212,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         )?;
         for (account, device, name, spec) in registrations {
             crate::registry::register_account(conn, &account, &name, &seed_zone, now_ms)?;
-            let device = crate::utility::NewDevice {
+            let device = crate::registry::NewDevice {
                 device_id: device,
                 account_id: account,
                 zone: seed_zone.clone(),

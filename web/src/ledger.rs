@@ -19,7 +19,7 @@ pub const STATEMENTS_LIMIT_DEFAULT: i64 = 100;
 fn settlement_error(error: SettlementError) -> ApiError {
     match error {
         SettlementError::UnknownZone(_) => ApiError::not_found("unknown_zone", "no such zone"),
-        SettlementError::Registry(inner) => crate::registry::api_error(inner),
+        SettlementError::Registry(inner) => ApiError::from(inner),
         other => ApiError::internal(other),
     }
 }

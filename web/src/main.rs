@@ -242,7 +242,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             admin(&settings()?, move |conn| web::registry::register_account(conn, &account, &name, &zone, now_ms)).await
         }
         Command::Device { command: DeviceCommand::Add { id, account, zone, serial, nameplate_w } } => {
-            let device = web::utility::NewDevice {
+            let device = web::registry::NewDevice {
                 device_id: protocol::DeviceId::parse(&id)?,
                 account_id: protocol::AccountId::parse(&account)?,
                 zone: protocol::ZoneId::parse(&zone)?,

@@ -20,7 +20,6 @@ use crate::settings::WebhookSettings;
 use crate::state::{LiveEvent, SlotSettled};
 use crate::webhook_targets::{CheckedResolver, TargetPolicy};
 use diesel::prelude::*;
-use gridex_store::schema::settlement_slots;
 use gridex_store::schema::{webhook_cursor, webhook_deliveries, webhooks};
 use gridex_store::{Database, DbConnection, DbError};
 use hmac::{Hmac, Mac};
@@ -475,32 +474,13 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 /// Without registrations the cursor jumps to the last settled slot: history is never replayed to a
 /// receiver registered later.
 fn catch_up_batch(conn: &mut DbConnection, now_ms: i64) -> Result<(usize, usize, bool), DbError> {
-    use settlement_slots::dsl as s;
     conn.transaction(|conn| {
         let cursor: Option<(i64, String, i64)> = webhook_cursor::table
             .select((webhook_cursor::closed_ms, webhook_cursor::zone_id, webhook_cursor::slot_start_ms))
             .first(conn)
             .optional()?;
         let hooks: i64 = webhooks::table.count().get_result(conn)?;
-        let mut query = s::settlement_slots
-            .select((s::closed_ms, s::zone_id, s::slot_start_ms, s::merkle_root, s::statements))
-            .into_boxed();
-        if let Some((closed_ms, zone_id, slot_ms)) = cursor.clone() {
-            query = query.filter(
-                s::closed_ms
-                    .gt(closed_ms)
-                    .or(s::closed_ms.eq(closed_ms).and(s::zone_id.gt(zone_id.clone())))
-                    .or(s::closed_ms.eq(closed_ms).and(s::zone_id.eq(zone_id)).and(s::slot_start_ms.gt(slot_ms))),
-            );
-        }
-        let rows: Vec<(i64, String, i64, String, i64)> = if hooks == 0 {
-            query.order((s::closed_ms.desc(), s::zone_id.desc(), s::slot_start_ms.desc())).limit(1).load(conn)?
-        } else {
-            query
-                .order((s::closed_ms.asc(), s::zone_id.asc(), s::slot_start_ms.asc()))
-                .limit(CATCH_UP_BATCH_LEN_MAX)
-                .load(conn)?
-        };
+        let rows = settlement::queries::settled_slots_after(conn, cursor.clone(), hooks == 0, CATCH_UP_BATCH_LEN_MAX)?;
         let Some(last) = rows.last().cloned() else { return Ok((0, 0, false)) };
         let (mut added, mut dropped) = (0, 0);
         if hooks > 0 {

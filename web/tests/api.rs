@@ -117,7 +117,7 @@ async fn seed_registry(
         web::registry::register_account(conn, &bob_id, "Bob", &zone, 0)?;
         web::registry::register_device(
             conn,
-            &web::utility::NewDevice {
+            &web::registry::NewDevice {
                 device_id: protocol::DeviceId::from_verifying_key(&device_id),
                 account_id: alice_id,
                 zone: zone.clone(),

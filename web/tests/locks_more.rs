@@ -147,7 +147,7 @@ async fn seed_readings(app: &TestApp, alice: AccountId, from_ms: i64) -> std::co
         for (i, device) in registered.iter().enumerate() {
             web::registry::register_device(
                 conn,
-                &web::utility::NewDevice {
+                &web::registry::NewDevice {
                     device_id: *device,
                     account_id: alice,
                     zone: protocol::ZoneId::parse(ZONE).expect("valid zone"),

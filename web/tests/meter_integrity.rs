@@ -63,7 +63,7 @@ async fn seed(db: &gridex_store::Database, household: AccountId, device: DeviceI
         web::registry::set_tariff(conn, &zone, &tariff)?;
         web::registry::register_account(conn, &household, "Carol", &zone, 0)?;
         for (id, registered_ms) in [(device, now_ms()), (quiet, now_ms() - 3 * 3_600_000)] {
-            let new = web::utility::NewDevice {
+            let new = web::registry::NewDevice {
                 device_id: id,
                 account_id: household,
                 zone: zone.clone(),
