@@ -3,8 +3,10 @@
 //!
 //! It owns HTTP: routing, authentication (trader request signatures, utility API keys), request
 //! limits, error shapes and the OpenAPI document, plus wiring the other crates into one process.
-//! It must never match orders (that is `exchange`'s), never write the ledger (that is
-//! `settlement`'s), and never log a secret.
+//! It must never match orders (that is `exchange`'s), never write the ledger or the registry (that is
+//! `settlement`'s), never run SQL on another crate's tables (it calls `exchange::queries`,
+//! `settlement::registry` and `settlement::queries`; its own SQL touches only its webhook tables),
+//! and never log a secret.
 //!
 //! ```no_run
 //! # async fn example(state: web::state::AppState) -> std::io::Result<()> {
