@@ -15,11 +15,11 @@ mod support;
 
 use diesel::prelude::*;
 use ed25519_dalek::SigningKey;
-use exchange::clock::SystemClock;
 use exchange::config::ExchangeConfig;
-use exchange::db::testing::TestDb;
-use exchange::schema::{order_commands, readings};
 use exchange::service::{self, MarketEvent};
+use gridex_store::clock::SystemClock;
+use gridex_store::schema::{order_commands, readings};
+use gridex_store::testing::TestDb;
 use protocol::{topics, Side, SlotId, TimestampMs, ZoneId};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

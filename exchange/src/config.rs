@@ -35,10 +35,6 @@ pub fn verify_workers_default() -> usize {
 }
 /// Market events buffered per `subscribe()` receiver before a slow one starts lagging.
 pub const EVENT_BROADCAST_LEN: usize = 4_096;
-/// Tolerance of the nameplate check: meters round to whole Wh and clocks jitter.
-pub const NAMEPLATE_TOLERANCE_PERCENT: i64 = 5;
-/// Plus a fixed allowance for counter rounding at both ends of the interval.
-pub const NAMEPLATE_TOLERANCE_WH: i64 = 2;
 
 /// A household places a handful of orders per slot; a hundred leaves room for trading bots.
 pub const OPEN_ORDERS_PER_ACCOUNT_MAX_DEFAULT: usize = 100;

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 mod meter;
 use meter::{accept_reading, counters_check};
-pub use meter::{nameplate_allowance_wh, Counters, Replacement};
+pub use meter::{Counters, Replacement};
 
 /// Why the exchange refused a message: the protocol reason code and a human-readable detail.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,14 +1,14 @@
 //! The exchange's reads and writes: registry look-ups, the group commit of readings and order
 //! commands, trades (idempotent by trade id) and the command log replayed after a crash.
 //! Every function is blocking and takes a connection; the service calls them through
-//! [`Database::run`](crate::db::Database::run) / [`Database::write`](crate::db::Database::write).
+//! [`Database::run`](gridex_store::Database::run) / [`Database::write`](gridex_store::Database::write).
 
-use crate::db::{DbConnection, DbError};
 use crate::ingest::{AccountState, Counters, DeviceState, LastReading, RefusedReading, Replacement, ZoneInfo};
-use crate::schema::{
+use diesel::prelude::*;
+use gridex_store::schema::{
     accounts, devices, meter_replacements, order_commands, reading_rejections, readings, tariffs, trades, zones,
 };
-use diesel::prelude::*;
+use gridex_store::{DbConnection, DbError};
 use protocol::{AccountId, Command, DeviceId, PricePerKwh, Reading, Side, Signed, SlotId, Trade, ZoneId};
 use std::collections::HashMap;
 

@@ -5,13 +5,13 @@
 //! parse stops recovery with [`ExchangeError::UnparsableCommand`] rather than being skipped.
 
 use crate::config::{ExchangeConfig, FALLBACK_BAND_TICKS};
-use crate::db::{Database, DbError};
 use crate::ingest::Rejection;
 use crate::matching::{BookConfig, Event, NewOrder, OrderBook, RestingOrderView};
 use crate::service::error::ExchangeError;
 use crate::service::events::{CommandAck, MarketEvent, SlotInfo};
 use crate::service::outlets::Outlets;
 use crate::store::{self, CommandRow};
+use gridex_store::{Database, DbError};
 use protocol::topics;
 use protocol::{
     AccountId, AuctionResult, BookSnapshot, BookState, Command, OrderStatus, OrderUpdate, PricePerKwh, Reason, Reject,

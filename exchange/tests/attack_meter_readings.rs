@@ -7,11 +7,11 @@ mod support;
 
 use diesel::prelude::*;
 use ed25519_dalek::SigningKey;
-use exchange::clock::ManualClock;
 use exchange::config::ExchangeConfig;
-use exchange::db::testing::TestDb;
-use exchange::schema::{devices, reading_rejections, readings};
 use exchange::service::{self, ExchangeHandle};
+use gridex_store::clock::ManualClock;
+use gridex_store::schema::{devices, reading_rejections, readings};
+use gridex_store::testing::TestDb;
 use protocol::{decode, topics, DeviceId, MeterSerial, ReadingAck, Reason, Reject, ZoneId};
 use settlement::registry::{self, MeterCounters, MeterReplacement, RegistryError};
 use std::sync::Arc;

@@ -10,11 +10,11 @@ mod support;
 
 use diesel::prelude::*;
 use ed25519_dalek::SigningKey;
-use exchange::clock::ManualClock;
 use exchange::config::ExchangeConfig;
-use exchange::db::testing::TestDb;
-use exchange::schema::order_commands;
 use exchange::service;
+use gridex_store::clock::ManualClock;
+use gridex_store::schema::order_commands;
+use gridex_store::testing::TestDb;
 use protocol::{
     decode, forge, topics, AccountId, Order, OrderStatus, OrderUpdate, Reason, Reject, Signed, SlotId, ZoneId,
 };

@@ -7,11 +7,11 @@ mod support;
 
 use diesel::prelude::*;
 use ed25519_dalek::SigningKey;
-use exchange::clock::ManualClock;
 use exchange::config::{ClosingAuction, ExchangeConfig};
-use exchange::db::testing::TestDb;
-use exchange::schema::trades;
 use exchange::service::{self, ExchangeHandle};
+use gridex_store::clock::ManualClock;
+use gridex_store::schema::trades;
+use gridex_store::testing::TestDb;
 use protocol::topics;
 use protocol::{decode, AccountId, AuctionResult, OrderStatus, OrderUpdate, Side, SlotId, Trade, ZoneId};
 use std::sync::Arc;
@@ -76,7 +76,7 @@ impl Market {
     }
 
     fn clock_now(&self) -> i64 {
-        use exchange::clock::Clock;
+        use gridex_store::clock::Clock;
         self.clock.now_ms()
     }
 }

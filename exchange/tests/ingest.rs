@@ -6,11 +6,11 @@ mod support;
 
 use diesel::prelude::*;
 use ed25519_dalek::SigningKey;
-use exchange::clock::ManualClock;
 use exchange::config::ExchangeConfig;
-use exchange::db::testing::TestDb;
-use exchange::schema::{order_commands, readings, trades};
 use exchange::service::{self, ExchangeHandle};
+use gridex_store::clock::ManualClock;
+use gridex_store::schema::{order_commands, readings, trades};
+use gridex_store::testing::TestDb;
 use protocol::topics;
 use protocol::{decode, OrderStatus, OrderUpdate, ReadingAck, Reason, Reject, Side, SlotId, Trade, ZoneId};
 use std::future::Future;

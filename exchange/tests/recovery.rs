@@ -7,10 +7,10 @@ mod support;
 
 use diesel::prelude::*;
 use ed25519_dalek::SigningKey;
-use exchange::db::testing::TestDb;
 use exchange::matching::{BookConfig, Event, NewOrder, OrderBook};
-use exchange::schema::{order_commands, trades};
 use exchange::zone::TRADES_PER_COMMAND_MAX;
+use gridex_store::schema::{order_commands, trades};
+use gridex_store::testing::TestDb;
 use protocol::topics;
 use protocol::{decode, AccountId, Command, OrderUpdate, PricePerKwh, Side, SlotId, Trade, Wh, ZoneId};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -446,12 +446,12 @@ async fn recovery_refuses_to_start_on_a_command_log_row_it_cannot_parse_and_name
                         ))
                         .execute(conn)?;
                 }
-                Ok::<_, exchange::db::DbError>(())
+                Ok::<_, gridex_store::DbError>(())
             })
             .expect("write the log rows");
 
         let config = exchange::config::ExchangeConfig { zones: vec![zone.clone()], ..Default::default() };
-        let clock = Arc::new(exchange::clock::ManualClock::new(NOW_MS));
+        let clock = Arc::new(gridex_store::clock::ManualClock::new(NOW_MS));
         let error = match exchange::service::start(config, test_db.db.clone(), clock, None).await {
             Ok(exchange) => {
                 exchange.shutdown().await;

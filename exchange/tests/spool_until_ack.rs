@@ -8,12 +8,12 @@ mod support;
 
 use diesel::prelude::*;
 use ed25519_dalek::SigningKey;
-use exchange::clock::ManualClock;
 use exchange::config::ExchangeConfig;
-use exchange::db::testing::TestDb;
-use exchange::db::Database;
-use exchange::schema::readings;
 use exchange::service::{self, ExchangeHandle};
+use gridex_store::clock::ManualClock;
+use gridex_store::schema::readings;
+use gridex_store::testing::TestDb;
+use gridex_store::Database;
 use meter_gateway::counters::{CounterTracker, CountersState};
 use meter_gateway::gateway::{GatewayState, Poller, Sample};
 use meter_gateway::publisher::{self, MqttSettings, PublisherConfig, PublisherStats};

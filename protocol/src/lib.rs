@@ -31,6 +31,7 @@ pub mod market;
 pub mod merkle;
 pub mod messages;
 pub mod reason;
+pub mod rules;
 pub mod strict;
 pub mod testing;
 pub mod topics;

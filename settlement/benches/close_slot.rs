@@ -8,9 +8,9 @@
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use exchange::db::testing::TestDb;
-use exchange::db::DbConnection;
-use exchange::schema::{accounts, devices, readings, trades};
+use gridex_store::schema::{accounts, devices, readings, trades};
+use gridex_store::testing::TestDb;
+use gridex_store::DbConnection;
 use protocol::testing::signing_key;
 use protocol::{PricePerKwh, SlotId, ZoneId};
 use settlement::rewards::RewardSchedule;
@@ -155,6 +155,9 @@ fn load(conn: &mut DbConnection, households: usize, interval_ms: i64) {
         max_supply: 21_000_000_000_000,
     };
     registry::set_reward_schedule(conn, &schedule).expect("schedule");
+    // Households are copied in bulk rather than registered one by one through the registry: 100k
+    // registrations would dominate the set-up, and the ids (`key_hex`) are not ed25519 keys, which
+    // `registry::register_device` rightly refuses. Zone, tariff and schedule above go through it.
     let account_ids: Vec<String> = (0..households).map(|index| key_hex(1, index)).collect();
     let device_ids: Vec<String> = (0..households).map(|index| key_hex(2, index)).collect();
     let pg = pg(conn);

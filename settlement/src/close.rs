@@ -18,12 +18,14 @@ use crate::metering::{counters_at, metered_energy, CounterSample};
 use crate::registry;
 use crate::rewards::{capped_pool, zone_share, RewardSchedule};
 use crate::rules::{self, AccountMeter, Asset, SlotInput, SlotTotals, TradeInput, TxDraft, ISSUER_ACCOUNT};
-use crate::schema::{ledger_entries, ledger_head, ledger_transactions, reward_epochs, settlement_slots, statements};
 use crate::{SettlementConfig, SettlementError};
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
-use exchange::db::DbConnection;
-use exchange::schema::trades;
+use gridex_store::schema::trades;
+use gridex_store::schema::{
+    ledger_entries, ledger_head, ledger_transactions, reward_epochs, settlement_slots, statements,
+};
+use gridex_store::DbConnection;
 use protocol::{AccountId, MicroMoney, MicroTokens, PricePerKwh, Signed, SlotId, SlotRoot, TimestampMs, Wh, ZoneId};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -399,7 +401,7 @@ const BRACKETS: [(&str, &str, &str, &str); 4] =
 /// of reading every reading in the slot (gateways report every second). Parameters: 1 start, 2 end,
 /// 3 zone, 4 cutoff, 5 gap. PostgreSQL uses LATERAL joins; SQLite, which has none, finds each
 /// bracket's rowid with a correlated subquery and joins it back.
-fn bracket_sql(backend: exchange::db::Backend) -> String {
+fn bracket_sql(backend: gridex_store::Backend) -> String {
     let mut columns = String::new();
     let mut joins = String::new();
     for (name, boundary, comparison, order) in BRACKETS {
@@ -416,17 +418,17 @@ fn bracket_sql(backend: exchange::db::Backend) -> String {
             ", {name}.ts_ms AS {name}_ts, {name}.import_wh AS {name}_import, {name}.export_wh AS {name}_export"
         ));
         match backend {
-            exchange::db::Backend::Postgres => joins.push_str(&format!(
+            gridex_store::Backend::Postgres => joins.push_str(&format!(
                 " LEFT JOIN LATERAL (SELECT r.ts_ms, r.import_wh, r.export_wh {probe}) {name} ON true"
             )),
-            exchange::db::Backend::Sqlite => {
+            gridex_store::Backend::Sqlite => {
                 joins.push_str(&format!(" LEFT JOIN readings {name} ON {name}.rowid = (SELECT r.rowid {probe})"))
             }
         }
     }
     let placeholder = match backend {
-        exchange::db::Backend::Postgres => "$",
-        exchange::db::Backend::Sqlite => "?",
+        gridex_store::Backend::Postgres => "$",
+        gridex_store::Backend::Sqlite => "?",
     };
     format!(
         "SELECT d.device_id, d.account_id, d.registered_ms{columns} FROM devices d{joins} \
@@ -456,8 +458,8 @@ fn load_brackets(
         };
     }
     Ok(match conn {
-        DbConnection::Postgres(pg) => run!(pg, exchange::db::Backend::Postgres),
-        DbConnection::Sqlite(sqlite) => run!(sqlite, exchange::db::Backend::Sqlite),
+        DbConnection::Postgres(pg) => run!(pg, gridex_store::Backend::Postgres),
+        DbConnection::Sqlite(sqlite) => run!(sqlite, gridex_store::Backend::Sqlite),
     })
 }
 

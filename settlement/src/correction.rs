@@ -9,10 +9,10 @@
 
 use crate::close::{ledger_head_lock, sum_amount};
 use crate::rules::{Asset, EntryKind, TxKind};
-use crate::schema::{ledger_entries, ledger_transactions, settlement_slots};
 use crate::{registry, SettlementError};
 use diesel::prelude::*;
-use exchange::db::DbConnection;
+use gridex_store::schema::{ledger_entries, ledger_transactions, settlement_slots};
+use gridex_store::DbConnection;
 use protocol::{SlotId, ZoneId};
 
 /// Most lines in one correction.

@@ -26,11 +26,11 @@ use crate::close::METERED_WH_PER_SLOT_MAX;
 use crate::metering::{gap_energy, CounterSample, Replacement};
 use crate::registry;
 use crate::rules::{self, AccountMeter, GapInput, GapSettlement};
-use crate::schema::{gap_settlements, metering_cursors, metering_zones};
 use crate::SettlementError;
 use diesel::prelude::*;
-use exchange::db::DbConnection;
-use exchange::schema::{meter_replacements, readings, trades};
+use gridex_store::schema::{gap_settlements, metering_cursors, metering_zones};
+use gridex_store::schema::{meter_replacements, readings, trades};
+use gridex_store::DbConnection;
 use protocol::{AccountId, SlotId, TimestampMs, ZoneId};
 use std::collections::{BTreeMap, HashMap};
 

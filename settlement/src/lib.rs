@@ -1,8 +1,9 @@
 //! Settlement: the registry (zones, tariffs, accounts, devices, reward schedule), the double-entry
 //! ledger, and the closing of delivery slots against metered delivery.
 //!
-//! It owns the ledger tables (migration `2026-11-23-000002_ledger`, declared in [`schema`]) and is
-//! the only crate that writes them. Closing a slot ([`close_slot`]) reads the slot's trades and the
+//! It owns the registry and ledger tables (migration `2026-11-23-000002_ledger`; their diesel
+//! schema is declared in `gridex_store::schema`) and is the only crate that writes them; it reaches
+//! the database through `gridex-store`, never through the exchange. Closing a slot ([`close_slot`]) reads the slot's trades and the
 //! accepted readings around its boundaries, pays trades, grid and protocol fees, settles each
 //! household's imbalance with the utility, mints GRID rewards for delivered peer-to-peer energy,
 //! writes one statement per household, and signs the Merkle root of the statements, all in one
@@ -41,14 +42,13 @@ pub mod queries;
 pub mod registry;
 pub mod rewards;
 pub mod rules;
-pub mod schema;
 pub mod service;
 
 pub use close::{close_slot, SlotOutcome, SlotSettled};
 pub use service::run;
 
 use ed25519_dalek::SigningKey;
-use exchange::db::DbError;
+use gridex_store::DbError;
 
 /// Default metering grace period: readings that arrive up to five minutes after a slot ends still
 /// count (a gateway that lost its broker for a few minutes replays its spool within that time).

@@ -5,12 +5,12 @@ use crate::close::sum_amount;
 use crate::registry;
 use crate::rewards::RewardSchedule;
 use crate::rules::{Asset, SlotTotals, ISSUER_ACCOUNT};
-use crate::schema::{gap_settlements, ledger_entries, settlement_slots, statements};
 use crate::SettlementError;
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
-use exchange::db::DbConnection;
-use exchange::schema::trades;
+use gridex_store::schema::trades;
+use gridex_store::schema::{gap_settlements, ledger_entries, settlement_slots, statements};
+use gridex_store::{DbConnection, DbError};
 use protocol::merkle::{self, ProofStep};
 use protocol::{AccountId, MicroMoney, MicroTokens, PricePerKwh, SlotId, Statement, Wh, ZoneId};
 use serde::Serialize;
@@ -477,4 +477,34 @@ pub fn settled_slots(
         settled.extend(crate::close::load_settled(conn, zone, slot)?);
     }
     Ok(settled)
+}
+
+/// A settled slot in delivery order: closed_ms, zone, slot_start_ms, merkle_root, statements.
+pub type SettledSlotRow = (i64, String, i64, String, i64);
+
+/// Settled slots strictly after `after` in `(closed_ms, zone, slot_start_ms)` order, oldest first
+/// and at most `limit`; with `newest_only`, only the newest one (after `after`) instead.
+pub fn settled_slots_after(
+    conn: &mut DbConnection,
+    after: Option<(i64, String, i64)>,
+    newest_only: bool,
+    limit: i64,
+) -> Result<Vec<SettledSlotRow>, DbError> {
+    use settlement_slots::dsl as s;
+    let mut query = s::settlement_slots
+        .select((s::closed_ms, s::zone_id, s::slot_start_ms, s::merkle_root, s::statements))
+        .into_boxed();
+    if let Some((closed_ms, zone_id, slot_ms)) = after {
+        query = query.filter(
+            s::closed_ms
+                .gt(closed_ms)
+                .or(s::closed_ms.eq(closed_ms).and(s::zone_id.gt(zone_id.clone())))
+                .or(s::closed_ms.eq(closed_ms).and(s::zone_id.eq(zone_id)).and(s::slot_start_ms.gt(slot_ms))),
+        );
+    }
+    Ok(if newest_only {
+        query.order((s::closed_ms.desc(), s::zone_id.desc(), s::slot_start_ms.desc())).limit(1).load(conn)?
+    } else {
+        query.order((s::closed_ms.asc(), s::zone_id.asc(), s::slot_start_ms.asc())).limit(limit).load(conn)?
+    })
 }

@@ -6,17 +6,14 @@
 
 use crate::rewards::RewardSchedule;
 use crate::rules::{Tariff, ISSUER_ACCOUNT, TREASURY_ACCOUNT};
-use crate::schema::settlement_slots;
 use diesel::prelude::*;
-use exchange::db::{Database, DbConnection, DbError};
-use exchange::ingest::nameplate_allowance_wh;
-use exchange::schema::{accounts, devices, meter_replacements, readings, reward_schedule, tariffs, zones};
+use gridex_store::schema::settlement_slots;
+use gridex_store::schema::{accounts, devices, meter_replacements, readings, reward_schedule, tariffs, zones};
+use gridex_store::{Database, DbConnection, DbError};
+use protocol::rules::{nameplate_allowance_wh, slot_len_ms_within_limits};
 use protocol::{AccountId, DeviceId, MeterSerial, PricePerKwh, ZoneId};
 use serde::Serialize;
 
-/// Shortest and longest slot a zone may use (the `zones` table's CHECK): one minute to one hour.
-pub const SLOT_LEN_MS_MIN: i64 = 60_000;
-pub const SLOT_LEN_MS_MAX: i64 = 3_600_000;
 /// Highest price a tariff may set: 100 currency units per kWh is far above any retail price, and
 /// keeps `price × energy` of a slot far from overflowing.
 pub const PRICE_PER_KWH_MAX: i64 = 100_000_000;
@@ -169,7 +166,7 @@ pub fn create_zone(
     now_ms: i64,
 ) -> Result<Zone, RegistryError> {
     check_name(name)?;
-    if !(SLOT_LEN_MS_MIN..=SLOT_LEN_MS_MAX).contains(&slot_len_ms) || 86_400_000 % slot_len_ms != 0 {
+    if !slot_len_ms_within_limits(slot_len_ms) || 86_400_000 % slot_len_ms != 0 {
         return Err(invalid("slot_len_ms", "between 1 minute and 1 hour, dividing a day evenly"));
     }
     let utility_account = utility_account.map_or_else(|| utility_account_for(zone_id), str::to_owned);
@@ -383,7 +380,8 @@ pub fn account(conn: &mut DbConnection, id: &str) -> Result<Option<Account>, Reg
     .transpose()
 }
 
-/// Registers a metering device of a household account in a zone.
+/// Registers a metering device of a household account in a zone; the account must be of the same
+/// zone (checked first, so a device offered for another zone's account is refused as `zone`).
 pub fn register_device(
     conn: &mut DbConnection,
     device_id: &DeviceId,
@@ -393,6 +391,11 @@ pub fn register_device(
     nameplate_w: i64,
     now_ms: i64,
 ) -> Result<Device, RegistryError> {
+    if let Some(owner) = account(conn, &account_id.to_hex())? {
+        if owner.zone_id.as_deref() != Some(zone_id.as_str()) {
+            return Err(invalid("zone", "the account belongs to another zone"));
+        }
+    }
     if !(1..=NAMEPLATE_W_MAX).contains(&nameplate_w) {
         return Err(invalid("nameplate_w", format!("1 to {NAMEPLATE_W_MAX} W")));
     }
@@ -427,6 +430,27 @@ pub fn register_device(
         nameplate_w,
         registered_ms: now_ms,
     })
+}
+
+/// The devices of an account (their ids, 64 hex digits).
+pub fn device_ids_of_account(conn: &mut DbConnection, account_id: &str) -> Result<Vec<String>, DbError> {
+    Ok(devices::table.filter(devices::account_id.eq(account_id)).select(devices::device_id).load(conn)?)
+}
+
+/// The devices registered in a zone (their ids, 64 hex digits).
+pub fn device_ids_in_zone(conn: &mut DbConnection, zone_id: &ZoneId) -> Result<Vec<String>, DbError> {
+    Ok(devices::table.filter(devices::zone_id.eq(zone_id.as_str())).select(devices::device_id).load(conn)?)
+}
+
+/// A registered device as stored: device id, account id, meter serial, registered_ms.
+pub type DeviceListing = (String, String, String, i64);
+
+/// Every device registered in a zone, as stored.
+pub fn zone_devices(conn: &mut DbConnection, zone_id: &ZoneId) -> Result<Vec<DeviceListing>, DbError> {
+    Ok(devices::table
+        .filter(devices::zone_id.eq(zone_id.as_str()))
+        .select((devices::device_id, devices::account_id, devices::meter_serial, devices::registered_ms))
+        .load(conn)?)
 }
 
 /// Sets the (single, global) reward schedule.

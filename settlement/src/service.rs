@@ -3,8 +3,8 @@
 use crate::close::{close_slot, next_slot, SlotOutcome, SlotSettled};
 use crate::registry;
 use crate::{SettlementConfig, SettlementError};
-use exchange::clock::Clock;
-use exchange::db::Database;
+use gridex_store::clock::Clock;
+use gridex_store::Database;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

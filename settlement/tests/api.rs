@@ -3,8 +3,8 @@
 mod common;
 
 use common::*;
-use exchange::clock::{Clock, ManualClock};
-use exchange::db::testing::TestDb;
+use gridex_store::clock::{Clock, ManualClock};
+use gridex_store::testing::TestDb;
 use protocol::{AccountId, DeviceId, MeterSerial, PricePerKwh, Wh, ZoneId};
 use settlement::registry::{self, AccountKind, RegistryError};
 use settlement::rules::Tariff;

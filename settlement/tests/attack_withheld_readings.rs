@@ -5,9 +5,9 @@
 #[path = "../../exchange/tests/support/mod.rs"]
 mod support;
 
-use exchange::clock::ManualClock;
 use exchange::config::ExchangeConfig;
-use exchange::db::testing::TestDb;
+use gridex_store::clock::ManualClock;
+use gridex_store::testing::TestDb;
 use protocol::testing::signing_key;
 use protocol::{decode, topics, AccountId, DeviceId, MeterSerial, PricePerKwh, ReadingAck, SlotId, Wh, ZoneId};
 use settlement::registry::{self, AccountKind};
@@ -28,7 +28,7 @@ fn boundary(index: i64) -> i64 {
     T0_MS + index * SLOT_LEN_MS
 }
 
-fn seed(db: &exchange::db::Database, zone: &ZoneId, account: AccountId, device: DeviceId) {
+fn seed(db: &gridex_store::Database, zone: &ZoneId, account: AccountId, device: DeviceId) {
     let zone = zone.clone();
     db.write_blocking(move |conn| {
         registry::create_zone(conn, &zone, "Drill", SLOT_LEN_MS, None, T0_MS).expect("zone");
@@ -44,7 +44,7 @@ fn seed(db: &exchange::db::Database, zone: &ZoneId, account: AccountId, device: 
             .expect("account");
         let serial = MeterSerial::parse("SN-1").expect("serial");
         registry::register_device(conn, &device, &account, &zone, &serial, NAMEPLATE_W, T0_MS).expect("device");
-        Ok::<_, exchange::db::DbError>(())
+        Ok::<_, gridex_store::DbError>(())
     })
     .expect("seed the registry");
 }

@@ -6,13 +6,13 @@ mod common;
 
 use common::*;
 use diesel::prelude::*;
-use exchange::db::testing::TestDb;
-use exchange::db::DbConnection;
+use gridex_store::schema::{ledger_entries, metering_cursors};
+use gridex_store::testing::TestDb;
+use gridex_store::DbConnection;
 use proptest::prelude::*;
 use protocol::testing::signing_key;
 use protocol::{DeviceId, MeterSerial, MicroMoney, MicroTokens, PricePerKwh, Wh};
 use settlement::rules::Tariff;
-use settlement::schema::{ledger_entries, metering_cursors};
 use settlement::SlotOutcome;
 use settlement::{queries, registry};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use diesel::prelude::*;
-use exchange::db::testing::TestDb;
-use exchange::schema::devices;
+use gridex_store::schema::devices;
+use gridex_store::testing::TestDb;
 use protocol::{DeviceId, MeterSerial};
 use settlement::registry::{self, MeterCounters, MeterReplacement, RegistryError};
 

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use exchange::db::testing::TestDb;
+use gridex_store::testing::TestDb;
 use proptest::prelude::*;
 use protocol::{MicroMoney, MicroTokens, Wh};
 use settlement::queries;

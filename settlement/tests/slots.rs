@@ -4,8 +4,8 @@ mod common;
 
 use common::*;
 use diesel::connection::SimpleConnection;
-use exchange::db::testing::TestDb;
-use exchange::db::{Backend, DbConnection};
+use gridex_store::testing::TestDb;
+use gridex_store::{Backend, DbConnection};
 use protocol::merkle::verify_inclusion;
 use protocol::{MicroMoney, MicroTokens, Signed, SlotRoot, Statement, Wh};
 use settlement::queries;
@@ -421,7 +421,7 @@ fn two_closers_racing_for_the_same_slot_settle_it_once() {
                         test_db
                             .db
                             .write_blocking(|conn| {
-                                close(conn, 0).map_err(|error| exchange::db::DbError::Invalid(error.to_string()))
+                                close(conn, 0).map_err(|error| gridex_store::DbError::Invalid(error.to_string()))
                             })
                             .expect("closes")
                     })

@@ -13,10 +13,10 @@ use crate::market::Market;
 use crate::server::Transport;
 use crate::settings::Settings;
 use crate::state::{AppState, DemoHousehold};
-use exchange::clock::{Clock, SystemClock};
 use exchange::config::ExchangeConfig;
-use exchange::db::Database;
 use exchange::service::ExchangeHandle;
+use gridex_store::clock::{Clock, SystemClock};
+use gridex_store::Database;
 use settlement::SettlementConfig;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -38,7 +38,7 @@ pub enum ApplicationError {
     Database {
         url: String,
         #[source]
-        source: exchange::db::DbError,
+        source: gridex_store::DbError,
     },
     #[error("invalid MQTT settings")]
     Broker(#[from] crate::broker::BrokerError),
@@ -67,7 +67,7 @@ pub enum ApplicationError {
 pub fn open_database(settings: &Settings) -> Result<Database, ApplicationError> {
     let url = settings.database.url.expose();
     Database::open(url, settings.database.pool_size)
-        .map_err(|source| ApplicationError::Database { url: exchange::db::redact(url), source })
+        .map_err(|source| ApplicationError::Database { url: gridex_store::redact(url), source })
 }
 
 /// Whether the process settles slots, and how.
@@ -261,7 +261,7 @@ fn db_name(settings: &Settings, given: bool) -> String {
     if given {
         "(given by the caller)".to_owned()
     } else {
-        exchange::db::redact(settings.database.url.expose())
+        gridex_store::redact(settings.database.url.expose())
     }
 }
 

@@ -6,7 +6,7 @@
 use crate::application::Application;
 use crate::state::DemoHousehold;
 use anyhow::Context as _;
-use exchange::clock::Clock;
+use gridex_store::clock::Clock;
 use meter_gateway::agent::AgentSettings;
 use meter_gateway::clock::SimClock;
 use meter_gateway::config::GatewaySettings;
@@ -169,7 +169,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let sim_clock = SimClock::starting_at(start_of_demo_ms(meter_gateway::clock::wall_clock_ms()), options.speed);
     let clock: Arc<dyn Clock> = Arc::new(SharedClock(sim_clock));
     let db_path = data_dir.join("gridex.sqlite");
-    let db = exchange::db::Database::open(&format!("sqlite://{}", db_path.display()), 8)?;
+    let db = gridex_store::Database::open(&format!("sqlite://{}", db_path.display()), 8)?;
 
     let zone = ZoneId::parse(DEMO_ZONE)?;
     let now_ms = clock.now_ms();
@@ -214,7 +214,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         )?;
         for (account, device, name, spec) in registrations {
             crate::registry::register_account(conn, &account, &name, &seed_zone, now_ms)?;
-            let device = crate::utility::NewDevice {
+            let device = crate::registry::NewDevice {
                 device_id: device,
                 account_id: account,
                 zone: seed_zone.clone(),

@@ -102,8 +102,27 @@ impl ResponseError for ApiError {
     }
 }
 
-impl From<exchange::db::DbError> for ApiError {
-    fn from(error: exchange::db::DbError) -> Self {
+/// The HTTP answer for a registry refusal.
+impl From<settlement::registry::RegistryError> for ApiError {
+    fn from(error: settlement::registry::RegistryError) -> Self {
+        use settlement::registry::RegistryError;
+        match &error {
+            RegistryError::ZoneExists(_)
+            | RegistryError::AccountExists(_)
+            | RegistryError::DeviceExists(_)
+            | RegistryError::ReplacementExists { .. }
+            | RegistryError::TariffInThePast { .. } => ApiError::conflict("conflict", error.to_string()),
+            RegistryError::UnknownZone(_) => ApiError::not_found("unknown_zone", error.to_string()),
+            RegistryError::UnknownAccount(_) => ApiError::not_found("unknown_account", error.to_string()),
+            RegistryError::UnknownDevice(_) => ApiError::not_found("unknown_device", error.to_string()),
+            RegistryError::Invalid { .. } => ApiError::bad_request("invalid_value", error.to_string()),
+            RegistryError::Db(_) => ApiError::internal(error),
+        }
+    }
+}
+
+impl From<gridex_store::DbError> for ApiError {
+    fn from(error: gridex_store::DbError) -> Self {
         ApiError::internal(error)
     }
 }

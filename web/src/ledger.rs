@@ -6,7 +6,7 @@ use crate::error::ApiError;
 use crate::live::{LiveEvent, SlotSettled};
 use crate::state::AppState;
 use actix_web::{web, HttpRequest, HttpResponse};
-use exchange::db::DbConnection;
+use gridex_store::DbConnection;
 use protocol::SlotId;
 use serde::Deserialize;
 use settlement::{queries, SettlementError};
@@ -20,7 +20,7 @@ pub const STATEMENTS_LIMIT_DEFAULT: i64 = 100;
 fn settlement_error(error: SettlementError) -> ApiError {
     match error {
         SettlementError::UnknownZone(_) => ApiError::not_found("unknown_zone", "no such zone"),
-        SettlementError::Registry(inner) => crate::registry::api_error(inner),
+        SettlementError::Registry(inner) => ApiError::from(inner),
         other => ApiError::internal(other),
     }
 }

@@ -4,8 +4,10 @@
 //! It owns HTTP: routing, authentication (trader request signatures, utility API keys), request
 //! limits, error shapes, the OpenAPI document and TLS when it serves HTTPS itself ([`tls`]), plus
 //! wiring the other crates into one process.
-//! It must never match orders (that is `exchange`'s), never write the ledger (that is
-//! `settlement`'s), and never log a secret.
+//! It must never match orders (that is `exchange`'s), never write the ledger or the registry (that is
+//! `settlement`'s), never run SQL on another crate's tables (it calls `exchange::queries`,
+//! `settlement::registry` and `settlement::queries`; its own SQL touches only its webhook tables),
+//! and never log a secret.
 //!
 //! A process is wired in one place, [`application::Application`], for `gridex serve`, the demo and
 //! the tests alike:
@@ -35,7 +37,6 @@ pub mod public;
 pub mod registry;
 pub mod report;
 pub mod routes;
-pub mod schema;
 pub mod server;
 pub mod settings;
 pub mod sse;

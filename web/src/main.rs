@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use exchange::clock::{Clock as _, SystemClock};
+use gridex_store::clock::{Clock as _, SystemClock};
 use std::path::PathBuf;
 use std::time::Duration;
 use web::settings::Settings;
@@ -235,7 +235,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             admin(&settings()?, move |conn| web::registry::register_account(conn, &account, &name, &zone, now_ms)).await
         }
         Command::Device { command: DeviceCommand::Add { id, account, zone, serial, nameplate_w } } => {
-            let device = web::utility::NewDevice {
+            let device = web::registry::NewDevice {
                 device_id: protocol::DeviceId::parse(&id)?,
                 account_id: protocol::AccountId::parse(&account)?,
                 zone: protocol::ZoneId::parse(&zone)?,
@@ -283,7 +283,7 @@ fn replacement(command: DeviceCommand) -> anyhow::Result<settlement::registry::M
 
 async fn admin<F>(settings: &Settings, work: F) -> anyhow::Result<()>
 where
-    F: FnOnce(&mut exchange::db::DbConnection) -> Result<(), settlement::registry::RegistryError> + Send + 'static,
+    F: FnOnce(&mut gridex_store::DbConnection) -> Result<(), settlement::registry::RegistryError> + Send + 'static,
 {
     let db = web::application::open_database(settings)?;
     web::registry::write(&db, work).await.map_err(|error| anyhow::anyhow!("{}", error.message))?;

@@ -3,11 +3,10 @@
 use crate::error::ApiError;
 use crate::state::AppState;
 use actix_web::{web, HttpResponse};
-use diesel::prelude::*;
-use exchange::db::DbError;
-use exchange::schema::{tariffs, trades, zones};
-use protocol::{AccountId, PricePerKwh, Side, SlotId, TimestampMs, Trade, Wh, ZoneId};
+use protocol::{SlotId, ZoneId};
 use serde::{Deserialize, Serialize};
+use settlement::registry::{self, RegistryError};
+use settlement::rules::Tariff;
 
 /// Trades returned by one `GET /trades` at most.
 pub const TRADES_LIMIT_MAX: i64 = 500;
@@ -50,86 +49,50 @@ pub fn parse_zone(text: &str) -> Result<ZoneId, ApiError> {
     ZoneId::parse(text).map_err(|error| ApiError::bad_request("invalid_zone", error.to_string()))
 }
 
-type TariffRow = (i64, i64, i64, i64, i64);
-
-fn tariff_view((effective_from_ms, retail, feed_in, grid_fee, bps): TariffRow) -> TariffView {
+fn tariff_view(tariff: Tariff) -> TariffView {
     TariffView {
-        effective_from_ms,
-        retail_price_per_kwh: retail,
-        feed_in_price_per_kwh: feed_in,
-        grid_fee_per_kwh: grid_fee,
-        protocol_fee_bps: bps,
+        effective_from_ms: tariff.effective_from_ms,
+        retail_price_per_kwh: tariff.retail_price_per_kwh.0,
+        feed_in_price_per_kwh: tariff.feed_in_price_per_kwh.0,
+        grid_fee_per_kwh: tariff.grid_fee_per_kwh.0,
+        protocol_fee_bps: tariff.protocol_fee_bps,
     }
-}
-
-fn tariff_columns() -> (
-    tariffs::effective_from_ms,
-    tariffs::retail_price_per_kwh,
-    tariffs::feed_in_price_per_kwh,
-    tariffs::grid_fee_per_kwh,
-    tariffs::protocol_fee_bps,
-) {
-    (
-        tariffs::effective_from_ms,
-        tariffs::retail_price_per_kwh,
-        tariffs::feed_in_price_per_kwh,
-        tariffs::grid_fee_per_kwh,
-        tariffs::protocol_fee_bps,
-    )
 }
 
 /// 404 unless the zone is registered; returns its slot length.
 pub async fn require_zone(state: &AppState, zone: &ZoneId) -> Result<i64, ApiError> {
-    let id = zone.as_str().to_owned();
-    let found: Option<i64> = state
-        .db
-        .run(move |conn| zones::table.find(id).select(zones::slot_len_ms).first(conn).optional().map_err(DbError::from))
-        .await?;
-    found.ok_or_else(|| ApiError::not_found("unknown_zone", "no such zone"))
+    let zone = zone.clone();
+    let found = registry::read(&state.db, move |conn| registry::zone(conn, &zone)).await.map_err(ApiError::from)?;
+    found.map(|zone| zone.slot_len_ms).ok_or_else(|| ApiError::not_found("unknown_zone", "no such zone"))
 }
 
 pub async fn list_zones(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let now_ms = state.now_ms();
-    let views = state
-        .db
-        .run(move |conn| {
-            let rows: Vec<(String, String, i64)> = zones::table
-                .select((zones::zone_id, zones::name, zones::slot_len_ms))
-                .order(zones::zone_id)
-                .load(conn)?;
-            let mut views = Vec::with_capacity(rows.len());
-            for (zone_id, name, slot_len_ms) in rows {
-                let tariff: Option<TariffRow> = tariffs::table
-                    .filter(tariffs::zone_id.eq(&zone_id))
-                    .filter(tariffs::effective_from_ms.le(now_ms))
-                    .order(tariffs::effective_from_ms.desc())
-                    .select(tariff_columns())
-                    .first(conn)
-                    .optional()?;
-                views.push(ZoneView { zone_id, name, slot_len_ms, tariff: tariff.map(tariff_view) });
-            }
-            Ok::<_, DbError>(views)
-        })
-        .await?;
+    let views = registry::read(&state.db, move |conn| {
+        let zones = registry::list_zones(conn)?;
+        let mut views = Vec::with_capacity(zones.len());
+        for zone in zones {
+            let tariff = registry::tariff_at(conn, &zone.zone_id, now_ms)?;
+            views.push(ZoneView {
+                zone_id: zone.zone_id.as_str().to_owned(),
+                name: zone.name,
+                slot_len_ms: zone.slot_len_ms,
+                tariff: tariff.map(tariff_view),
+            });
+        }
+        Ok::<_, RegistryError>(views)
+    })
+    .await
+    .map_err(ApiError::from)?;
     Ok(HttpResponse::Ok().json(views))
 }
 
 pub async fn zone_tariffs(state: web::Data<AppState>, zone: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let zone = parse_zone(&zone)?;
     require_zone(&state, &zone).await?;
-    let id = zone.as_str().to_owned();
-    let rows: Vec<TariffRow> = state
-        .db
-        .run(move |conn| {
-            tariffs::table
-                .filter(tariffs::zone_id.eq(id))
-                .order(tariffs::effective_from_ms.asc())
-                .select(tariff_columns())
-                .load(conn)
-                .map_err(DbError::from)
-        })
-        .await?;
-    Ok(HttpResponse::Ok().json(rows.into_iter().map(tariff_view).collect::<Vec<_>>()))
+    let tariffs =
+        registry::read(&state.db, move |conn| registry::tariffs(conn, &zone)).await.map_err(ApiError::from)?;
+    Ok(HttpResponse::Ok().json(tariffs.into_iter().map(tariff_view).collect::<Vec<_>>()))
 }
 
 pub async fn zone_slots(state: web::Data<AppState>, zone: web::Path<String>) -> Result<HttpResponse, ApiError> {
@@ -177,26 +140,6 @@ pub struct TradesQuery {
     pub limit: Option<i64>,
 }
 
-type TradeRow = (i64, String, i64, i64, i64, String, i64, String, i64, String, i64);
-
-pub fn trade_from_row(row: TradeRow) -> Result<Trade, DbError> {
-    let (trade_id, zone, slot, price, qty, buyer, buy_nonce, seller, sell_nonce, aggressor, ts_ms) = row;
-    let bad = |what: &str| DbError::Invalid(format!("trade {trade_id} has an invalid {what}"));
-    Ok(Trade {
-        trade_id: u64::try_from(trade_id).map_err(|_| bad("id"))?,
-        zone: ZoneId::parse(&zone).map_err(|_| bad("zone"))?,
-        slot: SlotId::new(slot).map_err(|_| bad("slot"))?,
-        price_per_kwh: PricePerKwh(price),
-        qty_wh: Wh(qty),
-        buyer: AccountId::parse(&buyer).map_err(|_| bad("buyer"))?,
-        seller: AccountId::parse(&seller).map_err(|_| bad("seller"))?,
-        buy_nonce: u64::try_from(buy_nonce).map_err(|_| bad("nonce"))?,
-        sell_nonce: u64::try_from(sell_nonce).map_err(|_| bad("nonce"))?,
-        aggressor: if aggressor == "buy" { Side::Buy } else { Side::Sell },
-        ts_ms: TimestampMs(ts_ms),
-    })
-}
-
 pub async fn zone_trades(
     state: web::Data<AppState>,
     zone: web::Path<String>,
@@ -208,31 +151,7 @@ pub async fn zone_trades(
     if !(1..=TRADES_LIMIT_MAX).contains(&limit) {
         return Err(ApiError::bad_request("invalid_query", format!("limit is 1..={TRADES_LIMIT_MAX}")));
     }
-    let id = zone.as_str().to_owned();
-    let trades = state
-        .db
-        .run(move |conn| {
-            let rows: Vec<TradeRow> = trades::table
-                .filter(trades::zone_id.eq(id))
-                .order(trades::trade_id.desc())
-                .limit(limit)
-                .select((
-                    trades::trade_id,
-                    trades::zone_id,
-                    trades::slot_start_ms,
-                    trades::price_per_kwh,
-                    trades::qty_wh,
-                    trades::buyer_id,
-                    trades::buy_nonce,
-                    trades::seller_id,
-                    trades::sell_nonce,
-                    trades::aggressor,
-                    trades::ts_ms,
-                ))
-                .load(conn)?;
-            rows.into_iter().map(trade_from_row).collect::<Result<Vec<_>, _>>()
-        })
-        .await?;
+    let trades = state.db.run(move |conn| exchange::queries::latest_trades(conn, &zone, limit)).await?;
     Ok(HttpResponse::Ok().json(trades))
 }
 
@@ -284,20 +203,9 @@ pub async fn zone_prices(
     let zone = parse_zone(&zone)?;
     require_zone(&state, &zone).await?;
     let (from_ms, to_ms) = range(&query, state.now_ms(), PRICE_RANGE_MS_MAX)?;
-    let id = zone.as_str().to_owned();
-    let rows: Vec<(i64, i64, i64)> = state
+    let rows = state
         .db
-        .run(move |conn| {
-            trades::table
-                .filter(trades::zone_id.eq(id))
-                .filter(trades::slot_start_ms.ge(from_ms))
-                .filter(trades::slot_start_ms.lt(to_ms))
-                .order((trades::slot_start_ms.asc(), trades::trade_id.asc()))
-                .limit(PRICE_TRADES_MAX)
-                .select((trades::slot_start_ms, trades::price_per_kwh, trades::qty_wh))
-                .load(conn)
-                .map_err(DbError::from)
-        })
+        .run(move |conn| exchange::queries::trade_prices(conn, &zone, from_ms, to_ms, PRICE_TRADES_MAX))
         .await?;
     Ok(HttpResponse::Ok().json(candles(&rows)))
 }

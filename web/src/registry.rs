@@ -1,29 +1,25 @@
 //! Registry writes used by the utility API, the admin subcommands and the demo: a thin adapter over
-//! `settlement::registry` (which owns the rules) that maps its errors to API errors.
+//! `settlement::registry`, which owns every rule (including "a device's account is in the same
+//! zone"); registry refusals become API errors by `From<RegistryError> for ApiError`.
 
 use crate::error::ApiError;
 use crate::public::TariffView;
-use crate::utility::NewDevice;
-use exchange::db::DbConnection;
-use protocol::{AccountId, PricePerKwh, ZoneId};
+use gridex_store::DbConnection;
+use protocol::{AccountId, DeviceId, MeterSerial, PricePerKwh, ZoneId};
+use serde::{Deserialize, Serialize};
 use settlement::registry::{self, AccountKind, RegistryError};
 
 pub use settlement::rewards::RewardSchedule;
 
-/// The HTTP answer for a registry refusal.
-pub fn api_error(error: RegistryError) -> ApiError {
-    match &error {
-        RegistryError::ZoneExists(_)
-        | RegistryError::AccountExists(_)
-        | RegistryError::DeviceExists(_)
-        | RegistryError::ReplacementExists { .. }
-        | RegistryError::TariffInThePast { .. } => ApiError::conflict("conflict", error.to_string()),
-        RegistryError::UnknownZone(_) => ApiError::not_found("unknown_zone", error.to_string()),
-        RegistryError::UnknownAccount(_) => ApiError::not_found("unknown_account", error.to_string()),
-        RegistryError::UnknownDevice(_) => ApiError::not_found("unknown_device", error.to_string()),
-        RegistryError::Invalid { .. } => ApiError::bad_request("invalid_value", error.to_string()),
-        RegistryError::Db(_) => ApiError::internal(error),
-    }
+/// A device as the utility registers it (`POST /api/v1/devices`, `gridex device add`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewDevice {
+    pub device_id: DeviceId,
+    pub account_id: AccountId,
+    pub zone: ZoneId,
+    pub meter_serial: MeterSerial,
+    pub nameplate_w: i64,
 }
 
 pub fn create_zone(
@@ -61,16 +57,8 @@ pub fn register_account(
         .map(|_| ())
 }
 
-/// Registers a device; its account must be a household of the same zone.
+/// Registers a device; its account must be a household of the same zone (`settlement::registry`).
 pub fn register_device(conn: &mut DbConnection, device: &NewDevice, now_ms: i64) -> Result<(), RegistryError> {
-    if let Some(owner) = registry::account(conn, &device.account_id.to_hex())? {
-        if owner.zone_id.as_deref() != Some(device.zone.as_str()) {
-            return Err(RegistryError::Invalid {
-                field: "zone",
-                message: "the account belongs to another zone".into(),
-            });
-        }
-    }
     registry::register_device(
         conn,
         &device.device_id,
@@ -88,10 +76,10 @@ pub fn set_reward_schedule(conn: &mut DbConnection, schedule: &RewardSchedule) -
 }
 
 /// Runs a registry write in one transaction from async code.
-pub async fn write<T, F>(db: &exchange::db::Database, work: F) -> Result<T, ApiError>
+pub async fn write<T, F>(db: &gridex_store::Database, work: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: FnOnce(&mut DbConnection) -> Result<T, RegistryError> + Send + 'static,
 {
-    registry::write(db, work).await.map_err(api_error)
+    registry::write(db, work).await.map_err(ApiError::from)
 }

@@ -6,12 +6,12 @@ use crate::public::{range, RangeQuery};
 use crate::state::AppState;
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
-use diesel::prelude::*;
-use exchange::db::DbError;
-use exchange::schema::{accounts, devices, reading_rejections, readings};
+use exchange::queries::ReadingRow;
 use futures_util_shim::read_body;
+use gridex_store::DbError;
 use protocol::{AccountId, Command};
 use serde::Serialize;
+use settlement::registry::{self, AccountKind};
 
 /// Longest readings range for one request: a week of 1-minute readings is about 10k rows per device.
 pub const READINGS_RANGE_MS_MAX: i64 = 7 * 24 * 3_600_000;
@@ -29,14 +29,14 @@ pub async fn authenticate(state: &AppState, request: &HttpRequest, body: &[u8]) 
     let signed = crate::auth::verify_signed(request, body, now_ms)?;
     let account = signed.account;
     let id = account.to_hex();
-    let kind: Option<String> = state
-        .db
-        .run(move |conn| accounts::table.find(id).select(accounts::kind).first(conn).optional().map_err(DbError::from))
-        .await?;
-    match kind.as_deref() {
+    let kind = registry::read(&state.db, move |conn| registry::account(conn, &id))
+        .await
+        .map_err(ApiError::from)?
+        .map(|account| account.kind);
+    match kind {
         // Remembered only once the signer is a registered household, so strangers' keys cannot
         // fill the memory of used requests.
-        Some("household") => state.used_signatures.accept_once(&signed, now_ms).map(|()| account),
+        Some(AccountKind::Household) => state.used_signatures.accept_once(&signed, now_ms).map(|()| account),
         Some(_) => Err(ApiError::forbidden("forbidden", "only household accounts trade")),
         None => Err(ApiError::unauthorized("unknown_key", "the account is not registered")),
     }
@@ -84,8 +84,6 @@ pub struct IntervalReading {
     pub interval_pv_wh: Option<i64>,
 }
 
-pub type ReadingRow = (String, i64, i64, i64, i64, Option<i64>, i64);
-
 /// A reading the exchange refused although its device signed it, with the reason (PROTOCOL.md §7).
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct RefusedReading {
@@ -109,26 +107,12 @@ pub enum ReadingEntry {
 
 /// The refusals of `device_ids` received within `[from, to)`, newest first.
 pub fn load_refused(
-    conn: &mut exchange::db::DbConnection,
+    conn: &mut gridex_store::DbConnection,
     device_ids: Vec<String>,
     from_ms: i64,
     to_ms: i64,
 ) -> Result<Vec<RefusedReading>, DbError> {
-    let rows: Vec<(String, i64, i64, String, String, i64)> = reading_rejections::table
-        .filter(reading_rejections::device_id.eq_any(device_ids))
-        .filter(reading_rejections::received_ms.ge(from_ms))
-        .filter(reading_rejections::received_ms.lt(to_ms))
-        .order((reading_rejections::received_ms.desc(), reading_rejections::seq.desc()))
-        .limit(REFUSED_READINGS_ROWS_MAX)
-        .select((
-            reading_rejections::device_id,
-            reading_rejections::seq,
-            reading_rejections::ts_ms,
-            reading_rejections::reason,
-            reading_rejections::message,
-            reading_rejections::received_ms,
-        ))
-        .load(conn)?;
+    let rows = exchange::queries::reading_rejections(conn, device_ids, from_ms, to_ms, REFUSED_READINGS_ROWS_MAX)?;
     Ok(rows
         .into_iter()
         .map(|(device, seq, ts_ms, reason, message, received_ms)| RefusedReading {
@@ -211,40 +195,18 @@ pub struct ReadingsPage {
 /// A page of at most [`READINGS_ROWS_MAX`] readings of `device_ids` within `[from, to)`, ordered by
 /// `(device, seq)`, after `after`.
 pub fn load_readings_page(
-    conn: &mut exchange::db::DbConnection,
+    conn: &mut gridex_store::DbConnection,
     device_ids: Vec<String>,
     from_ms: i64,
     to_ms: i64,
     after: Option<&ReadingsCursor>,
 ) -> Result<ReadingsPage, DbError> {
-    let mut query = readings::table
-        .filter(readings::device_id.eq_any(device_ids))
-        .filter(readings::ts_ms.ge(from_ms))
-        .filter(readings::ts_ms.lt(to_ms))
-        .into_boxed();
-    if let Some(after) = after {
-        // The cursor's own reading is loaded too: it is the previous reading of the page's first
-        // row, whose interval energy is computed from it; it is not returned again.
-        query = query.filter(
-            readings::device_id
-                .gt(after.device.clone())
-                .or(readings::device_id.eq(after.device.clone()).and(readings::seq.ge(after.seq))),
-        );
-    }
-    let rows: Vec<ReadingRow> = query
-        .order((readings::device_id.asc(), readings::seq.asc()))
-        // One more row tells whether there is a next page, one more the cursor's own reading.
-        .limit(READINGS_ROWS_MAX + 2)
-        .select((
-            readings::device_id,
-            readings::seq,
-            readings::ts_ms,
-            readings::import_wh,
-            readings::export_wh,
-            readings::pv_wh,
-            readings::power_w,
-        ))
-        .load(conn)?;
+    // The cursor's own reading is loaded too: it is the previous reading of the page's first row,
+    // whose interval energy is computed from it; it is not returned again. One more row tells
+    // whether there is a next page, one more the cursor's own reading.
+    let from_key = after.map(|after| (after.device.as_str(), after.seq));
+    let rows =
+        exchange::queries::readings_by_device(conn, device_ids, from_ms, to_ms, from_key, READINGS_ROWS_MAX + 2)?;
     let mut rows = intervals(rows);
     if let (Some(after), Some(first)) = (after, rows.first()) {
         if first.device == after.device && first.seq == after.seq {
@@ -306,8 +268,7 @@ pub async fn my_readings(
     let (page, refused) = state
         .db
         .run(move |conn| {
-            let device_ids: Vec<String> =
-                devices::table.filter(devices::account_id.eq(id)).select(devices::device_id).load(conn)?;
+            let device_ids = registry::device_ids_of_account(conn, &id)?;
             // Refused readings come once, on the first page.
             let refused =
                 if after.is_none() { load_refused(conn, device_ids.clone(), from_ms, to_ms)? } else { Vec::new() };

@@ -2,13 +2,12 @@
 
 use crate::error::ApiError;
 use crate::public::{parse_zone, range, require_zone, RangeQuery, TariffView};
+use crate::registry::NewDevice;
 use crate::settings::Role;
 use crate::state::AppState;
 use crate::trader::read_limited_body;
 use crate::webhooks::WebhookError;
 use actix_web::{web, HttpRequest, HttpResponse};
-use diesel::prelude::*;
-use exchange::schema::{devices, readings};
 use protocol::{AccountId, DeviceId, MeterSerial, ZoneId};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -101,16 +100,6 @@ pub async fn register_account(
     Ok(HttpResponse::Created().json(account))
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewDevice {
-    pub device_id: DeviceId,
-    pub account_id: AccountId,
-    pub zone: ZoneId,
-    pub meter_serial: MeterSerial,
-    pub nameplate_w: i64,
-}
-
 pub async fn register_device(
     state: web::Data<AppState>,
     request: HttpRequest,
@@ -194,23 +183,14 @@ pub struct SilentDevice {
 /// The zone's devices silent for longer than `silent_ms` at `now_ms` (readings received up to then
 /// count; devices registered later are not listed), longest silent first.
 pub fn silent_devices(
-    conn: &mut exchange::db::DbConnection,
+    conn: &mut gridex_store::DbConnection,
     zone: &ZoneId,
     now_ms: i64,
     silent_ms: i64,
-) -> Result<Vec<SilentDevice>, exchange::db::DbError> {
-    let registered: Vec<(String, String, String, i64)> = devices::table
-        .filter(devices::zone_id.eq(zone.as_str()))
-        .select((devices::device_id, devices::account_id, devices::meter_serial, devices::registered_ms))
-        .load(conn)?;
-    let ids: Vec<&String> = registered.iter().map(|(id, ..)| id).collect();
-    let last: Vec<(String, Option<i64>)> = readings::table
-        .filter(readings::device_id.eq_any(ids))
-        .filter(readings::received_ms.le(now_ms))
-        .group_by(readings::device_id)
-        .select((readings::device_id, diesel::dsl::max(readings::received_ms)))
-        .load(conn)?;
-    let last: std::collections::HashMap<String, Option<i64>> = last.into_iter().collect();
+) -> Result<Vec<SilentDevice>, gridex_store::DbError> {
+    let registered = settlement::registry::zone_devices(conn, zone)?;
+    let ids: Vec<String> = registered.iter().map(|(id, ..)| id.clone()).collect();
+    let last = exchange::queries::last_received_ms(conn, &ids, now_ms)?;
     let mut silent: Vec<SilentDevice> = registered
         .into_iter()
         .filter_map(|(device_id, account_id, meter_serial, registered_ms)| {
@@ -286,10 +266,7 @@ pub async fn export_readings(
         .db
         .run(move |conn| {
             let device_ids: Vec<String> = match selection {
-                Selection::Zone(zone) => devices::table
-                    .filter(devices::zone_id.eq(zone.as_str().to_owned()))
-                    .select(devices::device_id)
-                    .load(conn)?,
+                Selection::Zone(zone) => settlement::registry::device_ids_in_zone(conn, &zone)?,
                 Selection::Device(device) => vec![device.to_hex()],
             };
             crate::trader::load_readings_page(conn, device_ids, from_ms, to_ms, after.as_ref())

@@ -17,16 +17,15 @@
 //! and never returned after registration.
 
 use crate::live::{LiveEvent, SlotSettled};
-use crate::schema::{webhook_cursor, webhook_deliveries, webhooks};
 use crate::settings::WebhookSettings;
 use crate::webhook_targets::{CheckedResolver, TargetPolicy};
 use diesel::prelude::*;
-use exchange::db::{Database, DbConnection, DbError};
+use gridex_store::schema::{webhook_cursor, webhook_deliveries, webhooks};
+use gridex_store::{Database, DbConnection, DbError};
 use hmac::{Hmac, Mac};
 use protocol::{SlotId, ZoneId};
 use rand::RngExt as _;
 use serde::{Deserialize, Serialize};
-use settlement::schema::settlement_slots;
 use sha2::Sha256;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -475,32 +474,13 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 /// Without registrations the cursor jumps to the last settled slot: history is never replayed to a
 /// receiver registered later.
 fn catch_up_batch(conn: &mut DbConnection, now_ms: i64) -> Result<(usize, usize, bool), DbError> {
-    use settlement_slots::dsl as s;
     conn.transaction(|conn| {
         let cursor: Option<(i64, String, i64)> = webhook_cursor::table
             .select((webhook_cursor::closed_ms, webhook_cursor::zone_id, webhook_cursor::slot_start_ms))
             .first(conn)
             .optional()?;
         let hooks: i64 = webhooks::table.count().get_result(conn)?;
-        let mut query = s::settlement_slots
-            .select((s::closed_ms, s::zone_id, s::slot_start_ms, s::merkle_root, s::statements))
-            .into_boxed();
-        if let Some((closed_ms, zone_id, slot_ms)) = cursor.clone() {
-            query = query.filter(
-                s::closed_ms
-                    .gt(closed_ms)
-                    .or(s::closed_ms.eq(closed_ms).and(s::zone_id.gt(zone_id.clone())))
-                    .or(s::closed_ms.eq(closed_ms).and(s::zone_id.eq(zone_id)).and(s::slot_start_ms.gt(slot_ms))),
-            );
-        }
-        let rows: Vec<(i64, String, i64, String, i64)> = if hooks == 0 {
-            query.order((s::closed_ms.desc(), s::zone_id.desc(), s::slot_start_ms.desc())).limit(1).load(conn)?
-        } else {
-            query
-                .order((s::closed_ms.asc(), s::zone_id.asc(), s::slot_start_ms.asc()))
-                .limit(CATCH_UP_BATCH_LEN_MAX)
-                .load(conn)?
-        };
+        let rows = settlement::queries::settled_slots_after(conn, cursor.clone(), hooks == 0, CATCH_UP_BATCH_LEN_MAX)?;
         let Some(last) = rows.last().cloned() else { return Ok((0, 0, false)) };
         let (mut added, mut dropped) = (0, 0);
         if hooks > 0 {
@@ -699,7 +679,7 @@ mod tests {
     /// delivery back until it runs out.
     #[tokio::test]
     async fn a_due_delivery_is_claimed_by_one_server_only() {
-        for test_db in exchange::db::testing::TestDb::all() {
+        for test_db in gridex_store::testing::TestDb::all() {
             let hooks = Webhooks::new(test_db.db.clone(), loopback_allowed());
             hooks.register("http://127.0.0.1:9/hook", "u").await.expect("registered");
             let now_ms = 1_000_000;
@@ -722,7 +702,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_http_urls_are_accepted() {
-        let db = exchange::db::testing::TestDb::sqlite();
+        let db = gridex_store::testing::TestDb::sqlite();
         let hooks = Webhooks::new(db.db.clone(), loopback_allowed());
         assert!(matches!(hooks.register("ftp://x", "u").await, Err(WebhookError::BadUrl)));
         assert!(hooks.register("http://127.0.0.1:9/x", "u").await.is_ok());

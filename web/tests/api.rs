@@ -3,8 +3,8 @@
 mod common;
 
 use ed25519_dalek::SigningKey;
-use exchange::clock::{Clock, SystemClock};
-use exchange::db::testing::TestDb;
+use gridex_store::clock::{Clock, SystemClock};
+use gridex_store::testing::TestDb;
 use protocol::{AccountId, Order, PricePerKwh, Side, Signed, SlotId, TimeInForce, TimestampMs, Wh, ZoneId};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -89,7 +89,7 @@ async fn spawn_app_on(test_db: TestDb, seed: bool, webhooks: WebhookSettings) ->
 }
 
 async fn seed_registry(
-    db: &exchange::db::Database,
+    db: &gridex_store::Database,
     alice_id: AccountId,
     bob_id: AccountId,
     device_id: ed25519_dalek::VerifyingKey,
@@ -101,7 +101,7 @@ async fn seed_registry(
         web::registry::register_account(conn, &bob_id, "Bob", &zone, 0)?;
         web::registry::register_device(
             conn,
-            &web::utility::NewDevice {
+            &web::registry::NewDevice {
                 device_id: protocol::DeviceId::from_verifying_key(&device_id),
                 account_id: alice_id,
                 zone: zone.clone(),
@@ -690,7 +690,7 @@ async fn insert_reading(app: &TestApp, seq: i64, ts: i64, import: i64, export: i
         .db
         .write(move |conn| {
             use diesel::prelude::*;
-            use exchange::schema::readings as r;
+            use gridex_store::schema::readings as r;
             diesel::insert_into(r::table)
                 .values((
                     r::device_id.eq(device),
@@ -704,7 +704,7 @@ async fn insert_reading(app: &TestApp, seq: i64, ts: i64, import: i64, export: i
                     r::payload.eq("{}"),
                 ))
                 .execute(conn)
-                .map_err(exchange::db::DbError::from)
+                .map_err(gridex_store::DbError::from)
         })
         .await
         .expect("insert a reading");
@@ -872,7 +872,7 @@ async fn settle_next_slot(app: &TestApp, announce: bool) -> SlotSettled {
     settled
 }
 
-async fn settle_next_slot_in(db: &exchange::db::Database) -> SlotSettled {
+async fn settle_next_slot_in(db: &gridex_store::Database) -> SlotSettled {
     let config = settlement::SettlementConfig::new(protocol::testing::signing_key(50));
     let outcome = settlement::registry::write(db, move |conn| {
         let zone = settlement::registry::zone(conn, &zone())?.expect("the test zone");
@@ -936,8 +936,8 @@ async fn outbox_attempts(app: &TestApp) -> Vec<i64> {
         .db
         .run(|conn| {
             use diesel::prelude::*;
-            use web::schema::webhook_deliveries as d;
-            d::table.select(d::attempts).load(conn).map_err(exchange::db::DbError::from)
+            use gridex_store::schema::webhook_deliveries as d;
+            d::table.select(d::attempts).load(conn).map_err(gridex_store::DbError::from)
         })
         .await
         .expect("read the outbox")

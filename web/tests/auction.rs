@@ -1,9 +1,9 @@
 //! The closing auction through the API: orders signed by two households cross in a zone's call phase,
 //! and after gate closure `GET /api/v1/zones/{zone}/auctions` reports the uniform price and volume.
 
-use exchange::clock::{Clock, ManualClock};
 use exchange::config::{ClosingAuction, ExchangeConfig};
-use exchange::db::testing::TestDb;
+use gridex_store::clock::{Clock, ManualClock};
+use gridex_store::testing::TestDb;
 use protocol::{AccountId, Order, PricePerKwh, Side, Signed, SlotId, TimeInForce, TimestampMs, Wh, ZoneId};
 use serde_json::Value;
 use std::sync::Arc;

@@ -5,8 +5,8 @@
 
 mod common;
 
-use exchange::clock::{Clock, SystemClock};
-use exchange::db::testing::TestDb;
+use gridex_store::clock::{Clock, SystemClock};
+use gridex_store::testing::TestDb;
 use serde_json::{json, Value};
 use std::process::{Command, Stdio};
 use std::sync::Arc;

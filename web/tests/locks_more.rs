@@ -5,8 +5,8 @@
 mod common;
 
 use ed25519_dalek::SigningKey;
-use exchange::clock::{Clock, SystemClock};
-use exchange::db::testing::TestDb;
+use gridex_store::clock::{Clock, SystemClock};
+use gridex_store::testing::TestDb;
 use protocol::AccountId;
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -127,8 +127,8 @@ fn device_key(index: u8) -> SigningKey {
 /// Registers the devices and stores their readings in bulk; returns every `(device, seq)`.
 async fn seed_readings(app: &TestApp, alice: AccountId, from_ms: i64) -> std::collections::BTreeSet<(String, i64)> {
     use diesel::prelude::*;
-    use exchange::db::DbConnection;
-    use exchange::schema::readings;
+    use gridex_store::schema::readings;
+    use gridex_store::DbConnection;
     let devices: Vec<protocol::DeviceId> =
         (0..EXPORT_DEVICES).map(|i| protocol::DeviceId::from_verifying_key(&device_key(i).verifying_key())).collect();
     let registered = devices.clone();
@@ -136,7 +136,7 @@ async fn seed_readings(app: &TestApp, alice: AccountId, from_ms: i64) -> std::co
         for (i, device) in registered.iter().enumerate() {
             web::registry::register_device(
                 conn,
-                &web::utility::NewDevice {
+                &web::registry::NewDevice {
                     device_id: *device,
                     account_id: alice,
                     zone: protocol::ZoneId::parse(ZONE).expect("valid zone"),

@@ -5,8 +5,8 @@
 mod common;
 
 use ed25519_dalek::SigningKey;
-use exchange::clock::{Clock, SystemClock};
-use exchange::db::testing::TestDb;
+use gridex_store::clock::{Clock, SystemClock};
+use gridex_store::testing::TestDb;
 use protocol::{AccountId, DeviceId, MeterSerial, PowerW, Reading, Signed, TimestampMs, Wh, ZoneId};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -47,7 +47,7 @@ fn device_id(key: &SigningKey) -> DeviceId {
     DeviceId::from_verifying_key(&key.verifying_key())
 }
 
-async fn seed(db: &exchange::db::Database, household: AccountId, device: DeviceId, quiet: DeviceId) {
+async fn seed(db: &gridex_store::Database, household: AccountId, device: DeviceId, quiet: DeviceId) {
     settlement::registry::write(db, move |conn| {
         let zone = zone();
         // Created two hours ago, so its first slot (the report's) is in the past.
@@ -62,7 +62,7 @@ async fn seed(db: &exchange::db::Database, household: AccountId, device: DeviceI
         web::registry::set_tariff(conn, &zone, &tariff)?;
         web::registry::register_account(conn, &household, "Carol", &zone, 0)?;
         for (id, registered_ms) in [(device, now_ms()), (quiet, now_ms() - 3 * 3_600_000)] {
-            let new = web::utility::NewDevice {
+            let new = web::registry::NewDevice {
                 device_id: id,
                 account_id: household,
                 zone: zone.clone(),

@@ -5,8 +5,8 @@
 
 mod common;
 
-use exchange::clock::{Clock, SystemClock};
-use exchange::db::testing::TestDb;
+use gridex_store::clock::{Clock, SystemClock};
+use gridex_store::testing::TestDb;
 use protocol::{
     AccountId, DeviceId, MeterSerial, Order, PowerW, PricePerKwh, Reading, Side, Signed, SlotId, TimeInForce,
     TimestampMs, Wh, ZoneId,
@@ -42,7 +42,7 @@ async fn seed(test_db: &TestDb, zone: &ZoneId, account: AccountId, device: Devic
         web::registry::register_account(conn, &account, "Dora", &zone, 0)?;
         web::registry::register_device(
             conn,
-            &web::utility::NewDevice {
+            &web::registry::NewDevice {
                 device_id: device,
                 account_id: account,
                 zone: zone.clone(),

@@ -8,10 +8,10 @@
 //! orders in priority order; `quit` shuts down cleanly.
 
 use anyhow::{bail, Context};
-use exchange::clock::SystemClock;
 use exchange::config::ExchangeConfig;
-use exchange::db::Database;
 use exchange::service;
+use gridex_store::clock::SystemClock;
+use gridex_store::Database;
 use protocol::{Side, ZoneId};
 use std::io::Write;
 use std::sync::Arc;

@@ -3,11 +3,8 @@
 //! nameplate allows over the time between them. Pure: the caller keeps [`DeviceState`].
 
 use super::{DeviceState, LastReading, Rejection};
-use crate::config::{NAMEPLATE_TOLERANCE_PERCENT, NAMEPLATE_TOLERANCE_WH};
+use protocol::rules::nameplate_allowance_wh;
 use protocol::Reason;
-
-/// Milliseconds per hour, for energy = power × time.
-const MS_PER_HOUR: i128 = 3_600_000;
 
 /// Counters of a meter at one instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,12 +75,6 @@ fn counters_not_lower(earlier: &Counters, later: &Counters) -> bool {
     later.import_wh >= earlier.import_wh && later.export_wh >= earlier.export_wh && pv_ok
 }
 
-/// The energy the nameplate allows over `elapsed_ms`, with the documented tolerance.
-pub fn nameplate_allowance_wh(nameplate_w: i64, elapsed_ms: i64) -> i128 {
-    let exact = i128::from(nameplate_w) * i128::from(elapsed_ms.max(0)) / MS_PER_HOUR;
-    exact + exact * i128::from(NAMEPLATE_TOLERANCE_PERCENT) / 100 + i128::from(NAMEPLATE_TOLERANCE_WH)
-}
-
 fn within_nameplate(earlier: &Counters, later: &Counters, elapsed_ms: i64, nameplate_w: i64) -> Result<(), Rejection> {
     let allowance = nameplate_allowance_wh(nameplate_w, elapsed_ms);
     // A net meter either imports or exports at any instant, so the two together fit the nameplate.
@@ -121,13 +112,6 @@ mod tests {
 
     fn reason(result: Result<(), Rejection>) -> Reason {
         result.expect_err("refused").reason
-    }
-
-    #[test]
-    fn the_nameplate_allows_power_times_time_plus_the_tolerance() {
-        // 3 600 W for one hour is 3 600 Wh; 5 % and 2 Wh on top.
-        assert_eq!(nameplate_allowance_wh(3_600, 3_600_000), 3_600 + 180 + 2);
-        assert_eq!(nameplate_allowance_wh(3_600, -5), 2);
     }
 
     #[test]

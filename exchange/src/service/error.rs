@@ -1,7 +1,7 @@
 //! Why the exchange refuses to start (or to start a zone's owner). A leaf: it imports no other
 //! module of the service or the zone owner.
 
-use crate::db::DbError;
+use gridex_store::DbError;
 use protocol::ZoneId;
 
 /// A refused start.

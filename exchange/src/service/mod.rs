@@ -44,14 +44,14 @@ mod zones;
 pub use error::ExchangeError;
 pub use events::{CommandAck, MarketEvent, SlotInfo};
 
-use crate::clock::Clock;
 use crate::config::{ExchangeConfig, EVENT_BROADCAST_LEN};
-use crate::db::Database;
 use crate::ingest::{Directory, Kind, Limits, Origin, Rejection, Verifier};
 use crate::store;
 use crate::zone::{self, ZoneMsg};
 use commit::Writer;
 use events::{shutting_down, Reply};
+use gridex_store::clock::Clock;
+use gridex_store::Database;
 use outlets::{reject, Outlets};
 use protocol::{AccountId, BookSnapshot, Reason, SlotId, ZoneId};
 use std::sync::atomic::AtomicUsize;
@@ -217,7 +217,10 @@ pub async fn start(
     clock: Arc<dyn Clock>,
     mqtt: Option<rumqttc::MqttOptions>,
 ) -> Result<ExchangeHandle, ExchangeError> {
-    if !(60_000..=3_600_000).contains(&config.slot_len_ms) || config.gate_closure_ms < 0 || config.horizon_ms <= 0 {
+    if !protocol::rules::slot_len_ms_within_limits(config.slot_len_ms)
+        || config.gate_closure_ms < 0
+        || config.horizon_ms <= 0
+    {
         return Err(ExchangeError::Config("slot length 1–60 min, gate closure ≥ 0, horizon > 0".to_owned()));
     }
     let only = config.zones.clone();

@@ -3,8 +3,8 @@
 //! message. Imports only the leaf [`super::events`].
 
 use super::events::{MarketEvent, Outbound, Reply};
-use crate::clock::Clock;
 use crate::ingest::{Kind, Origin, Parsed, Rejection};
+use gridex_store::clock::Clock;
 use protocol::topics;
 use protocol::{Reject, TimestampMs, ZoneId};
 use std::sync::Arc;

@@ -5,10 +5,10 @@
 use super::error::ExchangeError;
 use super::outlets::Outlets;
 use crate::config::ExchangeConfig;
-use crate::db::Database;
 use crate::ingest::ZoneInfo;
 use crate::store;
 use crate::zone::{self, ZoneMsg};
+use gridex_store::Database;
 use protocol::ZoneId;
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,16 +1,16 @@
 //! Shared by the integration tests and the examples: an embedded MQTT broker (or the machine's
-//! Mosquitto when `MQTT_URL` is set), registry rows written straight into the tables, signed
-//! messages, and an MQTT probe that sees what the exchange publishes.
+//! Mosquitto when `MQTT_URL` is set), registry rows written through `settlement::registry` (so they
+//! pass its rules), signed messages, and an MQTT probe that sees what the exchange publishes.
 #![allow(dead_code)]
 
-use diesel::prelude::*;
 use ed25519_dalek::SigningKey;
-use exchange::db::{Database, DbError};
-use exchange::schema::{accounts, devices, tariffs, zones};
+use gridex_store::{Database, DbConnection};
 use protocol::{
     AccountId, DeviceId, MeterSerial, Order, PowerW, PricePerKwh, Reading, Side, Signed, SlotId, TimeInForce,
     TimestampMs, Wh, ZoneId,
 };
+use settlement::registry::{self, AccountKind, RegistryError};
+use settlement::rules::Tariff;
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -126,32 +126,26 @@ pub fn mqtt_options(broker: &BrokerAddr, client_id: &str) -> rumqttc::MqttOption
     options
 }
 
+/// Runs registry writes in one transaction, failing the test with `what` if the registry refuses.
+fn registry_write(db: &Database, what: &str, work: impl FnOnce(&mut DbConnection) -> Result<(), RegistryError>) {
+    db.write_blocking(|conn| Ok(work(conn)))
+        .unwrap_or_else(|error| panic!("{what}: {error}"))
+        .unwrap_or_else(|error| panic!("{what}: {error}"));
+}
+
 /// A zone with a tariff (feed-in 50 000, retail 300 000 µ/kWh from the epoch).
 pub fn seed_zone(db: &Database, zone: &ZoneId, slot_len_ms: i64) {
-    let zone = zone.as_str().to_owned();
-    db.write_blocking(move |conn| {
-        diesel::insert_into(zones::table)
-            .values((
-                zones::zone_id.eq(&zone),
-                zones::name.eq(&zone),
-                zones::slot_len_ms.eq(slot_len_ms),
-                zones::utility_account.eq(format!("utility:{zone}")),
-                zones::created_ms.eq(0_i64),
-            ))
-            .execute(conn)?;
-        diesel::insert_into(tariffs::table)
-            .values((
-                tariffs::zone_id.eq(&zone),
-                tariffs::effective_from_ms.eq(0_i64),
-                tariffs::retail_price_per_kwh.eq(300_000_i64),
-                tariffs::feed_in_price_per_kwh.eq(50_000_i64),
-                tariffs::grid_fee_per_kwh.eq(20_000_i64),
-                tariffs::protocol_fee_bps.eq(50_i64),
-            ))
-            .execute(conn)?;
-        Ok::<_, DbError>(())
-    })
-    .expect("seed a zone");
+    let tariff = Tariff {
+        effective_from_ms: 0,
+        retail_price_per_kwh: PricePerKwh(300_000),
+        feed_in_price_per_kwh: PricePerKwh(50_000),
+        grid_fee_per_kwh: PricePerKwh(20_000),
+        protocol_fee_bps: 50,
+    };
+    registry_write(db, "seed a zone", |conn| {
+        registry::create_zone(conn, zone, zone.as_str(), slot_len_ms, None, 0)?;
+        registry::set_tariff(conn, zone, &tariff)
+    });
 }
 
 /// A household account (key `seed`) in `zone`, with one device (key `seed + 100`) of `nameplate_w`.
@@ -162,33 +156,16 @@ pub fn seed_household(db: &Database, zone: &ZoneId, seed: u8, nameplate_w: i64) 
     (account_key, device_key)
 }
 
+/// A household account of `account_key` in `zone` with one device of `device_key` (meter `SN-1`).
 pub fn seed_keys(db: &Database, zone: &ZoneId, account_key: &SigningKey, device_key: &SigningKey, nameplate_w: i64) {
-    let zone = zone.as_str().to_owned();
-    let account = AccountId::from_verifying_key(&account_key.verifying_key()).to_hex();
-    let device = DeviceId::from_verifying_key(&device_key.verifying_key()).to_hex();
-    db.write_blocking(move |conn| {
-        diesel::insert_into(accounts::table)
-            .values((
-                accounts::account_id.eq(&account),
-                accounts::kind.eq("household"),
-                accounts::display_name.eq("test household"),
-                accounts::zone_id.eq(Some(&zone)),
-                accounts::created_ms.eq(0_i64),
-            ))
-            .execute(conn)?;
-        diesel::insert_into(devices::table)
-            .values((
-                devices::device_id.eq(&device),
-                devices::account_id.eq(&account),
-                devices::zone_id.eq(&zone),
-                devices::meter_serial.eq("SN-1"),
-                devices::nameplate_w.eq(nameplate_w),
-                devices::registered_ms.eq(0_i64),
-            ))
-            .execute(conn)?;
-        Ok::<_, DbError>(())
-    })
-    .expect("seed a household");
+    let account = AccountId::from_verifying_key(&account_key.verifying_key());
+    let device = DeviceId::from_verifying_key(&device_key.verifying_key());
+    let serial = MeterSerial::parse("SN-1").expect("a valid literal");
+    registry_write(db, "seed a household", |conn| {
+        registry::register_account(conn, &account.to_hex(), AccountKind::Household, "test household", Some(zone), 0)?;
+        registry::register_device(conn, &device, &account, zone, &serial, nameplate_w, 0)?;
+        Ok(())
+    });
 }
 
 pub fn reading(key: &SigningKey, zone: &ZoneId, seq: u64, ts_ms: i64, import_wh: i64, export_wh: i64) -> Reading {

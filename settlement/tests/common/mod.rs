@@ -4,9 +4,9 @@
 #![allow(dead_code)]
 
 use diesel::prelude::*;
-use exchange::db::testing::TestDb;
-use exchange::db::DbConnection;
-use exchange::schema::{readings, trades};
+use gridex_store::schema::{readings, trades};
+use gridex_store::testing::TestDb;
+use gridex_store::DbConnection;
 use protocol::testing::signing_key;
 use protocol::{AccountId, DeviceId, MeterSerial, PricePerKwh, SlotId, ZoneId};
 use settlement::registry::{self, AccountKind};
@@ -177,7 +177,7 @@ pub fn close(conn: &mut DbConnection, index: i64) -> Result<SlotOutcome, Settlem
     close_slot(conn, &zone(), slot(index), &config(), due(index))
 }
 
-pub fn connection(test_db: &TestDb) -> exchange::db::PooledDb {
+pub fn connection(test_db: &TestDb) -> gridex_store::PooledDb {
     test_db.db.get().expect("a connection")
 }
 

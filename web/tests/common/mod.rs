@@ -2,7 +2,7 @@
 // Each test crate includes this module and uses a part of it.
 #![allow(dead_code)]
 
-use exchange::db::{Database, DbConnection};
+use gridex_store::{Database, DbConnection};
 use protocol::ZoneId;
 use settlement::registry::RegistryError;
 use web::application::Application;

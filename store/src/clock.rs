@@ -1,5 +1,5 @@
-//! Where the exchange gets the time from. Gate closure, book opening and the timestamp window all
-//! read an injectable [`Clock`], so tests and the demo can run faster than real time.
+//! Where every component gets the time from. Gate closure, book opening, the timestamp window and
+//! slot closing all read an injectable [`Clock`], so tests and the demo can run faster than real time.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;

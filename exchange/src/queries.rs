@@ -1,0 +1,156 @@
+//! Reads of the exchange's tables (`readings`, `reading_rejections`, `trades`) behind the web API, so
+//! the web layer never runs its own SQL on them. Blocking: call inside `Database::run`.
+
+use diesel::prelude::*;
+use gridex_store::schema::{reading_rejections, readings, trades};
+use gridex_store::{DbConnection, DbError};
+use protocol::{AccountId, PricePerKwh, Side, SlotId, TimestampMs, Trade, Wh, ZoneId};
+use std::collections::HashMap;
+
+/// A stored trade's columns, in [`Trade`]'s order.
+pub type TradeRow = (i64, String, i64, i64, i64, String, i64, String, i64, String, i64);
+
+/// The trade a stored row describes; a row that does not parse is invalid data, not a panic.
+pub fn trade_from_row(row: TradeRow) -> Result<Trade, DbError> {
+    let (trade_id, zone, slot, price, qty, buyer, buy_nonce, seller, sell_nonce, aggressor, ts_ms) = row;
+    let bad = |what: &str| DbError::Invalid(format!("trade {trade_id} has an invalid {what}"));
+    Ok(Trade {
+        trade_id: u64::try_from(trade_id).map_err(|_| bad("id"))?,
+        zone: ZoneId::parse(&zone).map_err(|_| bad("zone"))?,
+        slot: SlotId::new(slot).map_err(|_| bad("slot"))?,
+        price_per_kwh: PricePerKwh(price),
+        qty_wh: Wh(qty),
+        buyer: AccountId::parse(&buyer).map_err(|_| bad("buyer"))?,
+        seller: AccountId::parse(&seller).map_err(|_| bad("seller"))?,
+        buy_nonce: u64::try_from(buy_nonce).map_err(|_| bad("nonce"))?,
+        sell_nonce: u64::try_from(sell_nonce).map_err(|_| bad("nonce"))?,
+        aggressor: if aggressor == "buy" { Side::Buy } else { Side::Sell },
+        ts_ms: TimestampMs(ts_ms),
+    })
+}
+
+/// The zone's latest `limit` trades, newest first.
+pub fn latest_trades(conn: &mut DbConnection, zone: &ZoneId, limit: i64) -> Result<Vec<Trade>, DbError> {
+    let rows: Vec<TradeRow> = trades::table
+        .filter(trades::zone_id.eq(zone.as_str()))
+        .order(trades::trade_id.desc())
+        .limit(limit)
+        .select((
+            trades::trade_id,
+            trades::zone_id,
+            trades::slot_start_ms,
+            trades::price_per_kwh,
+            trades::qty_wh,
+            trades::buyer_id,
+            trades::buy_nonce,
+            trades::seller_id,
+            trades::sell_nonce,
+            trades::aggressor,
+            trades::ts_ms,
+        ))
+        .load(conn)?;
+    rows.into_iter().map(trade_from_row).collect()
+}
+
+/// `(slot_start_ms, price_per_kwh, qty_wh)` of the zone's trades in slots within `[from, to)`, by
+/// slot then trade id, at most `limit`.
+pub fn trade_prices(
+    conn: &mut DbConnection,
+    zone: &ZoneId,
+    from_ms: i64,
+    to_ms: i64,
+    limit: i64,
+) -> Result<Vec<(i64, i64, i64)>, DbError> {
+    Ok(trades::table
+        .filter(trades::zone_id.eq(zone.as_str()))
+        .filter(trades::slot_start_ms.ge(from_ms))
+        .filter(trades::slot_start_ms.lt(to_ms))
+        .order((trades::slot_start_ms.asc(), trades::trade_id.asc()))
+        .limit(limit)
+        .select((trades::slot_start_ms, trades::price_per_kwh, trades::qty_wh))
+        .load(conn)?)
+}
+
+/// An accepted reading's columns: device, seq, ts_ms, import_wh, export_wh, pv_wh, power_w.
+pub type ReadingRow = (String, i64, i64, i64, i64, Option<i64>, i64);
+
+/// Readings of `device_ids` taken within `[from, to)`, ordered by `(device, seq)`, from the reading
+/// `(device, seq)` of `from_key` on (itself included), at most `limit`.
+pub fn readings_by_device(
+    conn: &mut DbConnection,
+    device_ids: Vec<String>,
+    from_ms: i64,
+    to_ms: i64,
+    from_key: Option<(&str, i64)>,
+    limit: i64,
+) -> Result<Vec<ReadingRow>, DbError> {
+    let mut query = readings::table
+        .filter(readings::device_id.eq_any(device_ids))
+        .filter(readings::ts_ms.ge(from_ms))
+        .filter(readings::ts_ms.lt(to_ms))
+        .into_boxed();
+    if let Some((device, seq)) = from_key {
+        query = query.filter(
+            readings::device_id
+                .gt(device.to_owned())
+                .or(readings::device_id.eq(device.to_owned()).and(readings::seq.ge(seq))),
+        );
+    }
+    Ok(query
+        .order((readings::device_id.asc(), readings::seq.asc()))
+        .limit(limit)
+        .select((
+            readings::device_id,
+            readings::seq,
+            readings::ts_ms,
+            readings::import_wh,
+            readings::export_wh,
+            readings::pv_wh,
+            readings::power_w,
+        ))
+        .load(conn)?)
+}
+
+/// A refused reading as recorded: device, seq, ts_ms, reason, message, received_ms.
+pub type RejectionRow = (String, i64, i64, String, String, i64);
+
+/// The refusals of `device_ids` received within `[from, to)`, newest first, at most `limit`.
+pub fn reading_rejections(
+    conn: &mut DbConnection,
+    device_ids: Vec<String>,
+    from_ms: i64,
+    to_ms: i64,
+    limit: i64,
+) -> Result<Vec<RejectionRow>, DbError> {
+    Ok(reading_rejections::table
+        .filter(reading_rejections::device_id.eq_any(device_ids))
+        .filter(reading_rejections::received_ms.ge(from_ms))
+        .filter(reading_rejections::received_ms.lt(to_ms))
+        .order((reading_rejections::received_ms.desc(), reading_rejections::seq.desc()))
+        .limit(limit)
+        .select((
+            reading_rejections::device_id,
+            reading_rejections::seq,
+            reading_rejections::ts_ms,
+            reading_rejections::reason,
+            reading_rejections::message,
+            reading_rejections::received_ms,
+        ))
+        .load(conn)?)
+}
+
+/// When each of `device_ids` last had a reading received at or before `until_ms` (devices without
+/// one are absent).
+pub fn last_received_ms(
+    conn: &mut DbConnection,
+    device_ids: &[String],
+    until_ms: i64,
+) -> Result<HashMap<String, Option<i64>>, DbError> {
+    let last: Vec<(String, Option<i64>)> = readings::table
+        .filter(readings::device_id.eq_any(device_ids))
+        .filter(readings::received_ms.le(until_ms))
+        .group_by(readings::device_id)
+        .select((readings::device_id, diesel::dsl::max(readings::received_ms)))
+        .load(conn)?;
+    Ok(last.into_iter().collect())
+}
