@@ -127,6 +127,9 @@ reasons! {
     // --- operations ---
     /// The exchange is shedding load; retry later.
     Overloaded => "overloaded",
+    /// The account sent commands faster than its rate limit allows; the command was not logged.
+    /// Retry later (the same signed command may be sent again while its timestamp is fresh).
+    RateLimited => "rate_limited",
     /// Something failed inside the exchange; the message was not accepted.
     InternalError => "internal_error",
 }

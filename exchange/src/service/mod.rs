@@ -220,6 +220,11 @@ pub async fn start(
     if !(60_000..=3_600_000).contains(&config.slot_len_ms) || config.gate_closure_ms < 0 || config.horizon_ms <= 0 {
         return Err(ExchangeError::Config("slot length 1–60 min, gate closure ≥ 0, horizon > 0".to_owned()));
     }
+    if config.order_commands_per_account_per_s == 0 || config.order_commands_burst == 0 {
+        return Err(ExchangeError::Config(
+            "order commands per account: at least 1 per second and 1 at once".to_owned(),
+        ));
+    }
     let only = config.zones.clone();
     let zones = db.run(move |conn| store::load_zones(conn, &only)).await?;
     let (events, _) = broadcast::channel(EVENT_BROADCAST_LEN);
