@@ -309,6 +309,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         gate_closure_ms: settings.market.gate_closure_ms,
         horizon_ms: settings.market.horizon_ms,
         zones: settings.market.zones.clone(),
+        order_commands_per_account_per_s: settings.market.order_commands_per_account_per_s,
+        order_commands_burst: settings.market.order_commands_burst,
         ..exchange::config::ExchangeConfig::default()
     };
     let exchange = exchange::service::start(exchange_config, db.clone(), clock.clone(), mqtt).await?;
