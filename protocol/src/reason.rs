@@ -152,4 +152,15 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", reason.code()));
         }
     }
+
+    /// PROTOCOL.md §7 is the list third-party gateways and traders read: every code is in it.
+    #[test]
+    fn protocol_md_lists_every_reason_code() {
+        let protocol_md = include_str!("../../PROTOCOL.md");
+        let section = protocol_md.split("## 7. Reason codes").nth(1).expect("PROTOCOL.md has §7");
+        let section = section.split("\n## ").next().unwrap_or(section);
+        for reason in Reason::ALL {
+            assert!(section.contains(&format!("`{}`", reason.code())), "PROTOCOL.md §7 lacks `{reason}`");
+        }
+    }
 }
