@@ -43,11 +43,11 @@ pub const NAMEPLATE_TOLERANCE_WH: i64 = 2;
 /// A household places a handful of orders per slot; a hundred leaves room for trading bots.
 pub const OPEN_ORDERS_PER_ACCOUNT_MAX_DEFAULT: usize = 100;
 /// A household's agent sends a few commands per slot and a quoting bot a few per second when the
-/// book moves; 20 per second per account is far above either, yet a flood from one account then
-/// takes a small share of what one zone's book task and the group commit apply (thousands a second).
+/// book moves; 20 per second per account is far above either, yet a flood from one account is then
+/// a few tenths of a percent of what the exchange applies (6–12k orders/s, exchange/BENCHMARKS.md).
 pub const ORDER_COMMANDS_PER_ACCOUNT_PER_S_DEFAULT: u32 = 20;
-/// Commands one account may send at once before the sustained rate applies: room for an agent
-/// that replaces every order of the day's open slots at once (up to 96 quarter-hour slots).
+/// Commands one account may send at once before the sustained rate applies: room to place or
+/// replace an order in each of a day's 96 quarter-hour slots at once.
 pub const ORDER_COMMANDS_BURST_DEFAULT: u32 = 100;
 /// Gate closures are checked five times a second: a 15-minute slot closes within 200 ms of its gate.
 pub const TICK_INTERVAL_MS_DEFAULT: u64 = 200;
