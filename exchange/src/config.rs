@@ -38,6 +38,13 @@ pub const EVENT_BROADCAST_LEN: usize = 4_096;
 
 /// A household places a handful of orders per slot; a hundred leaves room for trading bots.
 pub const OPEN_ORDERS_PER_ACCOUNT_MAX_DEFAULT: usize = 100;
+/// A household's agent sends a few commands per slot and a quoting bot a few per second when the
+/// book moves; 20 per second per account is far above either, yet a flood from one account is then
+/// a few tenths of a percent of what the exchange applies (6–12k orders/s, exchange/BENCHMARKS.md).
+pub const ORDER_COMMANDS_PER_ACCOUNT_PER_S_DEFAULT: u32 = 20;
+/// Commands one account may send at once before the sustained rate applies: room to place or
+/// replace an order in each of a day's 96 quarter-hour slots at once.
+pub const ORDER_COMMANDS_BURST_DEFAULT: u32 = 100;
 /// Gate closures are checked five times a second: a 15-minute slot closes within 200 ms of its gate.
 pub const TICK_INTERVAL_MS_DEFAULT: u64 = 200;
 /// Book price band when a zone has no tariff and none is configured: one tick to a thousand ticks.
@@ -81,6 +88,11 @@ pub struct ExchangeConfig {
     pub verify_workers: usize,
     /// Most orders one account may rest in one book.
     pub open_orders_per_account_max: usize,
+    /// New commands (orders, cancels, replaces) one account may send per second, sustained, on the
+    /// exchange's clock (at least 1); more are refused `rate_limited` before they are logged.
+    pub order_commands_per_account_per_s: u32,
+    /// And at once, before the sustained rate applies (at least 1).
+    pub order_commands_burst: u32,
     /// How often the zone owners look at the clock for gate closures and new slots.
     pub tick_interval_ms: u64,
     /// Zones with a closing auction (none by default: continuous trading up to gate closure).
@@ -122,6 +134,8 @@ impl Default for ExchangeConfig {
             verify_batch_max: VERIFY_BATCH_MAX_DEFAULT,
             verify_workers: verify_workers_default(),
             open_orders_per_account_max: OPEN_ORDERS_PER_ACCOUNT_MAX_DEFAULT,
+            order_commands_per_account_per_s: ORDER_COMMANDS_PER_ACCOUNT_PER_S_DEFAULT,
+            order_commands_burst: ORDER_COMMANDS_BURST_DEFAULT,
             tick_interval_ms: TICK_INTERVAL_MS_DEFAULT,
             closing_auctions: Vec::new(),
         }

@@ -1,5 +1,6 @@
 //! The verification stage of ingest: strict parse, topic check, registered key, batch signature
-//! verification, timestamp window, sequence numbers and nonces, and the plausibility of readings.
+//! verification, timestamp window, sequence numbers and nonces, the plausibility of readings and
+//! the per-account command rate limit.
 //!
 //! It is pure apart from the in-memory [`Directory`] it keeps (registered keys and per-sender
 //! high-water marks); the service fills missing entries from storage before calling
@@ -13,8 +14,10 @@ use protocol::{
 use std::collections::HashMap;
 
 mod meter;
+mod rate;
 use meter::{accept_reading, counters_check};
 pub use meter::{Counters, Replacement};
+pub use rate::{RateLimit, TokenBucket};
 
 /// Why the exchange refused a message: the protocol reason code and a human-readable detail.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -179,12 +182,16 @@ impl DeviceState {
     }
 }
 
-/// A registered account and its nonce high-water mark.
+/// A registered account, its nonce high-water mark and its command rate bucket.
 #[derive(Debug, Clone)]
 pub struct AccountState {
     /// The zone the account trades in; `None` lets it trade in any zone served.
     pub zone: Option<ZoneId>,
     pub nonce_max: Option<u64>,
+    /// Its commands' token bucket ([`Limits::order_commands`]), full when the account is cached.
+    /// It lives as long as the account's cache entry, so buckets are bounded by the registered
+    /// accounts; an account forgotten after a failed commit comes back with a full bucket.
+    pub commands: TokenBucket,
 }
 
 /// A zone the exchange knows.
@@ -327,6 +334,8 @@ pub struct Limits {
     pub future_skew_ms_max: i64,
     pub horizon_ms: i64,
     pub gate_closure_ms: i64,
+    /// New commands (orders, cancels, replaces) one account may send.
+    pub order_commands: RateLimit,
 }
 
 impl From<&ExchangeConfig> for Limits {
@@ -337,6 +346,10 @@ impl From<&ExchangeConfig> for Limits {
             future_skew_ms_max: config.future_skew_ms_max,
             horizon_ms: config.horizon_ms,
             gate_closure_ms: config.gate_closure_ms,
+            order_commands: RateLimit {
+                per_s: config.order_commands_per_account_per_s,
+                burst: config.order_commands_burst,
+            },
         }
     }
 }
@@ -475,6 +488,18 @@ impl Verifier {
             .accounts
             .get_mut(&command.account())
             .ok_or_else(|| Rejection::new(Reason::UnknownKey, "the account is not registered"))?;
+        // Last, so only a command that would be logged takes a token; a refused one leaves the
+        // nonce where it was, so the same signed command may be sent again once there is room.
+        let limit = self.limits.order_commands;
+        account.commands.take(now_ms, limit).map_err(|wait_ms| {
+            Rejection::new(
+                Reason::RateLimited,
+                format!(
+                    "more than {} commands per second ({} at once) from this account; retry in {wait_ms} ms",
+                    limit.per_s, limit.burst
+                ),
+            )
+        })?;
         account.nonce_max = Some(command.nonce());
         Ok(Verified::Command { command, slot, payload })
     }
@@ -586,6 +611,7 @@ mod tests {
             future_skew_ms_max: 1_000,
             horizon_ms: 3_600_000,
             gate_closure_ms: 300_000,
+            order_commands: RateLimit { per_s: 20, burst: 100 },
         };
         let now_ms = 9_000_000;
         let slot = |start_ms| SlotId::new(start_ms).expect("a slot");

@@ -3,7 +3,9 @@
 //! Every function is blocking and takes a connection; the service calls them through
 //! [`Database::run`](gridex_store::Database::run) / [`Database::write`](gridex_store::Database::write).
 
-use crate::ingest::{AccountState, Counters, DeviceState, LastReading, RefusedReading, Replacement, ZoneInfo};
+use crate::ingest::{
+    AccountState, Counters, DeviceState, LastReading, RefusedReading, Replacement, TokenBucket, ZoneInfo,
+};
 use diesel::prelude::*;
 use gridex_store::schema::{
     accounts, devices, meter_replacements, order_commands, reading_rejections, readings, tariffs, trades, zones,
@@ -233,7 +235,10 @@ pub fn load_accounts(conn: &mut DbConnection, ids: &[AccountId]) -> Result<Vec<(
             .filter(order_commands::account_id.eq(&account_id))
             .select(diesel::dsl::max(order_commands::nonce))
             .first(conn)?;
-        found.push((account, AccountState { zone, nonce_max: nonce_max.map(to_u64).transpose()? }));
+        found.push((
+            account,
+            AccountState { zone, nonce_max: nonce_max.map(to_u64).transpose()?, commands: TokenBucket::default() },
+        ));
     }
     Ok(found)
 }

@@ -64,6 +64,9 @@ async fn run_attack(test_db: TestDb, broker: &BrokerAddr) {
         zones: vec![zone.clone()],
         // Every valid order of the test rests in the book.
         open_orders_per_account_max: (ROUNDS * VALID_PER_ROUND) as usize,
+        // And all of them at one instant of the test's clock: the rate limit is not what this tests
+        // (`attack_order_flood.rs` does).
+        order_commands_burst: (ROUNDS * (VALID_PER_ROUND + 1)) as u32,
         ..ExchangeConfig::default()
     };
     let clock = Arc::new(ManualClock::new(NOW_MS));

@@ -20,7 +20,6 @@ use meter_gateway::publisher::{self, MqttSettings, PublisherConfig, PublisherSta
 use meter_gateway::spool::{Spool, SPOOL_BYTES_DEFAULT};
 use protocol::{DeviceId, ZoneId};
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -42,17 +41,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Tells the re-executed test binary to serve rumqttd on this port.
 const RUMQTTD_PORT_ENV: &str = "GRIDEX_TEST_RUMQTTD_PORT";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).map(|addr| addr.port()).expect("a port")
-}
-
 fn wait_listening(port: u16) {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = std::time::Instant::now() + WAIT_MAX;
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "the broker does not listen on {port}");
-        std::thread::sleep(POLL_INTERVAL);
-    }
+    assert!(gridex_test_support::wait_listening("127.0.0.1", port), "the broker does not listen on {port}");
 }
 
 /// A broker without persistence in a process of its own, so killing it loses what it held.
@@ -66,7 +56,7 @@ struct Broker {
 
 impl Broker {
     fn rumqttd() -> Broker {
-        let port = free_port();
+        let port = gridex_test_support::free_port();
         Broker { kind: "rumqttd", port, child: Self::spawn_rumqttd(port), _config: None }
     }
 
@@ -82,7 +72,7 @@ impl Broker {
     }
 
     fn mosquitto() -> Broker {
-        let port = free_port();
+        let port = gridex_test_support::free_port();
         let dir = tempfile::tempdir().expect("a temporary directory");
         let config = dir.path().join("mosquitto.conf");
         std::fs::write(

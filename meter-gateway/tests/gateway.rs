@@ -735,7 +735,7 @@ async fn readings_travel_over_mqtts_checked_against_a_ca_file() {
         certpath: certificates.server_cert.display().to_string(),
         keypath: certificates.server_key.display().to_string(),
     };
-    let (plain_port, tls_port) = gridex_test_support::broker::embedded_broker_with_tls(tls);
+    let (plain_port, tls_port) = gridex_test_support::broker::embedded_broker_with_tls(tls, None);
     let home = start_home(61).await;
     let subscriber = Subscriber::start("127.0.0.1", plain_port, "gridex/v1/tls/readings/+").await;
     let mut settings = settings(

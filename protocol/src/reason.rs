@@ -127,6 +127,9 @@ reasons! {
     // --- operations ---
     /// The exchange is shedding load; retry later.
     Overloaded => "overloaded",
+    /// The account sent commands faster than its rate limit allows; the command was not logged.
+    /// Retry later (the same signed command may be sent again while its timestamp is fresh).
+    RateLimited => "rate_limited",
     /// Something failed inside the exchange; the message was not accepted.
     InternalError => "internal_error",
 }
@@ -147,6 +150,17 @@ mod tests {
             assert_eq!(Reason::from_code(reason.code()), Some(*reason));
             let json = serde_json::to_string(reason).expect("a reason serializes");
             assert_eq!(json, format!("\"{}\"", reason.code()));
+        }
+    }
+
+    /// PROTOCOL.md §7 is the list third-party gateways and traders read: every code is in it.
+    #[test]
+    fn protocol_md_lists_every_reason_code() {
+        let protocol_md = include_str!("../../PROTOCOL.md");
+        let section = protocol_md.split("## 7. Reason codes").nth(1).expect("PROTOCOL.md has §7");
+        let section = section.split("\n## ").next().unwrap_or(section);
+        for reason in Reason::ALL {
+            assert!(section.contains(&format!("`{}`", reason.code())), "PROTOCOL.md §7 lacks `{reason}`");
         }
     }
 }

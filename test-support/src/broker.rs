@@ -26,7 +26,7 @@ impl BrokerAddr {
     }
 }
 
-fn server(name: &str, port: u16, tls: Option<TlsConfig>) -> ServerSettings {
+fn server(name: &str, port: u16, tls: Option<TlsConfig>, login: Option<(&str, &str)>) -> ServerSettings {
     ServerSettings {
         name: name.to_owned(),
         listen: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -36,7 +36,7 @@ fn server(name: &str, port: u16, tls: Option<TlsConfig>) -> ServerSettings {
             connection_timeout_ms: 60_000,
             max_payload_size: PAYLOAD_BYTES_MAX,
             max_inflight_count: 500,
-            auth: None,
+            auth: login.map(|(user, password)| HashMap::from([(user.to_owned(), password.to_owned())])),
             external_auth: None,
             dynamic_filters: true,
         },
@@ -59,7 +59,7 @@ fn config(listeners: HashMap<String, ServerSettings>) -> Config {
 /// The rumqttd configuration of the tests' embedded broker: one plain MQTT 3.1.1 listener on
 /// `port` of loopback.
 pub fn rumqttd_config(port: u16) -> Config {
-    config(HashMap::from([("plain".to_owned(), server("plain", port, None))]))
+    config(HashMap::from([("plain".to_owned(), server("plain", port, None, None))]))
 }
 
 /// Runs rumqttd with `config` in a thread of its own (it lives as long as the process) and waits
@@ -83,12 +83,12 @@ pub fn embedded_broker() -> BrokerAddr {
 }
 
 /// Starts an embedded rumqttd with a plain listener and a TLS listener (certificate and key from
-/// `tls`): returns (plain, TLS) ports.
-pub fn embedded_broker_with_tls(tls: TlsConfig) -> (u16, u16) {
+/// `tls`), both accepting only `login` (user, password) when given: returns (plain, TLS) ports.
+pub fn embedded_broker_with_tls(tls: TlsConfig, login: Option<(&str, &str)>) -> (u16, u16) {
     let (port, tls_port) = (free_port(), free_port());
     let listeners = HashMap::from([
-        ("plain".to_owned(), server("plain", port, None)),
-        ("tls".to_owned(), server("tls", tls_port, Some(tls))),
+        ("plain".to_owned(), server("plain", port, None, login)),
+        ("tls".to_owned(), server("tls", tls_port, Some(tls), login)),
     ]);
     start(config(listeners), &[port, tls_port]);
     (port, tls_port)

@@ -195,6 +195,8 @@ impl ApplicationBuilder {
             gate_closure_ms: settings.market.gate_closure_ms,
             horizon_ms: settings.market.horizon_ms,
             zones: settings.market.zones.clone(),
+            order_commands_per_account_per_s: settings.market.order_commands_per_account_per_s,
+            order_commands_burst: settings.market.order_commands_burst,
             ..ExchangeConfig::default()
         });
 

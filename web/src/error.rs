@@ -13,17 +13,24 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+/// `Retry-After` of a `rate_limited` answer, in seconds. The exchange refills every account at
+/// least one command a second (`market.order_commands_per_account_per_s` is at least 1; it refuses
+/// to start otherwise), so one second later there is room for the command again.
+pub const RATE_LIMITED_RETRY_AFTER_S: u64 = 1;
+
 /// An error a handler returns. Internal details are logged, never sent.
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: String,
     pub message: String,
+    /// Sent as `Retry-After` (seconds) when the client may try again later.
+    pub retry_after_s: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { status, code: code.into(), message: message.into() }
+        Self { status, code: code.into(), message: message.into(), retry_after_s: None }
     }
     pub fn bad_request(code: &str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -51,7 +58,11 @@ impl ApiError {
 
     /// A protocol rejection (from parsing or from the exchange), with the reason code as `error`.
     pub fn from_reason(reason: Reason, message: impl Into<String>) -> Self {
-        Self::new(status_of(reason), reason.code(), message)
+        let error = Self::new(status_of(reason), reason.code(), message);
+        match reason {
+            Reason::RateLimited => Self { retry_after_s: Some(RATE_LIMITED_RETRY_AFTER_S), ..error },
+            _ => error,
+        }
     }
 }
 
@@ -82,6 +93,7 @@ pub fn status_of(reason: Reason) -> StatusCode {
         | Reason::SelfTradePrevented => StatusCode::CONFLICT,
         Reason::UnknownOrder => StatusCode::NOT_FOUND,
         Reason::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         Reason::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::UNPROCESSABLE_ENTITY,
     }
@@ -98,7 +110,11 @@ impl ResponseError for ApiError {
         self.status
     }
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(ErrorBody { error: self.code.clone(), message: self.message.clone() })
+        let mut response = HttpResponse::build(self.status);
+        if let Some(seconds) = self.retry_after_s {
+            response.insert_header((actix_web::http::header::RETRY_AFTER, seconds.to_string()));
+        }
+        response.json(ErrorBody { error: self.code.clone(), message: self.message.clone() })
     }
 }
 

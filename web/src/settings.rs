@@ -158,6 +158,11 @@ pub struct MarketSettings {
     pub zones: Vec<protocol::ZoneId>,
     /// A device that has sent no reading for longer than this is reported as silent to its utility.
     pub silent_device_ms: i64,
+    /// New order commands (orders, cancels, replaces) one account may send per second, sustained,
+    /// over MQTT and HTTP together (at least 1); more are refused `rate_limited` (HTTP 429).
+    pub order_commands_per_account_per_s: u32,
+    /// And at once, before the sustained rate applies (at least 1).
+    pub order_commands_burst: u32,
 }
 
 /// A gateway publishes every minute or so and spools while offline: an hour without a reading means
@@ -173,6 +178,8 @@ impl Default for MarketSettings {
             operator_key_path: "./data/operator.key".to_owned(),
             zones: Vec::new(),
             silent_device_ms: SILENT_DEVICE_MS_DEFAULT,
+            order_commands_per_account_per_s: exchange::config::ORDER_COMMANDS_PER_ACCOUNT_PER_S_DEFAULT,
+            order_commands_burst: exchange::config::ORDER_COMMANDS_BURST_DEFAULT,
         }
     }
 }
@@ -524,6 +531,23 @@ mod tests {
         settings.apply_env(|name| env.get(name).map(|v| (*v).to_owned())).expect("valid env");
         assert_eq!(settings.http.tls_key_file.as_deref(), Some("/run/key.pem"));
         settings.validate().expect("both files are named");
+    }
+
+    #[test]
+    fn the_order_rate_limit_defaults_to_the_exchanges_and_the_example_and_environment_set_it() {
+        let example: Settings = toml::from_str(include_str!("../examples/gridex.toml")).expect("the example parses");
+        let defaults = MarketSettings::default();
+        assert_eq!(
+            defaults.order_commands_per_account_per_s,
+            exchange::config::ORDER_COMMANDS_PER_ACCOUNT_PER_S_DEFAULT
+        );
+        assert_eq!(defaults.order_commands_burst, exchange::config::ORDER_COMMANDS_BURST_DEFAULT);
+        let example_limit = (example.market.order_commands_per_account_per_s, example.market.order_commands_burst);
+        assert_eq!(example_limit, (defaults.order_commands_per_account_per_s, defaults.order_commands_burst));
+        let env: HashMap<&str, &str> = [("GRIDEX_MARKET__ORDER_COMMANDS_BURST", "7")].into();
+        let mut settings = Settings::default();
+        settings.apply_env(|name| env.get(name).map(|v| (*v).to_owned())).expect("valid env");
+        assert_eq!(settings.market.order_commands_burst, 7);
     }
 
     #[test]

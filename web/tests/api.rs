@@ -1198,118 +1198,22 @@ fn admin_subcommands_register_a_market_and_report_errors_in_one_line() {
     assert!(!overwrite.status.success(), "keygen never overwrites a key");
 }
 
-/// Makes a CA and a server certificate for localhost with the openssl command line; `false` when
-/// openssl is missing (the test then skips, unless GRIDEX_REQUIRE_TOOLS is set).
-fn make_certificates(dir: &std::path::Path) -> bool {
-    if std::process::Command::new("openssl").arg("version").output().is_err() {
-        assert!(
-            std::env::var_os("GRIDEX_REQUIRE_TOOLS").is_none(),
-            "GRIDEX_REQUIRE_TOOLS is set but openssl is missing"
-        );
-        eprintln!("SKIPPED: the openssl command is not installed, so no test certificates can be made");
-        return false;
-    }
-    let run = |args: &[&str]| {
-        std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success())
-    };
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")
-        .expect("writes");
-    let ec_key = |out: &str| run(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", out]);
-    let made = ec_key("ca.key")
-        && run(&[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            "ca.key",
-            "-subj",
-            "/CN=gridex test CA",
-            "-days",
-            "2",
-            "-out",
-            "ca.pem",
-        ])
-        && ec_key("server.key")
-        && run(&["req", "-new", "-key", "server.key", "-subj", "/CN=localhost", "-out", "server.csr"])
-        && run(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "server.pem",
-        ]);
-    assert!(made, "openssl makes the test certificates");
-    true
-}
-
-/// An embedded broker with one TLS listener that accepts only `user`/`password`; returns its port.
+/// An embedded broker whose listeners accept only `user`/`password`; returns its TLS port.
 /// (rumqttd cannot be stopped; its thread ends with the test process.)
-fn start_tls_broker(dir: &std::path::Path, user: &str, password: &str) -> u16 {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port();
-    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let server = rumqttd::ServerSettings {
-        name: "tls".to_owned(),
-        listen,
-        tls: Some(rumqttd::TlsConfig::Rustls {
-            capath: None,
-            certpath: dir.join("server.pem").display().to_string(),
-            keypath: dir.join("server.key").display().to_string(),
-        }),
-        next_connection_delay_ms: 1,
-        connections: rumqttd::ConnectionSettings {
-            connection_timeout_ms: 10_000,
-            max_payload_size: 64 * 1024,
-            max_inflight_count: 100,
-            auth: Some([(user.to_owned(), password.to_owned())].into_iter().collect()),
-            external_auth: None,
-            dynamic_filters: true,
-        },
+fn start_tls_broker(certificates: &gridex_test_support::certs::TestCertificates, user: &str, password: &str) -> u16 {
+    let tls = rumqttd::TlsConfig::Rustls {
+        capath: None,
+        certpath: certificates.server_cert.display().to_string(),
+        keypath: certificates.server_key.display().to_string(),
     };
-    let config = rumqttd::Config {
-        id: 0,
-        router: rumqttd::RouterConfig {
-            max_connections: 16,
-            max_outgoing_packet_count: 200,
-            max_segment_size: 1024 * 1024,
-            max_segment_count: 10,
-            ..Default::default()
-        },
-        v4: Some([("tls".to_owned(), server)].into_iter().collect()),
-        ..Default::default()
-    };
-    std::thread::spawn(move || {
-        let _ = rumqttd::Broker::new(config).start();
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(listen).is_err() {
-        assert!(std::time::Instant::now() < deadline, "the TLS broker did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    port
+    gridex_test_support::broker::embedded_broker_with_tls(tls, Some((user, password))).1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_settings_connect_the_exchange_over_mqtts_with_a_ca_file_and_a_login() {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    if !make_certificates(dir.path()) {
-        return;
-    }
-    let port = start_tls_broker(dir.path(), "exchange", "s3cret-password");
+    let Some(certificates) = gridex_test_support::certs::make(dir.path()) else { return };
+    let port = start_tls_broker(&certificates, "exchange", "s3cret-password");
     let test_db = TestDb::any();
     let (alice, bob, device) =
         (protocol::testing::signing_key(11), protocol::testing::signing_key(12), protocol::testing::signing_key(13));
@@ -1319,7 +1223,7 @@ async fn serve_settings_connect_the_exchange_over_mqtts_with_a_ca_file_and_a_log
             url: Some(Secret::new(format!("mqtts://localhost:{port}"))),
             username: Some("exchange".to_owned()),
             password: Some(Secret::new(password)),
-            ca_file: Some(dir.path().join("ca.pem").display().to_string()),
+            ca_file: Some(certificates.ca.display().to_string()),
             client_id: None,
         };
         web::broker::mqtt_options(&settings).expect("valid settings").expect("a broker")

@@ -66,7 +66,14 @@ async fn run() -> anyhow::Result<()> {
     options.set_keep_alive(std::time::Duration::from_secs(30));
     options.set_max_packet_size(64 * 1024, 64 * 1024);
     options.set_inflight(500);
-    let config = ExchangeConfig { zones, ..ExchangeConfig::default() };
+    let config = ExchangeConfig {
+        zones,
+        // Its senders are the crash test's and the load tool's few accounts, which send as fast as
+        // they can by design: no per-account rate limit, so every command they send is applied.
+        order_commands_per_account_per_s: u32::MAX,
+        order_commands_burst: u32::MAX,
+        ..ExchangeConfig::default()
+    };
     let exchange =
         service::start(config, db, Arc::new(SystemClock), Some(options)).await.context("start the exchange")?;
     exchange.mqtt_subscribed().await;

@@ -223,6 +223,11 @@ pub async fn start(
     {
         return Err(ExchangeError::Config("slot length 1–60 min, gate closure ≥ 0, horizon > 0".to_owned()));
     }
+    if config.order_commands_per_account_per_s == 0 || config.order_commands_burst == 0 {
+        return Err(ExchangeError::Config(
+            "order commands per account: at least 1 per second and 1 at once".to_owned(),
+        ));
+    }
     let only = config.zones.clone();
     let zones = db.run(move |conn| store::load_zones(conn, &only)).await?;
     let (events, _) = broadcast::channel(EVENT_BROADCAST_LEN);

@@ -1,6 +1,6 @@
 //! The verification stage: parse and batch-verify signatures on a pool of blocking threads, then
-//! the stateful checks (keys, freshness, seq, nonces, plausibility) in arrival order, and hand
-//! what passes to the group commit ([`super::commit`]).
+//! the stateful checks (keys, freshness, seq, nonces, plausibility, the per-account command rate
+//! limit) in arrival order, and hand what passes to the group commit ([`super::commit`]).
 
 use super::acks::{acknowledge, MqttAck};
 use super::commit::Pending;

@@ -1,7 +1,7 @@
 //! Shared by the integration tests and the examples: an embedded MQTT broker (or the machine's
 //! Mosquitto when `MQTT_URL` is set), registry rows written through `settlement::registry` (so they
 //! pass its rules), signed messages, and an MQTT probe that sees what the exchange publishes.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use ed25519_dalek::SigningKey;
 use gridex_store::{Database, DbConnection};
@@ -11,112 +11,15 @@ use protocol::{
 };
 use settlement::registry::{self, AccountKind, RegistryError};
 use settlement::rules::Tariff;
-use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+pub use gridex_test_support::broker::rumqttd_config;
+pub use gridex_test_support::{brokers, embedded_broker, external_broker, unique, BrokerAddr};
 
 /// How long a test waits for an answer from the exchange before failing (not a timing assertion:
 /// only a bound on a hang).
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Where a broker listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerAddr {
-    pub name: &'static str,
-    pub host: String,
-    pub port: u16,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free port")
-}
-
-fn wait_listening(host: &str, port: u16) -> bool {
-    let addr: SocketAddr = format!("{host}:{port}").parse().expect("a socket address");
-    for _ in 0..100 {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
-/// The rumqttd configuration of the tests' embedded broker, listening on `port` of loopback.
-pub fn rumqttd_config(port: u16) -> rumqttd::Config {
-    use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings};
-    let connections = ConnectionSettings {
-        connection_timeout_ms: 60_000,
-        max_payload_size: 64 * 1024,
-        max_inflight_count: 500,
-        auth: None,
-        external_auth: None,
-        dynamic_filters: true,
-    };
-    let server = ServerSettings {
-        name: "v4-1".to_owned(),
-        listen: SocketAddr::from(([127, 0, 0, 1], port)),
-        tls: None,
-        next_connection_delay_ms: 0,
-        connections,
-    };
-    let router = RouterConfig {
-        max_connections: 10_000,
-        max_outgoing_packet_count: 1_000,
-        max_segment_size: 100 * 1024 * 1024,
-        max_segment_count: 10,
-        custom_segment: None,
-        initialized_filters: None,
-        shared_subscriptions_strategy: Default::default(),
-    };
-    Config { router, v4: Some(HashMap::from([("1".to_owned(), server)])), ..Config::default() }
-}
-
-/// Starts an embedded rumqttd broker on a free loopback port (in its own thread; it lives as long as
-/// the process).
-pub fn embedded_broker() -> BrokerAddr {
-    use rumqttd::Broker;
-    let port = free_port();
-    let config = rumqttd_config(port);
-    std::thread::spawn(move || {
-        let mut broker = Broker::new(config);
-        if let Err(error) = broker.start() {
-            eprintln!("embedded broker stopped: {error}");
-        }
-    });
-    assert!(wait_listening("127.0.0.1", port), "the embedded broker did not start");
-    BrokerAddr { name: "rumqttd", host: "127.0.0.1".to_owned(), port }
-}
-
-/// The machine's broker from `MQTT_URL` (`mqtt://host:port` or `host:port`), when set. Panics when
-/// it is set but unreachable: a configured service that is down must fail the test.
-pub fn external_broker() -> Option<BrokerAddr> {
-    let url = std::env::var("MQTT_URL").ok().filter(|url| !url.is_empty())?;
-    let rest = url.split("://").last().unwrap_or(&url).trim_end_matches('/');
-    let (host, port) = rest.rsplit_once(':').map_or((rest, 1883), |(host, port)| (host, port.parse().unwrap_or(1883)));
-    assert!(wait_listening(host, port), "MQTT_URL is set ({url}) but the broker is unreachable");
-    Some(BrokerAddr { name: "mosquitto", host: host.to_owned(), port })
-}
-
-/// The embedded broker always, plus Mosquitto when `MQTT_URL` is set.
-pub fn brokers() -> Vec<BrokerAddr> {
-    let mut brokers = vec![embedded_broker()];
-    brokers.extend(external_broker());
-    brokers
-}
-
-static UNIQUE: AtomicU64 = AtomicU64::new(0);
-
-/// A unique suffix for zone names and client ids, so tests sharing a broker never see each other.
-pub fn unique() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    format!("{:x}{:x}{}", std::process::id(), nanos, UNIQUE.fetch_add(1, Ordering::Relaxed))
-}
 
 pub fn mqtt_options(broker: &BrokerAddr, client_id: &str) -> rumqttc::MqttOptions {
     let mut options = rumqttc::MqttOptions::new(client_id, broker.host.clone(), broker.port);
