@@ -109,11 +109,7 @@ fn stored_leaves_are_the_protocol_leaf_hashes_of_the_stored_statements() {
 fn price_history_zone_stats_and_token_supply_summarise_settled_slots() {
     for test_db in TestDb::all() {
         let conn = &mut *connection(&test_db);
-        setup(conn, default_schedule());
-        let (seller, buyer) = (household(conn, 1), household(conn, 2));
-        meter(conn, &seller, 0, 0, 1_000);
-        meter(conn, &buyer, 0, 1_500, 0);
-        trade(conn, 1, 0, 200_000, 400, &buyer, &seller);
+        let (seller, buyer) = one_sale(conn, 1_000, 1_500, (200_000, 400));
         trade(conn, 2, 0, 250_000, 300, &buyer, &seller);
         trade(conn, 3, 0, 180_000, 300, &buyer, &seller);
         trade(conn, 4, 1, 210_000, 100, &buyer, &seller);
@@ -156,8 +152,7 @@ async fn the_loop_closes_due_slots_in_order_and_announces_them() {
     let test_db = TestDb::any();
     {
         let conn = &mut *connection(&test_db);
-        setup(conn, default_schedule());
-        let (seller, buyer) = (household(conn, 1), household(conn, 2));
+        let (seller, buyer) = seller_and_buyer(conn);
         for index in 0..3 {
             meter(conn, &seller, index, 0, 1_000);
             meter(conn, &buyer, index, 1_000, 0);
@@ -207,11 +202,7 @@ async fn close_due_waits_for_the_grace_period_and_commit_margin_then_closes_in_o
 fn ledger_entries_cannot_be_changed_or_deleted() {
     for test_db in TestDb::all() {
         let conn = &mut *connection(&test_db);
-        setup(conn, default_schedule());
-        let (seller, buyer) = (household(conn, 1), household(conn, 2));
-        meter(conn, &seller, 0, 0, 1_000);
-        meter(conn, &buyer, 0, 1_000, 0);
-        trade(conn, 1, 0, 200_000, 1_000, &buyer, &seller);
+        let (seller, _buyer) = one_sale(conn, 1_000, 1_000, (200_000, 1_000));
         close(conn, 0).expect("closes");
         use diesel::connection::SimpleConnection;
         assert!(conn.batch_execute("UPDATE ledger_entries SET amount = amount + 1").is_err());

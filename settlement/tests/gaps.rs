@@ -11,23 +11,11 @@ use gridex_store::testing::TestDb;
 use gridex_store::DbConnection;
 use proptest::prelude::*;
 use protocol::testing::signing_key;
-use protocol::{DeviceId, MeterSerial, MicroMoney, MicroTokens, PricePerKwh, Wh};
+use protocol::{DeviceId, MeterSerial, MicroMoney, PricePerKwh, Wh};
 use settlement::rules::Tariff;
 use settlement::SlotOutcome;
 use settlement::{queries, registry};
 use std::sync::atomic::{AtomicUsize, Ordering};
-
-fn money(conn: &mut DbConnection, account: &str) -> i64 {
-    queries::balances(conn, account).expect("balances").money.0
-}
-
-fn tokens(conn: &mut DbConnection, account: &str) -> i64 {
-    queries::balances(conn, account).expect("balances").grid.0
-}
-
-fn assert_balanced(conn: &mut DbConnection) {
-    assert_eq!(queries::asset_totals(conn).expect("totals"), (MicroMoney(0), MicroTokens(0)));
-}
 
 /// A boundary's time: boundary `index` starts slot `index`.
 fn boundary(index: i64) -> i64 {

@@ -25,27 +25,11 @@ fn statement(conn: &mut DbConnection, index: i64, household: &Household) -> Stat
     proof.statement
 }
 
-fn money(conn: &mut DbConnection, account: &str) -> i64 {
-    queries::balances(conn, account).expect("balances").money.0
-}
-
-fn tokens(conn: &mut DbConnection, account: &str) -> i64 {
-    queries::balances(conn, account).expect("balances").grid.0
-}
-
-fn assert_balanced(conn: &mut DbConnection) {
-    assert_eq!(queries::asset_totals(conn).expect("totals"), (MicroMoney(0), MicroTokens(0)));
-}
-
 #[test]
 fn a_simple_sale_pays_the_seller_the_utility_and_the_treasury() {
     for test_db in TestDb::all() {
         let conn = &mut *connection(&test_db);
-        setup(conn, default_schedule());
-        let (seller, buyer) = (household(conn, 1), household(conn, 2));
-        meter(conn, &seller, 0, 0, 1_000);
-        meter(conn, &buyer, 0, 1_000, 0);
-        trade(conn, 1, 0, 200_000, 1_000, &buyer, &seller);
+        let (seller, buyer) = one_sale(conn, 1_000, 1_000, (200_000, 1_000));
 
         let outcome = close(conn, 0).expect("closes");
         assert!(matches!(outcome, SlotOutcome::Settled(_)));
@@ -100,11 +84,7 @@ fn a_seller_who_delivers_part_buys_the_rest_at_retail_and_earns_tokens_for_what_
 fn a_seller_who_delivers_more_than_it_sold_sells_the_surplus_at_feed_in() {
     for test_db in TestDb::all() {
         let conn = &mut *connection(&test_db);
-        setup(conn, default_schedule());
-        let (seller, buyer) = (household(conn, 1), household(conn, 2));
-        meter(conn, &seller, 0, 0, 1_500);
-        meter(conn, &buyer, 0, 1_000, 0);
-        trade(conn, 1, 0, 200_000, 1_000, &buyer, &seller);
+        let (seller, _buyer) = one_sale(conn, 1_500, 1_000, (200_000, 1_000));
         close(conn, 0).expect("closes");
 
         let surplus = statement(conn, 0, &seller);
@@ -124,11 +104,7 @@ fn a_seller_who_delivers_more_than_it_sold_sells_the_surplus_at_feed_in() {
 fn a_buyer_who_used_less_than_it_bought_sells_the_rest_to_the_utility() {
     for test_db in TestDb::all() {
         let conn = &mut *connection(&test_db);
-        setup(conn, default_schedule());
-        let (seller, buyer) = (household(conn, 1), household(conn, 2));
-        meter(conn, &seller, 0, 0, 1_000);
-        meter(conn, &buyer, 0, 700, 0);
-        trade(conn, 1, 0, 200_000, 1_000, &buyer, &seller);
+        let (_seller, buyer) = one_sale(conn, 1_000, 700, (200_000, 1_000));
         close(conn, 0).expect("closes");
 
         let buyer_statement = statement(conn, 0, &buyer);
@@ -143,8 +119,7 @@ fn a_buyer_who_used_less_than_it_bought_sells_the_rest_to_the_utility() {
 fn a_seller_without_readings_is_flagged_and_settled_conservatively() {
     for test_db in TestDb::all() {
         let conn = &mut *connection(&test_db);
-        setup(conn, default_schedule());
-        let (seller, buyer) = (household(conn, 1), household(conn, 2));
+        let (seller, buyer) = seller_and_buyer(conn);
         // Only a reading at the start: nothing brackets the end of the slot.
         reading(conn, &seller.device, 0, 0, 0);
         meter(conn, &buyer, 0, 1_000, 0);
@@ -186,11 +161,7 @@ fn counters_between_readings_are_interpolated_at_the_boundaries() {
 fn fees_and_values_round_down_and_every_micro_unit_is_accounted_for() {
     for test_db in TestDb::all() {
         let conn = &mut *connection(&test_db);
-        setup(conn, default_schedule());
-        let (seller, buyer) = (household(conn, 1), household(conn, 2));
-        meter(conn, &seller, 0, 0, 333);
-        meter(conn, &buyer, 0, 333, 0);
-        trade(conn, 1, 0, 123_457, 333, &buyer, &seller);
+        let (seller, buyer) = one_sale(conn, 333, 333, (123_457, 333));
         close(conn, 0).expect("closes");
         // 123457 × 333 / 1000 = 41111.181 → 41111; 20000 × 0.333 = 6660; 41111 × 50 bps = 205.55 → 205.
         assert_eq!(money(conn, &seller.hex()), 41_111);
@@ -259,8 +230,7 @@ fn no_more_than_the_maximum_supply_is_ever_minted() {
 fn closing_a_slot_again_changes_nothing() {
     for test_db in TestDb::all() {
         let conn = &mut *connection(&test_db);
-        setup(conn, default_schedule());
-        let (seller, buyer) = (household(conn, 1), household(conn, 2));
+        let (seller, buyer) = seller_and_buyer(conn);
         deliver(conn, 0, &seller, &buyer);
         let first = close(conn, 0).expect("closes");
         let entries = count(conn, "ledger_entries");
@@ -294,8 +264,7 @@ fn inject_failure(conn: &mut DbConnection, backend: Backend) {
 fn a_crash_in_the_middle_of_a_close_leaves_nothing_and_the_close_then_succeeds() {
     for test_db in TestDb::all() {
         let conn = &mut *connection(&test_db);
-        setup(conn, default_schedule());
-        let (seller, buyer) = (household(conn, 1), household(conn, 2));
+        let (seller, buyer) = seller_and_buyer(conn);
         deliver(conn, 0, &seller, &buyer);
         // The slot record is written last, after the ledger, statements and reward epoch: failing it
         // fails the close after most of its writes.
@@ -407,8 +376,7 @@ fn two_closers_racing_for_the_same_slot_settle_it_once() {
     for test_db in TestDb::all() {
         {
             let conn = &mut *connection(&test_db);
-            setup(conn, default_schedule());
-            let (seller, buyer) = (household(conn, 1), household(conn, 2));
+            let (seller, buyer) = seller_and_buyer(conn);
             deliver(conn, 0, &seller, &buyer);
         }
         let barrier = std::sync::Barrier::new(2);
@@ -476,11 +444,7 @@ fn a_correction_is_a_new_balanced_transaction_and_a_refused_one_writes_nothing()
     use settlement::rules::Asset;
     for test_db in TestDb::all() {
         let conn = &mut *connection(&test_db);
-        setup(conn, default_schedule());
-        let (seller, buyer) = (household(conn, 1), household(conn, 2));
-        meter(conn, &seller, 0, 0, 1_000);
-        meter(conn, &buyer, 0, 1_000, 0);
-        trade(conn, 1, 0, 200_000, 1_000, &buyer, &seller);
+        let (seller, buyer) = one_sale(conn, 1_000, 1_000, (200_000, 1_000));
         let line = |account: &str, asset, amount| CorrectionLine { account: account.to_owned(), asset, amount };
         // The utility refunds the buyer's grid fee (a goodwill credit) for slot 0.
         let refund = Correction {

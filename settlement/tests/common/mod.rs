@@ -8,7 +8,8 @@ use gridex_store::schema::{readings, trades};
 use gridex_store::testing::TestDb;
 use gridex_store::DbConnection;
 use protocol::testing::signing_key;
-use protocol::{AccountId, DeviceId, MeterSerial, PricePerKwh, SlotId, ZoneId};
+use protocol::{AccountId, DeviceId, MeterSerial, MicroMoney, MicroTokens, PricePerKwh, SlotId, ZoneId};
+use settlement::queries;
 use settlement::registry::{self, AccountKind};
 use settlement::rewards::RewardSchedule;
 use settlement::rules::Tariff;
@@ -166,6 +167,42 @@ pub fn trade(
         ))
         .execute(conn)
         .expect("trade");
+}
+
+/// A zone with the default reward schedule and its first two households: (seller, buyer).
+pub fn seller_and_buyer(conn: &mut DbConnection) -> (Household, Household) {
+    setup(conn, default_schedule());
+    (household(conn, 1), household(conn, 2))
+}
+
+/// [`seller_and_buyer`] with one trade in slot 0 (`price` µ/kWh, `qty_wh`), the seller metered
+/// exporting `seller_export_wh` and the buyer importing `buyer_import_wh` over the slot.
+pub fn one_sale(
+    conn: &mut DbConnection,
+    seller_export_wh: i64,
+    buyer_import_wh: i64,
+    (price, qty_wh): (i64, i64),
+) -> (Household, Household) {
+    let (seller, buyer) = seller_and_buyer(conn);
+    meter(conn, &seller, 0, 0, seller_export_wh);
+    meter(conn, &buyer, 0, buyer_import_wh, 0);
+    trade(conn, 1, 0, price, qty_wh, &buyer, &seller);
+    (seller, buyer)
+}
+
+/// An account's money balance (µ).
+pub fn money(conn: &mut DbConnection, account: &str) -> i64 {
+    queries::balances(conn, account).expect("balances").money.0
+}
+
+/// An account's GRID balance (µGRID).
+pub fn tokens(conn: &mut DbConnection, account: &str) -> i64 {
+    queries::balances(conn, account).expect("balances").grid.0
+}
+
+/// Every asset sums to zero over all accounts.
+pub fn assert_balanced(conn: &mut DbConnection) {
+    assert_eq!(queries::asset_totals(conn).expect("totals"), (MicroMoney(0), MicroTokens(0)));
 }
 
 /// The earliest time slot `index` may close.
