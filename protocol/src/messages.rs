@@ -127,6 +127,37 @@ pub struct Order {
     pub ts_ms: TimestampMs,
 }
 
+impl Order {
+    /// A good-till-cancelled limit order that may trade on arrival (not post-only), what agents and
+    /// most clients send; give it its nonce and timestamp with [`Order::at`].
+    pub fn gtc(
+        account: AccountId,
+        zone: ZoneId,
+        slot: SlotId,
+        side: Side,
+        price_per_kwh: PricePerKwh,
+        qty_wh: Wh,
+    ) -> Self {
+        Self {
+            account,
+            zone,
+            slot,
+            side,
+            price_per_kwh,
+            qty_wh,
+            tif: TimeInForce::Gtc,
+            post_only: false,
+            nonce: 0,
+            ts_ms: TimestampMs(0),
+        }
+    }
+
+    /// This order as the account's command `nonce`, made at `ts_ms`.
+    pub fn at(self, nonce: u64, ts_ms: TimestampMs) -> Self {
+        Self { nonce, ts_ms, ..self }
+    }
+}
+
 fn validate_price_qty(price: PricePerKwh, qty: Wh) -> Result<(), ProtocolError> {
     require(price.0 > 0, "price_per_kwh", "must be positive")?;
     require(qty.0 > 0, "qty_wh", "must be positive")

@@ -4,7 +4,7 @@
 use exchange::config::{ClosingAuction, ExchangeConfig};
 use gridex_store::clock::{Clock, ManualClock};
 use gridex_store::testing::TestDb;
-use protocol::{AccountId, Order, PricePerKwh, Side, Signed, SlotId, TimeInForce, TimestampMs, Wh, ZoneId};
+use protocol::{AccountId, Order, PricePerKwh, Side, Signed, SlotId, TimestampMs, Wh, ZoneId};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,18 +19,9 @@ const CALL_MS: i64 = 600_000;
 const DEADLINE: Duration = Duration::from_secs(30);
 
 fn order(key: &ed25519_dalek::SigningKey, slot: SlotId, side: Side, price: i64, qty: i64, now_ms: i64) -> Vec<u8> {
-    let order = Order {
-        account: AccountId::from_verifying_key(&key.verifying_key()),
-        zone: ZoneId::parse(ZONE).expect("a zone"),
-        slot,
-        side,
-        price_per_kwh: PricePerKwh(price),
-        qty_wh: Wh(qty),
-        tif: TimeInForce::Gtc,
-        post_only: false,
-        nonce: 1,
-        ts_ms: TimestampMs(now_ms),
-    };
+    let account = AccountId::from_verifying_key(&key.verifying_key());
+    let zone = ZoneId::parse(ZONE).expect("a zone");
+    let order = Order::gtc(account, zone, slot, side, PricePerKwh(price), Wh(qty)).at(1, TimestampMs(now_ms));
     Signed::sign(order, key).expect("sign").to_json()
 }
 

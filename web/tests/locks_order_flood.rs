@@ -11,7 +11,7 @@ use exchange::config::ExchangeConfig;
 use gridex_store::clock::{Clock, ManualClock, SystemClock};
 use gridex_store::schema::order_commands;
 use gridex_store::testing::TestDb;
-use protocol::{AccountId, Order, PricePerKwh, Side, Signed, SlotId, TimeInForce, TimestampMs, Wh, ZoneId};
+use protocol::{AccountId, Order, PricePerKwh, Side, Signed, SlotId, TimestampMs, Wh, ZoneId};
 use serde_json::Value;
 use std::sync::Arc;
 use web::auth::sign_request;
@@ -35,18 +35,10 @@ fn account(key: &SigningKey) -> AccountId {
 
 /// A signed sell order of `key` an hour ahead (`now_ms`: the market clock's time).
 fn sell(key: &SigningKey, nonce: u64, now_ms: i64) -> Vec<u8> {
-    let order = Order {
-        account: account(key),
-        zone: zone(),
-        slot: SlotId::containing(TimestampMs(now_ms + 3_600_000), SLOT_LEN_MS),
-        side: Side::Sell,
-        price_per_kwh: PricePerKwh(150_000 + nonce as i64 * 1_000),
-        qty_wh: Wh(100),
-        tif: TimeInForce::Gtc,
-        post_only: false,
-        nonce,
-        ts_ms: TimestampMs(now_ms),
-    };
+    let slot = SlotId::containing(TimestampMs(now_ms + 3_600_000), SLOT_LEN_MS);
+    let order =
+        Order::gtc(account(key), zone(), slot, Side::Sell, PricePerKwh(150_000 + nonce as i64 * 1_000), Wh(100))
+            .at(nonce, TimestampMs(now_ms));
     Signed::sign(order, key).expect("sign").to_json()
 }
 

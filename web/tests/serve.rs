@@ -8,8 +8,8 @@ mod common;
 use gridex_store::clock::{Clock, SystemClock};
 use gridex_store::testing::TestDb;
 use protocol::{
-    AccountId, DeviceId, MeterSerial, Order, PowerW, PricePerKwh, Reading, Side, Signed, SlotId, TimeInForce,
-    TimestampMs, Wh, ZoneId,
+    AccountId, DeviceId, MeterSerial, Order, PowerW, PricePerKwh, Reading, Side, Signed, SlotId, TimestampMs, Wh,
+    ZoneId,
 };
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -103,18 +103,8 @@ async fn serve_trades_over_http_stores_mqtt_readings_answers_metrics_and_shuts_d
 
     // A signed order over HTTP is accepted and rests in the book.
     let slot = SlotId::containing(TimestampMs(now_ms() + 3_600_000), SLOT_LEN_MS);
-    let order = Order {
-        account,
-        zone: zone.clone(),
-        slot,
-        side: Side::Sell,
-        price_per_kwh: PricePerKwh(150_000),
-        qty_wh: Wh(1_000),
-        tif: TimeInForce::Gtc,
-        post_only: false,
-        nonce: 1,
-        ts_ms: TimestampMs(now_ms()),
-    };
+    let order = Order::gtc(account, zone.clone(), slot, Side::Sell, PricePerKwh(150_000), Wh(1_000))
+        .at(1, TimestampMs(now_ms()));
     let body = Signed::sign(order, &trader).expect("sign").to_json();
     let (status, ack) = signed_request(&client, &base, &trader, "POST", "/api/v1/orders", &body).await;
     assert_eq!(status, 202, "{ack}");

@@ -24,7 +24,7 @@ use forecast::Forecaster;
 use position::Positions;
 use protocol::{
     topics, AccountId, BookSnapshot, Cancel, Order, OrderUpdate, PricePerKwh, Reading, Reject, Replace, Side, Signed,
-    SlotId, TimeInForce, TimestampMs, Wh, ZoneId,
+    SlotId, TimestampMs, Wh, ZoneId,
 };
 use quoting::{Band, Caps, Top};
 use rumqttc::{AsyncClient, QoS};
@@ -431,18 +431,9 @@ impl Planner {
     fn order(&mut self, slot: SlotId, (side, qty, price): (Side, i64, i64), ts_ms: TimestampMs) -> Action {
         let nonce = self.nonce();
         self.open.insert(slot, OpenOrder { nonce, side, qty_wh: qty, price_per_kwh: price });
-        Action::Order(Order {
-            account: self.account,
-            zone: self.zone.clone(),
-            slot,
-            side,
-            price_per_kwh: PricePerKwh(price),
-            qty_wh: Wh(qty),
-            tif: TimeInForce::Gtc,
-            post_only: false,
-            nonce,
-            ts_ms,
-        })
+        Action::Order(
+            Order::gtc(self.account, self.zone.clone(), slot, side, PricePerKwh(price), Wh(qty)).at(nonce, ts_ms),
+        )
     }
 }
 

@@ -10,7 +10,7 @@
 
 use super::position::{cost_micro, Positions};
 use super::{Action, Planner, QuotingSettings, MS_PER_DAY, REPLACE_THRESHOLD_PERCENT};
-use protocol::{Cancel, Order, PricePerKwh, Side, SlotId, TimeInForce, TimestampMs, Wh};
+use protocol::{Cancel, Order, PricePerKwh, Side, SlotId, TimestampMs, Wh};
 
 /// The ramp reaches the owner's limit after this share (per mille) of the quoting window, so the last
 /// part of it before gate closure quotes the limit itself.
@@ -136,18 +136,10 @@ impl Planner {
                 (None, Some((side, price, qty))) => {
                     let nonce = self.nonce();
                     self.positions.placed(nonce, slot, side, price, qty);
-                    actions.push(Action::Order(Order {
-                        account: self.account,
-                        zone: self.zone.clone(),
-                        slot,
-                        side,
-                        price_per_kwh: PricePerKwh(price),
-                        qty_wh: Wh(qty),
-                        tif: TimeInForce::Gtc,
-                        post_only: false,
-                        nonce,
-                        ts_ms: TimestampMs(now_ms),
-                    }));
+                    actions.push(Action::Order(
+                        Order::gtc(self.account, self.zone.clone(), slot, side, PricePerKwh(price), Wh(qty))
+                            .at(nonce, TimestampMs(now_ms)),
+                    ));
                 }
                 (None, None) => {}
             }

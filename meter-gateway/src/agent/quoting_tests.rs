@@ -109,18 +109,9 @@ fn quotes_start_inside_the_band_and_move_to_the_owners_floor_but_never_below_it(
                 }
                 Action::Cancel(cancel) => {
                     let order = planner.positions().orders[&cancel.order_nonce];
-                    let placed = Order {
-                        account: account(),
-                        zone: testing::zone(),
-                        slot: order.slot,
-                        side: order.side,
-                        price_per_kwh: PricePerKwh(order.price_per_kwh),
-                        qty_wh: Wh(order.open_qty_wh),
-                        tif: TimeInForce::Gtc,
-                        post_only: false,
-                        nonce: cancel.order_nonce,
-                        ts_ms: cancel.ts_ms,
-                    };
+                    let (price, qty) = (PricePerKwh(order.price_per_kwh), Wh(order.open_qty_wh));
+                    let placed = Order::gtc(account(), testing::zone(), order.slot, order.side, price, qty)
+                        .at(cancel.order_nonce, cancel.ts_ms);
                     planner.observe_update(&update(&placed, OrderStatus::Cancelled, order.open_qty_wh, 0));
                 }
                 Action::Replace(replace) => panic!("the quoting agent never replaces: {replace:?}"),
