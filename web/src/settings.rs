@@ -63,7 +63,7 @@ pub struct HttpSettings {
     pub tls_cert_file: Option<String>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert_file`'s certificate.
     pub tls_key_file: Option<String>,
-    /// With HTTPS: every response carries `Strict-Transport-Security` ([`crate::tls::HSTS_HEADER_VALUE`]),
+    /// With HTTPS: every response carries `Strict-Transport-Security` (one year),
     /// so browsers refuse plain HTTP to this host afterwards. Ignored (with a warning) without HTTPS.
     pub hsts: bool,
 }
@@ -212,7 +212,28 @@ pub enum SettingsError {
     #[error("invalid webhooks.allowed_private_networks: {0}")]
     AllowList(String),
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] TlsFilesIncomplete),
+}
+
+/// Only one of `http.tls_cert_file` and `http.tls_key_file` is set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("http.{given} is set but http.{missing} is not: HTTPS needs both (or neither, for plain HTTP)")]
+pub struct TlsFilesIncomplete {
+    pub given: &'static str,
+    pub missing: &'static str,
+}
+
+impl HttpSettings {
+    /// The certificate and key files to serve HTTPS with: `None` for plain HTTP, an error when only
+    /// one of the two is set. Reads no file (the server does, at start).
+    pub fn tls_files(&self) -> Result<Option<(&Path, &Path)>, TlsFilesIncomplete> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => Ok(Some((Path::new(cert), Path::new(key)))),
+            (Some(_), None) => Err(TlsFilesIncomplete { given: "tls_cert_file", missing: "tls_key_file" }),
+            (None, Some(_)) => Err(TlsFilesIncomplete { given: "tls_key_file", missing: "tls_cert_file" }),
+        }
+    }
 }
 
 /// Why an API key is too easy to guess.
@@ -290,7 +311,7 @@ impl Settings {
 
     /// Refuses settings the server must not start with: a weak API key (named, never shown), a
     /// malformed webhook allow list, or a TLS certificate without its key (or the reverse). The TLS
-    /// files themselves are read when the server starts ([`crate::tls::server_config`]).
+    /// files themselves are read when the server starts.
     pub fn validate(&self) -> Result<(), SettingsError> {
         for key in &self.api_keys {
             check_api_key(key.key.expose())
@@ -298,7 +319,7 @@ impl Settings {
         }
         crate::webhook_targets::TargetPolicy::new(&self.webhooks.allowed_private_networks)
             .map_err(SettingsError::AllowList)?;
-        crate::tls::files(&self.http)?;
+        self.http.tls_files()?;
         Ok(())
     }
 

@@ -6,7 +6,7 @@
 //!
 //! Errors name the setting or the file and never quote a file's contents (the key file is a secret).
 
-use crate::settings::HttpSettings;
+use crate::settings::{HttpSettings, TlsFilesIncomplete};
 use rustls::pki_types::pem::{self, PemObject as _};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
@@ -24,8 +24,8 @@ pub const HSTS_HEADER_VALUE: &str = "max-age=31536000";
 /// Why the HTTPS settings cannot be served. Each message is one line naming the setting or file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TlsError {
-    #[error("http.{given} is set but http.{missing} is not: HTTPS needs both (or neither, for plain HTTP)")]
-    Incomplete { given: &'static str, missing: &'static str },
+    #[error(transparent)]
+    Incomplete(#[from] TlsFilesIncomplete),
     #[error("cannot read the TLS {what} file {}: {reason}", path.display())]
     Read { what: &'static str, path: PathBuf, reason: String },
     #[error("invalid TLS certificate file {}: {reason}", path.display())]
@@ -36,20 +36,9 @@ pub enum TlsError {
     Refused { cert: PathBuf, key: PathBuf, reason: String },
 }
 
-/// The certificate and key files named by the settings: `None` for plain HTTP, an error when only
-/// one of the two is set. Reads no file.
-pub fn files(http: &HttpSettings) -> Result<Option<(&Path, &Path)>, TlsError> {
-    match (&http.tls_cert_file, &http.tls_key_file) {
-        (None, None) => Ok(None),
-        (Some(cert), Some(key)) => Ok(Some((Path::new(cert), Path::new(key)))),
-        (Some(_), None) => Err(TlsError::Incomplete { given: "tls_cert_file", missing: "tls_key_file" }),
-        (None, Some(_)) => Err(TlsError::Incomplete { given: "tls_key_file", missing: "tls_cert_file" }),
-    }
-}
-
 /// The server configuration for the settings' certificate and key, or `None` for plain HTTP.
 pub fn server_config(http: &HttpSettings) -> Result<Option<ServerConfig>, TlsError> {
-    let Some((cert, key)) = files(http)? else { return Ok(None) };
+    let Some((cert, key)) = http.tls_files()? else { return Ok(None) };
     let chain = load_certificates(cert)?;
     let private_key = load_key(key)?;
     let refused = |reason: String| TlsError::Refused { cert: cert.to_owned(), key: key.to_owned(), reason };
@@ -111,10 +100,10 @@ mod tests {
 
     #[test]
     fn neither_file_is_plain_http_and_one_alone_names_the_missing_setting() {
-        assert_eq!(files(&http(None, None)), Ok(None));
-        let shown = files(&http(Some("cert.pem"), None)).expect_err("key missing").to_string();
+        assert_eq!(http(None, None).tls_files(), Ok(None));
+        let shown = http(Some("cert.pem"), None).tls_files().expect_err("key missing").to_string();
         assert!(shown.contains("http.tls_key_file"), "{shown}");
-        let shown = files(&http(None, Some("key.pem"))).expect_err("cert missing").to_string();
+        let shown = http(None, Some("key.pem")).tls_files().expect_err("cert missing").to_string();
         assert!(shown.contains("http.tls_cert_file"), "{shown}");
     }
 
