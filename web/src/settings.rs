@@ -41,11 +41,31 @@ pub enum Role {
     Observer,
 }
 
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Utility => "utility",
+            Role::Observer => "observer",
+        }
+    }
+    pub fn parse(text: &str) -> Option<Role> {
+        match text {
+            "utility" => Some(Role::Utility),
+            "observer" => Some(Role::Observer),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKey {
     pub name: String,
     pub role: Role,
+    /// The utility whose zones the key acts on ([`crate::api_keys::UtilityName`]); required for
+    /// the utility role (a key without one is refused at start), optional for observers.
+    #[serde(default)]
+    pub utility: Option<String>,
     pub key: Secret,
 }
 
@@ -201,7 +221,7 @@ pub enum SettingsError {
     Env { name: String, message: String },
     /// Names the key, never shows it.
     #[error("API key `{name}` is refused: {reason}")]
-    WeakApiKey { name: String, reason: ApiKeyWeakness },
+    WeakApiKey { name: String, reason: crate::api_keys::KeySettingError },
     #[error("invalid webhooks.allowed_private_networks: {0}")]
     AllowList(String),
     #[error(transparent)]
@@ -281,12 +301,13 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Refuses settings the server must not start with: a weak API key (named, never shown), a
+    /// Refuses settings the server must not start with: a weak API key or a utility key without a
+    /// utility (named, never shown), a
     /// malformed webhook allow list, or a TLS certificate without its key (or the reverse). The TLS
     /// files themselves are read when the server starts ([`crate::tls::server_config`]).
     pub fn validate(&self) -> Result<(), SettingsError> {
         for key in &self.api_keys {
-            check_api_key(key.key.expose())
+            crate::api_keys::check_configured(key)
                 .map_err(|reason| SettingsError::WeakApiKey { name: key.name.clone(), reason })?;
         }
         crate::webhook_targets::TargetPolicy::new(&self.webhooks.allowed_private_networks)
@@ -297,7 +318,8 @@ impl Settings {
 
     /// Applies overrides from `lookup` (the environment, or a map in tests). `GRIDEX_DATABASE_URL`
     /// wins over `DATABASE_URL`, `GRIDEX_MQTT_URL` over `MQTT_URL`. `GRIDEX_API_KEYS` is a comma
-    /// separated list of `name:role:key`.
+    /// separated list of `name:role:utility:key` (`utility` may be empty for an observer); the
+    /// older `name:role:key` parses without a utility, so a utility key in it is refused at start.
     pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<(), SettingsError> {
         self.apply_sectioned_env(&lookup)?;
         let first = |names: &[&'static str]| names.iter().find_map(|name| lookup(name).map(|value| (*name, value)));
@@ -380,17 +402,15 @@ fn parse_api_keys(list: &str) -> Result<Vec<ApiKey>, String> {
     list.split(',')
         .filter(|entry| !entry.trim().is_empty())
         .map(|entry| {
-            let mut parts = entry.trim().splitn(3, ':');
-            let (Some(name), Some(role), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
-                return Err("each entry is name:role:key".to_owned());
+            let parts: Vec<&str> = entry.trim().splitn(4, ':').collect();
+            let (name, role, utility, key) = match parts[..] {
+                [name, role, utility, key] => (name, role, (!utility.is_empty()).then_some(utility), key),
+                [name, role, key] => (name, role, None, key),
+                _ => return Err("each entry is name:role:utility:key".to_owned()),
             };
-            let role = match role {
-                "utility" => Role::Utility,
-                "observer" => Role::Observer,
-                _ => return Err(format!("unknown role `{role}` (utility or observer)")),
-            };
+            let role = Role::parse(role).ok_or_else(|| format!("unknown role `{role}` (utility or observer)"))?;
             check_api_key(key).map_err(|reason| format!("API key `{name}` is refused: {reason}"))?;
-            Ok(ApiKey { name: name.to_owned(), role, key: Secret::new(key) })
+            Ok(ApiKey { name: name.to_owned(), role, utility: utility.map(str::to_owned), key: Secret::new(key) })
         })
         .collect()
 }
@@ -456,6 +476,7 @@ mod tests {
         settings.api_keys.push(ApiKey {
             name: "ops".into(),
             role: Role::Utility,
+            utility: Some("acme".into()),
             key: Secret::new("topsecretkey12345"),
         });
         let shown = format!("{settings:?}");
