@@ -130,7 +130,12 @@ impl ApiKeys {
                     tracing::warn!(key = key.name, "API key without a utility is ignored");
                     return None;
                 }
-                Some(ConfiguredKey { name: key.name.clone(), role: key.role, utility, hash: KeyHash::of(key.key.expose()) })
+                Some(ConfiguredKey {
+                    name: key.name.clone(),
+                    role: key.role,
+                    utility,
+                    hash: KeyHash::of(key.key.expose()),
+                })
             })
             .collect();
         ApiKeys { configured, db }
@@ -327,9 +332,24 @@ mod tests {
         let strong = "9f86d081884c7d659a2feaa0c55ad015";
         let keys = ApiKeys::new(
             &[
-                ApiKey { name: "ops".into(), role: Role::Utility, utility: Some("acme".into()), key: Secret::new(strong) },
-                ApiKey { name: "weak".into(), role: Role::Utility, utility: Some("acme".into()), key: Secret::new("x") },
-                ApiKey { name: "anon".into(), role: Role::Utility, utility: None, key: Secret::new("Xk3pQ9vLm2Tz7RwB") },
+                ApiKey {
+                    name: "ops".into(),
+                    role: Role::Utility,
+                    utility: Some("acme".into()),
+                    key: Secret::new(strong),
+                },
+                ApiKey {
+                    name: "weak".into(),
+                    role: Role::Utility,
+                    utility: Some("acme".into()),
+                    key: Secret::new("x"),
+                },
+                ApiKey {
+                    name: "anon".into(),
+                    role: Role::Utility,
+                    utility: None,
+                    key: Secret::new("Xk3pQ9vLm2Tz7RwB"),
+                },
             ],
             None,
         );

@@ -470,6 +470,28 @@ mod tests {
     }
 
     #[test]
+    fn a_utility_key_names_its_utility_and_one_without_is_refused_with_an_upgrade_hint() {
+        let env: HashMap<&str, &str> =
+            [("GRIDEX_API_KEYS", "ops:utility:north:0123456789abcdef0123,graf:observer::abcdef0123456789abcd")].into();
+        let mut settings = Settings::default();
+        settings.apply_env(|name| env.get(name).map(|v| (*v).to_owned())).expect("valid env");
+        assert_eq!(settings.api_keys[0].utility.as_deref(), Some("north"));
+        assert_eq!(settings.api_keys[0].key.expose(), "0123456789abcdef0123");
+        assert_eq!((settings.api_keys[1].role, settings.api_keys[1].utility.as_deref()), (Role::Observer, None));
+        settings.validate().expect("valid keys");
+
+        let old = "[[api_keys]]\nname = \"ops\"\nrole = \"utility\"\nkey = \"0123456789abcdef0123\"\n";
+        let settings: Settings = toml::from_str(old).expect("parses");
+        let shown = settings.validate().expect_err("no utility").to_string();
+        assert!(shown.contains("`ops`") && shown.contains("utility = ") && shown.contains("Upgrading"), "{shown}");
+        assert!(!shown.contains("0123456789abcdef0123"), "{shown}");
+        // A weak key from the environment in the new format is refused too.
+        let env: HashMap<&str, &str> = [("GRIDEX_API_KEYS", "ops:utility:north:aaaaaaaaaaaaaaaaaaaaaaaa")].into();
+        let error = Settings::default().apply_env(|name| env.get(name).map(|v| (*v).to_owned())).expect_err("weak");
+        assert!(error.to_string().contains("`ops`") && !error.to_string().contains("aaaaaaaa"));
+    }
+
+    #[test]
     fn secrets_never_appear_in_debug_output() {
         let mut settings = Settings::default();
         settings.database.url = Secret::new("postgres://u:hunter2@h/db");

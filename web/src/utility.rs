@@ -36,9 +36,8 @@ pub struct UtilityCaller {
 pub async fn authorize(state: &AppState, request: &HttpRequest) -> Result<UtilityCaller, ApiError> {
     let caller = crate::auth::require_role(request, &state.api_keys, Role::Utility).await?;
     // A utility key always names a utility (`ApiKeys::new` drops those that do not).
-    let utility = caller
-        .utility
-        .ok_or_else(|| ApiError::forbidden("forbidden", "this API key does not name a utility"))?;
+    let utility =
+        caller.utility.ok_or_else(|| ApiError::forbidden("forbidden", "this API key does not name a utility"))?;
     Ok(UtilityCaller { by: caller.key, utility })
 }
 
@@ -67,7 +66,9 @@ fn device_is_utilitys(
 ) -> Result<bool, settlement::registry::RegistryError> {
     let (account, device) = (utility.account(), device.to_hex());
     for zone in settlement::registry::list_zones(conn)? {
-        if zone.utility_account == account && settlement::registry::device_ids_in_zone(conn, &zone.zone_id)?.contains(&device) {
+        if zone.utility_account == account
+            && settlement::registry::device_ids_in_zone(conn, &zone.zone_id)?.contains(&device)
+        {
             return Ok(true);
         }
     }
@@ -402,12 +403,13 @@ pub async fn create_webhook(
     let by = caller.by.clone();
     let new: NewWebhook = json_body(&state, payload).await?;
     // `registered_by` is the utility: it owns the registration and hears of its own zones only.
-    let (hook, secret) = state.webhooks.register(&new.url, caller.utility.as_str()).await.map_err(|error| match error {
-        WebhookError::BadUrl => ApiError::bad_request("invalid_value", error.to_string()),
-        WebhookError::TooMany => ApiError::conflict("too_many_webhooks", error.to_string()),
-        WebhookError::RefusedTarget(_) => ApiError::bad_request("refused_target", error.to_string()),
-        WebhookError::Db(error) => ApiError::internal(error),
-    })?;
+    let (hook, secret) =
+        state.webhooks.register(&new.url, caller.utility.as_str()).await.map_err(|error| match error {
+            WebhookError::BadUrl => ApiError::bad_request("invalid_value", error.to_string()),
+            WebhookError::TooMany => ApiError::conflict("too_many_webhooks", error.to_string()),
+            WebhookError::RefusedTarget(_) => ApiError::bad_request("refused_target", error.to_string()),
+            WebhookError::Db(error) => ApiError::internal(error),
+        })?;
     tracing::info!(webhook = %hook.id, by, "webhook registered");
     Ok(HttpResponse::Created().json(WebhookCreated { id: hook.id, url: hook.url, secret }))
 }

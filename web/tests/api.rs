@@ -65,7 +65,12 @@ async fn spawn_app_on(test_db: TestDb, seed: bool, webhooks: WebhookSettings) ->
     }
     let settings = Settings {
         api_keys: vec![
-            ApiKey { name: "ops".into(), role: Role::Utility, utility: Some(ZONE.into()), key: Secret::new(UTILITY_KEY) },
+            ApiKey {
+                name: "ops".into(),
+                role: Role::Utility,
+                utility: Some(ZONE.into()),
+                key: Secret::new(UTILITY_KEY),
+            },
             ApiKey { name: "grafana".into(), role: Role::Observer, utility: None, key: Secret::new(OBSERVER_KEY) },
         ],
         // The test receivers listen on loopback: allowed here, as a deployment would name its

@@ -94,7 +94,12 @@ async fn one_utility_cannot_touch_another_utilitys_zone() {
     // South's household, device and webhook.
     let south_home = household(21);
     let registered = app
-        .call("POST", "/api/v1/accounts", SOUTH_KEY, Some(json!({"account_id": south_home, "display_name": "S", "zone": "south-zone"})))
+        .call(
+            "POST",
+            "/api/v1/accounts",
+            SOUTH_KEY,
+            Some(json!({"account_id": south_home, "display_name": "S", "zone": "south-zone"})),
+        )
         .await;
     assert_eq!(registered.0, 201, "{}", registered.1);
     let south_device = device(22, &south_home, "south-zone", "SN-S1");
@@ -106,13 +111,22 @@ async fn one_utility_cannot_touch_another_utilitys_zone() {
     // North in its own zone: allowed (so the refusals below are about the zone, not the key).
     let north_home = household(31);
     let own = app
-        .call("POST", "/api/v1/accounts", NORTH_KEY, Some(json!({"account_id": north_home, "display_name": "N", "zone": "north-zone"})))
+        .call(
+            "POST",
+            "/api/v1/accounts",
+            NORTH_KEY,
+            Some(json!({"account_id": north_home, "display_name": "N", "zone": "north-zone"})),
+        )
         .await;
     assert_eq!(own.0, 201, "{}", own.1);
     assert_eq!(app.call("PUT", "/api/v1/zones/north-zone/tariffs", NORTH_KEY, Some(tariff())).await.0, 200);
     assert_eq!(app.call("GET", "/api/v1/zones/north-zone/devices/silent", NORTH_KEY, None).await.0, 200);
     assert_eq!(app.call("GET", "/api/v1/export/readings?zone=north-zone", NORTH_KEY, None).await.0, 200);
-    assert_unknown(&app.call("GET", "/api/v1/reports/north-zone/0", NORTH_KEY, None).await, "slot_not_settled", "own report");
+    assert_unknown(
+        &app.call("GET", "/api/v1/reports/north-zone/0", NORTH_KEY, None).await,
+        "slot_not_settled",
+        "own report",
+    );
 
     // North in south's zone: as if it did not exist.
     let reads = [
@@ -135,7 +149,11 @@ async fn one_utility_cannot_touch_another_utilitys_zone() {
     let account = json!({"account_id": household(32), "display_name": "X", "zone": "south-zone"});
     assert_unknown(&app.call("POST", "/api/v1/accounts", NORTH_KEY, Some(account)).await, "unknown_zone", "account");
     let foreign_device = device(33, &south_home, "south-zone", "SN-X1");
-    assert_unknown(&app.call("POST", "/api/v1/devices", NORTH_KEY, Some(foreign_device)).await, "unknown_zone", "device");
+    assert_unknown(
+        &app.call("POST", "/api/v1/devices", NORTH_KEY, Some(foreign_device)).await,
+        "unknown_zone",
+        "device",
+    );
     let replacement = json!({"replaced_at_ms": 1, "old": {"import_wh": 0, "export_wh": 0, "pv_wh": null},
                              "new": {"import_wh": 0, "export_wh": 0, "pv_wh": null}, "new_meter_serial": "SN-S2", "reference": "WO-1"});
     assert_unknown(
@@ -248,12 +266,20 @@ async fn a_new_key_works_without_a_restart() {
     assert_eq!(status, 200, "{listed}");
     // It is north's: north's zone is its own, south's is not.
     assert_eq!(app.call("PUT", "/api/v1/zones/north-zone/tariffs", &key, Some(tariff())).await.0, 200);
-    assert_unknown(&app.call("PUT", "/api/v1/zones/south-zone/tariffs", &key, Some(tariff())).await, "unknown_zone", "south");
+    assert_unknown(
+        &app.call("PUT", "/api/v1/zones/south-zone/tariffs", &key, Some(tariff())).await,
+        "unknown_zone",
+        "south",
+    );
     // A zone it creates is north's.
     let created = app.call("POST", "/api/v1/zones", &key, Some(json!({"zone_id": "north-2", "name": "North 2"}))).await;
     assert_eq!(created.0, 201, "{}", created.1);
     assert_eq!(app.call("GET", "/api/v1/zones/north-2/devices/silent", NORTH_KEY, None).await.0, 200);
-    assert_unknown(&app.call("GET", "/api/v1/zones/north-2/devices/silent", SOUTH_KEY, None).await, "unknown_zone", "south");
+    assert_unknown(
+        &app.call("GET", "/api/v1/zones/north-2/devices/silent", SOUTH_KEY, None).await,
+        "unknown_zone",
+        "south",
+    );
     app.stop().await;
 }
 
