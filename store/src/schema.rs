@@ -337,6 +337,7 @@ diesel::table! {
         utility -> Text,
         role -> Text,
         key_hash -> Text,
+        zones -> Nullable<Text>,
         created_ms -> BigInt,
         revoked_ms -> Nullable<BigInt>,
     }

@@ -19,6 +19,7 @@ use crate::settings::{check_api_key, ApiKey, ApiKeyWeakness, Role, Secret};
 use diesel::prelude::*;
 use gridex_store::schema::api_keys;
 use gridex_store::{Database, DbConnection, DbError};
+use protocol::ZoneId;
 use rand::RngExt as _;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -92,6 +93,8 @@ pub struct Caller {
     pub role: Role,
     /// `None` only for an observer key from the settings without a utility.
     pub utility: Option<UtilityName>,
+    /// The zones the key is limited to; `None`: every zone of its utility.
+    pub zones: Option<Vec<ZoneId>>,
 }
 
 /// A key from the settings, hashed.
@@ -151,7 +154,8 @@ impl ApiKeys {
         // Every configured key is compared, in constant time, so timing tells nothing of which.
         for key in &self.configured {
             if constant_time_eq(&key.hash.0, &hash.0) {
-                found = Some(Caller { key: key.name.clone(), role: key.role, utility: key.utility.clone() });
+                found =
+                    Some(Caller { key: key.name.clone(), role: key.role, utility: key.utility.clone(), zones: None });
             }
         }
         if found.is_some() {
@@ -174,20 +178,24 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// compared again in constant time, so a lookup that matched loosely cannot let a key through.
 pub fn find_by_hash(conn: &mut DbConnection, hash: KeyHash) -> Result<Option<Caller>, DbError> {
     let hex = hash.to_hex();
-    let row: Option<(String, String, String, String)> = api_keys::table
+    let row: Option<(String, String, String, String, Option<String>)> = api_keys::table
         .filter(api_keys::key_hash.eq(&hex))
         .filter(api_keys::revoked_ms.is_null())
-        .select((api_keys::key_id, api_keys::utility, api_keys::role, api_keys::key_hash))
+        .select((api_keys::key_id, api_keys::utility, api_keys::role, api_keys::key_hash, api_keys::zones))
         .first(conn)
         .optional()?;
-    let Some((key_id, utility, role, stored)) = row else { return Ok(None) };
+    let Some((key_id, utility, role, stored, zones)) = row else { return Ok(None) };
     if !constant_time_eq(stored.as_bytes(), hex.as_bytes()) {
         return Ok(None);
     }
     let role = Role::parse(&role).ok_or_else(|| DbError::Invalid(format!("API key {key_id} has role `{role}`")))?;
     let utility =
         UtilityName::parse(&utility).map_err(|_| DbError::Invalid(format!("API key {key_id} has a bad utility")))?;
-    Ok(Some(Caller { key: format!("key:{key_id}"), role, utility: Some(utility) }))
+    let zones = zones
+        .map(|list| list.split(',').map(ZoneId::parse).collect::<Result<Vec<_>, _>>())
+        .transpose()
+        .map_err(|_| DbError::Invalid(format!("API key {key_id} has a bad zone list")))?;
+    Ok(Some(Caller { key: format!("key:{key_id}"), role, utility: Some(utility), zones }))
 }
 
 /// A key just created: shown once, then only its hash exists.
@@ -197,8 +205,14 @@ pub struct CreatedKey {
     pub key: Secret,
 }
 
-/// Creates a random key for `utility` and stores its hash.
-pub fn create(conn: &mut DbConnection, utility: &UtilityName, role: Role, now_ms: i64) -> Result<CreatedKey, DbError> {
+/// Creates a random key for `utility` (limited to `zones` when given) and stores its hash.
+pub fn create(
+    conn: &mut DbConnection,
+    utility: &UtilityName,
+    role: Role,
+    zones: Option<&[ZoneId]>,
+    now_ms: i64,
+) -> Result<CreatedKey, DbError> {
     let mut rng = rand::rng();
     let key = loop {
         let bytes: [u8; KEY_BYTES] = rng.random();
@@ -216,6 +230,7 @@ pub fn create(conn: &mut DbConnection, utility: &UtilityName, role: Role, now_ms
             api_keys::utility.eq(utility.as_str()),
             api_keys::role.eq(role.as_str()),
             api_keys::key_hash.eq(KeyHash::of(&key).to_hex()),
+            api_keys::zones.eq(zones.map(|zones| zones.iter().map(ZoneId::as_str).collect::<Vec<_>>().join(","))),
             api_keys::created_ms.eq(now_ms),
         ))
         .execute(conn)?;
@@ -236,22 +251,33 @@ pub struct KeyListing {
     pub key_id: String,
     pub utility: String,
     pub role: String,
+    /// Comma separated; `None`: every zone of the utility.
+    pub zones: Option<String>,
     pub created_ms: i64,
     pub revoked_ms: Option<i64>,
 }
 
 /// Every stored key, oldest first.
 pub fn list(conn: &mut DbConnection) -> Result<Vec<KeyListing>, DbError> {
-    let rows: Vec<(String, String, String, i64, Option<i64>)> = api_keys::table
+    type Row = (String, String, String, Option<String>, i64, Option<i64>);
+    let rows: Vec<Row> = api_keys::table
         .order((api_keys::created_ms.asc(), api_keys::key_id.asc()))
-        .select((api_keys::key_id, api_keys::utility, api_keys::role, api_keys::created_ms, api_keys::revoked_ms))
+        .select((
+            api_keys::key_id,
+            api_keys::utility,
+            api_keys::role,
+            api_keys::zones,
+            api_keys::created_ms,
+            api_keys::revoked_ms,
+        ))
         .load(conn)?;
     Ok(rows
         .into_iter()
-        .map(|(key_id, utility, role, created_ms, revoked_ms)| KeyListing {
+        .map(|(key_id, utility, role, zones, created_ms, revoked_ms)| KeyListing {
             key_id,
             utility,
             role,
+            zones,
             created_ms,
             revoked_ms,
         })

@@ -89,6 +89,10 @@ enum ApiKeyCommand {
         /// `utility` (the utility API) or `observer`.
         #[arg(long, default_value = "utility")]
         role: String,
+        /// Limits the key to these zones of the utility (comma separated); default: all of its
+        /// zones, also those created later.
+        #[arg(long, value_delimiter = ',')]
+        zones: Option<Vec<String>>,
     },
     /// Revokes a key by its id; the running server refuses it from the next request on.
     Revoke { key_id: String },
@@ -328,10 +332,22 @@ async fn api_key(settings: &Settings, command: ApiKeyCommand, now_ms: i64) -> an
     use web::api_keys;
     let db = web::application::open_database(settings)?;
     match command {
-        ApiKeyCommand::Create { utility, role } => {
+        ApiKeyCommand::Create { utility, role, zones } => {
             let utility = api_keys::UtilityName::parse(&utility)?;
             let role = web::settings::Role::parse(&role).context("--role is utility or observer")?;
-            let created = db.write(move |conn| api_keys::create(conn, &utility, role, now_ms)).await?;
+            let zones = zones
+                .map(|zones| zones.iter().map(|zone| protocol::ZoneId::parse(zone)).collect::<Result<Vec<_>, _>>())
+                .transpose()?;
+            for zone in zones.iter().flatten() {
+                let (id, account) = (zone.clone(), utility.account());
+                let found = db.run(move |conn| Ok(settlement::registry::zone(conn, &id).ok().flatten())).await?;
+                anyhow::ensure!(
+                    found.is_some_and(|found| found.utility_account == account),
+                    "zone {zone} is not a zone of utility {utility}"
+                );
+            }
+            let created =
+                db.write(move |conn| api_keys::create(conn, &utility, role, zones.as_deref(), now_ms)).await?;
             eprintln!("key {} created; it is shown once, store it now:", created.key_id);
             println!("{}", created.key.expose());
         }
@@ -342,10 +358,11 @@ async fn api_key(settings: &Settings, command: ApiKeyCommand, now_ms: i64) -> an
             println!("key {key_id} revoked");
         }
         ApiKeyCommand::List => {
-            println!("key_id\tutility\trole\tcreated_ms\trevoked_ms");
+            println!("key_id\tutility\trole\tzones\tcreated_ms\trevoked_ms");
             for key in db.run(api_keys::list).await? {
                 let revoked = key.revoked_ms.map(|ms| ms.to_string()).unwrap_or_else(|| "-".to_owned());
-                println!("{}\t{}\t{}\t{}\t{revoked}", key.key_id, key.utility, key.role, key.created_ms);
+                let zones = key.zones.unwrap_or_else(|| "*".to_owned());
+                println!("{}\t{}\t{}\t{zones}\t{}\t{revoked}", key.key_id, key.utility, key.role, key.created_ms);
             }
         }
     }

@@ -30,6 +30,15 @@ pub const EXPORT_RANGE_MS_MAX: i64 = 31 * 24 * 3_600_000;
 pub struct UtilityCaller {
     pub by: String,
     pub utility: UtilityName,
+    /// The zones the key is limited to (`gridex api-key create --zones`); `None`: all the utility's.
+    pub zones: Option<Vec<ZoneId>>,
+}
+
+impl UtilityCaller {
+    /// Whether the key may act on `zone`, a zone of account `utility_account`.
+    pub fn may_act_on(&self, zone: &ZoneId, utility_account: &str) -> bool {
+        utility_account == self.utility.account() && self.zones.as_ref().is_none_or(|zones| zones.contains(zone))
+    }
 }
 
 /// Requires a utility API key; returns who called.
@@ -38,7 +47,7 @@ pub async fn authorize(state: &AppState, request: &HttpRequest) -> Result<Utilit
     // A utility key always names a utility (`ApiKeys::new` drops those that do not).
     let utility =
         caller.utility.ok_or_else(|| ApiError::forbidden("forbidden", "this API key does not name a utility"))?;
-    Ok(UtilityCaller { by: caller.key, utility })
+    Ok(UtilityCaller { by: caller.key, utility, zones: caller.zones })
 }
 
 /// The answer for a zone that is not the caller's: the same as for an unknown zone.
@@ -46,27 +55,28 @@ fn unknown_zone() -> ApiError {
     ApiError::not_found("unknown_zone", "no such zone")
 }
 
-/// Requires `zone` to exist and be the caller's utility's; 404 `unknown_zone` otherwise.
+/// Requires `zone` to exist and be one the caller may act on (its utility's, within the key's
+/// zones); 404 `unknown_zone` otherwise.
 pub async fn require_own_zone(state: &AppState, caller: &UtilityCaller, zone: &ZoneId) -> Result<i64, ApiError> {
-    let (id, account) = (zone.clone(), caller.utility.account());
+    let id = zone.clone();
     let found = settlement::registry::read(&state.db, move |conn| settlement::registry::zone(conn, &id))
         .await
         .map_err(ApiError::from)?;
     match found {
-        Some(zone) if zone.utility_account == account => Ok(zone.slot_len_ms),
+        Some(found) if caller.may_act_on(zone, &found.utility_account) => Ok(found.slot_len_ms),
         _ => Err(unknown_zone()),
     }
 }
 
-/// Whether `device` is registered in one of the zones of `utility`.
-fn device_is_utilitys(
+/// Whether `device` is registered in one of the zones the caller may act on.
+fn device_is_callers(
     conn: &mut gridex_store::DbConnection,
-    utility: &UtilityName,
+    caller: &UtilityCaller,
     device: &DeviceId,
 ) -> Result<bool, settlement::registry::RegistryError> {
-    let (account, device) = (utility.account(), device.to_hex());
+    let device = device.to_hex();
     for zone in settlement::registry::list_zones(conn)? {
-        if zone.utility_account == account
+        if caller.may_act_on(&zone.zone_id, &zone.utility_account)
             && settlement::registry::device_ids_in_zone(conn, &zone.zone_id)?.contains(&device)
         {
             return Ok(true);
@@ -102,6 +112,10 @@ pub async fn create_zone(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let caller = authorize(&state, &request).await?;
+    if caller.zones.is_some() {
+        // 404 cannot fit a zone that does not exist yet.
+        return Err(ApiError::forbidden("forbidden", "this API key is limited to some zones and cannot create one"));
+    }
     let zone: NewZone = json_body(&state, payload).await?;
     let now_ms = state.now_ms();
     let (id, name, slot_len_ms) = (zone.zone_id.clone(), zone.name.clone(), zone.slot_len_ms);
@@ -219,10 +233,10 @@ pub async fn register_replacement(
     let device_id = parse_device(&device)?;
     let replacement = json_body::<NewReplacement>(&state, payload).await?.of(device_id);
     let now_ms = state.now_ms();
-    let utility = caller.utility.clone();
+    let checked = caller.clone();
     let stored = crate::registry::write(&state.db, move |conn| {
         // Another utility's device answers as an unknown one.
-        if !device_is_utilitys(conn, &utility, &replacement.device_id)? {
+        if !device_is_callers(conn, &checked, &replacement.device_id)? {
             return Err(settlement::registry::RegistryError::UnknownDevice(replacement.device_id.to_hex()));
         }
         settlement::registry::register_meter_replacement(conn, &replacement, now_ms)
@@ -332,8 +346,8 @@ pub async fn export_readings(
             require_own_zone(&state, &caller, zone).await?;
         }
         Selection::Device(device) => {
-            let (utility, device) = (caller.utility.clone(), *device);
-            let own = settlement::registry::read(&state.db, move |conn| device_is_utilitys(conn, &utility, &device))
+            let (checked, device) = (caller.clone(), *device);
+            let own = settlement::registry::read(&state.db, move |conn| device_is_callers(conn, &checked, &device))
                 .await
                 .map_err(ApiError::from)?;
             if !own {

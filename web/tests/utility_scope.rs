@@ -346,3 +346,34 @@ async fn weak_or_utility_less_keys_are_refused_from_every_source() {
     assert!(found.is_none(), "no zone was created");
     app.shutdown().await.expect("stops");
 }
+
+/// `gridex api-key create --zones` limits a key to some of its utility's zones: the others
+/// answer as unknown, and it cannot create zones (403: 404 cannot fit a zone not there yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_limited_to_some_zones_acts_on_those_only() {
+    let app = spawn_app().await;
+    let second = app.call("POST", "/api/v1/zones", NORTH_KEY, Some(json!({"zone_id": "north-2", "name": "N2"}))).await;
+    assert_eq!(second.0, 201, "{}", second.1);
+    let (ok, _, stderr) = gridex(&app.db.url, &["api-key", "create", "--utility", "north", "--zones", "south-zone"]);
+    assert!(!ok && stderr.contains("not a zone of utility north"), "{stderr}");
+    let (ok, key, stderr) = gridex(&app.db.url, &["api-key", "create", "--utility", "north", "--zones", "north-zone"]);
+    assert!(ok, "{stderr}");
+    let key = key.trim();
+    assert_eq!(app.call("PUT", "/api/v1/zones/north-zone/tariffs", key, Some(tariff())).await.0, 200);
+    assert_unknown(
+        &app.call("PUT", "/api/v1/zones/north-2/tariffs", key, Some(tariff())).await,
+        "unknown_zone",
+        "north-2",
+    );
+    assert_unknown(
+        &app.call("GET", "/api/v1/zones/south-zone/devices/silent", key, None).await,
+        "unknown_zone",
+        "south",
+    );
+    let (status, body) =
+        app.call("POST", "/api/v1/zones", key, Some(json!({"zone_id": "north-3", "name": "N3"}))).await;
+    assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")), "{body}");
+    let (_, listed, _) = gridex(&app.db.url, &["api-key", "list"]);
+    assert!(listed.lines().any(|line| line.contains("\tnorth-zone\t")), "{listed}");
+    app.stop().await;
+}

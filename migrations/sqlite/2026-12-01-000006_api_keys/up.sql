@@ -12,6 +12,9 @@ CREATE TABLE api_keys (
     role TEXT NOT NULL CHECK (role IN ('utility', 'observer')),
     -- Lowercase hex SHA-256 of the key; requests are looked up by it.
     key_hash TEXT NOT NULL UNIQUE,
+    -- The zones the key is limited to, comma separated (`gridex api-key create --zones`); NULL:
+    -- every zone of the utility, also those created later.
+    zones TEXT,
     created_ms BIGINT NOT NULL,
     -- Set by `gridex api-key revoke`; a revoked key is refused from the next request on.
     revoked_ms BIGINT
