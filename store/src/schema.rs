@@ -7,6 +7,7 @@
 //! - Ledger (written by `settlement`): `ledger_*`, `settlement_slots`, `statements`, `reward_epochs`,
 //!   `metering_cursors`, `gap_settlements`, `metering_zones` (…_ledger, …_metering_cursors).
 //! - Webhooks (written by `web`): `webhooks`, `webhook_deliveries`, `webhook_cursor` (…_webhooks).
+//! - Authentication (written by `web`): `api_keys`, hashes only (…_api_keys).
 //!
 //! One module rather than one per owner: diesel's `joinable!` and
 //! `allow_tables_to_appear_in_same_query!` need the tables they relate in one place, and callers
@@ -327,3 +328,17 @@ diesel::table! {
 
 diesel::joinable!(webhook_deliveries -> webhooks (webhook_id));
 diesel::allow_tables_to_appear_in_same_query!(webhooks, webhook_deliveries);
+
+// ---- Authentication tables (web) --------------------------------------------------------------
+
+diesel::table! {
+    api_keys (key_id) {
+        key_id -> Text,
+        utility -> Text,
+        role -> Text,
+        key_hash -> Text,
+        zones -> Nullable<Text>,
+        created_ms -> BigInt,
+        revoked_ms -> Nullable<BigInt>,
+    }
+}

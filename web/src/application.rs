@@ -157,7 +157,7 @@ impl ApplicationBuilder {
     /// Starts everything: checks what can fail first (TLS files, database, broker settings,
     /// operator key, listener), then the exchange, the forwarders, settlement and the HTTP server.
     pub async fn build(self) -> Result<Application, ApplicationError> {
-        let settings = self.settings;
+        let mut settings = self.settings;
         let transport = transport_from(&settings)?;
         let database_given = self.database.is_some();
         let db = match self.database {
@@ -202,6 +202,8 @@ impl ApplicationBuilder {
 
         let exchange = exchange::service::start(exchange_config, db.clone(), clock.clone(), mqtt).await?;
         let mut state = AppState::new(db.clone(), clock.clone(), &settings).with_market(Market::new(exchange.clone()));
+        // The state holds the keys' hashes; the keys themselves are not kept.
+        settings.api_keys.clear();
         state.clock_speed = self.clock_speed;
         state.demo_households = self.demo_households.map(Arc::new);
         let background = crate::server::spawn_background(&state);

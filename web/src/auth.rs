@@ -1,12 +1,11 @@
 //! Who is calling: traders by an ed25519 signature of their account key over the request, utilities
-//! by an API key with the utility role.
+//! by an API key with the utility role ([`crate::api_keys`]).
 //!
 //! Trader requests carry `X-Gridex-Account`, `X-Gridex-Timestamp` (unix ms) and
 //! `X-Gridex-Signature` (128 hex digits): ed25519 over `gridex/v1/request\n` followed by the canonical
 //! JSON of `{"account", "body_sha256", "method", "path", "ts_ms"}` where `path` includes the query.
 
 use crate::error::ApiError;
-use crate::settings::{ApiKey, Role};
 use actix_web::HttpRequest;
 use ed25519_dalek::{Signature, Signer, SigningKey};
 use protocol::AccountId;
@@ -143,44 +142,8 @@ impl UsedSignatures {
     }
 }
 
-/// Compares in time independent of where the inputs first differ, so response timing does not
-/// reveal how much of a guessed key was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Checks `Authorization: Bearer <key>` against the configured keys and requires `role`. An empty
-/// token, and a configured key too weak for [`crate::settings::check_api_key`], never match.
-pub fn require_role<'a>(request: &HttpRequest, keys: &'a [ApiKey], role: Role) -> Result<&'a ApiKey, ApiError> {
-    let value = request
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::unauthorized("missing_api_key", "send Authorization: Bearer <api key>"))?;
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|text| text.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::unauthorized("bad_api_key", "send Authorization: Bearer <api key>"))?;
-    if token.trim().is_empty() {
-        return Err(ApiError::unauthorized("bad_api_key", "send Authorization: Bearer <api key>"));
-    }
-    let mut found = None;
-    // A weak key never matches, even one that reached the state without `Settings::validate`
-    // (settings built in code): an empty configured key must not make `Bearer ` valid.
-    for key in keys.iter().filter(|key| crate::settings::check_api_key(key.key.expose()).is_ok()) {
-        if constant_time_eq(key.key.expose().as_bytes(), token.as_bytes()) {
-            found = Some(key);
-        }
-    }
-    let key = found.ok_or_else(|| ApiError::unauthorized("bad_api_key", "unknown API key"))?;
-    if key.role != role {
-        return Err(ApiError::forbidden("forbidden", "this API key does not have the required role"));
-    }
-    Ok(key)
-}
+/// Utility API keys are checked by [`crate::api_keys::require_role`].
+pub use crate::api_keys::require_role;
 
 #[cfg(test)]
 mod tests {

@@ -103,7 +103,7 @@ pub async fn slot_report(
     path: web::Path<(String, i64)>,
     format: web::Query<ReportQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    crate::utility::authorize(&state, &request)?;
+    let caller = crate::utility::authorize(&state, &request).await?;
     let csv = match format.format.as_deref() {
         None | Some("json") => false,
         Some("csv") => true,
@@ -111,7 +111,7 @@ pub async fn slot_report(
     };
     let (zone, slot) = path.into_inner();
     let (zone, slot) = (crate::public::parse_zone(&zone)?, parse_slot(slot)?);
-    crate::public::require_zone(&state, &zone).await?;
+    crate::utility::require_own_zone(&state, &caller, &zone).await?;
     let id = zone.clone();
     let report = query(&state, move |conn| queries::slot_report(conn, &id, slot)).await?;
     let report = report.ok_or_else(|| ApiError::not_found("slot_not_settled", "the slot is not settled"))?;

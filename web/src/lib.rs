@@ -6,7 +6,7 @@
 //! wiring the other crates into one process.
 //! It must never match orders (that is `exchange`'s), never write the ledger or the registry (that is
 //! `settlement`'s), never run SQL on another crate's tables (it calls `exchange::queries`,
-//! `settlement::registry` and `settlement::queries`; its own SQL touches only its webhook tables),
+//! `settlement::registry` and `settlement::queries`; its own SQL touches only its webhook and API key tables),
 //! and never log a secret.
 //!
 //! A process is wired in one place, [`application::Application`], for `gridex serve`, the demo and
@@ -22,6 +22,7 @@
 //! ```
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+pub mod api_keys;
 pub mod application;
 pub mod assets;
 pub mod auth;

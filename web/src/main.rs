@@ -72,6 +72,32 @@ enum Command {
         #[command(subcommand)]
         command: DeviceCommand,
     },
+    /// Utility API keys in the database: created, listed and revoked while the server runs.
+    ApiKey {
+        #[command(subcommand)]
+        command: ApiKeyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiKeyCommand {
+    /// Creates a random key for a utility and prints it once; only its hash is stored.
+    Create {
+        /// The utility whose zones the key acts on (zones of account `utility:NAME`).
+        #[arg(long)]
+        utility: String,
+        /// `utility` (the utility API) or `observer`.
+        #[arg(long, default_value = "utility")]
+        role: String,
+        /// Limits the key to these zones of the utility (comma separated); default: all of its
+        /// zones, also those created later.
+        #[arg(long, value_delimiter = ',')]
+        zones: Option<Vec<String>>,
+    },
+    /// Revokes a key by its id; the running server refuses it from the next request on.
+    Revoke { key_id: String },
+    /// Lists the stored keys: id, utility, role, created and revoked times (never the keys).
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +109,9 @@ enum ZoneCommand {
         name: String,
         #[arg(long, default_value_t = 900_000)]
         slot_len_ms: i64,
+        /// The utility the zone belongs to (default: the utility named like the zone).
+        #[arg(long)]
+        utility: Option<String>,
     },
 }
 
@@ -213,10 +242,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", hex::encode(signing.verifying_key().to_bytes()));
             Ok(())
         }
-        Command::Zone { command: ZoneCommand::Create { id, name, slot_len_ms } } => {
+        Command::Zone { command: ZoneCommand::Create { id, name, slot_len_ms, utility: None } } => {
             let zone = protocol::ZoneId::parse(&id)?;
             admin(&settings()?, move |conn| web::registry::create_zone(conn, &zone, &name, slot_len_ms, now_ms)).await
         }
+        Command::Zone { command: ZoneCommand::Create { id, name, slot_len_ms, utility: Some(utility) } } => {
+            let (zone, utility) = (protocol::ZoneId::parse(&id)?, web::api_keys::UtilityName::parse(&utility)?);
+            admin(&settings()?, move |conn| {
+                web::registry::create_utility_zone(conn, &zone, &name, slot_len_ms, &utility, now_ms)
+            })
+            .await
+        }
+        Command::ApiKey { command } => api_key(&settings()?, command, now_ms).await,
         Command::Tariff {
             command: TariffCommand::Set { zone, effective_from_ms, retail, feed_in, grid_fee, protocol_fee_bps },
         } => {
@@ -288,6 +325,47 @@ where
     let db = web::application::open_database(settings)?;
     web::registry::write(&db, work).await.map_err(|error| anyhow::anyhow!("{}", error.message))?;
     println!("done");
+    Ok(())
+}
+
+async fn api_key(settings: &Settings, command: ApiKeyCommand, now_ms: i64) -> anyhow::Result<()> {
+    use web::api_keys;
+    let db = web::application::open_database(settings)?;
+    match command {
+        ApiKeyCommand::Create { utility, role, zones } => {
+            let utility = api_keys::UtilityName::parse(&utility)?;
+            let role = web::settings::Role::parse(&role).context("--role is utility or observer")?;
+            let zones = zones
+                .map(|zones| zones.iter().map(|zone| protocol::ZoneId::parse(zone)).collect::<Result<Vec<_>, _>>())
+                .transpose()?;
+            for zone in zones.iter().flatten() {
+                let (id, account) = (zone.clone(), utility.account());
+                let found = db.run(move |conn| Ok(settlement::registry::zone(conn, &id).ok().flatten())).await?;
+                anyhow::ensure!(
+                    found.is_some_and(|found| found.utility_account == account),
+                    "zone {zone} is not a zone of utility {utility}"
+                );
+            }
+            let created =
+                db.write(move |conn| api_keys::create(conn, &utility, role, zones.as_deref(), now_ms)).await?;
+            eprintln!("key {} created; it is shown once, store it now:", created.key_id);
+            println!("{}", created.key.expose());
+        }
+        ApiKeyCommand::Revoke { key_id } => {
+            let id = key_id.clone();
+            let revoked = db.write(move |conn| api_keys::revoke(conn, &id, now_ms)).await?;
+            anyhow::ensure!(revoked, "no unrevoked key {key_id}");
+            println!("key {key_id} revoked");
+        }
+        ApiKeyCommand::List => {
+            println!("key_id\tutility\trole\tzones\tcreated_ms\trevoked_ms");
+            for key in db.run(api_keys::list).await? {
+                let revoked = key.revoked_ms.map(|ms| ms.to_string()).unwrap_or_else(|| "-".to_owned());
+                let zones = key.zones.unwrap_or_else(|| "*".to_owned());
+                println!("{}\t{}\t{}\t{zones}\t{}\t{revoked}", key.key_id, key.utility, key.role, key.created_ms);
+            }
+        }
+    }
     Ok(())
 }
 

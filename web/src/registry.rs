@@ -32,6 +32,19 @@ pub fn create_zone(
     registry::create_zone(conn, zone, name, slot_len_ms, None, now_ms).map(|_| ())
 }
 
+/// Creates a zone of `utility` (its utility account is `utility:<utility>`, shared by all the
+/// utility's zones), as the utility API does for the key's utility.
+pub fn create_utility_zone(
+    conn: &mut DbConnection,
+    zone: &ZoneId,
+    name: &str,
+    slot_len_ms: i64,
+    utility: &crate::api_keys::UtilityName,
+    now_ms: i64,
+) -> Result<(), RegistryError> {
+    registry::create_zone(conn, zone, name, slot_len_ms, Some(&utility.account()), now_ms).map(|_| ())
+}
+
 pub fn set_tariff(conn: &mut DbConnection, zone: &ZoneId, tariff: &TariffView) -> Result<(), RegistryError> {
     registry::set_tariff(
         conn,

@@ -41,11 +41,31 @@ pub enum Role {
     Observer,
 }
 
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Utility => "utility",
+            Role::Observer => "observer",
+        }
+    }
+    pub fn parse(text: &str) -> Option<Role> {
+        match text {
+            "utility" => Some(Role::Utility),
+            "observer" => Some(Role::Observer),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKey {
     pub name: String,
     pub role: Role,
+    /// The utility whose zones the key acts on ([`crate::api_keys::UtilityName`]); required for
+    /// the utility role (a key without one is refused at start), optional for observers.
+    #[serde(default)]
+    pub utility: Option<String>,
     pub key: Secret,
 }
 
@@ -208,7 +228,7 @@ pub enum SettingsError {
     Env { name: String, message: String },
     /// Names the key, never shows it.
     #[error("API key `{name}` is refused: {reason}")]
-    WeakApiKey { name: String, reason: ApiKeyWeakness },
+    WeakApiKey { name: String, reason: crate::api_keys::KeySettingError },
     #[error("invalid webhooks.allowed_private_networks: {0}")]
     AllowList(String),
     #[error(transparent)]
@@ -309,12 +329,13 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Refuses settings the server must not start with: a weak API key (named, never shown), a
+    /// Refuses settings the server must not start with: a weak API key or a utility key without a
+    /// utility (named, never shown), a
     /// malformed webhook allow list, or a TLS certificate without its key (or the reverse). The TLS
     /// files themselves are read when the server starts.
     pub fn validate(&self) -> Result<(), SettingsError> {
         for key in &self.api_keys {
-            check_api_key(key.key.expose())
+            crate::api_keys::check_configured(key)
                 .map_err(|reason| SettingsError::WeakApiKey { name: key.name.clone(), reason })?;
         }
         crate::webhook_targets::TargetPolicy::new(&self.webhooks.allowed_private_networks)
@@ -325,7 +346,8 @@ impl Settings {
 
     /// Applies overrides from `lookup` (the environment, or a map in tests). `GRIDEX_DATABASE_URL`
     /// wins over `DATABASE_URL`, `GRIDEX_MQTT_URL` over `MQTT_URL`. `GRIDEX_API_KEYS` is a comma
-    /// separated list of `name:role:key`.
+    /// separated list of `name:role:utility:key` (`utility` may be empty for an observer); the
+    /// older `name:role:key` parses without a utility, so a utility key in it is refused at start.
     pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<(), SettingsError> {
         self.apply_sectioned_env(&lookup)?;
         let first = |names: &[&'static str]| names.iter().find_map(|name| lookup(name).map(|value| (*name, value)));
@@ -408,17 +430,15 @@ fn parse_api_keys(list: &str) -> Result<Vec<ApiKey>, String> {
     list.split(',')
         .filter(|entry| !entry.trim().is_empty())
         .map(|entry| {
-            let mut parts = entry.trim().splitn(3, ':');
-            let (Some(name), Some(role), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
-                return Err("each entry is name:role:key".to_owned());
+            let parts: Vec<&str> = entry.trim().splitn(4, ':').collect();
+            let (name, role, utility, key) = match parts[..] {
+                [name, role, utility, key] => (name, role, (!utility.is_empty()).then_some(utility), key),
+                [name, role, key] => (name, role, None, key),
+                _ => return Err("each entry is name:role:utility:key".to_owned()),
             };
-            let role = match role {
-                "utility" => Role::Utility,
-                "observer" => Role::Observer,
-                _ => return Err(format!("unknown role `{role}` (utility or observer)")),
-            };
+            let role = Role::parse(role).ok_or_else(|| format!("unknown role `{role}` (utility or observer)"))?;
             check_api_key(key).map_err(|reason| format!("API key `{name}` is refused: {reason}"))?;
-            Ok(ApiKey { name: name.to_owned(), role, key: Secret::new(key) })
+            Ok(ApiKey { name: name.to_owned(), role, utility: utility.map(str::to_owned), key: Secret::new(key) })
         })
         .collect()
 }
@@ -478,12 +498,35 @@ mod tests {
     }
 
     #[test]
+    fn a_utility_key_names_its_utility_and_one_without_is_refused_with_an_upgrade_hint() {
+        let env: HashMap<&str, &str> =
+            [("GRIDEX_API_KEYS", "ops:utility:north:0123456789abcdef0123,graf:observer::abcdef0123456789abcd")].into();
+        let mut settings = Settings::default();
+        settings.apply_env(|name| env.get(name).map(|v| (*v).to_owned())).expect("valid env");
+        assert_eq!(settings.api_keys[0].utility.as_deref(), Some("north"));
+        assert_eq!(settings.api_keys[0].key.expose(), "0123456789abcdef0123");
+        assert_eq!((settings.api_keys[1].role, settings.api_keys[1].utility.as_deref()), (Role::Observer, None));
+        settings.validate().expect("valid keys");
+
+        let old = "[[api_keys]]\nname = \"ops\"\nrole = \"utility\"\nkey = \"0123456789abcdef0123\"\n";
+        let settings: Settings = toml::from_str(old).expect("parses");
+        let shown = settings.validate().expect_err("no utility").to_string();
+        assert!(shown.contains("`ops`") && shown.contains("utility = ") && shown.contains("Upgrading"), "{shown}");
+        assert!(!shown.contains("0123456789abcdef0123"), "{shown}");
+        // A weak key from the environment in the new format is refused too.
+        let env: HashMap<&str, &str> = [("GRIDEX_API_KEYS", "ops:utility:north:aaaaaaaaaaaaaaaaaaaaaaaa")].into();
+        let error = Settings::default().apply_env(|name| env.get(name).map(|v| (*v).to_owned())).expect_err("weak");
+        assert!(error.to_string().contains("`ops`") && !error.to_string().contains("aaaaaaaa"));
+    }
+
+    #[test]
     fn secrets_never_appear_in_debug_output() {
         let mut settings = Settings::default();
         settings.database.url = Secret::new("postgres://u:hunter2@h/db");
         settings.api_keys.push(ApiKey {
             name: "ops".into(),
             role: Role::Utility,
+            utility: Some("acme".into()),
             key: Secret::new("topsecretkey12345"),
         });
         let shown = format!("{settings:?}");

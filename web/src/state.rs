@@ -3,7 +3,7 @@
 
 use crate::live::{LiveEvent, LIVE_EVENTS_BUFFER_LEN};
 use crate::market::Market;
-use crate::settings::{ApiKey, Settings};
+use crate::settings::Settings;
 use crate::sse_clients::ClientStreams;
 use crate::webhooks::Webhooks;
 use gridex_store::clock::Clock;
@@ -30,7 +30,8 @@ pub struct AppState {
     pub market: Market,
     pub live: broadcast::Sender<LiveEvent>,
     pub webhooks: Webhooks,
-    pub api_keys: Arc<Vec<ApiKey>>,
+    /// The settings' keys (hashed) and the `api_keys` table.
+    pub api_keys: Arc<crate::api_keys::ApiKeys>,
     /// Signed trader requests accepted within the window, each accepted once.
     pub used_signatures: Arc<crate::auth::UsedSignatures>,
     /// Live-feed streams open per client address, capped by `http.sse_streams_per_client_max`.
@@ -61,6 +62,7 @@ impl AppState {
         // Metrics recorded before the recorder exists are lost: install it before anything runs.
         crate::metrics::install();
         let (live, _) = broadcast::channel(LIVE_EVENTS_BUFFER_LEN);
+        let api_keys = Arc::new(crate::api_keys::ApiKeys::new(&settings.api_keys, Some(db.clone())));
         AppState {
             webhooks: Webhooks::new(db.clone(), settings.webhooks.clone()),
             db,
@@ -68,7 +70,7 @@ impl AppState {
             clock_speed: 1,
             market: Market::none(),
             live,
-            api_keys: Arc::new(settings.api_keys.clone()),
+            api_keys,
             used_signatures: Arc::default(),
             sse_clients: Arc::new(ClientStreams::new(settings.http.sse_streams_per_client_max)),
             json_body_bytes_max: settings.http.json_body_bytes_max,

@@ -1,7 +1,15 @@
 //! Utility endpoints (API key with the utility role): registry writes, reports, exports, webhooks.
+//!
+//! A key acts only on its utility's zones (`crate::api_keys`: a zone whose utility account is
+//! `utility:<utility>`), their accounts, devices, tariffs, reports, exports and silent devices, and
+//! on its utility's webhooks. Anything else answers exactly as if it did not exist (404
+//! `unknown_zone`, `unknown_device`, `unknown_webhook`), so a key cannot learn what other
+//! utilities have. One exception cannot be hidden: creating a zone whose id another utility holds
+//! answers 409 `zone_exists`, as zone ids are public (`GET /api/v1/zones`).
 
+use crate::api_keys::UtilityName;
 use crate::error::ApiError;
-use crate::public::{parse_zone, range, require_zone, RangeQuery, TariffView};
+use crate::public::{parse_zone, range, RangeQuery, TariffView};
 use crate::registry::NewDevice;
 use crate::settings::Role;
 use crate::state::AppState;
@@ -17,9 +25,64 @@ use std::fmt::Write as _;
 /// Longest readings export: 31 days.
 pub const EXPORT_RANGE_MS_MAX: i64 = 31 * 24 * 3_600_000;
 
-/// Requires a utility API key; returns the key's name (for audit logs).
-pub fn authorize(state: &AppState, request: &HttpRequest) -> Result<String, ApiError> {
-    Ok(crate::auth::require_role(request, &state.api_keys, Role::Utility)?.name.clone())
+/// A utility's request: which key (for audit logs) and the utility it acts for.
+#[derive(Debug, Clone)]
+pub struct UtilityCaller {
+    pub by: String,
+    pub utility: UtilityName,
+    /// The zones the key is limited to (`gridex api-key create --zones`); `None`: all the utility's.
+    pub zones: Option<Vec<ZoneId>>,
+}
+
+impl UtilityCaller {
+    /// Whether the key may act on `zone`, a zone of account `utility_account`.
+    pub fn may_act_on(&self, zone: &ZoneId, utility_account: &str) -> bool {
+        utility_account == self.utility.account() && self.zones.as_ref().is_none_or(|zones| zones.contains(zone))
+    }
+}
+
+/// Requires a utility API key; returns who called.
+pub async fn authorize(state: &AppState, request: &HttpRequest) -> Result<UtilityCaller, ApiError> {
+    let caller = crate::auth::require_role(request, &state.api_keys, Role::Utility).await?;
+    // A utility key always names a utility (`ApiKeys::new` drops those that do not).
+    let utility =
+        caller.utility.ok_or_else(|| ApiError::forbidden("forbidden", "this API key does not name a utility"))?;
+    Ok(UtilityCaller { by: caller.key, utility, zones: caller.zones })
+}
+
+/// The answer for a zone that is not the caller's: the same as for an unknown zone.
+fn unknown_zone() -> ApiError {
+    ApiError::not_found("unknown_zone", "no such zone")
+}
+
+/// Requires `zone` to exist and be one the caller may act on (its utility's, within the key's
+/// zones); 404 `unknown_zone` otherwise.
+pub async fn require_own_zone(state: &AppState, caller: &UtilityCaller, zone: &ZoneId) -> Result<i64, ApiError> {
+    let id = zone.clone();
+    let found = settlement::registry::read(&state.db, move |conn| settlement::registry::zone(conn, &id))
+        .await
+        .map_err(ApiError::from)?;
+    match found {
+        Some(found) if caller.may_act_on(zone, &found.utility_account) => Ok(found.slot_len_ms),
+        _ => Err(unknown_zone()),
+    }
+}
+
+/// Whether `device` is registered in one of the zones the caller may act on.
+fn device_is_callers(
+    conn: &mut gridex_store::DbConnection,
+    caller: &UtilityCaller,
+    device: &DeviceId,
+) -> Result<bool, settlement::registry::RegistryError> {
+    let device = device.to_hex();
+    for zone in settlement::registry::list_zones(conn)? {
+        if caller.may_act_on(&zone.zone_id, &zone.utility_account)
+            && settlement::registry::device_ids_in_zone(conn, &zone.zone_id)?.contains(&device)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 async fn json_body<T: DeserializeOwned>(state: &AppState, payload: web::Payload) -> Result<T, ApiError> {
@@ -48,13 +111,20 @@ pub async fn create_zone(
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let by = authorize(&state, &request)?;
+    let caller = authorize(&state, &request).await?;
+    if caller.zones.is_some() {
+        // 404 cannot fit a zone that does not exist yet.
+        return Err(ApiError::forbidden("forbidden", "this API key is limited to some zones and cannot create one"));
+    }
     let zone: NewZone = json_body(&state, payload).await?;
     let now_ms = state.now_ms();
     let (id, name, slot_len_ms) = (zone.zone_id.clone(), zone.name.clone(), zone.slot_len_ms);
-    crate::registry::write(&state.db, move |conn| crate::registry::create_zone(conn, &id, &name, slot_len_ms, now_ms))
-        .await?;
-    tracing::info!(zone = %zone.zone_id, by, "zone created");
+    let utility = caller.utility.clone();
+    crate::registry::write(&state.db, move |conn| {
+        crate::registry::create_utility_zone(conn, &id, &name, slot_len_ms, &utility, now_ms)
+    })
+    .await?;
+    tracing::info!(zone = %zone.zone_id, by = caller.by, utility = %caller.utility, "zone created");
     Ok(HttpResponse::Created().json(zone))
 }
 
@@ -64,10 +134,11 @@ pub async fn set_tariff(
     zone: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let by = authorize(&state, &request)?;
+    let caller = authorize(&state, &request).await?;
+    let by = caller.by.clone();
     let zone = parse_zone(&zone)?;
     let tariff: TariffView = json_body(&state, payload).await?;
-    require_zone(&state, &zone).await?;
+    require_own_zone(&state, &caller, &zone).await?;
     let (id, stored) = (zone.clone(), tariff.clone());
     crate::registry::write(&state.db, move |conn| crate::registry::set_tariff(conn, &id, &stored)).await?;
     tracing::info!(%zone, by, effective_from_ms = tariff.effective_from_ms, "tariff set");
@@ -87,9 +158,10 @@ pub async fn register_account(
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let by = authorize(&state, &request)?;
+    let caller = authorize(&state, &request).await?;
+    let by = caller.by.clone();
     let account: NewAccount = json_body(&state, payload).await?;
-    require_zone(&state, &account.zone).await?;
+    require_own_zone(&state, &caller, &account.zone).await?;
     let now_ms = state.now_ms();
     let stored = account.clone();
     crate::registry::write(&state.db, move |conn| {
@@ -105,9 +177,10 @@ pub async fn register_device(
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let by = authorize(&state, &request)?;
+    let caller = authorize(&state, &request).await?;
+    let by = caller.by.clone();
     let device: NewDevice = json_body(&state, payload).await?;
-    require_zone(&state, &device.zone).await?;
+    require_own_zone(&state, &caller, &device.zone).await?;
     let now_ms = state.now_ms();
     let stored = device.clone();
     crate::registry::write(&state.db, move |conn| crate::registry::register_device(conn, &stored, now_ms)).await?;
@@ -155,11 +228,17 @@ pub async fn register_replacement(
     device: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let by = authorize(&state, &request)?;
+    let caller = authorize(&state, &request).await?;
+    let by = caller.by.clone();
     let device_id = parse_device(&device)?;
     let replacement = json_body::<NewReplacement>(&state, payload).await?.of(device_id);
     let now_ms = state.now_ms();
+    let checked = caller.clone();
     let stored = crate::registry::write(&state.db, move |conn| {
+        // Another utility's device answers as an unknown one.
+        if !device_is_callers(conn, &checked, &replacement.device_id)? {
+            return Err(settlement::registry::RegistryError::UnknownDevice(replacement.device_id.to_hex()));
+        }
         settlement::registry::register_meter_replacement(conn, &replacement, now_ms)
     })
     .await?;
@@ -228,9 +307,9 @@ pub async fn zone_silent_devices(
     request: HttpRequest,
     zone: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &request)?;
+    let caller = authorize(&state, &request).await?;
     let zone = parse_zone(&zone)?;
-    require_zone(&state, &zone).await?;
+    require_own_zone(&state, &caller, &zone).await?;
     Ok(HttpResponse::Ok().json(silent_at(&state, &zone, state.now_ms()).await?))
 }
 
@@ -250,7 +329,7 @@ pub async fn export_readings(
     request: HttpRequest,
     query: web::Query<ExportQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &request)?;
+    let caller = authorize(&state, &request).await?;
     let query = query.into_inner();
     let (from_ms, to_ms) =
         range(&RangeQuery { from_ms: query.from_ms, to_ms: query.to_ms }, state.now_ms(), EXPORT_RANGE_MS_MAX)?;
@@ -262,6 +341,21 @@ pub async fn export_readings(
         _ => return Err(ApiError::bad_request("invalid_query", "give exactly one of zone or device")),
     };
     let after = query.cursor.as_deref().map(crate::trader::ReadingsCursor::parse).transpose()?;
+    match &selection {
+        Selection::Zone(zone) => {
+            require_own_zone(&state, &caller, zone).await?;
+        }
+        Selection::Device(device) => {
+            let (checked, device) = (caller.clone(), *device);
+            let own = settlement::registry::read(&state.db, move |conn| device_is_callers(conn, &checked, &device))
+                .await
+                .map_err(ApiError::from)?;
+            if !own {
+                // Another utility's device answers as an unknown one: no readings.
+                return Err(settlement::registry::RegistryError::UnknownDevice(device.to_hex()).into());
+            }
+        }
+    }
     let page = state
         .db
         .run(move |conn| {
@@ -319,21 +413,24 @@ pub async fn create_webhook(
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let by = authorize(&state, &request)?;
+    let caller = authorize(&state, &request).await?;
+    let by = caller.by.clone();
     let new: NewWebhook = json_body(&state, payload).await?;
-    let (hook, secret) = state.webhooks.register(&new.url, &by).await.map_err(|error| match error {
-        WebhookError::BadUrl => ApiError::bad_request("invalid_value", error.to_string()),
-        WebhookError::TooMany => ApiError::conflict("too_many_webhooks", error.to_string()),
-        WebhookError::RefusedTarget(_) => ApiError::bad_request("refused_target", error.to_string()),
-        WebhookError::Db(error) => ApiError::internal(error),
-    })?;
+    // `registered_by` is the utility: it owns the registration and hears of its own zones only.
+    let (hook, secret) =
+        state.webhooks.register(&new.url, caller.utility.as_str()).await.map_err(|error| match error {
+            WebhookError::BadUrl => ApiError::bad_request("invalid_value", error.to_string()),
+            WebhookError::TooMany => ApiError::conflict("too_many_webhooks", error.to_string()),
+            WebhookError::RefusedTarget(_) => ApiError::bad_request("refused_target", error.to_string()),
+            WebhookError::Db(error) => ApiError::internal(error),
+        })?;
     tracing::info!(webhook = %hook.id, by, "webhook registered");
     Ok(HttpResponse::Created().json(WebhookCreated { id: hook.id, url: hook.url, secret }))
 }
 
 pub async fn list_webhooks(state: web::Data<AppState>, request: HttpRequest) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &request)?;
-    Ok(HttpResponse::Ok().json(state.webhooks.list().await?))
+    let caller = authorize(&state, &request).await?;
+    Ok(HttpResponse::Ok().json(state.webhooks.list_registered_by(caller.utility.as_str()).await?))
 }
 
 /// Deletes a registration; its pending deliveries are dropped with it.
@@ -342,8 +439,9 @@ pub async fn delete_webhook(
     request: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let by = authorize(&state, &request)?;
-    if !state.webhooks.delete(&id).await? {
+    let caller = authorize(&state, &request).await?;
+    let by = caller.by.clone();
+    if !state.webhooks.delete_registered_by(&id, caller.utility.as_str()).await? {
         return Err(ApiError::not_found("unknown_webhook", "no such webhook"));
     }
     tracing::info!(webhook = %id, by, "webhook deleted");

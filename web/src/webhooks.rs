@@ -273,6 +273,35 @@ impl Webhooks {
             .await
     }
 
+    /// The registrations of `utility` ([`Webhooks::list`] filtered by `registered_by`).
+    pub async fn list_registered_by(&self, utility: &str) -> Result<Vec<Webhook>, DbError> {
+        let mut hooks = self.list().await?;
+        hooks.retain(|hook| hook.registered_by == utility);
+        Ok(hooks)
+    }
+
+    /// Deletes a registration of `utility` and its pending deliveries; `false` if `utility` has no
+    /// such registration (another utility's is left alone, and answers as if there were none).
+    pub async fn delete_registered_by(&self, id: &str, utility: &str) -> Result<bool, DbError> {
+        let (id, utility) = (id.to_owned(), utility.to_owned());
+        self.db
+            .write(move |conn| {
+                let owned: i64 = webhooks::table
+                    .filter(webhooks::webhook_id.eq(&id))
+                    .filter(webhooks::registered_by.eq(&utility))
+                    .count()
+                    .get_result(conn)?;
+                if owned == 0 {
+                    return Ok(false);
+                }
+                diesel::delete(webhook_deliveries::table.filter(webhook_deliveries::webhook_id.eq(&id)))
+                    .execute(conn)?;
+                let deleted = diesel::delete(webhooks::table.find(&id)).execute(conn)?;
+                Ok(deleted > 0)
+            })
+            .await
+    }
+
     /// Deletes a registration and its pending deliveries; `false` if there was none.
     pub async fn delete(&self, id: &str) -> Result<bool, DbError> {
         let id = id.to_owned();
@@ -496,7 +525,9 @@ fn catch_up_batch(conn: &mut DbConnection, now_ms: i64) -> Result<(usize, usize,
                 };
                 let event_id = format!("slot_settled/{zone_id}/{slot_ms}");
                 let body = serde_json::json!({ "event": "slot_settled", "data": settled }).to_string();
-                let (batch_added, batch_dropped) = insert_deliveries(conn, &event_id, &body, now_ms)?;
+                let utility = zone_utility(conn, &settled.zone)?;
+                let (batch_added, batch_dropped) =
+                    insert_deliveries_for(conn, &event_id, &body, Some(&utility), now_ms)?;
                 added += batch_added;
                 dropped += batch_dropped;
             }
@@ -517,15 +548,41 @@ fn catch_up_batch(conn: &mut DbConnection, now_ms: i64) -> Result<(usize, usize,
     })
 }
 
+/// The utility whose webhooks hear of `zone`: the name in its account `utility:<name>`.
+fn zone_utility(conn: &mut DbConnection, zone: &ZoneId) -> Result<String, DbError> {
+    let found = settlement::registry::zone(conn, zone).map_err(|error| match error {
+        settlement::registry::RegistryError::Db(error) => error,
+        other => DbError::Invalid(other.to_string()),
+    })?;
+    let account = found.map(|zone| zone.utility_account).unwrap_or_default();
+    Ok(account.strip_prefix("utility:").unwrap_or_default().to_owned())
+}
+
 /// Inserts the missing deliveries of `event_id`; returns (added, dropped because the outbox is full).
+#[cfg(test)]
 fn insert_deliveries(
     conn: &mut DbConnection,
     event_id: &str,
     body: &str,
     now_ms: i64,
 ) -> Result<(usize, usize), DbError> {
-    let hooks: Vec<String> =
-        webhooks::table.select(webhooks::webhook_id).order(webhooks::webhook_id.asc()).load(conn)?;
+    insert_deliveries_for(conn, event_id, body, None, now_ms)
+}
+
+/// Like [`insert_deliveries`], to the registrations of `utility` only when given (a zone's events
+/// go to its own utility's webhooks, never to another utility's).
+fn insert_deliveries_for(
+    conn: &mut DbConnection,
+    event_id: &str,
+    body: &str,
+    utility: Option<&str>,
+    now_ms: i64,
+) -> Result<(usize, usize), DbError> {
+    let mut query = webhooks::table.select(webhooks::webhook_id).order(webhooks::webhook_id.asc()).into_boxed();
+    if let Some(utility) = utility {
+        query = query.filter(webhooks::registered_by.eq(utility.to_owned()));
+    }
+    let hooks: Vec<String> = query.load(conn)?;
     let existing: Vec<String> = webhook_deliveries::table
         .filter(webhook_deliveries::event_id.eq(event_id))
         .select(webhook_deliveries::webhook_id)

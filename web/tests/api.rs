@@ -65,8 +65,13 @@ async fn spawn_app_on(test_db: TestDb, seed: bool, webhooks: WebhookSettings) ->
     }
     let settings = Settings {
         api_keys: vec![
-            ApiKey { name: "ops".into(), role: Role::Utility, key: Secret::new(UTILITY_KEY) },
-            ApiKey { name: "grafana".into(), role: Role::Observer, key: Secret::new(OBSERVER_KEY) },
+            ApiKey {
+                name: "ops".into(),
+                role: Role::Utility,
+                utility: Some(ZONE.into()),
+                key: Secret::new(UTILITY_KEY),
+            },
+            ApiKey { name: "grafana".into(), role: Role::Observer, utility: None, key: Secret::new(OBSERVER_KEY) },
         ],
         // The test receivers listen on loopback: allowed here, as a deployment would name its
         // own private receivers (the check itself is tested in tests/locks.rs).

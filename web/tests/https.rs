@@ -27,7 +27,12 @@ fn settings(dir: &Path) -> Settings {
     settings.database.url = Secret::new(format!("sqlite://{}", dir.join("gridex.sqlite").display()));
     settings.market.operator_key_path = operator_key.display().to_string();
     settings.http.port = 0;
-    settings.api_keys.push(ApiKey { name: "ops".to_owned(), role: Role::Utility, key: Secret::new(API_KEY) });
+    settings.api_keys.push(ApiKey {
+        name: "ops".to_owned(),
+        role: Role::Utility,
+        utility: Some("ops".to_owned()),
+        key: Secret::new(API_KEY),
+    });
     settings
 }
 

@@ -36,7 +36,7 @@ fn now_ms() -> i64 {
 }
 
 fn utility_key(name: &str, key: &str) -> ApiKey {
-    ApiKey { name: name.into(), role: Role::Utility, key: Secret::new(key) }
+    ApiKey { name: name.into(), role: Role::Utility, utility: Some(ZONE.into()), key: Secret::new(key) }
 }
 
 /// A server on a fresh database with `settings` (these locks sit in front of the exchange).

@@ -52,7 +52,12 @@ async fn spawn_app_with(household: &SigningKey, settings: Settings) -> TestApp {
     .await
     .expect("seed the registry");
     let settings = Settings {
-        api_keys: vec![ApiKey { name: "utility".into(), role: Role::Utility, key: Secret::new(UTILITY_KEY) }],
+        api_keys: vec![ApiKey {
+            name: "utility".into(),
+            role: Role::Utility,
+            utility: Some(ZONE.into()),
+            key: Secret::new(UTILITY_KEY),
+        }],
         ..settings
     };
     let app = common::start_app(settings, &test_db.db).await;

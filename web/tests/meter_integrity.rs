@@ -85,7 +85,12 @@ async fn spawn_app() -> TestApp {
     let account = AccountId::from_verifying_key(&household.verifying_key());
     seed(&db, account, device_id(&device), device_id(&quiet_device)).await;
     let settings = Settings {
-        api_keys: vec![ApiKey { name: "ops".into(), role: Role::Utility, key: Secret::new(UTILITY_KEY) }],
+        api_keys: vec![ApiKey {
+            name: "ops".into(),
+            role: Role::Utility,
+            utility: Some(ZONE.into()),
+            key: Secret::new(UTILITY_KEY),
+        }],
         market: MarketSettings { silent_device_ms: SILENT_MS, ..MarketSettings::default() },
         ..Settings::default()
     };
