@@ -29,10 +29,24 @@ pub fn trade_from_row(row: TradeRow) -> Result<Trade, DbError> {
     })
 }
 
-/// The zone's latest `limit` trades, newest first.
-pub fn latest_trades(conn: &mut DbConnection, zone: &ZoneId, limit: i64) -> Result<Vec<Trade>, DbError> {
-    let rows: Vec<TradeRow> = trades::table
-        .filter(trades::zone_id.eq(zone.as_str()))
+/// The zone's trades newest first (by trade id, unique and the primary key), only those of the slot
+/// starting at `slot_start_ms` when given, only those older than the trade `before_trade_id` when
+/// given (keyset paging: the previous page's last trade), at most `limit`.
+pub fn trades_page(
+    conn: &mut DbConnection,
+    zone: &ZoneId,
+    slot_start_ms: Option<i64>,
+    before_trade_id: Option<i64>,
+    limit: i64,
+) -> Result<Vec<Trade>, DbError> {
+    let mut query = trades::table.filter(trades::zone_id.eq(zone.as_str())).into_boxed();
+    if let Some(slot_start_ms) = slot_start_ms {
+        query = query.filter(trades::slot_start_ms.eq(slot_start_ms));
+    }
+    if let Some(before) = before_trade_id {
+        query = query.filter(trades::trade_id.lt(before));
+    }
+    let rows: Vec<TradeRow> = query
         .order(trades::trade_id.desc())
         .limit(limit)
         .select((

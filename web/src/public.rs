@@ -1,15 +1,18 @@
 //! Public endpoints: zones and tariffs, books, trades, price history, zone statistics, tokens.
 
 use crate::error::ApiError;
+use crate::paging::{cut_page, page_len, with_next_page, CursorKind, CursorReader, CursorWriter};
 use crate::state::AppState;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use protocol::{SlotId, ZoneId};
 use serde::{Deserialize, Serialize};
 use settlement::registry::{self, RegistryError};
 use settlement::rules::Tariff;
 
-/// Trades returned by one `GET /trades` at most.
+/// Trades of one `GET /trades` page at most (`limit`): a screenful of the tape, a few hundred
+/// kilobytes of JSON; the rest follow by cursor.
 pub const TRADES_LIMIT_MAX: i64 = 500;
+/// Trades of one page when the request names no `limit`.
 pub const TRADES_LIMIT_DEFAULT: i64 = 50;
 /// Longest price-history range: a week of 15-minute slots is 672 candles.
 pub const PRICE_RANGE_MS_MAX: i64 = 7 * 24 * 3_600_000;
@@ -115,10 +118,7 @@ pub async fn zone_book(
 ) -> Result<HttpResponse, ApiError> {
     let zone = parse_zone(&zone)?;
     let slot_len_ms = require_zone(&state, &zone).await?;
-    let slot = SlotId::new(query.slot).map_err(|error| ApiError::bad_request("invalid_slot", error.to_string()))?;
-    if !slot.is_aligned(slot_len_ms) {
-        return Err(ApiError::bad_request("slot_misaligned", "the slot is not a multiple of the zone's slot length"));
-    }
+    let slot = parse_aligned_slot(query.slot, slot_len_ms)?;
     let levels =
         query.levels.unwrap_or(protocol::messages::BOOK_LEVELS_MAX).clamp(1, protocol::messages::BOOK_LEVELS_MAX);
     let book = state.market.book(&zone, slot, levels).await?;
@@ -134,25 +134,73 @@ pub async fn zone_auctions(state: web::Data<AppState>, zone: web::Path<String>) 
     Ok(HttpResponse::Ok().json(state.market.auctions(&zone).await?))
 }
 
+/// `/zones/{zone}/trades` query: the page length, an optional slot (its start in ms) and, for the
+/// pages after the first, the cursor.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TradesQuery {
     pub limit: Option<i64>,
+    pub slot: Option<i64>,
+    pub cursor: Option<String>,
 }
 
+/// Where the next page of trades starts: before this trade (pages go newest first by trade id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TradesCursor {
+    pub trade_id: i64,
+}
+
+impl TradesCursor {
+    pub fn encode(self) -> String {
+        CursorWriter::new(CursorKind::Trades).int(self.trade_id).finish()
+    }
+
+    pub fn parse(text: &str) -> Result<TradesCursor, ApiError> {
+        let mut reader = CursorReader::open(CursorKind::Trades, text)?;
+        let trade_id = reader.int()?;
+        reader.end()?;
+        Ok(TradesCursor { trade_id })
+    }
+}
+
+/// The slot starting at `start_ms`, refused unless it is one of the zone's slots.
+pub fn parse_aligned_slot(start_ms: i64, slot_len_ms: i64) -> Result<SlotId, ApiError> {
+    let slot = SlotId::new(start_ms).map_err(|error| ApiError::bad_request("invalid_slot", error.to_string()))?;
+    if !slot.is_aligned(slot_len_ms) {
+        return Err(ApiError::bad_request("slot_misaligned", "the slot is not a multiple of the zone's slot length"));
+    }
+    Ok(slot)
+}
+
+/// The zone's trades, newest first, one page at a time (keyset on the trade id), optionally of one slot.
 pub async fn zone_trades(
     state: web::Data<AppState>,
+    request: HttpRequest,
     zone: web::Path<String>,
     query: web::Query<TradesQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let zone = parse_zone(&zone)?;
-    require_zone(&state, &zone).await?;
-    let limit = query.limit.unwrap_or(TRADES_LIMIT_DEFAULT);
-    if !(1..=TRADES_LIMIT_MAX).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_query", format!("limit is 1..={TRADES_LIMIT_MAX}")));
-    }
-    let trades = state.db.run(move |conn| exchange::queries::latest_trades(conn, &zone, limit)).await?;
-    Ok(HttpResponse::Ok().json(trades))
+    let slot_len_ms = require_zone(&state, &zone).await?;
+    let query = query.into_inner();
+    let limit = page_len(query.limit, TRADES_LIMIT_DEFAULT, TRADES_LIMIT_MAX)?;
+    let slot = query.slot.map(|start_ms| parse_aligned_slot(start_ms, slot_len_ms)).transpose()?;
+    let after = query.cursor.as_deref().map(TradesCursor::parse).transpose()?;
+    let mut trades = state
+        .db
+        .run(move |conn| {
+            let slot_start_ms = slot.map(SlotId::start_ms);
+            let before = after.map(|after| after.trade_id);
+            exchange::queries::trades_page(conn, &zone, slot_start_ms, before, limit + 1)
+        })
+        .await?;
+    let more = cut_page(&mut trades, limit);
+    let next = trades.last().filter(|_| more).map(|last| TradesCursor { trade_id: to_i64_id(last.trade_id) }.encode());
+    Ok(with_next_page(HttpResponse::Ok(), &request, next).json(trades))
+}
+
+/// A stored trade id back as the column's type (stored from an `i64`, so always in range).
+fn to_i64_id(trade_id: u64) -> i64 {
+    i64::try_from(trade_id).unwrap_or(i64::MAX)
 }
 
 #[derive(Debug, Deserialize)]

@@ -290,7 +290,7 @@ pub async fn export_readings(
             row.interval_export_wh
         );
     }
-    Ok(crate::trader::with_next_page(HttpResponse::Ok(), &request, page.next.as_ref())
+    Ok(crate::paging::with_next_page(HttpResponse::Ok(), &request, page.next.map(|next| next.encode()))
         .content_type("text/csv; charset=utf-8")
         .body(csv))
 }
