@@ -29,10 +29,24 @@ pub fn trade_from_row(row: TradeRow) -> Result<Trade, DbError> {
     })
 }
 
-/// The zone's latest `limit` trades, newest first.
-pub fn latest_trades(conn: &mut DbConnection, zone: &ZoneId, limit: i64) -> Result<Vec<Trade>, DbError> {
-    let rows: Vec<TradeRow> = trades::table
-        .filter(trades::zone_id.eq(zone.as_str()))
+/// The zone's trades newest first (by trade id, unique and the primary key), only those of the slot
+/// starting at `slot_start_ms` when given, only those older than the trade `before_trade_id` when
+/// given (keyset paging: the previous page's last trade), at most `limit`.
+pub fn trades_page(
+    conn: &mut DbConnection,
+    zone: &ZoneId,
+    slot_start_ms: Option<i64>,
+    before_trade_id: Option<i64>,
+    limit: i64,
+) -> Result<Vec<Trade>, DbError> {
+    let mut query = trades::table.filter(trades::zone_id.eq(zone.as_str())).into_boxed();
+    if let Some(slot_start_ms) = slot_start_ms {
+        query = query.filter(trades::slot_start_ms.eq(slot_start_ms));
+    }
+    if let Some(before) = before_trade_id {
+        query = query.filter(trades::trade_id.lt(before));
+    }
+    let rows: Vec<TradeRow> = query
         .order(trades::trade_id.desc())
         .limit(limit)
         .select((
@@ -52,23 +66,80 @@ pub fn latest_trades(conn: &mut DbConnection, zone: &ZoneId, limit: i64) -> Resu
     rows.into_iter().map(trade_from_row).collect()
 }
 
-/// `(slot_start_ms, price_per_kwh, qty_wh)` of the zone's trades in slots within `[from, to)`, by
-/// slot then trade id, at most `limit`.
-pub fn trade_prices(
+/// One slot's trades summed up: open (its first trade's price by trade id), high, low, close (its
+/// last trade's), volume and count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotPrices {
+    pub slot_start_ms: i64,
+    pub open_per_kwh: i64,
+    pub high_per_kwh: i64,
+    pub low_per_kwh: i64,
+    pub close_per_kwh: i64,
+    pub volume_wh: i64,
+    pub trades: i64,
+}
+
+/// Trade ids looked up in one statement at most when reading open and close prices (well under
+/// SQLite's and PostgreSQL's bind-parameter limits).
+const PRICE_IDS_PER_QUERY_MAX: usize = 1_000;
+
+/// Every trade of the zone in slots within `[from, to)` summed up per slot, by slot: the database
+/// aggregates, so the answer holds one row per slot however many trades there are.
+pub fn slot_prices(
     conn: &mut DbConnection,
     zone: &ZoneId,
     from_ms: i64,
     to_ms: i64,
-    limit: i64,
-) -> Result<Vec<(i64, i64, i64)>, DbError> {
-    Ok(trades::table
+) -> Result<Vec<SlotPrices>, DbError> {
+    use diesel::dsl::{count_star, max, min, sql};
+    use diesel::sql_types::BigInt;
+    type Group = (i64, Option<i64>, Option<i64>, i64, i64, Option<i64>, Option<i64>);
+    let groups: Vec<Group> = trades::table
         .filter(trades::zone_id.eq(zone.as_str()))
         .filter(trades::slot_start_ms.ge(from_ms))
         .filter(trades::slot_start_ms.lt(to_ms))
-        .order((trades::slot_start_ms.asc(), trades::trade_id.asc()))
-        .limit(limit)
-        .select((trades::slot_start_ms, trades::price_per_kwh, trades::qty_wh))
-        .load(conn)?)
+        .group_by(trades::slot_start_ms)
+        .order(trades::slot_start_ms.asc())
+        .select((
+            trades::slot_start_ms,
+            max(trades::price_per_kwh),
+            min(trades::price_per_kwh),
+            // PostgreSQL's SUM of BIGINT is NUMERIC; the cast makes it BIGINT on both backends.
+            sql::<BigInt>("CAST(SUM(qty_wh) AS BIGINT)"),
+            count_star(),
+            min(trades::trade_id),
+            max(trades::trade_id),
+        ))
+        .load(conn)?;
+    let mut ids: Vec<i64> = groups.iter().flat_map(|group| [group.5, group.6]).flatten().collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut price_of: HashMap<i64, i64> = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(PRICE_IDS_PER_QUERY_MAX) {
+        let rows: Vec<(i64, i64)> = trades::table
+            .filter(trades::trade_id.eq_any(chunk))
+            .select((trades::trade_id, trades::price_per_kwh))
+            .load(conn)?;
+        price_of.extend(rows);
+    }
+    let price = |id: Option<i64>| {
+        id.and_then(|id| price_of.get(&id).copied())
+            .ok_or_else(|| DbError::Invalid("a slot's first or last trade vanished while read".to_owned()))
+    };
+    groups
+        .into_iter()
+        .map(|(slot_start_ms, high, low, volume_wh, trades, first, last)| {
+            Ok(SlotPrices {
+                slot_start_ms,
+                open_per_kwh: price(first)?,
+                high_per_kwh: high.unwrap_or_default(),
+                low_per_kwh: low.unwrap_or_default(),
+                close_per_kwh: price(last)?,
+                volume_wh,
+                trades,
+            })
+        })
+        .collect()
 }
 
 /// An accepted reading's columns: device, seq, ts_ms, import_wh, export_wh, pv_wh, power_w.

@@ -78,8 +78,28 @@ fn parse_statement(json: &str) -> Result<Statement, SettlementError> {
 
 /// The account's latest statements, newest first (at most [`STATEMENTS_LIMIT_MAX`]).
 pub fn statements(conn: &mut DbConnection, account: &AccountId, limit: i64) -> Result<Vec<Statement>, SettlementError> {
-    let rows: Vec<String> = statements::table
-        .filter(statements::account_id.eq(account.to_hex()))
+    statements_page(conn, account, None, limit)
+}
+
+/// The account's statements newest first, by `(slot_start_ms desc, zone_id asc)` (unique per
+/// account: the table's key is zone, slot and account), after the statement `after` (keyset
+/// paging: the previous page's last `(slot_start_ms, zone_id)`), at most `limit` (and at most
+/// [`STATEMENTS_LIMIT_MAX`]).
+pub fn statements_page(
+    conn: &mut DbConnection,
+    account: &AccountId,
+    after: Option<(i64, &str)>,
+    limit: i64,
+) -> Result<Vec<Statement>, SettlementError> {
+    let mut query = statements::table.filter(statements::account_id.eq(account.to_hex())).into_boxed();
+    if let Some((slot_start_ms, zone)) = after {
+        query = query.filter(
+            statements::slot_start_ms
+                .lt(slot_start_ms)
+                .or(statements::slot_start_ms.eq(slot_start_ms).and(statements::zone_id.gt(zone.to_owned()))),
+        );
+    }
+    let rows: Vec<String> = query
         .order((statements::slot_start_ms.desc(), statements::zone_id))
         .limit(limit.clamp(0, STATEMENTS_LIMIT_MAX))
         .select(statements::statement)

@@ -155,6 +155,20 @@ pub fn list_zones(conn: &mut DbConnection) -> Result<Vec<Zone>, RegistryError> {
     rows.into_iter().map(zone_from_row).collect()
 }
 
+/// Zones by id after the zone `after` (keyset paging: the previous page's last id), at most `limit`.
+pub fn zones_page(conn: &mut DbConnection, after: Option<&ZoneId>, limit: i64) -> Result<Vec<Zone>, RegistryError> {
+    let mut query = zones::table.into_boxed();
+    if let Some(after) = after {
+        query = query.filter(zones::zone_id.gt(after.as_str().to_owned()));
+    }
+    let rows: Vec<ZoneRow> = query
+        .order(zones::zone_id)
+        .limit(limit)
+        .select((zones::zone_id, zones::name, zones::slot_len_ms, zones::utility_account, zones::created_ms))
+        .load(conn)?;
+    rows.into_iter().map(zone_from_row).collect()
+}
+
 /// Creates a zone with its utility account (`utility:<zone>` unless named) and the system accounts.
 /// Its first slot to settle is the one containing `now_ms`.
 pub fn create_zone(
@@ -315,6 +329,23 @@ pub fn tariffs(conn: &mut DbConnection, zone_id: &ZoneId) -> Result<Vec<Tariff>,
         .order(tariffs::effective_from_ms)
         .select(TARIFF_COLUMNS)
         .load(conn)?;
+    Ok(rows.into_iter().map(tariff_from_row).collect())
+}
+
+/// The zone's tariffs oldest first (by effective time, unique per zone: the table's key), effective
+/// after `after_ms` when given (keyset paging: the previous page's last effective time), at most `limit`.
+pub fn tariffs_page(
+    conn: &mut DbConnection,
+    zone_id: &ZoneId,
+    after_ms: Option<i64>,
+    limit: i64,
+) -> Result<Vec<Tariff>, RegistryError> {
+    let mut query = tariffs::table.filter(tariffs::zone_id.eq(zone_id.as_str())).into_boxed();
+    if let Some(after_ms) = after_ms {
+        query = query.filter(tariffs::effective_from_ms.gt(after_ms));
+    }
+    let rows: Vec<TariffRow> =
+        query.order(tariffs::effective_from_ms).limit(limit).select(TARIFF_COLUMNS).load(conn)?;
     Ok(rows.into_iter().map(tariff_from_row).collect())
 }
 

@@ -4,17 +4,20 @@
 
 use crate::error::ApiError;
 use crate::live::{LiveEvent, SlotSettled};
+use crate::paging::{cut_page, invalid_cursor, page_len, with_next_page, CursorKind, CursorReader, CursorWriter};
 use crate::state::AppState;
 use actix_web::{web, HttpRequest, HttpResponse};
 use gridex_store::DbConnection;
-use protocol::SlotId;
+use protocol::{SlotId, ZoneId};
 use serde::Deserialize;
 use settlement::{queries, SettlementError};
 use std::fmt::Write as _;
 use tokio::sync::broadcast;
 
-/// Statements returned by one request at most.
+/// Statements of one page at most (`limit`; under settlement's own cap of one query); the rest
+/// follow by cursor.
 pub const STATEMENTS_LIMIT_MAX: i64 = 500;
+/// Statements of one page when the request names no `limit`: a day of 15-minute slots.
 pub const STATEMENTS_LIMIT_DEFAULT: i64 = 100;
 
 fn settlement_error(error: SettlementError) -> ApiError {
@@ -37,24 +40,57 @@ fn parse_slot(start_ms: i64) -> Result<SlotId, ApiError> {
     SlotId::new(start_ms).map_err(|error| ApiError::bad_request("invalid_slot", error.to_string()))
 }
 
+/// `/me/statements` query: the page length and, for the pages after the first, the cursor.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LimitQuery {
+pub struct StatementsQuery {
     pub limit: Option<i64>,
+    pub cursor: Option<String>,
 }
 
+/// Where the next page of statements starts: after this `(slot, zone)` (pages go newest slot first,
+/// zones by id within a slot).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementsCursor {
+    pub slot_start_ms: i64,
+    pub zone: ZoneId,
+}
+
+impl StatementsCursor {
+    pub fn encode(&self) -> String {
+        CursorWriter::new(CursorKind::Statements).int(self.slot_start_ms).text(self.zone.as_str()).finish()
+    }
+
+    pub fn parse(text: &str) -> Result<StatementsCursor, ApiError> {
+        let mut reader = CursorReader::open(CursorKind::Statements, text)?;
+        let slot_start_ms = reader.int()?;
+        let zone = ZoneId::parse(&reader.text()?).map_err(|_| invalid_cursor())?;
+        reader.end()?;
+        Ok(StatementsCursor { slot_start_ms, zone })
+    }
+}
+
+/// The signer's statements, newest slot first, one page at a time (keyset on `(slot, zone)`).
 pub async fn my_statements(
     state: web::Data<AppState>,
     request: HttpRequest,
-    limit: web::Query<LimitQuery>,
+    params: web::Query<StatementsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let account = crate::trader::authenticate(&state, &request, b"").await?;
-    let limit = limit.limit.unwrap_or(STATEMENTS_LIMIT_DEFAULT);
-    if !(1..=STATEMENTS_LIMIT_MAX).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_query", format!("limit is 1..={STATEMENTS_LIMIT_MAX}")));
-    }
-    let statements = query(&state, move |conn| queries::statements(conn, &account, limit)).await?;
-    Ok(HttpResponse::Ok().json(statements))
+    let params = params.into_inner();
+    let limit = page_len(params.limit, STATEMENTS_LIMIT_DEFAULT, STATEMENTS_LIMIT_MAX)?;
+    let after = params.cursor.as_deref().map(StatementsCursor::parse).transpose()?;
+    let mut statements = query(&state, move |conn| {
+        let after = after.as_ref().map(|after| (after.slot_start_ms, after.zone.as_str()));
+        queries::statements_page(conn, &account, after, limit + 1)
+    })
+    .await?;
+    let more = cut_page(&mut statements, limit);
+    let next = statements
+        .last()
+        .filter(|_| more)
+        .map(|last| StatementsCursor { slot_start_ms: last.slot.start_ms(), zone: last.zone.clone() }.encode());
+    Ok(with_next_page(HttpResponse::Ok(), &request, next).json(statements))
 }
 
 pub async fn my_statement(

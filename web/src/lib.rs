@@ -34,6 +34,7 @@ pub mod live;
 pub mod market;
 pub mod metrics;
 pub mod ops;
+pub mod paging;
 pub mod public;
 pub mod registry;
 pub mod report;

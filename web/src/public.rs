@@ -1,20 +1,21 @@
 //! Public endpoints: zones and tariffs, books, trades, price history, zone statistics, tokens.
 
 use crate::error::ApiError;
+use crate::paging::{cut_page, invalid_cursor, page_len, with_next_page, CursorKind, CursorReader, CursorWriter};
 use crate::state::AppState;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use protocol::{SlotId, ZoneId};
 use serde::{Deserialize, Serialize};
 use settlement::registry::{self, RegistryError};
 use settlement::rules::Tariff;
 
-/// Trades returned by one `GET /trades` at most.
+/// Trades of one `GET /trades` page at most (`limit`): a screenful of the tape, a few hundred
+/// kilobytes of JSON; the rest follow by cursor.
 pub const TRADES_LIMIT_MAX: i64 = 500;
+/// Trades of one page when the request names no `limit`.
 pub const TRADES_LIMIT_DEFAULT: i64 = 50;
 /// Longest price-history range: a week of 15-minute slots is 672 candles.
 pub const PRICE_RANGE_MS_MAX: i64 = 7 * 24 * 3_600_000;
-/// Trades aggregated for one price-history request at most, to bound memory and time.
-pub const PRICE_TRADES_MAX: i64 = 200_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TariffView {
@@ -66,10 +67,57 @@ pub async fn require_zone(state: &AppState, zone: &ZoneId) -> Result<i64, ApiErr
     found.map(|zone| zone.slot_len_ms).ok_or_else(|| ApiError::not_found("unknown_zone", "no such zone"))
 }
 
-pub async fn list_zones(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// `/zones` and `/zones/{zone}/tariffs` query: the page length and, after the first page, the cursor.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+/// Zones of one `/zones` page at most (`limit`); each carries its tariff in force, one lookup each.
+pub const ZONES_LIMIT_MAX: i64 = 500;
+/// Zones of one page when the request names no `limit`.
+pub const ZONES_LIMIT_DEFAULT: i64 = 100;
+/// Tariffs of one `/zones/{zone}/tariffs` page at most (`limit`).
+pub const TARIFFS_LIMIT_MAX: i64 = 1_000;
+/// Tariffs of one page when the request names no `limit`.
+pub const TARIFFS_LIMIT_DEFAULT: i64 = 100;
+
+fn zones_cursor(zone: &str) -> String {
+    CursorWriter::new(CursorKind::Zones).text(zone).finish()
+}
+
+fn parse_zones_cursor(text: &str) -> Result<ZoneId, ApiError> {
+    let mut reader = CursorReader::open(CursorKind::Zones, text)?;
+    let zone = ZoneId::parse(&reader.text()?).map_err(|_| invalid_cursor())?;
+    reader.end()?;
+    Ok(zone)
+}
+
+fn tariffs_cursor(effective_from_ms: i64) -> String {
+    CursorWriter::new(CursorKind::Tariffs).int(effective_from_ms).finish()
+}
+
+fn parse_tariffs_cursor(text: &str) -> Result<i64, ApiError> {
+    let mut reader = CursorReader::open(CursorKind::Tariffs, text)?;
+    let effective_from_ms = reader.int()?;
+    reader.end()?;
+    Ok(effective_from_ms)
+}
+
+/// Zones by id with their tariff in force, one page at a time (keyset on the zone id).
+pub async fn list_zones(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query.into_inner();
+    let limit = page_len(query.limit, ZONES_LIMIT_DEFAULT, ZONES_LIMIT_MAX)?;
+    let after = query.cursor.as_deref().map(parse_zones_cursor).transpose()?;
     let now_ms = state.now_ms();
-    let views = registry::read(&state.db, move |conn| {
-        let zones = registry::list_zones(conn)?;
+    let mut views = registry::read(&state.db, move |conn| {
+        let zones = registry::zones_page(conn, after.as_ref(), limit + 1)?;
         let mut views = Vec::with_capacity(zones.len());
         for zone in zones {
             let tariff = registry::tariff_at(conn, &zone.zone_id, now_ms)?;
@@ -84,15 +132,30 @@ pub async fn list_zones(state: web::Data<AppState>) -> Result<HttpResponse, ApiE
     })
     .await
     .map_err(ApiError::from)?;
-    Ok(HttpResponse::Ok().json(views))
+    let more = cut_page(&mut views, limit);
+    let next = views.last().filter(|_| more).map(|last| zones_cursor(&last.zone_id));
+    Ok(with_next_page(HttpResponse::Ok(), &request, next).json(views))
 }
 
-pub async fn zone_tariffs(state: web::Data<AppState>, zone: web::Path<String>) -> Result<HttpResponse, ApiError> {
+/// The zone's tariffs oldest first, one page at a time (keyset on the effective time).
+pub async fn zone_tariffs(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    zone: web::Path<String>,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
     let zone = parse_zone(&zone)?;
+    let query = query.into_inner();
+    let limit = page_len(query.limit, TARIFFS_LIMIT_DEFAULT, TARIFFS_LIMIT_MAX)?;
+    let after = query.cursor.as_deref().map(parse_tariffs_cursor).transpose()?;
     require_zone(&state, &zone).await?;
-    let tariffs =
-        registry::read(&state.db, move |conn| registry::tariffs(conn, &zone)).await.map_err(ApiError::from)?;
-    Ok(HttpResponse::Ok().json(tariffs.into_iter().map(tariff_view).collect::<Vec<_>>()))
+    let tariffs = registry::read(&state.db, move |conn| registry::tariffs_page(conn, &zone, after, limit + 1))
+        .await
+        .map_err(ApiError::from)?;
+    let mut views: Vec<TariffView> = tariffs.into_iter().map(tariff_view).collect();
+    let more = cut_page(&mut views, limit);
+    let next = views.last().filter(|_| more).map(|last| tariffs_cursor(last.effective_from_ms));
+    Ok(with_next_page(HttpResponse::Ok(), &request, next).json(views))
 }
 
 pub async fn zone_slots(state: web::Data<AppState>, zone: web::Path<String>) -> Result<HttpResponse, ApiError> {
@@ -115,10 +178,7 @@ pub async fn zone_book(
 ) -> Result<HttpResponse, ApiError> {
     let zone = parse_zone(&zone)?;
     let slot_len_ms = require_zone(&state, &zone).await?;
-    let slot = SlotId::new(query.slot).map_err(|error| ApiError::bad_request("invalid_slot", error.to_string()))?;
-    if !slot.is_aligned(slot_len_ms) {
-        return Err(ApiError::bad_request("slot_misaligned", "the slot is not a multiple of the zone's slot length"));
-    }
+    let slot = parse_aligned_slot(query.slot, slot_len_ms)?;
     let levels =
         query.levels.unwrap_or(protocol::messages::BOOK_LEVELS_MAX).clamp(1, protocol::messages::BOOK_LEVELS_MAX);
     let book = state.market.book(&zone, slot, levels).await?;
@@ -134,25 +194,73 @@ pub async fn zone_auctions(state: web::Data<AppState>, zone: web::Path<String>) 
     Ok(HttpResponse::Ok().json(state.market.auctions(&zone).await?))
 }
 
+/// `/zones/{zone}/trades` query: the page length, an optional slot (its start in ms) and, for the
+/// pages after the first, the cursor.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TradesQuery {
     pub limit: Option<i64>,
+    pub slot: Option<i64>,
+    pub cursor: Option<String>,
 }
 
+/// Where the next page of trades starts: before this trade (pages go newest first by trade id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TradesCursor {
+    pub trade_id: i64,
+}
+
+impl TradesCursor {
+    pub fn encode(self) -> String {
+        CursorWriter::new(CursorKind::Trades).int(self.trade_id).finish()
+    }
+
+    pub fn parse(text: &str) -> Result<TradesCursor, ApiError> {
+        let mut reader = CursorReader::open(CursorKind::Trades, text)?;
+        let trade_id = reader.int()?;
+        reader.end()?;
+        Ok(TradesCursor { trade_id })
+    }
+}
+
+/// The slot starting at `start_ms`, refused unless it is one of the zone's slots.
+pub fn parse_aligned_slot(start_ms: i64, slot_len_ms: i64) -> Result<SlotId, ApiError> {
+    let slot = SlotId::new(start_ms).map_err(|error| ApiError::bad_request("invalid_slot", error.to_string()))?;
+    if !slot.is_aligned(slot_len_ms) {
+        return Err(ApiError::bad_request("slot_misaligned", "the slot is not a multiple of the zone's slot length"));
+    }
+    Ok(slot)
+}
+
+/// The zone's trades, newest first, one page at a time (keyset on the trade id), optionally of one slot.
 pub async fn zone_trades(
     state: web::Data<AppState>,
+    request: HttpRequest,
     zone: web::Path<String>,
     query: web::Query<TradesQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let zone = parse_zone(&zone)?;
-    require_zone(&state, &zone).await?;
-    let limit = query.limit.unwrap_or(TRADES_LIMIT_DEFAULT);
-    if !(1..=TRADES_LIMIT_MAX).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_query", format!("limit is 1..={TRADES_LIMIT_MAX}")));
-    }
-    let trades = state.db.run(move |conn| exchange::queries::latest_trades(conn, &zone, limit)).await?;
-    Ok(HttpResponse::Ok().json(trades))
+    let slot_len_ms = require_zone(&state, &zone).await?;
+    let query = query.into_inner();
+    let limit = page_len(query.limit, TRADES_LIMIT_DEFAULT, TRADES_LIMIT_MAX)?;
+    let slot = query.slot.map(|start_ms| parse_aligned_slot(start_ms, slot_len_ms)).transpose()?;
+    let after = query.cursor.as_deref().map(TradesCursor::parse).transpose()?;
+    let mut trades = state
+        .db
+        .run(move |conn| {
+            let slot_start_ms = slot.map(SlotId::start_ms);
+            let before = after.map(|after| after.trade_id);
+            exchange::queries::trades_page(conn, &zone, slot_start_ms, before, limit + 1)
+        })
+        .await?;
+    let more = cut_page(&mut trades, limit);
+    let next = trades.last().filter(|_| more).map(|last| TradesCursor { trade_id: to_i64_id(last.trade_id) }.encode());
+    Ok(with_next_page(HttpResponse::Ok(), &request, next).json(trades))
+}
+
+/// A stored trade id back as the column's type (stored from an `i64`, so always in range).
+fn to_i64_id(trade_id: u64) -> i64 {
+    i64::try_from(trade_id).unwrap_or(i64::MAX)
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,7 +283,8 @@ pub fn range(query: &RangeQuery, now_ms: i64, span_max_ms: i64) -> Result<(i64, 
     Ok((from_ms, to_ms))
 }
 
-/// Open/high/low/close per slot from trades in trade-id order.
+/// Open/high/low/close per slot from trades in trade-id order: the fold that
+/// `exchange::queries::slot_prices` has the database do (kept as its plain statement).
 pub fn candles(rows: &[(i64, i64, i64)]) -> Vec<Candle> {
     let mut out: Vec<Candle> = Vec::new();
     for &(slot, price, qty) in rows {
@@ -195,6 +304,8 @@ pub fn candles(rows: &[(i64, i64, i64)]) -> Vec<Candle> {
     out
 }
 
+/// One candle per slot of the range (at most 7 days), every trade counted: bounded by construction,
+/// so not paged.
 pub async fn zone_prices(
     state: web::Data<AppState>,
     zone: web::Path<String>,
@@ -203,11 +314,20 @@ pub async fn zone_prices(
     let zone = parse_zone(&zone)?;
     require_zone(&state, &zone).await?;
     let (from_ms, to_ms) = range(&query, state.now_ms(), PRICE_RANGE_MS_MAX)?;
-    let rows = state
-        .db
-        .run(move |conn| exchange::queries::trade_prices(conn, &zone, from_ms, to_ms, PRICE_TRADES_MAX))
-        .await?;
-    Ok(HttpResponse::Ok().json(candles(&rows)))
+    let slots = state.db.run(move |conn| exchange::queries::slot_prices(conn, &zone, from_ms, to_ms)).await?;
+    let candles: Vec<Candle> = slots
+        .into_iter()
+        .map(|slot| Candle {
+            slot: slot.slot_start_ms,
+            open: slot.open_per_kwh,
+            high: slot.high_per_kwh,
+            low: slot.low_per_kwh,
+            close: slot.close_per_kwh,
+            volume_wh: slot.volume_wh,
+            trades: slot.trades,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(candles))
 }
 
 #[cfg(test)]

@@ -25,6 +25,8 @@ pub struct Endpoint {
     /// actix pattern; `{name}` segments are path parameters.
     pub path: &'static str,
     pub summary: &'static str,
+    /// The operation's longer description: for a list, how it pages or why it needs no cursor.
+    pub description: Option<&'static str>,
     pub tag: &'static str,
     pub security: Security,
     pub query: &'static [Param],
@@ -53,6 +55,7 @@ const fn ep(
         method,
         path,
         summary,
+        description: None,
         tag,
         security: Security::Public,
         query: &[],
@@ -96,8 +99,15 @@ impl Endpoint {
         self.response = Some((schema, true));
         self
     }
-    const fn paged(mut self) -> Self {
+    /// A list answered page by page (see [`PAGED`]), with `description` saying its order and key.
+    const fn paged(mut self, description: &'static str) -> Self {
         self.paged = true;
+        self.description = Some(description);
+        self
+    }
+    /// A list answered whole: `description` says what bounds it.
+    const fn bounded(mut self, description: &'static str) -> Self {
+        self.description = Some(description);
         self
     }
     const fn demo(mut self) -> Self {
@@ -107,6 +117,14 @@ impl Endpoint {
 }
 
 const RANGE: &[Param] = &[("from_ms", "integer", false), ("to_ms", "integer", false)];
+/// The query of a paged list: the page length and the cursor of a page after the first.
+const PAGE: &[Param] = &[("limit", "integer", false), ("cursor", "string", false)];
+
+/// How every paged list pages, added to each one's OpenAPI description.
+pub const PAGED: &str = "Paged by a keyset cursor: a page with more after it carries `X-Next-Cursor` (opaque; \
+pass it back unchanged as `cursor`, with the same other parameters) and `Link: <…>; rel=\"next\"` (this request \
+with that cursor); the last page has neither. A page is never cut silently, and a malformed, edited or other \
+list's cursor is a 400 `invalid_cursor`.";
 
 /// Every route the server mounts.
 pub fn endpoints() -> Vec<Endpoint> {
@@ -120,11 +138,15 @@ pub fn endpoints() -> Vec<Endpoint> {
         ep("get", "/metrics", "Prometheus metrics", "ops", || web::get().to(ops::metrics)).content("text/plain"),
         ep("get", "/api/v1/openapi.json", "This document", "ops", || web::get().to(openapi)),
         ep("get", "/api/v1/clock", "The market clock (simulated in the demo)", "public", || web::get().to(ops::clock)),
-        ep("get", "/api/v1/zones", "Zones and their current tariff", "public", || web::get().to(public::list_zones)),
+        ep("get", "/api/v1/zones", "Zones and their current tariff", "public", || web::get().to(public::list_zones))
+            .query(PAGE)
+            .paged("By zone id; `limit` 1..=500 zones a page (default 100)."),
         ep("post", "/api/v1/zones", "Create a zone", "utility", || web::post().to(utility::create_zone))
             .auth(Utility)
             .body("NewZone", 201),
-        ep("get", "/api/v1/zones/{zone}/tariffs", "A zone's tariffs", "public", || web::get().to(public::zone_tariffs)),
+        ep("get", "/api/v1/zones/{zone}/tariffs", "A zone's tariffs", "public", || web::get().to(public::zone_tariffs))
+            .query(PAGE)
+            .paged("Oldest first by effective time; `limit` 1..=1000 tariffs a page (default 100)."),
         ep("put", "/api/v1/zones/{zone}/tariffs", "Set a tariff from an effective time", "utility", || {
             web::put().to(utility::set_tariff)
         })
@@ -137,15 +159,21 @@ pub fn endpoints() -> Vec<Endpoint> {
         .query(&[("slot", "integer", true), ("levels", "integer", false)]),
         ep("get", "/api/v1/zones/{zone}/auctions", "Closing auction results, oldest first", "public", || {
             web::get().to(public::zone_auctions)
-        }),
-        ep("get", "/api/v1/zones/{zone}/trades", "Recent trades, newest first", "public", || {
+        })
+        .bounded("Not paged: the exchange keeps the zone's last 96 auction results only."),
+        ep("get", "/api/v1/zones/{zone}/trades", "Trades, newest first", "public", || {
             web::get().to(public::zone_trades)
         })
-        .query(&[("limit", "integer", false)]),
+        .query(&[("limit", "integer", false), ("slot", "integer", false), ("cursor", "string", false)])
+        .paged(
+            "Newest first by trade id; `slot` (a slot's start in ms, a multiple of the zone's slot length) keeps \
+             that slot's trades only; `limit` 1..=500 trades a page (default 50).",
+        ),
         ep("get", "/api/v1/zones/{zone}/prices", "Price history per slot", "public", || {
             web::get().to(public::zone_prices)
         })
-        .query(RANGE),
+        .query(RANGE)
+        .bounded("Not paged: one candle per slot of a range of at most 7 days, every trade counted."),
         ep("get", "/api/v1/zones/{zone}/stats", "Zone totals", "public", || web::get().to(ledger::zone_stats)),
         ep("get", "/api/v1/tokens", "GRID token supply and emission", "public", || web::get().to(ledger::tokens)),
         ep("get", "/api/v1/stream", "Live feed (Server-Sent Events)", "public", || web::get().to(sse::stream))
@@ -159,7 +187,10 @@ pub fn endpoints() -> Vec<Endpoint> {
         .body("SignedCommand", 202),
         ep("get", "/api/v1/me/orders", "My open orders", "trader", || web::get().to(trader::my_orders))
             .auth(Trader)
-            .returns_list("OpenOrder"),
+            .returns_list("OpenOrder")
+            .bounded(
+                "Not paged: an account rests at most the exchange's open-order limit per book, in the open books.",
+            ),
         ep(
             "get",
             "/api/v1/me/readings",
@@ -169,12 +200,13 @@ pub fn endpoints() -> Vec<Endpoint> {
         )
         .auth(Trader)
         .query(&[("from_ms", "integer", false), ("to_ms", "integer", false), ("cursor", "string", false)])
-        .paged(),
+        .paged("By device and seq, 50,000 readings a page; the refused readings come on the first page."),
         ep("get", "/api/v1/me/statements", "My settlement statements", "trader", || {
             web::get().to(ledger::my_statements)
         })
         .auth(Trader)
-        .query(&[("limit", "integer", false)]),
+        .query(PAGE)
+        .paged("Newest slot first, zones by id within a slot; `limit` 1..=500 statements a page (default 100)."),
         ep("get", "/api/v1/me/statements/{zone}/{slot}", "My statement with its Merkle proof", "trader", || {
             web::get().to(ledger::my_statement)
         })
@@ -201,7 +233,9 @@ pub fn endpoints() -> Vec<Endpoint> {
             web::get().to(utility::zone_silent_devices)
         })
         .auth(Utility)
-        .returns_list("SilentDevice"),
+        .query(PAGE)
+        .returns_list("SilentDevice")
+        .paged("Longest silent first, then by device id; `limit` 1..=1000 devices a page (default 500)."),
         ep("get", "/api/v1/reports/{zone}/{slot}", "Settlement report of a slot", "utility", || {
             web::get().to(ledger::slot_report)
         })
@@ -219,7 +253,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             ("cursor", "string", false),
         ])
         .content("text/csv")
-        .paged(),
+        .paged("By device and seq, 50,000 readings a page."),
         ep("post", "/api/v1/webhooks", "Register a settlement webhook", "utility", || {
             web::post().to(utility::create_webhook)
         })
@@ -230,7 +264,8 @@ pub fn endpoints() -> Vec<Endpoint> {
             web::get().to(utility::list_webhooks)
         })
         .auth(Utility)
-        .returns_list("Webhook"),
+        .returns_list("Webhook")
+        .bounded("Not paged: at most 100 webhooks can be registered."),
         ep("delete", "/api/v1/webhooks/{webhook}", "Delete a webhook and its pending deliveries", "utility", || {
             web::delete().to(utility::delete_webhook)
         })
@@ -395,6 +430,10 @@ pub fn openapi_document(demo: bool) -> Value {
                           "schema": { "type": "string" } },
             });
         }
+        let description = match (endpoint.description, endpoint.paged) {
+            (Some(description), true) => Some(format!("{description} {PAGED}")),
+            (description, _) => description.map(str::to_owned),
+        };
         let mut operation = json!({
             "summary": endpoint.summary,
             "operationId": format!("{}_{}", endpoint.method, path.trim_matches('/').replace(['/', '{', '}', '.'], "_")),
@@ -406,6 +445,9 @@ pub fn openapi_document(demo: bool) -> Value {
                              "content": { JSON: { "schema": { "$ref": "#/components/schemas/Error" } } } },
             },
         });
+        if let Some(description) = description {
+            operation["description"] = json!(description);
+        }
         if let Some(schema) = endpoint.body {
             operation["requestBody"] = json!({ "required": true, "content": {
                 JSON: { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } });
@@ -447,6 +489,44 @@ pub async fn not_found_json() -> HttpResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The descriptions name page lengths and bounds as numbers; they must be the constants'.
+    #[test]
+    fn list_descriptions_name_the_limits_in_force() {
+        let described = |path: &str| {
+            let endpoint = endpoints().into_iter().find(|e| e.path == path && e.method == "get").expect("mounted");
+            endpoint.description.expect("a list says how it pages or what bounds it").replace(',', "")
+        };
+        let pairs: [(&str, Vec<i64>); 9] = [
+            ("/api/v1/zones", vec![crate::public::ZONES_LIMIT_MAX, crate::public::ZONES_LIMIT_DEFAULT]),
+            (
+                "/api/v1/zones/{zone}/tariffs",
+                vec![crate::public::TARIFFS_LIMIT_MAX, crate::public::TARIFFS_LIMIT_DEFAULT],
+            ),
+            ("/api/v1/zones/{zone}/trades", vec![crate::public::TRADES_LIMIT_MAX, crate::public::TRADES_LIMIT_DEFAULT]),
+            (
+                "/api/v1/me/statements",
+                vec![crate::ledger::STATEMENTS_LIMIT_MAX, crate::ledger::STATEMENTS_LIMIT_DEFAULT],
+            ),
+            (
+                "/api/v1/zones/{zone}/devices/silent",
+                vec![crate::utility::SILENT_DEVICES_LIMIT_MAX, crate::utility::SILENT_DEVICES_LIMIT_DEFAULT],
+            ),
+            ("/api/v1/me/readings", vec![crate::trader::READINGS_ROWS_MAX]),
+            ("/api/v1/export/readings", vec![crate::trader::READINGS_ROWS_MAX]),
+            ("/api/v1/webhooks", vec![crate::webhooks::WEBHOOKS_MAX]),
+            ("/api/v1/zones/{zone}/auctions", vec![exchange::zone::AUCTION_RESULTS_KEPT as i64]),
+        ];
+        for (path, numbers) in pairs {
+            let description = described(path);
+            for number in numbers {
+                assert!(description.contains(&number.to_string()), "{path}: {description} names {number}");
+            }
+        }
+        let days = crate::public::PRICE_RANGE_MS_MAX / 86_400_000;
+        assert!(described("/api/v1/zones/{zone}/prices").contains(&format!("{days} days")));
+        assert!(described("/api/v1/me/orders").contains("open-order limit"));
+    }
 
     #[test]
     fn regex_segments_become_plain_parameters() {

@@ -2,6 +2,7 @@
 //! Every handler authenticates the request signature first and only ever reads the signer's data.
 
 use crate::error::ApiError;
+use crate::paging::{invalid_cursor, with_next_page, CursorKind, CursorReader, CursorWriter};
 use crate::public::{range, RangeQuery};
 use crate::state::AppState;
 use actix_web::web::Bytes;
@@ -163,24 +164,20 @@ pub struct ReadingsCursor {
     pub seq: i64,
 }
 
-/// A cursor's length: the device key (64 hex digits) and the seq (16 hex digits).
-const CURSOR_HEX_LEN: usize = 80;
-
 impl ReadingsCursor {
-    /// Opaque to clients: they pass it back as `cursor=` unchanged.
+    /// Opaque to clients: they pass it back as `cursor=` unchanged (`crate::paging`'s scheme).
     pub fn encode(&self) -> String {
-        // seq is never negative (checked on parse and by the exchange), so the cast is exact.
-        format!("{}{:016x}", self.device, self.seq as u64)
+        CursorWriter::new(CursorKind::Readings).text(&self.device).int(self.seq).finish()
     }
 
     pub fn parse(text: &str) -> Result<ReadingsCursor, ApiError> {
-        let invalid = || ApiError::bad_request("invalid_cursor", "cursor is a value from X-Next-Cursor, unchanged");
-        if text.len() != CURSOR_HEX_LEN || !text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-            return Err(invalid());
+        let mut reader = CursorReader::open(CursorKind::Readings, text)?;
+        let device = protocol::DeviceId::parse(&reader.text()?).map_err(|_| invalid_cursor())?;
+        let seq = reader.int()?;
+        reader.end()?;
+        if seq < 0 {
+            return Err(invalid_cursor());
         }
-        let (device, seq) = text.split_at(CURSOR_HEX_LEN - 16);
-        let device = protocol::DeviceId::parse(device).map_err(|_| invalid())?;
-        let seq = u64::from_str_radix(seq, 16).ok().and_then(|seq| i64::try_from(seq).ok()).ok_or_else(invalid)?;
         Ok(ReadingsCursor { device: device.to_hex(), seq })
     }
 }
@@ -223,28 +220,6 @@ pub fn load_readings_page(
     Ok(ReadingsPage { rows, next })
 }
 
-/// `X-Next-Cursor` and `Link: <…>; rel="next"` on a response with a next page: the request's
-/// own path and query with `cursor` set to the next page's.
-pub fn with_next_page(
-    mut response: actix_web::HttpResponseBuilder,
-    request: &HttpRequest,
-    next: Option<&ReadingsCursor>,
-) -> actix_web::HttpResponseBuilder {
-    if let Some(next) = next {
-        let cursor = next.encode();
-        let mut query: Vec<&str> =
-            request.query_string().split('&').filter(|part| !part.is_empty() && !part.starts_with("cursor=")).collect();
-        let param = format!("cursor={cursor}");
-        query.push(&param);
-        let link = format!("<{}?{}>; rel=\"next\"", request.path(), query.join("&"));
-        response.insert_header((HEADER_NEXT_CURSOR, cursor)).insert_header((actix_web::http::header::LINK, link));
-    }
-    response
-}
-
-/// The response header naming the next page's cursor (absent on the last page).
-pub const HEADER_NEXT_CURSOR: &str = "x-next-cursor";
-
 /// `/me/readings` query: the range and, for the pages after the first, the cursor.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -283,7 +258,7 @@ pub async fn my_readings(
         .map(ReadingEntry::Accepted)
         .chain(refused.into_iter().map(ReadingEntry::Refused))
         .collect();
-    Ok(with_next_page(HttpResponse::Ok(), &request, next.as_ref()).json(entries))
+    Ok(with_next_page(HttpResponse::Ok(), &request, next.map(|next| next.encode())).json(entries))
 }
 
 /// Reads at most `limit_bytes` of a request body; larger bodies are refused with 413.

@@ -9,6 +9,7 @@
 
 use crate::api_keys::UtilityName;
 use crate::error::ApiError;
+use crate::paging::{cut_page, invalid_cursor, page_len, with_next_page, CursorKind, CursorReader, CursorWriter};
 use crate::public::{parse_zone, range, RangeQuery, TariffView};
 use crate::registry::NewDevice;
 use crate::settings::Role;
@@ -302,15 +303,85 @@ pub async fn silent_at(state: &AppState, zone: &ZoneId, at_ms: i64) -> Result<Ve
     Ok(state.db.run(move |conn| silent_devices(conn, &zone, at_ms, silent_ms)).await?)
 }
 
+/// Silent devices of one page at most (`limit`).
+pub const SILENT_DEVICES_LIMIT_MAX: i64 = 1_000;
+/// Silent devices of one page when the request names no `limit`.
+pub const SILENT_DEVICES_LIMIT_DEFAULT: i64 = 500;
+
+/// Where the next page of silent devices starts: after this device in the list's order (longest
+/// silent first, then by id), told by when its silence began, which does not move with the clock
+/// as the silence's length does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SilentCursor {
+    pub silent_since_ms: i64,
+    pub device_id: String,
+}
+
+impl SilentCursor {
+    pub fn encode(&self) -> String {
+        CursorWriter::new(CursorKind::SilentDevices).int(self.silent_since_ms).text(&self.device_id).finish()
+    }
+
+    pub fn parse(text: &str) -> Result<SilentCursor, ApiError> {
+        let mut reader = CursorReader::open(CursorKind::SilentDevices, text)?;
+        let silent_since_ms = reader.int()?;
+        let device = DeviceId::parse(&reader.text()?).map_err(|_| invalid_cursor())?;
+        reader.end()?;
+        Ok(SilentCursor { silent_since_ms, device_id: device.to_hex() })
+    }
+
+    fn of(device: &SilentDevice, now_ms: i64) -> SilentCursor {
+        SilentCursor {
+            silent_since_ms: now_ms.saturating_sub(device.silent_for_ms),
+            device_id: device.device_id.clone(),
+        }
+    }
+}
+
+/// `/zones/{zone}/devices/silent` query: the page length and, after the first page, the cursor.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SilentQuery {
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+/// The devices of `silent` (in [`silent_devices`]' order) after `after`, at most `limit`, and the
+/// next page's cursor if more follow.
+pub fn silent_page(
+    silent: Vec<SilentDevice>,
+    now_ms: i64,
+    after: Option<&SilentCursor>,
+    limit: i64,
+) -> (Vec<SilentDevice>, Option<SilentCursor>) {
+    let key = |cursor: &SilentCursor| (cursor.silent_since_ms, cursor.device_id.clone());
+    let mut page: Vec<SilentDevice> = silent
+        .into_iter()
+        .filter(|device| after.is_none_or(|after| key(&SilentCursor::of(device, now_ms)) > key(after)))
+        .take(usize::try_from(limit).unwrap_or(usize::MAX).saturating_add(1))
+        .collect();
+    let more = cut_page(&mut page, limit);
+    let next = page.last().filter(|_| more).map(|last| SilentCursor::of(last, now_ms));
+    (page, next)
+}
+
+/// The zone's devices silent for longer than the configured limit now, longest silent first, one
+/// page at a time (keyset on when their silence began and their id).
 pub async fn zone_silent_devices(
     state: web::Data<AppState>,
     request: HttpRequest,
     zone: web::Path<String>,
+    query: web::Query<SilentQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = authorize(&state, &request).await?;
     let zone = parse_zone(&zone)?;
+    let query = query.into_inner();
+    let limit = page_len(query.limit, SILENT_DEVICES_LIMIT_DEFAULT, SILENT_DEVICES_LIMIT_MAX)?;
+    let after = query.cursor.as_deref().map(SilentCursor::parse).transpose()?;
     require_own_zone(&state, &caller, &zone).await?;
-    Ok(HttpResponse::Ok().json(silent_at(&state, &zone, state.now_ms()).await?))
+    let now_ms = state.now_ms();
+    let (page, next) = silent_page(silent_at(&state, &zone, now_ms).await?, now_ms, after.as_ref(), limit);
+    Ok(with_next_page(HttpResponse::Ok(), &request, next.map(|next| next.encode())).json(page))
 }
 
 #[derive(Debug, Deserialize)]
@@ -384,7 +455,7 @@ pub async fn export_readings(
             row.interval_export_wh
         );
     }
-    Ok(crate::trader::with_next_page(HttpResponse::Ok(), &request, page.next.as_ref())
+    Ok(with_next_page(HttpResponse::Ok(), &request, page.next.map(|next| next.encode()))
         .content_type("text/csv; charset=utf-8")
         .body(csv))
 }

@@ -15,7 +15,15 @@ export class ApiError extends Error {
   }
 }
 
-async function send(path, { method = 'GET', headers = {}, body } = {}) {
+/** Pages a list walk follows at most (a list answers `X-Next-Cursor` while more pages follow). */
+export const PAGES_MAX = 10;
+
+async function send(path, options = {}) {
+  return (await sendPage(path, options)).payload;
+}
+
+/** Like `send`, also returning the next page's cursor (`X-Next-Cursor`, null on the last page). */
+async function sendPage(path, { method = 'GET', headers = {}, body } = {}) {
   const controller = new AbortController();
   const timer = setTimeout(() => controller.abort(), REQUEST_TIMEOUT_MS);
   let response;
@@ -33,7 +41,34 @@ async function send(path, { method = 'GET', headers = {}, body } = {}) {
     const message = payload && typeof payload === 'object' ? payload.message : String(payload || '').slice(0, 200);
     throw new ApiError(response.status, code, message);
   }
-  return payload;
+  return { payload, next: response.headers.get('x-next-cursor') };
+}
+
+/**
+ * Every page of a paged list, following its cursors: at most `pagesMax` pages (then the rows so
+ * far, and `truncated` true). `fetchPage(path)` answers `{payload, next}` for one page's path.
+ */
+async function allPages(path, fetchPage, pagesMax) {
+  const rows = [];
+  const separator = path.includes('?') ? '&' : '?';
+  let pagePath = path;
+  for (let page = 0; page < pagesMax; page += 1) {
+    const { payload, next } = await fetchPage(pagePath);
+    rows.push(...payload);
+    if (!next) return { rows, truncated: false };
+    pagePath = `${path}${separator}cursor=${encodeURIComponent(next)}`;
+  }
+  return { rows, truncated: true };
+}
+
+/** Every page of a public list (at most `pagesMax`). */
+export function getAll(path, pagesMax = PAGES_MAX) {
+  return allPages(path, (pagePath) => sendPage(pagePath), pagesMax);
+}
+
+/** Every page of a trader's list, each page signed anew (at most `pagesMax`). */
+export function traderGetAll(session, path, pagesMax = PAGES_MAX) {
+  return allPages(path, (pagePath) => signedPage(session, 'GET', pagePath), pagesMax);
 }
 
 /** GET of a public resource. */
@@ -43,6 +78,10 @@ export function get(path) {
 
 /** A request authenticated by the household key (never sent: only signatures leave the browser). */
 export async function traderRequest(session, method, path, body = '') {
+  return (await signedPage(session, method, path, body)).payload;
+}
+
+async function signedPage(session, method, path, body = '') {
   const headers = await requestHeaders({
     account: session.account,
     privateKey: session.privateKey,
@@ -51,7 +90,7 @@ export async function traderRequest(session, method, path, body = '') {
     body,
   });
   if (body) headers['Content-Type'] = 'application/json';
-  return send(path, { method, headers, body: body || undefined });
+  return sendPage(path, { method, headers, body: body || undefined });
 }
 
 /** Posts a signed order or cancel (canonical JSON with `sig`). */

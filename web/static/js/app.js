@@ -1,6 +1,6 @@
 // The dashboard: hash routing between the market, home and utility views, the zone picker, and the
 // live feed (Server-Sent Events) that keeps every view current without reloading.
-import { get, stream } from './api.js';
+import { get, getAll, stream } from './api.js';
 import * as clock from './clock.js';
 import { CURRENCY } from './format.js';
 import { emit, restoreSession, setZone, state } from './state.js';
@@ -69,7 +69,7 @@ async function syncClock() {
 async function loadZones() {
   const select = document.getElementById('zone-select');
   try {
-    state.zones = await get('/zones');
+    state.zones = (await getAll('/zones')).rows;
   } catch (error) {
     banner(`Cannot load zones: ${error.message}`);
     return;

@@ -1,7 +1,7 @@
 // Home view for a logged-in household: balances, earnings, energy charts from its meter readings,
 // an order form whose orders are signed in the browser, open orders with cancel buttons, and
 // settlement statements whose Merkle inclusion proof is checked here.
-import { ApiError, get, postCommand, traderRequest } from '../api.js';
+import { ApiError, get, postCommand, traderGetAll, traderRequest } from '../api.js';
 import { draw, energyChart } from '../charts.js';
 import * as clock from '../clock.js';
 import { buildCancel, buildOrder, canonicalJson, nextNonce, signMessage, signingBytes, verifyBytes, verifyInclusion } from '../crypto.js';
@@ -11,6 +11,8 @@ import { lastNonce, login, logout, on, rememberNonce, slotLenMs, state } from '.
 const STATEMENTS_SHOWN = 24;
 /** Slots of meter history in the energy chart. */
 const READINGS_HISTORY_SLOTS = 48;
+/** Pages of readings the chart reads at most (50,000 readings each: far more than 48 slots hold). */
+const READINGS_PAGES_MAX = 4;
 /** Refused readings listed at most (the newest); the API returns more. */
 const REFUSED_SHOWN = 20;
 /** Plain words for the reason codes a reading is refused with (PROTOCOL.md §7). */
@@ -215,7 +217,7 @@ export function intervalsFromReadings(readings, intervalMs) {
 async function loadReadings() {
   const to = clock.now() + slotLenMs();
   const from = to - READINGS_HISTORY_SLOTS * slotLenMs();
-  const entries = await traderRequest(state.session, 'GET', `/me/readings?from_ms=${from}&to_ms=${to}`);
+  const { rows: entries } = await traderGetAll(state.session, `/me/readings?from_ms=${from}&to_ms=${to}`, READINGS_PAGES_MAX);
   const readings = entries.filter((entry) => entry.status !== 'refused');
   showRefused(entries.filter((entry) => entry.status === 'refused'));
   const rows = intervalsFromReadings(readings, slotLenMs());
