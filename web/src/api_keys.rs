@@ -15,7 +15,7 @@
 //! that a key from the settings does not answer (no cache to go stale).
 
 use crate::error::ApiError;
-use crate::settings::{check_api_key, ApiKey, ApiKeyWeakness, Role, Secret};
+use crate::settings::{check_api_key, ApiKey, Role, Secret, UtilityName};
 use diesel::prelude::*;
 use gridex_store::schema::api_keys;
 use gridex_store::{Database, DbConnection, DbError};
@@ -25,8 +25,6 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::fmt;
 
-/// Longest utility name: `utility:` and the name fit the registry's 64-character account ids.
-pub const UTILITY_NAME_LEN_MAX: usize = 56;
 /// Random bytes of a created key: 256 bits, far beyond guessing.
 pub const KEY_BYTES: usize = 32;
 
@@ -46,42 +44,6 @@ impl KeyHash {
 impl fmt::Debug for KeyHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("KeyHash(…)")
-    }
-}
-
-/// A utility's name: 1 to [`UTILITY_NAME_LEN_MAX`] of `a-z`, `0-9`, `-` and `_` (the alphabet of
-/// zone ids, so every zone id names a utility too). Its registry account is `utility:<name>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
-pub struct UtilityName(String);
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("a utility name is 1 to {UTILITY_NAME_LEN_MAX} characters of a-z, 0-9, - and _")]
-pub struct BadUtilityName;
-
-impl UtilityName {
-    pub fn parse(text: &str) -> Result<UtilityName, BadUtilityName> {
-        let valid = !text.is_empty()
-            && text.len() <= UTILITY_NAME_LEN_MAX
-            && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-        if valid {
-            Ok(UtilityName(text.to_owned()))
-        } else {
-            Err(BadUtilityName)
-        }
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-    /// The registry account whose zones are this utility's.
-    pub fn account(&self) -> String {
-        format!("utility:{}", self.0)
-    }
-}
-
-impl fmt::Display for UtilityName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
@@ -305,30 +267,10 @@ pub async fn require_role(request: &actix_web::HttpRequest, keys: &ApiKeys, role
     Ok(caller)
 }
 
-/// Why a key from the settings cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KeySettingError {
-    #[error(transparent)]
-    Weak(#[from] ApiKeyWeakness),
-    #[error("it names no utility; add `utility = \"<name>\"` (the utility whose zones it may act on; see README, Upgrading)")]
-    NoUtility,
-    #[error(transparent)]
-    BadUtility(#[from] BadUtilityName),
-}
-
-/// Checks a key from the settings: strong enough, and a valid utility (required for the utility role).
-pub fn check_configured(key: &ApiKey) -> Result<(), KeySettingError> {
-    check_api_key(key.key.expose())?;
-    match &key.utility {
-        Some(utility) => UtilityName::parse(utility).map(|_| ()).map_err(KeySettingError::from),
-        None if key.role == Role::Utility => Err(KeySettingError::NoUtility),
-        None => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::{check_configured, KeySettingError, UTILITY_NAME_LEN_MAX};
 
     #[test]
     fn a_utility_name_uses_the_zone_id_alphabet() {

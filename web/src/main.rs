@@ -247,7 +247,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             admin(&settings()?, move |conn| web::registry::create_zone(conn, &zone, &name, slot_len_ms, now_ms)).await
         }
         Command::Zone { command: ZoneCommand::Create { id, name, slot_len_ms, utility: Some(utility) } } => {
-            let (zone, utility) = (protocol::ZoneId::parse(&id)?, web::api_keys::UtilityName::parse(&utility)?);
+            let (zone, utility) = (protocol::ZoneId::parse(&id)?, web::settings::UtilityName::parse(&utility)?);
             admin(&settings()?, move |conn| {
                 web::registry::create_utility_zone(conn, &zone, &name, slot_len_ms, &utility, now_ms)
             })
@@ -333,7 +333,7 @@ async fn api_key(settings: &Settings, command: ApiKeyCommand, now_ms: i64) -> an
     let db = web::application::open_database(settings)?;
     match command {
         ApiKeyCommand::Create { utility, role, zones } => {
-            let utility = api_keys::UtilityName::parse(&utility)?;
+            let utility = web::settings::UtilityName::parse(&utility)?;
             let role = web::settings::Role::parse(&role).context("--role is utility or observer")?;
             let zones = zones
                 .map(|zones| zones.iter().map(|zone| protocol::ZoneId::parse(zone)).collect::<Result<Vec<_>, _>>())

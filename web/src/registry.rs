@@ -39,7 +39,7 @@ pub fn create_utility_zone(
     zone: &ZoneId,
     name: &str,
     slot_len_ms: i64,
-    utility: &crate::api_keys::UtilityName,
+    utility: &crate::settings::UtilityName,
     now_ms: i64,
 ) -> Result<(), RegistryError> {
     registry::create_zone(conn, zone, name, slot_len_ms, Some(&utility.account()), now_ms).map(|_| ())

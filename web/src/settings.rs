@@ -62,7 +62,7 @@ impl Role {
 pub struct ApiKey {
     pub name: String,
     pub role: Role,
-    /// The utility whose zones the key acts on ([`crate::api_keys::UtilityName`]); required for
+    /// The utility whose zones the key acts on ([`UtilityName`]); required for
     /// the utility role (a key without one is refused at start), optional for observers.
     #[serde(default)]
     pub utility: Option<String>,
@@ -228,7 +228,7 @@ pub enum SettingsError {
     Env { name: String, message: String },
     /// Names the key, never shows it.
     #[error("API key `{name}` is refused: {reason}")]
-    WeakApiKey { name: String, reason: crate::api_keys::KeySettingError },
+    WeakApiKey { name: String, reason: KeySettingError },
     #[error("invalid webhooks.allowed_private_networks: {0}")]
     AllowList(String),
     #[error(transparent)]
@@ -253,6 +253,66 @@ impl HttpSettings {
             (Some(_), None) => Err(TlsFilesIncomplete { given: "tls_cert_file", missing: "tls_key_file" }),
             (None, Some(_)) => Err(TlsFilesIncomplete { given: "tls_key_file", missing: "tls_cert_file" }),
         }
+    }
+}
+
+/// Longest utility name: `utility:` and the name fit the registry's 64-character account ids.
+pub const UTILITY_NAME_LEN_MAX: usize = 56;
+
+/// A utility's name: 1 to [`UTILITY_NAME_LEN_MAX`] of `a-z`, `0-9`, `-` and `_` (the alphabet of
+/// zone ids, so every zone id names a utility too). Its registry account is `utility:<name>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct UtilityName(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a utility name is 1 to {UTILITY_NAME_LEN_MAX} characters of a-z, 0-9, - and _")]
+pub struct BadUtilityName;
+
+impl UtilityName {
+    pub fn parse(text: &str) -> Result<UtilityName, BadUtilityName> {
+        let valid = !text.is_empty()
+            && text.len() <= UTILITY_NAME_LEN_MAX
+            && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if valid {
+            Ok(UtilityName(text.to_owned()))
+        } else {
+            Err(BadUtilityName)
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The registry account whose zones are this utility's.
+    pub fn account(&self) -> String {
+        format!("utility:{}", self.0)
+    }
+}
+
+impl fmt::Display for UtilityName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a key from the settings cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeySettingError {
+    #[error(transparent)]
+    Weak(#[from] ApiKeyWeakness),
+    #[error("it names no utility; add `utility = \"<name>\"` (the utility whose zones it may act on; see README, Upgrading)")]
+    NoUtility,
+    #[error(transparent)]
+    BadUtility(#[from] BadUtilityName),
+}
+
+/// Checks a key from the settings: strong enough, and a valid utility (required for the utility role).
+pub fn check_configured(key: &ApiKey) -> Result<(), KeySettingError> {
+    check_api_key(key.key.expose())?;
+    match &key.utility {
+        Some(utility) => UtilityName::parse(utility).map(|_| ()).map_err(KeySettingError::from),
+        None if key.role == Role::Utility => Err(KeySettingError::NoUtility),
+        None => Ok(()),
     }
 }
 
@@ -335,8 +395,7 @@ impl Settings {
     /// files themselves are read when the server starts.
     pub fn validate(&self) -> Result<(), SettingsError> {
         for key in &self.api_keys {
-            crate::api_keys::check_configured(key)
-                .map_err(|reason| SettingsError::WeakApiKey { name: key.name.clone(), reason })?;
+            check_configured(key).map_err(|reason| SettingsError::WeakApiKey { name: key.name.clone(), reason })?;
         }
         crate::webhook_targets::TargetPolicy::new(&self.webhooks.allowed_private_networks)
             .map_err(SettingsError::AllowList)?;

@@ -7,12 +7,12 @@
 //! utilities have. One exception cannot be hidden: creating a zone whose id another utility holds
 //! answers 409 `zone_exists`, as zone ids are public (`GET /api/v1/zones`).
 
-use crate::api_keys::UtilityName;
 use crate::error::ApiError;
 use crate::paging::{cut_page, invalid_cursor, page_len, with_next_page, CursorKind, CursorReader, CursorWriter};
 use crate::public::{parse_zone, range, RangeQuery, TariffView};
 use crate::registry::NewDevice;
 use crate::settings::Role;
+use crate::settings::UtilityName;
 use crate::state::AppState;
 use crate::trader::read_limited_body;
 use crate::webhooks::WebhookError;
