@@ -26,6 +26,7 @@ pub mod application;
 pub mod assets;
 pub mod auth;
 pub mod broker;
+pub mod broker_config;
 pub mod demo;
 pub mod error;
 pub mod ledger;
