@@ -331,6 +331,39 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     file.sync_all()
 }
 
+/// The broker secret named by `broker.secret_file`.
+pub fn secret(settings: &crate::Settings) -> Result<BrokerSecret, BrokerConfigError> {
+    let path = settings.broker.secret_file.as_ref().ok_or(BrokerConfigError::NoSecret)?;
+    BrokerSecret::load(Path::new(path))
+}
+
+/// `gridex broker-config`: reads the registry from the settings' database and writes the files into
+/// `out`. The exchange users are this instance's (`mqtt.username`, default [`EXCHANGE_USERNAME`],
+/// with `mqtt.password` when set) and `more_exchanges`. Returns how many participants it wrote.
+pub async fn generate(
+    settings: &crate::Settings,
+    more_exchanges: &[String],
+    listener: &ListenerOptions,
+    out: &Path,
+) -> anyhow::Result<usize> {
+    let secret = secret(settings)?;
+    let db = crate::application::open_database(settings)?;
+    let participants = settlement::registry::read(&db, load_participants)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot read the registry: {error}"))?;
+    let own = settings.mqtt.username.clone().unwrap_or_else(|| EXCHANGE_USERNAME.to_owned());
+    let mut exchanges =
+        vec![ExchangeUser { username: own, password: settings.mqtt.password.as_ref().map(|p| p.expose().to_owned()) }];
+    for name in more_exchanges {
+        if exchanges.iter().all(|exchange| &exchange.username != name) {
+            exchanges.push(ExchangeUser { username: name.clone(), password: None });
+        }
+    }
+    let files = render(&secret, &participants, &exchanges, listener)?;
+    files.write(out)?;
+    Ok(participants.devices.len() + participants.accounts.len() + exchanges.len())
+}
+
 /// The username of `id` (a device or account id, or an exchange username) and its password.
 pub fn credentials(secret: &BrokerSecret, id: &str) -> Result<(String, String), BrokerConfigError> {
     let username = if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
