@@ -209,6 +209,9 @@ pub struct ListenerOptions {
     pub bind: Option<String>,
     /// Directory the configuration names for `passwd`, `acl` and the persistence file.
     pub install_dir: PathBuf,
+    /// The user Mosquitto runs as after dropping root (`user`); `None`: Mosquitto's default
+    /// (`mosquitto`). The files are written with mode 0600: that user must own them.
+    pub run_as: Option<String>,
 }
 
 /// The three generated files.
@@ -286,14 +289,18 @@ pub fn render(
          allow_anonymous false\n\
          password_file {passwd}\n\
          acl_file {acl}\n\
-         # The client id is the username: nobody can take over another's (the exchange's) session.\n\
-         use_username_as_clientid true\n\
          # The exchange's session is persistent; never drop what was acknowledged (see README).\n\
          persistence true\n\
          persistence_location {dir}/\n\
          max_queued_messages 100000\n\
          max_inflight_messages 1000\n\
-         {listen}\n",
+         {user}\
+         {listen}\n\
+         # The client id is the username: nobody can take over another's (the exchange's) session.\n\
+         # A listener option: it must follow the listener line (before it, Mosquitto would open a\n\
+         # default listener on 1883 for it).\n\
+         use_username_as_clientid true\n",
+        user = listener.run_as.as_ref().map(|user| format!("user {user}\n")).unwrap_or_default(),
         passwd = dir.join("passwd").display(),
         acl = dir.join("acl").display(),
         dir = dir.display(),
@@ -438,7 +445,8 @@ mod tests {
         let device = DeviceId([3; 32]);
         let participants = Participants { devices: vec![(zone.clone(), device)], accounts: vec![] };
         let exchange = ExchangeUser { username: EXCHANGE_USERNAME.into(), password: Some("hunter2hunter2".into()) };
-        let listener = ListenerOptions { port: 1883, bind: None, install_dir: "/etc/mosquitto/gridex".into() };
+        let listener =
+            ListenerOptions { port: 1883, bind: None, install_dir: "/etc/mosquitto/gridex".into(), run_as: None };
         let files = render(&secret, &participants, &[exchange], &listener).expect("renders");
         let all = format!("{}{}{}", files.passwd, files.acl, files.conf);
         assert!(!all.contains("hunter2") && !all.contains(&secret.password(&device.to_hex())));

@@ -68,6 +68,10 @@ enum Command {
         /// The listener's address (default: every interface).
         #[arg(long)]
         bind: Option<String>,
+        /// The user Mosquitto runs as (`user` in mosquitto.conf; Mosquitto's default: `mosquitto`).
+        /// The files are mode 0600: give them to that user (chown).
+        #[arg(long)]
+        run_as: Option<String>,
         /// More exchange usernames (one per exchange instance); this instance's `mqtt.username`
         /// (default `gridex-exchange`) is always included.
         #[arg(long = "exchange-user")]
@@ -240,13 +244,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", hex::encode(signing.verifying_key().to_bytes()));
             Ok(())
         }
-        Command::BrokerConfig { out, install_dir, port, bind, exchange_users } => {
+        Command::BrokerConfig { out, install_dir, port, bind, run_as, exchange_users } => {
             let settings = settings()?;
             let install_dir = match install_dir {
                 Some(dir) => dir,
                 None => std::path::absolute(&out).with_context(|| format!("cannot resolve {}", out.display()))?,
             };
-            let listener = web::broker_config::ListenerOptions { port, bind, install_dir };
+            let listener = web::broker_config::ListenerOptions { port, bind, install_dir, run_as };
             let count = web::broker_config::generate(&settings, &exchange_users, &listener, &out).await?;
             println!("wrote passwd, acl and mosquitto.conf to {} ({count} participants)", out.display());
             Ok(())
