@@ -345,17 +345,31 @@ pub fn secret(settings: &crate::Settings) -> Result<BrokerSecret, BrokerConfigEr
 }
 
 /// `gridex broker-config`: reads the registry from the settings' database and writes the files into
-/// `out`. The exchange users are this instance's (`mqtt.username`, default [`EXCHANGE_USERNAME`],
-/// with `mqtt.password` when set) and `more_exchanges`. Returns how many participants it wrote.
+/// `out` ([`files_from_registry`]). Returns how many logins it wrote.
 pub async fn generate(
     settings: &crate::Settings,
     more_exchanges: &[String],
     listener: &ListenerOptions,
     out: &Path,
 ) -> anyhow::Result<usize> {
-    let secret = secret(settings)?;
     let db = crate::application::open_database(settings)?;
-    let participants = settlement::registry::read(&db, load_participants)
+    let (files, count) = files_from_registry(&db, settings, more_exchanges, listener).await?;
+    files.write(out)?;
+    Ok(count)
+}
+
+/// The files for the registry in `db`, with the secret of `broker.secret_file`. The exchange users
+/// are this instance's (`mqtt.username`, default [`EXCHANGE_USERNAME`], with `mqtt.password` when
+/// set) and `more_exchanges` (other instances, derived passwords). Also returns how many logins
+/// they hold.
+pub async fn files_from_registry(
+    db: &gridex_store::Database,
+    settings: &crate::Settings,
+    more_exchanges: &[String],
+    listener: &ListenerOptions,
+) -> anyhow::Result<(BrokerFiles, usize)> {
+    let secret = secret(settings)?;
+    let participants = settlement::registry::read(db, load_participants)
         .await
         .map_err(|error| anyhow::anyhow!("cannot read the registry: {error}"))?;
     let own = settings.mqtt.username.clone().unwrap_or_else(|| EXCHANGE_USERNAME.to_owned());
@@ -367,8 +381,7 @@ pub async fn generate(
         }
     }
     let files = render(&secret, &participants, &exchanges, listener)?;
-    files.write(out)?;
-    Ok(participants.devices.len() + participants.accounts.len() + exchanges.len())
+    Ok((files, participants.devices.len() + participants.accounts.len() + exchanges.len()))
 }
 
 /// The username of `id` (a device or account id, or an exchange username) and its password.
