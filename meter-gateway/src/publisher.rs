@@ -598,6 +598,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_login_makes_the_username_the_client_id_unless_one_is_set() {
+        // Brokers set up by `gridex broker-config` make the client id the username anyway.
+        let anonymous = MqttSettings::default();
+        assert_eq!(mqtt_options(&anonymous, "gridex-ab", None).expect("valid").client_id(), "gridex-ab");
+        let login = MqttSettings { username: Some("ab".repeat(32)), password: Some("pw".into()), ..anonymous };
+        assert_eq!(mqtt_options(&login, "gridex-ab", None).expect("valid").client_id(), "ab".repeat(32));
+        let named = MqttSettings { client_id: Some("box-7".into()), ..login };
+        assert_eq!(mqtt_options(&named, "gridex-ab", None).expect("valid").client_id(), "box-7");
+        assert!(!format!("{:?}", MqttLogin { username: "u".into(), password: "hunter2".into() }).contains("hunter2"));
+    }
+
+    #[test]
     fn mqtt_urls_name_host_port_and_tls() {
         assert_eq!(parse_url("mqtt://127.0.0.1:1884").expect("valid"), ("127.0.0.1".to_owned(), 1884, false));
         assert_eq!(parse_url("mqtt://broker").expect("valid"), ("broker".to_owned(), 1883, false));

@@ -619,6 +619,23 @@ mod tests {
 
     const MIN: i64 = 60_000;
 
+    #[test]
+    fn the_agent_logs_in_as_its_account_never_as_the_gateways_device() {
+        let gateway = MqttSettings {
+            username: Some("device".into()),
+            password: Some("device-pw".into()),
+            client_id: Some("device".into()),
+            ..MqttSettings::default()
+        };
+        let login = MqttLogin { username: "account".into(), password: "account-pw".into() };
+        let agent = agent_login(gateway.clone(), Some(&login)).expect("its own login");
+        assert_eq!((agent.username.as_deref(), agent.password.as_deref()), (Some("account"), Some("account-pw")));
+        assert_eq!(agent.client_id, None, "the client id follows the agent's username");
+        assert_eq!(agent.url, gateway.url);
+        assert!(matches!(agent_login(gateway, None), Err(AgentError::Settings(_))), "the device's login is refused");
+        assert_eq!(agent_login(MqttSettings::default(), None).expect("anonymous").username, None);
+    }
+
     fn settings() -> AgentSettings {
         AgentSettings {
             key: PathBuf::from("unused"),
