@@ -133,7 +133,8 @@ pub fn mqtt_options(
     last_will: Option<LastWill>,
 ) -> Result<MqttOptions, PublishError> {
     let (host, port, tls) = parse_url(&settings.url)?;
-    let client_id = settings.client_id.clone().or_else(|| settings.username.clone()).unwrap_or_else(|| client_id.to_owned());
+    let client_id =
+        settings.client_id.clone().or_else(|| settings.username.clone()).unwrap_or_else(|| client_id.to_owned());
     let mut options = MqttOptions::new(client_id, host, port);
     options.set_keep_alive(Duration::from_secs(KEEP_ALIVE_S));
     options.set_clean_session(true);

@@ -250,7 +250,11 @@ pub fn render(
         check_username(&exchange.username)?;
         passwd.push_str(&secret.passwd_line(&exchange.username, exchange.password.as_deref()));
         passwd.push('\n');
-        let _ = writeln!(acl, "\n# The exchange: reads the inbound topics, writes the outbound ones.\nuser {}", exchange.username);
+        let _ = writeln!(
+            acl,
+            "\n# The exchange: reads the inbound topics, writes the outbound ones.\nuser {}",
+            exchange.username
+        );
         for topic in ["+/readings/+", "+/orders/+", "status/+"] {
             let _ = writeln!(acl, "topic read gridex/v1/{topic}");
         }

@@ -52,7 +52,10 @@ fn mosquitto_binary() -> Option<PathBuf> {
         .find(|candidate| candidate.is_file());
     if found.is_none() {
         let required = std::env::var_os("GRIDEX_REQUIRE_TOOLS").is_some() || std::env::var_os("MQTT_URL").is_some();
-        assert!(!required, "the mosquitto binary is not installed (.ci/run installs it) but GRIDEX_REQUIRE_TOOLS or MQTT_URL is set");
+        assert!(
+            !required,
+            "the mosquitto binary is not installed (.ci/run installs it) but GRIDEX_REQUIRE_TOOLS or MQTT_URL is set"
+        );
         eprintln!("skipping: the mosquitto binary is not installed (apt-get install mosquitto)");
     }
     found
@@ -88,8 +91,8 @@ fn account_id(key: &SigningKey) -> AccountId {
 async fn market() -> Option<Market> {
     let binary = mosquitto_binary()?;
     static RUN: AtomicU32 = AtomicU32::new(0);
-    let zone = ZoneId::parse(&format!("acl-{}-{}", std::process::id(), RUN.fetch_add(1, Ordering::Relaxed)))
-        .expect("a zone");
+    let zone =
+        ZoneId::parse(&format!("acl-{}-{}", std::process::id(), RUN.fetch_add(1, Ordering::Relaxed))).expect("a zone");
     let accounts = [protocol::testing::signing_key(41), protocol::testing::signing_key(42)];
     let devices = [protocol::testing::signing_key(43), protocol::testing::signing_key(44)];
     let test_db = TestDb::any();
@@ -128,10 +131,9 @@ async fn market() -> Option<Market> {
         install_dir: dir.path().to_path_buf(),
         run_as: current_user(),
     };
-    let (files, _) =
-        web::broker_config::files_from_registry(&test_db.db, &settings, &[OBSERVER.to_owned()], &listener)
-            .await
-            .expect("the files are generated");
+    let (files, _) = web::broker_config::files_from_registry(&test_db.db, &settings, &[OBSERVER.to_owned()], &listener)
+        .await
+        .expect("the files are generated");
     files.write(dir.path()).expect("the files are written");
     let broker = start_mosquitto(&binary, &dir.path().join("mosquitto.conf"), port);
     settings.mqtt.url = Some(Secret::new(format!("mqtt://127.0.0.1:{port}")));
@@ -315,7 +317,8 @@ async fn a_client_cannot_take_over_the_exchanges_session() {
     // its own device's credentials: the broker gives it its username as client id, so it gets its
     // own session, never the exchange's queue.
     let (neighbour, password) = market.login(&device_id(&market.devices[0]).to_hex());
-    let mut attacker = connect(options(market.broker.port, EXCHANGE_USERNAME, Some((&neighbour, &password)), false)).await;
+    let mut attacker =
+        connect(options(market.broker.port, EXCHANGE_USERNAME, Some((&neighbour, &password)), false)).await;
     subscribe(&attacker, &["gridex/v1/+/readings/+".to_owned(), "gridex/v1/+/orders/+".to_owned()]).await;
     // The other household's reading still reaches the exchange, which answers it.
     let victim = &market.devices[1];
@@ -427,8 +430,7 @@ async fn the_demo_broker_refuses_anonymous_clients() {
     assert!(connack(&mut guessing).await.is_err(), "a wrong password was let in");
     // rumqttd cannot make the client id the username: it refuses any other client id instead,
     // so a device cannot take the exchange's session.
-    let (_, mut takeover) =
-        AsyncClient::new(options(port, EXCHANGE_USERNAME, Some((&device, &password)), false), 8);
+    let (_, mut takeover) = AsyncClient::new(options(port, EXCHANGE_USERNAME, Some((&device, &password)), false), 8);
     assert!(connack(&mut takeover).await.is_err(), "a device took the exchange's client id");
     drop(connect(options(port, &device, Some((&device, &password)), true)).await);
 }
