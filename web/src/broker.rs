@@ -95,33 +95,40 @@ pub fn mqtt_options(settings: &MqttSettings) -> Result<Option<MqttOptions>, Brok
 
 /// The exchange's broker login as `serve` uses it: `mqtt.*` completed from the broker secret
 /// (`broker.secret_file`): the username defaults to [`crate::broker_config::EXCHANGE_USERNAME`]
-/// and the password to its derived one. Without a login and without `mqtt.client_id`, the client
-/// id is derived from the operator key and `market.zones` (stable across restarts, one per
-/// instance, not guessable); when that key cannot be read, a random one (with a warning).
+/// and the password to its derived one. Without `mqtt.client_id`, the client id is derived from the
+/// broker secret (else the operator key), the username and `market.zones`: stable across restarts,
+/// one per instance, not guessable (a broker that binds client ids to usernames, as the generated
+/// Mosquitto configuration does, replaces it by the username anyway). When neither key can be
+/// read, [`mqtt_options`] falls back to the username, or a random id (with a warning).
 pub fn login(settings: &Settings) -> Result<MqttSettings, BrokerError> {
     use crate::broker_config::{BrokerSecret, EXCHANGE_USERNAME};
     let mut mqtt = settings.mqtt.clone();
-    if let Some(path) = &settings.broker.secret_file {
-        let secret = BrokerSecret::load(Path::new(path))?;
+    let secret = settings.broker.secret_file.as_ref().map(|path| BrokerSecret::load(Path::new(path))).transpose()?;
+    if let Some(secret) = &secret {
         let username = mqtt.username.get_or_insert_with(|| EXCHANGE_USERNAME.to_owned()).clone();
         crate::broker_config::check_username(&username)?;
         if mqtt.password.is_none() {
             mqtt.password = Some(Secret::new(secret.password(&username)));
         }
     }
-    if mqtt.client_id.is_none() && mqtt.username.is_none() && mqtt.url.is_some() {
-        let path = Path::new(&settings.market.operator_key_path);
-        match meter_gateway::keys::load(path) {
-            Ok(key) => {
-                let zones: Vec<&str> = settings.market.zones.iter().map(protocol::ZoneId::as_str).collect();
-                mqtt.client_id = Some(BrokerSecret::new(key.to_bytes()).exchange_client_id(&zones.join(",")));
+    if mqtt.client_id.is_none() && mqtt.url.is_some() {
+        let key = secret.or_else(|| {
+            let path = Path::new(&settings.market.operator_key_path);
+            match meter_gateway::keys::load(path) {
+                Ok(key) => Some(BrokerSecret::new(key.to_bytes())),
+                Err(error) => {
+                    tracing::warn!(
+                        %error,
+                        "no mqtt.client_id, no broker secret and no operator key to derive one from: the \
+                         exchange's client id is its username or random"
+                    );
+                    None
+                }
             }
-            Err(error) => tracing::warn!(
-                %error,
-                "no mqtt.client_id and no operator key to derive one from: a random client id, so the \
-                 exchange's broker session does not survive a restart"
-            ),
-        }
+        });
+        let zones: Vec<&str> = settings.market.zones.iter().map(protocol::ZoneId::as_str).collect();
+        let instance = format!("{}/{}", mqtt.username.as_deref().unwrap_or(""), zones.join(","));
+        mqtt.client_id = key.map(|key| key.exchange_client_id(&instance));
     }
     Ok(mqtt)
 }
@@ -149,6 +156,34 @@ mod tests {
         assert!(options.credentials().is_none());
         let address = address(&settings("mqtt://127.0.0.1:1884")).expect("valid");
         assert_eq!(address, Some(BrokerAddress { host: "127.0.0.1".into(), port: 1884, tls: false }));
+    }
+
+    #[test]
+    fn the_exchange_logs_in_with_its_derived_password_and_never_uses_a_public_client_id() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (secret_file, operator_key) = (dir.path().join("broker.secret"), dir.path().join("operator.key"));
+        meter_gateway::keys::generate_file(&secret_file).expect("a secret");
+        meter_gateway::keys::generate_file(&operator_key).expect("a key");
+        let mut settings = Settings::default();
+        settings.mqtt.url = Some(Secret::new("mqtt://broker"));
+        settings.market.operator_key_path = operator_key.display().to_string();
+        // Without a login: an id derived from the operator key, stable, one per set of zones.
+        let anonymous = login(&settings).expect("valid");
+        let id = anonymous.client_id.clone().expect("a derived id");
+        assert!(id.starts_with("gridex-exchange-") && id.len() == "gridex-exchange-".len() + 16, "{id}");
+        assert_eq!(login(&settings).expect("valid").client_id, Some(id.clone()));
+        settings.market.zones = vec![protocol::ZoneId::parse("north").expect("valid")];
+        assert_ne!(login(&settings).expect("valid").client_id, Some(id));
+        // With the broker secret: the exchange's username and its derived password, and a client id
+        // derived from the secret (the generated Mosquitto configuration replaces it by the username).
+        settings.broker.secret_file = Some(secret_file.display().to_string());
+        let mqtt = login(&settings).expect("valid");
+        let secret = crate::broker_config::BrokerSecret::load(&secret_file).expect("loads");
+        assert_eq!(mqtt.username.as_deref(), Some(crate::broker_config::EXCHANGE_USERNAME));
+        assert_eq!(mqtt.password.as_ref().map(Secret::expose), Some(secret.password("gridex-exchange").as_str()));
+        let options = mqtt_options(&mqtt).expect("valid").expect("configured");
+        assert!(options.client_id().starts_with("gridex-exchange-"), "{}", options.client_id());
+        assert_eq!(mqtt.client_id.as_deref(), Some(secret.exchange_client_id("gridex-exchange/north").as_str()));
     }
 
     #[test]

@@ -115,10 +115,10 @@ pub struct MqttSettings {
     /// The exchange's MQTT client id. Its session on the broker is persistent: messages published
     /// while the exchange is down wait there. Keep it stable across restarts, and give every
     /// exchange instance (one per set of zones) its own. A secret: whoever connects with it takes
-    /// the session over on a broker that does not bind client ids to usernames. Default: the
-    /// username when the exchange logs in (the generated Mosquitto configuration makes the client
-    /// id the username anyway), else one derived from the operator key and `market.zones`
-    /// (`gridex-exchange-<16 hex digits>`), stable and not guessable.
+    /// the session over on a broker that does not bind client ids to usernames. Default: derived
+    /// from the broker secret (else the operator key), the username and `market.zones`
+    /// (`gridex-exchange-<16 hex digits>`), stable and not guessable; the generated Mosquitto
+    /// configuration replaces it by the username anyway (`web::broker::login`).
     pub client_id: Option<String>,
 }
 

@@ -316,10 +316,17 @@ async fn a_client_cannot_take_over_the_exchanges_session() {
     // A neighbour connects with the exchange's client id and a persistent session, logged in with
     // its own device's credentials: the broker gives it its username as client id, so it gets its
     // own session, never the exchange's queue.
-    let (neighbour, password) = market.login(&device_id(&market.devices[0]).to_hex());
-    let mut attacker =
-        connect(options(market.broker.port, EXCHANGE_USERNAME, Some((&neighbour, &password)), false)).await;
-    subscribe(&attacker, &["gridex/v1/+/readings/+".to_owned(), "gridex/v1/+/orders/+".to_owned()]).await;
+    // It tries the exchange's username (as its device) and the client id the exchange itself
+    // sends (as its account).
+    let configured = web::broker::login(&market.settings).expect("valid").client_id.expect("a derived id");
+    let neighbours = [device_id(&market.devices[0]).to_hex(), account_id(&market.accounts[0]).to_hex()];
+    let mut attackers = Vec::new();
+    for (client_id, neighbour) in [EXCHANGE_USERNAME, configured.as_str()].into_iter().zip(&neighbours) {
+        let (neighbour, password) = market.login(neighbour);
+        let attacker = connect(options(market.broker.port, client_id, Some((&neighbour, &password)), false)).await;
+        subscribe(&attacker, &["gridex/v1/+/readings/+".to_owned(), "gridex/v1/+/orders/+".to_owned()]).await;
+        attackers.push(attacker);
+    }
     // The other household's reading still reaches the exchange, which answers it.
     let victim = &market.devices[1];
     let victim_id = device_id(victim).to_hex();
@@ -329,9 +336,11 @@ async fn a_client_cannot_take_over_the_exchanges_session() {
     publish(&gateway, &protocol::topics::readings(&market.zone, &victim_id), market.signed_reading(victim, 1)).await;
     let answer = next_on(&mut gateway, &events).await;
     assert!(is_reading_ack(&answer), "{}", String::from_utf8_lossy(&answer));
-    let stolen = drain(&mut attacker).await;
-    assert!(stolen.is_empty(), "the attacker received the exchange's messages: {stolen:?}");
-    drop((attacker, gateway));
+    for attacker in &mut attackers {
+        let stolen = drain(attacker).await;
+        assert!(stolen.is_empty(), "the attacker received the exchange's messages: {stolen:?}");
+    }
+    drop((attackers, gateway));
     tokio::time::timeout(DEADLINE, app.shutdown()).await.expect("shutdown in time").expect("a clean shutdown");
 }
 
