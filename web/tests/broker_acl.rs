@@ -443,3 +443,43 @@ async fn the_demo_broker_refuses_anonymous_clients() {
     assert!(connack(&mut takeover).await.is_err(), "a device took the exchange's client id");
     drop(connect(options(port, &device, Some((&device, &password)), true)).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_cannot_forge_the_exchanges_trades_book_or_events() {
+    let Some(market) = market().await else { return };
+    let (victim_device, victim_account) =
+        (device_id(&market.devices[1]).to_hex(), account_id(&market.accounts[1]).to_hex());
+    let (trades, book) = (protocol::topics::trades(&market.zone), protocol::topics::book(&market.zone));
+    let events = protocol::topics::events(&market.zone, &victim_device);
+    let mut gateway = market.participant(&victim_device).await;
+    subscribe(&gateway, std::slice::from_ref(&events)).await;
+    let mut trader = market.participant(&victim_account).await;
+    subscribe(&trader, &[trades.clone(), book.clone()]).await;
+    let mut observer = market.participant(OBSERVER).await;
+    subscribe(&observer, &["gridex/v1/+/orders/+".to_owned()]).await;
+    // The neighbour's agent forges the exchange's messages, then orders on its own topic: once the
+    // exchange side has that order, the broker has dealt with everything the neighbour sent before.
+    let forger = account_id(&market.accounts[0]).to_hex();
+    let neighbour = market.participant(&forger).await;
+    for topic in [&trades, &events, &protocol::topics::rejects(&market.zone, &victim_device)] {
+        publish(&neighbour, topic, b"{\"forged\":true}".to_vec()).await;
+    }
+    neighbour.client.publish(&book, QoS::AtLeastOnce, true, b"{\"forged\":true}".to_vec()).await.expect("publish");
+    let own = protocol::topics::orders(&market.zone, &forger);
+    publish(&neighbour, &own, b"{}".to_vec()).await;
+    next_on(&mut observer, &own).await;
+    // The exchange's own messages arrive, and they are the first and only ones.
+    publish(&observer, &trades, b"{\"genuine\":true}".to_vec()).await;
+    publish(&observer, &events, b"{\"genuine\":true}".to_vec()).await;
+    assert_eq!(next_on(&mut trader, &trades).await, b"{\"genuine\":true}");
+    assert_eq!(next_on(&mut gateway, &events).await, b"{\"genuine\":true}");
+    for client in [&mut trader, &mut gateway] {
+        let forged = drain(client).await;
+        assert!(forged.is_empty(), "forged messages arrived: {forged:?}");
+    }
+    // No forged book was retained for later subscribers either.
+    let mut late = market.participant(&device_id(&market.devices[0]).to_hex()).await;
+    subscribe(&late, std::slice::from_ref(&book)).await;
+    let retained = drain(&mut late).await;
+    assert!(retained.is_empty(), "a forged book was retained: {retained:?}");
+}
