@@ -2,8 +2,9 @@
 //! feed (Server-Sent Events), health and metrics endpoints, webhooks, and the one-command demo.
 //!
 //! It owns HTTP: routing, authentication (trader request signatures, utility API keys), request
-//! limits, error shapes, the OpenAPI document and TLS when it serves HTTPS itself ([`tls`]), plus
-//! wiring the other crates into one process.
+//! limits, error shapes, the OpenAPI document and TLS when it serves HTTPS itself ([`tls`]), the
+//! broker's logins and ACLs generated from the registry ([`broker_config`]), plus wiring the other
+//! crates into one process.
 //! It must never match orders (that is `exchange`'s), never write the ledger or the registry (that is
 //! `settlement`'s), never run SQL on another crate's tables (it calls `exchange::queries`,
 //! `settlement::registry` and `settlement::queries`; its own SQL touches only its webhook tables),
