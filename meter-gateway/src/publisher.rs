@@ -75,9 +75,25 @@ pub struct MqttSettings {
     /// PEM CA certificates for `mqtts://`; without it the system's roots are used.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    /// Defaults to `gridex-<first 16 hex digits of the key>`.
+    /// Defaults to the username when set (brokers configured by `gridex broker-config` make the
+    /// client id the username anyway), else `gridex-<first 16 hex digits of the key>`.
     #[serde(default)]
     pub client_id: Option<String>,
+}
+
+/// A broker login of its own, e.g. the trading agent's (`[agent.mqtt]`): it logs in as its
+/// account, the gateway as its device.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttLogin {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for MqttLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttLogin").field("username", &self.username).field("password", &"***").finish()
+    }
 }
 
 impl Default for MqttSettings {
@@ -117,7 +133,9 @@ pub fn mqtt_options(
     last_will: Option<LastWill>,
 ) -> Result<MqttOptions, PublishError> {
     let (host, port, tls) = parse_url(&settings.url)?;
-    let mut options = MqttOptions::new(settings.client_id.clone().unwrap_or_else(|| client_id.to_owned()), host, port);
+    let client_id =
+        settings.client_id.clone().or_else(|| settings.username.clone()).unwrap_or_else(|| client_id.to_owned());
+    let mut options = MqttOptions::new(client_id, host, port);
     options.set_keep_alive(Duration::from_secs(KEEP_ALIVE_S));
     options.set_clean_session(true);
     options.set_request_channel_capacity(REQUEST_CHANNEL_CAPACITY);
@@ -579,6 +597,18 @@ impl Drop for AbortOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_login_makes_the_username_the_client_id_unless_one_is_set() {
+        // Brokers set up by `gridex broker-config` make the client id the username anyway.
+        let anonymous = MqttSettings::default();
+        assert_eq!(mqtt_options(&anonymous, "gridex-ab", None).expect("valid").client_id(), "gridex-ab");
+        let login = MqttSettings { username: Some("ab".repeat(32)), password: Some("pw".into()), ..anonymous };
+        assert_eq!(mqtt_options(&login, "gridex-ab", None).expect("valid").client_id(), "ab".repeat(32));
+        let named = MqttSettings { client_id: Some("box-7".into()), ..login };
+        assert_eq!(mqtt_options(&named, "gridex-ab", None).expect("valid").client_id(), "box-7");
+        assert!(!format!("{:?}", MqttLogin { username: "u".into(), password: "hunter2".into() }).contains("hunter2"));
+    }
 
     #[test]
     fn mqtt_urls_name_host_port_and_tls() {

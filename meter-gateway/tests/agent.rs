@@ -35,6 +35,7 @@ fn settings(dir: &Path) -> AgentSettings {
         slots_ahead: 1,
         qty_min_wh: 10,
         forecast_window_ms: 3_600_000,
+        mqtt: None,
         quoting: Some(QuotingSettings {
             feed_in_price_per_kwh: 80_000,
             retail_price_per_kwh: 300_000,

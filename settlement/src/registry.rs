@@ -484,6 +484,16 @@ pub fn zone_devices(conn: &mut DbConnection, zone_id: &ZoneId) -> Result<Vec<Dev
         .load(conn)?)
 }
 
+/// The household accounts registered in a zone (their ids, 64 hex digits), by id.
+pub fn zone_accounts(conn: &mut DbConnection, zone_id: &ZoneId) -> Result<Vec<String>, DbError> {
+    Ok(accounts::table
+        .filter(accounts::zone_id.eq(zone_id.as_str()))
+        .filter(accounts::kind.eq(AccountKind::Household.as_str()))
+        .order(accounts::account_id)
+        .select(accounts::account_id)
+        .load(conn)?)
+}
+
 /// Sets the (single, global) reward schedule.
 pub fn set_reward_schedule(conn: &mut DbConnection, schedule: &RewardSchedule) -> Result<(), RegistryError> {
     if schedule.epoch_len_ms <= 0 {

@@ -168,7 +168,7 @@ impl ApplicationBuilder {
         let mqtt = match self.mqtt {
             Some(options) => options,
             None => {
-                let options = crate::broker::mqtt_options(&settings.mqtt)?;
+                let options = crate::broker::mqtt_options(&crate::broker::login(&settings)?)?;
                 if let Some(broker) = crate::broker::address(&settings.mqtt)? {
                     tracing::info!(host = %broker.host, port = broker.port, tls = broker.tls, "connecting to the MQTT broker");
                 }

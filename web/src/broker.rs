@@ -7,14 +7,15 @@
 //! workspace links two rustls providers, so the process-wide default would panic). This module adds
 //! the exchange's own limits and keeps secrets out of error messages.
 
-use crate::settings::MqttSettings;
+use crate::settings::{MqttSettings, Secret, Settings};
 use meter_gateway::publisher::{self, PublishError};
 use rumqttc::MqttOptions;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The exchange's client id at the broker.
-pub const EXCHANGE_CLIENT_ID: &str = "gridex-exchange";
+/// The prefix of the exchange's derived client ids (`gridex-exchange-<16 hex digits>`); never a
+/// client id itself: a public, fixed id let anyone take over the exchange's persistent session.
+pub const EXCHANGE_CLIENT_ID_PREFIX: &str = "gridex-exchange";
 /// Keep-alive of the exchange's connection.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// Largest MQTT packet in and out: a signed order or reading is under 1 KiB, a book snapshot of
@@ -30,6 +31,8 @@ pub enum BrokerError {
     PasswordWithoutUsername,
     #[error("mqtt.ca_file is only used with mqtts:// URLs")]
     CaFileWithoutTls,
+    #[error(transparent)]
+    Credentials(#[from] crate::broker_config::BrokerConfigError),
     /// Not a `#[source]`: the gateway's message already includes its cause, and `{:#}` would repeat it.
     #[error("{0}")]
     Tls(PublishError),
@@ -66,7 +69,14 @@ pub fn mqtt_options(settings: &MqttSettings) -> Result<Option<MqttOptions>, Brok
     if settings.ca_file.is_some() && !address.tls {
         return Err(BrokerError::CaFileWithoutTls);
     }
-    let client_id = settings.client_id.as_deref().unwrap_or(EXCHANGE_CLIENT_ID);
+    // Without a configured id and login (see `login`), a random id: no one can guess it, but the
+    // session does not survive a restart.
+    let client_id = match (&settings.client_id, &settings.username) {
+        (Some(client_id), _) => client_id.clone(),
+        (None, Some(username)) => username.clone(),
+        (None, None) => format!("{EXCHANGE_CLIENT_ID_PREFIX}-{:016x}", rand::random::<u64>()),
+    };
+    let client_id = client_id.as_str();
     let gateway_settings = publisher::MqttSettings {
         url: url.expose().to_owned(),
         username: settings.username.clone(),
@@ -83,10 +93,49 @@ pub fn mqtt_options(settings: &MqttSettings) -> Result<Option<MqttOptions>, Brok
     Ok(Some(options))
 }
 
+/// The exchange's broker login as `serve` uses it: `mqtt.*` completed from the broker secret
+/// (`broker.secret_file`): the username defaults to [`crate::broker_config::EXCHANGE_USERNAME`]
+/// and the password to its derived one. Without `mqtt.client_id`, the client id is derived from the
+/// broker secret (else the operator key), the username and `market.zones`: stable across restarts,
+/// one per instance, not guessable (a broker that binds client ids to usernames, as the generated
+/// Mosquitto configuration does, replaces it by the username anyway). When neither key can be
+/// read, [`mqtt_options`] falls back to the username, or a random id (with a warning).
+pub fn login(settings: &Settings) -> Result<MqttSettings, BrokerError> {
+    use crate::broker_config::{BrokerSecret, EXCHANGE_USERNAME};
+    let mut mqtt = settings.mqtt.clone();
+    let secret = settings.broker.secret_file.as_ref().map(|path| BrokerSecret::load(Path::new(path))).transpose()?;
+    if let Some(secret) = &secret {
+        let username = mqtt.username.get_or_insert_with(|| EXCHANGE_USERNAME.to_owned()).clone();
+        crate::broker_config::check_username(&username)?;
+        if mqtt.password.is_none() {
+            mqtt.password = Some(Secret::new(secret.password(&username)));
+        }
+    }
+    if mqtt.client_id.is_none() && mqtt.url.is_some() {
+        let key = secret.or_else(|| {
+            let path = Path::new(&settings.market.operator_key_path);
+            match meter_gateway::keys::load(path) {
+                Ok(key) => Some(BrokerSecret::new(key.to_bytes())),
+                Err(error) => {
+                    tracing::warn!(
+                        %error,
+                        "no mqtt.client_id, no broker secret and no operator key to derive one from: the \
+                         exchange's client id is its username or random"
+                    );
+                    None
+                }
+            }
+        });
+        let zones: Vec<&str> = settings.market.zones.iter().map(protocol::ZoneId::as_str).collect();
+        let instance = format!("{}/{}", mqtt.username.as_deref().unwrap_or(""), zones.join(","));
+        mqtt.client_id = key.map(|key| key.exchange_client_id(&instance));
+    }
+    Ok(mqtt)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::Secret;
     use rumqttc::Transport;
 
     fn settings(url: &str) -> MqttSettings {
@@ -99,12 +148,42 @@ mod tests {
         assert_eq!(options.broker_address(), ("broker.local".to_owned(), 1883));
         assert!(matches!(options.transport(), Transport::Tcp));
         assert_eq!(options.keep_alive(), KEEP_ALIVE);
-        assert_eq!(options.client_id(), EXCHANGE_CLIENT_ID);
+        // No public default: an id nobody can guess (issue 12, session takeover).
+        assert!(options.client_id().starts_with(EXCHANGE_CLIENT_ID_PREFIX), "{}", options.client_id());
+        assert_ne!(options.client_id(), EXCHANGE_CLIENT_ID_PREFIX);
         let named = MqttSettings { client_id: Some("exchange-north".to_owned()), ..settings("mqtt://broker.local") };
         assert_eq!(mqtt_options(&named).expect("valid").expect("configured").client_id(), "exchange-north");
         assert!(options.credentials().is_none());
         let address = address(&settings("mqtt://127.0.0.1:1884")).expect("valid");
         assert_eq!(address, Some(BrokerAddress { host: "127.0.0.1".into(), port: 1884, tls: false }));
+    }
+
+    #[test]
+    fn the_exchange_logs_in_with_its_derived_password_and_never_uses_a_public_client_id() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (secret_file, operator_key) = (dir.path().join("broker.secret"), dir.path().join("operator.key"));
+        meter_gateway::keys::generate_file(&secret_file).expect("a secret");
+        meter_gateway::keys::generate_file(&operator_key).expect("a key");
+        let mut settings = Settings::default();
+        settings.mqtt.url = Some(Secret::new("mqtt://broker"));
+        settings.market.operator_key_path = operator_key.display().to_string();
+        // Without a login: an id derived from the operator key, stable, one per set of zones.
+        let anonymous = login(&settings).expect("valid");
+        let id = anonymous.client_id.clone().expect("a derived id");
+        assert!(id.starts_with("gridex-exchange-") && id.len() == "gridex-exchange-".len() + 16, "{id}");
+        assert_eq!(login(&settings).expect("valid").client_id, Some(id.clone()));
+        settings.market.zones = vec![protocol::ZoneId::parse("north").expect("valid")];
+        assert_ne!(login(&settings).expect("valid").client_id, Some(id));
+        // With the broker secret: the exchange's username and its derived password, and a client id
+        // derived from the secret (the generated Mosquitto configuration replaces it by the username).
+        settings.broker.secret_file = Some(secret_file.display().to_string());
+        let mqtt = login(&settings).expect("valid");
+        let secret = crate::broker_config::BrokerSecret::load(&secret_file).expect("loads");
+        assert_eq!(mqtt.username.as_deref(), Some(crate::broker_config::EXCHANGE_USERNAME));
+        assert_eq!(mqtt.password.as_ref().map(Secret::expose), Some(secret.password("gridex-exchange").as_str()));
+        let options = mqtt_options(&mqtt).expect("valid").expect("configured");
+        assert!(options.client_id().starts_with("gridex-exchange-"), "{}", options.client_id());
+        assert_eq!(mqtt.client_id.as_deref(), Some(secret.exchange_client_id("gridex-exchange/north").as_str()));
     }
 
     #[test]

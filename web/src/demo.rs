@@ -4,12 +4,14 @@
 //! all on one simulated clock running `speed` times faster than real time.
 
 use crate::application::Application;
+use crate::broker_config::{BrokerSecret, EXCHANGE_USERNAME};
 use crate::state::DemoHousehold;
 use anyhow::Context as _;
 use gridex_store::clock::Clock;
 use meter_gateway::agent::AgentSettings;
 use meter_gateway::clock::SimClock;
 use meter_gateway::config::GatewaySettings;
+use meter_gateway::publisher::MqttLogin;
 use meter_gateway::simulator::HomeSpec;
 use protocol::{AccountId, DeviceId, MeterSerial, ZoneId};
 use std::net::{SocketAddr, TcpListener};
@@ -71,22 +73,46 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Starts rumqttd on `127.0.0.1:port` on a thread (it has no stop; it ends with the process) and
-/// waits until it listens. The demo's broker; tests of `serve` without `MQTT_URL` use it too.
+/// waits until it listens, without authentication: tests of `serve` without `MQTT_URL` use it. The
+/// demo's broker is [`start_authenticated_broker`].
 pub fn start_broker(port: u16) -> anyhow::Result<()> {
+    start_broker_with(port, None)
+}
+
+/// The demo's broker: rumqttd as [`start_broker`], but a client must log in as one of `users`
+/// with its password derived from `secret` and use its username as client id
+/// ([`crate::broker_config::embedded_auth`]). rumqttd 0.20 has no per-topic ACL: a logged-in
+/// client may still publish or subscribe anywhere here; production runs Mosquitto with the ACL
+/// of `gridex broker-config`.
+pub fn start_authenticated_broker(
+    port: u16,
+    secret: crate::broker_config::BrokerSecret,
+    users: impl IntoIterator<Item = String>,
+) -> anyhow::Result<()> {
+    let mut connections = connection_settings();
+    connections.set_auth_handler(crate::broker_config::embedded_auth(secret, users));
+    start_broker_with(port, Some(connections))
+}
+
+fn connection_settings() -> rumqttd::ConnectionSettings {
+    rumqttd::ConnectionSettings {
+        connection_timeout_ms: 60_000,
+        max_payload_size: 64 * 1024,
+        max_inflight_count: 500,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    }
+}
+
+fn start_broker_with(port: u16, connections: Option<rumqttd::ConnectionSettings>) -> anyhow::Result<()> {
     let listen = SocketAddr::from(([127, 0, 0, 1], port));
     let server = rumqttd::ServerSettings {
         name: "demo".to_owned(),
         listen,
         tls: None,
         next_connection_delay_ms: 1,
-        connections: rumqttd::ConnectionSettings {
-            connection_timeout_ms: 60_000,
-            max_payload_size: 64 * 1024,
-            max_inflight_count: 500,
-            auth: None,
-            external_auth: None,
-            dynamic_filters: true,
-        },
+        connections: connections.unwrap_or_else(connection_settings),
     };
     let config = rumqttd::Config {
         id: 0,
@@ -162,9 +188,6 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
 
     let listener = TcpListener::bind(("127.0.0.1", options.port))
         .with_context(|| format!("cannot listen on 127.0.0.1:{}", options.port))?;
-    let broker_port = free_port()?;
-    start_broker(broker_port)?;
-    let mqtt_url = format!("mqtt://127.0.0.1:{broker_port}");
 
     let sim_clock = SimClock::starting_at(start_of_demo_ms(meter_gateway::clock::wall_clock_ms()), options.speed);
     let clock: Arc<dyn Clock> = Arc::new(SharedClock(sim_clock));
@@ -175,6 +198,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let now_ms = clock.now_ms();
     let mut households = Vec::new();
     let mut registrations = Vec::new();
+    let mut logins = Vec::new();
     for index in 0..options.homes {
         let account_key = key(&keys_dir.join(format!("home-{index:03}-account.key")))?;
         let device_key = key(&keys_dir.join(format!("home-{index:03}-device.key")))?;
@@ -186,7 +210,9 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             name: name.clone(),
             secret_key_hex: hex::encode(account_key.to_bytes()),
         });
-        registrations.push((account, DeviceId::from_verifying_key(&device_key.verifying_key()), name, spec));
+        let device = DeviceId::from_verifying_key(&device_key.verifying_key());
+        logins.push((device, account));
+        registrations.push((account, device, name, spec));
     }
     let seed_zone = zone.clone();
     crate::registry::write(&db, move |conn| {
@@ -230,6 +256,15 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     .await
     .map_err(|error| anyhow::anyhow!("cannot register the demo market: {}", error.message))?;
 
+    // The embedded broker lets in only the exchange and the registered homes, each with its
+    // password derived from the demo's broker secret and its username as client id.
+    let broker_secret = BrokerSecret::new(key(&data_dir.join("broker.secret"))?.to_bytes());
+    let mut users = vec![EXCHANGE_USERNAME.to_owned()];
+    users.extend(logins.iter().flat_map(|(device, account)| [device.to_hex(), account.to_hex()]));
+    let broker_port = free_port()?;
+    start_authenticated_broker(broker_port, broker_secret.clone(), users)?;
+    let mqtt_url = format!("mqtt://127.0.0.1:{broker_port}");
+
     let (stop, stop_rx) = watch::channel(false);
     let stopped = |mut receiver: watch::Receiver<bool>| async move {
         let _ = receiver.wait_for(|stop| *stop).await;
@@ -237,7 +272,8 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
 
     // The exchange, settlement and the web server: the wiring `gridex serve` uses, with the demo's
     // broker, clock, market rules and settlement pace.
-    let mut mqtt = rumqttc::MqttOptions::new("gridex-exchange", "127.0.0.1", broker_port);
+    let mut mqtt = rumqttc::MqttOptions::new(EXCHANGE_USERNAME, "127.0.0.1", broker_port);
+    mqtt.set_credentials(EXCHANGE_USERNAME, broker_secret.password(EXCHANGE_USERNAME));
     mqtt.set_keep_alive(Duration::from_secs(30));
     mqtt.set_max_packet_size(64 * 1024, 64 * 1024);
     mqtt.set_inflight(500);
@@ -299,6 +335,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
                 slots_ahead: 2,
                 qty_min_wh: 50,
                 forecast_window_ms: 30 * 60_000,
+                mqtt: Some(MqttLogin {
+                    username: logins[index].1.to_hex(),
+                    password: broker_secret.password(&logins[index].1.to_hex()),
+                }),
                 quoting: options.quoting_agents.then(|| meter_gateway::agent::QuotingSettings {
                     feed_in_price_per_kwh: FEED_IN_PER_KWH,
                     retail_price_per_kwh: RETAIL_PER_KWH,
@@ -317,6 +357,9 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         };
         gateway.modbus.url = format!("tcp://{address}");
         gateway.mqtt.url = mqtt_url.clone();
+        let device = logins[index].0.to_hex();
+        gateway.mqtt.password = Some(broker_secret.password(&device));
+        gateway.mqtt.username = Some(device);
         let shutdown = stopped(stop_rx.clone());
         gateways.push(tokio::spawn(async move {
             if let Err(error) = meter_gateway::gateway::run(gateway, shutdown).await {
@@ -355,7 +398,7 @@ fn print_guide(address: SocketAddr, options: &DemoOptions, broker_port: u16) {
          \n  API:        http://{address}/api/v1/openapi.json\
          \n  Live feed:  http://{address}/api/v1/stream?zone={DEMO_ZONE}\
          \n  Metrics:    http://{address}/metrics\
-         \n  MQTT:       mqtt://127.0.0.1:{broker_port} (embedded broker)\
+         \n  MQTT:       mqtt://127.0.0.1:{broker_port} (embedded broker; logins derived from {data}/broker.secret)\
          \n\nWhat to expect: within seconds the homes' agents place orders for the next slots and trades appear;\
          \nwithin about three slots ({settle_s:.0} s) the first slot is settled with statements and GRID token rewards.\
          \nLog in as a household from the dashboard (logins: http://{address}/api/v1/demo/households).\

@@ -2,8 +2,9 @@
 //! feed (Server-Sent Events), health and metrics endpoints, webhooks, and the one-command demo.
 //!
 //! It owns HTTP: routing, authentication (trader request signatures, utility API keys), request
-//! limits, error shapes, the OpenAPI document and TLS when it serves HTTPS itself ([`tls`]), plus
-//! wiring the other crates into one process.
+//! limits, error shapes, the OpenAPI document and TLS when it serves HTTPS itself ([`tls`]), the
+//! broker's logins and ACLs generated from the registry ([`broker_config`]), plus wiring the other
+//! crates into one process.
 //! It must never match orders (that is `exchange`'s), never write the ledger or the registry (that is
 //! `settlement`'s), never run SQL on another crate's tables (it calls `exchange::queries`,
 //! `settlement::registry` and `settlement::queries`; its own SQL touches only its webhook and API key tables),
@@ -27,6 +28,7 @@ pub mod application;
 pub mod assets;
 pub mod auth;
 pub mod broker;
+pub mod broker_config;
 pub mod demo;
 pub mod error;
 pub mod ledger;

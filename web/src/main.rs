@@ -52,6 +52,37 @@ enum Command {
         #[arg(long)]
         key: PathBuf,
     },
+    /// Writes the broker's files from the registry: `passwd`, `acl` and `mosquitto.conf` (Mosquitto
+    /// 2). Needs `broker.secret_file`. Run it again, and reload the broker (SIGHUP), after
+    /// registering devices or accounts.
+    BrokerConfig {
+        /// Directory to write the files into.
+        #[arg(long)]
+        out: PathBuf,
+        /// Where the files will be installed (the paths `mosquitto.conf` names); default: --out.
+        #[arg(long)]
+        install_dir: Option<PathBuf>,
+        /// The broker's listener port.
+        #[arg(long, default_value_t = 1883)]
+        port: u16,
+        /// The listener's address (default: every interface).
+        #[arg(long)]
+        bind: Option<String>,
+        /// The user Mosquitto runs as (`user` in mosquitto.conf; Mosquitto's default: `mosquitto`).
+        /// The files are mode 0600: give them to that user (chown).
+        #[arg(long)]
+        run_as: Option<String>,
+        /// More exchange usernames (one per exchange instance); this instance's `mqtt.username`
+        /// (default `gridex-exchange`) is always included.
+        #[arg(long = "exchange-user")]
+        exchange_users: Vec<String>,
+    },
+    /// Prints the broker username and password of a device or account (its id) or of an exchange
+    /// username, for the installer of that box. Needs `broker.secret_file`.
+    BrokerCredentials {
+        /// Device id, account id (64 hex digits) or exchange username.
+        id: String,
+    },
     /// Zones.
     Zone {
         #[command(subcommand)]
@@ -240,6 +271,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let signing =
                 meter_gateway::keys::generate_file(&key).with_context(|| format!("cannot write {}", key.display()))?;
             println!("{}", hex::encode(signing.verifying_key().to_bytes()));
+            Ok(())
+        }
+        Command::BrokerConfig { out, install_dir, port, bind, run_as, exchange_users } => {
+            let settings = settings()?;
+            let install_dir = match install_dir {
+                Some(dir) => dir,
+                None => std::path::absolute(&out).with_context(|| format!("cannot resolve {}", out.display()))?,
+            };
+            let listener = web::broker_config::ListenerOptions { port, bind, install_dir, run_as };
+            let count = web::broker_config::generate(&settings, &exchange_users, &listener, &out).await?;
+            println!("wrote passwd, acl and mosquitto.conf to {} ({count} participants)", out.display());
+            Ok(())
+        }
+        Command::BrokerCredentials { id } => {
+            let settings = settings()?;
+            let (username, password) = web::broker_config::credentials(&web::broker_config::secret(&settings)?, &id)?;
+            println!("username = \"{username}\"\npassword = \"{password}\"");
             Ok(())
         }
         Command::Zone { command: ZoneCommand::Create { id, name, slot_len_ms, utility: None } } => {

@@ -132,10 +132,25 @@ pub struct MqttSettings {
     /// PEM file of the CA certificates that sign the broker's certificate (`mqtts://` only); without
     /// it the system's trusted roots are used.
     pub ca_file: Option<String>,
-    /// The exchange's MQTT client id (default `gridex-exchange`). Its session on the broker is
-    /// persistent: messages published while the exchange is down wait there. Keep it stable across
-    /// restarts, and give every exchange instance (one per set of zones) its own.
+    /// The exchange's MQTT client id. Its session on the broker is persistent: messages published
+    /// while the exchange is down wait there. Keep it stable across restarts, and give every
+    /// exchange instance (one per set of zones) its own. A secret: whoever connects with it takes
+    /// the session over on a broker that does not bind client ids to usernames. Default: derived
+    /// from the broker secret (else the operator key), the username and `market.zones`
+    /// (`gridex-exchange-<16 hex digits>`), stable and not guessable; the generated Mosquitto
+    /// configuration replaces it by the username anyway (`web::broker::login`).
     pub client_id: Option<String>,
+}
+
+/// The broker's credentials: what `gridex broker-config` and the exchange's login derive from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerSettings {
+    /// Path of the broker secret (64 hex digits, made by `gridex keygen --key FILE`): every broker
+    /// password is derived from it (`web::broker_config`). With it, the exchange logs in as
+    /// `mqtt.username` (default `gridex-exchange`) with its derived password unless `mqtt.password`
+    /// is set. Keep it as secret as the operator key.
+    pub secret_file: Option<String>,
 }
 
 /// Webhook deliveries are retried until acknowledged (or the registration is deleted): the wait
@@ -211,6 +226,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub database: DatabaseSettings,
     pub mqtt: MqttSettings,
+    pub broker: BrokerSettings,
     pub api_keys: Vec<ApiKey>,
     pub webhooks: WebhookSettings,
     pub market: MarketSettings,
@@ -427,6 +443,9 @@ impl Settings {
         }
         if let Some((_, client_id)) = first(&["GRIDEX_MQTT__CLIENT_ID", "GRIDEX_MQTT_CLIENT_ID"]) {
             self.mqtt.client_id = Some(client_id);
+        }
+        if let Some((_, path)) = first(&["GRIDEX_BROKER__SECRET_FILE", "GRIDEX_BROKER_SECRET_FILE"]) {
+            self.broker.secret_file = Some(path);
         }
         if let Some((_, bind)) = first(&["GRIDEX_HTTP_BIND"]) {
             self.http.bind = bind;

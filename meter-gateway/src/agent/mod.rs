@@ -19,7 +19,7 @@ pub mod quoting;
 mod quoting_tests;
 
 use crate::clock::SimClock;
-use crate::publisher::{mqtt_options, MqttSettings};
+use crate::publisher::{mqtt_options, MqttLogin, MqttSettings};
 use forecast::Forecaster;
 use position::Positions;
 use protocol::{
@@ -116,6 +116,11 @@ pub struct AgentSettings {
     pub qty_min_wh: i64,
     #[serde(default = "default_window")]
     pub forecast_window_ms: i64,
+    /// The agent's own broker login (`[agent.mqtt]`: its account id as username and the password
+    /// `gridex broker-credentials ACCOUNT` prints); needed when the gateway's `[mqtt]` has a
+    /// username, as the gateway logs in as its device. The URL and CA file are the gateway's.
+    #[serde(default)]
+    pub mqtt: Option<MqttLogin>,
     /// The quoting strategy and its settings; absent: the limit strategy.
     #[serde(default)]
     pub quoting: Option<QuotingSettings>,
@@ -474,6 +479,27 @@ fn heard(topic: &str, payload: &[u8], zone: &ZoneId, account: &AccountId) -> Opt
     None
 }
 
+/// The gateway's broker settings with the agent's own login and client id: never the device's, or
+/// the two would take each other's session over (the broker binds the client id to the username).
+fn agent_login(mut mqtt: MqttSettings, login: Option<&MqttLogin>) -> Result<MqttSettings, AgentError> {
+    mqtt.client_id = None;
+    match login {
+        Some(login) => {
+            mqtt.username = Some(login.username.clone());
+            mqtt.password = Some(login.password.clone());
+        }
+        None if mqtt.username.is_some() => {
+            return Err(AgentError::Settings(
+                "the gateway logs in to the broker as its device: give the agent its own login in [agent.mqtt] \
+                 (username = the account id, password from gridex broker-credentials)"
+                    .to_owned(),
+            ));
+        }
+        None => {}
+    }
+    Ok(mqtt)
+}
+
 /// Runs the agent: readings arrive on `readings` (the gateway feeds its own), commands go to
 /// `gridex/v1/{zone}/orders/{account}`. The quoting strategy also subscribes to the zone's book and
 /// the account's events and rejects, in a persistent MQTT session (so updates sent while the agent
@@ -491,6 +517,7 @@ pub async fn run(
     let account = AccountId::from_verifying_key(&key.verifying_key());
     let state_file = settings.quoting.as_ref().and_then(|quoting| quoting.state_file.clone());
     let quoting = settings.quoting.is_some();
+    let mqtt = agent_login(mqtt, settings.mqtt.as_ref())?;
     let mut options = mqtt_options(&mqtt, &format!("gridex-agent-{}", &account.to_hex()[..16]), None)?;
     options.set_clean_session(!quoting);
     let (client, mut eventloop) = AsyncClient::new(options, crate::publisher::REQUEST_CHANNEL_CAPACITY);
@@ -583,6 +610,23 @@ mod tests {
 
     const MIN: i64 = 60_000;
 
+    #[test]
+    fn the_agent_logs_in_as_its_account_never_as_the_gateways_device() {
+        let gateway = MqttSettings {
+            username: Some("device".into()),
+            password: Some("device-pw".into()),
+            client_id: Some("device".into()),
+            ..MqttSettings::default()
+        };
+        let login = MqttLogin { username: "account".into(), password: "account-pw".into() };
+        let agent = agent_login(gateway.clone(), Some(&login)).expect("its own login");
+        assert_eq!((agent.username.as_deref(), agent.password.as_deref()), (Some("account"), Some("account-pw")));
+        assert_eq!(agent.client_id, None, "the client id follows the agent's username");
+        assert_eq!(agent.url, gateway.url);
+        assert!(matches!(agent_login(gateway, None), Err(AgentError::Settings(_))), "the device's login is refused");
+        assert_eq!(agent_login(MqttSettings::default(), None).expect("anonymous").username, None);
+    }
+
     fn settings() -> AgentSettings {
         AgentSettings {
             key: PathBuf::from("unused"),
@@ -595,6 +639,7 @@ mod tests {
             slots_ahead: 2,
             qty_min_wh: QTY_MIN_WH_DEFAULT,
             forecast_window_ms: 30 * MIN,
+            mqtt: None,
             quoting: None,
         }
     }

@@ -36,6 +36,7 @@ fn settings(quoting: QuotingSettings) -> AgentSettings {
         slots_ahead: 2,
         qty_min_wh: QTY_MIN_WH_DEFAULT,
         forecast_window_ms: 30 * MIN,
+        mqtt: None,
         quoting: Some(quoting),
     }
 }
