@@ -13,9 +13,7 @@ use rumqttc::MqttOptions;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The prefix of the exchange's derived client ids (`gridex-exchange-<16 hex digits>`); never a
-/// client id itself: a public, fixed id let anyone take over the exchange's persistent session.
-pub const EXCHANGE_CLIENT_ID_PREFIX: &str = "gridex-exchange";
+pub use crate::broker_config::EXCHANGE_CLIENT_ID_PREFIX;
 /// Keep-alive of the exchange's connection.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// Largest MQTT packet in and out: a signed order or reading is under 1 KiB, a book snapshot of

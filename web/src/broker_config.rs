@@ -25,6 +25,9 @@ use sha2::{Sha256, Sha512};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+/// The prefix of the exchange's derived client ids (`gridex-exchange-<16 hex digits>`); never a
+/// client id itself: a public, fixed id let anyone take over the exchange's persistent session.
+pub const EXCHANGE_CLIENT_ID_PREFIX: &str = "gridex-exchange";
 /// The exchange's broker username when `mqtt.username` is not set.
 pub const EXCHANGE_USERNAME: &str = "gridex-exchange";
 /// Iterations of PBKDF2-SHA512 in the password file: what `mosquitto_passwd` (2.0) writes.
@@ -96,7 +99,7 @@ impl BrokerSecret {
     /// An exchange client id nobody can guess without the secret, stable for `instance` (the
     /// instance's zones): `gridex-exchange-<16 hex digits>`.
     pub fn exchange_client_id(&self, instance: &str) -> String {
-        let prefix = crate::broker::EXCHANGE_CLIENT_ID_PREFIX;
+        let prefix = EXCHANGE_CLIENT_ID_PREFIX;
         format!("{prefix}-{}", &hex::encode(self.mac(CLIENT_ID_TAG, instance))[..16])
     }
 
@@ -348,16 +351,16 @@ pub fn secret(settings: &crate::Settings) -> Result<BrokerSecret, BrokerConfigEr
     BrokerSecret::load(Path::new(path))
 }
 
-/// `gridex broker-config`: reads the registry from the settings' database and writes the files into
-/// `out` ([`files_from_registry`]). Returns how many logins it wrote.
+/// `gridex broker-config`: reads the registry in `db` and writes the files into `out`
+/// ([`files_from_registry`]). Returns how many logins it wrote.
 pub async fn generate(
+    db: &gridex_store::Database,
     settings: &crate::Settings,
     more_exchanges: &[String],
     listener: &ListenerOptions,
     out: &Path,
 ) -> anyhow::Result<usize> {
-    let db = crate::application::open_database(settings)?;
-    let (files, count) = files_from_registry(&db, settings, more_exchanges, listener).await?;
+    let (files, count) = files_from_registry(db, settings, more_exchanges, listener).await?;
     files.write(out)?;
     Ok(count)
 }

@@ -280,7 +280,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => std::path::absolute(&out).with_context(|| format!("cannot resolve {}", out.display()))?,
             };
             let listener = web::broker_config::ListenerOptions { port, bind, install_dir, run_as };
-            let count = web::broker_config::generate(&settings, &exchange_users, &listener, &out).await?;
+            let db = web::application::open_database(&settings)?;
+            let count = web::broker_config::generate(&db, &settings, &exchange_users, &listener, &out).await?;
             println!("wrote passwd, acl and mosquitto.conf to {} ({count} participants)", out.display());
             Ok(())
         }
