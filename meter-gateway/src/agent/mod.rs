@@ -309,6 +309,12 @@ impl Planner {
     /// Takes a reject of one of this account's commands.
     pub fn observe_reject(&mut self, reject: &Reject) {
         self.positions.on_reject(reject);
+        if reject.reason == protocol::Reason::Replayed {
+            // Another client of this account (its owner's dashboard signs with the same key) has used
+            // nonces above ours: continue above the wall clock's microseconds, as a restart would.
+            self.next_nonce = self.next_nonce.max(nonce_base());
+            self.positions.next_nonce = self.next_nonce;
+        }
     }
 
     pub fn open_orders(&self) -> &BTreeMap<SlotId, OpenOrder> {
@@ -662,6 +668,29 @@ mod tests {
     fn planner() -> Planner {
         let account = AccountId::from_verifying_key(&testing::signing_key(3).verifying_key());
         Planner::new(settings(), account, testing::zone(), 1)
+    }
+
+    #[test]
+    fn after_its_owner_used_the_account_elsewhere_a_replayed_agent_continues_above_the_clock() {
+        // The owner's dashboard signs with the same account key, from the wall clock in µs; the
+        // agent's next command is then refused `replayed` and it must not stay behind forever.
+        let mut agent = planner();
+        let before = agent.nonce();
+        let reject = Reject {
+            of: "order".into(),
+            seq: Some(before),
+            reason: protocol::Reason::Replayed,
+            message: "the nonce is not greater than the last accepted one".into(),
+            ts_ms: TimestampMs(0),
+        };
+        let floor = nonce_base();
+        agent.observe_reject(&reject);
+        assert!(agent.nonce() >= floor, "the next nonce starts above the clock's microseconds");
+        // Any other refusal leaves the numbering alone.
+        let mut other = planner();
+        let first = other.nonce();
+        other.observe_reject(&Reject { reason: protocol::Reason::GateClosed, ..reject });
+        assert_eq!(other.nonce(), first + 1);
     }
 
     #[test]

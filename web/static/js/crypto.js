@@ -213,9 +213,13 @@ export async function signMessage(privateKey, message) {
   return { signed, json: canonicalJson(signed) };
 }
 
-/** Per-account nonces: strictly increasing, starting from the wall clock in milliseconds. */
+/**
+ * Per-account nonces: strictly increasing, at least the wall clock in microseconds (as the gateway's
+ * trading agent starts its nonces, then counts up by one per command, far slower): so a command
+ * signed here is above every nonce the agent of the same account has used.
+ */
 export function nextNonce(lastNonce, nowMs = Date.now()) {
-  return Math.max(Math.floor(nowMs), Math.floor(lastNonce || 0) + 1);
+  return Math.max(Math.floor(nowMs) * 1000, Math.floor(lastNonce || 0) + 1);
 }
 
 /** A protocol `Order` (see protocol/src/messages.rs); integers in protocol units. */
@@ -251,7 +255,7 @@ let lastRequestTsMs = 0;
 
 export async function requestHeaders({ account, privateKey, method, path, body = '', tsMs = Date.now() }) {
   const bodyBytes = typeof body === 'string' ? encoder.encode(body) : body;
-  lastRequestTsMs = nextNonce(lastRequestTsMs, tsMs);
+  lastRequestTsMs = Math.max(Math.floor(tsMs), lastRequestTsMs + 1);
   const payload = {
     account,
     body_sha256: await sha256Hex(bodyBytes),

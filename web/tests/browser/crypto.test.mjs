@@ -197,14 +197,17 @@ test('two identical requests signed in the same millisecond differ (the server a
   assert.notEqual(second['X-Gridex-Signature'], first['X-Gridex-Signature']);
 });
 
-test('nonces strictly increase even when the clock does not', () => {
+test('nonces strictly increase even when the clock does not, from the clock in microseconds', () => {
   const first = nextNonce(0, 1_000);
   const second = nextNonce(first, 1_000);
   const third = nextNonce(second, 999);
-  assert.equal(first, 1_000);
-  assert.equal(second, 1_001);
-  assert.equal(third, 1_002);
-  assert.equal(nextNonce(5, 10_000), 10_000);
+  assert.equal(first, 1_000_000);
+  assert.equal(second, 1_000_001);
+  assert.equal(third, 1_000_002);
+  assert.equal(nextNonce(5, 10_000), 10_000_000);
+  // Above a trading agent of the same account, whose nonces start at its start's microseconds.
+  const agentNonce = 1_796_000_000_000_000 + 5_000;
+  assert.ok(nextNonce(0, 1_796_000_001_000) > agentNonce);
 });
 
 // protocol::testing::sample_statement(i), i = 0.., with account = public key of signing_key(i + 1).

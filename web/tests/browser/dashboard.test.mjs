@@ -9,6 +9,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { createHmac } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -125,15 +126,34 @@ const mqttString = (text) => {
 };
 
 /** Publishes one QoS 1 message to the demo's broker, as a gateway would; resolves on PUBACK. */
-function mqttPublish(port, topic, payload) {
+/**
+ * A participant's login at the demo's broker: its id as username and client id, its password
+ * derived from the demo's broker secret as gridex derives it (HMAC-SHA256 of the tagged username).
+ */
+function brokerLogin(dataDir, username) {
+  const secret = Buffer.from(readFileSync(path.join(dataDir, 'broker.secret'), 'utf8').trim(), 'hex');
+  const password = createHmac('sha256', secret).update('gridex-broker-password\n').update(username).digest('hex');
+  return { username, password };
+}
+
+/** Publishes `payload` on `topic` (QoS 1) as `login` through the broker on `port`; resolves on PUBACK. */
+function mqttPublish(port, login, topic, payload) {
   return new Promise((resolve, reject) => {
     const socket = net.connect(port, '127.0.0.1');
-    const connect = mqttPacket(0x10, Buffer.concat([mqttString('MQTT'), Buffer.from([4, 0x02, 0, 30]), mqttString(`browser-test-${process.pid}`)]));
+    // Clean session, username and password; client id = username (the broker refuses any other).
+    const connect = mqttPacket(
+      0x10,
+      Buffer.concat([mqttString('MQTT'), Buffer.from([4, 0xc2, 0, 30]), mqttString(login.username), mqttString(login.username), mqttString(login.password)]),
+    );
     const publish = mqttPacket(0x32, Buffer.concat([mqttString(topic), Buffer.from([0, 1]), Buffer.from(payload)]));
     let received = Buffer.alloc(0);
+    let done = false;
     socket.setTimeout(STEP_TIMEOUT_MS, () => socket.destroy(new Error('the broker did not answer')));
     socket.on('connect', () => socket.write(connect));
     socket.on('error', reject);
+    socket.on('close', () => {
+      if (!done) reject(new Error('the broker closed the connection before acknowledging the publish'));
+    });
     socket.on('data', (chunk) => {
       received = Buffer.concat([received, chunk]);
       while (received.length >= 2 && received.length >= 2 + received[1]) {
@@ -143,6 +163,7 @@ function mqttPublish(port, topic, payload) {
         if (type === 2 && body[1] !== 0) return reject(new Error(`the broker refused the connection (${body[1]})`));
         if (type === 2) socket.write(publish);
         if (type === 4) {
+          done = true;
           socket.end(Buffer.from([0xe0, 0]));
           return resolve();
         }
@@ -324,7 +345,7 @@ test('the dashboard shows the live market and a household places a signed order'
     const seq = 2 ** 40;
     const reading = { type: 'reading', device: device.account, zone: 'demo', meter_serial: 'BACKDATED-1', seq, ts_ms: nowMs - 6 * 86_400_000, import_wh: 0, export_wh: 0, power_w: 0 };
     const { json } = await signMessage(device.privateKey, reading);
-    await mqttPublish(port, `gridex/v1/demo/readings/${device.account}`, json);
+    await mqttPublish(port, brokerLogin(server.dataDir, device.account), `gridex/v1/demo/readings/${device.account}`, json);
     const row = `#refused-table tr[data-seq="${seq}"]`;
     await page.waitForSelector(row, { state: 'attached', timeout: LIVE_TIMEOUT_MS });
     // The list is folded under its count; a click shows it.

@@ -326,7 +326,7 @@ async function sendSigned(build) {
     } catch (error) {
       if (attempt > 0 || error.code !== 'replayed') throw error;
       await loadOrders().catch(() => {});
-      seenNonce = Math.max(seenNonce, Date.now() + 1_000);
+      seenNonce = Math.max(seenNonce, (Date.now() + 1_000) * 1000);
     }
   }
 }
