@@ -302,6 +302,15 @@ async fn metrics_count_accepted_and_rejected_orders_and_show_latencies_and_queue
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_key_is_published_for_pinning() {
+    let app = spawn_app().await;
+    let (status, body) = app.get("/api/v1/operator-key").await;
+    assert_eq!(status, 200);
+    let expected = hex::encode(protocol::testing::operator_key().verifying_key().to_bytes());
+    assert_eq!(body, json!({ "operator": expected }), "the key the exchange signs its messages with");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_paths_and_methods_answer_json_errors() {
     let app = spawn_app().await;
     assert_error(&app.get("/api/v1/nothing-here").await, 404, "no_route");
@@ -1236,7 +1245,7 @@ async fn serve_settings_connect_the_exchange_over_mqtts_with_a_ca_file_and_a_log
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let start = |options| {
         exchange::service::start(
-            exchange::config::ExchangeConfig::default(),
+            exchange::config::ExchangeConfig::new(protocol::testing::operator_key()),
             test_db.db.clone(),
             clock.clone(),
             Some(options),

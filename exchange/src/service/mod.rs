@@ -83,6 +83,8 @@ pub struct ExchangeHandle {
     mqtt_stop: Arc<watch::Sender<bool>>,
     mqtt_tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
     mqtt_ready: watch::Receiver<bool>,
+    /// The public half of the key that signs everything published (PROTOCOL.md §2.1).
+    operator: [u8; 32],
 }
 
 impl std::fmt::Debug for ExchangeHandle {
@@ -125,6 +127,11 @@ impl ExchangeHandle {
     pub async fn mqtt_subscribed(&self) {
         let mut ready = self.mqtt_ready.clone();
         let _ = ready.wait_for(|ready| *ready).await;
+    }
+
+    /// The operator's public key: what receivers pin to verify the exchange's messages.
+    pub fn operator_key(&self) -> [u8; 32] {
+        self.operator
     }
 
     /// Market events as they happen.
@@ -236,7 +243,9 @@ pub async fn start(
     let tasks = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut mqtt_tasks = Vec::new();
 
-    let connection = mqtt.map(|options| mqtt::connect(options, config.publish_queue_len, mqtt_stop.clone()));
+    let connection = mqtt.map(|options| {
+        mqtt::connect(options, config.publish_queue_len, config.operator_key.clone(), mqtt_stop.clone())
+    });
     let publish_tx = connection.as_ref().map(|connection| connection.publish.clone());
     let outlets = Outlets { publish: publish_tx, events, clock: clock.clone() };
 
@@ -297,6 +306,7 @@ pub async fn start(
     }
 
     Ok(ExchangeHandle {
+        operator: config.operator_key.verifying_key().to_bytes(),
         ingest: ingest_tx,
         zones: zone_set,
         outlets,
