@@ -121,6 +121,16 @@ pub async fn zone_stats(state: web::Data<AppState>, zone: web::Path<String>) -> 
     Ok(HttpResponse::Ok().json(stats))
 }
 
+/// A settled slot's root as the operator signed it: the protocol `slot_root` message, to verify
+/// against the pinned operator key (PROTOCOL.md §2.1).
+pub async fn slot_root(state: web::Data<AppState>, path: web::Path<(String, i64)>) -> Result<HttpResponse, ApiError> {
+    let (zone, slot) = path.into_inner();
+    let (zone, slot) = (crate::public::parse_zone(&zone)?, parse_slot(slot)?);
+    let signed = query(&state, move |conn| queries::signed_root(conn, &zone, slot)).await?;
+    let signed = signed.ok_or_else(|| ApiError::not_found("slot_not_settled", "the slot is not settled"))?;
+    Ok(HttpResponse::Ok().content_type("application/json").body(signed))
+}
+
 pub async fn tokens(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let now_ms = state.now_ms();
     let supply = query(&state, move |conn| queries::token_supply(conn, now_ms)).await?;

@@ -177,6 +177,13 @@ pub fn endpoints() -> Vec<Endpoint> {
         })
         .query(RANGE)
         .bounded("Not paged: one candle per slot of a range of at most 7 days, every trade counted."),
+        ep(
+            "get",
+            "/api/v1/zones/{zone}/roots/{slot}",
+            "A settled slot's root, signed by the operator",
+            "public",
+            || web::get().to(ledger::slot_root),
+        ),
         ep("get", "/api/v1/zones/{zone}/stats", "Zone totals", "public", || web::get().to(ledger::zone_stats)),
         ep("get", "/api/v1/tokens", "GRID token supply and emission", "public", || web::get().to(ledger::tokens)),
         ep("get", "/api/v1/stream", "Live feed (Server-Sent Events)", "public", || web::get().to(sse::stream))

@@ -308,6 +308,10 @@ async fn the_operator_key_is_published_for_pinning() {
     assert_eq!(status, 200);
     let expected = hex::encode(protocol::testing::operator_key().verifying_key().to_bytes());
     assert_eq!(body, json!({ "operator": expected }), "the key the exchange signs its messages with");
+    // The dashboard pins it in the page it is served in, not from the responses it verifies.
+    let page = app.client.get(app.url("/")).send().await.expect("index").text().await.expect("text");
+    assert!(page.contains(&format!(r#"<meta name="gridex-operator-key" content="{expected}">"#)), "pinned in the page");
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1065,7 +1069,14 @@ async fn settled_slots_give_statements_with_proofs_balances_reports_and_tokens()
     assert_eq!(status, 200, "{proof}");
     assert_eq!(proof["statement"]["account"], account(&app.alice).to_hex());
     assert_eq!(proof["root"].as_str().expect("root").len(), 64);
+    // The slot's root is public, as the operator signed it, and verifies against the pinned key.
+    let root = app.client.get(app.url(&format!("/api/v1/zones/{ZONE}/roots/{slot}"))).send().await.expect("root");
+    assert_eq!(root.status().as_u16(), 200);
+    let signed = Signed::<protocol::SlotRoot>::parse(&root.bytes().await.expect("body")).expect("a slot_root");
+    signed.verify_operator(&config.operator_key.verifying_key().to_bytes()).expect("signed by the operator");
+    assert_eq!(signed.message.root, proof["root"].as_str().expect("root"));
     let stranger_slot = slot + 24 * 3_600_000;
+    assert_error(&app.get(&format!("/api/v1/zones/{ZONE}/roots/{stranger_slot}")).await, 404, "slot_not_settled");
     assert_error(
         &app.trader_get(&app.alice, &format!("/api/v1/me/statements/{ZONE}/{stranger_slot}")).await,
         404,

@@ -407,8 +407,16 @@ async function rootSignatureOk(proof) {
   if (typeof signedRoot === 'string') signedRoot = JSON.parse(signedRoot);
   const { sig, ...fields } = signedRoot;
   if (fields.type !== 'slot_root' || fields.root !== proof.root) return false;
-  if (proof.operator && fields.operator !== proof.operator) return false;
-  return verifyBytes(fields.operator, sig, signingBytes('slot_root', fields));
+  // The key is the one pinned in the page, never the one this response names (PROTOCOL.md §2.1).
+  const pinned = pinnedOperatorKey();
+  if (!pinned || fields.operator !== pinned) return false;
+  return verifyBytes(pinned, sig, signingBytes('slot_root', fields));
+}
+
+/** The operator key the page pins (`<meta name="gridex-operator-key">`), or null when unset. */
+function pinnedOperatorKey() {
+  const content = document.querySelector('meta[name="gridex-operator-key"]')?.content ?? '';
+  return /^[0-9a-f]{64}$/.test(content) ? content : null;
 }
 
 function proofKey(statement) {
