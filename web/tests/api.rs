@@ -790,6 +790,12 @@ async fn the_live_feed_streams_trades_books_and_settlements_of_its_zone() {
     assert_eq!(app.place(&app.bob, Side::Buy, 150_000, 700).await.0, 202);
     let trade = read_event(&mut stream, "trade").await;
     assert_eq!(trade["qty_wh"], 700);
+    // Both carry the operator's signature, which verifies against the pinned key (PROTOCOL.md §2.1).
+    let pinned = protocol::testing::operator_key().verifying_key().to_bytes();
+    let book = serde_json::to_vec(&book).expect("JSON");
+    Signed::<protocol::BookSnapshot>::parse(&book).expect("a signed book").verify_operator(&pinned).expect("verifies");
+    let trade = serde_json::to_vec(&trade).expect("JSON");
+    Signed::<protocol::Trade>::parse(&trade).expect("a signed trade").verify_operator(&pinned).expect("verifies");
     app.state.publish(LiveEvent::Settlement(SlotSettled {
         zone: zone(),
         slot: open_slot(),

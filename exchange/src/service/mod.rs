@@ -53,7 +53,7 @@ use events::{shutting_down, Reply};
 use gridex_store::clock::Clock;
 use gridex_store::Database;
 use outlets::{reject, Outlets};
-use protocol::{AccountId, BookSnapshot, Reason, SlotId, ZoneId};
+use protocol::{AccountId, BookSnapshot, Reason, Signed, SlotId, ZoneId};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,6 +85,8 @@ pub struct ExchangeHandle {
     mqtt_ready: watch::Receiver<bool>,
     /// The public half of the key that signs everything published (PROTOCOL.md §2.1).
     operator: [u8; 32],
+    /// The operator key itself, for [`ExchangeHandle::sign_operator`]; never handed out.
+    operator_key: Arc<ed25519_dalek::SigningKey>,
 }
 
 impl std::fmt::Debug for ExchangeHandle {
@@ -132,6 +134,12 @@ impl ExchangeHandle {
     /// The operator's public key: what receivers pin to verify the exchange's messages.
     pub fn operator_key(&self) -> [u8; 32] {
         self.operator
+    }
+
+    /// Signs an outbound message as the exchange's publisher does (for other outlets of the same
+    /// messages, such as the web server's live feed).
+    pub fn sign_operator<T: protocol::OperatorSigned>(&self, message: T) -> Result<Signed<T>, protocol::ProtocolError> {
+        Signed::sign_operator(message, &self.operator_key)
     }
 
     /// Market events as they happen.
@@ -307,6 +315,7 @@ pub async fn start(
 
     Ok(ExchangeHandle {
         operator: config.operator_key.verifying_key().to_bytes(),
+        operator_key: Arc::new(config.operator_key.clone()),
         ingest: ingest_tx,
         zones: zone_set,
         outlets,

@@ -1,7 +1,7 @@
 // Home view for a logged-in household: balances, earnings, energy charts from its meter readings,
 // an order form whose orders are signed in the browser, open orders with cancel buttons, and
 // settlement statements whose Merkle inclusion proof is checked here.
-import { ApiError, get, postCommand, traderGetAll, traderRequest } from '../api.js';
+import { ApiError, get, pinnedOperatorKey, postCommand, traderGetAll, traderRequest } from '../api.js';
 import { draw, energyChart } from '../charts.js';
 import * as clock from '../clock.js';
 import { buildCancel, buildOrder, canonicalJson, nextNonce, signMessage, signingBytes, verifyBytes, verifyInclusion } from '../crypto.js';
@@ -413,11 +413,7 @@ async function rootSignatureOk(proof) {
   return verifyBytes(pinned, sig, signingBytes('slot_root', fields));
 }
 
-/** The operator key the page pins (`<meta name="gridex-operator-key">`), or null when unset. */
-function pinnedOperatorKey() {
-  const content = document.querySelector('meta[name="gridex-operator-key"]')?.content ?? '';
-  return /^[0-9a-f]{64}$/.test(content) ? content : null;
-}
+
 
 function proofKey(statement) {
   return `${statement.zone}/${statement.slot}`;
