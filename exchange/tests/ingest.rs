@@ -615,3 +615,32 @@ async fn a_forged_trade_on_the_broker_is_detected_by_the_agent() {
     })
     .await;
 }
+
+/// Slot roots are published retained on the zone's `roots` topic as the operator signed them; a root
+/// signed by another key is refused, never published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_root_is_published_only_when_the_operator_signed_it() {
+    on_every_backend(ExchangeConfig::new(protocol::testing::operator_key()), |mut env| async move {
+        let zone = env.zone.clone();
+        let root = |operator: &SigningKey| protocol::SlotRoot {
+            zone: zone.clone(),
+            slot: env.slot(),
+            root: "07".repeat(32),
+            statements: 3,
+            operator: protocol::AccountId::from_verifying_key(&operator.verifying_key()),
+            ts_ms: protocol::TimestampMs(NOW_MS),
+        };
+        let neighbour = protocol::testing::signing_key(77);
+        let forged = protocol::Signed::sign(root(&neighbour), &neighbour).expect("signs");
+        assert_eq!(env.exchange.publish_slot_root(&forged).unwrap_err().reason, Reason::BadSignature);
+        let operator = protocol::testing::operator_key();
+        let genuine = protocol::Signed::sign(root(&operator), &operator).expect("signs");
+        env.exchange.publish_slot_root(&genuine).expect("the operator's root");
+        let heard = env.probe.next_on(&topics::slot_root(&zone)).await;
+        let heard = protocol::Signed::<protocol::SlotRoot>::parse(&heard).expect("a slot root");
+        heard.verify_operator(&pinned_operator()).expect("verifies against the pinned key");
+        assert_eq!(heard.message, genuine.message);
+        env
+    })
+    .await;
+}

@@ -203,6 +203,24 @@ pub fn report_csv(report: &queries::SlotReport) -> String {
 /// Forwards settlement's settled-slot announcements to the live feed (and so to webhooks), and
 /// records each slot's settlement latency.
 /// Ends when settlement drops its sender (its loop stopped).
+/// Publishes a settled slot's signed root on MQTT (retained) through the exchange, if one runs here.
+async fn publish_slot_root(state: &AppState, zone: ZoneId, slot: SlotId) {
+    let Some(exchange) = state.market.handle() else { return };
+    let signed = match query(state, move |conn| queries::signed_root(conn, &zone, slot)).await {
+        Ok(Some(signed)) => signed,
+        Ok(None) => return,
+        Err(error) => {
+            tracing::warn!(?error, "cannot read a settled slot's root to publish it");
+            return;
+        }
+    };
+    let published = protocol::Signed::<protocol::SlotRoot>::parse(signed.as_bytes())
+        .and_then(|root| exchange.publish_slot_root(&root));
+    if let Err(error) = published {
+        tracing::error!(%error, "a settled slot's root is not the exchange's operator's: not published");
+    }
+}
+
 pub fn spawn_settled_forwarder(
     state: &AppState,
     mut settled: broadcast::Receiver<settlement::SlotSettled>,
@@ -216,6 +234,7 @@ pub fn spawn_settled_forwarder(
                         slot.slot.start_ms().saturating_add(slot.slot_len_ms),
                         slot.closed_ms,
                     );
+                    publish_slot_root(&state, slot.zone.clone(), slot.slot).await;
                     state.publish(LiveEvent::Settlement(SlotSettled {
                         zone: slot.zone,
                         slot: slot.slot,

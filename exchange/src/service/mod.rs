@@ -142,6 +142,15 @@ impl ExchangeHandle {
         Signed::sign_operator(message, &self.operator_key)
     }
 
+    /// Publishes a settled slot's root (retained, on `topics::slot_root`), as settlement signed it;
+    /// refused unless the operator key of this exchange signed it.
+    pub fn publish_slot_root(&self, signed: &Signed<protocol::SlotRoot>) -> Result<(), protocol::ProtocolError> {
+        signed.verify_operator(&self.operator)?;
+        let topic = protocol::topics::slot_root(&signed.message.zone);
+        self.outlets.publish_presigned(topic, signed.to_json(), rumqttc::QoS::AtLeastOnce, true);
+        Ok(())
+    }
+
     /// Market events as they happen.
     pub fn subscribe(&self) -> broadcast::Receiver<MarketEvent> {
         self.outlets.events.subscribe()

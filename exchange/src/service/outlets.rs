@@ -38,6 +38,15 @@ impl Outlets {
             }
         }
     }
+    /// Queues a message already signed elsewhere by the operator key (a slot root from settlement).
+    pub fn publish_presigned(&self, topic: String, payload: Vec<u8>, qos: rumqttc::QoS, retain: bool) {
+        if let Some(publish) = &self.publish {
+            let sign: Sign = Box::new(move |_| Ok(payload));
+            if publish.try_send(Outbound { topic, sign, qos, retain }).is_err() {
+                metrics::counter!("gridex_publish_dropped_total").increment(1);
+            }
+        }
+    }
     /// Publishes a message to the broker (QoS 1, not retained), signed by the operator.
     pub fn publish_message<T>(&self, topic: String, message: &T)
     where

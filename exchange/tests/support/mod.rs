@@ -146,14 +146,14 @@ impl Probe {
                     .await
                     .expect("subscribe");
             }
-            for channel in ["trades", "auction"] {
+            for channel in ["trades", "auction", "roots"] {
                 client
                     .subscribe(format!("gridex/v1/{zone}/{channel}"), rumqttc::QoS::AtLeastOnce)
                     .await
                     .expect("subscribe");
             }
         }
-        let expected = zones.len() * 4;
+        let expected = zones.len() * 5;
         tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
