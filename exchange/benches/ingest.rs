@@ -61,7 +61,7 @@ fn fixture(count: usize) -> Fixture {
         messages.push((origin, signed.to_json()));
         parsed.push(signed);
     }
-    let mut verifier = Verifier::new(Limits::from(&ExchangeConfig::default()));
+    let mut verifier = Verifier::new(Limits::from(&ExchangeConfig::new(protocol::testing::operator_key())));
     verifier.directory = directory;
     Fixture { verifier, messages, parsed }
 }

@@ -268,7 +268,10 @@ async fn run(broker: &BrokerAddr, gateways: usize, readings_each: u64, traders: 
     let raw_readings = raw_rate(broker, &reading_senders).await;
     let raw_orders = raw_rate(broker, &order_senders).await;
 
-    let config = ExchangeConfig { ingest_queue_len: LOAD_INGEST_QUEUE_LEN, ..ExchangeConfig::default() };
+    let config = ExchangeConfig {
+        ingest_queue_len: LOAD_INGEST_QUEUE_LEN,
+        ..ExchangeConfig::new(protocol::testing::operator_key())
+    };
     let options = mqtt_options(broker, &format!("exchange-{}", unique()));
     let exchange =
         service::start(config, test_db.db.clone(), Arc::new(SystemClock), Some(options)).await.expect("start");

@@ -1,5 +1,6 @@
 //! The exchange's settings, with defaults that need no file.
 
+use ed25519_dalek::SigningKey;
 use protocol::{PricePerKwh, Wh, ZoneId};
 
 /// Market timing defaults (defined once, in `protocol`, because gateways assume them too): 15-minute
@@ -62,6 +63,9 @@ pub struct ClosingAuction {
 /// Everything the service needs to know besides the database, the clock and the broker.
 #[derive(Debug, Clone)]
 pub struct ExchangeConfig {
+    /// The operator's key: it signs everything the exchange publishes (PROTOCOL.md §2.1), the same
+    /// key settlement signs slot roots with. Receivers pin its public half.
+    pub operator_key: SigningKey,
     /// Zones served; empty means every zone in the registry.
     pub zones: Vec<ZoneId>,
     /// Slot length used when a zone does not set its own (zones' `slot_len_ms` wins).
@@ -111,9 +115,11 @@ impl ExchangeConfig {
     }
 }
 
-impl Default for ExchangeConfig {
-    fn default() -> Self {
+impl ExchangeConfig {
+    /// The default limits, signing with `operator_key`.
+    pub fn new(operator_key: SigningKey) -> Self {
         Self {
+            operator_key,
             zones: Vec::new(),
             slot_len_ms: SLOT_LEN_MS_DEFAULT,
             horizon_ms: HORIZON_MS_DEFAULT,

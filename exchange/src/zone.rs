@@ -425,9 +425,7 @@ impl ZoneOwner {
 
     fn publish_book(&self, slot: SlotId) {
         let Some(snapshot) = self.snapshot(slot, protocol::messages::BOOK_LEVELS_MAX) else { return };
-        if let Ok(payload) = protocol::encode(&snapshot) {
-            self.outlets.publish(topics::book(&self.zone), payload, rumqttc::QoS::AtMostOnce, true);
-        }
+        self.outlets.publish(topics::book(&self.zone), snapshot.clone(), rumqttc::QoS::AtMostOnce, true);
         self.outlets.event(MarketEvent::Book(snapshot));
     }
 
@@ -513,9 +511,7 @@ impl ZoneOwner {
                 ts_ms: TimestampMs(now_ms),
                 call_phase: None,
             };
-            if let Ok(payload) = protocol::encode(&snapshot) {
-                self.outlets.publish(topics::book(&self.zone), payload, rumqttc::QoS::AtMostOnce, true);
-            }
+            self.outlets.publish(topics::book(&self.zone), snapshot.clone(), rumqttc::QoS::AtMostOnce, true);
             self.outlets.event(MarketEvent::Book(snapshot));
         }
     }

@@ -6,6 +6,8 @@
 
 mod support;
 
+use support::decode;
+
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use ed25519_dalek::SigningKey;
@@ -15,7 +17,7 @@ use gridex_store::clock::ManualClock;
 use gridex_store::schema::{order_commands, readings};
 use gridex_store::testing::TestDb;
 use gridex_store::{Backend, Database, DbError};
-use protocol::{decode, topics, AccountId, Reason, Reject, Side, SlotId, ZoneId};
+use protocol::{topics, AccountId, Reason, Reject, Side, SlotId, ZoneId};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -229,7 +231,7 @@ async fn a_failed_commit_is_not_acknowledged() {
         for test_db in TestDb::all() {
             eprintln!("backend {:?}, broker {}", test_db.db.backend(), broker.name);
             let db = &test_db.db;
-            let market = Market::seed(db, 2, ExchangeConfig::default());
+            let market = Market::seed(db, 2, ExchangeConfig::new(protocol::testing::operator_key()));
             let exchange = market.start(db, &broker).await;
             let mut probe = Probe::connect(&broker, std::slice::from_ref(&market.zone)).await;
             let mut rejects = Vec::new();
@@ -288,7 +290,7 @@ async fn a_full_ingest_queue_applies_back_pressure() {
         verify_batch_max: 2,
         verify_workers: 1,
         group_commit_size_max: 2,
-        ..ExchangeConfig::default()
+        ..ExchangeConfig::new(protocol::testing::operator_key())
     };
     for broker in brokers() {
         for test_db in TestDb::all() {

@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::decode;
+
 use diesel::prelude::*;
 use ed25519_dalek::SigningKey;
 use exchange::config::ExchangeConfig;
@@ -12,7 +14,7 @@ use exchange::service::{self, ExchangeHandle};
 use gridex_store::clock::ManualClock;
 use gridex_store::schema::{devices, reading_rejections, readings};
 use gridex_store::testing::TestDb;
-use protocol::{decode, topics, DeviceId, MeterSerial, ReadingAck, Reason, Reject, ZoneId};
+use protocol::{topics, DeviceId, MeterSerial, ReadingAck, Reason, Reject, ZoneId};
 use settlement::registry::{self, MeterCounters, MeterReplacement, RegistryError};
 use std::sync::Arc;
 use support::*;
@@ -45,7 +47,8 @@ impl Env {
         let clock = Arc::new(ManualClock::new(NOW_MS));
         let client_id = format!("exchange-{}", unique());
         // Only this test's zone: tests share Mosquitto.
-        let config = ExchangeConfig { zones: vec![zone.clone()], ..ExchangeConfig::default() };
+        let config =
+            ExchangeConfig { zones: vec![zone.clone()], ..ExchangeConfig::new(protocol::testing::operator_key()) };
         let probe = Probe::connect(broker, std::slice::from_ref(&zone)).await;
         let exchange = Self::exchange(&test_db, broker, &client_id, &config, &clock).await;
         Env { test_db, exchange, probe, zone, device, clock, client_id, config, broker: broker.clone() }

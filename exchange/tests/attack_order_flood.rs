@@ -6,13 +6,15 @@
 
 mod support;
 
+use support::decode;
+
 use diesel::prelude::*;
 use ed25519_dalek::SigningKey;
 use exchange::config::ExchangeConfig;
 use gridex_store::clock::ManualClock;
 use gridex_store::schema::order_commands;
 use gridex_store::testing::TestDb;
-use protocol::{decode, topics, AccountId, Cancel, OrderStatus, OrderUpdate, Reason, Reject, Side, Signed, SlotId};
+use protocol::{topics, AccountId, Cancel, OrderStatus, OrderUpdate, Reason, Reject, Side, Signed, SlotId};
 use protocol::{TimestampMs, ZoneId};
 use std::sync::Arc;
 use support::*;
@@ -86,7 +88,7 @@ async fn order_flood(test_db: &TestDb, broker: &BrokerAddr) {
         zones: vec![zone.clone()],
         order_commands_per_account_per_s: PER_S,
         order_commands_burst: BURST,
-        ..ExchangeConfig::default()
+        ..ExchangeConfig::new(protocol::testing::operator_key())
     };
     let options = mqtt_options(broker, &format!("exchange-{}", unique()));
     let exchange =

@@ -8,6 +8,8 @@
 
 mod support;
 
+use support::decode;
+
 use diesel::prelude::*;
 use ed25519_dalek::SigningKey;
 use exchange::config::ExchangeConfig;
@@ -15,9 +17,7 @@ use exchange::service;
 use gridex_store::clock::ManualClock;
 use gridex_store::schema::order_commands;
 use gridex_store::testing::TestDb;
-use protocol::{
-    decode, forge, topics, AccountId, Order, OrderStatus, OrderUpdate, Reason, Reject, Signed, SlotId, ZoneId,
-};
+use protocol::{forge, topics, AccountId, Order, OrderStatus, OrderUpdate, Reason, Reject, Signed, SlotId, ZoneId};
 use std::sync::Arc;
 use support::*;
 
@@ -67,7 +67,7 @@ async fn run_attack(test_db: TestDb, broker: &BrokerAddr) {
         // And all of them at one instant of the test's clock: the rate limit is not what this tests
         // (`attack_order_flood.rs` does).
         order_commands_burst: (ROUNDS * (VALID_PER_ROUND + 1)) as u32,
-        ..ExchangeConfig::default()
+        ..ExchangeConfig::new(protocol::testing::operator_key())
     };
     let clock = Arc::new(ManualClock::new(NOW_MS));
     let options = mqtt_options(broker, &format!("exchange-{}", unique()));

@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::decode;
+
 use diesel::prelude::*;
 use ed25519_dalek::SigningKey;
 use exchange::config::{ClosingAuction, ExchangeConfig};
@@ -13,7 +15,7 @@ use gridex_store::clock::ManualClock;
 use gridex_store::schema::trades;
 use gridex_store::testing::TestDb;
 use protocol::topics;
-use protocol::{decode, AccountId, AuctionResult, OrderStatus, OrderUpdate, Side, SlotId, Trade, ZoneId};
+use protocol::{AccountId, AuctionResult, OrderStatus, OrderUpdate, Side, SlotId, Trade, ZoneId};
 use std::sync::Arc;
 use support::*;
 
@@ -45,7 +47,7 @@ impl Market {
         let config = ExchangeConfig {
             zones: vec![zone.clone()],
             closing_auctions: vec![ClosingAuction { zone: zone.clone(), call_ms: CALL_MS }],
-            ..ExchangeConfig::default()
+            ..ExchangeConfig::new(protocol::testing::operator_key())
         };
         let clock = Arc::new(ManualClock::new(NOW_MS));
         let client_id = format!("exchange-{}", unique());

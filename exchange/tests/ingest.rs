@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::decode;
+
 use diesel::prelude::*;
 use ed25519_dalek::SigningKey;
 use exchange::config::ExchangeConfig;
@@ -12,7 +14,7 @@ use gridex_store::clock::ManualClock;
 use gridex_store::schema::{order_commands, readings, trades};
 use gridex_store::testing::TestDb;
 use protocol::topics;
-use protocol::{decode, OrderStatus, OrderUpdate, ReadingAck, Reason, Reject, Side, SlotId, Trade, ZoneId};
+use protocol::{OrderStatus, OrderUpdate, ReadingAck, Reason, Reject, Side, SlotId, Trade, ZoneId};
 use std::future::Future;
 use std::sync::Arc;
 use support::*;
@@ -126,7 +128,7 @@ async fn readings_published_while_the_exchange_is_down_wait_in_its_session_and_a
     for broker in brokers() {
         for test_db in TestDb::all() {
             eprintln!("backend {:?}, broker {}", test_db.db.backend(), broker.name);
-            let mut env = Env::start(test_db, &broker, ExchangeConfig::default()).await;
+            let mut env = Env::start(test_db, &broker, ExchangeConfig::new(protocol::testing::operator_key())).await;
             env.reading_acked(good_reading(&env, 1, NOW_MS - 3_000, 1)).await;
             env.exchange.clone().shutdown().await;
             // The exchange is gone; its gateways go on publishing and the broker acknowledges them.
@@ -164,9 +166,14 @@ async fn a_zone_registered_while_the_exchange_runs_is_served_without_a_restart()
         let broker = embedded_broker();
         let clock = Arc::new(ManualClock::new(NOW_MS));
         let options = mqtt_options(&broker, &format!("exchange-{}", unique()));
-        let exchange = service::start(ExchangeConfig::default(), test_db.db.clone(), clock.clone(), Some(options))
-            .await
-            .expect("the exchange starts");
+        let exchange = service::start(
+            ExchangeConfig::new(protocol::testing::operator_key()),
+            test_db.db.clone(),
+            clock.clone(),
+            Some(options),
+        )
+        .await
+        .expect("the exchange starts");
         tokio::time::timeout(ANSWER_TIMEOUT, exchange.mqtt_subscribed()).await.expect("subscribed in time");
 
         let zone = ZoneId::parse(&format!("late{}", unique())).expect("a zone id");
@@ -210,7 +217,7 @@ async fn a_zone_registered_while_the_exchange_runs_is_served_without_a_restart()
 /// past the order's time window; a different command with that nonce is a replay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_resent_after_a_restart_is_a_duplicate_and_is_not_applied_again() {
-    on_every_backend(ExchangeConfig::default(), |mut env| async move {
+    on_every_backend(ExchangeConfig::new(protocol::testing::operator_key()), |mut env| async move {
         let zone = env.zone.clone();
         let slot = env.slot();
         let account = protocol::AccountId::from_verifying_key(&env.account.verifying_key());
@@ -256,7 +263,7 @@ fn good_reading(env: &Env, seq: u64, ts_ms: i64, import_wh: i64) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_reading_is_rejected_as_a_bad_signature() {
-    on_every_backend(ExchangeConfig::default(), |mut env| async move {
+    on_every_backend(ExchangeConfig::new(protocol::testing::operator_key()), |mut env| async move {
         let json = String::from_utf8(good_reading(&env, 1, NOW_MS, 100)).expect("utf-8");
         let forged = json.replace("\"import_wh\":100", "\"import_wh\":99");
         assert_ne!(json, forged);
@@ -273,7 +280,7 @@ async fn a_forged_reading_is_rejected_as_a_bad_signature() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_oversized_and_unknown_field_messages_are_rejected_before_verification() {
-    on_every_backend(ExchangeConfig::default(), |mut env| async move {
+    on_every_backend(ExchangeConfig::new(protocol::testing::operator_key()), |mut env| async move {
         let device = device_hex(&env.device);
         let zone = env.zone.clone();
         let bytes = good_reading(&env, 1, NOW_MS, 100);
@@ -292,7 +299,7 @@ async fn truncated_oversized_and_unknown_field_messages_are_rejected_before_veri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_on_the_wrong_topic_or_for_the_wrong_zone_is_rejected() {
-    on_every_backend(ExchangeConfig::default(), |mut env| async move {
+    on_every_backend(ExchangeConfig::new(protocol::testing::operator_key()), |mut env| async move {
         let zone = env.zone.clone();
         let other = env.other.clone();
         // Device 1's reading on device 2's topic.
@@ -313,7 +320,7 @@ async fn a_message_on_the_wrong_topic_or_for_the_wrong_zone_is_rejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unregistered_key_is_rejected_as_unknown() {
-    on_every_backend(ExchangeConfig::default(), |mut env| async move {
+    on_every_backend(ExchangeConfig::new(protocol::testing::operator_key()), |mut env| async move {
         let stranger = SigningKey::from_bytes(&[77; 32]);
         let zone = env.zone.clone();
         let bytes = signed_reading(&stranger, reading(&stranger, &zone, 1, NOW_MS, 1, 0));
@@ -326,7 +333,11 @@ async fn an_unregistered_key_is_rejected_as_unknown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_and_future_timestamps_are_rejected() {
-    let config = ExchangeConfig { reading_age_ms_max: 60_000, future_skew_ms_max: 5_000, ..ExchangeConfig::default() };
+    let config = ExchangeConfig {
+        reading_age_ms_max: 60_000,
+        future_skew_ms_max: 5_000,
+        ..ExchangeConfig::new(protocol::testing::operator_key())
+    };
     on_every_backend(config, |mut env| async move {
         let device = device_hex(&env.device);
         let zone = env.zone.clone();
@@ -341,7 +352,7 @@ async fn stale_and_future_timestamps_are_rejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_counter_going_backwards_is_rejected_even_when_the_next_reading_continues_from_it() {
-    on_every_backend(ExchangeConfig::default(), |mut env| async move {
+    on_every_backend(ExchangeConfig::new(protocol::testing::operator_key()), |mut env| async move {
         let device = device_hex(&env.device);
         let zone = env.zone.clone();
         env.reading_acked(good_reading(&env, 1, NOW_MS - 20_000, 5_000)).await;
@@ -358,7 +369,7 @@ async fn a_counter_going_backwards_is_rejected_even_when_the_next_reading_contin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn energy_beyond_the_nameplate_is_rejected_as_implausible() {
-    on_every_backend(ExchangeConfig::default(), |mut env| async move {
+    on_every_backend(ExchangeConfig::new(protocol::testing::operator_key()), |mut env| async move {
         let device = device_hex(&env.device);
         let zone = env.zone.clone();
         env.reading_acked(good_reading(&env, 1, NOW_MS - 3_600_000, 0)).await;
@@ -373,7 +384,7 @@ async fn energy_beyond_the_nameplate_is_rejected_as_implausible() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resent_acknowledged_reading_is_acknowledged_again_and_stored_once() {
-    on_every_backend(ExchangeConfig::default(), |mut env| async move {
+    on_every_backend(ExchangeConfig::new(protocol::testing::operator_key()), |mut env| async move {
         let first = good_reading(&env, 1, NOW_MS - 2_000, 1);
         let second = good_reading(&env, 2, NOW_MS - 1_000, 2);
         env.reading_acked(first.clone()).await;
@@ -401,7 +412,7 @@ async fn a_resent_acknowledged_reading_is_acknowledged_again_and_stored_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_is_acknowledged_after_commit_matches_and_a_replayed_nonce_is_rejected() {
-    on_every_backend(ExchangeConfig::default(), |mut env| async move {
+    on_every_backend(ExchangeConfig::new(protocol::testing::operator_key()), |mut env| async move {
         let zone = env.zone.clone();
         let slot = env.slot();
         let seller = protocol::AccountId::from_verifying_key(&env.account.verifying_key()).to_hex();
@@ -461,7 +472,7 @@ async fn a_flood_beyond_the_ingest_queue_over_http_is_rejected_as_overloaded_and
         commit_queue_len: 1,
         group_commit_size_max: 1,
         group_commit_delay_ms: 20,
-        ..ExchangeConfig::default()
+        ..ExchangeConfig::new(protocol::testing::operator_key())
     };
     on_every_backend(config, |env| async move {
         const FLOOD: u64 = 300;
@@ -500,7 +511,11 @@ async fn a_flood_beyond_the_ingest_queue_over_http_is_rejected_as_overloaded_and
 /// `replayed` or `counter_went_backwards`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_verified_on_several_workers_is_accepted_in_arrival_order() {
-    let config = ExchangeConfig { verify_workers: 4, verify_batch_max: 8, ..ExchangeConfig::default() };
+    let config = ExchangeConfig {
+        verify_workers: 4,
+        verify_batch_max: 8,
+        ..ExchangeConfig::new(protocol::testing::operator_key())
+    };
     on_every_backend(config, |mut env| async move {
         const BURST: u64 = 400;
         let device = device_hex(&env.device);
@@ -528,7 +543,8 @@ async fn a_burst_verified_on_several_workers_is_accepted_in_arrival_order() {
 /// must therefore not hold back a lone reading (the timeout is a bound on a hang, not a timing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_message_is_committed_without_waiting_out_the_group_commit_delay() {
-    let config = ExchangeConfig { group_commit_delay_ms: 600_000, ..ExchangeConfig::default() };
+    let config =
+        ExchangeConfig { group_commit_delay_ms: 600_000, ..ExchangeConfig::new(protocol::testing::operator_key()) };
     on_every_backend(config, |env| async move {
         for seq in 1..=3 {
             let bytes = good_reading(&env, seq, NOW_MS - 10_000 + seq as i64 * 1_000, seq as i64);
@@ -538,6 +554,92 @@ async fn a_lone_message_is_committed_without_waiting_out_the_group_commit_delay(
                 .expect("accepted");
         }
         assert_eq!(env.stored_readings().await, 3);
+        env
+    })
+    .await;
+}
+
+/// The attack of issue 12: a neighbour on the broker publishes a trade and an order update of its
+/// own making on the zone's topics. A gateway's agent verifies what it hears against the pinned
+/// operator key (`meter_gateway::operator`): the forgeries are dropped, while the exchange's real,
+/// signed messages verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_trade_on_the_broker_is_detected_by_the_agent() {
+    on_every_backend(ExchangeConfig::new(protocol::testing::operator_key()), |mut env| async move {
+        let zone = env.zone.clone();
+        let slot = env.slot();
+        let pinned = pinned_operator();
+        let seller = protocol::AccountId::from_verifying_key(&env.account.verifying_key()).to_hex();
+        let (trades_topic, events_topic) = (topics::trades(&zone), topics::events(&zone, &seller));
+        let neighbour = protocol::testing::signing_key(77);
+        // The forged trade says the seller sold 5 MWh; signed by the neighbour, or not at all.
+        let mut forged_trade = protocol::testing::sample_trade();
+        forged_trade.zone = zone.clone();
+        forged_trade.qty_wh = protocol::Wh(5_000_000);
+        let forged = protocol::Signed::sign_operator(forged_trade.clone(), &neighbour).expect("signs");
+        env.probe.publish(trades_topic.clone(), forged.to_json()).await;
+        let forged_json = env.probe.next_on(&trades_topic).await;
+        assert_eq!(meter_gateway::operator::verified::<Trade>(&pinned, &trades_topic, &forged_json), None);
+        env.probe.publish(trades_topic.clone(), protocol::encode(&forged_trade).expect("encodes")).await;
+        let unsigned = env.probe.next_on(&trades_topic).await;
+        assert_eq!(meter_gateway::operator::verified::<Trade>(&pinned, &trades_topic, &unsigned), None);
+        let mut forged_update = protocol::testing::sample_order_update();
+        forged_update.zone = zone.clone();
+        let forged_update = protocol::Signed::sign_operator(forged_update, &neighbour).expect("signs");
+        env.probe.publish(events_topic.clone(), forged_update.to_json()).await;
+        let heard = env.probe.next_on(&events_topic).await;
+        assert_eq!(meter_gateway::operator::verified::<OrderUpdate>(&pinned, &events_topic, &heard), None);
+
+        // The exchange's own messages verify against the pinned key.
+        let sell = order(&env.account, &zone, slot, Side::Sell, 120_000, 1_000, 5, NOW_MS);
+        env.probe.publish(topics::orders(&zone, &seller), sell).await;
+        let update = env.probe.next_on(&events_topic).await;
+        let update = meter_gateway::operator::verified::<OrderUpdate>(&pinned, &events_topic, &update)
+            .expect("the exchange's order update verifies");
+        assert_eq!((update.status, update.order_nonce), (OrderStatus::Open, 5));
+        let buy = order(&env.account2, &zone, slot, Side::Buy, 150_000, 400, 1, NOW_MS);
+        let ack = env.exchange.submit_command(buy).await.expect("accepted");
+        let trade = env.probe.next_on(&trades_topic).await;
+        let trade = meter_gateway::operator::verified::<Trade>(&pinned, &trades_topic, &trade)
+            .expect("the exchange's trade verifies");
+        assert_eq!(trade, ack.trades[0]);
+        // And the same messages do not verify against another key.
+        let real = env.probe.drain(std::time::Duration::from_millis(200)).await;
+        let other = neighbour.verifying_key().to_bytes();
+        for (topic, payload) in &real {
+            if topic == &events_topic {
+                assert_eq!(meter_gateway::operator::verified::<OrderUpdate>(&other, topic, payload), None);
+            }
+        }
+        env
+    })
+    .await;
+}
+
+/// Slot roots are published retained on the zone's `roots` topic as the operator signed them; a root
+/// signed by another key is refused, never published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_root_is_published_only_when_the_operator_signed_it() {
+    on_every_backend(ExchangeConfig::new(protocol::testing::operator_key()), |mut env| async move {
+        let zone = env.zone.clone();
+        let root = |operator: &SigningKey| protocol::SlotRoot {
+            zone: zone.clone(),
+            slot: env.slot(),
+            root: "07".repeat(32),
+            statements: 3,
+            operator: protocol::AccountId::from_verifying_key(&operator.verifying_key()),
+            ts_ms: protocol::TimestampMs(NOW_MS),
+        };
+        let neighbour = protocol::testing::signing_key(77);
+        let forged = protocol::Signed::sign(root(&neighbour), &neighbour).expect("signs");
+        assert_eq!(env.exchange.publish_slot_root(&forged).unwrap_err().reason, Reason::BadSignature);
+        let operator = protocol::testing::operator_key();
+        let genuine = protocol::Signed::sign(root(&operator), &operator).expect("signs");
+        env.exchange.publish_slot_root(&genuine).expect("the operator's root");
+        let heard = env.probe.next_on(&topics::slot_root(&zone)).await;
+        let heard = protocol::Signed::<protocol::SlotRoot>::parse(&heard).expect("a slot root");
+        heard.verify_operator(&pinned_operator()).expect("verifies against the pinned key");
+        assert_eq!(heard.message, genuine.message);
         env
     })
     .await;

@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::decode;
+
 use diesel::prelude::*;
 use ed25519_dalek::SigningKey;
 use exchange::matching::{BookConfig, Event, NewOrder, OrderBook};
@@ -12,7 +14,7 @@ use exchange::zone::TRADES_PER_COMMAND_MAX;
 use gridex_store::schema::{order_commands, trades};
 use gridex_store::testing::TestDb;
 use protocol::topics;
-use protocol::{decode, AccountId, Command, OrderUpdate, PricePerKwh, Side, SlotId, Trade, Wh, ZoneId};
+use protocol::{AccountId, Command, OrderUpdate, PricePerKwh, Side, SlotId, Trade, Wh, ZoneId};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command as Process, Stdio};
@@ -450,7 +452,10 @@ async fn recovery_refuses_to_start_on_a_command_log_row_it_cannot_parse_and_name
             })
             .expect("write the log rows");
 
-        let config = exchange::config::ExchangeConfig { zones: vec![zone.clone()], ..Default::default() };
+        let config = exchange::config::ExchangeConfig {
+            zones: vec![zone.clone()],
+            ..exchange::config::ExchangeConfig::new(protocol::testing::operator_key())
+        };
         let clock = Arc::new(gridex_store::clock::ManualClock::new(NOW_MS));
         let error = match exchange::service::start(config, test_db.db.clone(), clock, None).await {
             Ok(exchange) => {

@@ -161,6 +161,7 @@ impl Gateway {
         };
         let config = PublisherConfig {
             mqtt: MqttSettings { url: format!("mqtt://{}:{}", broker.host, broker.port), ..MqttSettings::default() },
+            operator: Some(pinned_operator()),
             device,
             zone: zone.clone(),
             ack_timeout_ms: ACK_TIMEOUT_MS,
@@ -249,7 +250,7 @@ fn stored_seqs(db: &Database, device: &str) -> Vec<i64> {
 }
 
 async fn start_exchange(db: &Database, broker: &BrokerAddr, zone: &ZoneId, client_id: &str) -> ExchangeHandle {
-    let config = ExchangeConfig { zones: vec![zone.clone()], ..ExchangeConfig::default() };
+    let config = ExchangeConfig { zones: vec![zone.clone()], ..ExchangeConfig::new(protocol::testing::operator_key()) };
     let clock = Arc::new(ManualClock::new(NOW_MS));
     let exchange = service::start(config, db.clone(), clock, Some(mqtt_options(broker, client_id)))
         .await

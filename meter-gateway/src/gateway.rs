@@ -298,11 +298,18 @@ pub async fn run_with_handle(
     let (stop_tx, stop_rx) = watch::channel(false);
     let notify = Arc::new(Notify::new());
     let stats = Arc::new(PublisherStats::default());
+    let operator = settings.mqtt.pinned_operator().map_err(GatewayError::Settings)?;
+    if operator.is_none() {
+        tracing::warn!(
+            "no [mqtt] operator_key pinned: the exchange's answers cannot be verified, so none is believed and              readings stay spooled and are resent (set operator_key from GET /api/v1/operator-key)"
+        );
+    }
     let publisher_config = PublisherConfig {
         mqtt: settings.mqtt.clone(),
         device,
         zone: zone.clone(),
         ack_timeout_ms: settings.ack_timeout_ms,
+        operator,
     };
     let publisher =
         tokio::spawn(publisher::run(publisher_config, spool.clone(), notify.clone(), stats.clone(), stop_rx.clone()));

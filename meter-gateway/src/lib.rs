@@ -5,10 +5,13 @@
 //! It owns: Modbus transport ([`modbus`]), SunSpec discovery and decoding ([`sunspec`]), register
 //! profiles ([`profile`]), the counter sign convention and plausibility rules ([`counters`]), the
 //! on-disk store-and-forward spool ([`spool`]), MQTT publishing ([`publisher`]), the trading agent
-//! ([`agent`]), the simulator ([`simulator`]), settings ([`config`]) and key files ([`keys`]).
+//! ([`agent`]), the simulator ([`simulator`]), settings ([`config`]), key files ([`keys`]) and the
+//! check of the exchange's messages against the pinned operator key ([`operator`]).
 //! It must never depend on `exchange` or `settlement`, never publish a reading that is not first in the
 //! spool, never drop a spooled reading before the exchange answered it (its `reading_ack` or a final reject;
-//! the broker's PUBACK is not enough; except the counted last-resort drop of a full spool), and never sign orders with the device key or readings with the account key.
+//! the broker's PUBACK is not enough; except the counted last-resort drop of a full spool), never act on a
+//! message from the exchange that does not verify against the pinned operator key, and never sign orders
+//! with the device key or readings with the account key.
 //!
 //! **Sign convention** (see [`counters`]): `import_wh`, `export_wh` and `pv_wh` are separate,
 //! non-negative, monotonic counters; `power_w` is positive when importing.
@@ -53,6 +56,7 @@ pub mod counters;
 pub mod gateway;
 pub mod keys;
 pub mod modbus;
+pub mod operator;
 pub mod profile;
 pub mod publisher;
 pub mod simulator;

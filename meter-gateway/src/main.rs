@@ -58,6 +58,9 @@ enum Command {
         /// mqtt://HOST[:PORT] or mqtts://HOST[:PORT].
         #[arg(long)]
         mqtt: Option<String>,
+        /// The operator's public key to pin (64 hex, `GET /api/v1/operator-key`); `[mqtt] operator_key`.
+        #[arg(long)]
+        operator_key: Option<String>,
         /// Grid zone id ([a-z0-9-], 1-32 characters).
         #[arg(long)]
         zone: Option<String>,
@@ -134,7 +137,19 @@ async fn real_main(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Probe { modbus, unit, profile } => probe(&modbus, unit, profile.as_deref()).await,
-        Command::Run { config, modbus, unit, profile, mqtt, zone, key, interval_ms, spool, nameplate_w } => {
+        Command::Run {
+            config,
+            modbus,
+            unit,
+            profile,
+            mqtt,
+            operator_key,
+            zone,
+            key,
+            interval_ms,
+            spool,
+            nameplate_w,
+        } => {
             let mut settings = match &config {
                 Some(path) => GatewaySettings::load(path)?,
                 None => GatewaySettings::default(),
@@ -150,6 +165,9 @@ async fn real_main(cli: Cli) -> Result<()> {
             }
             if let Some(url) = mqtt {
                 settings.mqtt.url = url;
+            }
+            if operator_key.is_some() {
+                settings.mqtt.operator_key = operator_key;
             }
             if let Some(zone) = zone {
                 settings.zone = zone;

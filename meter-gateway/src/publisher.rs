@@ -79,6 +79,17 @@ pub struct MqttSettings {
     /// client id the username anyway), else `gridex-<first 16 hex digits of the key>`.
     #[serde(default)]
     pub client_id: Option<String>,
+    /// The operator's public key (64 hex, from `GET /api/v1/operator-key`), pinned: the exchange's
+    /// answers and market data are believed only when it signed them (PROTOCOL.md §2.1).
+    #[serde(default)]
+    pub operator_key: Option<String>,
+}
+
+impl MqttSettings {
+    /// The pinned operator key, if one is set; an error when it is set but malformed.
+    pub fn pinned_operator(&self) -> Result<Option<[u8; 32]>, String> {
+        self.operator_key.as_deref().map(crate::operator::parse_pinned).transpose()
+    }
 }
 
 /// A broker login of its own, e.g. the trading agent's (`[agent.mqtt]`): it logs in as its
@@ -98,7 +109,14 @@ impl std::fmt::Debug for MqttLogin {
 
 impl Default for MqttSettings {
     fn default() -> Self {
-        Self { url: "mqtt://127.0.0.1:1883".to_owned(), username: None, password: None, ca_file: None, client_id: None }
+        Self {
+            url: "mqtt://127.0.0.1:1883".to_owned(),
+            username: None,
+            password: None,
+            ca_file: None,
+            client_id: None,
+            operator_key: None,
+        }
     }
 }
 
@@ -267,6 +285,10 @@ pub struct PublisherConfig {
     pub zone: ZoneId,
     /// How long a published reading waits for the exchange's answer before it is published again.
     pub ack_timeout_ms: u64,
+    /// The pinned operator key. Without one no answer can be verified, so none is believed: every
+    /// reading stays spooled and is published again after `ack_timeout_ms` (the exchange stores a
+    /// resent reading once), until the spool's last-resort limit.
+    pub operator: Option<[u8; 32]>,
 }
 
 /// One publish waiting for its packet id (FIFO, in publish order).
@@ -323,13 +345,15 @@ struct Unanswered {
 }
 
 /// How the exchange answered a reading, read from its events or rejects topic.
+/// Only a message the pinned operator signed is an answer (a forged ack would drop a reading).
 fn answer_of(config: &PublisherConfig, topic: &str, payload: &[u8]) -> Option<u64> {
+    let pinned = config.operator.as_ref()?;
     if topic == topics::events(&config.zone, &config.device) {
-        let ack: ReadingAck = protocol::decode(payload).ok()?;
+        let ack: ReadingAck = crate::operator::verified(pinned, topic, payload)?;
         return (ack.device == config.device).then_some(ack.seq);
     }
     if topic == topics::rejects(&config.zone, &config.device) {
-        let reject: Reject = protocol::decode(payload).ok()?;
+        let reject: Reject = crate::operator::verified(pinned, topic, payload)?;
         if reject.of != <Reading as protocol::WireMessage>::TYPE {
             return None;
         }
@@ -641,6 +665,7 @@ mod tests {
             password: Some("secret".to_owned()),
             ca_file: Some(ca),
             client_id: None,
+            operator_key: None,
         };
         let options = mqtt_options(&settings, "gridex-x", None).expect("builds");
         assert_eq!(options.broker_address(), ("broker".to_owned(), 8884));
@@ -652,8 +677,16 @@ mod tests {
     fn a_reading_is_answered_by_its_ack_or_a_final_reject_but_not_by_overloaded() {
         let device = DeviceId::from_verifying_key(&protocol::testing::signing_key(1).verifying_key());
         let zone = protocol::testing::zone();
-        let config = PublisherConfig { mqtt: MqttSettings::default(), device, zone: zone.clone(), ack_timeout_ms: 1 };
-        let ack = protocol::encode(&ReadingAck { device, seq: 7, ts_ms: protocol::TimestampMs(0) }).expect("encodes");
+        let operator = protocol::testing::operator_key();
+        let config = PublisherConfig {
+            mqtt: MqttSettings::default(),
+            device,
+            zone: zone.clone(),
+            ack_timeout_ms: 1,
+            operator: Some(operator.verifying_key().to_bytes()),
+        };
+        let sign = |message| protocol::Signed::sign_operator(message, &operator).expect("signs").to_json();
+        let ack = sign(ReadingAck { device, seq: 7, ts_ms: protocol::TimestampMs(0) });
         assert_eq!(answer_of(&config, &topics::events(&zone, &device), &ack), Some(7));
         assert_eq!(answer_of(&config, &topics::rejects(&zone, &device), &ack), None, "an ack on the wrong topic");
         let reject = |reason, of: &str| {
@@ -664,12 +697,35 @@ mod tests {
                 message: String::new(),
                 ts_ms: protocol::TimestampMs(0),
             };
-            protocol::encode(&reject).expect("encodes")
+            protocol::Signed::sign_operator(reject, &operator).expect("signs").to_json()
         };
         let rejects = topics::rejects(&zone, &device);
         assert_eq!(answer_of(&config, &rejects, &reject(Reason::TimestampTooOld, "reading")), Some(8));
         assert_eq!(answer_of(&config, &rejects, &reject(Reason::Overloaded, "reading")), None, "retry later");
         assert_eq!(answer_of(&config, &rejects, &reject(Reason::TimestampTooOld, "order")), None);
+    }
+
+    #[test]
+    fn a_forged_or_unverifiable_ack_answers_nothing() {
+        let device = DeviceId::from_verifying_key(&protocol::testing::signing_key(1).verifying_key());
+        let zone = protocol::testing::zone();
+        let operator = protocol::testing::operator_key();
+        let mut config = PublisherConfig {
+            mqtt: MqttSettings::default(),
+            device,
+            zone: zone.clone(),
+            ack_timeout_ms: 1,
+            operator: Some(operator.verifying_key().to_bytes()),
+        };
+        let events = topics::events(&zone, &device);
+        let ack = ReadingAck { device, seq: 7, ts_ms: protocol::TimestampMs(0) };
+        let forged = protocol::Signed::sign_operator(ack.clone(), &protocol::testing::signing_key(5)).expect("signs");
+        assert_eq!(answer_of(&config, &events, &forged.to_json()), None, "a neighbour's ack");
+        assert_eq!(answer_of(&config, &events, &protocol::encode(&ack).expect("encodes")), None, "unsigned");
+        let genuine = protocol::Signed::sign_operator(ack, &operator).expect("signs").to_json();
+        assert_eq!(answer_of(&config, &events, &genuine), Some(7));
+        config.operator = None;
+        assert_eq!(answer_of(&config, &events, &genuine), None, "nothing is believed without a pinned key");
     }
 
     #[test]

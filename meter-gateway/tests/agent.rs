@@ -91,7 +91,11 @@ async fn a_restarted_quoting_agent_adopts_its_remembered_order_instead_of_placin
     }
     let dir = tempfile::tempdir().expect("temp dir");
     keys::generate_file(&dir.path().join("account.key")).expect("a key");
-    let mqtt = MqttSettings { url: format!("mqtt://127.0.0.1:{broker}"), ..Default::default() };
+    let mqtt = MqttSettings {
+        url: format!("mqtt://127.0.0.1:{broker}"),
+        operator_key: Some(hex::encode(protocol::testing::operator_key().verifying_key().to_bytes())),
+        ..Default::default()
+    };
     let zone = ZoneId::parse("agent").expect("zone");
     let clock = SimClock::starting_at(ORIGIN_MS, SPEED);
 

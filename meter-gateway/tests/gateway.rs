@@ -72,7 +72,8 @@ impl Subscriber {
                         let reading = &signed.message;
                         let ack =
                             protocol::ReadingAck { device: reading.device, seq: reading.seq, ts_ms: reading.ts_ms };
-                        let answer = protocol::encode(&ack).expect("encodes");
+                        let operator = protocol::testing::operator_key();
+                        let answer = Signed::sign_operator(ack, &operator).expect("signs").to_json();
                         let events = protocol::topics::events(&reading.zone, &reading.device);
                         let _ = client.try_publish(events, QoS::AtLeastOnce, false, answer);
                         sink.lock().expect("lock").push((signed.message.seq, signed.message, publish.payload.to_vec()));
@@ -126,7 +127,7 @@ fn settings(dir: &Path, modbus_url: String, mqtt_url: String, zone: &str, clock:
     };
     settings.modbus.url = modbus_url;
     settings.modbus.timeout_ms = 500;
-    settings.mqtt = MqttSettings { url: mqtt_url, ..MqttSettings::default() };
+    settings.mqtt = MqttSettings { url: mqtt_url, operator_key: Some(pinned_operator()), ..MqttSettings::default() };
     settings
 }
 
@@ -407,6 +408,8 @@ async fn a_gateway_killed_with_sigkill_and_restarted_loses_nothing() {
         &format!("tcp://{}", home.sim.addrs[0]),
         "--mqtt",
         &format!("mqtt://127.0.0.1:{broker}"),
+        "--operator-key",
+        &pinned_operator(),
         "--zone",
         "sigkill",
         "--key",
@@ -593,7 +596,11 @@ async fn the_agent_publishes_orders_signed_with_the_account_key() {
     let clock = SimClock::starting_at(1_800_000_000_000, 600.0);
     let (tx, rx) = mpsc::channel(16);
     let (stop, stop_rx) = watch::channel(false);
-    let mqtt = MqttSettings { url: format!("mqtt://127.0.0.1:{broker}"), ..Default::default() };
+    let mqtt = MqttSettings {
+        url: format!("mqtt://127.0.0.1:{broker}"),
+        operator_key: Some(pinned_operator()),
+        ..Default::default()
+    };
     let zone = protocol::ZoneId::parse("agent").expect("zone");
     let task = tokio::spawn(agent::run(settings, zone.clone(), mqtt, clock, rx, stop_rx));
     let device_key = protocol::testing::signing_key(4);
@@ -752,4 +759,9 @@ async fn readings_travel_over_mqtts_checked_against_a_ca_file() {
     subscriber.wait_for("readings sent over TLS", |r| r.len() >= 3).await;
     let _ = stop.send(true);
     task.await.expect("joins").expect("gateway ran cleanly");
+}
+
+/// The operator key the tests pin (the stand-in exchange signs with the public test key).
+fn pinned_operator() -> String {
+    hex::encode(protocol::testing::operator_key().verifying_key().to_bytes())
 }

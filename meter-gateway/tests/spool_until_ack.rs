@@ -9,6 +9,7 @@ use meter_gateway::counters::{CounterTracker, CountersState};
 use meter_gateway::gateway::{GatewayState, Poller, Sample};
 use meter_gateway::publisher::{self, MqttSettings, PublisherConfig, PublisherStats};
 use meter_gateway::spool::{Spool, SPOOL_BYTES_DEFAULT};
+use protocol::testing::operator_key;
 use protocol::{topics, DeviceId, Reading, ReadingAck, Reason, Reject, Signed, TimestampMs, ZoneId};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::HashMap;
@@ -69,12 +70,18 @@ async fn stand_in_exchange(host: &str, port: u16, zone: &ZoneId, device: DeviceI
                             message: "refused for good".to_owned(),
                             ts_ms: TimestampMs(0),
                         };
-                        (topics::rejects(&zone, &device), protocol::encode(&reject).expect("encodes"))
+                        (
+                            topics::rejects(&zone, &device),
+                            Signed::sign_operator(reject, &operator_key()).expect("signs").to_json(),
+                        )
                     } else if seq == IGNORED_SEQ && copies == 1 {
                         continue;
                     } else {
                         let ack = ReadingAck { device, seq, ts_ms: signed.message.ts_ms };
-                        (topics::events(&zone, &device), protocol::encode(&ack).expect("encodes"))
+                        (
+                            topics::events(&zone, &device),
+                            Signed::sign_operator(ack, &operator_key()).expect("signs").to_json(),
+                        )
                     };
                     let _ = client.try_publish(topic, QoS::AtLeastOnce, false, answer);
                 }
@@ -115,6 +122,7 @@ async fn an_unanswered_reading_is_published_again_until_the_exchange_answers() {
             device,
             zone: zone.clone(),
             ack_timeout_ms: ACK_TIMEOUT_MS,
+            operator: Some(operator_key().verifying_key().to_bytes()),
         };
         let (notify, stats) = (Arc::new(Notify::new()), Arc::new(PublisherStats::default()));
         let (stop, stop_rx) = watch::channel(false);

@@ -4,7 +4,7 @@
 use crate::ids::{AccountId, DeviceId, MeterSerial, SlotId, ZoneId};
 use crate::reason::Reason;
 use crate::units::{MicroMoney, MicroTokens, PowerW, PricePerKwh, TimestampMs, Wh, MAX_SAFE_INTEGER};
-use crate::wire::{ProtocolError, Signable, WireMessage};
+use crate::wire::{OperatorSigned, ProtocolError, Signable, WireMessage};
 use serde::{Deserialize, Serialize};
 
 /// Largest signed message from a gateway or trader. A reading or order encodes to about 450 bytes;
@@ -255,6 +255,8 @@ pub struct Trade {
     pub ts_ms: TimestampMs,
 }
 
+impl OperatorSigned for Trade {}
+
 impl WireMessage for Trade {
     const TYPE: &'static str = "trade";
     const SIZE_MAX: usize = OUTBOUND_MESSAGE_BYTES_MAX;
@@ -273,6 +275,8 @@ pub struct Reject {
     pub message: String,
     pub ts_ms: TimestampMs,
 }
+
+impl OperatorSigned for Reject {}
 
 impl WireMessage for Reject {
     const TYPE: &'static str = "reject";
@@ -310,6 +314,8 @@ pub struct OrderUpdate {
     pub ts_ms: TimestampMs,
 }
 
+impl OperatorSigned for OrderUpdate {}
+
 impl WireMessage for OrderUpdate {
     const TYPE: &'static str = "order_update";
     const SIZE_MAX: usize = OUTBOUND_MESSAGE_BYTES_MAX;
@@ -323,6 +329,8 @@ pub struct ReadingAck {
     pub seq: u64,
     pub ts_ms: TimestampMs,
 }
+
+impl OperatorSigned for ReadingAck {}
 
 impl WireMessage for ReadingAck {
     const TYPE: &'static str = "reading_ack";
@@ -364,6 +372,8 @@ pub struct BookSnapshot {
     pub call_phase: Option<bool>,
 }
 
+impl OperatorSigned for BookSnapshot {}
+
 impl WireMessage for BookSnapshot {
     const TYPE: &'static str = "book";
     const SIZE_MAX: usize = OUTBOUND_MESSAGE_BYTES_MAX;
@@ -387,6 +397,8 @@ pub struct AuctionResult {
     pub trades: u64,
     pub ts_ms: TimestampMs,
 }
+
+impl OperatorSigned for AuctionResult {}
 
 impl WireMessage for AuctionResult {
     const TYPE: &'static str = "auction";
@@ -463,6 +475,12 @@ impl WireMessage for SlotRoot {
         let hex_ok =
             self.root.len() == 64 && self.root.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         require(hex_ok, "root", "is 64 lowercase hex digits")
+    }
+}
+
+impl OperatorSigned for SlotRoot {
+    fn named_operator(&self) -> Option<[u8; 32]> {
+        Some(self.operator.0)
     }
 }
 

@@ -2,7 +2,11 @@
 //! the keys come from public seeds.
 
 use crate::ids::{AccountId, DeviceId, MeterSerial, SlotId, ZoneId};
-use crate::messages::{Order, Reading, Side, Statement, TimeInForce};
+use crate::messages::{
+    BookSnapshot, BookState, Level, Order, OrderStatus, OrderUpdate, Reading, ReadingAck, Reject, Side, Statement,
+    TimeInForce, Trade,
+};
+use crate::reason::Reason;
 use crate::units::{MicroMoney, MicroTokens, PowerW, PricePerKwh, TimestampMs, Wh};
 use ed25519_dalek::SigningKey;
 
@@ -62,5 +66,73 @@ pub fn sample_statement(index: u8) -> Statement {
         net: MicroMoney(i64::from(index) * 1_800 - 25_009),
         tokens_earned: MicroTokens(i64::from(index)),
         no_data: false,
+    }
+}
+
+/// The operator key of the tests: public seed 9, as in the test vectors.
+pub fn operator_key() -> SigningKey {
+    signing_key(9)
+}
+
+pub fn sample_trade() -> Trade {
+    let order = sample_order(&signing_key(3));
+    Trade {
+        trade_id: 17,
+        zone: zone(),
+        slot: order.slot,
+        price_per_kwh: PricePerKwh(180_000),
+        qty_wh: Wh(1_500),
+        buyer: AccountId::from_verifying_key(&signing_key(4).verifying_key()),
+        seller: order.account,
+        buy_nonce: 1,
+        sell_nonce: 7,
+        aggressor: Side::Buy,
+        ts_ms: TimestampMs(1_790_000_003_000),
+    }
+}
+
+pub fn sample_order_update() -> OrderUpdate {
+    let order = sample_order(&signing_key(3));
+    OrderUpdate {
+        account: order.account,
+        zone: zone(),
+        slot: order.slot,
+        order_nonce: 7,
+        status: OrderStatus::Filled,
+        price_per_kwh: PricePerKwh(180_000),
+        open_qty_wh: Wh(0),
+        filled_qty_wh: Wh(1_500),
+        ts_ms: TimestampMs(1_790_000_003_000),
+    }
+}
+
+pub fn sample_book() -> BookSnapshot {
+    BookSnapshot {
+        zone: zone(),
+        slot: sample_order(&signing_key(3)).slot,
+        seq: 12,
+        state: BookState::Open,
+        bids: vec![Level { price_per_kwh: PricePerKwh(170_000), qty_wh: Wh(2_000), orders: 2 }],
+        asks: vec![Level { price_per_kwh: PricePerKwh(190_000), qty_wh: Wh(500), orders: 1 }],
+        ts_ms: TimestampMs(1_790_000_004_000),
+        call_phase: None,
+    }
+}
+
+pub fn sample_reject() -> Reject {
+    Reject {
+        of: "order".to_owned(),
+        seq: Some(8),
+        reason: Reason::TimestampTooOld,
+        message: "the order is older than 60 s".to_owned(),
+        ts_ms: TimestampMs(1_790_000_005_000),
+    }
+}
+
+pub fn sample_reading_ack() -> ReadingAck {
+    ReadingAck {
+        device: DeviceId::from_verifying_key(&signing_key(1).verifying_key()),
+        seq: 42,
+        ts_ms: TimestampMs(1_790_000_000_500),
     }
 }

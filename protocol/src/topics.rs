@@ -35,6 +35,10 @@ pub fn book(zone: &ZoneId) -> String {
 pub fn auction(zone: &ZoneId) -> String {
     format!("{PREFIX}/{zone}/auction")
 }
+/// The zone's settled slot roots (`slot_root`, signed by the operator), retained: the latest.
+pub fn slot_root(zone: &ZoneId) -> String {
+    format!("{PREFIX}/{zone}/roots")
+}
 pub fn events(zone: &ZoneId, sender: &impl std::fmt::Display) -> String {
     format!("{PREFIX}/{zone}/events/{sender}")
 }

@@ -2,10 +2,13 @@
 //! regenerate them: `cargo run -p protocol --example gen_vectors > protocol/test-vectors.json`.
 //! A test checks that the committed file equals what this module builds.
 
-use crate::messages::{Cancel, Order, Reading, Replace, Side, SlotRoot, TimeInForce};
-use crate::testing::{sample_order, sample_reading, signing_key};
+use crate::messages::{AuctionResult, Cancel, Order, Reading, Replace, Side, SlotRoot, TimeInForce, Trade};
+use crate::testing::{
+    sample_book, sample_order, sample_order_update, sample_reading, sample_reading_ack, sample_reject, sample_trade,
+    signing_key,
+};
 use crate::units::{PricePerKwh, TimestampMs, Wh};
-use crate::wire::{domain_tag, Signable, Signed, WireMessage};
+use crate::wire::{domain_tag, OperatorSigned, Signable, Signed, WireMessage};
 use crate::{forge, AccountId};
 use ed25519_dalek::{Signer, SigningKey};
 use serde_json::{json, Map, Value};
@@ -28,6 +31,22 @@ fn valid<T: Signable>(name: &str, message: T, key: &SigningKey) -> Value {
         "name": name,
         "kind": T::TYPE,
         "public_key": hex::encode(key.verifying_key().to_bytes()),
+        "message": sent,
+        "signing_bytes_hex": hex::encode(signed.signing_bytes()),
+        "valid": true,
+    })
+}
+
+/// An outbound message signed by the operator: `public_key` is the key a receiver pins, not a field.
+fn valid_outbound<T: OperatorSigned>(name: &str, message: T, operator: &SigningKey) -> Value {
+    #[allow(clippy::expect_used)]
+    let signed = Signed::sign_operator(message, operator).expect("sample messages are valid");
+    #[allow(clippy::expect_used)]
+    let sent: Value = serde_json::from_slice(&signed.to_json()).expect("our own JSON");
+    json!({
+        "name": name,
+        "kind": T::TYPE,
+        "public_key": hex::encode(operator.verifying_key().to_bytes()),
         "message": sent,
         "signing_bytes_hex": hex::encode(signed.signing_bytes()),
         "valid": true,
@@ -112,6 +131,24 @@ pub fn vectors() -> Value {
             statements: 20,
             operator: AccountId::from_verifying_key(&operator.verifying_key()),
             ts_ms: TimestampMs(1_790_001_900_000),
+        },
+        &operator,
+    ));
+    // Outbound messages, signed by the operator and verified against the pinned operator key.
+    out.push(valid_outbound("trade", sample_trade(), &operator));
+    out.push(valid_outbound("book", sample_book(), &operator));
+    out.push(valid_outbound("order-update", sample_order_update(), &operator));
+    out.push(valid_outbound("reject", sample_reject(), &operator));
+    out.push(valid_outbound("reading-ack", sample_reading_ack(), &operator));
+    out.push(valid_outbound(
+        "auction",
+        AuctionResult {
+            zone: order.zone.clone(),
+            slot: order.slot,
+            price_per_kwh: Some(PricePerKwh(182_000)),
+            qty_wh: Wh(3_000),
+            trades: 2,
+            ts_ms: TimestampMs(1_790_000_900_000),
         },
         &operator,
     ));
@@ -246,6 +283,29 @@ pub fn vectors() -> Value {
     forged_sig[0] = 1;
     small_order_object.insert("sig".to_owned(), Value::String(hex::encode(forged_sig)));
     out.push(invalid("small-order-key", "order", &identity, Value::Object(small_order_object), "invalid_public_key"));
+
+    // A neighbour on the broker signs a trade with its own key: refused under the pinned operator key.
+    let operator_pub = operator.verifying_key().to_bytes();
+    let trade_object = object_of(&sample_trade());
+    let trade_bytes = canonical_signing_bytes(Trade::TYPE, &trade_object);
+    out.push(invalid(
+        "trade-not-by-the-operator",
+        Trade::TYPE,
+        &operator_pub,
+        with_sig(trade_object.clone(), &signing_key(5), &trade_bytes),
+        "bad_signature",
+    ));
+    // The operator's signature over the same fields under another type's tag.
+    let mut book_tag = domain_tag("book").into_bytes();
+    book_tag.extend_from_slice(&trade_bytes[domain_tag(Trade::TYPE).len()..]);
+    out.push(invalid(
+        "trade-under-another-tag",
+        Trade::TYPE,
+        &operator_pub,
+        with_sig(trade_object.clone(), &operator, &book_tag),
+        "bad_signature",
+    ));
+    out.push(invalid("unsigned-trade", Trade::TYPE, &operator_pub, Value::Object(trade_object), "missing_signature"));
 
     out.extend(signature_encoding_vectors(&trader));
 

@@ -45,6 +45,23 @@ pub trait Signable: WireMessage {
     fn signer(&self) -> [u8; 32];
 }
 
+/// A message the exchange publishes (outbound), signed by the operator's key. A receiver verifies it
+/// with [`Signed::verify_operator`] against the operator key it pinned by configuration.
+pub trait OperatorSigned: WireMessage {
+    /// The operator key the message itself names, if it names one (a slot root does); it must be
+    /// the pinned key too.
+    fn named_operator(&self) -> Option<[u8; 32]> {
+        None
+    }
+}
+
+/// The `type` of every inbound signed message (gateways and traders sign them) and of every
+/// outbound one (the operator signs them). Each is its own domain tag; no type is in both lists.
+pub const INBOUND_SIGNED_TYPES: [&str; 4] = ["reading", "order", "cancel", "replace"];
+/// See [`INBOUND_SIGNED_TYPES`].
+pub const OUTBOUND_SIGNED_TYPES: [&str; 7] =
+    ["trade", "book", "order_update", "reject", "reading_ack", "auction", "slot_root"];
+
 /// The domain tag that prefixes the signed bytes of a message of type `kind`.
 pub fn domain_tag(kind: &str) -> String {
     format!("gridex/v1/{kind}\n")
@@ -157,7 +174,7 @@ impl<T: fmt::Debug> fmt::Debug for Signed<T> {
     }
 }
 
-impl<T: Signable> Signed<T> {
+impl<T: WireMessage> Signed<T> {
     /// Parses a signed message strictly: size, JSON, restricted values, type, `sig` format, fields.
     pub fn parse(bytes: &[u8]) -> Result<Self, ProtocolError> {
         Self::from_object(decode_object(bytes, T::TYPE, T::SIZE_MAX)?)
@@ -175,11 +192,16 @@ impl<T: Signable> Signed<T> {
         Ok(Self { message, signature, signing_bytes })
     }
 
-    /// Signs `message` with `key`. Fails if `key` is not the message's signer.
-    pub fn sign(message: T, key: &SigningKey) -> Result<Self, ProtocolError> {
-        if key.verifying_key().to_bytes() != message.signer() {
-            return Err(ProtocolError::new(Reason::BadSignature, "the key is not the message's signer"));
-        }
+    /// `message` with a signature made elsewhere (by a hardware key, or a malformed one for a
+    /// test). Nothing is checked but the message's fields; verify it before trusting it.
+    pub fn with_signature(message: T, signature: [u8; 64]) -> Result<Self, ProtocolError> {
+        message.validate()?;
+        let signing_bytes = signing_bytes(T::TYPE, &to_object(&message)?)?;
+        Ok(Self { message, signature, signing_bytes })
+    }
+
+    /// Signs `message` with `key`, whoever the key belongs to (the callers check that).
+    fn sign_unchecked(message: T, key: &SigningKey) -> Result<Self, ProtocolError> {
         message.validate()?;
         let object = to_object(&message)?;
         let signing_bytes = signing_bytes(T::TYPE, &object)?;
@@ -187,24 +209,9 @@ impl<T: Signable> Signed<T> {
         Ok(Self { message, signature, signing_bytes })
     }
 
-    /// `message` with a signature made elsewhere (by a hardware key, or a malformed one for a
-    /// test). Nothing is checked but the message's fields; call [`Signed::verify`] before trusting it.
-    pub fn with_signature(message: T, signature: [u8; 64]) -> Result<Self, ProtocolError> {
-        message.validate()?;
-        let signing_bytes = signing_bytes(T::TYPE, &to_object(&message)?)?;
-        Ok(Self { message, signature, signing_bytes })
-    }
-
     /// The exact bytes the signature covers.
     pub fn signing_bytes(&self) -> &[u8] {
         &self.signing_bytes
-    }
-
-    /// Verification under the acceptance rule of PROTOCOL.md §2 (see [`strict`]): the same
-    /// verdict as [`verify_batch`] gives this message in any batch.
-    pub fn verify(&self) -> Result<(), ProtocolError> {
-        let signer = self.message.signer();
-        strict::verify_one(&item_of(self, &signer))
     }
 
     /// The message as sent on the wire: canonical JSON including `sig`.
@@ -218,6 +225,51 @@ impl<T: Signable> Signed<T> {
             object.insert("sig".to_owned(), Value::String(hex::encode(self.signature)));
         }
         canonical_bytes(&value).unwrap_or_default()
+    }
+}
+
+impl<T: Signable> Signed<T> {
+    /// Signs `message` with `key`. Fails if `key` is not the message's signer.
+    pub fn sign(message: T, key: &SigningKey) -> Result<Self, ProtocolError> {
+        if key.verifying_key().to_bytes() != message.signer() {
+            return Err(ProtocolError::new(Reason::BadSignature, "the key is not the message's signer"));
+        }
+        Self::sign_unchecked(message, key)
+    }
+
+    /// Verification under the acceptance rule of PROTOCOL.md §2 (see [`strict`]): the same
+    /// verdict as [`verify_batch`] gives this message in any batch.
+    pub fn verify(&self) -> Result<(), ProtocolError> {
+        let signer = self.message.signer();
+        strict::verify_one(&item_of(self, &signer))
+    }
+}
+
+impl<T: OperatorSigned> Signed<T> {
+    /// Signs an outbound message with the operator's key.
+    pub fn sign_operator(message: T, operator: &SigningKey) -> Result<Self, ProtocolError> {
+        if let Some(named) = message.named_operator() {
+            if named != operator.verifying_key().to_bytes() {
+                return Err(ProtocolError::new(Reason::BadSignature, "the key is not the operator the message names"));
+            }
+        }
+        Self::sign_unchecked(message, operator)
+    }
+
+    /// Verifies an outbound message against the operator key the receiver pinned (never a key taken
+    /// from the message): refused as `bad_signature` when another key signed it, when it names
+    /// another operator, or when it was signed under another type's domain tag.
+    pub fn verify_operator(&self, pinned: &[u8; 32]) -> Result<(), ProtocolError> {
+        if let Some(named) = self.message.named_operator() {
+            if &named != pinned {
+                return Err(ProtocolError::new(Reason::BadSignature, "the message names another operator"));
+            }
+        }
+        strict::verify_one(&strict::Item {
+            signer: pinned,
+            signed_bytes: &self.signing_bytes,
+            signature: &self.signature,
+        })
     }
 }
 
@@ -323,6 +375,77 @@ mod tests {
         signed[2].signature[5] ^= 1;
         let refs: Vec<&Signed<Order>> = signed.iter().collect();
         assert_eq!(verify_batch(&refs)[2].as_ref().unwrap_err().reason, Reason::BadSignature);
+    }
+
+    #[test]
+    fn every_signed_type_has_its_own_domain_tag_and_no_outbound_type_is_inbound() {
+        use crate::messages::{AuctionResult, BookSnapshot, Cancel, OrderUpdate, ReadingAck, Reject, Replace, Trade};
+        let inbound = [Reading::TYPE, Order::TYPE, Cancel::TYPE, Replace::TYPE];
+        let outbound = [
+            Trade::TYPE,
+            BookSnapshot::TYPE,
+            OrderUpdate::TYPE,
+            Reject::TYPE,
+            ReadingAck::TYPE,
+            AuctionResult::TYPE,
+            crate::SlotRoot::TYPE,
+        ];
+        assert_eq!(inbound, INBOUND_SIGNED_TYPES);
+        assert_eq!(outbound, OUTBOUND_SIGNED_TYPES);
+        let tags: std::collections::BTreeSet<String> =
+            inbound.iter().chain(&outbound).map(|kind| domain_tag(kind)).collect();
+        assert_eq!(tags.len(), inbound.len() + outbound.len(), "one tag per type");
+    }
+
+    #[test]
+    fn an_outbound_message_verifies_against_the_pinned_operator_key_only() {
+        use crate::testing::{operator_key, sample_trade};
+        let operator = operator_key();
+        let pinned = operator.verifying_key().to_bytes();
+        let json = Signed::sign_operator(sample_trade(), &operator).expect("signs").to_json();
+        let parsed = Signed::<crate::Trade>::parse(&json).expect("parses");
+        parsed.verify_operator(&pinned).expect("verifies against the pinned key");
+        // A neighbour signs its own trade with its own key: refused under the pinned key.
+        let forged = Signed::sign_operator(sample_trade(), &signing_key(5)).expect("signs").to_json();
+        let forged = Signed::<crate::Trade>::parse(&forged).expect("well-formed");
+        assert_eq!(forged.verify_operator(&pinned).unwrap_err().reason, Reason::BadSignature);
+        // An unsigned (old-style) trade is not a signed one.
+        let unsigned = encode(&sample_trade()).expect("encodes");
+        assert_eq!(Signed::<crate::Trade>::parse(&unsigned).unwrap_err().reason, Reason::MissingSignature);
+    }
+
+    #[test]
+    fn a_message_signed_under_one_tag_never_verifies_under_another() {
+        use crate::testing::{operator_key, sample_order_update};
+        let operator = operator_key();
+        let pinned = operator.verifying_key().to_bytes();
+        let object = to_object(&sample_order_update()).expect("an object");
+        let signed = Signed::sign_operator(sample_order_update(), &operator).expect("signs");
+        for kind in INBOUND_SIGNED_TYPES.iter().chain(&OUTBOUND_SIGNED_TYPES).filter(|kind| **kind != "order_update") {
+            let bytes = signing_bytes(kind, &object).expect("restricted values");
+            let item = strict::Item { signer: &pinned, signed_bytes: &bytes, signature: &signed.signature };
+            assert_eq!(strict::verify_one(&item).unwrap_err().reason, Reason::BadSignature, "under {kind}");
+        }
+        signed.verify_operator(&pinned).expect("verifies under its own tag");
+    }
+
+    #[test]
+    fn a_slot_root_naming_another_operator_is_refused() {
+        use crate::testing::operator_key;
+        let operator = operator_key();
+        let root = crate::SlotRoot {
+            zone: crate::testing::zone(),
+            slot: crate::SlotId::new(900_000).expect("a slot"),
+            root: hex::encode([1u8; 32]),
+            statements: 1,
+            operator: crate::AccountId::from_verifying_key(&signing_key(5).verifying_key()),
+            ts_ms: crate::TimestampMs(1),
+        };
+        assert!(Signed::sign_operator(root.clone(), &operator).is_err(), "not the operator it names");
+        let by_other = Signed::sign_operator(root, &signing_key(5)).expect("signs as the key it names");
+        by_other.verify().expect("self-consistent");
+        let pinned = operator.verifying_key().to_bytes();
+        assert_eq!(by_other.verify_operator(&pinned).unwrap_err().reason, Reason::BadSignature);
     }
 
     #[test]

@@ -1,13 +1,21 @@
 //! Every vector in `test-vectors.json` behaves as it says: valid ones parse, sign exactly the listed
 //! bytes and verify strictly; invalid ones fail with the listed reason.
 
-use protocol::{Command, Reading, Reason, Signed, SlotRoot};
+use protocol::{
+    AuctionResult, BookSnapshot, Command, OrderUpdate, Reading, ReadingAck, Reason, Reject, Signed, SlotRoot, Trade,
+};
 use serde_json::Value;
 
 const VECTORS: &str = include_str!("../test-vectors.json");
 
-/// Parses and verifies `bytes` as a message of `kind`, returning the signing bytes.
-fn check(kind: &str, bytes: &[u8]) -> Result<(Vec<u8>, [u8; 32]), Reason> {
+/// Parses and verifies `bytes` as a message of `kind`, returning the signing bytes and the signer:
+/// inbound messages name their signer, outbound ones verify against the pinned operator key `pinned`.
+fn check(kind: &str, bytes: &[u8], pinned: &[u8; 32]) -> Result<(Vec<u8>, [u8; 32]), Reason> {
+    fn outbound<T: protocol::OperatorSigned>(bytes: &[u8], pinned: &[u8; 32]) -> Result<(Vec<u8>, [u8; 32]), Reason> {
+        let signed = Signed::<T>::parse(bytes).map_err(|e| e.reason)?;
+        signed.verify_operator(pinned).map_err(|error| error.reason)?;
+        Ok((signed.signing_bytes().to_vec(), *pinned))
+    }
     fn finish<T: protocol::Signable>(signed: Signed<T>) -> Result<(Vec<u8>, [u8; 32]), Reason> {
         signed.verify().map_err(|error| error.reason)?;
         Ok((signed.signing_bytes().to_vec(), signed.message.signer()))
@@ -20,6 +28,12 @@ fn check(kind: &str, bytes: &[u8]) -> Result<(Vec<u8>, [u8; 32]), Reason> {
             Command::Cancel(signed) => finish(signed),
             Command::Replace(signed) => finish(signed),
         },
+        "trade" => outbound::<Trade>(bytes, pinned),
+        "book" => outbound::<BookSnapshot>(bytes, pinned),
+        "order_update" => outbound::<OrderUpdate>(bytes, pinned),
+        "reject" => outbound::<Reject>(bytes, pinned),
+        "reading_ack" => outbound::<ReadingAck>(bytes, pinned),
+        "auction" => outbound::<AuctionResult>(bytes, pinned),
         other => panic!("no parser for kind {other}"),
     }
 }
@@ -41,7 +55,9 @@ fn every_vector_verifies_or_fails_for_its_stated_reason() {
         let name = vector["name"].as_str().expect("name");
         let kind = vector["kind"].as_str().expect("kind");
         let bytes = serde_json::to_vec(&vector["message"]).expect("message serializes");
-        let result = check(kind, &bytes);
+        let mut pinned = [0u8; 32];
+        hex::decode_to_slice(vector["public_key"].as_str().expect("key"), &mut pinned).expect("64 hex digits");
+        let result = check(kind, &bytes, &pinned);
         if vector["valid"] == Value::Bool(true) {
             let (signing_bytes, signer) = result.unwrap_or_else(|reason| panic!("{name}: {reason}"));
             assert_eq!(hex::encode(signing_bytes), vector["signing_bytes_hex"].as_str().expect("hex"), "{name}");

@@ -17,6 +17,7 @@ import nacl.exceptions
 import nacl.signing
 
 SIZE_MAX = 1024  # PROTOCOL.md: signed messages from gateways and traders
+OUTBOUND_SIZE_MAX = 16 * 1024  # PROTOCOL.md: messages the exchange publishes
 MAX_SAFE = 2**53 - 1
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 HEX128 = re.compile(r"^[0-9a-f]{128}$")
@@ -46,6 +47,32 @@ FIELDS = {
     "slot_root": {"zone": (True, _str), "slot": (True, _int(0)), "root": (True, _key), "statements": (True, _int(0)),
                   "operator": (True, _key), "ts_ms": (True, _int(0))},
 }
+_status = lambda v: v in ("open", "filled", "cancelled", "expired")
+_state = lambda v: v in ("open", "closed")
+_level = lambda v: (isinstance(v, dict) and set(v) == {"price_per_kwh", "qty_wh", "orders"}
+                    and _int(1)(v["price_per_kwh"]) and _int(0)(v["qty_wh"]) and _int(0)(v["orders"]))
+_levels = lambda v: isinstance(v, list) and all(_level(x) for x in v)
+
+# Outbound messages (PROTOCOL.md, "Outbound messages are signed by the operator"): no field names the
+# signer; the receiver verifies against the operator key it pinned (the vector's public_key).
+OUTBOUND = {
+    "trade": {"trade_id": (True, _int(0)), "zone": (True, _str), "slot": (True, _int(0)),
+              "price_per_kwh": (True, _int(1)), "qty_wh": (True, _int(1)), "buyer": (True, _key),
+              "seller": (True, _key), "buy_nonce": (True, _int(0)), "sell_nonce": (True, _int(0)),
+              "aggressor": (True, _side), "ts_ms": (True, _int(0))},
+    "book": {"zone": (True, _str), "slot": (True, _int(0)), "seq": (True, _int(0)), "state": (True, _state),
+             "bids": (True, _levels), "asks": (True, _levels), "ts_ms": (True, _int(0)),
+             "call_phase": (False, _bool)},
+    "order_update": {"account": (True, _key), "zone": (True, _str), "slot": (True, _int(0)),
+                     "order_nonce": (True, _int(0)), "status": (True, _status), "price_per_kwh": (True, _int(1)),
+                     "open_qty_wh": (True, _int(0)), "filled_qty_wh": (True, _int(0)), "ts_ms": (True, _int(0))},
+    "reject": {"of": (True, _str), "seq": (False, _int(0)), "reason": (True, _str), "message": (True, _str),
+               "ts_ms": (True, _int(0))},
+    "reading_ack": {"device": (True, _key), "seq": (True, _int(0)), "ts_ms": (True, _int(0))},
+    "auction": {"zone": (True, _str), "slot": (True, _int(0)), "price_per_kwh": (False, _int(1)),
+                "qty_wh": (True, _int(0)), "trades": (True, _int(0)), "ts_ms": (True, _int(0))},
+}
+FIELDS.update(OUTBOUND)
 SIGNER = {"reading": "device", "order": "account", "cancel": "account", "replace": "account", "slot_root": "operator"}
 
 
@@ -118,10 +145,11 @@ def canonical(value):
     return "{" + ",".join(escape(k) + ":" + canonical(value[k]) for k in keys) + "}"
 
 
-def verify(kind, message):
-    """Returns the signing bytes of a valid message, raises Rejected(reason) otherwise."""
+def verify(kind, message, pinned):
+    """Returns the signing bytes of a valid message, raises Rejected(reason) otherwise. `pinned`: the
+    operator key the receiver configured, used for outbound kinds (and required of a slot root)."""
     wire = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    if len(wire) > SIZE_MAX:
+    if len(wire) > (OUTBOUND_SIZE_MAX if kind in OUTBOUND else SIZE_MAX):
         raise Rejected("too_large")
     check_values(message)
     if message.get("type") != kind:
@@ -144,7 +172,8 @@ def verify(kind, message):
         if not ok(body[name]):
             raise Rejected("invalid_value")
     signing_bytes = ("gridex/v1/%s\n" % kind).encode("utf-8") + canonical(body).encode("utf-8")
-    check_signature(bytes.fromhex(body[SIGNER[kind]]), signing_bytes, bytes.fromhex(sig))
+    signer = pinned if kind in OUTBOUND else bytes.fromhex(body[SIGNER[kind]])
+    check_signature(signer, signing_bytes, bytes.fromhex(sig))
     return signing_bytes
 
 
@@ -176,7 +205,7 @@ def main():
     for vector in vectors:
         name, kind = vector["name"], vector["kind"]
         try:
-            signing_bytes = verify(kind, vector["message"])
+            signing_bytes = verify(kind, vector["message"], bytes.fromhex(vector["public_key"]))
             outcome = "valid"
         except Rejected as rejected:
             outcome = rejected.reason

@@ -154,6 +154,12 @@ fn slot_header(conn: &mut DbConnection, zone: &ZoneId, slot: SlotId) -> Result<O
     }))
 }
 
+/// The operator's signed root of a settled slot (the protocol `slot_root` message as sent), if the
+/// slot is settled.
+pub fn signed_root(conn: &mut DbConnection, zone: &ZoneId, slot: SlotId) -> Result<Option<String>, SettlementError> {
+    Ok(slot_header(conn, zone, slot)?.map(|header| header.signed_root))
+}
+
 /// The account's statement for a settled slot with its Merkle proof; `None` if the slot is not
 /// settled or has no statement for the account.
 pub fn statement_with_proof(

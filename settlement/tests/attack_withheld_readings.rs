@@ -5,11 +5,13 @@
 #[path = "../../exchange/tests/support/mod.rs"]
 mod support;
 
+use support::decode;
+
 use exchange::config::ExchangeConfig;
 use gridex_store::clock::ManualClock;
 use gridex_store::testing::TestDb;
 use protocol::testing::signing_key;
-use protocol::{decode, topics, AccountId, DeviceId, MeterSerial, PricePerKwh, ReadingAck, SlotId, Wh, ZoneId};
+use protocol::{topics, AccountId, DeviceId, MeterSerial, PricePerKwh, ReadingAck, SlotId, Wh, ZoneId};
 use settlement::registry::{self, AccountKind};
 use settlement::rules::Tariff;
 use settlement::{close_slot, queries, SettlementConfig, SlotOutcome};
@@ -65,7 +67,8 @@ async fn withheld_readings_are_billed_when_readings_resume() {
 
             let clock = Arc::new(ManualClock::new(boundary(0)));
             let options = mqtt_options(&broker, &format!("exchange-{}", unique()));
-            let config = ExchangeConfig { zones: vec![zone.clone()], ..ExchangeConfig::default() };
+            let config =
+                ExchangeConfig { zones: vec![zone.clone()], ..ExchangeConfig::new(protocol::testing::operator_key()) };
             let exchange = exchange::service::start(config, test_db.db.clone(), clock.clone(), Some(options))
                 .await
                 .expect("the exchange starts");

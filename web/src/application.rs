@@ -191,14 +191,18 @@ impl ApplicationBuilder {
             address: format!("{}:{}", settings.http.bind, settings.http.port),
             source,
         })?;
-        let exchange_config = self.exchange.unwrap_or_else(|| ExchangeConfig {
-            gate_closure_ms: settings.market.gate_closure_ms,
-            horizon_ms: settings.market.horizon_ms,
-            zones: settings.market.zones.clone(),
-            order_commands_per_account_per_s: settings.market.order_commands_per_account_per_s,
-            order_commands_burst: settings.market.order_commands_burst,
-            ..ExchangeConfig::default()
-        });
+        let exchange_config = match self.exchange {
+            Some(config) => config,
+            // The operator key signs what the exchange publishes, as it signs slot roots.
+            None => ExchangeConfig {
+                gate_closure_ms: settings.market.gate_closure_ms,
+                horizon_ms: settings.market.horizon_ms,
+                zones: settings.market.zones.clone(),
+                order_commands_per_account_per_s: settings.market.order_commands_per_account_per_s,
+                order_commands_burst: settings.market.order_commands_burst,
+                ..ExchangeConfig::new(operator_key_from(&settings)?)
+            },
+        };
 
         let exchange = exchange::service::start(exchange_config, db.clone(), clock.clone(), mqtt).await?;
         let mut state = AppState::new(db.clone(), clock.clone(), &settings).with_market(Market::new(exchange.clone()));
@@ -269,12 +273,15 @@ fn db_name(settings: &Settings, given: bool) -> String {
     }
 }
 
+/// The operator's key file (`market.operator_key_path`): it signs slot roots and outbound messages.
+fn operator_key_from(settings: &Settings) -> Result<ed25519_dalek::SigningKey, ApplicationError> {
+    let path = PathBuf::from(&settings.market.operator_key_path);
+    meter_gateway::keys::load(&path).map_err(|source| ApplicationError::OperatorKey { path, source })
+}
+
 /// Settlement as `serve` runs it: the settings' grace period and zones, the operator's key file.
 fn settlement_from(settings: &Settings) -> Result<SettlementConfig, ApplicationError> {
-    let path = PathBuf::from(&settings.market.operator_key_path);
-    let operator_key =
-        meter_gateway::keys::load(&path).map_err(|source| ApplicationError::OperatorKey { path, source })?;
-    let mut config = SettlementConfig::new(operator_key);
+    let mut config = SettlementConfig::new(operator_key_from(settings)?);
     config.grace_ms = settings.market.settlement_grace_ms;
     config.zones = settings.market.zones.clone();
     Ok(config)

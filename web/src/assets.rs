@@ -33,9 +33,23 @@ fn content_type(path: &str) -> &'static str {
 const PLACEHOLDER: &str = "<!doctype html><meta charset=utf-8><title>gridex</title>\
 <p>The dashboard is not built into this binary. The API is at <a href=/api/v1/openapi.json>/api/v1/openapi.json</a>.";
 
-pub async fn index() -> HttpResponse {
+/// Where the page pins the operator key (`web/static/index.html`).
+const OPERATOR_KEY_META: &str = r#"<meta name="gridex-operator-key" content="">"#;
+
+/// The dashboard, with the operator key pinned in the page itself (a setting of the page, not a
+/// response the page then verifies against: PROTOCOL.md §2.1).
+pub async fn index(state: web::Data<crate::state::AppState>) -> HttpResponse {
     match get("index.html") {
-        Some(bytes) => HttpResponse::Ok().content_type(content_type("index.html")).body(bytes),
+        Some(bytes) => {
+            let page = String::from_utf8_lossy(bytes);
+            let operator = state.market.handle().map(|exchange| hex::encode(exchange.operator_key()));
+            let pinned = format!(r#"<meta name="gridex-operator-key" content="{}">"#, operator.unwrap_or_default());
+            HttpResponse::Ok().content_type(content_type("index.html")).body(page.replacen(
+                OPERATOR_KEY_META,
+                &pinned,
+                1,
+            ))
+        }
         None => HttpResponse::Ok().content_type("text/html; charset=utf-8").body(PLACEHOLDER),
     }
 }

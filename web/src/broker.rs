@@ -81,6 +81,7 @@ pub fn mqtt_options(settings: &MqttSettings) -> Result<Option<MqttOptions>, Brok
         password: settings.password.as_ref().map(|password| password.expose().to_owned()),
         ca_file: settings.ca_file.as_ref().map(PathBuf::from),
         client_id: Some(client_id.to_owned()),
+        operator_key: None,
     };
     let mut options = publisher::mqtt_options(&gateway_settings, client_id, None).map_err(|error| match error {
         PublishError::BadUrl { reason, .. } => BrokerError::BadUrl(reason),

@@ -246,7 +246,7 @@ pub fn render(
     let mut passwd = String::new();
     let mut acl = String::from(HEADER);
     acl.push_str("\n# Public market data, for every client that logged in.\n");
-    for channel in ["trades", "book", "auction"] {
+    for channel in ["trades", "book", "auction", "roots"] {
         let _ = writeln!(acl, "pattern read gridex/v1/+/{channel}");
     }
     for exchange in exchanges {
@@ -261,7 +261,7 @@ pub fn render(
         for topic in ["+/readings/+", "+/orders/+", "status/+"] {
             let _ = writeln!(acl, "topic read gridex/v1/{topic}");
         }
-        for topic in ["+/trades", "+/book", "+/auction", "+/events/+", "+/rejects/+"] {
+        for topic in ["+/trades", "+/book", "+/auction", "+/roots", "+/events/+", "+/rejects/+"] {
             let _ = writeln!(acl, "topic write gridex/v1/{topic}");
         }
     }

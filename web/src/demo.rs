@@ -282,12 +282,13 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
+    let operator_key = key(&data_dir.join("operator.key"))?;
+    // One operator key signs the exchange's messages and settlement's slot roots.
     let exchange_config = exchange::config::ExchangeConfig {
         gate_closure_ms: GATE_CLOSURE_MS,
         closing_auctions,
-        ..exchange::config::ExchangeConfig::default()
+        ..exchange::config::ExchangeConfig::new(operator_key.clone())
     };
-    let operator_key = key(&data_dir.join("operator.key"))?;
     let mut settlement_config = settlement::SettlementConfig::new(operator_key);
     settlement_config.grace_ms = SETTLEMENT_GRACE_MS;
     settlement_config.poll_interval_ms = 250;
@@ -357,6 +358,8 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         };
         gateway.modbus.url = format!("tcp://{address}");
         gateway.mqtt.url = mqtt_url.clone();
+        // Pinned as a household would pin it: the key the demo's exchange signs with.
+        gateway.mqtt.operator_key = Some(hex::encode(app.exchange().operator_key()));
         let device = logins[index].0.to_hex();
         gateway.mqtt.password = Some(broker_secret.password(&device));
         gateway.mqtt.username = Some(device);

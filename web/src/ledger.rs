@@ -121,6 +121,16 @@ pub async fn zone_stats(state: web::Data<AppState>, zone: web::Path<String>) -> 
     Ok(HttpResponse::Ok().json(stats))
 }
 
+/// A settled slot's root as the operator signed it: the protocol `slot_root` message, to verify
+/// against the pinned operator key (PROTOCOL.md §2.1).
+pub async fn slot_root(state: web::Data<AppState>, path: web::Path<(String, i64)>) -> Result<HttpResponse, ApiError> {
+    let (zone, slot) = path.into_inner();
+    let (zone, slot) = (crate::public::parse_zone(&zone)?, parse_slot(slot)?);
+    let signed = query(&state, move |conn| queries::signed_root(conn, &zone, slot)).await?;
+    let signed = signed.ok_or_else(|| ApiError::not_found("slot_not_settled", "the slot is not settled"))?;
+    Ok(HttpResponse::Ok().content_type("application/json").body(signed))
+}
+
 pub async fn tokens(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let now_ms = state.now_ms();
     let supply = query(&state, move |conn| queries::token_supply(conn, now_ms)).await?;
@@ -193,6 +203,24 @@ pub fn report_csv(report: &queries::SlotReport) -> String {
 /// Forwards settlement's settled-slot announcements to the live feed (and so to webhooks), and
 /// records each slot's settlement latency.
 /// Ends when settlement drops its sender (its loop stopped).
+/// Publishes a settled slot's signed root on MQTT (retained) through the exchange, if one runs here.
+async fn publish_slot_root(state: &AppState, zone: ZoneId, slot: SlotId) {
+    let Some(exchange) = state.market.handle() else { return };
+    let signed = match query(state, move |conn| queries::signed_root(conn, &zone, slot)).await {
+        Ok(Some(signed)) => signed,
+        Ok(None) => return,
+        Err(error) => {
+            tracing::warn!(?error, "cannot read a settled slot's root to publish it");
+            return;
+        }
+    };
+    let published = protocol::Signed::<protocol::SlotRoot>::parse(signed.as_bytes())
+        .and_then(|root| exchange.publish_slot_root(&root));
+    if let Err(error) = published {
+        tracing::error!(%error, "a settled slot's root is not the exchange's operator's: not published");
+    }
+}
+
 pub fn spawn_settled_forwarder(
     state: &AppState,
     mut settled: broadcast::Receiver<settlement::SlotSettled>,
@@ -206,6 +234,7 @@ pub fn spawn_settled_forwarder(
                         slot.slot.start_ms().saturating_add(slot.slot_len_ms),
                         slot.closed_ms,
                     );
+                    publish_slot_root(&state, slot.zone.clone(), slot.slot).await;
                     state.publish(LiveEvent::Settlement(SlotSettled {
                         zone: slot.zone,
                         slot: slot.slot,

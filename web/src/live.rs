@@ -2,7 +2,7 @@
 //! (SSE) and to webhooks. A leaf module: the state, the feed, the forwarders and the webhooks all
 //! use it, and it uses none of them.
 
-use protocol::{BookSnapshot, OrderUpdate, SlotId, Trade, ZoneId};
+use protocol::{BookSnapshot, OrderUpdate, Signed, SlotId, Trade, ZoneId};
 use serde::Serialize;
 
 /// Live events buffered per subscriber before a slow SSE client starts missing some (it is told
@@ -20,21 +20,23 @@ pub struct SlotSettled {
     pub statements: u64,
 }
 
-/// One event of the live feed.
+/// One event of the live feed. The exchange's messages are sent as the operator signed them (the
+/// protocol message with `type` and `sig`, PROTOCOL.md §2.1), so the dashboard verifies them against
+/// the key pinned in its page.
 #[derive(Debug, Clone)]
 pub enum LiveEvent {
-    Book(BookSnapshot),
-    Trade(Trade),
-    OrderUpdate(OrderUpdate),
+    Book(Box<Signed<BookSnapshot>>),
+    Trade(Box<Signed<Trade>>),
+    OrderUpdate(Box<Signed<OrderUpdate>>),
     Settlement(SlotSettled),
 }
 
 impl LiveEvent {
     pub fn zone(&self) -> &ZoneId {
         match self {
-            LiveEvent::Book(book) => &book.zone,
-            LiveEvent::Trade(trade) => &trade.zone,
-            LiveEvent::OrderUpdate(update) => &update.zone,
+            LiveEvent::Book(book) => &book.message.zone,
+            LiveEvent::Trade(trade) => &trade.message.zone,
+            LiveEvent::OrderUpdate(update) => &update.message.zone,
             LiveEvent::Settlement(settled) => &settled.zone,
         }
     }
@@ -48,12 +50,14 @@ impl LiveEvent {
         }
     }
     pub fn to_json(&self) -> String {
-        let value = match self {
-            LiveEvent::Book(book) => serde_json::to_string(book),
-            LiveEvent::Trade(trade) => serde_json::to_string(trade),
-            LiveEvent::OrderUpdate(update) => serde_json::to_string(update),
-            LiveEvent::Settlement(settled) => serde_json::to_string(settled),
+        let signed = match self {
+            LiveEvent::Book(book) => book.to_json(),
+            LiveEvent::Trade(trade) => trade.to_json(),
+            LiveEvent::OrderUpdate(update) => update.to_json(),
+            LiveEvent::Settlement(settled) => {
+                return serde_json::to_string(settled).unwrap_or_else(|_| "{}".to_owned())
+            }
         };
-        value.unwrap_or_else(|_| "{}".to_owned())
+        String::from_utf8(signed).unwrap_or_else(|_| "{}".to_owned())
     }
 }

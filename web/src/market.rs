@@ -160,18 +160,29 @@ impl Market {
     pub fn spawn_forwarder(&self, live: broadcast::Sender<LiveEvent>) -> Option<JoinHandle<()>> {
         let handle = self.inner.as_ref()?;
         let mut events = handle.subscribe();
+        let handle = handle.clone();
         Some(tokio::spawn(async move {
             loop {
-                let event = match events.recv().await {
-                    Ok(MarketEvent::Trade(trade)) => LiveEvent::Trade(trade),
-                    Ok(MarketEvent::Book(book)) => LiveEvent::Book(book),
-                    Ok(MarketEvent::OrderUpdate(update)) => LiveEvent::OrderUpdate(update),
+                // Signed here, off the exchange's zone owners, as its MQTT publisher signs them.
+                let signed = match events.recv().await {
+                    Ok(MarketEvent::Trade(trade)) => handle.sign_operator(trade).map(|s| LiveEvent::Trade(Box::new(s))),
+                    Ok(MarketEvent::Book(book)) => handle.sign_operator(book).map(|s| LiveEvent::Book(Box::new(s))),
+                    Ok(MarketEvent::OrderUpdate(update)) => {
+                        handle.sign_operator(update).map(|s| LiveEvent::OrderUpdate(Box::new(s)))
+                    }
                     Ok(_) => continue,
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         tracing::warn!(missed, "the live feed lagged behind the exchange");
                         continue;
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let event = match signed {
+                    Ok(event) => event,
+                    Err(error) => {
+                        tracing::error!(%error, "cannot sign a live event");
+                        continue;
+                    }
                 };
                 // A send with no subscriber is fine.
                 let _ = live.send(event);

@@ -53,6 +53,15 @@ pub async fn clock(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "now_ms": state.now_ms(), "speed": state.clock_speed }))
 }
 
+/// The operator's public key, which signs every message the exchange publishes and every slot root
+/// (PROTOCOL.md §2.1). Gateways, agents and the dashboard pin it once, out of band; none of them
+/// verifies a message against a key taken from this response at the time it verifies.
+pub async fn operator_key(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let exchange =
+        state.market.handle().ok_or_else(|| ApiError::unavailable("the exchange is not running in this process"))?;
+    Ok(HttpResponse::Ok().json(json!({ "operator": hex::encode(exchange.operator_key()) })))
+}
+
 pub async fn demo_households(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let households =
         state.demo_households.clone().ok_or_else(|| ApiError::not_found("not_found", "not in demo mode"))?;

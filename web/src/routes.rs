@@ -137,6 +137,9 @@ pub fn endpoints() -> Vec<Endpoint> {
         ep("get", "/readyz", "Readiness: database and broker reachable", "ops", || web::get().to(ops::readyz)),
         ep("get", "/metrics", "Prometheus metrics", "ops", || web::get().to(ops::metrics)).content("text/plain"),
         ep("get", "/api/v1/openapi.json", "This document", "ops", || web::get().to(openapi)),
+        ep("get", "/api/v1/operator-key", "The operator's public key, to pin (PROTOCOL.md §2.1)", "public", || {
+            web::get().to(ops::operator_key)
+        }),
         ep("get", "/api/v1/clock", "The market clock (simulated in the demo)", "public", || web::get().to(ops::clock)),
         ep("get", "/api/v1/zones", "Zones and their current tariff", "public", || web::get().to(public::list_zones))
             .query(PAGE)
@@ -174,6 +177,13 @@ pub fn endpoints() -> Vec<Endpoint> {
         })
         .query(RANGE)
         .bounded("Not paged: one candle per slot of a range of at most 7 days, every trade counted."),
+        ep(
+            "get",
+            "/api/v1/zones/{zone}/roots/{slot}",
+            "A settled slot's root, signed by the operator",
+            "public",
+            || web::get().to(ledger::slot_root),
+        ),
         ep("get", "/api/v1/zones/{zone}/stats", "Zone totals", "public", || web::get().to(ledger::zone_stats)),
         ep("get", "/api/v1/tokens", "GRID token supply and emission", "public", || web::get().to(ledger::tokens)),
         ep("get", "/api/v1/stream", "Live feed (Server-Sent Events)", "public", || web::get().to(sse::stream))

@@ -96,7 +96,7 @@ async fn forward(
             _ = sender.closed() => return,
             event = events.recv() => match event {
                 Ok(event) if event.zone() != &zone => continue,
-                Ok(LiveEvent::OrderUpdate(update)) if Some(update.account) != account => continue,
+                Ok(LiveEvent::OrderUpdate(update)) if Some(update.message.account) != account => continue,
                 Ok(event) => frame(event.name(), &event.to_json()),
                 Err(broadcast::error::RecvError::Lagged(missed)) => frame("lagged", &format!("{{\"missed\":{missed}}}")),
                 Err(broadcast::error::RecvError::Closed) => return,

@@ -302,6 +302,19 @@ async fn metrics_count_accepted_and_rejected_orders_and_show_latencies_and_queue
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_key_is_published_for_pinning() {
+    let app = spawn_app().await;
+    let (status, body) = app.get("/api/v1/operator-key").await;
+    assert_eq!(status, 200);
+    let expected = hex::encode(protocol::testing::operator_key().verifying_key().to_bytes());
+    assert_eq!(body, json!({ "operator": expected }), "the key the exchange signs its messages with");
+    // The dashboard pins it in the page it is served in, not from the responses it verifies.
+    let page = app.client.get(app.url("/")).send().await.expect("index").text().await.expect("text");
+    assert!(page.contains(&format!(r#"<meta name="gridex-operator-key" content="{expected}">"#)), "pinned in the page");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_paths_and_methods_answer_json_errors() {
     let app = spawn_app().await;
     assert_error(&app.get("/api/v1/nothing-here").await, 404, "no_route");
@@ -777,6 +790,12 @@ async fn the_live_feed_streams_trades_books_and_settlements_of_its_zone() {
     assert_eq!(app.place(&app.bob, Side::Buy, 150_000, 700).await.0, 202);
     let trade = read_event(&mut stream, "trade").await;
     assert_eq!(trade["qty_wh"], 700);
+    // Both carry the operator's signature, which verifies against the pinned key (PROTOCOL.md §2.1).
+    let pinned = protocol::testing::operator_key().verifying_key().to_bytes();
+    let book = serde_json::to_vec(&book).expect("JSON");
+    Signed::<protocol::BookSnapshot>::parse(&book).expect("a signed book").verify_operator(&pinned).expect("verifies");
+    let trade = serde_json::to_vec(&trade).expect("JSON");
+    Signed::<protocol::Trade>::parse(&trade).expect("a signed trade").verify_operator(&pinned).expect("verifies");
     app.state.publish(LiveEvent::Settlement(SlotSettled {
         zone: zone(),
         slot: open_slot(),
@@ -1056,7 +1075,14 @@ async fn settled_slots_give_statements_with_proofs_balances_reports_and_tokens()
     assert_eq!(status, 200, "{proof}");
     assert_eq!(proof["statement"]["account"], account(&app.alice).to_hex());
     assert_eq!(proof["root"].as_str().expect("root").len(), 64);
+    // The slot's root is public, as the operator signed it, and verifies against the pinned key.
+    let root = app.client.get(app.url(&format!("/api/v1/zones/{ZONE}/roots/{slot}"))).send().await.expect("root");
+    assert_eq!(root.status().as_u16(), 200);
+    let signed = Signed::<protocol::SlotRoot>::parse(&root.bytes().await.expect("body")).expect("a slot_root");
+    signed.verify_operator(&config.operator_key.verifying_key().to_bytes()).expect("signed by the operator");
+    assert_eq!(signed.message.root, proof["root"].as_str().expect("root"));
     let stranger_slot = slot + 24 * 3_600_000;
+    assert_error(&app.get(&format!("/api/v1/zones/{ZONE}/roots/{stranger_slot}")).await, 404, "slot_not_settled");
     assert_error(
         &app.trader_get(&app.alice, &format!("/api/v1/me/statements/{ZONE}/{stranger_slot}")).await,
         404,
@@ -1236,7 +1262,7 @@ async fn serve_settings_connect_the_exchange_over_mqtts_with_a_ca_file_and_a_log
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let start = |options| {
         exchange::service::start(
-            exchange::config::ExchangeConfig::default(),
+            exchange::config::ExchangeConfig::new(protocol::testing::operator_key()),
             test_db.db.clone(),
             clock.clone(),
             Some(options),

@@ -56,7 +56,7 @@ async fn the_api_reports_the_closing_auctions_price_and_volume() {
     let clock = Arc::new(ManualClock::new(NOW_MS));
     let config = ExchangeConfig {
         closing_auctions: vec![ClosingAuction { zone: zone.clone(), call_ms: CALL_MS }],
-        ..ExchangeConfig::default()
+        ..ExchangeConfig::new(protocol::testing::operator_key())
     };
     let dyn_clock: Arc<dyn Clock> = clock.clone();
     let app = Application::builder(Settings::default())

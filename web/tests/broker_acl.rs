@@ -242,7 +242,7 @@ impl Market {
         let app = Application::builder(settings)
             .database(self.test_db.db.clone())
             .listener(std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
-            .exchange_config(exchange::config::ExchangeConfig::default())
+            .exchange_config(exchange::config::ExchangeConfig::new(protocol::testing::operator_key()))
             .without_settlement()
             .build()
             .await

@@ -98,8 +98,11 @@ async fn order_flood(test_db: TestDb) {
     .expect("seed the registry");
     // The market clock stands still unless the test moves it: the limit reads only this clock.
     let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
-    let config =
-        ExchangeConfig { order_commands_per_account_per_s: PER_S, order_commands_burst: BURST, ..Default::default() };
+    let config = ExchangeConfig {
+        order_commands_per_account_per_s: PER_S,
+        order_commands_burst: BURST,
+        ..ExchangeConfig::new(protocol::testing::operator_key())
+    };
     let app = web::application::Application::builder(Settings::default())
         .database(test_db.db.clone())
         .clock(clock.clone(), 1)

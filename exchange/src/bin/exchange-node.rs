@@ -72,7 +72,8 @@ async fn run() -> anyhow::Result<()> {
         // they can by design: no per-account rate limit, so every command they send is applied.
         order_commands_per_account_per_s: u32::MAX,
         order_commands_burst: u32::MAX,
-        ..ExchangeConfig::default()
+        // A test tool: it signs with the public test operator key (seed 9), which its tests pin.
+        ..ExchangeConfig::new(protocol::testing::operator_key())
     };
     let exchange =
         service::start(config, db, Arc::new(SystemClock), Some(options)).await.context("start the exchange")?;

@@ -72,13 +72,21 @@ impl Reply {
     }
 }
 
-/// An MQTT message to send.
-#[derive(Debug)]
+/// Makes an outbound message's payload: signs it with the operator's key (PROTOCOL.md §2.1).
+pub(crate) type Sign = Box<dyn FnOnce(&ed25519_dalek::SigningKey) -> Result<Vec<u8>, protocol::ProtocolError> + Send>;
+
+/// An MQTT message to send. It is signed by the publisher task, off the zone owners' path.
 pub(crate) struct Outbound {
     pub topic: String,
-    pub payload: Vec<u8>,
+    pub sign: Sign,
     pub qos: rumqttc::QoS,
     pub retain: bool,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound").field("topic", &self.topic).field("retain", &self.retain).finish_non_exhaustive()
+    }
 }
 
 /// What a caller is told when the exchange stops before its message's fate is final.

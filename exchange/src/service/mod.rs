@@ -53,7 +53,7 @@ use events::{shutting_down, Reply};
 use gridex_store::clock::Clock;
 use gridex_store::Database;
 use outlets::{reject, Outlets};
-use protocol::{AccountId, BookSnapshot, Reason, SlotId, ZoneId};
+use protocol::{AccountId, BookSnapshot, Reason, Signed, SlotId, ZoneId};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,6 +83,10 @@ pub struct ExchangeHandle {
     mqtt_stop: Arc<watch::Sender<bool>>,
     mqtt_tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
     mqtt_ready: watch::Receiver<bool>,
+    /// The public half of the key that signs everything published (PROTOCOL.md §2.1).
+    operator: [u8; 32],
+    /// The operator key itself, for [`ExchangeHandle::sign_operator`]; never handed out.
+    operator_key: Arc<ed25519_dalek::SigningKey>,
 }
 
 impl std::fmt::Debug for ExchangeHandle {
@@ -125,6 +129,26 @@ impl ExchangeHandle {
     pub async fn mqtt_subscribed(&self) {
         let mut ready = self.mqtt_ready.clone();
         let _ = ready.wait_for(|ready| *ready).await;
+    }
+
+    /// The operator's public key: what receivers pin to verify the exchange's messages.
+    pub fn operator_key(&self) -> [u8; 32] {
+        self.operator
+    }
+
+    /// Signs an outbound message as the exchange's publisher does (for other outlets of the same
+    /// messages, such as the web server's live feed).
+    pub fn sign_operator<T: protocol::OperatorSigned>(&self, message: T) -> Result<Signed<T>, protocol::ProtocolError> {
+        Signed::sign_operator(message, &self.operator_key)
+    }
+
+    /// Publishes a settled slot's root (retained, on `topics::slot_root`), as settlement signed it;
+    /// refused unless the operator key of this exchange signed it.
+    pub fn publish_slot_root(&self, signed: &Signed<protocol::SlotRoot>) -> Result<(), protocol::ProtocolError> {
+        signed.verify_operator(&self.operator)?;
+        let topic = protocol::topics::slot_root(&signed.message.zone);
+        self.outlets.publish_presigned(topic, signed.to_json(), rumqttc::QoS::AtLeastOnce, true);
+        Ok(())
     }
 
     /// Market events as they happen.
@@ -236,7 +260,9 @@ pub async fn start(
     let tasks = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut mqtt_tasks = Vec::new();
 
-    let connection = mqtt.map(|options| mqtt::connect(options, config.publish_queue_len, mqtt_stop.clone()));
+    let connection = mqtt.map(|options| {
+        mqtt::connect(options, config.publish_queue_len, config.operator_key.clone(), mqtt_stop.clone())
+    });
     let publish_tx = connection.as_ref().map(|connection| connection.publish.clone());
     let outlets = Outlets { publish: publish_tx, events, clock: clock.clone() };
 
@@ -297,6 +323,8 @@ pub async fn start(
     }
 
     Ok(ExchangeHandle {
+        operator: config.operator_key.verifying_key().to_bytes(),
+        operator_key: Arc::new(config.operator_key.clone()),
         ingest: ingest_tx,
         zones: zone_set,
         outlets,

@@ -2,11 +2,11 @@
 //! MQTT publish queue, the in-process event broadcast, the clock — and the one way to refuse a
 //! message. Imports only the leaf [`super::events`].
 
-use super::events::{MarketEvent, Outbound, Reply};
+use super::events::{MarketEvent, Outbound, Reply, Sign};
 use crate::ingest::{Kind, Origin, Parsed, Rejection};
 use gridex_store::clock::Clock;
 use protocol::topics;
-use protocol::{Reject, TimestampMs, ZoneId};
+use protocol::{OperatorSigned, Reject, Signed, TimestampMs, ZoneId};
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
 
@@ -25,19 +25,35 @@ impl std::fmt::Debug for Outlets {
 }
 
 impl Outlets {
-    /// Queues an MQTT message without waiting; a full queue drops it (counted), never blocks.
-    pub fn publish(&self, topic: String, payload: Vec<u8>, qos: rumqttc::QoS, retain: bool) {
+    /// Queues an MQTT message without waiting; a full queue drops it (counted), never blocks. The
+    /// publisher task signs it with the operator's key (PROTOCOL.md §2.1) before sending.
+    pub fn publish<T>(&self, topic: String, message: T, qos: rumqttc::QoS, retain: bool)
+    where
+        T: OperatorSigned + Send + 'static,
+    {
         if let Some(publish) = &self.publish {
-            if publish.try_send(Outbound { topic, payload, qos, retain }).is_err() {
+            let sign: Sign = Box::new(move |key| Signed::sign_operator(message, key).map(|signed| signed.to_json()));
+            if publish.try_send(Outbound { topic, sign, qos, retain }).is_err() {
                 metrics::counter!("gridex_publish_dropped_total").increment(1);
             }
         }
     }
-    /// Publishes a message to the broker (QoS 1) as canonical JSON.
-    pub fn publish_message<T: protocol::WireMessage>(&self, topic: String, message: &T) {
-        match protocol::encode(message) {
-            Ok(payload) => self.publish(topic, payload, rumqttc::QoS::AtLeastOnce, false),
-            Err(error) => tracing::error!(%error, "cannot encode an outbound message"),
+    /// Queues a message already signed elsewhere by the operator key (a slot root from settlement).
+    pub fn publish_presigned(&self, topic: String, payload: Vec<u8>, qos: rumqttc::QoS, retain: bool) {
+        if let Some(publish) = &self.publish {
+            let sign: Sign = Box::new(move |_| Ok(payload));
+            if publish.try_send(Outbound { topic, sign, qos, retain }).is_err() {
+                metrics::counter!("gridex_publish_dropped_total").increment(1);
+            }
+        }
+    }
+    /// Publishes a message to the broker (QoS 1, not retained), signed by the operator.
+    pub fn publish_message<T>(&self, topic: String, message: &T)
+    where
+        T: OperatorSigned + Clone + Send + 'static,
+    {
+        if self.publish.is_some() {
+            self.publish(topic, message.clone(), rumqttc::QoS::AtLeastOnce, false);
         }
     }
     pub fn event(&self, event: MarketEvent) {

@@ -104,9 +104,7 @@ impl ZoneOwner {
             trades: outcome.trades,
             ts_ms: TimestampMs(now_ms),
         };
-        if let Ok(payload) = protocol::encode(&result) {
-            self.outlets.publish(topics::auction(&self.zone), payload, rumqttc::QoS::AtLeastOnce, true);
-        }
+        self.outlets.publish(topics::auction(&self.zone), result.clone(), rumqttc::QoS::AtLeastOnce, true);
         self.outlets.event(MarketEvent::Auction(result.clone()));
         if self.auctions.len() == AUCTION_RESULTS_KEPT {
             self.auctions.pop_front();

@@ -146,14 +146,14 @@ impl Probe {
                     .await
                     .expect("subscribe");
             }
-            for channel in ["trades", "auction"] {
+            for channel in ["trades", "auction", "roots"] {
                 client
                     .subscribe(format!("gridex/v1/{zone}/{channel}"), rumqttc::QoS::AtLeastOnce)
                     .await
                     .expect("subscribe");
             }
         }
-        let expected = zones.len() * 4;
+        let expected = zones.len() * 5;
         tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
@@ -214,4 +214,17 @@ impl Probe {
         }
         all
     }
+}
+
+/// The operator key the tests pin: the exchange in these tests signs with the public test key.
+pub fn pinned_operator() -> [u8; 32] {
+    protocol::testing::operator_key().verifying_key().to_bytes()
+}
+
+/// An outbound message the exchange published (PROTOCOL.md §2.1), parsed and verified against the
+/// pinned operator key, as a gateway or agent receives it.
+pub fn decode<T: protocol::OperatorSigned>(bytes: &[u8]) -> Result<T, protocol::ProtocolError> {
+    let signed = Signed::<T>::parse(bytes)?;
+    signed.verify_operator(&pinned_operator())?;
+    Ok(signed.message)
 }

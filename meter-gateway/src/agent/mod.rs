@@ -471,18 +471,30 @@ enum Heard {
     Reject(Reject),
 }
 
-/// Decodes a message on one of the topics the agent subscribes to.
-fn heard(topic: &str, payload: &[u8], zone: &ZoneId, account: &AccountId) -> Option<Heard> {
+/// Decodes a message on one of the topics the agent subscribes to: only what the pinned operator
+/// signed is heard (see [`crate::operator`]).
+fn heard(topic: &str, payload: &[u8], zone: &ZoneId, account: &AccountId, pinned: &[u8; 32]) -> Option<Heard> {
     if topic == topics::book(zone) {
-        return protocol::decode::<BookSnapshot>(payload).ok().map(Heard::Book);
+        return crate::operator::verified::<BookSnapshot>(pinned, topic, payload).map(Heard::Book);
     }
     if topic == topics::events(zone, account) {
-        return protocol::decode::<OrderUpdate>(payload).ok().map(Heard::Update);
+        return crate::operator::verified::<OrderUpdate>(pinned, topic, payload).map(Heard::Update);
     }
     if topic == topics::rejects(zone, account) {
-        return protocol::decode::<Reject>(payload).ok().map(Heard::Reject);
+        return crate::operator::verified::<Reject>(pinned, topic, payload).map(Heard::Reject);
     }
     None
+}
+
+/// The pinned operator key the agent needs: it never trades on market data it cannot verify.
+fn pinned_operator(mqtt: &MqttSettings) -> Result<[u8; 32], AgentError> {
+    mqtt.pinned_operator().map_err(AgentError::Settings)?.ok_or_else(|| {
+        AgentError::Settings(
+            "no operator key pinned: set operator_key = \"<64 hex>\" in [mqtt] (from GET /api/v1/operator-key); \
+             the agent does not trade on messages it cannot verify"
+                .to_owned(),
+        )
+    })
 }
 
 /// The gateway's broker settings with the agent's own login and client id: never the device's, or
@@ -519,6 +531,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
     settings.validate()?;
+    let pinned = pinned_operator(&mqtt)?;
     let key = crate::keys::load(&settings.key)?;
     let account = AccountId::from_verifying_key(&key.verifying_key());
     let state_file = settings.quoting.as_ref().and_then(|quoting| quoting.state_file.clone());
@@ -534,7 +547,7 @@ pub async fn run(
         loop {
             match eventloop.poll().await {
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(publish))) => {
-                    if let Some(message) = heard(&publish.topic, &publish.payload, &poll_zone, &poll_account) {
+                    if let Some(message) = heard(&publish.topic, &publish.payload, &poll_zone, &poll_account, &pinned) {
                         // When the planner lags, a book snapshot or update is dropped rather than the
                         // connection stalled; the next one carries the cumulative state.
                         let _ = heard_tx.try_send(message);

@@ -1,6 +1,35 @@
 // HTTP access to /api/v1: JSON GETs, authenticated trader requests (X-Gridex-* request signature),
 // utility requests (Bearer API key), signed order commands, and the live event stream.
-import { requestHeaders } from './crypto.js';
+import { requestHeaders, signingBytes, verifyBytes } from './crypto.js';
+
+/** The operator key the page pins (`<meta name="gridex-operator-key">`), or null when unset. */
+export function pinnedOperatorKey() {
+  const content = globalThis.document?.querySelector('meta[name="gridex-operator-key"]')?.content ?? '';
+  return /^[0-9a-f]{64}$/.test(content) ? content : null;
+}
+
+/** Live events of these names are the exchange's messages, signed by the operator (PROTOCOL.md §2.1). */
+const SIGNED_EVENTS = new Set(['book', 'trade', 'order_update']);
+/** Live events dropped because they did not verify against the pinned operator key. */
+export const liveFeed = { unverified: 0 };
+
+/**
+ * The message of a signed live event without `type` and `sig`, or null when it does not verify
+ * against the pinned key (then it is counted in `liveFeed.unverified` and never shown).
+ */
+export async function verifiedEvent(name, data) {
+  const pinned = pinnedOperatorKey();
+  const { sig, ...fields } = data ?? {};
+  const ok = pinned && typeof sig === 'string' && fields.type === name
+    && await verifyBytes(pinned, sig, signingBytes(name, fields)).catch(() => false);
+  if (!ok) {
+    liveFeed.unverified += 1;
+    console.warn(`dropped a live ${name} that is not signed by the pinned operator key`);
+    return null;
+  }
+  const { type, ...message } = fields;
+  return message;
+}
 
 export const API = '/api/v1';
 /** A request that takes longer than this is abandoned and reported as failed. */
@@ -113,6 +142,8 @@ export function stream(zone, handlers, onState) {
   source.onopen = () => onState('live');
   source.onerror = () => onState(source.readyState === EventSource.CLOSED ? 'closed' : 'reconnecting');
   for (const [name, handler] of Object.entries(handlers)) {
+    // Verifications finish in order, so the handler sees the events in the order they came.
+    let previous = Promise.resolve();
     source.addEventListener(name, (event) => {
       let data;
       try {
@@ -120,7 +151,14 @@ export function stream(zone, handlers, onState) {
       } catch {
         return;
       }
-      handler(data);
+      if (!SIGNED_EVENTS.has(name)) {
+        handler(data);
+        return;
+      }
+      const checked = verifiedEvent(name, data);
+      previous = previous.then(() => checked).then((message) => {
+        if (message) handler(message);
+      });
     });
   }
   return () => source.close();

@@ -266,3 +266,35 @@ test('every leaf of trees of many sizes proves inclusion and a changed statement
     }
   }
 });
+
+// The live feed (PROTOCOL.md §2.1): the exchange's messages are verified against the operator key
+// pinned in the page; a message signed by another key, under another type, or unsigned is dropped.
+test('live events verify against the pinned operator key only', async () => {
+  const outbound = vectors.filter((vector) => vector.valid && ['trade', 'book', 'order_update'].includes(vector.kind));
+  assert.ok(outbound.length >= 3, 'outbound vectors for trade, book and order_update');
+  const { verifiedEvent, liveFeed } = await import('../../static/js/api.js');
+  const pin = (key) => {
+    globalThis.document = { querySelector: () => ({ content: key }) };
+  };
+  try {
+    for (const vector of outbound) {
+      pin(vector.public_key);
+      const message = await verifiedEvent(vector.kind, vector.message);
+      const { sig, type, ...expected } = vector.message;
+      assert.deepEqual(message, expected, vector.name);
+      const before = liveFeed.unverified;
+      pin('ab'.repeat(32).replace(/^ab/, 'cd'));
+      assert.equal(await verifiedEvent(vector.kind, vector.message), null, `${vector.name}: another pinned key`);
+      pin(vector.public_key);
+      assert.equal(await verifiedEvent(vector.kind, { ...vector.message, qty_wh: 1 }), null, `${vector.name}: tampered`);
+      assert.equal(await verifiedEvent(vector.kind, expected), null, `${vector.name}: unsigned`);
+      assert.equal(await verifiedEvent('book', vector.kind === 'book' ? { ...vector.message, type: 'trade' } : vector.message), null,
+        `${vector.name}: under another type`);
+      assert.ok(liveFeed.unverified >= before + 4);
+    }
+    pin('');
+    assert.equal(await verifiedEvent(outbound[0].kind, outbound[0].message), null, 'nothing is believed without a pinned key');
+  } finally {
+    delete globalThis.document;
+  }
+});

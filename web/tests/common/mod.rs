@@ -15,7 +15,7 @@ pub async fn start_app(settings: Settings, db: &Database) -> Application {
         .database(db.clone())
         .listener(std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
         .mqtt(None)
-        .exchange_config(exchange::config::ExchangeConfig::default())
+        .exchange_config(exchange::config::ExchangeConfig::new(protocol::testing::operator_key()))
         .without_settlement()
         .build()
         .await

@@ -1,7 +1,7 @@
 // Home view for a logged-in household: balances, earnings, energy charts from its meter readings,
 // an order form whose orders are signed in the browser, open orders with cancel buttons, and
 // settlement statements whose Merkle inclusion proof is checked here.
-import { ApiError, get, postCommand, traderGetAll, traderRequest } from '../api.js';
+import { ApiError, get, pinnedOperatorKey, postCommand, traderGetAll, traderRequest } from '../api.js';
 import { draw, energyChart } from '../charts.js';
 import * as clock from '../clock.js';
 import { buildCancel, buildOrder, canonicalJson, nextNonce, signMessage, signingBytes, verifyBytes, verifyInclusion } from '../crypto.js';
@@ -407,9 +407,13 @@ async function rootSignatureOk(proof) {
   if (typeof signedRoot === 'string') signedRoot = JSON.parse(signedRoot);
   const { sig, ...fields } = signedRoot;
   if (fields.type !== 'slot_root' || fields.root !== proof.root) return false;
-  if (proof.operator && fields.operator !== proof.operator) return false;
-  return verifyBytes(fields.operator, sig, signingBytes('slot_root', fields));
+  // The key is the one pinned in the page, never the one this response names (PROTOCOL.md §2.1).
+  const pinned = pinnedOperatorKey();
+  if (!pinned || fields.operator !== pinned) return false;
+  return verifyBytes(pinned, sig, signingBytes('slot_root', fields));
 }
+
+
 
 function proofKey(statement) {
   return `${statement.zone}/${statement.slot}`;
