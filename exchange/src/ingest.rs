@@ -9,7 +9,7 @@
 use crate::config::ExchangeConfig;
 use protocol::{
     verify_batch, AccountId, Cancel, Command, DeviceId, Order, ProtocolError, Reading, Reason, Replace, Signed, SlotId,
-    ZoneId,
+    Version, ZoneId,
 };
 use std::collections::HashMap;
 
@@ -55,11 +55,13 @@ impl Kind {
     }
 }
 
-/// Where a raw message came from: an MQTT topic (whose zone and sender must match the message) or
-/// a direct submission (HTTP), which has no topic.
+/// Where a raw message came from: an MQTT topic (whose zone and sender must match the message, and
+/// whose version the message is parsed on: `gridex/v2/…/readings/…` for a reading with a battery)
+/// or a direct submission (HTTP), which has no topic (a reading is parsed on the version its own
+/// fields say, `Signed::parse_as_encoded`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
-    Mqtt { zone: String, sender: String },
+    Mqtt { version: Version, zone: String, sender: String },
     Direct,
 }
 
@@ -303,10 +305,16 @@ pub fn parse(kind: Kind, origin: &Origin, bytes: &[u8]) -> Result<Parsed, Reject
     // Strict parsing accepted the bytes as UTF-8 JSON, so the lossy conversion never replaces anything.
     let payload = || String::from_utf8_lossy(bytes).into_owned();
     let parsed = match kind {
-        Kind::Reading => Parsed::Reading(Signed::<Reading>::parse(bytes)?, payload()),
+        Kind::Reading => Parsed::Reading(
+            match origin {
+                Origin::Mqtt { version, .. } => Signed::<Reading>::parse_on(bytes, *version)?,
+                Origin::Direct => Signed::<Reading>::parse_as_encoded(bytes)?,
+            },
+            payload(),
+        ),
         Kind::Command => Parsed::Command(Command::parse(bytes)?, payload()),
     };
-    if let Origin::Mqtt { zone, sender } = origin {
+    if let Origin::Mqtt { zone, sender, .. } = origin {
         if parsed.zone().as_str() != zone {
             return Err(Rejection::new(Reason::TopicMismatch, "the topic names a different zone"));
         }

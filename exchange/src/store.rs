@@ -188,7 +188,7 @@ fn last_reading(conn: &mut DbConnection, device_id: &str) -> Result<Option<LastR
         .first(conn)
         .optional()?;
     let Some(payload) = payload else { return Ok(None) };
-    let signed = Signed::<Reading>::parse(payload.as_bytes())
+    let signed = Signed::<Reading>::parse_as_encoded(payload.as_bytes())
         .map_err(|error| DbError::Invalid(format!("a stored reading does not parse: {error}")))?;
     Ok(Some(LastReading::of(&signed)))
 }
@@ -202,7 +202,7 @@ pub fn same_reading_stored(conn: &mut DbConnection, signed: &Signed<Reading>) ->
         .first(conn)
         .optional()?;
     Ok(payload
-        .and_then(|payload| Signed::<Reading>::parse(payload.as_bytes()).ok())
+        .and_then(|payload| Signed::<Reading>::parse_as_encoded(payload.as_bytes()).ok())
         .is_some_and(|stored| stored.signing_bytes() == signed.signing_bytes()))
 }
 

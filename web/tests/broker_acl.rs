@@ -230,6 +230,10 @@ impl Market {
             export_wh: Wh(0),
             pv_wh: None,
             power_w: PowerW(0),
+            battery_charge_wh: None,
+            battery_discharge_wh: None,
+            battery_soc_permille: None,
+            battery_capacity_wh: None,
         };
         Signed::sign(reading, device).expect("sign").to_json()
     }
