@@ -43,7 +43,13 @@ fn fixture(count: usize) -> Fixture {
         let device = DeviceId::from_verifying_key(&key.verifying_key());
         directory.devices.insert(
             device,
-            DeviceState { zone: zone.clone(), nameplate_w: 10_000, last: None, replacements: Vec::new() },
+            DeviceState {
+                zone: zone.clone(),
+                nameplate_w: 10_000,
+                last: None,
+                replacements: Vec::new(),
+                battery: Default::default(),
+            },
         );
         let reading = Reading {
             device,

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 mod meter;
 mod rate;
 use meter::{accept_reading, counters_check};
-pub use meter::{Counters, Replacement};
+pub use meter::{BatteryMark, BatteryMarks, Counters, Replacement};
 pub use rate::{RateLimit, TokenBucket};
 
 /// Why the exchange refused a message: the protocol reason code and a human-readable detail.
@@ -141,6 +141,9 @@ pub struct LastReading {
     pub import_wh: i64,
     pub export_wh: i64,
     pub pv_wh: Option<i64>,
+    /// The home battery's counters, when the reading (version 2) has them.
+    pub battery_charge_wh: Option<i64>,
+    pub battery_discharge_wh: Option<i64>,
     /// The signed bytes, to recognise a resend of this very reading.
     pub signing_bytes: Vec<u8>,
 }
@@ -154,6 +157,8 @@ impl LastReading {
             import_wh: reading.import_wh.0,
             export_wh: reading.export_wh.0,
             pv_wh: reading.pv_wh.map(|pv| pv.0),
+            battery_charge_wh: reading.battery_charge_wh.map(|wh| wh.0),
+            battery_discharge_wh: reading.battery_discharge_wh.map(|wh| wh.0),
             signing_bytes: signed.signing_bytes().to_vec(),
         }
     }
@@ -172,6 +177,9 @@ pub struct DeviceState {
     /// Replacements later than `last` (none is consumed until a reading after it is accepted),
     /// oldest first.
     pub replacements: Vec<Replacement>,
+    /// The battery counters of the latest accepted readings that had them (not necessarily `last`:
+    /// a reading may lack them), which the next ones must continue from.
+    pub battery: BatteryMarks,
 }
 
 impl DeviceState {
@@ -600,7 +608,13 @@ mod tests {
     fn a_cached_device_whose_reading_would_be_refused_for_its_counters_is_stale() {
         let first = signed(1, 1_000, 5_000);
         let zone = ZoneId::parse("z").expect("a zone id");
-        let mut state = DeviceState { zone, nameplate_w: 10_000, last: None, replacements: Vec::new() };
+        let mut state = DeviceState {
+            zone,
+            nameplate_w: 10_000,
+            last: None,
+            replacements: Vec::new(),
+            battery: BatteryMarks::default(),
+        };
         state.last = Some(LastReading::of(&first));
         let mut directory = Directory::default();
         directory.devices.insert(first.message.device, state);
