@@ -10,6 +10,8 @@
 //! database transaction. [`run`] closes every due slot in order; [`queries`] serves the web API.
 //! The same transaction settles the energy of households whose readings resume after "no data"
 //! slots and moves their metering cursors ([`gaps`], migration `2026-12-01-000005_metering_cursors`).
+//! Home batteries (version 2 readings) are never settled: [`battery`] only reports them (per slot,
+//! what a battery earned at the price its household faced, a zone's storage).
 //!
 //! It must never: write readings, trades or orders (the exchange's); update or delete a ledger entry
 //! (a correction is a new transaction); use floats for money or energy; or settle a slot before its
@@ -34,6 +36,7 @@
 //! ```
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+pub mod battery;
 pub mod close;
 pub mod correction;
 pub mod gaps;
