@@ -142,8 +142,21 @@ pub fn slot_prices(
         .collect()
 }
 
-/// An accepted reading's columns: device, seq, ts_ms, import_wh, export_wh, pv_wh, power_w.
-pub type ReadingRow = (String, i64, i64, i64, i64, Option<i64>, i64);
+/// An accepted reading's columns; the `battery_*` ones only for a version 2 reading (a home battery).
+#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
+pub struct ReadingRow {
+    pub device: String,
+    pub seq: i64,
+    pub ts_ms: i64,
+    pub import_wh: i64,
+    pub export_wh: i64,
+    pub pv_wh: Option<i64>,
+    pub power_w: i64,
+    pub battery_charge_wh: Option<i64>,
+    pub battery_discharge_wh: Option<i64>,
+    pub battery_soc_permille: Option<i64>,
+    pub battery_capacity_wh: Option<i64>,
+}
 
 /// Readings of `device_ids` taken within `[from, to)`, ordered by `(device, seq)`, from the reading
 /// `(device, seq)` of `from_key` on (itself included), at most `limit`.
@@ -178,6 +191,10 @@ pub fn readings_by_device(
             readings::export_wh,
             readings::pv_wh,
             readings::power_w,
+            readings::battery_charge_wh,
+            readings::battery_discharge_wh,
+            readings::battery_soc_permille,
+            readings::battery_capacity_wh,
         ))
         .load(conn)?)
 }

@@ -27,6 +27,7 @@ pub mod api_keys;
 pub mod application;
 pub mod assets;
 pub mod auth;
+pub mod battery;
 pub mod broker;
 pub mod broker_config;
 pub mod demo;

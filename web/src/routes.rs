@@ -210,7 +210,23 @@ pub fn endpoints() -> Vec<Endpoint> {
         )
         .auth(Trader)
         .query(&[("from_ms", "integer", false), ("to_ms", "integer", false), ("cursor", "string", false)])
-        .paged("By device and seq, 50,000 readings a page; the refused readings come on the first page."),
+        .paged(
+            "By device and seq, 50,000 readings a page; the refused readings come on the first page. A reading \
+             with a home battery (version 2) also has `battery_charge_wh`, `battery_discharge_wh`, \
+             `battery_soc_permille`, `battery_capacity_wh` and the interval energy of the two counters.",
+        ),
+        ep("get", "/api/v1/me/battery", "My home battery per slot and what it earned", "trader", || {
+            web::get().to(crate::battery::my_battery)
+        })
+        .auth(Trader)
+        .query(RANGE)
+        .bounded(
+            "Not paged: one row per slot of a range of at most 7 days (at most 672 slots, the latest), by \
+             default the last day; slots without anything known of a battery are left out. `earned` per \
+             slot is (discharge − charge) at the price the household faced: its own trades' \
+             volume-weighted price in the slot, else retail when it net-imported, feed-in when it \
+             net-exported; rounded down once per slot. Never part of the ledger.",
+        ),
         ep("get", "/api/v1/me/statements", "My settlement statements", "trader", || {
             web::get().to(ledger::my_statements)
         })
@@ -246,6 +262,15 @@ pub fn endpoints() -> Vec<Endpoint> {
         .query(PAGE)
         .returns_list("SilentDevice")
         .paged("Longest silent first, then by device id; `limit` 1..=1000 devices a page (default 500)."),
+        ep("get", "/api/v1/zones/{zone}/storage", "Home batteries of a zone", "utility", || {
+            web::get().to(crate::battery::zone_storage_report)
+        })
+        .auth(Utility)
+        .query(&[("slots", "integer", false)])
+        .bounded(
+            "Not paged: the batteries that reported in the last hour (count, capacity, stored energy) and \
+             the zone's charge and discharge in its latest `slots` complete slots, 1..=96 (default 24).",
+        ),
         ep("get", "/api/v1/reports/{zone}/{slot}", "Settlement report of a slot", "utility", || {
             web::get().to(ledger::slot_report)
         })
@@ -507,7 +532,7 @@ mod tests {
             let endpoint = endpoints().into_iter().find(|e| e.path == path && e.method == "get").expect("mounted");
             endpoint.description.expect("a list says how it pages or what bounds it").replace(',', "")
         };
-        let pairs: [(&str, Vec<i64>); 9] = [
+        let pairs: [(&str, Vec<i64>); 11] = [
             ("/api/v1/zones", vec![crate::public::ZONES_LIMIT_MAX, crate::public::ZONES_LIMIT_DEFAULT]),
             (
                 "/api/v1/zones/{zone}/tariffs",
@@ -526,6 +551,11 @@ mod tests {
             ("/api/v1/export/readings", vec![crate::trader::READINGS_ROWS_MAX]),
             ("/api/v1/webhooks", vec![crate::webhooks::WEBHOOKS_MAX]),
             ("/api/v1/zones/{zone}/auctions", vec![exchange::zone::AUCTION_RESULTS_KEPT as i64]),
+            ("/api/v1/me/battery", vec![settlement::battery::BATTERY_SLOTS_MAX]),
+            (
+                "/api/v1/zones/{zone}/storage",
+                vec![settlement::battery::STORAGE_SLOTS_MAX, crate::battery::STORAGE_SLOTS_DEFAULT],
+            ),
         ];
         for (path, numbers) in pairs {
             let description = described(path);

@@ -83,6 +83,20 @@ pub struct IntervalReading {
     pub interval_export_wh: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interval_pv_wh: Option<i64>,
+    /// A home battery's counters and state (version 2 readings only; PROTOCOL.md §4.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub battery_charge_wh: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub battery_discharge_wh: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub battery_soc_permille: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub battery_capacity_wh: Option<i64>,
+    /// Energy into and out of the battery since the previous reading in the range that had the counter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_battery_charge_wh: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_battery_discharge_wh: Option<i64>,
 }
 
 /// A reading the exchange refused although its device signed it, with the reason (PROTOCOL.md §7).
@@ -131,25 +145,42 @@ pub fn load_refused(
 /// Rows sorted by (device, ts) into interval data.
 pub fn intervals(rows: Vec<ReadingRow>) -> Vec<IntervalReading> {
     let mut out: Vec<IntervalReading> = Vec::with_capacity(rows.len());
-    for (device, seq, ts_ms, import_wh, export_wh, pv_wh, power_w) in rows {
-        let previous = out.last().filter(|previous| previous.device == device);
+    // Per device, the latest battery counters seen in the range (a reading may lack them).
+    let mut battery_before: (Option<i64>, Option<i64>) = (None, None);
+    for row in rows {
+        let previous = out.last().filter(|previous| previous.device == row.device);
+        if previous.is_none() {
+            battery_before = (None, None);
+        }
         let (interval_import_wh, interval_export_wh, interval_pv_wh) = match previous {
-            Some(p) => {
-                (import_wh - p.import_wh, export_wh - p.export_wh, pv_wh.zip(p.pv_wh).map(|(now, before)| now - before))
-            }
-            None => (0, 0, pv_wh.map(|_| 0)),
+            Some(p) => (
+                row.import_wh - p.import_wh,
+                row.export_wh - p.export_wh,
+                row.pv_wh.zip(p.pv_wh).map(|(now, before)| now - before),
+            ),
+            None => (0, 0, row.pv_wh.map(|_| 0)),
         };
+        let since = |now: Option<i64>, before: Option<i64>| now.map(|now| before.map_or(0, |before| now - before));
+        let interval_battery_charge_wh = since(row.battery_charge_wh, battery_before.0);
+        let interval_battery_discharge_wh = since(row.battery_discharge_wh, battery_before.1);
+        battery_before = (row.battery_charge_wh.or(battery_before.0), row.battery_discharge_wh.or(battery_before.1));
         out.push(IntervalReading {
-            device,
-            seq,
-            ts_ms,
-            import_wh,
-            export_wh,
-            pv_wh,
-            power_w,
+            device: row.device,
+            seq: row.seq,
+            ts_ms: row.ts_ms,
+            import_wh: row.import_wh,
+            export_wh: row.export_wh,
+            pv_wh: row.pv_wh,
+            power_w: row.power_w,
             interval_import_wh,
             interval_export_wh,
             interval_pv_wh,
+            battery_charge_wh: row.battery_charge_wh,
+            battery_discharge_wh: row.battery_discharge_wh,
+            battery_soc_permille: row.battery_soc_permille,
+            battery_capacity_wh: row.battery_capacity_wh,
+            interval_battery_charge_wh,
+            interval_battery_discharge_wh,
         });
     }
     out

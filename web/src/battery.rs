@@ -1,0 +1,94 @@
+//! Home battery endpoints (issue 15): a household's battery per slot and what it earned
+//! (`GET /api/v1/me/battery`, signed by the household) and a zone's storage
+//! (`GET /api/v1/zones/{zone}/storage`, the zone's utility). Both are answered by
+//! `settlement::battery`, read-only: a battery is never part of the ledger.
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use settlement::battery::{household_battery, zone_storage, STORAGE_SLOTS_MAX};
+use settlement::READING_GAP_MS_MAX_DEFAULT;
+
+/// Longest `/me/battery` range: a week, as `/me/readings` (at most `BATTERY_SLOTS_MAX` slots).
+pub const BATTERY_RANGE_MS_MAX: i64 = 7 * 24 * 3_600_000;
+/// `/me/battery` without `from_ms`: the last day.
+pub const BATTERY_RANGE_MS_DEFAULT: i64 = 24 * 3_600_000;
+/// Slots of `/zones/{zone}/storage` without `slots`: the last six hours of 15-minute slots.
+pub const STORAGE_SLOTS_DEFAULT: i64 = 24;
+
+/// `/me/battery` query: slots starting in `[from_ms, to_ms)`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatteryQuery {
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+}
+
+/// The signer's battery per slot of the range (default: the last day up to now), at most
+/// [`settlement::battery::BATTERY_SLOTS_MAX`] slots (the latest), with its latest state and what it earned.
+pub async fn my_battery(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    query: web::Query<BatteryQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let account = crate::trader::authenticate(&state, &request, b"").await?;
+    let to_ms = query.to_ms.unwrap_or_else(|| state.now_ms());
+    let from_ms = query.from_ms.unwrap_or(to_ms.saturating_sub(BATTERY_RANGE_MS_DEFAULT));
+    if from_ms > to_ms || from_ms < 0 {
+        return Err(ApiError::bad_request("invalid_query", "from_ms must be ≥ 0 and ≤ to_ms"));
+    }
+    if to_ms - from_ms > BATTERY_RANGE_MS_MAX {
+        let message = format!("the range may span at most {BATTERY_RANGE_MS_MAX} ms");
+        return Err(ApiError::bad_request("range_too_long", message));
+    }
+    let battery = settlement::registry::read(&state.db, move |conn| {
+        household_battery(conn, &account, from_ms, to_ms, READING_GAP_MS_MAX_DEFAULT)
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let battery = battery.ok_or_else(|| ApiError::not_found("unknown_zone", "the household has no zone"))?;
+    Ok(HttpResponse::Ok().json(battery))
+}
+
+/// `/zones/{zone}/storage` query: how many of the latest complete slots.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageQuery {
+    pub slots: Option<i64>,
+}
+
+/// The zone's home batteries now and its charge and discharge in its latest `slots` complete slots
+/// (default [`STORAGE_SLOTS_DEFAULT`], at most [`STORAGE_SLOTS_MAX`]). The zone's utility only.
+pub async fn zone_storage_report(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    zone: web::Path<String>,
+    query: web::Query<StorageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = crate::utility::authorize(&state, &request).await?;
+    let zone = crate::public::parse_zone(&zone)?;
+    crate::utility::require_own_zone(&state, &caller, &zone).await?;
+    let slots = query.slots.unwrap_or(STORAGE_SLOTS_DEFAULT);
+    if !(1..=STORAGE_SLOTS_MAX).contains(&slots) {
+        let message = format!("slots is 1..={STORAGE_SLOTS_MAX}");
+        return Err(ApiError::bad_request("invalid_query", message));
+    }
+    let now_ms = state.now_ms();
+    let storage = settlement::registry::read(&state.db, move |conn| {
+        zone_storage(conn, &zone, now_ms, slots, READING_GAP_MS_MAX_DEFAULT)
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let storage = storage.ok_or_else(|| ApiError::not_found("unknown_zone", "no such zone"))?;
+    Ok(HttpResponse::Ok().json(storage))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_week_of_battery_slots_fits_the_range() {
+        // 15-minute slots over the longest range: exactly the settlement's cap, so no slot is dropped.
+        assert_eq!(super::BATTERY_RANGE_MS_MAX / 900_000, settlement::battery::BATTERY_SLOTS_MAX);
+    }
+}
