@@ -1,5 +1,6 @@
 // Small SVG charts drawn from protocol integers: a depth chart, a price chart (candles, close line,
-// volume bars) and an energy chart (production, consumption, grid exchange per interval). Each
+// volume bars), an energy chart (production, consumption, grid exchange per interval) and a battery
+// chart (charge and discharge per slot, state of charge). Each
 // function returns SVG markup sized by its viewBox, so it scales to the width of its container.
 import { esc, energyNumber, priceNumber, slotLabel } from './format.js';
 
@@ -207,6 +208,67 @@ export function energyChart(rows, width = WIDTH_DEFAULT, height = 240) {
     `<text class="axis-title" x="4" y="${MARGIN.top - 4}">kWh per interval</text>`,
   ].join('');
   return frame(width, height, body, 'Production, consumption and grid exchange per interval');
+}
+
+/**
+ * A home battery (or a zone's batteries) per slot: `rows` of {slot, charge_wh, discharge_wh,
+ * soc_permille?} (energy may be null: unknown). Bars show charge (up) and discharge (down) in kWh;
+ * when any row has a state of charge, a line shows it against a 0–100 % scale on the right.
+ */
+export function batteryChart(rows, width = WIDTH_DEFAULT, height = 220) {
+  const data = (rows ?? []).filter((row) => row.charge_wh != null || row.discharge_wh != null || row.soc_permille != null);
+  if (data.length === 0) return empty(width, height, 'No battery readings yet');
+  const withSoc = data.some((row) => row.soc_permille != null);
+  const left = MARGIN.left;
+  const right = width - (withSoc ? 40 : MARGIN.right);
+  const bottom = height - MARGIN.bottom;
+  const top = Math.max(1, ...data.map((r) => Number(r.charge_wh ?? 0)));
+  const floor = -Math.max(1, ...data.map((r) => Number(r.discharge_wh ?? 0)));
+  const span = (top - floor) * 1.08;
+  const high = top + (span - (top - floor)) / 2;
+  const low = floor - (span - (top - floor)) / 2;
+  const band = (right - left) / data.length;
+  const cx = (i) => left + band * (i + 0.5);
+  const y = (v) => bottom - ((v - low) / (high - low)) * (bottom - MARGIN.top);
+  const socY = (permille) => bottom - (permille / 1000) * (bottom - MARGIN.top);
+  const barWidth = Math.max(1.5, Math.min(14, band * 0.6));
+  const bars = data
+    .map((r, i) => {
+      const x0 = (cx(i) - barWidth / 2).toFixed(1);
+      const charge = Number(r.charge_wh ?? 0);
+      const discharge = Number(r.discharge_wh ?? 0);
+      const title = `${slotLabel(r.slot, true)}: charged ${energyNumber(charge)} kWh, discharged ${energyNumber(discharge)} kWh`;
+      const up = charge > 0 ? `<rect class="bar-charge" x="${x0}" y="${y(charge).toFixed(1)}" width="${barWidth.toFixed(1)}" height="${(y(0) - y(charge)).toFixed(1)}"/>` : '';
+      const down = discharge > 0 ? `<rect class="bar-discharge" x="${x0}" y="${y(0).toFixed(1)}" width="${barWidth.toFixed(1)}" height="${(y(-discharge) - y(0)).toFixed(1)}"/>` : '';
+      return `<g><title>${esc(title)}</title>${up}${down}</g>`;
+    })
+    .join('');
+  let socLine = '';
+  let socAxis = '';
+  if (withSoc) {
+    socLine = `<path class="line-soc" d="${data
+      .map((r, i) => (r.soc_permille == null ? null : [i, r.soc_permille]))
+      .filter(Boolean)
+      .map(([i, soc], index) => `${index ? 'L' : 'M'}${cx(i).toFixed(1)},${socY(soc).toFixed(1)}`)
+      .join(' ')}"/>`;
+    socAxis = [0, 500, 1000]
+      .map((permille) => `<text class="axis" x="${right + 6}" y="${socY(permille).toFixed(1)}" dy="0.32em">${permille / 10} %</text>`)
+      .join('');
+  }
+  const every = Math.max(1, Math.ceil(data.length / Math.max(2, Math.floor(width / 70))));
+  const labels = data
+    .map((r, i) => (i % every === 0 ? `<text class="axis" x="${cx(i).toFixed(1)}" y="${bottom + 18}" text-anchor="middle">${esc(slotLabel(r.slot))}</text>` : ''))
+    .join('');
+  const body = [
+    yAxis(y, ticks(low, high, 4), (v) => energyNumber(v).replace(/\.?0+$/, '') || '0', left, right),
+    `<line class="zero-line" x1="${left}" x2="${right}" y1="${y(0).toFixed(1)}" y2="${y(0).toFixed(1)}"/>`,
+    bars,
+    socLine,
+    socAxis,
+    labels,
+    `<text class="axis-title" x="4" y="${MARGIN.top - 4}">kWh per slot (charge up, discharge down)</text>`,
+  ].join('');
+  return frame(width, height, body, `Battery charge, discharge${withSoc ? ' and state of charge' : ''} over ${data.length} slots`);
 }
 
 /** A horizontal bar split into parts [{value, className, label}]. */

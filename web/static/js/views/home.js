@@ -1,8 +1,9 @@
 // Home view for a logged-in household: balances, earnings, energy charts from its meter readings,
+// its home battery (state of charge, charge and discharge per slot, what it earned) when it has one,
 // an order form whose orders are signed in the browser, open orders with cancel buttons, and
 // settlement statements whose Merkle inclusion proof is checked here.
 import { ApiError, get, pinnedOperatorKey, postCommand, traderGetAll, traderRequest } from '../api.js';
-import { draw, energyChart } from '../charts.js';
+import { batteryChart, draw, energyChart } from '../charts.js';
 import * as clock from '../clock.js';
 import { buildCancel, buildOrder, canonicalJson, nextNonce, signMessage, signingBytes, verifyBytes, verifyInclusion } from '../crypto.js';
 import { energy, energyNumber, esc, money, parseDecimal, price, priceNumber, shortId, slotLabel, timeLabel, tokens } from '../format.js';
@@ -64,7 +65,7 @@ export function init() {
     if (trade.seller === account) seenNonce = Math.max(seenNonce, Number(trade.sell_nonce) || 0);
     if (account && (trade.buyer === account || trade.seller === account)) scheduleReload(['orders']);
   });
-  on('settlement', () => scheduleReload(['balances', 'statements', 'readings']));
+  on('settlement', () => scheduleReload(['balances', 'statements', 'readings', 'battery']));
   on('zone', () => slots.splice(0));
 }
 
@@ -96,9 +97,9 @@ function render() {
   $('home-account').textContent = shortId(session.account);
   $('home-account').title = session.account;
   refreshTimer = setInterval(() => {
-    if (!$('view-home').hidden && state.session) reload(['balances', 'statements', 'readings', 'orders', 'slots']);
+    if (!$('view-home').hidden && state.session) reload(['balances', 'statements', 'readings', 'battery', 'orders', 'slots']);
   }, HOME_REFRESH_MS);
-  reload(['balances', 'statements', 'readings', 'orders', 'slots']);
+  reload(['balances', 'statements', 'readings', 'battery', 'orders', 'slots']);
 }
 
 async function loadDemoHouseholds() {
@@ -136,7 +137,7 @@ function scheduleReload(parts) {
 }
 
 async function reload(parts) {
-  const loaders = { balances: loadBalances, statements: loadStatements, readings: loadReadings, orders: loadOrders, slots: loadSlots };
+  const loaders = { balances: loadBalances, statements: loadStatements, readings: loadReadings, battery: loadBattery, orders: loadOrders, slots: loadSlots };
   await Promise.all(parts.map((part) => loaders[part]().catch((error) => showAuthError(error))));
 }
 
@@ -226,6 +227,29 @@ async function loadReadings() {
   $('energy-totals').textContent = rows.length
     ? `Over ${rows.length} intervals: produced ${energy(total('production_wh'), 2)}, used ${energy(total('consumption_wh'), 2)}, imported ${energy(total('import_wh'), 2)}, exported ${energy(total('export_wh'), 2)}.`
     : '';
+}
+
+/**
+ * The household's battery (`/me/battery`: per slot of the same history as the energy chart); the
+ * card stays hidden for a home without one.
+ */
+async function loadBattery() {
+  const to = clock.now() + slotLenMs();
+  const from = to - READINGS_HISTORY_SLOTS * slotLenMs();
+  const battery = await traderRequest(state.session, 'GET', `/me/battery?from_ms=${from}&to_ms=${to}`);
+  const has = battery.now != null || battery.slots.length > 0;
+  $('battery-card').hidden = !has;
+  if (!has) return;
+  const now = battery.now;
+  $('battery-soc').textContent = now?.soc_permille != null ? `${(now.soc_permille / 10).toFixed(1)} %` : '–';
+  $('battery-stored').textContent = now?.stored_wh != null && now?.capacity_wh != null
+    ? `${energy(now.stored_wh, 2)} of ${energy(now.capacity_wh, 2)} · ${timeLabel(now.ts_ms)}`
+    : '';
+  const earned = Number(battery.earned);
+  $('battery-earned').textContent = money(earned);
+  $('battery-earned').classList.toggle('negative', earned < 0);
+  $('battery-earned-detail').textContent = `over ${battery.slots.length} slots · charged ${energy(battery.charge_wh, 2)}, discharged ${energy(battery.discharge_wh, 2)}`;
+  draw($('battery-chart'), batteryChart, battery.slots);
 }
 
 /** Lists the readings the exchange refused (newest first, as the API returns them), with their reason. */

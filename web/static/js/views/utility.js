@@ -1,7 +1,8 @@
 // Utility view: zone totals (self-sufficiency, peer-to-peer vs utility energy, household savings),
-// token supply and emission, and per-slot settlement reports read with the utility's API key.
+// token supply and emission, the zone's home batteries (storage) and per-slot settlement reports,
+// the last two read with the utility's API key.
 import { get, utilityGet, API } from '../api.js';
-import { splitBar } from '../charts.js';
+import { batteryChart, draw, splitBar } from '../charts.js';
 import * as clock from '../clock.js';
 import { energy, esc, money, percentBps, slotLabel, tokens } from '../format.js';
 import { on, slotLenMs, state } from '../state.js';
@@ -9,6 +10,8 @@ import { on, slotLenMs, state } from '../state.js';
 const API_KEY_KEY = 'gridex.apiKey';
 /** Settled slots offered in the report picker. */
 const REPORT_SLOTS = 48;
+/** Slots of the zone's battery charge and discharge shown (the API allows up to 96). */
+const STORAGE_SLOTS = 48;
 
 const $ = (id) => document.getElementById(id);
 let lastSettled = null;
@@ -18,6 +21,7 @@ export function init() {
   $('report-form').addEventListener('submit', (event) => {
     event.preventDefault();
     loadReport();
+    loadStorage();
   });
   $('report-csv').addEventListener('click', downloadCsv);
   on('settlement', (event) => {
@@ -31,8 +35,30 @@ export function show() {
 
 async function load() {
   if (!state.zone) return;
-  await Promise.all([loadStats(), loadTokens()]);
+  await Promise.all([loadStats(), loadTokens(), loadStorage()]);
   await loadReportSlots();
+}
+
+/** The zone's home batteries (`/zones/{zone}/storage`, the utility's key); nothing without a key. */
+async function loadStorage() {
+  const key = $('api-key').value.trim();
+  if (!key || !state.zone) return;
+  let storage;
+  try {
+    storage = await utilityGet(key, `/zones/${encodeURIComponent(state.zone)}/storage?slots=${STORAGE_SLOTS}`);
+  } catch (error) {
+    $('storage-hint').textContent = `Storage could not be read: ${error.code ?? ''} ${error.message}`;
+    return;
+  }
+  $('storage-hint').textContent = `Home batteries reporting in the last hour, at ${slotLabel(storage.at_ms, true)}.`;
+  $('storage-facts').innerHTML = [
+    ['Batteries', String(storage.batteries)],
+    ['Usable capacity', energy(storage.capacity_wh, 2)],
+    ['Stored now', `${energy(storage.stored_wh, 2)}${storage.soc_permille != null ? ` (${(storage.soc_permille / 10).toFixed(1)} %)` : ''}`],
+  ]
+    .map(([label, value]) => `<dt>${esc(label)}</dt><dd>${esc(value)}</dd>`)
+    .join('');
+  draw($('storage-chart'), batteryChart, storage.slots);
 }
 
 async function loadStats() {
