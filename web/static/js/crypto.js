@@ -4,7 +4,8 @@
 // - canonical JSON: RFC 8785 for the restricted value set (objects, arrays, strings, booleans,
 //   integers of magnitude <= 2^53 - 1; no floats, no null);
 // - signed message: ed25519 over UTF-8 of `gridex/v1/<type>\n` + canonical JSON of the object
-//   without `sig`; `sig` = 128 lowercase hex digits;
+//   without `sig`; `sig` = 128 lowercase hex digits; a reading with a home battery (any `battery_*`
+//   field) is version 2 and signed under `gridex/v2/reading\n` (PROTOCOL.md §9);
 // - request signature (X-Gridex-* headers): the same over `gridex/v1/request\n` + canonical JSON of
 //   {account, body_sha256, method, path, ts_ms};
 // - Merkle: leaf = SHA-256(0x00 || canonical statement incl. "type":"statement"),
@@ -83,9 +84,17 @@ export function canonicalJson(value) {
 }
 
 /** The bytes a signature covers for a message of type `kind` (an object without `sig`). */
-export function signingBytes(kind, object) {
+/** The fields that make a reading version 2 (PROTOCOL.md §4.1). */
+const BATTERY_FIELDS = ['battery_charge_wh', 'battery_discharge_wh', 'battery_soc_permille', 'battery_capacity_wh'];
+
+/** A message's protocol version, from its content: 2 for a reading with a battery, else 1. */
+export function messageVersion(kind, object) {
+  return kind === 'reading' && BATTERY_FIELDS.some((field) => Object.prototype.hasOwnProperty.call(object, field)) ? 2 : 1;
+}
+
+export function signingBytes(kind, object, version = messageVersion(kind, object)) {
   if (Object.prototype.hasOwnProperty.call(object, 'sig')) throw new Error('signing bytes exclude `sig`');
-  return encoder.encode(`gridex/v1/${kind}\n${canonicalJson(object)}`);
+  return encoder.encode(`gridex/v${version}/${kind}\n${canonicalJson(object)}`);
 }
 
 export async function sha256(bytes) {

@@ -110,6 +110,16 @@ test('signing a vector message with its seed reproduces the vector signature', a
   assert.ok(signed > 0, 'no vector was made with a seed of the form [n; 32]');
 });
 
+test('a reading with a battery signs under the version 2 tag, as the protocol vector says', async () => {
+  const vector = validVectors.find((v) => v.name === 'reading-v2-battery');
+  if (!vector) return; // the embedded fallback has no reading
+  assert.equal(vector.version, 2);
+  const { rest } = withoutSig(vector.message);
+  assert.match(new TextDecoder().decode(signingBytes('reading', rest)), /^gridex\/v2\/reading\n/);
+  const { battery_charge_wh: _c, battery_discharge_wh: _d, battery_soc_permille: _s, battery_capacity_wh: _k, ...plain } = rest;
+  assert.match(new TextDecoder().decode(signingBytes('reading', plain)), /^gridex\/v1\/reading\n/);
+});
+
 test('an order built by the order form signs to the sample order vector', async () => {
   const vector = validVectors.find((v) => v.kind === 'order' && v.message.side === 'sell');
   assert.ok(vector, 'a sell order vector exists');

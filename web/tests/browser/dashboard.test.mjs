@@ -1,8 +1,9 @@
 // The dashboard in headless Chromium against a real `gridex demo`: the order book and a chart update
 // live (Server-Sent Events, no reload), a demo household logs in, places an order signed in the
 // browser, and sees it in its open orders and in the book; a backdated reading signed with its
-// device key is refused and shown with its reason in the household view. Leaves a screenshot in
-// <repo>/target/browser/dashboard.png.
+// device key is refused and shown with its reason in the household view; a version 2 reading (a
+// home battery) signed with that key makes the household's battery card appear. Leaves a
+// screenshot in <repo>/target/browser/dashboard.png.
 //
 // Uses Debian's Chromium (/usr/bin/chromium, or CHROMIUM_PATH); never downloads a browser.
 // GRIDEX_BIN names the server binary (default <repo>/target/debug/gridex).
@@ -32,6 +33,14 @@ const STEP_TIMEOUT_MS = 30_000;
 /** Ctrl-C must stop the whole demo (broker, simulators, server) within this. */
 const SHUTDOWN_TIMEOUT_MS = 20_000;
 const OUTPUT_KEPT_CHARS = 4_000;
+/**
+ * A battery reading races the home's own gateway (it reads every demo minute, about a second):
+ * when the gateway's reading lands between ours being built and sent, ours may be refused; it is
+ * built again from the new last reading, at most this often.
+ */
+const BATTERY_ATTEMPTS = 6;
+/** How long one battery reading is given to show up in `/me/battery` before it is sent again. */
+const BATTERY_WAIT_MS = 5_000;
 
 const cleanups = [];
 after(async () => {
@@ -363,6 +372,62 @@ test('the dashboard shows the live market and a household places a signed order'
     await page.waitForFunction(() => /✓|✗/.test(document.querySelector('#statements-table .proof-result')?.textContent ?? ''));
     const text = await page.$eval('#statements-table .proof-result', (element) => element.textContent);
     assert.match(text, /✓ included/, `the inclusion proof did not check: ${text}`);
+  });
+
+  await step('see the battery card of a home whose readings carry a battery', server, async () => {
+    // Home 01's device signs a version 2 reading (PROTOCOL.md §9: tag gridex/v2/reading, topic
+    // gridex/v2/…/readings/…) continuing its grid counters from its last accepted reading (read
+    // through the household's own signed API) with a margin, and a few seconds ahead on the market
+    // clock so its energy fits the nameplate. Its gateway's later readings are then `replayed`
+    // (their seq is lower): this step comes last.
+    await page.click('nav a[data-view="home"]');
+    const port = server.mqttPort();
+    const device = await importSeed(readFileSync(path.join(server.dataDir, 'keys', 'home-000-device.key'), 'utf8'));
+    const login = brokerLogin(server.dataDir, device.account);
+    const household = () =>
+      page.evaluate(async () => {
+        const { traderRequest } = await import('/static/js/api.js');
+        const { state } = await import('/static/js/state.js');
+        const { now_ms: now } = await (await fetch('/api/v1/clock')).json();
+        const battery = await traderRequest(state.session, 'GET', '/me/battery');
+        const rows = await traderRequest(state.session, 'GET', `/me/readings?from_ms=${now - 600_000}&to_ms=${now + 3_600_000}`);
+        const accepted = rows.filter((row) => row.status !== 'refused');
+        const last = accepted.reduce((latest, row) => (latest == null || row.ts_ms > latest.ts_ms ? row : latest), null);
+        return { now, last, battery: battery.now != null };
+      });
+    let known = (await household()).battery;
+    for (let attempt = 0; attempt < BATTERY_ATTEMPTS && !known; attempt += 1) {
+      const { now, last } = await household();
+      assert.ok(last, 'home 01 has accepted readings');
+      const reading = {
+        type: 'reading',
+        device: device.account,
+        zone: 'demo',
+        meter_serial: 'BATTERY-1',
+        seq: 2 ** 41 + attempt,
+        ts_ms: Math.max(now, last.ts_ms) + 25_000,
+        import_wh: last.import_wh + 60,
+        export_wh: last.export_wh + 60,
+        power_w: 0,
+        battery_charge_wh: 1_200,
+        battery_discharge_wh: 900,
+        battery_soc_permille: 640,
+        battery_capacity_wh: 10_000,
+      };
+      const { json } = await signMessage(device.privateKey, reading);
+      await mqttPublish(port, login, `gridex/v2/demo/readings/${device.account}`, json);
+      const deadline = Date.now() + BATTERY_WAIT_MS;
+      while (!known && Date.now() < deadline) {
+        await sleep(250);
+        known = (await household()).battery;
+      }
+    }
+    assert.ok(known, `no battery reading of home 01 was accepted in ${BATTERY_ATTEMPTS} attempts`);
+    await page.waitForSelector('#battery-card:not([hidden])', { timeout: LIVE_TIMEOUT_MS });
+    await page.waitForFunction(() => document.getElementById('battery-soc').textContent === '64.0 %');
+    await page.waitForSelector('#battery-chart svg');
+    const stored = await page.$eval('#battery-stored', (element) => element.textContent);
+    assert.match(stored, /^6\.4 kWh of 10 kWh/);
   });
 
   await step('take a screenshot', server, async () => {
