@@ -246,11 +246,13 @@ export function batteryChart(rows, width = WIDTH_DEFAULT, height = 220) {
   let socLine = '';
   let socAxis = '';
   if (withSoc) {
-    socLine = `<path class="line-soc" d="${data
-      .map((r, i) => (r.soc_permille == null ? null : [i, r.soc_permille]))
-      .filter(Boolean)
+    const points = data.map((r, i) => (r.soc_permille == null ? null : [i, r.soc_permille])).filter(Boolean);
+    // A dot per point too, so that a single slot's state of charge shows.
+    socLine = `<path class="line-soc" d="${points
       .map(([i, soc], index) => `${index ? 'L' : 'M'}${cx(i).toFixed(1)},${socY(soc).toFixed(1)}`)
-      .join(' ')}"/>`;
+      .join(' ')}"/>${points
+      .map(([i, soc]) => `<circle class="dot-soc" cx="${cx(i).toFixed(1)}" cy="${socY(soc).toFixed(1)}" r="2.5"><title>${esc(`${slotLabel(data[i].slot, true)}: ${soc / 10} %`)}</title></circle>`)
+      .join('')}`;
     socAxis = [0, 500, 1000]
       .map((permille) => `<text class="axis" x="${right + 6}" y="${socY(permille).toFixed(1)}" dy="0.32em">${permille / 10} %</text>`)
       .join('');

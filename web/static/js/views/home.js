@@ -248,7 +248,7 @@ async function loadBattery() {
   const earned = Number(battery.earned);
   $('battery-earned').textContent = money(earned);
   $('battery-earned').classList.toggle('negative', earned < 0);
-  $('battery-earned-detail').textContent = `over ${battery.slots.length} slots · charged ${energy(battery.charge_wh, 2)}, discharged ${energy(battery.discharge_wh, 2)}`;
+  $('battery-earned-detail').textContent = `over ${battery.slots.length} slot${battery.slots.length === 1 ? '' : 's'} · charged ${energy(battery.charge_wh, 2)}, discharged ${energy(battery.discharge_wh, 2)}`;
   draw($('battery-chart'), batteryChart, battery.slots);
 }
 
