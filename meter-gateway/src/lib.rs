@@ -50,6 +50,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod agent;
+pub mod battery;
 pub mod clock;
 pub mod config;
 pub mod counters;

@@ -1,10 +1,16 @@
 //! A simulated home: a SunSpec device stack (common model 1, inverter 103, meter 203) served over
 //! Modbus TCP or RTU with tokio-modbus's server, whose counters follow a day of PV production (by time
-//! of day, with cloud noise) and household load, on a possibly sped-up [`SimClock`].
+//! of day, with cloud noise) and household load, on a possibly sped-up [`SimClock`]. A home may have a
+//! battery ([`crate::battery`]) behind its grid meter.
+//!
+//! Energy is integrated in whole milliwatt-hours per step, so that each home balances exactly:
+//! `pv + import + discharged = load + export + charged` over any span (and the battery's own
+//! `charged − discharged = stored change + losses`). Registers show whole Wh, truncated, as a meter does.
 //!
 //! [`RegisterBank`] is the plain register store underneath; tests use it directly to serve arbitrary
 //! registers, Modbus exceptions, or silence.
 
+use crate::battery::{energy_mwh, Battery, BatteryCounters, BatterySpec, MWH_PER_WH};
 use crate::clock::SimClock;
 use crate::sunspec::*;
 use std::collections::HashMap;
@@ -131,6 +137,8 @@ pub struct HomeSpec {
     /// Hours added to UTC to get the home's local solar time.
     pub utc_offset_h: f64,
     pub serial: String,
+    /// A battery behind the grid meter, if the home has one.
+    pub battery: Option<BatterySpec>,
 }
 
 impl HomeSpec {
@@ -144,6 +152,7 @@ impl HomeSpec {
             nameplate_w: 30_000,
             utc_offset_h: 0.0,
             serial: format!("SIM-{seed:08}"),
+            battery: None,
         }
     }
 }
@@ -166,22 +175,44 @@ impl SplitMix {
     }
 }
 
-/// Counters and instantaneous values of a home at its last update.
+/// Counters and instantaneous values of a home at its last update. Energy in mWh (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HomeState {
     pub sim_ms: i64,
-    pub import_wh: f64,
-    pub export_wh: f64,
-    pub pv_wh: f64,
+    /// What the grid meter counts.
+    pub import_mwh: i64,
+    pub export_mwh: i64,
+    /// What the PV inverter counts.
+    pub pv_mwh: i64,
+    /// What the household consumed (no meter shows it; the simulation knows it).
+    pub load_mwh: i64,
     pub pv_w: f64,
     pub load_w: f64,
+    /// The battery's counters, if the home has one.
+    pub battery: Option<BatteryCounters>,
+    /// The battery's AC power over the last step, positive when charging.
+    pub battery_w: i64,
     cloud: f64,
 }
 
 impl HomeState {
-    /// Net power at the grid point, positive when importing.
-    pub fn net_w(&self) -> f64 {
+    /// Net power of the household alone (load − PV), positive when it needs energy.
+    pub fn home_net_w(&self) -> f64 {
         self.load_w - self.pv_w
+    }
+    /// Net power at the grid point, positive when importing (the battery included).
+    pub fn net_w(&self) -> f64 {
+        self.home_net_w() + self.battery_w as f64
+    }
+    /// The grid meter's import counter in whole Wh (truncated, as a meter does).
+    pub fn import_wh(&self) -> i64 {
+        self.import_mwh / MWH_PER_WH
+    }
+    pub fn export_wh(&self) -> i64 {
+        self.export_mwh / MWH_PER_WH
+    }
+    pub fn pv_wh(&self) -> i64 {
+        self.pv_mwh / MWH_PER_WH
     }
 }
 
@@ -190,6 +221,7 @@ impl HomeState {
 pub struct Home {
     pub spec: HomeSpec,
     state: HomeState,
+    battery: Option<Battery>,
     rng: SplitMix,
 }
 
@@ -215,22 +247,37 @@ pub fn load_share(hour: f64) -> f64 {
 impl Home {
     pub fn new(spec: HomeSpec, start_ms: i64) -> Self {
         let mut rng = SplitMix(spec.seed ^ 0xA5A5_5A5A);
+        let wh = |unit: f64, base: f64, spread: f64| (base + (unit * spread).round()) as i64 * MWH_PER_WH;
         let state = HomeState {
             sim_ms: start_ms,
-            import_wh: 1_000_000.0 + (rng.unit() * 500_000.0).round(),
-            export_wh: 500_000.0 + (rng.unit() * 500_000.0).round(),
-            pv_wh: 2_000_000.0 + (rng.unit() * 1_000_000.0).round(),
+            import_mwh: wh(rng.unit(), 1_000_000.0, 500_000.0),
+            export_mwh: wh(rng.unit(), 500_000.0, 500_000.0),
+            pv_mwh: wh(rng.unit(), 2_000_000.0, 1_000_000.0),
+            load_mwh: 0,
             pv_w: 0.0,
             load_w: spec.load_avg_w,
+            battery: None,
+            battery_w: 0,
             cloud: 0.8,
         };
-        let mut home = Self { spec, state, rng };
+        // A battery starts half full.
+        let battery = spec.battery.map(|battery| Battery::new(battery, 500));
+        let mut home = Self { spec, state, battery, rng };
+        home.state.battery = home.battery.as_ref().map(Battery::counters);
         home.sample(start_ms);
         home
     }
 
     pub fn state(&self) -> HomeState {
         self.state
+    }
+
+    /// The home's battery, if it has one (its mode is what a controller sets).
+    pub fn battery(&self) -> Option<&Battery> {
+        self.battery.as_ref()
+    }
+    pub fn battery_mut(&mut self) -> Option<&mut Battery> {
+        self.battery.as_mut()
     }
 
     fn hour(&self, sim_ms: i64) -> f64 {
@@ -248,18 +295,27 @@ impl Home {
         self.state.load_w = self.spec.load_avg_w * load_share(hour) * load_noise;
     }
 
-    /// Integrates energy up to `sim_ms` in steps of at most [`STEP_MS`].
+    /// Integrates energy up to `sim_ms` in steps of at most [`STEP_MS`], in whole mWh per step.
     pub fn advance(&mut self, sim_ms: i64) {
         while self.state.sim_ms < sim_ms {
             let step_ms = (sim_ms - self.state.sim_ms).min(STEP_MS);
-            let hours = step_ms as f64 / MS_PER_HOUR;
-            let net = self.state.net_w();
-            if net > 0.0 {
-                self.state.import_wh += net * hours;
+            let pv_mwh = energy_mwh(self.state.pv_w.round() as i64, step_ms);
+            let load_mwh = energy_mwh(self.state.load_w.round() as i64, step_ms);
+            let home_net_w = self.state.load_w.round() as i64 - self.state.pv_w.round() as i64;
+            let battery_mwh = match &mut self.battery {
+                Some(battery) => battery.step(home_net_w, step_ms),
+                None => 0,
+            };
+            let grid_mwh = load_mwh - pv_mwh + battery_mwh;
+            if grid_mwh > 0 {
+                self.state.import_mwh += grid_mwh;
             } else {
-                self.state.export_wh -= net * hours;
+                self.state.export_mwh -= grid_mwh;
             }
-            self.state.pv_wh += self.state.pv_w * hours;
+            self.state.pv_mwh += pv_mwh;
+            self.state.load_mwh += load_mwh;
+            self.state.battery = self.battery.as_ref().map(Battery::counters);
+            self.state.battery_w = if step_ms > 0 { battery_mwh * 3_600 / step_ms } else { 0 };
             let crossed_step = (self.state.sim_ms / STEP_MS) != ((self.state.sim_ms + step_ms) / STEP_MS);
             self.state.sim_ms += step_ms;
             if crossed_step {
@@ -271,14 +327,14 @@ impl Home {
     /// The SunSpec stack for the current state (counters truncated to whole Wh, as a meter does).
     pub fn write_registers(&self, bank: &mut RegisterBank) {
         let s = &self.state;
-        let wrap = |wh: f64| (wh as u64 % (1u64 << 32)) as u32;
+        let wrap = |wh: i64| (wh.max(0) as u64 % (1u64 << 32)) as u32;
         let inverter_state = if s.pv_w > 0.0 { 4 } else { 2 };
         bank.set_sunspec(
             SIM_BASE,
             &[
                 (MODEL_COMMON, common_model("gridex", "SimHome", "1.0", &self.spec.serial)),
-                (103, inverter_model(s.pv_w.round() as i64, wrap(s.pv_wh), inverter_state)),
-                (203, meter_model(s.net_w().round() as i64, wrap(s.import_wh), wrap(s.export_wh))),
+                (103, inverter_model(s.pv_w.round() as i64, wrap(s.pv_wh()), inverter_state)),
+                (203, meter_model(s.net_w().round() as i64, wrap(s.import_wh()), wrap(s.export_wh()))),
             ],
         );
     }
@@ -430,6 +486,7 @@ pub async fn spawn_homes(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::battery::BatteryMode;
 
     #[test]
     fn pv_follows_the_sun_and_is_zero_at_night() {
@@ -448,14 +505,16 @@ mod tests {
         for hour in 1..=24 {
             home.advance(hour * 3_600_000);
             let now = home.state();
-            assert!(now.import_wh >= last.import_wh && now.export_wh >= last.export_wh && now.pv_wh >= last.pv_wh);
+            assert!(
+                now.import_mwh >= last.import_mwh && now.export_mwh >= last.export_mwh && now.pv_mwh >= last.pv_mwh
+            );
             last = now;
         }
-        let pv_day_wh = last.pv_wh - start.pv_wh;
+        let pv_day_wh = last.pv_wh() - start.pv_wh();
         // A 5 kWp array yields roughly 10-35 kWh on a day with clouds.
-        assert!((10_000.0..35_000.0).contains(&pv_day_wh), "pv {pv_day_wh}");
-        assert!(last.export_wh > start.export_wh, "exports at noon");
-        assert!(last.import_wh > start.import_wh, "imports at night");
+        assert!((10_000..35_000).contains(&pv_day_wh), "pv {pv_day_wh}");
+        assert!(last.export_mwh > start.export_mwh, "exports at noon");
+        assert!(last.import_mwh > start.import_mwh, "imports at night");
     }
 
     #[test]
@@ -467,5 +526,74 @@ mod tests {
         };
         assert_eq!(run(3), run(3));
         assert_ne!(run(3), run(4));
+    }
+
+    fn energy_balance(before: &HomeState, after: &HomeState) -> (i64, i64) {
+        let battery = |state: &HomeState| state.battery.unwrap_or_default();
+        let (b0, b1) = (battery(before), battery(after));
+        let sources = (after.pv_mwh - before.pv_mwh)
+            + (after.import_mwh - before.import_mwh)
+            + (b1.discharged_mwh - b0.discharged_mwh);
+        let sinks = (after.load_mwh - before.load_mwh)
+            + (after.export_mwh - before.export_mwh)
+            + (b1.charged_mwh - b0.charged_mwh);
+        (sources, sinks)
+    }
+
+    #[test]
+    fn a_home_balances_to_the_milliwatt_hour_with_and_without_a_battery() {
+        for battery in [None, Some(BatterySpec::HOME_10_KWH)] {
+            let mut home = Home::new(HomeSpec { battery, ..HomeSpec::from_seed(11) }, 0);
+            let start = home.state();
+            // Uneven steps, as a gateway's polls are.
+            let mut now = 0;
+            for step in 0..5_000i64 {
+                now += 1_000 + (step * 7_919) % 170_000;
+                home.advance(now);
+            }
+            let end = home.state();
+            let (sources, sinks) = energy_balance(&start, &end);
+            assert_eq!(sources, sinks, "pv + import + discharged = load + export + charged");
+            if let (Some(b0), Some(b1)) = (start.battery, end.battery) {
+                assert_eq!(
+                    b1.stored_mwh - b0.stored_mwh,
+                    (b1.charged_mwh - b0.charged_mwh)
+                        - (b1.discharged_mwh - b0.discharged_mwh)
+                        - (b1.losses_mwh - b0.losses_mwh)
+                );
+                assert!(b1.charged_mwh > b0.charged_mwh && b1.discharged_mwh > b0.discharged_mwh, "it cycled");
+            }
+        }
+    }
+
+    #[test]
+    fn a_battery_in_self_consumption_lowers_both_import_and_export() {
+        let day = |battery| {
+            let mut home = Home::new(HomeSpec { battery, ..HomeSpec::from_seed(5) }, 0);
+            let start = home.state();
+            home.advance(3 * 86_400_000);
+            let end = home.state();
+            (end.import_mwh - start.import_mwh, end.export_mwh - start.export_mwh)
+        };
+        let (import_without, export_without) = day(None);
+        let (import_with, export_with) = day(Some(BatterySpec::HOME_10_KWH));
+        assert!(import_with < import_without * 8 / 10, "{import_with} vs {import_without}");
+        assert!(export_with < export_without, "{export_with} vs {export_without}");
+    }
+
+    #[test]
+    fn a_setpoint_charges_from_the_grid_and_the_meter_sees_it() {
+        let mut home = Home::new(HomeSpec { battery: Some(BatterySpec::HOME_10_KWH), ..HomeSpec::from_seed(5) }, 0);
+        if let Some(battery) = home.battery_mut() {
+            battery.mode = BatteryMode::Setpoint { power_w: 3_000 };
+        }
+        let start = home.state();
+        // Midnight to 1:00: no sun, so all of it comes through the meter.
+        home.advance(3_600_000);
+        let end = home.state();
+        let import_mwh = end.import_mwh - start.import_mwh;
+        let load_mwh = end.load_mwh - start.load_mwh;
+        assert_eq!(import_mwh, load_mwh + 3_000_000);
+        assert!(end.net_w() > 2_500.0);
     }
 }

@@ -239,9 +239,9 @@ mod tests {
             meter_serial: MeterSerial::parse("SN").expect("valid"),
             seq: 1,
             ts_ms: TimestampMs(state.sim_ms),
-            import_wh: Wh(state.import_wh as i64),
-            export_wh: Wh(state.export_wh as i64),
-            pv_wh: with_pv.then_some(Wh(state.pv_wh as i64)),
+            import_wh: Wh(state.import_wh()),
+            export_wh: Wh(state.export_wh()),
+            pv_wh: with_pv.then_some(Wh(state.pv_wh())),
             power_w: PowerW(0),
         }
     }

@@ -215,7 +215,7 @@ fn agent_settings(variant: Variant, sell_min: i64, buy_max: i64) -> AgentSetting
 fn counters(home: &Home) -> (i64, i64, i64) {
     let state = home.state();
     // Truncated to whole Wh, as the meter registers are.
-    (state.import_wh as i64, state.export_wh as i64, state.pv_wh as i64)
+    (state.import_wh(), state.export_wh(), state.pv_wh())
 }
 
 fn reading(home: &Home, seq: u64) -> Reading {
