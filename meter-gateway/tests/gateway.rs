@@ -587,6 +587,7 @@ async fn the_agent_publishes_orders_signed_with_the_account_key() {
         qty_min_wh: 10,
         forecast_window_ms: 3_600_000,
         mqtt: None,
+        battery: None,
         quoting: None,
     };
     let clock = SimClock::starting_at(1_800_000_000_000, 600.0);
@@ -712,6 +713,7 @@ async fn a_gateway_with_an_agent_trades_its_homes_forecast_with_the_account_key(
         qty_min_wh: 1,
         forecast_window_ms: 3_600_000,
         mqtt: None,
+        battery: None,
         quoting: None,
     });
     let (stop, task) = spawn_gateway(settings);

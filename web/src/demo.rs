@@ -340,6 +340,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
                     username: logins[index].1.to_hex(),
                     password: broker_secret.password(&logins[index].1.to_hex()),
                 }),
+                battery: None,
                 quoting: options.quoting_agents.then(|| meter_gateway::agent::QuotingSettings {
                     feed_in_price_per_kwh: FEED_IN_PER_KWH,
                     retail_price_per_kwh: RETAIL_PER_KWH,

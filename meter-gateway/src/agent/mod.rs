@@ -12,6 +12,7 @@
 //! The planner ([`Planner`]) is pure: readings, books and order updates in, commands out. [`run`] adds
 //! the clock, signing with the ACCOUNT key (never the device key), MQTT and the state file.
 
+pub mod battery;
 pub mod forecast;
 pub mod position;
 pub mod quoting;
@@ -20,6 +21,8 @@ mod quoting_tests;
 
 use crate::clock::SimClock;
 use crate::publisher::{mqtt_options, MqttLogin, MqttSettings};
+use crate::battery::BatteryMode;
+use battery::{BatteryObservation, BatterySettings};
 use forecast::Forecaster;
 use position::Positions;
 use protocol::{
@@ -124,6 +127,9 @@ pub struct AgentSettings {
     /// The quoting strategy and its settings; absent: the limit strategy.
     #[serde(default)]
     pub quoting: Option<QuotingSettings>,
+    /// The home battery's plan and the owner's limits for it (`[agent.battery]`, quoting only).
+    #[serde(default)]
+    pub battery: Option<BatterySettings>,
 }
 
 fn default_tick() -> i64 {
@@ -205,6 +211,14 @@ impl AgentSettings {
         if self.qty_min_wh <= 0 || self.forecast_window_ms < FORECAST_SPAN_MIN_MS {
             return fail("qty_min_wh must be positive and forecast_window_ms at least a minute");
         }
+        if let Some(battery) = &self.battery {
+            if let Some(problem) = battery.problem() {
+                return fail(problem);
+            }
+            if self.quoting.is_none() {
+                return fail("[agent.battery] needs the quoting strategy ([agent.quoting])");
+            }
+        }
         if let Some(quoting) = &self.quoting {
             if quoting.feed_in_price_per_kwh < 0 || quoting.retail_price_per_kwh <= quoting.feed_in_price_per_kwh {
                 return fail("the tariffs must satisfy 0 <= feed_in < retail");
@@ -256,6 +270,24 @@ pub struct Planner {
     forecaster: Forecaster,
     positions: Positions,
     tops: BTreeMap<SlotId, (u64, Top)>,
+    /// The battery plan's state (unused without `[agent.battery]`).
+    battery: BatteryState,
+}
+
+/// What the planner knows of the home battery and what it decided.
+#[derive(Debug, Default)]
+struct BatteryState {
+    observed: Option<BatteryObservation>,
+    /// The latest time stamp heard from the exchange (book, order update or reject).
+    last_contact_ms: Option<i64>,
+    fallback: bool,
+    /// When the battery plan first ran (the exchange's silence counts from then).
+    started_ms: Option<i64>,
+    /// UTC day and the discharge counter at its start (for the cycle budget).
+    day: Option<(i64, i64)>,
+    /// Planned AC energy per upcoming slot (positive charges).
+    plan: BTreeMap<SlotId, i64>,
+    mode: Option<BatteryMode>,
 }
 
 impl Planner {
@@ -272,7 +304,36 @@ impl Planner {
             forecaster,
             positions: Positions::default(),
             tops: BTreeMap::new(),
+            battery: BatteryState::default(),
         }
+    }
+
+    /// Takes what the gateway read from the home battery. Call it before [`Planner::observe`] with
+    /// the reading of the same moment: the forecast then learns the household's own load, not the
+    /// battery's charging.
+    pub fn observe_battery(&mut self, observation: BatteryObservation) {
+        self.battery.observed = Some(observation);
+    }
+
+    /// The battery mode the agent wants now: `None` without `[agent.battery]` with `control` on, or
+    /// before anything was planned. After `no_contact_fallback_ms` without a word from the exchange,
+    /// self-consumption (see [`Planner::battery_fallback`]).
+    pub fn battery_mode(&self) -> Option<BatteryMode> {
+        self.battery.mode
+    }
+
+    /// Whether the battery fell back to self-consumption because the exchange was not heard.
+    pub fn battery_fallback(&self) -> bool {
+        self.battery.fallback
+    }
+
+    /// The planned AC energy of the battery per upcoming slot (positive charges).
+    pub fn battery_plan(&self) -> &BTreeMap<SlotId, i64> {
+        &self.battery.plan
+    }
+
+    fn heard_at(&mut self, ts_ms: i64) {
+        self.battery.last_contact_ms = Some(self.battery.last_contact_ms.map_or(ts_ms, |last| last.max(ts_ms)));
     }
 
     /// Adopts orders remembered from before a restart (quoting strategy): they count as open until
@@ -289,6 +350,9 @@ impl Planner {
 
     /// Takes a published book snapshot (older ones than a slot's last are ignored).
     pub fn observe_book(&mut self, book: &BookSnapshot) {
+        if book.zone == self.zone {
+            self.heard_at(book.ts_ms.0);
+        }
         if book.zone != self.zone || self.tops.get(&book.slot).is_some_and(|(seq, _)| *seq >= book.seq) {
             return;
         }
@@ -302,12 +366,14 @@ impl Planner {
     /// Takes an order update of this account.
     pub fn observe_update(&mut self, update: &OrderUpdate) {
         if update.account == self.account {
+            self.heard_at(update.ts_ms.0);
             self.positions.on_update(update);
         }
     }
 
     /// Takes a reject of one of this account's commands.
     pub fn observe_reject(&mut self, reject: &Reject) {
+        self.heard_at(reject.ts_ms.0);
         self.positions.on_reject(reject);
         if reject.reason == protocol::Reason::Replayed {
             // Another client of this account (its owner's dashboard signs with the same key) has used
@@ -322,7 +388,16 @@ impl Planner {
     }
 
     pub fn observe(&mut self, reading: &Reading) {
-        self.forecaster.observe(reading);
+        match (&self.settings.battery, self.battery.observed) {
+            // The household's own flows: what the battery took counts as export, what it gave as import.
+            (Some(_), Some(battery)) => {
+                let mut household = reading.clone();
+                household.import_wh = Wh(reading.import_wh.0 + battery.discharged_wh);
+                household.export_wh = Wh(reading.export_wh.0 + battery.charged_wh);
+                self.forecaster.observe(&household);
+            }
+            _ => self.forecaster.observe(reading),
+        }
         if self.history.back().is_some_and(|(ts, _, _)| *ts >= reading.ts_ms.0) {
             return;
         }
@@ -659,6 +734,7 @@ mod tests {
             qty_min_wh: QTY_MIN_WH_DEFAULT,
             forecast_window_ms: 30 * MIN,
             mqtt: None,
+            battery: None,
             quoting: None,
         }
     }

@@ -37,6 +37,7 @@ fn settings(quoting: QuotingSettings) -> AgentSettings {
         qty_min_wh: QTY_MIN_WH_DEFAULT,
         forecast_window_ms: 30 * MIN,
         mqtt: None,
+        battery: None,
         quoting: Some(quoting),
     }
 }

@@ -197,6 +197,7 @@ fn agent_settings(variant: Variant, sell_min: i64, buy_max: i64) -> AgentSetting
         qty_min_wh: 50,
         forecast_window_ms: 30 * MINUTE_MS,
         mqtt: None,
+        battery: None,
         quoting: variant.quoting.then_some(QuotingSettings {
             feed_in_price_per_kwh: FEED_IN_PER_KWH,
             retail_price_per_kwh: RETAIL_PER_KWH,
