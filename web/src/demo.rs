@@ -12,6 +12,7 @@ use meter_gateway::agent::AgentSettings;
 use meter_gateway::clock::SimClock;
 use meter_gateway::config::GatewaySettings;
 use meter_gateway::publisher::MqttLogin;
+use meter_gateway::battery::BatterySpec;
 use meter_gateway::simulator::HomeSpec;
 use protocol::{AccountId, DeviceId, MeterSerial, ZoneId};
 use std::net::{SocketAddr, TcpListener};
@@ -167,6 +168,11 @@ pub(crate) fn home(index: usize) -> (HomeSpec, i64, i64) {
     (spec, sell_min, buy_max)
 }
 
+/// Half of the solar homes (the first of every three) have a 10 kWh battery behind the meter.
+pub(crate) fn battery(index: usize) -> Option<BatterySpec> {
+    (index % 3 == 0).then_some(BatterySpec::HOME_10_KWH)
+}
+
 fn key(path: &Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
     meter_gateway::keys::load_or_generate(path).with_context(|| format!("key file {}", path.display()))
 }
@@ -310,7 +316,13 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         .context("the exchange did not subscribe to the embedded broker")?;
 
     // The homes.
-    let specs: Vec<HomeSpec> = (0..options.homes).map(|index| home(index).0).collect();
+    let specs: Vec<HomeSpec> = (0..options.homes)
+        .map(|index| {
+            let mut spec = home(index).0;
+            spec.battery = battery(index);
+            spec
+        })
+        .collect();
     let simulation =
         meter_gateway::simulator::spawn_homes("127.0.0.1:0".parse()?, &specs, sim_clock, stop_rx.clone()).await?;
     // One reading per simulated minute (at least every 100 ms of real time).
