@@ -40,9 +40,11 @@ pub const CAP_QTY_WH_PER_DAY: i64 = 20_000;
 pub const CAP_QTY_WH_PER_SLOT: i64 = 3_000;
 pub const CAP_SPEND_PER_DAY: i64 = 6_000_000;
 
-/// The new agent's battery settings in the report: a tenth kept in reserve, at most one and a half
-/// cycles a day (whole cycles: 2), control on.
+/// The new agent's battery settings in the report: control on, at most two cycles a day (a home
+/// battery does about one: the budget only stops a runaway plan) and 5 % kept in reserve (the
+/// owner's choice; the default is 10 %).
 pub const REPORT_BATTERY_CYCLES_PER_DAY_MAX: u32 = 2;
+pub const REPORT_BATTERY_RESERVE_SOC_PERMILLE: u16 = 50;
 
 /// Which agent the homes run, whether the zone has a closing auction and whether half of the solar
 /// homes have a battery ([`crate::demo::battery`]): driven by the new agent when it is the quoting
@@ -272,6 +274,7 @@ fn agent_settings(variant: Variant, sell_min: i64, buy_max: i64, battery: bool) 
         battery: (battery && variant.quoting).then(|| BatterySettings {
             control: true,
             cycles_per_day_max: REPORT_BATTERY_CYCLES_PER_DAY_MAX,
+            reserve_soc_permille: REPORT_BATTERY_RESERVE_SOC_PERMILLE,
             ..BatterySettings::default()
         }),
         quoting: variant.quoting.then_some(QuotingSettings {
