@@ -19,9 +19,9 @@ pub mod quoting;
 #[cfg(test)]
 mod quoting_tests;
 
+use crate::battery::BatteryMode;
 use crate::clock::SimClock;
 use crate::publisher::{mqtt_options, MqttLogin, MqttSettings};
-use crate::battery::BatteryMode;
 use battery::{BatteryObservation, BatterySettings};
 use forecast::Forecaster;
 use position::Positions;
@@ -593,17 +593,49 @@ fn agent_login(mut mqtt: MqttSettings, login: Option<&MqttLogin>) -> Result<Mqtt
     Ok(mqtt)
 }
 
+/// The agent's link to the home battery (see [`run_with_battery`]): what the gateway reads from the
+/// battery comes in, the modes the agent wants go out.
+#[derive(Debug)]
+pub struct BatteryLink {
+    pub observations: mpsc::Receiver<BatteryObservation>,
+    /// Only used with `[agent.battery]` `control = true`; a mode is sent when it changes.
+    pub modes: mpsc::Sender<BatteryMode>,
+}
+
+/// [`run_with_battery`] without a battery.
+pub async fn run(
+    settings: AgentSettings,
+    zone: ZoneId,
+    mqtt: MqttSettings,
+    clock: SimClock,
+    readings: mpsc::Receiver<Reading>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    run_with_battery(settings, zone, mqtt, clock, readings, shutdown, None).await
+}
+
+async fn next_observation(link: &mut Option<BatteryLink>) -> Option<BatteryObservation> {
+    match link {
+        Some(link) => link.observations.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs the agent: readings arrive on `readings` (the gateway feeds its own), commands go to
-/// `gridex/v1/{zone}/orders/{account}`. The quoting strategy also subscribes to the zone's book and
+/// `gridex/v1/{zone}/orders/{account}`. With a `battery` link, the battery's observations feed the
+/// plan (send each one just before the reading of the same moment) and, with `control` on, the
+/// battery mode for the slot being delivered goes out on `modes` whenever it changes (after
+/// `no_contact_fallback_ms` without a word from the exchange: self-consumption). The quoting strategy also subscribes to the zone's book and
 /// the account's events and rejects, in a persistent MQTT session (so updates sent while the agent
 /// was away arrive when it is back). Returns when `shutdown` turns true or the readings end.
-pub async fn run(
+pub async fn run_with_battery(
     settings: AgentSettings,
     zone: ZoneId,
     mqtt: MqttSettings,
     clock: SimClock,
     mut readings: mpsc::Receiver<Reading>,
     mut shutdown: watch::Receiver<bool>,
+    mut battery: Option<BatteryLink>,
 ) -> Result<(), AgentError> {
     settings.validate()?;
     let pinned = pinned_operator(&mqtt)?;
@@ -650,8 +682,10 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_millis(plan_every_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(%account, quoting, "trading agent started");
+    let mut sent_mode: Option<BatteryMode> = None;
     loop {
         tokio::select! {
+            Some(observation) = next_observation(&mut battery) => planner.observe_battery(observation),
             reading = readings.recv() => match reading {
                 Some(reading) => planner.observe(&reading),
                 None => break,
@@ -665,6 +699,14 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 let actions = planner.plan(clock.now_ms());
+                if let (Some(link), Some(mode)) = (&battery, planner.battery_mode()) {
+                    if sent_mode != Some(mode) {
+                        match link.modes.try_send(mode) {
+                            Ok(()) => sent_mode = Some(mode),
+                            Err(error) => tracing::warn!(%error, "agent: the battery's mode was not taken"),
+                        }
+                    }
+                }
                 // The state is written before the commands leave, so a crash right after sending
                 // still remembers them (a remembered order that never arrived is refused on cancel).
                 if let (Some(path), false) = (&state_file, actions.is_empty()) {

@@ -270,9 +270,9 @@ impl Planner {
         }
         self.battery.fallback = false;
         let position_wh = self.positions.filled_wh(current, Side::Sell) - self.positions.filled_wh(current, Side::Buy);
-        let home_net_w = observed.home_net_w.unwrap_or_else(|| {
-            -self.forecaster.net_export_wh(current).unwrap_or(0) * 3_600_000 / len.max(1)
-        });
+        let home_net_w = observed
+            .home_net_w
+            .unwrap_or_else(|| -self.forecaster.net_export_wh(current).unwrap_or(0) * 3_600_000 / len.max(1));
         self.battery.mode = Some(battery::setpoint(SetpointInputs {
             position_wh,
             slot_len_ms: len,

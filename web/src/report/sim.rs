@@ -680,10 +680,9 @@ fn settle(
             None => (import_wh, export_wh),
         };
         if let Some(household) = outcome.households.get_mut(index) {
-            household.no_battery_utility_net += PricePerKwh(FEED_IN_PER_KWH)
-                .value_of(Wh(baseline_export_wh), protocol::Rounding::Floor)
-                .0
-                - PricePerKwh(RETAIL_PER_KWH).value_of(Wh(baseline_import_wh), protocol::Rounding::Floor).0;
+            household.no_battery_utility_net +=
+                PricePerKwh(FEED_IN_PER_KWH).value_of(Wh(baseline_export_wh), protocol::Rounding::Floor).0
+                    - PricePerKwh(RETAIL_PER_KWH).value_of(Wh(baseline_import_wh), protocol::Rounding::Floor).0;
         }
         outcome.pv_wh += pv_wh;
         meters.insert(member.account, AccountMeter { import_wh, export_wh, no_data: false });
