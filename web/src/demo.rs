@@ -451,4 +451,12 @@ mod tests {
         }
         assert_ne!(homes[0].1, homes[1].1);
     }
+
+    #[test]
+    fn half_of_the_solar_homes_have_a_battery_and_no_home_without_panels_has_one() {
+        let solar: Vec<usize> = (0..60).filter(|index| home(*index).0.pv_peak_w > 0.0).collect();
+        let with_battery = solar.iter().filter(|index| battery(**index).is_some()).count();
+        assert_eq!(with_battery * 2, solar.len());
+        assert!((0..60).all(|index| home(index).0.pv_peak_w > 0.0 || battery(index).is_none()));
+    }
 }
