@@ -1,10 +1,12 @@
 //! `gridex demo --homes N --days D --report DIR`: the weekly market report. Simulates the demo's
 //! community (fixed seeds, faster than real time; see [`sim`]) once per variant — today's agent and
-//! the new (quoting) agent, each without and with the closing auction — and writes per variant the
+//! the new (quoting) agent, each without and with the closing auction, and both with batteries in half
+//! of the solar homes — and writes per variant the
 //! self-sufficiency, the share of exported energy sold peer to peer, households' savings against the
 //! utility alone, sellers' earnings over feed-in, the average and spread of prices and the GRID
-//! emitted, with SVG charts and a `report.md` that shows them. Every variant's figures are checked for
-//! consistency (energy and money balance, limits and caps) before anything is written.
+//! emitted, the batteries' stored and returned energy and losses, with SVG charts and a `report.md`
+//! that shows them. Every variant's figures are checked for consistency (energy and money balance,
+//! each home's exact energy balance in mWh, limits and caps) before anything is written.
 
 mod charts;
 pub mod sim;
