@@ -216,6 +216,10 @@ impl Poller {
             power_w: PowerW(
                 sample.power_w.unwrap_or(0).clamp(-protocol::messages::POWER_W_MAX, protocol::messages::POWER_W_MAX),
             ),
+            battery_charge_wh: None,
+            battery_discharge_wh: None,
+            battery_soc_permille: None,
+            battery_capacity_wh: None,
         };
         let signed = match Signed::sign(reading.clone(), &self.key) {
             Ok(signed) => signed,
