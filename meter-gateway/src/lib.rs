@@ -62,6 +62,7 @@ pub mod profile;
 pub mod publisher;
 pub mod simulator;
 pub mod spool;
+pub mod storage;
 pub mod sunspec;
 
 pub use clock::SimClock;
