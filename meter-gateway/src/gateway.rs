@@ -525,6 +525,35 @@ mod tests {
     const MINUTE_MS: i64 = 60_000;
 
     #[test]
+    fn a_sample_with_a_battery_becomes_a_version_2_reading_and_impossible_battery_values_are_left_out() {
+        use protocol::WireMessage;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let spool = Mutex::new(Spool::open(dir.path(), crate::spool::SPOOL_BYTES_DEFAULT).expect("spool"));
+        let mut poller = poller(dir.path());
+        let with_battery = Sample {
+            battery_soc_permille: Some(653),
+            battery_capacity_wh: Some(10_000),
+            battery_charge_wh: Some(321_000),
+            battery_discharge_wh: Some(289_450),
+            ..sample(1_000, 0)
+        };
+        let reading = poller.accept(&with_battery, MINUTE_MS, &spool).expect("io").expect("accepted");
+        assert_eq!(reading.battery_soc_permille, Some(653));
+        assert_eq!(reading.battery_capacity_wh, Some(Wh(10_000)));
+        assert_eq!((reading.battery_charge_wh, reading.battery_discharge_wh), (Some(Wh(321_000)), Some(Wh(289_450))));
+        assert_eq!(reading.version(), protocol::Version::V2);
+        let impossible = Sample {
+            battery_soc_permille: Some(1_001),
+            battery_capacity_wh: Some(0),
+            battery_charge_wh: Some(-1),
+            ..sample(1_010, 0)
+        };
+        let reading = poller.accept(&impossible, 2 * MINUTE_MS, &spool).expect("io").expect("still published");
+        assert!(!reading.has_battery());
+        assert_eq!(reading.import_wh, Wh(1_010));
+    }
+
+    #[test]
     fn only_plausible_readings_are_spooled_and_seq_survives_a_restart() {
         let dir = tempfile::tempdir().expect("temp dir");
         let spool = Mutex::new(Spool::open(dir.path(), crate::spool::SPOOL_BYTES_DEFAULT).expect("spool"));
