@@ -165,6 +165,7 @@ mod tests {
         assert_eq!(settings.zone, "north");
         assert!(settings.agent.is_some());
         assert!(!settings.battery.control, "battery control is opt-in");
+        assert_eq!(settings.battery.revert_s, crate::storage::REVERT_S_DEFAULT);
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! forward; optionally feed the home trading agent, and apply battery commands when the owner allowed
 //! it (`[battery] control = true`, see [`run_with_battery`]).
 
-use crate::clock::SimClock;
 use crate::battery::BatteryMode;
+use crate::clock::SimClock;
 use crate::config::{BatterySettings, GatewaySettings, POLL_INTERVAL_MIN_MS};
 use crate::counters::{CounterTracker, CountersState, RawCounters};
 use crate::modbus::{ModbusClient, ModbusError, ModbusUrl};
@@ -267,7 +267,9 @@ impl Poller {
             ),
             battery_charge_wh: sample.battery_charge_wh.filter(|wh| *wh >= 0).map(Wh),
             battery_discharge_wh: sample.battery_discharge_wh.filter(|wh| *wh >= 0).map(Wh),
-            battery_soc_permille: sample.battery_soc_permille.filter(|soc| *soc <= protocol::messages::BATTERY_SOC_PERMILLE_MAX),
+            battery_soc_permille: sample
+                .battery_soc_permille
+                .filter(|soc| *soc <= protocol::messages::BATTERY_SOC_PERMILLE_MAX),
             battery_capacity_wh: sample.battery_capacity_wh.filter(|wh| *wh > 0).map(Wh),
         };
         let signed = match Signed::sign(reading.clone(), &self.key) {
@@ -414,14 +416,14 @@ pub async fn run_with_battery(
             },
         };
         let refresh = active_setpoint
-            .filter(|(_, written_ms)| {
-                clock.now_ms() - written_ms >= i64::from(battery_settings.revert_s) * 1_000 / 2
-            })
+            .filter(|(_, written_ms)| clock.now_ms() - written_ms >= i64::from(battery_settings.revert_s) * 1_000 / 2)
             .map(|(mode, _)| mode);
         if let Some(mode) = command.or(refresh) {
             if !battery_settings.control {
                 if !control_off_logged {
-                    tracing::warn!("battery control is disabled ([battery] control = false): battery commands are ignored");
+                    tracing::warn!(
+                        "battery control is disabled ([battery] control = false): battery commands are ignored"
+                    );
                     control_off_logged = true;
                 }
                 continue;

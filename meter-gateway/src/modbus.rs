@@ -274,7 +274,8 @@ impl ModbusClient {
     /// timeouts like a read: writing the same values again is harmless. Exceptions are not retried.
     pub async fn write(&mut self, addr: u16, words: &[u16]) -> Result<(), ModbusError> {
         let count = u16::try_from(words.len()).unwrap_or(u16::MAX);
-        if words.is_empty() || count > WRITE_REGISTERS_PER_REQUEST_MAX || u32::from(addr) + u32::from(count) > 0x1_0000 {
+        if words.is_empty() || count > WRITE_REGISTERS_PER_REQUEST_MAX || u32::from(addr) + u32::from(count) > 0x1_0000
+        {
             return Err(ModbusError::Range { addr, count });
         }
         let mut backoff_ms = self.policy.backoff_initial_ms;

@@ -13,8 +13,8 @@
 //! registers, Modbus exceptions, or silence.
 
 use crate::battery::{energy_mwh, Battery, BatteryCounters, BatteryMode, BatterySpec, MWH_PER_WH};
-use crate::storage::*;
 use crate::clock::SimClock;
+use crate::storage::*;
 use crate::sunspec::*;
 use std::collections::HashMap;
 use std::future::{ready, Ready};
@@ -182,7 +182,12 @@ impl StorageControl {
 }
 
 /// Model 124 body for a battery: limits, state of charge, charge status and the control registers.
-pub fn storage_basic_model(spec: &BatterySpec, soc_permille: i64, battery_w: i64, control: &StorageControl) -> Vec<u16> {
+pub fn storage_basic_model(
+    spec: &BatterySpec,
+    soc_permille: i64,
+    battery_w: i64,
+    control: &StorageControl,
+) -> Vec<u16> {
     let mut body = vec![NI_UINT16; usize::from(S124_LEN)];
     let mut set = |offset: u16, word: u16| body[usize::from(offset)] = word;
     let (w_cha_max, w_sf) = fit_u16(spec.charge_w_max);
@@ -252,7 +257,7 @@ pub fn lithium_ion_model(spec: &BatterySpec, soc_permille: i64, battery_w: i64) 
     set(S802_A, (battery_w * 10 / SIM_BATTERY_V).clamp(-32_767, 32_767) as i16 as u16);
     set(S802_A_SF, (-1i16) as u16);
     set(S802_A_SF + 1, 0); // AMax_SF
-    // Positive while charging, as the simulator's battery power.
+                           // Positive while charging, as the simulator's battery power.
     set(S802_W, battery_w.clamp(-32_767, 32_767) as i16 as u16);
     set(S802_W_SF, 0);
     body
@@ -260,8 +265,7 @@ pub fn lithium_ion_model(spec: &BatterySpec, soc_permille: i64, battery_w: i64) 
 
 /// Where the simulated home's model 124 data starts: after the marker, the common model (1), the
 /// inverter (103) and the meter (203), and its own header.
-pub const SIM_STORAGE_BASIC_START: u16 =
-    SIM_BASE + 2 + (2 + COMMON_LEN) + (2 + INVERTER_LEN) + (2 + METER_LEN) + 2;
+pub const SIM_STORAGE_BASIC_START: u16 = SIM_BASE + 2 + (2 + COMMON_LEN) + (2 + INVERTER_LEN) + (2 + METER_LEN) + 2;
 
 /// One simulated home.
 #[derive(Debug, Clone, PartialEq)]
@@ -474,7 +478,9 @@ impl Home {
                 (-10_000..=10_000).contains(&rate).then_some(rate).ok_or(ExceptionCode::IllegalDataValue)
             };
             match offset {
-                Some(S124_STOR_CTL_MOD) if *word <= (STOR_CTL_CHARGE | STOR_CTL_DISCHARGE) => control.stor_ctl_mod = *word,
+                Some(S124_STOR_CTL_MOD) if *word <= (STOR_CTL_CHARGE | STOR_CTL_DISCHARGE) => {
+                    control.stor_ctl_mod = *word
+                }
                 Some(S124_OUT_W_RTE) => control.out_w_rte = rate(*word)?,
                 Some(S124_IN_W_RTE) => control.in_w_rte = rate(*word)?,
                 Some(S124_IN_OUT_W_RTE_WIN_TMS) => control.win_tms = *word,

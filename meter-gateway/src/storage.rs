@@ -299,7 +299,8 @@ pub async fn read_status(client: &mut ModbusClient, device: &Device) -> Result<O
         None => None,
     };
     Ok(Some(StorageStatus {
-        soc_permille: soc(battery.and_then(|b| b.soc_permille)).or_else(|| soc(basic.and_then(|b| b.cha_state_permille))),
+        soc_permille: soc(battery.and_then(|b| b.soc_permille))
+            .or_else(|| soc(basic.and_then(|b| b.cha_state_permille))),
         capacity_wh: battery.and_then(|b| b.wh_rtg_wh).filter(|wh| *wh > 0),
         basic,
         battery,
@@ -465,11 +466,20 @@ mod tests {
             plan_setpoint(&b, Some(&li), Some(2_000), 2_500, 60),
             Err(StorageError::AboveLimit { limit: Limit::Owner, .. })
         ));
-        assert!(matches!(plan_setpoint(&basic(5_000, 0), None, None, 20, 60), Err(StorageError::NotRepresentable { .. })));
+        assert!(matches!(
+            plan_setpoint(&basic(5_000, 0), None, None, 20, 60),
+            Err(StorageError::NotRepresentable { .. })
+        ));
         // 100 % at 0.001 % steps is 100 000: beyond an int16.
-        assert!(matches!(plan_setpoint(&basic(5_000, -3), None, None, 5_000, 60), Err(StorageError::NotRepresentable { .. })));
+        assert!(matches!(
+            plan_setpoint(&basic(5_000, -3), None, None, 5_000, 60),
+            Err(StorageError::NotRepresentable { .. })
+        ));
         assert!(matches!(plan_setpoint(&basic(NI_UINT16, -2), None, None, 1, 60), Err(StorageError::Unknown(_))));
-        assert!(matches!(plan_setpoint(&basic(5_000, NI_SUNSSF as i16), None, None, 1, 60), Err(StorageError::Unknown(_))));
+        assert!(matches!(
+            plan_setpoint(&basic(5_000, NI_SUNSSF as i16), None, None, 1, 60),
+            Err(StorageError::Unknown(_))
+        ));
         assert!(matches!(plan_setpoint(&b, None, None, 100, 0), Err(StorageError::NoRevert)));
     }
 

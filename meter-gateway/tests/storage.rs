@@ -208,10 +208,7 @@ async fn a_setpoint_beyond_the_devices_or_the_owners_limits_is_refused_and_nothi
     refused(storage::write_setpoint(&mut client, &device, 5_001, None, 60).await, Limit::WChaMax);
     refused(storage::write_setpoint(&mut client, &device, -3_001, None, 60).await, Limit::WDisChaRteMax);
     refused(storage::write_setpoint(&mut client, &device, 2_500, Some(2_000), 60).await, Limit::Owner);
-    assert!(matches!(
-        storage::write_setpoint(&mut client, &device, 1_000, None, 0).await,
-        Err(StorageError::NoRevert)
-    ));
+    assert!(matches!(storage::write_setpoint(&mut client, &device, 1_000, None, 0).await, Err(StorageError::NoRevert)));
 
     assert_eq!(served.writes(), Vec::<(u16, Vec<u16>)>::new(), "no write request reached the device");
     assert_eq!(served.mode(), BatteryMode::SelfConsumption);
@@ -328,9 +325,8 @@ fn load_dump(text: &str) -> RegisterBank {
     for line in text.lines().map(str::trim).filter(|line| !line.is_empty() && !line.starts_with('#')) {
         let mut fields = line.split_whitespace();
         let addr: u16 = fields.next().expect("address").parse().expect("decimal address");
-        let words: Vec<u16> = fields
-            .map(|word| u16::from_str_radix(word.trim_start_matches("0x"), 16).expect("hex word"))
-            .collect();
+        let words: Vec<u16> =
+            fields.map(|word| u16::from_str_radix(word.trim_start_matches("0x"), 16).expect("hex word")).collect();
         bank.set_holding(addr, &words);
     }
     bank
