@@ -412,6 +412,25 @@ async fn a_gateway_with_battery_control_applies_commands_from_its_channel_within
 }
 
 #[tokio::test]
+async fn a_gateway_rewrites_an_active_setpoint_before_the_device_reverts_it() {
+    let served = serve_home(battery_home(BatterySpec::HOME_10_KWH)).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = gateway_settings(dir.path(), served.addr, true);
+    // A one-second revert on the real clock: the gateway must rewrite every half second.
+    settings.battery.revert_s = 1;
+    settings.clock = Some(SimClock::real());
+    let (tx, rx) = mpsc::channel(1);
+    let (stop, task) = spawn_gateway(settings, rx);
+    tx.send(BatteryMode::Setpoint { power_w: 1_500 }).await.expect("sent");
+    wait_for("the setpoint written three times", || served.writes().len() >= 6).await;
+    let writes = served.writes();
+    assert!(writes.chunks(2).all(|pair| pair == &writes[0..2]), "the same setpoint each time: {writes:?}");
+    assert_eq!(served.mode(), BatteryMode::Setpoint { power_w: 1_500 });
+    let _ = stop.send(true);
+    task.await.expect("joins").expect("the gateway stops cleanly");
+}
+
+#[tokio::test]
 async fn a_gateway_without_battery_control_ignores_commands_and_writes_nothing() {
     let served = serve_home(battery_home(BatterySpec::HOME_10_KWH)).await;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -426,6 +445,65 @@ async fn a_gateway_without_battery_control_ignores_commands_and_writes_nothing()
 
     assert!(served.writes().is_empty(), "nothing was written");
     assert_eq!(served.mode(), BatteryMode::SelfConsumption);
+    let _ = stop.send(true);
+    task.await.expect("joins").expect("the gateway stops cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_publishes_its_homes_battery_in_signed_version_2_readings() {
+    use protocol::{topics, DeviceId, Reading, Signed, Version, ZoneId};
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let broker = gridex_test_support::embedded_broker();
+    let served = serve_home(battery_home(BatterySpec::HOME_10_KWH)).await;
+    served.home().advance(3 * 3_600_000 + 7_000);
+    let soc = served.home().battery().expect("battery").soc_permille();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = gateway_settings(dir.path(), served.addr, false);
+    settings.mqtt.url = format!("mqtt://{}:{}", broker.host, broker.port);
+    settings.mqtt.operator_key = Some(hex::encode(protocol::testing::operator_key().verifying_key().to_bytes()));
+    let device = DeviceId::from_verifying_key(&keys::load(&settings.key).expect("key").verifying_key());
+    let zone = ZoneId::parse(&settings.zone).expect("zone");
+
+    let mut options =
+        MqttOptions::new(format!("battery-sub-{}", gridex_test_support::free_port()), broker.host, broker.port);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    client.subscribe(topics::readings_in(Version::V2, &zone, &device), QoS::AtLeastOnce).await.expect("subscribe");
+    let (reading_tx, mut reading_rx) = mpsc::channel::<Signed<Reading>>(16);
+    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut subscribed_tx = Some(subscribed_tx);
+        while let Ok(event) = eventloop.poll().await {
+            match event {
+                Event::Incoming(Packet::SubAck(_)) => {
+                    if let Some(tx) = subscribed_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Event::Incoming(Packet::Publish(publish)) => {
+                    let signed = Signed::<Reading>::parse_on(&publish.payload, Version::V2).expect("a v2 reading");
+                    let _ = reading_tx.send(signed).await;
+                }
+                _ => {}
+            }
+        }
+    });
+    tokio::time::timeout(WAIT, subscribed).await.expect("subscribed in time").expect("subscribed");
+
+    let (_commands, rx) = mpsc::channel(1);
+    let (stop, task) = spawn_gateway(settings, rx);
+    let signed = tokio::time::timeout(WAIT, reading_rx.recv()).await.expect("a reading in time").expect("a reading");
+    signed.verify().expect("signed by the device key");
+    let reading = signed.message;
+    assert_eq!(reading.device, device);
+    assert_eq!(reading.battery_soc_permille, Some(u16::try_from(soc).expect("per mille")));
+    assert_eq!(reading.battery_capacity_wh, Some(protocol::Wh(10_000)));
+    assert_eq!(
+        (reading.battery_charge_wh, reading.battery_discharge_wh),
+        (None, None),
+        "SunSpec has no battery counters"
+    );
+    assert_eq!(reading.import_wh, protocol::Wh(served.home().state().import_wh()));
     let _ = stop.send(true);
     task.await.expect("joins").expect("the gateway stops cleanly");
 }
