@@ -809,6 +809,23 @@ mod tests {
     }
 
     #[test]
+    fn model_124_windows_become_battery_modes() {
+        let control = |stor_ctl_mod, in_w_rte, out_w_rte| StorageControl {
+            stor_ctl_mod,
+            in_w_rte,
+            out_w_rte,
+            ..StorageControl::default()
+        };
+        let both = STOR_CTL_CHARGE | STOR_CTL_DISCHARGE;
+        assert_eq!(control(0, 6_000, -6_000).mode(5_000), BatteryMode::SelfConsumption, "no bit: its own mode");
+        assert_eq!(control(both, 6_000, -6_000).mode(5_000), BatteryMode::Setpoint { power_w: 3_000 });
+        assert_eq!(control(both, -2_000, 2_000).mode(5_000), BatteryMode::Setpoint { power_w: -1_000 });
+        assert_eq!(control(both, 0, 0).mode(5_000), BatteryMode::Setpoint { power_w: 0 }, "hold");
+        assert_eq!(control(STOR_CTL_DISCHARGE, 0, -4_000).mode(5_000), BatteryMode::Setpoint { power_w: 2_000 });
+        assert_eq!(control(both, 10_000, 10_000).mode(5_000), BatteryMode::SelfConsumption, "a window around zero");
+    }
+
+    #[test]
     fn a_setpoint_charges_from_the_grid_and_the_meter_sees_it() {
         let mut home = Home::new(HomeSpec { battery: Some(BatterySpec::HOME_10_KWH), ..HomeSpec::from_seed(5) }, 0);
         if let Some(battery) = home.battery_mut() {
