@@ -43,7 +43,13 @@ fn fixture(count: usize) -> Fixture {
         let device = DeviceId::from_verifying_key(&key.verifying_key());
         directory.devices.insert(
             device,
-            DeviceState { zone: zone.clone(), nameplate_w: 10_000, last: None, replacements: Vec::new() },
+            DeviceState {
+                zone: zone.clone(),
+                nameplate_w: 10_000,
+                last: None,
+                replacements: Vec::new(),
+                battery: Default::default(),
+            },
         );
         let reading = Reading {
             device,
@@ -55,9 +61,13 @@ fn fixture(count: usize) -> Fixture {
             export_wh: Wh(7_654_321),
             pv_wh: Some(Wh(9_000_000)),
             power_w: PowerW(-2_500),
+            battery_charge_wh: None,
+            battery_discharge_wh: None,
+            battery_soc_permille: None,
+            battery_capacity_wh: None,
         };
         let signed = Signed::sign(reading, &key).expect("sign");
-        let origin = Origin::Mqtt { zone: zone.to_string(), sender: device.to_hex() };
+        let origin = Origin::Mqtt { version: protocol::Version::V1, zone: zone.to_string(), sender: device.to_hex() };
         messages.push((origin, signed.to_json()));
         parsed.push(signed);
     }

@@ -9,14 +9,14 @@
 use crate::config::ExchangeConfig;
 use protocol::{
     verify_batch, AccountId, Cancel, Command, DeviceId, Order, ProtocolError, Reading, Reason, Replace, Signed, SlotId,
-    ZoneId,
+    Version, ZoneId,
 };
 use std::collections::HashMap;
 
 mod meter;
 mod rate;
 use meter::{accept_reading, counters_check};
-pub use meter::{Counters, Replacement};
+pub use meter::{BatteryMark, BatteryMarks, Counters, Replacement};
 pub use rate::{RateLimit, TokenBucket};
 
 /// Why the exchange refused a message: the protocol reason code and a human-readable detail.
@@ -55,11 +55,13 @@ impl Kind {
     }
 }
 
-/// Where a raw message came from: an MQTT topic (whose zone and sender must match the message) or
-/// a direct submission (HTTP), which has no topic.
+/// Where a raw message came from: an MQTT topic (whose zone and sender must match the message, and
+/// whose version the message is parsed on: `gridex/v2/…/readings/…` for a reading with a battery)
+/// or a direct submission (HTTP), which has no topic (a reading is parsed on the version its own
+/// fields say, `Signed::parse_as_encoded`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
-    Mqtt { zone: String, sender: String },
+    Mqtt { version: Version, zone: String, sender: String },
     Direct,
 }
 
@@ -139,6 +141,9 @@ pub struct LastReading {
     pub import_wh: i64,
     pub export_wh: i64,
     pub pv_wh: Option<i64>,
+    /// The home battery's counters, when the reading (version 2) has them.
+    pub battery_charge_wh: Option<i64>,
+    pub battery_discharge_wh: Option<i64>,
     /// The signed bytes, to recognise a resend of this very reading.
     pub signing_bytes: Vec<u8>,
 }
@@ -152,6 +157,8 @@ impl LastReading {
             import_wh: reading.import_wh.0,
             export_wh: reading.export_wh.0,
             pv_wh: reading.pv_wh.map(|pv| pv.0),
+            battery_charge_wh: reading.battery_charge_wh.map(|wh| wh.0),
+            battery_discharge_wh: reading.battery_discharge_wh.map(|wh| wh.0),
             signing_bytes: signed.signing_bytes().to_vec(),
         }
     }
@@ -170,6 +177,9 @@ pub struct DeviceState {
     /// Replacements later than `last` (none is consumed until a reading after it is accepted),
     /// oldest first.
     pub replacements: Vec<Replacement>,
+    /// The battery counters of the latest accepted readings that had them (not necessarily `last`:
+    /// a reading may lack them), which the next ones must continue from.
+    pub battery: BatteryMarks,
 }
 
 impl DeviceState {
@@ -303,10 +313,16 @@ pub fn parse(kind: Kind, origin: &Origin, bytes: &[u8]) -> Result<Parsed, Reject
     // Strict parsing accepted the bytes as UTF-8 JSON, so the lossy conversion never replaces anything.
     let payload = || String::from_utf8_lossy(bytes).into_owned();
     let parsed = match kind {
-        Kind::Reading => Parsed::Reading(Signed::<Reading>::parse(bytes)?, payload()),
+        Kind::Reading => Parsed::Reading(
+            match origin {
+                Origin::Mqtt { version, .. } => Signed::<Reading>::parse_on(bytes, *version)?,
+                Origin::Direct => Signed::<Reading>::parse_as_encoded(bytes)?,
+            },
+            payload(),
+        ),
         Kind::Command => Parsed::Command(Command::parse(bytes)?, payload()),
     };
-    if let Origin::Mqtt { zone, sender } = origin {
+    if let Origin::Mqtt { zone, sender, .. } = origin {
         if parsed.zone().as_str() != zone {
             return Err(Rejection::new(Reason::TopicMismatch, "the topic names a different zone"));
         }
@@ -592,7 +608,13 @@ mod tests {
     fn a_cached_device_whose_reading_would_be_refused_for_its_counters_is_stale() {
         let first = signed(1, 1_000, 5_000);
         let zone = ZoneId::parse("z").expect("a zone id");
-        let mut state = DeviceState { zone, nameplate_w: 10_000, last: None, replacements: Vec::new() };
+        let mut state = DeviceState {
+            zone,
+            nameplate_w: 10_000,
+            last: None,
+            replacements: Vec::new(),
+            battery: BatteryMarks::default(),
+        };
         state.last = Some(LastReading::of(&first));
         let mut directory = Directory::default();
         directory.devices.insert(first.message.device, state);

@@ -4,7 +4,8 @@
 //! [`Database::run`](gridex_store::Database::run) / [`Database::write`](gridex_store::Database::write).
 
 use crate::ingest::{
-    AccountState, Counters, DeviceState, LastReading, RefusedReading, Replacement, TokenBucket, ZoneInfo,
+    AccountState, BatteryMark, BatteryMarks, Counters, DeviceState, LastReading, RefusedReading, Replacement,
+    TokenBucket, ZoneInfo,
 };
 use diesel::prelude::*;
 use gridex_store::schema::{
@@ -77,7 +78,8 @@ pub fn load_devices(conn: &mut DbConnection, ids: &[DeviceId]) -> Result<Vec<(De
     for (device_id, zone_id, nameplate_w) in rows {
         let (Ok(device), Ok(zone)) = (DeviceId::parse(&device_id), ZoneId::parse(&zone_id)) else { continue };
         let last = last_reading(conn, &device_id)?;
-        let mut state = DeviceState { zone, nameplate_w, last, replacements: Vec::new() };
+        let battery = battery_marks(conn, &device_id)?;
+        let mut state = DeviceState { zone, nameplate_w, last, replacements: Vec::new(), battery };
         state.set_replacements(replacements_after(conn, &device_id, state.last.as_ref().map(|last| last.ts_ms))?);
         found.push((device, state));
     }
@@ -180,6 +182,30 @@ fn trim_rejections(conn: &mut DbConnection, device_id: &str) -> Result<(), DbErr
     Ok(())
 }
 
+/// The battery counters of the device's latest readings that had them (by `seq`; the primary key
+/// serves both look-ups).
+fn battery_marks(conn: &mut DbConnection, device_id: &str) -> Result<BatteryMarks, DbError> {
+    let charge: Option<(i64, Option<i64>)> = readings::table
+        .filter(readings::device_id.eq(device_id))
+        .filter(readings::battery_charge_wh.is_not_null())
+        .order(readings::seq.desc())
+        .select((readings::ts_ms, readings::battery_charge_wh))
+        .first(conn)
+        .optional()?;
+    let discharge: Option<(i64, Option<i64>)> = readings::table
+        .filter(readings::device_id.eq(device_id))
+        .filter(readings::battery_discharge_wh.is_not_null())
+        .order(readings::seq.desc())
+        .select((readings::ts_ms, readings::battery_discharge_wh))
+        .first(conn)
+        .optional()?;
+    let mark = |row: Option<(i64, Option<i64>)>| match row {
+        Some((ts_ms, Some(wh))) => Some(BatteryMark { ts_ms, wh }),
+        _ => None,
+    };
+    Ok(BatteryMarks { charge: mark(charge), discharge: mark(discharge) })
+}
+
 fn last_reading(conn: &mut DbConnection, device_id: &str) -> Result<Option<LastReading>, DbError> {
     let payload: Option<String> = readings::table
         .filter(readings::device_id.eq(device_id))
@@ -188,7 +214,7 @@ fn last_reading(conn: &mut DbConnection, device_id: &str) -> Result<Option<LastR
         .first(conn)
         .optional()?;
     let Some(payload) = payload else { return Ok(None) };
-    let signed = Signed::<Reading>::parse(payload.as_bytes())
+    let signed = Signed::<Reading>::parse_as_encoded(payload.as_bytes())
         .map_err(|error| DbError::Invalid(format!("a stored reading does not parse: {error}")))?;
     Ok(Some(LastReading::of(&signed)))
 }
@@ -202,7 +228,7 @@ pub fn same_reading_stored(conn: &mut DbConnection, signed: &Signed<Reading>) ->
         .first(conn)
         .optional()?;
     Ok(payload
-        .and_then(|payload| Signed::<Reading>::parse(payload.as_bytes()).ok())
+        .and_then(|payload| Signed::<Reading>::parse_as_encoded(payload.as_bytes()).ok())
         .is_some_and(|stored| stored.signing_bytes() == signed.signing_bytes()))
 }
 
@@ -275,6 +301,10 @@ pub fn insert_readings(conn: &mut DbConnection, rows: &[ReadingRow]) -> Result<(
             readings::power_w.eq(reading.power_w.0),
             readings::received_ms.eq(row.received_ms),
             readings::payload.eq(&row.payload),
+            readings::battery_charge_wh.eq(reading.battery_charge_wh.map(|wh| wh.0)),
+            readings::battery_discharge_wh.eq(reading.battery_discharge_wh.map(|wh| wh.0)),
+            readings::battery_soc_permille.eq(reading.battery_soc_permille.map(i64::from)),
+            readings::battery_capacity_wh.eq(reading.battery_capacity_wh.map(|wh| wh.0)),
         ));
     }
     execute_batch!(conn, diesel::insert_into(readings::table).values(values))?;

@@ -369,13 +369,18 @@ fn answer_of(config: &PublisherConfig, topic: &str, payload: &[u8]) -> Option<u6
     None
 }
 
+/// The topic of a spooled reading: that of its version (PROTOCOL.md §9), so a reading with a battery
+/// goes on `gridex/v2/{zone}/readings/{device}` and every other one on the version 1 topic as before.
+fn reading_topic(config: &PublisherConfig, payload: &[u8]) -> String {
+    topics::readings_in(Reading::version_of_encoded(payload), &config.zone, &config.device)
+}
+
 /// One connection's state: what was published and not answered, in spool order.
 struct Session<'a> {
     config: &'a PublisherConfig,
     client: AsyncClient,
     spool: &'a Arc<Mutex<Spool>>,
     stats: &'a Arc<PublisherStats>,
-    topic: String,
     waiting_for_pkid: VecDeque<Tag>,
     /// Reading publishes the broker has not acknowledged yet (by packet id).
     reading_pkids: HashSet<u16>,
@@ -390,7 +395,7 @@ struct Session<'a> {
 
 impl Session<'_> {
     async fn publish_reading(&mut self, payload: Vec<u8>) -> Result<(), rumqttc::ClientError> {
-        self.client.publish(&self.topic, QoS::AtLeastOnce, false, payload).await?;
+        self.client.publish(reading_topic(self.config, &payload), QoS::AtLeastOnce, false, payload).await?;
         self.waiting_for_pkid.push_back(Tag::Reading);
         self.unpubacked += 1;
         self.stats.published.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -544,7 +549,6 @@ async fn session(
         client: client.clone(),
         spool,
         stats,
-        topic: topics::readings(&config.zone, &config.device),
         waiting_for_pkid: VecDeque::new(),
         reading_pkids: HashSet::new(),
         unpubacked: 0,

@@ -46,4 +46,4 @@ pub use messages::{
 };
 pub use reason::Reason;
 pub use units::{MicroMoney, MicroTokens, PowerW, PricePerKwh, Rounding, TimestampMs, Wh};
-pub use wire::{decode, encode, verify_batch, OperatorSigned, ProtocolError, Signable, Signed, WireMessage};
+pub use wire::{decode, encode, verify_batch, OperatorSigned, ProtocolError, Signable, Signed, Version, WireMessage};

@@ -4,7 +4,7 @@
 use crate::ids::{AccountId, DeviceId, MeterSerial, SlotId, ZoneId};
 use crate::reason::Reason;
 use crate::units::{MicroMoney, MicroTokens, PowerW, PricePerKwh, TimestampMs, Wh, MAX_SAFE_INTEGER};
-use crate::wire::{OperatorSigned, ProtocolError, Signable, WireMessage};
+use crate::wire::{OperatorSigned, ProtocolError, Signable, Version, WireMessage};
 use serde::{Deserialize, Serialize};
 
 /// Largest signed message from a gateway or trader. A reading or order encodes to about 450 bytes;
@@ -35,11 +35,18 @@ fn non_negative_time(ts_ms: TimestampMs) -> Result<(), ProtocolError> {
     require(ts_ms.0 >= 0, "ts_ms", "must be a unix time in milliseconds")
 }
 
+/// Largest state of charge: 1000 ‰ is a full battery.
+pub const BATTERY_SOC_PERMILLE_MAX: u16 = 1000;
+
 /// A meter reading: cumulative counters at one instant, signed by the device key.
 ///
 /// Sign convention: `import_wh` (energy taken from the grid) and `export_wh` (energy fed into the
 /// grid) are separate, non-negative, monotonic counters; `pv_wh` counts PV production.
 /// `power_w` is the net power at the grid connection point, positive when importing.
+///
+/// The `battery_*` fields describe a home battery behind the grid meter; a reading carrying any of
+/// them is a version 2 reading ([`Reading::version`]): signed under `gridex/v2/reading\n` and sent
+/// on the v2 readings topic (PROTOCOL.md §4.1, §9). Settlement never counts them as grid energy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Reading {
@@ -54,6 +61,43 @@ pub struct Reading {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pv_wh: Option<Wh>,
     pub power_w: PowerW,
+    /// Cumulative AC energy into the battery (a counter, like `import_wh`). Version 2 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub battery_charge_wh: Option<Wh>,
+    /// Cumulative AC energy out of the battery (a counter). Version 2 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub battery_discharge_wh: Option<Wh>,
+    /// State of charge in per mille, 0..=1000. Version 2 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub battery_soc_permille: Option<u16>,
+    /// Usable capacity as the device reports it, > 0. Version 2 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub battery_capacity_wh: Option<Wh>,
+}
+
+impl Reading {
+    /// The names of the battery fields, which only a version 2 reading has.
+    pub const BATTERY_FIELDS: [&'static str; 4] =
+        ["battery_charge_wh", "battery_discharge_wh", "battery_soc_permille", "battery_capacity_wh"];
+
+    /// The version of a reading as encoded (its JSON bytes), from its field names alone: for a
+    /// sender that kept only the bytes (a gateway's spool) and must choose the topic, or a receiver
+    /// whose channel names no version. Bytes that are not a JSON object are version 1, whose
+    /// strict parser then says what is wrong with them.
+    pub fn version_of_encoded(bytes: &[u8]) -> Version {
+        match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(bytes) {
+            Ok(object) if Self::BATTERY_FIELDS.iter().any(|name| object.contains_key(*name)) => Version::V2,
+            _ => Version::V1,
+        }
+    }
+
+    /// True when the reading reports a battery (any `battery_*` field).
+    pub fn has_battery(&self) -> bool {
+        self.battery_charge_wh.is_some()
+            || self.battery_discharge_wh.is_some()
+            || self.battery_soc_permille.is_some()
+            || self.battery_capacity_wh.is_some()
+    }
 }
 
 impl WireMessage for Reading {
@@ -64,13 +108,57 @@ impl WireMessage for Reading {
         require(self.import_wh.0 >= 0, "import_wh", "must not be negative")?;
         require(self.export_wh.0 >= 0, "export_wh", "must not be negative")?;
         require(self.pv_wh.is_none_or(|pv| pv.0 >= 0), "pv_wh", "must not be negative")?;
-        require(self.power_w.0.abs() <= POWER_W_MAX, "power_w", "exceeds 100 MW")
+        require(self.power_w.0.abs() <= POWER_W_MAX, "power_w", "exceeds 100 MW")?;
+        require(self.battery_charge_wh.is_none_or(|wh| wh.0 >= 0), "battery_charge_wh", "must not be negative")?;
+        require(self.battery_discharge_wh.is_none_or(|wh| wh.0 >= 0), "battery_discharge_wh", "must not be negative")?;
+        require(
+            self.battery_soc_permille.is_none_or(|soc| soc <= BATTERY_SOC_PERMILLE_MAX),
+            "battery_soc_permille",
+            "must be at most 1000",
+        )?;
+        require(self.battery_capacity_wh.is_none_or(|wh| wh.0 > 0), "battery_capacity_wh", "must be positive")
+    }
+
+    /// A battery makes the reading version 2 (PROTOCOL.md §9: a new inbound field is a new version).
+    fn version(&self) -> Version {
+        if self.has_battery() {
+            Version::V2
+        } else {
+            Version::V1
+        }
+    }
+
+    fn check_version(
+        object: &serde_json::Map<String, serde_json::Value>,
+        channel: Version,
+    ) -> Result<(), ProtocolError> {
+        let battery = Self::BATTERY_FIELDS.iter().find(|name| object.contains_key(**name));
+        match (channel, battery) {
+            (Version::V1, Some(name)) => Err(ProtocolError::new(
+                Reason::UnknownField,
+                format!("unknown field `{name}`: a reading with a battery is version 2 (gridex/v2)"),
+            )),
+            (Version::V2, None) => Err(ProtocolError::new(
+                Reason::MissingField,
+                "a version 2 reading carries at least one `battery_*` field; send it as version 1",
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
 impl Signable for Reading {
     fn signer(&self) -> [u8; 32] {
         self.device.0
+    }
+}
+
+impl crate::wire::Signed<Reading> {
+    /// Parses a reading on the version its bytes say ([`Reading::version_of_encoded`]), for bytes
+    /// that came by no versioned channel: a stored payload, a direct (HTTP) submission. A reading
+    /// with a battery field is then checked against the v2 tag, any other one against the v1 tag.
+    pub fn parse_as_encoded(bytes: &[u8]) -> Result<Self, ProtocolError> {
+        Self::parse_on(bytes, Reading::version_of_encoded(bytes))
     }
 }
 
@@ -504,9 +592,9 @@ impl Command {
         use crate::wire::{decode_any, Signed};
         let (type_name, object) = decode_any(bytes, SIGNED_MESSAGE_BYTES_MAX)?;
         match type_name.as_str() {
-            Order::TYPE => Signed::from_object(object).map(Command::Order),
-            Cancel::TYPE => Signed::from_object(object).map(Command::Cancel),
-            Replace::TYPE => Signed::from_object(object).map(Command::Replace),
+            Order::TYPE => Signed::from_object(object, Version::V1).map(Command::Order),
+            Cancel::TYPE => Signed::from_object(object, Version::V1).map(Command::Cancel),
+            Replace::TYPE => Signed::from_object(object, Version::V1).map(Command::Replace),
             other => Err(ProtocolError::new(
                 Reason::WrongMessageType,
                 format!("expected order, cancel or replace, found `{other}`"),

@@ -30,6 +30,21 @@ pub fn sample_reading(key: &SigningKey) -> Reading {
         export_wh: Wh(7_654_321),
         pv_wh: Some(Wh(9_000_000)),
         power_w: PowerW(-2_500),
+        battery_charge_wh: None,
+        battery_discharge_wh: None,
+        battery_soc_permille: None,
+        battery_capacity_wh: None,
+    }
+}
+
+/// [`sample_reading`] with a home battery: a version 2 reading.
+pub fn sample_battery_reading(key: &SigningKey) -> Reading {
+    Reading {
+        battery_charge_wh: Some(Wh(2_345_678)),
+        battery_discharge_wh: Some(Wh(2_100_000)),
+        battery_soc_permille: Some(640),
+        battery_capacity_wh: Some(Wh(10_000)),
+        ..sample_reading(key)
     }
 }
 

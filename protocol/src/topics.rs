@@ -2,7 +2,8 @@
 //!
 //! | topic | publisher | QoS | retain |
 //! |---|---|---|---|
-//! | `gridex/v1/{zone}/readings/{device}` | gateway | 1 | no |
+//! | `gridex/v1/{zone}/readings/{device}` | gateway (readings without a battery) | 1 | no |
+//! | `gridex/v2/{zone}/readings/{device}` | gateway (readings with a battery, version 2) | 1 | no |
 //! | `gridex/v1/{zone}/orders/{account}` | trader (order, cancel, replace) | 1 | no |
 //! | `gridex/v1/{zone}/trades` | exchange | 1 | no |
 //! | `gridex/v1/{zone}/book` | exchange | 0 | yes |
@@ -11,16 +12,32 @@
 //! | `gridex/v1/{zone}/rejects/{sender}` | exchange | 1 | no |
 //! | `gridex/v1/status/{device}` | gateway (and its last will) | 1 | yes |
 
-use crate::ids::ZoneId;
+//!
+//! Every topic is version 1 but the readings of a device with a battery: a reading goes on the
+//! topic of its version ([`readings_for`]).
 
+use crate::ids::ZoneId;
+use crate::messages::Reading;
+use crate::wire::{Version, WireMessage};
+
+/// The version 1 prefix, of every topic but version 2 readings.
 pub const PREFIX: &str = "gridex/v1";
 
 /// QoS levels as plain numbers, so this crate needs no MQTT client.
 pub const QOS_AT_MOST_ONCE: u8 = 0;
 pub const QOS_AT_LEAST_ONCE: u8 = 1;
 
+/// The version 1 readings topic of `device` (readings without a battery).
 pub fn readings(zone: &ZoneId, device: &impl std::fmt::Display) -> String {
-    format!("{PREFIX}/{zone}/readings/{device}")
+    readings_in(Version::V1, zone, device)
+}
+/// The readings topic of `device` in `version`.
+pub fn readings_in(version: Version, zone: &ZoneId, device: &impl std::fmt::Display) -> String {
+    format!("{}/{zone}/readings/{device}", version.prefix())
+}
+/// The topic `reading` is published on: its zone and device, in its version.
+pub fn readings_for(reading: &Reading) -> String {
+    readings_in(reading.version(), &reading.zone, &reading.device)
 }
 pub fn orders(zone: &ZoneId, account: &impl std::fmt::Display) -> String {
     format!("{PREFIX}/{zone}/orders/{account}")
@@ -51,26 +68,39 @@ pub fn status(device: &impl std::fmt::Display) -> String {
 
 /// Subscription filters for the exchange: inbound messages of every zone.
 pub const ALL_READINGS: &str = "gridex/v1/+/readings/+";
+/// Version 2 readings (with a battery) of every zone.
+pub const ALL_READINGS_V2: &str = "gridex/v2/+/readings/+";
 pub const ALL_ORDERS: &str = "gridex/v1/+/orders/+";
 
 /// An inbound topic the exchange understands, with its segments still unparsed text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound<'a> {
-    Readings { zone: &'a str, device: &'a str },
-    Orders { zone: &'a str, account: &'a str },
+    /// A readings topic of either version; the reading is parsed on `version` (`Signed::parse_on`).
+    Readings {
+        version: Version,
+        zone: &'a str,
+        device: &'a str,
+    },
+    Orders {
+        zone: &'a str,
+        account: &'a str,
+    },
 }
 
 /// Splits an inbound topic. Segment contents are checked by the caller against the message.
+/// Readings topics exist in versions 1 and 2, orders topics in version 1 only.
 pub fn parse_inbound(topic: &str) -> Option<Inbound<'_>> {
-    let rest = topic.strip_prefix(PREFIX)?.strip_prefix('/')?;
+    let (version, rest) = Version::ALL
+        .into_iter()
+        .find_map(|version| Some((version, topic.strip_prefix(version.prefix())?.strip_prefix('/')?)))?;
     let mut parts = rest.split('/');
     let (zone, channel, sender) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
         return None;
     }
-    match channel {
-        "readings" => Some(Inbound::Readings { zone, device: sender }),
-        "orders" => Some(Inbound::Orders { zone, account: sender }),
+    match (version, channel) {
+        (_, "readings") => Some(Inbound::Readings { version, zone, device: sender }),
+        (Version::V1, "orders") => Some(Inbound::Orders { zone, account: sender }),
         _ => None,
     }
 }
@@ -82,10 +112,34 @@ mod tests {
     #[test]
     fn inbound_topics_round_trip() {
         let zone = ZoneId::parse("north").expect("valid");
-        assert_eq!(parse_inbound(&readings(&zone, &"ab")), Some(Inbound::Readings { zone: "north", device: "ab" }));
+        assert_eq!(
+            parse_inbound(&readings(&zone, &"ab")),
+            Some(Inbound::Readings { version: Version::V1, zone: "north", device: "ab" })
+        );
+        assert_eq!(
+            parse_inbound(&readings_in(Version::V2, &zone, &"ab")),
+            Some(Inbound::Readings { version: Version::V2, zone: "north", device: "ab" })
+        );
         assert_eq!(parse_inbound(&orders(&zone, &"cd")), Some(Inbound::Orders { zone: "north", account: "cd" }));
         assert_eq!(parse_inbound("gridex/v1/north/trades"), None);
         assert_eq!(parse_inbound("gridex/v1/north/orders/cd/extra"), None);
         assert_eq!(parse_inbound("other/v1/north/orders/cd"), None);
+    }
+
+    #[test]
+    fn orders_have_no_version_2_topic_and_there_is_no_version_3() {
+        assert_eq!(parse_inbound("gridex/v2/north/orders/cd"), None);
+        assert_eq!(parse_inbound("gridex/v3/north/readings/ab"), None);
+        assert_eq!(parse_inbound("gridex/v2north/readings/ab"), None);
+    }
+
+    #[test]
+    fn a_reading_goes_on_the_topic_of_its_version() {
+        let key = crate::testing::signing_key(1);
+        let plain = crate::testing::sample_reading(&key);
+        let device = plain.device.to_string();
+        assert_eq!(readings_for(&plain), format!("gridex/v1/test-zone/readings/{device}"));
+        let battery = crate::testing::sample_battery_reading(&key);
+        assert_eq!(readings_for(&battery), format!("gridex/v2/test-zone/readings/{device}"));
     }
 }

@@ -4,11 +4,11 @@
 
 use crate::messages::{AuctionResult, Cancel, Order, Reading, Replace, Side, SlotRoot, TimeInForce, Trade};
 use crate::testing::{
-    sample_book, sample_order, sample_order_update, sample_reading, sample_reading_ack, sample_reject, sample_trade,
-    signing_key,
+    sample_battery_reading, sample_book, sample_order, sample_order_update, sample_reading, sample_reading_ack,
+    sample_reject, sample_trade, signing_key,
 };
 use crate::units::{PricePerKwh, TimestampMs, Wh};
-use crate::wire::{domain_tag, OperatorSigned, Signable, Signed, WireMessage};
+use crate::wire::{domain_tag, OperatorSigned, Signable, Signed, Version, WireMessage};
 use crate::{forge, AccountId};
 use ed25519_dalek::{Signer, SigningKey};
 use serde_json::{json, Map, Value};
@@ -27,14 +27,24 @@ fn valid<T: Signable>(name: &str, message: T, key: &SigningKey) -> Value {
     let signed = Signed::sign(message, key).expect("sample messages are valid");
     #[allow(clippy::expect_used)]
     let sent: Value = serde_json::from_slice(&signed.to_json()).expect("our own JSON");
-    json!({
+    let vector = json!({
         "name": name,
         "kind": T::TYPE,
         "public_key": hex::encode(key.verifying_key().to_bytes()),
         "message": sent,
         "signing_bytes_hex": hex::encode(signed.signing_bytes()),
         "valid": true,
-    })
+    });
+    on_channel(vector, signed.version())
+}
+
+/// Names the version of the channel a vector's message arrives on (`"version": 2`); version 1
+/// vectors, which were all there were, omit it.
+fn on_channel(mut vector: Value, version: Version) -> Value {
+    if let (Value::Object(object), Version::V2) = (&mut vector, version) {
+        object.insert("version".to_owned(), json!(version.number()));
+    }
+    vector
 }
 
 /// An outbound message signed by the operator: `public_key` is the key a receiver pins, not a field.
@@ -308,8 +318,71 @@ pub fn vectors() -> Value {
     out.push(invalid("unsigned-trade", Trade::TYPE, &operator_pub, Value::Object(trade_object), "missing_signature"));
 
     out.extend(signature_encoding_vectors(&trader));
+    out.extend(battery_vectors(&device));
 
     Value::Array(out)
+}
+
+/// Version 2 readings (a home battery, PROTOCOL.md §4.1, §9): one valid, and one refusal for each
+/// way a reading can sit in the wrong version.
+fn battery_vectors(device: &SigningKey) -> Vec<Value> {
+    let device_pub = device.verifying_key().to_bytes();
+    let mut out = vec![valid("reading-v2-battery", sample_battery_reading(device), device)];
+    let battery_object = object_of(&sample_battery_reading(device));
+    // Signed under the v1 tag and sent on a v1 channel: the v1 parser knows no battery field.
+    let v1_bytes = crate::wire::signing_bytes_in(Version::V1, Reading::TYPE, &battery_object);
+    #[allow(clippy::expect_used)]
+    let v1_bytes = v1_bytes.expect("restricted values");
+    out.push(invalid(
+        "reading-v1-with-battery-field",
+        Reading::TYPE,
+        &device_pub,
+        with_sig(battery_object.clone(), device, &v1_bytes),
+        "unknown_field",
+    ));
+    // The same signature on a v2 channel: v2 readings are signed under `gridex/v2/reading\n`.
+    out.push(on_channel(
+        invalid(
+            "reading-v2-signed-under-the-v1-tag",
+            Reading::TYPE,
+            &device_pub,
+            with_sig(battery_object.clone(), device, &v1_bytes),
+            "bad_signature",
+        ),
+        Version::V2,
+    ));
+    // A reading without a battery on a v2 channel: one reading has one encoding, and that is v1.
+    let plain_object = object_of(&sample_reading(device));
+    let plain_v2_bytes = v2_signing_bytes(&plain_object);
+    out.push(on_channel(
+        invalid(
+            "reading-v2-without-battery",
+            Reading::TYPE,
+            &device_pub,
+            with_sig(plain_object, device, &plain_v2_bytes),
+            "missing_field",
+        ),
+        Version::V2,
+    ));
+    let mut overfull_object = battery_object;
+    overfull_object.insert("battery_soc_permille".to_owned(), json!(1001));
+    let overfull_bytes = v2_signing_bytes(&overfull_object);
+    out.push(on_channel(
+        invalid(
+            "reading-v2-soc-1001",
+            Reading::TYPE,
+            &device_pub,
+            with_sig(overfull_object, device, &overfull_bytes),
+            "invalid_value",
+        ),
+        Version::V2,
+    ));
+    out
+}
+
+fn v2_signing_bytes(object: &Map<String, Value>) -> Vec<u8> {
+    #[allow(clippy::expect_used)]
+    crate::wire::signing_bytes_in(Version::V2, Reading::TYPE, object).expect("restricted values")
 }
 
 /// An order by `trader` signed as `signature(signed bytes)` makes it.

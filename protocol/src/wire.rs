@@ -3,6 +3,13 @@
 //! Every message is a JSON object with a `type` field naming it. Signed messages also carry `sig`:
 //! the ed25519 signature over `gridex/v1/<type>\n` followed by the RFC 8785 canonical JSON of the
 //! object without `sig` (see PROTOCOL.md, "Signing rule").
+//!
+//! Versions (PROTOCOL.md §9): a message's [`Version`] follows from its content
+//! ([`WireMessage::version`]; only a reading with a battery is version 2) and names both its
+//! domain tag (`gridex/v2/reading\n`) and its topic. A receiver parses a message on the version of
+//! the channel it came by ([`Signed::parse_on`]): a version 1 channel refuses the version 2 fields
+//! as unknown (today's strict parser), a version 2 channel refuses a message that is not version 2.
+//! So one message has one encoding, and a version 1 reading signs exactly the bytes it always did.
 
 use crate::canonical::{canonical_bytes, parse_strict};
 use crate::reason::Reason;
@@ -27,6 +34,56 @@ impl ProtocolError {
     }
 }
 
+/// A version of the wire contract: the `vN` in topics and domain tags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Version {
+    /// Every message type; readings without a battery.
+    V1,
+    /// Readings that report a home battery (`battery_*` fields, PROTOCOL.md §4.1).
+    V2,
+}
+
+impl Version {
+    /// Every version, oldest first.
+    pub const ALL: [Version; 2] = [Version::V1, Version::V2];
+
+    /// The version's number: 1 or 2.
+    pub const fn number(self) -> u8 {
+        match self {
+            Version::V1 => 1,
+            Version::V2 => 2,
+        }
+    }
+
+    /// The version with this number, if there is one.
+    pub const fn from_number(number: u8) -> Option<Version> {
+        match number {
+            1 => Some(Version::V1),
+            2 => Some(Version::V2),
+            _ => None,
+        }
+    }
+
+    /// The topic prefix: `gridex/v1` or `gridex/v2`.
+    pub const fn prefix(self) -> &'static str {
+        match self {
+            Version::V1 => "gridex/v1",
+            Version::V2 => "gridex/v2",
+        }
+    }
+
+    /// The domain tag that prefixes the signed bytes of a message of type `kind` in this version.
+    pub fn domain_tag(self, kind: &str) -> String {
+        format!("{}/{kind}\n", self.prefix())
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v{}", self.number())
+    }
+}
+
 /// A message type of the wire contract.
 pub trait WireMessage: Serialize + DeserializeOwned {
     /// The value of the `type` field; for signed messages also the `<kind>` of the domain tag.
@@ -36,6 +93,22 @@ pub trait WireMessage: Serialize + DeserializeOwned {
     /// Checks value domains that the field types alone do not express.
     fn validate(&self) -> Result<(), ProtocolError> {
         Ok(())
+    }
+    /// The version this message is encoded in: its domain tag and topic. Version 1 unless the
+    /// message has fields only a later version defines.
+    fn version(&self) -> Version {
+        Version::V1
+    }
+    /// Checks, on the field names alone, that `object` (without `sig`) is a message of the version
+    /// of the channel it came by. Types with only version 1 refuse every other channel.
+    fn check_version(_object: &Map<String, Value>, channel: Version) -> Result<(), ProtocolError> {
+        match channel {
+            Version::V1 => Ok(()),
+            other => Err(ProtocolError::new(
+                Reason::WrongMessageType,
+                format!("`{}` has no version {}", Self::TYPE, other.number()),
+            )),
+        }
     }
 }
 
@@ -62,17 +135,23 @@ pub const INBOUND_SIGNED_TYPES: [&str; 4] = ["reading", "order", "cancel", "repl
 pub const OUTBOUND_SIGNED_TYPES: [&str; 7] =
     ["trade", "book", "order_update", "reject", "reading_ack", "auction", "slot_root"];
 
-/// The domain tag that prefixes the signed bytes of a message of type `kind`.
+/// The version 1 domain tag that prefixes the signed bytes of a message of type `kind`
+/// (see [`Version::domain_tag`] for the others).
 pub fn domain_tag(kind: &str) -> String {
-    format!("gridex/v1/{kind}\n")
+    Version::V1.domain_tag(kind)
 }
 
-/// The bytes a signature covers: domain tag, then the canonical JSON of `object` (which must not
-/// contain `sig`).
+/// The bytes a version 1 signature covers: domain tag, then the canonical JSON of `object` (which
+/// must not contain `sig`).
 pub fn signing_bytes(kind: &str, object: &Map<String, Value>) -> Result<Vec<u8>, ProtocolError> {
+    signing_bytes_in(Version::V1, kind, object)
+}
+
+/// [`signing_bytes`] under `version`'s domain tag.
+pub fn signing_bytes_in(version: Version, kind: &str, object: &Map<String, Value>) -> Result<Vec<u8>, ProtocolError> {
     let canonical = canonical_bytes(&Value::Object(object.clone()))
         .map_err(|reason| ProtocolError::new(reason, "value outside the restricted JSON set"))?;
-    let mut bytes = domain_tag(kind).into_bytes();
+    let mut bytes = version.domain_tag(kind).into_bytes();
     bytes.extend_from_slice(&canonical);
     Ok(bytes)
 }
@@ -175,28 +254,43 @@ impl<T: fmt::Debug> fmt::Debug for Signed<T> {
 }
 
 impl<T: WireMessage> Signed<T> {
-    /// Parses a signed message strictly: size, JSON, restricted values, type, `sig` format, fields.
+    /// Parses a signed message of version 1 strictly: size, JSON, restricted values, type, `sig`
+    /// format, fields. The same as [`Signed::parse_on`] with [`Version::V1`].
     pub fn parse(bytes: &[u8]) -> Result<Self, ProtocolError> {
-        Self::from_object(decode_object(bytes, T::TYPE, T::SIZE_MAX)?)
+        Self::parse_on(bytes, Version::V1)
+    }
+
+    /// Parses a signed message that came by a channel (topic) of version `channel`: a field of
+    /// another version is refused (`unknown_field` on version 1, `missing_field` when a version 2
+    /// message lacks what makes it one), and the signature covers `channel`'s domain tag.
+    pub fn parse_on(bytes: &[u8], channel: Version) -> Result<Self, ProtocolError> {
+        Self::from_object(decode_object(bytes, T::TYPE, T::SIZE_MAX)?, channel)
     }
 
     /// Finishes parsing an object already checked to be of type `T::TYPE`.
-    pub(crate) fn from_object(mut object: Map<String, Value>) -> Result<Self, ProtocolError> {
+    pub(crate) fn from_object(mut object: Map<String, Value>, channel: Version) -> Result<Self, ProtocolError> {
         let signature = match object.remove("sig") {
             None => return Err(ProtocolError::new(Reason::MissingSignature, "missing field `sig`")),
             Some(Value::String(text)) => parse_signature_hex(&text)?,
             Some(_) => return Err(ProtocolError::new(Reason::MalformedSignature, "`sig` must be a string")),
         };
-        let signing_bytes = signing_bytes(T::TYPE, &object)?;
+        T::check_version(&object, channel)?;
+        let signing_bytes = signing_bytes_in(channel, T::TYPE, &object)?;
         let message = typed::<T>(object)?;
+        debug_assert_eq!(message.version(), channel, "check_version admits only the channel's version");
         Ok(Self { message, signature, signing_bytes })
+    }
+
+    /// The version the message is encoded in (its domain tag and topic).
+    pub fn version(&self) -> Version {
+        self.message.version()
     }
 
     /// `message` with a signature made elsewhere (by a hardware key, or a malformed one for a
     /// test). Nothing is checked but the message's fields; verify it before trusting it.
     pub fn with_signature(message: T, signature: [u8; 64]) -> Result<Self, ProtocolError> {
         message.validate()?;
-        let signing_bytes = signing_bytes(T::TYPE, &to_object(&message)?)?;
+        let signing_bytes = signing_bytes_in(message.version(), T::TYPE, &to_object(&message)?)?;
         Ok(Self { message, signature, signing_bytes })
     }
 
@@ -204,7 +298,7 @@ impl<T: WireMessage> Signed<T> {
     fn sign_unchecked(message: T, key: &SigningKey) -> Result<Self, ProtocolError> {
         message.validate()?;
         let object = to_object(&message)?;
-        let signing_bytes = signing_bytes(T::TYPE, &object)?;
+        let signing_bytes = signing_bytes_in(message.version(), T::TYPE, &object)?;
         let signature = key.sign(&signing_bytes).to_bytes();
         Ok(Self { message, signature, signing_bytes })
     }
@@ -216,7 +310,7 @@ impl<T: WireMessage> Signed<T> {
 
     /// The message as sent on the wire: canonical JSON including `sig`.
     pub fn to_json(&self) -> Vec<u8> {
-        let tag_len = domain_tag(T::TYPE).len();
+        let tag_len = self.version().domain_tag(T::TYPE).len();
         let body = &self.signing_bytes[tag_len..];
         // Re-canonicalize with `sig` added so the output is canonical whatever the field names.
         #[allow(clippy::expect_used)]
@@ -446,6 +540,75 @@ mod tests {
         by_other.verify().expect("self-consistent");
         let pinned = operator.verifying_key().to_bytes();
         assert_eq!(by_other.verify_operator(&pinned).unwrap_err().reason, Reason::BadSignature);
+    }
+
+    #[test]
+    fn a_battery_reading_is_signed_under_the_v2_tag_and_parses_on_a_v2_channel_only() {
+        use crate::testing::sample_battery_reading;
+        let key = signing_key(1);
+        let signed = Signed::sign(sample_battery_reading(&key), &key).expect("signs");
+        assert_eq!(signed.version(), Version::V2);
+        assert!(signed.signing_bytes().starts_with(b"gridex/v2/reading\n{"));
+        let json = signed.to_json();
+        let parsed = Signed::<Reading>::parse_on(&json, Version::V2).expect("parses on v2");
+        assert_eq!(parsed, signed);
+        parsed.verify().expect("verifies");
+        let on_v1 = Signed::<Reading>::parse(&json).expect_err("v1 knows no battery field");
+        assert_eq!(on_v1.reason, Reason::UnknownField);
+    }
+
+    #[test]
+    fn a_battery_reading_signed_under_the_v1_tag_is_refused_on_both_channels() {
+        use crate::testing::sample_battery_reading;
+        let key = signing_key(1);
+        let object = to_object(&sample_battery_reading(&key)).expect("an object");
+        let v1_bytes = signing_bytes(Reading::TYPE, &object).expect("restricted values");
+        let mut sent = object;
+        sent.insert("sig".to_owned(), Value::String(hex::encode(key.sign(&v1_bytes).to_bytes())));
+        let json = canonical_bytes(&Value::Object(sent)).expect("canonical");
+        assert_eq!(Signed::<Reading>::parse(&json).unwrap_err().reason, Reason::UnknownField);
+        let on_v2 = Signed::<Reading>::parse_on(&json, Version::V2).expect("well-formed v2");
+        assert_eq!(on_v2.verify().unwrap_err().reason, Reason::BadSignature, "the v2 tag is not what was signed");
+    }
+
+    #[test]
+    fn a_reading_without_a_battery_keeps_its_v1_bytes_and_is_refused_on_a_v2_channel() {
+        let key = signing_key(1);
+        let signed = Signed::sign(sample_reading(&key), &key).expect("signs");
+        assert_eq!(signed.version(), Version::V1);
+        assert!(signed.signing_bytes().starts_with(b"gridex/v1/reading\n{"));
+        let error = Signed::<Reading>::parse_on(&signed.to_json(), Version::V2).expect_err("not a v2 reading");
+        assert_eq!(error.reason, Reason::MissingField);
+    }
+
+    #[test]
+    fn only_readings_have_a_version_2() {
+        let key = signing_key(3);
+        let json = Signed::sign(sample_order(&key), &key).expect("signs").to_json();
+        assert_eq!(Signed::<Order>::parse_on(&json, Version::V2).unwrap_err().reason, Reason::WrongMessageType);
+        assert_eq!(Version::from_number(2), Some(Version::V2));
+        assert_eq!(Version::from_number(3), None);
+        assert_eq!(Version::V2.domain_tag("reading"), "gridex/v2/reading\n");
+    }
+
+    #[test]
+    fn battery_fields_out_of_their_domain_are_invalid_values() {
+        use crate::testing::sample_battery_reading;
+        let key = signing_key(1);
+        let cases: [(&str, fn(&mut Reading)); 4] = [
+            ("soc 1001", |reading| reading.battery_soc_permille = Some(1001)),
+            ("negative charge", |reading| reading.battery_charge_wh = Some(crate::Wh(-1))),
+            ("negative discharge", |reading| reading.battery_discharge_wh = Some(crate::Wh(-1))),
+            ("zero capacity", |reading| reading.battery_capacity_wh = Some(crate::Wh(0))),
+        ];
+        for (name, spoil) in cases {
+            let mut reading = sample_battery_reading(&key);
+            spoil(&mut reading);
+            assert_eq!(Signed::sign(reading, &key).unwrap_err().reason, Reason::InvalidValue, "{name}");
+        }
+        let mut full = sample_battery_reading(&key);
+        full.battery_soc_permille = Some(1000);
+        Signed::sign(full, &key).expect("1000 per mille is a full battery");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Every vector in `test-vectors.json` behaves as it says: valid ones parse, sign exactly the listed
 //! bytes and verify strictly; invalid ones fail with the listed reason.
 
+use protocol::wire::Version;
 use protocol::{
     AuctionResult, BookSnapshot, Command, OrderUpdate, Reading, ReadingAck, Reason, Reject, Signed, SlotRoot, Trade,
 };
@@ -8,9 +9,16 @@ use serde_json::Value;
 
 const VECTORS: &str = include_str!("../test-vectors.json");
 
-/// Parses and verifies `bytes` as a message of `kind`, returning the signing bytes and the signer:
-/// inbound messages name their signer, outbound ones verify against the pinned operator key `pinned`.
-fn check(kind: &str, bytes: &[u8], pinned: &[u8; 32]) -> Result<(Vec<u8>, [u8; 32]), Reason> {
+/// Parses and verifies `bytes` as a message of `kind` arriving on a channel of `version`, returning
+/// the signing bytes and the signer: inbound messages name their signer, outbound ones verify
+/// against the pinned operator key `pinned`.
+fn check(kind: &str, version: Version, bytes: &[u8], pinned: &[u8; 32]) -> Result<(Vec<u8>, [u8; 32]), Reason> {
+    if version != Version::V1 {
+        return match kind {
+            "reading" => finish(Signed::<Reading>::parse_on(bytes, version).map_err(|e| e.reason)?),
+            other => panic!("no version {version} of kind {other}"),
+        };
+    }
     fn outbound<T: protocol::OperatorSigned>(bytes: &[u8], pinned: &[u8; 32]) -> Result<(Vec<u8>, [u8; 32]), Reason> {
         let signed = Signed::<T>::parse(bytes).map_err(|e| e.reason)?;
         signed.verify_operator(pinned).map_err(|error| error.reason)?;
@@ -57,7 +65,14 @@ fn every_vector_verifies_or_fails_for_its_stated_reason() {
         let bytes = serde_json::to_vec(&vector["message"]).expect("message serializes");
         let mut pinned = [0u8; 32];
         hex::decode_to_slice(vector["public_key"].as_str().expect("key"), &mut pinned).expect("64 hex digits");
-        let result = check(kind, &bytes, &pinned);
+        let version = match vector.get("version") {
+            None => Version::V1,
+            Some(number) => {
+                let number = number.as_u64().and_then(|n| u8::try_from(n).ok()).expect("a small integer");
+                Version::from_number(number).expect("a known version")
+            }
+        };
+        let result = check(kind, version, &bytes, &pinned);
         if vector["valid"] == Value::Bool(true) {
             let (signing_bytes, signer) = result.unwrap_or_else(|reason| panic!("{name}: {reason}"));
             assert_eq!(hex::encode(signing_bytes), vector["signing_bytes_hex"].as_str().expect("hex"), "{name}");
@@ -81,6 +96,10 @@ fn the_vectors_cover_the_required_cases() {
         "float-value",
         "unknown-field",
         "oversized",
+        "reading-v2-battery",
+        "reading-v1-with-battery-field",
+        "reading-v2-without-battery",
+        "reading-v2-soc-1001",
     ] {
         assert!(names.contains(&required), "missing vector {required}");
     }

@@ -73,6 +73,12 @@ OUTBOUND = {
                 "qty_wh": (True, _int(0)), "trades": (True, _int(0)), "ts_ms": (True, _int(0))},
 }
 FIELDS.update(OUTBOUND)
+# PROTOCOL.md section 4.1 and 9: a reading on a version 2 channel (gridex/v2/...) has the battery
+# fields too, and at least one of them; version 1 knows none of them.
+_soc = lambda v: _int(0)(v) and v <= 1000
+BATTERY = {"battery_charge_wh": (False, _int(0)), "battery_discharge_wh": (False, _int(0)),
+           "battery_soc_permille": (False, _soc), "battery_capacity_wh": (False, _int(1))}
+FIELDS_V2 = {"reading": dict(FIELDS["reading"], **BATTERY)}
 SIGNER = {"reading": "device", "order": "account", "cancel": "account", "replace": "account", "slot_root": "operator"}
 
 
@@ -145,9 +151,10 @@ def canonical(value):
     return "{" + ",".join(escape(k) + ":" + canonical(value[k]) for k in keys) + "}"
 
 
-def verify(kind, message, pinned):
+def verify(kind, message, pinned, version=1):
     """Returns the signing bytes of a valid message, raises Rejected(reason) otherwise. `pinned`: the
-    operator key the receiver configured, used for outbound kinds (and required of a slot root)."""
+    operator key the receiver configured, used for outbound kinds (and required of a slot root);
+    `version`: that of the channel (topic) the message came by."""
     wire = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     if len(wire) > (OUTBOUND_SIZE_MAX if kind in OUTBOUND else SIZE_MAX):
         raise Rejected("too_large")
@@ -160,10 +167,17 @@ def verify(kind, message, pinned):
     if not isinstance(sig, str) or not HEX128.match(sig):
         raise Rejected("malformed_signature")
     body = {k: v for k, v in message.items() if k != "sig"}
-    fields = FIELDS[kind]
+    if version == 1:
+        fields = FIELDS[kind]
+    elif kind in FIELDS_V2:
+        fields = FIELDS_V2[kind]
+    else:
+        raise Rejected("wrong_message_type")
     for name in body:
         if name != "type" and name not in fields:
             raise Rejected("unknown_field")
+    if version == 2 and not any(name in body for name in BATTERY):
+        raise Rejected("missing_field")
     for name, (required, ok) in fields.items():
         if name not in body:
             if required:
@@ -171,7 +185,7 @@ def verify(kind, message, pinned):
             continue
         if not ok(body[name]):
             raise Rejected("invalid_value")
-    signing_bytes = ("gridex/v1/%s\n" % kind).encode("utf-8") + canonical(body).encode("utf-8")
+    signing_bytes = ("gridex/v%d/%s\n" % (version, kind)).encode("utf-8") + canonical(body).encode("utf-8")
     signer = pinned if kind in OUTBOUND else bytes.fromhex(body[SIGNER[kind]])
     check_signature(signer, signing_bytes, bytes.fromhex(sig))
     return signing_bytes
@@ -205,7 +219,8 @@ def main():
     for vector in vectors:
         name, kind = vector["name"], vector["kind"]
         try:
-            signing_bytes = verify(kind, vector["message"], bytes.fromhex(vector["public_key"]))
+            signing_bytes = verify(kind, vector["message"], bytes.fromhex(vector["public_key"]),
+                                   vector.get("version", 1))
             outcome = "valid"
         except Rejected as rejected:
             outcome = rejected.reason

@@ -79,6 +79,11 @@ diesel::table! {
         power_w -> BigInt,
         received_ms -> BigInt,
         payload -> Text,
+        /// Version 2 readings only (a home battery, migration 000007); NULL otherwise.
+        battery_charge_wh -> Nullable<BigInt>,
+        battery_discharge_wh -> Nullable<BigInt>,
+        battery_soc_permille -> Nullable<BigInt>,
+        battery_capacity_wh -> Nullable<BigInt>,
     }
 }
 

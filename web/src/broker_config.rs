@@ -9,7 +9,8 @@
 //! regenerated at any time and an installer asks `gridex broker-credentials ID` for a box's login.
 //!
 //! What each one may do (the ACL, one `user` block per participant, topics of its own zone only):
-//! a device writes `gridex/v1/{zone}/readings/{device}` and `gridex/v1/status/{device}` and reads its
+//! a device writes `gridex/v1/{zone}/readings/{device}` (and `gridex/v2/{zone}/readings/{device}`, the
+//! topic of its readings with a home battery) and `gridex/v1/status/{device}` and reads its
 //! `events` and `rejects`; an account writes `gridex/v1/{zone}/orders/{account}` and reads its
 //! `events` and `rejects`; everyone logged in reads the public market data (`trades`, `book`,
 //! `auction`); only the exchange reads the inbound topics and writes the outbound ones. The
@@ -261,6 +262,7 @@ pub fn render(
         for topic in ["+/readings/+", "+/orders/+", "status/+"] {
             let _ = writeln!(acl, "topic read gridex/v1/{topic}");
         }
+        let _ = writeln!(acl, "topic read {}", protocol::topics::ALL_READINGS_V2);
         for topic in ["+/trades", "+/book", "+/auction", "+/roots", "+/events/+", "+/rejects/+"] {
             let _ = writeln!(acl, "topic write gridex/v1/{topic}");
         }
@@ -270,7 +272,9 @@ pub fn render(
         passwd.push_str(&secret.passwd_line(&user, None));
         passwd.push('\n');
         let _ = writeln!(acl, "\n# device in {zone}\nuser {user}");
-        let _ = writeln!(acl, "topic write {}", protocol::topics::readings(zone, &user));
+        for version in protocol::Version::ALL {
+            let _ = writeln!(acl, "topic write {}", protocol::topics::readings_in(version, zone, &user));
+        }
         let _ = writeln!(acl, "topic write {}", protocol::topics::status(&user));
         let _ = writeln!(acl, "topic read {}", protocol::topics::events(zone, &user));
         let _ = writeln!(acl, "topic read {}", protocol::topics::rejects(zone, &user));
@@ -471,6 +475,8 @@ mod tests {
         let all = format!("{}{}{}", files.passwd, files.acl, files.conf);
         assert!(!all.contains("hunter2") && !all.contains(&secret.password(&device.to_hex())));
         assert!(files.acl.contains(&format!("topic write gridex/v1/north/readings/{}", device.to_hex())));
+        assert!(files.acl.contains(&format!("topic write gridex/v2/north/readings/{}", device.to_hex())));
+        assert!(files.acl.contains("topic read gridex/v2/+/readings/+"));
         assert!(files.conf.contains("allow_anonymous false") && files.conf.contains("use_username_as_clientid true"));
         let bad = ExchangeUser { username: "a b".into(), password: None };
         assert!(render(&secret, &participants, &[bad], &listener).is_err());

@@ -230,6 +230,23 @@ impl Market {
             export_wh: Wh(0),
             pv_wh: None,
             power_w: PowerW(0),
+            battery_charge_wh: None,
+            battery_discharge_wh: None,
+            battery_soc_permille: None,
+            battery_capacity_wh: None,
+        };
+        Signed::sign(reading, device).expect("sign").to_json()
+    }
+
+    /// A version 2 reading (with a home battery), for the device's `gridex/v2/…/readings/…` topic.
+    fn signed_battery_reading(&self, device: &SigningKey, seq: u64) -> Vec<u8> {
+        let plain = Signed::<Reading>::parse(&self.signed_reading(device, seq)).expect("our own reading");
+        let reading = Reading {
+            battery_charge_wh: Some(Wh(500 + seq as i64)),
+            battery_discharge_wh: Some(Wh(400)),
+            battery_soc_permille: Some(500),
+            battery_capacity_wh: Some(Wh(10_000)),
+            ..plain.message
         };
         Signed::sign(reading, device).expect("sign").to_json()
     }
@@ -348,13 +365,15 @@ async fn a_client_cannot_take_over_the_exchanges_session() {
 async fn a_device_cannot_publish_readings_for_another_device() {
     let Some(market) = market().await else { return };
     let mut observer = market.participant(OBSERVER).await;
-    subscribe(&observer, &["gridex/v1/+/readings/+".to_owned()]).await;
+    subscribe(&observer, &["gridex/v1/+/readings/+".to_owned(), "gridex/v2/+/readings/+".to_owned()]).await;
     let (forger, victim) = (&market.devices[0], device_id(&market.devices[1]).to_hex());
     let forger_id = device_id(forger).to_hex();
     let device = market.participant(&forger_id).await;
-    // Another device's topic first, then its own: once its own arrives, the foreign one is known
-    // to have been dropped (the broker keeps one client's messages in order).
+    // Another device's topics first (of both versions), then its own: once its own arrives, the
+    // foreign ones are known to have been dropped (the broker keeps one client's messages in order).
     publish(&device, &protocol::topics::readings(&market.zone, &victim), market.signed_reading(forger, 1)).await;
+    let victim_v2 = protocol::topics::readings_in(protocol::Version::V2, &market.zone, &victim);
+    publish(&device, &victim_v2, market.signed_battery_reading(forger, 1)).await;
     publish(&device, &protocol::topics::orders(&market.zone, &forger_id), b"{}".to_vec()).await;
     let own = protocol::topics::readings(&market.zone, &forger_id);
     publish(&device, &own, market.signed_reading(forger, 2)).await;
@@ -370,7 +389,9 @@ async fn a_neighbour_cannot_subscribe_to_other_households_readings_or_events() {
     let (neighbour_device, neighbour_account) =
         (device_id(&market.devices[0]).to_hex(), account_id(&market.accounts[0]).to_hex());
     let (victim, victim_account) = (device_id(&market.devices[1]).to_hex(), account_id(&market.accounts[1]).to_hex());
-    let everything = ["readings/+", "events/+", "rejects/+", "orders/+"].map(|rest| format!("gridex/v1/+/{rest}"));
+    let mut everything =
+        ["readings/+", "events/+", "rejects/+", "orders/+"].map(|rest| format!("gridex/v1/+/{rest}")).to_vec();
+    everything.push("gridex/v2/+/readings/+".to_owned());
     let mut snoops = Vec::new();
     for username in [&neighbour_device, &neighbour_account] {
         let snoop = market.participant(username).await;
@@ -384,13 +405,20 @@ async fn a_neighbour_cannot_subscribe_to_other_households_readings_or_events() {
     let events = protocol::topics::events(&market.zone, &victim);
     subscribe(&victim_gateway, std::slice::from_ref(&events)).await;
     let mut observer = market.participant(OBSERVER).await;
-    subscribe(&observer, &["gridex/v1/+/readings/+".to_owned(), "gridex/v1/+/orders/+".to_owned()]).await;
+    subscribe(
+        &observer,
+        &["gridex/v1/+/readings/+".to_owned(), "gridex/v1/+/orders/+".to_owned(), "gridex/v2/+/readings/+".to_owned()],
+    )
+    .await;
     let readings = protocol::topics::readings(&market.zone, &victim);
     publish(&victim_gateway, &readings, market.signed_reading(&market.devices[1], 1)).await;
+    let readings_v2 = protocol::topics::readings_in(protocol::Version::V2, &market.zone, &victim);
+    publish(&victim_gateway, &readings_v2, market.signed_battery_reading(&market.devices[1], 2)).await;
     let agent = market.participant(&victim_account).await;
     let orders = protocol::topics::orders(&market.zone, &victim_account);
     publish(&agent, &orders, b"{}".to_vec()).await;
     assert!(!next_on(&mut observer, &readings).await.is_empty());
+    assert!(!next_on(&mut observer, &readings_v2).await.is_empty(), "the exchange reads v2 readings");
     next_on(&mut observer, &orders).await;
     publish(&observer, &events, b"{\"type\":\"reading_ack\"}".to_vec()).await;
     next_on(&mut victim_gateway, &events).await;
@@ -412,6 +440,11 @@ async fn a_device_with_its_credentials_publishes_its_own_readings() {
     subscribe(&gateway, std::slice::from_ref(&events)).await;
     publish(&gateway, &protocol::topics::readings(&market.zone, &id), market.signed_reading(device, 1)).await;
     // The exchange stored it and answered on the device's own events topic.
+    let answer = next_on(&mut gateway, &events).await;
+    assert!(is_reading_ack(&answer), "{}", String::from_utf8_lossy(&answer));
+    // A reading with a home battery goes on the device's version 2 topic, which the ACL lets it write.
+    let v2 = protocol::topics::readings_in(protocol::Version::V2, &market.zone, &id);
+    publish(&gateway, &v2, market.signed_battery_reading(device, 2)).await;
     let answer = next_on(&mut gateway, &events).await;
     assert!(is_reading_ack(&answer), "{}", String::from_utf8_lossy(&answer));
     // The public market data is readable by every participant.

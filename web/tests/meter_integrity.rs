@@ -155,6 +155,10 @@ impl TestApp {
             export_wh: Wh(0),
             pv_wh: None,
             power_w: PowerW(0),
+            battery_charge_wh: None,
+            battery_discharge_wh: None,
+            battery_soc_permille: None,
+            battery_capacity_wh: None,
         };
         let bytes = Signed::sign(reading, &self.device).expect("sign").to_json();
         self.exchange().submit_reading(bytes).await

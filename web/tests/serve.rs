@@ -131,6 +131,10 @@ async fn serve_trades_over_http_stores_mqtt_readings_answers_metrics_and_shuts_d
             export_wh: Wh(0),
             pv_wh: None,
             power_w: PowerW(0),
+            battery_charge_wh: None,
+            battery_discharge_wh: None,
+            battery_soc_permille: None,
+            battery_capacity_wh: None,
         };
         let payload = Signed::sign(reading, &device).expect("sign").to_json();
         mqtt.publish(protocol::topics::readings(&zone, &device_id), rumqttc::QoS::AtLeastOnce, false, payload)

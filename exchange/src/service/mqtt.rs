@@ -7,7 +7,7 @@ use super::events::Outbound;
 use super::verify::Raw;
 use crate::ingest::{Kind, Origin};
 use protocol::topics::{self, Inbound};
-use protocol::ZoneId;
+use protocol::{Version, ZoneId};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -139,10 +139,19 @@ impl MqttListener {
     fn subscribe(&mut self) {
         let _ = self.ready.send(false);
         let filters: Vec<String> = match &self.served {
-            Some(zones) => {
-                zones.iter().flat_map(|zone| [topics::readings(zone, &"+"), topics::orders(zone, &"+")]).collect()
+            Some(zones) => zones
+                .iter()
+                .flat_map(|zone| {
+                    [
+                        topics::readings(zone, &"+"),
+                        topics::readings_in(Version::V2, zone, &"+"),
+                        topics::orders(zone, &"+"),
+                    ]
+                })
+                .collect(),
+            None => {
+                vec![topics::ALL_READINGS.to_owned(), topics::ALL_READINGS_V2.to_owned(), topics::ALL_ORDERS.to_owned()]
             }
-            None => vec![topics::ALL_READINGS.to_owned(), topics::ALL_ORDERS.to_owned()],
         };
         self.subacks_pending = filters.len();
         if filters.is_empty() {
@@ -206,15 +215,15 @@ impl MqttListener {
     fn inbound(&self, publish: rumqttc::Publish) -> bool {
         let ack = (publish.qos != rumqttc::QoS::AtMostOnce).then(|| AckQueue::take(&self.acks, publish.pkid));
         let topic = publish.topic.as_str();
-        let (kind, zone, sender) = match topics::parse_inbound(topic) {
-            Some(Inbound::Readings { zone, device }) => (Kind::Reading, zone, device),
-            Some(Inbound::Orders { zone, account }) => (Kind::Command, zone, account),
+        let (kind, version, zone, sender) = match topics::parse_inbound(topic) {
+            Some(Inbound::Readings { version, zone, device }) => (Kind::Reading, version, zone, device),
+            Some(Inbound::Orders { zone, account }) => (Kind::Command, Version::V1, zone, account),
             None => {
                 acknowledge(ack);
                 return true;
             }
         };
-        let origin = Origin::Mqtt { zone: zone.to_owned(), sender: sender.to_owned() };
+        let origin = Origin::Mqtt { version, zone: zone.to_owned(), sender: sender.to_owned() };
         let raw = Raw { kind, origin, bytes: publish.payload.to_vec(), reply: None, ack };
         match self.held.try_send(raw) {
             Ok(()) => true,

@@ -94,7 +94,7 @@ pub(super) fn reject(
         ts_ms: TimestampMs(outlets.now_ms()),
     };
     let (zone, sender) = match (origin, parsed) {
-        (Origin::Mqtt { zone, sender }, _) => (ZoneId::parse(zone).ok(), Some(sender.clone())),
+        (Origin::Mqtt { zone, sender, .. }, _) => (ZoneId::parse(zone).ok(), Some(sender.clone())),
         (Origin::Direct, Some(parsed)) => (Some(parsed.zone().clone()), Some(parsed.sender_hex())),
         (Origin::Direct, None) => (None, None),
     };

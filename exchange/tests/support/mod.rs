@@ -82,6 +82,10 @@ pub fn reading(key: &SigningKey, zone: &ZoneId, seq: u64, ts_ms: i64, import_wh:
         export_wh: Wh(export_wh),
         pv_wh: None,
         power_w: PowerW(0),
+        battery_charge_wh: None,
+        battery_discharge_wh: None,
+        battery_soc_permille: None,
+        battery_capacity_wh: None,
     }
 }
 

@@ -243,6 +243,10 @@ mod tests {
             export_wh: Wh(state.export_wh()),
             pv_wh: with_pv.then_some(Wh(state.pv_wh())),
             power_w: PowerW(0),
+            battery_charge_wh: None,
+            battery_discharge_wh: None,
+            battery_soc_permille: None,
+            battery_capacity_wh: None,
         }
     }
 

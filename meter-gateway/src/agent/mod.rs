@@ -793,6 +793,10 @@ mod tests {
             export_wh: Wh(export_wh),
             pv_wh: None,
             power_w: PowerW(0),
+            battery_charge_wh: None,
+            battery_discharge_wh: None,
+            battery_soc_permille: None,
+            battery_capacity_wh: None,
         }
     }
 

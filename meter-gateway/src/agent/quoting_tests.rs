@@ -57,6 +57,10 @@ fn reading(ts_ms: i64, import_wh: i64, export_wh: i64) -> Reading {
         export_wh: Wh(export_wh),
         pv_wh: None,
         power_w: PowerW(0),
+        battery_charge_wh: None,
+        battery_discharge_wh: None,
+        battery_soc_permille: None,
+        battery_capacity_wh: None,
     }
 }
 

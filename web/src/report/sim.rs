@@ -310,6 +310,10 @@ fn reading(home: &Home, seq: u64) -> Reading {
         export_wh: Wh(export_wh),
         pv_wh: Some(Wh(pv_wh)),
         power_w: PowerW(home.state().net_w().round() as i64),
+        battery_charge_wh: None,
+        battery_discharge_wh: None,
+        battery_soc_permille: None,
+        battery_capacity_wh: None,
     }
 }
 
