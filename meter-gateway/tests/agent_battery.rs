@@ -69,7 +69,7 @@ async fn a_controlling_agent_sends_setpoints_and_falls_back_to_self_consumption_
     let (observations_tx, observations) = mpsc::channel(8);
     let (modes, mut modes_rx) = mpsc::channel(8);
     let (stop, stop_rx) = watch::channel(false);
-    let link = BatteryLink { observations, modes };
+    let link = BatteryLink { observations: Some(observations), modes };
     let running =
         tokio::spawn(agent::run_with_battery(settings(dir.path()), zone, mqtt, clock, readings, stop_rx, Some(link)));
     // Just above the 10 % reserve while the home needs 1 kW: only what keeps it above the reserve.

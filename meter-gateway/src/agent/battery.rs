@@ -124,6 +124,19 @@ pub struct BatteryObservation {
 }
 
 impl BatteryObservation {
+    /// The battery a version 2 reading carries (all four fields present), without the household's
+    /// own power (the reading's power is the grid point's, the battery included).
+    pub fn from_reading(reading: &protocol::Reading) -> Option<Self> {
+        Some(Self {
+            ts_ms: reading.ts_ms.0,
+            soc_permille: i64::from(reading.battery_soc_permille?),
+            capacity_wh: reading.battery_capacity_wh?.0,
+            charged_wh: reading.battery_charge_wh?.0,
+            discharged_wh: reading.battery_discharge_wh?.0,
+            home_net_w: None,
+        })
+    }
+
     pub fn stored_wh(&self) -> i64 {
         self.capacity_wh * self.soc_permille.clamp(0, 1000) / 1000
     }
@@ -343,6 +356,17 @@ mod tests {
         // Just above the reserve: no more than what keeps it above the reserve until the next setpoint.
         let near = SetpointInputs { stored_wh: 1_010, home_net_w: 3_000, ..setpoint_inputs() };
         assert_eq!(setpoint(near), BatteryMode::Setpoint { power_w: -600 });
+    }
+
+    #[test]
+    fn a_v2_reading_gives_the_battery_and_a_v1_reading_nothing() {
+        let key = protocol::testing::signing_key(5);
+        let observed = BatteryObservation::from_reading(&protocol::testing::sample_battery_reading(&key))
+            .expect("a v2 reading carries the battery");
+        assert_eq!((observed.soc_permille, observed.capacity_wh), (640, 10_000));
+        assert_eq!((observed.charged_wh, observed.discharged_wh), (2_345_678, 2_100_000));
+        assert_eq!(observed.stored_wh(), 6_400);
+        assert_eq!(BatteryObservation::from_reading(&protocol::testing::sample_reading(&key)), None);
     }
 
     #[test]

@@ -388,6 +388,10 @@ impl Planner {
     }
 
     pub fn observe(&mut self, reading: &Reading) {
+        if let Some(observation) = BatteryObservation::from_reading(reading) {
+            // A v2 reading carries the battery: it is the freshest word on it.
+            self.battery.observed = Some(observation);
+        }
         match (&self.settings.battery, self.battery.observed) {
             // The household's own flows: what the battery took counts as export, what it gave as import.
             (Some(_), Some(battery)) => {
@@ -597,7 +601,8 @@ fn agent_login(mut mqtt: MqttSettings, login: Option<&MqttLogin>) -> Result<Mqtt
 /// battery comes in, the modes the agent wants go out.
 #[derive(Debug)]
 pub struct BatteryLink {
-    pub observations: mpsc::Receiver<BatteryObservation>,
+    /// Observations beyond what readings carry (a v2 reading's battery fields are taken as well).
+    pub observations: Option<mpsc::Receiver<BatteryObservation>>,
     /// Only used with `[agent.battery]` `control = true`; a mode is sent when it changes.
     pub modes: mpsc::Sender<BatteryMode>,
 }
@@ -616,8 +621,8 @@ pub async fn run(
 
 async fn next_observation(link: &mut Option<BatteryLink>) -> Option<BatteryObservation> {
     match link {
-        Some(link) => link.observations.recv().await,
-        None => std::future::pending().await,
+        Some(BatteryLink { observations: Some(observations), .. }) => observations.recv().await,
+        _ => std::future::pending().await,
     }
 }
 
