@@ -332,12 +332,16 @@ pub async fn run_with_handle(
     run_with_battery(settings, shutdown, on_start, None).await
 }
 
+/// Battery modes waiting for the poll loop: the agent sends one when its plan changes (a few a slot).
+const BATTERY_COMMANDS_CAPACITY: usize = 16;
+
 /// [`run_with_handle`], also applying the [`BatteryMode`] commands received on `battery_commands`
 /// (e.g. from the trading agent): with `[battery] control = true` each command is checked against the
 /// device's and the owner's limits and written to SunSpec model 124 (a refused one is logged and
 /// nothing is written), and an active setpoint is rewritten every half revert timeout;
 /// `SelfConsumption` releases control. With `control = false` (the default) commands are ignored and
-/// that is logged once.
+/// that is logged once. Without `battery_commands`, a trading agent whose `[agent.battery]` has
+/// `control = true` is given the channel.
 pub async fn run_with_battery(
     settings: GatewaySettings,
     shutdown: impl Future<Output = ()> + Send,
@@ -372,7 +376,8 @@ pub async fn run_with_battery(
     let operator = settings.mqtt.pinned_operator().map_err(GatewayError::Settings)?;
     if operator.is_none() {
         tracing::warn!(
-            "no [mqtt] operator_key pinned: the exchange's answers cannot be verified, so none is believed and              readings stay spooled and are resent (set operator_key from GET /api/v1/operator-key)"
+            "no [mqtt] operator_key pinned: the exchange's answers cannot be verified, so none is believed and \
+             readings stay spooled and are resent (set operator_key from GET /api/v1/operator-key)"
         );
     }
     let publisher_config = PublisherConfig {
@@ -387,8 +392,31 @@ pub async fn run_with_battery(
     let (agent_tx, agent_task) = match settings.agent.clone() {
         Some(agent) => {
             let (tx, rx) = mpsc::channel(crate::agent::READINGS_CHANNEL_CAPACITY);
-            let task =
-                tokio::spawn(crate::agent::run(agent, zone.clone(), settings.mqtt.clone(), clock, rx, stop_rx.clone()));
+            // The agent drives the battery only when both its owner (`[agent.battery] control`) and
+            // the gateway (`[battery] control`) allow it, and no caller brought its own commands.
+            let agent_controls = agent.battery.as_ref().is_some_and(|battery| battery.control);
+            let link = if agent_controls && settings.battery.control && battery_commands.is_none() {
+                let (modes, commands) = mpsc::channel(BATTERY_COMMANDS_CAPACITY);
+                battery_commands = Some(commands);
+                Some(crate::agent::BatteryLink { observations: None, modes })
+            } else {
+                if agent_controls {
+                    tracing::warn!(
+                        "[agent.battery] control is on but the gateway's [battery] control is off: \
+                         the agent's setpoints are not written"
+                    );
+                }
+                None
+            };
+            let task = tokio::spawn(crate::agent::run_with_battery(
+                agent,
+                zone.clone(),
+                settings.mqtt.clone(),
+                clock,
+                rx,
+                stop_rx.clone(),
+                link,
+            ));
             (Some(tx), Some(task))
         }
         None => (None, None),

@@ -507,3 +507,70 @@ async fn a_gateway_publishes_its_homes_battery_in_signed_version_2_readings() {
     let _ = stop.send(true);
     task.await.expect("joins").expect("the gateway stops cleanly");
 }
+
+/// The whole loop in one gateway process: its own trading agent, with `[agent.battery] control`,
+/// plans the battery from the readings the gateway takes, and the gateway writes the agent's modes
+/// to the inverter (SunSpec 124). With no exchange on the broker, the agent soon falls back to
+/// self-consumption, which the gateway writes too. (Before the agent was given the gateway's battery
+/// channel, nothing the agent decided ever reached the inverter.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateways_own_trading_agent_drives_the_battery_through_the_gateway() {
+    use meter_gateway::agent::battery::BatterySettings as AgentBatterySettings;
+    use meter_gateway::agent::{AgentSettings, QuotingSettings};
+    let broker = gridex_test_support::embedded_broker();
+    let served = serve_home(battery_home(BatterySpec::HOME_10_KWH)).await;
+    // Just above the agent's reserve, at night: whatever it plans, it is not the inverter's default.
+    if let Some(battery) = served.home().battery_mut() {
+        *battery = meter_gateway::battery::Battery::new(BatterySpec::HOME_10_KWH, 105);
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = gateway_settings(dir.path(), served.addr, true);
+    // Sixty times real time, so the agent plans (and misses the exchange) within seconds.
+    settings.clock = Some(SimClock::starting_at(3_600_000, 60.0));
+    settings.mqtt.url = format!("mqtt://{}:{}", broker.host, broker.port);
+    settings.mqtt.operator_key = Some(hex::encode(protocol::testing::operator_key().verifying_key().to_bytes()));
+    let account_key = dir.path().join("account.key");
+    keys::load_or_generate(&account_key).expect("account key");
+    settings.agent = Some(AgentSettings {
+        key: account_key,
+        price_per_kwh_sell_min: 100_000,
+        price_per_kwh_buy_max: 250_000,
+        surplus_share_percent: 100,
+        buy_deficit: true,
+        slot_len_ms: 900_000,
+        gate_closure_ms: 300_000,
+        slots_ahead: 1,
+        qty_min_wh: 10,
+        forecast_window_ms: 3_600_000,
+        mqtt: None,
+        battery: Some(AgentBatterySettings {
+            control: true,
+            // Two simulated minutes: two seconds here.
+            no_contact_fallback_ms: 120_000,
+            ..AgentBatterySettings::default()
+        }),
+        quoting: Some(QuotingSettings {
+            feed_in_price_per_kwh: 80_000,
+            retail_price_per_kwh: 300_000,
+            tick_per_kwh: 1_000,
+            grid_fee_per_kwh: 0,
+            protocol_fee_bps: 0,
+            qty_wh_per_slot_max: None,
+            qty_wh_per_day_max: None,
+            spend_per_slot_max: None,
+            spend_per_day_max: None,
+            state_file: None,
+        }),
+    });
+    let (stop, mut stop_rx) = watch::channel(false);
+    let shutdown = async move {
+        let _ = stop_rx.changed().await;
+    };
+    // No channel from the caller: the gateway hands its own to the agent.
+    let task = tokio::spawn(gateway::run_with_battery(settings, shutdown, |_| {}, None));
+    wait_for("the agent's mode written to the inverter", || !served.writes().is_empty()).await;
+    wait_for("self-consumption after the exchange stayed silent", || served.mode() == BatteryMode::SelfConsumption)
+        .await;
+    let _ = stop.send(true);
+    task.await.expect("joins").expect("the gateway stops cleanly");
+}

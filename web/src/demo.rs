@@ -330,6 +330,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let mut gateways = Vec::new();
     for (index, address) in simulation.addrs.iter().enumerate() {
         let (spec, sell_min, buy_max) = home(index);
+        // With the quoting agents, a home's agent plans its battery and the gateway writes the
+        // setpoints to the simulated inverter (SunSpec 124); otherwise the battery keeps the
+        // inverter's own self-consumption mode.
+        let controlled_battery = options.quoting_agents && battery(index).is_some();
         let mut gateway = GatewaySettings {
             zone: DEMO_ZONE.to_owned(),
             key: keys_dir.join(format!("home-{index:03}-device.key")),
@@ -352,7 +356,8 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
                     username: logins[index].1.to_hex(),
                     password: broker_secret.password(&logins[index].1.to_hex()),
                 }),
-                battery: None,
+                battery: controlled_battery
+                    .then(|| meter_gateway::agent::battery::BatterySettings { control: true, ..Default::default() }),
                 quoting: options.quoting_agents.then(|| meter_gateway::agent::QuotingSettings {
                     feed_in_price_per_kwh: FEED_IN_PER_KWH,
                     retail_price_per_kwh: RETAIL_PER_KWH,
@@ -369,6 +374,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             clock: Some(sim_clock),
             ..GatewaySettings::default()
         };
+        gateway.battery.control = controlled_battery;
         gateway.modbus.url = format!("tcp://{address}");
         gateway.mqtt.url = mqtt_url.clone();
         // Pinned as a household would pin it: the key the demo's exchange signs with.

@@ -137,6 +137,30 @@ impl BatteryObservation {
         })
     }
 
+    /// [`BatteryObservation::from_reading`], also for a battery that reports only its state of
+    /// charge and capacity (SunSpec 124/802 have no energy counters): its counters are then
+    /// estimated from the change of stored energy since `previous` (a rise counts as charged, a fall
+    /// as discharged; losses are not seen, so the estimate is low by them).
+    pub fn from_reading_after(reading: &protocol::Reading, previous: Option<&BatteryObservation>) -> Option<Self> {
+        if let Some(observed) = Self::from_reading(reading) {
+            return Some(observed);
+        }
+        let mut observed = Self {
+            ts_ms: reading.ts_ms.0,
+            soc_permille: i64::from(reading.battery_soc_permille?),
+            capacity_wh: reading.battery_capacity_wh?.0,
+            charged_wh: 0,
+            discharged_wh: 0,
+            home_net_w: None,
+        };
+        if let Some(previous) = previous {
+            let change_wh = observed.stored_wh() - previous.stored_wh();
+            observed.charged_wh = previous.charged_wh + change_wh.max(0);
+            observed.discharged_wh = previous.discharged_wh + (-change_wh).max(0);
+        }
+        Some(observed)
+    }
+
     pub fn stored_wh(&self) -> i64 {
         self.capacity_wh * self.soc_permille.clamp(0, 1000) / 1000
     }
@@ -379,5 +403,23 @@ mod tests {
         let parsed = parsed.expect("valid settings");
         assert!(parsed.control && parsed.reserve_soc_permille == 200 && parsed.cycles_per_day_max == 1);
         assert!(toml::from_str::<BatterySettings>("reserve = 1").is_err(), "unknown keys are refused");
+    }
+
+    #[test]
+    fn a_battery_that_reports_only_its_state_of_charge_gets_estimated_counters() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let mut reading = protocol::testing::sample_battery_reading(&key);
+        (reading.battery_charge_wh, reading.battery_discharge_wh) = (None, None);
+        reading.battery_capacity_wh = Some(protocol::Wh(10_000));
+        reading.battery_soc_permille = Some(500);
+        assert_eq!(BatteryObservation::from_reading(&reading), None, "not all four fields");
+        let first = BatteryObservation::from_reading_after(&reading, None).expect("an observation");
+        assert_eq!((first.stored_wh(), first.charged_wh, first.discharged_wh), (5_000, 0, 0));
+        reading.battery_soc_permille = Some(620);
+        let second = BatteryObservation::from_reading_after(&reading, Some(&first)).expect("an observation");
+        assert_eq!((second.charged_wh, second.discharged_wh), (1_200, 0));
+        reading.battery_soc_permille = Some(580);
+        let third = BatteryObservation::from_reading_after(&reading, Some(&second)).expect("an observation");
+        assert_eq!((third.charged_wh, third.discharged_wh), (1_200, 400));
     }
 }

@@ -388,7 +388,7 @@ impl Planner {
     }
 
     pub fn observe(&mut self, reading: &Reading) {
-        if let Some(observation) = BatteryObservation::from_reading(reading) {
+        if let Some(observation) = BatteryObservation::from_reading_after(reading, self.battery.observed.as_ref()) {
             // A v2 reading carries the battery: it is the freshest word on it.
             self.battery.observed = Some(observation);
         }
