@@ -595,7 +595,8 @@ mod tests {
     fn battery_fields_out_of_their_domain_are_invalid_values() {
         use crate::testing::sample_battery_reading;
         let key = signing_key(1);
-        let cases: [(&str, fn(&mut Reading)); 4] = [
+        type Spoil = fn(&mut Reading);
+        let cases: [(&str, Spoil); 4] = [
             ("soc 1001", |reading| reading.battery_soc_permille = Some(1001)),
             ("negative charge", |reading| reading.battery_charge_wh = Some(crate::Wh(-1))),
             ("negative discharge", |reading| reading.battery_discharge_wh = Some(crate::Wh(-1))),
