@@ -156,9 +156,18 @@ impl ZoneOwner {
             books: BTreeMap::new(),
             auctions: std::collections::VecDeque::new(),
         };
-        let open_after_ms = owner.outlets.now_ms().saturating_add(config.gate_closure_ms);
+        let now_ms = owner.outlets.now_ms();
+        // The open books, and in a zone with a closing auction also the books whose gate closed while
+        // the exchange was down but whose delivery has not ended: their auction may not have run (gate
+        // closure is not a logged command). The first tick runs it; its trades are stored idempotently
+        // and published only if they were not stored before. Settlement closes a slot only after its
+        // delivery has ended, so an auction recovered here is never late for settlement.
+        let slot_after_ms = match config.auction_call_ms(&owner.zone) {
+            Some(_) => now_ms.saturating_sub(slot_len_ms),
+            None => now_ms.saturating_add(config.gate_closure_ms),
+        };
         let zone = owner.zone.clone();
-        let rows = db.run(move |conn| store::load_commands(conn, &zone, open_after_ms)).await?;
+        let rows = db.run(move |conn| store::load_commands(conn, &zone, slot_after_ms)).await?;
         let mut trades = Vec::new();
         for row in rows {
             // The log is the truth: skipping a row would rebuild a different book, so refuse.
@@ -477,7 +486,7 @@ impl ZoneOwner {
         for slot in due {
             let Some(mut slot_book) = self.books.remove(&slot) else { continue };
             if self.call_start_ms(slot).is_some() {
-                self.run_auction(slot, &mut slot_book, now_ms).await;
+                self.run_auction(slot, &mut slot_book).await;
             }
             let mut events = Vec::new();
             slot_book.book.close(&mut events);

@@ -172,3 +172,59 @@ async fn resting_orders_cross_at_one_price_at_gate_closure_also_after_a_restart_
         }
     }
 }
+
+/// A crash at gate closure (the exchange is down when the slot's gate closes) used to lose the slot's
+/// closing auction: recovery rebuilt only the books still open, and gate closure is not a logged
+/// command. Now the books whose gate closed while the exchange was down, but whose delivery has not
+/// ended, are rebuilt and their auction runs on the first tick, with the same trades (ids after the
+/// last command's, time the gate closure). A second restart stores and publishes nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchange_down_at_gate_closure_runs_the_closing_auction_when_it_comes_back() {
+    for broker in brokers() {
+        for test_db in TestDb::all() {
+            eprintln!("backend {:?}, broker {}", test_db.db.backend(), broker.name);
+            let mut market = Market::start(&test_db, &broker).await;
+            let mut probe = Probe::connect(&broker, std::slice::from_ref(&market.zone)).await;
+            let seller = market.seller.clone();
+            let [first, second] = market.buyers.clone();
+
+            market.clock.set(market.gate_ms() - CALL_MS);
+            market.place(&mut probe, &seller, Side::Sell, 120_000, 500, 1).await;
+            market.place(&mut probe, &first, Side::Buy, 200_000, 300, 1).await;
+            market.place(&mut probe, &second, Side::Buy, 150_000, 400, 1).await;
+
+            // Down through gate closure; back a minute later, before delivery starts.
+            market.exchange.clone().shutdown().await;
+            market.clock.set(market.gate_ms() + 60_000);
+            assert!(market.clock_now() < market.slot.start_ms());
+            market.exchange = start_exchange(&market.config, &test_db, &market.clock, &broker, &market.client_id).await;
+
+            let result = decode::<AuctionResult>(&probe.next_on(&topics::auction(&market.zone)).await)
+                .expect("an auction result");
+            assert_eq!((result.slot, result.price_per_kwh.map(|price| price.0)), (market.slot, Some(150_000)));
+            assert_eq!((result.qty_wh.0, result.trades, result.ts_ms.0), (500, 2, market.gate_ms()));
+            let mut published = Vec::new();
+            for _ in 0..2 {
+                published.push(decode::<Trade>(&probe.next_on(&topics::trades(&market.zone)).await).expect("a trade"));
+            }
+            assert!(published.iter().all(|trade| trade.ts_ms.0 == market.gate_ms()), "trades at the gate closure");
+            let expected = vec![(150_000, 300, hex(&first)), (150_000, 200, hex(&second))];
+            assert_eq!(stored_trades(&test_db, &market.zone), expected);
+            assert_eq!(market.exchange.auctions(&market.zone).await, vec![result.clone()]);
+
+            // Another restart before delivery ends: the auction is known, nothing is stored or
+            // published twice.
+            market.exchange.clone().shutdown().await;
+            market.clock.set(market.slot.start_ms() + 60_000);
+            market.exchange = start_exchange(&market.config, &test_db, &market.clock, &broker, &market.client_id).await;
+            let again = decode::<AuctionResult>(&probe.next_on(&topics::auction(&market.zone)).await)
+                .expect("the result again");
+            assert_eq!(again, result, "the same result, retained");
+            assert_eq!(stored_trades(&test_db, &market.zone), expected);
+            let trades_topic = topics::trades(&market.zone);
+            let later = probe.drain(std::time::Duration::from_millis(500)).await;
+            assert!(later.iter().all(|(topic, _)| *topic != trades_topic), "no trade is published twice");
+            market.exchange.shutdown().await;
+        }
+    }
+}

@@ -57,6 +57,37 @@ impl ModbusSettings {
     }
 }
 
+/// The home battery: whether the gateway may control it (opt-in) and the owner's limits.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatterySettings {
+    /// When false (the default) the gateway only reads the battery and ignores battery commands.
+    pub control: bool,
+    /// The owner's limit on a commanded charge or discharge power, below the device's own limits.
+    pub power_w_max: Option<i64>,
+    /// Revert timeout written with each setpoint: the inverter returns to its own mode this long after
+    /// the gateway's last write (the gateway rewrites an active setpoint every half of it).
+    pub revert_s: u16,
+}
+
+impl Default for BatterySettings {
+    fn default() -> Self {
+        Self { control: false, power_w_max: None, revert_s: crate::storage::REVERT_S_DEFAULT }
+    }
+}
+
+impl BatterySettings {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.power_w_max.is_some_and(|w| w <= 0) {
+            return Err("battery.power_w_max must be positive".to_owned());
+        }
+        if self.revert_s == 0 {
+            return Err("battery.revert_s must be at least 1 (0 would hold a setpoint forever)".to_owned());
+        }
+        Ok(())
+    }
+}
+
 /// Everything `gateway::run` needs.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -79,6 +110,8 @@ pub struct GatewaySettings {
     pub mqtt: MqttSettings,
     /// The home trading agent, when present.
     pub agent: Option<AgentSettings>,
+    /// The home battery (read when the device has one; controlled only when `control = true`).
+    pub battery: BatterySettings,
     /// The clock that stamps readings; `None` is the real clock. Not read from files: the demo passes
     /// its shared simulated clock. Readings whose time is not after the last accepted one are rejected,
     /// so a demo that restarts with an earlier simulated time should use a fresh `spool_dir`.
@@ -100,6 +133,7 @@ impl Default for GatewaySettings {
             modbus: ModbusSettings::default(),
             mqtt: MqttSettings::default(),
             agent: None,
+            battery: BatterySettings::default(),
             clock: None,
         }
     }
@@ -130,6 +164,20 @@ mod tests {
         let settings = GatewaySettings::parse(Path::new("examples/gateway.toml"), text).expect("parses");
         assert_eq!(settings.zone, "north");
         assert!(settings.agent.is_some());
+        assert!(!settings.battery.control, "battery control is opt-in");
+        assert_eq!(settings.battery.revert_s, crate::storage::REVERT_S_DEFAULT);
+    }
+
+    #[test]
+    fn battery_control_is_off_unless_the_owner_turns_it_on() {
+        let settings = GatewaySettings::parse(Path::new("x"), "").expect("parses");
+        assert_eq!(settings.battery, BatterySettings::default());
+        assert!(!settings.battery.control);
+        let text = "[battery]\ncontrol = true\npower_w_max = 3000\nrevert_s = 120\n";
+        let settings = GatewaySettings::parse(Path::new("x"), text).expect("parses");
+        assert_eq!(settings.battery, BatterySettings { control: true, power_w_max: Some(3_000), revert_s: 120 });
+        assert!(BatterySettings { revert_s: 0, ..BatterySettings::default() }.validate().is_err());
+        assert!(BatterySettings { power_w_max: Some(0), ..BatterySettings::default() }.validate().is_err());
     }
 
     #[test]

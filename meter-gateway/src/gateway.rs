@@ -1,13 +1,16 @@
 //! The gateway loop: poll the device, apply the counter rules, sign, spool, and let the publisher
-//! forward; optionally feed the home trading agent.
+//! forward; optionally feed the home trading agent, and apply battery commands when the owner allowed
+//! it (`[battery] control = true`, see [`run_with_battery`]).
 
+use crate::battery::BatteryMode;
 use crate::clock::SimClock;
-use crate::config::{GatewaySettings, POLL_INTERVAL_MIN_MS};
+use crate::config::{BatterySettings, GatewaySettings, POLL_INTERVAL_MIN_MS};
 use crate::counters::{CounterTracker, CountersState, RawCounters};
 use crate::modbus::{ModbusClient, ModbusError, ModbusUrl};
 use crate::profile::{Profile, ProfileError};
 use crate::publisher::{self, lock, PublisherConfig, PublisherStats};
 use crate::spool::{Spool, SpoolError};
+use crate::storage::{self, StorageError};
 use crate::sunspec::{self, SunSpecError};
 use ed25519_dalek::SigningKey;
 use protocol::{DeviceId, MeterSerial, PowerW, Reading, Signed, TimestampMs, Wh, ZoneId};
@@ -32,6 +35,8 @@ pub enum GatewayError {
     SunSpec(#[from] SunSpecError),
     #[error(transparent)]
     Profile(#[from] ProfileError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
     #[error(transparent)]
     Spool(#[from] SpoolError),
     #[error(transparent)]
@@ -81,6 +86,14 @@ pub struct Sample {
     pub meter_modulus_wh: Option<i64>,
     pub pv_modulus_wh: Option<i64>,
     pub serial: Option<String>,
+    /// The battery behind the meter, when the device reports one.
+    pub battery_soc_permille: Option<u16>,
+    pub battery_capacity_wh: Option<i64>,
+    /// Cumulative AC counters (only register-map profiles have them; SunSpec 124/802 do not).
+    pub battery_charge_wh: Option<i64>,
+    pub battery_discharge_wh: Option<i64>,
+    /// Positive while charging.
+    pub battery_power_w: Option<i64>,
 }
 
 /// How values are found on the device.
@@ -112,6 +125,14 @@ impl Source {
                     meter_modulus_wh: values.counter_modulus_wh,
                     pv_modulus_wh: None,
                     serial: values.serial,
+                    battery_soc_permille: values
+                        .battery_soc_permille
+                        .filter(|soc| (0..=i64::from(protocol::messages::BATTERY_SOC_PERMILLE_MAX)).contains(soc))
+                        .and_then(|soc| u16::try_from(soc).ok()),
+                    battery_capacity_wh: values.battery_capacity_wh,
+                    battery_charge_wh: values.battery_charge_wh,
+                    battery_discharge_wh: values.battery_discharge_wh,
+                    battery_power_w: values.battery_power_w,
                 })
             }
             Source::SunSpec(device) => {
@@ -135,6 +156,14 @@ impl Source {
             Some(model) => Some(sunspec::read_inverter(client, model).await?),
             None => None,
         };
+        // A battery that cannot be read does not hold back the meter's reading.
+        let battery = match storage::read_status(client, device).await {
+            Ok(status) => status,
+            Err(error) => {
+                tracing::warn!(%error, "battery not read");
+                None
+            }
+        };
         Ok(Sample {
             import_wh: meter.import_wh,
             export_wh: meter.export_wh,
@@ -143,7 +172,27 @@ impl Source {
             pv_wh: inverter.and_then(|i| i.energy_wh),
             pv_modulus_wh: inverter.and_then(|i| i.counter_modulus_wh),
             serial: device.serial.clone(),
+            battery_soc_permille: battery.and_then(|b| b.soc_permille),
+            battery_capacity_wh: battery.and_then(|b| b.capacity_wh),
+            ..Sample::default()
         })
+    }
+
+    /// Applies a battery command through SunSpec model 124 (discovering the device first if needed):
+    /// a setpoint is checked against the device's and the owner's limits before anything is written.
+    /// Returns the commanded power of a setpoint. Register-map profiles cannot control a battery.
+    pub async fn apply_battery(
+        &mut self,
+        client: &mut ModbusClient,
+        mode: BatteryMode,
+        settings: &BatterySettings,
+    ) -> Result<Option<i64>, GatewayError> {
+        let Source::SunSpec(device) = self else { return Err(StorageError::NoControl.into()) };
+        if device.is_none() {
+            *device = Some(sunspec::discover(client).await?);
+        }
+        let Some(found) = device.as_ref() else { return Err(SunSpecError::NotFound.into()) };
+        Ok(storage::apply(client, found, mode, settings.power_w_max, settings.revert_s).await?)
     }
 }
 
@@ -216,10 +265,12 @@ impl Poller {
             power_w: PowerW(
                 sample.power_w.unwrap_or(0).clamp(-protocol::messages::POWER_W_MAX, protocol::messages::POWER_W_MAX),
             ),
-            battery_charge_wh: None,
-            battery_discharge_wh: None,
-            battery_soc_permille: None,
-            battery_capacity_wh: None,
+            battery_charge_wh: sample.battery_charge_wh.filter(|wh| *wh >= 0).map(Wh),
+            battery_discharge_wh: sample.battery_discharge_wh.filter(|wh| *wh >= 0).map(Wh),
+            battery_soc_permille: sample
+                .battery_soc_permille
+                .filter(|soc| *soc <= protocol::messages::BATTERY_SOC_PERMILLE_MAX),
+            battery_capacity_wh: sample.battery_capacity_wh.filter(|wh| *wh > 0).map(Wh),
         };
         let signed = match Signed::sign(reading.clone(), &self.key) {
             Ok(signed) => signed,
@@ -256,6 +307,7 @@ fn validate(settings: &GatewaySettings) -> Result<(ZoneId, ModbusUrl), GatewayEr
     if settings.nameplate_w <= 0 {
         return Err(GatewayError::Settings("nameplate_w must be positive".to_owned()));
     }
+    settings.battery.validate().map_err(GatewayError::Settings)?;
     if let Some(agent) = &settings.agent {
         agent.validate()?;
         // Fail now rather than run without the agent the owner asked for.
@@ -276,6 +328,25 @@ pub async fn run_with_handle(
     settings: GatewaySettings,
     shutdown: impl Future<Output = ()> + Send,
     on_start: impl FnOnce(GatewayHandle),
+) -> Result<(), GatewayError> {
+    run_with_battery(settings, shutdown, on_start, None).await
+}
+
+/// Battery modes waiting for the poll loop: the agent sends one when its plan changes (a few a slot).
+const BATTERY_COMMANDS_CAPACITY: usize = 16;
+
+/// [`run_with_handle`], also applying the [`BatteryMode`] commands received on `battery_commands`
+/// (e.g. from the trading agent): with `[battery] control = true` each command is checked against the
+/// device's and the owner's limits and written to SunSpec model 124 (a refused one is logged and
+/// nothing is written), and an active setpoint is rewritten every half revert timeout;
+/// `SelfConsumption` releases control. With `control = false` (the default) commands are ignored and
+/// that is logged once. Without `battery_commands`, a trading agent whose `[agent.battery]` has
+/// `control = true` is given the channel.
+pub async fn run_with_battery(
+    settings: GatewaySettings,
+    shutdown: impl Future<Output = ()> + Send,
+    on_start: impl FnOnce(GatewayHandle),
+    mut battery_commands: Option<mpsc::Receiver<BatteryMode>>,
 ) -> Result<(), GatewayError> {
     let (zone, url) = validate(&settings)?;
     let key = crate::keys::load(&settings.key)?;
@@ -305,7 +376,8 @@ pub async fn run_with_handle(
     let operator = settings.mqtt.pinned_operator().map_err(GatewayError::Settings)?;
     if operator.is_none() {
         tracing::warn!(
-            "no [mqtt] operator_key pinned: the exchange's answers cannot be verified, so none is believed and              readings stay spooled and are resent (set operator_key from GET /api/v1/operator-key)"
+            "no [mqtt] operator_key pinned: the exchange's answers cannot be verified, so none is believed and \
+             readings stay spooled and are resent (set operator_key from GET /api/v1/operator-key)"
         );
     }
     let publisher_config = PublisherConfig {
@@ -320,8 +392,31 @@ pub async fn run_with_handle(
     let (agent_tx, agent_task) = match settings.agent.clone() {
         Some(agent) => {
             let (tx, rx) = mpsc::channel(crate::agent::READINGS_CHANNEL_CAPACITY);
-            let task =
-                tokio::spawn(crate::agent::run(agent, zone.clone(), settings.mqtt.clone(), clock, rx, stop_rx.clone()));
+            // The agent drives the battery only when both its owner (`[agent.battery] control`) and
+            // the gateway (`[battery] control`) allow it, and no caller brought its own commands.
+            let agent_controls = agent.battery.as_ref().is_some_and(|battery| battery.control);
+            let link = if agent_controls && settings.battery.control && battery_commands.is_none() {
+                let (modes, commands) = mpsc::channel(BATTERY_COMMANDS_CAPACITY);
+                battery_commands = Some(commands);
+                Some(crate::agent::BatteryLink { observations: None, modes })
+            } else {
+                if agent_controls {
+                    tracing::warn!(
+                        "[agent.battery] control is on but the gateway's [battery] control is off: \
+                         the agent's setpoints are not written"
+                    );
+                }
+                None
+            };
+            let task = tokio::spawn(crate::agent::run_with_battery(
+                agent,
+                zone.clone(),
+                settings.mqtt.clone(),
+                clock,
+                rx,
+                stop_rx.clone(),
+                link,
+            ));
             (Some(tx), Some(task))
         }
         None => (None, None),
@@ -332,10 +427,56 @@ pub async fn run_with_handle(
     let mut tick = tokio::time::interval(Duration::from_millis(settings.interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
+    let battery_settings = settings.battery.clone();
+    let mut control_off_logged = false;
+    // The setpoint in force and when it was last written (the clock's time, as the device's revert).
+    let mut active_setpoint: Option<(BatteryMode, i64)> = None;
     let result = loop {
-        tokio::select! {
+        let command = tokio::select! {
             _ = &mut shutdown => break Ok(()),
-            _ = tick.tick() => {}
+            _ = tick.tick() => None,
+            command = next_command(&mut battery_commands) => match command {
+                Some(mode) => Some(mode),
+                None => {
+                    battery_commands = None;
+                    continue;
+                }
+            },
+        };
+        let refresh = active_setpoint
+            .filter(|(_, written_ms)| clock.now_ms() - written_ms >= i64::from(battery_settings.revert_s) * 1_000 / 2)
+            .map(|(mode, _)| mode);
+        if let Some(mode) = command.or(refresh) {
+            if !battery_settings.control {
+                if !control_off_logged {
+                    tracing::warn!(
+                        "battery control is disabled ([battery] control = false): battery commands are ignored"
+                    );
+                    control_off_logged = true;
+                }
+                continue;
+            }
+            let applied = tokio::select! {
+                _ = &mut shutdown => break Ok(()),
+                applied = source.apply_battery(&mut client, mode, &battery_settings) => applied,
+            };
+            match applied {
+                Ok(commanded_w) => {
+                    tracing::info!(?mode, ?commanded_w, "battery command applied");
+                    active_setpoint = commanded_w.map(|_| (mode, clock.now_ms()));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, ?mode, "battery command not applied");
+                    // A refused command ends the refreshes of the one before (the device reverts by
+                    // itself); a failed refresh is tried again next poll.
+                    if command.is_some() {
+                        active_setpoint = None;
+                    }
+                }
+            }
+            if command.is_some() {
+                continue;
+            }
         }
         let sample = tokio::select! {
             _ = &mut shutdown => break Ok(()),
@@ -375,6 +516,14 @@ pub async fn run_with_handle(
     result
 }
 
+/// The next battery command, or never when there is no channel.
+async fn next_command(commands: &mut Option<mpsc::Receiver<BatteryMode>>) -> Option<BatteryMode> {
+    match commands.as_mut() {
+        Some(commands) => commands.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,6 +553,35 @@ mod tests {
     }
 
     const MINUTE_MS: i64 = 60_000;
+
+    #[test]
+    fn a_sample_with_a_battery_becomes_a_version_2_reading_and_impossible_battery_values_are_left_out() {
+        use protocol::WireMessage;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let spool = Mutex::new(Spool::open(dir.path(), crate::spool::SPOOL_BYTES_DEFAULT).expect("spool"));
+        let mut poller = poller(dir.path());
+        let with_battery = Sample {
+            battery_soc_permille: Some(653),
+            battery_capacity_wh: Some(10_000),
+            battery_charge_wh: Some(321_000),
+            battery_discharge_wh: Some(289_450),
+            ..sample(1_000, 0)
+        };
+        let reading = poller.accept(&with_battery, MINUTE_MS, &spool).expect("io").expect("accepted");
+        assert_eq!(reading.battery_soc_permille, Some(653));
+        assert_eq!(reading.battery_capacity_wh, Some(Wh(10_000)));
+        assert_eq!((reading.battery_charge_wh, reading.battery_discharge_wh), (Some(Wh(321_000)), Some(Wh(289_450))));
+        assert_eq!(reading.version(), protocol::Version::V2);
+        let impossible = Sample {
+            battery_soc_permille: Some(1_001),
+            battery_capacity_wh: Some(0),
+            battery_charge_wh: Some(-1),
+            ..sample(1_010, 0)
+        };
+        let reading = poller.accept(&impossible, 2 * MINUTE_MS, &spool).expect("io").expect("still published");
+        assert!(!reading.has_battery());
+        assert_eq!(reading.import_wh, Wh(1_010));
+    }
 
     #[test]
     fn only_plausible_readings_are_spooled_and_seq_survives_a_restart() {

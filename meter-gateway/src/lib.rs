@@ -3,7 +3,7 @@
 //! over MQTT without ever losing one; optionally runs the home trading agent; and simulates homes.
 //!
 //! It owns: Modbus transport ([`modbus`]), SunSpec discovery and decoding ([`sunspec`]), register
-//! profiles ([`profile`]), the counter sign convention and plausibility rules ([`counters`]), the
+//! profiles ([`profile`]), SunSpec storage models and battery setpoint writes ([`storage`]), the counter sign convention and plausibility rules ([`counters`]), the
 //! on-disk store-and-forward spool ([`spool`]), MQTT publishing ([`publisher`]), the trading agent
 //! ([`agent`]), the simulator ([`simulator`]), settings ([`config`]), key files ([`keys`]) and the
 //! check of the exchange's messages against the pinned operator key ([`operator`]).
@@ -28,6 +28,8 @@
 //!   `Simulation::addrs` says where, `Simulation::state(i)` reads a home's counters.
 //! - [`gateway::run`]`(GatewaySettings, shutdown_future) -> Result<(), GatewayError>`: one gateway; set
 //!   `settings.clock = Some(clock)` so readings carry simulated time, `settings.agent = Some(..)` to trade.
+//! - [`gateway::run_with_battery`]`(settings, shutdown, on_start, Some(mpsc::Receiver<BatteryMode>))`:
+//!   a gateway that applies [`battery::BatteryMode`] commands when `settings.battery.control` is true.
 //! - [`agent::run`]`(AgentSettings, zone, mqtt, clock, readings_rx, shutdown_rx)`: the agent alone.
 //! - [`keys::load_or_generate`]`(path)`: key files for the homes.
 //!
@@ -50,6 +52,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod agent;
+pub mod battery;
 pub mod clock;
 pub mod config;
 pub mod counters;
@@ -61,6 +64,7 @@ pub mod profile;
 pub mod publisher;
 pub mod simulator;
 pub mod spool;
+pub mod storage;
 pub mod sunspec;
 
 pub use clock::SimClock;

@@ -1,11 +1,12 @@
 //! Modbus transport: TCP and RTU (serial) connections with timeouts, retries with backoff, reconnects,
-//! and reads split into requests of at most [`REGISTERS_PER_REQUEST_MAX`] registers.
+//! reads split into requests of at most [`REGISTERS_PER_REQUEST_MAX`] registers, and writes of holding
+//! registers (function 16) of at most [`WRITE_REGISTERS_PER_REQUEST_MAX`].
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::lookup_host;
-use tokio_modbus::client::{Context, Reader};
+use tokio_modbus::client::{Context, Reader, Writer};
 use tokio_modbus::{ExceptionCode, Slave};
 use tokio_serial::{Parity, SerialPortBuilderExt, StopBits};
 
@@ -14,6 +15,8 @@ pub const REGISTERS_PER_REQUEST_MAX: u16 = 125;
 /// How long one request may take. A healthy meter answers in tens of milliseconds; an RS-485 line at
 /// 9600 baud needs ~300 ms for 125 registers.
 pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 1_000;
+/// The Modbus specification's limit for one write of multiple registers (function 16).
+pub const WRITE_REGISTERS_PER_REQUEST_MAX: u16 = 123;
 /// Attempts per read before the poll cycle gives up (the next poll tries again anyway).
 pub const ATTEMPTS_DEFAULT: u32 = 3;
 /// First retry delay; doubled on each retry.
@@ -243,6 +246,53 @@ impl ModbusClient {
             return Err(ModbusError::ShortAnswer { got: words.len(), want: usize::from(count) });
         }
         Ok(words)
+    }
+
+    async fn write_once(&mut self, addr: u16, words: &[u16]) -> Result<(), ModbusError> {
+        if self.context.is_none() {
+            self.context = Some(Self::connect(self.url.clone(), self.unit, self.policy).await?);
+        }
+        let Some(context) = self.context.as_mut() else {
+            return Err(ModbusError::Transport("not connected".to_owned()));
+        };
+        let request = context.write_multiple_registers(addr, words);
+        match tokio::time::timeout(Duration::from_millis(self.policy.timeout_ms), request).await {
+            Err(_) => {
+                self.context = None;
+                Err(ModbusError::Timeout(self.policy.timeout_ms))
+            }
+            Ok(Err(error)) => {
+                self.context = None;
+                Err(ModbusError::Transport(error.to_string()))
+            }
+            Ok(Ok(Err(code))) => Err(ModbusError::Exception(code)),
+            Ok(Ok(Ok(()))) => Ok(()),
+        }
+    }
+
+    /// Writes holding registers from `addr` in one request (function 16), retrying transport errors and
+    /// timeouts like a read: writing the same values again is harmless. Exceptions are not retried.
+    pub async fn write(&mut self, addr: u16, words: &[u16]) -> Result<(), ModbusError> {
+        let count = u16::try_from(words.len()).unwrap_or(u16::MAX);
+        if words.is_empty() || count > WRITE_REGISTERS_PER_REQUEST_MAX || u32::from(addr) + u32::from(count) > 0x1_0000
+        {
+            return Err(ModbusError::Range { addr, count });
+        }
+        let mut backoff_ms = self.policy.backoff_initial_ms;
+        let mut attempt = 1;
+        loop {
+            match self.write_once(addr, words).await {
+                Ok(()) => return Ok(()),
+                Err(error @ ModbusError::Exception(_)) => return Err(error),
+                Err(error) if attempt >= self.policy.attempts.max(1) => return Err(error),
+                Err(error) => {
+                    tracing::debug!(%error, attempt, "modbus write failed, retrying");
+                    tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+                    backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
+                    attempt += 1;
+                }
+            }
+        }
     }
 
     /// Reads at most [`REGISTERS_PER_REQUEST_MAX`] registers in one request, retrying transport errors

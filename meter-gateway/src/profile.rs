@@ -10,7 +10,12 @@
 //! type = "f32"             # u16, i16, u32, i32, u64, f32
 //! word_order = "high_first" # or "low_first" for 32/64-bit values
 //! scale_pow10 = 3          # value × 10^3: kWh → Wh
+//! negate = false           # true when the device counts the other way (e.g. power positive exporting)
 //! ```
+//!
+//! A hybrid inverter's battery is optional: `battery_soc_permille` (0–1000), `battery_capacity_wh`,
+//! `battery_charge_wh` and `battery_discharge_wh` (cumulative AC counters), `battery_power_w`
+//! (positive charging).
 
 use crate::modbus::{Function, ModbusClient, ModbusError};
 use serde::Deserialize;
@@ -20,12 +25,14 @@ use std::path::Path;
 pub const PROFILE_BYTES_MAX: u64 = 64 * 1024;
 
 /// Profiles shipped in the binary, by name.
-pub const SHIPPED: [(&str, &str); 2] = [
+pub const SHIPPED: [(&str, &str); 3] = [
     ("eastron-sdm630", include_str!("../profiles/eastron-sdm630.toml")),
     ("carlo-gavazzi-em24", include_str!("../profiles/carlo-gavazzi-em24.toml")),
+    ("huawei-sun2000-luna2000", include_str!("../profiles/huawei-sun2000-luna2000.toml")),
 ];
 /// Short aliases for shipped profiles.
-const ALIASES: [(&str, &str); 2] = [("sdm630", "eastron-sdm630"), ("em24", "carlo-gavazzi-em24")];
+const ALIASES: [(&str, &str); 3] =
+    [("sdm630", "eastron-sdm630"), ("em24", "carlo-gavazzi-em24"), ("sun2000", "huawei-sun2000-luna2000")];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
@@ -80,6 +87,9 @@ pub struct Register {
     pub word_order: WordOrder,
     #[serde(default)]
     pub scale_pow10: i32,
+    /// The value's sign is flipped after decoding.
+    #[serde(default)]
+    pub negate: bool,
 }
 
 /// A device's register map.
@@ -101,6 +111,16 @@ pub struct Profile {
     pub power_w: Option<Register>,
     #[serde(default)]
     pub serial: Option<Register>,
+    #[serde(default)]
+    pub battery_soc_permille: Option<Register>,
+    #[serde(default)]
+    pub battery_capacity_wh: Option<Register>,
+    #[serde(default)]
+    pub battery_charge_wh: Option<Register>,
+    #[serde(default)]
+    pub battery_discharge_wh: Option<Register>,
+    #[serde(default)]
+    pub battery_power_w: Option<Register>,
 }
 
 /// Values read through a profile, scaled to Wh and W.
@@ -112,6 +132,11 @@ pub struct ProfileValues {
     pub power_w: Option<i64>,
     pub serial: Option<String>,
     pub counter_modulus_wh: Option<i64>,
+    pub battery_soc_permille: Option<i64>,
+    pub battery_capacity_wh: Option<i64>,
+    pub battery_charge_wh: Option<i64>,
+    pub battery_discharge_wh: Option<i64>,
+    pub battery_power_w: Option<i64>,
 }
 
 impl Register {
@@ -139,6 +164,7 @@ impl Register {
     /// The value scaled by `10^scale_pow10` and rounded to an integer.
     pub fn decode(&self, words: &[u16]) -> Option<i64> {
         let value = self.decode_raw(words)? * 10f64.powi(self.scale_pow10);
+        let value = if self.negate { -value } else { value };
         (value.abs() < 9.0e15).then_some(value.round() as i64)
     }
 
@@ -197,6 +223,18 @@ impl Profile {
         if let Some(register) = &self.power_w {
             values.power_w = register.decode(&register.read(client).await?);
         }
+        let optional = [
+            (&self.battery_soc_permille, &mut values.battery_soc_permille),
+            (&self.battery_capacity_wh, &mut values.battery_capacity_wh),
+            (&self.battery_charge_wh, &mut values.battery_charge_wh),
+            (&self.battery_discharge_wh, &mut values.battery_discharge_wh),
+            (&self.battery_power_w, &mut values.battery_power_w),
+        ];
+        for (register, value) in optional {
+            if let Some(register) = register {
+                *value = register.decode(&register.read(client).await?);
+            }
+        }
         if let Some(register) = &self.serial {
             values.serial = register.decode_raw(&register.read(client).await?).map(|raw| format!("{raw:.0}"));
         }
@@ -225,6 +263,7 @@ mod tests {
             value_type,
             word_order,
             scale_pow10,
+            negate: false,
         };
         let kwh = 1234.5f32.to_bits();
         let words = [(kwh >> 16) as u16, kwh as u16];

@@ -1,11 +1,20 @@
 //! A simulated home: a SunSpec device stack (common model 1, inverter 103, meter 203) served over
 //! Modbus TCP or RTU with tokio-modbus's server, whose counters follow a day of PV production (by time
-//! of day, with cloud noise) and household load, on a possibly sped-up [`SimClock`].
+//! of day, with cloud noise) and household load, on a possibly sped-up [`SimClock`]. A home may have a
+//! battery ([`crate::battery`]) behind its grid meter; then it also serves SunSpec storage models 124
+//! and 802 ([`crate::storage`]) and accepts Modbus writes to model 124's control registers, which set
+//! the battery's [`BatteryMode`] (and fall back to self-consumption after the written revert timeout).
+//!
+//! Energy is integrated in whole milliwatt-hours per step, so that each home balances exactly:
+//! `pv + import + discharged = load + export + charged` over any span (and the battery's own
+//! `charged − discharged = stored change + losses`). Registers show whole Wh, truncated, as a meter does.
 //!
 //! [`RegisterBank`] is the plain register store underneath; tests use it directly to serve arbitrary
 //! registers, Modbus exceptions, or silence.
 
+use crate::battery::{energy_mwh, Battery, BatteryCounters, BatteryMode, BatterySpec, MWH_PER_WH};
 use crate::clock::SimClock;
+use crate::storage::*;
 use crate::sunspec::*;
 use std::collections::HashMap;
 use std::future::{ready, Ready};
@@ -41,11 +50,13 @@ pub struct RegisterBank {
     pub holding: HashMap<u16, u16>,
     pub input: HashMap<u16, u16>,
     pub behaviour: Behaviour,
+    /// Every write request received (address, words), accepted or not: what reached the device.
+    pub writes: Vec<(u16, Vec<u16>)>,
 }
 
 impl Default for RegisterBank {
     fn default() -> Self {
-        Self { holding: HashMap::new(), input: HashMap::new(), behaviour: Behaviour::Normal }
+        Self { holding: HashMap::new(), input: HashMap::new(), behaviour: Behaviour::Normal, writes: Vec::new() }
     }
 }
 
@@ -64,16 +75,20 @@ impl RegisterBank {
         (0..count).map(|i| table.get(&addr.wrapping_add(i)).copied().ok_or(ExceptionCode::IllegalDataAddress)).collect()
     }
 
-    /// Writes a SunSpec stack at `base`: marker, the given models in order, end marker.
-    pub fn set_sunspec(&mut self, base: u16, models: &[(u16, Vec<u16>)]) {
+    /// Writes a SunSpec stack at `base`: marker, the given models in order, end marker. Returns where
+    /// each model's data starts.
+    pub fn set_sunspec(&mut self, base: u16, models: &[(u16, Vec<u16>)]) -> Vec<ModelEntry> {
         self.set_holding(base, &MARKER);
         let mut addr = base + 2;
+        let mut entries = Vec::with_capacity(models.len());
         for (id, body) in models {
             self.set_holding(addr, &[*id, body.len() as u16]);
             self.set_holding(addr + 2, body);
+            entries.push(ModelEntry { id: *id, start: addr + 2, len: body.len() as u16 });
             addr += 2 + body.len() as u16;
         }
         self.set_holding(addr, &[END_MODEL_ID, 0]);
+        entries
     }
 }
 
@@ -118,6 +133,140 @@ pub fn inverter_model(power_w: i64, energy_wh: u32, state: u16) -> Vec<u16> {
     body
 }
 
+/// A value that fits a uint16 register with its scale factor: the smallest non-negative power of ten.
+fn fit_u16(value: i64) -> (u16, i16) {
+    let (mut value, mut sf) = (value.max(0), 0i16);
+    while value > i64::from(NI_UINT16 - 1) {
+        value /= 10;
+        sf += 1;
+    }
+    (value as u16, sf)
+}
+
+/// Model 124's writable control registers as the simulated inverter holds them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageControl {
+    pub stor_ctl_mod: u16,
+    /// Percent of `WChaMax` in hundredths ([`SIM_IN_OUT_W_RTE_SF`]).
+    pub out_w_rte: i16,
+    pub in_w_rte: i16,
+    pub win_tms: u16,
+    pub rvrt_tms: u16,
+    pub rmp_tms: u16,
+    pub cha_gri_set: u16,
+    /// Simulated time of the last accepted write (the revert timeout counts from it).
+    pub written_ms: i64,
+}
+
+/// The simulator's rate scale factor: hundredths of a percent (0.5 W steps on a 5 kW battery).
+pub const SIM_IN_OUT_W_RTE_SF: i16 = -2;
+/// The simulated battery's nominal voltage, for its rated Ah.
+const SIM_BATTERY_V: i64 = 50;
+
+impl StorageControl {
+    /// The battery mode this control means for a battery of `w_cha_max` (both ways, as model 124
+    /// defines its rates): no bit is the inverter's own mode; the enforced window `[−OutWRte, InWRte]`
+    /// becomes a setpoint when it excludes zero or is a single point, else self-consumption (which stays
+    /// inside any window containing zero only approximately: the simulator has no windowed mode).
+    pub fn mode(&self, w_cha_max: i64) -> BatteryMode {
+        let power = |raw: i16| i64::from(raw) * w_cha_max / 10_000;
+        let high = (self.stor_ctl_mod & STOR_CTL_CHARGE != 0).then(|| power(self.in_w_rte));
+        let low = (self.stor_ctl_mod & STOR_CTL_DISCHARGE != 0).then(|| -power(self.out_w_rte));
+        match (low, high) {
+            (Some(low), Some(high)) if low == high => BatteryMode::Setpoint { power_w: low },
+            (Some(low), _) if low > 0 => BatteryMode::Setpoint { power_w: low },
+            (_, Some(high)) if high < 0 => BatteryMode::Setpoint { power_w: high },
+            _ => BatteryMode::SelfConsumption,
+        }
+    }
+}
+
+/// Model 124 body for a battery: limits, state of charge, charge status and the control registers.
+pub fn storage_basic_model(
+    spec: &BatterySpec,
+    soc_permille: i64,
+    battery_w: i64,
+    control: &StorageControl,
+) -> Vec<u16> {
+    let mut body = vec![NI_UINT16; usize::from(S124_LEN)];
+    let mut set = |offset: u16, word: u16| body[usize::from(offset)] = word;
+    let (w_cha_max, w_sf) = fit_u16(spec.charge_w_max);
+    set(S124_W_CHA_MAX, w_cha_max);
+    set(S124_W_CHA_MAX_SF, w_sf as u16);
+    set(S124_W_CHA_GRA, 100); // the simulated battery reaches any power within a second
+    set(S124_W_DIS_CHA_GRA, 100);
+    set(S124_W_CHA_DIS_CHA_GRA_SF, 0);
+    set(S124_STOR_CTL_MOD, control.stor_ctl_mod);
+    set(S124_MIN_RSV_PCT, 0);
+    set(S124_MIN_RSV_PCT_SF, 0);
+    set(S124_CHA_STATE, soc_permille.clamp(0, 1000) as u16);
+    set(S124_CHA_STATE_SF, (-1i16) as u16);
+    set(S124_CHA_ST, charge_status(soc_permille, battery_w));
+    set(S124_OUT_W_RTE, control.out_w_rte as u16);
+    set(S124_IN_W_RTE, control.in_w_rte as u16);
+    set(S124_IN_OUT_W_RTE_WIN_TMS, control.win_tms);
+    set(S124_IN_OUT_W_RTE_RVRT_TMS, control.rvrt_tms);
+    set(S124_IN_OUT_W_RTE_RMP_TMS, control.rmp_tms);
+    set(S124_CHA_GRI_SET, control.cha_gri_set);
+    set(S124_IN_OUT_W_RTE_SF, SIM_IN_OUT_W_RTE_SF as u16);
+    // VAChaMax, StorAval and InBatV stay not implemented (as many devices leave them).
+    body
+}
+
+fn charge_status(soc_permille: i64, battery_w: i64) -> u16 {
+    match battery_w {
+        w if w > 0 => CHA_ST_CHARGING,
+        w if w < 0 => CHA_ST_DISCHARGING,
+        _ if soc_permille >= 1000 => CHA_ST_FULL,
+        _ if soc_permille <= 0 => CHA_ST_EMPTY,
+        _ => CHA_ST_HOLDING,
+    }
+}
+
+/// Model 802 body for a battery: ratings, limits, state of charge and power.
+pub fn lithium_ion_model(spec: &BatterySpec, soc_permille: i64, battery_w: i64) -> Vec<u16> {
+    let mut body = vec![NI_UINT16; usize::from(S802_LEN)];
+    let mut set = |offset: u16, word: u16| body[usize::from(offset)] = word;
+    let (ah, ah_sf) = fit_u16(spec.capacity_wh / SIM_BATTERY_V);
+    set(S802_AH_RTG, ah);
+    set(S802_AH_RTG_SF, ah_sf as u16);
+    let (wh, wh_sf) = fit_u16(spec.capacity_wh);
+    set(S802_WH_RTG, wh);
+    set(S802_WH_RTG_SF, wh_sf as u16);
+    let w_sf = fit_u16(spec.charge_w_max.max(spec.discharge_w_max)).1;
+    let at_sf = |w: i64| (w / 10i64.pow(u32::from(w_sf.unsigned_abs()))) as u16;
+    set(S802_W_CHA_RTE_MAX, at_sf(spec.charge_w_max));
+    set(S802_W_DIS_CHA_RTE_MAX, at_sf(spec.discharge_w_max));
+    set(S802_W_CHA_DIS_CHA_MAX_SF, w_sf as u16);
+    set(S802_SOC_MAX, 1000);
+    set(S802_SOC_MIN, 0);
+    set(S802_SOC, soc_permille.clamp(0, 1000) as u16);
+    set(S802_SOC_SF, (-1i16) as u16);
+    set(S802_SOH, 100);
+    set(S802_SOH_SF, 0);
+    set(S802_CHA_ST, charge_status(soc_permille, battery_w));
+    set(S802_LOC_REM_CTL, 0);
+    set(S802_TYP, TYP_LITHIUM_ION);
+    set(S802_STATE, STATE_CONNECTED);
+    for event in [24, 25, 26, 27, 28, 29, 30, 31] {
+        set(event, 0); // no alarms (Evt1, Evt2, EvtVnd1, EvtVnd2)
+    }
+    set(S802_V, (SIM_BATTERY_V * 10) as u16);
+    set(S802_V_SF, (-1i16) as u16);
+    set(S802_V_SF + 1, 0); // CellV_SF
+    set(S802_A, (battery_w * 10 / SIM_BATTERY_V).clamp(-32_767, 32_767) as i16 as u16);
+    set(S802_A_SF, (-1i16) as u16);
+    set(S802_A_SF + 1, 0); // AMax_SF
+                           // Positive while charging, as the simulator's battery power.
+    set(S802_W, battery_w.clamp(-32_767, 32_767) as i16 as u16);
+    set(S802_W_SF, 0);
+    body
+}
+
+/// Where the simulated home's model 124 data starts: after the marker, the common model (1), the
+/// inverter (103) and the meter (203), and its own header.
+pub const SIM_STORAGE_BASIC_START: u16 = SIM_BASE + 2 + (2 + COMMON_LEN) + (2 + INVERTER_LEN) + (2 + METER_LEN) + 2;
+
 /// One simulated home.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HomeSpec {
@@ -131,6 +280,8 @@ pub struct HomeSpec {
     /// Hours added to UTC to get the home's local solar time.
     pub utc_offset_h: f64,
     pub serial: String,
+    /// A battery behind the grid meter, if the home has one.
+    pub battery: Option<BatterySpec>,
 }
 
 impl HomeSpec {
@@ -144,6 +295,7 @@ impl HomeSpec {
             nameplate_w: 30_000,
             utc_offset_h: 0.0,
             serial: format!("SIM-{seed:08}"),
+            battery: None,
         }
     }
 }
@@ -166,22 +318,44 @@ impl SplitMix {
     }
 }
 
-/// Counters and instantaneous values of a home at its last update.
+/// Counters and instantaneous values of a home at its last update. Energy in mWh (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HomeState {
     pub sim_ms: i64,
-    pub import_wh: f64,
-    pub export_wh: f64,
-    pub pv_wh: f64,
+    /// What the grid meter counts.
+    pub import_mwh: i64,
+    pub export_mwh: i64,
+    /// What the PV inverter counts.
+    pub pv_mwh: i64,
+    /// What the household consumed (no meter shows it; the simulation knows it).
+    pub load_mwh: i64,
     pub pv_w: f64,
     pub load_w: f64,
+    /// The battery's counters, if the home has one.
+    pub battery: Option<BatteryCounters>,
+    /// The battery's AC power over the last step, positive when charging.
+    pub battery_w: i64,
     cloud: f64,
 }
 
 impl HomeState {
-    /// Net power at the grid point, positive when importing.
-    pub fn net_w(&self) -> f64 {
+    /// Net power of the household alone (load − PV), positive when it needs energy.
+    pub fn home_net_w(&self) -> f64 {
         self.load_w - self.pv_w
+    }
+    /// Net power at the grid point, positive when importing (the battery included).
+    pub fn net_w(&self) -> f64 {
+        self.home_net_w() + self.battery_w as f64
+    }
+    /// The grid meter's import counter in whole Wh (truncated, as a meter does).
+    pub fn import_wh(&self) -> i64 {
+        self.import_mwh / MWH_PER_WH
+    }
+    pub fn export_wh(&self) -> i64 {
+        self.export_mwh / MWH_PER_WH
+    }
+    pub fn pv_wh(&self) -> i64 {
+        self.pv_mwh / MWH_PER_WH
     }
 }
 
@@ -190,6 +364,8 @@ impl HomeState {
 pub struct Home {
     pub spec: HomeSpec,
     state: HomeState,
+    battery: Option<Battery>,
+    control: StorageControl,
     rng: SplitMix,
 }
 
@@ -215,22 +391,37 @@ pub fn load_share(hour: f64) -> f64 {
 impl Home {
     pub fn new(spec: HomeSpec, start_ms: i64) -> Self {
         let mut rng = SplitMix(spec.seed ^ 0xA5A5_5A5A);
+        let wh = |unit: f64, base: f64, spread: f64| (base + (unit * spread).round()) as i64 * MWH_PER_WH;
         let state = HomeState {
             sim_ms: start_ms,
-            import_wh: 1_000_000.0 + (rng.unit() * 500_000.0).round(),
-            export_wh: 500_000.0 + (rng.unit() * 500_000.0).round(),
-            pv_wh: 2_000_000.0 + (rng.unit() * 1_000_000.0).round(),
+            import_mwh: wh(rng.unit(), 1_000_000.0, 500_000.0),
+            export_mwh: wh(rng.unit(), 500_000.0, 500_000.0),
+            pv_mwh: wh(rng.unit(), 2_000_000.0, 1_000_000.0),
+            load_mwh: 0,
             pv_w: 0.0,
             load_w: spec.load_avg_w,
+            battery: None,
+            battery_w: 0,
             cloud: 0.8,
         };
-        let mut home = Self { spec, state, rng };
+        // A battery starts half full.
+        let battery = spec.battery.map(|battery| Battery::new(battery, 500));
+        let mut home = Self { spec, state, battery, control: StorageControl::default(), rng };
+        home.state.battery = home.battery.as_ref().map(Battery::counters);
         home.sample(start_ms);
         home
     }
 
     pub fn state(&self) -> HomeState {
         self.state
+    }
+
+    /// The home's battery, if it has one (its mode is what a controller sets).
+    pub fn battery(&self) -> Option<&Battery> {
+        self.battery.as_ref()
+    }
+    pub fn battery_mut(&mut self) -> Option<&mut Battery> {
+        self.battery.as_mut()
     }
 
     fn hour(&self, sim_ms: i64) -> f64 {
@@ -248,18 +439,88 @@ impl Home {
         self.state.load_w = self.spec.load_avg_w * load_share(hour) * load_noise;
     }
 
-    /// Integrates energy up to `sim_ms` in steps of at most [`STEP_MS`].
+    /// Model 124's control registers as last written.
+    pub fn storage_control(&self) -> StorageControl {
+        self.control
+    }
+
+    /// When an active setpoint reverts by itself (`InOutWRte_RvrtTms` after the last write).
+    fn revert_at_ms(&self) -> Option<i64> {
+        (self.control.stor_ctl_mod != 0 && self.control.rvrt_tms > 0)
+            .then(|| self.control.written_ms + i64::from(self.control.rvrt_tms) * 1_000)
+    }
+
+    /// Integrates energy up to `sim_ms`; an active setpoint whose revert timeout passes on the way
+    /// falls back to self-consumption at that moment.
     pub fn advance(&mut self, sim_ms: i64) {
+        if let Some(revert_ms) = self.revert_at_ms().filter(|at| *at <= sim_ms) {
+            self.integrate(revert_ms);
+            self.control.stor_ctl_mod = 0;
+            if let Some(battery) = self.battery.as_mut() {
+                battery.mode = BatteryMode::SelfConsumption;
+            }
+        }
+        self.integrate(sim_ms);
+    }
+
+    /// Applies a Modbus write of `words` at `offset` into model 124 at simulated time `now_ms`. Only
+    /// `StorCtl_Mod` and `OutWRte`..`ChaGriSet` are writable; anything else, or a value out of range,
+    /// changes nothing.
+    pub fn write_storage_control(&mut self, offset: u16, words: &[u16], now_ms: i64) -> Result<(), ExceptionCode> {
+        let Some(battery) = self.battery.as_ref() else { return Err(ExceptionCode::IllegalDataAddress) };
+        let w_cha_max = battery.spec.charge_w_max;
+        let mut control = self.control;
+        for (i, word) in words.iter().enumerate() {
+            let offset = u16::try_from(i).ok().and_then(|i| offset.checked_add(i));
+            let rate = |word: u16| {
+                let rate = word as i16;
+                // At most 100 % in hundredths.
+                (-10_000..=10_000).contains(&rate).then_some(rate).ok_or(ExceptionCode::IllegalDataValue)
+            };
+            match offset {
+                Some(S124_STOR_CTL_MOD) if *word <= (STOR_CTL_CHARGE | STOR_CTL_DISCHARGE) => {
+                    control.stor_ctl_mod = *word
+                }
+                Some(S124_OUT_W_RTE) => control.out_w_rte = rate(*word)?,
+                Some(S124_IN_W_RTE) => control.in_w_rte = rate(*word)?,
+                Some(S124_IN_OUT_W_RTE_WIN_TMS) => control.win_tms = *word,
+                Some(S124_IN_OUT_W_RTE_RVRT_TMS) => control.rvrt_tms = *word,
+                Some(S124_IN_OUT_W_RTE_RMP_TMS) => control.rmp_tms = *word,
+                Some(S124_CHA_GRI_SET) if *word <= 1 => control.cha_gri_set = *word,
+                Some(S124_STOR_CTL_MOD | S124_CHA_GRI_SET) => return Err(ExceptionCode::IllegalDataValue),
+                _ => return Err(ExceptionCode::IllegalDataAddress),
+            }
+        }
+        self.advance(now_ms);
+        control.written_ms = now_ms;
+        self.control = control;
+        if let Some(battery) = self.battery.as_mut() {
+            battery.mode = control.mode(w_cha_max);
+        }
+        Ok(())
+    }
+
+    /// Integrates energy up to `sim_ms` in steps of at most [`STEP_MS`], in whole mWh per step.
+    fn integrate(&mut self, sim_ms: i64) {
         while self.state.sim_ms < sim_ms {
             let step_ms = (sim_ms - self.state.sim_ms).min(STEP_MS);
-            let hours = step_ms as f64 / MS_PER_HOUR;
-            let net = self.state.net_w();
-            if net > 0.0 {
-                self.state.import_wh += net * hours;
+            let pv_mwh = energy_mwh(self.state.pv_w.round() as i64, step_ms);
+            let load_mwh = energy_mwh(self.state.load_w.round() as i64, step_ms);
+            let home_net_w = self.state.load_w.round() as i64 - self.state.pv_w.round() as i64;
+            let battery_mwh = match &mut self.battery {
+                Some(battery) => battery.step(home_net_w, step_ms),
+                None => 0,
+            };
+            let grid_mwh = load_mwh - pv_mwh + battery_mwh;
+            if grid_mwh > 0 {
+                self.state.import_mwh += grid_mwh;
             } else {
-                self.state.export_wh -= net * hours;
+                self.state.export_mwh -= grid_mwh;
             }
-            self.state.pv_wh += self.state.pv_w * hours;
+            self.state.pv_mwh += pv_mwh;
+            self.state.load_mwh += load_mwh;
+            self.state.battery = self.battery.as_ref().map(Battery::counters);
+            self.state.battery_w = if step_ms > 0 { battery_mwh * 3_600 / step_ms } else { 0 };
             let crossed_step = (self.state.sim_ms / STEP_MS) != ((self.state.sim_ms + step_ms) / STEP_MS);
             self.state.sim_ms += step_ms;
             if crossed_step {
@@ -271,16 +532,19 @@ impl Home {
     /// The SunSpec stack for the current state (counters truncated to whole Wh, as a meter does).
     pub fn write_registers(&self, bank: &mut RegisterBank) {
         let s = &self.state;
-        let wrap = |wh: f64| (wh as u64 % (1u64 << 32)) as u32;
+        let wrap = |wh: i64| (wh.max(0) as u64 % (1u64 << 32)) as u32;
         let inverter_state = if s.pv_w > 0.0 { 4 } else { 2 };
-        bank.set_sunspec(
-            SIM_BASE,
-            &[
-                (MODEL_COMMON, common_model("gridex", "SimHome", "1.0", &self.spec.serial)),
-                (103, inverter_model(s.pv_w.round() as i64, wrap(s.pv_wh), inverter_state)),
-                (203, meter_model(s.net_w().round() as i64, wrap(s.import_wh), wrap(s.export_wh))),
-            ],
-        );
+        let mut models = vec![
+            (MODEL_COMMON, common_model("gridex", "SimHome", "1.0", &self.spec.serial)),
+            (103, inverter_model(s.pv_w.round() as i64, wrap(s.pv_wh()), inverter_state)),
+            (203, meter_model(s.net_w().round() as i64, wrap(s.import_wh()), wrap(s.export_wh()))),
+        ];
+        if let Some(battery) = &self.battery {
+            let soc = battery.soc_permille();
+            models.push((MODEL_STORAGE_BASIC, storage_basic_model(&battery.spec, soc, s.battery_w, &self.control)));
+            models.push((MODEL_LITHIUM_ION, lithium_ion_model(&battery.spec, soc, s.battery_w)));
+        }
+        bank.set_sunspec(SIM_BASE, &models);
     }
 }
 
@@ -303,11 +567,30 @@ impl DeviceService {
             home.advance(self.clock.now_ms());
             home.write_registers(&mut lock(&self.bank));
         }
-        let bank = lock(&self.bank);
+        let mut bank = lock(&self.bank);
         match bank.behaviour {
             Behaviour::Silent => return Ok(None),
             Behaviour::Exception(code) => return Err(code),
             Behaviour::Normal => {}
+        }
+        let write = match request {
+            Request::WriteMultipleRegisters(addr, words) => Some((*addr, words.to_vec())),
+            Request::WriteSingleRegister(addr, word) => Some((*addr, vec![*word])),
+            _ => None,
+        };
+        if let Some((addr, words)) = write {
+            bank.writes.push((addr, words.clone()));
+            // Lock order is home, then bank (as above).
+            drop(bank);
+            let offset = addr.checked_sub(SIM_STORAGE_BASIC_START).ok_or(ExceptionCode::IllegalDataAddress)?;
+            let home = self.home.as_ref().ok_or(ExceptionCode::IllegalDataAddress)?;
+            let mut home = lock(home);
+            home.write_storage_control(offset, &words, self.clock.now_ms())?;
+            home.write_registers(&mut lock(&self.bank));
+            return Ok(Some(match request {
+                Request::WriteSingleRegister(..) => Response::WriteSingleRegister(addr, words[0]),
+                _ => Response::WriteMultipleRegisters(addr, words.len() as u16),
+            }));
         }
         match request {
             Request::ReadHoldingRegisters(addr, count) if *count <= 125 => {
@@ -430,6 +713,7 @@ pub async fn spawn_homes(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::battery::BatteryMode;
 
     #[test]
     fn pv_follows_the_sun_and_is_zero_at_night() {
@@ -448,14 +732,16 @@ mod tests {
         for hour in 1..=24 {
             home.advance(hour * 3_600_000);
             let now = home.state();
-            assert!(now.import_wh >= last.import_wh && now.export_wh >= last.export_wh && now.pv_wh >= last.pv_wh);
+            assert!(
+                now.import_mwh >= last.import_mwh && now.export_mwh >= last.export_mwh && now.pv_mwh >= last.pv_mwh
+            );
             last = now;
         }
-        let pv_day_wh = last.pv_wh - start.pv_wh;
+        let pv_day_wh = last.pv_wh() - start.pv_wh();
         // A 5 kWp array yields roughly 10-35 kWh on a day with clouds.
-        assert!((10_000.0..35_000.0).contains(&pv_day_wh), "pv {pv_day_wh}");
-        assert!(last.export_wh > start.export_wh, "exports at noon");
-        assert!(last.import_wh > start.import_wh, "imports at night");
+        assert!((10_000..35_000).contains(&pv_day_wh), "pv {pv_day_wh}");
+        assert!(last.export_mwh > start.export_mwh, "exports at noon");
+        assert!(last.import_mwh > start.import_mwh, "imports at night");
     }
 
     #[test]
@@ -467,5 +753,91 @@ mod tests {
         };
         assert_eq!(run(3), run(3));
         assert_ne!(run(3), run(4));
+    }
+
+    fn energy_balance(before: &HomeState, after: &HomeState) -> (i64, i64) {
+        let battery = |state: &HomeState| state.battery.unwrap_or_default();
+        let (b0, b1) = (battery(before), battery(after));
+        let sources = (after.pv_mwh - before.pv_mwh)
+            + (after.import_mwh - before.import_mwh)
+            + (b1.discharged_mwh - b0.discharged_mwh);
+        let sinks = (after.load_mwh - before.load_mwh)
+            + (after.export_mwh - before.export_mwh)
+            + (b1.charged_mwh - b0.charged_mwh);
+        (sources, sinks)
+    }
+
+    #[test]
+    fn a_home_balances_to_the_milliwatt_hour_with_and_without_a_battery() {
+        for battery in [None, Some(BatterySpec::HOME_10_KWH)] {
+            let mut home = Home::new(HomeSpec { battery, ..HomeSpec::from_seed(11) }, 0);
+            let start = home.state();
+            // Uneven steps, as a gateway's polls are.
+            let mut now = 0;
+            for step in 0..5_000i64 {
+                now += 1_000 + (step * 7_919) % 170_000;
+                home.advance(now);
+            }
+            let end = home.state();
+            let (sources, sinks) = energy_balance(&start, &end);
+            assert_eq!(sources, sinks, "pv + import + discharged = load + export + charged");
+            if let (Some(b0), Some(b1)) = (start.battery, end.battery) {
+                assert_eq!(
+                    b1.stored_mwh - b0.stored_mwh,
+                    (b1.charged_mwh - b0.charged_mwh)
+                        - (b1.discharged_mwh - b0.discharged_mwh)
+                        - (b1.losses_mwh - b0.losses_mwh)
+                );
+                assert!(b1.charged_mwh > b0.charged_mwh && b1.discharged_mwh > b0.discharged_mwh, "it cycled");
+            }
+        }
+    }
+
+    #[test]
+    fn a_battery_in_self_consumption_lowers_both_import_and_export() {
+        let day = |battery| {
+            let mut home = Home::new(HomeSpec { battery, ..HomeSpec::from_seed(5) }, 0);
+            let start = home.state();
+            home.advance(3 * 86_400_000);
+            let end = home.state();
+            (end.import_mwh - start.import_mwh, end.export_mwh - start.export_mwh)
+        };
+        let (import_without, export_without) = day(None);
+        let (import_with, export_with) = day(Some(BatterySpec::HOME_10_KWH));
+        assert!(import_with < import_without * 8 / 10, "{import_with} vs {import_without}");
+        assert!(export_with < export_without, "{export_with} vs {export_without}");
+    }
+
+    #[test]
+    fn model_124_windows_become_battery_modes() {
+        let control = |stor_ctl_mod, in_w_rte, out_w_rte| StorageControl {
+            stor_ctl_mod,
+            in_w_rte,
+            out_w_rte,
+            ..StorageControl::default()
+        };
+        let both = STOR_CTL_CHARGE | STOR_CTL_DISCHARGE;
+        assert_eq!(control(0, 6_000, -6_000).mode(5_000), BatteryMode::SelfConsumption, "no bit: its own mode");
+        assert_eq!(control(both, 6_000, -6_000).mode(5_000), BatteryMode::Setpoint { power_w: 3_000 });
+        assert_eq!(control(both, -2_000, 2_000).mode(5_000), BatteryMode::Setpoint { power_w: -1_000 });
+        assert_eq!(control(both, 0, 0).mode(5_000), BatteryMode::Setpoint { power_w: 0 }, "hold");
+        assert_eq!(control(STOR_CTL_DISCHARGE, 0, -4_000).mode(5_000), BatteryMode::Setpoint { power_w: 2_000 });
+        assert_eq!(control(both, 10_000, 10_000).mode(5_000), BatteryMode::SelfConsumption, "a window around zero");
+    }
+
+    #[test]
+    fn a_setpoint_charges_from_the_grid_and_the_meter_sees_it() {
+        let mut home = Home::new(HomeSpec { battery: Some(BatterySpec::HOME_10_KWH), ..HomeSpec::from_seed(5) }, 0);
+        if let Some(battery) = home.battery_mut() {
+            battery.mode = BatteryMode::Setpoint { power_w: 3_000 };
+        }
+        let start = home.state();
+        // Midnight to 1:00: no sun, so all of it comes through the meter.
+        home.advance(3_600_000);
+        let end = home.state();
+        let import_mwh = end.import_mwh - start.import_mwh;
+        let load_mwh = end.load_mwh - start.load_mwh;
+        assert_eq!(import_mwh, load_mwh + 3_000_000);
+        assert!(end.net_w() > 2_500.0);
     }
 }

@@ -1,6 +1,6 @@
 //! SunSpec: discovery of the `SunS` marker, the model chain walk, and decoding of the common model (1),
 //! inverter models (101–103) and meter models (201–204) with their scale factors and "not implemented"
-//! sentinels.
+//! sentinels. Storage models (124, 802) are found here and decoded in [`crate::storage`].
 //!
 //! Offsets below are relative to the first register after a model's ID and length (the SunSpec
 //! information model tables). A value and its scale factor are always read in the same request so a
@@ -94,6 +94,16 @@ impl Device {
     }
     pub fn inverter(&self) -> Option<ModelEntry> {
         self.find(101..=103)
+    }
+    /// Basic storage controls (model 124), see [`crate::storage`].
+    pub fn storage_basic(&self) -> Option<ModelEntry> {
+        let id = crate::storage::MODEL_STORAGE_BASIC;
+        self.find(id..=id)
+    }
+    /// Lithium-ion battery base model (802), see [`crate::storage`].
+    pub fn lithium_ion(&self) -> Option<ModelEntry> {
+        let id = crate::storage::MODEL_LITHIUM_ION;
+        self.find(id..=id)
     }
 }
 

@@ -36,6 +36,7 @@ fn settings(dir: &Path) -> AgentSettings {
         qty_min_wh: 10,
         forecast_window_ms: 3_600_000,
         mqtt: None,
+        battery: None,
         quoting: Some(QuotingSettings {
             feed_in_price_per_kwh: 80_000,
             retail_price_per_kwh: 300_000,

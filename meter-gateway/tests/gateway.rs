@@ -151,14 +151,10 @@ fn assert_counters_follow_the_simulator(
     for (_, reading, _) in readings {
         assert_eq!(reading.meter_serial.as_str(), serial);
         // The gateway reads whole Wh (meters truncate); the simulator's counters bracket every reading.
-        assert!(
-            reading.import_wh.0 >= before.import_wh.floor() as i64 && reading.import_wh.0 <= after.import_wh as i64
-        );
-        assert!(
-            reading.export_wh.0 >= before.export_wh.floor() as i64 && reading.export_wh.0 <= after.export_wh as i64
-        );
+        assert!(reading.import_wh.0 >= before.import_wh() && reading.import_wh.0 <= after.import_wh());
+        assert!(reading.export_wh.0 >= before.export_wh() && reading.export_wh.0 <= after.export_wh());
         let pv = reading.pv_wh.expect("the inverter's lifetime energy").0;
-        assert!(pv >= before.pv_wh.floor() as i64 && pv <= after.pv_wh as i64);
+        assert!(pv >= before.pv_wh() && pv <= after.pv_wh());
         if let Some(last) = last {
             assert!(reading.seq > last.seq && reading.ts_ms > last.ts_ms);
             assert!(reading.import_wh >= last.import_wh && reading.export_wh >= last.export_wh);
@@ -591,6 +587,7 @@ async fn the_agent_publishes_orders_signed_with_the_account_key() {
         qty_min_wh: 10,
         forecast_window_ms: 3_600_000,
         mqtt: None,
+        battery: None,
         quoting: None,
     };
     let clock = SimClock::starting_at(1_800_000_000_000, 600.0);
@@ -716,6 +713,7 @@ async fn a_gateway_with_an_agent_trades_its_homes_forecast_with_the_account_key(
         qty_min_wh: 1,
         forecast_window_ms: 3_600_000,
         mqtt: None,
+        battery: None,
         quoting: None,
     });
     let (stop, task) = spawn_gateway(settings);

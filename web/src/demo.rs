@@ -9,6 +9,7 @@ use crate::state::DemoHousehold;
 use anyhow::Context as _;
 use gridex_store::clock::Clock;
 use meter_gateway::agent::AgentSettings;
+use meter_gateway::battery::BatterySpec;
 use meter_gateway::clock::SimClock;
 use meter_gateway::config::GatewaySettings;
 use meter_gateway::publisher::MqttLogin;
@@ -167,6 +168,11 @@ pub(crate) fn home(index: usize) -> (HomeSpec, i64, i64) {
     (spec, sell_min, buy_max)
 }
 
+/// Half of the solar homes (the first of every three) have a 10 kWh battery behind the meter.
+pub(crate) fn battery(index: usize) -> Option<BatterySpec> {
+    (index % 3 == 0).then_some(BatterySpec::HOME_10_KWH)
+}
+
 fn key(path: &Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
     meter_gateway::keys::load_or_generate(path).with_context(|| format!("key file {}", path.display()))
 }
@@ -310,7 +316,13 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         .context("the exchange did not subscribe to the embedded broker")?;
 
     // The homes.
-    let specs: Vec<HomeSpec> = (0..options.homes).map(|index| home(index).0).collect();
+    let specs: Vec<HomeSpec> = (0..options.homes)
+        .map(|index| {
+            let mut spec = home(index).0;
+            spec.battery = battery(index);
+            spec
+        })
+        .collect();
     let simulation =
         meter_gateway::simulator::spawn_homes("127.0.0.1:0".parse()?, &specs, sim_clock, stop_rx.clone()).await?;
     // One reading per simulated minute (at least every 100 ms of real time).
@@ -318,6 +330,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let mut gateways = Vec::new();
     for (index, address) in simulation.addrs.iter().enumerate() {
         let (spec, sell_min, buy_max) = home(index);
+        // With the quoting agents, a home's agent plans its battery and the gateway writes the
+        // setpoints to the simulated inverter (SunSpec 124); otherwise the battery keeps the
+        // inverter's own self-consumption mode.
+        let controlled_battery = options.quoting_agents && battery(index).is_some();
         let mut gateway = GatewaySettings {
             zone: DEMO_ZONE.to_owned(),
             key: keys_dir.join(format!("home-{index:03}-device.key")),
@@ -340,6 +356,8 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
                     username: logins[index].1.to_hex(),
                     password: broker_secret.password(&logins[index].1.to_hex()),
                 }),
+                battery: controlled_battery
+                    .then(|| meter_gateway::agent::battery::BatterySettings { control: true, ..Default::default() }),
                 quoting: options.quoting_agents.then(|| meter_gateway::agent::QuotingSettings {
                     feed_in_price_per_kwh: FEED_IN_PER_KWH,
                     retail_price_per_kwh: RETAIL_PER_KWH,
@@ -356,6 +374,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             clock: Some(sim_clock),
             ..GatewaySettings::default()
         };
+        gateway.battery.control = controlled_battery;
         gateway.modbus.url = format!("tcp://{address}");
         gateway.mqtt.url = mqtt_url.clone();
         // Pinned as a household would pin it: the key the demo's exchange signs with.
@@ -437,5 +456,13 @@ mod tests {
             assert!((FEED_IN_PER_KWH..=RETAIL_PER_KWH).contains(buy_max));
         }
         assert_ne!(homes[0].1, homes[1].1);
+    }
+
+    #[test]
+    fn half_of_the_solar_homes_have_a_battery_and_no_home_without_panels_has_one() {
+        let solar: Vec<usize> = (0..60).filter(|index| home(*index).0.pv_peak_w > 0.0).collect();
+        let with_battery = solar.iter().filter(|index| battery(**index).is_some()).count();
+        assert_eq!(with_battery * 2, solar.len());
+        assert!((0..60).all(|index| home(index).0.pv_peak_w > 0.0 || battery(index).is_none()));
     }
 }

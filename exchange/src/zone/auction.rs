@@ -12,20 +12,36 @@ impl ZoneOwner {
     /// The closing auction of a book at its gate closure: uncrosses it, stores and publishes the
     /// trades and the filled orders' updates, then the result (`auction` message, retained).
     ///
-    /// The trades follow from the log (ids after the last command's), but the gate closure that
-    /// triggers them is not a logged command: a crash after gate closure and before the trades are
-    /// stored loses this slot's auction, as it loses the expiry updates of a continuous book.
-    pub(super) async fn run_auction(&mut self, slot: SlotId, slot_book: &mut SlotBook, now_ms: i64) {
+    /// Everything follows from the log: the trades' ids come after the last command's and their time
+    /// is the gate closure, so running the auction again (after a restart in which the gate closed
+    /// while the exchange was down, see `ZoneOwner::recover`) gives the same trades. They are stored
+    /// idempotently; trades and fills that were already stored are not published again.
+    pub(super) async fn run_auction(&mut self, slot: SlotId, slot_book: &mut SlotBook) {
+        let gate_ms = self.gate_ms(slot);
         let mut events = Vec::new();
         let outcome = slot_book.book.uncross(&mut events);
         slot_book.version += 1;
-        let (trades, updates) = self.describe_auction(slot, slot_book, &events, now_ms);
+        let (trades, updates) = self.describe_auction(slot, slot_book, &events, gate_ms);
+        let mut stored_before = false;
         if !trades.is_empty() {
             let command_seq = slot_book.last_command_seq;
             let rows: Vec<(Trade, u64)> = trades.iter().map(|trade| (trade.clone(), command_seq)).collect();
-            if let Err(error) = self.db.write(move |conn| store::insert_trades(conn, &rows)).await {
-                tracing::error!(%error, %slot, "storing the closing auction's trades failed");
+            match self.db.write(move |conn| store::insert_trades(conn, &rows)).await {
+                Ok(0) => {
+                    tracing::info!(%slot, "the closing auction's trades were stored before a restart");
+                    stored_before = true;
+                }
+                Ok(inserted) if inserted < trades.len() => {
+                    tracing::warn!(%slot, inserted, "stored the rest of a closing auction interrupted by a crash");
+                }
+                Ok(_) => {}
+                Err(error) => tracing::error!(%error, %slot, "storing the closing auction's trades failed"),
             }
+        }
+        if stored_before {
+            // Published before the restart; the (retained, identical) result is published again below.
+            self.publish_auction(slot, outcome, gate_ms);
+            return;
         }
         for trade in &trades {
             self.outlets.publish_message(topics::trades(&self.zone), trade);
@@ -35,7 +51,7 @@ impl ZoneOwner {
             self.outlets.publish_message(topics::events(&self.zone, &update.account), update);
             self.outlets.event(MarketEvent::OrderUpdate(update.clone()));
         }
-        self.publish_auction(slot, outcome, now_ms);
+        self.publish_auction(slot, outcome, gate_ms);
     }
 
     /// The trades and order updates (filled orders only; the rest expire right after) of an uncross.
@@ -95,14 +111,14 @@ impl ZoneOwner {
         (trades, updates)
     }
 
-    fn publish_auction(&mut self, slot: SlotId, outcome: AuctionOutcome, now_ms: i64) {
+    fn publish_auction(&mut self, slot: SlotId, outcome: AuctionOutcome, gate_ms: i64) {
         let result = AuctionResult {
             zone: self.zone.clone(),
             slot,
             price_per_kwh: outcome.price,
             qty_wh: outcome.volume,
             trades: outcome.trades,
-            ts_ms: TimestampMs(now_ms),
+            ts_ms: TimestampMs(gate_ms),
         };
         self.outlets.publish(topics::auction(&self.zone), result.clone(), rumqttc::QoS::AtLeastOnce, true);
         self.outlets.event(MarketEvent::Auction(result.clone()));

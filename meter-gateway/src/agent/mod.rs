@@ -12,14 +12,17 @@
 //! The planner ([`Planner`]) is pure: readings, books and order updates in, commands out. [`run`] adds
 //! the clock, signing with the ACCOUNT key (never the device key), MQTT and the state file.
 
+pub mod battery;
 pub mod forecast;
 pub mod position;
 pub mod quoting;
 #[cfg(test)]
 mod quoting_tests;
 
+use crate::battery::BatteryMode;
 use crate::clock::SimClock;
 use crate::publisher::{mqtt_options, MqttLogin, MqttSettings};
+use battery::{BatteryObservation, BatterySettings};
 use forecast::Forecaster;
 use position::Positions;
 use protocol::{
@@ -124,6 +127,9 @@ pub struct AgentSettings {
     /// The quoting strategy and its settings; absent: the limit strategy.
     #[serde(default)]
     pub quoting: Option<QuotingSettings>,
+    /// The home battery's plan and the owner's limits for it (`[agent.battery]`, quoting only).
+    #[serde(default)]
+    pub battery: Option<BatterySettings>,
 }
 
 fn default_tick() -> i64 {
@@ -205,6 +211,14 @@ impl AgentSettings {
         if self.qty_min_wh <= 0 || self.forecast_window_ms < FORECAST_SPAN_MIN_MS {
             return fail("qty_min_wh must be positive and forecast_window_ms at least a minute");
         }
+        if let Some(battery) = &self.battery {
+            if let Some(problem) = battery.problem() {
+                return fail(problem);
+            }
+            if self.quoting.is_none() {
+                return fail("[agent.battery] needs the quoting strategy ([agent.quoting])");
+            }
+        }
         if let Some(quoting) = &self.quoting {
             if quoting.feed_in_price_per_kwh < 0 || quoting.retail_price_per_kwh <= quoting.feed_in_price_per_kwh {
                 return fail("the tariffs must satisfy 0 <= feed_in < retail");
@@ -256,6 +270,24 @@ pub struct Planner {
     forecaster: Forecaster,
     positions: Positions,
     tops: BTreeMap<SlotId, (u64, Top)>,
+    /// The battery plan's state (unused without `[agent.battery]`).
+    battery: BatteryState,
+}
+
+/// What the planner knows of the home battery and what it decided.
+#[derive(Debug, Default)]
+struct BatteryState {
+    observed: Option<BatteryObservation>,
+    /// The latest time stamp heard from the exchange (book, order update or reject).
+    last_contact_ms: Option<i64>,
+    fallback: bool,
+    /// When the battery plan first ran (the exchange's silence counts from then).
+    started_ms: Option<i64>,
+    /// UTC day and the discharge counter at its start (for the cycle budget).
+    day: Option<(i64, i64)>,
+    /// Planned AC energy per upcoming slot (positive charges).
+    plan: BTreeMap<SlotId, i64>,
+    mode: Option<BatteryMode>,
 }
 
 impl Planner {
@@ -272,7 +304,36 @@ impl Planner {
             forecaster,
             positions: Positions::default(),
             tops: BTreeMap::new(),
+            battery: BatteryState::default(),
         }
+    }
+
+    /// Takes what the gateway read from the home battery. Call it before [`Planner::observe`] with
+    /// the reading of the same moment: the forecast then learns the household's own load, not the
+    /// battery's charging.
+    pub fn observe_battery(&mut self, observation: BatteryObservation) {
+        self.battery.observed = Some(observation);
+    }
+
+    /// The battery mode the agent wants now: `None` without `[agent.battery]` with `control` on, or
+    /// before anything was planned. After `no_contact_fallback_ms` without a word from the exchange,
+    /// self-consumption (see [`Planner::battery_fallback`]).
+    pub fn battery_mode(&self) -> Option<BatteryMode> {
+        self.battery.mode
+    }
+
+    /// Whether the battery fell back to self-consumption because the exchange was not heard.
+    pub fn battery_fallback(&self) -> bool {
+        self.battery.fallback
+    }
+
+    /// The planned AC energy of the battery per upcoming slot (positive charges).
+    pub fn battery_plan(&self) -> &BTreeMap<SlotId, i64> {
+        &self.battery.plan
+    }
+
+    fn heard_at(&mut self, ts_ms: i64) {
+        self.battery.last_contact_ms = Some(self.battery.last_contact_ms.map_or(ts_ms, |last| last.max(ts_ms)));
     }
 
     /// Adopts orders remembered from before a restart (quoting strategy): they count as open until
@@ -289,6 +350,9 @@ impl Planner {
 
     /// Takes a published book snapshot (older ones than a slot's last are ignored).
     pub fn observe_book(&mut self, book: &BookSnapshot) {
+        if book.zone == self.zone {
+            self.heard_at(book.ts_ms.0);
+        }
         if book.zone != self.zone || self.tops.get(&book.slot).is_some_and(|(seq, _)| *seq >= book.seq) {
             return;
         }
@@ -302,12 +366,14 @@ impl Planner {
     /// Takes an order update of this account.
     pub fn observe_update(&mut self, update: &OrderUpdate) {
         if update.account == self.account {
+            self.heard_at(update.ts_ms.0);
             self.positions.on_update(update);
         }
     }
 
     /// Takes a reject of one of this account's commands.
     pub fn observe_reject(&mut self, reject: &Reject) {
+        self.heard_at(reject.ts_ms.0);
         self.positions.on_reject(reject);
         if reject.reason == protocol::Reason::Replayed {
             // Another client of this account (its owner's dashboard signs with the same key) has used
@@ -322,7 +388,20 @@ impl Planner {
     }
 
     pub fn observe(&mut self, reading: &Reading) {
-        self.forecaster.observe(reading);
+        if let Some(observation) = BatteryObservation::from_reading_after(reading, self.battery.observed.as_ref()) {
+            // A v2 reading carries the battery: it is the freshest word on it.
+            self.battery.observed = Some(observation);
+        }
+        match (&self.settings.battery, self.battery.observed) {
+            // The household's own flows: what the battery took counts as export, what it gave as import.
+            (Some(_), Some(battery)) => {
+                let mut household = reading.clone();
+                household.import_wh = Wh(reading.import_wh.0 + battery.discharged_wh);
+                household.export_wh = Wh(reading.export_wh.0 + battery.charged_wh);
+                self.forecaster.observe(&household);
+            }
+            _ => self.forecaster.observe(reading),
+        }
         if self.history.back().is_some_and(|(ts, _, _)| *ts >= reading.ts_ms.0) {
             return;
         }
@@ -518,17 +597,50 @@ fn agent_login(mut mqtt: MqttSettings, login: Option<&MqttLogin>) -> Result<Mqtt
     Ok(mqtt)
 }
 
+/// The agent's link to the home battery (see [`run_with_battery`]): what the gateway reads from the
+/// battery comes in, the modes the agent wants go out.
+#[derive(Debug)]
+pub struct BatteryLink {
+    /// Observations beyond what readings carry (a v2 reading's battery fields are taken as well).
+    pub observations: Option<mpsc::Receiver<BatteryObservation>>,
+    /// Only used with `[agent.battery]` `control = true`; a mode is sent when it changes.
+    pub modes: mpsc::Sender<BatteryMode>,
+}
+
+/// [`run_with_battery`] without a battery.
+pub async fn run(
+    settings: AgentSettings,
+    zone: ZoneId,
+    mqtt: MqttSettings,
+    clock: SimClock,
+    readings: mpsc::Receiver<Reading>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    run_with_battery(settings, zone, mqtt, clock, readings, shutdown, None).await
+}
+
+async fn next_observation(link: &mut Option<BatteryLink>) -> Option<BatteryObservation> {
+    match link {
+        Some(BatteryLink { observations: Some(observations), .. }) => observations.recv().await,
+        _ => std::future::pending().await,
+    }
+}
+
 /// Runs the agent: readings arrive on `readings` (the gateway feeds its own), commands go to
-/// `gridex/v1/{zone}/orders/{account}`. The quoting strategy also subscribes to the zone's book and
+/// `gridex/v1/{zone}/orders/{account}`. With a `battery` link, the battery's observations feed the
+/// plan (send each one just before the reading of the same moment) and, with `control` on, the
+/// battery mode for the slot being delivered goes out on `modes` whenever it changes (after
+/// `no_contact_fallback_ms` without a word from the exchange: self-consumption). The quoting strategy also subscribes to the zone's book and
 /// the account's events and rejects, in a persistent MQTT session (so updates sent while the agent
 /// was away arrive when it is back). Returns when `shutdown` turns true or the readings end.
-pub async fn run(
+pub async fn run_with_battery(
     settings: AgentSettings,
     zone: ZoneId,
     mqtt: MqttSettings,
     clock: SimClock,
     mut readings: mpsc::Receiver<Reading>,
     mut shutdown: watch::Receiver<bool>,
+    mut battery: Option<BatteryLink>,
 ) -> Result<(), AgentError> {
     settings.validate()?;
     let pinned = pinned_operator(&mqtt)?;
@@ -575,8 +687,10 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_millis(plan_every_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(%account, quoting, "trading agent started");
+    let mut sent_mode: Option<BatteryMode> = None;
     loop {
         tokio::select! {
+            Some(observation) = next_observation(&mut battery) => planner.observe_battery(observation),
             reading = readings.recv() => match reading {
                 Some(reading) => planner.observe(&reading),
                 None => break,
@@ -590,6 +704,14 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 let actions = planner.plan(clock.now_ms());
+                if let (Some(link), Some(mode)) = (&battery, planner.battery_mode()) {
+                    if sent_mode != Some(mode) {
+                        match link.modes.try_send(mode) {
+                            Ok(()) => sent_mode = Some(mode),
+                            Err(error) => tracing::warn!(%error, "agent: the battery's mode was not taken"),
+                        }
+                    }
+                }
                 // The state is written before the commands leave, so a crash right after sending
                 // still remembers them (a remembered order that never arrived is refused on cancel).
                 if let (Some(path), false) = (&state_file, actions.is_empty()) {
@@ -659,6 +781,7 @@ mod tests {
             qty_min_wh: QTY_MIN_WH_DEFAULT,
             forecast_window_ms: 30 * MIN,
             mqtt: None,
+            battery: None,
             quoting: None,
         }
     }

@@ -8,8 +8,10 @@
 //! before it would add to the total. The agent cancels, waits for the exchange's answer (which carries
 //! the final filled quantity), and only then places the new order.
 
+use super::battery::{self, PlanInputs, SetpointInputs, HORIZON_SLOTS};
 use super::position::{cost_micro, Positions};
-use super::{Action, Planner, QuotingSettings, MS_PER_DAY, REPLACE_THRESHOLD_PERCENT};
+use super::{Action, Planner, QuotingSettings, MS_PER_DAY, PLANS_PER_SLOT, REPLACE_THRESHOLD_PERCENT};
+use crate::battery::BatteryMode;
 use protocol::{Cancel, Order, PricePerKwh, Side, SlotId, TimestampMs, Wh};
 
 /// The ramp reaches the owner's limit after this share (per mille) of the quoting window, so the last
@@ -116,6 +118,7 @@ impl Planner {
         let today_ms = now_ms - now_ms.rem_euclid(MS_PER_DAY);
         self.positions.settle_before(|slot| slot.start_ms() - gate_ms <= now_ms, today_ms);
         self.tops.retain(|slot, _| slot.start_ms() - gate_ms > now_ms);
+        self.plan_battery(now_ms, quoting);
         let mut actions = Vec::new();
         for slot in self.tradable_slots(now_ms) {
             let wanted = self.quote(slot, now_ms, quoting);
@@ -151,7 +154,16 @@ impl Planner {
     /// forecast (less its running error: a kWh sold and not delivered is bought back at retail, one
     /// bought and not used goes back at feed-in) less what filled, within the caps, at the quoted price inside the zone's band.
     fn quote(&mut self, slot: SlotId, now_ms: i64, quoting: &QuotingSettings) -> Option<(Side, i64, i64)> {
-        let net_wh = self.forecaster.confident_net_export_wh(slot)?;
+        let confident_wh = self.forecaster.confident_net_export_wh(slot)?;
+        // With a battery: the home's position after the battery's plan, less the same margin.
+        let (net_wh, charging) = match (self.settings.battery.is_some(), self.battery.plan.get(&slot)) {
+            (true, Some(&battery_wh)) => {
+                let net = self.forecaster.net_export_wh(slot)? - battery_wh;
+                let margin = self.forecaster.error_wh().unwrap_or(0);
+                (net.signum() * (net.abs() - margin).max(0), battery_wh > 0)
+            }
+            _ => (confident_wh, false),
+        };
         let (side, plan_wh, limit) = if net_wh > 0 {
             (
                 Side::Sell,
@@ -159,7 +171,12 @@ impl Planner {
                 self.settings.price_per_kwh_sell_min,
             )
         } else if self.settings.buy_deficit {
-            (Side::Buy, -net_wh, self.settings.price_per_kwh_buy_max.min(quoting.buy_break_even_per_kwh()))
+            let mut limit = self.settings.price_per_kwh_buy_max.min(quoting.buy_break_even_per_kwh());
+            if charging {
+                // Energy bought to store must beat retail after the round trip's loss.
+                limit = limit.min(self.storage_break_even_per_kwh(quoting));
+            }
+            (Side::Buy, -net_wh, limit)
         } else {
             return None;
         };
@@ -182,6 +199,90 @@ impl Planner {
         let live = self.positions.live_order(slot).map(|(nonce, _)| nonce);
         let qty = allowed_qty_wh(&self.positions, slot, side, plan_wh, price, quoting.caps(), live);
         (qty >= self.settings.qty_min_wh).then_some((side, price, qty))
+    }
+
+    /// The highest price at which a kWh bought to store, returned at the round trip's efficiency,
+    /// still beats buying it at retail later (fees included).
+    fn storage_break_even_per_kwh(&self, quoting: &QuotingSettings) -> i64 {
+        let efficiency = self.settings.battery.as_ref().map_or(0, |b| b.round_trip_efficiency_permille);
+        let returned = quoting.retail_price_per_kwh * efficiency / 1000 - quoting.grid_fee_per_kwh;
+        returned * 10_000 / (10_000 + quoting.protocol_fee_bps.max(0))
+    }
+
+    /// The battery's plan over the next day of slots (what the quotes account for) and, with
+    /// `control` on, its mode for the slot being delivered (see [`battery`]).
+    fn plan_battery(&mut self, now_ms: i64, quoting: &QuotingSettings) {
+        let (Some(settings), Some(observed)) = (self.settings.battery.clone(), self.battery.observed) else {
+            return;
+        };
+        let len = self.settings.slot_len_ms;
+        let day = now_ms.div_euclid(MS_PER_DAY);
+        let day_start_discharged_wh = match self.battery.day {
+            Some((known, at)) if known == day => at,
+            _ => {
+                self.battery.day = Some((day, observed.discharged_wh));
+                observed.discharged_wh
+            }
+        };
+        let budget_wh = i64::from(settings.cycles_per_day_max) * observed.capacity_wh
+            - (observed.discharged_wh - day_start_discharged_wh);
+        let reserve_wh = observed.capacity_wh * i64::from(settings.reserve_soc_permille) / 1000;
+        let current = SlotId::containing(TimestampMs(now_ms), len);
+        let mut slots = Vec::with_capacity(HORIZON_SLOTS);
+        let mut nets = Vec::with_capacity(HORIZON_SLOTS);
+        let mut slot = current;
+        for _ in 0..HORIZON_SLOTS {
+            slot = slot.next(len);
+            slots.push(slot);
+            nets.push(self.forecaster.net_export_wh(slot).unwrap_or(0));
+        }
+        // Buying to charge only pays while stored energy beats retail.
+        let trade = settings.control && self.storage_break_even_per_kwh(quoting) > quoting.feed_in_price_per_kwh;
+        let inputs = PlanInputs {
+            stored_wh: observed.stored_wh(),
+            capacity_wh: observed.capacity_wh,
+            reserve_wh,
+            budget_wh,
+            slot_limit_wh: settings.power_w_max * len / 3_600_000,
+            efficiency_permille: settings.round_trip_efficiency_permille,
+            trade,
+        };
+        self.battery.plan = slots.into_iter().zip(battery::plan(&nets, inputs)).collect();
+        if !settings.control {
+            self.battery.mode = None;
+            return;
+        }
+        let since_ms = *self.battery.started_ms.get_or_insert(now_ms);
+        let last_heard_ms = self.battery.last_contact_ms.unwrap_or(since_ms).max(since_ms);
+        if now_ms - last_heard_ms > settings.no_contact_fallback_ms {
+            if !self.battery.fallback {
+                tracing::warn!(
+                    silent_ms = now_ms - last_heard_ms,
+                    "agent: nothing heard from the exchange; the battery falls back to self-consumption"
+                );
+            }
+            self.battery.fallback = true;
+            self.battery.mode = Some(BatteryMode::SelfConsumption);
+            return;
+        }
+        if self.battery.fallback {
+            tracing::info!("agent: the exchange is heard again; battery control resumes");
+        }
+        self.battery.fallback = false;
+        let position_wh = self.positions.filled_wh(current, Side::Sell) - self.positions.filled_wh(current, Side::Buy);
+        let home_net_w = observed
+            .home_net_w
+            .unwrap_or_else(|| -self.forecaster.net_export_wh(current).unwrap_or(0) * 3_600_000 / len.max(1));
+        self.battery.mode = Some(battery::setpoint(SetpointInputs {
+            position_wh,
+            slot_len_ms: len,
+            home_net_w,
+            stored_wh: observed.stored_wh(),
+            reserve_wh,
+            budget_wh,
+            power_w_max: settings.power_w_max,
+            period_ms: len / PLANS_PER_SLOT,
+        }));
     }
 
     fn cancel_tracked(&mut self, slot: SlotId, order_nonce: u64, now_ms: i64) -> Action {

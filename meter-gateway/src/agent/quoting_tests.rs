@@ -37,6 +37,7 @@ fn settings(quoting: QuotingSettings) -> AgentSettings {
         qty_min_wh: QTY_MIN_WH_DEFAULT,
         forecast_window_ms: 30 * MIN,
         mqtt: None,
+        battery: None,
         quoting: Some(quoting),
     }
 }
@@ -200,4 +201,101 @@ fn a_restarted_agent_adopts_its_open_orders_and_places_none_twice() {
     // New commands use nonces above the remembered ones.
     let next = after.nonce();
     assert!(placed.iter().all(|order| order.nonce < next));
+}
+
+fn with_battery(control: bool) -> AgentSettings {
+    AgentSettings {
+        battery: Some(battery::BatterySettings { control, ..battery::BatterySettings::default() }),
+        ..settings(quoting(None))
+    }
+}
+
+fn observation(ts_ms: i64, soc_permille: i64) -> BatteryObservation {
+    BatteryObservation {
+        ts_ms,
+        soc_permille,
+        capacity_wh: 10_000,
+        charged_wh: 0,
+        discharged_wh: 0,
+        home_net_w: Some(-2_000),
+    }
+}
+
+fn sold_wh(actions: &[Action]) -> i64 {
+    actions
+        .iter()
+        .map(|a| {
+            if let Action::Order(o) = a {
+                if o.side == Side::Sell {
+                    o.qty_wh.0
+                } else {
+                    0
+                }
+            } else {
+                0
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn with_a_battery_the_agent_sells_only_the_surplus_its_battery_will_not_store() {
+    // A steady 2 kW of export: 500 Wh a slot.
+    let now = START_MS + 8 * SLOT;
+    let mut plain = planner(settings(quoting(None)), 33, 8);
+    let without_battery = sold_wh(&plain.plan(now));
+    assert!(without_battery > 300, "the surplus is sold: {without_battery}");
+    // Half full: the battery takes the whole surplus of the next slots, nothing is left to sell.
+    let mut storing = planner(with_battery(false), 33, 8);
+    storing.observe_battery(observation(now, 500));
+    assert_eq!(sold_wh(&storing.plan(now)), 0);
+    let planned: Vec<i64> = storing.battery_plan().values().take(2).copied().collect();
+    assert!(planned.iter().all(|wh| *wh > 300), "the plan stores the surplus: {planned:?}");
+    assert_eq!(storing.battery_mode(), None, "without control the agent writes no setpoint");
+    // Full: the whole surplus is sold, as without a battery.
+    let mut full = planner(with_battery(false), 33, 8);
+    full.observe_battery(observation(now, 1_000));
+    assert_eq!(sold_wh(&full.plan(now)), without_battery);
+}
+
+#[test]
+fn without_word_from_the_exchange_the_battery_falls_back_to_self_consumption() {
+    let now = START_MS + 8 * SLOT;
+    let mut agent = planner(with_battery(true), 33, 8);
+    // Just above the 10 % reserve: under control, a setpoint that keeps it there.
+    agent.observe_battery(observation(now, 101));
+    agent.plan(now);
+    assert!(matches!(agent.battery_mode(), Some(BatteryMode::Setpoint { .. })), "{:?}", agent.battery_mode());
+    assert!(!agent.battery_fallback());
+    let silent = now + battery::NO_CONTACT_FALLBACK_MS_DEFAULT + MIN;
+    agent.plan(silent);
+    assert_eq!(agent.battery_mode(), Some(BatteryMode::SelfConsumption));
+    assert!(agent.battery_fallback(), "the fallback is visible");
+    // A book is heard again: control resumes.
+    let slot = agent.tradable_slots(silent)[0];
+    agent.observe_book(&protocol::BookSnapshot {
+        zone: testing::zone(),
+        slot,
+        seq: 1,
+        state: protocol::BookState::Open,
+        bids: Vec::new(),
+        asks: Vec::new(),
+        ts_ms: TimestampMs(silent),
+        call_phase: None,
+    });
+    agent.plan(silent + MIN);
+    assert!(!agent.battery_fallback());
+    assert!(matches!(agent.battery_mode(), Some(BatteryMode::Setpoint { .. })));
+}
+
+#[test]
+fn battery_settings_need_the_quoting_strategy_and_valid_limits() {
+    assert!(with_battery(true).validate().is_ok());
+    let limit_strategy = AgentSettings { quoting: None, ..with_battery(true) };
+    assert!(limit_strategy.validate().is_err());
+    let no_budget = AgentSettings {
+        battery: Some(battery::BatterySettings { cycles_per_day_max: 0, ..Default::default() }),
+        ..settings(quoting(None))
+    };
+    assert!(no_budget.validate().is_err());
 }

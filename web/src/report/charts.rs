@@ -8,19 +8,27 @@ use plotters::prelude::*;
 use std::path::Path;
 
 /// Chart size in SVG pixels.
-const WIDTH: u32 = 900;
+const WIDTH: u32 = 1_300;
 const HEIGHT: u32 = 420;
 /// Space between bars.
 const BAR_MARGIN_PX: u32 = 24;
 /// One colour per variant, in [`super::sim::VARIANTS`] order.
-const COLOURS: [RGBColor; 4] =
-    [RGBColor(150, 150, 150), RGBColor(90, 90, 90), RGBColor(46, 134, 222), RGBColor(16, 72, 160)];
+const COLOURS: [RGBColor; 6] = [
+    RGBColor(150, 150, 150),
+    RGBColor(90, 90, 90),
+    RGBColor(46, 134, 222),
+    RGBColor(16, 72, 160),
+    RGBColor(120, 190, 120),
+    RGBColor(30, 130, 60),
+];
 
 pub fn write_all(dir: &Path, summaries: &[Summary], outcomes: &[(Variant, Outcome)]) -> anyhow::Result<()> {
     let savings: Vec<f64> = summaries.iter().map(|s| s.household_savings as f64 / 1_000_000.0).collect();
     bars(&dir.join("savings.svg"), "Households' savings against the utility alone (€)", summaries, &savings)?;
     let shares: Vec<f64> = summaries.iter().map(|s| s.p2p_export_share_per_mille as f64 / 10.0).collect();
     bars(&dir.join("p2p_share.svg"), "Share of exported energy sold peer to peer (%)", summaries, &shares)?;
+    let sufficiency: Vec<f64> = summaries.iter().map(|s| s.self_sufficiency_per_mille as f64 / 10.0).collect();
+    bars(&dir.join("self_sufficiency.svg"), "Self-sufficiency of the community (%)", summaries, &sufficiency)?;
     prices(&dir.join("prices.svg"), outcomes)
 }
 

@@ -1,10 +1,12 @@
 //! `gridex demo --homes N --days D --report DIR`: the weekly market report. Simulates the demo's
 //! community (fixed seeds, faster than real time; see [`sim`]) once per variant — today's agent and
-//! the new (quoting) agent, each without and with the closing auction — and writes per variant the
+//! the new (quoting) agent, each without and with the closing auction, and both with batteries in half
+//! of the solar homes — and writes per variant the
 //! self-sufficiency, the share of exported energy sold peer to peer, households' savings against the
 //! utility alone, sellers' earnings over feed-in, the average and spread of prices and the GRID
-//! emitted, with SVG charts and a `report.md` that shows them. Every variant's figures are checked for
-//! consistency (energy and money balance, limits and caps) before anything is written.
+//! emitted, the batteries' stored and returned energy and losses, with SVG charts and a `report.md`
+//! that shows them. Every variant's figures are checked for consistency (energy and money balance,
+//! each home's exact energy balance in mWh, limits and caps) before anything is written.
 
 mod charts;
 pub mod sim;
@@ -34,8 +36,12 @@ pub struct Summary {
     pub self_sufficiency_per_mille: i64,
     /// Share of metered export delivered peer to peer (per mille).
     pub p2p_export_share_per_mille: i64,
-    /// Households' money against the utility alone (import at retail, export at feed-in), micro-units.
+    /// Households' money against the utility alone (import at retail, export at feed-in) without a
+    /// battery, micro-units: what the market and the batteries together bring.
     pub household_savings: i64,
+    /// The market's part: against the utility alone for the same metered flows (the battery
+    /// included, as it ran), see `Household::utility_only_net`.
+    pub market_savings: i64,
     /// The worst single household against the utility alone.
     pub worst_household_savings: i64,
     /// What sellers earned above feed-in for the energy they sold, micro-units.
@@ -52,6 +58,11 @@ pub struct Summary {
     /// Volume of this variant's own orders through the closing auction and through continuous trading.
     pub same_orders_auction_wh: i64,
     pub same_orders_continuous_wh: i64,
+    /// Homes with a battery, and the batteries' AC energy in (stored) and out (returned), and losses.
+    pub batteries: i64,
+    pub battery_charged_wh: i64,
+    pub battery_discharged_wh: i64,
+    pub battery_losses_wh: i64,
 }
 
 /// A failed consistency check: the report is not written.
@@ -84,12 +95,13 @@ fn price_stats(trades: &[(i64, i64)]) -> (i64, i64) {
 impl Summary {
     pub fn of(variant: Variant, outcome: &Outcome) -> Summary {
         let (price_mean_per_kwh, price_spread_per_kwh) = price_stats(&outcome.trade_prices);
-        let savings = |h: &sim::Household| h.net - h.utility_only_net;
+        let savings = |h: &sim::Household| h.net - h.no_battery_utility_net;
         Summary {
             variant: variant.name,
             self_sufficiency_per_mille: 1000 - per_mille(outcome.utility_supplied_wh, outcome.load_wh),
             p2p_export_share_per_mille: per_mille(outcome.delivered_p2p_wh, outcome.metered_export_wh),
             household_savings: outcome.households.iter().map(savings).sum(),
+            market_savings: outcome.households.iter().map(|h| h.net - h.utility_only_net).sum(),
             worst_household_savings: outcome.households.iter().map(savings).min().unwrap_or(0),
             sellers_over_feed_in: outcome.households.iter().map(|h| h.sales_over_feed_in).sum(),
             traded_wh: outcome.traded_wh,
@@ -101,6 +113,10 @@ impl Summary {
             trades: outcome.trades,
             same_orders_auction_wh: outcome.same_orders_auction_wh,
             same_orders_continuous_wh: outcome.same_orders_continuous_wh,
+            batteries: outcome.households.iter().filter(|h| h.has_battery).count() as i64,
+            battery_charged_wh: outcome.households.iter().map(|h| h.energy.charged_mwh).sum::<i64>() / 1000,
+            battery_discharged_wh: outcome.households.iter().map(|h| h.energy.discharged_mwh).sum::<i64>() / 1000,
+            battery_losses_wh: outcome.households.iter().map(|h| h.energy.losses_mwh).sum::<i64>() / 1000,
         }
     }
 }
@@ -108,6 +124,9 @@ impl Summary {
 /// Energy and money balance of a variant, its limits and (for the new agent) its caps.
 pub fn check(variant: Variant, outcome: &Outcome) -> Result<(), Inconsistency> {
     let fail = |check: String| Err(Inconsistency { variant: variant.name, check });
+    for household in &outcome.households {
+        check_home(household).map_err(|check| Inconsistency { variant: variant.name, check })?;
+    }
     let bought: i64 = outcome.households.iter().map(|h| h.bought_wh).sum();
     let sold: i64 = outcome.households.iter().map(|h| h.sold_wh).sum();
     if bought != sold || bought != outcome.traded_wh {
@@ -150,6 +169,35 @@ pub fn check(variant: Variant, outcome: &Outcome) -> Result<(), Inconsistency> {
                 return fail(format!("a household exceeded its caps: {household:?}"));
             }
         }
+    }
+    Ok(())
+}
+
+/// One home's physics, exact to the mWh: `pv + import = load + export + storage change + losses`,
+/// the battery's own balance (`charged − discharged = storage change + losses`), and the meter's
+/// settled Wh are its mWh counters truncated (less than a Wh apart).
+fn check_home(household: &sim::Household) -> Result<(), String> {
+    let e = household.energy;
+    let sources = e.pv_mwh + e.import_mwh;
+    let uses = e.load_mwh + e.export_mwh + e.stored_change_mwh + e.losses_mwh;
+    if sources != uses {
+        return Err(format!(
+            "energy: household {} has pv + import = {sources} mWh but load + export + storage change + losses = \
+             {uses} mWh: {e:?}",
+            household.account
+        ));
+    }
+    if e.charged_mwh - e.discharged_mwh != e.stored_change_mwh + e.losses_mwh {
+        return Err(format!("energy: household {}'s battery does not balance: {e:?}", household.account));
+    }
+    let within_a_wh = |wh: i64, mwh: i64| (wh * 1000 - mwh).abs() < 1000;
+    if !within_a_wh(household.metered_import_wh, e.import_mwh)
+        || !within_a_wh(household.metered_export_wh, e.export_mwh)
+    {
+        return Err(format!(
+            "energy: household {} settled {} Wh import and {} Wh export but its meter counted {e:?}",
+            household.account, household.metered_import_wh, household.metered_export_wh
+        ));
     }
     Ok(())
 }
@@ -202,17 +250,18 @@ pub fn markdown(options: &ReportOptions, summaries: &[Summary]) -> String {
     );
     let _ = writeln!(
         text,
-        "| variant | self-sufficiency | export sold p2p | savings vs utility | worst household | sellers over feed-in | traded | delivered p2p / possible | mean price €/kWh | spread | GRID emitted |"
+        "| variant | self-sufficiency | export sold p2p | savings vs utility | of which market | worst household | sellers over feed-in | traded | delivered p2p / possible | mean price €/kWh | spread | GRID emitted | batteries | stored / returned | storage losses |"
     );
-    let _ = writeln!(text, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(text, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for summary in summaries {
         let _ = writeln!(
             text,
-            "| {} | {} | {} | {} | {} | {} | {:.1} kWh | {:.1} / {:.1} kWh | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} kWh | {:.1} / {:.1} kWh | {} | {} | {} | {} | {:.1} / {:.1} kWh | {:.1} kWh |",
             summary.variant,
             percent(summary.self_sufficiency_per_mille),
             percent(summary.p2p_export_share_per_mille),
             euros(summary.household_savings),
+            euros(summary.market_savings),
             euros(summary.worst_household_savings),
             euros(summary.sellers_over_feed_in),
             summary.traded_wh as f64 / 1000.0,
@@ -221,6 +270,10 @@ pub fn markdown(options: &ReportOptions, summaries: &[Summary]) -> String {
             price(summary.price_mean_per_kwh),
             price(summary.price_spread_per_kwh),
             summary.tokens_emitted / 1_000_000,
+            summary.batteries,
+            summary.battery_charged_wh as f64 / 1000.0,
+            summary.battery_discharged_wh as f64 / 1000.0,
+            summary.battery_losses_wh as f64 / 1000.0,
         );
     }
     let _ = writeln!(
@@ -239,7 +292,7 @@ pub fn markdown(options: &ReportOptions, summaries: &[Summary]) -> String {
     }
     let _ = writeln!(
         text,
-        "\n![Savings per variant](savings.svg)\n\n![Share of exports sold peer to peer](p2p_share.svg)\n\n![Mean price per slot](prices.svg)\n"
+        "\n![Savings per variant](savings.svg)\n\n![Share of exports sold peer to peer](p2p_share.svg)\n\n![Self-sufficiency](self_sufficiency.svg)\n\n![Mean price per slot](prices.svg)\n"
     );
     text
 }
@@ -253,6 +306,29 @@ mod tests {
         assert_eq!(price_stats(&[(100, 1), (300, 1)]), (200, 100));
         assert_eq!(price_stats(&[(100, 3), (300, 1)]), (150, 86));
         assert_eq!(price_stats(&[]), (0, 0));
+    }
+
+    #[test]
+    fn a_household_whose_energy_does_not_balance_fails_the_report() {
+        let variant = VARIANTS[5];
+        assert!(variant.batteries && variant.quoting);
+        let mut outcome = sim::simulate(3, 1, variant);
+        check(variant, &outcome).expect("the real outcome balances");
+        assert!(outcome.households.iter().any(|h| h.has_battery && h.energy.charged_mwh > 0), "a battery worked");
+        let real = outcome.clone();
+        // A single mWh of load that came from nowhere.
+        outcome.households[0].energy.load_mwh += 1;
+        let error = check(variant, &outcome).expect_err("one mWh too much load");
+        assert!(error.check.contains("pv + import"), "{error}");
+        // Losses the battery never had.
+        outcome = real.clone();
+        outcome.households[0].energy.losses_mwh += 1;
+        outcome.households[0].energy.load_mwh -= 1;
+        assert!(check(variant, &outcome).is_err(), "the battery's own balance");
+        // A settled Wh the meter never counted.
+        outcome = real;
+        outcome.households[0].metered_import_wh += 2;
+        assert!(check(variant, &outcome).is_err(), "the settlement's meter");
     }
 
     #[test]

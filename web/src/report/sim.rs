@@ -8,8 +8,10 @@
 
 use crate::demo::{self, FEED_IN_PER_KWH, GRID_FEE_PER_KWH, PROTOCOL_FEE_BPS, RETAIL_PER_KWH};
 use exchange::matching::{BookConfig, Event, NewOrder, OrderBook};
+use meter_gateway::agent::battery::{BatteryObservation, BatterySettings};
 use meter_gateway::agent::{Action, AgentSettings, Planner, QuotingSettings};
-use meter_gateway::simulator::Home;
+use meter_gateway::battery::MWH_PER_WH;
+use meter_gateway::simulator::{Home, HomeSpec};
 use protocol::{
     AccountId, BookSnapshot, BookState, DeviceId, Level, MeterSerial, OrderStatus, OrderUpdate, PowerW, PricePerKwh,
     Reading, Reject, SlotId, Statement, TimeInForce, TimestampMs, Wh, ZoneId,
@@ -38,21 +40,77 @@ pub const CAP_QTY_WH_PER_DAY: i64 = 20_000;
 pub const CAP_QTY_WH_PER_SLOT: i64 = 3_000;
 pub const CAP_SPEND_PER_DAY: i64 = 6_000_000;
 
-/// Which agent the homes run and whether the zone has a closing auction.
+/// The new agent's battery settings in the report: control on, at most two cycles a day (a home
+/// battery does about one: the budget only stops a runaway plan) and 5 % kept in reserve (the
+/// owner's choice; the default is 10 %).
+pub const REPORT_BATTERY_CYCLES_PER_DAY_MAX: u32 = 2;
+pub const REPORT_BATTERY_RESERVE_SOC_PERMILLE: u16 = 50;
+
+/// Which agent the homes run, whether the zone has a closing auction and whether half of the solar
+/// homes have a battery ([`crate::demo::battery`]): driven by the new agent when it is the quoting
+/// one, left in the inverter's self-consumption mode under today's agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Variant {
     pub name: &'static str,
     pub quoting: bool,
     pub closing_auction: bool,
+    pub batteries: bool,
 }
 
-/// The four variants of the report, today's agent first.
-pub const VARIANTS: [Variant; 4] = [
-    Variant { name: "today's agent", quoting: false, closing_auction: false },
-    Variant { name: "today's agent + closing auction", quoting: false, closing_auction: true },
-    Variant { name: "new agent", quoting: true, closing_auction: false },
-    Variant { name: "new agent + closing auction", quoting: true, closing_auction: true },
+/// The six variants of the report, today's agent first.
+pub const VARIANTS: [Variant; 6] = [
+    Variant { name: "today's agent", quoting: false, closing_auction: false, batteries: false },
+    Variant { name: "today's agent + closing auction", quoting: false, closing_auction: true, batteries: false },
+    Variant { name: "new agent", quoting: true, closing_auction: false, batteries: false },
+    Variant { name: "new agent + closing auction", quoting: true, closing_auction: true, batteries: false },
+    Variant { name: "today's agent + batteries", quoting: false, closing_auction: false, batteries: true },
+    Variant { name: "new agent + batteries", quoting: true, closing_auction: false, batteries: true },
 ];
+
+/// One home's energy over the run, from the simulator's exact counters (mWh).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EnergyBalance {
+    pub pv_mwh: i64,
+    pub import_mwh: i64,
+    pub export_mwh: i64,
+    pub load_mwh: i64,
+    /// Battery: AC energy in and out, the change of what it stores, and its losses.
+    pub charged_mwh: i64,
+    pub discharged_mwh: i64,
+    pub stored_change_mwh: i64,
+    pub losses_mwh: i64,
+}
+
+impl EnergyBalance {
+    fn of(home: &Home) -> Self {
+        let state = home.state();
+        let battery = state.battery.unwrap_or_default();
+        Self {
+            pv_mwh: state.pv_mwh,
+            import_mwh: state.import_mwh,
+            export_mwh: state.export_mwh,
+            load_mwh: state.load_mwh,
+            charged_mwh: battery.charged_mwh,
+            discharged_mwh: battery.discharged_mwh,
+            stored_change_mwh: battery.stored_mwh,
+            losses_mwh: battery.losses_mwh,
+        }
+    }
+
+    /// What happened between `start` and `self`.
+    fn since(self, start: EnergyBalance) -> Self {
+        Self {
+            pv_mwh: self.pv_mwh - start.pv_mwh,
+            import_mwh: self.import_mwh - start.import_mwh,
+            export_mwh: self.export_mwh - start.export_mwh,
+            load_mwh: self.load_mwh - start.load_mwh,
+            charged_mwh: self.charged_mwh - start.charged_mwh,
+            discharged_mwh: self.discharged_mwh - start.discharged_mwh,
+            stored_change_mwh: self.stored_change_mwh - start.stored_change_mwh,
+            losses_mwh: self.losses_mwh - start.losses_mwh,
+        }
+    }
+}
 
 /// One household's totals over the run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +126,9 @@ pub struct Household {
     pub net: i64,
     /// What the utility alone would have given: export at feed-in minus import at retail.
     pub utility_only_net: i64,
+    /// The same for the home without its battery (equal to `utility_only_net` for a home without
+    /// one): the baseline of households' savings, so that savings include what the battery brings.
+    pub no_battery_utility_net: i64,
     /// Sales minus what the same energy would have earned at feed-in.
     pub sales_over_feed_in: i64,
     pub tokens: i64,
@@ -75,6 +136,9 @@ pub struct Household {
     pub slot_traded_wh_max: i64,
     pub day_traded_wh_max: i64,
     pub day_spend_max: i64,
+    pub has_battery: bool,
+    /// The home's physics over the run (see `report::check`).
+    pub energy: EnergyBalance,
 }
 
 impl Household {
@@ -89,11 +153,14 @@ impl Household {
             sold_wh: 0,
             net: 0,
             utility_only_net: 0,
+            no_battery_utility_net: 0,
             sales_over_feed_in: 0,
             tokens: 0,
             slot_traded_wh_max: 0,
             day_traded_wh_max: 0,
             day_spend_max: 0,
+            has_battery: false,
+            energy: EnergyBalance::default(),
         }
     }
 }
@@ -146,6 +213,13 @@ struct Member {
     buy_max: i64,
     /// Counters (import, export, pv) at the start of the current slot.
     slot_start_counters: (i64, i64, i64),
+    /// The exact counters at the start of the run.
+    start: EnergyBalance,
+    /// Whether the agent drives the battery.
+    controls_battery: bool,
+    /// The same home without its battery (same weather and load), for the savings' baseline, and
+    /// its counters (import, export) at the start of the current slot.
+    shadow: Option<(Home, (i64, i64))>,
 }
 
 /// One slot's book and the commands it received, kept for the same-orders comparison.
@@ -184,7 +258,7 @@ fn zone() -> ZoneId {
     ZoneId::parse(demo::DEMO_ZONE).unwrap_or_else(|_| unreachable!("the demo zone id is valid"))
 }
 
-fn agent_settings(variant: Variant, sell_min: i64, buy_max: i64) -> AgentSettings {
+fn agent_settings(variant: Variant, sell_min: i64, buy_max: i64, battery: bool) -> AgentSettings {
     AgentSettings {
         key: std::path::PathBuf::from("unused: the report does not sign"),
         price_per_kwh_sell_min: sell_min,
@@ -197,6 +271,12 @@ fn agent_settings(variant: Variant, sell_min: i64, buy_max: i64) -> AgentSetting
         qty_min_wh: 50,
         forecast_window_ms: 30 * MINUTE_MS,
         mqtt: None,
+        battery: (battery && variant.quoting).then(|| BatterySettings {
+            control: true,
+            cycles_per_day_max: REPORT_BATTERY_CYCLES_PER_DAY_MAX,
+            reserve_soc_permille: REPORT_BATTERY_RESERVE_SOC_PERMILLE,
+            ..BatterySettings::default()
+        }),
         quoting: variant.quoting.then_some(QuotingSettings {
             feed_in_price_per_kwh: FEED_IN_PER_KWH,
             retail_price_per_kwh: RETAIL_PER_KWH,
@@ -215,7 +295,7 @@ fn agent_settings(variant: Variant, sell_min: i64, buy_max: i64) -> AgentSetting
 fn counters(home: &Home) -> (i64, i64, i64) {
     let state = home.state();
     // Truncated to whole Wh, as the meter registers are.
-    (state.import_wh as i64, state.export_wh as i64, state.pv_wh as i64)
+    (state.import_wh(), state.export_wh(), state.pv_wh())
 }
 
 fn reading(home: &Home, seq: u64) -> Reading {
@@ -246,10 +326,23 @@ fn members(homes: usize, variant: Variant) -> Vec<Member> {
             // Unique beyond 251 homes too.
             bytes[31] ^= (index / 251) as u8;
             let account = AccountId(bytes);
+            let mut spec = spec;
+            if variant.batteries {
+                spec.battery = demo::battery(index);
+            }
+            let has_battery = spec.battery.is_some();
+            let shadow = has_battery.then(|| {
+                let shadow = Home::new(HomeSpec { battery: None, ..spec.clone() }, START_MS);
+                let (import_wh, export_wh, _) = counters(&shadow);
+                (shadow, (import_wh, export_wh))
+            });
             let home = Home::new(spec, START_MS);
-            let planner = Planner::new(agent_settings(variant, sell_min, buy_max), account, zone(), 1);
+            let settings = agent_settings(variant, sell_min, buy_max, has_battery);
+            let controls_battery = settings.battery.as_ref().is_some_and(|battery| battery.control);
+            let planner = Planner::new(settings, account, zone(), 1);
             let slot_start_counters = counters(&home);
-            Member { home, planner, account, sell_min, buy_max, slot_start_counters }
+            let start = EnergyBalance::of(&home);
+            Member { home, planner, account, sell_min, buy_max, slot_start_counters, start, controls_battery, shadow }
         })
         .collect()
 }
@@ -273,6 +366,14 @@ pub fn simulate(homes: usize, days: i64, variant: Variant) -> Outcome {
         seq += 1;
         for member in &mut members {
             member.home.advance(now_ms);
+            if let Some((shadow, _)) = &mut member.shadow {
+                shadow.advance(now_ms);
+            }
+            if member.controls_battery {
+                if let Some(observation) = battery_observation(&member.home) {
+                    member.planner.observe_battery(observation);
+                }
+            }
             let reading = reading(&member.home, seq);
             member.planner.observe(&reading);
         }
@@ -289,7 +390,27 @@ pub fn simulate(homes: usize, days: i64, variant: Variant) -> Outcome {
         }
         now_ms += MINUTE_MS;
     }
+    for (household, member) in outcome.households.iter_mut().zip(&members) {
+        household.has_battery = member.home.battery().is_some();
+        household.energy = EnergyBalance::of(&member.home).since(member.start);
+    }
+    outcome.load_wh = outcome.households.iter().map(|h| h.energy.load_mwh).sum::<i64>() / MWH_PER_WH;
     outcome
+}
+
+/// What the gateway would read from the battery, and the household's own net power.
+fn battery_observation(home: &Home) -> Option<BatteryObservation> {
+    let battery = home.battery()?;
+    let counters = battery.counters();
+    let state = home.state();
+    Some(BatteryObservation {
+        ts_ms: state.sim_ms,
+        soc_permille: battery.soc_permille(),
+        capacity_wh: battery.spec.capacity_wh,
+        charged_wh: counters.charged_mwh / MWH_PER_WH,
+        discharged_wh: counters.discharged_mwh / MWH_PER_WH,
+        home_net_w: Some(state.load_w.round() as i64 - state.pv_w.round() as i64),
+    })
 }
 
 /// One minute of trading: each agent plans (in an order that rotates every minute, so no home is
@@ -306,6 +427,12 @@ fn trade_minute(
     for offset in 0..count {
         let index = (offset + minute as usize) % count;
         let actions = members[index].planner.plan(now_ms);
+        let member = &mut members[index];
+        if member.controls_battery {
+            if let (Some(mode), Some(battery)) = (member.planner.battery_mode(), member.home.battery_mut()) {
+                battery.mode = mode;
+            }
+        }
         for action in actions {
             let slot = action_slot(&action);
             if slot.start_ms() - demo::GATE_CLOSURE_MS <= now_ms {
@@ -544,12 +671,24 @@ fn settle(
 ) -> i64 {
     let mut meters = BTreeMap::new();
     let (mut slot_import_wh, mut slot_export_wh) = (0, 0);
-    for member in members.iter_mut() {
+    for (index, member) in members.iter_mut().enumerate() {
         let now = counters(&member.home);
         let before = std::mem::replace(&mut member.slot_start_counters, now);
         let (import_wh, export_wh, pv_wh) = (now.0 - before.0, now.1 - before.1, now.2 - before.2);
+        let (baseline_import_wh, baseline_export_wh) = match &mut member.shadow {
+            Some((shadow, start)) => {
+                let (import_now, export_now, _) = counters(shadow);
+                let before = std::mem::replace(start, (import_now, export_now));
+                (import_now - before.0, export_now - before.1)
+            }
+            None => (import_wh, export_wh),
+        };
+        if let Some(household) = outcome.households.get_mut(index) {
+            household.no_battery_utility_net +=
+                PricePerKwh(FEED_IN_PER_KWH).value_of(Wh(baseline_export_wh), protocol::Rounding::Floor).0
+                    - PricePerKwh(RETAIL_PER_KWH).value_of(Wh(baseline_import_wh), protocol::Rounding::Floor).0;
+        }
         outcome.pv_wh += pv_wh;
-        outcome.load_wh += pv_wh + import_wh - export_wh;
         meters.insert(member.account, AccountMeter { import_wh, export_wh, no_data: false });
         slot_import_wh += import_wh;
         slot_export_wh += export_wh;
