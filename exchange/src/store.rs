@@ -243,10 +243,38 @@ pub fn load_accounts(conn: &mut DbConnection, ids: &[AccountId]) -> Result<Vec<(
     Ok(found)
 }
 
-/// The next free command sequence number.
-pub fn next_command_seq(conn: &mut DbConnection) -> Result<u64, DbError> {
-    let max: Option<i64> = order_commands::table.select(diesel::dsl::max(order_commands::command_seq)).first(conn)?;
-    Ok(max.map(to_u64).transpose()?.map_or(1, |max| max + 1))
+/// `count` new command sequence numbers, ascending, for the commands of one group commit; call it
+/// inside the transaction that inserts them. On PostgreSQL they come from the `order_command_seq`
+/// sequence, so several exchange instances never take the same number (a number of a transaction
+/// that fails is skipped). SQLite has one writer (see `gridex_store::WriterLock`) and its write
+/// transactions are serialized, so the log's maximum + 1 onwards is free.
+pub fn take_command_seqs(conn: &mut DbConnection, count: usize) -> Result<Vec<u64>, DbError> {
+    #[derive(diesel::QueryableByName)]
+    struct Taken {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        seq: i64,
+    }
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let count_i64 = i64::try_from(count).map_err(|_| DbError::Invalid("too many commands in one group".to_owned()))?;
+    match conn {
+        DbConnection::Postgres(pg) => {
+            let taken: Vec<Taken> =
+                diesel::sql_query("SELECT nextval('order_command_seq') AS seq FROM generate_series(1, $1)")
+                    .bind::<diesel::sql_types::BigInt, _>(count_i64)
+                    .load(pg)?;
+            let mut seqs = taken.into_iter().map(|taken| to_u64(taken.seq)).collect::<Result<Vec<_>, _>>()?;
+            seqs.sort_unstable();
+            Ok(seqs)
+        }
+        DbConnection::Sqlite(_) => {
+            let max: Option<i64> =
+                order_commands::table.select(diesel::dsl::max(order_commands::command_seq)).first(conn)?;
+            let first = max.map(to_u64).transpose()?.map_or(1, |max| max + 1);
+            Ok((first..first + count as u64).collect())
+        }
+    }
 }
 
 /// An accepted reading as stored.

@@ -41,7 +41,6 @@ pub(super) struct Writer {
     pub(super) db: Database,
     pub(super) outlets: Outlets,
     pub(super) zones: ZoneSet,
-    pub(super) next_seq: u64,
     pub(super) delay: Duration,
     pub(super) size_max: usize,
     /// The verification stage's count of messages on their way: while it is zero, waiting for
@@ -119,9 +118,7 @@ impl Writer {
     }
 
     async fn commit(&mut self, group: Vec<Pending>, refused: Vec<RefusedReading>) {
-        let first_seq = self.next_seq;
         let mut rows = GroupRows { refused, ..GroupRows::default() };
-        let mut seq = first_seq;
         for (index, item) in group.iter().enumerate() {
             match &item.verified {
                 Verified::Reading { signed, payload, duplicate: Duplicate::No } => rows.readings.push(ReadingRow {
@@ -136,7 +133,8 @@ impl Writer {
                 Verified::CommandSeen { command, .. } => rows.seen.push((index, command.clone())),
                 Verified::Command { command, slot, payload } => {
                     rows.commands.push(CommandRow {
-                        command_seq: seq,
+                        // Numbered inside the transaction (`store::take_command_seqs`).
+                        command_seq: 0,
                         zone: command.zone().clone(),
                         slot: *slot,
                         account: command.account(),
@@ -145,7 +143,6 @@ impl Writer {
                         payload: payload.clone(),
                         received_ms: item.received_ms,
                     });
-                    seq += 1;
                 }
             }
         }
@@ -160,7 +157,6 @@ impl Writer {
         }
         match self.commit_until_stored(Arc::new(rows)).await {
             Some((commands, checked)) => {
-                self.next_seq = seq;
                 let mut outcomes = vec![Outcome::Stored; group.len()];
                 for (index, same) in checked {
                     outcomes[index] = if same { Outcome::Duplicate } else { Outcome::Replayed };
@@ -185,7 +181,14 @@ impl Writer {
                 .db
                 .write(move |conn| {
                     store::insert_readings(conn, &attempt.readings)?;
-                    store::insert_commands(conn, &attempt.commands)?;
+                    let seqs = store::take_command_seqs(conn, attempt.commands.len())?;
+                    let commands: Vec<CommandRow> = attempt
+                        .commands
+                        .iter()
+                        .zip(seqs)
+                        .map(|(row, command_seq)| CommandRow { command_seq, ..row.clone() })
+                        .collect();
+                    store::insert_commands(conn, &commands)?;
                     store::insert_rejections(conn, &attempt.refused)?;
                     let mut checked = Vec::with_capacity(attempt.to_check.len() + attempt.seen.len());
                     for (index, signed) in &attempt.to_check {
@@ -194,14 +197,12 @@ impl Writer {
                     for (index, command) in &attempt.seen {
                         checked.push((*index, store::same_command_stored(conn, command)?));
                     }
-                    Ok(checked)
+                    Ok((commands, checked))
                 })
                 .await;
             metrics::histogram!("gridex_group_commit_seconds").record(started.elapsed().as_secs_f64());
             match result {
-                Ok(checked) => {
-                    let commands =
-                        Arc::try_unwrap(rows).map_or_else(|shared| shared.commands.clone(), |own| own.commands);
+                Ok((commands, checked)) => {
                     return Some((commands, checked));
                 }
                 Err(error) => {

@@ -51,7 +51,7 @@ use crate::zone::{self, ZoneMsg};
 use commit::Writer;
 use events::{shutting_down, Reply};
 use gridex_store::clock::Clock;
-use gridex_store::Database;
+use gridex_store::{Database, WriterLock};
 use outlets::{reject, Outlets};
 use protocol::{AccountId, BookSnapshot, Reason, Signed, SlotId, ZoneId};
 use std::sync::atomic::AtomicUsize;
@@ -83,6 +83,8 @@ pub struct ExchangeHandle {
     mqtt_stop: Arc<watch::Sender<bool>>,
     mqtt_tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
     mqtt_ready: watch::Receiver<bool>,
+    /// On SQLite, this instance is the database's one exchange until shutdown ends.
+    writer_lock: Arc<std::sync::Mutex<Option<WriterLock>>>,
     /// The public half of the key that signs everything published (PROTOCOL.md §2.1).
     operator: [u8; 32],
     /// The operator key itself, for [`ExchangeHandle::sign_operator`]; never handed out.
@@ -230,6 +232,11 @@ impl ExchangeHandle {
                 task.abort();
             }
         }
+        // Nothing writes any more: the next exchange on this SQLite database may start.
+        match self.writer_lock.lock() {
+            Ok(mut lock) => drop(lock.take()),
+            Err(poisoned) => drop(poisoned.into_inner().take()),
+        }
     }
 }
 
@@ -252,6 +259,7 @@ pub async fn start(
             "order commands per account: at least 1 per second and 1 at once".to_owned(),
         ));
     }
+    let writer_lock = db.lock_single_writer("exchange")?;
     let only = config.zones.clone();
     let zones = db.run(move |conn| store::load_zones(conn, &only)).await?;
     let (events, _) = broadcast::channel(EVENT_BROADCAST_LEN);
@@ -275,7 +283,6 @@ pub async fn start(
         Err(poisoned) => poisoned.into_inner().push(task),
     };
 
-    let next_seq = db.run(store::next_command_seq).await?;
     let (commit_tx, commit_rx) = mpsc::channel(config.commit_queue_len);
     let (resync_tx, resync_rx) = mpsc::channel(RESYNC_QUEUE_LEN);
     let (refused_tx, refused_rx) = mpsc::channel(REFUSED_QUEUE_LEN);
@@ -284,7 +291,6 @@ pub async fn start(
         db: db.clone(),
         outlets: outlets.clone(),
         zones: zone_set.clone(),
-        next_seq,
         delay: Duration::from_millis(config.group_commit_delay_ms),
         size_max: config.group_commit_size_max.max(1),
         verifying: verifying.clone(),
@@ -333,5 +339,6 @@ pub async fn start(
         mqtt_stop: Arc::new(mqtt_stop_sender),
         mqtt_tasks: Arc::new(std::sync::Mutex::new(mqtt_tasks)),
         mqtt_ready,
+        writer_lock: Arc::new(std::sync::Mutex::new(writer_lock)),
     })
 }
