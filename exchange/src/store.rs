@@ -14,6 +14,8 @@ use gridex_store::{DbConnection, DbError};
 use protocol::{AccountId, Command, DeviceId, PricePerKwh, Reading, Side, Signed, SlotId, Trade, ZoneId};
 use std::collections::HashMap;
 
+pub mod leases;
+
 /// Runs a multi-row insert on the concrete backend: diesel's `MultiConnection` cannot batch inserts.
 macro_rules! execute_batch {
     ($conn:expr, $statement:expr) => {

@@ -29,15 +29,18 @@
 //! One file per stage: `mqtt.rs` (publisher, listener, forwarder), `acks.rs` (the ordered PUBACK
 //! queue), `verify.rs` (the verification stage), `commit.rs` (the group commit), `zones.rs` (the zone
 //! owners, each a `ZoneOwner` of `zone.rs`, which recovers its books from the command log when it
-//! starts). `outlets.rs` and the leaves `events.rs` and `error.rs` are what the stages share; this
-//! file holds [`start`] and the [`ExchangeHandle`].
+//! starts), `leases.rs` (on PostgreSQL: which zones this instance owns, by lease, and failover).
+//! `outlets.rs`, `ownership.rs` and the leaves `events.rs` and `error.rs` are what the stages share;
+//! this file holds [`start`] and the [`ExchangeHandle`].
 
 mod acks;
 mod commit;
 pub(crate) mod error;
 pub(crate) mod events;
+mod leases;
 mod mqtt;
 pub(crate) mod outlets;
+mod ownership;
 mod verify;
 mod zones;
 
@@ -51,8 +54,10 @@ use crate::zone::{self, ZoneMsg};
 use commit::Writer;
 use events::{shutting_down, Reply};
 use gridex_store::clock::Clock;
-use gridex_store::{Database, WriterLock};
+use gridex_store::{Backend, Database, WriterLock};
+use leases::LeaseManager;
 use outlets::{reject, Outlets};
+use ownership::Ownership;
 use protocol::{AccountId, BookSnapshot, Reason, Signed, SlotId, ZoneId};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -85,10 +90,15 @@ pub struct ExchangeHandle {
     mqtt_ready: watch::Receiver<bool>,
     /// On SQLite, this instance is the database's one exchange until shutdown ends.
     writer_lock: Arc<std::sync::Mutex<Option<WriterLock>>>,
+    /// On PostgreSQL, the lease manager: stopped after the core tasks (it lets the leases go).
+    lease_task: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+    /// A test hook: pauses the lease manager, as if the process stalled.
+    leases_paused: Arc<watch::Sender<bool>>,
     /// The public half of the key that signs everything published (PROTOCOL.md §2.1).
     operator: [u8; 32],
     /// The operator key itself, for [`ExchangeHandle::sign_operator`]; never handed out.
     operator_key: Arc<ed25519_dalek::SigningKey>,
+    instance_id: String,
 }
 
 impl std::fmt::Debug for ExchangeHandle {
@@ -214,6 +224,40 @@ impl ExchangeHandle {
         Ok(self.zones.get_or_start(zone).await?.is_some())
     }
 
+    /// This instance's name in the lease table ([`ExchangeConfig::instance_id`]).
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// Stops every task at once, as a crash would: nothing is flushed or committed any more, the
+    /// leases are not let go (they expire, then other instances take the zones), messages not
+    /// acknowledged stay in the broker's session. For failover tests in one process.
+    pub fn kill(self) {
+        let take = |tasks: &std::sync::Mutex<Vec<JoinHandle<()>>>| -> Vec<JoinHandle<()>> {
+            match tasks.lock() {
+                Ok(mut tasks) => tasks.drain(..).collect(),
+                Err(poisoned) => poisoned.into_inner().drain(..).collect(),
+            }
+        };
+        for task in take(&self.tasks).into_iter().chain(take(&self.mqtt_tasks)) {
+            task.abort();
+        }
+        let lease_task = match self.lease_task.lock() {
+            Ok(mut task) => task.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(task) = lease_task {
+            task.abort();
+        }
+    }
+
+    /// A test hook: `true` pauses the lease manager (no heartbeat, no renewal, lost zones not
+    /// dropped), as if the process stalled, so its leases expire while the rest keeps running.
+    #[doc(hidden)]
+    pub fn pause_leases(&self, paused: bool) {
+        let _ = self.leases_paused.send(paused);
+    }
+
     /// Stops taking messages, commits and applies what was accepted, and stops every task.
     pub async fn shutdown(self) {
         let take = |tasks: &std::sync::Mutex<Vec<JoinHandle<()>>>| -> Vec<JoinHandle<()>> {
@@ -227,6 +271,14 @@ impl ExchangeHandle {
             let _ = task.await;
         }
         let _ = self.mqtt_stop.send(true);
+        // Lets every lease go, now that everything taken is committed.
+        let lease_task = match self.lease_task.lock() {
+            Ok(mut task) => task.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(task) = lease_task {
+            let _ = task.await;
+        }
         for mut task in take(&self.mqtt_tasks) {
             if tokio::time::timeout(Duration::from_millis(MQTT_FLUSH_TIMEOUT_MS), &mut task).await.is_err() {
                 task.abort();
@@ -259,6 +311,9 @@ pub async fn start(
             "order commands per account: at least 1 per second and 1 at once".to_owned(),
         ));
     }
+    if config.lease_renew_interval_ms == 0 || config.lease_ttl_ms <= config.lease_renew_interval_ms {
+        return Err(ExchangeError::Config("leases: renew interval > 0 and below the time to live".to_owned()));
+    }
     let writer_lock = db.lock_single_writer("exchange")?;
     let only = config.zones.clone();
     let zones = db.run(move |conn| store::load_zones(conn, &only)).await?;
@@ -274,9 +329,34 @@ pub async fn start(
     let publish_tx = connection.as_ref().map(|connection| connection.publish.clone());
     let outlets = Outlets { publish: publish_tx, events, clock: clock.clone() };
 
-    let zone_set = ZoneSet::new(config.clone(), db.clone(), outlets.clone(), tasks.clone());
-    for (zone, info) in &zones {
-        zone_set.start_owner(zone.clone(), *info).await?;
+    // PostgreSQL takes several instances: each owns the zones whose lease it holds. SQLite takes
+    // one exchange (the writer lock above), which owns every zone it serves.
+    let leasing = db.backend() == Backend::Postgres;
+    let (lost_tx, lost_rx) = mpsc::unbounded_channel();
+    let ownership = if leasing { Ownership::leased(config.clone(), lost_tx) } else { Ownership::fixed(config.clone()) };
+    let zone_set = ZoneSet::new(config.clone(), db.clone(), outlets.clone(), ownership.clone(), tasks.clone());
+    let (notices_tx, notices_rx) = mpsc::unbounded_channel();
+    let (leases_paused, paused) = watch::channel(false);
+    let mut lease_task = None;
+    if leasing {
+        let mut manager = LeaseManager {
+            db: db.clone(),
+            config: config.clone(),
+            ownership: ownership.clone(),
+            zones: zone_set.clone(),
+            verifier: notices_tx,
+            mqtt: connection.as_ref().map(|connection| connection.link.client()),
+            lost: lost_rx,
+            releasing: Default::default(),
+            paused,
+        };
+        // The first round before anything is taken: a lone instance starts with every zone.
+        manager.round(false).await?;
+        lease_task = Some(tokio::spawn(manager.run(shutdown.clone(), mqtt_stop.clone())));
+    } else {
+        for (zone, info) in &zones {
+            zone_set.start_owner(zone.clone(), *info).await?;
+        }
     }
     let spawn = |task: JoinHandle<()>| match tasks.lock() {
         Ok(mut tasks) => tasks.push(task),
@@ -291,6 +371,7 @@ pub async fn start(
         db: db.clone(),
         outlets: outlets.clone(),
         zones: zone_set.clone(),
+        ownership: ownership.clone(),
         delay: Duration::from_millis(config.group_commit_delay_ms),
         size_max: config.group_commit_size_max.max(1),
         verifying: verifying.clone(),
@@ -314,7 +395,8 @@ pub async fn start(
         commit: commit_tx,
         resync: resync_rx,
         refused: refused_tx,
-        config: config.clone(),
+        ownership: ownership.clone(),
+        notices: notices_rx,
     };
     spawn(tokio::spawn(stage.run(ingest_rx, shutdown.clone())));
 
@@ -322,8 +404,15 @@ pub async fn start(
     if let Some(connection) = connection {
         mqtt_tasks.push(connection.publisher);
         // An instance serving every zone subscribes with wildcards, so a zone registered later is
-        // served without a restart; one serving named zones (a partition) subscribes to those.
-        let served: Option<Vec<ZoneId>> = (!config.zones.is_empty()).then(|| config.zones.clone());
+        // served without a restart; one serving named zones (a partition) subscribes to those; one
+        // holding leases subscribes to the zones it holds, and changes them as leases come and go.
+        let served = if leasing {
+            mqtt::Served::Leased(ownership.clone())
+        } else if config.zones.is_empty() {
+            mqtt::Served::All
+        } else {
+            mqtt::Served::Zones(config.zones.clone())
+        };
         let listener = mqtt::listen(connection.link, served, ingest_tx.clone(), ready_tx, shutdown.clone(), mqtt_stop);
         mqtt_tasks.push(listener);
     }
@@ -340,5 +429,8 @@ pub async fn start(
         mqtt_tasks: Arc::new(std::sync::Mutex::new(mqtt_tasks)),
         mqtt_ready,
         writer_lock: Arc::new(std::sync::Mutex::new(writer_lock)),
+        lease_task: Arc::new(std::sync::Mutex::new(lease_task)),
+        leases_paused: Arc::new(leases_paused),
+        instance_id: config.instance_id.clone(),
     })
 }

@@ -1,1 +1,2 @@
-SELECT 1;
+DROP TABLE exchange_instances;
+DROP TABLE zone_leases;
