@@ -137,7 +137,9 @@ impl LeaseManager {
         if wanted == 0 {
             return Ok(());
         }
-        let held_anywhere = self.db.run(leases::held_zones).await?;
+        // Held by another instance now; a lease still under this instance's id (a restart) is free.
+        let instance = self.config.instance_id.clone();
+        let held_anywhere = self.db.run(move |conn| leases::held_zones(conn, &instance)).await?;
         let free: Vec<ZoneId> = candidates
             .into_iter()
             .filter(|zone| !held_anywhere.contains(zone) && !self.ownership.owns(zone))

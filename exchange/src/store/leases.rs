@@ -86,14 +86,17 @@ pub fn renew(conn: &mut DbConnection, zone: &ZoneId, instance: &str, token: i64,
     Ok(renewed == 1)
 }
 
-/// Takes the lease of `zone` if it is free (never leased, expired or released), returning the new
-/// fencing token: one more than the last owner's, so that owner can never commit for the zone again.
-/// `None` while another instance holds it. One statement: of two instances trying at once, one wins.
+/// Takes the lease of `zone` if it is free (never leased, expired or released) or held under this
+/// very instance id (the same instance restarted: it takes its zones back at once rather than after
+/// the time to live), returning the new fencing token: one more than the last holder's, so that
+/// holder can never commit for the zone again. `None` while another instance holds it. One
+/// statement: of two instances trying at once, one wins.
 pub fn acquire(conn: &mut DbConnection, zone: &ZoneId, instance: &str, ttl_ms: u64) -> Result<Option<i64>, DbError> {
     let taken: Vec<Token> = diesel::sql_query(format!(
         "INSERT INTO zone_leases (zone_id, owner, token, expires_ms) VALUES ($1, $2, 1, {NOW_MS} + $3) \
          ON CONFLICT (zone_id) DO UPDATE SET owner = excluded.owner, token = zone_leases.token + 1, \
-         expires_ms = excluded.expires_ms WHERE zone_leases.expires_ms < {NOW_MS} RETURNING token"
+         expires_ms = excluded.expires_ms \
+         WHERE zone_leases.expires_ms < {NOW_MS} OR zone_leases.owner = excluded.owner RETURNING token"
     ))
     .bind::<Text, _>(zone.as_str())
     .bind::<Text, _>(instance)
@@ -123,10 +126,11 @@ pub fn release_all(conn: &mut DbConnection, instance: &str) -> Result<(), DbErro
     Ok(())
 }
 
-/// The zones whose lease some instance holds now (not expired).
-pub fn held_zones(conn: &mut DbConnection) -> Result<Vec<ZoneId>, DbError> {
+/// The zones whose lease an instance other than `instance` holds now (not expired).
+pub fn held_zones(conn: &mut DbConnection, instance: &str) -> Result<Vec<ZoneId>, DbError> {
     let rows: Vec<ZoneName> =
-        diesel::sql_query(format!("SELECT zone_id FROM zone_leases WHERE expires_ms >= {NOW_MS}"))
+        diesel::sql_query(format!("SELECT zone_id FROM zone_leases WHERE expires_ms >= {NOW_MS} AND owner <> $1"))
+            .bind::<Text, _>(instance)
             .load(postgres(conn)?)?;
     Ok(rows.into_iter().filter_map(|row| ZoneId::parse(&row.zone_id).ok()).collect())
 }
