@@ -324,6 +324,36 @@ pub struct CommandRow {
     pub received_ms: i64,
 }
 
+/// Of `rows`, those whose (account, nonce) the log already holds, each with whether the logged
+/// command is the same signed command (a resend) or another one (a replay). Several instances on
+/// PostgreSQL check an account's nonces each against its own cache, so an account trading in zones
+/// owned by different instances can reach two of them with one nonce: the group commit looks first
+/// and refuses the second, instead of failing on the log's unique key for ever.
+pub fn logged_nonces(conn: &mut DbConnection, rows: &[CommandRow]) -> Result<Vec<(usize, bool)>, DbError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let accounts: Vec<String> = rows.iter().map(|row| row.account.to_hex()).collect();
+    let nonces = rows.iter().map(|row| to_i64(row.nonce)).collect::<Result<Vec<_>, _>>()?;
+    let logged: Vec<(String, i64, String)> = order_commands::table
+        .filter(order_commands::account_id.eq_any(&accounts))
+        .filter(order_commands::nonce.eq_any(&nonces))
+        .select((order_commands::account_id, order_commands::nonce, order_commands::payload))
+        .load(conn)?;
+    let mut found = Vec::new();
+    for (index, row) in rows.iter().enumerate() {
+        let same_key = |(account, nonce, _): &&(String, i64, String)| *account == accounts[index] && *nonce == nonces[index];
+        if let Some((_, _, payload)) = logged.iter().find(same_key) {
+            let same = Command::parse(payload.as_bytes())
+                .ok()
+                .zip(Command::parse(row.payload.as_bytes()).ok())
+                .is_some_and(|(logged, new)| logged.signing_bytes() == new.signing_bytes());
+            found.push((index, same));
+        }
+    }
+    Ok(found)
+}
+
 /// Appends commands to the log in one statement.
 pub fn insert_commands(conn: &mut DbConnection, rows: &[CommandRow]) -> Result<(), DbError> {
     if rows.is_empty() {

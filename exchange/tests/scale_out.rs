@@ -326,3 +326,54 @@ async fn a_stale_owner_whose_lease_was_taken_cannot_commit() {
     stale.shutdown().await;
     taker.shutdown().await;
 }
+
+/// An account registered for no zone trades in two zones owned by two instances, each checking its
+/// nonces against its own cache. The instance whose cache is behind once failed its group commit on
+/// the log's unique (account, nonce) for ever, stalling every later message; now the commit finds
+/// the nonce logged and refuses the command `replayed`, and the instance goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nonce_logged_by_another_instance_is_refused_as_replayed_and_stalls_nothing() {
+    let Some(test_db) = TestDb::postgres() else {
+        eprintln!("DATABASE_URL is not set: zone leases are taken on PostgreSQL only");
+        return;
+    };
+    let zones = zones(2);
+    for zone in &zones {
+        seed_zone(&test_db.db, zone, SLOT_LEN_MS);
+    }
+    let trader = SigningKey::from_bytes(&[81; 32]);
+    let trader_hex = AccountId::from_verifying_key(&trader.verifying_key()).to_hex();
+    test_db
+        .db
+        .write_blocking(|conn| {
+            settlement::registry::register_account(
+                conn,
+                &trader_hex,
+                settlement::registry::AccountKind::Household,
+                "a trader in every zone",
+                None,
+                0,
+            )
+            .map_err(|error| gridex_store::DbError::Invalid(error.to_string()))
+        })
+        .expect("the trader is registered");
+    let first = start_leased(&test_db, None).await;
+    let second = start_leased(&test_db, None).await;
+    wait_until("the zones shared 1 + 1", || first.zones().len() == 1 && second.zones().len() == 1).await;
+    let (mine, theirs) = (&first.zones()[0], &second.zones()[0]);
+    let sell = |zone: &ZoneId, nonce: u64, price: i64| order(&trader, zone, open_slot(), Side::Sell, price, 100, nonce, NOW_MS);
+
+    // The second instance caches the trader at nonce 1; the first then logs nonce 2.
+    second.submit_command(sell(theirs, 1, 100_000)).await.expect("nonce 1 in the second's zone");
+    first.submit_command(sell(mine, 2, 100_000)).await.expect("nonce 2 in the first's zone");
+    // The second's cache says nonce 2 is fresh: a different command with it must not stall it.
+    let answer = tokio::time::timeout(ANSWER_TIMEOUT, second.submit_command(sell(theirs, 2, 120_000)))
+        .await
+        .expect("answered, not retried for ever");
+    let refused = answer.expect_err("nonce 2 is logged already");
+    assert_eq!(refused.reason, Reason::Replayed);
+    assert_eq!(logged_nonces(&test_db.db, &trader), vec![1, 2]);
+    second.submit_command(sell(theirs, 3, 120_000)).await.expect("the second instance goes on");
+    first.shutdown().await;
+    second.shutdown().await;
+}

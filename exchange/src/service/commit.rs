@@ -92,6 +92,8 @@ pub(super) struct Writer {
 struct GroupRows {
     readings: Vec<ReadingRow>,
     commands: Vec<CommandRow>,
+    /// The index in the group of each of `commands`.
+    command_index: Vec<usize>,
     /// Readings older than their device's last accepted one: (index in the group, reading).
     to_check: Vec<(usize, protocol::Signed<protocol::Reading>)>,
     /// Commands whose nonce was seen: (index in the group, command).
@@ -220,6 +222,7 @@ impl Writer {
                 Verified::Reading { duplicate: Duplicate::OfLast, .. } => {}
                 Verified::CommandSeen { command, .. } => rows.seen.push((index, command.clone())),
                 Verified::Command { command, slot, payload } => {
+                    rows.command_index.push(index);
                     rows.commands.push(CommandRow {
                         // Numbered inside the transaction (`store::take_command_seqs`).
                         command_seq: 0,
@@ -291,7 +294,30 @@ impl Writer {
                     let readings: Vec<ReadingRow> =
                         attempt.readings.iter().filter(|row| kept(&row.signed.message.zone)).cloned().collect();
                     store::insert_readings(conn, &readings)?;
-                    let to_number: Vec<&CommandRow> = attempt.commands.iter().filter(|row| kept(&row.zone)).collect();
+                    let mut checked = Vec::with_capacity(attempt.to_check.len() + attempt.seen.len());
+                    let kept_commands: Vec<(usize, CommandRow)> = attempt
+                        .command_index
+                        .iter()
+                        .zip(&attempt.commands)
+                        .filter(|(_, row)| kept(&row.zone))
+                        .map(|(index, row)| (*index, row.clone()))
+                        .collect();
+                    // With leases, nonces are checked per instance: see `store::logged_nonces`.
+                    let logged = if attempt.fences.is_empty() {
+                        Vec::new()
+                    } else {
+                        let rows: Vec<CommandRow> = kept_commands.iter().map(|(_, row)| row.clone()).collect();
+                        store::logged_nonces(conn, &rows)?
+                    };
+                    for (position, same) in &logged {
+                        checked.push((kept_commands[*position].0, *same));
+                    }
+                    let to_number: Vec<&CommandRow> = kept_commands
+                        .iter()
+                        .enumerate()
+                        .filter(|(position, _)| !logged.iter().any(|(logged, _)| logged == position))
+                        .map(|(_, (_, row))| row)
+                        .collect();
                     let seqs = store::take_command_seqs(conn, to_number.len())?;
                     let commands: Vec<CommandRow> = to_number
                         .into_iter()
@@ -302,7 +328,6 @@ impl Writer {
                     let refused: Vec<RefusedReading> =
                         attempt.refused.iter().filter(|refused| kept(&refused.zone)).cloned().collect();
                     store::insert_rejections(conn, &refused)?;
-                    let mut checked = Vec::with_capacity(attempt.to_check.len() + attempt.seen.len());
                     for (index, signed) in attempt.to_check.iter().filter(|(_, signed)| kept(&signed.message.zone)) {
                         checked.push((*index, store::same_reading_stored(conn, signed)?));
                     }
@@ -362,7 +387,7 @@ impl Writer {
     async fn after_commit(&self, group: Vec<Pending>, outcomes: Vec<Outcome>, commands: Vec<CommandRow>) {
         let mut commands = commands.into_iter();
         let mut per_zone: HashMap<ZoneId, Vec<Committed>> = HashMap::new();
-        let (mut moved_devices, mut moved_accounts) = (Vec::new(), Vec::new());
+        let (mut stale_devices, mut stale_accounts) = (Vec::new(), Vec::new());
         for (item, outcome) in group.into_iter().zip(outcomes) {
             // Committed (or found to be a replay): final, so the broker may forget it. A message of
             // a zone that moved is final for this instance too: acknowledged unanswered, so its
@@ -371,9 +396,9 @@ impl Writer {
             if outcome == Outcome::Moved {
                 metrics::counter!("gridex_moved_messages_total").increment(1);
                 match &item.verified {
-                    Verified::Reading { signed, .. } => moved_devices.push(signed.message.device),
+                    Verified::Reading { signed, .. } => stale_devices.push(signed.message.device),
                     Verified::Command { command, .. } | Verified::CommandSeen { command, .. } => {
-                        moved_accounts.push(command.account())
+                        stale_accounts.push(command.account())
                     }
                 }
                 if let Some(reply) = item.reply {
@@ -408,6 +433,17 @@ impl Writer {
                     let parsed = Parsed::Command(command, payload);
                     reject(&self.outlets, Kind::Command, &item.origin, Some(&parsed), item.reply, rejection);
                 }
+                Verified::Command { command, payload, .. } if outcome != Outcome::Stored => {
+                    // Its nonce was logged by another instance meanwhile: refused as a resend would be.
+                    stale_accounts.push(command.account());
+                    let rejection = if outcome == Outcome::Duplicate {
+                        Rejection::new(Reason::Duplicate, "this command was accepted before; it is not applied again")
+                    } else {
+                        Rejection::new(Reason::Replayed, "the nonce is not greater than the last accepted one")
+                    };
+                    let parsed = Parsed::Command(command, payload);
+                    reject(&self.outlets, Kind::Command, &item.origin, Some(&parsed), item.reply, rejection);
+                }
                 Verified::Command { command, .. } => {
                     let Some(row) = commands.next() else { continue };
                     let committed = Committed { row, command, reply: item.reply.and_then(Reply::into_command) };
@@ -416,8 +452,8 @@ impl Writer {
             }
         }
         // The verifier advanced these senders' high-water marks for messages that were not stored.
-        if (!moved_devices.is_empty() || !moved_accounts.is_empty())
-            && self.resync.try_send((moved_devices, moved_accounts)).is_err()
+        if (!stale_devices.is_empty() || !stale_accounts.is_empty())
+            && self.resync.try_send((stale_devices, stale_accounts)).is_err()
         {
             tracing::error!("the resync queue is full");
         }

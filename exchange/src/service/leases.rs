@@ -11,7 +11,7 @@
 use super::commit::Release;
 use super::error::ExchangeError;
 use super::mqtt;
-use super::ownership::Ownership;
+use super::ownership::{Ownership, TakeRequest};
 use super::zones::ZoneSet;
 use crate::config::ExchangeConfig;
 use crate::store::{self, leases};
@@ -41,6 +41,8 @@ pub(super) struct LeaseManager {
     pub(super) mqtt: Option<rumqttc::AsyncClient>,
     /// Zones the group commit found taken by another instance.
     pub(super) lost: mpsc::UnboundedReceiver<ZoneId>,
+    /// Zones to take at once if free (registered while the exchange runs).
+    pub(super) take: mpsc::UnboundedReceiver<TakeRequest>,
     /// Leases being released, each done once the group commit has let it go.
     pub(super) releasing: HashMap<ZoneId, oneshot::Receiver<()>>,
     /// A test hook: while `true` the manager does nothing, as if the process were paused.
@@ -68,6 +70,14 @@ impl LeaseManager {
                     }
                 }
                 Some(zone) = self.lost.recv(), if !paused => self.drop_zone(&zone).await,
+                Some((zones, done)) = self.take.recv() => {
+                    if !paused && !*shutdown.borrow() {
+                        if let Err(error) = self.take_if_free(zones).await {
+                            tracing::error!(%error, "cannot take a new zone's lease");
+                        }
+                    }
+                    let _ = done.send(());
+                }
                 () = async { drop(stop.wait_for(|stop| *stop).await) } => break,
             }
         }
@@ -146,6 +156,21 @@ impl LeaseManager {
             .take(wanted)
             .collect();
         for zone in free {
+            let (instance, ttl_ms, asked) = (self.config.instance_id.clone(), self.config.lease_ttl_ms, zone.clone());
+            if let Some(token) = self.db.run(move |conn| leases::acquire(conn, &asked, &instance, ttl_ms)).await? {
+                self.take_zone(zone, token).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes those of `zones` this instance may serve and nobody holds (a zone registered while the
+    /// exchange runs, named by its first message), without waiting for the next round.
+    async fn take_if_free(&mut self, zones: Vec<ZoneId>) -> Result<(), ExchangeError> {
+        for zone in zones {
+            if !self.ownership.may_serve(&zone) || self.ownership.owns(&zone) {
+                continue;
+            }
             let (instance, ttl_ms, asked) = (self.config.instance_id.clone(), self.config.lease_ttl_ms, zone.clone());
             if let Some(token) = self.db.run(move |conn| leases::acquire(conn, &asked, &instance, ttl_ms)).await? {
                 self.take_zone(zone, token).await?;

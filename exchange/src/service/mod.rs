@@ -219,8 +219,11 @@ impl ExchangeHandle {
     }
 
     /// Starts serving a zone registered after the exchange started (its books are recovered from
-    /// the log like any other); `false` when the zone is not in storage or not served here.
+    /// the log like any other); `false` when the zone is not in storage or not served here (on
+    /// PostgreSQL: another instance holds its lease).
     pub async fn serve_zone(&self, zone: &ZoneId) -> Result<bool, ExchangeError> {
+        // On PostgreSQL: only if its lease is free, or this instance's already.
+        self.zones.ownership().take_if_free(vec![zone.clone()]).await;
         Ok(self.zones.get_or_start(zone).await?.is_some())
     }
 
@@ -333,7 +336,9 @@ pub async fn start(
     // one exchange (the writer lock above), which owns every zone it serves.
     let leasing = db.backend() == Backend::Postgres;
     let (lost_tx, lost_rx) = mpsc::unbounded_channel();
-    let ownership = if leasing { Ownership::leased(config.clone(), lost_tx) } else { Ownership::fixed(config.clone()) };
+    let (take_tx, take_rx) = mpsc::unbounded_channel();
+    let ownership =
+        if leasing { Ownership::leased(config.clone(), lost_tx, take_tx) } else { Ownership::fixed(config.clone()) };
     let zone_set = ZoneSet::new(config.clone(), db.clone(), outlets.clone(), ownership.clone(), tasks.clone());
     let (notices_tx, notices_rx) = mpsc::unbounded_channel();
     let (leases_paused, paused) = watch::channel(false);
@@ -347,6 +352,7 @@ pub async fn start(
             verifier: notices_tx,
             mqtt: connection.as_ref().map(|connection| connection.link.client()),
             lost: lost_rx,
+            take: take_rx,
             releasing: Default::default(),
             paused,
         };

@@ -7,7 +7,11 @@ use crate::config::ExchangeConfig;
 use protocol::ZoneId;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Zones to lease now if they are free (a zone registered while the exchange runs), answered once
+/// the lease manager has tried.
+pub(crate) type TakeRequest = (Vec<ZoneId>, oneshot::Sender<()>);
 
 /// A lease this instance holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +30,8 @@ pub(crate) struct Ownership {
     config: ExchangeConfig,
     /// Zones the group commit found taken by another instance, for the lease manager to drop.
     lost: Option<mpsc::UnboundedSender<ZoneId>>,
+    /// To the lease manager: take these zones now if nobody holds them.
+    take: Option<mpsc::UnboundedSender<TakeRequest>>,
 }
 
 impl std::fmt::Debug for Ownership {
@@ -37,13 +43,33 @@ impl std::fmt::Debug for Ownership {
 impl Ownership {
     /// Without leases: the instance owns the zones its configuration serves.
     pub(crate) fn fixed(config: ExchangeConfig) -> Self {
-        Ownership { held: None, config, lost: None }
+        Ownership { held: None, config, lost: None, take: None }
     }
 
     /// With leases: it owns nothing until the lease manager takes leases; zones found lost by the
-    /// group commit are sent to `lost`.
-    pub(crate) fn leased(config: ExchangeConfig, lost: mpsc::UnboundedSender<ZoneId>) -> Self {
-        Ownership { held: Some(Arc::default()), config, lost: Some(lost) }
+    /// group commit are sent to `lost`, zones to take at once to `take`.
+    pub(crate) fn leased(
+        config: ExchangeConfig,
+        lost: mpsc::UnboundedSender<ZoneId>,
+        take: mpsc::UnboundedSender<TakeRequest>,
+    ) -> Self {
+        Ownership { held: Some(Arc::default()), config, lost: Some(lost), take: Some(take) }
+    }
+
+    /// Whether this instance may ever own `zone` (its configuration serves it).
+    pub(crate) fn may_serve(&self, zone: &ZoneId) -> bool {
+        self.config.serves(zone)
+    }
+
+    /// Asks the lease manager to take `zones` now if nobody holds them (zones registered while the
+    /// exchange runs: their first message need not wait for the next round), and waits until it
+    /// tried. Returns at once without leases, or once the manager has stopped.
+    pub(crate) async fn take_if_free(&self, zones: Vec<ZoneId>) {
+        let Some(take) = &self.take else { return };
+        let (done, tried) = oneshot::channel();
+        if !zones.is_empty() && take.send((zones, done)).is_ok() {
+            let _ = tried.await;
+        }
     }
 
     pub(crate) fn leasing(&self) -> bool {

@@ -197,7 +197,10 @@ impl VerifyStage {
         let mut kept = Prepared { batch: Vec::new(), parsed: Vec::new(), signatures: Vec::new() };
         for ((raw, parsed), signature) in batch.into_iter().zip(parsed).zip(signatures) {
             let owned = match &parsed {
-                Ok(parsed) => self.ownership.takes(parsed.zone()),
+                // A zone not in storage is refused for that (`unknown_zone`) by the checks.
+                Ok(parsed) => {
+                    self.ownership.takes(parsed.zone()) || !self.verifier.directory.zones.contains_key(parsed.zone())
+                }
                 // Refused anyway, for what it is.
                 Err(_) => true,
             };
@@ -219,8 +222,10 @@ impl VerifyStage {
     /// The stateful checks of one prepared batch, then hands the accepted messages to the commit.
     async fn finish(&mut self, prepared: Option<Prepared>) {
         let Some(prepared) = prepared else { return };
-        // Ownership first, then the lease manager's notices: a zone owned now was announced before
-        // it was taken, so its senders are forgotten before any of its messages is checked.
+        // New zones first (on PostgreSQL their leases are taken if free), then ownership, then the
+        // lease manager's notices: a zone owned now was announced before it was taken, so its
+        // senders are forgotten before any of its messages is checked.
+        self.load_missing_zones(&prepared.parsed).await;
         let Prepared { batch, parsed, signatures } =
             if self.ownership.leasing() { self.drop_not_owned(prepared) } else { prepared };
         let mut releases = Vec::new();
@@ -266,7 +271,6 @@ impl VerifyStage {
     }
 
     async fn load_missing(&mut self, parsed: &[Result<Parsed, Rejection>]) {
-        self.load_missing_zones(parsed).await;
         self.reload_replacements(parsed).await;
         let (mut devices, mut accounts) = self.verifier.directory.missing(parsed);
         if devices.is_empty() && accounts.is_empty() {
@@ -320,7 +324,7 @@ impl VerifyStage {
         let mut missing: Vec<ZoneId> = Vec::new();
         for item in parsed.iter().flatten() {
             let zone = item.zone();
-            let served = self.ownership.takes(zone);
+            let served = self.ownership.may_serve(zone);
             if served && !self.verifier.directory.zones.contains_key(zone) && !missing.contains(zone) {
                 missing.push(zone.clone());
             }
@@ -330,7 +334,12 @@ impl VerifyStage {
         }
         missing.truncate(KEY_LOOKUPS_PER_BATCH_MAX);
         match self.db.run(move |conn| store::load_zones(conn, &missing)).await {
-            Ok(found) => self.verifier.directory.zones.extend(found),
+            Ok(found) => {
+                let new: Vec<ZoneId> = found.keys().cloned().collect();
+                self.verifier.directory.zones.extend(found);
+                // A zone registered while the instances run: the first to see a message takes it.
+                self.ownership.take_if_free(new).await;
+            }
             Err(error) => tracing::error!(%error, "cannot look zones up"),
         }
     }

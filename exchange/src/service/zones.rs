@@ -51,6 +51,11 @@ impl ZoneSet {
         }
     }
 
+    /// Which zones this instance owns.
+    pub(super) fn ownership(&self) -> &Ownership {
+        &self.ownership
+    }
+
     pub(super) fn get(&self, zone: &ZoneId) -> Option<mpsc::Sender<ZoneMsg>> {
         self.read().get(zone).cloned()
     }
