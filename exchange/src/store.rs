@@ -342,7 +342,8 @@ pub fn logged_nonces(conn: &mut DbConnection, rows: &[CommandRow]) -> Result<Vec
         .load(conn)?;
     let mut found = Vec::new();
     for (index, row) in rows.iter().enumerate() {
-        let same_key = |(account, nonce, _): &&(String, i64, String)| *account == accounts[index] && *nonce == nonces[index];
+        let same_key =
+            |(account, nonce, _): &&(String, i64, String)| *account == accounts[index] && *nonce == nonces[index];
         if let Some((_, _, payload)) = logged.iter().find(same_key) {
             let same = Command::parse(payload.as_bytes())
                 .ok()

@@ -255,10 +255,28 @@ async fn dead_owner_failover(test_db: &TestDb, broker: &BrokerAddr) {
     // Acknowledged orders: over HTTP (the answer) and over MQTT (the order update it publishes).
     for (index, zone) in zones.iter().enumerate() {
         for nonce in 1..=3u64 {
-            let bytes = order(&http_sellers[index], zone, open_slot(), Side::Sell, 100_000 + nonce as i64 * 1_000, 100, nonce, NOW_MS);
+            let bytes = order(
+                &http_sellers[index],
+                zone,
+                open_slot(),
+                Side::Sell,
+                100_000 + nonce as i64 * 1_000,
+                100,
+                nonce,
+                NOW_MS,
+            );
             dying.submit_command(bytes).await.expect("an HTTP order is acknowledged");
             let seller = AccountId::from_verifying_key(&mqtt_sellers[index].verifying_key());
-            let bytes = order(&mqtt_sellers[index], zone, open_slot(), Side::Sell, 110_000 + nonce as i64 * 1_000, 100, nonce, NOW_MS);
+            let bytes = order(
+                &mqtt_sellers[index],
+                zone,
+                open_slot(),
+                Side::Sell,
+                110_000 + nonce as i64 * 1_000,
+                100,
+                nonce,
+                NOW_MS,
+            );
             probe.publish(protocol::topics::orders(zone, &seller), bytes).await;
             let update: protocol::OrderUpdate =
                 decode(&probe.next_on(&protocol::topics::events(zone, &seller)).await).expect("an order update");
@@ -300,7 +318,8 @@ async fn a_stale_owner_whose_lease_was_taken_cannot_commit() {
     seed_zone(&test_db.db, zone, SLOT_LEN_MS);
     let key = seed_household(&test_db.db, zone, 71, 10_000).0;
     let stale = start_leased(&test_db, None).await;
-    let sell = |nonce: u64| order(&key, zone, open_slot(), Side::Sell, 100_000 + nonce as i64 * 1_000, 100, nonce, NOW_MS);
+    let sell =
+        |nonce: u64| order(&key, zone, open_slot(), Side::Sell, 100_000 + nonce as i64 * 1_000, 100, nonce, NOW_MS);
     stale.submit_command(sell(1)).await.expect("the owner commits");
 
     stale.pause_leases(true);
@@ -361,7 +380,9 @@ async fn a_nonce_logged_by_another_instance_is_refused_as_replayed_and_stalls_no
     let second = start_leased(&test_db, None).await;
     wait_until("the zones shared 1 + 1", || first.zones().len() == 1 && second.zones().len() == 1).await;
     let (mine, theirs) = (&first.zones()[0], &second.zones()[0]);
-    let sell = |zone: &ZoneId, nonce: u64, price: i64| order(&trader, zone, open_slot(), Side::Sell, price, 100, nonce, NOW_MS);
+    let sell = |zone: &ZoneId, nonce: u64, price: i64| {
+        order(&trader, zone, open_slot(), Side::Sell, price, 100, nonce, NOW_MS)
+    };
 
     // The second instance caches the trader at nonce 1; the first then logs nonce 2.
     second.submit_command(sell(theirs, 1, 100_000)).await.expect("nonce 1 in the second's zone");

@@ -44,6 +44,8 @@ pub(super) struct Pending {
 
 /// What the verification stage hands the group commit, in order.
 #[derive(Debug)]
+// Nearly every item is a message: boxing it would cost an allocation per message for a rare release.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum ToCommit {
     Message(Pending),
     /// Let a lease go once every message before it is committed (sent by the lease manager through

@@ -413,7 +413,7 @@ pub async fn start(
         // served without a restart; one serving named zones (a partition) subscribes to those; one
         // holding leases subscribes to the zones it holds, and changes them as leases come and go.
         let served = if leasing {
-            mqtt::Served::Leased(ownership.clone())
+            mqtt::Served::Leased(Box::new(ownership.clone()))
         } else if config.zones.is_empty() {
             mqtt::Served::All
         } else {

@@ -56,7 +56,7 @@ pub(super) enum Served {
     Zones(Vec<ZoneId>),
     /// The zones whose lease this instance holds (PostgreSQL): subscribed at each connection; the
     /// lease manager subscribes and unsubscribes as leases come and go.
-    Leased(Ownership),
+    Leased(Box<Ownership>),
 }
 
 /// The topic filters of one zone's inbound messages (readings and orders from every sender).
