@@ -707,6 +707,19 @@ mod tests {
     }
 
     #[test]
+    fn the_lease_settings_default_to_the_exchanges_and_the_environment_names_the_instance() {
+        let defaults = MarketSettings::default();
+        assert_eq!(defaults.lease_ttl_ms, exchange::config::LEASE_TTL_MS_DEFAULT);
+        assert_eq!(defaults.lease_renew_interval_ms, exchange::config::LEASE_RENEW_INTERVAL_MS_DEFAULT);
+        assert!(defaults.instance_id.is_empty(), "derived at start unless set");
+        let env: HashMap<&str, &str> =
+            [("GRIDEX_MARKET__INSTANCE_ID", "ex-b"), ("GRIDEX_MARKET__LEASE_TTL_MS", "9000")].into();
+        let mut settings = Settings::default();
+        settings.apply_env(|name| env.get(name).map(|v| (*v).to_owned())).expect("valid env");
+        assert_eq!((settings.market.instance_id.as_str(), settings.market.lease_ttl_ms), ("ex-b", 9_000));
+    }
+
+    #[test]
     fn the_broker_settings_parse_from_toml() {
         let text = "[mqtt]\nurl = \"mqtts://broker:8883\"\nusername = \"x\"\npassword = \"y\"\nca_file = \"ca.pem\"\n";
         let settings: Settings = toml::from_str(text).expect("parses");
