@@ -122,8 +122,11 @@ impl LeaseManager {
             })
             .await?;
         for zone in lost {
-            metrics::counter!("gridex_zone_leases_lost_total").increment(1);
-            tracing::warn!(%zone, "the zone's lease was taken by another instance; dropping the zone");
+            // A lease released since the check above is not lost: it is done.
+            if !self.releasing.contains_key(&zone) {
+                metrics::counter!("gridex_zone_leases_lost_total").increment(1);
+                tracing::warn!(%zone, "the zone's lease was taken by another instance; dropping the zone");
+            }
             self.drop_zone(&zone).await;
         }
         if draining {

@@ -72,11 +72,13 @@ pub fn heartbeat(conn: &mut DbConnection, instance: &str, ttl_ms: u64) -> Result
 }
 
 /// Extends the lease of `zone` held by `instance` with `token`; `false` when the lease is no longer
-/// this instance's with this token (taken over: the zone is lost). A lease that expired but that
-/// nobody took is still this instance's token, so renewing it is safe.
+/// this instance's with this token (taken over: the zone is lost), or was released (`expires_ms` 0:
+/// never brought back, so a release racing a renewal still frees the zone). A lease that expired
+/// but that nobody took is still this instance's token, so renewing it is safe.
 pub fn renew(conn: &mut DbConnection, zone: &ZoneId, instance: &str, token: i64, ttl_ms: u64) -> Result<bool, DbError> {
     let renewed = diesel::sql_query(format!(
-        "UPDATE zone_leases SET expires_ms = {NOW_MS} + $4 WHERE zone_id = $1 AND owner = $2 AND token = $3"
+        "UPDATE zone_leases SET expires_ms = {NOW_MS} + $4 \
+         WHERE zone_id = $1 AND owner = $2 AND token = $3 AND expires_ms > 0"
     ))
     .bind::<Text, _>(zone.as_str())
     .bind::<Text, _>(instance)
