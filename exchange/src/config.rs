@@ -34,6 +34,27 @@ pub const VERIFY_BATCH_MAX_DEFAULT: usize = 256;
 pub fn verify_workers_default() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
+/// How long a zone's lease lasts without renewal (on PostgreSQL): an instance that stops renewing
+/// (crashed, paused, cut off from the database) loses its zones after this. Five renewal intervals,
+/// so a few slow database round trips never cost a healthy instance its zones, yet a dead owner's
+/// zones move within seconds.
+pub const LEASE_TTL_MS_DEFAULT: u64 = 5_000;
+/// How often an instance heartbeats, renews its leases and takes free ones: once a second is a few
+/// cheap statements per instance, and bounds how late a free zone is taken.
+pub const LEASE_RENEW_INTERVAL_MS_DEFAULT: u64 = 1_000;
+/// This instance's name in the lease table: the host name, the process id and a random suffix, so
+/// two processes on one host, or a restarted one, are never taken for each other.
+pub fn instance_id_default() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|host| host.trim().to_owned())
+        .filter(|host| !host.is_empty())
+        .unwrap_or_else(|| "exchange".to_owned());
+    // std's hasher keys are random per process: a random suffix without a dependency.
+    let random = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), std::process::id());
+    format!("{host}-{}-{:08x}", std::process::id(), random as u32)
+}
 /// Market events buffered per `subscribe()` receiver before a slow one starts lagging.
 pub const EVENT_BROADCAST_LEN: usize = 4_096;
 
@@ -101,6 +122,12 @@ pub struct ExchangeConfig {
     pub tick_interval_ms: u64,
     /// Zones with a closing auction (none by default: continuous trading up to gate closure).
     pub closing_auctions: Vec<ClosingAuction>,
+    /// On PostgreSQL: how long a zone's lease lasts without renewal (see [`Self::failover_bound_ms`]).
+    pub lease_ttl_ms: u64,
+    /// On PostgreSQL: how often leases are renewed and free ones taken (below `lease_ttl_ms`).
+    pub lease_renew_interval_ms: u64,
+    /// This instance's name in the lease table; unique among the instances sharing a database.
+    pub instance_id: String,
 }
 
 impl ExchangeConfig {
@@ -109,7 +136,15 @@ impl ExchangeConfig {
         self.closing_auctions.iter().find(|auction| auction.zone == *zone).map(|auction| auction.call_ms.max(0))
     }
 
-    /// Whether an instance with this configuration serves `zone`.
+    /// The failover bound: a dead owner's zones are taken by a live instance within this many
+    /// milliseconds (its leases expire, then the next renewal round takes them), plus the time to
+    /// replay their open books from the command log.
+    pub fn failover_bound_ms(&self) -> u64 {
+        self.lease_ttl_ms.saturating_add(self.lease_renew_interval_ms)
+    }
+
+    /// Whether an instance with this configuration may serve `zone` (on PostgreSQL, only while it
+    /// holds the zone's lease).
     pub fn serves(&self, zone: &ZoneId) -> bool {
         self.zones.is_empty() || self.zones.contains(zone)
     }
@@ -144,6 +179,9 @@ impl ExchangeConfig {
             order_commands_burst: ORDER_COMMANDS_BURST_DEFAULT,
             tick_interval_ms: TICK_INTERVAL_MS_DEFAULT,
             closing_auctions: Vec::new(),
+            lease_ttl_ms: LEASE_TTL_MS_DEFAULT,
+            lease_renew_interval_ms: LEASE_RENEW_INTERVAL_MS_DEFAULT,
+            instance_id: instance_id_default(),
         }
     }
 }

@@ -133,6 +133,16 @@ pub enum Verified {
     },
 }
 
+impl Verified {
+    /// The zone the message is for.
+    pub fn zone(&self) -> &ZoneId {
+        match self {
+            Verified::Reading { signed, .. } => &signed.message.zone,
+            Verified::Command { command, .. } | Verified::CommandSeen { command, .. } => command.zone(),
+        }
+    }
+}
+
 /// What the verifier remembers of an accepted reading.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LastReading {
@@ -262,6 +272,13 @@ impl Directory {
         stale
     }
 
+    /// Forgets every cached device of `zone` and every cached account that may trade in it (its own,
+    /// or any zone), so they are reloaded from storage: another instance owned the zone until now.
+    pub fn forget_zone(&mut self, zone: &ZoneId) {
+        self.devices.retain(|_, device| device.zone != *zone);
+        self.accounts.retain(|_, account| account.zone.as_ref().is_some_and(|own| own != zone));
+    }
+
     /// Forgets what it knows of these senders, so it is reloaded from storage (after a failed commit).
     pub fn forget(&mut self, devices: &[DeviceId], accounts: &[AccountId]) {
         for device in devices {
@@ -278,6 +295,9 @@ impl Directory {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefusedReading {
     pub device: DeviceId,
+    /// The zone the reading names: its record is stored only by the zone's owner (on PostgreSQL,
+    /// while it holds the zone's lease).
+    pub zone: ZoneId,
     pub seq: u64,
     pub ts_ms: i64,
     pub rejection: Rejection,
@@ -301,6 +321,7 @@ pub fn refused_reading(
     let reading = &signed.message;
     Some(RefusedReading {
         device: reading.device,
+        zone: reading.zone.clone(),
         seq: reading.seq,
         ts_ms: reading.ts_ms.0,
         rejection: rejection.clone(),

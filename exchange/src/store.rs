@@ -15,6 +15,8 @@ use gridex_store::{DbConnection, DbError};
 use protocol::{AccountId, Command, DeviceId, PricePerKwh, Reading, Side, Signed, SlotId, Trade, ZoneId};
 use std::collections::HashMap;
 
+pub mod leases;
+
 /// Runs a multi-row insert on the concrete backend: diesel's `MultiConnection` cannot batch inserts.
 macro_rules! execute_batch {
     ($conn:expr, $statement:expr) => {
@@ -269,10 +271,38 @@ pub fn load_accounts(conn: &mut DbConnection, ids: &[AccountId]) -> Result<Vec<(
     Ok(found)
 }
 
-/// The next free command sequence number.
-pub fn next_command_seq(conn: &mut DbConnection) -> Result<u64, DbError> {
-    let max: Option<i64> = order_commands::table.select(diesel::dsl::max(order_commands::command_seq)).first(conn)?;
-    Ok(max.map(to_u64).transpose()?.map_or(1, |max| max + 1))
+/// `count` new command sequence numbers, ascending, for the commands of one group commit; call it
+/// inside the transaction that inserts them. On PostgreSQL they come from the `order_command_seq`
+/// sequence, so several exchange instances never take the same number (a number of a transaction
+/// that fails is skipped). SQLite has one writer (see `gridex_store::WriterLock`) and its write
+/// transactions are serialized, so the log's maximum + 1 onwards is free.
+pub fn take_command_seqs(conn: &mut DbConnection, count: usize) -> Result<Vec<u64>, DbError> {
+    #[derive(diesel::QueryableByName)]
+    struct Taken {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        seq: i64,
+    }
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let count_i64 = i64::try_from(count).map_err(|_| DbError::Invalid("too many commands in one group".to_owned()))?;
+    match conn {
+        DbConnection::Postgres(pg) => {
+            let taken: Vec<Taken> =
+                diesel::sql_query("SELECT nextval('order_command_seq') AS seq FROM generate_series(1, $1)")
+                    .bind::<diesel::sql_types::BigInt, _>(count_i64)
+                    .load(pg)?;
+            let mut seqs = taken.into_iter().map(|taken| to_u64(taken.seq)).collect::<Result<Vec<_>, _>>()?;
+            seqs.sort_unstable();
+            Ok(seqs)
+        }
+        DbConnection::Sqlite(_) => {
+            let max: Option<i64> =
+                order_commands::table.select(diesel::dsl::max(order_commands::command_seq)).first(conn)?;
+            let first = max.map(to_u64).transpose()?.map_or(1, |max| max + 1);
+            Ok((first..first + count as u64).collect())
+        }
+    }
 }
 
 /// An accepted reading as stored.
@@ -322,6 +352,37 @@ pub struct CommandRow {
     pub kind: String,
     pub payload: String,
     pub received_ms: i64,
+}
+
+/// Of `rows`, those whose (account, nonce) the log already holds, each with whether the logged
+/// command is the same signed command (a resend) or another one (a replay). Several instances on
+/// PostgreSQL check an account's nonces each against its own cache, so an account trading in zones
+/// owned by different instances can reach two of them with one nonce: the group commit looks first
+/// and refuses the second, instead of failing on the log's unique key for ever.
+pub fn logged_nonces(conn: &mut DbConnection, rows: &[CommandRow]) -> Result<Vec<(usize, bool)>, DbError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let accounts: Vec<String> = rows.iter().map(|row| row.account.to_hex()).collect();
+    let nonces = rows.iter().map(|row| to_i64(row.nonce)).collect::<Result<Vec<_>, _>>()?;
+    let logged: Vec<(String, i64, String)> = order_commands::table
+        .filter(order_commands::account_id.eq_any(&accounts))
+        .filter(order_commands::nonce.eq_any(&nonces))
+        .select((order_commands::account_id, order_commands::nonce, order_commands::payload))
+        .load(conn)?;
+    let mut found = Vec::new();
+    for (index, row) in rows.iter().enumerate() {
+        let same_key =
+            |(account, nonce, _): &&(String, i64, String)| *account == accounts[index] && *nonce == nonces[index];
+        if let Some((_, _, payload)) = logged.iter().find(same_key) {
+            let same = Command::parse(payload.as_bytes())
+                .ok()
+                .zip(Command::parse(row.payload.as_bytes()).ok())
+                .is_some_and(|(logged, new)| logged.signing_bytes() == new.signing_bytes());
+            found.push((index, same));
+        }
+    }
+    Ok(found)
 }
 
 /// Appends commands to the log in one statement.

@@ -146,7 +146,7 @@ impl Market {
     /// Publishes order `nonce` of account `index`: buys at 100 000 and sells at 200 000 never cross.
     async fn publish_order(&self, probe: &Probe, index: usize, nonce: u64) {
         let key = &self.accounts[index];
-        let (side, price) = if index % 2 == 0 { (Side::Buy, 100_000) } else { (Side::Sell, 200_000) };
+        let (side, price) = if index.is_multiple_of(2) { (Side::Buy, 100_000) } else { (Side::Sell, 200_000) };
         let bytes = order(key, &self.zone, self.slot(), side, price, 100, nonce, NOW_MS);
         let account = AccountId::from_verifying_key(&key.verifying_key());
         probe.publish(topics::orders(&self.zone, &account), bytes).await;

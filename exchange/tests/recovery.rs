@@ -94,7 +94,7 @@ impl Stream {
     fn order(&mut self, keys: &[SigningKey], zone: &ZoneId, slot: SlotId) -> (u8, u64, Vec<u8>) {
         let seed = (self.next() % u64::from(ACCOUNTS)) as u8;
         let nonce = self.next_nonce(seed);
-        let side = if self.next() % 2 == 0 { Side::Buy } else { Side::Sell };
+        let side = if self.next().is_multiple_of(2) { Side::Buy } else { Side::Sell };
         let price = 140_000 + (self.next() % 21) as i64 * 1_000 + if side == Side::Buy { -5_000 } else { 5_000 };
         let qty = 100 + (self.next() % 20) as i64 * 50;
         let now_ms = chrono::Utc::now().timestamp_millis();

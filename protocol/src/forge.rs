@@ -107,7 +107,7 @@ pub fn mixed_order_signature(key: &SigningKey, signed_bytes: &[u8]) -> Result<[u
     for counter in 0..NONCE_TRIES_MAX {
         let r = nonce(key, signed_bytes, counter);
         let r_bytes = (ED25519_BASEPOINT_POINT * r).compress().to_bytes();
-        if challenge(&r_bytes, &mixed, signed_bytes).as_bytes()[0] % 8 == 0 {
+        if challenge(&r_bytes, &mixed, signed_bytes).as_bytes()[0].is_multiple_of(8) {
             return Ok(signature_with(key, &mixed, &r, &r_bytes, signed_bytes));
         }
     }

@@ -371,7 +371,7 @@ proptest! {
         // Every case on SQLite; every second case also on PostgreSQL when DATABASE_URL is set (each
         // run makes two fresh databases, which on PostgreSQL costs seconds).
         let mut backends = vec![(TestDb::sqlite(), TestDb::sqlite())];
-        if CASES.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+        if CASES.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) {
             backends.extend(TestDb::postgres().zip(TestDb::postgres()));
         }
         for (withheld_db, on_time_db) in backends {

@@ -138,6 +138,7 @@ pub struct Database {
     /// SQLite allows one writer; taking this lock before a write transaction turns "database is
     /// locked" errors into an orderly queue. Unused on PostgreSQL.
     sqlite_write_lock: Arc<Mutex<()>>,
+    url: DatabaseUrl,
 }
 
 impl std::fmt::Debug for Database {
@@ -158,7 +159,37 @@ impl Database {
             .connection_customizer(Box::new(SqlitePragmas))
             .build(manager)
             .map_err(|error| DbError::Invalid(format!("cannot build the connection pool: {error}")))?;
-        Ok(Self { pool, backend: url.backend(), sqlite_write_lock: Arc::new(Mutex::new(())) })
+        Ok(Self { pool, backend: url.backend(), sqlite_write_lock: Arc::new(Mutex::new(())), url })
+    }
+
+    /// Makes `role` (e.g. "exchange") the only one of its kind writing this database, for as long
+    /// as the returned lock lives. SQLite takes one writer process: a second instance is refused
+    /// here, clearly, instead of failing later on "database is locked" or taking numbers another
+    /// writer took. The lock is the operating system's on a file beside the database, so it ends
+    /// with the process, also when the process is killed. PostgreSQL takes several instances
+    /// (they coordinate through it): `None`.
+    pub fn lock_single_writer(&self, role: &str) -> Result<Option<WriterLock>, DbError> {
+        let DatabaseUrl::Sqlite(path) = &self.url else { return Ok(None) };
+        if path.is_empty() || path.contains(":memory:") {
+            return Ok(None);
+        }
+        let lock_path = format!("{path}.{role}.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|error| DbError::Invalid(format!("cannot open the writer lock {lock_path}: {error}")))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(WriterLock { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Err(DbError::Invalid(format!(
+                "another {role} is already writing the SQLite database {path} (it holds {lock_path}); \
+                 SQLite takes one {role}: stop the other one, or use PostgreSQL to run several"
+            ))),
+            Err(std::fs::TryLockError::Error(error)) => {
+                Err(DbError::Invalid(format!("cannot lock {lock_path}: {error}")))
+            }
+        }
     }
 
     pub fn backend(&self) -> Backend {
@@ -225,6 +256,13 @@ impl From<DbError> for diesel::result::Error {
             other => diesel::result::Error::QueryBuilderError(Box::new(std::io::Error::other(other.to_string()))),
         }
     }
+}
+
+/// Held by the one writer of a SQLite database ([`Database::lock_single_writer`]); dropping it (or
+/// the process ending) lets the next one in.
+#[derive(Debug)]
+pub struct WriterLock {
+    _file: std::fs::File,
 }
 
 /// Applies pending migrations for the URL's backend.

@@ -26,6 +26,6 @@ pub mod schema;
 pub mod testing;
 
 pub use db::{
-    migrate, redact, Backend, Database, DatabaseUrl, DbConnection, DbError, DbPool, PooledDb, POSTGRES_MIGRATIONS,
-    SQLITE_MIGRATIONS,
+    migrate, redact, Backend, Database, DatabaseUrl, DbConnection, DbError, DbPool, PooledDb, WriterLock,
+    POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS,
 };

@@ -3,7 +3,8 @@
 //!
 //! - Registry (written by `settlement::registry`): `zones`, `tariffs`, `accounts`, `devices`,
 //!   `reward_schedule`, `meter_replacements` (migrations/*/…_registry_and_market, …_meter_integrity).
-//! - Market (written by `exchange`): `readings`, `order_commands`, `trades`, `reading_rejections`.
+//! - Market (written by `exchange`): `readings`, `order_commands`, `trades`, `reading_rejections`,
+//!   `zone_leases`, `exchange_instances` (…_command_sequence: zone ownership by lease).
 //! - Ledger (written by `settlement`): `ledger_*`, `settlement_slots`, `statements`, `reward_epochs`,
 //!   `metering_cursors`, `gap_settlements`, `metering_zones` (…_ledger, …_metering_cursors).
 //! - Webhooks (written by `web`): `webhooks`, `webhook_deliveries`, `webhook_cursor` (…_webhooks).
@@ -97,6 +98,22 @@ diesel::table! {
         kind -> Text,
         payload -> Text,
         received_ms -> BigInt,
+    }
+}
+
+diesel::table! {
+    zone_leases (zone_id) {
+        zone_id -> Text,
+        owner -> Text,
+        token -> BigInt,
+        expires_ms -> BigInt,
+    }
+}
+
+diesel::table! {
+    exchange_instances (instance_id) {
+        instance_id -> Text,
+        expires_ms -> BigInt,
     }
 }
 

@@ -200,6 +200,14 @@ impl ApplicationBuilder {
                 zones: settings.market.zones.clone(),
                 order_commands_per_account_per_s: settings.market.order_commands_per_account_per_s,
                 order_commands_burst: settings.market.order_commands_burst,
+                lease_ttl_ms: settings.market.lease_ttl_ms,
+                lease_renew_interval_ms: settings.market.lease_renew_interval_ms,
+                // Stable across restarts when configured, like the MQTT session (see the setting).
+                instance_id: [&settings.market.instance_id, settings.mqtt.client_id.as_ref().unwrap_or(&String::new())]
+                    .into_iter()
+                    .find(|id| !id.is_empty())
+                    .cloned()
+                    .unwrap_or_else(exchange::config::instance_id_default),
                 ..ExchangeConfig::new(operator_key_from(&settings)?)
             },
         };

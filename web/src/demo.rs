@@ -170,7 +170,7 @@ pub(crate) fn home(index: usize) -> (HomeSpec, i64, i64) {
 
 /// Half of the solar homes (the first of every three) have a 10 kWh battery behind the meter.
 pub(crate) fn battery(index: usize) -> Option<BatterySpec> {
-    (index % 3 == 0).then_some(BatterySpec::HOME_10_KWH)
+    index.is_multiple_of(3).then_some(BatterySpec::HOME_10_KWH)
 }
 
 fn key(path: &Path) -> anyhow::Result<ed25519_dalek::SigningKey> {

@@ -189,7 +189,8 @@ pub struct MarketSettings {
     pub operator_key_path: String,
     /// The zones this instance trades (its exchange) and settles; empty (the default): every zone,
     /// including zones registered while it runs. Zones are the unit of partitioning: instances with disjoint lists
-    /// share the broker and the database (each with its own `mqtt.client_id`).
+    /// share the broker and the database (each with its own `mqtt.client_id`). On PostgreSQL an
+    /// instance trades only the zones whose lease it holds: of these, or its fair share of all.
     pub zones: Vec<protocol::ZoneId>,
     /// A device that has sent no reading for longer than this is reported as silent to its utility.
     pub silent_device_ms: i64,
@@ -198,6 +199,16 @@ pub struct MarketSettings {
     pub order_commands_per_account_per_s: u32,
     /// And at once, before the sustained rate applies (at least 1).
     pub order_commands_burst: u32,
+    /// This instance's name in the exchange's zone leases (PostgreSQL; README, Production): unique
+    /// among the instances sharing the database and stable across restarts, so a restarted instance
+    /// takes its zones back at once. Empty (the default): `mqtt.client_id` if set, else the host
+    /// name, process id and a random suffix (a restarted instance then waits `lease_ttl_ms`).
+    pub instance_id: String,
+    /// How long a zone's lease lasts without renewal: a dead instance's zones move to a live one
+    /// within `lease_ttl_ms + lease_renew_interval_ms` (plus replaying their open books).
+    pub lease_ttl_ms: u64,
+    /// How often an instance renews its leases and takes free ones (below `lease_ttl_ms`).
+    pub lease_renew_interval_ms: u64,
 }
 
 /// A gateway publishes every minute or so and spools while offline: an hour without a reading means
@@ -215,6 +226,9 @@ impl Default for MarketSettings {
             silent_device_ms: SILENT_DEVICE_MS_DEFAULT,
             order_commands_per_account_per_s: exchange::config::ORDER_COMMANDS_PER_ACCOUNT_PER_S_DEFAULT,
             order_commands_burst: exchange::config::ORDER_COMMANDS_BURST_DEFAULT,
+            instance_id: String::new(),
+            lease_ttl_ms: exchange::config::LEASE_TTL_MS_DEFAULT,
+            lease_renew_interval_ms: exchange::config::LEASE_RENEW_INTERVAL_MS_DEFAULT,
         }
     }
 }
@@ -690,6 +704,19 @@ mod tests {
         let mut settings = Settings::default();
         settings.apply_env(|name| env.get(name).map(|v| (*v).to_owned())).expect("valid env");
         assert_eq!(settings.market.order_commands_burst, 7);
+    }
+
+    #[test]
+    fn the_lease_settings_default_to_the_exchanges_and_the_environment_names_the_instance() {
+        let defaults = MarketSettings::default();
+        assert_eq!(defaults.lease_ttl_ms, exchange::config::LEASE_TTL_MS_DEFAULT);
+        assert_eq!(defaults.lease_renew_interval_ms, exchange::config::LEASE_RENEW_INTERVAL_MS_DEFAULT);
+        assert!(defaults.instance_id.is_empty(), "derived at start unless set");
+        let env: HashMap<&str, &str> =
+            [("GRIDEX_MARKET__INSTANCE_ID", "ex-b"), ("GRIDEX_MARKET__LEASE_TTL_MS", "9000")].into();
+        let mut settings = Settings::default();
+        settings.apply_env(|name| env.get(name).map(|v| (*v).to_owned())).expect("valid env");
+        assert_eq!((settings.market.instance_id.as_str(), settings.market.lease_ttl_ms), ("ex-b", 9_000));
     }
 
     #[test]

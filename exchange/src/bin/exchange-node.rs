@@ -5,7 +5,11 @@
 //! exchange-node --db sqlite://data/gridex.sqlite --mqtt 127.0.0.1:1883
 //! ```
 //! Prints `ready` once subscribed. On stdin, `dump` prints `dump <json>`: every open book's resting
-//! orders in priority order; `quit` shuts down cleanly.
+//! orders in priority order; `zones` prints `zones <z1> <z2> …` (the zones it owns now); `quit` shuts
+//! down cleanly. On PostgreSQL several nodes share the zones by lease (`--instance-id`, default the
+//! client id, so a restarted node takes its zones back at once; `--lease-ttl-ms`,
+//! `--lease-renew-interval-ms`): kill one with SIGKILL or stop it with SIGSTOP and the others take
+//! its zones within the failover bound.
 
 use anyhow::{bail, Context};
 use exchange::config::ExchangeConfig;
@@ -28,24 +32,53 @@ struct BookJson {
     orders: Vec<(String, u64, &'static str, i64, i64, i64)>,
 }
 
-fn args() -> anyhow::Result<(String, String, String, Vec<ZoneId>)> {
+/// The command line.
+struct Args {
+    db: String,
+    mqtt: String,
+    client_id: String,
+    zones: Vec<ZoneId>,
+    instance_id: Option<String>,
+    lease_ttl_ms: Option<u64>,
+    lease_renew_interval_ms: Option<u64>,
+}
+
+fn args() -> anyhow::Result<Args> {
     let mut db = None;
     let mut mqtt = None;
     let mut client_id = "gridex-exchange-node".to_owned();
     let mut zones = Vec::new();
+    let (mut instance_id, mut lease_ttl_ms, mut lease_renew_interval_ms) = (None, None, None);
     let mut args = std::env::args().skip(1);
+    let number = |value: Option<String>, name: &str| -> anyhow::Result<u64> {
+        value.with_context(|| format!("{name} needs a value"))?.parse().with_context(|| format!("{name} is a number"))
+    };
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--db" => db = args.next(),
             "--mqtt" => mqtt = args.next(),
             "--client-id" => client_id = args.next().context("--client-id needs a value")?,
             "--zone" => zones.push(ZoneId::parse(&args.next().context("--zone needs a value")?)?),
+            "--instance-id" => instance_id = Some(args.next().context("--instance-id needs a value")?),
+            "--lease-ttl-ms" => lease_ttl_ms = Some(number(args.next(), "--lease-ttl-ms")?),
+            "--lease-renew-interval-ms" => {
+                lease_renew_interval_ms = Some(number(args.next(), "--lease-renew-interval-ms")?)
+            }
             other => bail!(
-                "unknown argument {other}; usage: exchange-node --db URL --mqtt HOST:PORT [--client-id ID] [--zone Z]…"
+                "unknown argument {other}; usage: exchange-node --db URL --mqtt HOST:PORT [--client-id ID] [--zone Z]… \
+                 [--instance-id ID] [--lease-ttl-ms MS] [--lease-renew-interval-ms MS]"
             ),
         }
     }
-    Ok((db.context("--db URL is required")?, mqtt.context("--mqtt HOST:PORT is required")?, client_id, zones))
+    Ok(Args {
+        db: db.context("--db URL is required")?,
+        mqtt: mqtt.context("--mqtt HOST:PORT is required")?,
+        client_id,
+        zones,
+        instance_id,
+        lease_ttl_ms,
+        lease_renew_interval_ms,
+    })
 }
 
 #[tokio::main]
@@ -57,23 +90,28 @@ async fn main() {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let (db_url, mqtt, client_id, zones) = args()?;
+    let Args { db: db_url, mqtt, client_id, zones, instance_id, lease_ttl_ms, lease_renew_interval_ms } = args()?;
     let (host, port) = mqtt.rsplit_once(':').context("--mqtt is HOST:PORT")?;
     let port: u16 = port.parse().context("--mqtt port")?;
     let db = Database::open(&db_url, POOL_SIZE).context("open the database")?;
     // Stable across restarts: the exchange's MQTT session is persistent (see `service`).
-    let mut options = rumqttc::MqttOptions::new(client_id, host, port);
+    let mut options = rumqttc::MqttOptions::new(client_id.clone(), host, port);
     options.set_keep_alive(std::time::Duration::from_secs(30));
     options.set_max_packet_size(64 * 1024, 64 * 1024);
     options.set_inflight(500);
+    let defaults = ExchangeConfig::new(protocol::testing::operator_key());
     let config = ExchangeConfig {
         zones,
+        // Like its MQTT session, its leases outlive a restart under the same name.
+        instance_id: instance_id.unwrap_or(client_id),
+        lease_ttl_ms: lease_ttl_ms.unwrap_or(defaults.lease_ttl_ms),
+        lease_renew_interval_ms: lease_renew_interval_ms.unwrap_or(defaults.lease_renew_interval_ms),
         // Its senders are the crash test's and the load tool's few accounts, which send as fast as
         // they can by design: no per-account rate limit, so every command they send is applied.
         order_commands_per_account_per_s: u32::MAX,
         order_commands_burst: u32::MAX,
         // A test tool: it signs with the public test operator key (seed 9), which its tests pin.
-        ..ExchangeConfig::new(protocol::testing::operator_key())
+        ..defaults
     };
     let exchange =
         service::start(config, db, Arc::new(SystemClock), Some(options)).await.context("start the exchange")?;
@@ -109,6 +147,11 @@ async fn run() -> anyhow::Result<()> {
                     })
                     .collect();
                 println!("dump {}", serde_json::to_string(&books)?);
+                std::io::stdout().flush()?;
+            }
+            "zones" => {
+                let zones: Vec<String> = exchange.zones().iter().map(ToString::to_string).collect();
+                println!("zones {}", zones.join(" "));
                 std::io::stdout().flush()?;
             }
             "quit" => break,

@@ -1,10 +1,16 @@
 //! The group commit: the writer stores readings, the command log and refused readings of a group
 //! of verified messages in one transaction, retries a failed commit with a capped backoff, and only
-//! then acknowledges, answers, and hands committed commands to their zones' owners.
+//! then acknowledges, answers, and hands committed commands to their zones' owners. On PostgreSQL
+//! every transaction first checks, for each zone among its rows, that this instance still holds the
+//! zone's lease with its fencing token (`store::leases::fence`); the rows of a zone taken over are not
+//! stored, their MQTT messages are acknowledged unanswered (the sender resends, to the new owner) and
+//! an HTTP caller is told the zone moved. It also lets a released lease go, behind the messages
+//! verified before the release.
 
 use super::acks::{acknowledge, MqttAck};
 use super::events::{shutting_down, Reply};
 use super::outlets::{count, reject, Outlets};
+use super::ownership::Ownership;
 use super::zones::ZoneSet;
 use super::MarketEvent;
 use crate::ingest::{Duplicate, Kind, Origin, Parsed, RefusedReading, Rejection, Verified};
@@ -13,11 +19,11 @@ use crate::zone::{Committed, ZoneMsg};
 use gridex_store::Database;
 use protocol::topics;
 use protocol::{AccountId, Command, ReadingAck, Reason, ZoneId};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// First pause before a failed group commit is tried again: long enough for a lock or a failover
 /// to clear, short enough that a passing fault costs little.
@@ -36,12 +42,38 @@ pub(super) struct Pending {
     pub(super) received_ms: i64,
 }
 
+/// What the verification stage hands the group commit, in order.
+#[derive(Debug)]
+// Nearly every item is a message: boxing it would cost an allocation per message for a rare release.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum ToCommit {
+    Message(Pending),
+    /// Let a lease go once every message before it is committed (sent by the lease manager through
+    /// the verification stage, after it stopped taking the zone's messages).
+    Release(Release),
+}
+
+/// A lease to let go ([`super::leases`]); `done` is answered once it is.
+#[derive(Debug)]
+pub(super) struct Release {
+    pub(super) zone: ZoneId,
+    pub(super) token: i64,
+    pub(super) done: oneshot::Sender<()>,
+}
+
+/// What an HTTP caller is told when its message's zone moved to another instance before it was
+/// stored: nothing of it was stored, so a retry is safe (and reaches the new owner).
+pub(super) fn zone_moved() -> Rejection {
+    Rejection::new(Reason::InternalError, "zone moved to another exchange instance; nothing was stored, retry")
+}
+
 /// The group commit.
 pub(super) struct Writer {
     pub(super) db: Database,
     pub(super) outlets: Outlets,
     pub(super) zones: ZoneSet,
-    pub(super) next_seq: u64,
+    /// The zones this instance commits for, with their fencing tokens on PostgreSQL.
+    pub(super) ownership: Ownership,
     pub(super) delay: Duration,
     pub(super) size_max: usize,
     /// The verification stage's count of messages on their way: while it is zero, waiting for
@@ -62,13 +94,40 @@ pub(super) struct Writer {
 struct GroupRows {
     readings: Vec<ReadingRow>,
     commands: Vec<CommandRow>,
+    /// The index in the group of each of `commands`.
+    command_index: Vec<usize>,
     /// Readings older than their device's last accepted one: (index in the group, reading).
     to_check: Vec<(usize, protocol::Signed<protocol::Reading>)>,
     /// Commands whose nonce was seen: (index in the group, command).
     seen: Vec<(usize, Command)>,
     /// Refused readings to record (signature valid, so the device sent them).
     refused: Vec<RefusedReading>,
+    /// With leases: every zone among the rows, with the token this instance holds it with.
+    fences: HashMap<ZoneId, Option<i64>>,
 }
+
+impl GroupRows {
+    /// Notes the token of every zone among the rows (leases only).
+    fn fence(&mut self, ownership: &Ownership) {
+        if !ownership.leasing() {
+            return;
+        }
+        let zones = (self.readings.iter().map(|row| &row.signed.message.zone))
+            .chain(self.commands.iter().map(|row| &row.zone))
+            .chain(self.to_check.iter().map(|(_, signed)| &signed.message.zone))
+            .chain(self.seen.iter().map(|(_, command)| command.zone()))
+            .chain(self.refused.iter().map(|refused| &refused.zone));
+        for zone in zones {
+            if !self.fences.contains_key(zone) {
+                self.fences.insert(zone.clone(), ownership.token(zone));
+            }
+        }
+    }
+}
+
+/// What one transaction stored: the numbered commands, the resends it looked up, and the zones it
+/// stored nothing of (their leases are another instance's).
+type Stored = (Vec<CommandRow>, Vec<(usize, bool)>, HashSet<ZoneId>);
 
 /// What the transaction found for each pending message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,34 +135,52 @@ enum Outcome {
     Stored,
     Duplicate,
     Replayed,
+    /// Not stored: the zone's lease is another instance's.
+    Moved,
 }
 
 impl Writer {
-    pub(super) async fn run(mut self, mut pending: mpsc::Receiver<Pending>) {
+    pub(super) async fn run(mut self, mut pending: mpsc::Receiver<ToCommit>) {
         loop {
             // A group starts with a message to commit or with refused readings to record.
             let (mut group, mut refused) = tokio::select! {
                 first = pending.recv() => match first {
-                    Some(first) => (vec![first], Vec::new()),
+                    Some(ToCommit::Message(first)) => (vec![first], Vec::new()),
+                    Some(ToCommit::Release(release)) => {
+                        self.release(release).await;
+                        continue;
+                    }
                     None => break,
                 },
                 Some(refused) = self.refused.recv() => (Vec::new(), refused),
             };
             let deadline = tokio::time::Instant::now() + self.delay;
+            // A release ends the group: it goes after the messages verified before it.
+            let mut release = None;
             while group.len() < self.size_max {
-                match pending.try_recv() {
-                    Ok(item) => group.push(item),
+                let next = match pending.try_recv() {
+                    Ok(next) => next,
                     Err(_) if self.verifying.load(Ordering::Relaxed) == 0 => break,
                     Err(_) => match tokio::time::timeout_at(deadline, pending.recv()).await {
-                        Ok(Some(item)) => group.push(item),
+                        Ok(Some(next)) => next,
                         _ => break,
                     },
+                };
+                match next {
+                    ToCommit::Message(item) => group.push(item),
+                    ToCommit::Release(next) => {
+                        release = Some(next);
+                        break;
+                    }
                 }
             }
             while let Ok(more) = self.refused.try_recv() {
                 refused.extend(more);
             }
             self.commit(group, refused).await;
+            if let Some(release) = release {
+                self.release(release).await;
+            }
         }
         // The verification stage has stopped: record the refusals it sent last.
         let mut refused = Vec::new();
@@ -118,10 +195,22 @@ impl Writer {
         }
     }
 
+    /// Lets a lease go (if this instance still holds it with that token); if that fails, it
+    /// expires. Either way the lease manager may forget the zone: every message taken for it is
+    /// committed.
+    async fn release(&self, release: Release) {
+        let Release { zone, token, done } = release;
+        let instance = self.ownership.instance_id().to_owned();
+        let asked = zone.clone();
+        if let Err(error) = self.db.run(move |conn| crate::store::leases::release(conn, &asked, &instance, token)).await
+        {
+            tracing::warn!(%error, %zone, "cannot release the zone's lease; it expires");
+        }
+        let _ = done.send(());
+    }
+
     async fn commit(&mut self, group: Vec<Pending>, refused: Vec<RefusedReading>) {
-        let first_seq = self.next_seq;
         let mut rows = GroupRows { refused, ..GroupRows::default() };
-        let mut seq = first_seq;
         for (index, item) in group.iter().enumerate() {
             match &item.verified {
                 Verified::Reading { signed, payload, duplicate: Duplicate::No } => rows.readings.push(ReadingRow {
@@ -135,8 +224,10 @@ impl Writer {
                 Verified::Reading { duplicate: Duplicate::OfLast, .. } => {}
                 Verified::CommandSeen { command, .. } => rows.seen.push((index, command.clone())),
                 Verified::Command { command, slot, payload } => {
+                    rows.command_index.push(index);
                     rows.commands.push(CommandRow {
-                        command_seq: seq,
+                        // Numbered inside the transaction (`store::take_command_seqs`).
+                        command_seq: 0,
                         zone: command.zone().clone(),
                         slot: *slot,
                         account: command.account(),
@@ -145,7 +236,6 @@ impl Writer {
                         payload: payload.clone(),
                         received_ms: item.received_ms,
                     });
-                    seq += 1;
                 }
             }
         }
@@ -158,12 +248,23 @@ impl Writer {
                 tracing::error!(%zone, %error, "cannot start the zone's owner");
             }
         }
+        rows.fence(&self.ownership);
+        let fences = rows.fences.clone();
         match self.commit_until_stored(Arc::new(rows)).await {
-            Some((commands, checked)) => {
-                self.next_seq = seq;
+            Some((commands, checked, moved)) => {
                 let mut outcomes = vec![Outcome::Stored; group.len()];
                 for (index, same) in checked {
                     outcomes[index] = if same { Outcome::Duplicate } else { Outcome::Replayed };
+                }
+                for (index, item) in group.iter().enumerate() {
+                    if moved.contains(item.verified.zone()) {
+                        outcomes[index] = Outcome::Moved;
+                    }
+                }
+                for zone in &moved {
+                    metrics::counter!("gridex_zone_fenced_commits_total").increment(1);
+                    tracing::warn!(%zone, "the zone's lease is another instance's: its messages were not stored");
+                    self.ownership.lost(zone, fences.get(zone).copied().flatten());
                 }
                 self.after_commit(group, outcomes, commands).await;
             }
@@ -176,33 +277,72 @@ impl Writer {
     /// wait, so what is stored stays in arrival order and the verifier's high-water marks (which
     /// assumed this group stored) stay true. `None` once the exchange is stopping while the commit
     /// still fails, or after an earlier group was abandoned.
-    async fn commit_until_stored(&mut self, rows: Arc<GroupRows>) -> Option<(Vec<CommandRow>, Vec<(usize, bool)>)> {
+    async fn commit_until_stored(&mut self, rows: Arc<GroupRows>) -> Option<Stored> {
         let mut delay_ms = COMMIT_RETRY_DELAY_MS_MIN;
         while !self.abandoned {
             let started = std::time::Instant::now();
             let attempt = rows.clone();
+            let instance = self.ownership.instance_id().to_owned();
             let result = self
                 .db
                 .write(move |conn| {
-                    store::insert_readings(conn, &attempt.readings)?;
-                    store::insert_commands(conn, &attempt.commands)?;
-                    store::insert_rejections(conn, &attempt.refused)?;
+                    // First, and under a lock on each lease row until the commit: see `fence`.
+                    let moved: HashSet<ZoneId> = if attempt.fences.is_empty() {
+                        HashSet::new()
+                    } else {
+                        store::leases::fence(conn, &instance, &attempt.fences)?.into_iter().collect()
+                    };
+                    let kept = |zone: &ZoneId| !moved.contains(zone);
+                    let readings: Vec<ReadingRow> =
+                        attempt.readings.iter().filter(|row| kept(&row.signed.message.zone)).cloned().collect();
+                    store::insert_readings(conn, &readings)?;
                     let mut checked = Vec::with_capacity(attempt.to_check.len() + attempt.seen.len());
-                    for (index, signed) in &attempt.to_check {
+                    let kept_commands: Vec<(usize, CommandRow)> = attempt
+                        .command_index
+                        .iter()
+                        .zip(&attempt.commands)
+                        .filter(|(_, row)| kept(&row.zone))
+                        .map(|(index, row)| (*index, row.clone()))
+                        .collect();
+                    // With leases, nonces are checked per instance: see `store::logged_nonces`.
+                    let logged = if attempt.fences.is_empty() {
+                        Vec::new()
+                    } else {
+                        let rows: Vec<CommandRow> = kept_commands.iter().map(|(_, row)| row.clone()).collect();
+                        store::logged_nonces(conn, &rows)?
+                    };
+                    for (position, same) in &logged {
+                        checked.push((kept_commands[*position].0, *same));
+                    }
+                    let to_number: Vec<&CommandRow> = kept_commands
+                        .iter()
+                        .enumerate()
+                        .filter(|(position, _)| !logged.iter().any(|(logged, _)| logged == position))
+                        .map(|(_, (_, row))| row)
+                        .collect();
+                    let seqs = store::take_command_seqs(conn, to_number.len())?;
+                    let commands: Vec<CommandRow> = to_number
+                        .into_iter()
+                        .zip(seqs)
+                        .map(|(row, command_seq)| CommandRow { command_seq, ..row.clone() })
+                        .collect();
+                    store::insert_commands(conn, &commands)?;
+                    let refused: Vec<RefusedReading> =
+                        attempt.refused.iter().filter(|refused| kept(&refused.zone)).cloned().collect();
+                    store::insert_rejections(conn, &refused)?;
+                    for (index, signed) in attempt.to_check.iter().filter(|(_, signed)| kept(&signed.message.zone)) {
                         checked.push((*index, store::same_reading_stored(conn, signed)?));
                     }
-                    for (index, command) in &attempt.seen {
+                    for (index, command) in attempt.seen.iter().filter(|(_, command)| kept(command.zone())) {
                         checked.push((*index, store::same_command_stored(conn, command)?));
                     }
-                    Ok(checked)
+                    Ok((commands, checked, moved))
                 })
                 .await;
             metrics::histogram!("gridex_group_commit_seconds").record(started.elapsed().as_secs_f64());
             match result {
-                Ok(checked) => {
-                    let commands =
-                        Arc::try_unwrap(rows).map_or_else(|shared| shared.commands.clone(), |own| own.commands);
-                    return Some((commands, checked));
+                Ok(stored) => {
+                    return Some(stored);
                 }
                 Err(error) => {
                     metrics::counter!("gridex_group_commit_failures_total").increment(1);
@@ -249,9 +389,25 @@ impl Writer {
     async fn after_commit(&self, group: Vec<Pending>, outcomes: Vec<Outcome>, commands: Vec<CommandRow>) {
         let mut commands = commands.into_iter();
         let mut per_zone: HashMap<ZoneId, Vec<Committed>> = HashMap::new();
+        let (mut stale_devices, mut stale_accounts) = (Vec::new(), Vec::new());
         for (item, outcome) in group.into_iter().zip(outcomes) {
-            // Committed (or found to be a replay): final, so the broker may forget it.
+            // Committed (or found to be a replay): final, so the broker may forget it. A message of
+            // a zone that moved is final for this instance too: acknowledged unanswered, so its
+            // sender resends it, and the resend reaches the zone's new owner.
             acknowledge(item.ack);
+            if outcome == Outcome::Moved {
+                metrics::counter!("gridex_moved_messages_total").increment(1);
+                match &item.verified {
+                    Verified::Reading { signed, .. } => stale_devices.push(signed.message.device),
+                    Verified::Command { command, .. } | Verified::CommandSeen { command, .. } => {
+                        stale_accounts.push(command.account())
+                    }
+                }
+                if let Some(reply) = item.reply {
+                    reply.reject(zone_moved());
+                }
+                continue;
+            }
             match item.verified {
                 Verified::Reading { signed, payload, .. } => {
                     if outcome == Outcome::Replayed {
@@ -279,12 +435,29 @@ impl Writer {
                     let parsed = Parsed::Command(command, payload);
                     reject(&self.outlets, Kind::Command, &item.origin, Some(&parsed), item.reply, rejection);
                 }
+                Verified::Command { command, payload, .. } if outcome != Outcome::Stored => {
+                    // Its nonce was logged by another instance meanwhile: refused as a resend would be.
+                    stale_accounts.push(command.account());
+                    let rejection = if outcome == Outcome::Duplicate {
+                        Rejection::new(Reason::Duplicate, "this command was accepted before; it is not applied again")
+                    } else {
+                        Rejection::new(Reason::Replayed, "the nonce is not greater than the last accepted one")
+                    };
+                    let parsed = Parsed::Command(command, payload);
+                    reject(&self.outlets, Kind::Command, &item.origin, Some(&parsed), item.reply, rejection);
+                }
                 Verified::Command { command, .. } => {
                     let Some(row) = commands.next() else { continue };
                     let committed = Committed { row, command, reply: item.reply.and_then(Reply::into_command) };
                     per_zone.entry(committed.row.zone.clone()).or_default().push(committed);
                 }
             }
+        }
+        // The verifier advanced these senders' high-water marks for messages that were not stored.
+        if (!stale_devices.is_empty() || !stale_accounts.is_empty())
+            && self.resync.try_send((stale_devices, stale_accounts)).is_err()
+        {
+            tracing::error!("the resync queue is full");
         }
         for (zone, batch) in per_zone {
             let owner = match self.zones.get_or_start(&zone).await {

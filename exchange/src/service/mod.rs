@@ -29,15 +29,18 @@
 //! One file per stage: `mqtt.rs` (publisher, listener, forwarder), `acks.rs` (the ordered PUBACK
 //! queue), `verify.rs` (the verification stage), `commit.rs` (the group commit), `zones.rs` (the zone
 //! owners, each a `ZoneOwner` of `zone.rs`, which recovers its books from the command log when it
-//! starts). `outlets.rs` and the leaves `events.rs` and `error.rs` are what the stages share; this
-//! file holds [`start`] and the [`ExchangeHandle`].
+//! starts), `leases.rs` (on PostgreSQL: which zones this instance owns, by lease, and failover).
+//! `outlets.rs`, `ownership.rs` and the leaves `events.rs` and `error.rs` are what the stages share;
+//! this file holds [`start`] and the [`ExchangeHandle`].
 
 mod acks;
 mod commit;
 pub(crate) mod error;
 pub(crate) mod events;
+mod leases;
 mod mqtt;
 pub(crate) mod outlets;
+mod ownership;
 mod verify;
 mod zones;
 
@@ -51,8 +54,10 @@ use crate::zone::{self, ZoneMsg};
 use commit::Writer;
 use events::{shutting_down, Reply};
 use gridex_store::clock::Clock;
-use gridex_store::Database;
+use gridex_store::{Backend, Database, WriterLock};
+use leases::LeaseManager;
 use outlets::{reject, Outlets};
+use ownership::Ownership;
 use protocol::{AccountId, BookSnapshot, Reason, Signed, SlotId, ZoneId};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -83,10 +88,17 @@ pub struct ExchangeHandle {
     mqtt_stop: Arc<watch::Sender<bool>>,
     mqtt_tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
     mqtt_ready: watch::Receiver<bool>,
+    /// On SQLite, this instance is the database's one exchange until shutdown ends.
+    writer_lock: Arc<std::sync::Mutex<Option<WriterLock>>>,
+    /// On PostgreSQL, the lease manager: stopped after the core tasks (it lets the leases go).
+    lease_task: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+    /// A test hook: pauses the lease manager, as if the process stalled.
+    leases_paused: Arc<watch::Sender<bool>>,
     /// The public half of the key that signs everything published (PROTOCOL.md §2.1).
     operator: [u8; 32],
     /// The operator key itself, for [`ExchangeHandle::sign_operator`]; never handed out.
     operator_key: Arc<ed25519_dalek::SigningKey>,
+    instance_id: String,
 }
 
 impl std::fmt::Debug for ExchangeHandle {
@@ -207,9 +219,46 @@ impl ExchangeHandle {
     }
 
     /// Starts serving a zone registered after the exchange started (its books are recovered from
-    /// the log like any other); `false` when the zone is not in storage or not served here.
+    /// the log like any other); `false` when the zone is not in storage or not served here (on
+    /// PostgreSQL: another instance holds its lease).
     pub async fn serve_zone(&self, zone: &ZoneId) -> Result<bool, ExchangeError> {
+        // On PostgreSQL: only if its lease is free, or this instance's already.
+        self.zones.ownership().take_if_free(vec![zone.clone()]).await;
         Ok(self.zones.get_or_start(zone).await?.is_some())
+    }
+
+    /// This instance's name in the lease table ([`ExchangeConfig::instance_id`]).
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// Stops every task at once, as a crash would: nothing is flushed or committed any more, the
+    /// leases are not let go (they expire, then other instances take the zones), messages not
+    /// acknowledged stay in the broker's session. For failover tests in one process.
+    pub fn kill(self) {
+        let take = |tasks: &std::sync::Mutex<Vec<JoinHandle<()>>>| -> Vec<JoinHandle<()>> {
+            match tasks.lock() {
+                Ok(mut tasks) => tasks.drain(..).collect(),
+                Err(poisoned) => poisoned.into_inner().drain(..).collect(),
+            }
+        };
+        for task in take(&self.tasks).into_iter().chain(take(&self.mqtt_tasks)) {
+            task.abort();
+        }
+        let lease_task = match self.lease_task.lock() {
+            Ok(mut task) => task.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(task) = lease_task {
+            task.abort();
+        }
+    }
+
+    /// A test hook: `true` pauses the lease manager (no heartbeat, no renewal, lost zones not
+    /// dropped), as if the process stalled, so its leases expire while the rest keeps running.
+    #[doc(hidden)]
+    pub fn pause_leases(&self, paused: bool) {
+        let _ = self.leases_paused.send(paused);
     }
 
     /// Stops taking messages, commits and applies what was accepted, and stops every task.
@@ -225,10 +274,23 @@ impl ExchangeHandle {
             let _ = task.await;
         }
         let _ = self.mqtt_stop.send(true);
+        // Lets every lease go, now that everything taken is committed.
+        let lease_task = match self.lease_task.lock() {
+            Ok(mut task) => task.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(task) = lease_task {
+            let _ = task.await;
+        }
         for mut task in take(&self.mqtt_tasks) {
             if tokio::time::timeout(Duration::from_millis(MQTT_FLUSH_TIMEOUT_MS), &mut task).await.is_err() {
                 task.abort();
             }
+        }
+        // Nothing writes any more: the next exchange on this SQLite database may start.
+        match self.writer_lock.lock() {
+            Ok(mut lock) => drop(lock.take()),
+            Err(poisoned) => drop(poisoned.into_inner().take()),
         }
     }
 }
@@ -252,6 +314,10 @@ pub async fn start(
             "order commands per account: at least 1 per second and 1 at once".to_owned(),
         ));
     }
+    if config.lease_renew_interval_ms == 0 || config.lease_ttl_ms <= config.lease_renew_interval_ms {
+        return Err(ExchangeError::Config("leases: renew interval > 0 and below the time to live".to_owned()));
+    }
+    let writer_lock = db.lock_single_writer("exchange")?;
     let only = config.zones.clone();
     let zones = db.run(move |conn| store::load_zones(conn, &only)).await?;
     let (events, _) = broadcast::channel(EVENT_BROADCAST_LEN);
@@ -266,16 +332,43 @@ pub async fn start(
     let publish_tx = connection.as_ref().map(|connection| connection.publish.clone());
     let outlets = Outlets { publish: publish_tx, events, clock: clock.clone() };
 
-    let zone_set = ZoneSet::new(config.clone(), db.clone(), outlets.clone(), tasks.clone());
-    for (zone, info) in &zones {
-        zone_set.start_owner(zone.clone(), *info).await?;
+    // PostgreSQL takes several instances: each owns the zones whose lease it holds. SQLite takes
+    // one exchange (the writer lock above), which owns every zone it serves.
+    let leasing = db.backend() == Backend::Postgres;
+    let (lost_tx, lost_rx) = mpsc::unbounded_channel();
+    let (take_tx, take_rx) = mpsc::unbounded_channel();
+    let ownership =
+        if leasing { Ownership::leased(config.clone(), lost_tx, take_tx) } else { Ownership::fixed(config.clone()) };
+    let zone_set = ZoneSet::new(config.clone(), db.clone(), outlets.clone(), ownership.clone(), tasks.clone());
+    let (notices_tx, notices_rx) = mpsc::unbounded_channel();
+    let (leases_paused, paused) = watch::channel(false);
+    let mut lease_task = None;
+    if leasing {
+        let mut manager = LeaseManager {
+            db: db.clone(),
+            config: config.clone(),
+            ownership: ownership.clone(),
+            zones: zone_set.clone(),
+            verifier: notices_tx,
+            mqtt: connection.as_ref().map(|connection| connection.link.client()),
+            lost: lost_rx,
+            take: take_rx,
+            releasing: Default::default(),
+            paused,
+        };
+        // The first round before anything is taken: a lone instance starts with every zone.
+        manager.round(false).await?;
+        lease_task = Some(tokio::spawn(manager.run(shutdown.clone(), mqtt_stop.clone())));
+    } else {
+        for (zone, info) in &zones {
+            zone_set.start_owner(zone.clone(), *info).await?;
+        }
     }
     let spawn = |task: JoinHandle<()>| match tasks.lock() {
         Ok(mut tasks) => tasks.push(task),
         Err(poisoned) => poisoned.into_inner().push(task),
     };
 
-    let next_seq = db.run(store::next_command_seq).await?;
     let (commit_tx, commit_rx) = mpsc::channel(config.commit_queue_len);
     let (resync_tx, resync_rx) = mpsc::channel(RESYNC_QUEUE_LEN);
     let (refused_tx, refused_rx) = mpsc::channel(REFUSED_QUEUE_LEN);
@@ -284,7 +377,7 @@ pub async fn start(
         db: db.clone(),
         outlets: outlets.clone(),
         zones: zone_set.clone(),
-        next_seq,
+        ownership: ownership.clone(),
         delay: Duration::from_millis(config.group_commit_delay_ms),
         size_max: config.group_commit_size_max.max(1),
         verifying: verifying.clone(),
@@ -308,7 +401,8 @@ pub async fn start(
         commit: commit_tx,
         resync: resync_rx,
         refused: refused_tx,
-        config: config.clone(),
+        ownership: ownership.clone(),
+        notices: notices_rx,
     };
     spawn(tokio::spawn(stage.run(ingest_rx, shutdown.clone())));
 
@@ -316,8 +410,15 @@ pub async fn start(
     if let Some(connection) = connection {
         mqtt_tasks.push(connection.publisher);
         // An instance serving every zone subscribes with wildcards, so a zone registered later is
-        // served without a restart; one serving named zones (a partition) subscribes to those.
-        let served: Option<Vec<ZoneId>> = (!config.zones.is_empty()).then(|| config.zones.clone());
+        // served without a restart; one serving named zones (a partition) subscribes to those; one
+        // holding leases subscribes to the zones it holds, and changes them as leases come and go.
+        let served = if leasing {
+            mqtt::Served::Leased(Box::new(ownership.clone()))
+        } else if config.zones.is_empty() {
+            mqtt::Served::All
+        } else {
+            mqtt::Served::Zones(config.zones.clone())
+        };
         let listener = mqtt::listen(connection.link, served, ingest_tx.clone(), ready_tx, shutdown.clone(), mqtt_stop);
         mqtt_tasks.push(listener);
     }
@@ -333,5 +434,9 @@ pub async fn start(
         mqtt_stop: Arc::new(mqtt_stop_sender),
         mqtt_tasks: Arc::new(std::sync::Mutex::new(mqtt_tasks)),
         mqtt_ready,
+        writer_lock: Arc::new(std::sync::Mutex::new(writer_lock)),
+        lease_task: Arc::new(std::sync::Mutex::new(lease_task)),
+        leases_paused: Arc::new(leases_paused),
+        instance_id: config.instance_id.clone(),
     })
 }

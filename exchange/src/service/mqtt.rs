@@ -4,6 +4,7 @@
 
 use super::acks::{acker, acknowledge, AckQueue};
 use super::events::Outbound;
+use super::ownership::Ownership;
 use super::verify::Raw;
 use crate::ingest::{Kind, Origin};
 use protocol::topics::{self, Inbound};
@@ -38,6 +39,34 @@ pub(super) struct Link {
     eventloop: rumqttc::EventLoop,
 }
 
+impl Link {
+    /// A handle on the client, for the lease manager's subscriptions (requests never wait: the
+    /// listener drains the request channel).
+    pub(super) fn client(&self) -> rumqttc::AsyncClient {
+        self.client.clone()
+    }
+}
+
+/// What the listener subscribes to.
+#[derive(Debug)]
+pub(super) enum Served {
+    /// Every zone (wildcard subscriptions), so a zone registered later is served without a restart.
+    All,
+    /// The zones named by `market.zones` (a partition without leases).
+    Zones(Vec<ZoneId>),
+    /// The zones whose lease this instance holds (PostgreSQL): subscribed at each connection; the
+    /// lease manager subscribes and unsubscribes as leases come and go.
+    Leased(Box<Ownership>),
+}
+
+/// The topic filters of one zone's inbound messages (readings and orders from every sender).
+pub(super) fn zone_filters(zone: &ZoneId) -> Vec<String> {
+    vec![topics::readings(zone, &"+"), topics::readings_in(Version::V2, zone, &"+"), topics::orders(zone, &"+")]
+}
+
+/// Every zone's inbound topics (readings of both versions, orders): an instance serving all zones.
+const ALL_ZONES_FILTERS: [&str; 3] = [topics::ALL_READINGS, topics::ALL_READINGS_V2, topics::ALL_ORDERS];
+
 /// Makes the client and its event loop and starts the publisher (which ends at `mqtt_stop`).
 pub(super) fn connect(
     mut options: rumqttc::MqttOptions,
@@ -61,10 +90,10 @@ pub(super) fn connect(
 }
 
 /// Starts taking inbound messages into `ingest`: the listener (returned, to be joined), the PUBACK
-/// sender and the forwarder. `served`: the zones to subscribe to, `None` for every zone.
+/// sender and the forwarder. `served`: what to subscribe to.
 pub(super) fn listen(
     link: Link,
-    served: Option<Vec<ZoneId>>,
+    served: Served,
     ingest: mpsc::Sender<Raw>,
     ready: watch::Sender<bool>,
     shutdown: watch::Receiver<bool>,
@@ -127,8 +156,8 @@ async fn publisher(
 struct MqttListener {
     client: rumqttc::AsyncClient,
     acks: Arc<Mutex<AckQueue>>,
-    /// The zones subscribed to; `None`: every zone (wildcard subscriptions).
-    served: Option<Vec<ZoneId>>,
+    /// What is subscribed to.
+    served: Served,
     /// To [`forward`], which feeds the ingest queue.
     held: mpsc::Sender<Raw>,
     ready: watch::Sender<bool>,
@@ -139,20 +168,18 @@ impl MqttListener {
     fn subscribe(&mut self) {
         let _ = self.ready.send(false);
         let filters: Vec<String> = match &self.served {
-            Some(zones) => zones
-                .iter()
-                .flat_map(|zone| {
-                    [
-                        topics::readings(zone, &"+"),
-                        topics::readings_in(Version::V2, zone, &"+"),
-                        topics::orders(zone, &"+"),
-                    ]
-                })
-                .collect(),
-            None => {
-                vec![topics::ALL_READINGS.to_owned(), topics::ALL_READINGS_V2.to_owned(), topics::ALL_ORDERS.to_owned()]
-            }
+            Served::Zones(zones) => zones.iter().flat_map(zone_filters).collect(),
+            Served::Leased(ownership) => ownership.taking().iter().flat_map(zone_filters).collect(),
+            Served::All => ALL_ZONES_FILTERS.iter().map(|filter| (*filter).to_owned()).collect(),
         };
+        if let Served::Leased(_) = &self.served {
+            // A persistent session keeps the subscriptions of an earlier run without leases.
+            for filter in ALL_ZONES_FILTERS {
+                if let Err(error) = self.client.try_unsubscribe(filter) {
+                    tracing::warn!(%error, "cannot unsubscribe");
+                }
+            }
+        }
         self.subacks_pending = filters.len();
         if filters.is_empty() {
             let _ = self.ready.send(true);
@@ -223,6 +250,15 @@ impl MqttListener {
                 return true;
             }
         };
+        if let Served::Leased(ownership) = &self.served {
+            // Left in the session from an earlier lease, or sent before an unsubscription took
+            // effect: final here (the sender resends; the zone's owner receives it).
+            if !ZoneId::parse(zone).is_ok_and(|zone| ownership.takes(&zone)) {
+                metrics::counter!("gridex_not_owned_messages_total").increment(1);
+                acknowledge(ack);
+                return true;
+            }
+        }
         let origin = Origin::Mqtt { version, zone: zone.to_owned(), sender: sender.to_owned() };
         let raw = Raw { kind, origin, bytes: publish.payload.to_vec(), reply: None, ack };
         match self.held.try_send(raw) {

@@ -1,12 +1,15 @@
 //! The verification stage: parse and batch-verify signatures on a pool of blocking threads, then
 //! the stateful checks (keys, freshness, seq, nonces, plausibility, the per-account command rate
-//! limit) in arrival order, and hand what passes to the group commit ([`super::commit`]).
+//! limit) in arrival order, and hand what passes to the group commit ([`super::commit`]). A message
+//! for a zone this instance does not own (on PostgreSQL: whose lease it does not hold) is dropped
+//! first: acknowledged unanswered over MQTT (its sender resends, to the owner), refused over HTTP.
 
 use super::acks::{acknowledge, MqttAck};
-use super::commit::Pending;
+use super::commit::{zone_moved, Pending, Release, ToCommit};
 use super::events::{shutting_down, Reply};
+use super::leases::Notice;
 use super::outlets::{reject, Outlets};
-use crate::config::ExchangeConfig;
+use super::ownership::Ownership;
 use crate::ingest::{self, Kind, Origin, Parsed, RefusedReading, Rejection, Verifier};
 use crate::store;
 use gridex_store::Database;
@@ -95,12 +98,14 @@ pub(super) struct VerifyStage {
     pub(super) workers: usize,
     /// Messages taken from the ingest queue and not yet handed to the commit (or refused).
     pub(super) verifying: Arc<AtomicUsize>,
-    pub(super) commit: mpsc::Sender<Pending>,
+    pub(super) commit: mpsc::Sender<ToCommit>,
     pub(super) resync: mpsc::Receiver<(Vec<protocol::DeviceId>, Vec<AccountId>)>,
     /// Refused readings with a valid signature, for the group commit to record.
     pub(super) refused: mpsc::Sender<Vec<RefusedReading>>,
-    /// Which zones this instance serves ([`ExchangeConfig::serves`]).
-    pub(super) config: ExchangeConfig,
+    /// Which zones this instance owns now.
+    pub(super) ownership: Ownership,
+    /// From the lease manager: zones to forget, leases to release (after what is verified).
+    pub(super) notices: mpsc::UnboundedReceiver<Notice>,
 }
 
 /// A batch on a blocking thread, with its number of messages.
@@ -123,6 +128,11 @@ impl VerifyStage {
                     Some(first) => self.dispatch(first, &mut ingest, &mut in_flight),
                     None => taking = false,
                 },
+                Some(notice) = self.notices.recv() => {
+                    let mut releases = Vec::new();
+                    self.notice(notice, &mut releases);
+                    self.hand_on(releases).await;
+                }
                 _ = shutdown.changed(), if taking => taking = false,
             }
         }
@@ -165,9 +175,63 @@ impl VerifyStage {
         metrics::gauge!("gridex_queue_depth", "queue" => "ingest").set(ingest.len() as f64);
     }
 
+    fn notice(&mut self, notice: Notice, releases: &mut Vec<Release>) {
+        match notice {
+            Notice::Forget(zone) => self.verifier.directory.forget_zone(&zone),
+            Notice::Release(release) => releases.push(release),
+        }
+    }
+
+    /// Hands releases to the group commit, behind every message verified before them.
+    async fn hand_on(&self, releases: Vec<Release>) {
+        for release in releases {
+            // Closed: shutting down; the lease is let go at shutdown anyway.
+            let _ = self.commit.send(ToCommit::Release(release)).await;
+        }
+    }
+
+    /// Drops the messages of zones this instance does not own (any more): over MQTT acknowledged
+    /// unanswered and counted (the sender resends; the zone's owner receives it), over HTTP refused.
+    fn drop_not_owned(&self, prepared: Prepared) -> Prepared {
+        let Prepared { batch, parsed, signatures } = prepared;
+        let mut kept = Prepared { batch: Vec::new(), parsed: Vec::new(), signatures: Vec::new() };
+        for ((raw, parsed), signature) in batch.into_iter().zip(parsed).zip(signatures) {
+            let owned = match &parsed {
+                // A zone not in storage is refused for that (`unknown_zone`) by the checks.
+                Ok(parsed) => {
+                    self.ownership.takes(parsed.zone()) || !self.verifier.directory.zones.contains_key(parsed.zone())
+                }
+                // Refused anyway, for what it is.
+                Err(_) => true,
+            };
+            if owned {
+                kept.batch.push(raw);
+                kept.parsed.push(parsed);
+                kept.signatures.push(signature);
+                continue;
+            }
+            metrics::counter!("gridex_not_owned_messages_total").increment(1);
+            if let Some(reply) = raw.reply {
+                reply.reject(zone_moved());
+            }
+            acknowledge(raw.ack);
+        }
+        kept
+    }
+
     /// The stateful checks of one prepared batch, then hands the accepted messages to the commit.
     async fn finish(&mut self, prepared: Option<Prepared>) {
-        let Some(Prepared { batch, parsed, signatures }) = prepared else { return };
+        let Some(prepared) = prepared else { return };
+        // New zones first (on PostgreSQL their leases are taken if free), then ownership, then the
+        // lease manager's notices: a zone owned now was announced before it was taken, so its
+        // senders are forgotten before any of its messages is checked.
+        self.load_missing_zones(&prepared.parsed).await;
+        let Prepared { batch, parsed, signatures } =
+            if self.ownership.leasing() { self.drop_not_owned(prepared) } else { prepared };
+        let mut releases = Vec::new();
+        while let Ok(notice) = self.notices.try_recv() {
+            self.notice(notice, &mut releases);
+        }
         while let Ok((devices, accounts)) = self.resync.try_recv() {
             self.verifier.directory.forget(&devices, &accounts);
         }
@@ -183,7 +247,9 @@ impl VerifyStage {
                 Ok(verified) => {
                     let pending =
                         Pending { verified, origin: raw.origin, reply: raw.reply, ack: raw.ack, received_ms: now_ms };
-                    if let Err(mpsc::error::SendError(pending)) = self.commit.send(pending).await {
+                    if let Err(mpsc::error::SendError(ToCommit::Message(pending))) =
+                        self.commit.send(ToCommit::Message(pending)).await
+                    {
                         if let Some(reply) = pending.reply {
                             reply.reject(shutting_down());
                         }
@@ -199,12 +265,12 @@ impl VerifyStage {
         if !refused.is_empty() && self.refused.try_send(refused).is_err() {
             tracing::warn!("the refused readings queue is full; their records are dropped");
         }
+        self.hand_on(releases).await;
         metrics::gauge!("gridex_queue_depth", "queue" => "commit")
             .set((self.commit.max_capacity() - self.commit.capacity()) as f64);
     }
 
     async fn load_missing(&mut self, parsed: &[Result<Parsed, Rejection>]) {
-        self.load_missing_zones(parsed).await;
         self.reload_replacements(parsed).await;
         let (mut devices, mut accounts) = self.verifier.directory.missing(parsed);
         if devices.is_empty() && accounts.is_empty() {
@@ -258,7 +324,7 @@ impl VerifyStage {
         let mut missing: Vec<ZoneId> = Vec::new();
         for item in parsed.iter().flatten() {
             let zone = item.zone();
-            let served = self.config.serves(zone);
+            let served = self.ownership.may_serve(zone);
             if served && !self.verifier.directory.zones.contains_key(zone) && !missing.contains(zone) {
                 missing.push(zone.clone());
             }
@@ -268,7 +334,12 @@ impl VerifyStage {
         }
         missing.truncate(KEY_LOOKUPS_PER_BATCH_MAX);
         match self.db.run(move |conn| store::load_zones(conn, &missing)).await {
-            Ok(found) => self.verifier.directory.zones.extend(found),
+            Ok(found) => {
+                let new: Vec<ZoneId> = found.keys().cloned().collect();
+                self.verifier.directory.zones.extend(found);
+                // A zone registered while the instances run: the first to see a message takes it.
+                self.ownership.take_if_free(new).await;
+            }
             Err(error) => tracing::error!(%error, "cannot look zones up"),
         }
     }

@@ -1,9 +1,11 @@
 //! The zone set: one owner task per zone ([`crate::zone::ZoneOwner`]), started at start-up for
 //! every served zone and later for a zone registered while the exchange runs. Starting an owner
-//! recovers its books from the command log.
+//! recovers its books from the command log. On PostgreSQL an owner runs only while this instance
+//! holds the zone's lease ([`super::ownership`]); the lease manager starts and stops them.
 
 use super::error::ExchangeError;
 use super::outlets::Outlets;
+use super::ownership::Ownership;
 use crate::config::ExchangeConfig;
 use crate::ingest::ZoneInfo;
 use crate::store;
@@ -16,7 +18,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// The zone owners: started at start-up for every zone in storage, and for a zone registered while
-/// the exchange runs the first time a message for it is committed. One owner per zone, ever.
+/// the exchange runs the first time a message for it is committed. One owner per zone while this
+/// instance owns the zone (on PostgreSQL: while it holds the zone's lease).
 #[derive(Clone)]
 pub(super) struct ZoneSet {
     owners: Arc<std::sync::RwLock<HashMap<ZoneId, mpsc::Sender<ZoneMsg>>>>,
@@ -25,6 +28,7 @@ pub(super) struct ZoneSet {
     config: ExchangeConfig,
     db: Database,
     outlets: Outlets,
+    ownership: Ownership,
     tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
 }
 
@@ -34,9 +38,10 @@ impl ZoneSet {
         config: ExchangeConfig,
         db: Database,
         outlets: Outlets,
+        ownership: Ownership,
         tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
     ) -> Self {
-        ZoneSet { owners: Arc::default(), starting: Arc::default(), config, db, outlets, tasks }
+        ZoneSet { owners: Arc::default(), starting: Arc::default(), config, db, outlets, ownership, tasks }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ZoneId, mpsc::Sender<ZoneMsg>>> {
@@ -44,6 +49,11 @@ impl ZoneSet {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         }
+    }
+
+    /// Which zones this instance owns.
+    pub(super) fn ownership(&self) -> &Ownership {
+        &self.ownership
     }
 
     pub(super) fn get(&self, zone: &ZoneId) -> Option<mpsc::Sender<ZoneMsg>> {
@@ -58,7 +68,7 @@ impl ZoneSet {
     }
 
     /// The zone's owner, started (its books recovered from the log) if it is not running yet.
-    /// `None` for a zone that is not in storage or not served by this instance.
+    /// `None` for a zone that is not in storage or not owned by this instance.
     pub(super) async fn get_or_start(&self, zone: &ZoneId) -> Result<Option<mpsc::Sender<ZoneMsg>>, ExchangeError> {
         if let Some(owner) = self.get(zone) {
             return Ok(Some(owner));
@@ -69,8 +79,20 @@ impl ZoneSet {
         }
         let wanted = vec![zone.clone()];
         let found = self.db.run(move |conn| store::load_zones(conn, &wanted)).await?;
-        let Some(info) = found.get(zone).filter(|_| self.config.serves(zone)) else { return Ok(None) };
+        let Some(info) = found.get(zone).filter(|_| self.ownership.owns(zone)) else { return Ok(None) };
         Ok(Some(self.start_owner(zone.clone(), *info).await?))
+    }
+
+    /// Stops `zone`'s owner (its lease was released or lost): it applies what it was sent, then ends.
+    pub(super) async fn stop(&self, zone: &ZoneId) {
+        let _starting = self.starting.lock().await;
+        let owner = match self.owners.write() {
+            Ok(mut owners) => owners.remove(zone),
+            Err(poisoned) => poisoned.into_inner().remove(zone),
+        };
+        if let Some(owner) = owner {
+            let _ = owner.send(ZoneMsg::Stop).await;
+        }
     }
 
     pub(super) async fn start_owner(

@@ -1,0 +1,2 @@
+DROP TABLE exchange_instances;
+DROP TABLE zone_leases;
