@@ -6,7 +6,6 @@ mod common;
 use meter_gateway::agent::{self, AgentSettings};
 use meter_gateway::clock::SimClock;
 use meter_gateway::keys;
-use meter_gateway::publisher::MqttSettings;
 use protocol::{Command, Reading, TimestampMs, Wh, ZoneId};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use std::path::Path;
@@ -72,11 +71,7 @@ async fn a_restarted_quoting_agent_adopts_its_remembered_order_instead_of_placin
     }
     let dir = tempfile::tempdir().expect("temp dir");
     keys::generate_file(&dir.path().join("account.key")).expect("a key");
-    let mqtt = MqttSettings {
-        url: format!("mqtt://127.0.0.1:{broker}"),
-        operator_key: Some(hex::encode(protocol::testing::operator_key().verifying_key().to_bytes())),
-        ..Default::default()
-    };
+    let mqtt = common::local_mqtt(broker);
     let zone = ZoneId::parse("agent").expect("zone");
     let clock = SimClock::starting_at(ORIGIN_MS, SPEED);
 

@@ -10,7 +10,6 @@ use meter_gateway::agent::{self, BatteryLink};
 use meter_gateway::battery::BatteryMode;
 use meter_gateway::clock::SimClock;
 use meter_gateway::keys;
-use meter_gateway::publisher::MqttSettings;
 use protocol::ZoneId;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -26,11 +25,7 @@ async fn a_controlling_agent_sends_setpoints_and_falls_back_to_self_consumption_
     let broker = gridex_test_support::embedded_broker().port;
     let dir = tempfile::tempdir().expect("temp dir");
     keys::generate_file(&dir.path().join("account.key")).expect("a key");
-    let mqtt = MqttSettings {
-        url: format!("mqtt://127.0.0.1:{broker}"),
-        operator_key: Some(hex::encode(protocol::testing::operator_key().verifying_key().to_bytes())),
-        ..Default::default()
-    };
+    let mqtt = common::local_mqtt(broker);
     let zone = ZoneId::parse("battery").expect("zone");
     let clock = SimClock::starting_at(ORIGIN_MS, SPEED);
     let (_readings_tx, readings) = mpsc::channel(8);

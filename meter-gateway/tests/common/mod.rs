@@ -4,6 +4,7 @@
 
 use meter_gateway::agent::battery::BatterySettings;
 use meter_gateway::agent::{AgentSettings, QuotingSettings};
+use meter_gateway::publisher::MqttSettings;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -45,6 +46,15 @@ pub fn battery_agent_settings(key: PathBuf) -> AgentSettings {
         battery: Some(BatterySettings { control: true, no_contact_fallback_ms: 120_000, ..BatterySettings::default() }),
         quoting: Some(quoting_settings(None)),
         ..agent_settings(key)
+    }
+}
+
+/// The connection to a broker on this machine's `port`, pinning the tests' operator key.
+pub fn local_mqtt(port: u16) -> MqttSettings {
+    MqttSettings {
+        url: format!("mqtt://127.0.0.1:{port}"),
+        operator_key: Some(hex::encode(protocol::testing::operator_key().verifying_key().to_bytes())),
+        ..Default::default()
     }
 }
 
