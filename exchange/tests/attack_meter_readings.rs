@@ -5,18 +5,12 @@
 
 mod support;
 
-use support::decode;
-
 use diesel::prelude::*;
 use ed25519_dalek::SigningKey;
-use exchange::config::ExchangeConfig;
-use exchange::service::{self, ExchangeHandle};
-use gridex_store::clock::ManualClock;
 use gridex_store::schema::{devices, reading_rejections, readings};
 use gridex_store::testing::TestDb;
 use protocol::{topics, DeviceId, MeterSerial, ReadingAck, Reason, Reject, ZoneId};
 use settlement::registry::{self, MeterCounters, MeterReplacement, RegistryError};
-use std::sync::Arc;
 use support::*;
 
 /// The exchange's clock: a fixed instant.
@@ -26,70 +20,16 @@ const NAMEPLATE_W: i64 = 10_000;
 const MINUTE_MS: i64 = 60_000;
 const DAY_MS: i64 = 24 * 3_600_000;
 
-/// One household's device against a running exchange.
-struct Env {
-    test_db: TestDb,
-    exchange: ExchangeHandle,
-    probe: Probe,
-    zone: ZoneId,
-    device: SigningKey,
-    clock: Arc<ManualClock>,
-    client_id: String,
-    config: ExchangeConfig,
-    broker: BrokerAddr,
-}
+/// The household whose device attacks its own readings.
+const SETUP: DeviceSetup = DeviceSetup { zone_prefix: "m", seed: 11, nameplate_w: NAMEPLATE_W, now_ms: NOW_MS };
 
-impl Env {
-    async fn start(test_db: TestDb, broker: &BrokerAddr) -> Env {
-        let zone = ZoneId::parse(&format!("m{}", unique())).expect("a zone id");
-        seed_zone(&test_db.db, &zone, 900_000);
-        let (_, device) = seed_household(&test_db.db, &zone, 11, NAMEPLATE_W);
-        let clock = Arc::new(ManualClock::new(NOW_MS));
-        let client_id = format!("exchange-{}", unique());
-        // Only this test's zone: tests share Mosquitto.
-        let config =
-            ExchangeConfig { zones: vec![zone.clone()], ..ExchangeConfig::new(protocol::testing::operator_key()) };
-        let probe = Probe::connect(broker, std::slice::from_ref(&zone)).await;
-        let exchange = Self::exchange(&test_db, broker, &client_id, &config, &clock).await;
-        Env { test_db, exchange, probe, zone, device, clock, client_id, config, broker: broker.clone() }
-    }
-
-    async fn exchange(
-        test_db: &TestDb,
-        broker: &BrokerAddr,
-        client_id: &str,
-        config: &ExchangeConfig,
-        clock: &Arc<ManualClock>,
-    ) -> ExchangeHandle {
-        let options = mqtt_options(broker, client_id);
-        let exchange = service::start(config.clone(), test_db.db.clone(), clock.clone(), Some(options))
-            .await
-            .expect("the exchange starts");
-        tokio::time::timeout(ANSWER_TIMEOUT, exchange.mqtt_subscribed()).await.expect("subscribed in time");
-        exchange
-    }
-
-    /// Stops the exchange and starts it again on the same session and database: its directory of
-    /// devices is rebuilt from storage.
-    async fn restart(&mut self) {
-        self.exchange.clone().shutdown().await;
-        self.exchange = Self::exchange(&self.test_db, &self.broker, &self.client_id, &self.config, &self.clock).await;
-    }
-
+impl DeviceEnv {
     /// Publishes a reading signed by the household's device and returns the exchange's answer:
     /// its acknowledgement or its refusal.
     async fn send(&mut self, seq: u64, ts_ms: i64, import_wh: i64, export_wh: i64) -> Result<ReadingAck, Reject> {
         let device = device_hex(&self.device);
         let bytes = signed_reading(&self.device, reading(&self.device, &self.zone, seq, ts_ms, import_wh, export_wh));
-        self.probe.publish(topics::readings(&self.zone, &device), bytes).await;
-        let acks = topics::events(&self.zone, &device);
-        let rejects = topics::rejects(&self.zone, &device);
-        let (topic, payload) = self.probe.next_any(&[&acks, &rejects]).await;
-        if topic == acks {
-            Ok(decode::<ReadingAck>(&payload).expect("an ack"))
-        } else {
-            Err(decode::<Reject>(&payload).expect("a reject"))
-        }
+        self.answer(topics::readings(&self.zone, &device), bytes).await
     }
 
     async fn refused(&mut self, seq: u64, ts_ms: i64, import_wh: i64, export_wh: i64) -> Reason {
@@ -115,43 +55,6 @@ impl Env {
             .load(&mut conn)
             .expect("load readings")
     }
-
-    /// Waits (with a generous deadline, not a fixed time) until the exchange has recorded `count`
-    /// refusals of the device, and returns their (seq, reason) in seq order.
-    async fn recorded_refusals(&self, count: usize) -> Vec<(i64, String)> {
-        let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
-        loop {
-            let rows: Vec<(i64, String)> = {
-                let mut conn = self.test_db.db.get().expect("a connection");
-                reading_rejections::table
-                    .filter(reading_rejections::device_id.eq(device_hex(&self.device)))
-                    .order(reading_rejections::seq.asc())
-                    .select((reading_rejections::seq, reading_rejections::reason))
-                    .load(&mut conn)
-                    .expect("load refusals")
-            };
-            if rows.len() >= count || tokio::time::Instant::now() > deadline {
-                return rows;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    }
-}
-
-/// Runs `scenario` on every backend and broker.
-async fn on_every_backend<F, Fut>(scenario: F)
-where
-    F: Fn(Env) -> Fut,
-    Fut: std::future::Future<Output = Env>,
-{
-    for broker in brokers() {
-        for test_db in TestDb::all() {
-            eprintln!("backend {:?}, broker {}", test_db.db.backend(), broker.name);
-            let env = Env::start(test_db, &broker).await;
-            let env = scenario(env).await;
-            env.exchange.shutdown().await;
-        }
-    }
 }
 
 /// The drill: a reading with the last counters backdated six days (a new seq), then one at the
@@ -160,7 +63,7 @@ where
 /// exchange is restarted in between, so the rule must hold from what storage says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backdated_reading_is_refused_and_earns_nothing() {
-    on_every_backend(|mut env| async move {
+    DeviceEnv::on_every_backend(SETUP, |mut env| async move {
         env.accepted(1, NOW_MS - MINUTE_MS, 2_000, 1_000).await;
         env.restart().await;
         let backdated = env.refused(2, NOW_MS - 6 * DAY_MS, 2_000, 1_000).await;
@@ -183,7 +86,7 @@ async fn a_backdated_reading_is_refused_and_earns_nothing() {
 /// was taken as a meter reset and the import before it was erased.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_faked_counter_reset_is_refused() {
-    on_every_backend(|mut env| async move {
+    DeviceEnv::on_every_backend(SETUP, |mut env| async move {
         env.accepted(1, NOW_MS - 2 * MINUTE_MS, 5_000, 0).await;
         assert_eq!(env.refused(2, NOW_MS - MINUTE_MS, 10, 0).await, Reason::CounterWentBackwards);
         assert_eq!(env.refused(3, NOW_MS, 20, 0).await, Reason::CounterWentBackwards);
@@ -212,7 +115,7 @@ fn swap(device: &SigningKey, replaced_at_ms: i64, old_import_wh: i64, new_import
 /// only a second reading "confirming" a reset was taken, the very hole a household exploited.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registered_meter_replacement_is_accepted() {
-    on_every_backend(|mut env| async move {
+    DeviceEnv::on_every_backend(SETUP, |mut env| async move {
         env.accepted(1, NOW_MS - 2 * MINUTE_MS, 5_000, 0).await;
         // Registration is checked: not before the last accepted reading.
         let early = swap(&env.device, NOW_MS - 3 * MINUTE_MS, 5_000, 0);

@@ -10,7 +10,7 @@ use support::decode;
 use diesel::prelude::*;
 use ed25519_dalek::SigningKey;
 use exchange::config::{ClosingAuction, ExchangeConfig};
-use exchange::service::{self, ExchangeHandle};
+use exchange::service::ExchangeHandle;
 use gridex_store::clock::ManualClock;
 use gridex_store::schema::trades;
 use gridex_store::testing::TestDb;
@@ -38,7 +38,9 @@ struct Market {
 }
 
 impl Market {
-    async fn start(test_db: &TestDb, broker: &BrokerAddr) -> Market {
+    /// Starts the market on `test_db` and `broker`, and connects a probe to its zone.
+    async fn start(test_db: &TestDb, broker: &BrokerAddr) -> (Market, Probe) {
+        eprintln!("backend {:?}, broker {}", test_db.db.backend(), broker.name);
         let zone = ZoneId::parse(&format!("a{}", unique())).expect("a zone id");
         seed_zone(&test_db.db, &zone, SLOT_LEN_MS);
         let (seller, _) = seed_household(&test_db.db, &zone, 11, NAMEPLATE_W);
@@ -51,9 +53,10 @@ impl Market {
         };
         let clock = Arc::new(ManualClock::new(NOW_MS));
         let client_id = format!("exchange-{}", unique());
-        let exchange = start_exchange(&config, test_db, &clock, broker, &client_id).await;
+        let exchange = start_exchange(&config, &test_db.db, &clock, broker, &client_id).await;
         let slot = SlotId::new(NOW_MS - NOW_MS % SLOT_LEN_MS + 4 * SLOT_LEN_MS).expect("a slot");
-        Market { exchange, clock, config, client_id, zone, slot, seller, buyers: [first, second] }
+        let probe = Probe::connect(broker, std::slice::from_ref(&zone)).await;
+        (Market { exchange, clock, config, client_id, zone, slot, seller, buyers: [first, second] }, probe)
     }
 
     fn gate_ms(&self) -> i64 {
@@ -83,21 +86,6 @@ impl Market {
     }
 }
 
-async fn start_exchange(
-    config: &ExchangeConfig,
-    test_db: &TestDb,
-    clock: &Arc<ManualClock>,
-    broker: &BrokerAddr,
-    client_id: &str,
-) -> ExchangeHandle {
-    let options = mqtt_options(broker, client_id);
-    let exchange = service::start(config.clone(), test_db.db.clone(), clock.clone(), Some(options))
-        .await
-        .expect("the exchange starts");
-    tokio::time::timeout(ANSWER_TIMEOUT, exchange.mqtt_subscribed()).await.expect("subscribed in time");
-    exchange
-}
-
 fn stored_trades(test_db: &TestDb, zone: &ZoneId) -> Vec<(i64, i64, String)> {
     let mut conn = test_db.db.get().expect("a connection");
     trades::table
@@ -121,9 +109,7 @@ fn hex(key: &SigningKey) -> String {
 async fn resting_orders_cross_at_one_price_at_gate_closure_also_after_a_restart_in_the_call_phase() {
     for broker in brokers() {
         for test_db in TestDb::all() {
-            eprintln!("backend {:?}, broker {}", test_db.db.backend(), broker.name);
-            let mut market = Market::start(&test_db, &broker).await;
-            let mut probe = Probe::connect(&broker, std::slice::from_ref(&market.zone)).await;
+            let (mut market, mut probe) = Market::start(&test_db, &broker).await;
             let seller = market.seller.clone();
             let [first, second] = market.buyers.clone();
 
@@ -145,7 +131,8 @@ async fn resting_orders_cross_at_one_price_at_gate_closure_also_after_a_restart_
 
             // A restart in the call phase: the books come back from the log, still calling and crossed.
             market.exchange.clone().shutdown().await;
-            market.exchange = start_exchange(&market.config, &test_db, &market.clock, &broker, &market.client_id).await;
+            market.exchange =
+                start_exchange(&market.config, &test_db.db, &market.clock, &broker, &market.client_id).await;
             let book = market.exchange.book(&market.zone, market.slot, 20).await.expect("the book is rebuilt");
             assert_eq!(book.call_phase, Some(true));
             assert_eq!(book.asks.first().map(|level| (level.price_per_kwh.0, level.qty_wh.0)), Some((120_000, 500)));
@@ -182,9 +169,7 @@ async fn resting_orders_cross_at_one_price_at_gate_closure_also_after_a_restart_
 async fn an_exchange_down_at_gate_closure_runs_the_closing_auction_when_it_comes_back() {
     for broker in brokers() {
         for test_db in TestDb::all() {
-            eprintln!("backend {:?}, broker {}", test_db.db.backend(), broker.name);
-            let mut market = Market::start(&test_db, &broker).await;
-            let mut probe = Probe::connect(&broker, std::slice::from_ref(&market.zone)).await;
+            let (mut market, mut probe) = Market::start(&test_db, &broker).await;
             let seller = market.seller.clone();
             let [first, second] = market.buyers.clone();
 
@@ -197,7 +182,8 @@ async fn an_exchange_down_at_gate_closure_runs_the_closing_auction_when_it_comes
             market.exchange.clone().shutdown().await;
             market.clock.set(market.gate_ms() + 60_000);
             assert!(market.clock_now() < market.slot.start_ms());
-            market.exchange = start_exchange(&market.config, &test_db, &market.clock, &broker, &market.client_id).await;
+            market.exchange =
+                start_exchange(&market.config, &test_db.db, &market.clock, &broker, &market.client_id).await;
 
             let result = decode::<AuctionResult>(&probe.next_on(&topics::auction(&market.zone)).await)
                 .expect("an auction result");
@@ -216,7 +202,8 @@ async fn an_exchange_down_at_gate_closure_runs_the_closing_auction_when_it_comes
             // published twice.
             market.exchange.clone().shutdown().await;
             market.clock.set(market.slot.start_ms() + 60_000);
-            market.exchange = start_exchange(&market.config, &test_db, &market.clock, &broker, &market.client_id).await;
+            market.exchange =
+                start_exchange(&market.config, &test_db.db, &market.clock, &broker, &market.client_id).await;
             let again = decode::<AuctionResult>(&probe.next_on(&topics::auction(&market.zone)).await)
                 .expect("the result again");
             assert_eq!(again, result, "the same result, retained");

@@ -7,18 +7,11 @@
 
 mod support;
 
-use support::decode;
-
 use diesel::prelude::*;
 use ed25519_dalek::{Signer, SigningKey};
-use exchange::config::ExchangeConfig;
-use exchange::service::{self, ExchangeHandle};
-use gridex_store::clock::ManualClock;
-use gridex_store::schema::{reading_rejections, readings};
-use gridex_store::testing::TestDb;
-use protocol::{topics, Reading, ReadingAck, Reason, Reject, Version, Wh, WireMessage, ZoneId};
+use gridex_store::schema::readings;
+use protocol::{topics, Reading, ReadingAck, Reason, Reject, Version, Wh, WireMessage};
 use serde_json::Value;
-use std::sync::Arc;
 use support::*;
 
 const NOW_MS: i64 = 1_790_000_000_000;
@@ -32,53 +25,9 @@ type Battery = (i64, i64, u16, i64);
 /// What is stored of a reading: seq and its four battery columns.
 type StoredBattery = (i64, Option<i64>, Option<i64>, Option<i64>, Option<i64>);
 
-struct Env {
-    test_db: TestDb,
-    exchange: ExchangeHandle,
-    probe: Probe,
-    zone: ZoneId,
-    device: SigningKey,
-    client_id: String,
-    config: ExchangeConfig,
-    clock: Arc<ManualClock>,
-    broker: BrokerAddr,
-}
+const SETUP: DeviceSetup = DeviceSetup { zone_prefix: "b", seed: 21, nameplate_w: NAMEPLATE_W, now_ms: NOW_MS };
 
-impl Env {
-    async fn start(test_db: TestDb, broker: &BrokerAddr) -> Env {
-        let zone = ZoneId::parse(&format!("b{}", unique())).expect("a zone id");
-        seed_zone(&test_db.db, &zone, 900_000);
-        let (_, device) = seed_household(&test_db.db, &zone, 21, NAMEPLATE_W);
-        let clock = Arc::new(ManualClock::new(NOW_MS));
-        let client_id = format!("exchange-{}", unique());
-        let config =
-            ExchangeConfig { zones: vec![zone.clone()], ..ExchangeConfig::new(protocol::testing::operator_key()) };
-        let probe = Probe::connect(broker, std::slice::from_ref(&zone)).await;
-        let exchange = Self::exchange(&test_db, broker, &client_id, &config, &clock).await;
-        Env { test_db, exchange, probe, zone, device, client_id, config, clock, broker: broker.clone() }
-    }
-
-    async fn exchange(
-        test_db: &TestDb,
-        broker: &BrokerAddr,
-        client_id: &str,
-        config: &ExchangeConfig,
-        clock: &Arc<ManualClock>,
-    ) -> ExchangeHandle {
-        let options = mqtt_options(broker, client_id);
-        let exchange = service::start(config.clone(), test_db.db.clone(), clock.clone(), Some(options))
-            .await
-            .expect("the exchange starts");
-        tokio::time::timeout(ANSWER_TIMEOUT, exchange.mqtt_subscribed()).await.expect("subscribed in time");
-        exchange
-    }
-
-    /// Stops the exchange and starts it again: the device's battery marks come from storage.
-    async fn restart(&mut self) {
-        self.exchange.clone().shutdown().await;
-        self.exchange = Self::exchange(&self.test_db, &self.broker, &self.client_id, &self.config, &self.clock).await;
-    }
-
+impl DeviceEnv {
     /// A reading of the household's device, with a battery when `battery` is given.
     fn reading(&self, seq: u64, ts_ms: i64, import_wh: i64, battery: Option<Battery>) -> Reading {
         let plain = reading(&self.device, &self.zone, seq, ts_ms, import_wh, 0);
@@ -98,15 +47,7 @@ impl Env {
     /// answer (rejects and acks are always on the version 1 topics).
     async fn send_on(&mut self, version: Version, bytes: Vec<u8>) -> Result<ReadingAck, Reject> {
         let device = device_hex(&self.device);
-        self.probe.publish(topics::readings_in(version, &self.zone, &device), bytes).await;
-        let acks = topics::events(&self.zone, &device);
-        let rejects = topics::rejects(&self.zone, &device);
-        let (topic, payload) = self.probe.next_any(&[&acks, &rejects]).await;
-        if topic == acks {
-            Ok(decode::<ReadingAck>(&payload).expect("an ack"))
-        } else {
-            Err(decode::<Reject>(&payload).expect("a reject"))
-        }
+        self.answer(topics::readings_in(version, &self.zone, &device), bytes).await
     }
 
     /// Signs `reading` as the protocol says and publishes it on the topic of its version.
@@ -137,26 +78,6 @@ impl Env {
             .load(&mut conn)
             .expect("load readings")
     }
-
-    /// Waits (generously) until `count` refusals of the device are recorded; their (seq, reason).
-    async fn recorded_refusals(&self, count: usize) -> Vec<(i64, String)> {
-        let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
-        loop {
-            let rows: Vec<(i64, String)> = {
-                let mut conn = self.test_db.db.get().expect("a connection");
-                reading_rejections::table
-                    .filter(reading_rejections::device_id.eq(device_hex(&self.device)))
-                    .order(reading_rejections::seq.asc())
-                    .select((reading_rejections::seq, reading_rejections::reason))
-                    .load(&mut conn)
-                    .expect("load refusals")
-            };
-            if rows.len() >= count || tokio::time::Instant::now() > deadline {
-                return rows;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    }
 }
 
 /// `reading` signed under the version 1 domain tag whatever its fields, as a gateway that added the
@@ -172,24 +93,9 @@ fn signed_under_v1_tag(key: &SigningKey, reading: &Reading) -> Vec<u8> {
     protocol::canonical::canonical_bytes(&Value::Object(object)).expect("canonical")
 }
 
-async fn on_every_backend<F, Fut>(scenario: F)
-where
-    F: Fn(Env) -> Fut,
-    Fut: std::future::Future<Output = Env>,
-{
-    for broker in brokers() {
-        for test_db in TestDb::all() {
-            eprintln!("backend {:?}, broker {}", test_db.db.backend(), broker.name);
-            let env = Env::start(test_db, &broker).await;
-            let env = scenario(env).await;
-            env.exchange.shutdown().await;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_battery_reading_on_the_v2_topic_is_stored_with_its_battery_and_acknowledged() {
-    on_every_backend(|mut env| async move {
+    DeviceEnv::on_every_backend(SETUP, |mut env| async move {
         let first = env.reading(1, NOW_MS - 2 * MINUTE_MS, 1_000, Some((5_000, 4_000, 640, 10_000)));
         let ack = env.send(first).await.expect("acknowledged");
         assert_eq!(ack.seq, 1);
@@ -217,7 +123,7 @@ async fn a_battery_reading_on_the_v2_topic_is_stored_with_its_battery_and_acknow
 /// topic, and so is a reading without a battery on the version 2 topic (one reading, one encoding).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reading_in_the_wrong_version_is_refused_with_a_reason() {
-    on_every_backend(|mut env| async move {
+    DeviceEnv::on_every_backend(SETUP, |mut env| async move {
         let with_battery = env.reading(1, NOW_MS - MINUTE_MS, 1_000, Some((5_000, 4_000, 640, 10_000)));
         let v1_tagged = signed_under_v1_tag(&env.device, &with_battery);
         let refused = env.send_on(Version::V1, v1_tagged.clone()).await.expect_err("refused on v1");
@@ -245,7 +151,7 @@ async fn a_reading_in_the_wrong_version_is_refused_with_a_reason() {
 /// between and a restart of the exchange, so the rule must hold from what storage says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_battery_counter_rolled_back_is_refused() {
-    on_every_backend(|mut env| async move {
+    DeviceEnv::on_every_backend(SETUP, |mut env| async move {
         env.accepted(env.reading(1, NOW_MS - 3 * MINUTE_MS, 1_000, Some((5_000, 4_000, 640, 10_000)))).await;
         env.accepted(env.reading(2, NOW_MS - 2 * MINUTE_MS, 1_010, None)).await;
         env.restart().await;

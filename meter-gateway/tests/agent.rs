@@ -1,10 +1,11 @@
 //! The quoting agent over a real broker (embedded rumqttd): after a restart it adopts the order it
 //! remembers in its state file instead of placing a second one for the same slot.
 
-use meter_gateway::agent::{self, AgentSettings, QuotingSettings};
+mod common;
+
+use meter_gateway::agent::{self, AgentSettings};
 use meter_gateway::clock::SimClock;
 use meter_gateway::keys;
-use meter_gateway::publisher::MqttSettings;
 use protocol::{Command, Reading, TimestampMs, Wh, ZoneId};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use std::path::Path;
@@ -25,30 +26,8 @@ async fn start_broker() -> u16 {
 
 fn settings(dir: &Path) -> AgentSettings {
     AgentSettings {
-        key: dir.join("account.key"),
-        price_per_kwh_sell_min: 100_000,
-        price_per_kwh_buy_max: 250_000,
-        surplus_share_percent: 100,
-        buy_deficit: true,
-        slot_len_ms: SLOT_MS,
-        gate_closure_ms: 300_000,
-        slots_ahead: 1,
-        qty_min_wh: 10,
-        forecast_window_ms: 3_600_000,
-        mqtt: None,
-        battery: None,
-        quoting: Some(QuotingSettings {
-            feed_in_price_per_kwh: 80_000,
-            retail_price_per_kwh: 300_000,
-            tick_per_kwh: 1_000,
-            grid_fee_per_kwh: 0,
-            protocol_fee_bps: 0,
-            qty_wh_per_slot_max: None,
-            qty_wh_per_day_max: None,
-            spend_per_slot_max: None,
-            spend_per_day_max: None,
-            state_file: Some(dir.join("agent-state.json")),
-        }),
+        quoting: Some(common::quoting_settings(Some(dir.join("agent-state.json")))),
+        ..common::agent_settings(dir.join("account.key"))
     }
 }
 
@@ -92,11 +71,7 @@ async fn a_restarted_quoting_agent_adopts_its_remembered_order_instead_of_placin
     }
     let dir = tempfile::tempdir().expect("temp dir");
     keys::generate_file(&dir.path().join("account.key")).expect("a key");
-    let mqtt = MqttSettings {
-        url: format!("mqtt://127.0.0.1:{broker}"),
-        operator_key: Some(hex::encode(protocol::testing::operator_key().verifying_key().to_bytes())),
-        ..Default::default()
-    };
+    let mqtt = common::local_mqtt(broker);
     let zone = ZoneId::parse("agent").expect("zone");
     let clock = SimClock::starting_at(ORIGIN_MS, SPEED);
 

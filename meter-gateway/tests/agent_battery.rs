@@ -3,12 +3,13 @@
 //! that keeps a nearly empty battery above its reserve), and when nothing is heard from the exchange
 //! for `no_contact_fallback_ms` it sends self-consumption instead.
 
-use meter_gateway::agent::battery::{BatteryObservation, BatterySettings};
-use meter_gateway::agent::{self, AgentSettings, BatteryLink, QuotingSettings};
+mod common;
+
+use meter_gateway::agent::battery::BatteryObservation;
+use meter_gateway::agent::{self, BatteryLink};
 use meter_gateway::battery::BatteryMode;
 use meter_gateway::clock::SimClock;
 use meter_gateway::keys;
-use meter_gateway::publisher::MqttSettings;
 use protocol::ZoneId;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -19,50 +20,12 @@ const SLOT_MS: i64 = 900_000;
 const ORIGIN_MS: i64 = 2_000 * SLOT_MS;
 const SPEED: f64 = 60.0;
 
-fn settings(dir: &std::path::Path) -> AgentSettings {
-    AgentSettings {
-        key: dir.join("account.key"),
-        price_per_kwh_sell_min: 100_000,
-        price_per_kwh_buy_max: 250_000,
-        surplus_share_percent: 100,
-        buy_deficit: true,
-        slot_len_ms: SLOT_MS,
-        gate_closure_ms: 300_000,
-        slots_ahead: 1,
-        qty_min_wh: 10,
-        forecast_window_ms: 3_600_000,
-        mqtt: None,
-        battery: Some(BatterySettings {
-            control: true,
-            // Two simulated minutes: two seconds at 60×.
-            no_contact_fallback_ms: 120_000,
-            ..BatterySettings::default()
-        }),
-        quoting: Some(QuotingSettings {
-            feed_in_price_per_kwh: 80_000,
-            retail_price_per_kwh: 300_000,
-            tick_per_kwh: 1_000,
-            grid_fee_per_kwh: 0,
-            protocol_fee_bps: 0,
-            qty_wh_per_slot_max: None,
-            qty_wh_per_day_max: None,
-            spend_per_slot_max: None,
-            spend_per_day_max: None,
-            state_file: None,
-        }),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_controlling_agent_sends_setpoints_and_falls_back_to_self_consumption_when_the_exchange_is_silent() {
     let broker = gridex_test_support::embedded_broker().port;
     let dir = tempfile::tempdir().expect("temp dir");
     keys::generate_file(&dir.path().join("account.key")).expect("a key");
-    let mqtt = MqttSettings {
-        url: format!("mqtt://127.0.0.1:{broker}"),
-        operator_key: Some(hex::encode(protocol::testing::operator_key().verifying_key().to_bytes())),
-        ..Default::default()
-    };
+    let mqtt = common::local_mqtt(broker);
     let zone = ZoneId::parse("battery").expect("zone");
     let clock = SimClock::starting_at(ORIGIN_MS, SPEED);
     let (_readings_tx, readings) = mpsc::channel(8);
@@ -70,8 +33,15 @@ async fn a_controlling_agent_sends_setpoints_and_falls_back_to_self_consumption_
     let (modes, mut modes_rx) = mpsc::channel(8);
     let (stop, stop_rx) = watch::channel(false);
     let link = BatteryLink { observations: Some(observations), modes };
-    let running =
-        tokio::spawn(agent::run_with_battery(settings(dir.path()), zone, mqtt, clock, readings, stop_rx, Some(link)));
+    let running = tokio::spawn(agent::run_with_battery(
+        common::battery_agent_settings(dir.path().join("account.key")),
+        zone,
+        mqtt,
+        clock,
+        readings,
+        stop_rx,
+        Some(link),
+    ));
     // Just above the 10 % reserve while the home needs 1 kW: only what keeps it above the reserve.
     observations_tx
         .send(BatteryObservation {

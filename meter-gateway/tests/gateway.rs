@@ -2,6 +2,8 @@
 //! binary), an embedded rumqttd broker (and the machine's Mosquitto when `MQTT_URL` is set), and a
 //! subscriber that verifies what arrives.
 
+mod common;
+
 use meter_gateway::clock::SimClock;
 use meter_gateway::config::GatewaySettings;
 use meter_gateway::gateway::{self, GatewayState};
@@ -575,21 +577,8 @@ async fn the_agent_publishes_orders_signed_with_the_account_key() {
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let account_key = keys::generate_file(&dir.path().join("account.key")).expect("key");
-    let settings = AgentSettings {
-        key: dir.path().join("account.key"),
-        price_per_kwh_sell_min: 100_000,
-        price_per_kwh_buy_max: 300_000,
-        surplus_share_percent: 100,
-        buy_deficit: true,
-        slot_len_ms: 900_000,
-        gate_closure_ms: 300_000,
-        slots_ahead: 1,
-        qty_min_wh: 10,
-        forecast_window_ms: 3_600_000,
-        mqtt: None,
-        battery: None,
-        quoting: None,
-    };
+    let settings =
+        AgentSettings { price_per_kwh_buy_max: 300_000, ..common::agent_settings(dir.path().join("account.key")) };
     let clock = SimClock::starting_at(1_800_000_000_000, 600.0);
     let (tx, rx) = mpsc::channel(16);
     let (stop, stop_rx) = watch::channel(false);
@@ -702,19 +691,10 @@ async fn a_gateway_with_an_agent_trades_its_homes_forecast_with_the_account_key(
         home.sim.clock,
     );
     settings.agent = Some(meter_gateway::agent::AgentSettings {
-        key: dir.path().join("account.key"),
-        price_per_kwh_sell_min: 100_000,
         price_per_kwh_buy_max: 300_000,
-        surplus_share_percent: 100,
-        buy_deficit: true,
-        slot_len_ms: 900_000,
-        gate_closure_ms: 300_000,
         slots_ahead: 2,
         qty_min_wh: 1,
-        forecast_window_ms: 3_600_000,
-        mqtt: None,
-        battery: None,
-        quoting: None,
+        ..common::agent_settings(dir.path().join("account.key"))
     });
     let (stop, task) = spawn_gateway(settings);
     let payload = tokio::time::timeout(WAIT_MAX, async {

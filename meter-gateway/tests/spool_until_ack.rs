@@ -4,6 +4,8 @@
 //! machine's Mosquitto when `MQTT_URL` is set); a small MQTT client stands in for the exchange (this
 //! crate never depends on it; `exchange/tests/spool_until_ack.rs` runs the real one).
 
+mod common;
+
 use ed25519_dalek::SigningKey;
 use meter_gateway::counters::{CounterTracker, CountersState};
 use meter_gateway::gateway::{GatewayState, Poller, Sample};
@@ -11,7 +13,7 @@ use meter_gateway::publisher::{self, MqttSettings, PublisherConfig, PublisherSta
 use meter_gateway::spool::{Spool, SPOOL_BYTES_DEFAULT};
 use protocol::testing::operator_key;
 use protocol::{topics, DeviceId, Reading, ReadingAck, Reason, Reject, Signed, TimestampMs, ZoneId};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::QoS;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,59 +39,42 @@ fn brokers() -> Vec<(String, u16)> {
 /// refuses [`REFUSED_SEQ`] as `timestamp_too_old` and ignores the first copy of [`IGNORED_SEQ`].
 /// Returns how often each seq arrived.
 async fn stand_in_exchange(host: &str, port: u16, zone: &ZoneId, device: DeviceId) -> Arc<Mutex<HashMap<u64, u32>>> {
-    let mut options = MqttOptions::new(format!("stand-in-{}", gridex_test_support::free_port()), host, port);
-    options.set_keep_alive(Duration::from_secs(30));
-    let (client, mut eventloop) = AsyncClient::new(options, 256);
-    client.subscribe(topics::readings(zone, &device), QoS::AtLeastOnce).await.expect("subscribe");
+    let (client, mut publishes) =
+        common::subscribed(host, port, "stand-in", topics::readings(zone, &device), 256).await;
     let arrivals = Arc::new(Mutex::new(HashMap::new()));
     let seen = arrivals.clone();
-    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
-    let (zone, mut subscribed_tx) = (zone.clone(), Some(subscribed_tx));
+    let zone = zone.clone();
     tokio::spawn(async move {
-        while let Ok(event) = eventloop.poll().await {
-            match event {
-                Event::Incoming(Packet::SubAck(_)) => {
-                    if let Some(tx) = subscribed_tx.take() {
-                        let _ = tx.send(());
-                    }
-                }
-                Event::Incoming(Packet::Publish(publish)) => {
-                    let Ok(signed) = Signed::<Reading>::parse(&publish.payload) else { continue };
-                    let seq = signed.message.seq;
-                    let copies = {
-                        let mut seen = seen.lock().expect("lock");
-                        let copies = seen.entry(seq).or_insert(0);
-                        *copies += 1;
-                        *copies
-                    };
-                    let (topic, answer) = if seq == REFUSED_SEQ {
-                        let reject = Reject {
-                            of: "reading".to_owned(),
-                            seq: Some(seq),
-                            reason: Reason::TimestampTooOld,
-                            message: "refused for good".to_owned(),
-                            ts_ms: TimestampMs(0),
-                        };
-                        (
-                            topics::rejects(&zone, &device),
-                            Signed::sign_operator(reject, &operator_key()).expect("signs").to_json(),
-                        )
-                    } else if seq == IGNORED_SEQ && copies == 1 {
-                        continue;
-                    } else {
-                        let ack = ReadingAck { device, seq, ts_ms: signed.message.ts_ms };
-                        (
-                            topics::events(&zone, &device),
-                            Signed::sign_operator(ack, &operator_key()).expect("signs").to_json(),
-                        )
-                    };
-                    let _ = client.try_publish(topic, QoS::AtLeastOnce, false, answer);
-                }
-                _ => {}
-            }
+        while let Some(publish) = publishes.recv().await {
+            let Ok(signed) = Signed::<Reading>::parse(&publish.payload) else { continue };
+            let seq = signed.message.seq;
+            let copies = {
+                let mut seen = seen.lock().expect("lock");
+                let copies = seen.entry(seq).or_insert(0);
+                *copies += 1;
+                *copies
+            };
+            let (topic, answer) = if seq == REFUSED_SEQ {
+                let reject = Reject {
+                    of: "reading".to_owned(),
+                    seq: Some(seq),
+                    reason: Reason::TimestampTooOld,
+                    message: "refused for good".to_owned(),
+                    ts_ms: TimestampMs(0),
+                };
+                (
+                    topics::rejects(&zone, &device),
+                    Signed::sign_operator(reject, &operator_key()).expect("signs").to_json(),
+                )
+            } else if seq == IGNORED_SEQ && copies == 1 {
+                continue;
+            } else {
+                let ack = ReadingAck { device, seq, ts_ms: signed.message.ts_ms };
+                (topics::events(&zone, &device), Signed::sign_operator(ack, &operator_key()).expect("signs").to_json())
+            };
+            let _ = client.try_publish(topic, QoS::AtLeastOnce, false, answer);
         }
     });
-    tokio::time::timeout(WAIT_MAX, subscribed).await.expect("subscribed in time").expect("subscribed");
     arrivals
 }
 

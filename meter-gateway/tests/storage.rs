@@ -2,6 +2,8 @@
 //! models 124 and 802, checked setpoint writes, the gateway's battery commands, and the Huawei
 //! SUN2000 + LUNA2000 register-map profile from a register dump.
 
+mod common;
+
 use meter_gateway::battery::{BatteryMode, BatterySpec};
 use meter_gateway::clock::SimClock;
 use meter_gateway::config::{BatterySettings, GatewaySettings};
@@ -452,7 +454,6 @@ async fn a_gateway_without_battery_control_ignores_commands_and_writes_nothing()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_publishes_its_homes_battery_in_signed_version_2_readings() {
     use protocol::{topics, DeviceId, Reading, Signed, Version, ZoneId};
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
     let broker = gridex_test_support::embedded_broker();
     let served = serve_home(battery_home(BatterySpec::HOME_10_KWH)).await;
     served.home().advance(3 * 3_600_000 + 7_000);
@@ -464,35 +465,13 @@ async fn a_gateway_publishes_its_homes_battery_in_signed_version_2_readings() {
     let device = DeviceId::from_verifying_key(&keys::load(&settings.key).expect("key").verifying_key());
     let zone = ZoneId::parse(&settings.zone).expect("zone");
 
-    let mut options =
-        MqttOptions::new(format!("battery-sub-{}", gridex_test_support::free_port()), broker.host, broker.port);
-    options.set_keep_alive(Duration::from_secs(30));
-    let (client, mut eventloop) = AsyncClient::new(options, 64);
-    client.subscribe(topics::readings_in(Version::V2, &zone, &device), QoS::AtLeastOnce).await.expect("subscribe");
-    let (reading_tx, mut reading_rx) = mpsc::channel::<Signed<Reading>>(16);
-    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let mut subscribed_tx = Some(subscribed_tx);
-        while let Ok(event) = eventloop.poll().await {
-            match event {
-                Event::Incoming(Packet::SubAck(_)) => {
-                    if let Some(tx) = subscribed_tx.take() {
-                        let _ = tx.send(());
-                    }
-                }
-                Event::Incoming(Packet::Publish(publish)) => {
-                    let signed = Signed::<Reading>::parse_on(&publish.payload, Version::V2).expect("a v2 reading");
-                    let _ = reading_tx.send(signed).await;
-                }
-                _ => {}
-            }
-        }
-    });
-    tokio::time::timeout(WAIT, subscribed).await.expect("subscribed in time").expect("subscribed");
+    let topic = topics::readings_in(Version::V2, &zone, &device);
+    let (_client, mut publishes) = common::subscribed(&broker.host, broker.port, "battery-sub", topic, 64).await;
 
     let (_commands, rx) = mpsc::channel(1);
     let (stop, task) = spawn_gateway(settings, rx);
-    let signed = tokio::time::timeout(WAIT, reading_rx.recv()).await.expect("a reading in time").expect("a reading");
+    let publish = tokio::time::timeout(WAIT, publishes.recv()).await.expect("a reading in time").expect("a reading");
+    let signed = Signed::<Reading>::parse_on(&publish.payload, Version::V2).expect("a v2 reading");
     signed.verify().expect("signed by the device key");
     let reading = signed.message;
     assert_eq!(reading.device, device);
@@ -515,8 +494,6 @@ async fn a_gateway_publishes_its_homes_battery_in_signed_version_2_readings() {
 /// channel, nothing the agent decided ever reached the inverter.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateways_own_trading_agent_drives_the_battery_through_the_gateway() {
-    use meter_gateway::agent::battery::BatterySettings as AgentBatterySettings;
-    use meter_gateway::agent::{AgentSettings, QuotingSettings};
     let broker = gridex_test_support::embedded_broker();
     let served = serve_home(battery_home(BatterySpec::HOME_10_KWH)).await;
     // Just above the agent's reserve, at night: whatever it plans, it is not the inverter's default.
@@ -531,37 +508,8 @@ async fn a_gateways_own_trading_agent_drives_the_battery_through_the_gateway() {
     settings.mqtt.operator_key = Some(hex::encode(protocol::testing::operator_key().verifying_key().to_bytes()));
     let account_key = dir.path().join("account.key");
     keys::load_or_generate(&account_key).expect("account key");
-    settings.agent = Some(AgentSettings {
-        key: account_key,
-        price_per_kwh_sell_min: 100_000,
-        price_per_kwh_buy_max: 250_000,
-        surplus_share_percent: 100,
-        buy_deficit: true,
-        slot_len_ms: 900_000,
-        gate_closure_ms: 300_000,
-        slots_ahead: 1,
-        qty_min_wh: 10,
-        forecast_window_ms: 3_600_000,
-        mqtt: None,
-        battery: Some(AgentBatterySettings {
-            control: true,
-            // Two simulated minutes: two seconds here.
-            no_contact_fallback_ms: 120_000,
-            ..AgentBatterySettings::default()
-        }),
-        quoting: Some(QuotingSettings {
-            feed_in_price_per_kwh: 80_000,
-            retail_price_per_kwh: 300_000,
-            tick_per_kwh: 1_000,
-            grid_fee_per_kwh: 0,
-            protocol_fee_bps: 0,
-            qty_wh_per_slot_max: None,
-            qty_wh_per_day_max: None,
-            spend_per_slot_max: None,
-            spend_per_day_max: None,
-            state_file: None,
-        }),
-    });
+    // The battery fallback after two simulated minutes: two seconds here.
+    settings.agent = Some(common::battery_agent_settings(account_key));
     let (stop, mut stop_rx) = watch::channel(false);
     let shutdown = async move {
         let _ = stop_rx.changed().await;

@@ -2,6 +2,7 @@
 
 mod common;
 
+use common::{OBSERVER_KEY, UTILITY_KEY};
 use ed25519_dalek::SigningKey;
 use gridex_store::clock::{Clock, SystemClock};
 use gridex_store::testing::TestDb;
@@ -13,11 +14,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use web::application::Application;
 use web::auth::sign_request;
 use web::live::{LiveEvent, SlotSettled};
-use web::settings::{ApiKey, Role, Secret, Settings, WebhookSettings};
+use web::settings::{Secret, Settings, WebhookSettings};
 use web::state::AppState;
 
-const UTILITY_KEY: &str = "utility-key-0123456789";
-const OBSERVER_KEY: &str = "observer-key-0123456789";
 const ZONE: &str = "test-zone";
 const SLOT_LEN_MS: i64 = 900_000;
 
@@ -64,15 +63,7 @@ async fn spawn_app_on(test_db: TestDb, seed: bool, webhooks: WebhookSettings) ->
         seed_registry(&db, account(&alice), account(&bob), alice_device.verifying_key()).await;
     }
     let settings = Settings {
-        api_keys: vec![
-            ApiKey {
-                name: "ops".into(),
-                role: Role::Utility,
-                utility: Some(ZONE.into()),
-                key: Secret::new(UTILITY_KEY),
-            },
-            ApiKey { name: "grafana".into(), role: Role::Observer, utility: None, key: Secret::new(OBSERVER_KEY) },
-        ],
+        api_keys: common::api_keys(ZONE),
         // The test receivers listen on loopback: allowed here, as a deployment would name its
         // own private receivers (the check itself is tested in tests/locks.rs).
         webhooks: WebhookSettings { allowed_private_networks: vec!["127.0.0.1".to_owned()], ..webhooks },

@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::{OBSERVER_KEY, UTILITY_KEY};
 use ed25519_dalek::SigningKey;
 use gridex_store::clock::{Clock, SystemClock};
 use gridex_store::testing::TestDb;
@@ -13,10 +14,8 @@ use protocol::{AccountId, DeviceId, MeterSerial, PowerW, Reading, Signed, Timest
 use serde_json::{json, Value};
 use web::application::Application;
 use web::auth::sign_request;
-use web::settings::{ApiKey, Role, Secret, Settings};
+use web::settings::Settings;
 
-const UTILITY_KEY: &str = "utility-key-0123456789";
-const OBSERVER_KEY: &str = "observer-key-0123456789";
 const ZONE: &str = "battery-zone";
 const SLOT_LEN_MS: i64 = 900_000;
 /// The test market's tariff (`common::seed_zone_market`).
@@ -61,18 +60,7 @@ async fn spawn_app() -> TestApp {
     })
     .await
     .expect("seed the registry");
-    let settings = Settings {
-        api_keys: vec![
-            ApiKey {
-                name: "ops".into(),
-                role: Role::Utility,
-                utility: Some(ZONE.into()),
-                key: Secret::new(UTILITY_KEY),
-            },
-            ApiKey { name: "grafana".into(), role: Role::Observer, utility: None, key: Secret::new(OBSERVER_KEY) },
-        ],
-        ..Settings::default()
-    };
+    let settings = Settings { api_keys: common::api_keys(ZONE), ..Settings::default() };
     let app = common::start_app(settings, &test_db.db).await;
     TestApp { app, client: reqwest::Client::new(), alice, bob, device, _db: test_db }
 }

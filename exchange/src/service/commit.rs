@@ -139,6 +139,16 @@ enum Outcome {
     Moved,
 }
 
+/// The refusal of a command the log already holds (`Duplicate`) or whose nonce is not above the
+/// last one logged (any other outcome).
+fn command_seen_rejection(outcome: Outcome) -> Rejection {
+    if outcome == Outcome::Duplicate {
+        Rejection::new(Reason::Duplicate, "this command was accepted before; it is not applied again")
+    } else {
+        Rejection::new(Reason::Replayed, "the nonce is not greater than the last accepted one")
+    }
+}
+
 impl Writer {
     pub(super) async fn run(mut self, mut pending: mpsc::Receiver<ToCommit>) {
         loop {
@@ -427,23 +437,15 @@ impl Writer {
                     }
                 }
                 Verified::CommandSeen { command, payload } => {
-                    let rejection = if outcome == Outcome::Duplicate {
-                        Rejection::new(Reason::Duplicate, "this command was accepted before; it is not applied again")
-                    } else {
-                        Rejection::new(Reason::Replayed, "the nonce is not greater than the last accepted one")
-                    };
                     let parsed = Parsed::Command(command, payload);
+                    let rejection = command_seen_rejection(outcome);
                     reject(&self.outlets, Kind::Command, &item.origin, Some(&parsed), item.reply, rejection);
                 }
                 Verified::Command { command, payload, .. } if outcome != Outcome::Stored => {
                     // Its nonce was logged by another instance meanwhile: refused as a resend would be.
                     stale_accounts.push(command.account());
-                    let rejection = if outcome == Outcome::Duplicate {
-                        Rejection::new(Reason::Duplicate, "this command was accepted before; it is not applied again")
-                    } else {
-                        Rejection::new(Reason::Replayed, "the nonce is not greater than the last accepted one")
-                    };
                     let parsed = Parsed::Command(command, payload);
+                    let rejection = command_seen_rejection(outcome);
                     reject(&self.outlets, Kind::Command, &item.origin, Some(&parsed), item.reply, rejection);
                 }
                 Verified::Command { command, .. } => {

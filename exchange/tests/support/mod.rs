@@ -3,14 +3,21 @@
 //! pass its rules), signed messages, and an MQTT probe that sees what the exchange publishes.
 #![allow(dead_code, unused_imports)]
 
+use diesel::prelude::*;
 use ed25519_dalek::SigningKey;
+use exchange::config::ExchangeConfig;
+use exchange::service::{self, ExchangeHandle};
+use gridex_store::clock::ManualClock;
+use gridex_store::schema::reading_rejections;
+use gridex_store::testing::TestDb;
 use gridex_store::{Database, DbConnection};
 use protocol::{
-    AccountId, DeviceId, MeterSerial, Order, PowerW, PricePerKwh, Reading, Side, Signed, SlotId, TimeInForce,
-    TimestampMs, Wh, ZoneId,
+    AccountId, DeviceId, MeterSerial, Order, PowerW, PricePerKwh, Reading, ReadingAck, Reject, Side, Signed, SlotId,
+    TimeInForce, TimestampMs, Wh, ZoneId,
 };
 use settlement::registry::{self, AccountKind, RegistryError};
 use settlement::rules::Tariff;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -231,4 +238,119 @@ pub fn decode<T: protocol::OperatorSigned>(bytes: &[u8]) -> Result<T, protocol::
     let signed = Signed::<T>::parse(bytes)?;
     signed.verify_operator(&pinned_operator())?;
     Ok(signed.message)
+}
+
+/// Starts the exchange of `config` on `db` and `clock`, connected to `broker` as `client_id`, and
+/// waits until it has subscribed.
+pub async fn start_exchange(
+    config: &ExchangeConfig,
+    db: &Database,
+    clock: &Arc<ManualClock>,
+    broker: &BrokerAddr,
+    client_id: &str,
+) -> ExchangeHandle {
+    let options = mqtt_options(broker, client_id);
+    let exchange =
+        service::start(config.clone(), db.clone(), clock.clone(), Some(options)).await.expect("the exchange starts");
+    tokio::time::timeout(ANSWER_TIMEOUT, exchange.mqtt_subscribed()).await.expect("subscribed in time");
+    exchange
+}
+
+/// Who a [`DeviceEnv`] seeds: the zone's name starts with `zone_prefix`; the household is
+/// [`seed_household`]'s of `seed` with a device of `nameplate_w`; the clock stands at `now_ms`.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceSetup {
+    pub zone_prefix: &'static str,
+    pub seed: u8,
+    pub nameplate_w: i64,
+    pub now_ms: i64,
+}
+
+/// One household's device against a running exchange (the test files add their own methods).
+pub struct DeviceEnv {
+    pub test_db: TestDb,
+    pub exchange: ExchangeHandle,
+    pub probe: Probe,
+    pub zone: ZoneId,
+    pub device: SigningKey,
+    pub clock: Arc<ManualClock>,
+    pub client_id: String,
+    pub config: ExchangeConfig,
+    pub broker: BrokerAddr,
+}
+
+impl DeviceEnv {
+    pub async fn start(test_db: TestDb, broker: &BrokerAddr, setup: DeviceSetup) -> DeviceEnv {
+        let zone = ZoneId::parse(&format!("{}{}", setup.zone_prefix, unique())).expect("a zone id");
+        seed_zone(&test_db.db, &zone, 900_000);
+        let (_, device) = seed_household(&test_db.db, &zone, setup.seed, setup.nameplate_w);
+        let clock = Arc::new(ManualClock::new(setup.now_ms));
+        let client_id = format!("exchange-{}", unique());
+        // Only this test's zone: tests share Mosquitto.
+        let config =
+            ExchangeConfig { zones: vec![zone.clone()], ..ExchangeConfig::new(protocol::testing::operator_key()) };
+        let probe = Probe::connect(broker, std::slice::from_ref(&zone)).await;
+        let exchange = start_exchange(&config, &test_db.db, &clock, broker, &client_id).await;
+        DeviceEnv { test_db, exchange, probe, zone, device, clock, client_id, config, broker: broker.clone() }
+    }
+
+    /// Runs `scenario` on every backend and broker.
+    pub async fn on_every_backend<F, Fut>(setup: DeviceSetup, scenario: F)
+    where
+        F: Fn(DeviceEnv) -> Fut,
+        Fut: std::future::Future<Output = DeviceEnv>,
+    {
+        for broker in brokers() {
+            for test_db in TestDb::all() {
+                eprintln!("backend {:?}, broker {}", test_db.db.backend(), broker.name);
+                let env = DeviceEnv::start(test_db, &broker, setup).await;
+                let env = scenario(env).await;
+                env.exchange.shutdown().await;
+            }
+        }
+    }
+
+    /// Stops the exchange and starts it again on the same session and database: its directory of
+    /// devices (and their marks) is rebuilt from storage.
+    pub async fn restart(&mut self) {
+        self.exchange.clone().shutdown().await;
+        self.exchange =
+            start_exchange(&self.config, &self.test_db.db, &self.clock, &self.broker, &self.client_id).await;
+    }
+
+    /// Publishes `bytes` on `topic` and returns the exchange's answer to the device: its
+    /// acknowledgement or its refusal (always on the version 1 topics).
+    pub async fn answer(&mut self, topic: String, bytes: Vec<u8>) -> Result<ReadingAck, Reject> {
+        let device = device_hex(&self.device);
+        self.probe.publish(topic, bytes).await;
+        let acks = protocol::topics::events(&self.zone, &device);
+        let rejects = protocol::topics::rejects(&self.zone, &device);
+        let (topic, payload) = self.probe.next_any(&[&acks, &rejects]).await;
+        if topic == acks {
+            Ok(decode::<ReadingAck>(&payload).expect("an ack"))
+        } else {
+            Err(decode::<Reject>(&payload).expect("a reject"))
+        }
+    }
+
+    /// Waits (with a generous deadline, not a fixed time) until the exchange has recorded `count`
+    /// refusals of the device, and returns their (seq, reason) in seq order.
+    pub async fn recorded_refusals(&self, count: usize) -> Vec<(i64, String)> {
+        let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+        loop {
+            let rows: Vec<(i64, String)> = {
+                let mut conn = self.test_db.db.get().expect("a connection");
+                reading_rejections::table
+                    .filter(reading_rejections::device_id.eq(device_hex(&self.device)))
+                    .order(reading_rejections::seq.asc())
+                    .select((reading_rejections::seq, reading_rejections::reason))
+                    .load(&mut conn)
+                    .expect("load refusals")
+            };
+            if rows.len() >= count || tokio::time::Instant::now() > deadline {
+                return rows;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }

@@ -172,6 +172,23 @@ pub struct QuotingSettings {
 }
 
 impl QuotingSettings {
+    /// The settings of a zone's two tariffs alone, as a config that names only them reads: the
+    /// default tick, no fees, no caps and no state file.
+    pub fn with_tariffs(feed_in_price_per_kwh: i64, retail_price_per_kwh: i64) -> QuotingSettings {
+        QuotingSettings {
+            feed_in_price_per_kwh,
+            retail_price_per_kwh,
+            tick_per_kwh: QUOTE_TICK_PER_KWH_DEFAULT,
+            grid_fee_per_kwh: 0,
+            protocol_fee_bps: 0,
+            qty_wh_per_slot_max: None,
+            qty_wh_per_day_max: None,
+            spend_per_slot_max: None,
+            spend_per_day_max: None,
+            state_file: None,
+        }
+    }
+
     fn band(&self) -> Band {
         Band { feed_in_per_kwh: self.feed_in_price_per_kwh, retail_per_kwh: self.retail_price_per_kwh }
     }

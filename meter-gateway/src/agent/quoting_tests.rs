@@ -10,18 +10,7 @@ const SLOT: i64 = SLOT_LEN_MS_DEFAULT;
 const START_MS: i64 = 1_000 * SLOT;
 
 fn quoting(state_file: Option<PathBuf>) -> QuotingSettings {
-    QuotingSettings {
-        feed_in_price_per_kwh: 80_000,
-        retail_price_per_kwh: 300_000,
-        tick_per_kwh: 1_000,
-        grid_fee_per_kwh: 0,
-        protocol_fee_bps: 0,
-        qty_wh_per_slot_max: None,
-        qty_wh_per_day_max: None,
-        spend_per_slot_max: None,
-        spend_per_day_max: None,
-        state_file,
-    }
+    QuotingSettings { state_file, ..QuotingSettings::with_tariffs(80_000, 300_000) }
 }
 
 fn settings(quoting: QuotingSettings) -> AgentSettings {

@@ -6,7 +6,21 @@ use gridex_store::{Database, DbConnection};
 use protocol::ZoneId;
 use settlement::registry::RegistryError;
 use web::application::Application;
-use web::settings::Settings;
+use web::settings::{ApiKey, Role, Secret, Settings};
+
+/// The utility's API key in [`api_keys`].
+pub const UTILITY_KEY: &str = "utility-key-0123456789";
+/// The observer's API key in [`api_keys`].
+pub const OBSERVER_KEY: &str = "observer-key-0123456789";
+
+/// Two API keys: `ops`, the utility of `zone` ([`UTILITY_KEY`]), and `grafana`, an observer
+/// ([`OBSERVER_KEY`]).
+pub fn api_keys(zone: &str) -> Vec<ApiKey> {
+    vec![
+        ApiKey { name: "ops".into(), role: Role::Utility, utility: Some(zone.into()), key: Secret::new(UTILITY_KEY) },
+        ApiKey { name: "grafana".into(), role: Role::Observer, utility: None, key: Secret::new(OBSERVER_KEY) },
+    ]
+}
 
 /// Starts gridex as `serve` wires it, on `db` and a port-0 listener, with the default exchange
 /// configuration, no broker and no settlement loop (tests settle by hand).

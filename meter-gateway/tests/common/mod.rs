@@ -1,0 +1,95 @@
+//! Shared by the integration tests: the agent settings they run with, and an MQTT subscriber that
+//! is subscribed before the test gets it.
+#![allow(dead_code)]
+
+use meter_gateway::agent::battery::BatterySettings;
+use meter_gateway::agent::{AgentSettings, QuotingSettings};
+use meter_gateway::publisher::MqttSettings;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// A bound on waiting for the broker's subscription acknowledgement (not a timing assertion).
+const SUBSCRIBED_WAIT_MAX: Duration = Duration::from_secs(60);
+
+/// The agent of the account key at `key`: sells from 0.10, buys up to 0.25, all of the surplus and
+/// the deficit, one 15-minute slot ahead with the gate 5 minutes before it, orders of 10 Wh or
+/// more, forecasts from the last hour; the limit strategy, no battery.
+pub fn agent_settings(key: PathBuf) -> AgentSettings {
+    AgentSettings {
+        key,
+        price_per_kwh_sell_min: 100_000,
+        price_per_kwh_buy_max: 250_000,
+        surplus_share_percent: 100,
+        buy_deficit: true,
+        slot_len_ms: 900_000,
+        gate_closure_ms: 300_000,
+        slots_ahead: 1,
+        qty_min_wh: 10,
+        forecast_window_ms: 3_600_000,
+        mqtt: None,
+        battery: None,
+        quoting: None,
+    }
+}
+
+/// The quoting strategy in a zone of feed-in 0.08 and retail 0.30 (default tick, no fees, no caps).
+pub fn quoting_settings(state_file: Option<PathBuf>) -> QuotingSettings {
+    QuotingSettings { state_file, ..QuotingSettings::with_tariffs(80_000, 300_000) }
+}
+
+/// [`agent_settings`] quoting (without a state file) and controlling the home battery, falling back
+/// to self-consumption after two simulated minutes without the exchange.
+pub fn battery_agent_settings(key: PathBuf) -> AgentSettings {
+    AgentSettings {
+        battery: Some(BatterySettings { control: true, no_contact_fallback_ms: 120_000, ..BatterySettings::default() }),
+        quoting: Some(quoting_settings(None)),
+        ..agent_settings(key)
+    }
+}
+
+/// The connection to a broker on this machine's `port`, pinning the tests' operator key.
+pub fn local_mqtt(port: u16) -> MqttSettings {
+    MqttSettings {
+        url: format!("mqtt://127.0.0.1:{port}"),
+        operator_key: Some(hex::encode(protocol::testing::operator_key().verifying_key().to_bytes())),
+        ..Default::default()
+    }
+}
+
+/// A client of `host:port` (its id starts with `client_prefix`) subscribed to `topic`: returns once
+/// the broker has acknowledged the subscription, with the client (to publish) and what arrives on
+/// the topic. The connection is polled for as long as the broker keeps it.
+pub async fn subscribed(
+    host: &str,
+    port: u16,
+    client_prefix: &str,
+    topic: String,
+    capacity: usize,
+) -> (AsyncClient, mpsc::Receiver<Publish>) {
+    let mut options = MqttOptions::new(format!("{client_prefix}-{}", gridex_test_support::free_port()), host, port);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(options, capacity);
+    client.subscribe(topic, QoS::AtLeastOnce).await.expect("subscribe");
+    let (publish_tx, publishes) = mpsc::channel(capacity);
+    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut subscribed_tx = Some(subscribed_tx);
+        while let Ok(event) = eventloop.poll().await {
+            match event {
+                Event::Incoming(Packet::SubAck(_)) => {
+                    if let Some(tx) = subscribed_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Event::Incoming(Packet::Publish(publish)) => {
+                    let _ = publish_tx.send(publish).await;
+                }
+                _ => {}
+            }
+        }
+    });
+    tokio::time::timeout(SUBSCRIBED_WAIT_MAX, subscribed).await.expect("subscribed in time").expect("subscribed");
+    (client, publishes)
+}
