@@ -53,6 +53,16 @@ pub(super) enum ToCommit {
     Release(Release),
 }
 
+/// What the lease manager tells the verification stage, in order (defined here, beside the release
+/// it carries on to the group commit, so the stages import one way: leases, verify → commit).
+#[derive(Debug)]
+pub(super) enum Notice {
+    /// Forget every cached device and account of this zone (another owner may have changed them).
+    Forget(ZoneId),
+    /// Hand this release to the group commit after every message already verified.
+    Release(Release),
+}
+
 /// A lease to let go ([`super::leases`]); `done` is answered once it is.
 #[derive(Debug)]
 pub(super) struct Release {

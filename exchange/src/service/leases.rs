@@ -8,7 +8,7 @@
 //! checked by every group commit ([`crate::store::leases::fence`]), so an instance that lost a zone
 //! never commits for it again. Failover bound: [`ExchangeConfig::failover_bound_ms`].
 
-use super::commit::Release;
+use super::commit::{Notice, Release};
 use super::error::ExchangeError;
 use super::mqtt;
 use super::ownership::{Ownership, TakeRequest};
@@ -20,15 +20,6 @@ use protocol::ZoneId;
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
-
-/// What the lease manager tells the verification stage, in order.
-#[derive(Debug)]
-pub(super) enum Notice {
-    /// Forget every cached device and account of this zone (another owner may have changed them).
-    Forget(ZoneId),
-    /// Hand this release to the group commit after every message already verified.
-    Release(Release),
-}
 
 /// The lease manager's task state.
 pub(super) struct LeaseManager {

@@ -5,9 +5,8 @@
 //! first: acknowledged unanswered over MQTT (its sender resends, to the owner), refused over HTTP.
 
 use super::acks::{acknowledge, MqttAck};
-use super::commit::{zone_moved, Pending, Release, ToCommit};
+use super::commit::{zone_moved, Notice, Pending, Release, ToCommit};
 use super::events::{shutting_down, Reply};
-use super::leases::Notice;
 use super::outlets::{reject, Outlets};
 use super::ownership::Ownership;
 use crate::ingest::{self, Kind, Origin, Parsed, RefusedReading, Rejection, Verifier};
