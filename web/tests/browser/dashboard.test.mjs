@@ -27,8 +27,10 @@ const SCREENSHOT_DIR = path.join(REPO, 'target/browser');
 const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 /** The demo builds a database, a broker and simulated homes before it answers /healthz. */
 const STARTUP_TIMEOUT_MS = 90_000;
-/** A 15-minute slot passes in about 15 s in the demo: live changes come well within this. */
+/** A 15-minute slot passes in about 30 s in the demo (DEMO_SPEED): live changes come well within this. */
 const LIVE_TIMEOUT_MS = 60_000;
+/** Simulated seconds per real second: a 15-minute slot every 30 s, so an order's slot stays open while the test looks for it. */
+const DEMO_SPEED = 30;
 const STEP_TIMEOUT_MS = 30_000;
 /** Ctrl-C must stop the whole demo (broker, simulators, server) within this. */
 const SHUTDOWN_TIMEOUT_MS = 20_000;
@@ -84,7 +86,7 @@ async function startServer() {
   const dataDir = mkdtempSync(path.join(os.tmpdir(), 'gridex-browser-'));
   let log = '';
   let mqttPort = null;
-  const child = spawn(GRIDEX_BIN, ['demo', '--homes', '4', '--port', String(port), '--data-dir', dataDir], {
+  const child = spawn(GRIDEX_BIN, ['demo', '--homes', '4', '--speed', String(DEMO_SPEED), '--port', String(port), '--data-dir', dataDir], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' },
   });
@@ -292,7 +294,9 @@ test('the dashboard shows the live market and a household places a signed order'
   const zone = await page.$eval('#zone-select', (select) => select.value);
   const tariff = zones.find((z) => z.zone_id === zone)?.tariff ?? {};
   const openSlots = await (await fetch(`${server.base}/api/v1/zones/${zone}/slots`)).json();
-  const target = openSlots.find((s) => String(s.slot) === slot) ?? openSlots[0];
+  // The open slot whose gate closes last: at the demo's speed the nearest slot can close (and
+  // leave the market view's list) between placing the order and looking for it in the book.
+  const target = openSlots.filter((s) => s.state !== 'closed').reduce((latest, s) => (latest == null || s.gate_closure_ms > latest.gate_closure_ms ? s : latest), null) ?? openSlots.find((s) => String(s.slot) === slot);
   const priceMicro = restingBidPrice(target, tariff);
   const priceText = (priceMicro / 1_000_000).toFixed(6);
   const orderSlotWanted = String(target.slot);
