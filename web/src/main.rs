@@ -227,6 +227,7 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,web=info,rumqttd=off")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colour_logs(std::io::IsTerminal::is_terminal(&std::io::stderr()), std::env::var_os("NO_COLOR")))
         .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -418,9 +419,30 @@ async fn api_key(settings: &Settings, command: ApiKeyCommand, now_ms: i64) -> an
     Ok(())
 }
 
+/// Colours in the log only on a terminal, and never when `NO_COLOR` is set to anything but empty
+/// (<https://no-color.org>): a log file or journal gets plain text.
+fn colour_logs(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|value| value.is_empty())
+}
+
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let app = web::Application::build(settings).await?;
+    // On stdout whatever the log filter: the one line a person (or a supervisor) waits for.
+    println!("gridex serving on {}", app.url());
     tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")?;
     app.shutdown().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour_logs;
+
+    #[test]
+    fn logs_are_coloured_only_on_a_terminal_without_no_color() {
+        assert!(colour_logs(true, None));
+        assert!(colour_logs(true, Some("".into())), "an empty NO_COLOR does not count (no-color.org)");
+        assert!(!colour_logs(true, Some("1".into())));
+        assert!(!colour_logs(false, None), "a log file or pipe gets no escape codes");
+    }
 }

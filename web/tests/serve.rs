@@ -165,3 +165,69 @@ async fn serve_trades_over_http_stores_mqtt_readings_answers_metrics_and_shuts_d
     // The server is gone: nothing listens on its port any more.
     assert!(client.get(format!("{base}/healthz")).send().await.is_err());
 }
+
+/// The `gridex` binary as an operator starts it under a supervisor: stdout and stderr are pipes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serve_binary_announces_its_address_on_stdout_and_logs_without_colour_codes() {
+    use std::io::{BufRead as _, Read as _};
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let operator_key = dir.path().join("operator.key");
+    meter_gateway::keys::generate_file(&operator_key).expect("an operator key");
+    let config = dir.path().join("gridex.toml");
+    let settings = format!(
+        "[http]\nport = 0\n\n[database]\nurl = \"sqlite://{db}\"\n\n[mqtt]\nurl = \"{broker}\"\nclient_id = \"gridex-serve-bin-{pid}-{now}\"\n\n[market]\noperator_key_path = \"{key}\"\n",
+        db = dir.path().join("gridex.sqlite").display(),
+        broker = broker_url(),
+        pid = std::process::id(),
+        now = now_ms(),
+        key = operator_key.display(),
+    );
+    std::fs::write(&config, settings).expect("write the settings");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gridex"))
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        // The settings file's SQLite, whatever the test environment names.
+        .env_remove("DATABASE_URL")
+        .env_remove("GRIDEX_DATABASE_URL")
+        .env_remove("MQTT_URL")
+        .env_remove("NO_COLOR")
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("gridex starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let stderr_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let first_line = tokio::time::timeout(
+        DEADLINE,
+        tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            std::io::BufReader::new(stdout).read_line(&mut line).map(|_| line)
+        }),
+    )
+    .await
+    .expect("gridex serve prints a line within the deadline")
+    .expect("the reader runs")
+    .expect("stdout is readable");
+    let url = first_line.trim().strip_prefix("gridex serving on ").map(str::to_owned);
+    let healthz = match &url {
+        Some(url) => reqwest::get(format!("{url}/healthz")).await.map(|response| response.status().as_u16()).ok(),
+        None => None,
+    };
+    let _ = std::process::Command::new("kill").arg("-INT").arg(child.id().to_string()).status();
+    let exited = tokio::time::timeout(DEADLINE, tokio::task::spawn_blocking(move || child.wait())).await;
+    let log = stderr_reader.join().expect("the stderr reader");
+    assert!(url.is_some(), "the first line on stdout is not the announcement: {first_line:?}\n{log}");
+    assert_eq!(healthz, Some(200), "the announced address does not answer /healthz: {first_line:?}\n{log}");
+    assert!(log.contains("gridex serving"), "the log has no serving line: {log}");
+    assert!(!log.contains('\u{1b}'), "the log written to a pipe carries ANSI escape codes: {log:?}");
+    let status = exited.expect("gridex stops on SIGINT").expect("wait").expect("an exit status");
+    assert!(status.success(), "gridex serve exited with {status}: {log}");
+}
