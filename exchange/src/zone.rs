@@ -207,7 +207,7 @@ impl ZoneOwner {
         match message {
             ZoneMsg::Apply(batch) => self.apply_batch(batch).await,
             ZoneMsg::Book { slot, levels, reply } => {
-                let _ = reply.send(self.snapshot(slot, levels));
+                let _ = reply.send(self.snapshot(slot, levels).or_else(|| self.empty_open_book(slot)));
             }
             ZoneMsg::OpenSlots { reply } => {
                 let _ = reply.send(self.open_slots());
@@ -429,6 +429,21 @@ impl ZoneOwner {
             asks,
             ts_ms: TimestampMs(self.outlets.now_ms()),
             call_phase: slot_book.book.is_calling().then_some(true),
+        })
+    }
+
+    /// The book of an open slot that has had no order yet: empty, version 0. `None` for a slot
+    /// that is not open (gate closure passed, beyond the horizon or not aligned to the zone's slots).
+    fn empty_open_book(&self, slot: SlotId) -> Option<BookSnapshot> {
+        self.open_slots().into_iter().any(|open| open.slot == slot).then(|| BookSnapshot {
+            zone: self.zone.clone(),
+            slot,
+            seq: 0,
+            state: BookState::Open,
+            bids: Vec::new(),
+            asks: Vec::new(),
+            ts_ms: TimestampMs(self.outlets.now_ms()),
+            call_phase: None,
         })
     }
 

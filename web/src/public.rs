@@ -182,7 +182,12 @@ pub async fn zone_book(
     let levels =
         query.levels.unwrap_or(protocol::messages::BOOK_LEVELS_MAX).clamp(1, protocol::messages::BOOK_LEVELS_MAX);
     let book = state.market.book(&zone, slot, levels).await?;
-    let book = book.ok_or_else(|| ApiError::not_found("book_not_found", "no open book for this slot"))?;
+    let book = book.ok_or_else(|| {
+        ApiError::not_found(
+            "book_not_found",
+            "no book for this slot: its gate has closed and it had no orders, or it is beyond the horizon",
+        )
+    })?;
     Ok(HttpResponse::Ok().json(book))
 }
 

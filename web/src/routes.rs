@@ -156,9 +156,13 @@ pub fn endpoints() -> Vec<Endpoint> {
         .auth(Utility)
         .body("Tariff", 200),
         ep("get", "/api/v1/zones/{zone}/slots", "Open books of a zone", "public", || web::get().to(public::zone_slots)),
-        ep("get", "/api/v1/zones/{zone}/book", "Order book depth of a slot", "public", || {
-            web::get().to(public::zone_book)
-        })
+        ep(
+            "get",
+            "/api/v1/zones/{zone}/book",
+            "Order book depth of a slot (empty for an open slot without orders)",
+            "public",
+            || web::get().to(public::zone_book),
+        )
         .query(&[("slot", "integer", true), ("levels", "integer", false)]),
         ep("get", "/api/v1/zones/{zone}/auctions", "Closing auction results, oldest first", "public", || {
             web::get().to(public::zone_auctions)

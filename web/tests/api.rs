@@ -541,10 +541,18 @@ async fn bad_utility_bodies_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_order_rests_in_the_book_and_in_the_traders_open_orders() {
     let app = spawn_app().await;
+    let slot = open_slot().start_ms();
+    // Before any order, the open slot's book is there and empty (not "not found").
+    let (status, empty) = app.get(&format!("/api/v1/zones/{ZONE}/book?slot={slot}&levels=5")).await;
+    assert_eq!(status, 200, "{empty}");
+    assert_eq!((&empty["state"], &empty["bids"], &empty["asks"]), (&json!("open"), &json!([]), &json!([])), "{empty}");
+    // A slot whose gate has closed (and that never had a book) is not found.
+    let past = open_slot().start_ms() - 4 * SLOT_LEN_MS;
+    let (status, gone) = app.get(&format!("/api/v1/zones/{ZONE}/book?slot={past}&levels=5")).await;
+    assert_eq!(status, 404, "{gone}");
     let (status, ack) = app.place(&app.alice, Side::Sell, 150_000, 2_000).await;
     assert_eq!(status, 202, "{ack}");
     assert_eq!(ack["status"], "accepted");
-    let slot = open_slot().start_ms();
     let (status, book) = app.get(&format!("/api/v1/zones/{ZONE}/book?slot={slot}&levels=5")).await;
     assert_eq!(status, 200, "{book}");
     assert_eq!(book["asks"][0], json!({"price_per_kwh": 150_000, "qty_wh": 2_000, "orders": 1}));

@@ -175,7 +175,8 @@ impl ExchangeHandle {
         receiver.await.ok()
     }
 
-    /// The top `levels` of a slot's book, if the book is open.
+    /// The top `levels` of a slot's book: its book once it has had an order (open or closed), an
+    /// empty open book for an open slot without orders yet, `None` for any other slot.
     pub async fn book(&self, zone: &ZoneId, slot: SlotId, levels: usize) -> Option<BookSnapshot> {
         self.ask(zone, |reply| ZoneMsg::Book { slot, levels, reply }).await.flatten()
     }
