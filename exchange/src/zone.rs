@@ -118,6 +118,9 @@ struct Applied {
     rejected: Option<Reason>,
     updates: Vec<OrderUpdate>,
     trades: Vec<Trade>,
+    /// Nonces of the account's own resting orders that self-trade prevention cancelled ("cancel
+    /// resting": the command's order would have traded with them).
+    self_trade_cancelled: Vec<u64>,
 }
 
 pub(crate) struct ZoneOwner {
@@ -409,6 +412,27 @@ impl ZoneOwner {
             self.outlets.publish_message(topics::events(&self.zone, &update.account), update);
             self.outlets.event(MarketEvent::OrderUpdate(update.clone()));
         }
+        for &nonce in &applied.self_trade_cancelled {
+            // The account learns why an order it did not cancel is gone (PROTOCOL.md §7); its
+            // order update says `cancelled`, this says why. The command itself went on.
+            let notice = Reject {
+                of: "order".to_owned(),
+                seq: Some(nonce),
+                reason: Reason::SelfTradePrevented,
+                message: format!(
+                    "resting order {nonce} was cancelled: {} {} of the same account would have traded with it",
+                    committed.command.type_name(),
+                    committed.row.nonce
+                ),
+                ts_ms: TimestampMs(self.outlets.now_ms()),
+            };
+            self.outlets.publish_message(topics::rejects(&self.zone, &account), &notice);
+            self.outlets.event(MarketEvent::Rejected {
+                zone: Some(self.zone.clone()),
+                sender: Some(account.to_hex()),
+                reject: notice,
+            });
+        }
         if let Some(reply) = committed.reply {
             let updates = applied.updates.into_iter().filter(|update| update.account == account).collect();
             let _ =
@@ -606,7 +630,12 @@ fn describe(
                 }
                 touched.push((account, nonce));
             }
-            Event::Cancelled { account, nonce, open_qty, .. } => {
+            Event::Cancelled { account, nonce, open_qty, by_request, .. } => {
+                // Not asked for and not the command's own order (an IOC remainder): self-trade
+                // prevention took one of the account's resting orders.
+                if !by_request && account == row.account && nonce != row.nonce {
+                    applied.self_trade_cancelled.push(nonce);
+                }
                 gone.insert((account, nonce), (OrderStatus::Cancelled, open_qty));
                 touched.push((account, nonce));
             }

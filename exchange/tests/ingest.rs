@@ -644,3 +644,28 @@ async fn a_slot_root_is_published_only_when_the_operator_signed_it() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_crossing_its_own_accounts_resting_order_cancels_it_with_self_trade_prevented() {
+    on_every_backend(ExchangeConfig::new(protocol::testing::operator_key()), |mut env| async move {
+        let zone = env.zone.clone();
+        let slot = env.slot();
+        let account = protocol::AccountId::from_verifying_key(&env.account.verifying_key());
+        let me = account.to_hex();
+        let ask = order(&env.account, &zone, slot, Side::Sell, 120_000, 1_000, 1, NOW_MS);
+        env.exchange.submit_command(ask).await.expect("the ask rests");
+        // The same account's crossing bid: its own resting ask is cancelled, nothing trades, the bid rests.
+        let bid = order(&env.account, &zone, slot, Side::Buy, 130_000, 400, 2, NOW_MS);
+        env.probe.publish(topics::orders(&zone, &me), bid).await;
+        let notice = decode::<Reject>(&env.probe.next_on(&topics::rejects(&zone, &me)).await).expect("a notice");
+        assert_eq!((notice.reason, notice.of.as_str(), notice.seq), (Reason::SelfTradePrevented, "order", Some(1)));
+        assert!(notice.message.contains("resting order 1 was cancelled"), "{}", notice.message);
+        let resting = env.exchange.open_orders(account).await;
+        assert_eq!(resting.iter().map(|order| order.update.order_nonce).collect::<Vec<_>>(), vec![2]);
+        let mut conn = env.test_db.db.get().expect("a connection");
+        let stored: i64 = trades::table.count().get_result(&mut conn).expect("count");
+        assert_eq!(stored, 0, "an account never trades with itself");
+        env
+    })
+    .await;
+}
