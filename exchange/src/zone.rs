@@ -389,7 +389,11 @@ impl ZoneOwner {
                 of: committed.command.type_name().to_owned(),
                 seq: Some(committed.row.nonce),
                 reason,
-                message: format!("{} refused by the book", committed.command.type_name()),
+                message: refusal_message(
+                    reason,
+                    committed.command.type_name(),
+                    self.books.get(&committed.row.slot).map(|slot_book| slot_book.book.config()),
+                ),
                 ts_ms: TimestampMs(self.outlets.now_ms()),
             };
             self.outlets.publish_message(topics::rejects(&self.zone, &account), &reject);
@@ -562,6 +566,26 @@ impl ZoneOwner {
             self.outlets.publish(topics::book(&self.zone), snapshot.clone(), rumqttc::QoS::AtMostOnce, true);
             self.outlets.event(MarketEvent::Book(snapshot));
         }
+    }
+}
+
+/// What a book's refusal says: for prices and quantities, the slot's limits, so a client can fix the
+/// order without reading the tariff (PROTOCOL.md §7 says how the band is made).
+fn refusal_message(reason: Reason, kind: &str, config: Option<&BookConfig>) -> String {
+    let Some(config) = config else { return format!("{kind} refused by the book") };
+    let (min, max, tick) = (config.price_min.get(), config.price_max.get(), config.tick.get());
+    match reason {
+        Reason::PriceOutOfBand => format!(
+            "{kind} refused: the slot's price band is {min}..={max} micro-units per kWh (the zone's feed-in to \
+             retail tariff at the slot's start, on the {tick} tick, fixed when the book opened)"
+        ),
+        Reason::PriceOffTick => {
+            format!("{kind} refused: prices are multiples of {tick} micro-units per kWh within {min}..={max}")
+        }
+        Reason::QuantityTooSmall | Reason::QuantityTooLarge => {
+            format!("{kind} refused: quantities are {}..={} Wh", config.qty_min.get(), config.qty_max.get())
+        }
+        _ => format!("{kind} refused by the book"),
     }
 }
 

@@ -698,6 +698,9 @@ async fn forged_malformed_and_oversized_orders_are_refused() {
     // A price outside the tariff band is the exchange's rejection, passed through with its reason.
     let (status, body) = app.place(&app.alice, Side::Sell, 900_000, 1_000).await;
     assert_eq!((status, body["error"].as_str()), (422, Some("price_out_of_band")), "{body}");
+    // The refusal says the band (the seeded tariff's feed-in 80 000 to retail 300 000 on the tick).
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("price band is 80000..=300000"), "the refusal does not say the band: {body}");
     app.stop().await;
 }
 
