@@ -320,10 +320,18 @@ pub fn mounted(demo: bool) -> Vec<Endpoint> {
     endpoints().into_iter().filter(|endpoint| demo || !endpoint.demo_only).collect()
 }
 
-async fn method_not_allowed() -> HttpResponse {
-    let error =
-        ApiError::new(actix_web::http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed");
-    actix_web::ResponseError::error_response(&error)
+/// 405 with the `Allow` header naming the methods the path serves (RFC 9110 §15.5.6).
+fn method_not_allowed(allow: &str) -> HttpResponse {
+    let error = ApiError::new(
+        actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("method not allowed; this path serves {allow}"),
+    );
+    let mut response = actix_web::ResponseError::error_response(&error);
+    if let Ok(value) = actix_web::http::header::HeaderValue::from_str(allow) {
+        response.headers_mut().insert(actix_web::http::header::ALLOW, value);
+    }
+    response
 }
 
 /// Mounts every endpoint, one resource per path.
@@ -336,7 +344,16 @@ pub fn configure(config: &mut web::ServiceConfig, demo: bool) {
         }
     }
     for path in paths {
-        let mut resource = web::resource(path).default_service(web::to(method_not_allowed));
+        let allow = endpoints
+            .iter()
+            .filter(|endpoint| endpoint.path == path)
+            .map(|endpoint| endpoint.method.to_ascii_uppercase())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut resource = web::resource(path).default_service(web::to(move || {
+            let response = method_not_allowed(&allow);
+            async move { response }
+        }));
         for endpoint in endpoints.iter().filter(|endpoint| endpoint.path == path) {
             resource = resource.route((endpoint.route)());
         }
@@ -364,6 +381,19 @@ pub fn openapi_path(pattern: &str) -> String {
         }
     }
     out
+}
+
+/// What the server accepts in a path parameter (and a `zone` query parameter), so a generated client (or a fuzzer) knows it.
+fn path_param_schema(name: &str) -> Value {
+    match name {
+        "zone" => json!({ "type": "string", "minLength": 1, "maxLength": protocol::ids::ZONE_ID_LEN_MAX,
+                          "pattern": "^[a-z0-9-]{1,32}$", "description": "A zone id" }),
+        "slot" => json!({ "type": "integer", "format": "int64", "minimum": 0,
+                          "description": "A delivery slot's start (unix ms), aligned to the zone's slot length" }),
+        "device" => json!({ "type": "string", "pattern": "^[0-9a-f]{64}$",
+                            "description": "A device id: its ed25519 public key in lowercase hex" }),
+        _ => json!({ "type": "string" }),
+    }
 }
 
 fn path_params(path: &str) -> Vec<String> {
@@ -441,13 +471,11 @@ pub fn openapi_document(demo: bool) -> Value {
         let path = openapi_path(endpoint.path);
         let mut parameters: Vec<Value> = path_params(&path)
             .into_iter()
-            .map(|name| {
-                let kind = if name == "slot" { "integer" } else { "string" };
-                json!({ "name": name, "in": "path", "required": true, "schema": { "type": kind } })
-            })
+            .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": path_param_schema(&name) }))
             .collect();
         parameters.extend(endpoint.query.iter().map(|(name, kind, required)| {
-            json!({ "name": name, "in": "query", "required": required, "schema": { "type": kind } })
+            let schema = if *name == "zone" { path_param_schema(name) } else { json!({ "type": kind }) };
+            json!({ "name": name, "in": "query", "required": required, "schema": schema })
         }));
         let schema = match endpoint.response {
             None => json!({}),

@@ -311,6 +311,11 @@ async fn unknown_paths_and_methods_answer_json_errors() {
     assert_error(&app.get("/api/v1/nothing-here").await, 404, "no_route");
     let response = app.utility("DELETE", "/api/v1/zones", None, None).await;
     assert_error(&response, 405, "method_not_allowed");
+    // A 405 says what the path does serve (RFC 9110): GET and POST on /api/v1/zones.
+    let response = app.client.delete(app.url("/api/v1/zones")).send().await.expect("request");
+    assert_eq!(response.status().as_u16(), 405);
+    let allow = response.headers().get("allow").and_then(|value| value.to_str().ok()).map(str::to_owned);
+    assert_eq!(allow.as_deref(), Some("GET, POST"), "the Allow header of a 405");
     app.stop().await;
 }
 
@@ -365,6 +370,10 @@ async fn the_openapi_document_is_valid_and_matches_the_routes() {
             let templated: Vec<&str> =
                 path.split('{').skip(1).map(|part| part.split('}').next().expect("closing brace")).collect();
             assert_eq!(declared, templated, "{method} {path}");
+            // A zone parameter states what the server accepts, so clients and fuzzers stay inside it.
+            for zone in operation["parameters"].as_array().into_iter().flatten().filter(|p| p["name"] == "zone") {
+                assert_eq!(zone["schema"]["pattern"], "^[a-z0-9-]{1,32}$", "{method} {path}");
+            }
             for requirement in operation["security"].as_array().into_iter().flatten() {
                 for scheme in requirement.as_object().expect("requirement").keys() {
                     assert!(schemes.contains_key(scheme), "{scheme}");
