@@ -36,6 +36,24 @@ const PLACEHOLDER: &str = "<!doctype html><meta charset=utf-8><title>gridex</tit
 /// Where the page pins the operator key (`web/static/index.html`).
 const OPERATOR_KEY_META: &str = r#"<meta name="gridex-operator-key" content="">"#;
 
+/// Where the page takes its display settings (`web/static/index.html`).
+const DISPLAY_META: &str = r#"<meta name="gridex-display" content="">"#;
+
+/// `[display]` as the page reads it: JSON in an attribute, HTML-escaped (the settings refuse markup
+/// in the symbol; escaping keeps the page whole whatever they hold).
+fn display_meta(display: &crate::settings::DisplaySettings) -> String {
+    let json =
+        serde_json::json!({ "currency": display.currency, "symbol": display.symbol(), "locale": display.locale });
+    let escaped = json
+        .to_string()
+        .replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\'', "&#39;");
+    format!(r#"<meta name="gridex-display" content="{escaped}">"#)
+}
+
 /// The dashboard, with the operator key pinned in the page itself (a setting of the page, not a
 /// response the page then verifies against: PROTOCOL.md §2.1).
 pub async fn index(state: web::Data<crate::state::AppState>) -> HttpResponse {
@@ -44,11 +62,9 @@ pub async fn index(state: web::Data<crate::state::AppState>) -> HttpResponse {
             let page = String::from_utf8_lossy(bytes);
             let operator = state.market.handle().map(|exchange| hex::encode(exchange.operator_key()));
             let pinned = format!(r#"<meta name="gridex-operator-key" content="{}">"#, operator.unwrap_or_default());
-            HttpResponse::Ok().content_type(content_type("index.html")).body(page.replacen(
-                OPERATOR_KEY_META,
-                &pinned,
-                1,
-            ))
+            let display = display_meta(&state.display);
+            let page = page.replacen(OPERATOR_KEY_META, &pinned, 1).replacen(DISPLAY_META, &display, 1);
+            HttpResponse::Ok().content_type(content_type("index.html")).body(page)
         }
         None => HttpResponse::Ok().content_type("text/html; charset=utf-8").body(PLACEHOLDER),
     }

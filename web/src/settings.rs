@@ -244,6 +244,86 @@ pub struct Settings {
     pub api_keys: Vec<ApiKey>,
     pub webhooks: WebhookSettings,
     pub market: MarketSettings,
+    pub display: DisplaySettings,
+}
+
+/// How the dashboard shows money and numbers. Only the display: the ledger, the API and the wire
+/// stay in integer micro-units of the settlement currency.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DisplaySettings {
+    /// ISO 4217 code of the settlement currency: three capital letters.
+    pub currency: String,
+    /// The symbol shown with amounts; empty: the code's usual symbol (€, $, £, ¥, kr…) or the code.
+    pub currency_symbol: String,
+    /// BCP 47 language tag for digit grouping and the decimal separator (`de-DE`: 1.234,5678).
+    pub locale: String,
+}
+
+impl Default for DisplaySettings {
+    fn default() -> Self {
+        Self { currency: "EUR".to_owned(), currency_symbol: String::new(), locale: "en-US".to_owned() }
+    }
+}
+
+/// Longest currency symbol shown (`CHF`, `R$`, `zł`).
+pub const CURRENCY_SYMBOL_LEN_MAX: usize = 8;
+/// Longest locale tag accepted (BCP 47 tags in use are far shorter).
+pub const LOCALE_LEN_MAX: usize = 35;
+
+impl DisplaySettings {
+    /// The symbol shown: the configured one, else the code's usual symbol, else the code.
+    pub fn symbol(&self) -> String {
+        if !self.currency_symbol.is_empty() {
+            return self.currency_symbol.clone();
+        }
+        match self.currency.as_str() {
+            "EUR" => "€",
+            "USD" | "AUD" | "CAD" | "NZD" | "MXN" => "$",
+            "GBP" => "£",
+            "JPY" | "CNY" => "¥",
+            "INR" => "₹",
+            "SEK" | "NOK" | "DKK" => "kr",
+            "PLN" => "zł",
+            "BRL" => "R$",
+            "ZAR" => "R",
+            code => code,
+        }
+        .to_owned()
+    }
+
+    /// Refuses a code that is not three capital letters, a symbol that is empty after trimming,
+    /// too long or holds markup or control characters, and a locale that is not a BCP 47 tag.
+    pub fn check(&self) -> Result<(), String> {
+        if !(self.currency.len() == 3 && self.currency.bytes().all(|b| b.is_ascii_uppercase())) {
+            return Err(format!(
+                "display.currency {:?} is not an ISO 4217 code (three capital letters)",
+                self.currency
+            ));
+        }
+        let symbol = &self.currency_symbol;
+        if symbol.chars().count() > CURRENCY_SYMBOL_LEN_MAX
+            || symbol.chars().any(|ch| ch.is_control() || "<>&\"'`".contains(ch))
+            || (!symbol.is_empty() && symbol.trim().is_empty())
+        {
+            return Err(format!(
+                "display.currency_symbol is 1–{CURRENCY_SYMBOL_LEN_MAX} printable characters without markup"
+            ));
+        }
+        let mut subtags = self.locale.split('-');
+        let language = subtags.next().unwrap_or_default();
+        let valid = self.locale.len() <= LOCALE_LEN_MAX
+            && (2..=3).contains(&language.len())
+            && language.bytes().all(|b| b.is_ascii_alphabetic())
+            && subtags.all(|tag| (1..=8).contains(&tag.len()) && tag.bytes().all(|b| b.is_ascii_alphanumeric()));
+        if !valid {
+            return Err(format!(
+                "display.locale {:?} is not a BCP 47 language tag such as en-US or de-DE",
+                self.locale
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -263,6 +343,8 @@ pub enum SettingsError {
     AllowList(String),
     #[error(transparent)]
     Tls(#[from] TlsFilesIncomplete),
+    #[error("{0}")]
+    Display(String),
 }
 
 /// Only one of `http.tls_cert_file` and `http.tls_key_file` is set.
@@ -430,6 +512,7 @@ impl Settings {
         crate::webhook_targets::TargetPolicy::new(&self.webhooks.allowed_private_networks)
             .map_err(SettingsError::AllowList)?;
         self.http.tls_files()?;
+        self.display.check().map_err(SettingsError::Display)?;
         Ok(())
     }
 

@@ -41,6 +41,8 @@ pub struct AppState {
     pub silent_device_ms: i64,
     /// `host:port` of the MQTT broker, probed by `/readyz`.
     pub broker_address: Option<(String, u16)>,
+    /// `[display]`: the currency and locale the dashboard shows amounts in.
+    pub display: crate::settings::DisplaySettings,
     /// `Some` only in demo mode: mounts `/api/v1/demo/households`.
     pub demo_households: Option<Arc<Vec<DemoHousehold>>>,
 }
@@ -79,6 +81,7 @@ impl AppState {
                 .ok()
                 .flatten()
                 .map(|address| (address.host, address.port)),
+            display: settings.display.clone(),
             demo_households: None,
         }
     }

@@ -2,7 +2,7 @@
 // volume bars), an energy chart (production, consumption, grid exchange per interval) and a battery
 // chart (charge and discharge per slot, state of charge). Each
 // function returns SVG markup sized by its viewBox, so it scales to the width of its container.
-import { esc, energyNumber, priceNumber, slotLabel } from './format.js';
+import { esc, energyNumber, priceNumber, slotLabel, trimZeros } from './format.js';
 
 /** Width of a chart when its container's width is not known (e.g. not laid out yet). */
 const WIDTH_DEFAULT = 640;
@@ -105,7 +105,7 @@ export function depthChart(book, width = WIDTH_DEFAULT, height = 240) {
     .map((p) => `<text class="axis" x="${x(p).toFixed(1)}" y="${bottom + 18}" text-anchor="middle">${esc(priceNumber(p))}</text>`)
     .join('');
   const body = [
-    yAxis(y, ticks(0, depth, 4), (q) => energyNumber(q).replace(/\.?0+$/, ''), left, right),
+    yAxis(y, ticks(0, depth, 4), (q) => trimZeros(energyNumber(q)), left, right),
     `<path class="depth-bid" d="${side(bids, low)}"/>`,
     `<path class="depth-ask" d="${side(asks, high)}"/>`,
     `<line class="axis-line" x1="${left}" x2="${right}" y1="${bottom}" y2="${bottom}"/>`,
@@ -159,7 +159,7 @@ export function priceChart(rows, width = WIDTH_DEFAULT, height = 260) {
     candles,
     `<path class="close-line" d="${close}"/>`,
     `<line class="axis-line" x1="${left}" x2="${right}" y1="${bottom}" y2="${bottom}"/>`,
-    `<text class="axis" x="${left - 6}" y="${volumeTop}" dy="0.32em" text-anchor="end">${esc(energyNumber(maxVolume).replace(/\.?0+$/, ''))}</text>`,
+    `<text class="axis" x="${left - 6}" y="${volumeTop}" dy="0.32em" text-anchor="end">${esc(trimZeros(energyNumber(maxVolume)))}</text>`,
     labels,
     `<text class="axis-title" x="4" y="${MARGIN.top - 4}">per kWh</text>`,
     `<text class="axis-title" x="${right}" y="${volumeTop - 2}" text-anchor="end">volume (kWh)</text>`,
@@ -199,7 +199,7 @@ export function energyChart(rows, width = WIDTH_DEFAULT, height = 240) {
     .map((r, i) => (i % every === 0 ? `<text class="axis" x="${cx(i).toFixed(1)}" y="${bottom + 18}" text-anchor="middle">${esc(slotLabel(r.start_ms))}</text>` : ''))
     .join('');
   const body = [
-    yAxis(y, ticks(low, high, 5), (v) => energyNumber(v).replace(/\.?0+$/, '') || '0', left, right),
+    yAxis(y, ticks(low, high, 5), (v) => trimZeros(energyNumber(v)) || '0', left, right),
     `<line class="zero-line" x1="${left}" x2="${right}" y1="${y(0).toFixed(1)}" y2="${y(0).toFixed(1)}"/>`,
     bars,
     `<path class="line-production" d="${line('production_wh')}"/>`,
@@ -262,7 +262,7 @@ export function batteryChart(rows, width = WIDTH_DEFAULT, height = 220) {
     .map((r, i) => (i % every === 0 ? `<text class="axis" x="${cx(i).toFixed(1)}" y="${bottom + 18}" text-anchor="middle">${esc(slotLabel(r.slot))}</text>` : ''))
     .join('');
   const body = [
-    yAxis(y, ticks(low, high, 4), (v) => energyNumber(v).replace(/\.?0+$/, '') || '0', left, right),
+    yAxis(y, ticks(low, high, 4), (v) => trimZeros(energyNumber(v)) || '0', left, right),
     `<line class="zero-line" x1="${left}" x2="${right}" y1="${y(0).toFixed(1)}" y2="${y(0).toFixed(1)}"/>`,
     bars,
     socLine,

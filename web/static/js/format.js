@@ -2,8 +2,37 @@
 // micro-money per kWh, Wh, micro-tokens, unix ms); they are turned into text only here, and text the
 // user types is parsed back into integers without floating-point arithmetic.
 
+/**
+ * The server's display settings (`[display]`: currency, symbol, locale), pinned in the page like the
+ * operator key; the defaults outside a page (tests) or when absent.
+ */
+function displaySettings() {
+  const fallback = { currency: 'EUR', symbol: '€', locale: 'en-US' };
+  if (typeof document === 'undefined') return fallback;
+  const content = document.querySelector('meta[name="gridex-display"]')?.getAttribute('content');
+  try {
+    const parsed = content ? JSON.parse(content) : {};
+    return { ...fallback, ...parsed };
+  } catch {
+    return fallback;
+  }
+}
+
+const DISPLAY = displaySettings();
 /** Symbol of the settlement currency (the protocol only says "micro-units of the currency"). */
-export const CURRENCY = '€';
+export const CURRENCY = DISPLAY.symbol;
+/** ISO 4217 code of the settlement currency. */
+export const CURRENCY_CODE = DISPLAY.currency;
+/** The locale numbers are grouped and separated in. */
+export const LOCALE = DISPLAY.locale;
+/** The locale's decimal separator ("." in en-US, "," in de-DE). */
+const DECIMAL_SEPARATOR = (() => {
+  try {
+    return new Intl.NumberFormat(LOCALE).formatToParts(1.5).find((part) => part.type === 'decimal')?.value ?? '.';
+  } catch {
+    return '.';
+  }
+})();
 export const MICROS_PER_UNIT = 1_000_000;
 export const WH_PER_KWH = 1_000;
 
@@ -19,8 +48,13 @@ function decimal(value, scale, minDigits, maxDigits) {
   const whole = Math.floor(rounded / unit);
   let fraction = String(rounded % unit).padStart(maxDigits, '0');
   while (fraction.length > minDigits && fraction.endsWith('0')) fraction = fraction.slice(0, -1);
-  const wholeText = whole.toLocaleString('en-US');
-  const text = fraction.length ? `${wholeText}.${fraction}` : wholeText;
+  let wholeText;
+  try {
+    wholeText = whole.toLocaleString(LOCALE);
+  } catch {
+    wholeText = whole.toLocaleString('en-US');
+  }
+  const text = fraction.length ? `${wholeText}${DECIMAL_SEPARATOR}${fraction}` : wholeText;
   return negative && rounded !== 0 ? `−${text}` : text;
 }
 
@@ -98,6 +132,14 @@ export function parseDecimal(text, scale) {
   if (fraction.length > scale) return null;
   const value = Number(match[1] || '0') * 10 ** scale + Number(fraction.padEnd(scale, '0') || '0');
   return Number.isSafeInteger(value) ? value : null;
+}
+
+/** A number's text without trailing fraction zeros (and without a bare separator): "1.500" → "1.5", "2.000" → "2". */
+export function trimZeros(text) {
+  const at = text.lastIndexOf(DECIMAL_SEPARATOR);
+  if (at < 0) return text;
+  const trimmed = text.replace(/0+$/, '');
+  return trimmed.endsWith(DECIMAL_SEPARATOR) ? trimmed.slice(0, -DECIMAL_SEPARATOR.length) : trimmed;
 }
 
 /** Escapes text for HTML. */
