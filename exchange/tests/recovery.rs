@@ -3,109 +3,25 @@
 //! acknowledged order or trade is lost or duplicated and that the rebuilt books equal the books
 //! before the crash (same orders, same priority, same open quantities).
 
+#[path = "support/node.rs"]
+mod node;
 mod support;
 
 use support::decode;
 
 use diesel::prelude::*;
 use ed25519_dalek::SigningKey;
-use exchange::matching::{BookConfig, Event, NewOrder, OrderBook};
-use exchange::zone::TRADES_PER_COMMAND_MAX;
-use gridex_store::schema::{order_commands, trades};
+use gridex_store::schema::order_commands;
 use gridex_store::testing::TestDb;
+use node::*;
 use protocol::topics;
-use protocol::{AccountId, Command, OrderUpdate, PricePerKwh, Side, SlotId, Trade, Wh, ZoneId};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command as Process, Stdio};
-use std::sync::mpsc as std_mpsc;
+use protocol::{Side, SlotId, Trade, ZoneId};
+use std::collections::BTreeSet;
+use std::io::Write;
 use std::sync::Arc;
 use support::*;
 
 const ACCOUNTS: u8 = 6;
-
-/// The exchange-node child process with line access to its stdout.
-struct Node {
-    child: Child,
-    stdin: ChildStdin,
-    lines: std_mpsc::Receiver<String>,
-}
-
-impl Node {
-    fn start(db_url: &str, broker: &BrokerAddr, client_id: &str, zone: &ZoneId) -> Node {
-        let mut child = Process::new(env!("CARGO_BIN_EXE_exchange-node"))
-            .args(["--db", db_url, "--mqtt", &format!("{}:{}", broker.host, broker.port), "--client-id", client_id])
-            .args(["--zone", zone.as_str()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn exchange-node");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
-        let (sender, lines) = std_mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut node = Node { child, stdin, lines };
-        assert_eq!(node.line(), "ready");
-        node
-    }
-
-    fn line(&mut self) -> String {
-        self.lines.recv_timeout(ANSWER_TIMEOUT).expect("the node answers in time")
-    }
-
-    fn dump(&mut self) -> serde_json::Value {
-        writeln!(self.stdin, "dump").expect("write to the node");
-        self.stdin.flush().expect("flush");
-        let line = self.line();
-        let json = line.strip_prefix("dump ").expect("a dump line");
-        serde_json::from_str(json).expect("dump JSON")
-    }
-
-    fn kill(mut self) {
-        // `Child::kill` sends SIGKILL on Unix: no shutdown code runs.
-        self.child.kill().expect("SIGKILL the node");
-        let _ = self.child.wait();
-    }
-}
-
-/// A deterministic stream of orders (a linear congruential generator; no timing involved).
-struct Stream {
-    state: u64,
-    nonces: HashMap<u8, u64>,
-}
-
-impl Stream {
-    fn next(&mut self) -> u64 {
-        self.state = self.state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-        self.state >> 33
-    }
-
-    fn next_nonce(&mut self, seed: u8) -> u64 {
-        *self.nonces.entry(seed).and_modify(|nonce| *nonce += 1).or_insert(1)
-    }
-
-    /// `(account seed, nonce, signed order bytes)`.
-    fn order(&mut self, keys: &[SigningKey], zone: &ZoneId, slot: SlotId) -> (u8, u64, Vec<u8>) {
-        let seed = (self.next() % u64::from(ACCOUNTS)) as u8;
-        let nonce = self.next_nonce(seed);
-        let side = if self.next().is_multiple_of(2) { Side::Buy } else { Side::Sell };
-        let price = 140_000 + (self.next() % 21) as i64 * 1_000 + if side == Side::Buy { -5_000 } else { 5_000 };
-        let qty = 100 + (self.next() % 20) as i64 * 50;
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        let bytes = order(&keys[seed as usize], zone, slot, side, price, qty, nonce, now_ms);
-        (seed, nonce, bytes)
-    }
-}
-
-fn account_hex(key: &SigningKey) -> String {
-    AccountId::from_verifying_key(&key.verifying_key()).to_hex()
-}
 
 /// What [`stream_orders`] saw: the acknowledged `(account, nonce)`s, the trades published, and the
 /// task still publishing the rest of the stream.
@@ -169,19 +85,6 @@ async fn stream_orders(
     Streamed { acked, trades: seen_trades, publisher }
 }
 
-/// The `(account, nonce)` an answer on an `events` or `rejects` topic is about, and whether it is an
-/// order update (the order was accepted) rather than a reject.
-fn answer(topic: &str, payload: &[u8]) -> ((String, u64), bool) {
-    if topic.contains("/events/") {
-        let update = decode::<OrderUpdate>(payload).expect("an order update");
-        ((update.account.to_hex(), update.order_nonce), true)
-    } else {
-        let reject = decode::<protocol::Reject>(payload).expect("a reject");
-        let account = topic.rsplit('/').next().unwrap_or_default().to_owned();
-        ((account, reject.seq.unwrap_or_default()), false)
-    }
-}
-
 /// Waits until the node has taken in everything the stream published: once the publisher is done,
 /// publishes a marker order (a sell at the top of the band, which rests and never trades) and waits
 /// for its answer. The broker delivers one client's messages in order and the node answers a command
@@ -228,106 +131,6 @@ async fn settle(
     panic!("the node answered none of 10 marker orders");
 }
 
-/// Trades by id: `(price, qty, buyer, seller)`.
-type TradeMap = BTreeMap<u64, (i64, i64, String, String)>;
-
-fn stored_trades(test_db: &TestDb) -> TradeMap {
-    let mut conn = test_db.db.get().expect("a connection");
-    let rows: Vec<(i64, i64, i64, String, String)> = trades::table
-        .select((trades::trade_id, trades::price_per_kwh, trades::qty_wh, trades::buyer_id, trades::seller_id))
-        .load(&mut conn)
-        .expect("load trades");
-    rows.into_iter().map(|(id, price, qty, buyer, seller)| (id as u64, (price, qty, buyer, seller))).collect()
-}
-
-/// Replays the stored command log through a fresh matching core: the trades it implies and the
-/// resting orders of each book, in the node's dump format.
-fn replay_log(test_db: &TestDb) -> (TradeMap, serde_json::Value) {
-    let mut conn = test_db.db.get().expect("a connection");
-    let rows: Vec<(i64, i64, String)> = order_commands::table
-        .order(order_commands::command_seq.asc())
-        .select((order_commands::command_seq, order_commands::slot_start_ms, order_commands::payload))
-        .load(&mut conn)
-        .expect("load the log");
-    // The node's book rules: default tick and quantities, the seeded tariff as the band.
-    let config = BookConfig {
-        tick: PricePerKwh(1_000),
-        qty_min: Wh(1),
-        qty_max: Wh(1_000_000),
-        price_min: PricePerKwh(50_000),
-        price_max: PricePerKwh(300_000),
-        open_orders_per_account_max: 100,
-    };
-    let mut books: BTreeMap<(String, i64), OrderBook> = BTreeMap::new();
-    let mut derived = BTreeMap::new();
-    for (command_seq, slot, payload) in rows {
-        let command = Command::parse(payload.as_bytes()).expect("a logged command parses");
-        let book = books.entry((command.zone().to_string(), slot)).or_insert_with(|| OrderBook::new(config));
-        let mut events = Vec::new();
-        match &command {
-            Command::Order(signed) => {
-                let order = &signed.message;
-                book.submit(
-                    NewOrder {
-                        account: order.account,
-                        nonce: order.nonce,
-                        side: order.side,
-                        price: order.price_per_kwh,
-                        qty: order.qty_wh,
-                        tif: order.tif,
-                        post_only: order.post_only,
-                        ts_ms: order.ts_ms,
-                    },
-                    &mut events,
-                );
-            }
-            Command::Cancel(signed) => book.cancel(signed.message.account, signed.message.order_nonce, &mut events),
-            Command::Replace(signed) => {
-                let replace = &signed.message;
-                book.replace(replace.account, replace.order_nonce, replace.price_per_kwh, replace.qty_wh, &mut events)
-            }
-        }
-        book.validate().expect("the replayed book is consistent");
-        let mut index = 0;
-        for event in events {
-            if let Event::Trade { price, qty, buyer, seller, .. } = event {
-                let id = command_seq as u64 * TRADES_PER_COMMAND_MAX + index;
-                derived.insert(id, (price.0, qty.0, buyer.to_hex(), seller.to_hex()));
-                index += 1;
-            }
-        }
-    }
-    let dump: Vec<serde_json::Value> = books
-        .iter()
-        .map(|((zone, slot), book)| {
-            let orders: Vec<serde_json::Value> = book
-                .resting_orders()
-                .iter()
-                .map(|order| {
-                    let side = if order.side == Side::Buy { "buy" } else { "sell" };
-                    serde_json::json!([
-                        order.account.to_hex(),
-                        order.nonce,
-                        side,
-                        order.price.0,
-                        order.open_qty.0,
-                        order.filled_qty.0
-                    ])
-                })
-                .collect();
-            serde_json::json!({ "zone": zone, "slot": slot, "orders": orders })
-        })
-        .collect();
-    (derived, serde_json::Value::Array(dump))
-}
-
-fn logged(test_db: &TestDb) -> BTreeSet<(String, u64)> {
-    let mut conn = test_db.db.get().expect("a connection");
-    let rows: Vec<(String, i64)> =
-        order_commands::table.select((order_commands::account_id, order_commands::nonce)).load(&mut conn).expect("log");
-    rows.into_iter().map(|(account, nonce)| (account, nonce as u64)).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_sigkill_the_restarted_exchange_rebuilds_the_same_books_and_loses_nothing_acknowledged() {
     for broker in brokers() {
@@ -346,7 +149,7 @@ async fn crash_and_recover(test_db: &TestDb, broker: &BrokerAddr) {
     let now_ms = chrono::Utc::now().timestamp_millis();
     let slot = SlotId::containing(protocol::TimestampMs(now_ms + 3 * 3_600_000), 900_000);
     let mut probe = Probe::connect(broker, std::slice::from_ref(&zone)).await;
-    let mut stream = Stream { state: 42, nonces: HashMap::new() };
+    let mut stream = Stream::new(42, ACCOUNTS);
 
     // 1. Kill mid-stream: 3000 orders on their way, SIGKILL after 100 are answered.
     // One client id for every incarnation: the restarted node resumes the dead one's MQTT session.

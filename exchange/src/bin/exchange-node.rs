@@ -83,6 +83,15 @@ fn args() -> anyhow::Result<Args> {
 
 #[tokio::main]
 async fn main() {
+    // Warnings and errors on stderr (stdout carries the protocol above); `RUST_LOG` for more.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
     if let Err(error) = run().await {
         eprintln!("exchange-node: {error:#}");
         std::process::exit(1);
