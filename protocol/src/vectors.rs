@@ -4,8 +4,8 @@
 
 use crate::messages::{AuctionResult, Cancel, Order, Reading, Replace, Side, SlotRoot, TimeInForce, Trade};
 use crate::testing::{
-    sample_battery_plan, sample_battery_reading, sample_book, sample_order, sample_order_update, sample_reading, sample_reading_ack,
-    sample_reject, sample_trade, signing_key,
+    sample_battery_plan, sample_battery_reading, sample_book, sample_order, sample_order_update, sample_reading,
+    sample_reading_ack, sample_reject, sample_trade, signing_key,
 };
 use crate::units::{PricePerKwh, TimestampMs, Wh};
 use crate::wire::{domain_tag, OperatorSigned, Signable, Signed, Version, WireMessage};
