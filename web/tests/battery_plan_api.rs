@@ -102,8 +102,15 @@ async fn a_household_sees_the_plan_its_battery_agent_published() {
     let (modes, _modes_rx) = mpsc::channel(8);
     let (stop, stop_rx) = watch::channel(false);
     let link = BatteryLink { observations: Some(observations), modes };
-    let running =
-        tokio::spawn(agent::run_with_battery(battery_agent(key_path), zone(), mqtt, clock, readings, stop_rx, Some(link)));
+    let running = tokio::spawn(agent::run_with_battery(
+        battery_agent(key_path),
+        zone(),
+        mqtt,
+        clock,
+        readings,
+        stop_rx,
+        Some(link),
+    ));
     observations_tx
         .send(BatteryObservation {
             ts_ms: clock.now_ms(),
