@@ -49,7 +49,8 @@ pub(super) struct PlanStage {
 enum Verdict {
     Stored,
     Same,
-    Refused(Option<Signed<BatteryPlan>>, Rejection),
+    /// Refused, with the plan's nonce when it verified.
+    Refused(Option<u64>, Rejection),
 }
 
 impl PlanStage {
@@ -77,7 +78,7 @@ impl PlanStage {
         match verdict {
             Verdict::Stored => metrics::counter!("gridex_battery_plans_total", "result" => "stored").increment(1),
             Verdict::Same => metrics::counter!("gridex_battery_plans_total", "result" => "same").increment(1),
-            Verdict::Refused(signed, rejection) => self.refuse(&raw, signed.as_ref(), rejection),
+            Verdict::Refused(nonce, rejection) => self.refuse(&raw, nonce, rejection),
         }
         acknowledge(raw.ack);
     }
@@ -92,7 +93,7 @@ impl PlanStage {
         loop {
             match self.check_and_store(&signed, raw).await {
                 Ok(Ok(stored)) => return Some(stored),
-                Ok(Err(rejection)) => return Some(Verdict::Refused(Some(signed), rejection)),
+                Ok(Err(rejection)) => return Some(Verdict::Refused(Some(signed.message.nonce), rejection)),
                 Err(error) => {
                     tracing::error!(%error, "cannot store a battery plan; retrying");
                     if *shutdown.borrow() {
@@ -137,13 +138,13 @@ impl PlanStage {
 
     /// Publishes a signed `reject` on the account's rejects topic (the topic's account: a plan
     /// that does not parse names none) and tells in-process subscribers.
-    fn refuse(&self, raw: &RawPlan, signed: Option<&Signed<BatteryPlan>>, rejection: Rejection) {
+    fn refuse(&self, raw: &RawPlan, nonce: Option<u64>, rejection: Rejection) {
         metrics::counter!("gridex_battery_plans_total", "result" => rejection.reason.code()).increment(1);
         let mut message = rejection.message;
         message.truncate(protocol::messages::REJECT_MESSAGE_LEN_MAX);
         let reject = Reject {
             of: <BatteryPlan as protocol::WireMessage>::TYPE.to_owned(),
-            seq: signed.map(|signed| signed.message.nonce),
+            seq: nonce,
             reason: rejection.reason,
             message,
             ts_ms: TimestampMs(self.outlets.now_ms()),
