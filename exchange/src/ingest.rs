@@ -14,9 +14,11 @@ use protocol::{
 use std::collections::HashMap;
 
 mod meter;
+mod plan;
 mod rate;
 use meter::{accept_reading, counters_check};
 pub use meter::{BatteryMark, BatteryMarks, Counters, Replacement};
+pub use plan::{check_plan, PlanContext};
 pub use rate::{RateLimit, TokenBucket};
 
 /// Why the exchange refused a message: the protocol reason code and a human-readable detail.

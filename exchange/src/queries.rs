@@ -1,4 +1,4 @@
-//! Reads of the exchange's tables (`readings`, `reading_rejections`, `trades`) behind the web API, so
+//! Reads of the exchange's tables (`readings`, `reading_rejections`, `trades`, `battery_plans`) behind the web API, so
 //! the web layer never runs its own SQL on them. Blocking: call inside `Database::run`.
 
 use diesel::prelude::*;
@@ -6,6 +6,29 @@ use gridex_store::schema::{reading_rejections, readings, trades};
 use gridex_store::{DbConnection, DbError};
 use protocol::{AccountId, PricePerKwh, Side, SlotId, TimestampMs, Trade, Wh, ZoneId};
 use std::collections::HashMap;
+
+/// An account's latest battery plan (PROTOCOL.md §4.7) as stored, with when the exchange received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPlan {
+    pub plan: protocol::BatteryPlan,
+    pub received_ms: i64,
+    /// The signed message as the account sent it (canonical JSON with `sig`), for proof.
+    pub payload: String,
+}
+
+/// The account's latest stored battery plan, if it sent one.
+pub fn latest_battery_plan(conn: &mut DbConnection, account: &AccountId) -> Result<Option<StoredPlan>, DbError> {
+    use gridex_store::schema::battery_plans;
+    let row: Option<(String, i64)> = battery_plans::table
+        .filter(battery_plans::account_id.eq(account.to_hex()))
+        .select((battery_plans::payload, battery_plans::received_ms))
+        .first(conn)
+        .optional()?;
+    let Some((payload, received_ms)) = row else { return Ok(None) };
+    let signed = protocol::Signed::<protocol::BatteryPlan>::parse(payload.as_bytes())
+        .map_err(|error| DbError::Invalid(format!("a stored battery plan does not parse: {error}")))?;
+    Ok(Some(StoredPlan { plan: signed.message, received_ms, payload }))
+}
 
 /// A stored trade's columns, in [`Trade`]'s order.
 pub type TradeRow = (i64, String, i64, i64, i64, String, i64, String, i64, String, i64);

@@ -16,6 +16,7 @@ use protocol::{AccountId, Command, DeviceId, PricePerKwh, Reading, Side, Signed,
 use std::collections::HashMap;
 
 pub mod leases;
+pub mod plans;
 
 /// Runs a multi-row insert on the concrete backend: diesel's `MultiConnection` cannot batch inserts.
 macro_rules! execute_batch {

@@ -1,7 +1,8 @@
 //! The agent's battery link through the real run loop over a real broker (embedded rumqttd): with
 //! `[agent.battery]` `control = true` it sends the battery's mode on the caller's channel (a setpoint
 //! that keeps a nearly empty battery above its reserve), and when nothing is heard from the exchange
-//! for `no_contact_fallback_ms` it sends self-consumption instead.
+//! for `no_contact_fallback_ms` it sends self-consumption instead. It publishes its plan (PROTOCOL.md
+//! §4.7) on its plans topic, signed by its account key.
 
 mod common;
 
@@ -10,7 +11,7 @@ use meter_gateway::agent::{self, BatteryLink};
 use meter_gateway::battery::BatteryMode;
 use meter_gateway::clock::SimClock;
 use meter_gateway::keys;
-use protocol::ZoneId;
+use protocol::{topics, AccountId, BatteryPlan, Signed, ZoneId};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -60,6 +61,58 @@ async fn a_controlling_agent_sends_setpoints_and_falls_back_to_self_consumption_
     // Nothing is ever heard from the exchange: self-consumption follows.
     let fallback = tokio::time::timeout(WAIT_MAX, modes_rx.recv()).await.expect("a mode").expect("open");
     assert_eq!(fallback, BatteryMode::SelfConsumption);
+    let _ = stop.send(true);
+    running.await.expect("joins").expect("the agent ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_battery_agent_publishes_its_plan_signed_by_its_account() {
+    let broker = gridex_test_support::embedded_broker().port;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key_path = dir.path().join("account.key");
+    keys::generate_file(&key_path).expect("a key");
+    let account = AccountId::from_verifying_key(&keys::load(&key_path).expect("the key").verifying_key());
+    let zone = ZoneId::parse("battery-plan").expect("zone");
+    let (_watcher, mut plans) =
+        common::subscribed("127.0.0.1", broker, "plans", topics::plans(&zone, &account), 16).await;
+    let clock = SimClock::starting_at(ORIGIN_MS, SPEED);
+    let (_readings_tx, readings) = mpsc::channel(8);
+    let (observations_tx, observations) = mpsc::channel(8);
+    let (modes, _modes_rx) = mpsc::channel(8);
+    let (stop, stop_rx) = watch::channel(false);
+    let link = BatteryLink { observations: Some(observations), modes };
+    let running = tokio::spawn(agent::run_with_battery(
+        common::battery_agent_settings(key_path),
+        zone.clone(),
+        common::local_mqtt(broker),
+        clock,
+        readings,
+        stop_rx,
+        Some(link),
+    ));
+    // Half full while the home needs 1 kW: the plan covers the home from the battery.
+    observations_tx
+        .send(BatteryObservation {
+            ts_ms: clock.now_ms(),
+            soc_permille: 500,
+            capacity_wh: 10_000,
+            charged_wh: 0,
+            discharged_wh: 0,
+            home_net_w: Some(1_000),
+        })
+        .await
+        .expect("the agent listens");
+    let published = tokio::time::timeout(WAIT_MAX, plans.recv()).await.expect("a plan").expect("open");
+    let signed = Signed::<BatteryPlan>::parse(&published.payload).expect("a well-formed plan");
+    signed.verify().expect("signed by the key it names");
+    let plan = signed.message;
+    assert_eq!(plan.account, account, "signed by the agent's account");
+    assert_eq!(plan.zone, zone);
+    assert_eq!(plan.slots.len(), protocol::plan::BATTERY_PLAN_SLOTS_MAX, "a day of slots");
+    let first = plan.slots[0].slot.start().0;
+    assert!(first > plan.ts_ms.0 && first <= plan.ts_ms.0 + SLOT_MS, "it starts at the next slot");
+    assert!(plan.slots.iter().all(|slot| slot.slot.is_aligned(SLOT_MS)));
+    assert!(plan.slots.iter().all(|slot| slot.soc_permille_end <= 500), "nothing to charge from: {plan:?}");
     let _ = stop.send(true);
     running.await.expect("joins").expect("the agent ran");
 }

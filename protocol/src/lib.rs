@@ -6,6 +6,7 @@
 //! another gridex crate; a change to any type here is a protocol change and needs a version bump.
 //!
 //! Principal types: [`Reading`], [`Order`], [`Cancel`], [`Replace`] (signed, inbound);
+//! [`BatteryPlan`] (signed by the account, information only: a home battery's plan);
 //! [`Trade`], [`Reject`], [`BookSnapshot`], [`OrderUpdate`] (outbound); [`Signed`] (a parsed,
 //! not yet verified signed message); the unit newtypes [`Wh`], [`PricePerKwh`], [`MicroMoney`],
 //! [`MicroTokens`]; the identifiers [`DeviceId`], [`AccountId`], [`ZoneId`], [`SlotId`].
@@ -30,6 +31,7 @@ pub mod ids;
 pub mod market;
 pub mod merkle;
 pub mod messages;
+pub mod plan;
 pub mod reason;
 pub mod rules;
 pub mod strict;
@@ -44,6 +46,7 @@ pub use messages::{
     AuctionResult, BookSnapshot, BookState, Cancel, Command, Level, Order, OrderStatus, OrderUpdate, Reading,
     ReadingAck, Reject, Replace, Side, SlotRoot, Statement, Status, TimeInForce, Trade,
 };
+pub use plan::{BatteryPlan, PlannedSlot};
 pub use reason::Reason;
 pub use units::{MicroMoney, MicroTokens, PowerW, PricePerKwh, Rounding, TimestampMs, Wh};
 pub use wire::{decode, encode, verify_batch, OperatorSigned, ProtocolError, Signable, Signed, Version, WireMessage};

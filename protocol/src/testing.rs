@@ -151,3 +151,29 @@ pub fn sample_reading_ack() -> ReadingAck {
         ts_ms: TimestampMs(1_790_000_000_500),
     }
 }
+
+/// A battery plan of `slots` consecutive 15-minute slots from the sample order's slot, signed by
+/// `key`'s account: charging in the first half, discharging after.
+pub fn sample_battery_plan(key: &SigningKey, slots: usize) -> crate::plan::BatteryPlan {
+    let first = sample_order(key).slot.start().0;
+    let mut soc_permille: i64 = 500;
+    let planned = (0..slots)
+        .map(|index| {
+            let offset = i64::try_from(index).unwrap_or(0);
+            let charge_wh = if index < slots / 2 { 400 } else { -300 };
+            soc_permille = (soc_permille + charge_wh / 10).clamp(0, 1000);
+            crate::plan::PlannedSlot {
+                slot: SlotId::new(first + offset * 900_000).expect("an aligned slot"),
+                charge_wh: Wh(charge_wh),
+                soc_permille_end: u16::try_from(soc_permille).unwrap_or(0),
+            }
+        })
+        .collect();
+    crate::plan::BatteryPlan {
+        account: AccountId::from_verifying_key(&key.verifying_key()),
+        zone: zone(),
+        nonce: 11,
+        ts_ms: TimestampMs(1_790_000_000_000),
+        slots: planned,
+    }
+}

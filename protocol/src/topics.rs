@@ -5,6 +5,7 @@
 //! | `gridex/v1/{zone}/readings/{device}` | gateway (readings without a battery) | 1 | no |
 //! | `gridex/v2/{zone}/readings/{device}` | gateway (readings with a battery, version 2) | 1 | no |
 //! | `gridex/v1/{zone}/orders/{account}` | trader (order, cancel, replace) | 1 | no |
+//! | `gridex/v1/{zone}/plans/{account}` | trading agent (battery_plan) | 1 | no |
 //! | `gridex/v1/{zone}/trades` | exchange | 1 | no |
 //! | `gridex/v1/{zone}/book` | exchange | 0 | yes |
 //! | `gridex/v1/{zone}/auction` | exchange (closing auction results) | 1 | yes |
@@ -42,6 +43,10 @@ pub fn readings_for(reading: &Reading) -> String {
 pub fn orders(zone: &ZoneId, account: &impl std::fmt::Display) -> String {
     format!("{PREFIX}/{zone}/orders/{account}")
 }
+/// The account's home-battery plans (`battery_plan`, signed by the account).
+pub fn plans(zone: &ZoneId, account: &impl std::fmt::Display) -> String {
+    format!("{PREFIX}/{zone}/plans/{account}")
+}
 pub fn trades(zone: &ZoneId) -> String {
     format!("{PREFIX}/{zone}/trades")
 }
@@ -71,6 +76,8 @@ pub const ALL_READINGS: &str = "gridex/v1/+/readings/+";
 /// Version 2 readings (with a battery) of every zone.
 pub const ALL_READINGS_V2: &str = "gridex/v2/+/readings/+";
 pub const ALL_ORDERS: &str = "gridex/v1/+/orders/+";
+/// Battery plans of every zone.
+pub const ALL_PLANS: &str = "gridex/v1/+/plans/+";
 
 /// An inbound topic the exchange understands, with its segments still unparsed text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,10 +92,15 @@ pub enum Inbound<'a> {
         zone: &'a str,
         account: &'a str,
     },
+    /// An account's battery plans (version 1 only).
+    Plans {
+        zone: &'a str,
+        account: &'a str,
+    },
 }
 
 /// Splits an inbound topic. Segment contents are checked by the caller against the message.
-/// Readings topics exist in versions 1 and 2, orders topics in version 1 only.
+/// Readings topics exist in versions 1 and 2, orders and plans topics in version 1 only.
 pub fn parse_inbound(topic: &str) -> Option<Inbound<'_>> {
     let (version, rest) = Version::ALL
         .into_iter()
@@ -101,6 +113,7 @@ pub fn parse_inbound(topic: &str) -> Option<Inbound<'_>> {
     match (version, channel) {
         (_, "readings") => Some(Inbound::Readings { version, zone, device: sender }),
         (Version::V1, "orders") => Some(Inbound::Orders { zone, account: sender }),
+        (Version::V1, "plans") => Some(Inbound::Plans { zone, account: sender }),
         _ => None,
     }
 }
@@ -121,6 +134,8 @@ mod tests {
             Some(Inbound::Readings { version: Version::V2, zone: "north", device: "ab" })
         );
         assert_eq!(parse_inbound(&orders(&zone, &"cd")), Some(Inbound::Orders { zone: "north", account: "cd" }));
+        assert_eq!(parse_inbound(&plans(&zone, &"cd")), Some(Inbound::Plans { zone: "north", account: "cd" }));
+        assert_eq!(parse_inbound("gridex/v2/north/plans/cd"), None);
         assert_eq!(parse_inbound("gridex/v1/north/trades"), None);
         assert_eq!(parse_inbound("gridex/v1/north/orders/cd/extra"), None);
         assert_eq!(parse_inbound("other/v1/north/orders/cd"), None);

@@ -4,8 +4,8 @@
 
 use crate::messages::{AuctionResult, Cancel, Order, Reading, Replace, Side, SlotRoot, TimeInForce, Trade};
 use crate::testing::{
-    sample_battery_reading, sample_book, sample_order, sample_order_update, sample_reading, sample_reading_ack,
-    sample_reject, sample_trade, signing_key,
+    sample_battery_plan, sample_battery_reading, sample_book, sample_order, sample_order_update, sample_reading,
+    sample_reading_ack, sample_reject, sample_trade, signing_key,
 };
 use crate::units::{PricePerKwh, TimestampMs, Wh};
 use crate::wire::{domain_tag, OperatorSigned, Signable, Signed, Version, WireMessage};
@@ -319,8 +319,36 @@ pub fn vectors() -> Value {
 
     out.extend(signature_encoding_vectors(&trader));
     out.extend(battery_vectors(&device));
+    out.extend(battery_plan_vectors(&trader));
 
     Value::Array(out)
+}
+
+/// Battery plans (PROTOCOL.md §4.7), signed by the account: a valid one of four slots, one signed by
+/// another key (a device's, say), and one of 97 slots (more than a plan may name).
+fn battery_plan_vectors(trader: &SigningKey) -> Vec<Value> {
+    use crate::plan::{BatteryPlan, BATTERY_PLAN_SLOTS_MAX};
+    let trader_pub = trader.verifying_key().to_bytes();
+    let mut out = vec![valid("battery-plan", sample_battery_plan(trader, 4), trader)];
+    let object = object_of(&sample_battery_plan(trader, 4));
+    let bytes = canonical_signing_bytes(BatteryPlan::TYPE, &object);
+    out.push(invalid(
+        "battery-plan-not-by-its-account",
+        BatteryPlan::TYPE,
+        &trader_pub,
+        with_sig(object, &signing_key(1), &bytes),
+        "bad_signature",
+    ));
+    let object = object_of(&sample_battery_plan(trader, BATTERY_PLAN_SLOTS_MAX + 1));
+    let bytes = canonical_signing_bytes(BatteryPlan::TYPE, &object);
+    out.push(invalid(
+        "battery-plan-too-many-slots",
+        BatteryPlan::TYPE,
+        &trader_pub,
+        with_sig(object, trader, &bytes),
+        "invalid_value",
+    ));
+    out
 }
 
 /// Version 2 readings (a home battery, PROTOCOL.md §4.1, §9): one valid, and one refusal for each

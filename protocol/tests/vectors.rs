@@ -31,6 +31,7 @@ fn check(kind: &str, version: Version, bytes: &[u8], pinned: &[u8; 32]) -> Resul
     match kind {
         "reading" => finish(Signed::<Reading>::parse(bytes).map_err(|e| e.reason)?),
         "slot_root" => finish(Signed::<SlotRoot>::parse(bytes).map_err(|e| e.reason)?),
+        "battery_plan" => finish(Signed::<protocol::BatteryPlan>::parse(bytes).map_err(|e| e.reason)?),
         "order" | "cancel" | "replace" => match Command::parse(bytes).map_err(|e| e.reason)? {
             Command::Order(signed) => finish(signed),
             Command::Cancel(signed) => finish(signed),

@@ -17,10 +17,25 @@ import nacl.exceptions
 import nacl.signing
 
 SIZE_MAX = 1024  # PROTOCOL.md: signed messages from gateways and traders
+PLAN_SIZE_MAX = 8 * 1024  # PROTOCOL.md 4.7: a battery plan of up to 96 slots
+PLAN_SLOTS_MAX = 96
 OUTBOUND_SIZE_MAX = 16 * 1024  # PROTOCOL.md: messages the exchange publishes
 MAX_SAFE = 2**53 - 1
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 HEX128 = re.compile(r"^[0-9a-f]{128}$")
+
+def _plan_slots(value):
+    """PROTOCOL.md 4.7: at most 96 entries of {slot, charge_wh, soc_permille_end}, slots increasing."""
+    if not isinstance(value, list) or len(value) > PLAN_SLOTS_MAX:
+        return False
+    for entry in value:
+        if not isinstance(entry, dict) or set(entry) != {"slot", "charge_wh", "soc_permille_end"}:
+            return False
+        if not (_int(0)(entry["slot"]) and _int()(entry["charge_wh"]) and abs(entry["charge_wh"]) <= 10**9
+                and _int(0)(entry["soc_permille_end"]) and entry["soc_permille_end"] <= 1000):
+            return False
+    return all(a["slot"] < b["slot"] for a, b in zip(value, value[1:]))
+
 
 # PROTOCOL.md field tables: name -> (required, checker)
 def _int(lo=None):
@@ -44,6 +59,8 @@ FIELDS = {
     "replace": {"account": (True, _key), "zone": (True, _str), "slot": (True, _int(0)),
                 "order_nonce": (True, _int(0)), "price_per_kwh": (True, _int(1)), "qty_wh": (True, _int(1)),
                 "nonce": (True, _int(0)), "ts_ms": (True, _int(0))},
+    "battery_plan": {"account": (True, _key), "zone": (True, _str), "nonce": (True, _int(0)),
+                     "ts_ms": (True, _int(0)), "slots": (True, lambda v: _plan_slots(v))},
     "slot_root": {"zone": (True, _str), "slot": (True, _int(0)), "root": (True, _key), "statements": (True, _int(0)),
                   "operator": (True, _key), "ts_ms": (True, _int(0))},
 }
@@ -79,7 +96,7 @@ _soc = lambda v: _int(0)(v) and v <= 1000
 BATTERY = {"battery_charge_wh": (False, _int(0)), "battery_discharge_wh": (False, _int(0)),
            "battery_soc_permille": (False, _soc), "battery_capacity_wh": (False, _int(1))}
 FIELDS_V2 = {"reading": dict(FIELDS["reading"], **BATTERY)}
-SIGNER = {"reading": "device", "order": "account", "cancel": "account", "replace": "account", "slot_root": "operator"}
+SIGNER = {"reading": "device", "battery_plan": "account", "order": "account", "cancel": "account", "replace": "account", "slot_root": "operator"}
 
 
 class Rejected(Exception):
@@ -156,7 +173,8 @@ def verify(kind, message, pinned, version=1):
     operator key the receiver configured, used for outbound kinds (and required of a slot root);
     `version`: that of the channel (topic) the message came by."""
     wire = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    if len(wire) > (OUTBOUND_SIZE_MAX if kind in OUTBOUND else SIZE_MAX):
+    limit = OUTBOUND_SIZE_MAX if kind in OUTBOUND else PLAN_SIZE_MAX if kind == "battery_plan" else SIZE_MAX
+    if len(wire) > limit:
         raise Rejected("too_large")
     check_values(message)
     if message.get("type") != kind:

@@ -4,7 +4,8 @@
 //! - Registry (written by `settlement::registry`): `zones`, `tariffs`, `accounts`, `devices`,
 //!   `reward_schedule`, `meter_replacements` (migrations/*/…_registry_and_market, …_meter_integrity).
 //! - Market (written by `exchange`): `readings`, `order_commands`, `trades`, `reading_rejections`,
-//!   `zone_leases`, `exchange_instances` (…_command_sequence: zone ownership by lease).
+//!   `zone_leases`, `exchange_instances` (…_command_sequence: zone ownership by lease),
+//!   `battery_plans` (…_battery_plans: each account's latest signed battery plan).
 //! - Ledger (written by `settlement`): `ledger_*`, `settlement_slots`, `statements`, `reward_epochs`,
 //!   `metering_cursors`, `gap_settlements`, `metering_zones` (…_ledger, …_metering_cursors).
 //! - Webhooks (written by `web`): `webhooks`, `webhook_deliveries`, `webhook_cursor` (…_webhooks).
@@ -157,6 +158,19 @@ diesel::table! {
         ts_ms -> BigInt,
         reason -> Text,
         message -> Text,
+        received_ms -> BigInt,
+    }
+}
+
+diesel::table! {
+    battery_plans (account_id) {
+        account_id -> Text,
+        zone_id -> Text,
+        nonce -> BigInt,
+        ts_ms -> BigInt,
+        first_slot_ms -> Nullable<BigInt>,
+        last_slot_ms -> Nullable<BigInt>,
+        payload -> Text,
         received_ms -> BigInt,
     }
 }

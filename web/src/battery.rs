@@ -1,7 +1,9 @@
 //! Home battery endpoints (issue 15): a household's battery per slot and what it earned
 //! (`GET /api/v1/me/battery`, signed by the household) and a zone's storage
 //! (`GET /api/v1/zones/{zone}/storage`, the zone's utility). Both are answered by
-//! `settlement::battery`, read-only: a battery is never part of the ledger.
+//! `settlement::battery`, read-only: a battery is never part of the ledger. The household's battery
+//! plan (`GET /api/v1/me/plan`, PROTOCOL.md §4.7) is the latest one its agent signed and the
+//! exchange stored, read through `exchange::queries`.
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -49,6 +51,22 @@ pub async fn my_battery(
     .map_err(ApiError::internal)?;
     let battery = battery.ok_or_else(|| ApiError::not_found("unknown_zone", "the household has no zone"))?;
     Ok(HttpResponse::Ok().json(battery))
+}
+
+/// The signer's latest battery plan as its agent signed it (`plan`: the `battery_plan` message with
+/// `sig`, so the household can check it) and when the exchange received it; 404 `no_plan` before
+/// its agent sent one.
+pub async fn my_plan(state: web::Data<AppState>, request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let account = crate::trader::authenticate(&state, &request, b"").await?;
+    let stored =
+        settlement::registry::read(&state.db, move |conn| exchange::queries::latest_battery_plan(conn, &account))
+            .await
+            .map_err(ApiError::internal)?;
+    let stored = stored.ok_or_else(|| {
+        ApiError::not_found("no_plan", "no battery plan received from this account's trading agent yet")
+    })?;
+    let plan: serde_json::Value = serde_json::from_str(&stored.payload).map_err(ApiError::internal)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "received_ms": stored.received_ms, "plan": plan })))
 }
 
 /// `/zones/{zone}/storage` query: how many of the latest complete slots.

@@ -11,7 +11,8 @@
 //! What each one may do (the ACL, one `user` block per participant, topics of its own zone only):
 //! a device writes `gridex/v1/{zone}/readings/{device}` (and `gridex/v2/{zone}/readings/{device}`, the
 //! topic of its readings with a home battery) and `gridex/v1/status/{device}` and reads its
-//! `events` and `rejects`; an account writes `gridex/v1/{zone}/orders/{account}` and reads its
+//! `events` and `rejects`; an account writes `gridex/v1/{zone}/orders/{account}` and its battery plans
+//! `gridex/v1/{zone}/plans/{account}` and reads its
 //! `events` and `rejects`; everyone logged in reads the public market data (`trades`, `book`,
 //! `auction`); only the exchange reads the inbound topics and writes the outbound ones. The
 //! Mosquitto configuration refuses anonymous clients and makes the client id the username
@@ -263,6 +264,7 @@ pub fn render(
             let _ = writeln!(acl, "topic read gridex/v1/{topic}");
         }
         let _ = writeln!(acl, "topic read {}", protocol::topics::ALL_READINGS_V2);
+        let _ = writeln!(acl, "topic read {}", protocol::topics::ALL_PLANS);
         for topic in ["+/trades", "+/book", "+/auction", "+/roots", "+/events/+", "+/rejects/+"] {
             let _ = writeln!(acl, "topic write gridex/v1/{topic}");
         }
@@ -285,6 +287,7 @@ pub fn render(
         passwd.push('\n');
         let _ = writeln!(acl, "\n# account in {zone}\nuser {user}");
         let _ = writeln!(acl, "topic write {}", protocol::topics::orders(zone, &user));
+        let _ = writeln!(acl, "topic write {}", protocol::topics::plans(zone, &user));
         let _ = writeln!(acl, "topic read {}", protocol::topics::events(zone, &user));
         let _ = writeln!(acl, "topic read {}", protocol::topics::rejects(zone, &user));
     }
@@ -460,6 +463,22 @@ mod tests {
         assert_ne!(a.exchange_client_id(""), b.exchange_client_id(""));
         assert_ne!(a.exchange_client_id(""), a.exchange_client_id("north"));
         assert_eq!(a.passwd_line("x", None), a.passwd_line("x", None), "regenerating changes nothing");
+    }
+
+    #[test]
+    fn an_account_writes_only_its_own_battery_plans_and_the_exchange_reads_them_all() {
+        let secret = BrokerSecret::new([7; 32]);
+        let zone = ZoneId::parse("north").expect("valid");
+        let account = AccountId([4; 32]);
+        let participants = Participants { devices: vec![], accounts: vec![(zone, account)] };
+        let exchange = ExchangeUser { username: EXCHANGE_USERNAME.into(), password: None };
+        let listener =
+            ListenerOptions { port: 1883, bind: None, install_dir: "/etc/mosquitto/gridex".into(), run_as: None };
+        let files = render(&secret, &participants, &[exchange], &listener).expect("renders");
+        let own = format!("topic write gridex/v1/north/plans/{}", account.to_hex());
+        assert!(files.acl.contains(&own), "{}", files.acl);
+        assert_eq!(files.acl.matches("/plans/").count(), 2, "its own plans and the exchange's read: {}", files.acl);
+        assert!(files.acl.contains("topic read gridex/v1/+/plans/+"));
     }
 
     #[test]

@@ -231,6 +231,15 @@ pub fn endpoints() -> Vec<Endpoint> {
              volume-weighted price in the slot, else retail when it net-imported, feed-in when it \
              net-exported; rounded down once per slot. Never part of the ledger.",
         ),
+        ep("get", "/api/v1/me/plan", "My home battery's latest plan", "trader", || {
+            web::get().to(crate::battery::my_plan)
+        })
+        .auth(Trader)
+        .bounded(
+            "Not paged: the latest `battery_plan` the household's agent signed (at most 96 slots, PROTOCOL.md \
+             §4.7) as `plan`, with `received_ms`; 404 `no_plan` before its agent sent one. Information only: \
+             never an order, never part of the ledger.",
+        ),
         ep("get", "/api/v1/me/statements", "My settlement statements", "trader", || {
             web::get().to(ledger::my_statements)
         })
@@ -598,6 +607,7 @@ mod tests {
         let days = crate::public::PRICE_RANGE_MS_MAX / 86_400_000;
         assert!(described("/api/v1/zones/{zone}/prices").contains(&format!("{days} days")));
         assert!(described("/api/v1/me/orders").contains("open-order limit"));
+        assert!(described("/api/v1/me/plan").contains(&protocol::plan::BATTERY_PLAN_SLOTS_MAX.to_string()));
     }
 
     #[test]

@@ -516,3 +516,23 @@ async fn a_participant_cannot_forge_the_exchanges_trades_book_or_events() {
     let retained = drain(&mut late).await;
     assert!(retained.is_empty(), "a forged book was retained: {retained:?}");
 }
+
+/// A neighbour's agent publishes a battery plan on another household's plans topic: the broker drops
+/// it (each account writes only its own `plans/{account}`), and the exchange reads every plans topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_neighbour_cannot_publish_another_households_battery_plan() {
+    let Some(market) = market().await else { return };
+    let mut observer = market.participant(OBSERVER).await;
+    subscribe(&observer, &["gridex/v1/+/plans/+".to_owned()]).await;
+    let (forger, victim) = (account_id(&market.accounts[0]).to_hex(), account_id(&market.accounts[1]).to_hex());
+    let agent = market.participant(&forger).await;
+    // The victim's topic first, then its own: once its own arrives, the foreign one was dropped
+    // (the broker keeps one client's messages in order).
+    publish(&agent, &protocol::topics::plans(&market.zone, &victim), b"{}".to_vec()).await;
+    let own = protocol::topics::plans(&market.zone, &forger);
+    publish(&agent, &own, b"{}".to_vec()).await;
+    let first = tokio::time::timeout(DEADLINE, observer.received.recv()).await.expect("a message").expect("runs");
+    assert_eq!(first.0, own, "a foreign plans topic got through first");
+    let later = drain(&mut observer).await;
+    assert!(later.is_empty(), "{later:?}");
+}

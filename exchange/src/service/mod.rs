@@ -29,7 +29,8 @@
 //! One file per stage: `mqtt.rs` (publisher, listener, forwarder), `acks.rs` (the ordered PUBACK
 //! queue), `verify.rs` (the verification stage), `commit.rs` (the group commit), `zones.rs` (the zone
 //! owners, each a `ZoneOwner` of `zone.rs`, which recovers its books from the command log when it
-//! starts), `leases.rs` (on PostgreSQL: which zones this instance owns, by lease, and failover).
+//! starts), `plans.rs` (battery plans: verified and stored beside the order path, never in a book),
+//! `leases.rs` (on PostgreSQL: which zones this instance owns, by lease, and failover).
 //! `outlets.rs`, `ownership.rs` and the leaves `events.rs` and `error.rs` are what the stages share;
 //! this file holds [`start`] and the [`ExchangeHandle`].
 
@@ -41,6 +42,7 @@ mod leases;
 mod mqtt;
 pub(crate) mod outlets;
 mod ownership;
+mod plans;
 mod verify;
 mod zones;
 
@@ -420,7 +422,17 @@ pub async fn start(
         } else {
             mqtt::Served::Zones(config.zones.clone())
         };
-        let listener = mqtt::listen(connection.link, served, ingest_tx.clone(), ready_tx, shutdown.clone(), mqtt_stop);
+        // Battery plans (PROTOCOL.md §4.7) have their own stage: they never reach a book or the ledger.
+        let (plans_tx, plans_rx) = mpsc::channel(plans::PLANS_QUEUE_LEN);
+        let plan_stage = plans::PlanStage {
+            db: db.clone(),
+            outlets: outlets.clone(),
+            limits: Limits::from(&config),
+            buckets: Default::default(),
+        };
+        spawn(tokio::spawn(plan_stage.run(plans_rx, shutdown.clone())));
+        let listener =
+            mqtt::listen(connection.link, served, ingest_tx.clone(), plans_tx, ready_tx, shutdown.clone(), mqtt_stop);
         mqtt_tasks.push(listener);
     }
 

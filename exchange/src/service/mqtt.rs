@@ -5,6 +5,7 @@
 use super::acks::{acker, acknowledge, AckQueue};
 use super::events::Outbound;
 use super::ownership::Ownership;
+use super::plans::RawPlan;
 use super::verify::Raw;
 use crate::ingest::{Kind, Origin};
 use protocol::topics::{self, Inbound};
@@ -59,13 +60,20 @@ pub(super) enum Served {
     Leased(Box<Ownership>),
 }
 
-/// The topic filters of one zone's inbound messages (readings and orders from every sender).
+/// The topic filters of one zone's inbound messages (readings, orders and battery plans from every sender).
 pub(super) fn zone_filters(zone: &ZoneId) -> Vec<String> {
-    vec![topics::readings(zone, &"+"), topics::readings_in(Version::V2, zone, &"+"), topics::orders(zone, &"+")]
+    vec![
+        topics::readings(zone, &"+"),
+        topics::readings_in(Version::V2, zone, &"+"),
+        topics::orders(zone, &"+"),
+        topics::plans(zone, &"+"),
+    ]
 }
 
-/// Every zone's inbound topics (readings of both versions, orders): an instance serving all zones.
-const ALL_ZONES_FILTERS: [&str; 3] = [topics::ALL_READINGS, topics::ALL_READINGS_V2, topics::ALL_ORDERS];
+/// Every zone's inbound topics (readings of both versions, orders, battery plans): an instance
+/// serving all zones.
+const ALL_ZONES_FILTERS: [&str; 4] =
+    [topics::ALL_READINGS, topics::ALL_READINGS_V2, topics::ALL_ORDERS, topics::ALL_PLANS];
 
 /// Makes the client and its event loop and starts the publisher (which ends at `mqtt_stop`).
 pub(super) fn connect(
@@ -90,11 +98,13 @@ pub(super) fn connect(
 }
 
 /// Starts taking inbound messages into `ingest`: the listener (returned, to be joined), the PUBACK
-/// sender and the forwarder. `served`: what to subscribe to.
+/// sender and the forwarder. `served`: what to subscribe to; battery plans go to `plans` (the plan
+/// stage), everything else to `ingest`.
 pub(super) fn listen(
     link: Link,
     served: Served,
     ingest: mpsc::Sender<Raw>,
+    plans: mpsc::Sender<RawPlan>,
     ready: watch::Sender<bool>,
     shutdown: watch::Receiver<bool>,
     mqtt_stop: watch::Receiver<bool>,
@@ -107,7 +117,7 @@ pub(super) fn listen(
     let (held_tx, held_rx) = mpsc::channel(INBOUND_HELD_MAX);
     // Not joined: it ends with the listener or when the ingest queue closes.
     tokio::spawn(forward(held_rx, ingest));
-    let listener = MqttListener { client, acks, served, held: held_tx, ready, subacks_pending: 0 };
+    let listener = MqttListener { client, acks, served, held: held_tx, plans, ready, subacks_pending: 0 };
     tokio::spawn(listener.run(eventloop, shutdown, mqtt_stop))
 }
 
@@ -160,6 +170,8 @@ struct MqttListener {
     served: Served,
     /// To [`forward`], which feeds the ingest queue.
     held: mpsc::Sender<Raw>,
+    /// To the battery plan stage (`plans.rs`).
+    plans: mpsc::Sender<RawPlan>,
     ready: watch::Sender<bool>,
     subacks_pending: usize,
 }
@@ -245,6 +257,10 @@ impl MqttListener {
         let (kind, version, zone, sender) = match topics::parse_inbound(topic) {
             Some(Inbound::Readings { version, zone, device }) => (Kind::Reading, version, zone, device),
             Some(Inbound::Orders { zone, account }) => (Kind::Command, Version::V1, zone, account),
+            Some(Inbound::Plans { zone, account }) => {
+                let (zone, account) = (zone.to_owned(), account.to_owned());
+                return self.plan(RawPlan { zone, account, bytes: publish.payload.to_vec(), ack });
+            }
             None => {
                 acknowledge(ack);
                 return true;
@@ -266,6 +282,29 @@ impl MqttListener {
             Err(mpsc::error::TrySendError::Full(_)) => {
                 metrics::counter!("gridex_inbound_held_overflow_total").increment(1);
                 tracing::warn!("more unacknowledged MQTT messages than the exchange holds; reconnecting");
+                false
+            }
+            // Shutting down: unacknowledged, so the broker redelivers it to the next session.
+            Err(mpsc::error::TrySendError::Closed(_)) => true,
+        }
+    }
+}
+
+impl MqttListener {
+    /// Hands a battery plan to the plan stage, as [`MqttListener::inbound`] does other messages.
+    fn plan(&self, raw: RawPlan) -> bool {
+        if let Served::Leased(ownership) = &self.served {
+            if !ZoneId::parse(&raw.zone).is_ok_and(|zone| ownership.takes(&zone)) {
+                metrics::counter!("gridex_not_owned_messages_total").increment(1);
+                acknowledge(raw.ack);
+                return true;
+            }
+        }
+        match self.plans.try_send(raw) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!("gridex_inbound_held_overflow_total").increment(1);
+                tracing::warn!("more unacknowledged battery plans than the exchange holds; reconnecting");
                 false
             }
             // Shutting down: unacknowledged, so the broker redelivers it to the next session.

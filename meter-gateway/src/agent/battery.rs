@@ -242,6 +242,23 @@ pub fn plan(nets: &[i64], inputs: PlanInputs) -> Vec<i64> {
     ac
 }
 
+/// The state of charge (‰) at the end of each slot of `plan` (AC energy per slot, positive
+/// charges, as [`plan`] returns it), from `stored_wh`: a charge stores `efficiency_permille` of its
+/// AC energy, a discharge takes all of it, as [`plan`] assumes; clamped to 0..=1000.
+pub fn soc_path_permille(stored_wh: i64, capacity_wh: i64, efficiency_permille: i64, plan: &[i64]) -> Vec<u16> {
+    let efficiency = efficiency_permille.clamp(1, 1000);
+    let capacity = capacity_wh.max(1);
+    let mut level = stored_wh;
+    plan.iter()
+        .map(|&ac| {
+            level += if ac > 0 { ac * efficiency / 1000 } else { ac };
+            let permille = (level.clamp(0, capacity) * 1000 / capacity).clamp(0, 1000);
+            // In 0..=1000 by the clamp, so it fits.
+            u16::try_from(permille).unwrap_or(1000)
+        })
+        .collect()
+}
+
 /// The battery's inputs for the setpoint of the slot being delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SetpointInputs {
@@ -276,6 +293,13 @@ pub fn setpoint(inputs: SetpointInputs) -> BatteryMode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_planned_state_of_charge_follows_the_plan_with_the_charging_loss() {
+        // 5 kWh of 10 kWh; charge 1 kWh at 90 % (stores 900 Wh), discharge 2.9 kWh, discharge beyond empty.
+        let path = soc_path_permille(5_000, 10_000, 900, &[1_000, -2_900, -9_000]);
+        assert_eq!(path, vec![590, 300, 0]);
+    }
 
     fn inputs(stored_wh: i64, trade: bool) -> PlanInputs {
         PlanInputs {

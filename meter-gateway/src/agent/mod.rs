@@ -26,8 +26,8 @@ use battery::{BatteryObservation, BatterySettings};
 use forecast::Forecaster;
 use position::Positions;
 use protocol::{
-    topics, AccountId, BookSnapshot, Cancel, Order, OrderUpdate, PricePerKwh, Reading, Reject, Replace, Side, Signed,
-    SlotId, TimestampMs, Wh, ZoneId,
+    topics, AccountId, BatteryPlan, BookSnapshot, Cancel, Order, OrderUpdate, PlannedSlot, PricePerKwh, Reading,
+    Reject, Replace, Side, Signed, SlotId, TimestampMs, Wh, ZoneId,
 };
 use quoting::{Band, Caps, Top};
 use rumqttc::{AsyncClient, QoS};
@@ -347,6 +347,35 @@ impl Planner {
     /// The planned AC energy of the battery per upcoming slot (positive charges).
     pub fn battery_plan(&self) -> &BTreeMap<SlotId, i64> {
         &self.battery.plan
+    }
+
+    /// The battery plan as the agent publishes it (PROTOCOL.md §4.7): each upcoming slot's energy
+    /// and the state of charge it leads to. `None` until a plan was made from an observed battery.
+    pub fn battery_plan_message(&self, nonce: u64, ts_ms: i64) -> Option<BatteryPlan> {
+        let (Some(settings), Some(observed)) = (&self.settings.battery, self.battery.observed) else { return None };
+        if self.battery.plan.is_empty() {
+            return None;
+        }
+        let energies: Vec<i64> =
+            self.battery.plan.values().take(protocol::plan::BATTERY_PLAN_SLOTS_MAX).copied().collect();
+        let path = battery::soc_path_permille(
+            observed.stored_wh(),
+            observed.capacity_wh,
+            settings.round_trip_efficiency_permille,
+            &energies,
+        );
+        let slots = self
+            .battery
+            .plan
+            .keys()
+            .zip(energies.iter().zip(path))
+            .map(|(slot, (charge_wh, soc_permille_end))| PlannedSlot {
+                slot: *slot,
+                charge_wh: Wh(*charge_wh),
+                soc_permille_end,
+            })
+            .collect();
+        Some(BatteryPlan { account: self.account, zone: self.zone.clone(), nonce, ts_ms: TimestampMs(ts_ms), slots })
     }
 
     fn heard_at(&mut self, ts_ms: i64) {
@@ -696,6 +725,7 @@ pub async fn run_with_battery(
         }
     }
     let topic = topics::orders(&zone, &account);
+    let zone_of_plans = zone.clone();
     let plan_every_ms = clock.real_ms_for(settings.slot_len_ms / PLANS_PER_SLOT).max(100);
     let mut planner = Planner::new(settings, account, zone, nonce_base());
     if let Some(path) = &state_file {
@@ -705,6 +735,11 @@ pub async fn run_with_battery(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(%account, quoting, "trading agent started");
     let mut sent_mode: Option<BatteryMode> = None;
+    // The battery plan goes out (PROTOCOL.md §4.7) when it changed, so at least once a slot (its
+    // window moves on); plan nonces are their own sequence, above any this account used before.
+    let plans_topic = topics::plans(&zone_of_plans, &account);
+    let mut plan_nonce = nonce_base();
+    let mut sent_plan: Option<Vec<PlannedSlot>> = None;
     loop {
         tokio::select! {
             Some(observation) = next_observation(&mut battery) => planner.observe_battery(observation),
@@ -716,11 +751,35 @@ pub async fn run_with_battery(
                 match message {
                     Heard::Book(book) => planner.observe_book(&book),
                     Heard::Update(update) => planner.observe_update(&update),
+                    // A refused plan is no refused order (plan nonces are their own sequence).
+                    Heard::Reject(reject) if reject.of == <BatteryPlan as protocol::WireMessage>::TYPE => {
+                        tracing::warn!(reason = %reject.reason, message = %reject.message, "agent: battery plan refused");
+                        if reject.reason == protocol::Reason::Replayed {
+                            plan_nonce = plan_nonce.max(nonce_base());
+                        }
+                    }
                     Heard::Reject(reject) => planner.observe_reject(&reject),
                 }
             }
             _ = tick.tick() => {
-                let actions = planner.plan(clock.now_ms());
+                let now_ms = clock.now_ms();
+                let actions = planner.plan(now_ms);
+                if let (Some(_), Some(plan)) = (&battery, planner.battery_plan_message(plan_nonce, now_ms)) {
+                    if sent_plan.as_ref() != Some(&plan.slots) {
+                        let slots = plan.slots.clone();
+                        match Signed::sign(plan, &key) {
+                            Ok(signed) => {
+                                if client.try_publish(&plans_topic, QoS::AtLeastOnce, false, signed.to_json()).is_ok() {
+                                    sent_plan = Some(slots);
+                                    plan_nonce += 1;
+                                } else {
+                                    tracing::warn!("agent: mqtt request queue full, battery plan not sent");
+                                }
+                            }
+                            Err(error) => tracing::error!(%error, "agent: cannot sign its battery plan"),
+                        }
+                    }
+                }
                 if let (Some(link), Some(mode)) = (&battery, planner.battery_mode()) {
                     if sent_mode != Some(mode) {
                         match link.modes.try_send(mode) {

@@ -2,7 +2,8 @@
 // live (Server-Sent Events, no reload), a demo household logs in, places an order signed in the
 // browser, and sees it in its open orders and in the book; a backdated reading signed with its
 // device key is refused and shown with its reason in the household view; a version 2 reading (a
-// home battery) signed with that key makes the household's battery card appear. Leaves a
+// home battery) signed with that key makes the household's battery card appear, and a battery plan
+// signed with its account key shows in that card's plan table. Leaves a
 // screenshot in <repo>/target/browser/dashboard.png.
 //
 // Uses Debian's Chromium (/usr/bin/chromium, or CHROMIUM_PATH); never downloads a browser.
@@ -210,7 +211,7 @@ async function step(name, server, body) {
   }
 }
 
-test('the dashboard shows the live market and a household places a signed order', { timeout: 240_000 }, async () => {
+test('the dashboard shows the live market and a household places a signed order', { timeout: 300_000 }, async () => {
   assert.ok(existsSync(CHROMIUM), `Chromium is missing at ${CHROMIUM}: apt-get install -y chromium`);
   const server = await startServer();
   let stopped = false;
@@ -442,6 +443,29 @@ test('the dashboard shows the live market and a household places a signed order'
     );
     const stored = await page.$eval('#battery-stored', (element) => element.textContent);
     assert.match(stored, injected ? /^6\.4 kWh of 10 kWh/ : / kWh of [\d.]+ kWh/);
+  });
+
+  await step('see the battery plan the household signed in the battery card', server, async () => {
+    // This demo runs no quoting agents (the ones that publish plans), so home 01's account signs
+    // a plan of the next eight slots itself (PROTOCOL.md §4.7: tag gridex/v1/battery_plan, topic
+    // gridex/v1/{zone}/plans/{account}); the exchange stores it and the card lists it.
+    const account = await importSeed(readFileSync(path.join(server.dataDir, 'keys', 'home-000-account.key'), 'utf8'));
+    const { now_ms: nowMs } = await (await fetch(`${server.base}/api/v1/clock`)).json();
+    const slotMs = await page.evaluate(async () => (await import('/static/js/state.js')).slotLenMs());
+    const next = (Math.floor(nowMs / slotMs) + 1) * slotMs;
+    const slots = Array.from({ length: 8 }, (_, index) => ({
+      slot: next + index * slotMs,
+      charge_wh: index < 4 ? 750 : -500,
+      soc_permille_end: index < 4 ? 500 + 75 * (index + 1) : 800 - 50 * (index - 3),
+    }));
+    const plan = { type: 'battery_plan', account: account.account, zone: 'demo', nonce: Date.now() * 1000, ts_ms: nowMs, slots };
+    const { json } = await signMessage(account.privateKey, plan);
+    await mqttPublish(server.mqttPort(), brokerLogin(server.dataDir, account.account), `gridex/v1/demo/plans/${account.account}`, json);
+    await page.waitForSelector('#battery-plan-table tr', { timeout: LIVE_TIMEOUT_MS });
+    const when = await page.$eval('#battery-plan-when', (element) => element.textContent);
+    assert.match(when, /^planned \d\d:\d\d:\d\d by your trading agent$/);
+    const cells = await page.$$eval('#battery-plan-table tr', (rows) => rows.map((row) => [...row.cells].map((cell) => cell.textContent)));
+    assert.ok(cells.some(([, energyCell, soc]) => energyCell.startsWith('+') && /^\d{1,3}\.\d %$/.test(soc)), JSON.stringify(cells));
   });
 
   await step('take a screenshot', server, async () => {

@@ -1,5 +1,6 @@
 // Home view for a logged-in household: balances, earnings, energy charts from its meter readings,
-// its home battery (state of charge, charge and discharge per slot, what it earned) when it has one,
+// its home battery (state of charge, charge and discharge per slot, what it earned, the plan its
+// trading agent signed for the coming slots) when it has one,
 // an order form whose orders are signed in the browser, open orders with cancel buttons, and
 // settlement statements whose Merkle inclusion proof is checked here.
 import { ApiError, get, pinnedOperatorKey, postCommand, traderGetAll, traderRequest } from '../api.js';
@@ -14,6 +15,8 @@ const STATEMENTS_SHOWN = 24;
 const READINGS_HISTORY_SLOTS = 48;
 /** Pages of readings the chart reads at most (50,000 readings each: far more than 48 slots hold). */
 const READINGS_PAGES_MAX = 4;
+/** Upcoming slots of the battery plan listed at most (the plan names up to 96). */
+const PLAN_SLOTS_SHOWN = 8;
 /** Refused readings listed at most (the newest); the API returns more. */
 const REFUSED_SHOWN = 20;
 /** Plain words for the reason codes a reading is refused with (PROTOCOL.md §7). */
@@ -250,6 +253,35 @@ async function loadBattery() {
   $('battery-earned').classList.toggle('negative', earned < 0);
   $('battery-earned-detail').textContent = `over ${battery.slots.length} slot${battery.slots.length === 1 ? '' : 's'} · charged ${energy(battery.charge_wh, 2)}, discharged ${energy(battery.discharge_wh, 2)}`;
   draw($('battery-chart'), batteryChart, battery.slots);
+  await loadPlan();
+}
+
+/**
+ * The battery's plan as the household's trading agent last signed it (`/me/plan`, PROTOCOL.md
+ * §4.7): for the next slots, the energy it plans to charge (+) or discharge (−) and the state of
+ * charge that leaves, and when it was planned. A 404 means its agent has sent none yet.
+ */
+async function loadPlan() {
+  let body = null;
+  try {
+    body = await traderRequest(state.session, 'GET', '/me/plan');
+  } catch (error) {
+    if (!(error instanceof ApiError && error.status === 404)) throw error;
+  }
+  const now = clock.now();
+  const slots = (body?.plan?.slots ?? [])
+    .filter((entry) => Number(entry.slot) + slotLenMs() > now)
+    .slice(0, PLAN_SLOTS_SHOWN);
+  $('battery-plan-when').textContent = body
+    ? `planned ${timeLabel(body.plan.ts_ms)} by your trading agent`
+    : 'no plan from your trading agent yet';
+  $('battery-plan-table').innerHTML = slots
+    .map((entry) => {
+      const wh = Number(entry.charge_wh);
+      const label = wh === 0 ? 'idle' : `${wh > 0 ? '+' : '−'}${energy(Math.abs(wh), 2)}`;
+      return `<tr data-slot="${esc(entry.slot)}"><td>${esc(slotLabel(entry.slot))}</td><td class="num">${esc(label)}</td><td class="num">${(Number(entry.soc_permille_end) / 10).toFixed(1)} %</td></tr>`;
+    })
+    .join('');
 }
 
 /** Lists the readings the exchange refused (newest first, as the API returns them), with their reason. */

@@ -1,0 +1,1 @@
+DROP TABLE battery_plans;
