@@ -516,3 +516,53 @@ async fn a_participant_cannot_forge_the_exchanges_trades_book_or_events() {
     let retained = drain(&mut late).await;
     assert!(retained.is_empty(), "a forged book was retained: {retained:?}");
 }
+
+/// Issue 13's command relay: only gridex servers (exchange logins) relay commands and read the
+/// answers, each only as itself; a household's login reaches neither topic, so it can neither
+/// inject a command that bypasses its orders topic nor forge or read an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_publish_on_the_relay_topic() {
+    use protocol::topics::{orders, relay, relay_replies};
+    let Some(market) = market().await else { return };
+    let zone = &market.zone;
+    let mut owner = market.participant(OBSERVER).await;
+    subscribe(&owner, &["gridex/v1/+/relay/+/+".to_owned(), "gridex/v1/+/orders/+".to_owned()]).await;
+    let mut server = market.participant(EXCHANGE_USERNAME).await;
+    subscribe(&server, &["gridex/v1/+/relay-replies/+".to_owned()]).await;
+    let forger = account_id(&market.accounts[0]).to_hex();
+    let mut neighbour = market.participant(&forger).await;
+    subscribe(&neighbour, &["gridex/v1/+/relay/+/+".to_owned(), "gridex/v1/+/relay-replies/+".to_owned()]).await;
+
+    // The household relays as itself and as each server, and answers a server; then orders on its
+    // own topic: once the owner has that order, the broker has dealt with everything before it.
+    for topic in [
+        relay(zone, &forger, "r1"),
+        relay(zone, EXCHANGE_USERNAME, "r2"),
+        relay(zone, OBSERVER, "r3"),
+        relay_replies(zone, EXCHANGE_USERNAME),
+    ] {
+        publish(&neighbour, &topic, b"{\"forged\":true}".to_vec()).await;
+    }
+    let own = orders(zone, &forger);
+    publish(&neighbour, &own, b"{}".to_vec()).await;
+    let first = tokio::time::timeout(DEADLINE, owner.received.recv()).await.expect("a message").expect("runs");
+    assert_eq!(first.0, own, "a household's relay got through first");
+
+    // A server relays only as itself.
+    publish(&server, &relay(zone, OBSERVER, "r4"), b"{\"forged\":true}".to_vec()).await;
+    let relayed = relay(zone, EXCHANGE_USERNAME, "r5");
+    publish(&server, &relayed, b"{\"genuine\":true}".to_vec()).await;
+    let next = tokio::time::timeout(DEADLINE, owner.received.recv()).await.expect("a message").expect("runs");
+    assert_eq!((next.0.as_str(), next.1.as_slice()), (relayed.as_str(), b"{\"genuine\":true}".as_slice()));
+
+    // The owner answers both servers: each reads only its own answers.
+    publish(&owner, &relay_replies(zone, OBSERVER), b"{\"theirs\":true}".to_vec()).await;
+    let answer = relay_replies(zone, EXCHANGE_USERNAME);
+    publish(&owner, &answer, b"{\"genuine\":true}".to_vec()).await;
+    let first = tokio::time::timeout(DEADLINE, server.received.recv()).await.expect("a message").expect("runs");
+    assert_eq!((first.0.as_str(), first.1.as_slice()), (answer.as_str(), b"{\"genuine\":true}".as_slice()));
+    for (who, client) in [("the owner", &mut owner), ("the server", &mut server), ("the household", &mut neighbour)] {
+        let seen = drain(client).await;
+        assert!(seen.is_empty(), "{who} saw {seen:?}");
+    }
+}

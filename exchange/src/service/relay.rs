@@ -309,7 +309,7 @@ mod tests {
         let key = protocol::testing::operator_key();
         let pinned = key.verifying_key().to_bytes();
         let ack = Ok(CommandAck { command_seq: 7, updates: Vec::new(), trades: Vec::new() });
-        let forged = sign_reply(&protocol::testing::signing_key(9), "r1", &zone(), &ack).expect("signs");
+        let forged = sign_reply(&SigningKey::from_bytes(&[77; 32]), "r1", &zone(), &ack).expect("signs");
         assert_eq!(open_reply(&pinned, &forged), Err(ReplyError::BadSignature));
         let genuine = String::from_utf8(sign_reply(&key, "r1", &zone(), &ack).expect("signs")).expect("utf-8");
         let altered = genuine.replace("\\\"command_seq\\\":7", "\\\"command_seq\\\":8");

@@ -198,7 +198,7 @@ impl VerifyStage {
 
     /// Drops the messages of zones this instance does not own (any more): over MQTT acknowledged
     /// unanswered and counted (the sender resends; the zone's owner receives it). A command taken over
-    /// HTTP whose signature verified is relayed to the zone's owner ([`Relay::forward`]; the owner
+    /// HTTP is relayed to the zone's owner ([`Relay::forward`]; the owner
     /// checks everything again), as is one for a zone this instance may never serve (its owner, or
     /// the timeout, answers); a command relayed here is refused `zone moved`, never relayed again.
     fn drop_not_owned(&self, prepared: Prepared) -> Prepared {
@@ -217,8 +217,8 @@ impl VerifyStage {
                 // Refused anyway, for what it is.
                 Err(_) => (true, false),
             };
+            // Whatever its signature's verdict here: the owner's answer is the one to give.
             let relayable = relayable
-                && signature.is_none()
                 && !raw.relayed
                 && matches!(raw.origin, Origin::Direct)
                 && matches!(raw.reply, Some(Reply::Command(_)));
