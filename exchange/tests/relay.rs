@@ -43,9 +43,8 @@ async fn start(test_db: &TestDb, broker: &BrokerAddr, zone: &ZoneId, relay_timeo
     let db = Database::open(&test_db.url, 4).expect("a pool of its own");
     let options = mqtt_options(broker, &format!("relay-{}", unique()));
     let clock = Arc::new(ManualClock::new(NOW_MS));
-    let exchange = service::start(config(zone, relay_timeout_ms), db, clock, Some(options))
-        .await
-        .expect("the instance starts");
+    let exchange =
+        service::start(config(zone, relay_timeout_ms), db, clock, Some(options)).await.expect("the instance starts");
     tokio::time::timeout(ANSWER_TIMEOUT, exchange.mqtt_subscribed()).await.expect("subscribed in time");
     exchange
 }
@@ -95,7 +94,10 @@ async fn an_order_taken_by_an_instance_that_does_not_own_its_zone_is_relayed_mat
         assert_eq!(bought.trades.len(), 1, "matched against the resting sell: {bought:?}");
         assert_eq!(bought.trades[0].qty_wh.0, 500);
         assert_eq!(bought.updates.last().map(|update| update.status), Some(OrderStatus::Filled));
-        assert!(north_owner.open_orders(protocol::AccountId::from_verifying_key(&buyer.verifying_key())).await.is_empty());
+        assert!(north_owner
+            .open_orders(protocol::AccountId::from_verifying_key(&buyer.verifying_key()))
+            .await
+            .is_empty());
         assert!(!north_owner.zones().contains(&south), "the relaying instance never served the zone");
 
         // The same command again, at either instance: the same refusal, word for word.
@@ -112,7 +114,8 @@ async fn an_order_taken_by_an_instance_that_does_not_own_its_zone_is_relayed_mat
         let rested = north_owner.submit_command(rest).await.expect("relayed and accepted");
         assert!(rested.trades.is_empty());
         let seller_account = protocol::AccountId::from_verifying_key(&seller.verifying_key());
-        let open: Vec<_> = south_owner.open_orders(seller_account).await.into_iter().map(|order| order.update).collect();
+        let open: Vec<_> =
+            south_owner.open_orders(seller_account).await.into_iter().map(|order| order.update).collect();
         assert_eq!(rested.updates, open, "the relayed answer is the owner's state of the order");
         north_owner.shutdown().await;
         south_owner.shutdown().await;
@@ -153,8 +156,8 @@ async fn a_relayed_order_with_a_forged_signature_is_refused() {
         let (buyer, _) = seed_household(&test_db.db, &south, 34, 10_000);
         let south_owner = start(&test_db, &broker, &south, TEST_RELAY_TIMEOUT_MS).await;
 
-        let genuine = String::from_utf8(order(&buyer, &south, open_slot(), Side::Buy, 130_000, 500, 1, NOW_MS))
-            .expect("utf-8");
+        let genuine =
+            String::from_utf8(order(&buyer, &south, open_slot(), Side::Buy, 130_000, 500, 1, NOW_MS)).expect("utf-8");
         let forged = genuine.replace("\"qty_wh\":500", "\"qty_wh\":5000");
         assert_ne!(forged, genuine);
 
@@ -216,9 +219,5 @@ fn logged_commands(db: &Database, account: &SigningKey) -> i64 {
     use gridex_store::schema::order_commands;
     let account = protocol::AccountId::from_verifying_key(&account.verifying_key()).to_hex();
     let mut conn = db.get().expect("a connection");
-    order_commands::table
-        .filter(order_commands::account_id.eq(account))
-        .count()
-        .get_result(&mut conn)
-        .expect("the log")
+    order_commands::table.filter(order_commands::account_id.eq(account)).count().get_result(&mut conn).expect("the log")
 }

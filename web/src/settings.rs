@@ -715,6 +715,7 @@ mod tests {
         let defaults = MarketSettings::default();
         assert_eq!(defaults.lease_ttl_ms, exchange::config::LEASE_TTL_MS_DEFAULT);
         assert_eq!(defaults.lease_renew_interval_ms, exchange::config::LEASE_RENEW_INTERVAL_MS_DEFAULT);
+        assert_eq!(defaults.relay_timeout_ms, exchange::config::RELAY_TIMEOUT_MS_DEFAULT);
         assert!(defaults.instance_id.is_empty(), "derived at start unless set");
         let env: HashMap<&str, &str> =
             [("GRIDEX_MARKET__INSTANCE_ID", "ex-b"), ("GRIDEX_MARKET__LEASE_TTL_MS", "9000")].into();

@@ -91,7 +91,8 @@ async fn relayed_over_http(test_db: TestDb, broker: &BrokerAddr) {
     let [north, south, orphan] = zones.clone();
     let keys = [31, 32, 33].map(protocol::testing::signing_key);
     let (seller, buyer, stranded) = (&keys[0], &keys[1], &keys[2]);
-    let accounts = [(account(seller), south.clone()), (account(buyer), south.clone()), (account(stranded), orphan.clone())];
+    let accounts =
+        [(account(seller), south.clone()), (account(buyer), south.clone()), (account(stranded), orphan.clone())];
     settlement::registry::write(&test_db.db, move |conn| {
         for zone in &zones {
             common::seed_zone_market(conn, zone, zone.as_str(), SLOT_LEN_MS, SystemClock.now_ms())?;
@@ -108,7 +109,8 @@ async fn relayed_over_http(test_db: TestDb, broker: &BrokerAddr) {
     let client = reqwest::Client::builder().no_proxy().build().expect("client");
 
     // The seller at the owner's server, the buyer at the other: relayed, matched, answered.
-    let (status, sold) = post_order(&client, &south_server, seller, &order(seller, &south, Side::Sell, 120_000, 1)).await;
+    let (status, sold) =
+        post_order(&client, &south_server, seller, &order(seller, &south, Side::Sell, 120_000, 1)).await;
     assert_eq!(status, 202, "{sold}");
     let buy = order(buyer, &south, Side::Buy, 130_000, 1);
     let (status, bought) = post_order(&client, &north_server, buyer, &buy).await;

@@ -437,7 +437,8 @@ pub async fn start(
         } else {
             mqtt::Served::Zones(config.zones.clone())
         };
-        let listener = mqtt::listen(connection.link, served, ingest_tx.clone(), relay, ready_tx, shutdown.clone(), mqtt_stop);
+        let listener =
+            mqtt::listen(connection.link, served, ingest_tx.clone(), relay, ready_tx, shutdown.clone(), mqtt_stop);
         mqtt_tasks.push(listener);
     }
 

@@ -298,13 +298,27 @@ impl MqttListener {
     /// (its zone, sender and signature come from the signed bytes, checked as always; not owning
     /// the zone refuses it `zone moved`), acknowledged once committed or refused, and answered on
     /// the relaying server's reply topic. Same return as [`Self::inbound`].
-    fn relayed(&self, zone: &str, instance: &str, request: &str, bytes: Vec<u8>, ack: Option<super::acks::MqttAck>) -> bool {
+    fn relayed(
+        &self,
+        zone: &str,
+        instance: &str,
+        request: &str,
+        bytes: Vec<u8>,
+        ack: Option<super::acks::MqttAck>,
+    ) -> bool {
         let (Ok(zone), Some(_)) = (ZoneId::parse(zone), self.relay.name()) else {
             acknowledge(ack);
             return true;
         };
         let (answer, outcome) = tokio::sync::oneshot::channel();
-        let raw = Raw { kind: Kind::Command, origin: Origin::Direct, bytes, reply: Some(Reply::Command(answer)), ack, relayed: true };
+        let raw = Raw {
+            kind: Kind::Command,
+            origin: Origin::Direct,
+            bytes,
+            reply: Some(Reply::Command(answer)),
+            ack,
+            relayed: true,
+        };
         match self.held.try_send(raw) {
             Ok(()) => {
                 self.relay.reply_later(zone, instance.to_owned(), request.to_owned(), outcome);

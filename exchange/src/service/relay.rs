@@ -77,11 +77,9 @@ pub(crate) fn sign_reply(
     result: &Result<CommandAck, Rejection>,
 ) -> Result<Vec<u8>, serde_json::Error> {
     let outcome = match result {
-        Ok(ack) => Outcome::Accepted {
-            command_seq: ack.command_seq,
-            updates: ack.updates.clone(),
-            trades: ack.trades.clone(),
-        },
+        Ok(ack) => {
+            Outcome::Accepted { command_seq: ack.command_seq, updates: ack.updates.clone(), trades: ack.trades.clone() }
+        }
         Err(rejection) => Outcome::Refused { reason: rejection.reason, message: rejection.message.clone() },
     };
     let body = serde_json::to_string(&ReplyBody { request: request.to_owned(), zone: zone.clone(), outcome })?;
@@ -107,10 +105,8 @@ pub(crate) fn open_reply(
         return Err(ReplyError::Malformed);
     }
     let envelope: Envelope = serde_json::from_slice(payload).map_err(|_| ReplyError::Malformed)?;
-    let sig: [u8; 64] = hex::decode(&envelope.sig)
-        .ok()
-        .and_then(|bytes| bytes.try_into().ok())
-        .ok_or(ReplyError::Malformed)?;
+    let sig: [u8; 64] =
+        hex::decode(&envelope.sig).ok().and_then(|bytes| bytes.try_into().ok()).ok_or(ReplyError::Malformed)?;
     let key = ed25519_dalek::VerifyingKey::from_bytes(operator).map_err(|_| ReplyError::BadSignature)?;
     key.verify_strict(&signed_bytes(&envelope.body), &ed25519_dalek::Signature::from_bytes(&sig))
         .map_err(|_| ReplyError::BadSignature)?;
@@ -161,10 +157,8 @@ impl std::fmt::Debug for Relay {
 
 /// `name` as one topic segment: characters outside `[A-Za-z0-9._-]` become `_`.
 pub(crate) fn topic_segment(name: &str) -> String {
-    let segment: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
-        .collect();
+    let segment: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect();
     if segment.is_empty() {
         "exchange".to_owned()
     } else {
@@ -219,7 +213,8 @@ impl Relay {
         }
         let topic = topics::relay(zone, &inner.name, &request);
         // Exactly the bytes received: the owner verifies them as it verifies its own.
-        let outbound = Outbound { topic, sign: Box::new(move |_| Ok(bytes)), qos: rumqttc::QoS::AtLeastOnce, retain: false };
+        let outbound =
+            Outbound { topic, sign: Box::new(move |_| Ok(bytes)), qos: rumqttc::QoS::AtLeastOnce, retain: false };
         if inner.publish.try_send(outbound).is_err() {
             if let Some(answer) = Relay::pending(inner).remove(&request) {
                 let _ = answer.send(Err(Rejection::new(Reason::Overloaded, "the publish queue is full; retry later")));
