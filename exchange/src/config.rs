@@ -43,9 +43,10 @@ pub const LEASE_TTL_MS_DEFAULT: u64 = 5_000;
 /// cheap statements per instance, and bounds how late a free zone is taken.
 pub const LEASE_RENEW_INTERVAL_MS_DEFAULT: u64 = 1_000;
 /// How long a gridex server waits for the owner of another instance's zone to answer a command it
-/// relayed over the broker (on PostgreSQL): longer than a failover (`lease_ttl_ms` +
-/// `lease_renew_interval_ms`, 6 s by default) plus a replay, so an order sent while its zone moves is
-/// answered by the new owner rather than timed out; short enough for an HTTP client to wait.
+/// relayed over the broker (on PostgreSQL): far above a loaded owner's group commit (milliseconds to
+/// a few hundred), short enough for an HTTP client to wait. A command relayed to an owner that just
+/// died waits in the dead owner's broker session, so its caller is answered only by this timeout
+/// and retries, by then at the new owner (failover: `lease_ttl_ms` + `lease_renew_interval_ms`).
 pub const RELAY_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// This instance's name in the lease table: the host name, the process id and a random suffix, so
 /// two processes on one host, or a restarted one, are never taken for each other.
