@@ -10,7 +10,7 @@
 //! `protocol`: no trader or gateway ever reads it), signed with the operator key under its own
 //! domain tag ([`REPLY_DOMAIN`]) and verified against the operator key the server runs with, so a
 //! participant who could publish on a reply topic despite the broker's ACL still cannot forge an
-//! outcome. A leaf: it imports only [`super::events`].
+//! outcome. A leaf of the service: of its modules it imports only [`super::events`].
 
 use super::events::{CommandAck, Outbound};
 use crate::ingest::Rejection;
