@@ -42,6 +42,12 @@ pub const LEASE_TTL_MS_DEFAULT: u64 = 5_000;
 /// How often an instance heartbeats, renews its leases and takes free ones: once a second is a few
 /// cheap statements per instance, and bounds how late a free zone is taken.
 pub const LEASE_RENEW_INTERVAL_MS_DEFAULT: u64 = 1_000;
+/// How long a gridex server waits for the owner of another instance's zone to answer a command it
+/// relayed over the broker (on PostgreSQL): far above a loaded owner's group commit (milliseconds to
+/// a few hundred), short enough for an HTTP client to wait. A command relayed to an owner that just
+/// died waits in the dead owner's broker session, so its caller is answered only by this timeout
+/// and retries, by then at the new owner (failover: `lease_ttl_ms` + `lease_renew_interval_ms`).
+pub const RELAY_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// This instance's name in the lease table: the host name, the process id and a random suffix, so
 /// two processes on one host, or a restarted one, are never taken for each other.
 pub fn instance_id_default() -> String {
@@ -126,6 +132,9 @@ pub struct ExchangeConfig {
     pub lease_ttl_ms: u64,
     /// On PostgreSQL: how often leases are renewed and free ones taken (below `lease_ttl_ms`).
     pub lease_renew_interval_ms: u64,
+    /// On PostgreSQL: how long a command relayed to another instance (the zone's owner) waits for
+    /// its answer before the caller is told the zone has no live owner ([`RELAY_TIMEOUT_MS_DEFAULT`]).
+    pub relay_timeout_ms: u64,
     /// This instance's name in the lease table; unique among the instances sharing a database.
     pub instance_id: String,
 }
@@ -181,6 +190,7 @@ impl ExchangeConfig {
             closing_auctions: Vec::new(),
             lease_ttl_ms: LEASE_TTL_MS_DEFAULT,
             lease_renew_interval_ms: LEASE_RENEW_INTERVAL_MS_DEFAULT,
+            relay_timeout_ms: RELAY_TIMEOUT_MS_DEFAULT,
             instance_id: instance_id_default(),
         }
     }

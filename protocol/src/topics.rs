@@ -12,6 +12,8 @@
 //! | `gridex/v1/{zone}/events/{sender}` | exchange (order updates, reading acks) | 1 | no |
 //! | `gridex/v1/{zone}/rejects/{sender}` | exchange | 1 | no |
 //! | `gridex/v1/status/{device}` | gateway (and its last will) | 1 | yes |
+//! | `gridex/v1/{zone}/relay/{instance}/{request}` | a gridex server (a command it relays to the zone's owner) | 1 | no |
+//! | `gridex/v1/{zone}/relay-replies/{instance}` | exchange (the outcome of a relayed command) | 1 | no |
 
 //!
 //! Every topic is version 1 but the readings of a device with a battery: a reading goes on the
@@ -69,6 +71,38 @@ pub fn rejects(zone: &ZoneId, sender: &impl std::fmt::Display) -> String {
 }
 pub fn status(device: &impl std::fmt::Display) -> String {
     format!("{PREFIX}/status/{device}")
+}
+
+/// A command that gridex server `instance` relays, as request `request`, to the instance that owns
+/// `zone` (its payload is the command's signed bytes, exactly as the server received them). Between
+/// gridex servers only: traders and gateways never publish or read relay topics (PROTOCOL.md §4).
+pub fn relay(zone: &ZoneId, instance: &str, request: &str) -> String {
+    format!("{PREFIX}/{zone}/relay/{instance}/{request}")
+}
+/// The filter of every relayed command of `zone`: what its owner subscribes to.
+pub fn relay_filter(zone: &ZoneId) -> String {
+    format!("{PREFIX}/{zone}/relay/+/+")
+}
+/// Where the owner of `zone` answers the commands relayed by gridex server `instance`.
+pub fn relay_replies(zone: &ZoneId, instance: &str) -> String {
+    format!("{PREFIX}/{zone}/relay-replies/{instance}")
+}
+/// The filter of every answer to gridex server `instance`'s relayed commands, in every zone.
+pub fn relay_replies_filter(instance: &str) -> String {
+    format!("{PREFIX}/+/relay-replies/{instance}")
+}
+
+/// A relay topic's segments: `(zone, instance, request)` of [`relay`], unparsed.
+pub fn parse_relay(topic: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = topic.strip_prefix(PREFIX)?.strip_prefix('/')?.split('/');
+    let (zone, channel, instance, request) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    (channel == "relay" && parts.next().is_none()).then_some((zone, instance, request))
+}
+/// A relay reply topic's segments: `(zone, instance)` of [`relay_replies`], unparsed.
+pub fn parse_relay_replies(topic: &str) -> Option<(&str, &str)> {
+    let mut parts = topic.strip_prefix(PREFIX)?.strip_prefix('/')?.split('/');
+    let (zone, channel, instance) = (parts.next()?, parts.next()?, parts.next()?);
+    (channel == "relay-replies" && parts.next().is_none()).then_some((zone, instance))
 }
 
 /// Subscription filters for the exchange: inbound messages of every zone.
@@ -139,6 +173,18 @@ mod tests {
         assert_eq!(parse_inbound("gridex/v1/north/trades"), None);
         assert_eq!(parse_inbound("gridex/v1/north/orders/cd/extra"), None);
         assert_eq!(parse_inbound("other/v1/north/orders/cd"), None);
+    }
+
+    #[test]
+    fn relay_topics_round_trip_and_are_no_inbound_topic() {
+        let zone = ZoneId::parse("north").expect("valid");
+        assert_eq!(parse_relay(&relay(&zone, "web-a", "r1")), Some(("north", "web-a", "r1")));
+        assert_eq!(parse_relay_replies(&relay_replies(&zone, "web-a")), Some(("north", "web-a")));
+        assert_eq!(parse_inbound(&relay(&zone, "web-a", "r1")), None);
+        assert_eq!(parse_inbound(&relay_replies(&zone, "web-a")), None);
+        assert_eq!(parse_relay("gridex/v1/north/relay/web-a"), None);
+        assert_eq!(parse_relay("gridex/v1/north/orders/web-a/r1"), None);
+        assert_eq!(parse_relay_replies("gridex/v1/north/relay-replies/web-a/x"), None);
     }
 
     #[test]

@@ -202,6 +202,7 @@ impl ApplicationBuilder {
                 order_commands_burst: settings.market.order_commands_burst,
                 lease_ttl_ms: settings.market.lease_ttl_ms,
                 lease_renew_interval_ms: settings.market.lease_renew_interval_ms,
+                relay_timeout_ms: settings.market.relay_timeout_ms,
                 // Stable across restarts when configured, like the MQTT session (see the setting).
                 instance_id: [&settings.market.instance_id, settings.mqtt.client_id.as_ref().unwrap_or(&String::new())]
                     .into_iter()

@@ -95,8 +95,8 @@ pub fn mqtt_options(settings: &MqttSettings) -> Result<Option<MqttOptions>, Brok
 /// The exchange's broker login as `serve` uses it: `mqtt.*` completed from the broker secret
 /// (`broker.secret_file`): the username defaults to [`crate::broker_config::EXCHANGE_USERNAME`]
 /// and the password to its derived one. Without `mqtt.client_id`, the client id is derived from the
-/// broker secret (else the operator key), the username and `market.zones`: stable across restarts,
-/// one per instance, not guessable (a broker that binds client ids to usernames, as the generated
+/// broker secret (else the operator key), the username, `market.zones` and `market.instance_id`
+/// (when set): stable across restarts, one per instance, not guessable (a broker that binds client ids to usernames, as the generated
 /// Mosquitto configuration does, replaces it by the username anyway). When neither key can be
 /// read, [`mqtt_options`] falls back to the username, or a random id (with a warning).
 pub fn login(settings: &Settings) -> Result<MqttSettings, BrokerError> {
@@ -126,7 +126,12 @@ pub fn login(settings: &Settings) -> Result<MqttSettings, BrokerError> {
             }
         });
         let zones: Vec<&str> = settings.market.zones.iter().map(protocol::ZoneId::as_str).collect();
-        let instance = format!("{}/{}", mqtt.username.as_deref().unwrap_or(""), zones.join(","));
+        let mut instance = format!("{}/{}", mqtt.username.as_deref().unwrap_or(""), zones.join(","));
+        // Two servers sharing all zones (leases) differ by their instance id; without one the id
+        // stays what it was (an empty instance id is random per start, no session would survive).
+        if !settings.market.instance_id.is_empty() {
+            instance = format!("{instance}/{}", settings.market.instance_id);
+        }
         mqtt.client_id = key.map(|key| key.exchange_client_id(&instance));
     }
     Ok(mqtt)
@@ -172,7 +177,16 @@ mod tests {
         assert!(id.starts_with("gridex-exchange-") && id.len() == "gridex-exchange-".len() + 16, "{id}");
         assert_eq!(login(&settings).expect("valid").client_id, Some(id.clone()));
         settings.market.zones = vec![protocol::ZoneId::parse("north").expect("valid")];
-        assert_ne!(login(&settings).expect("valid").client_id, Some(id));
+        assert_ne!(login(&settings).expect("valid").client_id, Some(id.clone()));
+        // Two servers sharing every zone by lease: their instance ids tell their sessions apart.
+        settings.market.zones.clear();
+        settings.market.instance_id = "web-a".to_owned();
+        let web_a = login(&settings).expect("valid").client_id;
+        settings.market.instance_id = "web-b".to_owned();
+        let web_b = login(&settings).expect("valid").client_id;
+        assert!(web_a != web_b && web_a != Some(id.clone()) && web_b != Some(id), "{web_a:?} {web_b:?}");
+        settings.market.instance_id.clear();
+        settings.market.zones = vec![protocol::ZoneId::parse("north").expect("valid")];
         // With the broker secret: the exchange's username and its derived password, and a client id
         // derived from the secret (the generated Mosquitto configuration replaces it by the username).
         settings.broker.secret_file = Some(secret_file.display().to_string());

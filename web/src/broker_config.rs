@@ -268,6 +268,12 @@ pub fn render(
         for topic in ["+/trades", "+/book", "+/auction", "+/roots", "+/events/+", "+/rejects/+"] {
             let _ = writeln!(acl, "topic write gridex/v1/{topic}");
         }
+        // The command relay between gridex servers (exchange::service::relay): as a zone's owner it
+        // reads every relayed command and answers any server; as a web server it relays only as
+        // itself and reads only its own answers. No device or account reaches either topic.
+        let _ = writeln!(acl, "topic read gridex/v1/+/relay/+/+\ntopic write gridex/v1/+/relay-replies/+");
+        let user = &exchange.username;
+        let _ = writeln!(acl, "topic write gridex/v1/+/relay/{user}/+\ntopic read gridex/v1/+/relay-replies/{user}");
     }
     for (zone, device) in &participants.devices {
         let user = device.to_hex();

@@ -107,7 +107,9 @@ impl Market {
     }
 
     /// Submits a signed order, cancel or replace exactly as received over MQTT; answers once the
-    /// command is committed.
+    /// command is committed. A command for a zone another instance owns (PostgreSQL) is relayed to
+    /// that owner through the broker and answered as the owner answers it; 503 when none answers
+    /// in `market.relay_timeout_ms` (ARCHITECTURE.md, "The command relay").
     pub async fn submit_command(&self, bytes: Vec<u8>) -> Result<serde_json::Value, ApiError> {
         let ack = self
             .exchange()?

@@ -209,6 +209,9 @@ pub struct MarketSettings {
     pub lease_ttl_ms: u64,
     /// How often an instance renews its leases and takes free ones (below `lease_ttl_ms`).
     pub lease_renew_interval_ms: u64,
+    /// How long an order taken over HTTP for a zone another instance owns waits for that owner's
+    /// answer through the broker (PostgreSQL); then the answer is 503 "no live owner; retry".
+    pub relay_timeout_ms: u64,
 }
 
 /// A gateway publishes every minute or so and spools while offline: an hour without a reading means
@@ -229,6 +232,7 @@ impl Default for MarketSettings {
             instance_id: String::new(),
             lease_ttl_ms: exchange::config::LEASE_TTL_MS_DEFAULT,
             lease_renew_interval_ms: exchange::config::LEASE_RENEW_INTERVAL_MS_DEFAULT,
+            relay_timeout_ms: exchange::config::RELAY_TIMEOUT_MS_DEFAULT,
         }
     }
 }
@@ -794,6 +798,7 @@ mod tests {
         let defaults = MarketSettings::default();
         assert_eq!(defaults.lease_ttl_ms, exchange::config::LEASE_TTL_MS_DEFAULT);
         assert_eq!(defaults.lease_renew_interval_ms, exchange::config::LEASE_RENEW_INTERVAL_MS_DEFAULT);
+        assert_eq!(defaults.relay_timeout_ms, exchange::config::RELAY_TIMEOUT_MS_DEFAULT);
         assert!(defaults.instance_id.is_empty(), "derived at start unless set");
         let env: HashMap<&str, &str> =
             [("GRIDEX_MARKET__INSTANCE_ID", "ex-b"), ("GRIDEX_MARKET__LEASE_TTL_MS", "9000")].into();

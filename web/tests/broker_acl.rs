@@ -536,3 +536,123 @@ async fn a_neighbour_cannot_publish_another_households_battery_plan() {
     let later = drain(&mut observer).await;
     assert!(later.is_empty(), "{later:?}");
 }
+
+/// Issue 13's command relay: only gridex servers (exchange logins) relay commands and read the
+/// answers, each only as itself; a household's login reaches neither topic, so it can neither
+/// inject a command that bypasses its orders topic nor forge or read an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_publish_on_the_relay_topic() {
+    use protocol::topics::{orders, relay, relay_replies};
+    let Some(market) = market().await else { return };
+    let zone = &market.zone;
+    let mut owner = market.participant(OBSERVER).await;
+    subscribe(&owner, &["gridex/v1/+/relay/+/+".to_owned(), "gridex/v1/+/orders/+".to_owned()]).await;
+    let mut server = market.participant(EXCHANGE_USERNAME).await;
+    subscribe(&server, &["gridex/v1/+/relay-replies/+".to_owned()]).await;
+    let forger = account_id(&market.accounts[0]).to_hex();
+    let mut neighbour = market.participant(&forger).await;
+    subscribe(&neighbour, &["gridex/v1/+/relay/+/+".to_owned(), "gridex/v1/+/relay-replies/+".to_owned()]).await;
+
+    // The household relays as itself and as each server, and answers a server; then orders on its
+    // own topic: once the owner has that order, the broker has dealt with everything before it.
+    for topic in [
+        relay(zone, &forger, "r1"),
+        relay(zone, EXCHANGE_USERNAME, "r2"),
+        relay(zone, OBSERVER, "r3"),
+        relay_replies(zone, EXCHANGE_USERNAME),
+    ] {
+        publish(&neighbour, &topic, b"{\"forged\":true}".to_vec()).await;
+    }
+    let own = orders(zone, &forger);
+    publish(&neighbour, &own, b"{}".to_vec()).await;
+    let first = tokio::time::timeout(DEADLINE, owner.received.recv()).await.expect("a message").expect("runs");
+    assert_eq!(first.0, own, "a household's relay got through first");
+
+    // A server relays only as itself.
+    publish(&server, &relay(zone, OBSERVER, "r4"), b"{\"forged\":true}".to_vec()).await;
+    let relayed = relay(zone, EXCHANGE_USERNAME, "r5");
+    publish(&server, &relayed, b"{\"genuine\":true}".to_vec()).await;
+    let next = tokio::time::timeout(DEADLINE, owner.received.recv()).await.expect("a message").expect("runs");
+    assert_eq!((next.0.as_str(), next.1.as_slice()), (relayed.as_str(), b"{\"genuine\":true}".as_slice()));
+
+    // The owner answers both servers: each reads only its own answers.
+    publish(&owner, &relay_replies(zone, OBSERVER), b"{\"theirs\":true}".to_vec()).await;
+    let answer = relay_replies(zone, EXCHANGE_USERNAME);
+    publish(&owner, &answer, b"{\"genuine\":true}".to_vec()).await;
+    let first = tokio::time::timeout(DEADLINE, server.received.recv()).await.expect("a message").expect("runs");
+    assert_eq!((first.0.as_str(), first.1.as_slice()), (answer.as_str(), b"{\"genuine\":true}".as_slice()));
+    for (who, client) in [("the owner", &mut owner), ("the server", &mut server), ("the household", &mut neighbour)] {
+        let seen = drain(client).await;
+        assert!(seen.is_empty(), "{who} saw {seen:?}");
+    }
+}
+
+/// Issue 13 through the generated configuration: two gridex servers on PostgreSQL, each logged in
+/// as its own exchange user and owning its own zone; an order posted to the server that does not
+/// own its zone reaches the owner through Mosquitto's ACL and back, and is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_is_relayed_between_two_servers_through_the_generated_acl() {
+    let Some(market) = market().await else { return };
+    if market.test_db.db.backend() != gridex_store::Backend::Postgres {
+        eprintln!("skipping: relaying between servers needs PostgreSQL (DATABASE_URL)");
+        return;
+    }
+    let other = ZoneId::parse(&format!("{}-o", market.zone)).expect("a zone");
+    let seed = other.clone();
+    settlement::registry::write(&market.test_db.db, move |conn| {
+        common::seed_zone_market(conn, &seed, "Other zone", SLOT_LEN_MS, SystemClock.now_ms())
+    })
+    .await
+    .expect("seed the other zone");
+    let owner = market.server(EXCHANGE_USERNAME, &market.zone).await;
+    let relaying = market.server(OBSERVER, &other).await;
+
+    let key = &market.accounts[0];
+    let now_ms = SystemClock.now_ms();
+    let slot = protocol::SlotId::containing(TimestampMs(now_ms + 3_600_000), SLOT_LEN_MS);
+    let side = protocol::Side::Sell;
+    let order =
+        protocol::Order::gtc(account_id(key), market.zone.clone(), slot, side, protocol::PricePerKwh(150_000), Wh(100))
+            .at(1, TimestampMs(now_ms));
+    let body = Signed::sign(order, key).expect("sign").to_json();
+    let path = "/api/v1/orders";
+    let client = reqwest::Client::builder().no_proxy().build().expect("client");
+    let mut request = client.post(format!("{}{path}", relaying.url())).body(body.clone());
+    for (name, value) in web::auth::sign_request(key, "POST", path, &body, SystemClock.now_ms()) {
+        request = request.header(name, value);
+    }
+    let response = tokio::time::timeout(DEADLINE, request.send()).await.expect("answered in time").expect("answers");
+    let status = response.status().as_u16();
+    let answer: serde_json::Value = response.json().await.expect("a JSON body");
+    assert_eq!((status, &answer["status"]), (202, &serde_json::json!("accepted")), "{answer}");
+    assert_eq!(owner.exchange().open_orders(account_id(key)).await.len(), 1, "the owner holds the order");
+    assert!(relaying.exchange().open_orders(account_id(key)).await.is_empty());
+    for app in [relaying, owner] {
+        tokio::time::timeout(DEADLINE, app.shutdown()).await.expect("shutdown in time").expect("a clean shutdown");
+    }
+}
+
+impl Market {
+    /// gridex as `serve` runs it, logged in as the exchange user `username` (its instance id too),
+    /// leasing only `zone`.
+    async fn server(&self, username: &str, zone: &ZoneId) -> Application {
+        let mut settings = self.settings.clone();
+        settings.mqtt.username = Some(username.to_owned());
+        settings.market.instance_id = username.to_owned();
+        let config = exchange::config::ExchangeConfig {
+            zones: vec![zone.clone()],
+            instance_id: username.to_owned(),
+            ..exchange::config::ExchangeConfig::new(protocol::testing::operator_key())
+        };
+        let app = Application::builder(settings)
+            .database(gridex_store::Database::open(&self.test_db.url, 4).expect("a pool of its own"))
+            .listener(std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
+            .exchange_config(config)
+            .without_settlement()
+            .build()
+            .await
+            .expect("gridex starts");
+        tokio::time::timeout(DEADLINE, app.exchange().mqtt_subscribed()).await.expect("the exchange subscribes");
+        app
+    }
+}

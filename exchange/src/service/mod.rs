@@ -43,6 +43,7 @@ mod mqtt;
 pub(crate) mod outlets;
 mod ownership;
 mod plans;
+mod relay;
 mod verify;
 mod zones;
 
@@ -126,7 +127,7 @@ impl ExchangeHandle {
     }
 
     fn submit(&self, kind: Kind, bytes: Vec<u8>, reply: Reply) -> Result<(), Rejection> {
-        let raw = Raw { kind, origin: Origin::Direct, bytes, reply: Some(reply), ack: None };
+        let raw = Raw { kind, origin: Origin::Direct, bytes, reply: Some(reply), ack: None, relayed: false };
         match self.ingest.try_send(raw) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(raw)) => {
@@ -329,11 +330,17 @@ pub async fn start(
     let tasks = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut mqtt_tasks = Vec::new();
 
-    let connection = mqtt.map(|options| {
+    let connection = mqtt.clone().map(|options| {
         mqtt::connect(options, config.publish_queue_len, config.operator_key.clone(), mqtt_stop.clone())
     });
     let publish_tx = connection.as_ref().map(|connection| connection.publish.clone());
-    let outlets = Outlets { publish: publish_tx, events, clock: clock.clone() };
+    // This server's name in the relay topics: its broker username (what the broker's ACL names),
+    // else its instance id.
+    let relay_name = mqtt
+        .as_ref()
+        .and_then(|options| options.credentials().map(|login| login.username))
+        .unwrap_or_else(|| config.instance_id.clone());
+    let outlets = Outlets { publish: publish_tx.clone(), events, clock: clock.clone() };
 
     // PostgreSQL takes several instances: each owns the zones whose lease it holds. SQLite takes
     // one exchange (the writer lock above), which owns every zone it serves.
@@ -342,6 +349,16 @@ pub async fn start(
     let (take_tx, take_rx) = mpsc::unbounded_channel();
     let ownership =
         if leasing { Ownership::leased(config.clone(), lost_tx, take_tx) } else { Ownership::fixed(config.clone()) };
+    // Commands taken over HTTP for a zone another instance owns go to it through the broker.
+    let relay = match (&publish_tx, leasing) {
+        (Some(publish), true) => relay::Relay::new(
+            &relay_name,
+            publish.clone(),
+            config.operator_key.verifying_key().to_bytes(),
+            config.relay_timeout_ms,
+        ),
+        _ => relay::Relay::default(),
+    };
     let zone_set = ZoneSet::new(config.clone(), db.clone(), outlets.clone(), ownership.clone(), tasks.clone());
     let (notices_tx, notices_rx) = mpsc::unbounded_channel();
     let (leases_paused, paused) = watch::channel(false);
@@ -406,6 +423,7 @@ pub async fn start(
         refused: refused_tx,
         ownership: ownership.clone(),
         notices: notices_rx,
+        relay: relay.clone(),
     };
     spawn(tokio::spawn(stage.run(ingest_rx, shutdown.clone())));
 
@@ -432,7 +450,16 @@ pub async fn start(
         };
         spawn(tokio::spawn(plan_stage.run(plans_rx, shutdown.clone())));
         let listener =
-            mqtt::listen(connection.link, served, ingest_tx.clone(), plans_tx, ready_tx, shutdown.clone(), mqtt_stop);
+            mqtt::listen(
+                connection.link,
+                served,
+                ingest_tx.clone(),
+                plans_tx,
+                relay,
+                ready_tx,
+                shutdown.clone(),
+                mqtt_stop,
+            );
         mqtt_tasks.push(listener);
     }
 

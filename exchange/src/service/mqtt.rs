@@ -4,8 +4,10 @@
 
 use super::acks::{acker, acknowledge, AckQueue};
 use super::events::Outbound;
+use super::events::Reply;
 use super::ownership::Ownership;
 use super::plans::RawPlan;
+use super::relay::Relay;
 use super::verify::Raw;
 use crate::ingest::{Kind, Origin};
 use protocol::topics::{self, Inbound};
@@ -60,13 +62,15 @@ pub(super) enum Served {
     Leased(Box<Ownership>),
 }
 
-/// The topic filters of one zone's inbound messages (readings, orders and battery plans from every sender).
+/// The topic filters of one zone's inbound messages (readings, orders and battery plans from every
+/// sender, and the commands other gridex servers relay to the zone's owner).
 pub(super) fn zone_filters(zone: &ZoneId) -> Vec<String> {
     vec![
         topics::readings(zone, &"+"),
         topics::readings_in(Version::V2, zone, &"+"),
         topics::orders(zone, &"+"),
         topics::plans(zone, &"+"),
+        topics::relay_filter(zone),
     ]
 }
 
@@ -105,6 +109,7 @@ pub(super) fn listen(
     served: Served,
     ingest: mpsc::Sender<Raw>,
     plans: mpsc::Sender<RawPlan>,
+    relay: Relay,
     ready: watch::Sender<bool>,
     shutdown: watch::Receiver<bool>,
     mqtt_stop: watch::Receiver<bool>,
@@ -117,7 +122,7 @@ pub(super) fn listen(
     let (held_tx, held_rx) = mpsc::channel(INBOUND_HELD_MAX);
     // Not joined: it ends with the listener or when the ingest queue closes.
     tokio::spawn(forward(held_rx, ingest));
-    let listener = MqttListener { client, acks, served, held: held_tx, plans, ready, subacks_pending: 0 };
+    let listener = MqttListener { client, acks, served, held: held_tx, plans, relay, ready, subacks_pending: 0 };
     tokio::spawn(listener.run(eventloop, shutdown, mqtt_stop))
 }
 
@@ -172,6 +177,9 @@ struct MqttListener {
     held: mpsc::Sender<Raw>,
     /// To the battery plan stage (`plans.rs`).
     plans: mpsc::Sender<RawPlan>,
+    /// Relays commands to other instances (answers on this server's reply topic) and answers the
+    /// commands relayed here.
+    relay: Relay,
     ready: watch::Sender<bool>,
     subacks_pending: usize,
 }
@@ -179,11 +187,12 @@ struct MqttListener {
 impl MqttListener {
     fn subscribe(&mut self) {
         let _ = self.ready.send(false);
-        let filters: Vec<String> = match &self.served {
+        let mut filters: Vec<String> = match &self.served {
             Served::Zones(zones) => zones.iter().flat_map(zone_filters).collect(),
             Served::Leased(ownership) => ownership.taking().iter().flat_map(zone_filters).collect(),
             Served::All => ALL_ZONES_FILTERS.iter().map(|filter| (*filter).to_owned()).collect(),
         };
+        filters.extend(self.relay.name().map(topics::relay_replies_filter));
         if let Served::Leased(_) = &self.served {
             // A persistent session keeps the subscriptions of an earlier run without leases.
             for filter in ALL_ZONES_FILTERS {
@@ -254,6 +263,14 @@ impl MqttListener {
     fn inbound(&self, publish: rumqttc::Publish) -> bool {
         let ack = (publish.qos != rumqttc::QoS::AtMostOnce).then(|| AckQueue::take(&self.acks, publish.pkid));
         let topic = publish.topic.as_str();
+        if let Some((zone, instance, request)) = topics::parse_relay(topic) {
+            return self.relayed(zone, instance, request, publish.payload.to_vec(), ack);
+        }
+        if topics::parse_relay_replies(topic).is_some() {
+            self.relay.answer(&publish.payload);
+            acknowledge(ack);
+            return true;
+        }
         let (kind, version, zone, sender) = match topics::parse_inbound(topic) {
             Some(Inbound::Readings { version, zone, device }) => (Kind::Reading, version, zone, device),
             Some(Inbound::Orders { zone, account }) => (Kind::Command, Version::V1, zone, account),
@@ -276,7 +293,7 @@ impl MqttListener {
             }
         }
         let origin = Origin::Mqtt { version, zone: zone.to_owned(), sender: sender.to_owned() };
-        let raw = Raw { kind, origin, bytes: publish.payload.to_vec(), reply: None, ack };
+        let raw = Raw { kind, origin, bytes: publish.payload.to_vec(), reply: None, ack, relayed: false };
         match self.held.try_send(raw) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -285,6 +302,45 @@ impl MqttListener {
                 false
             }
             // Shutting down: unacknowledged, so the broker redelivers it to the next session.
+            Err(mpsc::error::TrySendError::Closed(_)) => true,
+        }
+    }
+
+    /// A command another gridex server relayed (`topics::relay`): taken like a command over HTTP
+    /// (its zone, sender and signature come from the signed bytes, checked as always; not owning
+    /// the zone refuses it `zone moved`), acknowledged once committed or refused, and answered on
+    /// the relaying server's reply topic. Same return as [`Self::inbound`].
+    fn relayed(
+        &self,
+        zone: &str,
+        instance: &str,
+        request: &str,
+        bytes: Vec<u8>,
+        ack: Option<super::acks::MqttAck>,
+    ) -> bool {
+        let (Ok(zone), Some(_)) = (ZoneId::parse(zone), self.relay.name()) else {
+            acknowledge(ack);
+            return true;
+        };
+        let (answer, outcome) = tokio::sync::oneshot::channel();
+        let raw = Raw {
+            kind: Kind::Command,
+            origin: Origin::Direct,
+            bytes,
+            reply: Some(Reply::Command(answer)),
+            ack,
+            relayed: true,
+        };
+        match self.held.try_send(raw) {
+            Ok(()) => {
+                self.relay.reply_later(zone, instance.to_owned(), request.to_owned(), outcome);
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!("gridex_inbound_held_overflow_total").increment(1);
+                tracing::warn!("more unacknowledged MQTT messages than the exchange holds; reconnecting");
+                false
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => true,
         }
     }

@@ -2,13 +2,16 @@
 //! the stateful checks (keys, freshness, seq, nonces, plausibility, the per-account command rate
 //! limit) in arrival order, and hand what passes to the group commit ([`super::commit`]). A message
 //! for a zone this instance does not own (on PostgreSQL: whose lease it does not hold) is dropped
-//! first: acknowledged unanswered over MQTT (its sender resends, to the owner), refused over HTTP.
+//! first: acknowledged unanswered over MQTT (its sender resends, to the owner); a command taken over
+//! HTTP is relayed to the zone's owner through the broker ([`super::relay`]), and refused only
+//! without a broker.
 
 use super::acks::{acknowledge, MqttAck};
 use super::commit::{zone_moved, Notice, Pending, Release, ToCommit};
 use super::events::{shutting_down, Reply};
 use super::outlets::{reject, Outlets};
 use super::ownership::Ownership;
+use super::relay::Relay;
 use crate::ingest::{self, Kind, Origin, Parsed, RefusedReading, Rejection, Verifier};
 use crate::store;
 use gridex_store::Database;
@@ -33,6 +36,8 @@ pub(crate) struct Raw {
     pub(super) bytes: Vec<u8>,
     pub(super) reply: Option<Reply>,
     pub(super) ack: Option<MqttAck>,
+    /// Relayed here by another instance (`topics::relay`): never relayed again.
+    pub(super) relayed: bool,
 }
 
 /// A batch after the stateless checks (strict parse, topic, signatures), done on a blocking thread.
@@ -105,6 +110,8 @@ pub(super) struct VerifyStage {
     pub(super) ownership: Ownership,
     /// From the lease manager: zones to forget, leases to release (after what is verified).
     pub(super) notices: mpsc::UnboundedReceiver<Notice>,
+    /// Forwards HTTP commands of zones another instance owns to their owner.
+    pub(super) relay: Relay,
 }
 
 /// A batch on a blocking thread, with its number of messages.
@@ -190,19 +197,38 @@ impl VerifyStage {
     }
 
     /// Drops the messages of zones this instance does not own (any more): over MQTT acknowledged
-    /// unanswered and counted (the sender resends; the zone's owner receives it), over HTTP refused.
+    /// unanswered and counted (the sender resends; the zone's owner receives it). A command taken over
+    /// HTTP is relayed to the zone's owner ([`Relay::forward`]; the owner
+    /// checks everything again), as is one for a zone this instance may never serve (its owner, or
+    /// the timeout, answers); a command relayed here is refused `zone moved`, never relayed again.
     fn drop_not_owned(&self, prepared: Prepared) -> Prepared {
         let Prepared { batch, parsed, signatures } = prepared;
         let mut kept = Prepared { batch: Vec::new(), parsed: Vec::new(), signatures: Vec::new() };
         for ((raw, parsed), signature) in batch.into_iter().zip(parsed).zip(signatures) {
-            let owned = match &parsed {
-                // A zone not in storage is refused for that (`unknown_zone`) by the checks.
+            let (owned, relayable) = match &parsed {
+                // A zone not in storage is refused for that (`unknown_zone`) by the checks, unless
+                // this instance never serves it: then its owner (if any) knows it.
                 Ok(parsed) => {
-                    self.ownership.takes(parsed.zone()) || !self.verifier.directory.zones.contains_key(parsed.zone())
+                    let zone = parsed.zone();
+                    let known = self.verifier.directory.zones.contains_key(zone);
+                    let taken = self.ownership.takes(zone);
+                    (taken || !known, !taken && (known || !self.ownership.may_serve(zone)))
                 }
                 // Refused anyway, for what it is.
-                Err(_) => true,
+                Err(_) => (true, false),
             };
+            // Whatever its signature's verdict here: the owner's answer is the one to give.
+            let relayable = relayable
+                && !raw.relayed
+                && matches!(raw.origin, Origin::Direct)
+                && matches!(raw.reply, Some(Reply::Command(_)));
+            if relayable {
+                // `relayable` holds only for a parsed command with a reply.
+                if let (Ok(command), Some(Reply::Command(answer))) = (&parsed, raw.reply) {
+                    self.relay.forward(command.zone(), raw.bytes, answer, zone_moved());
+                }
+                continue;
+            }
             if owned {
                 kept.batch.push(raw);
                 kept.parsed.push(parsed);
@@ -365,7 +391,7 @@ mod tests {
         let key = protocol::testing::signing_key(seed);
         let reading = protocol::Reading { seq, ..protocol::testing::sample_reading(&key) };
         let bytes = protocol::Signed::sign(reading, &key).expect("signs").to_json();
-        Raw { kind: Kind::Reading, origin: Origin::Direct, bytes, reply: None, ack: None }
+        Raw { kind: Kind::Reading, origin: Origin::Direct, bytes, reply: None, ack: None, relayed: false }
     }
 
     /// The poison message: the second of three messages makes a step panic.

@@ -1,0 +1,147 @@
+//! Issue 13, "any web server takes any zone's orders": two gridex servers on one PostgreSQL and one
+//! broker, each owning another zone. An order posted to the server that does not own its zone is
+//! relayed through the broker to the owner, which verifies, commits and matches it, and the client
+//! gets the answer the owner's server gives; with no live owner the answer is 503.
+
+mod common;
+
+use ed25519_dalek::SigningKey;
+use exchange::config::ExchangeConfig;
+use gridex_store::clock::{Clock, SystemClock};
+use gridex_store::testing::TestDb;
+use gridex_store::Database;
+use gridex_test_support::{brokers, unique, BrokerAddr};
+use protocol::{AccountId, Order, PricePerKwh, Side, Signed, SlotId, TimestampMs, Wh, ZoneId};
+use serde_json::Value;
+use std::time::Duration;
+use web::application::Application;
+use web::auth::sign_request;
+use web::settings::Settings;
+
+const SLOT_LEN_MS: i64 = 900_000;
+/// A hang guard, not a timing assertion.
+const DEADLINE: Duration = Duration::from_secs(30);
+/// The servers' relay timeout: ample for an owner that runs; what a zone without one costs.
+const RELAY_TIMEOUT_MS: u64 = 3_000;
+
+fn account(key: &SigningKey) -> AccountId {
+    AccountId::from_verifying_key(&key.verifying_key())
+}
+
+/// A signed GTC order of `key` in `zone`, an hour ahead.
+fn order(key: &SigningKey, zone: &ZoneId, side: Side, price: i64, nonce: u64) -> Vec<u8> {
+    let now_ms = SystemClock.now_ms();
+    let slot = SlotId::containing(TimestampMs(now_ms + 3_600_000), SLOT_LEN_MS);
+    let order =
+        Order::gtc(account(key), zone.clone(), slot, side, PricePerKwh(price), Wh(100)).at(nonce, TimestampMs(now_ms));
+    Signed::sign(order, key).expect("sign").to_json()
+}
+
+/// `POST /api/v1/orders` with a fresh request signature: status and JSON body.
+async fn post_order(client: &reqwest::Client, app: &Application, key: &SigningKey, body: &[u8]) -> (u16, Value) {
+    let path = "/api/v1/orders";
+    let mut request = client.post(format!("{}{path}", app.url())).body(body.to_vec());
+    for (name, value) in sign_request(key, "POST", path, body, SystemClock.now_ms()) {
+        request = request.header(name, value);
+    }
+    let response = tokio::time::timeout(DEADLINE, request.send()).await.expect("answered in time").expect("answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// A gridex server leasing only `zone`, on its own pool and broker session.
+async fn server(test_db: &TestDb, broker: &BrokerAddr, zone: &ZoneId) -> Application {
+    let instance = format!("web-{}", unique());
+    let mut options = rumqttc::MqttOptions::new(instance.clone(), broker.host.clone(), broker.port);
+    options.set_keep_alive(Duration::from_secs(30));
+    let config = ExchangeConfig {
+        zones: vec![zone.clone()],
+        instance_id: instance,
+        relay_timeout_ms: RELAY_TIMEOUT_MS,
+        ..ExchangeConfig::new(protocol::testing::operator_key())
+    };
+    let app = Application::builder(Settings::default())
+        .database(Database::open(&test_db.url, 4).expect("a pool of its own"))
+        .listener(std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
+        .mqtt(Some(options))
+        .exchange_config(config)
+        .without_settlement()
+        .build()
+        .await
+        .expect("the server starts");
+    tokio::time::timeout(DEADLINE, app.exchange().mqtt_subscribed()).await.expect("subscribed in time");
+    app
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_posted_to_a_server_that_does_not_own_its_zone_is_relayed_and_answered_as_by_the_owner() {
+    for broker in brokers() {
+        let Some(test_db) = TestDb::postgres() else {
+            eprintln!("DATABASE_URL is not set: several servers need PostgreSQL");
+            return;
+        };
+        eprintln!("broker {}", broker.name);
+        relayed_over_http(test_db, &broker).await;
+    }
+}
+
+async fn relayed_over_http(test_db: TestDb, broker: &BrokerAddr) {
+    let id = unique();
+    let zones = ["n", "s", "x"].map(|prefix| ZoneId::parse(&format!("{prefix}{id}")).expect("zone"));
+    let [north, south, orphan] = zones.clone();
+    let keys = [31, 32, 33].map(protocol::testing::signing_key);
+    let (seller, buyer, stranded) = (&keys[0], &keys[1], &keys[2]);
+    let accounts =
+        [(account(seller), south.clone()), (account(buyer), south.clone()), (account(stranded), orphan.clone())];
+    settlement::registry::write(&test_db.db, move |conn| {
+        for zone in &zones {
+            common::seed_zone_market(conn, zone, zone.as_str(), SLOT_LEN_MS, SystemClock.now_ms())?;
+        }
+        for (index, (account, zone)) in accounts.iter().enumerate() {
+            web::registry::register_account(conn, account, &format!("Home {index}"), zone, 0)?;
+        }
+        Ok::<(), settlement::registry::RegistryError>(())
+    })
+    .await
+    .expect("seed the registry");
+    let north_server = server(&test_db, broker, &north).await;
+    let south_server = server(&test_db, broker, &south).await;
+    let client = reqwest::Client::builder().no_proxy().build().expect("client");
+
+    // The seller at the owner's server, the buyer at the other: relayed, matched, answered.
+    let (status, sold) =
+        post_order(&client, &south_server, seller, &order(seller, &south, Side::Sell, 120_000, 1)).await;
+    assert_eq!(status, 202, "{sold}");
+    let buy = order(buyer, &south, Side::Buy, 130_000, 1);
+    let (status, bought) = post_order(&client, &north_server, buyer, &buy).await;
+    assert_eq!(status, 202, "{bought}");
+    assert_eq!(bought["status"], "accepted");
+    assert!(bought["command_seq"].as_u64() > sold["command_seq"].as_u64(), "{sold} {bought}");
+    assert_eq!(bought["trades"].as_array().map(Vec::len), Some(1), "{bought}");
+    assert_eq!(bought["updates"][0]["status"], "filled", "{bought}");
+
+    // The same order again, at either server: the same answer, status and body.
+    let at_owner = post_order(&client, &south_server, buyer, &buy).await;
+    let relayed = post_order(&client, &north_server, buyer, &buy).await;
+    assert_eq!(at_owner.0, 409, "{at_owner:?}");
+    assert_eq!(at_owner.1["error"], "duplicate", "{at_owner:?}");
+    assert_eq!(relayed, at_owner);
+
+    // An order the owner refuses after its checks (a forged signature) is refused the same way.
+    let genuine = String::from_utf8(order(buyer, &south, Side::Buy, 130_000, 2)).expect("utf-8");
+    let forged = genuine.replace("\"qty_wh\":100", "\"qty_wh\":900").into_bytes();
+    let at_owner = post_order(&client, &south_server, buyer, &forged).await;
+    let relayed = post_order(&client, &north_server, buyer, &forged).await;
+    assert_eq!(at_owner.1["error"], "bad_signature", "{at_owner:?}");
+    assert_eq!(relayed, at_owner);
+
+    // A zone nobody owns: 503, saying so and that the order may still have been committed.
+    let (status, body) = post_order(&client, &north_server, stranded, &order(stranded, &orphan, Side::Buy, 1, 1)).await;
+    assert_eq!(status, 503, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&format!("zone {orphan} has no live owner")), "{body}");
+    assert!(message.contains("may still have been committed"), "{body}");
+
+    north_server.shutdown().await.expect("stops cleanly");
+    south_server.shutdown().await.expect("stops cleanly");
+}
