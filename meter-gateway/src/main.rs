@@ -37,7 +37,8 @@ enum Command {
         /// Modbus unit (slave) id.
         #[arg(long, default_value_t = 1)]
         unit: u8,
-        /// Read through a register profile (shipped name or path) instead of SunSpec.
+        /// Read through a register profile (shipped name such as sdm72, sdm120, b23, iem3155; or a path)
+        /// instead of SunSpec.
         #[arg(long)]
         profile: Option<String>,
     },
@@ -52,7 +53,8 @@ enum Command {
         /// Modbus unit (slave) id.
         #[arg(long)]
         unit: Option<u8>,
-        /// Register profile: shipped name (sdm630, em24) or a TOML path; default SunSpec discovery.
+        /// Register profile: shipped name (sdm630, sdm72, sdm120, b23, iem3155, em24, sun2000) or a TOML
+        /// path; default SunSpec discovery.
         #[arg(long)]
         profile: Option<String>,
         /// mqtt://HOST[:PORT] or mqtts://HOST[:PORT].

@@ -178,3 +178,23 @@ async fn float_values_that_are_not_counts_are_refused_and_not_implemented_ones_a
     assert_eq!(meter.export_wh, Some(11), "10.5 rounds half away from zero");
     assert_eq!(meter.power_w, Some(-250), "exporting");
 }
+
+#[tokio::test]
+async fn a_float_home_with_a_battery_takes_setpoints_on_its_storage_model() {
+    use meter_gateway::battery::{BatteryMode, BatterySpec};
+    use meter_gateway::storage;
+    let clock = SimClock::starting_at(0, 1e-9);
+    let spec = HomeSpec { float_models: true, battery: Some(BatterySpec::HOME_10_KWH), ..HomeSpec::from_seed(5) };
+    let (service, home) = simulator::home_service(spec, clock);
+    let served = serve(service).await;
+    let mut client = client(served.addr);
+    let device = sunspec::discover(&mut client).await.expect("discovers");
+    let basic = device.storage_basic().expect("124");
+    assert_eq!(basic.start, simulator::SIM_STORAGE_BASIC_START_FLOAT, "after the longer float models");
+    storage::write_setpoint(&mut client, &device, 3_000, None, 600).await.expect("written");
+    let mode = home.lock().expect("home").battery().expect("a battery").mode;
+    assert_eq!(mode, BatteryMode::Setpoint { power_w: 3_000 });
+    let meter = sunspec::read_meter(&mut client, device.meter().expect("213")).await.expect("reads");
+    let state = home.lock().expect("home").state();
+    assert_eq!(meter.import_wh, Some(state.import_wh()));
+}
