@@ -338,8 +338,38 @@ fn scale_integer(value: i128, pow10: i32) -> Option<i128> {
 }
 
 impl Profile {
+    /// Parses a profile and checks each register's `not_available` pattern fits its type.
     pub fn parse(name: &str, text: &str) -> Result<Self, ProfileError> {
-        toml::from_str(text).map_err(|error| ProfileError::Invalid { name: name.to_owned(), reason: error.to_string() })
+        let invalid = |reason: String| ProfileError::Invalid { name: name.to_owned(), reason };
+        let profile: Self = toml::from_str(text).map_err(|error| invalid(error.to_string()))?;
+        for (quantity, register) in profile.registers() {
+            let bits = u32::from(register.value_type.words()) * 16;
+            if let Some(pattern) = register.not_available.filter(|pattern| bits < 64 && pattern.0 >> bits != 0) {
+                return Err(invalid(format!(
+                    "{quantity}: not_available {:#X} does not fit a {bits}-bit {:?}",
+                    pattern.0, register.value_type
+                )));
+            }
+        }
+        Ok(profile)
+    }
+
+    /// Every register of the profile with its quantity's name.
+    pub fn registers(&self) -> Vec<(&'static str, &Register)> {
+        let optional = [
+            ("pv_wh", &self.pv_wh),
+            ("power_w", &self.power_w),
+            ("serial", &self.serial),
+            ("battery_soc_permille", &self.battery_soc_permille),
+            ("battery_capacity_wh", &self.battery_capacity_wh),
+            ("battery_charge_wh", &self.battery_charge_wh),
+            ("battery_discharge_wh", &self.battery_discharge_wh),
+            ("battery_power_w", &self.battery_power_w),
+        ];
+        let mut registers = vec![("import_wh", &self.import_wh), ("export_wh", &self.export_wh)];
+        registers
+            .extend(optional.into_iter().filter_map(|(quantity, register)| Some((quantity, &**register.as_ref()?))));
+        registers
     }
 
     /// A shipped profile by name or alias (`sdm630`), else a file path.
@@ -476,6 +506,21 @@ mod tests {
         assert_eq!(reg(ValueType::F32, 0).decode(&[(inf >> 16) as u16, inf as u16]), Err(ValueRefusal::Infinite));
         let all_ones = Register { not_available: Some(RawPattern(u64::MAX)), ..reg(ValueType::U64, 1) };
         assert_eq!(all_ones.decode(&[0xFFFF; 4]), Ok(None), "the device's no-value pattern");
+    }
+
+    #[test]
+    fn a_not_available_pattern_wider_than_its_register_is_invalid() {
+        let text = |pattern: &str| {
+            format!(
+                "name = \"x\"\n[import_wh]\nregister = 0\nfunction = \"holding\"\ntype = \"u32\"\nnot_available = \"{pattern}\"\n\
+                 [export_wh]\nregister = 2\nfunction = \"holding\"\ntype = \"u32\"\n"
+            )
+        };
+        assert!(Profile::parse("x", &text("0xFFFFFFFF")).is_ok());
+        match Profile::parse("x", &text("0x1FFFFFFFF")) {
+            Err(ProfileError::Invalid { reason, .. }) => assert!(reason.contains("import_wh"), "{reason}"),
+            other => panic!("expected an invalid profile, got {other:?}"),
+        }
     }
 
     #[test]

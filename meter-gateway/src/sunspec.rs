@@ -384,19 +384,20 @@ pub fn decode_meter_float(id: u16, words: &[u16]) -> Result<MeterValues, SunSpec
 }
 
 /// Decodes the float inverter block read from offset [`INVF_W`] to [`INVF_ST`] inclusive, of model
-/// `id` (for errors). The inverter's power is its AC output, never negative.
+/// `id` (for errors). Its power may be slightly negative (an inverter drawing its own standby power at
+/// night); its lifetime energy may not.
 pub fn decode_inverter_float(id: u16, words: &[u16]) -> Result<InverterValues, SunSpecError> {
     let at = |offset: u16| word(words, offset - INVF_W);
-    let value = |point: &'static str, offset: u16| {
+    let value = |point: &'static str, offset: u16, negative_allowed: bool| {
         let (high, low) = (at(offset), at(offset + 1));
-        float32_to_int(high, low, false).map_err(|refusal| {
+        float32_to_int(high, low, negative_allowed).map_err(|refusal| {
             let bits = (u32::from(high) << 16) | u32::from(low);
             SunSpecError::BadFloat { id, point, value: f32::from_bits(bits), bits, refusal }
         })
     };
     Ok(InverterValues {
-        power_w: value("W", INVF_W)?,
-        energy_wh: value("WH", INVF_WH)?,
+        power_w: value("W", INVF_W, true)?,
+        energy_wh: value("WH", INVF_WH, false)?,
         operating_state: uint16(at(INVF_ST)),
         counter_modulus_wh: None,
     })
@@ -594,6 +595,27 @@ mod tests {
         assert!(matches!(
             decode_meter_float(213, &block),
             Err(SunSpecError::BadFloat { id: 213, point: "TotWhImp", refusal: FloatRefusal::Negative, .. })
+        ));
+    }
+
+    #[test]
+    fn a_float_inverter_at_night_may_draw_power_but_its_energy_never_falls_below_zero() {
+        let mut block = vec![NI_UINT16; usize::from(INVF_ST - INVF_W + 1)];
+        let put = |block: &mut Vec<u16>, offset: u16, value: f32| {
+            let (high, low) = halves(value);
+            let at = usize::from(offset - INVF_W);
+            block[at] = high;
+            block[at + 1] = low;
+        };
+        put(&mut block, INVF_W, -3.2);
+        put(&mut block, INVF_WH, 5_000_000.0);
+        block[usize::from(INVF_ST - INVF_W)] = 2;
+        let values = decode_inverter_float(113, &block).expect("decodes");
+        assert_eq!((values.power_w, values.energy_wh, values.operating_state), (Some(-3), Some(5_000_000), Some(2)));
+        put(&mut block, INVF_WH, -1.0);
+        assert!(matches!(
+            decode_inverter_float(113, &block),
+            Err(SunSpecError::BadFloat { id: 113, point: "WH", refusal: FloatRefusal::Negative, .. })
         ));
     }
 
