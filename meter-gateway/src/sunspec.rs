@@ -1,7 +1,7 @@
 //! SunSpec: discovery of the `SunS` marker, the model chain walk, and decoding of the common model (1),
 //! the integer inverter (101–103) and meter (201–204) models with their scale factors, the float
 //! inverter (111–113) and meter (211–214) models, and "not implemented" sentinels. Storage models
-//! (124, 802) are found here and decoded in [`crate::storage`].
+//! (124, 802) are found here and decoded in the `storage` module.
 //!
 //! Offsets below are relative to the first register after a model's ID and length (the SunSpec
 //! information model tables). They are checked against the official model definitions in
@@ -34,6 +34,10 @@ pub const END_MODEL_ID: u16 = 0xFFFF;
 pub const MODELS_MAX: usize = 64;
 
 pub const MODEL_COMMON: u16 = 1;
+/// Basic storage controls (decoded in `storage`, which re-exports it).
+pub const MODEL_STORAGE_BASIC: u16 = 124;
+/// Lithium-ion battery base model (decoded in `storage`, which re-exports it).
+pub const MODEL_LITHIUM_ION: u16 = 802;
 pub const COMMON_LEN: u16 = 66;
 pub const COMMON_MANUFACTURER: u16 = 0; // 16 registers, string
 pub const COMMON_MODEL: u16 = 16; // 16 registers
@@ -163,14 +167,14 @@ impl Device {
             .copied()
             .find(|entry| INVERTER_MODELS.contains(&entry.id) || INVERTER_FLOAT_MODELS.contains(&entry.id))
     }
-    /// Basic storage controls (model 124), see [`crate::storage`].
+    /// Basic storage controls (model 124), decoded by the `storage` module.
     pub fn storage_basic(&self) -> Option<ModelEntry> {
-        let id = crate::storage::MODEL_STORAGE_BASIC;
+        let id = MODEL_STORAGE_BASIC;
         self.find(id..=id)
     }
-    /// Lithium-ion battery base model (802), see [`crate::storage`].
+    /// Lithium-ion battery base model (802), decoded by the `storage` module.
     pub fn lithium_ion(&self) -> Option<ModelEntry> {
-        let id = crate::storage::MODEL_LITHIUM_ION;
+        let id = MODEL_LITHIUM_ION;
         self.find(id..=id)
     }
 }

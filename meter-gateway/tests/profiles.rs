@@ -152,3 +152,13 @@ async fn a_counter_beyond_the_representable_range_is_refused_with_a_clear_error(
     assert_eq!(values.import_wh, None, "ABB's all-ones is not available, not 1.8e20 Wh");
     assert_eq!(values.export_wh, Some(98_765_430));
 }
+
+#[tokio::test]
+async fn the_carlo_gavazzi_em24_profile_reads_its_register_dump_low_word_first() {
+    let (profile, values, _served) = read_dump("em24", include_str!("fixtures/carlo-gavazzi-em24.dump")).await;
+    assert_eq!(profile.name, "carlo-gavazzi-em24");
+    assert_eq!(values.import_wh, Some(12_345_600), "123456 × 0.1 kWh");
+    assert_eq!(values.export_wh, Some(789_100));
+    assert_eq!(values.power_w, Some(-123), "-1234 × 0.1 W, exporting");
+    assert_eq!(values.counter_modulus_wh, Some(429_496_729_600), "a 32-bit counter in 0.1 kWh wraps");
+}
