@@ -37,7 +37,8 @@ enum Command {
         /// Modbus unit (slave) id.
         #[arg(long, default_value_t = 1)]
         unit: u8,
-        /// Read through a register profile (shipped name or path) instead of SunSpec.
+        /// Read through a register profile (shipped name such as sdm72, sdm120, b23, iem3155; or a path)
+        /// instead of SunSpec.
         #[arg(long)]
         profile: Option<String>,
     },
@@ -52,7 +53,8 @@ enum Command {
         /// Modbus unit (slave) id.
         #[arg(long)]
         unit: Option<u8>,
-        /// Register profile: shipped name (sdm630, em24) or a TOML path; default SunSpec discovery.
+        /// Register profile: shipped name (sdm630, sdm72, sdm120, b23, iem3155, em24, sun2000) or a TOML
+        /// path; default SunSpec discovery.
         #[arg(long)]
         profile: Option<String>,
         /// mqtt://HOST[:PORT] or mqtts://HOST[:PORT].
@@ -97,6 +99,9 @@ enum Command {
         /// Baud rate of the RTU line.
         #[arg(long, default_value_t = 9600)]
         baud: u32,
+        /// Serve the SunSpec float models (113 inverter, 213 meter) instead of 103 and 203.
+        #[arg(long)]
+        float_models: bool,
     },
 }
 
@@ -186,12 +191,13 @@ async fn real_main(cli: Cli) -> Result<()> {
             }
             gateway::run(settings, shutdown_signal()).await.context("gateway stopped")
         }
-        Command::Simulate { listen, homes, speed, seed, rtu, baud } => {
+        Command::Simulate { listen, homes, speed, seed, rtu, baud, float_models } => {
             if homes == 0 {
                 bail!("--homes must be at least 1");
             }
             let clock = SimClock::sped_up(speed);
-            let specs: Vec<HomeSpec> = (0..homes as u64).map(|i| HomeSpec::from_seed(seed + i)).collect();
+            let specs: Vec<HomeSpec> =
+                (0..homes as u64).map(|i| HomeSpec { float_models, ..HomeSpec::from_seed(seed + i) }).collect();
             let (stop, stop_rx) = tokio::sync::watch::channel(false);
             let simulation = simulator::spawn_homes(listen, &specs, clock, stop_rx.clone()).await?;
             for (spec, addr) in specs.iter().zip(&simulation.addrs) {

@@ -1,4 +1,5 @@
-//! A simulated home: a SunSpec device stack (common model 1, inverter 103, meter 203) served over
+//! A simulated home: a SunSpec device stack (common model 1, inverter 103, meter 203; or, with
+//! [`HomeSpec::float_models`], the float models 113 and 213) served over
 //! Modbus TCP or RTU with tokio-modbus's server, whose counters follow a day of PV production (by time
 //! of day, with cloud noise) and household load, on a possibly sped-up [`SimClock`]. A home may have a
 //! battery ([`crate::battery`]) behind its grid meter; then it also serves SunSpec storage models 124
@@ -130,6 +131,41 @@ pub fn inverter_model(power_w: i64, energy_wh: u32, state: u16) -> Vec<u16> {
     body[usize::from(INV_WH)..usize::from(INV_WH) + 2].copy_from_slice(&[(energy_wh >> 16) as u16, energy_wh as u16]);
     body[usize::from(INV_WH_SF)] = 0;
     body[usize::from(INV_ST)] = state;
+    body
+}
+
+/// A float32 as two registers, high word first.
+pub fn float_words(value: f32) -> [u16; 2] {
+    let bits = value.to_bits();
+    [(bits >> 16) as u16, bits as u16]
+}
+
+/// A body of `len` registers whose float32 points are all "not implemented" (0x7FC00000).
+fn not_implemented_floats(len: u16) -> Vec<u16> {
+    (0..len).map(|i| if i.is_multiple_of(2) { (NI_FLOAT32 >> 16) as u16 } else { NI_FLOAT32 as u16 }).collect()
+}
+
+/// Model 213 body (float meter, 124 registers) with power and counters; other floats not implemented.
+pub fn meter_float_model(power_w: f32, import_wh: f32, export_wh: f32) -> Vec<u16> {
+    let mut body = not_implemented_floats(METER_FLOAT_LEN);
+    let mut set = |offset: u16, value: f32| {
+        body[usize::from(offset)..usize::from(offset) + 2].copy_from_slice(&float_words(value));
+    };
+    set(MTRF_W, power_w);
+    set(MTRF_TOT_WH_EXP, export_wh);
+    set(MTRF_TOT_WH_IMP, import_wh);
+    body[122..124].copy_from_slice(&[0, 0]); // Evt: no events
+    body
+}
+
+/// Model 113 body (float inverter, 60 registers) with power, lifetime energy and operating state.
+pub fn inverter_float_model(power_w: f32, energy_wh: f32, state: u16) -> Vec<u16> {
+    let mut body = not_implemented_floats(INVERTER_FLOAT_LEN);
+    body[usize::from(INVF_W)..usize::from(INVF_W) + 2].copy_from_slice(&float_words(power_w));
+    body[usize::from(INVF_WH)..usize::from(INVF_WH) + 2].copy_from_slice(&float_words(energy_wh));
+    body[usize::from(INVF_ST)] = state;
+    body[usize::from(INVF_ST) + 1] = NI_UINT16; // StVnd
+    body[48..60].fill(0); // Evt1, Evt2, EvtVnd1–4: no events
     body
 }
 
@@ -266,6 +302,9 @@ pub fn lithium_ion_model(spec: &BatterySpec, soc_permille: i64, battery_w: i64) 
 /// Where the simulated home's model 124 data starts: after the marker, the common model (1), the
 /// inverter (103) and the meter (203), and its own header.
 pub const SIM_STORAGE_BASIC_START: u16 = SIM_BASE + 2 + (2 + COMMON_LEN) + (2 + INVERTER_LEN) + (2 + METER_LEN) + 2;
+/// The same with the float models 113 and 213 in place of 103 and 203.
+pub const SIM_STORAGE_BASIC_START_FLOAT: u16 =
+    SIM_BASE + 2 + (2 + COMMON_LEN) + (2 + INVERTER_FLOAT_LEN) + (2 + METER_FLOAT_LEN) + 2;
 
 /// One simulated home.
 #[derive(Debug, Clone, PartialEq)]
@@ -282,6 +321,9 @@ pub struct HomeSpec {
     pub serial: String,
     /// A battery behind the grid meter, if the home has one.
     pub battery: Option<BatterySpec>,
+    /// Serve the float models 113 and 213 (float32 values) instead of 103 and 203 (integers with
+    /// scale factors).
+    pub float_models: bool,
 }
 
 impl HomeSpec {
@@ -296,6 +338,7 @@ impl HomeSpec {
             utc_offset_h: 0.0,
             serial: format!("SIM-{seed:08}"),
             battery: None,
+            float_models: false,
         }
     }
 }
@@ -534,11 +577,21 @@ impl Home {
         let s = &self.state;
         let wrap = |wh: i64| (wh.max(0) as u64 % (1u64 << 32)) as u32;
         let inverter_state = if s.pv_w > 0.0 { 4 } else { 2 };
-        let mut models = vec![
-            (MODEL_COMMON, common_model("gridex", "SimHome", "1.0", &self.spec.serial)),
-            (103, inverter_model(s.pv_w.round() as i64, wrap(s.pv_wh()), inverter_state)),
-            (203, meter_model(s.net_w().round() as i64, wrap(s.import_wh()), wrap(s.export_wh()))),
-        ];
+        let common = (MODEL_COMMON, common_model("gridex", "SimHome", "1.0", &self.spec.serial));
+        let mut models = if self.spec.float_models {
+            let (pv_w, net_w) = (s.pv_w.round() as f32, s.net_w().round() as f32);
+            vec![
+                common,
+                (113, inverter_float_model(pv_w, s.pv_wh() as f32, inverter_state)),
+                (213, meter_float_model(net_w, s.import_wh() as f32, s.export_wh() as f32)),
+            ]
+        } else {
+            vec![
+                common,
+                (103, inverter_model(s.pv_w.round() as i64, wrap(s.pv_wh()), inverter_state)),
+                (203, meter_model(s.net_w().round() as i64, wrap(s.import_wh()), wrap(s.export_wh()))),
+            ]
+        };
         if let Some(battery) = &self.battery {
             let soc = battery.soc_permille();
             models.push((MODEL_STORAGE_BASIC, storage_basic_model(&battery.spec, soc, s.battery_w, &self.control)));
@@ -582,9 +635,10 @@ impl DeviceService {
             bank.writes.push((addr, words.clone()));
             // Lock order is home, then bank (as above).
             drop(bank);
-            let offset = addr.checked_sub(SIM_STORAGE_BASIC_START).ok_or(ExceptionCode::IllegalDataAddress)?;
             let home = self.home.as_ref().ok_or(ExceptionCode::IllegalDataAddress)?;
             let mut home = lock(home);
+            let start = if home.spec.float_models { SIM_STORAGE_BASIC_START_FLOAT } else { SIM_STORAGE_BASIC_START };
+            let offset = addr.checked_sub(start).ok_or(ExceptionCode::IllegalDataAddress)?;
             home.write_storage_control(offset, &words, self.clock.now_ms())?;
             home.write_registers(&mut lock(&self.bank));
             return Ok(Some(match request {

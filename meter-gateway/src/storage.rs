@@ -20,8 +20,7 @@ use crate::battery::BatteryMode;
 use crate::modbus::{Function, ModbusClient, ModbusError};
 use crate::sunspec::{int16, scaled, sunssf, uint16, uint32, Device, ModelEntry};
 
-pub const MODEL_STORAGE_BASIC: u16 = 124;
-pub const MODEL_LITHIUM_ION: u16 = 802;
+pub use crate::sunspec::{MODEL_LITHIUM_ION, MODEL_STORAGE_BASIC};
 
 /// Model 124 (basic storage controls), length 24.
 pub const S124_LEN: u16 = 24;
