@@ -449,17 +449,14 @@ pub async fn start(
             buckets: Default::default(),
         };
         spawn(tokio::spawn(plan_stage.run(plans_rx, shutdown.clone())));
-        let listener =
-            mqtt::listen(
-                connection.link,
-                served,
-                ingest_tx.clone(),
-                plans_tx,
-                relay,
-                ready_tx,
-                shutdown.clone(),
-                mqtt_stop,
-            );
+        let listener = mqtt::listen(
+            connection.link,
+            served,
+            mqtt::Inlets { ingest: ingest_tx.clone(), plans: plans_tx, relay },
+            ready_tx,
+            shutdown.clone(),
+            mqtt_stop,
+        );
         mqtt_tasks.push(listener);
     }
 

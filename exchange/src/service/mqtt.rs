@@ -101,20 +101,26 @@ pub(super) fn connect(
     Connection { publish, publisher, link: Link { client, eventloop } }
 }
 
-/// Starts taking inbound messages into `ingest`: the listener (returned, to be joined), the PUBACK
-/// sender and the forwarder. `served`: what to subscribe to; battery plans go to `plans` (the plan
-/// stage), everything else to `ingest`.
+/// Where the listener hands inbound messages: battery plans to `plans` (the plan stage), commands
+/// relayed here and relay answers to `relay`, everything else to `ingest`.
+pub(super) struct Inlets {
+    pub ingest: mpsc::Sender<Raw>,
+    pub plans: mpsc::Sender<RawPlan>,
+    pub relay: Relay,
+}
+
+/// Starts taking inbound messages into `inlets`: the listener (returned, to be joined), the PUBACK
+/// sender and the forwarder. `served`: what to subscribe to.
 pub(super) fn listen(
     link: Link,
     served: Served,
-    ingest: mpsc::Sender<Raw>,
-    plans: mpsc::Sender<RawPlan>,
-    relay: Relay,
+    inlets: Inlets,
     ready: watch::Sender<bool>,
     shutdown: watch::Receiver<bool>,
     mqtt_stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let Link { client, eventloop } = link;
+    let Inlets { ingest, plans, relay } = inlets;
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();
     // Not joined: it ends once the listener and every pending MqttAck are gone.
     tokio::spawn(acker(client.clone(), acks_rx));
