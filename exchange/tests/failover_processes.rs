@@ -27,16 +27,27 @@ const FAULT_AFTER: usize = 60;
 /// Short leases, so the test waits little: failover within TTL + renew interval.
 const LEASE_TTL_MS: u64 = 1_500;
 const LEASE_RENEW_MS: u64 = 300;
-/// A command not answered within this is sent again (same signed bytes: a duplicate at worst).
+/// A command not answered within this is sent again (same signed bytes: a duplicate at worst),
+/// then after twice as long each time, up to [`RESEND_AFTER_MAX`], as a gateway or agent backs off.
 const RESEND_AFTER: Duration = Duration::from_secs(2);
+const RESEND_AFTER_MAX: Duration = Duration::from_secs(16);
 /// Bound on any wait of this test (a hang guard, not a timing assertion).
 const DEADLINE: Duration = Duration::from_secs(120);
 
-/// The client side: every command sent and not answered yet, with when it was last sent.
+/// A command sent and not answered yet.
+struct Pending {
+    topic: String,
+    bytes: Vec<u8>,
+    /// When it is sent again if still unanswered, and the wait after that.
+    due: Instant,
+    backoff: Duration,
+}
+
+/// The client side: every command sent and not answered yet.
 struct Client {
     probe: Probe,
     watched: Vec<String>,
-    pending: BTreeMap<(String, u64), (String, Vec<u8>, Instant)>,
+    pending: BTreeMap<(String, u64), Pending>,
     acked: BTreeSet<(String, u64)>,
     refused: Vec<((String, u64), Reason)>,
     resent: usize,
@@ -45,28 +56,41 @@ struct Client {
 impl Client {
     async fn send(&mut self, account: String, nonce: u64, topic: String, bytes: Vec<u8>) {
         self.probe.publish(topic.clone(), bytes.clone()).await;
-        self.pending.insert((account, nonce), (topic, bytes, Instant::now()));
+        let due = Instant::now() + RESEND_AFTER;
+        self.pending.insert((account, nonce), Pending { topic, bytes, due, backoff: RESEND_AFTER });
     }
 
     /// Takes answers (and sends again what waits too long) until at most `left` commands are
     /// unanswered.
     async fn drive_until(&mut self, left: usize) {
         let started = Instant::now();
+        let mut reported = Instant::now();
         while self.pending.len() > left {
             assert!(started.elapsed() < DEADLINE, "{} commands still unanswered", self.pending.len());
+            if reported.elapsed() >= Duration::from_secs(5) {
+                reported = Instant::now();
+                eprintln!(
+                    "client: {} unanswered, {} acknowledged, {} sent again",
+                    self.pending.len(),
+                    self.acked.len(),
+                    self.resent
+                );
+            }
             let watched: Vec<&str> = self.watched.iter().map(String::as_str).collect();
             if let Ok((topic, payload)) =
                 tokio::time::timeout(Duration::from_millis(250), self.probe.next_any(&watched)).await
             {
                 self.take(&topic, &payload);
             }
+            let now = Instant::now();
             let stale: Vec<(String, Vec<u8>)> = self
                 .pending
                 .values_mut()
-                .filter(|(_, _, sent)| sent.elapsed() >= RESEND_AFTER)
-                .map(|(topic, bytes, sent)| {
-                    *sent = Instant::now();
-                    (topic.clone(), bytes.clone())
+                .filter(|pending| pending.due <= now)
+                .map(|pending| {
+                    pending.backoff = (pending.backoff * 2).min(RESEND_AFTER_MAX);
+                    pending.due = now + pending.backoff;
+                    (pending.topic.clone(), pending.bytes.clone())
                 })
                 .collect();
             for (topic, bytes) in stale {
@@ -154,7 +178,7 @@ async fn a_paused_then_a_killed_zone_owner_hands_its_zones_over_and_nothing_ackn
     wait_for_zones(&mut second, 1, "the second node takes its share");
     wait_for_zones(&mut first, 1, "the first node hands over one zone");
 
-    let mut send_phase = |client: &mut Client| {
+    let mut next_phase = || {
         let mut batch = Vec::new();
         for index in 0..ORDERS_PER_PHASE {
             let zone_index = index % zones.len();
@@ -162,12 +186,11 @@ async fn a_paused_then_a_killed_zone_owner_hands_its_zones_over_and_nothing_ackn
             let account = account_hex(&keys[zone_index][seed as usize]);
             batch.push((account.clone(), nonce, topics::orders(&zones[zone_index], &account), bytes));
         }
-        let _ = client;
         batch
     };
 
     // 1. A stale owner: the owner of zone 0 is paused until the other takes its zone, then resumed.
-    let batch = send_phase(&mut client);
+    let batch = next_phase();
     for (account, nonce, topic, bytes) in batch {
         client.send(account, nonce, topic, bytes).await;
     }
@@ -199,7 +222,7 @@ async fn a_paused_then_a_killed_zone_owner_hands_its_zones_over_and_nothing_ackn
     );
 
     // 2. A dead owner: the owner of zone 0 is SIGKILLed mid-stream.
-    let batch = send_phase(&mut client);
+    let batch = next_phase();
     for (account, nonce, topic, bytes) in batch {
         client.send(account, nonce, topic, bytes).await;
     }

@@ -7,7 +7,6 @@ use crate::live::LiveEvent;
 use exchange::service::{ExchangeHandle, MarketEvent};
 use protocol::{AccountId, BookSnapshot, OrderStatus, PricePerKwh, Side, SlotId, TimeInForce, Wh, ZoneId};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
@@ -70,6 +69,55 @@ impl From<exchange::zone::OpenOrder> for OpenOrder {
 }
 
 /// Handle on the exchange service, or nothing.
+/// The answer to a committed order, cancel or replace (`POST /api/v1/orders`): what happened to
+/// the order the command names, then every change of the sender's orders and the trades it caused.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct OrderReply {
+    /// Always `accepted`: the command is in the log (refusals are errors).
+    pub status: &'static str,
+    /// Where the named order stands now.
+    pub outcome: Outcome,
+    /// The command's position in the exchange's log.
+    pub command_seq: u64,
+    /// The order the command is about.
+    pub order_nonce: Option<u64>,
+    /// The sender's orders after the command, in event order (the named order first).
+    pub updates: Vec<protocol::OrderUpdate>,
+    /// The trades the command caused.
+    pub trades: Vec<protocol::Trade>,
+}
+
+/// Where the order a command names stands after it.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Open in the book, nothing traded yet.
+    Resting,
+    /// Open in the book with part of it traded.
+    PartiallyFilled,
+    /// Traded in full.
+    Filled,
+    /// Out of the book: cancelled by request, or an IOC remainder.
+    Cancelled,
+    /// Removed at gate closure.
+    Expired,
+    /// No order update came back (never for a committed command; kept for forward compatibility).
+    Unknown,
+}
+
+impl Outcome {
+    fn of(update: Option<&protocol::OrderUpdate>) -> Outcome {
+        let Some(update) = update else { return Outcome::Unknown };
+        match update.status {
+            OrderStatus::Open if update.filled_qty_wh.0 > 0 => Outcome::PartiallyFilled,
+            OrderStatus::Open => Outcome::Resting,
+            OrderStatus::Filled => Outcome::Filled,
+            OrderStatus::Cancelled => Outcome::Cancelled,
+            OrderStatus::Expired => Outcome::Expired,
+        }
+    }
+}
+
 #[derive(Clone, Default)]
 pub struct Market {
     inner: Option<ExchangeHandle>,
@@ -110,20 +158,22 @@ impl Market {
     /// command is committed. A command for a zone another instance owns (PostgreSQL) is relayed to
     /// that owner through the broker and answered as the owner answers it; 503 when none answers
     /// in `market.relay_timeout_ms` (ARCHITECTURE.md, "The command relay").
-    pub async fn submit_command(&self, bytes: Vec<u8>) -> Result<serde_json::Value, ApiError> {
+    pub async fn submit_command(&self, bytes: Vec<u8>) -> Result<OrderReply, ApiError> {
         let ack = self
             .exchange()?
             .submit_command(bytes)
             .await
             .map_err(|rejection| ApiError::from_reason(rejection.reason, rejection.message))?;
         let order_nonce = ack.updates.first().map(|update| update.order_nonce);
-        Ok(json!({
-            "status": "accepted",
-            "command_seq": ack.command_seq,
-            "order_nonce": order_nonce,
-            "updates": ack.updates,
-            "trades": ack.trades,
-        }))
+        let outcome = Outcome::of(ack.updates.first());
+        Ok(OrderReply {
+            status: "accepted",
+            outcome,
+            command_seq: ack.command_seq,
+            order_nonce,
+            updates: ack.updates,
+            trades: ack.trades,
+        })
     }
 
     pub async fn book(&self, zone: &ZoneId, slot: SlotId, levels: usize) -> Result<Option<BookSnapshot>, ApiError> {

@@ -198,7 +198,13 @@ pub fn endpoints() -> Vec<Endpoint> {
             web::post().to(trader::submit_order)
         })
         .auth(Trader)
-        .body("SignedCommand", 202),
+        .body("SignedCommand", 201)
+        .returns("OrderReply")
+        .bounded(
+            "Answered once the command is committed and matched: 201 for a new order, 200 (same body) for a \
+             cancel or replace. A refusal is an error with the reason (PROTOCOL.md §7), e.g. 422 \
+             `price_out_of_band` stating the slot's band.",
+        ),
         ep("get", "/api/v1/me/orders", "My open orders", "trader", || web::get().to(trader::my_orders))
             .auth(Trader)
             .returns_list("OpenOrder")
@@ -466,6 +472,26 @@ fn schemas() -> Value {
                                        "placed_ms": { "type": "integer", "format": "int64",
                                                       "description": "The order's signed time (market clock)" },
                                        "ts_ms": int } },
+        "OrderUpdate": { "type": "object",
+                         "required": ["account", "zone", "slot", "order_nonce", "status", "price_per_kwh", "open_qty_wh", "filled_qty_wh", "ts_ms"],
+                         "properties": { "account": string, "zone": string, "slot": int, "order_nonce": int,
+                                         "status": { "type": "string", "enum": ["open", "filled", "cancelled", "expired"] },
+                                         "price_per_kwh": int, "open_qty_wh": int, "filled_qty_wh": int, "ts_ms": int } },
+        "Trade": { "type": "object",
+                   "required": ["trade_id", "zone", "slot", "price_per_kwh", "qty_wh", "buyer", "seller", "buy_nonce", "sell_nonce", "aggressor", "ts_ms"],
+                   "properties": { "trade_id": int, "zone": string, "slot": int, "price_per_kwh": int, "qty_wh": int,
+                                   "buyer": string, "seller": string, "buy_nonce": int, "sell_nonce": int,
+                                   "aggressor": { "type": "string", "enum": ["buy", "sell"] }, "ts_ms": int } },
+        "OrderReply": { "type": "object", "required": ["status", "outcome", "command_seq", "updates", "trades"],
+                        "description": "What a committed order, cancel or replace did",
+                        "properties": { "status": { "type": "string", "enum": ["accepted"] },
+                                        "outcome": { "type": "string",
+                                                     "enum": ["resting", "partially_filled", "filled", "cancelled", "expired", "unknown"],
+                                                     "description": "Where the order the command names stands now" },
+                                        "command_seq": int,
+                                        "order_nonce": { "type": "integer", "format": "int64", "nullable": true },
+                                        "updates": { "type": "array", "items": { "$ref": "#/components/schemas/OrderUpdate" } },
+                                        "trades": { "type": "array", "items": { "$ref": "#/components/schemas/Trade" } } } },
         "SignedCommand": { "type": "object", "required": ["type", "account", "sig"],
                            "description": "A signed protocol order, cancel or replace (see PROTOCOL.md)",
                            "properties": { "type": { "type": "string", "enum": ["order", "cancel", "replace"] },
@@ -523,6 +549,10 @@ pub fn openapi_document(demo: bool) -> Value {
         });
         if let Some(description) = description {
             operation["description"] = json!(description);
+        }
+        if endpoint.method == "post" && endpoint.path == "/api/v1/orders" {
+            // A cancel or replace answers the same body with 200.
+            operation["responses"]["200"] = operation["responses"]["201"].clone();
         }
         if let Some(schema) = endpoint.body {
             operation["requestBody"] = json!({ "required": true, "content": {

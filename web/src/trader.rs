@@ -58,8 +58,11 @@ pub async fn submit_order(
         crate::metrics::count_order_rejected("account_mismatch");
         return Err(ApiError::forbidden("forbidden", "the order is signed for another account than the request"));
     }
-    let ack = state.market.submit_command(body.to_vec()).await?;
-    Ok(HttpResponse::Accepted().json(ack))
+    let is_new_order = matches!(command, Command::Order(_));
+    let reply = state.market.submit_command(body.to_vec()).await?;
+    // Committed and matched before the answer: a new order is created (201), a cancel or replace
+    // changed an existing one (200).
+    Ok(if is_new_order { HttpResponse::Created().json(reply) } else { HttpResponse::Ok().json(reply) })
 }
 
 pub async fn my_orders(state: web::Data<AppState>, request: HttpRequest) -> Result<HttpResponse, ApiError> {

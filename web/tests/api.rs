@@ -243,7 +243,7 @@ async fn metrics_count_accepted_and_rejected_orders_and_show_latencies_and_queue
     let out_of_band = r#"gridex_orders_total{result="price_out_of_band"}"#;
     let bad_signature = r#"gridex_orders_total{result="bad_signature"}"#;
     let before = app.metrics().await;
-    assert_eq!(app.place(&app.alice, Side::Sell, 150_000, 1_000).await.0, 202);
+    assert_eq!(app.place(&app.alice, Side::Sell, 150_000, 1_000).await.0, 201);
     assert_eq!(app.place(&app.alice, Side::Sell, 900_000, 1_000).await.0, 422);
     let tampered = String::from_utf8(app.order(&app.alice, Side::Sell, 150_000, 1_000))
         .expect("utf-8")
@@ -508,7 +508,7 @@ async fn a_utility_registers_zones_tariffs_accounts_and_devices() {
     };
     let body = Signed::sign(order, &carol_key).expect("sign").to_json();
     let (status, ack) = app.signed(&carol_key, "POST", "/api/v1/orders", &body, now_ms()).await;
-    assert_eq!(status, 202, "{ack}");
+    assert_eq!(status, 201, "{ack}");
     let slot = open_slot().start_ms();
     let (status, book) = app.get(&format!("/api/v1/zones/south/book?slot={slot}&levels=5")).await;
     assert_eq!(status, 200, "{book}");
@@ -560,7 +560,7 @@ async fn a_signed_order_rests_in_the_book_and_in_the_traders_open_orders() {
     let (status, gone) = app.get(&format!("/api/v1/zones/{ZONE}/book?slot={past}&levels=5")).await;
     assert_eq!(status, 404, "{gone}");
     let (status, ack) = app.place(&app.alice, Side::Sell, 150_000, 2_000).await;
-    assert_eq!(status, 202, "{ack}");
+    assert_eq!(status, 201, "{ack}");
     assert_eq!(ack["status"], "accepted");
     let (status, book) = app.get(&format!("/api/v1/zones/{ZONE}/book?slot={slot}&levels=5")).await;
     assert_eq!(status, 200, "{book}");
@@ -581,12 +581,12 @@ async fn a_signed_order_rests_in_the_book_and_in_the_traders_open_orders() {
 async fn open_orders_show_side_time_in_force_and_open_and_filled_energy() {
     let app = spawn_app().await;
     let (status, sell) = app.place(&app.alice, Side::Sell, 150_000, 2_000).await;
-    assert_eq!(status, 202, "{sell}");
+    assert_eq!(status, 201, "{sell}");
     let body = app.order_with(&app.alice, Side::Buy, 100_000, 700, TimeInForce::Gtc, true);
     let (status, buy) = app.signed(&app.alice, "POST", "/api/v1/orders", &body, now_ms()).await;
-    assert_eq!(status, 202, "{buy}");
+    assert_eq!(status, 201, "{buy}");
     // Bob takes 500 Wh of Alice's sell order.
-    assert_eq!(app.place(&app.bob, Side::Buy, 160_000, 500).await.0, 202);
+    assert_eq!(app.place(&app.bob, Side::Buy, 160_000, 500).await.0, 201);
 
     let (status, mine) = app.trader_get(&app.alice, "/api/v1/me/orders").await;
     assert_eq!(status, 200, "{mine}");
@@ -622,10 +622,24 @@ async fn open_orders_show_side_time_in_force_and_open_and_filled_energy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crossing_orders_trade_and_show_in_trades_and_prices() {
     let app = spawn_app().await;
-    assert_eq!(app.place(&app.alice, Side::Sell, 150_000, 2_000).await.0, 202);
+    let (status, sell) = app.place(&app.alice, Side::Sell, 150_000, 2_000).await;
+    assert_eq!((status, &sell["outcome"]), (201, &json!("resting")), "a new order is created: {sell}");
     let (status, ack) = app.place(&app.bob, Side::Buy, 160_000, 500).await;
-    assert_eq!(status, 202, "{ack}");
+    assert_eq!((status, &ack["outcome"]), (201, &json!("filled")), "{ack}");
     assert_eq!(ack["trades"][0]["price_per_kwh"], 150_000);
+    // The rest of Alice's sell is cancelled: 200 (an existing order changed), with where it stands.
+    let cancel = protocol::Cancel {
+        account: account(&app.alice),
+        zone: zone(),
+        slot: open_slot(),
+        order_nonce: sell["order_nonce"].as_u64().expect("the order's nonce"),
+        nonce: app.nonce.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+        ts_ms: TimestampMs(now_ms()),
+    };
+    let body = Signed::sign(cancel, &app.alice).expect("sign").to_json();
+    let (status, cancelled) = app.signed(&app.alice, "POST", "/api/v1/orders", &body, now_ms()).await;
+    assert_eq!((status, &cancelled["outcome"]), (200, &json!("cancelled")), "{cancelled}");
+    assert_eq!(cancelled["updates"][0]["filled_qty_wh"], 500, "{cancelled}");
     let (_, trades) = app.get(&format!("/api/v1/zones/{ZONE}/trades?limit=10")).await;
     assert_eq!(trades[0]["qty_wh"], 500);
     assert_eq!(trades[0]["seller"], account(&app.alice).to_hex());
@@ -795,10 +809,10 @@ async fn the_live_feed_streams_trades_books_and_settlements_of_its_zone() {
     let mut stream = app.client.get(app.url(&format!("/api/v1/stream?zone={ZONE}"))).send().await.expect("stream");
     assert_eq!(stream.status().as_u16(), 200);
     assert!(stream.headers()["content-type"].to_str().expect("ascii").starts_with("text/event-stream"));
-    assert_eq!(app.place(&app.alice, Side::Sell, 150_000, 2_000).await.0, 202);
+    assert_eq!(app.place(&app.alice, Side::Sell, 150_000, 2_000).await.0, 201);
     let book = read_event(&mut stream, "book").await;
     assert_eq!(book["zone"], ZONE);
-    assert_eq!(app.place(&app.bob, Side::Buy, 150_000, 700).await.0, 202);
+    assert_eq!(app.place(&app.bob, Side::Buy, 150_000, 700).await.0, 201);
     let trade = read_event(&mut stream, "trade").await;
     assert_eq!(trade["qty_wh"], 700);
     // Both carry the operator's signature, which verifies against the pinned key (PROTOCOL.md §2.1).
@@ -829,8 +843,8 @@ async fn order_updates_reach_only_their_traders_stream() {
     }
     let mut alices = request.send().await.expect("stream");
     assert_eq!(alices.status().as_u16(), 200);
-    assert_eq!(app.place(&app.bob, Side::Buy, 100_000, 100).await.0, 202);
-    assert_eq!(app.place(&app.alice, Side::Sell, 200_000, 100).await.0, 202);
+    assert_eq!(app.place(&app.bob, Side::Buy, 100_000, 100).await.0, 201);
+    assert_eq!(app.place(&app.alice, Side::Sell, 200_000, 100).await.0, 201);
     let update = read_event(&mut alices, "order_update").await;
     assert_eq!(update["account"], account(&app.alice).to_hex(), "bob's update was not sent to alice");
     drop(alices);
@@ -1068,8 +1082,8 @@ async fn settled_slots_give_statements_with_proofs_balances_reports_and_tokens()
     let slot = open_slot().start_ms();
     let report_path = format!("/api/v1/reports/{ZONE}/{slot}");
     assert_error(&app.utility("GET", &report_path, Some(UTILITY_KEY), None).await, 404, "slot_not_settled");
-    assert_eq!(app.place(&app.alice, Side::Sell, 150_000, 2_000).await.0, 202);
-    assert_eq!(app.place(&app.bob, Side::Buy, 150_000, 1_000).await.0, 202);
+    assert_eq!(app.place(&app.alice, Side::Sell, 150_000, 2_000).await.0, 201);
+    assert_eq!(app.place(&app.bob, Side::Buy, 150_000, 1_000).await.0, 201);
     // Settle everything up to two hours from now, as the settlement loop would then.
     let config = settlement::SettlementConfig::new(protocol::testing::signing_key(50));
     let closed =

@@ -624,7 +624,7 @@ async fn an_order_is_relayed_between_two_servers_through_the_generated_acl() {
     let response = tokio::time::timeout(DEADLINE, request.send()).await.expect("answered in time").expect("answers");
     let status = response.status().as_u16();
     let answer: serde_json::Value = response.json().await.expect("a JSON body");
-    assert_eq!((status, &answer["status"]), (202, &serde_json::json!("accepted")), "{answer}");
+    assert_eq!((status, &answer["status"]), (201, &serde_json::json!("accepted")), "{answer}");
     assert_eq!(owner.exchange().open_orders(account_id(key)).await.len(), 1, "the owner holds the order");
     assert!(relaying.exchange().open_orders(account_id(key)).await.is_empty());
     for app in [relaying, owner] {

@@ -1,7 +1,7 @@
 //! The per-account order rate limit of issue 12 through the real HTTP server and the real exchange:
 //! a household that floods `POST /api/v1/orders` with valid orders signed by its own key is
 //! answered 429 `rate_limited` with `Retry-After` beyond its limit, nothing refused is logged, and
-//! its neighbour trades on. Before the limit every order of the flood was accepted (202).
+//! its neighbour trades on. Before the limit every order of the flood was accepted (201).
 
 mod common;
 
@@ -127,7 +127,7 @@ async fn order_flood(test_db: TestDb) {
     }
     let statuses: Vec<u16> = answers.iter().map(|(status, _, _)| *status).collect();
     let burst = usize::try_from(BURST).expect("small");
-    let mut expected = vec![202; burst];
+    let mut expected = vec![201; burst];
     expected.resize(usize::try_from(FLOOD).expect("small"), 429);
     assert_eq!(statuses, expected, "the burst is accepted, the rest refused: {answers:?}");
     for (status, retry_after, body) in &answers[burst..] {
@@ -143,14 +143,14 @@ async fn order_flood(test_db: TestDb) {
     // The neighbour in the same zone is not limited by the flooder's bucket.
     let order = sell(&neighbour, 1, market_ms);
     let neighbours = post_order(&client, &address, &neighbour, &order, SystemClock.now_ms()).await;
-    assert_eq!(neighbours.0, 202, "{neighbours:?}");
+    assert_eq!(neighbours.0, 201, "{neighbours:?}");
 
     // After Retry-After (on the market clock) the first refused order, sent again as it was signed
     // (a new request signature: each is accepted once), is accepted; the next is still too early.
     clock.advance(1_000);
     let retry = sell(&flooder, u64::from(BURST) + 1, market_ms);
     let resent = post_order(&client, &address, &flooder, &retry, signed_at[burst] + 1).await;
-    assert_eq!(resent.0, 202, "{resent:?}");
+    assert_eq!(resent.0, 201, "{resent:?}");
     let next = sell(&flooder, u64::from(BURST) + 2, market_ms);
     let early = post_order(&client, &address, &flooder, &next, signed_at[burst + 1] + 1).await;
     assert_eq!((early.0, early.2["error"].as_str()), (429, Some("rate_limited")), "{early:?}");

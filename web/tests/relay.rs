@@ -111,10 +111,10 @@ async fn relayed_over_http(test_db: TestDb, broker: &BrokerAddr) {
     // The seller at the owner's server, the buyer at the other: relayed, matched, answered.
     let (status, sold) =
         post_order(&client, &south_server, seller, &order(seller, &south, Side::Sell, 120_000, 1)).await;
-    assert_eq!(status, 202, "{sold}");
+    assert_eq!(status, 201, "{sold}");
     let buy = order(buyer, &south, Side::Buy, 130_000, 1);
     let (status, bought) = post_order(&client, &north_server, buyer, &buy).await;
-    assert_eq!(status, 202, "{bought}");
+    assert_eq!(status, 201, "{bought}");
     assert_eq!(bought["status"], "accepted");
     assert!(bought["command_seq"].as_u64() > sold["command_seq"].as_u64(), "{sold} {bought}");
     assert_eq!(bought["trades"].as_array().map(Vec::len), Some(1), "{bought}");

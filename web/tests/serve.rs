@@ -107,7 +107,7 @@ async fn serve_trades_over_http_stores_mqtt_readings_answers_metrics_and_shuts_d
         .at(1, TimestampMs(now_ms()));
     let body = Signed::sign(order, &trader).expect("sign").to_json();
     let (status, ack) = signed_request(&client, &base, &trader, "POST", "/api/v1/orders", &body).await;
-    assert_eq!(status, 202, "{ack}");
+    assert_eq!(status, 201, "{ack}");
     let book_url = format!("{base}/api/v1/zones/{zone}/book?slot={}&levels=5", slot.start_ms());
     let book: Value = client.get(&book_url).send().await.expect("GET the book").json().await.expect("JSON");
     assert_eq!(book["asks"][0], json!({"price_per_kwh": 150_000, "qty_wh": 1_000, "orders": 1}), "{book}");

@@ -37,8 +37,17 @@ impl Node {
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn exchange-node");
+        // Its log, each line marked with the node it came from (several nodes share the output).
+        let stderr = child.stderr.take().expect("stderr");
+        let name = client_id.to_owned();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[{name}] {line}");
+            }
+        });
         let stdin = child.stdin.take().expect("stdin");
         let stdout = child.stdout.take().expect("stdout");
         let (sender, lines) = std_mpsc::channel();
