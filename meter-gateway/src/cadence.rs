@@ -203,7 +203,7 @@ mod tests {
         let offset = cadence.boundary_offset_ms();
         assert!((0..BOUNDARY_SPREAD_MS_DEFAULT as i64).contains(&offset));
         let start = 20 * SLOT_MS - 5 * POLL_MS;
-        let published = run(&mut cadence, start, start + 2 * SLOT_MS);
+        let published = run(&mut cadence, start, start + 2 * SLOT_MS + 20_000);
         for boundary in [20 * SLOT_MS, 21 * SLOT_MS, 22 * SLOT_MS] {
             let (ts, _) = published.iter().find(|(ts, _)| *ts >= boundary).expect("a reading after the boundary");
             assert!(*ts >= boundary + offset, "not before the device's boundary mark");
