@@ -248,7 +248,10 @@ mod tests {
         let mean = devices / per_second.len();
         assert!(per_second.iter().all(|count| *count > mean / 2 && *count < 2 * mean), "{per_second:?}");
         let mean = devices / boundary_per_second.len();
-        assert!(boundary_per_second.iter().all(|count| *count > mean / 2 && *count < 2 * mean), "{boundary_per_second:?}");
+        assert!(
+            boundary_per_second.iter().all(|count| *count > mean / 2 && *count < 2 * mean),
+            "{boundary_per_second:?}"
+        );
     }
 
     #[test]

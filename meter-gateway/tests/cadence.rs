@@ -146,9 +146,10 @@ async fn start_gateway(dir: &Path, seed: u8, sim: &Simulation, mqtt_port: u16, p
 
 async fn start_home(seed: u64, clock: SimClock) -> (Simulation, watch::Sender<bool>) {
     let (stop, stop_rx) = watch::channel(false);
-    let sim = simulator::spawn_homes("127.0.0.1:0".parse().expect("addr"), &[HomeSpec::from_seed(seed)], clock, stop_rx)
-        .await
-        .expect("simulator starts");
+    let sim =
+        simulator::spawn_homes("127.0.0.1:0".parse().expect("addr"), &[HomeSpec::from_seed(seed)], clock, stop_rx)
+            .await
+            .expect("simulator starts");
     (sim, stop)
 }
 
@@ -172,7 +173,8 @@ async fn the_gateway_publishes_at_its_interval_not_every_poll() {
     let (received, _subscriber) = subscribe(port, "gridex/v1/cadence/readings/+").await;
     let dir = tempfile::tempdir().expect("temp dir");
     let gateway = start_gateway(dir.path(), 7, &sim, port, 30_000).await;
-    let (device, polls, cadence) = (gateway.handle.device, gateway.handle.polls.clone(), gateway.handle.cadence.clone());
+    let (device, polls, cadence) =
+        (gateway.handle.device, gateway.handle.polls.clone(), gateway.handle.cadence.clone());
     wait_until("40 accepted polls", || polls.accepted.load(Ordering::Relaxed) >= 40).await;
     gateway.stop().await;
 

@@ -330,10 +330,8 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     // ... and every one of them published, as before: a publish interval not longer than the poll
     // period (in simulated time, rounded down) publishes every poll, so the live view moves each
     // simulated minute.
-    let publish_interval_ms = ((interval_ms as f64 * options.speed) as u64).clamp(
-        meter_gateway::cadence::PUBLISH_INTERVAL_MS_MIN,
-        meter_gateway::cadence::PUBLISH_INTERVAL_MS_MAX,
-    );
+    let publish_interval_ms = ((interval_ms as f64 * options.speed) as u64)
+        .clamp(meter_gateway::cadence::PUBLISH_INTERVAL_MS_MIN, meter_gateway::cadence::PUBLISH_INTERVAL_MS_MAX);
     let mut gateways = Vec::new();
     for (index, address) in simulation.addrs.iter().enumerate() {
         let (spec, sell_min, buy_max) = home(index);
