@@ -37,7 +37,8 @@ pub const PUBLISH_INTERVAL_MS_MIN: u64 = 100;
 pub const PUBLISH_INTERVAL_MS_MAX: u64 = 300_000;
 /// Default spread of the boundary readings: a device publishes its boundary reading at the first poll
 /// at least `boundary_offset_ms` (below this) after the boundary. 10 s spreads 100 000 homes' boundary
-/// readings to 10 000/s, about what one 2-core node stores (exchange/BENCHMARKS.md).
+/// readings to 10 000/s, about what one 2-core node stores in the flood benchmark (exchange/BENCHMARKS.md,
+/// which also has the paced measurements).
 pub const BOUNDARY_SPREAD_MS_DEFAULT: u64 = 10_000;
 /// Largest boundary spread accepted: 60 s keeps the boundary reading far within settlement's grace
 /// period (5 min) and its interpolation gap (15 min), and close enough to the boundary to split the
