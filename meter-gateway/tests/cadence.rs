@@ -203,7 +203,8 @@ async fn a_reading_is_published_right_after_each_slot_boundary() {
     let interval_ms = PUBLISH_INTERVAL_MS_MAX;
     let seed = key_seed(interval_ms, |cadence| (100_000..200_000).contains(&cadence.interval_offset_ms()));
     let first_boundary = 1_800_000 * SLOT_MS;
-    let clock = SimClock::starting_at(first_boundary - 20_000, 100.0);
+    // Ten simulated minutes (6 real seconds) before the first boundary: time to start everything.
+    let clock = SimClock::starting_at(first_boundary - 600_000, 100.0);
     let (sim, _sim_stop) = start_home(72, clock).await;
     let (received, _subscriber) = subscribe(port, "gridex/v1/cadence/readings/+").await;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -267,6 +268,9 @@ async fn publishes_of_different_devices_are_spread_by_their_offsets() {
         // Each interval publish is the device's own: at or after its own mark, and so a different
         // time of the minute for the two devices.
         for pair in readings.windows(2) {
+            if cadence.next_boundary_mark(pair[0].ts_ms.0) <= pair[1].ts_ms.0 {
+                continue; // published for a slot boundary (only on a very slow run)
+            }
             let mark = cadence.next_interval_mark(pair[0].ts_ms.0);
             assert!(pair[1].ts_ms.0 >= mark);
             assert_eq!(mark.rem_euclid(interval_ms as i64), cadence.interval_offset_ms());
