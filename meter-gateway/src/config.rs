@@ -2,6 +2,10 @@
 //! the binary. Every field has a default except the key path and zone, which have demo defaults.
 
 use crate::agent::AgentSettings;
+use crate::cadence::{
+    BOUNDARY_SPREAD_MS_DEFAULT, BOUNDARY_SPREAD_MS_MAX, PUBLISH_INTERVAL_MS_DEFAULT, PUBLISH_INTERVAL_MS_MAX,
+    PUBLISH_INTERVAL_MS_MIN,
+};
 use crate::clock::SimClock;
 use crate::modbus::{RetryPolicy, ATTEMPTS_DEFAULT, REQUEST_TIMEOUT_MS_DEFAULT};
 use crate::publisher::{MqttSettings, ACK_TIMEOUT_MS_DEFAULT};
@@ -99,7 +103,17 @@ pub struct GatewaySettings {
     pub meter_serial: Option<String>,
     /// Largest power the site can import, export or produce; bounds plausible counter rises.
     pub nameplate_w: i64,
+    /// Poll period (real milliseconds): the device is read and its counters checked this often.
     pub interval_ms: u64,
+    /// Publish interval (clock milliseconds, 100..=300 000): a reading is signed, spooled and
+    /// published at the first poll at or after each interval mark (offset per device), and right
+    /// after every slot boundary; see [`crate::cadence`]. Not longer than the poll period: every poll.
+    pub publish_interval_ms: u64,
+    /// The zone's slot length: a reading is published at the first poll after each of its boundaries.
+    pub slot_len_ms: i64,
+    /// The boundary readings of a zone's homes are spread over this long after the boundary (each
+    /// device at its own offset, 0..=60 000 ms); see [`crate::cadence`].
+    pub boundary_spread_ms: u64,
     /// Directory of the spool and the gateway's state (last seq, counter offsets).
     pub spool_dir: PathBuf,
     pub spool_bytes_max: u64,
@@ -127,6 +141,9 @@ impl Default for GatewaySettings {
             meter_serial: None,
             nameplate_w: NAMEPLATE_W_DEFAULT,
             interval_ms: POLL_INTERVAL_MS_DEFAULT,
+            publish_interval_ms: PUBLISH_INTERVAL_MS_DEFAULT,
+            slot_len_ms: protocol::market::SLOT_LEN_MS_DEFAULT,
+            boundary_spread_ms: BOUNDARY_SPREAD_MS_DEFAULT,
             spool_dir: PathBuf::from("spool"),
             spool_bytes_max: SPOOL_BYTES_DEFAULT,
             ack_timeout_ms: ACK_TIMEOUT_MS_DEFAULT,
@@ -143,6 +160,22 @@ impl GatewaySettings {
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         toml::from_str(text)
             .map_err(|error| ConfigError::Invalid { path: path.to_path_buf(), reason: error.to_string() })
+    }
+
+    /// Checks the cadence settings (publish interval, slot length, boundary spread).
+    pub fn validate_cadence(&self) -> Result<(), String> {
+        if !(PUBLISH_INTERVAL_MS_MIN..=PUBLISH_INTERVAL_MS_MAX).contains(&self.publish_interval_ms) {
+            return Err(format!(
+                "publish_interval_ms must be within {PUBLISH_INTERVAL_MS_MIN}..={PUBLISH_INTERVAL_MS_MAX}"
+            ));
+        }
+        if self.slot_len_ms < 1_000 {
+            return Err("slot_len_ms must be at least 1000 (the zone's slot length)".to_owned());
+        }
+        if self.boundary_spread_ms > BOUNDARY_SPREAD_MS_MAX {
+            return Err(format!("boundary_spread_ms must be at most {BOUNDARY_SPREAD_MS_MAX}"));
+        }
+        Ok(())
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -181,9 +214,23 @@ mod tests {
     }
 
     #[test]
+    fn a_publish_interval_outside_its_bounds_is_refused() {
+        let settings = |text: &str| GatewaySettings::parse(Path::new("x"), text).expect("parses");
+        assert_eq!(settings("publish_interval_ms = 60000").validate_cadence(), Ok(()));
+        assert!(settings("publish_interval_ms = 99").validate_cadence().is_err());
+        assert!(settings("publish_interval_ms = 300001").validate_cadence().is_err());
+        assert!(settings("boundary_spread_ms = 60001").validate_cadence().is_err());
+        assert!(settings("slot_len_ms = 0").validate_cadence().is_err());
+        assert_eq!(PUBLISH_INTERVAL_MS_MIN, POLL_INTERVAL_MIN_MS, "the shortest publish interval is the shortest poll");
+    }
+
+    #[test]
     fn an_empty_file_gives_the_defaults() {
         let settings = GatewaySettings::parse(Path::new("x"), "").expect("parses");
         assert_eq!(settings.interval_ms, POLL_INTERVAL_MS_DEFAULT);
+        assert_eq!(settings.publish_interval_ms, PUBLISH_INTERVAL_MS_DEFAULT);
+        assert_eq!(settings.slot_len_ms, protocol::market::SLOT_LEN_MS_DEFAULT);
+        assert_eq!(settings.validate_cadence(), Ok(()));
         assert!(GatewaySettings::parse(Path::new("x"), "nonsense = 1").is_err());
     }
 }

@@ -3,6 +3,7 @@
 //! it (`[battery] control = true`, see [`run_with_battery`]).
 
 use crate::battery::BatteryMode;
+use crate::cadence::Cadence;
 use crate::clock::SimClock;
 use crate::config::{BatterySettings, GatewaySettings, POLL_INTERVAL_MIN_MS};
 use crate::counters::{CounterTracker, CountersState, RawCounters};
@@ -17,6 +18,7 @@ use protocol::{DeviceId, MeterSerial, PowerW, Reading, Signed, TimestampMs, Wh, 
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
@@ -219,14 +221,25 @@ pub struct Poller {
 }
 
 impl Poller {
-    /// Applies the counter rules to a sample taken at `ts_ms` and, if accepted, signs the reading,
-    /// appends it to the spool and saves the state. Returns the reading, or `None` when rejected.
+    /// Applies the counter rules to a sample taken at `ts_ms`, signs the reading, appends it to the
+    /// spool and saves the state ([`Poller::observe`] then [`Poller::publish`]). Returns the reading, or
+    /// `None` when rejected.
     pub fn accept(
         &mut self,
         sample: &Sample,
         ts_ms: i64,
         spool: &Mutex<Spool>,
     ) -> Result<Option<Reading>, GatewayError> {
+        match self.observe(sample, ts_ms)? {
+            Some(reading) => self.publish(reading, spool),
+            None => Ok(None),
+        }
+    }
+
+    /// Applies the counter rules to a sample taken at `ts_ms` and saves the counter state. Returns the
+    /// unsigned reading (its `seq` is the one it would get if published next), or `None` when the
+    /// sample is rejected. Nothing is spooled: see [`Poller::publish`].
+    pub fn observe(&mut self, sample: &Sample, ts_ms: i64) -> Result<Option<Reading>, GatewayError> {
         let raw = RawCounters {
             ts_ms,
             import_wh: sample.import_wh,
@@ -235,13 +248,14 @@ impl Poller {
             meter_modulus_wh: sample.meter_modulus_wh,
             pv_modulus_wh: sample.pv_modulus_wh,
         };
-        let accepted = match self.tracker.observe(raw) {
+        let observed = self.tracker.observe(raw);
+        // The counters' state (a pending reset included) is saved at every poll, published or not.
+        self.state.counters = self.tracker.state().clone();
+        self.state.save(&self.state_dir)?;
+        let accepted = match observed {
             Ok(accepted) => accepted,
             Err(rejection) => {
                 tracing::warn!(%rejection, "reading not published");
-                // A pending reset is part of the state.
-                self.state.counters = self.tracker.state().clone();
-                self.state.save(&self.state_dir)?;
                 return Ok(None);
             }
         };
@@ -251,13 +265,11 @@ impl Poller {
             .or_else(|| sample.serial.as_deref().and_then(sanitize_serial))
             .or_else(|| MeterSerial::parse("unknown").ok());
         let Some(meter_serial) = serial else { return Ok(None) };
-        let mut spool = lock(spool);
-        let seq = self.state.last_seq.max(spool.last_seq()) + 1;
-        let reading = Reading {
+        Ok(Some(Reading {
             device: self.device,
             zone: self.zone.clone(),
             meter_serial,
-            seq,
+            seq: self.state.last_seq + 1,
             ts_ms: TimestampMs(ts_ms),
             import_wh: Wh(accepted.import_wh),
             export_wh: Wh(accepted.export_wh),
@@ -271,7 +283,16 @@ impl Poller {
                 .battery_soc_permille
                 .filter(|soc| *soc <= protocol::messages::BATTERY_SOC_PERMILLE_MAX),
             battery_capacity_wh: sample.battery_capacity_wh.filter(|wh| *wh > 0).map(Wh),
-        };
+        }))
+    }
+
+    /// Gives an observed reading the next sequence number, signs it, appends it to the spool (from
+    /// where the publisher sends it) and saves the state. Returns the reading as published, or `None`
+    /// when it cannot be signed.
+    pub fn publish(&mut self, mut reading: Reading, spool: &Mutex<Spool>) -> Result<Option<Reading>, GatewayError> {
+        let mut spool = lock(spool);
+        let seq = self.state.last_seq.max(spool.last_seq()) + 1;
+        reading.seq = seq;
         let signed = match Signed::sign(reading.clone(), &self.key) {
             Ok(signed) => signed,
             Err(error) => {
@@ -282,7 +303,6 @@ impl Poller {
         spool.append(seq, &signed.to_json())?;
         drop(spool);
         self.state.last_seq = seq;
-        self.state.counters = self.tracker.state().clone();
         self.state.save(&self.state_dir)?;
         Ok(Some(reading))
     }
@@ -293,6 +313,17 @@ impl Poller {
 pub struct GatewayHandle {
     pub device: DeviceId,
     pub stats: Arc<PublisherStats>,
+    pub polls: Arc<PollStats>,
+    /// The device's publishing schedule (its offsets; see [`crate::cadence`]).
+    pub cadence: Cadence,
+}
+
+/// What the poll loop did: polls whose counters passed the rules, and how many of them were spooled
+/// for publishing (see [`crate::cadence`]).
+#[derive(Debug, Default)]
+pub struct PollStats {
+    pub accepted: AtomicU64,
+    pub spooled: AtomicU64,
 }
 
 fn validate(settings: &GatewaySettings) -> Result<(ZoneId, ModbusUrl), GatewayError> {
@@ -301,6 +332,7 @@ fn validate(settings: &GatewaySettings) -> Result<(ZoneId, ModbusUrl), GatewayEr
     if settings.interval_ms < POLL_INTERVAL_MIN_MS {
         return Err(GatewayError::Settings(format!("interval_ms must be at least {POLL_INTERVAL_MIN_MS}")));
     }
+    settings.validate_cadence().map_err(GatewayError::Settings)?;
     if settings.ack_timeout_ms == 0 {
         return Err(GatewayError::Settings("ack_timeout_ms must be positive".to_owned()));
     }
@@ -316,7 +348,8 @@ fn validate(settings: &GatewaySettings) -> Result<(ZoneId, ModbusUrl), GatewayEr
     Ok((zone, url))
 }
 
-/// Runs the gateway until `shutdown` completes: polls every `interval_ms`, publishes through the spool,
+/// Runs the gateway until `shutdown` completes: polls every `interval_ms`, publishes through the spool
+/// at the cadence of [`crate::cadence`] (every `publish_interval_ms` and right after each slot boundary),
 /// and runs the trading agent when configured. Fails early on bad settings, a missing key or an
 /// unusable spool; device and broker outages are logged and retried forever.
 pub async fn run(settings: GatewaySettings, shutdown: impl Future<Output = ()> + Send) -> Result<(), GatewayError> {
@@ -373,6 +406,14 @@ pub async fn run_with_battery(
     let (stop_tx, stop_rx) = watch::channel(false);
     let notify = Arc::new(Notify::new());
     let stats = Arc::new(PublisherStats::default());
+    let polls = Arc::new(PollStats::default());
+    let mut cadence = Cadence::new(
+        &device,
+        settings.publish_interval_ms,
+        settings.slot_len_ms,
+        settings.boundary_spread_ms,
+        settings.interval_ms as f64 * clock.speed,
+    );
     let operator = settings.mqtt.pinned_operator().map_err(GatewayError::Settings)?;
     if operator.is_none() {
         tracing::warn!(
@@ -422,7 +463,13 @@ pub async fn run_with_battery(
         None => (None, None),
     };
     tracing::info!(%device, %zone, modbus = %client.url(), mqtt = %settings.mqtt.url, "gateway started");
-    on_start(GatewayHandle { device, stats });
+    tracing::info!(
+        publish_interval_ms = settings.publish_interval_ms,
+        interval_offset_ms = cadence.interval_offset_ms(),
+        boundary_offset_ms = cadence.boundary_offset_ms(),
+        "publishing cadence"
+    );
+    on_start(GatewayHandle { device, stats, polls: polls.clone(), cadence: cadence.clone() });
 
     let mut tick = tokio::time::interval(Duration::from_millis(settings.interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -489,17 +536,33 @@ pub async fn run_with_battery(
                 continue;
             }
         };
-        match poller.accept(&sample, clock.now_ms(), &spool) {
-            Ok(Some(reading)) => {
-                notify.notify_one();
-                if let Some(tx) = &agent_tx {
-                    // The agent only needs recent readings; when it lags, skipping one is harmless.
-                    let _ = tx.try_send(reading);
-                }
-            }
-            Ok(None) => {}
+        let ts_ms = clock.now_ms();
+        let observed = match poller.observe(&sample, ts_ms) {
+            Ok(observed) => observed,
             // Disk trouble is fatal: silently dropping readings is worse than stopping.
             Err(error) => break Err(error),
+        };
+        let Some(reading) = observed else { continue };
+        polls.accepted.fetch_add(1, Ordering::Relaxed);
+        // Between publishes a reading is not sent: the counters are cumulative, nothing is lost.
+        let reading = match cadence.due(ts_ms) {
+            Some(why) => match poller.publish(reading, &spool) {
+                Ok(Some(published)) => {
+                    tracing::debug!(seq = published.seq, ?why, "reading spooled for publishing");
+                    cadence.published(ts_ms);
+                    polls.spooled.fetch_add(1, Ordering::Relaxed);
+                    notify.notify_one();
+                    published
+                }
+                Ok(None) => continue,
+                Err(error) => break Err(error),
+            },
+            None => reading,
+        };
+        if let Some(tx) = &agent_tx {
+            // The agent sees every accepted poll (published or not). It only needs recent readings;
+            // when it lags, skipping one is harmless.
+            let _ = tx.try_send(reading);
         }
     };
     let _ = stop_tx.send(true);

@@ -4,7 +4,7 @@
 //!
 //! It owns: Modbus transport ([`modbus`]), SunSpec discovery and decoding ([`sunspec`]), register
 //! profiles ([`profile`]), SunSpec storage models and battery setpoint writes ([`storage`]), the counter sign convention and plausibility rules ([`counters`]), the
-//! on-disk store-and-forward spool ([`spool`]), MQTT publishing ([`publisher`]), the trading agent
+//! on-disk store-and-forward spool ([`spool`]), when a polled reading is published ([`cadence`]), MQTT publishing ([`publisher`]), the trading agent
 //! ([`agent`]), the simulator ([`simulator`]), settings ([`config`]), key files ([`keys`]) and the
 //! check of the exchange's messages against the pinned operator key ([`operator`]).
 //! It must never depend on `exchange` or `settlement`, never publish a reading that is not first in the
@@ -53,6 +53,7 @@
 
 pub mod agent;
 pub mod battery;
+pub mod cadence;
 pub mod clock;
 pub mod config;
 pub mod counters;

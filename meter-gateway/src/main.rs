@@ -72,6 +72,10 @@ enum Command {
         /// Poll period in milliseconds (at least 100).
         #[arg(long)]
         interval_ms: Option<u64>,
+        /// Publish interval in milliseconds (100..=300000, default 30000); a reading is also published
+        /// right after every slot boundary. At or below the poll period every poll is published.
+        #[arg(long)]
+        publish_interval_ms: Option<u64>,
         /// Spool directory (readings waiting for the exchange's answer, last seq, counter state).
         #[arg(long)]
         spool: Option<PathBuf>,
@@ -152,6 +156,7 @@ async fn real_main(cli: Cli) -> Result<()> {
             zone,
             key,
             interval_ms,
+            publish_interval_ms,
             spool,
             nameplate_w,
         } => {
@@ -182,6 +187,9 @@ async fn real_main(cli: Cli) -> Result<()> {
             }
             if let Some(interval_ms) = interval_ms {
                 settings.interval_ms = interval_ms;
+            }
+            if let Some(publish_interval_ms) = publish_interval_ms {
+                settings.publish_interval_ms = publish_interval_ms;
             }
             if let Some(spool) = spool {
                 settings.spool_dir = spool;

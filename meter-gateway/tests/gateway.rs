@@ -123,6 +123,8 @@ fn settings(dir: &Path, modbus_url: String, mqtt_url: String, zone: &str, clock:
         zone: zone.to_owned(),
         key,
         interval_ms: POLL_MS,
+        // These tests count readings per poll: publish every poll (not longer than the poll period).
+        publish_interval_ms: POLL_MS,
         spool_dir: dir.join("spool"),
         clock: Some(clock),
         ..GatewaySettings::default()
@@ -413,6 +415,8 @@ async fn a_gateway_killed_with_sigkill_and_restarted_loses_nothing() {
         "--key",
         &key.display().to_string(),
         "--interval-ms",
+        "100",
+        "--publish-interval-ms",
         "100",
         "--spool",
         &spool.display().to_string(),

@@ -327,6 +327,11 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         meter_gateway::simulator::spawn_homes("127.0.0.1:0".parse()?, &specs, sim_clock, stop_rx.clone()).await?;
     // One reading per simulated minute (at least every 100 ms of real time).
     let interval_ms = ((60_000.0 / options.speed) as u64).max(meter_gateway::config::POLL_INTERVAL_MIN_MS);
+    // ... and every one of them published, as before: a publish interval not longer than the poll
+    // period (in simulated time, rounded down) publishes every poll, so the live view moves each
+    // simulated minute.
+    let publish_interval_ms = ((interval_ms as f64 * options.speed) as u64)
+        .clamp(meter_gateway::cadence::PUBLISH_INTERVAL_MS_MIN, meter_gateway::cadence::PUBLISH_INTERVAL_MS_MAX);
     let mut gateways = Vec::new();
     for (index, address) in simulation.addrs.iter().enumerate() {
         let (spec, sell_min, buy_max) = home(index);
@@ -340,6 +345,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             meter_serial: Some(spec.serial.clone()),
             nameplate_w: spec.nameplate_w,
             interval_ms,
+            publish_interval_ms,
             spool_dir: data_dir.join("spool").join(format!("home-{index:03}")),
             agent: Some(AgentSettings {
                 key: keys_dir.join(format!("home-{index:03}-account.key")),
