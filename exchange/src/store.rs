@@ -9,7 +9,7 @@ use crate::ingest::{
 };
 use diesel::prelude::*;
 use gridex_store::schema::{
-    accounts, devices, meter_replacements, order_commands, reading_rejections, readings, tariffs, trades, zones,
+    accounts, meter_replacements, order_commands, reading_rejections, readings, tariffs, trades, zones,
 };
 use gridex_store::{DbConnection, DbError};
 use protocol::{AccountId, Command, DeviceId, PricePerKwh, Reading, Side, Signed, SlotId, Trade, ZoneId};
@@ -72,21 +72,111 @@ pub const READING_REJECTIONS_PER_DEVICE_MAX: i64 = 2_000;
 /// Registered devices among `ids`, each with its last accepted reading and the meter replacements
 /// registered after it.
 pub fn load_devices(conn: &mut DbConnection, ids: &[DeviceId]) -> Result<Vec<(DeviceId, DeviceState)>, DbError> {
-    let hex: Vec<String> = ids.iter().map(DeviceId::to_hex).collect();
-    let rows: Vec<(String, String, i64)> = devices::table
-        .filter(devices::device_id.eq_any(&hex))
-        .select((devices::device_id, devices::zone_id, devices::nameplate_w))
-        .load(conn)?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One statement for every device: its registration, last reading and battery marks, each an
+    // index probe (a correlated subquery per column). Per-device statements made a cold cache (an
+    // exchange start, a zone taken over, many new devices) cost five round trips a device.
+    let rows = device_rows(conn, ids)?;
+    let mut replacements = replacements_of(conn, ids)?;
     let mut found = Vec::with_capacity(rows.len());
-    for (device_id, zone_id, nameplate_w) in rows {
-        let (Ok(device), Ok(zone)) = (DeviceId::parse(&device_id), ZoneId::parse(&zone_id)) else { continue };
-        let last = last_reading(conn, &device_id)?;
-        let battery = battery_marks(conn, &device_id)?;
-        let mut state = DeviceState { zone, nameplate_w, last, replacements: Vec::new(), battery };
-        state.set_replacements(replacements_after(conn, &device_id, state.last.as_ref().map(|last| last.ts_ms))?);
+    for row in rows {
+        let (Ok(device), Ok(zone)) = (DeviceId::parse(&row.device_id), ZoneId::parse(&row.zone_id)) else { continue };
+        let last = match &row.last_payload {
+            Some(payload) => Some(last_reading_of(payload)?),
+            None => None,
+        };
+        let mark = |ts_ms: Option<i64>, wh: Option<i64>| match (ts_ms, wh) {
+            (Some(ts_ms), Some(wh)) => Some(BatteryMark { ts_ms, wh }),
+            _ => None,
+        };
+        let battery = BatteryMarks {
+            charge: mark(row.charge_ts_ms, row.charge_wh),
+            discharge: mark(row.discharge_ts_ms, row.discharge_wh),
+        };
+        let after_ms = last.as_ref().map_or(i64::MIN, |last| last.ts_ms);
+        let mut state = DeviceState { zone, nameplate_w: row.nameplate_w, last, replacements: Vec::new(), battery };
+        let mine = replacements.remove(&row.device_id).unwrap_or_default();
+        state.set_replacements(mine.into_iter().filter(|replacement| replacement.replaced_at_ms > after_ms).collect());
         found.push((device, state));
     }
     Ok(found)
+}
+
+/// A registered device with what [`load_devices`] needs of its readings.
+#[derive(diesel::QueryableByName)]
+struct DeviceRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    device_id: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    zone_id: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    nameplate_w: i64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    last_payload: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    charge_ts_ms: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    charge_wh: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    discharge_ts_ms: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    discharge_wh: Option<i64>,
+}
+
+/// The registered devices among `ids` with their latest reading (by `seq`) and the latest reading
+/// with each battery counter, in one statement on either backend.
+fn device_rows(conn: &mut DbConnection, ids: &[DeviceId]) -> Result<Vec<DeviceRow>, DbError> {
+    // Device ids are 64 lowercase hex digits (`DeviceId::to_hex`), so they are safe as literals; one
+    // statement text for both backends, whatever the number of ids.
+    let list = ids.iter().map(|id| format!("'{}'", id.to_hex())).collect::<Vec<_>>().join(",");
+    let latest = |column: &str, filter: &str| {
+        format!(
+            "(SELECT r.{column} FROM readings r WHERE r.device_id = d.device_id{filter} ORDER BY r.seq DESC LIMIT 1)"
+        )
+    };
+    let charge = " AND r.battery_charge_wh IS NOT NULL";
+    let discharge = " AND r.battery_discharge_wh IS NOT NULL";
+    let sql = format!(
+        "SELECT d.device_id AS device_id, d.zone_id AS zone_id, d.nameplate_w AS nameplate_w, \
+         {} AS last_payload, {} AS charge_ts_ms, {} AS charge_wh, {} AS discharge_ts_ms, {} AS discharge_wh \
+         FROM devices d WHERE d.device_id IN ({list})",
+        latest("payload", ""),
+        latest("ts_ms", charge),
+        latest("battery_charge_wh", charge),
+        latest("ts_ms", discharge),
+        latest("battery_discharge_wh", discharge),
+    );
+    let query = diesel::sql_query(sql);
+    Ok(match conn {
+        DbConnection::Postgres(postgres) => query.load(postgres)?,
+        DbConnection::Sqlite(sqlite) => query.load(sqlite)?,
+    })
+}
+
+/// Every meter replacement of `ids`, by device, oldest first.
+fn replacements_of(conn: &mut DbConnection, ids: &[DeviceId]) -> Result<HashMap<String, Vec<Replacement>>, DbError> {
+    let hex: Vec<String> = ids.iter().map(DeviceId::to_hex).collect();
+    let rows: Vec<(String, i64, i64, i64, Option<i64>)> = meter_replacements::table
+        .filter(meter_replacements::device_id.eq_any(&hex))
+        .order((meter_replacements::device_id.asc(), meter_replacements::replaced_at_ms.asc()))
+        .select((
+            meter_replacements::device_id,
+            meter_replacements::replaced_at_ms,
+            meter_replacements::new_import_wh,
+            meter_replacements::new_export_wh,
+            meter_replacements::new_pv_wh,
+        ))
+        .load(conn)?;
+    let mut by_device: HashMap<String, Vec<Replacement>> = HashMap::new();
+    for (device_id, replaced_at_ms, import_wh, export_wh, pv_wh) in rows {
+        by_device
+            .entry(device_id)
+            .or_default()
+            .push(Replacement { replaced_at_ms, new: Counters { import_wh, export_wh, pv_wh } });
+    }
+    Ok(by_device)
 }
 
 /// The meter replacements of each device in `ids` (oldest first) registered after `after_ms` of
@@ -185,41 +275,10 @@ fn trim_rejections(conn: &mut DbConnection, device_id: &str) -> Result<(), DbErr
     Ok(())
 }
 
-/// The battery counters of the device's latest readings that had them (by `seq`; the primary key
-/// serves both look-ups).
-fn battery_marks(conn: &mut DbConnection, device_id: &str) -> Result<BatteryMarks, DbError> {
-    let charge: Option<(i64, Option<i64>)> = readings::table
-        .filter(readings::device_id.eq(device_id))
-        .filter(readings::battery_charge_wh.is_not_null())
-        .order(readings::seq.desc())
-        .select((readings::ts_ms, readings::battery_charge_wh))
-        .first(conn)
-        .optional()?;
-    let discharge: Option<(i64, Option<i64>)> = readings::table
-        .filter(readings::device_id.eq(device_id))
-        .filter(readings::battery_discharge_wh.is_not_null())
-        .order(readings::seq.desc())
-        .select((readings::ts_ms, readings::battery_discharge_wh))
-        .first(conn)
-        .optional()?;
-    let mark = |row: Option<(i64, Option<i64>)>| match row {
-        Some((ts_ms, Some(wh))) => Some(BatteryMark { ts_ms, wh }),
-        _ => None,
-    };
-    Ok(BatteryMarks { charge: mark(charge), discharge: mark(discharge) })
-}
-
-fn last_reading(conn: &mut DbConnection, device_id: &str) -> Result<Option<LastReading>, DbError> {
-    let payload: Option<String> = readings::table
-        .filter(readings::device_id.eq(device_id))
-        .order(readings::seq.desc())
-        .select(readings::payload)
-        .first(conn)
-        .optional()?;
-    let Some(payload) = payload else { return Ok(None) };
+fn last_reading_of(payload: &str) -> Result<LastReading, DbError> {
     let signed = Signed::<Reading>::parse_as_encoded(payload.as_bytes())
         .map_err(|error| DbError::Invalid(format!("a stored reading does not parse: {error}")))?;
-    Ok(Some(LastReading::of(&signed)))
+    Ok(LastReading::of(&signed))
 }
 
 /// True when the stored reading `(device, seq)` has the same signed content as `signed`.
