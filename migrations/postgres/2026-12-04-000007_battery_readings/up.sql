@@ -7,8 +7,3 @@ ALTER TABLE readings ADD COLUMN battery_charge_wh BIGINT CHECK (battery_charge_w
 ALTER TABLE readings ADD COLUMN battery_discharge_wh BIGINT CHECK (battery_discharge_wh >= 0);
 ALTER TABLE readings ADD COLUMN battery_soc_permille BIGINT CHECK (battery_soc_permille BETWEEN 0 AND 1000);
 ALTER TABLE readings ADD COLUMN battery_capacity_wh BIGINT CHECK (battery_capacity_wh > 0);
--- The exchange looks up each device's latest reading that had each battery counter when it loads the
--- device (`exchange::store::battery_marks`): these partial indexes make that one index probe, also
--- for a device whose long history has no battery at all.
-CREATE INDEX readings_battery_charge ON readings (device_id, seq) WHERE battery_charge_wh IS NOT NULL;
-CREATE INDEX readings_battery_discharge ON readings (device_id, seq) WHERE battery_discharge_wh IS NOT NULL;

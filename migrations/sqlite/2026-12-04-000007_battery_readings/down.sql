@@ -1,5 +1,3 @@
-DROP INDEX readings_battery_discharge;
-DROP INDEX readings_battery_charge;
 ALTER TABLE readings DROP COLUMN battery_capacity_wh;
 ALTER TABLE readings DROP COLUMN battery_soc_permille;
 ALTER TABLE readings DROP COLUMN battery_discharge_wh;

@@ -1,0 +1,2 @@
+DROP INDEX IF EXISTS readings_battery_discharge;
+DROP INDEX IF EXISTS readings_battery_charge;
