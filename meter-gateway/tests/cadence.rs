@@ -3,6 +3,7 @@
 //! acknowledges what arrives (standing in for the exchange). The schedule's arithmetic is tested
 //! exactly in `cadence`'s unit tests; these check that the loop follows it through real components.
 
+use gridex_test_support::Proxy;
 use meter_gateway::cadence::{Cadence, PUBLISH_INTERVAL_MS_MAX};
 use meter_gateway::clock::SimClock;
 use meter_gateway::config::GatewaySettings;
@@ -17,7 +18,6 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -274,43 +274,6 @@ async fn publishes_of_different_devices_are_spread_by_their_offsets() {
             let mark = cadence.next_interval_mark(pair[0].ts_ms.0);
             assert!(pair[1].ts_ms.0 >= mark);
             assert_eq!(mark.rem_euclid(interval_ms as i64), cadence.interval_offset_ms());
-        }
-    }
-}
-
-/// A TCP forwarder that can be taken down (refusing and cutting connections) and brought back.
-struct Proxy {
-    port: u16,
-    target: u16,
-    task: Option<JoinHandle<()>>,
-}
-
-impl Proxy {
-    async fn start(target: u16) -> Self {
-        let mut proxy = Self { port: gridex_test_support::free_port(), target, task: None };
-        proxy.up().await;
-        proxy
-    }
-
-    async fn up(&mut self) {
-        let listener = TcpListener::bind(("127.0.0.1", self.port)).await.expect("proxy binds its port again");
-        let target = self.target;
-        self.task = Some(tokio::spawn(async move {
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { continue };
-                connections.spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        }));
-    }
-
-    fn down(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod common;
 
+use gridex_test_support::Proxy;
 use meter_gateway::clock::SimClock;
 use meter_gateway::config::GatewaySettings;
 use meter_gateway::gateway::{self, GatewayState};
@@ -19,7 +20,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_modbus::ExceptionCode;
@@ -276,44 +277,6 @@ async fn readings_over_rtu_through_a_virtual_serial_pair_arrive() {
     let _ = sim.await;
     let _ = socat.kill();
     let _ = socat.wait();
-}
-
-/// A TCP forwarder that can be taken down (refusing and cutting connections) and brought back.
-struct Proxy {
-    port: u16,
-    target: u16,
-    task: Option<JoinHandle<()>>,
-}
-
-impl Proxy {
-    async fn start(target: u16) -> Self {
-        let mut proxy = Self { port: gridex_test_support::free_port(), target, task: None };
-        proxy.up().await;
-        proxy
-    }
-
-    async fn up(&mut self) {
-        let listener = TcpListener::bind(("127.0.0.1", self.port)).await.expect("proxy binds its port again");
-        let target = self.target;
-        self.task = Some(tokio::spawn(async move {
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { continue };
-                connections.spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        }));
-    }
-
-    /// Stops listening and cuts every forwarded connection (the JoinSet aborts them when dropped).
-    fn down(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
 }
 
 fn check_complete_and_ordered(received: &[Received], last_seq: u64) -> usize {

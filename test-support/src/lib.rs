@@ -8,6 +8,8 @@
 pub mod broker;
 pub mod certs;
 pub mod net;
+pub mod proxy;
 
 pub use broker::{brokers, embedded_broker, external_broker, BrokerAddr};
 pub use net::{free_port, unique, wait_listening};
+pub use proxy::Proxy;
