@@ -137,6 +137,10 @@ pub struct ExchangeConfig {
     pub relay_timeout_ms: u64,
     /// This instance's name in the lease table; unique among the instances sharing a database.
     pub instance_id: String,
+    /// Also subscribe (QoS 0) to every zone's trades and book and every participant's events on the
+    /// broker, and hand them to [`crate::service::ExchangeHandle::subscribe_feed`]: a web server's
+    /// live feed then shows every zone, whichever instance owns it.
+    pub market_feed: bool,
 }
 
 impl ExchangeConfig {
@@ -192,6 +196,7 @@ impl ExchangeConfig {
             lease_renew_interval_ms: LEASE_RENEW_INTERVAL_MS_DEFAULT,
             relay_timeout_ms: RELAY_TIMEOUT_MS_DEFAULT,
             instance_id: instance_id_default(),
+            market_feed: false,
         }
     }
 }

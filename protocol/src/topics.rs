@@ -113,6 +113,39 @@ pub const ALL_ORDERS: &str = "gridex/v1/+/orders/+";
 /// Battery plans of every zone.
 pub const ALL_PLANS: &str = "gridex/v1/+/plans/+";
 
+/// Subscription filters for a server's live feed (PROTOCOL.md §3): every zone's public market data
+/// and every participant's events (order updates; reading acks are skipped by the reader).
+pub const MARKET_FEED_FILTERS: [&str; 3] = ["gridex/v1/+/trades", "gridex/v1/+/book", "gridex/v1/+/events/+"];
+
+/// A topic the exchange publishes market data on, with its zone segment still unparsed text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outbound<'a> {
+    Trades {
+        zone: &'a str,
+    },
+    Book {
+        zone: &'a str,
+    },
+    /// A participant's events: order updates for an account, reading acks for a device.
+    Events {
+        zone: &'a str,
+        recipient: &'a str,
+    },
+}
+
+/// Splits a topic of [`MARKET_FEED_FILTERS`]; `None` for any other.
+pub fn parse_outbound(topic: &str) -> Option<Outbound<'_>> {
+    let mut parts = topic.strip_prefix(PREFIX)?.strip_prefix('/')?.split('/');
+    let (zone, channel) = (parts.next()?, parts.next()?);
+    let found = match (channel, parts.next()) {
+        ("trades", None) => Outbound::Trades { zone },
+        ("book", None) => Outbound::Book { zone },
+        ("events", Some(recipient)) => Outbound::Events { zone, recipient },
+        _ => return None,
+    };
+    parts.next().is_none().then_some(found)
+}
+
 /// An inbound topic the exchange understands, with its segments still unparsed text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound<'a> {
@@ -173,6 +206,19 @@ mod tests {
         assert_eq!(parse_inbound("gridex/v1/north/trades"), None);
         assert_eq!(parse_inbound("gridex/v1/north/orders/cd/extra"), None);
         assert_eq!(parse_inbound("other/v1/north/orders/cd"), None);
+    }
+
+    #[test]
+    fn market_feed_topics_round_trip() {
+        let zone = ZoneId::parse("north").expect("valid");
+        assert_eq!(parse_outbound(&trades(&zone)), Some(Outbound::Trades { zone: "north" }));
+        assert_eq!(parse_outbound(&book(&zone)), Some(Outbound::Book { zone: "north" }));
+        assert_eq!(parse_outbound(&events(&zone, &"ab")), Some(Outbound::Events { zone: "north", recipient: "ab" }));
+        assert_eq!(parse_outbound("gridex/v1/north/trades/x"), None);
+        assert_eq!(parse_outbound("gridex/v1/north/events"), None);
+        assert_eq!(parse_outbound("gridex/v1/north/events/ab/c"), None);
+        assert_eq!(parse_outbound(&orders(&zone, &"ab")), None);
+        assert_eq!(parse_outbound("gridex/v2/north/book"), None);
     }
 
     #[test]

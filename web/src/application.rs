@@ -191,7 +191,9 @@ impl ApplicationBuilder {
             address: format!("{}:{}", settings.http.bind, settings.http.port),
             source,
         })?;
-        let exchange_config = match self.exchange {
+        // Several instances may share the zones: the live feed then comes from the broker.
+        let feed_from_broker = settings.market.live_feed.from_broker(db.backend(), mqtt.is_some());
+        let mut exchange_config = match self.exchange {
             Some(config) => config,
             // The operator key signs what the exchange publishes, as it signs slot roots.
             None => ExchangeConfig {
@@ -213,6 +215,7 @@ impl ApplicationBuilder {
             },
         };
 
+        exchange_config.market_feed = feed_from_broker;
         let exchange = exchange::service::start(exchange_config, db.clone(), clock.clone(), mqtt).await?;
         let mut state = AppState::new(db.clone(), clock.clone(), &settings).with_market(Market::new(exchange.clone()));
         // The state holds the keys' hashes; the keys themselves are not kept.
@@ -234,7 +237,11 @@ impl ApplicationBuilder {
         let tasks = Tasks {
             settlement,
             settled_forwarder,
-            market_forwarder: state.market.spawn_forwarder(state.live.clone()),
+            market_forwarder: if feed_from_broker {
+                crate::live_feed::spawn_forwarder(&exchange, state.live.clone())
+            } else {
+                state.market.spawn_forwarder(state.live.clone())
+            },
             webhooks: Some(background.webhooks),
             metrics_upkeep: background.metrics_upkeep,
         };

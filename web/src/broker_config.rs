@@ -268,6 +268,9 @@ pub fn render(
         for topic in ["+/trades", "+/book", "+/auction", "+/roots", "+/events/+", "+/rejects/+"] {
             let _ = writeln!(acl, "topic write gridex/v1/{topic}");
         }
+        // A web server's live feed from the broker (`market.live_feed`): every participant's events
+        // (the public market data is read by every login, above).
+        let _ = writeln!(acl, "topic read gridex/v1/+/events/+");
         // The command relay between gridex servers (exchange::service::relay): as a zone's owner it
         // reads every relayed command and answers any server; as a web server it relays only as
         // itself and reads only its own answers. No device or account reaches either topic.

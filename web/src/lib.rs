@@ -34,6 +34,7 @@ pub mod demo;
 pub mod error;
 pub mod ledger;
 pub mod live;
+pub mod live_feed;
 pub mod market;
 pub mod metrics;
 pub mod ops;

@@ -212,6 +212,11 @@ pub struct MarketSettings {
     /// How long an order taken over HTTP for a zone another instance owns waits for that owner's
     /// answer through the broker (PostgreSQL); then the answer is 503 "no live owner; retry".
     pub relay_timeout_ms: u64,
+    /// Where the live feed (SSE) takes the market's trades, books and order updates from: `broker`
+    /// (every zone, whichever instance owns it), `exchange` (this process's own exchange: the zones it
+    /// owns), or `auto` (the default): `broker` on PostgreSQL with a broker, where instances may share
+    /// the zones, else `exchange`.
+    pub live_feed: crate::live_feed::LiveFeedSource,
 }
 
 /// A gateway publishes every minute or so and spools while offline: an hour without a reading means
@@ -233,6 +238,7 @@ impl Default for MarketSettings {
             lease_ttl_ms: exchange::config::LEASE_TTL_MS_DEFAULT,
             lease_renew_interval_ms: exchange::config::LEASE_RENEW_INTERVAL_MS_DEFAULT,
             relay_timeout_ms: exchange::config::RELAY_TIMEOUT_MS_DEFAULT,
+            live_feed: crate::live_feed::LiveFeedSource::Auto,
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Issue 13, "any web server takes any zone's orders": two gridex servers on one PostgreSQL and one
 //! broker, each owning another zone. An order posted to the server that does not own its zone is
 //! relayed through the broker to the owner, which verifies, commits and matches it, and the client
-//! gets the answer the owner's server gives; with no live owner the answer is 503.
+//! gets the answer the owner's server gives; with no live owner the answer is 503. The server that
+//! does not own the zone shows the zone's trades and order updates on its live feed all the same:
+//! it takes them from the broker.
 
 mod common;
 
@@ -16,6 +18,7 @@ use serde_json::Value;
 use std::time::Duration;
 use web::application::Application;
 use web::auth::sign_request;
+use web::live::LiveEvent;
 use web::settings::Settings;
 
 const SLOT_LEN_MS: i64 = 900_000;
@@ -107,6 +110,7 @@ async fn relayed_over_http(test_db: TestDb, broker: &BrokerAddr) {
     let north_server = server(&test_db, broker, &north).await;
     let south_server = server(&test_db, broker, &south).await;
     let client = reqwest::Client::builder().no_proxy().build().expect("client");
+    let mut north_live = north_server.live();
 
     // The seller at the owner's server, the buyer at the other: relayed, matched, answered.
     let (status, sold) =
@@ -119,6 +123,24 @@ async fn relayed_over_http(test_db: TestDb, broker: &BrokerAddr) {
     assert!(bought["command_seq"].as_u64() > sold["command_seq"].as_u64(), "{sold} {bought}");
     assert_eq!(bought["trades"].as_array().map(Vec::len), Some(1), "{bought}");
     assert_eq!(bought["updates"][0]["status"], "filled", "{bought}");
+
+    // The server that does not own the zone shows its trade and the buyer's fill live.
+    let (mut trade_seen, mut fill_seen) = (false, false);
+    while !(trade_seen && fill_seen) {
+        let event = tokio::time::timeout(DEADLINE, north_live.recv())
+            .await
+            .expect("the zone's events reach the other server's live feed in time")
+            .expect("the live feed runs");
+        match event {
+            LiveEvent::Trade(trade) if trade.message.zone == south => trade_seen = true,
+            LiveEvent::OrderUpdate(update)
+                if update.message.zone == south && update.message.account == account(buyer) =>
+            {
+                fill_seen |= update.message.status == protocol::OrderStatus::Filled;
+            }
+            _ => {}
+        }
+    }
 
     // The same order again, at either server: the same answer, status and body.
     let at_owner = post_order(&client, &south_server, buyer, &buy).await;

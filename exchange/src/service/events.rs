@@ -38,6 +38,17 @@ pub enum MarketEvent {
     Auction(protocol::AuctionResult),
 }
 
+/// A message of the broker's market feed ([`crate::config::ExchangeConfig::market_feed`]), as it
+/// arrived: its topic (one of `protocol::topics::MARKET_FEED_FILTERS`) and payload, not verified.
+#[derive(Debug, Clone)]
+pub struct FeedMessage {
+    pub topic: String,
+    pub payload: bytes::Bytes,
+}
+
+/// Feed messages buffered per subscriber before a slow one misses some (it is told: `Lagged`).
+pub const FEED_BROADCAST_LEN: usize = 4_096;
+
 /// One open (or just closed) slot of a zone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotInfo {

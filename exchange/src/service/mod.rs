@@ -48,7 +48,7 @@ mod verify;
 mod zones;
 
 pub use error::ExchangeError;
-pub use events::{CommandAck, MarketEvent, SlotInfo};
+pub use events::{CommandAck, FeedMessage, MarketEvent, SlotInfo};
 
 use crate::config::{ExchangeConfig, EVENT_BROADCAST_LEN};
 use crate::ingest::{Directory, Kind, Limits, Origin, Rejection, Verifier};
@@ -102,6 +102,8 @@ pub struct ExchangeHandle {
     /// The operator key itself, for [`ExchangeHandle::sign_operator`]; never handed out.
     operator_key: Arc<ed25519_dalek::SigningKey>,
     instance_id: String,
+    /// The broker's market feed, when configured (`ExchangeConfig::market_feed`) and connected.
+    feed: Option<broadcast::Sender<FeedMessage>>,
 }
 
 impl std::fmt::Debug for ExchangeHandle {
@@ -169,6 +171,13 @@ impl ExchangeHandle {
     /// Market events as they happen.
     pub fn subscribe(&self) -> broadcast::Receiver<MarketEvent> {
         self.outlets.events.subscribe()
+    }
+
+    /// The broker's market feed: every zone's trades and books and every participant's events as
+    /// published by whichever instance owns the zone (unverified; see [`FeedMessage`]). `None`
+    /// unless `ExchangeConfig::market_feed` is on and a broker is configured.
+    pub fn subscribe_feed(&self) -> Option<broadcast::Receiver<FeedMessage>> {
+        self.feed.as_ref().map(broadcast::Sender::subscribe)
     }
 
     async fn ask<T>(&self, zone: &ZoneId, make: impl FnOnce(oneshot::Sender<T>) -> ZoneMsg) -> Option<T> {
@@ -428,6 +437,7 @@ pub async fn start(
     spawn(tokio::spawn(stage.run(ingest_rx, shutdown.clone())));
 
     let (ready_tx, mqtt_ready) = watch::channel(connection.is_none());
+    let feed = (config.market_feed && connection.is_some()).then(|| broadcast::channel(events::FEED_BROADCAST_LEN).0);
     if let Some(connection) = connection {
         mqtt_tasks.push(connection.publisher);
         // An instance serving every zone subscribes with wildcards, so a zone registered later is
@@ -452,7 +462,7 @@ pub async fn start(
         let listener = mqtt::listen(
             connection.link,
             served,
-            mqtt::Inlets { ingest: ingest_tx.clone(), plans: plans_tx, relay },
+            mqtt::Inlets { ingest: ingest_tx.clone(), plans: plans_tx, relay, feed: feed.clone() },
             ready_tx,
             shutdown.clone(),
             mqtt_stop,
@@ -475,5 +485,6 @@ pub async fn start(
         lease_task: Arc::new(std::sync::Mutex::new(lease_task)),
         leases_paused: Arc::new(leases_paused),
         instance_id: config.instance_id.clone(),
+        feed,
     })
 }

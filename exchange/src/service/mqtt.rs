@@ -3,8 +3,8 @@
 //! feeds the ingest queue with back-pressure. See the invariants in [`super`].
 
 use super::acks::{acker, acknowledge, AckQueue};
-use super::events::Outbound;
 use super::events::Reply;
+use super::events::{FeedMessage, Outbound};
 use super::ownership::Ownership;
 use super::plans::RawPlan;
 use super::relay::Relay;
@@ -14,7 +14,7 @@ use protocol::topics::{self, Inbound};
 use protocol::{Version, ZoneId};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// Capacity of rumqttc's request channel (publishes waiting for the event loop).
@@ -107,6 +107,8 @@ pub(super) struct Inlets {
     pub ingest: mpsc::Sender<Raw>,
     pub plans: mpsc::Sender<RawPlan>,
     pub relay: Relay,
+    /// The market feed's subscribers (`ExchangeConfig::market_feed`), else `None`.
+    pub feed: Option<broadcast::Sender<FeedMessage>>,
 }
 
 /// Starts taking inbound messages into `inlets`: the listener (returned, to be joined), the PUBACK
@@ -120,7 +122,7 @@ pub(super) fn listen(
     mqtt_stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let Link { client, eventloop } = link;
-    let Inlets { ingest, plans, relay } = inlets;
+    let Inlets { ingest, plans, relay, feed } = inlets;
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();
     // Not joined: it ends once the listener and every pending MqttAck are gone.
     tokio::spawn(acker(client.clone(), acks_rx));
@@ -128,7 +130,7 @@ pub(super) fn listen(
     let (held_tx, held_rx) = mpsc::channel(INBOUND_HELD_MAX);
     // Not joined: it ends with the listener or when the ingest queue closes.
     tokio::spawn(forward(held_rx, ingest));
-    let listener = MqttListener { client, acks, served, held: held_tx, plans, relay, ready, subacks_pending: 0 };
+    let listener = MqttListener { client, acks, served, held: held_tx, plans, relay, feed, ready, subacks_pending: 0 };
     tokio::spawn(listener.run(eventloop, shutdown, mqtt_stop))
 }
 
@@ -186,6 +188,8 @@ struct MqttListener {
     /// Relays commands to other instances (answers on this server's reply topic) and answers the
     /// commands relayed here.
     relay: Relay,
+    /// Where the market feed's messages go, when subscribed to.
+    feed: Option<broadcast::Sender<FeedMessage>>,
     ready: watch::Sender<bool>,
     subacks_pending: usize,
 }
@@ -207,8 +211,15 @@ impl MqttListener {
                 }
             }
         }
-        self.subacks_pending = filters.len();
-        if filters.is_empty() {
+        // The market feed at QoS 0: a live view, never queued for this session nor acknowledged.
+        let feed: &[&str] = if self.feed.is_some() { &topics::MARKET_FEED_FILTERS } else { &[] };
+        self.subacks_pending = filters.len() + feed.len();
+        for filter in feed {
+            if let Err(error) = self.client.try_subscribe(*filter, rumqttc::QoS::AtMostOnce) {
+                tracing::error!(%error, "cannot subscribe");
+            }
+        }
+        if self.subacks_pending == 0 {
             let _ = self.ready.send(true);
         }
         for filter in filters {
@@ -274,6 +285,12 @@ impl MqttListener {
         }
         if topics::parse_relay_replies(topic).is_some() {
             self.relay.answer(&publish.payload);
+            acknowledge(ack);
+            return true;
+        }
+        if let (Some(feed), Some(_)) = (&self.feed, topics::parse_outbound(topic)) {
+            // No subscriber is fine; the reader verifies what it uses.
+            let _ = feed.send(FeedMessage { topic: publish.topic.clone(), payload: publish.payload.clone() });
             acknowledge(ack);
             return true;
         }
