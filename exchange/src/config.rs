@@ -141,6 +141,9 @@ pub struct ExchangeConfig {
     /// broker, and hand them to [`crate::service::ExchangeHandle::subscribe_feed`]: a web server's
     /// live feed then shows every zone, whichever instance owns it.
     pub market_feed: bool,
+    /// `false`: a web server that owns no zone (PostgreSQL only): it takes no lease, is not counted
+    /// in the zones' fair share, and relays every command to the zone's owner.
+    pub takes_zones: bool,
 }
 
 impl ExchangeConfig {
@@ -197,6 +200,7 @@ impl ExchangeConfig {
             relay_timeout_ms: RELAY_TIMEOUT_MS_DEFAULT,
             instance_id: instance_id_default(),
             market_feed: false,
+            takes_zones: true,
         }
     }
 }

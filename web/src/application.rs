@@ -175,7 +175,15 @@ impl ApplicationBuilder {
                 options
             }
         };
+        if !settings.market.trade && mqtt.is_none() {
+            return Err(ApplicationError::Exchange(exchange::service::ExchangeError::Config(
+                "market.trade = false (a web server only) needs a broker (mqtt.url) to reach the zones' owners"
+                    .to_owned(),
+            )));
+        }
         let settlement_config = match self.settlement {
+            // A web server only settles nothing.
+            Settlement::FromSettings if !settings.market.trade => None,
             Settlement::FromSettings => Some(settlement_from(&settings)?),
             Settlement::Config(config) => Some(*config),
             Settlement::Off => None,
@@ -216,6 +224,7 @@ impl ApplicationBuilder {
         };
 
         exchange_config.market_feed = feed_from_broker;
+        exchange_config.takes_zones = settings.market.trade;
         let exchange = exchange::service::start(exchange_config, db.clone(), clock.clone(), mqtt).await?;
         let mut state = AppState::new(db.clone(), clock.clone(), &settings).with_market(Market::new(exchange.clone()));
         // The state holds the keys' hashes; the keys themselves are not kept.

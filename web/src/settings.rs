@@ -217,6 +217,10 @@ pub struct MarketSettings {
     /// owns), or `auto` (the default): `broker` on PostgreSQL with a broker, where instances may share
     /// the zones, else `exchange`.
     pub live_feed: crate::live_feed::LiveFeedSource,
+    /// `false`: a web server only (PostgreSQL with a broker): it owns no zone and settles nothing,
+    /// relays every order to the zone's owner and shows every zone's live feed from the broker.
+    /// Default `true`: this instance also trades (its share of the zones) and settles.
+    pub trade: bool,
 }
 
 /// A gateway publishes every minute or so and spools while offline: an hour without a reading means
@@ -239,6 +243,7 @@ impl Default for MarketSettings {
             lease_renew_interval_ms: exchange::config::LEASE_RENEW_INTERVAL_MS_DEFAULT,
             relay_timeout_ms: exchange::config::RELAY_TIMEOUT_MS_DEFAULT,
             live_feed: crate::live_feed::LiveFeedSource::Auto,
+            trade: true,
         }
     }
 }

@@ -330,6 +330,12 @@ pub async fn start(
     if config.lease_renew_interval_ms == 0 || config.lease_ttl_ms <= config.lease_renew_interval_ms {
         return Err(ExchangeError::Config("leases: renew interval > 0 and below the time to live".to_owned()));
     }
+    if !config.takes_zones && db.backend() != Backend::Postgres {
+        return Err(ExchangeError::Config(
+            "an instance that takes no zones (a web server) needs PostgreSQL: on SQLite one exchange owns every zone"
+                .to_owned(),
+        ));
+    }
     let writer_lock = db.lock_single_writer("exchange")?;
     let only = config.zones.clone();
     let zones = db.run(move |conn| store::load_zones(conn, &only)).await?;
@@ -372,7 +378,11 @@ pub async fn start(
     let (notices_tx, notices_rx) = mpsc::unbounded_channel();
     let (leases_paused, paused) = watch::channel(false);
     let mut lease_task = None;
-    if leasing {
+    if leasing && !config.takes_zones {
+        // A web server: it holds no lease, never counts in the fair share, and relays every
+        // command to the zone's owner.
+        tracing::info!("this instance takes no zones: it relays every command to the zone's owner");
+    } else if leasing {
         let mut manager = LeaseManager {
             db: db.clone(),
             config: config.clone(),
