@@ -184,3 +184,41 @@ async fn a_flood_of_refused_readings_keeps_only_the_newest_records_of_the_device
         assert_eq!(seqs.last().copied(), Some(flood as i64));
     }
 }
+
+/// Device roles (issue 16): a PV meter registered next to the home's grid meter is a device like
+/// any other at the exchange: its production readings (export, import 0) pass the same
+/// checks and are stored; only settlement tells the roles apart (it settles grid meters only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pv_meter_registered_next_to_the_grid_meter_has_its_readings_accepted() {
+    DeviceEnv::on_every_backend(SETUP, |mut env| async move {
+        env.accepted(1, NOW_MS - 2 * MINUTE_MS, 2_000, 1_000).await;
+        let pv = SigningKey::from_bytes(&[211; 32]);
+        let account =
+            protocol::AccountId::from_verifying_key(&SigningKey::from_bytes(&[SETUP.seed; 32]).verifying_key());
+        let (zone, pv_id) = (env.zone.clone(), DeviceId::from_verifying_key(&pv.verifying_key()));
+        env.test_db
+            .db
+            .write_blocking(move |conn| {
+                let serial = MeterSerial::parse("INV-1").expect("serial");
+                let new = registry::NewDevice {
+                    device_id: &pv_id,
+                    account_id: &account,
+                    zone_id: &zone,
+                    meter_serial: &serial,
+                    nameplate_w: NAMEPLATE_W,
+                    role: registry::DeviceRole::Pv,
+                };
+                Ok(registry::register_device_with_role(conn, &new, 0))
+            })
+            .expect("the database")
+            .expect("a PV meter is registered next to the grid meter");
+        let grid = std::mem::replace(&mut env.device, pv);
+        env.accepted(1, NOW_MS - MINUTE_MS, 0, 40_000).await;
+        env.accepted(2, NOW_MS, 0, 40_100).await;
+        assert_eq!(env.stored(), vec![(1, 40_000), (2, 40_100)]);
+        env.device = grid;
+        env.accepted(2, NOW_MS, 2_010, 1_050).await;
+        env
+    })
+    .await;
+}

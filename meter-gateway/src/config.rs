@@ -8,7 +8,7 @@ use crate::cadence::{
 };
 use crate::clock::SimClock;
 use crate::modbus::{RetryPolicy, ATTEMPTS_DEFAULT, REQUEST_TIMEOUT_MS_DEFAULT};
-use crate::publisher::{MqttSettings, ACK_TIMEOUT_MS_DEFAULT};
+use crate::publisher::{MqttLogin, MqttSettings, ACK_TIMEOUT_MS_DEFAULT};
 use crate::spool::SPOOL_BYTES_DEFAULT;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -59,6 +59,67 @@ impl ModbusSettings {
     pub fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy { timeout_ms: self.timeout_ms, attempts: self.attempts, ..RetryPolicy::default() }
     }
+}
+
+/// Most devices one gateway reads: a grid meter, a PV inverter or two, a battery and a few
+/// sub-meters; every poll reads them all in turn over one connection, so the bound also bounds a
+/// poll's length (a few requests per device).
+pub const DEVICES_MAX: usize = 8;
+
+/// What a device meters. The registry holds the same fact (`role` of the device, set by the
+/// utility) and settlement acts on it; here it decides how a reading is formed: a `pv` device
+/// reports its production as `export_wh` and `pv_wh` with `import_wh` 0 (an inverter without a
+/// meter model is read as such), every other role reports the meter's import and export.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceRole {
+    #[default]
+    Grid,
+    Pv,
+    Battery,
+    Submeter,
+}
+
+/// One Modbus device on the gateway's connection (`[[devices]]`), with its own key, spool and
+/// broker login. Without `[[devices]]` the gateway reads one device from the top-level `key`,
+/// `[modbus] unit`/`profile`, `meter_serial`, `nameplate_w` and `spool_dir` ([`GatewaySettings::devices`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSettings {
+    /// The Modbus unit (slave) id, e.g. 1 for an inverter and 240 for its meter.
+    pub unit: u8,
+    /// A shipped profile name or a path; none means SunSpec discovery on this unit.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// This device's key (its readings are signed with it, and it is registered with it).
+    pub key: PathBuf,
+    #[serde(default)]
+    pub role: DeviceRole,
+    #[serde(default)]
+    pub meter_serial: Option<String>,
+    /// Defaults to the top-level `nameplate_w`.
+    #[serde(default)]
+    pub nameplate_w: Option<i64>,
+    /// Defaults to `unit-<unit>` under the top-level `spool_dir`.
+    #[serde(default)]
+    pub spool_dir: Option<PathBuf>,
+    /// This device's broker login; required when `[mqtt]` has a login (each device logs in as
+    /// itself), else the device connects as `[mqtt]` does with a client id of its own key.
+    #[serde(default)]
+    pub mqtt: Option<MqttLogin>,
+}
+
+/// A device as the gateway runs it: [`DeviceSettings`] with the defaults of the top-level settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedDevice {
+    pub unit: u8,
+    pub profile: Option<String>,
+    pub key: PathBuf,
+    pub role: DeviceRole,
+    pub meter_serial: Option<String>,
+    pub nameplate_w: i64,
+    pub spool_dir: PathBuf,
+    pub mqtt: MqttSettings,
 }
 
 /// The home battery: whether the gateway may control it (opt-in) and the owner's limits.
@@ -122,6 +183,9 @@ pub struct GatewaySettings {
     pub ack_timeout_ms: u64,
     pub modbus: ModbusSettings,
     pub mqtt: MqttSettings,
+    /// Several devices on the `[modbus]` connection, read in one poll (see [`DeviceSettings`]);
+    /// empty: the one device of the top-level settings.
+    pub devices: Vec<DeviceSettings>,
     /// The home trading agent, when present.
     pub agent: Option<AgentSettings>,
     /// The home battery (read when the device has one; controlled only when `control = true`).
@@ -149,6 +213,7 @@ impl Default for GatewaySettings {
             ack_timeout_ms: ACK_TIMEOUT_MS_DEFAULT,
             modbus: ModbusSettings::default(),
             mqtt: MqttSettings::default(),
+            devices: Vec::new(),
             agent: None,
             battery: BatterySettings::default(),
             clock: None,
@@ -176,6 +241,63 @@ impl GatewaySettings {
             return Err(format!("boundary_spread_ms must be at most {BOUNDARY_SPREAD_MS_MAX}"));
         }
         Ok(())
+    }
+
+    /// The devices to read, each with its spool directory, nameplate and broker settings resolved:
+    /// `[[devices]]`, or the one device of the top-level settings (the configuration before
+    /// several devices existed keeps its meaning). The first grid meter (else the first device) is
+    /// the one the battery settings and the trading agent act on.
+    pub fn devices(&self) -> Result<Vec<ResolvedDevice>, String> {
+        if self.devices.is_empty() {
+            return Ok(vec![ResolvedDevice {
+                unit: self.modbus.unit,
+                profile: self.modbus.profile.clone(),
+                key: self.key.clone(),
+                role: DeviceRole::Grid,
+                meter_serial: self.meter_serial.clone(),
+                nameplate_w: self.nameplate_w,
+                spool_dir: self.spool_dir.clone(),
+                mqtt: self.mqtt.clone(),
+            }]);
+        }
+        if self.devices.len() > DEVICES_MAX {
+            return Err(format!("at most {DEVICES_MAX} [[devices]]"));
+        }
+        let mut resolved: Vec<ResolvedDevice> = Vec::with_capacity(self.devices.len());
+        for (index, device) in self.devices.iter().enumerate() {
+            let mqtt = match (&device.mqtt, &self.mqtt.username) {
+                (Some(login), _) => MqttSettings {
+                    username: Some(login.username.clone()),
+                    password: Some(login.password.clone()),
+                    client_id: None,
+                    ..self.mqtt.clone()
+                },
+                (None, Some(_)) => {
+                    return Err(format!(
+                        "devices[{index}] needs its own mqtt login: [mqtt] has one, and each device logs in as itself"
+                    ))
+                }
+                (None, None) => MqttSettings { client_id: None, ..self.mqtt.clone() },
+            };
+            let next = ResolvedDevice {
+                unit: device.unit,
+                profile: device.profile.clone(),
+                key: device.key.clone(),
+                role: device.role,
+                meter_serial: device.meter_serial.clone(),
+                nameplate_w: device.nameplate_w.unwrap_or(self.nameplate_w),
+                spool_dir: device
+                    .spool_dir
+                    .clone()
+                    .unwrap_or_else(|| self.spool_dir.join(format!("unit-{}", device.unit))),
+                mqtt,
+            };
+            if resolved.iter().any(|other| other.key == next.key || other.spool_dir == next.spool_dir) {
+                return Err(format!("devices[{index}] shares a key or a spool_dir with another device"));
+            }
+            resolved.push(next);
+        }
+        Ok(resolved)
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -222,6 +344,42 @@ mod tests {
         assert!(settings("boundary_spread_ms = 60001").validate_cadence().is_err());
         assert!(settings("slot_len_ms = 0").validate_cadence().is_err());
         assert_eq!(PUBLISH_INTERVAL_MS_MIN, POLL_INTERVAL_MIN_MS, "the shortest publish interval is the shortest poll");
+    }
+
+    #[test]
+    fn the_single_device_settings_are_a_one_element_device_list() {
+        let text = "key = \"meter.key\"\nspool_dir = \"spool\"\nnameplate_w = 9000\n[modbus]\nunit = 7\nprofile = \"sdm630\"\n";
+        let settings = GatewaySettings::parse(Path::new("x"), text).expect("parses");
+        let devices = settings.devices().expect("valid");
+        assert_eq!(devices.len(), 1);
+        let device = &devices[0];
+        assert_eq!((device.unit, device.profile.as_deref(), device.role), (7, Some("sdm630"), DeviceRole::Grid));
+        assert_eq!((device.key.as_path(), device.spool_dir.as_path()), (Path::new("meter.key"), Path::new("spool")));
+        assert_eq!(device.nameplate_w, 9_000);
+    }
+
+    #[test]
+    fn several_devices_each_get_their_own_spool_and_must_log_in_as_themselves() {
+        let text = "spool_dir = \"spool\"\n\
+                    [[devices]]\nunit = 1\nkey = \"inverter.key\"\nrole = \"pv\"\n\
+                    [[devices]]\nunit = 240\nkey = \"meter.key\"\nprofile = \"sdm630\"\n";
+        let settings = GatewaySettings::parse(Path::new("x"), text).expect("parses");
+        let devices = settings.devices().expect("valid");
+        let units: Vec<(u8, DeviceRole, &Path)> =
+            devices.iter().map(|device| (device.unit, device.role, device.spool_dir.as_path())).collect();
+        assert_eq!(
+            units,
+            vec![(1, DeviceRole::Pv, Path::new("spool/unit-1")), (240, DeviceRole::Grid, Path::new("spool/unit-240"))]
+        );
+        let mut with_login = settings.clone();
+        with_login.mqtt.username = Some("device".to_owned());
+        assert!(with_login.devices().is_err(), "a shared login would make one device publish as another");
+        let mut same_key = settings.clone();
+        same_key.devices[1].key = PathBuf::from("inverter.key");
+        assert!(same_key.devices().is_err());
+        assert!(
+            GatewaySettings::parse(Path::new("x"), "[[devices]]\nunit = 1\nkey = \"k\"\nrole = \"meter\"\n").is_err()
+        );
     }
 
     #[test]

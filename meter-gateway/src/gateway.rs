@@ -5,7 +5,7 @@
 use crate::battery::BatteryMode;
 use crate::cadence::Cadence;
 use crate::clock::SimClock;
-use crate::config::{BatterySettings, GatewaySettings, POLL_INTERVAL_MIN_MS};
+use crate::config::{BatterySettings, DeviceRole, GatewaySettings, ResolvedDevice, POLL_INTERVAL_MIN_MS};
 use crate::counters::{CounterTracker, CountersState, RawCounters};
 use crate::modbus::{ModbusClient, ModbusError, ModbusUrl};
 use crate::profile::{Profile, ProfileError};
@@ -98,6 +98,28 @@ pub struct Sample {
     pub battery_power_w: Option<i64>,
 }
 
+impl Sample {
+    /// A PV device's reading: its production (the inverter's lifetime energy, else the production
+    /// meter's export counter) as export and `pv_wh`, nothing imported; no battery fields (a battery
+    /// is read through its own device or the grid meter's).
+    pub fn production(sample: Sample) -> Sample {
+        let (produced_wh, modulus_wh) = match sample.pv_wh {
+            Some(pv_wh) => (Some(pv_wh), sample.pv_modulus_wh),
+            None => (sample.export_wh, sample.meter_modulus_wh),
+        };
+        Sample {
+            import_wh: produced_wh.map(|_| 0),
+            export_wh: produced_wh,
+            pv_wh: produced_wh,
+            power_w: sample.power_w,
+            meter_modulus_wh: modulus_wh,
+            pv_modulus_wh: modulus_wh,
+            serial: sample.serial,
+            ..Sample::default()
+        }
+    }
+}
+
 /// How values are found on the device.
 #[derive(Debug)]
 pub enum Source {
@@ -114,8 +136,24 @@ impl Source {
         })
     }
 
-    /// Reads one sample. A SunSpec device is rediscovered after any error.
+    /// Reads one sample of a grid meter ([`Source::read_as`]).
     pub async fn read(&mut self, client: &mut ModbusClient) -> Result<Sample, GatewayError> {
+        self.read_as(client, DeviceRole::Grid).await
+    }
+
+    /// Reads one sample of a device with `role`: a PV device's production is its export (and its
+    /// `pv_wh`), its import 0, whether it is an inverter (SunSpec 10x without a meter model) or a
+    /// production meter; the other roles read the meter. A SunSpec device is rediscovered after any
+    /// error.
+    pub async fn read_as(&mut self, client: &mut ModbusClient, role: DeviceRole) -> Result<Sample, GatewayError> {
+        let sample = self.read_device(client, role).await?;
+        Ok(match role {
+            DeviceRole::Pv => Sample::production(sample),
+            DeviceRole::Grid | DeviceRole::Battery | DeviceRole::Submeter => sample,
+        })
+    }
+
+    async fn read_device(&mut self, client: &mut ModbusClient, role: DeviceRole) -> Result<Sample, GatewayError> {
         match self {
             Source::Profile(profile) => {
                 let values = profile.read(client).await?;
@@ -142,7 +180,7 @@ impl Source {
                     *device = Some(sunspec::discover(client).await?);
                 }
                 let Some(found) = device.as_ref() else { return Err(SunSpecError::NotFound.into()) };
-                let result = Self::read_sunspec(client, found).await;
+                let result = Self::read_sunspec(client, found, role).await;
                 if result.is_err() {
                     *device = None;
                 }
@@ -151,13 +189,30 @@ impl Source {
         }
     }
 
-    async fn read_sunspec(client: &mut ModbusClient, device: &sunspec::Device) -> Result<Sample, GatewayError> {
-        let meter_model = device.meter().ok_or(SunSpecError::NoMeter)?;
-        let meter = sunspec::read_meter(client, meter_model).await?;
+    async fn read_sunspec(
+        client: &mut ModbusClient,
+        device: &sunspec::Device,
+        role: DeviceRole,
+    ) -> Result<Sample, GatewayError> {
         let inverter = match device.inverter() {
             Some(model) => Some(sunspec::read_inverter(client, model).await?),
             None => None,
         };
+        let meter_model = match (device.meter(), inverter) {
+            (Some(model), _) => model,
+            // An inverter on its own unit (its meter on another) is a PV device's whole reading.
+            (None, Some(inverter)) if role == DeviceRole::Pv => {
+                return Ok(Sample {
+                    pv_wh: inverter.energy_wh,
+                    pv_modulus_wh: inverter.counter_modulus_wh,
+                    power_w: inverter.power_w,
+                    serial: device.serial.clone(),
+                    ..Sample::default()
+                })
+            }
+            (None, _) => return Err(SunSpecError::NoMeter.into()),
+        };
+        let meter = sunspec::read_meter(client, meter_model).await?;
         // A battery that cannot be read does not hold back the meter's reading.
         let battery = match storage::read_status(client, device).await {
             Ok(status) => status,
@@ -316,6 +371,9 @@ pub struct GatewayHandle {
     pub polls: Arc<PollStats>,
     /// The device's publishing schedule (its offsets; see [`crate::cadence`]).
     pub cadence: Cadence,
+    /// Every device of the gateway in the order of its settings (each with `devices` empty); the
+    /// fields above are the grid meter's (else the first device's), which the agent and battery use.
+    pub devices: Vec<GatewayHandle>,
 }
 
 /// What the poll loop did: polls whose counters passed the rules, and how many of them were spooled
@@ -382,38 +440,9 @@ pub async fn run_with_battery(
     mut battery_commands: Option<mpsc::Receiver<BatteryMode>>,
 ) -> Result<(), GatewayError> {
     let (zone, url) = validate(&settings)?;
-    let key = crate::keys::load(&settings.key)?;
-    let device = DeviceId::from_verifying_key(&key.verifying_key());
+    let resolved = settings.devices().map_err(GatewayError::Settings)?;
     let clock = settings.clock.unwrap_or_else(SimClock::real);
-    let spool = Arc::new(Mutex::new(Spool::open(&settings.spool_dir, settings.spool_bytes_max)?));
-    let state = GatewayState::load(&settings.spool_dir);
-    let mut source = Source::from_settings(settings.modbus.profile.as_deref())?;
-    let serial_override = match &settings.meter_serial {
-        Some(text) => Some(MeterSerial::parse(text).map_err(|e| GatewayError::Settings(format!("meter_serial: {e}")))?),
-        None => None,
-    };
-    let mut poller = Poller {
-        key,
-        device,
-        zone: zone.clone(),
-        serial_override,
-        tracker: CounterTracker::new(settings.nameplate_w, state.counters.clone()),
-        state,
-        state_dir: settings.spool_dir.clone(),
-    };
-    let mut client = ModbusClient::new(url, settings.modbus.unit, settings.modbus.retry_policy());
-
     let (stop_tx, stop_rx) = watch::channel(false);
-    let notify = Arc::new(Notify::new());
-    let stats = Arc::new(PublisherStats::default());
-    let polls = Arc::new(PollStats::default());
-    let mut cadence = Cadence::new(
-        &device,
-        settings.publish_interval_ms,
-        settings.slot_len_ms,
-        settings.boundary_spread_ms,
-        settings.interval_ms as f64 * clock.speed,
-    );
     let operator = settings.mqtt.pinned_operator().map_err(GatewayError::Settings)?;
     if operator.is_none() {
         tracing::warn!(
@@ -421,15 +450,13 @@ pub async fn run_with_battery(
              readings stay spooled and are resent (set operator_key from GET /api/v1/operator-key)"
         );
     }
-    let publisher_config = PublisherConfig {
-        mqtt: settings.mqtt.clone(),
-        device,
-        zone: zone.clone(),
-        ack_timeout_ms: settings.ack_timeout_ms,
-        operator,
-    };
-    let publisher =
-        tokio::spawn(publisher::run(publisher_config, spool.clone(), notify.clone(), stats.clone(), stop_rx.clone()));
+    let mut units = Vec::with_capacity(resolved.len());
+    for device in &resolved {
+        units.push(Unit::start(device, &settings, &zone, clock, operator, &stop_rx)?);
+    }
+    // The battery and the agent belong to the home's grid meter (else the only or first device).
+    let primary = units.iter().position(|unit| unit.role == DeviceRole::Grid).unwrap_or(0);
+    let mut client = ModbusClient::new(url, units[primary].modbus_unit, settings.modbus.retry_policy());
     let (agent_tx, agent_task) = match settings.agent.clone() {
         Some(agent) => {
             let (tx, rx) = mpsc::channel(crate::agent::READINGS_CHANNEL_CAPACITY);
@@ -462,14 +489,20 @@ pub async fn run_with_battery(
         }
         None => (None, None),
     };
-    tracing::info!(%device, %zone, modbus = %client.url(), mqtt = %settings.mqtt.url, "gateway started");
-    tracing::info!(
-        publish_interval_ms = settings.publish_interval_ms,
-        interval_offset_ms = cadence.interval_offset_ms(),
-        boundary_offset_ms = cadence.boundary_offset_ms(),
-        "publishing cadence"
-    );
-    on_start(GatewayHandle { device, stats, polls: polls.clone(), cadence: cadence.clone() });
+    for unit in &units {
+        tracing::info!(
+            device = %unit.poller.device, %zone, modbus = %client.url(), unit = unit.modbus_unit, role = ?unit.role,
+            mqtt = %settings.mqtt.url, "gateway started"
+        );
+        tracing::info!(
+            publish_interval_ms = settings.publish_interval_ms,
+            interval_offset_ms = unit.cadence.interval_offset_ms(),
+            boundary_offset_ms = unit.cadence.boundary_offset_ms(),
+            "publishing cadence"
+        );
+    }
+    let handles: Vec<GatewayHandle> = units.iter().map(Unit::handle).collect();
+    on_start(GatewayHandle { devices: handles.clone(), ..handles[primary].clone() });
 
     let mut tick = tokio::time::interval(Duration::from_millis(settings.interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -478,7 +511,7 @@ pub async fn run_with_battery(
     let mut control_off_logged = false;
     // The setpoint in force and when it was last written (the clock's time, as the device's revert).
     let mut active_setpoint: Option<(BatteryMode, i64)> = None;
-    let result = loop {
+    let result = 'polling: loop {
         let command = tokio::select! {
             _ = &mut shutdown => break Ok(()),
             _ = tick.tick() => None,
@@ -503,9 +536,11 @@ pub async fn run_with_battery(
                 }
                 continue;
             }
+            let unit = &mut units[primary];
+            client.set_unit(unit.modbus_unit);
             let applied = tokio::select! {
                 _ = &mut shutdown => break Ok(()),
-                applied = source.apply_battery(&mut client, mode, &battery_settings) => applied,
+                applied = unit.source.apply_battery(&mut client, mode, &battery_settings) => applied,
             };
             match applied {
                 Ok(commanded_w) => {
@@ -525,49 +560,31 @@ pub async fn run_with_battery(
                 continue;
             }
         }
-        let sample = tokio::select! {
-            _ = &mut shutdown => break Ok(()),
-            sample = source.read(&mut client) => sample,
-        };
-        let sample = match sample {
-            Ok(sample) => sample,
-            Err(error) => {
-                tracing::warn!(%error, "poll failed");
-                continue;
-            }
-        };
-        let ts_ms = clock.now_ms();
-        let observed = match poller.observe(&sample, ts_ms) {
-            Ok(observed) => observed,
-            // Disk trouble is fatal: silently dropping readings is worse than stopping.
-            Err(error) => break Err(error),
-        };
-        let Some(reading) = observed else { continue };
-        polls.accepted.fetch_add(1, Ordering::Relaxed);
-        // Between publishes a reading is not sent: the counters are cumulative, nothing is lost.
-        let reading = match cadence.due(ts_ms) {
-            Some(why) => match poller.publish(reading, &spool) {
-                Ok(Some(published)) => {
-                    tracing::debug!(seq = published.seq, ?why, "reading spooled for publishing");
-                    cadence.published(ts_ms);
-                    polls.spooled.fetch_add(1, Ordering::Relaxed);
-                    notify.notify_one();
-                    published
-                }
+        // One poll reads every device in turn over the one connection.
+        for (index, unit) in units.iter_mut().enumerate() {
+            client.set_unit(unit.modbus_unit);
+            let sample = tokio::select! {
+                _ = &mut shutdown => break 'polling Ok(()),
+                sample = unit.source.read_as(&mut client, unit.role) => sample,
+            };
+            let reading = match unit.poll(sample, clock.now_ms()) {
+                Ok(Some(reading)) => reading,
                 Ok(None) => continue,
-                Err(error) => break Err(error),
-            },
-            None => reading,
-        };
-        if let Some(tx) = &agent_tx {
-            // The agent sees every accepted poll (published or not). It only needs recent readings;
-            // when it lags, skipping one is harmless.
-            let _ = tx.try_send(reading);
+                // Disk trouble is fatal: silently dropping readings is worse than stopping.
+                Err(error) => break 'polling Err(error),
+            };
+            if let (Some(tx), true) = (&agent_tx, index == primary) {
+                // The agent sees every accepted poll (published or not). It only needs recent
+                // readings; when it lags, skipping one is harmless.
+                let _ = tx.try_send(reading);
+            }
         }
     };
     let _ = stop_tx.send(true);
     client.disconnect().await;
-    let _ = publisher.await;
+    for unit in units {
+        let _ = unit.publisher.await;
+    }
     if let Some(task) = agent_task {
         drop(agent_tx);
         match task.await {
@@ -577,6 +594,122 @@ pub async fn run_with_battery(
         }
     }
     result
+}
+
+/// One device of the gateway: how it is read, its counter rules, spool, cadence and publisher.
+struct Unit {
+    modbus_unit: u8,
+    role: DeviceRole,
+    source: Source,
+    poller: Poller,
+    spool: Arc<Mutex<Spool>>,
+    notify: Arc<Notify>,
+    stats: Arc<PublisherStats>,
+    polls: Arc<PollStats>,
+    cadence: Cadence,
+    publisher: tokio::task::JoinHandle<Result<(), crate::publisher::PublishError>>,
+}
+
+impl Unit {
+    fn start(
+        device: &ResolvedDevice,
+        settings: &GatewaySettings,
+        zone: &ZoneId,
+        clock: SimClock,
+        operator: Option<[u8; 32]>,
+        stop_rx: &watch::Receiver<bool>,
+    ) -> Result<Unit, GatewayError> {
+        if device.nameplate_w <= 0 {
+            return Err(GatewayError::Settings("nameplate_w must be positive".to_owned()));
+        }
+        let key = crate::keys::load(&device.key)?;
+        let id = DeviceId::from_verifying_key(&key.verifying_key());
+        let spool = Arc::new(Mutex::new(Spool::open(&device.spool_dir, settings.spool_bytes_max)?));
+        let state = GatewayState::load(&device.spool_dir);
+        let source = Source::from_settings(device.profile.as_deref())?;
+        let serial_override = match &device.meter_serial {
+            Some(text) => {
+                Some(MeterSerial::parse(text).map_err(|e| GatewayError::Settings(format!("meter_serial: {e}")))?)
+            }
+            None => None,
+        };
+        let poller = Poller {
+            key,
+            device: id,
+            zone: zone.clone(),
+            serial_override,
+            tracker: CounterTracker::new(device.nameplate_w, state.counters.clone()),
+            state,
+            state_dir: device.spool_dir.clone(),
+        };
+        let cadence = Cadence::new(
+            &id,
+            settings.publish_interval_ms,
+            settings.slot_len_ms,
+            settings.boundary_spread_ms,
+            settings.interval_ms as f64 * clock.speed,
+        );
+        let (notify, stats) = (Arc::new(Notify::new()), Arc::new(PublisherStats::default()));
+        let publisher_config = PublisherConfig {
+            mqtt: device.mqtt.clone(),
+            device: id,
+            zone: zone.clone(),
+            ack_timeout_ms: settings.ack_timeout_ms,
+            operator,
+        };
+        let publisher = tokio::spawn(publisher::run(
+            publisher_config,
+            spool.clone(),
+            notify.clone(),
+            stats.clone(),
+            stop_rx.clone(),
+        ));
+        Ok(Unit {
+            modbus_unit: device.unit,
+            role: device.role,
+            source,
+            poller,
+            spool,
+            notify,
+            stats,
+            polls: Arc::new(PollStats::default()),
+            cadence,
+            publisher,
+        })
+    }
+
+    fn handle(&self) -> GatewayHandle {
+        GatewayHandle {
+            device: self.poller.device,
+            stats: self.stats.clone(),
+            polls: self.polls.clone(),
+            cadence: self.cadence.clone(),
+            devices: Vec::new(),
+        }
+    }
+
+    /// Applies the counter rules to a sample taken at `ts_ms` and spools it when the cadence says so.
+    /// Returns the accepted reading (published or not), `None` when the poll failed or the counters
+    /// were refused; an error only for disk trouble.
+    fn poll(&mut self, sample: Result<Sample, GatewayError>, ts_ms: i64) -> Result<Option<Reading>, GatewayError> {
+        let sample = match sample {
+            Ok(sample) => sample,
+            Err(error) => {
+                tracing::warn!(%error, unit = self.modbus_unit, "poll failed");
+                return Ok(None);
+            }
+        };
+        let Some(reading) = self.poller.observe(&sample, ts_ms)? else { return Ok(None) };
+        self.polls.accepted.fetch_add(1, Ordering::Relaxed);
+        // Between publishes a reading is not sent: the counters are cumulative, nothing is lost.
+        let Some(why) = self.cadence.due(ts_ms) else { return Ok(Some(reading)) };
+        let Some(published) = self.poller.publish(reading, &self.spool)? else { return Ok(None) };
+        tracing::debug!(seq = published.seq, unit = self.modbus_unit, ?why, "reading spooled for publishing");
+        self.cadence.published(ts_ms);
+        self.polls.spooled.fetch_add(1, Ordering::Relaxed);
+        self.notify.notify_one();
+        Ok(Some(published))
+    }
 }
 
 /// The next battery command, or never when there is no channel.

@@ -164,6 +164,9 @@ async fn real_main(cli: Cli) -> Result<()> {
                 Some(path) => GatewaySettings::load(path)?,
                 None => GatewaySettings::default(),
             };
+            if !settings.devices.is_empty() && (unit.is_some() || profile.is_some() || key.is_some()) {
+                bail!("--unit, --profile and --key name one device: with [[devices]] set them per device");
+            }
             if let Some(url) = modbus {
                 settings.modbus.url = url;
             }

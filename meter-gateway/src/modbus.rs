@@ -177,6 +177,20 @@ impl ModbusClient {
         &self.url
     }
 
+    /// Addresses the next requests to `unit` over the same connection (several devices behind one
+    /// TCP gateway or on one RS-485 line).
+    pub fn set_unit(&mut self, unit: u8) {
+        self.unit = unit;
+        if let Some(context) = self.context.as_mut() {
+            use tokio_modbus::slave::SlaveContext;
+            context.set_slave(Slave(unit));
+        }
+    }
+
+    pub fn unit(&self) -> u8 {
+        self.unit
+    }
+
     /// Takes its inputs by value: the returned future must not borrow the client (its context is not
     /// `Sync`, and the gateway's future must be `Send`).
     async fn connect(url: ModbusUrl, unit: u8, policy: RetryPolicy) -> Result<Context, ModbusError> {

@@ -179,6 +179,9 @@ fn latest_at(rows: &[Row], at_ms: i64, gap_ms_max: i64, field: impl Fn(&Row) -> 
 /// Per device: its samples of each counter, and its rows (for state of charge and capacity).
 struct DeviceSeries {
     rows: Vec<Row>,
+    /// Whether the device is a grid meter: only those price a slot by the home's net grid energy
+    /// (a PV meter's counters are behind the grid meter, `registry::DeviceRole`).
+    settled: bool,
     grid: Vec<CounterSample>,
     charge: Vec<CounterSample>,
     discharge: Vec<CounterSample>,
@@ -192,7 +195,7 @@ impl DeviceSeries {
             .collect();
         let charge = samples(&rows, |row| row.charge_wh);
         let discharge = samples(&rows, |row| row.discharge_wh);
-        Self { rows, grid, charge, discharge }
+        Self { rows, settled: true, grid, charge, discharge }
     }
 }
 
@@ -308,7 +311,14 @@ pub fn household_battery(
         to_ms.saturating_add(slot_len_ms).saturating_add(reading_gap_ms_max),
         false,
     )?;
-    let series: Vec<DeviceSeries> = rows.into_values().map(DeviceSeries::of).collect();
+    let grid_meters: std::collections::BTreeSet<String> =
+        registry::device_ids_of_account_with_role(conn, &account_hex, registry::DeviceRole::Grid)?
+            .into_iter()
+            .collect();
+    let series: Vec<DeviceSeries> = rows
+        .into_iter()
+        .map(|(device, rows)| DeviceSeries { settled: grid_meters.contains(&device), ..DeviceSeries::of(rows) })
+        .collect();
     let trades = trade_sums(conn, &account_hex, &zone_id, first_ms, to_ms)?;
     let tariffs = registry::tariffs(conn, &zone_id)?;
 
@@ -350,6 +360,9 @@ fn battery_slot(
     for device in series {
         charge = add(charge, counter_energy(&device.charge, start, end, gap_ms_max));
         discharge = add(discharge, counter_energy(&device.discharge, start, end, gap_ms_max));
+        if !device.settled {
+            continue;
+        }
         match metered_energy(&device.grid, start, end, gap_ms_max) {
             Some(energy) => grid_net += energy.import_wh - energy.export_wh,
             None => grid_known = false,

@@ -397,7 +397,8 @@ impl BracketRow {
 const BRACKETS: [(&str, &str, &str, &str); 4] =
     [("sb", "1", "<=", "DESC"), ("sa", "1", ">=", "ASC"), ("eb", "2", "<=", "DESC"), ("ea", "2", ">=", "ASC")];
 
-/// The bracketing readings of every device of the zone, with four index probes per device instead
+/// The bracketing readings of every grid meter of the zone (only grid meters are settled: PV,
+/// battery and sub-meters are behind one, their energy is in its counters), with four index probes per device instead
 /// of reading every reading in the slot (gateways report every second). Parameters: 1 start, 2 end,
 /// 3 zone, 4 cutoff, 5 gap. PostgreSQL uses LATERAL joins; SQLite, which has none, finds each
 /// bracket's rowid with a correlated subquery and joins it back.
@@ -432,7 +433,8 @@ fn bracket_sql(backend: gridex_store::Backend) -> String {
     };
     format!(
         "SELECT d.device_id, d.account_id, d.registered_ms{columns} FROM devices d{joins} \
-         WHERE d.zone_id = {{p}}3 AND d.registered_ms < {{p}}2 ORDER BY d.device_id"
+         WHERE d.zone_id = {{p}}3 AND d.registered_ms < {{p}}2 AND d.role = '{grid}' ORDER BY d.device_id",
+        grid = registry::DeviceRole::Grid.as_str()
     )
     .replace("{p}", placeholder)
 }
@@ -465,8 +467,8 @@ fn load_brackets(
 
 type Meters = (BTreeMap<AccountId, AccountMeter>, Vec<DeviceMeter>);
 
-/// Household meters of the zone over `[start_ms, end_ms)`, from readings received by `cutoff_ms`,
-/// and each device's counters at the slot start.
+/// Household grid meters of the zone over `[start_ms, end_ms)`, from readings received by
+/// `cutoff_ms`, and each grid meter's counters at the slot start (other roles are not settled).
 fn load_meters(
     conn: &mut DbConnection,
     zone_id: &ZoneId,

@@ -111,6 +111,52 @@ pub struct Account {
     pub created_ms: i64,
 }
 
+/// What a device meters, a registry fact (readings do not carry it). Settlement bills import and
+/// credits export from `Grid` meters only; the others sit behind the grid meter, so their energy is
+/// already in its counters and they serve reports only (see ARCHITECTURE.md, "Device roles").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceRole {
+    /// The household's connection meter (the role of every device registered before roles existed).
+    #[default]
+    Grid,
+    /// A production meter or inverter behind the grid meter.
+    Pv,
+    /// A home battery's own meter behind the grid meter (a battery read through the grid meter's
+    /// gateway reports in that meter's readings instead, PROTOCOL.md §2).
+    Battery,
+    /// A circuit behind the grid meter (a heat pump, a charger).
+    Submeter,
+}
+
+impl DeviceRole {
+    pub const ALL: [DeviceRole; 4] = [DeviceRole::Grid, DeviceRole::Pv, DeviceRole::Battery, DeviceRole::Submeter];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceRole::Grid => "grid",
+            DeviceRole::Pv => "pv",
+            DeviceRole::Battery => "battery",
+            DeviceRole::Submeter => "submeter",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|role| role.as_str() == text)
+    }
+
+    /// Whether settlement bills and credits this device's counters.
+    pub fn is_settled(self) -> bool {
+        self == DeviceRole::Grid
+    }
+}
+
+impl std::fmt::Display for DeviceRole {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Device {
     pub device_id: DeviceId,
@@ -119,6 +165,7 @@ pub struct Device {
     pub meter_serial: MeterSerial,
     pub nameplate_w: i64,
     pub registered_ms: i64,
+    pub role: DeviceRole,
 }
 
 fn check_name(name: &str) -> Result<(), RegistryError> {
@@ -411,8 +458,8 @@ pub fn account(conn: &mut DbConnection, id: &str) -> Result<Option<Account>, Reg
     .transpose()
 }
 
-/// Registers a metering device of a household account in a zone; the account must be of the same
-/// zone (checked first, so a device offered for another zone's account is refused as `zone`).
+/// Registers the grid meter of a household account in a zone ([`register_device_with_role`] with
+/// [`DeviceRole::Grid`]).
 pub fn register_device(
     conn: &mut DbConnection,
     device_id: &DeviceId,
@@ -422,6 +469,31 @@ pub fn register_device(
     nameplate_w: i64,
     now_ms: i64,
 ) -> Result<Device, RegistryError> {
+    let new = NewDevice { device_id, account_id, zone_id, meter_serial, nameplate_w, role: DeviceRole::Grid };
+    register_device_with_role(conn, &new, now_ms)
+}
+
+/// A device to register ([`register_device_with_role`]).
+#[derive(Debug, Clone, Copy)]
+pub struct NewDevice<'a> {
+    pub device_id: &'a DeviceId,
+    pub account_id: &'a AccountId,
+    pub zone_id: &'a ZoneId,
+    pub meter_serial: &'a MeterSerial,
+    pub nameplate_w: i64,
+    pub role: DeviceRole,
+}
+
+/// Registers a metering device of a household account in a zone; the account must be of the same
+/// zone (checked first, so a device offered for another zone's account is refused as `zone`). An
+/// account has at most one grid meter: a second one would bill its household's energy twice (an
+/// account belongs to one zone, so this is also "one per account and zone").
+pub fn register_device_with_role(
+    conn: &mut DbConnection,
+    new: &NewDevice<'_>,
+    now_ms: i64,
+) -> Result<Device, RegistryError> {
+    let NewDevice { device_id, account_id, zone_id, meter_serial, nameplate_w, role } = *new;
     if let Some(owner) = account(conn, &account_id.to_hex())? {
         if owner.zone_id.as_deref() != Some(zone_id.as_str()) {
             return Err(invalid("zone", "the account belongs to another zone"));
@@ -443,6 +515,19 @@ pub fn register_device(
     if exists > 0 {
         return Err(RegistryError::DeviceExists(device_id.to_hex()));
     }
+    if role == DeviceRole::Grid {
+        let grid_meters: i64 = devices::table
+            .filter(devices::account_id.eq(account_id.to_hex()))
+            .filter(devices::role.eq(DeviceRole::Grid.as_str()))
+            .count()
+            .get_result(conn)?;
+        if grid_meters > 0 {
+            return Err(invalid(
+                "role",
+                "the account already has a grid meter; register this one as pv, battery or submeter",
+            ));
+        }
+    }
     diesel::insert_into(devices::table)
         .values((
             devices::device_id.eq(device_id.to_hex()),
@@ -451,6 +536,7 @@ pub fn register_device(
             devices::meter_serial.eq(meter_serial.as_str()),
             devices::nameplate_w.eq(nameplate_w),
             devices::registered_ms.eq(now_ms),
+            devices::role.eq(role.as_str()),
         ))
         .execute(conn)?;
     Ok(Device {
@@ -460,7 +546,14 @@ pub fn register_device(
         meter_serial: meter_serial.clone(),
         nameplate_w,
         registered_ms: now_ms,
+        role,
     })
+}
+
+/// The device's role, if it is registered.
+pub fn device_role(conn: &mut DbConnection, device_id: &DeviceId) -> Result<Option<DeviceRole>, RegistryError> {
+    let role: Option<String> = devices::table.find(device_id.to_hex()).select(devices::role).first(conn).optional()?;
+    role.map(|role| DeviceRole::parse(&role).ok_or_else(|| invalid("role", role))).transpose()
 }
 
 /// The devices of an account (their ids, 64 hex digits).
@@ -468,19 +561,33 @@ pub fn device_ids_of_account(conn: &mut DbConnection, account_id: &str) -> Resul
     Ok(devices::table.filter(devices::account_id.eq(account_id)).select(devices::device_id).load(conn)?)
 }
 
+/// The devices of an account with `role` (their ids, 64 hex digits).
+pub fn device_ids_of_account_with_role(
+    conn: &mut DbConnection,
+    account_id: &str,
+    role: DeviceRole,
+) -> Result<Vec<String>, DbError> {
+    Ok(devices::table
+        .filter(devices::account_id.eq(account_id))
+        .filter(devices::role.eq(role.as_str()))
+        .select(devices::device_id)
+        .load(conn)?)
+}
+
 /// The devices registered in a zone (their ids, 64 hex digits).
 pub fn device_ids_in_zone(conn: &mut DbConnection, zone_id: &ZoneId) -> Result<Vec<String>, DbError> {
     Ok(devices::table.filter(devices::zone_id.eq(zone_id.as_str())).select(devices::device_id).load(conn)?)
 }
 
-/// A registered device as stored: device id, account id, meter serial, registered_ms.
-pub type DeviceListing = (String, String, String, i64);
+/// A registered device as stored: device id, account id, meter serial, registered_ms, role (as
+/// stored: one of [`DeviceRole::as_str`], the table's CHECK).
+pub type DeviceListing = (String, String, String, i64, String);
 
 /// Every device registered in a zone, as stored.
 pub fn zone_devices(conn: &mut DbConnection, zone_id: &ZoneId) -> Result<Vec<DeviceListing>, DbError> {
     Ok(devices::table
         .filter(devices::zone_id.eq(zone_id.as_str()))
-        .select((devices::device_id, devices::account_id, devices::meter_serial, devices::registered_ms))
+        .select((devices::device_id, devices::account_id, devices::meter_serial, devices::registered_ms, devices::role))
         .load(conn)?)
 }
 

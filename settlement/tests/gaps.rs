@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use diesel::prelude::*;
-use gridex_store::schema::{ledger_entries, metering_cursors};
+use gridex_store::schema::{devices, ledger_entries, metering_cursors};
 use gridex_store::testing::TestDb;
 use gridex_store::DbConnection;
 use proptest::prelude::*;
@@ -190,8 +190,10 @@ fn a_gap_credits_purchases_at_feed_in_and_takes_the_worst_prices_across_a_tariff
     }
 }
 
-// A household with two meters: one withholds a boundary, so the household is "no data" for two
-// slots and both meters' energy in them is billed when data resumes.
+// A household with two grid meters: one withholds a boundary, so the household is "no data" for two
+// slots and both meters' energy in them is billed when data resumes. The registry now refuses a
+// second grid meter (issue 16), but households registered before device roles existed may have
+// two (migration 000012 made every device a grid meter), and they are still settled together.
 #[test]
 fn a_household_with_two_meters_is_billed_for_both_when_one_withholds() {
     for test_db in TestDb::all() {
@@ -200,7 +202,17 @@ fn a_household_with_two_meters_is_billed_for_both_when_one_withholds() {
         let house = household(conn, 1);
         let second = DeviceId::from_verifying_key(&signing_key(150).verifying_key());
         let serial = MeterSerial::parse("SN-1b").expect("serial");
-        registry::register_device(conn, &second, &house.account, &zone(), &serial, 5_000, 0).expect("device");
+        let new = registry::NewDevice {
+            device_id: &second,
+            account_id: &house.account,
+            zone_id: &zone(),
+            meter_serial: &serial,
+            nameplate_w: 5_000,
+            role: registry::DeviceRole::Submeter,
+        };
+        registry::register_device_with_role(conn, &new, 0).expect("device");
+        // As registered before roles: a second grid meter.
+        diesel::update(devices::table.find(second.to_hex())).set(devices::role.eq("grid")).execute(conn).expect("role");
         for (at, import_wh) in [(0, 1_000), (1, 1_010), (3, 1_100), (4, 1_110)] {
             reading(conn, &house.device, boundary(at), import_wh, 0);
         }

@@ -1,8 +1,9 @@
 //! The diesel schema of every gridex table, one section per owning crate. Each table is written by
 //! its owner only; the others read it or call the owner's functions (ARCHITECTURE.md, "Persistence").
 //!
-//! - Registry (written by `settlement::registry`): `zones`, `tariffs`, `accounts`, `devices`,
-//!   `reward_schedule`, `meter_replacements` (migrations/*/…_registry_and_market, …_meter_integrity).
+//! - Registry (written by `settlement::registry`): `zones`, `tariffs`, `accounts`, `devices`
+//!   (`role`: …_device_roles), `reward_schedule`, `meter_replacements` (migrations/*/…_registry_and_market,
+//!   …_meter_integrity).
 //! - Market (written by `exchange`): `readings`, `order_commands`, `trades`, `reading_rejections`,
 //!   `zone_leases`, `exchange_instances` (…_command_sequence: zone ownership by lease),
 //!   `battery_plans` (…_battery_plans: each account's latest signed battery plan).
@@ -56,6 +57,7 @@ diesel::table! {
         meter_serial -> Text,
         nameplate_w -> BigInt,
         registered_ms -> BigInt,
+        role -> Text,
     }
 }
 

@@ -192,6 +192,10 @@ enum DeviceCommand {
         serial: String,
         #[arg(long)]
         nameplate_w: i64,
+        /// What the device meters: grid (the household's connection meter, settled), pv, battery or
+        /// submeter (behind the grid meter: reports only).
+        #[arg(long, default_value = "grid")]
+        role: String,
     },
     /// Registers a meter replacement: the device's readings then continue from the new meter's counters.
     Replace {
@@ -321,7 +325,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (account, zone) = (protocol::AccountId::parse(&id)?, protocol::ZoneId::parse(&zone)?);
             admin(&settings()?, move |conn| web::registry::register_account(conn, &account, &name, &zone, now_ms)).await
         }
-        Command::Device { command: DeviceCommand::Add { id, account, zone, serial, nameplate_w } } => {
+        Command::Device { command: DeviceCommand::Add { id, account, zone, serial, nameplate_w, role } } => {
             let device = web::registry::NewDevice {
                 device_id: protocol::DeviceId::parse(&id)?,
                 account_id: protocol::AccountId::parse(&account)?,
@@ -329,7 +333,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 meter_serial: protocol::MeterSerial::parse(&serial)?,
                 nameplate_w,
             };
-            admin(&settings()?, move |conn| web::registry::register_device(conn, &device, now_ms)).await
+            let role = settlement::registry::DeviceRole::parse(&role)
+                .ok_or_else(|| anyhow::anyhow!("--role must be grid, pv, battery or submeter"))?;
+            admin(&settings()?, move |conn| web::registry::register_device_with_role(conn, &device, role, now_ms)).await
         }
         Command::Device { command: replace @ DeviceCommand::Replace { .. } } => {
             let replacement = replacement(replace)?;

@@ -7,7 +7,7 @@ use crate::public::TariffView;
 use gridex_store::DbConnection;
 use protocol::{AccountId, DeviceId, MeterSerial, PricePerKwh, ZoneId};
 use serde::{Deserialize, Serialize};
-use settlement::registry::{self, AccountKind, RegistryError};
+use settlement::registry::{self, AccountKind, DeviceRole, RegistryError};
 
 pub use settlement::rewards::RewardSchedule;
 
@@ -20,6 +20,32 @@ pub struct NewDevice {
     pub zone: ZoneId,
     pub meter_serial: MeterSerial,
     pub nameplate_w: i64,
+}
+
+/// A device as `POST /api/v1/devices` takes it: [`NewDevice`] and, optionally, its role (`grid`,
+/// the household's connection meter, when absent).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceRegistration {
+    pub device_id: DeviceId,
+    pub account_id: AccountId,
+    pub zone: ZoneId,
+    pub meter_serial: MeterSerial,
+    pub nameplate_w: i64,
+    #[serde(default)]
+    pub role: DeviceRole,
+}
+
+impl DeviceRegistration {
+    pub fn device(&self) -> NewDevice {
+        NewDevice {
+            device_id: self.device_id,
+            account_id: self.account_id,
+            zone: self.zone.clone(),
+            meter_serial: self.meter_serial.clone(),
+            nameplate_w: self.nameplate_w,
+        }
+    }
 }
 
 pub fn create_zone(
@@ -70,18 +96,28 @@ pub fn register_account(
         .map(|_| ())
 }
 
-/// Registers a device; its account must be a household of the same zone (`settlement::registry`).
+/// Registers a household's grid meter; its account must be a household of the same zone
+/// (`settlement::registry`).
 pub fn register_device(conn: &mut DbConnection, device: &NewDevice, now_ms: i64) -> Result<(), RegistryError> {
-    registry::register_device(
-        conn,
-        &device.device_id,
-        &device.account_id,
-        &device.zone,
-        &device.meter_serial,
-        device.nameplate_w,
-        now_ms,
-    )
-    .map(|_| ())
+    register_device_with_role(conn, device, DeviceRole::Grid, now_ms)
+}
+
+/// Registers a device with its role; an account has at most one grid meter (`settlement::registry`).
+pub fn register_device_with_role(
+    conn: &mut DbConnection,
+    device: &NewDevice,
+    role: DeviceRole,
+    now_ms: i64,
+) -> Result<(), RegistryError> {
+    let new = registry::NewDevice {
+        device_id: &device.device_id,
+        account_id: &device.account_id,
+        zone_id: &device.zone,
+        meter_serial: &device.meter_serial,
+        nameplate_w: device.nameplate_w,
+        role,
+    };
+    registry::register_device_with_role(conn, &new, now_ms).map(|_| ())
 }
 
 pub fn set_reward_schedule(conn: &mut DbConnection, schedule: &RewardSchedule) -> Result<(), RegistryError> {

@@ -418,6 +418,7 @@ fn path_params(path: &str) -> Vec<String> {
 fn schemas() -> Value {
     let int = json!({ "type": "integer", "format": "int64" });
     let string = json!({ "type": "string" });
+    let role = json!({ "type": "string", "enum": ["grid", "pv", "battery", "submeter"], "default": "grid" });
     json!({
         "Error": { "type": "object", "required": ["error", "message"],
                    "properties": { "error": string, "message": string } },
@@ -431,7 +432,7 @@ fn schemas() -> Value {
                         "properties": { "account_id": string, "display_name": string, "zone": string } },
         "NewDevice": { "type": "object", "required": ["device_id", "account_id", "zone", "meter_serial", "nameplate_w"],
                        "properties": { "device_id": string, "account_id": string, "zone": string,
-                                       "meter_serial": string, "nameplate_w": int } },
+                                       "meter_serial": string, "nameplate_w": int, "role": role } },
         "MeterCounters": { "type": "object", "required": ["import_wh", "export_wh"],
                            "properties": { "import_wh": int, "export_wh": int, "pv_wh": int } },
         "NewReplacement": { "type": "object", "required": ["replaced_at_ms", "old", "new", "new_meter_serial", "reference"],
@@ -448,7 +449,7 @@ fn schemas() -> Value {
                                               "new_meter_serial": string, "reference": string, "registered_ms": int } },
         "SilentDevice": { "type": "object", "required": ["device_id", "account_id", "meter_serial", "silent_for_ms"],
                           "properties": { "device_id": string, "account_id": string, "meter_serial": string,
-                                          "last_received_ms": int, "silent_for_ms": int } },
+                                          "role": role, "last_received_ms": int, "silent_for_ms": int } },
         "NewWebhook": { "type": "object", "required": ["url"], "properties": { "url": { "type": "string", "format": "uri" } } },
         "WebhookCreated": { "type": "object", "required": ["id", "url", "secret"],
                             "properties": { "id": string, "url": string,

@@ -10,7 +10,7 @@
 use crate::error::ApiError;
 use crate::paging::{cut_page, invalid_cursor, page_len, with_next_page, CursorKind, CursorReader, CursorWriter};
 use crate::public::{parse_zone, range, RangeQuery, TariffView};
-use crate::registry::NewDevice;
+use crate::registry::DeviceRegistration;
 use crate::settings::Role;
 use crate::settings::UtilityName;
 use crate::state::AppState;
@@ -180,12 +180,15 @@ pub async fn register_device(
 ) -> Result<HttpResponse, ApiError> {
     let caller = authorize(&state, &request).await?;
     let by = caller.by.clone();
-    let device: NewDevice = json_body(&state, payload).await?;
+    let device: DeviceRegistration = json_body(&state, payload).await?;
     require_own_zone(&state, &caller, &device.zone).await?;
     let now_ms = state.now_ms();
-    let stored = device.clone();
-    crate::registry::write(&state.db, move |conn| crate::registry::register_device(conn, &stored, now_ms)).await?;
-    tracing::info!(device = %device.device_id, by, "device registered");
+    let (stored, role) = (device.device(), device.role);
+    crate::registry::write(&state.db, move |conn| {
+        crate::registry::register_device_with_role(conn, &stored, role, now_ms)
+    })
+    .await?;
+    tracing::info!(device = %device.device_id, %role, by, "device registered");
     Ok(HttpResponse::Created().json(device))
 }
 
@@ -253,6 +256,8 @@ pub struct SilentDevice {
     pub device_id: String,
     pub account_id: String,
     pub meter_serial: String,
+    /// What the device meters (`grid`, `pv`, `battery`, `submeter`).
+    pub role: String,
     /// When the exchange received its last reading; absent when it never sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_received_ms: Option<i64>,
@@ -273,13 +278,14 @@ pub fn silent_devices(
     let last = exchange::queries::last_received_ms(conn, &ids, now_ms)?;
     let mut silent: Vec<SilentDevice> = registered
         .into_iter()
-        .filter_map(|(device_id, account_id, meter_serial, registered_ms)| {
+        .filter_map(|(device_id, account_id, meter_serial, registered_ms, role)| {
             let last_received_ms = last.get(&device_id).copied().flatten();
             let silent_for_ms = now_ms.saturating_sub(last_received_ms.unwrap_or(registered_ms));
             (silent_for_ms > silent_ms).then_some(SilentDevice {
                 device_id,
                 account_id,
                 meter_serial,
+                role,
                 last_received_ms,
                 silent_for_ms,
             })

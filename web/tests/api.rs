@@ -458,6 +458,31 @@ async fn utility_endpoints_need_a_utility_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_household_may_add_a_pv_meter_but_not_a_second_grid_meter_that_would_bill_it_twice() {
+    let app = spawn_app().await;
+    let key = Some(UTILITY_KEY);
+    let alice = account(&app.alice);
+    let device = |seed: u8| account(&protocol::testing::signing_key(seed));
+    // Alice's grid meter is registered (without a role: a grid meter); her inverter joins as PV.
+    let pv = json!({"device_id": device(24), "account_id": alice, "zone": ZONE, "meter_serial": "INV-A",
+                    "nameplate_w": 6000, "role": "pv"});
+    let (status, body) = app.utility("POST", "/api/v1/devices", key, Some(pv)).await;
+    assert_eq!((status, &body["role"]), (201, &json!("pv")), "{body}");
+    let second_grid = json!({"device_id": device(25), "account_id": alice, "zone": ZONE, "meter_serial": "SN-A2",
+                             "nameplate_w": 6000});
+    assert_error(&app.utility("POST", "/api/v1/devices", key, Some(second_grid)).await, 400, "invalid_value");
+    let unknown_role = json!({"device_id": device(26), "account_id": alice, "zone": ZONE, "meter_serial": "SN-A3",
+                              "nameplate_w": 6000, "role": "meter"});
+    assert_error(&app.utility("POST", "/api/v1/devices", key, Some(unknown_role)).await, 400, "invalid_body");
+    // Bob's first device, without a role, is his grid meter, and the answer says so.
+    let bob_meter = json!({"device_id": device(27), "account_id": account(&app.bob), "zone": ZONE,
+                           "meter_serial": "SN-B", "nameplate_w": 6000});
+    let (status, body) = app.utility("POST", "/api/v1/devices", key, Some(bob_meter)).await;
+    assert_eq!((status, &body["role"]), (201, &json!("grid")), "{body}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_utility_registers_zones_tariffs_accounts_and_devices() {
     let app = spawn_app().await;
     let key = Some(UTILITY_KEY);

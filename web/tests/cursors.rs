@@ -296,7 +296,8 @@ async fn registry_lists_are_all_reachable_through_cursors() {
         let mut registered = vec![protocol::DeviceId::from_verifying_key(&device_key(0).verifying_key()).to_hex()];
         for i in 1..=2u8 {
             let device = protocol::DeviceId::from_verifying_key(&device_key(i).verifying_key());
-            web::registry::register_device(
+            // Alice has her grid meter: these are sub-meters (an account has one grid meter).
+            web::registry::register_device_with_role(
                 conn,
                 &web::registry::NewDevice {
                     device_id: device,
@@ -305,6 +306,7 @@ async fn registry_lists_are_all_reachable_through_cursors() {
                     meter_serial: protocol::MeterSerial::parse(&format!("SN-{i}")).expect("valid serial"),
                     nameplate_w: 10_000,
                 },
+                settlement::registry::DeviceRole::Submeter,
                 i64::from(i) * 1_000,
             )?;
             registered.push(device.to_hex());

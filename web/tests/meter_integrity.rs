@@ -9,6 +9,7 @@ use gridex_store::clock::{Clock, SystemClock};
 use gridex_store::testing::TestDb;
 use protocol::{AccountId, DeviceId, MeterSerial, PowerW, Reading, Signed, TimestampMs, Wh, ZoneId};
 use serde_json::{json, Value};
+use settlement::registry::DeviceRole;
 use std::time::Duration;
 use web::application::Application;
 use web::auth::sign_request;
@@ -61,7 +62,9 @@ async fn seed(db: &gridex_store::Database, household: AccountId, device: DeviceI
         };
         web::registry::set_tariff(conn, &zone, &tariff)?;
         web::registry::register_account(conn, &household, "Carol", &zone, 0)?;
-        for (id, registered_ms) in [(device, now_ms()), (quiet, now_ms() - 3 * 3_600_000)] {
+        // The household's grid meter and a sub-meter (an account has one grid meter).
+        let roles = [(device, now_ms(), DeviceRole::Grid), (quiet, now_ms() - 3 * 3_600_000, DeviceRole::Submeter)];
+        for (id, registered_ms, role) in roles {
             let new = web::registry::NewDevice {
                 device_id: id,
                 account_id: household,
@@ -69,7 +72,7 @@ async fn seed(db: &gridex_store::Database, household: AccountId, device: DeviceI
                 meter_serial: MeterSerial::parse("SN-1").expect("a serial"),
                 nameplate_w: NAMEPLATE_W,
             };
-            web::registry::register_device(conn, &new, registered_ms)?;
+            web::registry::register_device_with_role(conn, &new, role, registered_ms)?;
         }
         Ok::<(), settlement::registry::RegistryError>(())
     })
