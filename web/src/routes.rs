@@ -194,7 +194,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             .auth(OptionalTrader)
             .query(&[("zone", "string", true)])
             .content("text/event-stream"),
-        ep("post", "/api/v1/orders", "Submit a signed order, cancel or replace", "trader", || {
+        ep("post", "/api/v1/orders", "Submit a signed order, cancel, replace or cancel_all", "trader", || {
             web::post().to(trader::submit_order)
         })
         .auth(Trader)
@@ -202,7 +202,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         .returns("OrderReply")
         .bounded(
             "Answered once the command is committed and matched: 201 for a new order, 200 (same body) for a \
-             cancel or replace. A refusal is an error with the reason (PROTOCOL.md §7), e.g. 422 \
+             cancel, replace or cancel_all. A refusal is an error with the reason (PROTOCOL.md §7), e.g. 422 \
              `price_out_of_band` stating the slot's band.",
         ),
         ep("get", "/api/v1/me/orders", "My open orders", "trader", || web::get().to(trader::my_orders))
@@ -493,8 +493,8 @@ fn schemas() -> Value {
                                         "updates": { "type": "array", "items": { "$ref": "#/components/schemas/OrderUpdate" } },
                                         "trades": { "type": "array", "items": { "$ref": "#/components/schemas/Trade" } } } },
         "SignedCommand": { "type": "object", "required": ["type", "account", "sig"],
-                           "description": "A signed protocol order, cancel or replace (see PROTOCOL.md)",
-                           "properties": { "type": { "type": "string", "enum": ["order", "cancel", "replace"] },
+                           "description": "A signed protocol order, cancel, replace or cancel_all (see PROTOCOL.md)",
+                           "properties": { "type": { "type": "string", "enum": ["order", "cancel", "replace", "cancel_all"] },
                                            "account": string, "sig": string } },
     })
 }
