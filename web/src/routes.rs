@@ -483,7 +483,7 @@ fn schemas() -> Value {
                                    "buyer": string, "seller": string, "buy_nonce": int, "sell_nonce": int,
                                    "aggressor": { "type": "string", "enum": ["buy", "sell"] }, "ts_ms": int } },
         "OrderReply": { "type": "object", "required": ["status", "outcome", "command_seq", "updates", "trades"],
-                        "description": "What a committed order, cancel or replace did",
+                        "description": "What a committed order, cancel, replace or cancel_all did",
                         "properties": { "status": { "type": "string", "enum": ["accepted"] },
                                         "outcome": { "type": "string",
                                                      "enum": ["resting", "partially_filled", "filled", "cancelled", "expired", "unknown"],
@@ -551,7 +551,7 @@ pub fn openapi_document(demo: bool) -> Value {
             operation["description"] = json!(description);
         }
         if endpoint.method == "post" && endpoint.path == "/api/v1/orders" {
-            // A cancel or replace answers the same body with 200.
+            // A cancel, replace or cancel_all answers the same body with 200.
             operation["responses"]["200"] = operation["responses"]["201"].clone();
         }
         if let Some(schema) = endpoint.body {
