@@ -669,6 +669,31 @@ mod tests {
         assert_eq!(directory.stale_replacements(&batch(signed(2, 2_000, 10))), vec![first.message.device]);
     }
 
+    /// Guards recovery of a whole-zone cancel-all: it is replayed only while its logged slot is after
+    /// the cut-off, so that slot must be after every slot an order accepted up to then may name.
+    #[test]
+    fn a_whole_zone_cancel_all_is_logged_after_every_slot_an_order_may_name() {
+        let limits = Limits {
+            order_age_ms_max: 60_000,
+            reading_age_ms_max: 60_000,
+            future_skew_ms_max: 1_000,
+            horizon_ms: 3_600_000,
+            gate_closure_ms: 300_000,
+            order_commands: RateLimit { per_s: 20, burst: 100 },
+        };
+        let slot_len_ms = 900_000;
+        for now_ms in [9_000_000, 9_000_001, 9_899_999] {
+            let logged = zone_wide_log_slot(slot_len_ms, &limits, now_ms);
+            assert!(logged.is_aligned(slot_len_ms));
+            let last_open = (0..200)
+                .map(|n| SlotId::new(n * slot_len_ms).expect("a slot"))
+                .filter(|slot| check_slot(*slot, slot_len_ms, &limits, now_ms).is_ok())
+                .max()
+                .expect("some slot is open");
+            assert!(logged > last_open, "at {now_ms}: {logged} after {last_open}");
+        }
+    }
+
     #[test]
     fn slots_must_be_aligned_open_and_within_the_horizon() {
         let limits = Limits {
