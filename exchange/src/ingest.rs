@@ -8,8 +8,8 @@
 
 use crate::config::ExchangeConfig;
 use protocol::{
-    verify_batch, AccountId, Cancel, Command, DeviceId, Order, ProtocolError, Reading, Reason, Replace, Signed, SlotId,
-    Version, ZoneId,
+    verify_batch, AccountId, Cancel, CancelAll, Command, DeviceId, Order, ProtocolError, Reading, Reason, Replace,
+    Signed, SlotId, Version, ZoneId,
 };
 use std::collections::HashMap;
 
@@ -356,13 +356,23 @@ pub fn parse(kind: Kind, origin: &Origin, bytes: &[u8]) -> Result<Parsed, Reject
     Ok(parsed)
 }
 
-/// The slot a command is for.
-pub fn command_slot(command: &Command) -> SlotId {
+/// The slot a command is for; `None` for a cancel-all of the whole zone.
+pub fn command_slot(command: &Command) -> Option<SlotId> {
     match command {
-        Command::Order(signed) => signed.message.slot,
-        Command::Cancel(signed) => signed.message.slot,
-        Command::Replace(signed) => signed.message.slot,
+        Command::Order(signed) => Some(signed.message.slot),
+        Command::Cancel(signed) => Some(signed.message.slot),
+        Command::Replace(signed) => Some(signed.message.slot),
+        Command::CancelAll(signed) => signed.message.slot,
     }
+}
+
+/// The slot a whole-zone cancel-all is logged under (the log has a slot per command): one slot
+/// beyond the last slot an order may name at `now_ms`. Recovery loads the commands of slots after a
+/// cut-off, so a row logged under a slot no earlier than any book it touched is replayed whenever
+/// one of those books is rebuilt; the extra slot covers a clock that stepped back a little between
+/// an order's check and the cancel-all's.
+pub fn zone_wide_log_slot(slot_len_ms: i64, limits: &Limits, now_ms: i64) -> SlotId {
+    SlotId::containing(protocol::TimestampMs(now_ms.saturating_add(limits.horizon_ms)), slot_len_ms).next(slot_len_ms)
 }
 
 /// The limits the checks apply, taken from [`ExchangeConfig`].
@@ -373,7 +383,7 @@ pub struct Limits {
     pub future_skew_ms_max: i64,
     pub horizon_ms: i64,
     pub gate_closure_ms: i64,
-    /// New commands (orders, cancels, replaces) one account may send.
+    /// New commands (orders, cancels, replaces, cancel-alls) one account may send.
     pub order_commands: RateLimit,
 }
 
@@ -514,14 +524,19 @@ impl Verifier {
             return Ok(Verified::CommandSeen { command, payload });
         }
         self.check_window(command.ts_ms().0, self.limits.order_age_ms_max, now_ms)?;
-        let slot = command_slot(&command);
         let zone = self
             .directory
             .zones
             .get(command.zone())
             .copied()
             .ok_or_else(|| Rejection::new(Reason::UnknownZone, "the zone is not served here"))?;
-        check_slot(slot, zone.slot_len_ms, &self.limits, now_ms)?;
+        let slot = match command_slot(&command) {
+            Some(slot) => {
+                check_slot(slot, zone.slot_len_ms, &self.limits, now_ms)?;
+                slot
+            }
+            None => zone_wide_log_slot(zone.slot_len_ms, &self.limits, now_ms),
+        };
         let account = self
             .directory
             .accounts
@@ -553,18 +568,24 @@ pub fn verify_signatures(parsed: &[Result<Parsed, Rejection>]) -> Vec<Option<Rej
     let mut orders: Vec<(usize, &Signed<Order>)> = Vec::new();
     let mut cancels: Vec<(usize, &Signed<Cancel>)> = Vec::new();
     let mut replaces: Vec<(usize, &Signed<Replace>)> = Vec::new();
+    let mut cancel_alls: Vec<(usize, &Signed<CancelAll>)> = Vec::new();
     for (index, item) in parsed.iter().enumerate() {
         match item {
             Ok(Parsed::Reading(signed, _)) => readings.push((index, signed)),
             Ok(Parsed::Command(Command::Order(signed), _)) => orders.push((index, signed)),
             Ok(Parsed::Command(Command::Cancel(signed), _)) => cancels.push((index, signed)),
             Ok(Parsed::Command(Command::Replace(signed), _)) => replaces.push((index, signed)),
+            Ok(Parsed::Command(Command::CancelAll(signed), _)) => cancel_alls.push((index, signed)),
             Err(_) => {}
         }
     }
     let mut verdicts: Vec<Option<Rejection>> = vec![None; parsed.len()];
-    let failures =
-        failed(&readings).into_iter().chain(failed(&orders)).chain(failed(&cancels)).chain(failed(&replaces));
+    let failures = failed(&readings)
+        .into_iter()
+        .chain(failed(&orders))
+        .chain(failed(&cancels))
+        .chain(failed(&replaces))
+        .chain(failed(&cancel_alls));
     for (index, error) in failures {
         verdicts[index] = Some(error.into());
     }
@@ -646,6 +667,31 @@ mod tests {
         assert!(directory.stale_replacements(&batch(first.clone())).is_empty(), "a resend");
         assert!(directory.stale_replacements(&batch(signed(2, 500, 1))).is_empty(), "refused for its time anyway");
         assert_eq!(directory.stale_replacements(&batch(signed(2, 2_000, 10))), vec![first.message.device]);
+    }
+
+    /// Guards recovery of a whole-zone cancel-all: it is replayed only while its logged slot is after
+    /// the cut-off, so that slot must be after every slot an order accepted up to then may name.
+    #[test]
+    fn a_whole_zone_cancel_all_is_logged_after_every_slot_an_order_may_name() {
+        let limits = Limits {
+            order_age_ms_max: 60_000,
+            reading_age_ms_max: 60_000,
+            future_skew_ms_max: 1_000,
+            horizon_ms: 3_600_000,
+            gate_closure_ms: 300_000,
+            order_commands: RateLimit { per_s: 20, burst: 100 },
+        };
+        let slot_len_ms = 900_000;
+        for now_ms in [9_000_000, 9_000_001, 9_899_999] {
+            let logged = zone_wide_log_slot(slot_len_ms, &limits, now_ms);
+            assert!(logged.is_aligned(slot_len_ms));
+            let last_open = (0..200)
+                .map(|n| SlotId::new(n * slot_len_ms).expect("a slot"))
+                .filter(|slot| check_slot(*slot, slot_len_ms, &limits, now_ms).is_ok())
+                .max()
+                .expect("some slot is open");
+            assert!(logged > last_open, "at {now_ms}: {logged} after {last_open}");
+        }
     }
 
     #[test]

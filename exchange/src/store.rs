@@ -414,6 +414,17 @@ pub struct CommandRow {
     pub received_ms: i64,
 }
 
+/// The log's `kind` of a command. The column's CHECK (shipped in migration 000001) allows `order`,
+/// `cancel`, `replace` and `close`; a `cancel_all` is logged as a `cancel`, the family it belongs to.
+/// Nothing reads the column to tell commands apart: recovery parses the payload, whose `type` says
+/// `cancel_all`.
+pub fn log_kind(command: &Command) -> &'static str {
+    match command {
+        Command::CancelAll(_) => <protocol::Cancel as protocol::WireMessage>::TYPE,
+        other => other.type_name(),
+    }
+}
+
 /// Of `rows`, those whose (account, nonce) the log already holds, each with whether the logged
 /// command is the same signed command (a resend) or another one (a replay). Several instances on
 /// PostgreSQL check an account's nonces each against its own cache, so an account trading in zones

@@ -14,8 +14,8 @@ use crate::store::{self, CommandRow};
 use gridex_store::{Database, DbError};
 use protocol::topics;
 use protocol::{
-    AccountId, AuctionResult, BookSnapshot, BookState, Command, OrderStatus, OrderUpdate, PricePerKwh, Reason, Reject,
-    SlotId, TimestampMs, Trade, Wh, ZoneId,
+    AccountId, AuctionResult, BookSnapshot, BookState, CancelAll, Command, OrderStatus, OrderUpdate, PricePerKwh,
+    Reason, Reject, SlotId, TimestampMs, Trade, Wh, ZoneId,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -179,7 +179,9 @@ impl ZoneOwner {
                 command_seq: row.command_seq,
                 reason: rejection.message,
             })?;
-            owner.ensure_book(row.slot).await?;
+            if owns_its_slot(&command) {
+                owner.ensure_book(row.slot).await?;
+            }
             let applied = owner.apply(&row, &command);
             trades.extend(applied.trades.into_iter().map(|trade| (trade, row.command_seq)));
         }
@@ -289,6 +291,9 @@ impl ZoneOwner {
     /// received (by its logged time) once the slot's closing auction calls finds the book calling, so a
     /// replay of the log puts the book in its call phase at the same command.
     fn apply(&mut self, row: &CommandRow, command: &Command) -> Applied {
+        if let Command::CancelAll(signed) = command {
+            return self.apply_cancel_all(row, &signed.message);
+        }
         let zone = self.zone.clone();
         let call_start_ms = self.call_start_ms(row.slot);
         let Some(slot_book) = self.books.get_mut(&row.slot) else {
@@ -326,6 +331,7 @@ impl ZoneOwner {
                     &mut events,
                 )
             }
+            Command::CancelAll(_) => unreachable!("a cancel-all is applied by `apply_cancel_all`"),
         }
         if !events.is_empty() {
             slot_book.version += 1;
@@ -333,6 +339,42 @@ impl ZoneOwner {
         let applied = describe(&zone, row, command.ts_ms(), slot_book, &events);
         slot_book.last_command_seq = row.command_seq;
         slot_book.last_command_trades = applied.trades.len() as u64;
+        applied
+    }
+
+    /// Applies a logged cancel-all: every order of the account resting in the zone's books (or in
+    /// its one slot's), in slot order, each book's in priority order. Books whose gate closure was
+    /// not after the command's logged receipt are left alone (their orders expire), so a replay of
+    /// the log cancels exactly what the live owner did. It makes no trade, so the books keep their
+    /// `last_command_seq` (one command touching several books must not give two closing auctions
+    /// the same trade ids).
+    fn apply_cancel_all(&mut self, row: &CommandRow, cancel_all: &CancelAll) -> Applied {
+        let zone = self.zone.clone();
+        let gate_closure_ms = self.config.gate_closure_ms;
+        let call_ms = self.config.auction_call_ms(&self.zone);
+        let mut applied = Applied::default();
+        for (slot, slot_book) in &mut self.books {
+            if cancel_all.slot.is_some_and(|only| only != *slot) {
+                continue;
+            }
+            let gate_ms = slot.start_ms().saturating_sub(gate_closure_ms);
+            if gate_ms <= row.received_ms {
+                continue;
+            }
+            if call_ms.is_some_and(|call_ms| row.received_ms >= gate_ms.saturating_sub(call_ms)) {
+                slot_book.book.begin_call();
+            }
+            let mut events = Vec::new();
+            slot_book.book.cancel_account(cancel_all.account, &mut events);
+            if events.is_empty() {
+                continue;
+            }
+            slot_book.version += 1;
+            let book_row = CommandRow { slot: *slot, ..row.clone() };
+            let described = describe(&zone, &book_row, cancel_all.ts_ms, slot_book, &events);
+            assert!(described.trades.is_empty(), "a cancel-all never trades");
+            applied.updates.extend(described.updates);
+        }
         applied
     }
 
@@ -344,6 +386,8 @@ impl ZoneOwner {
         for committed in batch {
             let applied = if self.gate_ms(committed.row.slot) <= now_ms {
                 Applied { rejected: Some(Reason::GateClosed), ..Applied::default() }
+            } else if !owns_its_slot(&committed.command) {
+                self.apply(&committed.row, &committed.command)
             } else {
                 match self.ensure_book(committed.row.slot).await {
                     Ok(()) => self.apply(&committed.row, &committed.command),
@@ -353,8 +397,12 @@ impl ZoneOwner {
                     }
                 }
             };
-            if !touched.contains(&committed.row.slot) {
-                touched.push(committed.row.slot);
+            // A cancel-all changes the books of its updates' slots, whatever slot it is logged under.
+            let slots = std::iter::once(committed.row.slot).chain(applied.updates.iter().map(|update| update.slot));
+            for slot in slots {
+                if !touched.contains(&slot) {
+                    touched.push(slot);
+                }
             }
             results.push((committed, applied));
         }
@@ -567,6 +615,13 @@ impl ZoneOwner {
             self.outlets.event(MarketEvent::Book(snapshot));
         }
     }
+}
+
+/// Whether the command's logged slot is the book it acts on: every command but a whole-zone
+/// cancel-all, which is logged under a slot beyond the horizon (`ingest::zone_wide_log_slot`) and
+/// acts on the zone's open books, so no book is opened for its logged slot.
+fn owns_its_slot(command: &Command) -> bool {
+    crate::ingest::command_slot(command).is_some()
 }
 
 /// What a book's refusal says: for prices and quantities, the slot's limits, so a client can fix the

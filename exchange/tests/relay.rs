@@ -221,3 +221,43 @@ fn logged_commands(db: &Database, account: &SigningKey) -> i64 {
     let mut conn = db.get().expect("a connection");
     order_commands::table.filter(order_commands::account_id.eq(account)).count().get_result(&mut conn).expect("the log")
 }
+
+/// A `cancel_all` taken by an instance that does not own its zone: its signed bytes are relayed like
+/// any command, the owner cancels every resting order of the account in the zone, and the caller
+/// gets the owner's list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_all_taken_by_an_instance_that_does_not_own_its_zone_is_relayed_and_answered_with_its_list() {
+    on_postgres_and_every_broker(|test_db, broker| async move {
+        let (north, south) = two_zones();
+        seed_zone(&test_db.db, &north, SLOT_LEN_MS);
+        seed_zone(&test_db.db, &south, SLOT_LEN_MS);
+        let (seller, _) = seed_household(&test_db.db, &south, 35, 10_000);
+        let north_owner = start(&test_db, &broker, &north, TEST_RELAY_TIMEOUT_MS).await;
+        let south_owner = start(&test_db, &broker, &south, TEST_RELAY_TIMEOUT_MS).await;
+        let later = SlotId::new(open_slot().start_ms() + 2 * SLOT_LEN_MS).expect("a slot");
+        for (nonce, slot) in [(1, open_slot()), (2, later)] {
+            let sell = order(&seller, &south, slot, Side::Sell, 200_000, 100, nonce, NOW_MS);
+            south_owner.submit_command(sell).await.expect("the owner takes the sell");
+        }
+        let account = protocol::AccountId::from_verifying_key(&seller.verifying_key());
+        let cancel_all = protocol::CancelAll {
+            account,
+            zone: south.clone(),
+            slot: None,
+            nonce: 3,
+            ts_ms: protocol::TimestampMs(NOW_MS),
+        };
+        let bytes = protocol::Signed::sign(cancel_all, &seller).expect("signs").to_json();
+        let ack = tokio::time::timeout(ANSWER_TIMEOUT, north_owner.submit_command(bytes))
+            .await
+            .expect("answered in time")
+            .expect("the relayed cancel-all is accepted by the owner");
+        let cancelled: Vec<(u64, OrderStatus)> =
+            ack.updates.iter().map(|update| (update.order_nonce, update.status)).collect();
+        assert_eq!(cancelled, vec![(1, OrderStatus::Cancelled), (2, OrderStatus::Cancelled)]);
+        assert!(south_owner.open_orders(account).await.is_empty(), "the owner's books hold nothing of the seller");
+        north_owner.shutdown().await;
+        south_owner.shutdown().await;
+    })
+    .await;
+}

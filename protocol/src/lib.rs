@@ -5,7 +5,7 @@
 //! `test-vectors.json` its executable form). It must never do I/O, run async code, or depend on
 //! another gridex crate; a change to any type here is a protocol change and needs a version bump.
 //!
-//! Principal types: [`Reading`], [`Order`], [`Cancel`], [`Replace`] (signed, inbound);
+//! Principal types: [`Reading`], [`Order`], [`Cancel`], [`Replace`], [`CancelAll`] (signed, inbound);
 //! [`BatteryPlan`] (signed by the account, information only: a home battery's plan);
 //! [`Trade`], [`Reject`], [`BookSnapshot`], [`OrderUpdate`] (outbound); [`Signed`] (a parsed,
 //! not yet verified signed message); the unit newtypes [`Wh`], [`PricePerKwh`], [`MicroMoney`],
@@ -43,8 +43,8 @@ pub mod wire;
 
 pub use ids::{AccountId, DeviceId, IdError, MeterSerial, SlotId, ZoneId};
 pub use messages::{
-    AuctionResult, BookSnapshot, BookState, Cancel, Command, Level, Order, OrderStatus, OrderUpdate, Reading,
-    ReadingAck, Reject, Replace, Side, SlotRoot, Statement, Status, TimeInForce, Trade,
+    AuctionResult, BookSnapshot, BookState, Cancel, CancelAll, Command, Level, Order, OrderStatus, OrderUpdate,
+    Reading, ReadingAck, Reject, Replace, Side, SlotRoot, Statement, Status, TimeInForce, Trade,
 };
 pub use plan::{BatteryPlan, PlannedSlot};
 pub use reason::Reason;

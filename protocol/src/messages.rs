@@ -293,6 +293,35 @@ impl Signable for Cancel {
     }
 }
 
+/// Cancels every resting order of the account in one zone, or only in one slot of it (PROTOCOL.md
+/// §4.8). A zone is the unit one exchange process owns, so "all zones" is the client sending one
+/// per zone it trades in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelAll {
+    pub account: AccountId,
+    pub zone: ZoneId,
+    /// Only this delivery slot's book; every open book of the zone when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<SlotId>,
+    pub nonce: u64,
+    pub ts_ms: TimestampMs,
+}
+
+impl WireMessage for CancelAll {
+    const TYPE: &'static str = "cancel_all";
+    const SIZE_MAX: usize = SIGNED_MESSAGE_BYTES_MAX;
+    fn validate(&self) -> Result<(), ProtocolError> {
+        non_negative_time(self.ts_ms)
+    }
+}
+
+impl Signable for CancelAll {
+    fn signer(&self) -> [u8; 32] {
+        self.account.0
+    }
+}
+
 /// Changes the price and/or open quantity of the account's open order `order_nonce`. Reducing the
 /// quantity at the same price keeps the order's time priority; any other change loses it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -584,10 +613,11 @@ pub enum Command {
     Order(crate::wire::Signed<Order>),
     Cancel(crate::wire::Signed<Cancel>),
     Replace(crate::wire::Signed<Replace>),
+    CancelAll(crate::wire::Signed<CancelAll>),
 }
 
 impl Command {
-    /// Parses an order, cancel or replace by its `type` field.
+    /// Parses an order, cancel, replace or cancel-all by its `type` field.
     pub fn parse(bytes: &[u8]) -> Result<Command, ProtocolError> {
         use crate::wire::{decode_any, Signed};
         let (type_name, object) = decode_any(bytes, SIGNED_MESSAGE_BYTES_MAX)?;
@@ -595,9 +625,10 @@ impl Command {
             Order::TYPE => Signed::from_object(object, Version::V1).map(Command::Order),
             Cancel::TYPE => Signed::from_object(object, Version::V1).map(Command::Cancel),
             Replace::TYPE => Signed::from_object(object, Version::V1).map(Command::Replace),
+            CancelAll::TYPE => Signed::from_object(object, Version::V1).map(Command::CancelAll),
             other => Err(ProtocolError::new(
                 Reason::WrongMessageType,
-                format!("expected order, cancel or replace, found `{other}`"),
+                format!("expected order, cancel, replace or cancel_all, found `{other}`"),
             )),
         }
     }
@@ -606,6 +637,7 @@ impl Command {
             Command::Order(signed) => signed.message.account,
             Command::Cancel(signed) => signed.message.account,
             Command::Replace(signed) => signed.message.account,
+            Command::CancelAll(signed) => signed.message.account,
         }
     }
     pub fn zone(&self) -> &ZoneId {
@@ -613,6 +645,7 @@ impl Command {
             Command::Order(signed) => &signed.message.zone,
             Command::Cancel(signed) => &signed.message.zone,
             Command::Replace(signed) => &signed.message.zone,
+            Command::CancelAll(signed) => &signed.message.zone,
         }
     }
     pub fn nonce(&self) -> u64 {
@@ -620,6 +653,7 @@ impl Command {
             Command::Order(signed) => signed.message.nonce,
             Command::Cancel(signed) => signed.message.nonce,
             Command::Replace(signed) => signed.message.nonce,
+            Command::CancelAll(signed) => signed.message.nonce,
         }
     }
     pub fn ts_ms(&self) -> TimestampMs {
@@ -627,6 +661,7 @@ impl Command {
             Command::Order(signed) => signed.message.ts_ms,
             Command::Cancel(signed) => signed.message.ts_ms,
             Command::Replace(signed) => signed.message.ts_ms,
+            Command::CancelAll(signed) => signed.message.ts_ms,
         }
     }
     pub fn type_name(&self) -> &'static str {
@@ -634,6 +669,7 @@ impl Command {
             Command::Order(_) => Order::TYPE,
             Command::Cancel(_) => Cancel::TYPE,
             Command::Replace(_) => Replace::TYPE,
+            Command::CancelAll(_) => CancelAll::TYPE,
         }
     }
     pub fn verify(&self) -> Result<(), ProtocolError> {
@@ -641,6 +677,7 @@ impl Command {
             Command::Order(signed) => signed.verify(),
             Command::Cancel(signed) => signed.verify(),
             Command::Replace(signed) => signed.verify(),
+            Command::CancelAll(signed) => signed.verify(),
         }
     }
     /// The bytes the signature covers (domain tag and canonical JSON).
@@ -649,6 +686,7 @@ impl Command {
             Command::Order(signed) => signed.signing_bytes(),
             Command::Cancel(signed) => signed.signing_bytes(),
             Command::Replace(signed) => signed.signing_bytes(),
+            Command::CancelAll(signed) => signed.signing_bytes(),
         }
     }
     pub fn to_json(&self) -> Vec<u8> {
@@ -656,6 +694,7 @@ impl Command {
             Command::Order(signed) => signed.to_json(),
             Command::Cancel(signed) => signed.to_json(),
             Command::Replace(signed) => signed.to_json(),
+            Command::CancelAll(signed) => signed.to_json(),
         }
     }
 }
@@ -687,6 +726,42 @@ mod tests {
         let bytes = encode(&empty).expect("encodes");
         assert!(!String::from_utf8_lossy(&bytes).contains("price_per_kwh"));
         assert_eq!(decode::<AuctionResult>(&bytes).expect("decodes"), empty);
+    }
+
+    fn cancel_all(slot: Option<SlotId>) -> CancelAll {
+        let key = crate::testing::signing_key(3);
+        CancelAll {
+            account: AccountId::from_verifying_key(&key.verifying_key()),
+            zone: ZoneId::parse("north").expect("a valid zone"),
+            slot,
+            nonce: 12,
+            ts_ms: TimestampMs(1_790_000_000_000),
+        }
+    }
+
+    #[test]
+    fn a_cancel_all_parses_as_a_command_with_or_without_a_slot() {
+        let key = crate::testing::signing_key(3);
+        for slot in [None, Some(SlotId::new(1_800_000).expect("a valid slot"))] {
+            let signed = crate::wire::Signed::sign(cancel_all(slot), &key).expect("signs");
+            assert!(signed.signing_bytes().starts_with(b"gridex/v1/cancel_all\n{"));
+            let json = signed.to_json();
+            assert_eq!(String::from_utf8_lossy(&json).contains("\"slot\""), slot.is_some());
+            let Command::CancelAll(parsed) = Command::parse(&json).expect("parses") else { panic!("not a cancel_all") };
+            parsed.verify().expect("verifies");
+            assert_eq!(parsed.message, cancel_all(slot));
+        }
+    }
+
+    #[test]
+    fn a_cancel_all_signed_by_another_key_is_refused() {
+        let key = crate::testing::signing_key(3);
+        let forged = crate::wire::Signed::with_signature(cancel_all(None), [7u8; 64]).expect("well-formed");
+        let command = Command::parse(&forged.to_json()).expect("parses");
+        assert_eq!(command.verify().unwrap_err().reason, Reason::BadSignature);
+        let other = crate::testing::signing_key(4);
+        assert_eq!(crate::wire::Signed::sign(cancel_all(None), &other).unwrap_err().reason, Reason::BadSignature);
+        crate::wire::Signed::sign(cancel_all(None), &key).expect("its own key signs");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! |---|---|---|---|
 //! | `gridex/v1/{zone}/readings/{device}` | gateway (readings without a battery) | 1 | no |
 //! | `gridex/v2/{zone}/readings/{device}` | gateway (readings with a battery, version 2) | 1 | no |
-//! | `gridex/v1/{zone}/orders/{account}` | trader (order, cancel, replace) | 1 | no |
+//! | `gridex/v1/{zone}/orders/{account}` | trader (order, cancel, replace, cancel_all) | 1 | no |
 //! | `gridex/v1/{zone}/plans/{account}` | trading agent (battery_plan) | 1 | no |
 //! | `gridex/v1/{zone}/trades` | exchange | 1 | no |
 //! | `gridex/v1/{zone}/book` | exchange | 0 | yes |

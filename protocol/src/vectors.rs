@@ -2,7 +2,7 @@
 //! regenerate them: `cargo run -p protocol --example gen_vectors > protocol/test-vectors.json`.
 //! A test checks that the committed file equals what this module builds.
 
-use crate::messages::{AuctionResult, Cancel, Order, Reading, Replace, Side, SlotRoot, TimeInForce, Trade};
+use crate::messages::{AuctionResult, Cancel, CancelAll, Order, Reading, Replace, Side, SlotRoot, TimeInForce, Trade};
 use crate::testing::{
     sample_battery_plan, sample_battery_reading, sample_book, sample_order, sample_order_update, sample_reading,
     sample_reading_ack, sample_reject, sample_trade, signing_key,
@@ -320,6 +320,7 @@ pub fn vectors() -> Value {
     out.extend(signature_encoding_vectors(&trader));
     out.extend(battery_vectors(&device));
     out.extend(battery_plan_vectors(&trader));
+    out.extend(cancel_all_vectors(&trader));
 
     Value::Array(out)
 }
@@ -347,6 +348,44 @@ fn battery_plan_vectors(trader: &SigningKey) -> Vec<Value> {
         &trader_pub,
         with_sig(object, trader, &bytes),
         "invalid_value",
+    ));
+    out
+}
+
+/// Cancel-alls (PROTOCOL.md §4.8), signed by the account: one for a whole zone (no `slot`), one for
+/// one slot, one signed by another key, and one whose signature is over the same fields under the
+/// `cancel` tag (a signature for one command type is never one for another).
+fn cancel_all_vectors(trader: &SigningKey) -> Vec<Value> {
+    let trader_pub = trader.verifying_key().to_bytes();
+    let order = sample_order(trader);
+    let whole_zone = CancelAll {
+        account: order.account,
+        zone: order.zone.clone(),
+        slot: None,
+        nonce: 10,
+        ts_ms: TimestampMs(1_790_000_003_000),
+    };
+    let one_slot =
+        CancelAll { slot: Some(order.slot), nonce: 11, ts_ms: TimestampMs(1_790_000_004_000), ..whole_zone.clone() };
+    let mut out =
+        vec![valid("cancel-all-zone", whole_zone.clone(), trader), valid("cancel-all-slot", one_slot, trader)];
+    let object = object_of(&whole_zone);
+    let bytes = canonical_signing_bytes(CancelAll::TYPE, &object);
+    out.push(invalid(
+        "cancel-all-not-by-its-account",
+        CancelAll::TYPE,
+        &trader_pub,
+        with_sig(object.clone(), &signing_key(4), &bytes),
+        "bad_signature",
+    ));
+    let mut cancel_tag = domain_tag(Cancel::TYPE).into_bytes();
+    cancel_tag.extend_from_slice(&bytes[domain_tag(CancelAll::TYPE).len()..]);
+    out.push(invalid(
+        "cancel-all-under-the-cancel-tag",
+        CancelAll::TYPE,
+        &trader_pub,
+        with_sig(object, trader, &cancel_tag),
+        "bad_signature",
     ));
     out
 }

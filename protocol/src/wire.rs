@@ -130,7 +130,7 @@ pub trait OperatorSigned: WireMessage {
 
 /// The `type` of every inbound signed message (gateways and traders sign them) and of every
 /// outbound one (the operator signs them). Each is its own domain tag; no type is in both lists.
-pub const INBOUND_SIGNED_TYPES: [&str; 5] = ["reading", "order", "cancel", "replace", "battery_plan"];
+pub const INBOUND_SIGNED_TYPES: [&str; 6] = ["reading", "order", "cancel", "replace", "battery_plan", "cancel_all"];
 /// See [`INBOUND_SIGNED_TYPES`].
 pub const OUTBOUND_SIGNED_TYPES: [&str; 7] =
     ["trade", "book", "order_update", "reject", "reading_ack", "auction", "slot_root"];
@@ -474,7 +474,8 @@ mod tests {
     #[test]
     fn every_signed_type_has_its_own_domain_tag_and_no_outbound_type_is_inbound() {
         use crate::messages::{AuctionResult, BookSnapshot, Cancel, OrderUpdate, ReadingAck, Reject, Replace, Trade};
-        let inbound = [Reading::TYPE, Order::TYPE, Cancel::TYPE, Replace::TYPE, crate::BatteryPlan::TYPE];
+        let inbound =
+            [Reading::TYPE, Order::TYPE, Cancel::TYPE, Replace::TYPE, crate::BatteryPlan::TYPE, crate::CancelAll::TYPE];
         let outbound = [
             Trade::TYPE,
             BookSnapshot::TYPE,

@@ -32,10 +32,11 @@ fn check(kind: &str, version: Version, bytes: &[u8], pinned: &[u8; 32]) -> Resul
         "reading" => finish(Signed::<Reading>::parse(bytes).map_err(|e| e.reason)?),
         "slot_root" => finish(Signed::<SlotRoot>::parse(bytes).map_err(|e| e.reason)?),
         "battery_plan" => finish(Signed::<protocol::BatteryPlan>::parse(bytes).map_err(|e| e.reason)?),
-        "order" | "cancel" | "replace" => match Command::parse(bytes).map_err(|e| e.reason)? {
+        "order" | "cancel" | "replace" | "cancel_all" => match Command::parse(bytes).map_err(|e| e.reason)? {
             Command::Order(signed) => finish(signed),
             Command::Cancel(signed) => finish(signed),
             Command::Replace(signed) => finish(signed),
+            Command::CancelAll(signed) => finish(signed),
         },
         "trade" => outbound::<Trade>(bytes, pinned),
         "book" => outbound::<BookSnapshot>(bytes, pinned),
@@ -101,6 +102,9 @@ fn the_vectors_cover_the_required_cases() {
         "reading-v1-with-battery-field",
         "reading-v2-without-battery",
         "reading-v2-soc-1001",
+        "cancel-all-zone",
+        "cancel-all-slot",
+        "cancel-all-not-by-its-account",
     ] {
         assert!(names.contains(&required), "missing vector {required}");
     }

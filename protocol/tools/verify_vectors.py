@@ -59,6 +59,8 @@ FIELDS = {
     "replace": {"account": (True, _key), "zone": (True, _str), "slot": (True, _int(0)),
                 "order_nonce": (True, _int(0)), "price_per_kwh": (True, _int(1)), "qty_wh": (True, _int(1)),
                 "nonce": (True, _int(0)), "ts_ms": (True, _int(0))},
+    "cancel_all": {"account": (True, _key), "zone": (True, _str), "slot": (False, _int(0)), "nonce": (True, _int(0)),
+                   "ts_ms": (True, _int(0))},
     "battery_plan": {"account": (True, _key), "zone": (True, _str), "nonce": (True, _int(0)),
                      "ts_ms": (True, _int(0)), "slots": (True, lambda v: _plan_slots(v))},
     "slot_root": {"zone": (True, _str), "slot": (True, _int(0)), "root": (True, _key), "statements": (True, _int(0)),
@@ -96,7 +98,7 @@ _soc = lambda v: _int(0)(v) and v <= 1000
 BATTERY = {"battery_charge_wh": (False, _int(0)), "battery_discharge_wh": (False, _int(0)),
            "battery_soc_permille": (False, _soc), "battery_capacity_wh": (False, _int(1))}
 FIELDS_V2 = {"reading": dict(FIELDS["reading"], **BATTERY)}
-SIGNER = {"reading": "device", "battery_plan": "account", "order": "account", "cancel": "account", "replace": "account", "slot_root": "operator"}
+SIGNER = {"reading": "device", "battery_plan": "account", "order": "account", "cancel": "account", "replace": "account", "cancel_all": "account", "slot_root": "operator"}
 
 
 class Rejected(Exception):

@@ -69,7 +69,7 @@ impl From<exchange::zone::OpenOrder> for OpenOrder {
 }
 
 /// Handle on the exchange service, or nothing.
-/// The answer to a committed order, cancel or replace (`POST /api/v1/orders`): what happened to
+/// The answer to a committed order, cancel, replace or cancel-all (`POST /api/v1/orders`): what happened to
 /// the order the command names, then every change of the sender's orders and the trades it caused.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct OrderReply {
@@ -85,6 +85,15 @@ pub struct OrderReply {
     pub updates: Vec<protocol::OrderUpdate>,
     /// The trades the command caused.
     pub trades: Vec<protocol::Trade>,
+}
+
+impl OrderReply {
+    /// The reply to a `cancel_all`, which names no order: `order_nonce` is null, `outcome` is
+    /// `cancelled` (every order it names, the account's resting ones in its scope, is), and
+    /// `updates` lists each order it cancelled (PROTOCOL.md §4.8).
+    pub fn of_cancel_all(self) -> OrderReply {
+        OrderReply { outcome: Outcome::Cancelled, order_nonce: None, ..self }
+    }
 }
 
 /// Where the order a command names stands after it.
@@ -154,7 +163,7 @@ impl Market {
         self.inner.as_ref().ok_or_else(no_exchange)
     }
 
-    /// Submits a signed order, cancel or replace exactly as received over MQTT; answers once the
+    /// Submits a signed order, cancel, replace or cancel-all exactly as received over MQTT; answers once the
     /// command is committed. A command for a zone another instance owns (PostgreSQL) is relayed to
     /// that owner through the broker and answered as the owner answers it; 503 when none answers
     /// in `market.relay_timeout_ms` (ARCHITECTURE.md, "The command relay").

@@ -194,7 +194,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             .auth(OptionalTrader)
             .query(&[("zone", "string", true)])
             .content("text/event-stream"),
-        ep("post", "/api/v1/orders", "Submit a signed order, cancel or replace", "trader", || {
+        ep("post", "/api/v1/orders", "Submit a signed order, cancel, replace or cancel_all", "trader", || {
             web::post().to(trader::submit_order)
         })
         .auth(Trader)
@@ -202,7 +202,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         .returns("OrderReply")
         .bounded(
             "Answered once the command is committed and matched: 201 for a new order, 200 (same body) for a \
-             cancel or replace. A refusal is an error with the reason (PROTOCOL.md §7), e.g. 422 \
+             cancel, replace or cancel_all. A refusal is an error with the reason (PROTOCOL.md §7), e.g. 422 \
              `price_out_of_band` stating the slot's band.",
         ),
         ep("get", "/api/v1/me/orders", "My open orders", "trader", || web::get().to(trader::my_orders))
@@ -484,7 +484,7 @@ fn schemas() -> Value {
                                    "buyer": string, "seller": string, "buy_nonce": int, "sell_nonce": int,
                                    "aggressor": { "type": "string", "enum": ["buy", "sell"] }, "ts_ms": int } },
         "OrderReply": { "type": "object", "required": ["status", "outcome", "command_seq", "updates", "trades"],
-                        "description": "What a committed order, cancel or replace did",
+                        "description": "What a committed order, cancel, replace or cancel_all did",
                         "properties": { "status": { "type": "string", "enum": ["accepted"] },
                                         "outcome": { "type": "string",
                                                      "enum": ["resting", "partially_filled", "filled", "cancelled", "expired", "unknown"],
@@ -494,8 +494,8 @@ fn schemas() -> Value {
                                         "updates": { "type": "array", "items": { "$ref": "#/components/schemas/OrderUpdate" } },
                                         "trades": { "type": "array", "items": { "$ref": "#/components/schemas/Trade" } } } },
         "SignedCommand": { "type": "object", "required": ["type", "account", "sig"],
-                           "description": "A signed protocol order, cancel or replace (see PROTOCOL.md)",
-                           "properties": { "type": { "type": "string", "enum": ["order", "cancel", "replace"] },
+                           "description": "A signed protocol order, cancel, replace or cancel_all (see PROTOCOL.md)",
+                           "properties": { "type": { "type": "string", "enum": ["order", "cancel", "replace", "cancel_all"] },
                                            "account": string, "sig": string } },
     })
 }
@@ -552,7 +552,7 @@ pub fn openapi_document(demo: bool) -> Value {
             operation["description"] = json!(description);
         }
         if endpoint.method == "post" && endpoint.path == "/api/v1/orders" {
-            // A cancel or replace answers the same body with 200.
+            // A cancel, replace or cancel_all answers the same body with 200.
             operation["responses"]["200"] = operation["responses"]["201"].clone();
         }
         if let Some(schema) = endpoint.body {

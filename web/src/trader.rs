@@ -59,9 +59,12 @@ pub async fn submit_order(
         return Err(ApiError::forbidden("forbidden", "the order is signed for another account than the request"));
     }
     let is_new_order = matches!(command, Command::Order(_));
-    let reply = state.market.submit_command(body.to_vec()).await?;
-    // Committed and matched before the answer: a new order is created (201), a cancel or replace
-    // changed an existing one (200).
+    let mut reply = state.market.submit_command(body.to_vec()).await?;
+    if matches!(command, Command::CancelAll(_)) {
+        reply = reply.of_cancel_all();
+    }
+    // Committed and matched before the answer: a new order is created (201), a cancel, replace or
+    // cancel-all changed existing ones (200).
     Ok(if is_new_order { HttpResponse::Created().json(reply) } else { HttpResponse::Ok().json(reply) })
 }
 

@@ -228,6 +228,24 @@ impl OrderBook {
         });
     }
 
+    /// Cancels every resting order of `account`, in priority order (bids best first, then asks): a
+    /// `Cancelled { by_request: true }` for each; nothing for an account with no resting order or a
+    /// closed book (its orders have expired).
+    pub fn cancel_account(&mut self, account: AccountId, events: &mut Vec<Event>) {
+        if self.closed {
+            return;
+        }
+        let nonces: Vec<u64> = self
+            .resting_orders()
+            .into_iter()
+            .filter(|order| order.account == account)
+            .map(|order| order.nonce)
+            .collect();
+        for nonce in nonces {
+            self.cancel(account, nonce, events);
+        }
+    }
+
     /// Sets the resting order's price and open quantity. Reducing (or keeping) the quantity at the same
     /// price keeps its place in the queue; any other change sends it to the back of the queue at the new
     /// price, matching first as a new arrival would.

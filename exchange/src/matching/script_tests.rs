@@ -6,7 +6,7 @@
 //! uncross, its tie rule, self-trade prevention).
 //!
 //! Commands: `a#1 buy 200x10 gtc [post]` (account `a`, nonce 1, price 200, 10 Wh; tif gtc|ioc|fok),
-//! `cancel a#1`, `replace a#1 210x5`, `close`, `depth`, and for the closing auction `call` (begin the
+//! `cancel a#1`, `cancel-all a` (every resting order of account `a`), `replace a#1 210x5`, `close`, `depth`, and for the closing auction `call` (begin the
 //! call phase) and `uncross` (its events, then `auction price=… volume=… trades=…`). The book is
 //! 100..=1000 µ/kWh in ticks of 10, 1..=1000 Wh per order, at most 3 open orders per account.
 
@@ -103,6 +103,7 @@ fn execute(book: &mut OrderBook, command: &str, events: &mut Vec<Event>) -> Vec<
             let (account, nonce) = order_ref(order);
             book.cancel(account, nonce, events);
         }
+        ["cancel-all", name] => book.cancel_account(account(name), events),
         ["replace", order, price_and_qty] => {
             let (account, nonce) = order_ref(order);
             let (price, qty) = price_qty(price_and_qty);

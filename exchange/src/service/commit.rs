@@ -252,7 +252,7 @@ impl Writer {
                         slot: *slot,
                         account: command.account(),
                         nonce: command.nonce(),
-                        kind: command.type_name().to_owned(),
+                        kind: store::log_kind(command).to_owned(),
                         payload: payload.clone(),
                         received_ms: item.received_ms,
                     });

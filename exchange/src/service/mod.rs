@@ -113,7 +113,7 @@ impl std::fmt::Debug for ExchangeHandle {
 }
 
 impl ExchangeHandle {
-    /// Submits a signed order, cancel or replace (the HTTP path): the same checks as MQTT, and the
+    /// Submits a signed order, cancel, replace or cancel-all (the HTTP path): the same checks as MQTT, and the
     /// answer only once the command is committed and applied.
     pub async fn submit_command(&self, bytes: Vec<u8>) -> Result<CommandAck, Rejection> {
         let (sender, receiver) = oneshot::channel();

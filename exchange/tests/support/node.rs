@@ -150,6 +150,19 @@ pub fn replay_log(test_db: &TestDb) -> (TradeMap, serde_json::Value) {
     let mut derived = BTreeMap::new();
     for (command_seq, slot, payload) in rows {
         let command = Command::parse(payload.as_bytes()).expect("a logged command parses");
+        if let Command::CancelAll(signed) = &command {
+            // Every book of its zone (or its one slot's); it trades nothing. (The exchange also skips
+            // books past gate closure at its receipt; this log's books are all open.)
+            let cancel_all = &signed.message;
+            let zone = cancel_all.zone.to_string();
+            let mut events = Vec::new();
+            for ((book_zone, book_slot), book) in &mut books {
+                if *book_zone == zone && cancel_all.slot.is_none_or(|only| only.start_ms() == *book_slot) {
+                    book.cancel_account(cancel_all.account, &mut events);
+                }
+            }
+            continue;
+        }
         let book = books.entry((command.zone().to_string(), slot)).or_insert_with(|| OrderBook::new(config));
         let mut events = Vec::new();
         match &command {
@@ -170,6 +183,7 @@ pub fn replay_log(test_db: &TestDb) -> (TradeMap, serde_json::Value) {
                 );
             }
             Command::Cancel(signed) => book.cancel(signed.message.account, signed.message.order_nonce, &mut events),
+            Command::CancelAll(_) => unreachable!("handled above"),
             Command::Replace(signed) => {
                 let replace = &signed.message;
                 book.replace(replace.account, replace.order_nonce, replace.price_per_kwh, replace.qty_wh, &mut events)
