@@ -40,6 +40,7 @@ pub mod battery;
 pub mod close;
 pub mod correction;
 pub mod gaps;
+pub mod intervals;
 pub mod metering;
 pub mod queries;
 pub mod registry;

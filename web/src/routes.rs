@@ -308,6 +308,36 @@ pub fn endpoints() -> Vec<Endpoint> {
         ])
         .content("text/csv")
         .paged("By device and seq, 50,000 readings a page."),
+        ep("get", "/api/v1/export/espi", "Meter interval data (Green Button ESPI Atom feed)", "utility", || {
+            web::get().to(crate::espi::export_espi)
+        })
+        .auth(Utility)
+        .query(&[
+            ("zone", "string", true),
+            ("device", "string", false),
+            ("from_ms", "integer", false),
+            ("to_ms", "integer", false),
+        ])
+        .content("application/atom+xml")
+        .bounded(
+            "Not paged: the slots starting in the range, at most 672 (a week of 15-minute slots), and at most \
+             100800 device-slots (devices × slots); per device a UsagePoint with a forward (import) and a reverse \
+             (export) MeterReading, ReadingType and IntervalBlock of integer Wh per slot (PROTOCOL.md §11).",
+        ),
+        ep(
+            "post",
+            "/api/v1/zones/{zone}/reconcile",
+            "Reconcile the utility's meter data (CSV) with gridex's",
+            "utility",
+            || web::post().to(crate::reconcile::reconcile_zone),
+        )
+        .auth(Utility)
+        .bounded(
+            "Body: CSV `device_id,slot_start,import_wh,export_wh` (text/csv, at most 8388608 bytes and 100000 rows, \
+             the last line ending with a line break); a broken row is a 400 `invalid_csv` naming its line. Answers \
+             the differences per device and slot, the rows only one side has and totals; nothing is stored \
+             (PROTOCOL.md §11).",
+        ),
         ep("post", "/api/v1/webhooks", "Register a settlement webhook", "utility", || {
             web::post().to(utility::create_webhook)
         })
@@ -604,7 +634,7 @@ mod tests {
             let endpoint = endpoints().into_iter().find(|e| e.path == path && e.method == "get").expect("mounted");
             endpoint.description.expect("a list says how it pages or what bounds it").replace(',', "")
         };
-        let pairs: [(&str, Vec<i64>); 11] = [
+        let pairs: [(&str, Vec<i64>); 12] = [
             ("/api/v1/zones", vec![crate::public::ZONES_LIMIT_MAX, crate::public::ZONES_LIMIT_DEFAULT]),
             (
                 "/api/v1/zones/{zone}/tariffs",
@@ -621,6 +651,7 @@ mod tests {
             ),
             ("/api/v1/me/readings", vec![crate::trader::READINGS_ROWS_MAX]),
             ("/api/v1/export/readings", vec![crate::trader::READINGS_ROWS_MAX]),
+            ("/api/v1/export/espi", vec![settlement::intervals::INTERVAL_SLOTS_MAX, crate::espi::DEVICE_SLOTS_MAX]),
             ("/api/v1/webhooks", vec![crate::webhooks::WEBHOOKS_MAX]),
             ("/api/v1/zones/{zone}/auctions", vec![exchange::zone::AUCTION_RESULTS_KEPT as i64]),
             ("/api/v1/me/battery", vec![settlement::battery::BATTERY_SLOTS_MAX]),
