@@ -36,6 +36,7 @@ pub mod ledger;
 pub mod live;
 pub mod market;
 pub mod metrics;
+pub mod openapi;
 pub mod ops;
 pub mod paging;
 pub mod public;

@@ -1,0 +1,300 @@
+//! Documentation mirrors of the `protocol` and `settlement` types that web answers with. Those crates
+//! stay free of utoipa (`protocol` is the wire contract with third-party gateways); each mirror here
+//! has the same name and fields as the type it stands for, and a test serializes the real type and
+//! compares the field names, so a change there fails here.
+
+use utoipa::ToSchema;
+
+/// A zone id: 1–32 characters of `[a-z0-9-]`.
+pub const ZONE_PATTERN: &str = "^[a-z0-9-]{1,32}$";
+/// An account or device id: its ed25519 public key, 64 lowercase hex digits.
+pub const KEY_PATTERN: &str = "^[0-9a-f]{64}$";
+/// A meter serial: 1–64 characters of `[A-Za-z0-9._:-]`.
+pub const SERIAL_PATTERN: &str = "^[A-Za-z0-9._:-]{1,64}$";
+
+/// Order or trade side.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // Only its schema is used.
+pub enum Side {
+    Buy,
+    Sell,
+}
+
+/// Where an order stands.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum OrderStatus {
+    Open,
+    Filled,
+    Cancelled,
+    Expired,
+}
+
+/// Time in force.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum TimeInForce {
+    Gtc,
+    Ioc,
+    Fok,
+}
+
+/// A change of one of the sender's orders (`protocol::OrderUpdate`).
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct OrderUpdate {
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    account: String,
+    #[schema(pattern = "^[a-z0-9-]{1,32}$")]
+    zone: String,
+    /// The slot's start, unix ms.
+    #[schema(minimum = 0)]
+    slot: i64,
+    /// The nonce of the order (not of the command that changed it).
+    order_nonce: u64,
+    status: OrderStatus,
+    price_per_kwh: i64,
+    /// Left to trade.
+    #[schema(minimum = 0)]
+    open_qty_wh: i64,
+    /// Traded so far.
+    #[schema(minimum = 0)]
+    filled_qty_wh: i64,
+    ts_ms: i64,
+}
+
+/// A trade (`protocol::Trade`).
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct Trade {
+    /// Exchange-wide, strictly increasing.
+    trade_id: u64,
+    #[schema(pattern = "^[a-z0-9-]{1,32}$")]
+    zone: String,
+    #[schema(minimum = 0)]
+    slot: i64,
+    price_per_kwh: i64,
+    #[schema(minimum = 0)]
+    qty_wh: i64,
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    buyer: String,
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    seller: String,
+    buy_nonce: u64,
+    sell_nonce: u64,
+    /// The side of the inbound order that caused the trade.
+    aggressor: Side,
+    ts_ms: i64,
+}
+
+/// A meter's counters (`settlement::registry::MeterCounters`).
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct MeterCounters {
+    #[schema(minimum = 0)]
+    import_wh: i64,
+    #[schema(minimum = 0)]
+    export_wh: i64,
+    #[schema(minimum = 0)]
+    pv_wh: Option<i64>,
+}
+
+/// A registered meter replacement (`settlement::registry::MeterReplacement`).
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct MeterReplacement {
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    device_id: String,
+    replaced_at_ms: i64,
+    /// The old meter's final counters.
+    old: MeterCounters,
+    /// The new meter's initial counters.
+    new: MeterCounters,
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,64}$")]
+    new_meter_serial: String,
+    /// The utility's reference for the swap (a work order).
+    reference: String,
+    registered_ms: i64,
+}
+
+/// A signed protocol order, cancel or replace (PROTOCOL.md §4.2–4.4): the message's fields and its
+/// ed25519 `sig` (128 hex digits) by the account's key over `gridex/v1/<type>\n` + the canonical JSON of
+/// the other fields. At most 1024 bytes; integers only (a float such as `1.0` is refused).
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum SignedCommand {
+    Order(SignedOrder),
+    Cancel(SignedCancel),
+    Replace(SignedReplace),
+}
+
+/// A new order.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct SignedOrder {
+    #[schema(pattern = "^order$")]
+    r#type: String,
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    account: String,
+    #[schema(pattern = "^[a-z0-9-]{1,32}$")]
+    zone: String,
+    /// The slot's start, unix ms, aligned to the zone's slot length.
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_991_i64)]
+    slot: i64,
+    side: Side,
+    /// Micro-units of money per kWh.
+    #[schema(minimum = 1, maximum = 9_007_199_254_740_991_i64)]
+    price_per_kwh: i64,
+    #[schema(minimum = 1, maximum = 9_007_199_254_740_991_i64)]
+    qty_wh: i64,
+    tif: TimeInForce,
+    /// Rest only: refused instead of trading on arrival. Only with `gtc`.
+    post_only: bool,
+    /// Strictly increasing per account across orders, cancels and replaces; names the order.
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_991_i64)]
+    nonce: i64,
+    /// The market clock's time (`GET /api/v1/clock`), unix ms.
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_991_i64)]
+    ts_ms: i64,
+    #[schema(pattern = "^[0-9a-f]{128}$")]
+    sig: String,
+}
+
+/// Cancels the account's order `order_nonce`.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct SignedCancel {
+    #[schema(pattern = "^cancel$")]
+    r#type: String,
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    account: String,
+    #[schema(pattern = "^[a-z0-9-]{1,32}$")]
+    zone: String,
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_991_i64)]
+    slot: i64,
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_991_i64)]
+    order_nonce: i64,
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_991_i64)]
+    nonce: i64,
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_991_i64)]
+    ts_ms: i64,
+    #[schema(pattern = "^[0-9a-f]{128}$")]
+    sig: String,
+}
+
+/// Changes the price and open quantity of the account's order `order_nonce`.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct SignedReplace {
+    #[schema(pattern = "^replace$")]
+    r#type: String,
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    account: String,
+    #[schema(pattern = "^[a-z0-9-]{1,32}$")]
+    zone: String,
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_991_i64)]
+    slot: i64,
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_991_i64)]
+    order_nonce: i64,
+    #[schema(minimum = 1, maximum = 9_007_199_254_740_991_i64)]
+    price_per_kwh: i64,
+    /// The new open quantity.
+    #[schema(minimum = 1, maximum = 9_007_199_254_740_991_i64)]
+    qty_wh: i64,
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_991_i64)]
+    nonce: i64,
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_991_i64)]
+    ts_ms: i64,
+    #[schema(pattern = "^[0-9a-f]{128}$")]
+    sig: String,
+}
+
+/// A household's settlement statement of a slot (`protocol::Statement`). Money is in micro-units:
+/// positive amounts are what the account receives, negative what it pays.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct Statement {
+    #[schema(pattern = "^[a-z0-9-]{1,32}$")]
+    zone: String,
+    #[schema(minimum = 0)]
+    slot: i64,
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    account: String,
+    metered_import_wh: i64,
+    metered_export_wh: i64,
+    bought_wh: i64,
+    sold_wh: i64,
+    /// Metered net export − traded net sales.
+    imbalance_wh: i64,
+    purchases: i64,
+    sales: i64,
+    grid_fees: i64,
+    protocol_fees: i64,
+    utility_net: i64,
+    /// Sum of the money lines above.
+    net: i64,
+    tokens_earned: i64,
+    /// True when a device of the account had no readings around a slot boundary.
+    no_data: bool,
+}
+
+/// A slot's totals (`settlement::rules::SlotTotals`).
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct SlotTotals {
+    statements: i64,
+    trades: i64,
+    traded_wh: i64,
+    traded_value: i64,
+    delivered_p2p_wh: i64,
+    metered_import_wh: i64,
+    metered_export_wh: i64,
+    utility_supplied_wh: i64,
+    utility_absorbed_wh: i64,
+    /// Paid by households to the utility for shortfalls.
+    utility_supplied_value: i64,
+    /// Paid by the utility to households for surpluses.
+    utility_absorbed_value: i64,
+    grid_fees: i64,
+    protocol_fees: i64,
+    /// Retail/feed-in cost of the metered energy minus what households paid.
+    household_savings: i64,
+    tokens_emitted: i64,
+    tokens_carry: i64,
+    no_data_accounts: i64,
+}
+
+/// Gap energy settled late, in the close of `slot` (`settlement::queries::GapLine`).
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct GapLine {
+    #[schema(pattern = "^[a-z0-9-]{1,32}$")]
+    zone: String,
+    slot: i64,
+    account: String,
+    gap_start_ms: i64,
+    import_wh: i64,
+    export_wh: i64,
+    bought_wh: i64,
+    retail_price_per_kwh: i64,
+    feed_in_price_per_kwh: i64,
+    /// Paid by the household (negative).
+    charged: i64,
+    /// Paid to the household.
+    credited: i64,
+    tx_id: i64,
+}
