@@ -199,7 +199,8 @@ pub fn endpoints() -> Vec<Endpoint> {
             "public",
             || web::get().to(ledger::slot_root),
         ),
-        ep("get", "/api/v1/zones/{zone}/stats", "Zone totals", "public", || web::get().to(ledger::zone_stats)),
+        ep("get", "/api/v1/zones/{zone}/stats", "Zone totals", "public", || web::get().to(ledger::zone_stats))
+            .returns("ZoneStats"),
         ep("get", "/api/v1/tokens", "GRID token supply and emission", "public", || web::get().to(ledger::tokens)),
         ep("get", "/api/v1/stream", "Live feed (Server-Sent Events)", "public", || web::get().to(sse::stream))
             .auth(OptionalTrader)
@@ -263,13 +264,16 @@ pub fn endpoints() -> Vec<Endpoint> {
         })
         .auth(Trader)
         .query(PAGE)
+        .returns_list("Statement")
         .paged("Newest slot first, zones by id within a slot; `limit` 1..=500 statements a page (default 100)."),
         ep("get", "/api/v1/me/statements/{zone}/{slot}", "My statement with its Merkle proof", "trader", || {
             web::get().to(ledger::my_statement)
         })
-        .auth(Trader),
+        .auth(Trader)
+        .returns("StatementProof"),
         ep("get", "/api/v1/me/balances", "My money and GRID balances", "trader", || web::get().to(ledger::my_balances))
-            .auth(Trader),
+            .auth(Trader)
+            .returns("Balances"),
         ep("post", "/api/v1/accounts", "Register a household account", "utility", || {
             web::post().to(utility::register_account)
         })

@@ -298,3 +298,151 @@ pub struct GapLine {
     credited: i64,
     tx_id: i64,
 }
+
+/// Which side of the path a proof step's sibling is on.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum SiblingSide {
+    Left,
+    Right,
+}
+
+/// One step of a Merkle inclusion proof (`protocol::merkle::ProofStep`).
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ProofStep {
+    /// The sibling hash, 64 hex digits.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    sibling: String,
+    side: SiblingSide,
+}
+
+/// A household's statement with its inclusion proof in the slot's signed root
+/// (`settlement::queries::StatementProof`).
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct StatementProof {
+    statement: Statement,
+    leaf_index: u64,
+    proof: Vec<ProofStep>,
+    root: String,
+    root_signature: String,
+    operator: String,
+    /// The protocol `slot_root` message as the operator signed it (JSON text).
+    signed_root: String,
+}
+
+/// An account's balances from its ledger entries (`settlement::queries::Balances`).
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct Balances {
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    account: String,
+    /// Micro-units of money.
+    money: i64,
+    /// Micro-GRID tokens.
+    grid: i64,
+}
+
+/// A zone's settled totals (`settlement::queries::ZoneStats`).
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ZoneStats {
+    #[schema(pattern = "^[a-z0-9-]{1,32}$")]
+    zone: String,
+    /// Share of the zone's consumption met by its own households, in basis points.
+    self_sufficiency_bps: i64,
+    p2p_wh: i64,
+    traded_wh: i64,
+    utility_supplied_wh: i64,
+    utility_absorbed_wh: i64,
+    household_savings: i64,
+    tokens_emitted: i64,
+    settled_slots: i64,
+    last_settled_slot: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::{MicroMoney, MicroTokens, PricePerKwh, SlotId, Wh};
+    use serde::de::DeserializeOwned;
+    use serde::Serialize;
+
+    /// `real` serialized reads back as its mirror: no field the mirror lacks (`deny_unknown_fields`),
+    /// none it requires missing, every type alike.
+    fn mirrors<M: DeserializeOwned + std::fmt::Debug>(real: &impl Serialize) {
+        let json = serde_json::to_value(real).expect("serializes");
+        if let Err(error) = serde_json::from_value::<M>(json.clone()) {
+            panic!("{} does not mirror {json}: {error}", std::any::type_name::<M>());
+        }
+    }
+
+    #[test]
+    fn the_protocol_mirrors_have_the_fields_of_the_protocol_types() {
+        mirrors::<OrderUpdate>(&protocol::testing::sample_order_update());
+        mirrors::<Trade>(&protocol::testing::sample_trade());
+        mirrors::<Statement>(&protocol::testing::sample_statement(1));
+        let key = protocol::testing::signing_key(1);
+        let order = protocol::Signed::sign(protocol::testing::sample_order(&key), &key).expect("signs");
+        let order: serde_json::Value = serde_json::from_slice(&order.to_json()).expect("json");
+        mirrors::<SignedOrder>(&order);
+        mirrors::<SignedCommand>(&order);
+        mirrors::<ProofStep>(&protocol::merkle::ProofStep {
+            sibling: "ab".repeat(32),
+            side: protocol::merkle::SiblingSide::Left,
+        });
+    }
+
+    #[test]
+    fn the_settlement_mirrors_have_the_fields_of_the_settlement_types() {
+        let counters = settlement::registry::MeterCounters { import_wh: 1, export_wh: 2, pv_wh: Some(3) };
+        mirrors::<MeterCounters>(&counters);
+        mirrors::<MeterReplacement>(&settlement::registry::MeterReplacement {
+            device_id: protocol::DeviceId::from_verifying_key(&protocol::testing::signing_key(2).verifying_key()),
+            replaced_at_ms: 10,
+            old: counters,
+            new: settlement::registry::MeterCounters { import_wh: 0, export_wh: 0, pv_wh: None },
+            new_meter_serial: protocol::MeterSerial::parse("SN-1").expect("serial"),
+            reference: "WO-1".to_owned(),
+            registered_ms: 11,
+        });
+        mirrors::<SlotTotals>(&settlement::rules::SlotTotals::default());
+        mirrors::<Balances>(&settlement::queries::Balances {
+            account: "ab".repeat(32),
+            money: MicroMoney(-5),
+            grid: MicroTokens(7),
+        });
+        mirrors::<ZoneStats>(&settlement::queries::ZoneStats {
+            zone: protocol::testing::zone(),
+            self_sufficiency_bps: 1,
+            p2p_wh: Wh(2),
+            traded_wh: Wh(3),
+            utility_supplied_wh: Wh(4),
+            utility_absorbed_wh: Wh(5),
+            household_savings: MicroMoney(6),
+            tokens_emitted: MicroTokens(7),
+            settled_slots: 8,
+            last_settled_slot: SlotId::new(900_000).ok(),
+        });
+        mirrors::<GapLine>(&settlement::queries::GapLine {
+            zone: protocol::testing::zone(),
+            slot: SlotId::new(900_000).expect("slot"),
+            account: "ab".repeat(32),
+            gap_start_ms: 0,
+            import_wh: Wh(1),
+            export_wh: Wh(2),
+            bought_wh: Wh(3),
+            retail_price_per_kwh: PricePerKwh(4),
+            feed_in_price_per_kwh: PricePerKwh(5),
+            charged: MicroMoney(-6),
+            credited: MicroMoney(7),
+            tx_id: 8,
+        });
+    }
+}
