@@ -172,10 +172,12 @@ pub fn endpoints() -> Vec<Endpoint> {
             "public",
             || web::get().to(public::zone_book),
         )
-        .query(&[("slot", "integer", true), ("levels", "integer", false)]),
+        .query(&[("slot", "integer", true), ("levels", "integer", false)])
+        .returns("BookSnapshot"),
         ep("get", "/api/v1/zones/{zone}/auctions", "Closing auction results, oldest first", "public", || {
             web::get().to(public::zone_auctions)
         })
+        .returns_list("AuctionResult")
         .bounded("Not paged: the exchange keeps the zone's last 96 auction results only."),
         ep("get", "/api/v1/zones/{zone}/trades", "Trades, newest first", "public", || {
             web::get().to(public::zone_trades)
@@ -201,7 +203,8 @@ pub fn endpoints() -> Vec<Endpoint> {
         ),
         ep("get", "/api/v1/zones/{zone}/stats", "Zone totals", "public", || web::get().to(ledger::zone_stats))
             .returns("ZoneStats"),
-        ep("get", "/api/v1/tokens", "GRID token supply and emission", "public", || web::get().to(ledger::tokens)),
+        ep("get", "/api/v1/tokens", "GRID token supply and emission", "public", || web::get().to(ledger::tokens))
+            .returns("TokenSupply"),
         ep("get", "/api/v1/stream", "Live feed (Server-Sent Events)", "public", || web::get().to(sse::stream))
             .auth(OptionalTrader)
             .query(&[("zone", "string", true)])

@@ -367,6 +367,89 @@ pub struct ZoneStats {
     last_settled_slot: Option<i64>,
 }
 
+/// One price level of a book side (`protocol::Level`).
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct Level {
+    #[schema(minimum = 1)]
+    price_per_kwh: i64,
+    #[schema(minimum = 0)]
+    qty_wh: i64,
+    orders: u32,
+}
+
+/// Whether a book takes orders.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum BookState {
+    Open,
+    Closed,
+}
+
+/// The top of one slot's book, best first on each side (`protocol::BookSnapshot`).
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct BookSnapshot {
+    #[schema(pattern = "^[a-z0-9-]{1,32}$")]
+    zone: String,
+    #[schema(minimum = 0)]
+    slot: i64,
+    /// Increases with every change of this book.
+    seq: u64,
+    state: BookState,
+    bids: Vec<Level>,
+    asks: Vec<Level>,
+    ts_ms: i64,
+    /// Present (true) while the zone's closing auction is calling.
+    call_phase: Option<bool>,
+}
+
+/// A closing auction's result (`protocol::AuctionResult`); no price when nothing crossed.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct AuctionResult {
+    #[schema(pattern = "^[a-z0-9-]{1,32}$")]
+    zone: String,
+    #[schema(minimum = 0)]
+    slot: i64,
+    price_per_kwh: Option<i64>,
+    #[schema(minimum = 0)]
+    qty_wh: i64,
+    trades: u64,
+    ts_ms: i64,
+}
+
+/// The GRID reward parameters (`settlement::rewards::RewardSchedule`).
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct RewardSchedule {
+    genesis_ms: i64,
+    epoch_len_ms: i64,
+    /// Micro-GRID minted in each of the first `halving_epochs` epochs.
+    initial_emission_per_epoch: i64,
+    halving_epochs: i64,
+    /// Micro-GRID that may ever exist.
+    max_supply: i64,
+}
+
+/// GRID token supply and emission (`settlement::queries::TokenSupply`), in micro-GRID.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct TokenSupply {
+    supply: i64,
+    max_supply: i64,
+    epoch: i64,
+    emission_per_epoch: i64,
+    next_halving_epoch: i64,
+    schedule: Option<RewardSchedule>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,6 +476,15 @@ mod tests {
         let order: serde_json::Value = serde_json::from_slice(&order.to_json()).expect("json");
         mirrors::<SignedOrder>(&order);
         mirrors::<SignedCommand>(&order);
+        mirrors::<BookSnapshot>(&protocol::testing::sample_book());
+        mirrors::<AuctionResult>(&protocol::AuctionResult {
+            zone: protocol::testing::zone(),
+            slot: SlotId::new(900_000).expect("slot"),
+            price_per_kwh: Some(PricePerKwh(5)),
+            qty_wh: Wh(6),
+            trades: 7,
+            ts_ms: protocol::TimestampMs(8),
+        });
         mirrors::<ProofStep>(&protocol::merkle::ProofStep {
             sibling: "ab".repeat(32),
             side: protocol::merkle::SiblingSide::Left,
@@ -413,6 +505,20 @@ mod tests {
             registered_ms: 11,
         });
         mirrors::<SlotTotals>(&settlement::rules::SlotTotals::default());
+        mirrors::<TokenSupply>(&settlement::queries::TokenSupply {
+            supply: MicroTokens(1),
+            max_supply: MicroTokens(2),
+            epoch: 3,
+            emission_per_epoch: MicroTokens(4),
+            next_halving_epoch: 5,
+            schedule: Some(settlement::rewards::RewardSchedule {
+                genesis_ms: 0,
+                epoch_len_ms: 86_400_000,
+                initial_emission_per_epoch: 10,
+                halving_epochs: 365,
+                max_supply: 21,
+            }),
+        });
         mirrors::<Balances>(&settlement::queries::Balances {
             account: "ab".repeat(32),
             money: MicroMoney(-5),
