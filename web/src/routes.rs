@@ -200,7 +200,8 @@ pub fn endpoints() -> Vec<Endpoint> {
             "A settled slot's root, signed by the operator",
             "public",
             || web::get().to(ledger::slot_root),
-        ),
+        )
+        .returns("SignedSlotRoot"),
         ep("get", "/api/v1/zones/{zone}/stats", "Zone totals", "public", || web::get().to(ledger::zone_stats))
             .returns("ZoneStats"),
         ep("get", "/api/v1/tokens", "GRID token supply and emission", "public", || web::get().to(ledger::tokens))

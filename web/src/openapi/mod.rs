@@ -49,6 +49,7 @@ pub fn components() -> Components {
         .schema::<wire::BookSnapshot>()
         .schema::<wire::AuctionResult>()
         .schema::<wire::TokenSupply>()
+        .schema::<wire::SignedSlotRoot>()
         .schema::<crate::trader::ReadingEntry>()
         .schema::<crate::state::DemoHousehold>()
         .schema::<crate::ops::Health>()

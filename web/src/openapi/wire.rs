@@ -450,6 +450,29 @@ pub struct TokenSupply {
     schedule: Option<RewardSchedule>,
 }
 
+/// A settled slot's root as the operator signed it (the protocol `slot_root` message, PROTOCOL.md §2.1):
+/// verify `sig` against the pinned operator key.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct SignedSlotRoot {
+    #[schema(pattern = "^slot_root$")]
+    r#type: String,
+    #[schema(pattern = "^[a-z0-9-]{1,32}$")]
+    zone: String,
+    #[schema(minimum = 0)]
+    slot: i64,
+    /// Merkle root of the slot's statements, 64 hex digits.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    root: String,
+    statements: u64,
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    operator: String,
+    ts_ms: i64,
+    #[schema(pattern = "^[0-9a-f]{128}$")]
+    sig: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,6 +500,17 @@ mod tests {
         mirrors::<SignedOrder>(&order);
         mirrors::<SignedCommand>(&order);
         mirrors::<BookSnapshot>(&protocol::testing::sample_book());
+        let operator = protocol::testing::operator_key();
+        let root = protocol::SlotRoot {
+            zone: protocol::testing::zone(),
+            slot: SlotId::new(900_000).expect("slot"),
+            root: "cd".repeat(32),
+            statements: 2,
+            operator: protocol::AccountId::from_verifying_key(&operator.verifying_key()),
+            ts_ms: protocol::TimestampMs(5),
+        };
+        let root = protocol::Signed::sign(root, &operator).expect("signs").to_json();
+        mirrors::<SignedSlotRoot>(&serde_json::from_slice::<serde_json::Value>(&root).expect("json"));
         mirrors::<AuctionResult>(&protocol::AuctionResult {
             zone: protocol::testing::zone(),
             slot: SlotId::new(900_000).expect("slot"),
