@@ -247,6 +247,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         })
         .auth(Trader)
         .query(RANGE)
+        .returns("HouseholdBattery")
         .bounded(
             "Not paged: one row per slot of a range of at most 7 days (at most 672 slots, the latest), by \
              default the last day; slots without anything known of a battery are left out. `earned` per \
@@ -308,6 +309,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         })
         .auth(Utility)
         .query(&[("slots", "integer", false)])
+        .returns("ZoneStorage")
         .bounded(
             "Not paged: the batteries that reported in the last hour (count, capacity, stored energy) and \
              the zone's charge and discharge in its latest `slots` complete slots, 1..=96 (default 24).",

@@ -50,6 +50,8 @@ pub fn components() -> Components {
         .schema::<wire::AuctionResult>()
         .schema::<wire::TokenSupply>()
         .schema::<wire::SignedSlotRoot>()
+        .schema::<wire::HouseholdBattery>()
+        .schema::<wire::ZoneStorage>()
         .schema::<crate::trader::ReadingEntry>()
         .schema::<crate::state::DemoHousehold>()
         .schema::<crate::ops::Health>()

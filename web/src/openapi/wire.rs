@@ -473,6 +473,89 @@ pub struct SignedSlotRoot {
     sig: String,
 }
 
+/// Which price a household faced in a slot (`settlement::battery::PriceBasis`).
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum PriceBasis {
+    P2p,
+    Retail,
+    FeedIn,
+}
+
+/// A household's battery in one slot (`settlement::battery::BatterySlot`); `null` where not known.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct BatterySlot {
+    #[schema(minimum = 0)]
+    slot: i64,
+    charge_wh: Option<i64>,
+    discharge_wh: Option<i64>,
+    soc_permille: Option<u16>,
+    capacity_wh: Option<i64>,
+    price_per_kwh: Option<i64>,
+    price_basis: Option<PriceBasis>,
+    /// (discharge − charge) at that price, rounded down once per slot; never part of the ledger.
+    earned: Option<i64>,
+}
+
+/// A household's battery now: its latest reading with a battery (`settlement::battery::BatteryNow`).
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct BatteryNow {
+    ts_ms: i64,
+    soc_permille: Option<u16>,
+    capacity_wh: Option<i64>,
+    stored_wh: Option<i64>,
+}
+
+/// A household's battery over a range of slots (`settlement::battery::HouseholdBattery`).
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct HouseholdBattery {
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    account: String,
+    #[schema(pattern = "^[a-z0-9-]{1,32}$")]
+    zone: String,
+    slot_len_ms: i64,
+    now: Option<BatteryNow>,
+    slots: Vec<BatterySlot>,
+    charge_wh: i64,
+    discharge_wh: i64,
+    earned: i64,
+}
+
+/// A zone's storage in one slot (`settlement::battery::StorageSlot`).
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct StorageSlot {
+    #[schema(minimum = 0)]
+    slot: i64,
+    charge_wh: i64,
+    discharge_wh: i64,
+    batteries: u64,
+}
+
+/// The home batteries of a zone (`settlement::battery::ZoneStorage`).
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ZoneStorage {
+    #[schema(pattern = "^[a-z0-9-]{1,32}$")]
+    zone: String,
+    slot_len_ms: i64,
+    at_ms: i64,
+    batteries: u64,
+    capacity_wh: i64,
+    stored_wh: i64,
+    soc_permille: Option<u16>,
+    slots: Vec<StorageSlot>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -539,6 +622,41 @@ mod tests {
             registered_ms: 11,
         });
         mirrors::<SlotTotals>(&settlement::rules::SlotTotals::default());
+        let slot = SlotId::new(900_000).expect("slot");
+        mirrors::<HouseholdBattery>(&settlement::battery::HouseholdBattery {
+            account: "ab".repeat(32),
+            zone: protocol::testing::zone(),
+            slot_len_ms: 900_000,
+            now: Some(settlement::battery::BatteryNow {
+                ts_ms: 1,
+                soc_permille: Some(500),
+                capacity_wh: Some(Wh(10_000)),
+                stored_wh: None,
+            }),
+            slots: vec![settlement::battery::BatterySlot {
+                slot,
+                charge_wh: Some(Wh(1)),
+                discharge_wh: None,
+                soc_permille: Some(2),
+                capacity_wh: Some(Wh(3)),
+                price_per_kwh: Some(PricePerKwh(4)),
+                price_basis: Some(settlement::battery::PriceBasis::FeedIn),
+                earned: Some(MicroMoney(-5)),
+            }],
+            charge_wh: Wh(1),
+            discharge_wh: Wh(0),
+            earned: MicroMoney(-5),
+        });
+        mirrors::<ZoneStorage>(&settlement::battery::ZoneStorage {
+            zone: protocol::testing::zone(),
+            slot_len_ms: 900_000,
+            at_ms: 2,
+            batteries: 3,
+            capacity_wh: Wh(4),
+            stored_wh: Wh(5),
+            soc_permille: None,
+            slots: vec![settlement::battery::StorageSlot { slot, charge_wh: Wh(6), discharge_wh: Wh(7), batteries: 1 }],
+        });
         mirrors::<TokenSupply>(&settlement::queries::TokenSupply {
             supply: MicroTokens(1),
             max_supply: MicroTokens(2),
