@@ -301,6 +301,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     // The readiness probe checks the embedded broker.
     let mut settings = crate::Settings::default();
     settings.mqtt.url = Some(crate::settings::Secret::new(mqtt_url.clone()));
+    settings.api_keys.push(demo_utility_key(data_dir)?);
     let app = Application::builder(settings)
         .database(db)
         .clock(clock, options.speed.round() as u32)
@@ -418,6 +419,22 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The file in the data directory whose 64 hex digits are the demo utility's API key (made on the
+/// first run, mode 0600, kept like the other keys).
+pub const UTILITY_KEY_FILE: &str = "utility-api.key";
+
+/// The demo zone's utility key: the demo zone has no utility of its own, so it belongs to the utility
+/// named like it (see `crate::api_keys`). Lets the utility API be tried (and tested) against the demo.
+fn demo_utility_key(data_dir: &Path) -> anyhow::Result<crate::settings::ApiKey> {
+    let secret = hex::encode(key(&data_dir.join(UTILITY_KEY_FILE))?.to_bytes());
+    Ok(crate::settings::ApiKey {
+        name: "demo-utility".to_owned(),
+        role: crate::settings::Role::Utility,
+        utility: Some(DEMO_ZONE.to_owned()),
+        key: crate::settings::Secret::new(secret),
+    })
+}
+
 fn print_guide(address: SocketAddr, options: &DemoOptions, broker_port: u16) {
     let slot_real_s = 900.0 / options.speed;
     println!(
@@ -430,6 +447,7 @@ fn print_guide(address: SocketAddr, options: &DemoOptions, broker_port: u16) {
          \n\nWhat to expect: within seconds the homes' agents place orders for the next slots and trades appear;\
          \nwithin about three slots ({settle_s:.0} s) the first slot is settled with statements and GRID token rewards.\
          \nLog in as a household from the dashboard (logins: http://{address}/api/v1/demo/households).\
+         \nThe utility API's key (Authorization: Bearer …) is in {data}/{UTILITY_KEY_FILE}.\
          \nData directory: {data}. Press Ctrl-C to stop.",
         homes = options.homes,
         speed = options.speed,

@@ -7,9 +7,12 @@ use serde::Serialize;
 use std::fmt;
 
 /// The JSON body of every error response.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(as = Error)]
 pub struct ErrorBody {
+    /// A stable machine-readable code, e.g. `invalid_query`, `bad_signature`, a protocol reason (PROTOCOL.md §7).
     pub error: String,
+    /// For people; may change.
     pub message: String,
 }
 

@@ -38,6 +38,7 @@ pub mod live;
 pub mod live_feed;
 pub mod market;
 pub mod metrics;
+pub mod openapi;
 pub mod ops;
 pub mod paging;
 pub mod public;

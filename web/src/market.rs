@@ -11,8 +11,11 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 /// One open book of a zone, as listed by `GET /zones/{zone}/slots`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(as = Slot)]
 pub struct SlotView {
+    /// The slot's start, unix ms.
+    #[schema(value_type = i64, minimum = 0)]
     pub slot: SlotId,
     pub gate_closure_ms: i64,
     pub state: String,
@@ -24,22 +27,31 @@ pub struct SlotView {
 
 /// One of a trader's resting orders, as listed by `GET /me/orders`: the exchange's live state of the
 /// order (open and filled quantity, current price) with the terms it rests with.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct OpenOrder {
+    #[schema(value_type = String, pattern = "^[0-9a-f]{64}$")]
     pub account: AccountId,
+    #[schema(value_type = String, pattern = "^[a-z0-9-]{1,32}$")]
     pub zone: ZoneId,
+    #[schema(value_type = i64, minimum = 0)]
     pub slot: SlotId,
     pub order_nonce: u64,
+    #[schema(value_type = crate::openapi::wire::OrderStatus)]
     pub status: OrderStatus,
+    #[schema(value_type = crate::openapi::wire::Side)]
     pub side: Side,
     /// Always GTC: IOC and FOK orders never rest.
+    #[schema(value_type = crate::openapi::wire::TimeInForce)]
     pub tif: TimeInForce,
     pub post_only: bool,
     /// The current limit price (a replace may have changed it).
+    #[schema(value_type = i64)]
     pub price_per_kwh: PricePerKwh,
     /// What is left to trade.
+    #[schema(value_type = i64, minimum = 0)]
     pub open_qty_wh: Wh,
     /// What has traded so far.
+    #[schema(value_type = i64, minimum = 0)]
     pub filled_qty_wh: Wh,
     /// The order's own signed time (market clock), when it was placed.
     pub placed_ms: i64,
@@ -68,12 +80,12 @@ impl From<exchange::zone::OpenOrder> for OpenOrder {
     }
 }
 
-/// Handle on the exchange service, or nothing.
 /// The answer to a committed order, cancel, replace or cancel-all (`POST /api/v1/orders`): what happened to
 /// the order the command names, then every change of the sender's orders and the trades it caused.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct OrderReply {
     /// Always `accepted`: the command is in the log (refusals are errors).
+    #[schema(value_type = String, pattern = "^accepted$")]
     pub status: &'static str,
     /// Where the named order stands now.
     pub outcome: Outcome,
@@ -82,8 +94,10 @@ pub struct OrderReply {
     /// The order the command is about.
     pub order_nonce: Option<u64>,
     /// The sender's orders after the command, in event order (the named order first).
+    #[schema(value_type = Vec<crate::openapi::wire::OrderUpdate>)]
     pub updates: Vec<protocol::OrderUpdate>,
     /// The trades the command caused.
+    #[schema(value_type = Vec<crate::openapi::wire::Trade>)]
     pub trades: Vec<protocol::Trade>,
 }
 
@@ -97,7 +111,7 @@ impl OrderReply {
 }
 
 /// Where the order a command names stands after it.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Open in the book, nothing traded yet.
@@ -127,6 +141,7 @@ impl Outcome {
     }
 }
 
+/// Handle on the exchange service, or nothing.
 #[derive(Clone, Default)]
 pub struct Market {
     inner: Option<ExchangeHandle>,

@@ -4,14 +4,51 @@
 use crate::error::ApiError;
 use crate::state::AppState;
 use actix_web::{web, HttpResponse};
-use serde_json::json;
+use serde::Serialize;
 use std::time::Duration;
 
 /// How long the readiness probe waits for the broker's TCP handshake.
 pub const BROKER_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// `GET /healthz`: the process answers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Health {
+    #[schema(pattern = "^ok$")]
+    pub status: &'static str,
+}
+
+/// `GET /readyz`: 200 when ready, 503 (same body) when not.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    #[schema(pattern = "^(ready|not_ready)$")]
+    pub status: &'static str,
+    pub database: bool,
+    /// `reachable`, `unreachable` or `not_configured`.
+    #[schema(pattern = "^(reachable|unreachable|not_configured)$")]
+    pub broker: &'static str,
+    pub exchange: bool,
+}
+
+/// `GET /api/v1/clock`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MarketClock {
+    /// The market's time, unix ms (simulated in the demo).
+    pub now_ms: i64,
+    /// How many times faster than real time the market clock runs (1 outside the demo).
+    pub speed: u32,
+}
+
+/// `GET /api/v1/operator-key`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OperatorKey {
+    /// The operator's ed25519 public key, 64 hex digits.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    pub operator: String,
+}
+
 pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "status": "ok" }))
+    HttpResponse::Ok().json(Health { status: "ok" })
 }
 
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
@@ -25,12 +62,12 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         )),
     };
     let ready = database && broker != Some(false);
-    let body = json!({
-        "status": if ready { "ready" } else { "not_ready" },
-        "database": database,
-        "broker": broker.map_or("not_configured", |up| if up { "reachable" } else { "unreachable" }),
-        "exchange": state.market.is_connected(),
-    });
+    let body = Readiness {
+        status: if ready { "ready" } else { "not_ready" },
+        database,
+        broker: broker.map_or("not_configured", |up| if up { "reachable" } else { "unreachable" }),
+        exchange: state.market.is_connected(),
+    };
     if ready {
         HttpResponse::Ok().json(body)
     } else {
@@ -50,7 +87,7 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
 
 /// The market clock: in the demo it runs faster than real time, and orders must carry its time.
 pub async fn clock(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "now_ms": state.now_ms(), "speed": state.clock_speed }))
+    HttpResponse::Ok().json(MarketClock { now_ms: state.now_ms(), speed: state.clock_speed })
 }
 
 /// The operator's public key, which signs every message the exchange publishes and every slot root
@@ -59,7 +96,7 @@ pub async fn clock(state: web::Data<AppState>) -> HttpResponse {
 pub async fn operator_key(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let exchange =
         state.market.handle().ok_or_else(|| ApiError::unavailable("the exchange is not running in this process"))?;
-    Ok(HttpResponse::Ok().json(json!({ "operator": hex::encode(exchange.operator_key()) })))
+    Ok(HttpResponse::Ok().json(OperatorKey { operator: hex::encode(exchange.operator_key()) }))
 }
 
 pub async fn demo_households(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

@@ -17,7 +17,8 @@ pub const TRADES_LIMIT_DEFAULT: i64 = 50;
 /// Longest price-history range: a week of 15-minute slots is 672 candles.
 pub const PRICE_RANGE_MS_MAX: i64 = 7 * 24 * 3_600_000;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(as = Tariff)]
 pub struct TariffView {
     pub effective_from_ms: i64,
     pub retail_price_per_kwh: i64,
@@ -26,8 +27,10 @@ pub struct TariffView {
     pub protocol_fee_bps: i64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(as = Zone)]
 pub struct ZoneView {
+    #[schema(pattern = "^[a-z0-9-]{1,32}$")]
     pub zone_id: String,
     pub name: String,
     pub slot_len_ms: i64,
@@ -35,7 +38,7 @@ pub struct ZoneView {
     pub tariff: Option<TariffView>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Candle {
     pub slot: i64,
     pub open: i64,

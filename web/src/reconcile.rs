@@ -140,7 +140,7 @@ pub fn parse_csv(body: &[u8], slot_len_ms: i64) -> Result<Vec<UtilityRow>, CsvEr
 }
 
 /// A (device, slot) both sides have, with different values.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Difference {
     pub device_id: String,
     pub slot_start_ms: i64,
@@ -155,7 +155,7 @@ pub struct Difference {
 }
 
 /// A (device, slot) only one side has.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OneSided {
     pub device_id: String,
     pub slot_start_ms: i64,
@@ -171,7 +171,7 @@ pub struct OneSided {
 }
 
 /// Sums over everything each side has in the range; differences are utility − gridex.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Totals {
     pub gridex_import_wh: i64,
     pub gridex_export_wh: i64,
@@ -182,7 +182,7 @@ pub struct Totals {
 }
 
 /// The reconciliation report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReconcileReport {
     pub zone: String,
     pub slot_len_ms: i64,

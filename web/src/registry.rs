@@ -12,27 +12,38 @@ use settlement::registry::{self, AccountKind, DeviceRole, RegistryError};
 pub use settlement::rewards::RewardSchedule;
 
 /// A device as the utility registers it (`POST /api/v1/devices`, `gridex device add`).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewDevice {
+    #[schema(value_type = String, pattern = "^[0-9a-f]{64}$")]
     pub device_id: DeviceId,
+    #[schema(value_type = String, pattern = "^[0-9a-f]{64}$")]
     pub account_id: AccountId,
+    #[schema(value_type = String, pattern = "^[a-z0-9-]{1,32}$")]
     pub zone: ZoneId,
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,64}$")]
     pub meter_serial: MeterSerial,
     pub nameplate_w: i64,
 }
 
 /// A device as `POST /api/v1/devices` takes it: [`NewDevice`] and, optionally, its role (`grid`,
 /// the household's connection meter, when absent).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceRegistration {
+    #[schema(value_type = String, pattern = "^[0-9a-f]{64}$")]
     pub device_id: DeviceId,
+    #[schema(value_type = String, pattern = "^[0-9a-f]{64}$")]
     pub account_id: AccountId,
+    #[schema(value_type = String, pattern = "^[a-z0-9-]{1,32}$")]
     pub zone: ZoneId,
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,64}$")]
     pub meter_serial: MeterSerial,
     pub nameplate_w: i64,
+    /// What the device meters: `grid` (the household's connection meter, the default), `pv`,
+    /// `battery` or `submeter`; only grid meters are settled.
     #[serde(default)]
+    #[schema(value_type = Option<String>, pattern = "^(grid|pv|battery|submeter)$")]
     pub role: DeviceRole,
 }
 

@@ -2,6 +2,7 @@
 //! the two cannot drift apart.
 
 use crate::error::ApiError;
+use crate::openapi::{TRADER_SCHEME, UTILITY_SCHEME};
 use crate::{assets, ledger, ops, public, sse, trader, utility};
 use actix_web::{web, HttpResponse, Route};
 use serde_json::{json, Map, Value};
@@ -133,29 +134,37 @@ pub fn endpoints() -> Vec<Endpoint> {
         ep("get", "/", "The dashboard", "dashboard", || web::get().to(assets::index)).content("text/html"),
         ep("get", "/static/{path:.*}", "Dashboard assets", "dashboard", || web::get().to(assets::file))
             .content("application/octet-stream"),
-        ep("get", "/healthz", "Liveness", "ops", || web::get().to(ops::healthz)),
-        ep("get", "/readyz", "Readiness: database and broker reachable", "ops", || web::get().to(ops::readyz)),
+        ep("get", "/healthz", "Liveness", "ops", || web::get().to(ops::healthz)).returns("Health"),
+        ep("get", "/readyz", "Readiness: database and broker reachable", "ops", || web::get().to(ops::readyz))
+            .returns("Readiness"),
         ep("get", "/metrics", "Prometheus metrics", "ops", || web::get().to(ops::metrics)).content("text/plain"),
         ep("get", "/api/v1/openapi.json", "This document", "ops", || web::get().to(openapi)),
         ep("get", "/api/v1/operator-key", "The operator's public key, to pin (PROTOCOL.md §2.1)", "public", || {
             web::get().to(ops::operator_key)
-        }),
-        ep("get", "/api/v1/clock", "The market clock (simulated in the demo)", "public", || web::get().to(ops::clock)),
+        })
+        .returns("OperatorKey"),
+        ep("get", "/api/v1/clock", "The market clock (simulated in the demo)", "public", || web::get().to(ops::clock))
+            .returns("MarketClock"),
         ep("get", "/api/v1/zones", "Zones and their current tariff", "public", || web::get().to(public::list_zones))
             .query(PAGE)
+            .returns_list("Zone")
             .paged("By zone id; `limit` 1..=500 zones a page (default 100)."),
         ep("post", "/api/v1/zones", "Create a zone", "utility", || web::post().to(utility::create_zone))
             .auth(Utility)
-            .body("NewZone", 201),
+            .body("NewZone", 201)
+            .returns("NewZone"),
         ep("get", "/api/v1/zones/{zone}/tariffs", "A zone's tariffs", "public", || web::get().to(public::zone_tariffs))
             .query(PAGE)
+            .returns_list("Tariff")
             .paged("Oldest first by effective time; `limit` 1..=1000 tariffs a page (default 100)."),
         ep("put", "/api/v1/zones/{zone}/tariffs", "Set a tariff from an effective time", "utility", || {
             web::put().to(utility::set_tariff)
         })
         .auth(Utility)
-        .body("Tariff", 200),
-        ep("get", "/api/v1/zones/{zone}/slots", "Open books of a zone", "public", || web::get().to(public::zone_slots)),
+        .body("Tariff", 200)
+        .returns("Tariff"),
+        ep("get", "/api/v1/zones/{zone}/slots", "Open books of a zone", "public", || web::get().to(public::zone_slots))
+            .returns_list("Slot"),
         ep(
             "get",
             "/api/v1/zones/{zone}/book",
@@ -163,15 +172,18 @@ pub fn endpoints() -> Vec<Endpoint> {
             "public",
             || web::get().to(public::zone_book),
         )
-        .query(&[("slot", "integer", true), ("levels", "integer", false)]),
+        .query(&[("slot", "integer", true), ("levels", "integer", false)])
+        .returns("BookSnapshot"),
         ep("get", "/api/v1/zones/{zone}/auctions", "Closing auction results, oldest first", "public", || {
             web::get().to(public::zone_auctions)
         })
+        .returns_list("AuctionResult")
         .bounded("Not paged: the exchange keeps the zone's last 96 auction results only."),
         ep("get", "/api/v1/zones/{zone}/trades", "Trades, newest first", "public", || {
             web::get().to(public::zone_trades)
         })
         .query(&[("limit", "integer", false), ("slot", "integer", false), ("cursor", "string", false)])
+        .returns_list("Trade")
         .paged(
             "Newest first by trade id; `slot` (a slot's start in ms, a multiple of the zone's slot length) keeps \
              that slot's trades only; `limit` 1..=500 trades a page (default 50).",
@@ -180,6 +192,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             web::get().to(public::zone_prices)
         })
         .query(RANGE)
+        .returns_list("Candle")
         .bounded("Not paged: one candle per slot of a range of at most 7 days, every trade counted."),
         ep(
             "get",
@@ -187,9 +200,12 @@ pub fn endpoints() -> Vec<Endpoint> {
             "A settled slot's root, signed by the operator",
             "public",
             || web::get().to(ledger::slot_root),
-        ),
-        ep("get", "/api/v1/zones/{zone}/stats", "Zone totals", "public", || web::get().to(ledger::zone_stats)),
-        ep("get", "/api/v1/tokens", "GRID token supply and emission", "public", || web::get().to(ledger::tokens)),
+        )
+        .returns("SignedSlotRoot"),
+        ep("get", "/api/v1/zones/{zone}/stats", "Zone totals", "public", || web::get().to(ledger::zone_stats))
+            .returns("ZoneStats"),
+        ep("get", "/api/v1/tokens", "GRID token supply and emission", "public", || web::get().to(ledger::tokens))
+            .returns("TokenSupply"),
         ep("get", "/api/v1/stream", "Live feed (Server-Sent Events)", "public", || web::get().to(sse::stream))
             .auth(OptionalTrader)
             .query(&[("zone", "string", true)])
@@ -220,6 +236,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         )
         .auth(Trader)
         .query(&[("from_ms", "integer", false), ("to_ms", "integer", false), ("cursor", "string", false)])
+        .returns_list("ReadingEntry")
         .paged(
             "By device and seq, 50,000 readings a page; the refused readings come on the first page. A reading \
              with a home battery (version 2) also has `battery_charge_wh`, `battery_discharge_wh`, \
@@ -230,6 +247,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         })
         .auth(Trader)
         .query(RANGE)
+        .returns("HouseholdBattery")
         .bounded(
             "Not paged: one row per slot of a range of at most 7 days (at most 672 slots, the latest), by \
              default the last day; slots without anything known of a battery are left out. `earned` per \
@@ -251,23 +269,28 @@ pub fn endpoints() -> Vec<Endpoint> {
         })
         .auth(Trader)
         .query(PAGE)
+        .returns_list("Statement")
         .paged("Newest slot first, zones by id within a slot; `limit` 1..=500 statements a page (default 100)."),
         ep("get", "/api/v1/me/statements/{zone}/{slot}", "My statement with its Merkle proof", "trader", || {
             web::get().to(ledger::my_statement)
         })
-        .auth(Trader),
+        .auth(Trader)
+        .returns("StatementProof"),
         ep("get", "/api/v1/me/balances", "My money and GRID balances", "trader", || web::get().to(ledger::my_balances))
-            .auth(Trader),
+            .auth(Trader)
+            .returns("Balances"),
         ep("post", "/api/v1/accounts", "Register a household account", "utility", || {
             web::post().to(utility::register_account)
         })
         .auth(Utility)
-        .body("NewAccount", 201),
+        .body("NewAccount", 201)
+        .returns("NewAccount"),
         ep("post", "/api/v1/devices", "Register a metering device", "utility", || {
             web::post().to(utility::register_device)
         })
         .auth(Utility)
-        .body("NewDevice", 201),
+        .body("DeviceRegistration", 201)
+        .returns("DeviceRegistration"),
         ep("post", "/api/v1/devices/{device}/replacements", "Register a meter replacement", "utility", || {
             web::post().to(utility::register_replacement)
         })
@@ -286,6 +309,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         })
         .auth(Utility)
         .query(&[("slots", "integer", false)])
+        .returns("ZoneStorage")
         .bounded(
             "Not paged: the batteries that reported in the last hour (count, capacity, stored energy) and \
              the zone's charge and discharge in its latest `slots` complete slots, 1..=96 (default 24).",
@@ -294,7 +318,9 @@ pub fn endpoints() -> Vec<Endpoint> {
             web::get().to(ledger::slot_report)
         })
         .auth(Utility)
-        .query(&[("format", "string", false)]),
+        .query(&[("format", "string", false)])
+        .returns("SlotReport")
+        .bounded("JSON by default; `format=csv` answers the same report as CSV (`text/csv`)."),
         ep("get", "/api/v1/export/readings", "Meter interval data (CSV)", "utility", || {
             web::get().to(utility::export_readings)
         })
@@ -332,6 +358,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             || web::post().to(crate::reconcile::reconcile_zone),
         )
         .auth(Utility)
+        .returns("ReconcileReport")
         .bounded(
             "Body: CSV `device_id,slot_start,import_wh,export_wh` (text/csv, at most 8388608 bytes and 100000 rows, \
              the last line ending with a line break); a broken row is a 400 `invalid_csv` naming its line. Answers \
@@ -356,6 +383,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         .auth(Utility)
         .no_content(),
         ep("get", "/api/v1/demo/households", "Demo household logins", "demo", || web::get().to(ops::demo_households))
+            .returns_list("DemoHousehold")
             .demo(),
     ]
 }
@@ -432,12 +460,46 @@ pub fn openapi_path(pattern: &str) -> String {
 fn path_param_schema(name: &str) -> Value {
     match name {
         "zone" => json!({ "type": "string", "minLength": 1, "maxLength": protocol::ids::ZONE_ID_LEN_MAX,
-                          "pattern": "^[a-z0-9-]{1,32}$", "description": "A zone id" }),
-        "slot" => json!({ "type": "integer", "format": "int64", "minimum": 0,
-                          "description": "A delivery slot's start (unix ms), aligned to the zone's slot length" }),
-        "device" => json!({ "type": "string", "pattern": "^[0-9a-f]{64}$",
+                          "pattern": crate::openapi::wire::ZONE_PATTERN, "description": "A zone id" }),
+        "slot" => {
+            json!({ "type": "integer", "format": "int64", "minimum": 0, "maximum": protocol::units::MAX_SAFE_INTEGER,
+                          "description": "A delivery slot's start (unix ms), aligned to the zone's slot length" })
+        }
+        "device" => json!({ "type": "string", "pattern": crate::openapi::wire::KEY_PATTERN,
                             "description": "A device id: its ed25519 public key in lowercase hex" }),
         _ => json!({ "type": "string" }),
+    }
+}
+
+/// The page length `limit` a paged list accepts: 1 to its maximum.
+fn limit_max(path: &str) -> Option<i64> {
+    match path {
+        "/api/v1/zones" => Some(crate::public::ZONES_LIMIT_MAX),
+        "/api/v1/zones/{zone}/tariffs" => Some(crate::public::TARIFFS_LIMIT_MAX),
+        "/api/v1/zones/{zone}/trades" => Some(crate::public::TRADES_LIMIT_MAX),
+        "/api/v1/me/statements" => Some(crate::ledger::STATEMENTS_LIMIT_MAX),
+        "/api/v1/zones/{zone}/devices/silent" => Some(crate::utility::SILENT_DEVICES_LIMIT_MAX),
+        _ => None,
+    }
+}
+
+/// What the server accepts in a query parameter: limits and patterns where it checks them.
+fn query_param_schema(path: &str, name: &str, kind: &str) -> Value {
+    let int = json!({ "type": "integer", "format": "int64" });
+    match (name, limit_max(path)) {
+        ("zone" | "device", _) => path_param_schema(name),
+        ("limit", Some(max)) => json!({ "type": "integer", "format": "int64", "minimum": 1, "maximum": max }),
+        ("slot", _) => path_param_schema("slot"),
+        ("levels", _) => json!({ "type": "integer", "minimum": 1, "maximum": protocol::messages::BOOK_LEVELS_MAX,
+                                 "description": "Price levels a side; more are cut to the maximum" }),
+        ("slots", _) => json!({ "type": "integer", "minimum": 1, "maximum": settlement::battery::STORAGE_SLOTS_MAX }),
+        ("format", _) => json!({ "type": "string", "enum": ["json", "csv"] }),
+        ("from_ms" | "to_ms", _) => {
+            json!({ "type": "integer", "format": "int64", "minimum": 0, "description": "Unix ms; `from_ms` ≤ `to_ms`" })
+        }
+        ("cursor", _) => json!({ "type": "string", "description": "The `X-Next-Cursor` of the previous page" }),
+        (_, _) if kind == "integer" => int,
+        (_, _) => json!({ "type": kind }),
     }
 }
 
@@ -445,93 +507,9 @@ fn path_params(path: &str) -> Vec<String> {
     path.split('{').skip(1).filter_map(|part| part.split('}').next()).map(str::to_owned).collect()
 }
 
-fn schemas() -> Value {
-    let int = json!({ "type": "integer", "format": "int64" });
-    let string = json!({ "type": "string" });
-    let role = json!({ "type": "string", "enum": ["grid", "pv", "battery", "submeter"], "default": "grid" });
-    json!({
-        "Error": { "type": "object", "required": ["error", "message"],
-                   "properties": { "error": string, "message": string } },
-        "NewZone": { "type": "object", "required": ["zone_id", "name"],
-                     "properties": { "zone_id": string, "name": string, "slot_len_ms": int } },
-        "Tariff": { "type": "object",
-                    "required": ["effective_from_ms", "retail_price_per_kwh", "feed_in_price_per_kwh", "grid_fee_per_kwh", "protocol_fee_bps"],
-                    "properties": { "effective_from_ms": int, "retail_price_per_kwh": int, "feed_in_price_per_kwh": int,
-                                    "grid_fee_per_kwh": int, "protocol_fee_bps": int } },
-        "NewAccount": { "type": "object", "required": ["account_id", "display_name", "zone"],
-                        "properties": { "account_id": string, "display_name": string, "zone": string } },
-        "NewDevice": { "type": "object", "required": ["device_id", "account_id", "zone", "meter_serial", "nameplate_w"],
-                       "properties": { "device_id": string, "account_id": string, "zone": string,
-                                       "meter_serial": string, "nameplate_w": int, "role": role } },
-        "MeterCounters": { "type": "object", "required": ["import_wh", "export_wh"],
-                           "properties": { "import_wh": int, "export_wh": int, "pv_wh": int } },
-        "NewReplacement": { "type": "object", "required": ["replaced_at_ms", "old", "new", "new_meter_serial", "reference"],
-                            "description": "A meter swap: the old meter's final and the new meter's initial counters",
-                            "properties": { "replaced_at_ms": int,
-                                            "old": { "$ref": "#/components/schemas/MeterCounters" },
-                                            "new": { "$ref": "#/components/schemas/MeterCounters" },
-                                            "new_meter_serial": string, "reference": string } },
-        "MeterReplacement": { "type": "object",
-                              "required": ["device_id", "replaced_at_ms", "old", "new", "new_meter_serial", "reference", "registered_ms"],
-                              "properties": { "device_id": string, "replaced_at_ms": int,
-                                              "old": { "$ref": "#/components/schemas/MeterCounters" },
-                                              "new": { "$ref": "#/components/schemas/MeterCounters" },
-                                              "new_meter_serial": string, "reference": string, "registered_ms": int } },
-        "SilentDevice": { "type": "object", "required": ["device_id", "account_id", "meter_serial", "silent_for_ms"],
-                          "properties": { "device_id": string, "account_id": string, "meter_serial": string,
-                                          "role": role, "last_received_ms": int, "silent_for_ms": int } },
-        "NewWebhook": { "type": "object", "required": ["url"], "properties": { "url": { "type": "string", "format": "uri" } } },
-        "WebhookCreated": { "type": "object", "required": ["id", "url", "secret"],
-                            "properties": { "id": string, "url": string,
-                                            "secret": { "type": "string", "description": "The HMAC-SHA256 key of the deliveries' X-Gridex-Signature; shown only here" } } },
-        "Webhook": { "type": "object", "required": ["id", "url", "registered_by", "created_ms", "pending_deliveries"],
-                     "properties": { "id": string, "url": string, "registered_by": string, "created_ms": int,
-                                     "pending_deliveries": { "type": "integer", "format": "int64",
-                                                             "description": "Deliveries not acknowledged yet" } } },
-        "OpenOrder": { "type": "object",
-                       "description": "A resting order: the exchange's live state with the terms it rests with (always GTC)",
-                       "required": ["account", "zone", "slot", "order_nonce", "status", "side", "tif", "post_only",
-                                    "price_per_kwh", "open_qty_wh", "filled_qty_wh", "placed_ms", "ts_ms"],
-                       "properties": { "account": string, "zone": string, "slot": int, "order_nonce": int,
-                                       "status": { "type": "string", "enum": ["open", "filled", "cancelled", "expired"] },
-                                       "side": { "type": "string", "enum": ["buy", "sell"] },
-                                       "tif": { "type": "string", "enum": ["gtc", "ioc", "fok"] },
-                                       "post_only": { "type": "boolean" },
-                                       "price_per_kwh": int,
-                                       "open_qty_wh": { "type": "integer", "format": "int64", "description": "Left to trade" },
-                                       "filled_qty_wh": { "type": "integer", "format": "int64", "description": "Traded so far" },
-                                       "placed_ms": { "type": "integer", "format": "int64",
-                                                      "description": "The order's signed time (market clock)" },
-                                       "ts_ms": int } },
-        "OrderUpdate": { "type": "object",
-                         "required": ["account", "zone", "slot", "order_nonce", "status", "price_per_kwh", "open_qty_wh", "filled_qty_wh", "ts_ms"],
-                         "properties": { "account": string, "zone": string, "slot": int, "order_nonce": int,
-                                         "status": { "type": "string", "enum": ["open", "filled", "cancelled", "expired"] },
-                                         "price_per_kwh": int, "open_qty_wh": int, "filled_qty_wh": int, "ts_ms": int } },
-        "Trade": { "type": "object",
-                   "required": ["trade_id", "zone", "slot", "price_per_kwh", "qty_wh", "buyer", "seller", "buy_nonce", "sell_nonce", "aggressor", "ts_ms"],
-                   "properties": { "trade_id": int, "zone": string, "slot": int, "price_per_kwh": int, "qty_wh": int,
-                                   "buyer": string, "seller": string, "buy_nonce": int, "sell_nonce": int,
-                                   "aggressor": { "type": "string", "enum": ["buy", "sell"] }, "ts_ms": int } },
-        "OrderReply": { "type": "object", "required": ["status", "outcome", "command_seq", "updates", "trades"],
-                        "description": "What a committed order, cancel, replace or cancel_all did",
-                        "properties": { "status": { "type": "string", "enum": ["accepted"] },
-                                        "outcome": { "type": "string",
-                                                     "enum": ["resting", "partially_filled", "filled", "cancelled", "expired", "unknown"],
-                                                     "description": "Where the order the command names stands now" },
-                                        "command_seq": int,
-                                        "order_nonce": { "type": "integer", "format": "int64", "nullable": true },
-                                        "updates": { "type": "array", "items": { "$ref": "#/components/schemas/OrderUpdate" } },
-                                        "trades": { "type": "array", "items": { "$ref": "#/components/schemas/Trade" } } } },
-        "SignedCommand": { "type": "object", "required": ["type", "account", "sig"],
-                           "description": "A signed protocol order, cancel, replace or cancel_all (see PROTOCOL.md)",
-                           "properties": { "type": { "type": "string", "enum": ["order", "cancel", "replace", "cancel_all"] },
-                                           "account": string, "sig": string } },
-    })
-}
-
-/// The OpenAPI 3 document of the routes mounted in this mode.
-pub fn openapi_document(demo: bool) -> Value {
+/// The paths of the routes mounted in this mode, as OpenAPI path items (JSON, checked by utoipa's
+/// types when the document is built).
+fn openapi_paths(demo: bool) -> Map<String, Value> {
     let mut paths = Map::new();
     for endpoint in mounted(demo) {
         let path = openapi_path(endpoint.path);
@@ -540,11 +518,13 @@ pub fn openapi_document(demo: bool) -> Value {
             .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": path_param_schema(&name) }))
             .collect();
         parameters.extend(endpoint.query.iter().map(|(name, kind, required)| {
-            let schema = if *name == "zone" { path_param_schema(name) } else { json!({ "type": kind }) };
-            json!({ "name": name, "in": "query", "required": required, "schema": schema })
+            json!({ "name": name, "in": "query", "required": required,
+                    "schema": query_param_schema(endpoint.path, name, kind) })
         }));
         let schema = match endpoint.response {
-            None => json!({}),
+            // Not typed yet: any JSON (the handler builds it in place).
+            None if endpoint.content == JSON => json!({}),
+            None => json!({ "type": "string" }),
             Some((name, false)) => json!({ "$ref": format!("#/components/schemas/{name}") }),
             Some((name, true)) => {
                 json!({ "type": "array", "items": { "$ref": format!("#/components/schemas/{name}") } })
@@ -567,23 +547,34 @@ pub fn openapi_document(demo: bool) -> Value {
             (Some(description), true) => Some(format!("{description} {PAGED}")),
             (description, _) => description.map(str::to_owned),
         };
+        let error = json!({ "$ref": "#/components/schemas/Error" });
+        let mut responses = json!({
+            endpoint.status.to_string(): success,
+            "default": { "description": "An error: `error` is a stable code, `message` says why",
+                         "content": { JSON: { "schema": error } } },
+        });
+        if endpoint.method == "post" && endpoint.path == "/api/v1/orders" {
+            // A cancel or replace answers the same body with 200.
+            responses["200"] = responses["201"].clone();
+        }
+        if endpoint.path == "/readyz" {
+            // Not ready: the same body with 503.
+            responses["503"] = responses["200"].clone();
+            responses["503"]["description"] = json!("Not ready: the database or the broker does not answer");
+        }
+        if endpoint.path == "/api/v1/reports/{zone}/{slot}" {
+            // `format=csv`: the same report as CSV.
+            responses["200"]["content"]["text/csv"] = json!({ "schema": { "type": "string" } });
+        }
         let mut operation = json!({
             "summary": endpoint.summary,
             "operationId": format!("{}_{}", endpoint.method, path.trim_matches('/').replace(['/', '{', '}', '.'], "_")),
             "tags": [endpoint.tag],
             "parameters": parameters,
-            "responses": {
-                endpoint.status.to_string(): success,
-                "default": { "description": "An error",
-                             "content": { JSON: { "schema": { "$ref": "#/components/schemas/Error" } } } },
-            },
+            "responses": responses,
         });
         if let Some(description) = description {
             operation["description"] = json!(description);
-        }
-        if endpoint.method == "post" && endpoint.path == "/api/v1/orders" {
-            // A cancel, replace or cancel_all answers the same body with 200.
-            operation["responses"]["200"] = operation["responses"]["201"].clone();
         }
         if let Some(schema) = endpoint.body {
             operation["requestBody"] = json!({ "required": true, "content": {
@@ -591,27 +582,32 @@ pub fn openapi_document(demo: bool) -> Value {
         }
         match endpoint.security {
             Security::Public => {}
-            Security::Trader => operation["security"] = json!([{ "traderSignature": [] }]),
-            Security::OptionalTrader => operation["security"] = json!([{}, { "traderSignature": [] }]),
-            Security::Utility => operation["security"] = json!([{ "utilityKey": [] }]),
+            Security::Trader => operation["security"] = json!([{ TRADER_SCHEME: [] }]),
+            Security::OptionalTrader => operation["security"] = json!([{}, { TRADER_SCHEME: [] }]),
+            Security::Utility => operation["security"] = json!([{ UTILITY_SCHEME: [] }]),
         }
         let entry = paths.entry(path).or_insert_with(|| json!({}));
         entry[endpoint.method] = operation;
     }
-    json!({
-        "openapi": "3.0.3",
-        "info": { "title": "gridex API", "version": env!("CARGO_PKG_VERSION"),
-                  "description": "Peer-to-peer energy market: public market data, trader order entry and statements, utility administration." },
-        "paths": paths,
-        "components": {
-            "schemas": schemas(),
-            "securitySchemes": {
-                "traderSignature": { "type": "apiKey", "in": "header", "name": "X-Gridex-Signature",
-                    "description": "ed25519 signature of the account key over `gridex/v1/request\\n` + canonical JSON of {account, body_sha256, method, path, ts_ms}; also send X-Gridex-Account and X-Gridex-Timestamp" },
-                "utilityKey": { "type": "http", "scheme": "bearer", "description": "An API key with the utility role" },
-            },
-        },
-    })
+    paths
+}
+
+/// The OpenAPI 3.1 document of the routes mounted in this mode: utoipa's document with the schemas
+/// derived from the Rust types ([`crate::openapi::components`]), and the paths from the route table.
+pub fn openapi_document(demo: bool) -> Value {
+    let mut info = utoipa::openapi::Info::new("gridex API", env!("CARGO_PKG_VERSION"));
+    info.description = Some(
+        "Peer-to-peer energy market: public market data, trader order entry and statements, utility administration. \
+         Every error is `{ \"error\": code, \"message\": text }` (schema `Error`); a method a path does not serve \
+         is a 405 with `Allow`."
+            .to_owned(),
+    );
+    let spec = utoipa::openapi::OpenApiBuilder::new().info(info).components(Some(crate::openapi::components())).build();
+    // Serializing utoipa's own types cannot fail (string keys, no maps with other keys).
+    let mut document = serde_json::to_value(spec).unwrap_or_default();
+    // The path items are JSON: utoipa's `Paths` cannot hold an unconstrained schema (`{}`).
+    document["paths"] = Value::Object(openapi_paths(demo));
+    document
 }
 
 /// `GET /api/v1/openapi.json`: the document generated from this table.
@@ -670,6 +666,61 @@ mod tests {
         assert!(described("/api/v1/zones/{zone}/prices").contains(&format!("{days} days")));
         assert!(described("/api/v1/me/orders").contains("open-order limit"));
         assert!(described("/api/v1/me/plan").contains(&protocol::plan::BATTERY_PLAN_SLOTS_MAX.to_string()));
+    }
+
+    /// Every `$ref` in the document, in the paths and inside the schemas, names a schema it has: a
+    /// type that refers to another pulls that one in (utoipa's `schema_from` alone would not).
+    #[test]
+    fn every_schema_reference_resolves() {
+        for demo in [false, true] {
+            let document = openapi_document(demo);
+            let schemas = document["components"]["schemas"].as_object().expect("schemas");
+            let text = document.to_string();
+            let references: Vec<&str> = text
+                .split("\"$ref\":\"#/components/schemas/")
+                .skip(1)
+                .map(|rest| rest.split('"').next().expect("name"))
+                .collect();
+            assert!(references.len() > 20, "{references:?}");
+            for name in references {
+                assert!(schemas.contains_key(name), "missing schema {name}");
+            }
+        }
+    }
+
+    /// The schemas come from the Rust types: a body's required fields are the fields without a default,
+    /// with the patterns the parsers check.
+    #[test]
+    fn schemas_are_derived_from_the_request_types_with_their_patterns() {
+        let document = openapi_document(false);
+        let device = &document["components"]["schemas"]["DeviceRegistration"];
+        let mut required: Vec<&str> =
+            device["required"].as_array().expect("required").iter().filter_map(Value::as_str).collect();
+        required.sort_unstable();
+        assert_eq!(required, ["account_id", "device_id", "meter_serial", "nameplate_w", "zone"], "role defaults to grid");
+        assert_eq!(device["properties"]["role"]["pattern"], "^(grid|pv|battery|submeter)$");
+        assert_eq!(device["properties"]["zone"]["pattern"], crate::openapi::wire::ZONE_PATTERN);
+        assert_eq!(device["properties"]["device_id"]["pattern"], crate::openapi::wire::KEY_PATTERN);
+        assert_eq!(device["properties"]["meter_serial"]["pattern"], crate::openapi::wire::SERIAL_PATTERN);
+        let zone = &document["components"]["schemas"]["NewZone"];
+        assert!(!zone["required"].as_array().expect("required").contains(&json!("slot_len_ms")), "{zone}");
+        let error = &document["components"]["schemas"]["Error"];
+        assert_eq!(error["required"], json!(["error", "message"]));
+        // Every operation answers its errors with the Error body (as `default`).
+        let orders = &document["paths"]["/api/v1/orders"]["post"];
+        assert_eq!(
+            orders["responses"]["default"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/Error"
+        );
+        assert_eq!(orders["security"], json!([{ "traderSignature": [] }]));
+        let schemes = &document["components"]["securitySchemes"];
+        assert_eq!(schemes["traderSignature"]["name"], "X-Gridex-Signature");
+        assert_eq!(schemes["utilityKey"]["scheme"], "bearer");
+        let limit = &document["paths"]["/api/v1/zones"]["get"]["parameters"][0];
+        assert_eq!(
+            (limit["name"].as_str(), limit["schema"]["maximum"].as_i64()),
+            (Some("limit"), Some(crate::public::ZONES_LIMIT_MAX))
+        );
     }
 
     #[test]

@@ -13,10 +13,13 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 /// A simulated household's login, shown only in demo mode.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct DemoHousehold {
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub account: String,
     pub name: String,
+    /// The account's ed25519 seed (64 hex digits): the demo's households are for trying the market.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub secret_key_hex: String,
 }
 

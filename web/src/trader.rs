@@ -74,8 +74,9 @@ pub async fn my_orders(state: web::Data<AppState>, request: HttpRequest) -> Resu
 }
 
 /// One reading as interval data: the counters and the energy since the device's previous reading.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct IntervalReading {
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub device: String,
     pub seq: i64,
     pub ts_ms: i64,
@@ -106,12 +107,14 @@ pub struct IntervalReading {
 }
 
 /// A reading the exchange refused although its device signed it, with the reason (PROTOCOL.md §7).
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct RefusedReading {
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub device: String,
     pub seq: i64,
     pub ts_ms: i64,
     /// Always `"refused"`: tells these entries from accepted readings.
+    #[schema(pattern = "^refused$")]
     pub status: String,
     pub reason: String,
     pub message: String,
@@ -119,7 +122,7 @@ pub struct RefusedReading {
 }
 
 /// One entry of `/me/readings`: an accepted reading as interval data, or a refused one.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum ReadingEntry {
     Accepted(IntervalReading),

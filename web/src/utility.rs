@@ -94,12 +94,17 @@ async fn json_body<T: DeserializeOwned>(state: &AppState, payload: web::Payload)
     })
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewZone {
+    #[schema(value_type = String, pattern = "^[a-z0-9-]{1,32}$")]
     pub zone_id: ZoneId,
+    /// 1 to 64 printable characters.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     pub name: String,
+    /// The delivery slot length: 1 minute to 1 hour, dividing a day evenly; 15 minutes when absent.
     #[serde(default = "default_slot_len_ms")]
+    #[schema(minimum = 60_000, maximum = 3_600_000, default = 900_000)]
     pub slot_len_ms: i64,
 }
 
@@ -146,11 +151,15 @@ pub async fn set_tariff(
     Ok(HttpResponse::Ok().json(tariff))
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAccount {
+    #[schema(value_type = String, pattern = "^[0-9a-f]{64}$")]
     pub account_id: AccountId,
+    /// 1 to 64 printable characters.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     pub display_name: String,
+    #[schema(value_type = String, pattern = "^[a-z0-9-]{1,32}$")]
     pub zone: ZoneId,
 }
 
@@ -193,16 +202,20 @@ pub async fn register_device(
 }
 
 /// A meter replacement as the utility registers it (the device is named by the path).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewReplacement {
     pub replaced_at_ms: i64,
     /// The old meter's final counters.
+    #[schema(value_type = crate::openapi::wire::MeterCounters)]
     pub old: MeterCounters,
     /// The new meter's initial counters.
+    #[schema(value_type = crate::openapi::wire::MeterCounters)]
     pub new: MeterCounters,
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,64}$")]
     pub new_meter_serial: MeterSerial,
-    /// The utility's reference (a work order).
+    /// The utility's reference (a work order): 1 to 64 printable characters.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     pub reference: String,
 }
 
@@ -251,9 +264,11 @@ pub async fn register_replacement(
 }
 
 /// A device of the zone that has sent no reading for longer than the configured limit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SilentDevice {
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub device_id: String,
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub account_id: String,
     pub meter_serial: String,
     /// What the device meters (`grid`, `pv`, `battery`, `submeter`).
@@ -471,17 +486,19 @@ enum Selection {
     Device(DeviceId),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewWebhook {
+    /// http:// or https://, at most 2048 characters, on a public address.
+    #[schema(max_length = 2048, pattern = "^https?://")]
     pub url: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WebhookCreated {
     pub id: String,
     pub url: String,
-    /// The HMAC key; shown only in this response.
+    /// The HMAC-SHA256 key of the deliveries' X-Gridex-Signature; shown only in this response.
     pub secret: String,
 }
 

@@ -65,7 +65,7 @@ pub const SIGNATURE_TOLERANCE_S: i64 = 300;
 pub const CLAIM_MARGIN_MS: i64 = 5_000;
 
 /// A registration as listed (never with its secret).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Webhook {
     pub id: String,
     pub url: String,
