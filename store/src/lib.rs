@@ -22,6 +22,7 @@
 pub mod clock;
 mod db;
 pub mod schema;
+pub mod tariff;
 #[cfg(feature = "testing")]
 pub mod testing;
 
