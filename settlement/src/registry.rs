@@ -415,7 +415,8 @@ const TARIFF_COLUMNS: (
     tariffs::protocol_fee_bps,
 );
 
-/// The tariff in force at `at_ms`: the latest one effective at or before it.
+/// The tariff in force at `at_ms` (the latest one effective at or before it), its flat prices only:
+/// a slot's prices, bands included, are `gridex_store::tariff::tariff_for_slot`'s.
 pub fn tariff_at(conn: &mut DbConnection, zone_id: &ZoneId, at_ms: i64) -> Result<Option<Tariff>, RegistryError> {
     let row: Option<TariffRow> = tariffs::table
         .filter(tariffs::zone_id.eq(zone_id.as_str()))
@@ -427,7 +428,7 @@ pub fn tariff_at(conn: &mut DbConnection, zone_id: &ZoneId, at_ms: i64) -> Resul
     Ok(row.map(tariff_from_row))
 }
 
-/// Every tariff of the zone, oldest first.
+/// Every tariff of the zone, oldest first, flat prices only (bands: `gridex_store::tariff::schedule`).
 pub fn tariffs(conn: &mut DbConnection, zone_id: &ZoneId) -> Result<Vec<Tariff>, RegistryError> {
     let rows: Vec<TariffRow> = tariffs::table
         .filter(tariffs::zone_id.eq(zone_id.as_str()))
