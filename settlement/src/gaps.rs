@@ -32,7 +32,8 @@ use gridex_store::schema::{gap_settlements, metering_cursors, metering_zones};
 use gridex_store::schema::{meter_replacements, readings, trades};
 use gridex_store::DbConnection;
 use protocol::tariff::TariffSchedule;
-use protocol::{AccountId, SlotId, TimestampMs, ZoneId};
+use protocol::{AccountId, PricePerKwh, SlotId, TimestampMs, ZoneId};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
 /// Rows per multi-row insert or delete of cursors: 1000 rows of 6 columns stay far below both
@@ -187,6 +188,9 @@ fn open_cursor(context: &SlotContext<'_>, device: &DeviceMeter, since_ms: i64) -
     }
 }
 
+/// A gap's (retail, feed-in) prices.
+type GapPrices = (PricePerKwh, PricePerKwh);
+
 /// What settling the slot's resuming households needs beyond their counters, read set-based once
 /// per close (after an outage every household of a zone may resume in the same slot).
 struct Batch {
@@ -196,6 +200,9 @@ struct Batch {
     bought: BTreeMap<(String, i64), i64>,
     /// Every tariff version of the zone with its time-of-use bands.
     tariffs: TariffSchedule,
+    /// Gap prices by `[first slot, end)`: after an outage most resuming households share their gap,
+    /// and each range costs up to a week of slots per version in force to price.
+    gap_prices: RefCell<HashMap<(i64, i64), Option<GapPrices>>>,
 }
 
 impl Batch {
@@ -233,7 +240,21 @@ impl Batch {
             let sum = bought.entry((buyer, slot_ms)).or_default();
             *sum = sum.saturating_add(qty_wh);
         }
-        Ok(Batch { replacements, bought, tariffs: gridex_store::tariff::schedule(conn, zone_id)? })
+        Ok(Batch {
+            replacements,
+            bought,
+            tariffs: gridex_store::tariff::schedule(conn, zone_id)?,
+            gap_prices: RefCell::new(HashMap::new()),
+        })
+    }
+
+    /// The worst prices of the slots starting in `[from_ms, to_ms)` (`rules::gap_prices`), bands included.
+    fn gap_prices(&self, from_ms: i64, to_ms: i64, slot_len_ms: i64) -> Option<GapPrices> {
+        *self
+            .gap_prices
+            .borrow_mut()
+            .entry((from_ms, to_ms))
+            .or_insert_with(|| rules::gap_prices(&self.tariffs.prices_in(from_ms, to_ms, slot_len_ms)))
     }
 
     /// What `buyer` bought in slots starting in `[from_ms, to_ms)`.
@@ -296,7 +317,7 @@ fn settle_household(context: &SlotContext<'_>, household: &Resuming, batch: &Bat
     let start_ms = context.slot.start_ms();
     // Every slot of the gap had a tariff (it was closed); none would only mean no tariff at all. The
     // prices are those of the gap's slots by the rule every slot closes by (bands included).
-    let (retail, feed_in) = rules::gap_prices(&batch.tariffs.prices_in(first_slot_ms, start_ms, slot_len_ms))?;
+    let (retail, feed_in) = batch.gap_prices(first_slot_ms, start_ms, slot_len_ms)?;
     let input = GapInput {
         account: household.account,
         gap_start_ms,
