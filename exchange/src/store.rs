@@ -8,11 +8,9 @@ use crate::ingest::{
     TokenBucket, ZoneInfo,
 };
 use diesel::prelude::*;
-use gridex_store::schema::{
-    accounts, meter_replacements, order_commands, reading_rejections, readings, tariffs, trades, zones,
-};
+use gridex_store::schema::{accounts, meter_replacements, order_commands, reading_rejections, readings, trades, zones};
 use gridex_store::{DbConnection, DbError};
-use protocol::{AccountId, Command, DeviceId, PricePerKwh, Reading, Side, Signed, SlotId, Trade, ZoneId};
+use protocol::{AccountId, Command, DeviceId, Reading, Side, Signed, SlotId, Trade, ZoneId};
 use std::collections::HashMap;
 
 pub mod leases;
@@ -47,22 +45,6 @@ pub fn load_zones(conn: &mut DbConnection, only: &[ZoneId]) -> Result<HashMap<Zo
         }
     }
     Ok(found)
-}
-
-/// The feed-in and retail prices in force at `at_ms`: the default price band of a book.
-pub fn tariff_band(
-    conn: &mut DbConnection,
-    zone: &ZoneId,
-    at_ms: i64,
-) -> Result<Option<(PricePerKwh, PricePerKwh)>, DbError> {
-    let row: Option<(i64, i64)> = tariffs::table
-        .filter(tariffs::zone_id.eq(zone.as_str()))
-        .filter(tariffs::effective_from_ms.le(at_ms))
-        .order(tariffs::effective_from_ms.desc())
-        .select((tariffs::feed_in_price_per_kwh, tariffs::retail_price_per_kwh))
-        .first(conn)
-        .optional()?;
-    Ok(row.map(|(feed_in, retail)| (PricePerKwh(feed_in), PricePerKwh(retail))))
 }
 
 /// Refused readings kept per device (the newest): enough for a household to see a day of refusals

@@ -254,12 +254,20 @@ impl ZoneOwner {
         let band = match self.config.price_band {
             Some(band) => Some(band),
             None => {
+                // The slot's feed-in and retail prices by the rule settlement closes the slot by
+                // (the time-of-use band covering the slot's start, else the flat prices).
                 let zone = self.zone.clone();
                 let at_ms = slot.start_ms();
-                self.db.run(move |conn| store::tariff_band(conn, &zone, at_ms)).await.unwrap_or_else(|error| {
-                    tracing::error!(%error, "cannot read the tariff; using the fallback band");
-                    None
-                })
+                self.db
+                    .run(move |conn| gridex_store::tariff::tariff_for_slot(conn, &zone, at_ms))
+                    .await
+                    .map(|tariff| {
+                        tariff.map(|tariff| (tariff.prices.feed_in_price_per_kwh, tariff.prices.retail_price_per_kwh))
+                    })
+                    .unwrap_or_else(|error| {
+                        tracing::error!(%error, "cannot read the tariff; using the fallback band");
+                        None
+                    })
             }
         };
         let (low, high) = band.unwrap_or((PricePerKwh(tick), PricePerKwh(tick * FALLBACK_BAND_TICKS)));

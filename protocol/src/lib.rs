@@ -35,6 +35,7 @@ pub mod plan;
 pub mod reason;
 pub mod rules;
 pub mod strict;
+pub mod tariff;
 pub mod testing;
 pub mod topics;
 pub mod units;

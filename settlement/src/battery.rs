@@ -15,11 +15,11 @@
 
 use crate::metering::{metered_energy, CounterSample};
 use crate::registry::{self, AccountKind};
-use crate::rules::Tariff;
 use crate::SettlementError;
 use diesel::prelude::*;
 use gridex_store::schema::{readings, trades};
 use gridex_store::DbConnection;
+use protocol::tariff::TariffSchedule;
 use protocol::{AccountId, MicroMoney, PricePerKwh, SlotId, Wh, ZoneId};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -256,11 +256,6 @@ fn trade_sums(
     Ok(sums)
 }
 
-/// The tariff in force at `at_ms` among `tariffs` (oldest first).
-fn tariff_at(tariffs: &[Tariff], at_ms: i64) -> Option<&Tariff> {
-    tariffs.iter().rev().find(|tariff| tariff.effective_from_ms <= at_ms)
-}
-
 /// `numerator / denominator` µ per kWh applied to `energy_wh`, rounded down: `⌊n × e ÷ (d × 1000)⌋`.
 fn value_floor(numerator: i128, denominator: i128, energy_wh: i64) -> Option<MicroMoney> {
     let divisor = denominator.checked_mul(1_000)?;
@@ -320,7 +315,7 @@ pub fn household_battery(
         .map(|(device, rows)| DeviceSeries { settled: grid_meters.contains(&device), ..DeviceSeries::of(rows) })
         .collect();
     let trades = trade_sums(conn, &account_hex, &zone_id, first_ms, to_ms)?;
-    let tariffs = registry::tariffs(conn, &zone_id)?;
+    let tariffs = gridex_store::tariff::schedule(conn, &zone_id)?;
 
     let mut slots = Vec::new();
     let mut start = first_ms;
@@ -354,7 +349,7 @@ fn battery_slot(
     end: i64,
     gap_ms_max: i64,
     traded: Option<&(i128, i128)>,
-    tariffs: &[Tariff],
+    tariffs: &TariffSchedule,
 ) -> Option<BatterySlot> {
     let (mut charge, mut discharge, mut grid_net, mut grid_known) = (None, None, 0_i64, true);
     for device in series {
@@ -372,7 +367,8 @@ fn battery_slot(
     if charge.is_none() && discharge.is_none() && soc_permille.is_none() && capacity_wh.is_none() {
         return None;
     }
-    let price = match (traded, tariff_at(tariffs, start)) {
+    // The slot's prices by the rule its close used (time-of-use bands included).
+    let price = match (traded, tariffs.slot_tariff(start).map(|tariff| tariff.prices)) {
         (Some(&(value, qty)), _) if qty > 0 => Some((value, qty, PriceBasis::P2p)),
         (_, Some(tariff)) if grid_known && grid_net >= 0 => {
             Some((i128::from(tariff.retail_price_per_kwh.0), 1, PriceBasis::Retail))

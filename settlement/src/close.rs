@@ -17,7 +17,7 @@ use crate::gaps::{self, DeviceMeter, SlotContext};
 use crate::metering::{counters_at, metered_energy, CounterSample};
 use crate::registry;
 use crate::rewards::{capped_pool, zone_share, RewardSchedule};
-use crate::rules::{self, AccountMeter, Asset, SlotInput, SlotTotals, TradeInput, TxDraft, ISSUER_ACCOUNT};
+use crate::rules::{self, AccountMeter, Asset, SlotInput, SlotTotals, Tariff, TradeInput, TxDraft, ISSUER_ACCOUNT};
 use crate::{SettlementConfig, SettlementError};
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
@@ -144,7 +144,9 @@ fn close_in_transaction(
     if expected != slot {
         return Err(SettlementError::OutOfOrder { slot_ms: slot.start_ms(), expected_ms: expected.start_ms() });
     }
-    let tariff = registry::tariff_at(conn, zone_id, slot.start_ms())?
+    // The slot's prices by the one rule the exchange's price band follows too (time-of-use bands).
+    let tariff = gridex_store::tariff::tariff_for_slot(conn, zone_id, slot.start_ms())?
+        .map(Tariff::from)
         .ok_or_else(|| SettlementError::NoTariff { zone: zone_id.to_string(), at_ms: slot.start_ms() })?;
 
     let (meters, devices) = load_meters(conn, zone_id, slot.start_ms(), end_ms, due_ms, config.reading_gap_ms_max)?;

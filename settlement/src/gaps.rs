@@ -31,7 +31,9 @@ use diesel::prelude::*;
 use gridex_store::schema::{gap_settlements, metering_cursors, metering_zones};
 use gridex_store::schema::{meter_replacements, readings, trades};
 use gridex_store::DbConnection;
-use protocol::{AccountId, SlotId, TimestampMs, ZoneId};
+use protocol::tariff::TariffSchedule;
+use protocol::{AccountId, PricePerKwh, SlotId, TimestampMs, ZoneId};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
 /// Rows per multi-row insert or delete of cursors: 1000 rows of 6 columns stay far below both
@@ -186,6 +188,9 @@ fn open_cursor(context: &SlotContext<'_>, device: &DeviceMeter, since_ms: i64) -
     }
 }
 
+/// A gap's (retail, feed-in) prices.
+type GapPrices = (PricePerKwh, PricePerKwh);
+
 /// What settling the slot's resuming households needs beyond their counters, read set-based once
 /// per close (after an outage every household of a zone may resume in the same slot).
 struct Batch {
@@ -193,8 +198,11 @@ struct Batch {
     replacements: HashMap<String, Vec<Replacement>>,
     /// Purchases in the zone since the earliest gap: (buyer, slot start) → Wh.
     bought: BTreeMap<(String, i64), i64>,
-    /// Every tariff of the zone, oldest first.
-    tariffs: Vec<rules::Tariff>,
+    /// Every tariff version of the zone with its time-of-use bands.
+    tariffs: TariffSchedule,
+    /// Gap prices by `[first slot, end)`: after an outage most resuming households share their gap,
+    /// and each range costs up to a week of slots per version in force to price.
+    gap_prices: RefCell<HashMap<(i64, i64), Option<GapPrices>>>,
 }
 
 impl Batch {
@@ -232,7 +240,21 @@ impl Batch {
             let sum = bought.entry((buyer, slot_ms)).or_default();
             *sum = sum.saturating_add(qty_wh);
         }
-        Ok(Batch { replacements, bought, tariffs: registry::tariffs(conn, zone_id)? })
+        Ok(Batch {
+            replacements,
+            bought,
+            tariffs: gridex_store::tariff::schedule(conn, zone_id)?,
+            gap_prices: RefCell::new(HashMap::new()),
+        })
+    }
+
+    /// The worst prices of the slots starting in `[from_ms, to_ms)` (`rules::gap_prices`), bands included.
+    fn gap_prices(&self, from_ms: i64, to_ms: i64, slot_len_ms: i64) -> Option<GapPrices> {
+        *self
+            .gap_prices
+            .borrow_mut()
+            .entry((from_ms, to_ms))
+            .or_insert_with(|| rules::gap_prices(&self.tariffs.prices_in(from_ms, to_ms, slot_len_ms)))
     }
 
     /// What `buyer` bought in slots starting in `[from_ms, to_ms)`.
@@ -240,14 +262,6 @@ impl Batch {
         self.bought
             .range((buyer.to_owned(), from_ms)..(buyer.to_owned(), to_ms))
             .fold(0_i64, |sum, (_, qty_wh)| sum.saturating_add(*qty_wh))
-    }
-
-    /// The tariffs in force at some time in `[from_ms, to_ms)`.
-    fn tariffs_in_force(&self, from_ms: i64, to_ms: i64) -> Vec<rules::Tariff> {
-        let at_start = self.tariffs.iter().rev().find(|tariff| tariff.effective_from_ms <= from_ms);
-        let later =
-            self.tariffs.iter().filter(|tariff| from_ms < tariff.effective_from_ms && tariff.effective_from_ms < to_ms);
-        at_start.into_iter().chain(later).copied().collect()
     }
 }
 
@@ -301,8 +315,9 @@ fn settle_household(context: &SlotContext<'_>, household: &Resuming, batch: &Bat
     // reading, inside a slot, does not know what was used in that slot before the reading.
     let bought_from_ms = if first_slot_ms == gap_start_ms { first_slot_ms } else { first_slot_ms + slot_len_ms };
     let start_ms = context.slot.start_ms();
-    // Every slot of the gap had a tariff (it was closed); none would only mean no tariff at all.
-    let (retail, feed_in) = rules::gap_prices(&batch.tariffs_in_force(first_slot_ms, start_ms))?;
+    // Every slot of the gap had a tariff (it was closed); none would only mean no tariff at all. The
+    // prices are those of the gap's slots by the rule every slot closes by (bands included).
+    let (retail, feed_in) = batch.gap_prices(first_slot_ms, start_ms, slot_len_ms)?;
     let input = GapInput {
         account: household.account,
         gap_start_ms,

@@ -8,9 +8,14 @@ use crate::rewards::RewardSchedule;
 use crate::rules::{Tariff, ISSUER_ACCOUNT, TREASURY_ACCOUNT};
 use diesel::prelude::*;
 use gridex_store::schema::settlement_slots;
-use gridex_store::schema::{accounts, devices, meter_replacements, readings, reward_schedule, tariffs, zones};
+use gridex_store::schema::{
+    accounts, devices, meter_replacements, readings, reward_schedule, tariff_bands, tariffs, zones,
+};
 use gridex_store::{Database, DbConnection, DbError};
 use protocol::rules::{nameplate_allowance_wh, slot_len_ms_within_limits};
+use protocol::tariff::{
+    SlotPrices, TouBand, BANDS_PER_TARIFF_MAX, MINUTES_PER_DAY, UTC_OFFSET_MINUTES_MAX, UTC_OFFSET_MINUTES_MIN,
+};
 use protocol::{AccountId, DeviceId, MeterSerial, PricePerKwh, ZoneId};
 use serde::Serialize;
 
@@ -44,6 +49,10 @@ pub enum RegistryError {
     Invalid { field: &'static str, message: String },
     #[error("a tariff effective at {effective_from_ms} would change slot {settled_slot_ms}, which is already settled")]
     TariffInThePast { effective_from_ms: i64, settled_slot_ms: i64 },
+    #[error("invalid tariff band {index}: {message}")]
+    InvalidBand { index: usize, message: String },
+    #[error("tariff bands {first} and {second} overlap: they share a day and a time")]
+    BandsOverlap { first: usize, second: usize },
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -287,12 +296,82 @@ fn check_price(field: &'static str, price: PricePerKwh) -> Result<(), RegistryEr
     Ok(())
 }
 
-/// Sets the zone's tariff from `tariff.effective_from_ms` on (replacing one at the same time). A
-/// tariff may not take effect inside or before a slot that is already settled.
+/// Time-of-use bands of a tariff version (see `protocol::tariff`): none means flat prices only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TimeOfUse {
+    /// Local time of the bands: this fixed offset from UTC (no daylight-saving rule).
+    pub utc_offset_minutes: i32,
+    pub bands: Vec<TouBand>,
+}
+
+/// Sets the zone's flat tariff from `tariff.effective_from_ms` on (replacing one at the same time).
+/// A tariff may not take effect inside or before a slot that is already settled.
 pub fn set_tariff(conn: &mut DbConnection, zone_id: &ZoneId, tariff: &Tariff) -> Result<(), RegistryError> {
+    set_time_of_use_tariff(conn, zone_id, tariff, &TimeOfUse::default())
+}
+
+/// Checks one set of prices: each in range, and feed-in at most retail (the gap rule's proof that
+/// withholding never pays rests on it, `rules` "Gaps").
+fn check_prices(prices: &SlotPrices) -> Result<(), &'static str> {
+    let in_range = |price: PricePerKwh| (0..=PRICE_PER_KWH_MAX).contains(&price.0);
+    if !in_range(prices.retail_price_per_kwh)
+        || !in_range(prices.feed_in_price_per_kwh)
+        || !in_range(prices.grid_fee_per_kwh)
+    {
+        return Err("prices are 0 to 100000000 micro-units per kWh");
+    }
+    if prices.feed_in_price_per_kwh > prices.retail_price_per_kwh {
+        return Err("the feed-in price may not exceed the retail price");
+    }
+    Ok(())
+}
+
+/// Checks time-of-use bands: at most [`BANDS_PER_TARIFF_MAX`], each with days, `start_minute <
+/// end_minute <= 1440` and valid prices, no two sharing a day and a minute.
+pub fn check_time_of_use(time_of_use: &TimeOfUse) -> Result<(), RegistryError> {
+    if !(UTC_OFFSET_MINUTES_MIN..=UTC_OFFSET_MINUTES_MAX).contains(&time_of_use.utc_offset_minutes) {
+        return Err(invalid("utc_offset_minutes", "-720 to 840 minutes"));
+    }
+    if time_of_use.bands.len() > BANDS_PER_TARIFF_MAX {
+        return Err(invalid("bands", format!("at most {BANDS_PER_TARIFF_MAX}")));
+    }
+    let band_error = |index: usize, message: &str| RegistryError::InvalidBand { index, message: message.to_owned() };
+    for (index, band) in time_of_use.bands.iter().enumerate() {
+        if !band.days.is_valid() {
+            return Err(band_error(index, "days must name at least one day (bits 0..6, Monday..Sunday)"));
+        }
+        if band.end_minute > MINUTES_PER_DAY {
+            return Err(band_error(index, "end_minute is at most 1440"));
+        }
+        if band.start_minute >= band.end_minute {
+            return Err(band_error(index, "start_minute must be before end_minute"));
+        }
+        check_prices(&band.prices).map_err(|message| band_error(index, message))?;
+    }
+    for (second, band) in time_of_use.bands.iter().enumerate() {
+        if let Some(first) = time_of_use.bands[..second].iter().position(|earlier| earlier.overlaps(band)) {
+            return Err(RegistryError::BandsOverlap { first, second });
+        }
+    }
+    Ok(())
+}
+
+/// Sets the zone's tariff from `tariff.effective_from_ms` on (replacing one at the same time, bands
+/// included) with its flat prices as the default and `time_of_use`'s bands. A tariff may not take
+/// effect inside or before a slot that is already settled.
+pub fn set_time_of_use_tariff(
+    conn: &mut DbConnection,
+    zone_id: &ZoneId,
+    tariff: &Tariff,
+    time_of_use: &TimeOfUse,
+) -> Result<(), RegistryError> {
     check_price("retail_price_per_kwh", tariff.retail_price_per_kwh)?;
     check_price("feed_in_price_per_kwh", tariff.feed_in_price_per_kwh)?;
     check_price("grid_fee_per_kwh", tariff.grid_fee_per_kwh)?;
+    if tariff.feed_in_price_per_kwh > tariff.retail_price_per_kwh {
+        return Err(invalid("feed_in_price_per_kwh", "at most the retail price"));
+    }
+    check_time_of_use(time_of_use)?;
     if !(0..=crate::rules::BPS_PER_UNIT).contains(&tariff.protocol_fee_bps) {
         return Err(invalid("protocol_fee_bps", "0 to 10000"));
     }
@@ -312,23 +391,49 @@ pub fn set_tariff(conn: &mut DbConnection, zone_id: &ZoneId, tariff: &Tariff) ->
             });
         }
     }
-    diesel::delete(
-        tariffs::table
-            .filter(tariffs::zone_id.eq(zone_id.as_str()))
-            .filter(tariffs::effective_from_ms.eq(tariff.effective_from_ms)),
-    )
-    .execute(conn)?;
-    diesel::insert_into(tariffs::table)
-        .values((
-            tariffs::zone_id.eq(zone_id.as_str()),
-            tariffs::effective_from_ms.eq(tariff.effective_from_ms),
-            tariffs::retail_price_per_kwh.eq(tariff.retail_price_per_kwh.0),
-            tariffs::feed_in_price_per_kwh.eq(tariff.feed_in_price_per_kwh.0),
-            tariffs::grid_fee_per_kwh.eq(tariff.grid_fee_per_kwh.0),
-            tariffs::protocol_fee_bps.eq(tariff.protocol_fee_bps),
-        ))
+    // One transaction: a version and its bands are replaced together or not at all.
+    conn.transaction(|conn| {
+        diesel::delete(
+            tariff_bands::table
+                .filter(tariff_bands::zone_id.eq(zone_id.as_str()))
+                .filter(tariff_bands::effective_from_ms.eq(tariff.effective_from_ms)),
+        )
         .execute(conn)?;
-    Ok(())
+        diesel::delete(
+            tariffs::table
+                .filter(tariffs::zone_id.eq(zone_id.as_str()))
+                .filter(tariffs::effective_from_ms.eq(tariff.effective_from_ms)),
+        )
+        .execute(conn)?;
+        diesel::insert_into(tariffs::table)
+            .values((
+                tariffs::zone_id.eq(zone_id.as_str()),
+                tariffs::effective_from_ms.eq(tariff.effective_from_ms),
+                tariffs::retail_price_per_kwh.eq(tariff.retail_price_per_kwh.0),
+                tariffs::feed_in_price_per_kwh.eq(tariff.feed_in_price_per_kwh.0),
+                tariffs::grid_fee_per_kwh.eq(tariff.grid_fee_per_kwh.0),
+                tariffs::protocol_fee_bps.eq(tariff.protocol_fee_bps),
+                tariffs::utc_offset_minutes.eq(i64::from(time_of_use.utc_offset_minutes)),
+            ))
+            .execute(conn)?;
+        for (position, band) in time_of_use.bands.iter().enumerate() {
+            diesel::insert_into(tariff_bands::table)
+                .values((
+                    tariff_bands::zone_id.eq(zone_id.as_str()),
+                    tariff_bands::effective_from_ms.eq(tariff.effective_from_ms),
+                    // At most BANDS_PER_TARIFF_MAX (checked above): fits.
+                    tariff_bands::position.eq(position as i64),
+                    tariff_bands::days_mask.eq(i64::from(band.days.0)),
+                    tariff_bands::start_minute.eq(i64::from(band.start_minute)),
+                    tariff_bands::end_minute.eq(i64::from(band.end_minute)),
+                    tariff_bands::retail_price_per_kwh.eq(band.prices.retail_price_per_kwh.0),
+                    tariff_bands::feed_in_price_per_kwh.eq(band.prices.feed_in_price_per_kwh.0),
+                    tariff_bands::grid_fee_per_kwh.eq(band.prices.grid_fee_per_kwh.0),
+                ))
+                .execute(conn)?;
+        }
+        Ok(())
+    })
 }
 
 type TariffRow = (i64, i64, i64, i64, i64);
@@ -357,7 +462,8 @@ const TARIFF_COLUMNS: (
     tariffs::protocol_fee_bps,
 );
 
-/// The tariff in force at `at_ms`: the latest one effective at or before it.
+/// The tariff in force at `at_ms` (the latest one effective at or before it), its flat prices only:
+/// a slot's prices, bands included, are `gridex_store::tariff::tariff_for_slot`'s.
 pub fn tariff_at(conn: &mut DbConnection, zone_id: &ZoneId, at_ms: i64) -> Result<Option<Tariff>, RegistryError> {
     let row: Option<TariffRow> = tariffs::table
         .filter(tariffs::zone_id.eq(zone_id.as_str()))
@@ -369,7 +475,7 @@ pub fn tariff_at(conn: &mut DbConnection, zone_id: &ZoneId, at_ms: i64) -> Resul
     Ok(row.map(tariff_from_row))
 }
 
-/// Every tariff of the zone, oldest first.
+/// Every tariff of the zone, oldest first, flat prices only (bands: `gridex_store::tariff::schedule`).
 pub fn tariffs(conn: &mut DbConnection, zone_id: &ZoneId) -> Result<Vec<Tariff>, RegistryError> {
     let rows: Vec<TariffRow> = tariffs::table
         .filter(tariffs::zone_id.eq(zone_id.as_str()))

@@ -49,6 +49,7 @@
 //! shared in proportion to it (see `rewards`), minted from the `issuer` account.
 
 use crate::rewards;
+use protocol::tariff::SlotPrices;
 use protocol::{AccountId, MicroMoney, MicroTokens, PricePerKwh, Rounding, SlotId, Statement, Wh, ZoneId};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -173,7 +174,8 @@ impl TxDraft {
     }
 }
 
-/// The tariff in force for a slot (table `tariffs`).
+/// The prices a slot settles at: its tariff version's fee and the time-of-use band covering the slot's
+/// start, else the version's flat prices (tables `tariffs`, `tariff_bands`; `protocol::tariff`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Tariff {
     pub effective_from_ms: i64,
@@ -181,6 +183,19 @@ pub struct Tariff {
     pub feed_in_price_per_kwh: PricePerKwh,
     pub grid_fee_per_kwh: PricePerKwh,
     pub protocol_fee_bps: i64,
+}
+
+impl From<protocol::tariff::SlotTariff> for Tariff {
+    /// The prices one slot settles at: its band's (or the flat ones) and its version's fee.
+    fn from(slot: protocol::tariff::SlotTariff) -> Tariff {
+        Tariff {
+            effective_from_ms: slot.effective_from_ms,
+            retail_price_per_kwh: slot.prices.retail_price_per_kwh,
+            feed_in_price_per_kwh: slot.prices.feed_in_price_per_kwh,
+            grid_fee_per_kwh: slot.prices.grid_fee_per_kwh,
+            protocol_fee_bps: slot.protocol_fee_bps,
+        }
+    }
 }
 
 /// A trade as settlement needs it.
@@ -429,11 +444,11 @@ pub struct GapSettlement {
     pub tx: TxDraft,
 }
 
-/// The prices a gap is settled at: the highest retail and the lowest feed-in of `tariffs` (those in
-/// force during the gap); `None` when there is none.
-pub fn gap_prices(tariffs: &[Tariff]) -> Option<(PricePerKwh, PricePerKwh)> {
-    let retail = tariffs.iter().map(|tariff| tariff.retail_price_per_kwh).max()?;
-    let feed_in = tariffs.iter().map(|tariff| tariff.feed_in_price_per_kwh).min()?;
+/// The prices a gap is settled at: the highest retail and the lowest feed-in of `prices` (those of
+/// the gap's slots, time-of-use bands included); `None` when there is none.
+pub fn gap_prices(prices: &[SlotPrices]) -> Option<(PricePerKwh, PricePerKwh)> {
+    let retail = prices.iter().map(|slot| slot.retail_price_per_kwh).max()?;
+    let feed_in = prices.iter().map(|slot| slot.feed_in_price_per_kwh).min()?;
     Some((retail, feed_in))
 }
 
@@ -542,13 +557,11 @@ mod tests {
     }
 
     #[test]
-    fn a_gap_across_tariffs_uses_the_highest_retail_and_the_lowest_feed_in() {
-        let tariff = |retail, feed_in| Tariff {
-            effective_from_ms: 0,
+    fn a_gap_across_tariffs_and_bands_uses_the_highest_retail_and_the_lowest_feed_in() {
+        let tariff = |retail, feed_in| SlotPrices {
             retail_price_per_kwh: PricePerKwh(retail),
             feed_in_price_per_kwh: PricePerKwh(feed_in),
             grid_fee_per_kwh: PricePerKwh(0),
-            protocol_fee_bps: 0,
         };
         let prices = gap_prices(&[tariff(300_000, 90_000), tariff(250_000, 70_000), tariff(280_000, 95_000)]);
         assert_eq!(prices, Some((PricePerKwh(300_000), PricePerKwh(70_000))));

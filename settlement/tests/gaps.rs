@@ -10,6 +10,7 @@ use gridex_store::schema::{devices, ledger_entries, metering_cursors};
 use gridex_store::testing::TestDb;
 use gridex_store::DbConnection;
 use proptest::prelude::*;
+use protocol::tariff::{DaysOfWeek, SlotPrices, TouBand};
 use protocol::testing::signing_key;
 use protocol::{DeviceId, MeterSerial, MicroMoney, PricePerKwh, Wh};
 use settlement::rules::Tariff;
@@ -186,6 +187,43 @@ fn a_gap_credits_purchases_at_feed_in_and_takes_the_worst_prices_across_a_tariff
         // protocol fee; the gap.
         let expected = -300 * 10 - 350 * 10 - (20_000 + 2_000 + 100) - 87_500 + 6_000;
         assert_eq!(money(conn, &house.hex()), expected);
+        assert_balanced(conn);
+    }
+}
+
+// Time-of-use bands (issue 16): a gap takes the worst prices of the slots it spans, bands
+// included, and not those of a band covering no slot of the gap.
+#[test]
+fn a_gap_takes_the_worst_prices_of_the_time_of_use_bands_it_spans_only() {
+    for test_db in TestDb::all() {
+        let conn = &mut *connection(&test_db);
+        setup(conn, default_schedule());
+        let band = |start_minute, retail, feed_in| TouBand {
+            days: DaysOfWeek::ALL,
+            start_minute,
+            end_minute: start_minute + 15,
+            prices: SlotPrices {
+                retail_price_per_kwh: PricePerKwh(retail),
+                feed_in_price_per_kwh: PricePerKwh(feed_in),
+                grid_fee_per_kwh: PricePerKwh(0),
+            },
+        };
+        // Slot 2 (00:30) is in the gap; slot 7 (01:45) is not.
+        let time_of_use = registry::TimeOfUse {
+            utc_offset_minutes: 0,
+            bands: vec![band(30, 450_000, 50_000), band(105, 900_000, 10_000)],
+        };
+        registry::set_time_of_use_tariff(conn, &zone(), &tariff(), &time_of_use).expect("bands");
+        let house = household(conn, 1);
+        for (at, import_wh) in [(0, 1_000), (1, 1_010), (4, 1_260), (5, 1_270)] {
+            reading(conn, &house.device, boundary(at), import_wh, 0);
+        }
+        close_all(conn, 5);
+
+        let gap = &queries::slot_report(conn, &zone(), slot(4)).expect("query").expect("settled").gaps[0];
+        assert_eq!(gap.import_wh, Wh(250));
+        assert_eq!((gap.retail_price_per_kwh, gap.feed_in_price_per_kwh), (PricePerKwh(450_000), PricePerKwh(50_000)));
+        assert_eq!(gap.charged, MicroMoney(-112_500), "250 Wh at 450 µ/Wh");
         assert_balanced(conn);
     }
 }

@@ -4,11 +4,13 @@
 //! (production) with its pool ([`Database`], [`DbConnection`], [`Backend`], [`DatabaseUrl`],
 //! [`DbError`], [`redact`]), the diesel [`schema`] of every table (each section names the crate that
 //! writes it), the embedded migrations of `migrations/` ([`migrate`]), the [`clock`] every component
-//! reads, and, behind the cargo feature `testing`, fresh test databases (`testing::TestDb`).
+//! reads, a zone's tariffs with their time-of-use bands ([`tariff`]), and, behind the cargo feature
+//! `testing`, fresh test databases (`testing::TestDb`).
 //!
 //! It must never hold a business rule (what may be registered, how a slot settles), speak MQTT or
 //! HTTP, or match orders: those are `settlement`'s, `exchange`'s and `web`'s. It depends on no other
-//! gridex crate.
+//! gridex crate but `protocol` (units, identifiers, and the pure rule of a slot's prices that
+//! [`tariff::tariff_for_slot`] applies for the exchange and settlement alike).
 //!
 //! ```
 //! use gridex_store::{Backend, DatabaseUrl};
@@ -22,6 +24,7 @@
 pub mod clock;
 mod db;
 pub mod schema;
+pub mod tariff;
 #[cfg(feature = "testing")]
 pub mod testing;
 

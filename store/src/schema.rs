@@ -1,9 +1,9 @@
 //! The diesel schema of every gridex table, one section per owning crate. Each table is written by
 //! its owner only; the others read it or call the owner's functions (ARCHITECTURE.md, "Persistence").
 //!
-//! - Registry (written by `settlement::registry`): `zones`, `tariffs`, `accounts`, `devices`
+//! - Registry (written by `settlement::registry`): `zones`, `tariffs`, `tariff_bands`, `accounts`, `devices`
 //!   (`role`: …_device_roles), `reward_schedule`, `meter_replacements` (migrations/*/…_registry_and_market,
-//!   …_meter_integrity).
+//!   …_meter_integrity, …_tariff_bands).
 //! - Market (written by `exchange`): `readings`, `order_commands`, `trades`, `reading_rejections`,
 //!   `zone_leases`, `exchange_instances` (…_command_sequence: zone ownership by lease),
 //!   `battery_plans` (…_battery_plans: each account's latest signed battery plan).
@@ -36,6 +36,21 @@ diesel::table! {
         feed_in_price_per_kwh -> BigInt,
         grid_fee_per_kwh -> BigInt,
         protocol_fee_bps -> BigInt,
+        utc_offset_minutes -> BigInt,
+    }
+}
+
+diesel::table! {
+    tariff_bands (zone_id, effective_from_ms, position) {
+        zone_id -> Text,
+        effective_from_ms -> BigInt,
+        position -> BigInt,
+        days_mask -> BigInt,
+        start_minute -> BigInt,
+        end_minute -> BigInt,
+        retail_price_per_kwh -> BigInt,
+        feed_in_price_per_kwh -> BigInt,
+        grid_fee_per_kwh -> BigInt,
     }
 }
 
@@ -185,6 +200,7 @@ diesel::joinable!(tariffs -> zones (zone_id));
 diesel::allow_tables_to_appear_in_same_query!(
     zones,
     tariffs,
+    tariff_bands,
     accounts,
     devices,
     reward_schedule,

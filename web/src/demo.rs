@@ -232,6 +232,8 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
                 feed_in_price_per_kwh: FEED_IN_PER_KWH,
                 grid_fee_per_kwh: GRID_FEE_PER_KWH,
                 protocol_fee_bps: PROTOCOL_FEE_BPS,
+                utc_offset_minutes: 0,
+                bands: Vec::new(),
             },
         )?;
         crate::registry::set_reward_schedule(

@@ -134,7 +134,10 @@ impl From<settlement::registry::RegistryError> for ApiError {
             RegistryError::UnknownZone(_) => ApiError::not_found("unknown_zone", error.to_string()),
             RegistryError::UnknownAccount(_) => ApiError::not_found("unknown_account", error.to_string()),
             RegistryError::UnknownDevice(_) => ApiError::not_found("unknown_device", error.to_string()),
-            RegistryError::Invalid { .. } => ApiError::bad_request("invalid_value", error.to_string()),
+            RegistryError::Invalid { .. } | RegistryError::InvalidBand { .. } => {
+                ApiError::bad_request("invalid_value", error.to_string())
+            }
+            RegistryError::BandsOverlap { .. } => ApiError::bad_request("overlapping_bands", error.to_string()),
             RegistryError::Db(_) => ApiError::internal(error),
         }
     }

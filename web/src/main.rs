@@ -318,6 +318,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 feed_in_price_per_kwh: feed_in,
                 grid_fee_per_kwh: grid_fee,
                 protocol_fee_bps,
+                utc_offset_minutes: 0,
+                bands: Vec::new(),
             };
             admin(&settings()?, move |conn| web::registry::set_tariff(conn, &zone, &tariff)).await
         }

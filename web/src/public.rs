@@ -4,10 +4,10 @@ use crate::error::ApiError;
 use crate::paging::{cut_page, invalid_cursor, page_len, with_next_page, CursorKind, CursorReader, CursorWriter};
 use crate::state::AppState;
 use actix_web::{web, HttpRequest, HttpResponse};
-use protocol::{SlotId, ZoneId};
+use protocol::tariff::{DaysOfWeek, SlotPrices, TariffVersion, TouBand};
+use protocol::{PricePerKwh, SlotId, ZoneId};
 use serde::{Deserialize, Serialize};
 use settlement::registry::{self, RegistryError};
-use settlement::rules::Tariff;
 
 /// Trades of one `GET /trades` page at most (`limit`): a screenful of the tape, a few hundred
 /// kilobytes of JSON; the rest follow by cursor.
@@ -17,6 +17,8 @@ pub const TRADES_LIMIT_DEFAULT: i64 = 50;
 /// Longest price-history range: a week of 15-minute slots is 672 candles.
 pub const PRICE_RANGE_MS_MAX: i64 = 7 * 24 * 3_600_000;
 
+/// A tariff version: its flat prices (the default) and optional time-of-use bands (PROTOCOL.md,
+/// "Tariffs"). A body without `bands` and `utc_offset_minutes` sets a flat tariff, as before.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[schema(as = Tariff)]
 pub struct TariffView {
@@ -25,6 +27,61 @@ pub struct TariffView {
     pub feed_in_price_per_kwh: i64,
     pub grid_fee_per_kwh: i64,
     pub protocol_fee_bps: i64,
+    /// Local time of the bands: this fixed offset from UTC in minutes (−720 … 840, no daylight saving).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schema(minimum = -720, maximum = 840)]
+    pub utc_offset_minutes: i32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bands: Vec<TariffBandView>,
+}
+
+/// A time-of-use band: local `[start_minute, end_minute)` on `days` (bitmask, Monday = 1 … Sunday = 64)
+/// with its own prices; a slot whose start it covers trades and settles at them.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = TariffBand)]
+pub struct TariffBandView {
+    /// Days of the week as a bitmask: Monday = 1, Tuesday = 2, … Sunday = 64.
+    #[schema(minimum = 1, maximum = 127)]
+    pub days: u8,
+    #[schema(minimum = 0, maximum = 1439)]
+    pub start_minute: u16,
+    /// Excluded; 1440 is midnight.
+    #[schema(minimum = 1, maximum = 1440)]
+    pub end_minute: u16,
+    pub retail_price_per_kwh: i64,
+    pub feed_in_price_per_kwh: i64,
+    pub grid_fee_per_kwh: i64,
+}
+
+fn is_zero(value: &i32) -> bool {
+    *value == 0
+}
+
+impl TariffBandView {
+    pub fn band(&self) -> TouBand {
+        TouBand {
+            days: DaysOfWeek(self.days),
+            start_minute: self.start_minute,
+            end_minute: self.end_minute,
+            prices: SlotPrices {
+                retail_price_per_kwh: PricePerKwh(self.retail_price_per_kwh),
+                feed_in_price_per_kwh: PricePerKwh(self.feed_in_price_per_kwh),
+                grid_fee_per_kwh: PricePerKwh(self.grid_fee_per_kwh),
+            },
+        }
+    }
+
+    fn of(band: &TouBand) -> TariffBandView {
+        TariffBandView {
+            days: band.days.0,
+            start_minute: band.start_minute,
+            end_minute: band.end_minute,
+            retail_price_per_kwh: band.prices.retail_price_per_kwh.0,
+            feed_in_price_per_kwh: band.prices.feed_in_price_per_kwh.0,
+            grid_fee_per_kwh: band.prices.grid_fee_per_kwh.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -53,13 +110,15 @@ pub fn parse_zone(text: &str) -> Result<ZoneId, ApiError> {
     ZoneId::parse(text).map_err(|error| ApiError::bad_request("invalid_zone", error.to_string()))
 }
 
-fn tariff_view(tariff: Tariff) -> TariffView {
+fn tariff_view(version: TariffVersion) -> TariffView {
     TariffView {
-        effective_from_ms: tariff.effective_from_ms,
-        retail_price_per_kwh: tariff.retail_price_per_kwh.0,
-        feed_in_price_per_kwh: tariff.feed_in_price_per_kwh.0,
-        grid_fee_per_kwh: tariff.grid_fee_per_kwh.0,
-        protocol_fee_bps: tariff.protocol_fee_bps,
+        effective_from_ms: version.effective_from_ms,
+        retail_price_per_kwh: version.flat.retail_price_per_kwh.0,
+        feed_in_price_per_kwh: version.flat.feed_in_price_per_kwh.0,
+        grid_fee_per_kwh: version.flat.grid_fee_per_kwh.0,
+        protocol_fee_bps: version.protocol_fee_bps,
+        utc_offset_minutes: version.utc_offset_minutes,
+        bands: version.bands.iter().map(TariffBandView::of).collect(),
     }
 }
 
@@ -123,7 +182,7 @@ pub async fn list_zones(
         let zones = registry::zones_page(conn, after.as_ref(), limit + 1)?;
         let mut views = Vec::with_capacity(zones.len());
         for zone in zones {
-            let tariff = registry::tariff_at(conn, &zone.zone_id, now_ms)?;
+            let tariff = gridex_store::tariff::version_at(conn, &zone.zone_id, now_ms)?;
             views.push(ZoneView {
                 zone_id: zone.zone_id.as_str().to_owned(),
                 name: zone.name,
@@ -152,9 +211,11 @@ pub async fn zone_tariffs(
     let limit = page_len(query.limit, TARIFFS_LIMIT_DEFAULT, TARIFFS_LIMIT_MAX)?;
     let after = query.cursor.as_deref().map(parse_tariffs_cursor).transpose()?;
     require_zone(&state, &zone).await?;
-    let tariffs = registry::read(&state.db, move |conn| registry::tariffs_page(conn, &zone, after, limit + 1))
-        .await
-        .map_err(ApiError::from)?;
+    let tariffs = registry::read(&state.db, move |conn| {
+        Ok::<_, RegistryError>(gridex_store::tariff::versions_page(conn, &zone, after, limit + 1)?)
+    })
+    .await
+    .map_err(ApiError::from)?;
     let mut views: Vec<TariffView> = tariffs.into_iter().map(tariff_view).collect();
     let more = cut_page(&mut views, limit);
     let next = views.last().filter(|_| more).map(|last| tariffs_cursor(last.effective_from_ms));

@@ -83,7 +83,7 @@ pub fn create_utility_zone(
 }
 
 pub fn set_tariff(conn: &mut DbConnection, zone: &ZoneId, tariff: &TariffView) -> Result<(), RegistryError> {
-    registry::set_tariff(
+    registry::set_time_of_use_tariff(
         conn,
         zone,
         &settlement::rules::Tariff {
@@ -92,6 +92,10 @@ pub fn set_tariff(conn: &mut DbConnection, zone: &ZoneId, tariff: &TariffView) -
             feed_in_price_per_kwh: PricePerKwh(tariff.feed_in_price_per_kwh),
             grid_fee_per_kwh: PricePerKwh(tariff.grid_fee_per_kwh),
             protocol_fee_bps: tariff.protocol_fee_bps,
+        },
+        &registry::TimeOfUse {
+            utc_offset_minutes: tariff.utc_offset_minutes,
+            bands: tariff.bands.iter().map(|band| band.band()).collect(),
         },
     )
 }

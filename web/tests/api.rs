@@ -457,6 +457,50 @@ async fn utility_endpoints_need_a_utility_key() {
     app.stop().await;
 }
 
+// Time-of-use tariffs (issue 16): the body takes optional bands; the public views show them; an
+// overlap is refused with its own code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_utility_sets_time_of_use_bands_and_the_public_tariff_views_show_them() {
+    let app = spawn_app().await;
+    let key = Some(UTILITY_KEY);
+    let (status, _) =
+        app.utility("POST", "/api/v1/zones", key, Some(json!({"zone_id": "tou", "name": "Time of use"}))).await;
+    assert_eq!(status, 201);
+    let peak = json!({"days": 31, "start_minute": 1020, "end_minute": 1260, "retail_price_per_kwh": 450000,
+                      "feed_in_price_per_kwh": 100000, "grid_fee_per_kwh": 60000});
+    let tariff = json!({"effective_from_ms": 0, "retail_price_per_kwh": 300000, "feed_in_price_per_kwh": 80000,
+                        "grid_fee_per_kwh": 40000, "protocol_fee_bps": 50, "utc_offset_minutes": 60,
+                        "bands": [peak]});
+    let (status, body) = app.utility("PUT", "/api/v1/zones/tou/tariffs", key, Some(tariff)).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, tariffs) = app.get("/api/v1/zones/tou/tariffs").await;
+    assert_eq!(tariffs[0]["utc_offset_minutes"], 60);
+    assert_eq!(tariffs[0]["bands"], json!([peak]));
+    let (_, zones) = app.get("/api/v1/zones").await;
+    let zone = zones.as_array().expect("array").iter().find(|zone| zone["zone_id"] == "tou").expect("listed").clone();
+    assert_eq!(zone["tariff"]["bands"], json!([peak]));
+
+    let overlapping = json!({"effective_from_ms": 0, "retail_price_per_kwh": 300000, "feed_in_price_per_kwh": 80000,
+                             "grid_fee_per_kwh": 40000, "protocol_fee_bps": 50,
+                             "bands": [peak, {"days": 1, "start_minute": 1200, "end_minute": 1440,
+                                              "retail_price_per_kwh": 1, "feed_in_price_per_kwh": 0,
+                                              "grid_fee_per_kwh": 0}]});
+    assert_error(
+        &app.utility("PUT", "/api/v1/zones/tou/tariffs", key, Some(overlapping)).await,
+        400,
+        "overlapping_bands",
+    );
+    let no_days = json!({"effective_from_ms": 0, "retail_price_per_kwh": 300000, "feed_in_price_per_kwh": 80000,
+                         "grid_fee_per_kwh": 40000, "protocol_fee_bps": 50,
+                         "bands": [{"days": 0, "start_minute": 0, "end_minute": 60, "retail_price_per_kwh": 1,
+                                    "feed_in_price_per_kwh": 0, "grid_fee_per_kwh": 0}]});
+    assert_error(&app.utility("PUT", "/api/v1/zones/tou/tariffs", key, Some(no_days)).await, 400, "invalid_value");
+    // The refused bodies left the accepted version as it was.
+    let (_, tariffs) = app.get("/api/v1/zones/tou/tariffs").await;
+    assert_eq!(tariffs[0]["bands"], json!([peak]));
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_household_may_add_a_pv_meter_but_not_a_second_grid_meter_that_would_bill_it_twice() {
     let app = spawn_app().await;

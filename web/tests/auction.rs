@@ -45,6 +45,8 @@ async fn the_api_reports_the_closing_auctions_price_and_volume() {
                 feed_in_price_per_kwh: 80_000,
                 grid_fee_per_kwh: 40_000,
                 protocol_fee_bps: 50,
+                utc_offset_minutes: 0,
+                bands: Vec::new(),
             },
         )?;
         web::registry::register_account(conn, &seller_id, "Seller", &seeded, 0)?;

@@ -290,6 +290,8 @@ async fn registry_lists_are_all_reachable_through_cursors() {
                     feed_in_price_per_kwh: 80_000,
                     grid_fee_per_kwh: 40_000,
                     protocol_fee_bps: 50,
+                    utc_offset_minutes: 0,
+                    bands: Vec::new(),
                 },
             )?;
         }

@@ -59,6 +59,8 @@ async fn seed(db: &gridex_store::Database, household: AccountId, device: DeviceI
             feed_in_price_per_kwh: 80_000,
             grid_fee_per_kwh: 40_000,
             protocol_fee_bps: 50,
+            utc_offset_minutes: 0,
+            bands: Vec::new(),
         };
         web::registry::set_tariff(conn, &zone, &tariff)?;
         web::registry::register_account(conn, &household, "Carol", &zone, 0)?;

@@ -24,6 +24,7 @@ pub fn components() -> Components {
         .schema::<crate::error::ErrorBody>()
         .schema::<crate::utility::NewZone>()
         .schema::<crate::public::TariffView>()
+        .schema::<crate::public::TariffBandView>()
         .schema::<crate::public::ZoneView>()
         .schema::<crate::public::Candle>()
         .schema::<crate::market::SlotView>()

@@ -259,6 +259,12 @@ test('the dashboard shows the live market and a household places a signed order'
     await page.waitForFunction(() => document.querySelectorAll('#auctions-table tr').length > 0);
   });
 
+  await step('see the tariff card with the zone\'s default prices', server, async () => {
+    await page.waitForFunction(() => document.querySelectorAll('#tariff-table tr td.num').length >= 3);
+    const cells = await page.$$eval('#tariff-table tr:last-child td.num', (tds) => tds.map((td) => td.textContent));
+    assert.equal(cells[0], '0.3000', `retail of the demo tariff: ${cells}`);
+  });
+
   await step('see a chart update live, without reloading', server, async () => {
     const before = await page.evaluate(() => ({
       book: Number(document.getElementById('book').dataset.liveUpdates || 0),

@@ -66,6 +66,8 @@ pub fn seed_zone_market(
             feed_in_price_per_kwh: 80_000,
             grid_fee_per_kwh: 40_000,
             protocol_fee_bps: 50,
+            utc_offset_minutes: 0,
+            bands: Vec::new(),
         },
     )
 }

@@ -4,7 +4,7 @@ import { get } from '../api.js';
 import { depthChart, draw, priceChart } from '../charts.js';
 import * as clock from '../clock.js';
 import { energy, energyNumber, esc, price, priceNumber, shortId, slotLabel, timeLabel } from '../format.js';
-import { on, slotLenMs, state } from '../state.js';
+import { on, slotLenMs, state, zoneInfo } from '../state.js';
 
 /** Price levels shown per side (the protocol publishes at most 20). */
 const BOOK_LEVELS = 12;
@@ -43,6 +43,7 @@ export function init() {
   on('zone', () => {
     selectedSlot = null;
     trades = [];
+    renderTariff();
   });
 }
 
@@ -57,6 +58,7 @@ export function show() {
 
 async function loadAll() {
   if (!state.zone) return;
+  renderTariff();
   await loadSlots();
   await Promise.all([loadBook(), loadTrades(), loadPrices(), loadAuctions()]);
 }
@@ -249,4 +251,44 @@ async function loadPrices() {
   $('price-summary').textContent = last
     ? `last close ${price(last.close)} · ${energy(volume, 1)} traded in ${traded.length} slots`
     : '';
+}
+
+const DAY_NAMES = ['Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat', 'Sun'];
+
+/** A days-of-week bitmask (Monday = 1 … Sunday = 64) as text: "Mon–Fri", "Sat, Sun", "Every day". */
+export function daysLabel(mask) {
+  if (mask === 127) return 'Every day';
+  if (mask === 31) return 'Mon–Fri';
+  return DAY_NAMES.filter((_, day) => mask & (1 << day)).join(', ');
+}
+
+function minuteLabel(minute) {
+  return `${String(Math.floor(minute / 60)).padStart(2, '0')}:${String(minute % 60).padStart(2, '0')}`;
+}
+
+function offsetLabel(minutes) {
+  const sign = minutes < 0 ? '−' : '+';
+  return `UTC${sign}${minuteLabel(Math.abs(minutes))}`;
+}
+
+/** The zone's tariff in force: its time-of-use bands, then the flat default. */
+function renderTariff() {
+  const tariff = zoneInfo()?.tariff;
+  if (!tariff) {
+    $('tariff-info').textContent = '';
+    $('tariff-table').innerHTML = '<tr><td colspan="5" class="muted">No tariff</td></tr>';
+    return;
+  }
+  const row = (days, time, prices) => `<tr><td>${esc(days)}</td><td>${esc(time)}</td>
+    <td class="num">${esc(priceNumber(prices.retail_price_per_kwh))}</td>
+    <td class="num">${esc(priceNumber(prices.feed_in_price_per_kwh))}</td>
+    <td class="num">${esc(priceNumber(prices.grid_fee_per_kwh))}</td></tr>`;
+  const bands = tariff.bands ?? [];
+  $('tariff-info').textContent = bands.length ? `local time ${offsetLabel(tariff.utc_offset_minutes ?? 0)}` : '';
+  $('tariff-table').innerHTML =
+    bands
+      .map((band) =>
+        row(daysLabel(band.days), `${minuteLabel(band.start_minute)}–${minuteLabel(band.end_minute)}`, band),
+      )
+      .join('') + row(bands.length ? 'Other times' : 'Every day', 'all day', tariff);
 }
