@@ -697,7 +697,11 @@ mod tests {
         let mut required: Vec<&str> =
             device["required"].as_array().expect("required").iter().filter_map(Value::as_str).collect();
         required.sort_unstable();
-        assert_eq!(required, ["account_id", "device_id", "meter_serial", "nameplate_w", "zone"], "role defaults to grid");
+        assert_eq!(
+            required,
+            ["account_id", "device_id", "meter_serial", "nameplate_w", "zone"],
+            "role defaults to grid"
+        );
         assert_eq!(device["properties"]["role"]["pattern"], "^(grid|pv|battery|submeter)$");
         assert_eq!(device["properties"]["zone"]["pattern"], crate::openapi::wire::ZONE_PATTERN);
         assert_eq!(device["properties"]["device_id"]["pattern"], crate::openapi::wire::KEY_PATTERN);
