@@ -9,6 +9,7 @@ use gridex_store::clock::{Clock, SystemClock};
 use gridex_store::testing::TestDb;
 use protocol::AccountId;
 use serde_json::Value;
+use settlement::registry::DeviceRole;
 use std::time::{Duration, Instant};
 use web::application::Application;
 use web::auth::sign_request;
@@ -139,7 +140,9 @@ async fn seed_readings(app: &TestApp, alice: AccountId, from_ms: i64) -> std::co
     let registered = devices.clone();
     settlement::registry::write(&app.db.db, move |conn| {
         for (i, device) in registered.iter().enumerate() {
-            web::registry::register_device(
+            // One grid meter per account; the others are its sub-meters, whose readings export alike.
+            let role = if i == 0 { DeviceRole::Grid } else { DeviceRole::Submeter };
+            web::registry::register_device_with_role(
                 conn,
                 &web::registry::NewDevice {
                     device_id: *device,
@@ -148,6 +151,7 @@ async fn seed_readings(app: &TestApp, alice: AccountId, from_ms: i64) -> std::co
                     meter_serial: protocol::MeterSerial::parse(&format!("SN-{i}")).expect("valid serial"),
                     nameplate_w: 10_000,
                 },
+                role,
                 0,
             )?;
         }
