@@ -13,7 +13,7 @@ use crate::service::outlets::Outlets;
 use crate::store::{self, CommandRow};
 use gridex_store::{Database, DbError};
 use protocol::topics;
-use protocol::{
+use protocol::{PriceBand, 
     AccountId, AuctionResult, BookSnapshot, BookState, CancelAll, Command, OrderStatus, OrderUpdate, PricePerKwh,
     Reason, Reject, SlotId, TimestampMs, Trade, Wh, ZoneId,
 };
@@ -212,7 +212,11 @@ impl ZoneOwner {
         match message {
             ZoneMsg::Apply(batch) => self.apply_batch(batch).await,
             ZoneMsg::Book { slot, levels, reply } => {
-                let _ = reply.send(self.snapshot(slot, levels).or_else(|| self.empty_open_book(slot)));
+                let snapshot = match self.snapshot(slot, levels) {
+                    Some(snapshot) => Some(snapshot),
+                    None => self.empty_open_book(slot).await,
+                };
+                let _ = reply.send(snapshot);
             }
             ZoneMsg::OpenSlots { reply } => {
                 let _ = reply.send(self.open_slots());
@@ -513,13 +517,19 @@ impl ZoneOwner {
             asks,
             ts_ms: TimestampMs(self.outlets.now_ms()),
             call_phase: slot_book.book.is_calling().then_some(true),
+            price_band: Some(price_band(slot_book.book.config())),
         })
     }
 
     /// The book of an open slot that has had no order yet: empty, version 0. `None` for a slot
     /// that is not open (gate closure passed, beyond the horizon or not aligned to the zone's slots).
-    fn empty_open_book(&self, slot: SlotId) -> Option<BookSnapshot> {
-        self.open_slots().into_iter().any(|open| open.slot == slot).then(|| BookSnapshot {
+    /// Its band is the one the book will have if it opens now (the tariff as it stands).
+    async fn empty_open_book(&self, slot: SlotId) -> Option<BookSnapshot> {
+        if !self.open_slots().into_iter().any(|open| open.slot == slot) {
+            return None;
+        }
+        let band = price_band(&self.book_config(slot).await);
+        Some(BookSnapshot {
             zone: self.zone.clone(),
             slot,
             seq: 0,
@@ -528,6 +538,7 @@ impl ZoneOwner {
             asks: Vec::new(),
             ts_ms: TimestampMs(self.outlets.now_ms()),
             call_phase: None,
+            price_band: Some(band),
         })
     }
 
@@ -618,6 +629,7 @@ impl ZoneOwner {
                 asks: Vec::new(),
                 ts_ms: TimestampMs(now_ms),
                 call_phase: None,
+                price_band: None,
             };
             self.outlets.publish(topics::book(&self.zone), snapshot.clone(), rumqttc::QoS::AtMostOnce, true);
             self.outlets.event(MarketEvent::Book(snapshot));
@@ -768,4 +780,9 @@ fn describe(
         });
     }
     applied
+}
+
+/// What a book's snapshot tells traders about the prices it accepts.
+fn price_band(config: &BookConfig) -> PriceBand {
+    PriceBand { min_per_kwh: config.price_min, max_per_kwh: config.price_max }
 }

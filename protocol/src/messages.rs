@@ -487,6 +487,19 @@ pub struct BookSnapshot {
     /// bids and asks may cross until gate closure uncrosses them at one price. Omitted otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub call_phase: Option<bool>,
+    /// The prices this book accepts, fixed when it opened: the slot's feed-in..retail tariff on the
+    /// tick grid (PROTOCOL.md, "Price band"). Omitted by exchanges that predate it and on a closed
+    /// book's last snapshot; a trading agent quotes inside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_band: Option<PriceBand>,
+}
+
+/// A book's accepted prices, inclusive, in micro-units per kWh on the book's tick grid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceBand {
+    pub min_per_kwh: PricePerKwh,
+    pub max_per_kwh: PricePerKwh,
 }
 
 impl OperatorSigned for BookSnapshot {}
@@ -496,7 +509,15 @@ impl WireMessage for BookSnapshot {
     const SIZE_MAX: usize = OUTBOUND_MESSAGE_BYTES_MAX;
     fn validate(&self) -> Result<(), ProtocolError> {
         require(self.bids.len() <= BOOK_LEVELS_MAX, "bids", "has too many levels")?;
-        require(self.asks.len() <= BOOK_LEVELS_MAX, "asks", "has too many levels")
+        require(self.asks.len() <= BOOK_LEVELS_MAX, "asks", "has too many levels")?;
+        match self.price_band {
+            Some(band) => require(
+                0 < band.min_per_kwh.get() && band.min_per_kwh <= band.max_per_kwh,
+                "price_band",
+                "must satisfy 0 < min_per_kwh <= max_per_kwh",
+            ),
+            None => Ok(()),
+        }
     }
 }
 

@@ -131,6 +131,7 @@ pub fn sample_book() -> BookSnapshot {
         asks: vec![Level { price_per_kwh: PricePerKwh(190_000), qty_wh: Wh(500), orders: 1 }],
         ts_ms: TimestampMs(1_790_000_004_000),
         call_phase: None,
+        price_band: None,
     }
 }
 

@@ -26,7 +26,7 @@ use battery::{BatteryObservation, BatterySettings};
 use forecast::Forecaster;
 use position::Positions;
 use protocol::{
-    topics, AccountId, BatteryPlan, BookSnapshot, Cancel, Order, OrderUpdate, PlannedSlot, PricePerKwh, Reading,
+    topics, AccountId, BatteryPlan, BookSnapshot, Cancel, Order, OrderUpdate, PlannedSlot, PriceBand, PricePerKwh, Reading,
     Reject, Replace, Side, Signed, SlotId, TimestampMs, Wh, ZoneId,
 };
 use quoting::{Band, Caps, Top};
@@ -193,9 +193,10 @@ impl QuotingSettings {
         Band { feed_in_per_kwh: self.feed_in_price_per_kwh, retail_per_kwh: self.retail_price_per_kwh }
     }
 
-    /// The highest price at which buying from a neighbour still beats the utility's retail price.
-    fn buy_break_even_per_kwh(&self) -> i64 {
-        let after_grid_fee = self.retail_price_per_kwh - self.grid_fee_per_kwh;
+    /// The highest price at which buying from a neighbour still beats the utility's retail price
+    /// (`retail_per_kwh`: the slot's, where its book says it, else the configured one).
+    fn buy_break_even_per_kwh(&self, retail_per_kwh: i64) -> i64 {
+        let after_grid_fee = retail_per_kwh - self.grid_fee_per_kwh;
         // price × (1 + bps / 10 000) <= retail − grid fee, rounded down.
         after_grid_fee * 10_000 / (10_000 + self.protocol_fee_bps.max(0))
     }
@@ -286,7 +287,8 @@ pub struct Planner {
     /// The quoting strategy's state (unused by the limit strategy).
     forecaster: Forecaster,
     positions: Positions,
-    tops: BTreeMap<SlotId, (u64, Top)>,
+    /// Per open slot: the last book snapshot's seq, its top and the band it accepts (when it says).
+    tops: BTreeMap<SlotId, (u64, Top, Option<PriceBand>)>,
     /// The battery plan's state (unused without `[agent.battery]`).
     battery: BatteryState,
 }
@@ -399,14 +401,14 @@ impl Planner {
         if book.zone == self.zone {
             self.heard_at(book.ts_ms.0);
         }
-        if book.zone != self.zone || self.tops.get(&book.slot).is_some_and(|(seq, _)| *seq >= book.seq) {
+        if book.zone != self.zone || self.tops.get(&book.slot).is_some_and(|(seq, _, _)| *seq >= book.seq) {
             return;
         }
         let top = Top {
             best_bid: book.bids.first().map(|level| level.price_per_kwh.0),
             best_ask: book.asks.first().map(|level| level.price_per_kwh.0),
         };
-        self.tops.insert(book.slot, (book.seq, top));
+        self.tops.insert(book.slot, (book.seq, top, book.price_band));
     }
 
     /// Takes an order update of this account.

@@ -155,6 +155,13 @@ impl Planner {
     /// bought and not used goes back at feed-in) less what filled, within the caps, at the quoted price inside the zone's band.
     fn quote(&mut self, slot: SlotId, now_ms: i64, quoting: &QuotingSettings) -> Option<(Side, i64, i64)> {
         let confident_wh = self.forecaster.confident_net_export_wh(slot)?;
+        // The slot's band as its book states it (a time-of-use tariff moves it from slot to slot),
+        // else the configured tariffs.
+        let slot_band = self.tops.get(&slot).and_then(|(_, _, band)| *band);
+        let band = match slot_band {
+            Some(band) => Band { feed_in_per_kwh: band.min_per_kwh.get(), retail_per_kwh: band.max_per_kwh.get() },
+            None => quoting.band(),
+        };
         // With a battery: the home's position after the battery's plan, less the same margin.
         let (net_wh, charging) = match (self.settings.battery.is_some(), self.battery.plan.get(&slot)) {
             (true, Some(&battery_wh)) => {
@@ -171,7 +178,7 @@ impl Planner {
                 self.settings.price_per_kwh_sell_min,
             )
         } else if self.settings.buy_deficit {
-            let mut limit = self.settings.price_per_kwh_buy_max.min(quoting.buy_break_even_per_kwh());
+            let mut limit = self.settings.price_per_kwh_buy_max.min(quoting.buy_break_even_per_kwh(band.retail_per_kwh));
             if charging {
                 // Energy bought to store must beat retail after the round trip's loss.
                 limit = limit.min(self.storage_break_even_per_kwh(quoting));
@@ -180,15 +187,16 @@ impl Planner {
         } else {
             return None;
         };
-        let band = quoting.band();
         let tick = quoting.tick_per_kwh;
         // The exchange's band: the tariffs moved inwards onto the tick grid.
-        let (band_low, band_high) =
-            ((band.feed_in_per_kwh + tick - 1) / tick * tick, band.retail_per_kwh / tick * tick);
+        let (band_low, band_high) = match slot_band {
+            Some(_) => (band.feed_in_per_kwh, band.retail_per_kwh),
+            None => ((band.feed_in_per_kwh + tick - 1) / tick * tick, band.retail_per_kwh / tick * tick),
+        };
         let window_ms = i64::from(self.settings.slots_ahead) * self.settings.slot_len_ms;
         let window_start_ms = slot.start_ms() - self.settings.gate_closure_ms - window_ms;
         let progress = (now_ms - window_start_ms) * 1000 / window_ms.max(1);
-        let top = self.tops.get(&slot).map(|(_, top)| *top).unwrap_or_default();
+        let top = self.tops.get(&slot).map(|(_, top, _)| *top).unwrap_or_default();
         let price = quote_price(side, limit, band, top, tick, progress);
         let price = match side {
             Side::Sell if price > band_high => return None,

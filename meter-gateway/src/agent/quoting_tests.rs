@@ -271,6 +271,7 @@ fn without_word_from_the_exchange_the_battery_falls_back_to_self_consumption() {
         asks: Vec::new(),
         ts_ms: TimestampMs(silent),
         call_phase: None,
+        price_band: None,
     });
     agent.plan(silent + MIN);
     assert!(!agent.battery_fallback());
@@ -287,4 +288,42 @@ fn battery_settings_need_the_quoting_strategy_and_valid_limits() {
         ..settings(quoting(None))
     };
     assert!(no_budget.validate().is_err());
+}
+
+/// An empty book of `slot` as the exchange publishes it, with the band it accepts.
+fn banded_book(slot: SlotId, ts_ms: i64, min_per_kwh: i64, max_per_kwh: i64) -> protocol::BookSnapshot {
+    protocol::BookSnapshot {
+        zone: testing::zone(),
+        slot,
+        seq: 1,
+        state: protocol::BookState::Open,
+        bids: Vec::new(),
+        asks: Vec::new(),
+        ts_ms: TimestampMs(ts_ms),
+        call_phase: None,
+        price_band: Some(PriceBand { min_per_kwh: PricePerKwh(min_per_kwh), max_per_kwh: PricePerKwh(max_per_kwh) }),
+    }
+}
+
+#[test]
+fn a_time_of_use_band_in_the_book_keeps_the_quotes_inside_the_slots_band() {
+    // The configured tariffs are 0.08..0.30 (middle 0.19); an off-peak slot's book accepts 0.06..0.15
+    // and a peak slot's 0.20..0.40. Quoting by the configured tariffs would be refused in both.
+    let now_ms = START_MS + 3 * SLOT;
+    let mut seller = planner(settings(quoting(None)), 20, 3);
+    let slots = seller.tradable_slots(now_ms);
+    let (off_peak, flat) = (slots[0], slots[1]);
+    seller.observe_book(&banded_book(off_peak, now_ms, 60_000, 150_000));
+    let sells = orders(&seller.plan(now_ms));
+    let price_in = |orders: &[Order], slot| orders.iter().find(|order| order.slot == slot).map(|o| o.price_per_kwh.0);
+    let off_peak_price = price_in(&sells, off_peak).expect("sells in the off-peak slot");
+    assert!((120_000..=150_000).contains(&off_peak_price), "inside the slot's band, above the floor: {off_peak_price}");
+    assert_eq!(price_in(&sells, flat), Some(190_000), "a slot whose book is unheard quotes by the configured tariffs");
+
+    let mut buyer = planner(settings(quoting(None)), -20, 3);
+    let peak = buyer.tradable_slots(now_ms)[0];
+    buyer.observe_book(&banded_book(peak, now_ms, 200_000, 400_000));
+    let buys = orders(&buyer.plan(now_ms));
+    let peak_price = price_in(&buys, peak).expect("buys in the peak slot");
+    assert!((200_000..=260_000).contains(&peak_price), "inside the slot's band, below the owner's cap: {peak_price}");
 }

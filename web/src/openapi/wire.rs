@@ -429,6 +429,19 @@ pub struct BookSnapshot {
     ts_ms: i64,
     /// Present (true) while the zone's closing auction is calling.
     call_phase: Option<bool>,
+    /// The prices the book accepts, fixed when it opened (absent on a closed book's last snapshot).
+    price_band: Option<PriceBand>,
+}
+
+/// A book's accepted prices, inclusive, µ per kWh (`protocol::PriceBand`).
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct PriceBand {
+    #[schema(minimum = 1)]
+    min_per_kwh: i64,
+    #[schema(minimum = 1)]
+    max_per_kwh: i64,
 }
 
 /// A closing auction's result (`protocol::AuctionResult`); no price when nothing crossed.
@@ -620,6 +633,8 @@ mod tests {
             mirrors::<SignedCommand>(&signed);
         }
         mirrors::<BookSnapshot>(&protocol::testing::sample_book());
+        let band = protocol::PriceBand { min_per_kwh: PricePerKwh(1_000), max_per_kwh: PricePerKwh(250_000) };
+        mirrors::<BookSnapshot>(&protocol::BookSnapshot { price_band: Some(band), ..protocol::testing::sample_book() });
         let operator = protocol::testing::operator_key();
         let root = protocol::SlotRoot {
             zone: protocol::testing::zone(),

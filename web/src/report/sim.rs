@@ -475,6 +475,7 @@ fn snapshot(slot: SlotId, seq: u64, bids: Vec<Level>, asks: Vec<Level>, now_ms: 
         asks,
         ts_ms: TimestampMs(now_ms),
         call_phase: None,
+        price_band: None,
     }
 }
 
