@@ -17,6 +17,16 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+/// Where a zone's owner runs, as [`ZoneSet::find`] sees it.
+#[derive(Debug)]
+pub(super) enum Found {
+    Here(mpsc::Sender<ZoneMsg>),
+    /// In storage, owned by another instance (or by none right now).
+    Elsewhere,
+    /// Not in storage.
+    Unknown,
+}
+
 /// The zone owners: started at start-up for every zone in storage, and for a zone registered while
 /// the exchange runs the first time a message for it is committed. One owner per zone while this
 /// instance owns the zone (on PostgreSQL: while it holds the zone's lease).
@@ -70,17 +80,29 @@ impl ZoneSet {
     /// The zone's owner, started (its books recovered from the log) if it is not running yet.
     /// `None` for a zone that is not in storage or not owned by this instance.
     pub(super) async fn get_or_start(&self, zone: &ZoneId) -> Result<Option<mpsc::Sender<ZoneMsg>>, ExchangeError> {
+        match self.find(zone).await? {
+            Found::Here(owner) => Ok(Some(owner)),
+            Found::Elsewhere | Found::Unknown => Ok(None),
+        }
+    }
+
+    /// Where `zone`'s owner runs: here (started if it is not running yet), at another instance
+    /// (the zone is in storage, this instance does not own it), or nowhere (not in storage).
+    pub(super) async fn find(&self, zone: &ZoneId) -> Result<Found, ExchangeError> {
         if let Some(owner) = self.get(zone) {
-            return Ok(Some(owner));
+            return Ok(Found::Here(owner));
         }
         let _starting = self.starting.lock().await;
         if let Some(owner) = self.get(zone) {
-            return Ok(Some(owner));
+            return Ok(Found::Here(owner));
         }
         let wanted = vec![zone.clone()];
         let found = self.db.run(move |conn| store::load_zones(conn, &wanted)).await?;
-        let Some(info) = found.get(zone).filter(|_| self.ownership.owns(zone)) else { return Ok(None) };
-        Ok(Some(self.start_owner(zone.clone(), *info).await?))
+        let Some(info) = found.get(zone) else { return Ok(Found::Unknown) };
+        if !self.ownership.owns(zone) {
+            return Ok(Found::Elsewhere);
+        }
+        Ok(Found::Here(self.start_owner(zone.clone(), *info).await?))
     }
 
     /// Stops `zone`'s owner (its lease was released or lost): it applies what it was sent, then ends.
