@@ -225,28 +225,75 @@ impl Desk {
         }
     }
 
-    /// The signed answer; one that exceeds the broker's packet limit becomes a `too_large` refusal
-    /// (never a truncated list).
     fn seal(&self, request: &str, zone: &ZoneId, answer: Answer) -> Option<Vec<u8>> {
-        let body = AnswerBody { request: request.to_owned(), zone: zone.clone(), answer };
-        let sealed = query::seal(&self.key, query::ANSWER_DOMAIN, &body);
-        let refusal = match sealed {
-            Ok(payload) if payload.len() <= self.payload_bytes_max => return Some(payload),
-            Ok(payload) => Answer::Refused {
-                reason: Reason::TooLarge,
-                message: format!(
-                    "the answer from zone {zone}'s owner is {} bytes, more than one relayed answer holds ({} \
-                     bytes, under the broker's packet limit); ask the server of the instance that owns the zone",
-                    payload.len(),
-                    self.payload_bytes_max
-                ),
-            },
-            Err(error) => {
-                tracing::error!(%error, "cannot serialize a query's answer");
-                Answer::Refused { reason: Reason::InternalError, message: "the zone's owner failed".to_owned() }
-            }
+        seal_answer(&self.key, self.payload_bytes_max, request, zone, answer)
+    }
+}
+
+/// The signed answer to `request`; one longer than `payload_bytes_max` becomes a `too_large`
+/// refusal (never a truncated list).
+fn seal_answer(
+    key: &ed25519_dalek::SigningKey,
+    payload_bytes_max: usize,
+    request: &str,
+    zone: &ZoneId,
+    answer: Answer,
+) -> Option<Vec<u8>> {
+    let body = AnswerBody { request: request.to_owned(), zone: zone.clone(), answer };
+    let refusal = match query::seal(key, query::ANSWER_DOMAIN, &body) {
+        Ok(payload) if payload.len() <= payload_bytes_max => return Some(payload),
+        Ok(payload) => Answer::Refused {
+            reason: Reason::TooLarge,
+            message: format!(
+                "the answer from zone {zone}'s owner is {} bytes, more than one relayed answer holds ({} \
+                 bytes, under the broker's packet limit); ask the server of the instance that owns the zone",
+                payload.len(),
+                payload_bytes_max
+            ),
+        },
+        Err(error) => {
+            tracing::error!(%error, "cannot serialize a query's answer");
+            Answer::Refused { reason: Reason::InternalError, message: "the zone's owner failed".to_owned() }
+        }
+    };
+    let body = AnswerBody { answer: refusal, ..body };
+    query::seal(key, query::ANSWER_DOMAIN, &body).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An answer longer than a packet holds is refused as a whole, never cut to fit.
+    #[test]
+    fn an_answer_too_large_for_one_packet_is_refused_too_large_not_truncated() {
+        let key = protocol::testing::operator_key();
+        let zone = ZoneId::parse("north").expect("zone");
+        let result = |slot_ms: i64| AuctionResult {
+            zone: zone.clone(),
+            slot: SlotId::new(slot_ms).expect("slot"),
+            price_per_kwh: Some(protocol::PricePerKwh(120_000)),
+            qty_wh: protocol::Wh(500),
+            trades: 2,
+            ts_ms: protocol::TimestampMs(slot_ms),
         };
-        let body = AnswerBody { answer: refusal, ..body };
-        query::seal(&self.key, query::ANSWER_DOMAIN, &body).ok()
+        let auctions: Vec<AuctionResult> = (1..=1_000).map(|n| result(n * 900_000)).collect();
+        let payload = seal_answer(&key, query::PAYLOAD_BYTES_MAX, "r1", &zone, Answer::Auctions { auctions })
+            .expect("sealed");
+        assert!(payload.len() <= query::PAYLOAD_BYTES_MAX);
+        let opened: AnswerBody =
+            query::open(&key.verifying_key().to_bytes(), query::ANSWER_DOMAIN, &payload).expect("verifies");
+        match opened.answer {
+            Answer::Refused { reason, message } => {
+                assert_eq!(reason, Reason::TooLarge);
+                assert!(message.contains("zone north"), "{message}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let few = Answer::Auctions { auctions: vec![result(900_000)] };
+        let payload = seal_answer(&key, query::PAYLOAD_BYTES_MAX, "r2", &zone, few.clone()).expect("sealed");
+        let opened: AnswerBody =
+            query::open(&key.verifying_key().to_bytes(), query::ANSWER_DOMAIN, &payload).expect("verifies");
+        assert_eq!(opened.answer, few);
     }
 }

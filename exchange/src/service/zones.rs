@@ -35,6 +35,9 @@ pub(super) struct ZoneSet {
     owners: Arc<std::sync::RwLock<HashMap<ZoneId, mpsc::Sender<ZoneMsg>>>>,
     /// Held while an owner starts, so two callers never start two owners of one zone.
     starting: Arc<tokio::sync::Mutex<()>>,
+    /// Zones found in storage while another instance owned them (zones are never deleted), so a
+    /// relayed read query costs no lookup; bounded by the registered zones.
+    seen: Arc<std::sync::RwLock<std::collections::HashSet<ZoneId>>>,
     config: ExchangeConfig,
     db: Database,
     outlets: Outlets,
@@ -51,7 +54,16 @@ impl ZoneSet {
         ownership: Ownership,
         tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
     ) -> Self {
-        ZoneSet { owners: Arc::default(), starting: Arc::default(), config, db, outlets, ownership, tasks }
+        ZoneSet {
+            owners: Arc::default(),
+            starting: Arc::default(),
+            seen: Arc::default(),
+            config,
+            db,
+            outlets,
+            ownership,
+            tasks,
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ZoneId, mpsc::Sender<ZoneMsg>>> {
@@ -59,6 +71,14 @@ impl ZoneSet {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         }
+    }
+
+    fn elsewhere_seen(&self, zone: &ZoneId) -> bool {
+        self.seen.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(zone)
+    }
+
+    fn remember_elsewhere(&self, zone: &ZoneId) {
+        self.seen.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(zone.clone());
     }
 
     /// Which zones this instance owns.
@@ -91,6 +111,20 @@ impl ZoneSet {
     pub(super) async fn find(&self, zone: &ZoneId) -> Result<Found, ExchangeError> {
         if let Some(owner) = self.get(zone) {
             return Ok(Found::Here(owner));
+        }
+        if !self.ownership.owns(zone) {
+            // Neither the start lock nor (once the zone was seen in storage) a database round trip:
+            // a web server asks this for every read query it relays.
+            if self.elsewhere_seen(zone) {
+                return Ok(Found::Elsewhere);
+            }
+            let wanted = vec![zone.clone()];
+            let found = self.db.run(move |conn| store::load_zones(conn, &wanted)).await?;
+            if !found.contains_key(zone) {
+                return Ok(Found::Unknown);
+            }
+            self.remember_elsewhere(zone);
+            return Ok(Found::Elsewhere);
         }
         let _starting = self.starting.lock().await;
         if let Some(owner) = self.get(zone) {
