@@ -290,6 +290,17 @@ pub fn same_command_stored(conn: &mut DbConnection, command: &Command) -> Result
         .is_some_and(|stored| stored.signing_bytes() == command.signing_bytes()))
 }
 
+/// The zone `account` is registered to: `None` for an account not registered, `Some(None)` for one
+/// that may trade in any zone.
+pub fn account_zone(conn: &mut DbConnection, account: &AccountId) -> Result<Option<Option<ZoneId>>, DbError> {
+    let zone: Option<Option<String>> = accounts::table
+        .filter(accounts::account_id.eq(account.to_hex()))
+        .select(accounts::zone_id)
+        .first(conn)
+        .optional()?;
+    Ok(zone.map(|zone| zone.and_then(|zone| ZoneId::parse(&zone).ok())))
+}
+
 /// Registered accounts among `ids`, each with its highest committed nonce.
 pub fn load_accounts(conn: &mut DbConnection, ids: &[AccountId]) -> Result<Vec<(AccountId, AccountState)>, DbError> {
     let hex: Vec<String> = ids.iter().map(AccountId::to_hex).collect();

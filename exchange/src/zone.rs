@@ -88,7 +88,7 @@ struct Tracked {
 
 /// One of a trader's resting orders: its live state and the terms it rests with. Only GTC orders
 /// rest (IOC and FOK never do), so its time in force is GTC.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OpenOrder {
     pub update: OrderUpdate,
     pub side: protocol::Side,

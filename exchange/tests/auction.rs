@@ -124,7 +124,8 @@ async fn resting_orders_cross_at_one_price_at_gate_closure_also_after_a_restart_
             assert_eq!((update.status, update.filled_qty_wh.0), (OrderStatus::Open, 0), "no trade in the call");
             let update = market.place(&mut probe, &second, Side::Buy, 150_000, 400, 1).await;
             assert_eq!((update.status, update.filled_qty_wh.0), (OrderStatus::Open, 0), "no trade in the call");
-            let book = market.exchange.book(&market.zone, market.slot, 20).await.expect("the book is open");
+            let book =
+                market.exchange.book(&market.zone, market.slot, 20).await.expect("answered").expect("the book is open");
             assert_eq!(book.call_phase, Some(true));
             assert_eq!(book.bids.first().map(|level| level.price_per_kwh.0), Some(200_000), "crossed while calling");
             assert!(stored_trades(&test_db, &market.zone).is_empty());
@@ -133,7 +134,12 @@ async fn resting_orders_cross_at_one_price_at_gate_closure_also_after_a_restart_
             market.exchange.clone().shutdown().await;
             market.exchange =
                 start_exchange(&market.config, &test_db.db, &market.clock, &broker, &market.client_id).await;
-            let book = market.exchange.book(&market.zone, market.slot, 20).await.expect("the book is rebuilt");
+            let book = market
+                .exchange
+                .book(&market.zone, market.slot, 20)
+                .await
+                .expect("answered")
+                .expect("the book is rebuilt");
             assert_eq!(book.call_phase, Some(true));
             assert_eq!(book.asks.first().map(|level| (level.price_per_kwh.0, level.qty_wh.0)), Some((120_000, 500)));
 
@@ -154,7 +160,7 @@ async fn resting_orders_cross_at_one_price_at_gate_closure_also_after_a_restart_
                 vec![(150_000, 300, hex(&first)), (150_000, 200, hex(&second))],
                 "the bid at 0.20 fills first (better price), the one at 0.15 with what is left"
             );
-            assert_eq!(market.exchange.auctions(&market.zone).await, vec![result]);
+            assert_eq!(market.exchange.auctions(&market.zone).await.expect("answered"), vec![result]);
             market.exchange.shutdown().await;
         }
     }
@@ -196,7 +202,7 @@ async fn an_exchange_down_at_gate_closure_runs_the_closing_auction_when_it_comes
             assert!(published.iter().all(|trade| trade.ts_ms.0 == market.gate_ms()), "trades at the gate closure");
             let expected = vec![(150_000, 300, hex(&first)), (150_000, 200, hex(&second))];
             assert_eq!(stored_trades(&test_db, &market.zone), expected);
-            assert_eq!(market.exchange.auctions(&market.zone).await, vec![result.clone()]);
+            assert_eq!(market.exchange.auctions(&market.zone).await.expect("answered"), vec![result.clone()]);
 
             // Another restart before delivery ends: the auction is known, nothing is stored or
             // published twice.

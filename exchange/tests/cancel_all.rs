@@ -69,7 +69,7 @@ impl Env {
     /// The resting orders of `key`: (slot start, nonce), sorted.
     async fn resting(&self, key: &SigningKey) -> Vec<(i64, u64)> {
         let account = AccountId::from_verifying_key(&key.verifying_key());
-        let mut orders: Vec<(i64, u64)> = (self.exchange.open_orders(account).await.into_iter())
+        let mut orders: Vec<(i64, u64)> = (self.exchange.open_orders(account).await.expect("answered").into_iter())
             .map(|order| (order.update.slot.start_ms(), order.update.order_nonce))
             .collect();
         orders.sort();

@@ -246,7 +246,7 @@ async fn a_command_resent_after_a_restart_is_a_duplicate_and_is_not_applied_agai
         let rejection = env.exchange.submit_command(other).await.expect_err("a used nonce");
         assert_eq!(rejection.reason, Reason::Replayed);
 
-        let resting = env.exchange.open_orders(account).await;
+        let resting = env.exchange.open_orders(account).await.expect("answered");
         assert_eq!(resting.len(), 1, "the order rests once");
         assert_eq!(resting[0].update.open_qty_wh.0, 1_000);
         let mut conn = env.test_db.db.get().expect("a connection");
@@ -439,11 +439,14 @@ async fn an_order_is_acknowledged_after_commit_matches_and_a_replayed_nonce_is_r
         let trade = decode::<Trade>(&env.probe.next_on(&topics::trades(&zone)).await).expect("trade");
         assert_eq!(trade, ack.trades[0]);
         let _ = buyer;
-        let resting =
-            env.exchange.open_orders(protocol::AccountId::from_verifying_key(&env.account.verifying_key())).await;
+        let resting = env
+            .exchange
+            .open_orders(protocol::AccountId::from_verifying_key(&env.account.verifying_key()))
+            .await
+            .expect("answered");
         assert_eq!(resting.len(), 1);
         assert_eq!(resting[0].update.open_qty_wh.0, 600);
-        let book = env.exchange.book(&zone, slot, 20).await.expect("an open book");
+        let book = env.exchange.book(&zone, slot, 20).await.expect("answered").expect("an open book");
         assert_eq!(book.asks.len(), 1);
         let mut conn = env.test_db.db.get().expect("a connection");
         let logged: i64 = order_commands::table.count().get_result(&mut conn).expect("count");
@@ -660,7 +663,7 @@ async fn an_order_crossing_its_own_accounts_resting_order_cancels_it_with_self_t
         let notice = decode::<Reject>(&env.probe.next_on(&topics::rejects(&zone, &me)).await).expect("a notice");
         assert_eq!((notice.reason, notice.of.as_str(), notice.seq), (Reason::SelfTradePrevented, "order", Some(1)));
         assert!(notice.message.contains("resting order 1 was cancelled"), "{}", notice.message);
-        let resting = env.exchange.open_orders(account).await;
+        let resting = env.exchange.open_orders(account).await.expect("answered");
         assert_eq!(resting.iter().map(|order| order.update.order_nonce).collect::<Vec<_>>(), vec![2]);
         let mut conn = env.test_db.db.get().expect("a connection");
         let stored: i64 = trades::table.count().get_result(&mut conn).expect("count");

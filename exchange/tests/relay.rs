@@ -97,6 +97,7 @@ async fn an_order_taken_by_an_instance_that_does_not_own_its_zone_is_relayed_mat
         assert!(north_owner
             .open_orders(protocol::AccountId::from_verifying_key(&buyer.verifying_key()))
             .await
+            .expect("answered")
             .is_empty());
         assert!(!north_owner.zones().contains(&south), "the relaying instance never served the zone");
 
@@ -114,8 +115,13 @@ async fn an_order_taken_by_an_instance_that_does_not_own_its_zone_is_relayed_mat
         let rested = north_owner.submit_command(rest).await.expect("relayed and accepted");
         assert!(rested.trades.is_empty());
         let seller_account = protocol::AccountId::from_verifying_key(&seller.verifying_key());
-        let open: Vec<_> =
-            south_owner.open_orders(seller_account).await.into_iter().map(|order| order.update).collect();
+        let open: Vec<_> = south_owner
+            .open_orders(seller_account)
+            .await
+            .expect("answered")
+            .into_iter()
+            .map(|order| order.update)
+            .collect();
         assert_eq!(rested.updates, open, "the relayed answer is the owner's state of the order");
         north_owner.shutdown().await;
         south_owner.shutdown().await;
@@ -255,7 +261,10 @@ async fn a_cancel_all_taken_by_an_instance_that_does_not_own_its_zone_is_relayed
         let cancelled: Vec<(u64, OrderStatus)> =
             ack.updates.iter().map(|update| (update.order_nonce, update.status)).collect();
         assert_eq!(cancelled, vec![(1, OrderStatus::Cancelled), (2, OrderStatus::Cancelled)]);
-        assert!(south_owner.open_orders(account).await.is_empty(), "the owner's books hold nothing of the seller");
+        assert!(
+            south_owner.open_orders(account).await.expect("answered").is_empty(),
+            "the owner's books hold nothing of the seller"
+        );
         north_owner.shutdown().await;
         south_owner.shutdown().await;
     })

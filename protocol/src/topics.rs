@@ -14,6 +14,8 @@
 //! | `gridex/v1/status/{device}` | gateway (and its last will) | 1 | yes |
 //! | `gridex/v1/{zone}/relay/{instance}/{request}` | a gridex server (a command it relays to the zone's owner) | 1 | no |
 //! | `gridex/v1/{zone}/relay-replies/{instance}` | exchange (the outcome of a relayed command) | 1 | no |
+//! | `gridex/v1/{zone}/query/{instance}/{request}` | a gridex server (a read query it relays to the zone's owner) | 0 | no |
+//! | `gridex/v1/{zone}/query-replies/{instance}` | exchange (the answer to a relayed read query) | 0 | no |
 
 //!
 //! Every topic is version 1 but the readings of a device with a battery: a reading goes on the
@@ -103,6 +105,37 @@ pub fn parse_relay_replies(topic: &str) -> Option<(&str, &str)> {
     let mut parts = topic.strip_prefix(PREFIX)?.strip_prefix('/')?.split('/');
     let (zone, channel, instance) = (parts.next()?, parts.next()?, parts.next()?);
     (channel == "relay-replies" && parts.next().is_none()).then_some((zone, instance))
+}
+
+/// A read query (book, slots, auctions, an account's open orders) that gridex server `instance`
+/// relays, as request `request`, to the instance that owns `zone`. Between gridex servers only,
+/// like [`relay`]; its payload is signed with the operator key.
+pub fn query(zone: &ZoneId, instance: &str, request: &str) -> String {
+    format!("{PREFIX}/{zone}/query/{instance}/{request}")
+}
+/// The filter of every relayed read query of `zone`: what its owner subscribes to.
+pub fn query_filter(zone: &ZoneId) -> String {
+    format!("{PREFIX}/{zone}/query/+/+")
+}
+/// Where the owner of `zone` answers the read queries relayed by gridex server `instance`.
+pub fn query_replies(zone: &ZoneId, instance: &str) -> String {
+    format!("{PREFIX}/{zone}/query-replies/{instance}")
+}
+/// The filter of every answer to gridex server `instance`'s relayed read queries, in every zone.
+pub fn query_replies_filter(instance: &str) -> String {
+    format!("{PREFIX}/+/query-replies/{instance}")
+}
+/// A read query topic's segments: `(zone, instance, request)` of [`query`], unparsed.
+pub fn parse_query(topic: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = topic.strip_prefix(PREFIX)?.strip_prefix('/')?.split('/');
+    let (zone, channel, instance, request) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    (channel == "query" && parts.next().is_none()).then_some((zone, instance, request))
+}
+/// A read query answer topic's segments: `(zone, instance)` of [`query_replies`], unparsed.
+pub fn parse_query_replies(topic: &str) -> Option<(&str, &str)> {
+    let mut parts = topic.strip_prefix(PREFIX)?.strip_prefix('/')?.split('/');
+    let (zone, channel, instance) = (parts.next()?, parts.next()?, parts.next()?);
+    (channel == "query-replies" && parts.next().is_none()).then_some((zone, instance))
 }
 
 /// Subscription filters for the exchange: inbound messages of every zone.
@@ -231,6 +264,13 @@ mod tests {
         assert_eq!(parse_relay("gridex/v1/north/relay/web-a"), None);
         assert_eq!(parse_relay("gridex/v1/north/orders/web-a/r1"), None);
         assert_eq!(parse_relay_replies("gridex/v1/north/relay-replies/web-a/x"), None);
+        assert_eq!(parse_query(&query(&zone, "web-a", "r1")), Some(("north", "web-a", "r1")));
+        assert_eq!(parse_query_replies(&query_replies(&zone, "web-a")), Some(("north", "web-a")));
+        assert_eq!(parse_relay(&query(&zone, "web-a", "r1")), None);
+        assert_eq!(parse_query(&relay(&zone, "web-a", "r1")), None);
+        assert_eq!(parse_inbound(&query(&zone, "web-a", "r1")), None);
+        assert_eq!(parse_inbound(&query_replies(&zone, "web-a")), None);
+        assert_eq!(parse_outbound(&query_replies(&zone, "web-a")), None);
     }
 
     #[test]

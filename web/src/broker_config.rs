@@ -14,7 +14,8 @@
 //! `events` and `rejects`; an account writes `gridex/v1/{zone}/orders/{account}` and its battery plans
 //! `gridex/v1/{zone}/plans/{account}` and reads its
 //! `events` and `rejects`; everyone logged in reads the public market data (`trades`, `book`,
-//! `auction`); only the exchange reads the inbound topics and writes the outbound ones. The
+//! `auction`); only the exchange reads the inbound topics and writes the outbound ones (and relays
+//! commands and read queries between gridex servers, each only as itself). The
 //! Mosquitto configuration refuses anonymous clients and makes the client id the username
 //! (`use_username_as_clientid`), so nobody can take over another's session.
 //!
@@ -277,6 +278,10 @@ pub fn render(
         let _ = writeln!(acl, "topic read gridex/v1/+/relay/+/+\ntopic write gridex/v1/+/relay-replies/+");
         let user = &exchange.username;
         let _ = writeln!(acl, "topic write gridex/v1/+/relay/{user}/+\ntopic read gridex/v1/+/relay-replies/{user}");
+        // The query relay (exchange::service::query), the same way: read queries (books, slots,
+        // auctions, open orders) asked only as itself, answered to any server.
+        let _ = writeln!(acl, "topic read gridex/v1/+/query/+/+\ntopic write gridex/v1/+/query-replies/+");
+        let _ = writeln!(acl, "topic write gridex/v1/+/query/{user}/+\ntopic read gridex/v1/+/query-replies/{user}");
     }
     for (zone, device) in &participants.devices {
         let user = device.to_hex();

@@ -153,6 +153,10 @@ impl std::fmt::Debug for Market {
     }
 }
 
+fn rejected(rejection: exchange::ingest::Rejection) -> ApiError {
+    ApiError::from_reason(rejection.reason, rejection.message)
+}
+
 fn no_exchange() -> ApiError {
     ApiError::unavailable("the exchange is not running in this process")
 }
@@ -200,12 +204,15 @@ impl Market {
         })
     }
 
+    /// A slot's book, from the zone's owner wherever it runs: a zone another instance owns is asked
+    /// through the broker, 503 when no owner answers in `market.relay_timeout_ms` (ARCHITECTURE.md,
+    /// "The command relay"). So are the slots, auctions and open orders below.
     pub async fn book(&self, zone: &ZoneId, slot: SlotId, levels: usize) -> Result<Option<BookSnapshot>, ApiError> {
-        Ok(self.exchange()?.book(zone, slot, levels).await)
+        self.exchange()?.book(zone, slot, levels).await.map_err(rejected)
     }
 
     pub async fn open_slots(&self, zone: &ZoneId) -> Result<Vec<SlotView>, ApiError> {
-        let slots = self.exchange()?.open_slots(zone).await;
+        let slots = self.exchange()?.open_slots(zone).await.map_err(rejected)?;
         Ok(slots
             .into_iter()
             .map(|info| SlotView {
@@ -223,12 +230,13 @@ impl Market {
 
     /// The zone's recent closing auction results, oldest first.
     pub async fn auctions(&self, zone: &ZoneId) -> Result<Vec<protocol::AuctionResult>, ApiError> {
-        Ok(self.exchange()?.auctions(zone).await)
+        self.exchange()?.auctions(zone).await.map_err(rejected)
     }
 
     /// The account's resting orders with their side, time in force and post-only flag.
     pub async fn open_orders(&self, account: AccountId) -> Result<Vec<OpenOrder>, ApiError> {
-        Ok(self.exchange()?.open_orders(account).await.into_iter().map(OpenOrder::from).collect())
+        let orders = self.exchange()?.open_orders(account).await.map_err(rejected)?;
+        Ok(orders.into_iter().map(OpenOrder::from).collect())
     }
 
     /// Forwards the exchange's market events to the live feed (`live`) until the exchange stops; `None`

@@ -542,42 +542,63 @@ async fn a_neighbour_cannot_publish_another_households_battery_plan() {
 /// inject a command that bypasses its orders topic nor forge or read an answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cannot_publish_on_the_relay_topic() {
-    use protocol::topics::{orders, relay, relay_replies};
+    use protocol::topics::{relay, relay_replies};
+    server_to_server_topics_refuse_households(relay, relay_replies, "relay").await;
+}
+
+/// The query relay's topics, the same way: a household can neither ask an owner for another
+/// trader's open orders (and read the answer) nor forge a book on a server's answer topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_publish_or_read_on_the_query_relay_topics() {
+    use protocol::topics::{query, query_replies};
+    server_to_server_topics_refuse_households(query, query_replies, "query").await;
+}
+
+/// `request(zone, instance, id)` is what servers publish to a zone's owner, `replies(zone,
+/// instance)` where the owner answers; `channel`: the request topic's channel segment.
+async fn server_to_server_topics_refuse_households(
+    request: fn(&ZoneId, &str, &str) -> String,
+    replies: fn(&ZoneId, &str) -> String,
+    channel: &str,
+) {
+    use protocol::topics::orders;
     let Some(market) = market().await else { return };
     let zone = &market.zone;
+    let (requests_filter, replies_filter) =
+        (format!("gridex/v1/+/{channel}/+/+"), format!("gridex/v1/+/{channel}-replies/+"));
     let mut owner = market.participant(OBSERVER).await;
-    subscribe(&owner, &["gridex/v1/+/relay/+/+".to_owned(), "gridex/v1/+/orders/+".to_owned()]).await;
+    subscribe(&owner, &[requests_filter.clone(), "gridex/v1/+/orders/+".to_owned()]).await;
     let mut server = market.participant(EXCHANGE_USERNAME).await;
-    subscribe(&server, &["gridex/v1/+/relay-replies/+".to_owned()]).await;
+    subscribe(&server, std::slice::from_ref(&replies_filter)).await;
     let forger = account_id(&market.accounts[0]).to_hex();
     let mut neighbour = market.participant(&forger).await;
-    subscribe(&neighbour, &["gridex/v1/+/relay/+/+".to_owned(), "gridex/v1/+/relay-replies/+".to_owned()]).await;
+    subscribe(&neighbour, &[requests_filter, replies_filter]).await;
 
     // The household relays as itself and as each server, and answers a server; then orders on its
     // own topic: once the owner has that order, the broker has dealt with everything before it.
     for topic in [
-        relay(zone, &forger, "r1"),
-        relay(zone, EXCHANGE_USERNAME, "r2"),
-        relay(zone, OBSERVER, "r3"),
-        relay_replies(zone, EXCHANGE_USERNAME),
+        request(zone, &forger, "r1"),
+        request(zone, EXCHANGE_USERNAME, "r2"),
+        request(zone, OBSERVER, "r3"),
+        replies(zone, EXCHANGE_USERNAME),
     ] {
         publish(&neighbour, &topic, b"{\"forged\":true}".to_vec()).await;
     }
     let own = orders(zone, &forger);
     publish(&neighbour, &own, b"{}".to_vec()).await;
     let first = tokio::time::timeout(DEADLINE, owner.received.recv()).await.expect("a message").expect("runs");
-    assert_eq!(first.0, own, "a household's relay got through first");
+    assert_eq!(first.0, own, "a household's {channel} message got through first");
 
     // A server relays only as itself.
-    publish(&server, &relay(zone, OBSERVER, "r4"), b"{\"forged\":true}".to_vec()).await;
-    let relayed = relay(zone, EXCHANGE_USERNAME, "r5");
+    publish(&server, &request(zone, OBSERVER, "r4"), b"{\"forged\":true}".to_vec()).await;
+    let relayed = request(zone, EXCHANGE_USERNAME, "r5");
     publish(&server, &relayed, b"{\"genuine\":true}".to_vec()).await;
     let next = tokio::time::timeout(DEADLINE, owner.received.recv()).await.expect("a message").expect("runs");
     assert_eq!((next.0.as_str(), next.1.as_slice()), (relayed.as_str(), b"{\"genuine\":true}".as_slice()));
 
     // The owner answers both servers: each reads only its own answers.
-    publish(&owner, &relay_replies(zone, OBSERVER), b"{\"theirs\":true}".to_vec()).await;
-    let answer = relay_replies(zone, EXCHANGE_USERNAME);
+    publish(&owner, &replies(zone, OBSERVER), b"{\"theirs\":true}".to_vec()).await;
+    let answer = replies(zone, EXCHANGE_USERNAME);
     publish(&owner, &answer, b"{\"genuine\":true}".to_vec()).await;
     let first = tokio::time::timeout(DEADLINE, server.received.recv()).await.expect("a message").expect("runs");
     assert_eq!((first.0.as_str(), first.1.as_slice()), (answer.as_str(), b"{\"genuine\":true}".as_slice()));
@@ -625,8 +646,11 @@ async fn an_order_is_relayed_between_two_servers_through_the_generated_acl() {
     let status = response.status().as_u16();
     let answer: serde_json::Value = response.json().await.expect("a JSON body");
     assert_eq!((status, &answer["status"]), (201, &serde_json::json!("accepted")), "{answer}");
-    assert_eq!(owner.exchange().open_orders(account_id(key)).await.len(), 1, "the owner holds the order");
-    assert!(relaying.exchange().open_orders(account_id(key)).await.is_empty());
+    let at_owner = owner.exchange().open_orders(account_id(key)).await.expect("answered");
+    assert_eq!(at_owner.len(), 1, "the owner holds the order");
+    // The relaying server asks the owner (the query relay, through the ACL) and sees the same.
+    let relayed = relaying.exchange().open_orders(account_id(key)).await.expect("answered through the broker");
+    assert_eq!(relayed, at_owner);
     for app in [relaying, owner] {
         tokio::time::timeout(DEADLINE, app.shutdown()).await.expect("shutdown in time").expect("a clean shutdown");
     }

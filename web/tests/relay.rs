@@ -3,7 +3,9 @@
 //! relayed through the broker to the owner, which verifies, commits and matches it, and the client
 //! gets the answer the owner's server gives; with no live owner the answer is 503. The server that
 //! does not own the zone shows the zone's trades and order updates on its live feed all the same:
-//! it takes them from the broker.
+//! it takes them from the broker. The read queries (a slot's book, the open slots, the auctions, a
+//! trader's open orders) are answered by either server, and by a web-only one, exactly as by the
+//! owner: the others ask the owner through the broker.
 
 mod common;
 
@@ -54,16 +56,25 @@ async fn post_order(client: &reqwest::Client, app: &Application, key: &SigningKe
 
 /// A gridex server leasing only `zone`, on its own pool and broker session.
 async fn server(test_db: &TestDb, broker: &BrokerAddr, zone: &ZoneId) -> Application {
+    server_taking(test_db, broker, Some(zone)).await
+}
+
+/// A gridex server leasing only `zone`, or with `None` a web-only one (`market.trade = false`).
+async fn server_taking(test_db: &TestDb, broker: &BrokerAddr, zone: Option<&ZoneId>) -> Application {
     let instance = format!("web-{}", unique());
     let mut options = rumqttc::MqttOptions::new(instance.clone(), broker.host.clone(), broker.port);
     options.set_keep_alive(Duration::from_secs(30));
+    // As `gridex serve` sets it: a day's open slots is a relayed answer of about 12 KiB.
+    options.set_max_packet_size(web::broker::PACKET_BYTES_MAX, web::broker::PACKET_BYTES_MAX);
     let config = ExchangeConfig {
-        zones: vec![zone.clone()],
+        zones: zone.into_iter().cloned().collect(),
         instance_id: instance,
         relay_timeout_ms: RELAY_TIMEOUT_MS,
         ..ExchangeConfig::new(protocol::testing::operator_key())
     };
-    let app = Application::builder(Settings::default())
+    let mut settings = Settings::default();
+    settings.market.trade = zone.is_some();
+    let app = Application::builder(settings)
         .database(Database::open(&test_db.url, 4).expect("a pool of its own"))
         .listener(std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
         .mqtt(Some(options))
@@ -166,4 +177,125 @@ async fn relayed_over_http(test_db: TestDb, broker: &BrokerAddr) {
 
     north_server.shutdown().await.expect("stops cleanly");
     south_server.shutdown().await.expect("stops cleanly");
+}
+
+/// `GET path` (signed as `key`'s trader when given): status and JSON body.
+async fn get(client: &reqwest::Client, app: &Application, path: &str, key: Option<&SigningKey>) -> (u16, Value) {
+    let mut request = client.get(format!("{}{path}", app.url()));
+    if let Some(key) = key {
+        for (name, value) in sign_request(key, "GET", path, b"", SystemClock.now_ms()) {
+            request = request.header(name, value);
+        }
+    }
+    let response = tokio::time::timeout(DEADLINE, request.send()).await.expect("answered in time").expect("answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// A book snapshot, or each of a list of orders, without its `ts_ms` (the time it was taken, which
+/// differs between two asks).
+fn without_time(mut value: Value) -> Value {
+    let objects: Vec<&mut Value> = match &mut value {
+        Value::Array(items) => items.iter_mut().collect(),
+        other => vec![other],
+    };
+    for object in objects {
+        if let Some(object) = object.as_object_mut() {
+            object.remove("ts_ms");
+        }
+    }
+    value
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_does_not_own_a_zone_answers_its_book_slots_and_open_orders_as_the_owner() {
+    for broker in brokers() {
+        let Some(test_db) = TestDb::postgres() else {
+            eprintln!("DATABASE_URL is not set: several servers need PostgreSQL");
+            return;
+        };
+        eprintln!("broker {}", broker.name);
+        queries_answered_anywhere(test_db, &broker).await;
+    }
+}
+
+async fn queries_answered_anywhere(test_db: TestDb, broker: &BrokerAddr) {
+    let id = unique();
+    let zones = ["n", "s", "x"].map(|prefix| ZoneId::parse(&format!("{prefix}{id}")).expect("zone"));
+    let [north, south, orphan] = zones.clone();
+    let keys = [41, 42].map(protocol::testing::signing_key);
+    let (seller, buyer) = (&keys[0], &keys[1]);
+    let accounts = [(account(seller), south.clone()), (account(buyer), south.clone())];
+    settlement::registry::write(&test_db.db, move |conn| {
+        for zone in &zones {
+            common::seed_zone_market(conn, zone, zone.as_str(), SLOT_LEN_MS, SystemClock.now_ms())?;
+        }
+        for (index, (account, zone)) in accounts.iter().enumerate() {
+            web::registry::register_account(conn, account, &format!("Home {index}"), zone, 0)?;
+        }
+        Ok::<(), settlement::registry::RegistryError>(())
+    })
+    .await
+    .expect("seed the registry");
+    let north_server = server(&test_db, broker, &north).await;
+    let south_server = server(&test_db, broker, &south).await;
+    let web_only = server_taking(&test_db, broker, None).await;
+    let client = reqwest::Client::builder().no_proxy().build().expect("client");
+
+    // Orders placed through the servers that do not own the zone (relayed to its owner): two asks
+    // and a bid that rest without crossing.
+    let sells = [order(seller, &south, Side::Sell, 150_000, 1), order(seller, &south, Side::Sell, 160_000, 2)];
+    for (index, sell) in sells.iter().enumerate() {
+        let at = if index == 0 { &web_only } else { &north_server };
+        let (status, body) = post_order(&client, at, seller, sell).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body) = post_order(&client, &web_only, buyer, &order(buyer, &south, Side::Buy, 100_000, 1)).await;
+    assert_eq!(status, 201, "{body}");
+    let slot = SlotId::containing(TimestampMs(SystemClock.now_ms() + 3_600_000), SLOT_LEN_MS);
+
+    // Each read query: the owner's answer, and the same from the other two servers.
+    let book = format!("/api/v1/zones/{south}/book?slot={}", slot.start_ms());
+    let slots = format!("/api/v1/zones/{south}/slots");
+    let auctions = format!("/api/v1/zones/{south}/auctions");
+    let (status, at_owner) = get(&client, &south_server, &book, None).await;
+    assert_eq!(status, 200, "{at_owner}");
+    assert_eq!(at_owner["asks"].as_array().map(Vec::len), Some(2), "{at_owner}");
+    assert_eq!(at_owner["bids"].as_array().map(Vec::len), Some(1), "{at_owner}");
+    for other in [&north_server, &web_only] {
+        let (status, relayed) = get(&client, other, &book, None).await;
+        assert_eq!(status, 200, "{relayed}");
+        assert_eq!(without_time(relayed), without_time(at_owner.clone()));
+    }
+    for path in [&slots, &auctions] {
+        let at_owner = get(&client, &south_server, path, None).await;
+        assert_eq!(at_owner.0, 200, "{at_owner:?}");
+        for other in [&north_server, &web_only] {
+            assert_eq!(get(&client, other, path, None).await, at_owner, "{path}");
+        }
+    }
+    let slots_listed = get(&client, &web_only, &slots, None).await.1;
+    let listed = slots_listed.as_array().into_iter().flatten().find(|view| view["slot"] == slot.start_ms());
+    assert_eq!(listed.map(|view| (&view["best_bid"], &view["best_ask"])), Some((&100_000.into(), &150_000.into())));
+    for trader in [seller, buyer] {
+        let at_owner = get(&client, &south_server, "/api/v1/me/orders", Some(trader)).await;
+        assert_eq!(at_owner.0, 200, "{at_owner:?}");
+        let expected = if trader == seller { 2 } else { 1 };
+        assert_eq!(at_owner.1.as_array().map(Vec::len), Some(expected), "{at_owner:?}");
+        for other in [&north_server, &web_only] {
+            let (status, relayed) = get(&client, other, "/api/v1/me/orders", Some(trader)).await;
+            assert_eq!((status, without_time(relayed)), (200, without_time(at_owner.1.clone())));
+        }
+    }
+
+    // A zone nobody owns: 503, saying so, rather than an empty market.
+    assert!(web_only.exchange().zones().is_empty(), "a web-only server owns no zone");
+    let (status, body) = get(&client, &web_only, &format!("/api/v1/zones/{orphan}/slots"), None).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "overloaded", "{body}");
+    assert!(body["message"].as_str().unwrap_or_default().contains(&format!("zone {orphan} has no live owner")));
+
+    for app in [web_only, north_server, south_server] {
+        app.shutdown().await.expect("stops cleanly");
+    }
 }

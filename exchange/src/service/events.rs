@@ -50,7 +50,7 @@ pub struct FeedMessage {
 pub const FEED_BROADCAST_LEN: usize = 4_096;
 
 /// One open (or just closed) slot of a zone.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SlotInfo {
     pub slot: SlotId,
     pub gate_closure_ms: i64,

@@ -30,11 +30,14 @@
 //! queue), `verify.rs` (the verification stage), `commit.rs` (the group commit), `zones.rs` (the zone
 //! owners, each a `ZoneOwner` of `zone.rs`, which recovers its books from the command log when it
 //! starts), `plans.rs` (battery plans: verified and stored beside the order path, never in a book),
-//! `leases.rs` (on PostgreSQL: which zones this instance owns, by lease, and failover).
+//! `leases.rs` (on PostgreSQL: which zones this instance owns, by lease, and failover), `relay.rs`
+//! (commands for a zone another instance owns, relayed to it), `query.rs` and `answers.rs` (read
+//! queries answered by the zone's owner, here or through the broker).
 //! `outlets.rs`, `ownership.rs` and the leaves `events.rs` and `error.rs` are what the stages share;
 //! this file holds [`start`] and the [`ExchangeHandle`].
 
 mod acks;
+mod answers;
 mod commit;
 pub(crate) mod error;
 pub(crate) mod events;
@@ -43,6 +46,7 @@ mod mqtt;
 pub(crate) mod outlets;
 mod ownership;
 mod plans;
+mod query;
 mod relay;
 mod verify;
 mod zones;
@@ -104,6 +108,8 @@ pub struct ExchangeHandle {
     instance_id: String,
     /// The broker's market feed, when configured (`ExchangeConfig::market_feed`) and connected.
     feed: Option<broadcast::Sender<FeedMessage>>,
+    /// Read queries, answered by the zone's owner wherever it runs.
+    queries: answers::Queries,
 }
 
 impl std::fmt::Debug for ExchangeHandle {
@@ -188,30 +194,30 @@ impl ExchangeHandle {
     }
 
     /// The top `levels` of a slot's book: its book once it has had an order (open or closed), an
-    /// empty open book for an open slot without orders yet, `None` for any other slot.
-    pub async fn book(&self, zone: &ZoneId, slot: SlotId, levels: usize) -> Option<BookSnapshot> {
-        self.ask(zone, |reply| ZoneMsg::Book { slot, levels, reply }).await.flatten()
+    /// empty open book for an open slot without orders yet, `None` for any other slot (or a zone
+    /// not in storage). Read queries are answered by the zone's owner: this instance's, or on
+    /// PostgreSQL the instance holding the zone's lease, through the broker (`overloaded` when none
+    /// answers within `relay_timeout_ms`).
+    pub async fn book(&self, zone: &ZoneId, slot: SlotId, levels: usize) -> Result<Option<BookSnapshot>, Rejection> {
+        self.queries.book(zone, slot, levels).await
     }
 
-    /// The zone's tradable slots, earliest first.
-    pub async fn open_slots(&self, zone: &ZoneId) -> Vec<SlotInfo> {
-        self.ask(zone, |reply| ZoneMsg::OpenSlots { reply }).await.unwrap_or_default()
+    /// The zone's tradable slots, earliest first (answered as [`ExchangeHandle::book`]).
+    pub async fn open_slots(&self, zone: &ZoneId) -> Result<Vec<SlotInfo>, Rejection> {
+        self.queries.open_slots(zone).await
     }
 
-    /// `zone`'s recent closing auction results, oldest first (empty for a zone without one, or one
-    /// this instance does not serve).
-    pub async fn auctions(&self, zone: &ZoneId) -> Vec<protocol::AuctionResult> {
-        self.ask(zone, |reply| ZoneMsg::Auctions { reply }).await.unwrap_or_default()
+    /// `zone`'s recent closing auction results, oldest first (empty for a zone without one);
+    /// answered as [`ExchangeHandle::book`].
+    pub async fn auctions(&self, zone: &ZoneId) -> Result<Vec<protocol::AuctionResult>, Rejection> {
+        self.queries.auctions(zone).await
     }
 
-    /// The account's resting orders in every zone, with their side and placement time.
-    pub async fn open_orders(&self, account: AccountId) -> Vec<zone::OpenOrder> {
-        let mut orders = Vec::new();
-        for (zone, _) in self.zones.all() {
-            let zone = &zone;
-            orders.extend(self.ask(zone, |reply| ZoneMsg::OpenOrders { account, reply }).await.unwrap_or_default());
-        }
-        orders
+    /// The account's resting orders, by zone, with their side and placement time: in its registered
+    /// zone (every zone for an account registered without one) and every zone this instance owns,
+    /// each answered as [`ExchangeHandle::book`]; a zone without a live owner fails the whole list.
+    pub async fn open_orders(&self, account: AccountId) -> Result<Vec<zone::OpenOrder>, Rejection> {
+        self.queries.open_orders(account).await
     }
 
     /// Every open book's resting orders in priority order (bids best first, then asks), for tests
@@ -375,6 +381,27 @@ pub async fn start(
         _ => relay::Relay::default(),
     };
     let zone_set = ZoneSet::new(config.clone(), db.clone(), outlets.clone(), ownership.clone(), tasks.clone());
+    // Read queries for a zone another instance owns go to it through the broker too; this instance
+    // answers those for the zones it owns.
+    let (query_client, query_desk) = match (&publish_tx, &mqtt, leasing) {
+        (Some(publish), Some(options), true) => {
+            let client = query::QueryClient::new(
+                relay::topic_segment(&relay_name),
+                publish.clone(),
+                config.operator_key.verifying_key().to_bytes(),
+                config.relay_timeout_ms,
+            );
+            let desk = answers::Desk {
+                zones: zone_set.clone(),
+                key: Arc::new(config.operator_key.clone()),
+                publish: publish.clone(),
+                payload_bytes_max: answers::Desk::payload_bytes_max(options),
+            };
+            (client, Some(desk))
+        }
+        _ => (query::QueryClient::default(), None),
+    };
+    let queries = answers::Queries { zones: zone_set.clone(), client: query_client.clone(), db: db.clone() };
     let (notices_tx, notices_rx) = mpsc::unbounded_channel();
     let (leases_paused, paused) = watch::channel(false);
     let mut lease_task = None;
@@ -469,14 +496,19 @@ pub async fn start(
             buckets: Default::default(),
         };
         spawn(tokio::spawn(plan_stage.run(plans_rx, shutdown.clone())));
-        let listener = mqtt::listen(
-            connection.link,
-            served,
-            mqtt::Inlets { ingest: ingest_tx.clone(), plans: plans_tx, relay, feed: feed.clone() },
-            ready_tx,
-            shutdown.clone(),
-            mqtt_stop,
-        );
+        let (queries_tx, queries_rx) = mpsc::channel(answers::QUERIES_QUEUE_LEN);
+        if let Some(desk) = query_desk {
+            spawn(tokio::spawn(desk.run(queries_rx, shutdown.clone())));
+        }
+        let inlets = mqtt::Inlets {
+            ingest: ingest_tx.clone(),
+            plans: plans_tx,
+            relay,
+            queries: query_client,
+            asked: queries_tx,
+            feed: feed.clone(),
+        };
+        let listener = mqtt::listen(connection.link, served, inlets, ready_tx, shutdown.clone(), mqtt_stop);
         mqtt_tasks.push(listener);
     }
 
@@ -496,5 +528,6 @@ pub async fn start(
         leases_paused: Arc::new(leases_paused),
         instance_id: config.instance_id.clone(),
         feed,
+        queries,
     })
 }

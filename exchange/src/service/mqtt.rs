@@ -3,10 +3,12 @@
 //! feeds the ingest queue with back-pressure. See the invariants in [`super`].
 
 use super::acks::{acker, acknowledge, AckQueue};
+use super::answers::RawQuery;
 use super::events::Reply;
 use super::events::{FeedMessage, Outbound};
 use super::ownership::Ownership;
 use super::plans::RawPlan;
+use super::query::QueryClient;
 use super::relay::Relay;
 use super::verify::Raw;
 use crate::ingest::{Kind, Origin};
@@ -71,6 +73,7 @@ pub(super) fn zone_filters(zone: &ZoneId) -> Vec<String> {
         topics::orders(zone, &"+"),
         topics::plans(zone, &"+"),
         topics::relay_filter(zone),
+        topics::query_filter(zone),
     ]
 }
 
@@ -107,6 +110,10 @@ pub(super) struct Inlets {
     pub ingest: mpsc::Sender<Raw>,
     pub plans: mpsc::Sender<RawPlan>,
     pub relay: Relay,
+    /// Read queries relayed to other instances (answers on this server's answer topic).
+    pub queries: QueryClient,
+    /// Read queries other servers relayed here, to the owner's desk (`answers.rs`).
+    pub asked: mpsc::Sender<RawQuery>,
     /// The market feed's subscribers (`ExchangeConfig::market_feed`), else `None`.
     pub feed: Option<broadcast::Sender<FeedMessage>>,
 }
@@ -122,7 +129,7 @@ pub(super) fn listen(
     mqtt_stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let Link { client, eventloop } = link;
-    let Inlets { ingest, plans, relay, feed } = inlets;
+    let Inlets { ingest, plans, relay, queries, asked, feed } = inlets;
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();
     // Not joined: it ends once the listener and every pending MqttAck are gone.
     tokio::spawn(acker(client.clone(), acks_rx));
@@ -130,7 +137,19 @@ pub(super) fn listen(
     let (held_tx, held_rx) = mpsc::channel(INBOUND_HELD_MAX);
     // Not joined: it ends with the listener or when the ingest queue closes.
     tokio::spawn(forward(held_rx, ingest));
-    let listener = MqttListener { client, acks, served, held: held_tx, plans, relay, feed, ready, subacks_pending: 0 };
+    let listener = MqttListener {
+        client,
+        acks,
+        served,
+        held: held_tx,
+        plans,
+        relay,
+        queries,
+        asked,
+        feed,
+        ready,
+        subacks_pending: 0,
+    };
     tokio::spawn(listener.run(eventloop, shutdown, mqtt_stop))
 }
 
@@ -188,6 +207,10 @@ struct MqttListener {
     /// Relays commands to other instances (answers on this server's reply topic) and answers the
     /// commands relayed here.
     relay: Relay,
+    /// Relays read queries to other instances (answers on this server's answer topic).
+    queries: QueryClient,
+    /// Read queries relayed here, for the owner's desk.
+    asked: mpsc::Sender<RawQuery>,
     /// Where the market feed's messages go, when subscribed to.
     feed: Option<broadcast::Sender<FeedMessage>>,
     ready: watch::Sender<bool>,
@@ -203,6 +226,7 @@ impl MqttListener {
             Served::All => ALL_ZONES_FILTERS.iter().map(|filter| (*filter).to_owned()).collect(),
         };
         filters.extend(self.relay.name().map(topics::relay_replies_filter));
+        filters.extend(self.queries.name().map(topics::query_replies_filter));
         if let Served::Leased(_) = &self.served {
             // A persistent session keeps the subscriptions of an earlier run without leases.
             for filter in ALL_ZONES_FILTERS {
@@ -285,6 +309,26 @@ impl MqttListener {
         }
         if topics::parse_relay_replies(topic).is_some() {
             self.relay.answer(&publish.payload);
+            acknowledge(ack);
+            return true;
+        }
+        if let Some((zone, instance, request)) = topics::parse_query(topic) {
+            // Verified and answered by the desk, off the event loop; dropped when it is full (a
+            // query has no effect: its caller times out and retries).
+            let raw = RawQuery {
+                zone: zone.to_owned(),
+                instance: instance.to_owned(),
+                request: request.to_owned(),
+                payload: publish.payload.clone(),
+            };
+            if self.asked.try_send(raw).is_err() {
+                metrics::counter!("gridex_relayed_queries_dropped_total").increment(1);
+            }
+            acknowledge(ack);
+            return true;
+        }
+        if topics::parse_query_replies(topic).is_some() {
+            self.queries.answer(&publish.payload);
             acknowledge(ack);
             return true;
         }

@@ -17,6 +17,16 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+/// Where a zone's owner runs, as [`ZoneSet::find`] sees it.
+#[derive(Debug)]
+pub(super) enum Found {
+    Here(mpsc::Sender<ZoneMsg>),
+    /// In storage, owned by another instance (or by none right now).
+    Elsewhere,
+    /// Not in storage.
+    Unknown,
+}
+
 /// The zone owners: started at start-up for every zone in storage, and for a zone registered while
 /// the exchange runs the first time a message for it is committed. One owner per zone while this
 /// instance owns the zone (on PostgreSQL: while it holds the zone's lease).
@@ -25,6 +35,9 @@ pub(super) struct ZoneSet {
     owners: Arc<std::sync::RwLock<HashMap<ZoneId, mpsc::Sender<ZoneMsg>>>>,
     /// Held while an owner starts, so two callers never start two owners of one zone.
     starting: Arc<tokio::sync::Mutex<()>>,
+    /// Zones found in storage while another instance owned them (zones are never deleted), so a
+    /// relayed read query costs no lookup; bounded by the registered zones.
+    seen: Arc<std::sync::RwLock<std::collections::HashSet<ZoneId>>>,
     config: ExchangeConfig,
     db: Database,
     outlets: Outlets,
@@ -41,7 +54,16 @@ impl ZoneSet {
         ownership: Ownership,
         tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
     ) -> Self {
-        ZoneSet { owners: Arc::default(), starting: Arc::default(), config, db, outlets, ownership, tasks }
+        ZoneSet {
+            owners: Arc::default(),
+            starting: Arc::default(),
+            seen: Arc::default(),
+            config,
+            db,
+            outlets,
+            ownership,
+            tasks,
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ZoneId, mpsc::Sender<ZoneMsg>>> {
@@ -49,6 +71,14 @@ impl ZoneSet {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         }
+    }
+
+    fn elsewhere_seen(&self, zone: &ZoneId) -> bool {
+        self.seen.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(zone)
+    }
+
+    fn remember_elsewhere(&self, zone: &ZoneId) {
+        self.seen.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(zone.clone());
     }
 
     /// Which zones this instance owns.
@@ -70,17 +100,43 @@ impl ZoneSet {
     /// The zone's owner, started (its books recovered from the log) if it is not running yet.
     /// `None` for a zone that is not in storage or not owned by this instance.
     pub(super) async fn get_or_start(&self, zone: &ZoneId) -> Result<Option<mpsc::Sender<ZoneMsg>>, ExchangeError> {
+        match self.find(zone).await? {
+            Found::Here(owner) => Ok(Some(owner)),
+            Found::Elsewhere | Found::Unknown => Ok(None),
+        }
+    }
+
+    /// Where `zone`'s owner runs: here (started if it is not running yet), at another instance
+    /// (the zone is in storage, this instance does not own it), or nowhere (not in storage).
+    pub(super) async fn find(&self, zone: &ZoneId) -> Result<Found, ExchangeError> {
         if let Some(owner) = self.get(zone) {
-            return Ok(Some(owner));
+            return Ok(Found::Here(owner));
+        }
+        if !self.ownership.owns(zone) {
+            // Neither the start lock nor (once the zone was seen in storage) a database round trip:
+            // a web server asks this for every read query it relays.
+            if self.elsewhere_seen(zone) {
+                return Ok(Found::Elsewhere);
+            }
+            let wanted = vec![zone.clone()];
+            let found = self.db.run(move |conn| store::load_zones(conn, &wanted)).await?;
+            if !found.contains_key(zone) {
+                return Ok(Found::Unknown);
+            }
+            self.remember_elsewhere(zone);
+            return Ok(Found::Elsewhere);
         }
         let _starting = self.starting.lock().await;
         if let Some(owner) = self.get(zone) {
-            return Ok(Some(owner));
+            return Ok(Found::Here(owner));
         }
         let wanted = vec![zone.clone()];
         let found = self.db.run(move |conn| store::load_zones(conn, &wanted)).await?;
-        let Some(info) = found.get(zone).filter(|_| self.ownership.owns(zone)) else { return Ok(None) };
-        Ok(Some(self.start_owner(zone.clone(), *info).await?))
+        let Some(info) = found.get(zone) else { return Ok(Found::Unknown) };
+        if !self.ownership.owns(zone) {
+            return Ok(Found::Elsewhere);
+        }
+        Ok(Found::Here(self.start_owner(zone.clone(), *info).await?))
     }
 
     /// Stops `zone`'s owner (its lease was released or lost): it applies what it was sent, then ends.
