@@ -214,7 +214,7 @@ async fn raw_rate(broker: &BrokerAddr, senders: &[Vec<(String, Vec<u8>)>]) -> f6
 
 /// The exchange under load: in this process, or separate `exchange-node` processes.
 enum Exchange {
-    InProcess(exchange::service::ExchangeHandle),
+    InProcess(Box<exchange::service::ExchangeHandle>),
     Processes(Vec<nodes::Node>),
 }
 
@@ -406,7 +406,7 @@ async fn start_exchange(
         let exchange =
             service::start(config, test_db.db.clone(), Arc::new(SystemClock), Some(options)).await.expect("start");
         exchange.mqtt_subscribed().await;
-        return Exchange::InProcess(exchange);
+        return Exchange::InProcess(Box::new(exchange));
     }
     let run = unique();
     let mut started: Vec<nodes::Node> = (0..processes)
