@@ -43,6 +43,23 @@ fn thread_cpu_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// utime + stime of every process named `name` (e.g. all PostgreSQL backends of the machine,
+/// whoever's they are), in seconds. A process that ends between two readings drops out of the sum.
+pub fn processes_named_cpu_s(name: &str) -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0.0 };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str().and_then(|pid| pid.parse::<u32>().ok()))
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim_end() == name))
+        .map(process_cpu_s)
+        .sum()
+}
+
+/// `LOAD_BROKER_PID`: the broker's process, whose CPU time is then reported too.
+pub fn broker_pid() -> Option<u32> {
+    std::env::var("LOAD_BROKER_PID").ok().and_then(|pid| pid.parse().ok())
+}
+
 /// The 1-minute load average.
 pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -58,6 +75,8 @@ pub struct Clocks {
     /// The exchange's processes together (the tool's own process when the exchange runs in it).
     exchange_s: f64,
     tool_s: f64,
+    broker_s: f64,
+    postgres_s: f64,
     machine_s: f64,
 }
 
@@ -66,7 +85,14 @@ impl Clocks {
         let tool_s = process_cpu_s(std::process::id());
         let exchange_s =
             if exchange_pids.is_empty() { tool_s } else { exchange_pids.iter().map(|pid| process_cpu_s(*pid)).sum() };
-        Clocks { wall: Instant::now(), exchange_s, tool_s, machine_s: machine_busy_s() }
+        Clocks {
+            wall: Instant::now(),
+            exchange_s,
+            tool_s,
+            broker_s: broker_pid().map_or(0.0, process_cpu_s),
+            postgres_s: processes_named_cpu_s("postgres"),
+            machine_s: machine_busy_s(),
+        }
     }
 
     /// What was spent from `start` to `self`.
@@ -75,6 +101,8 @@ impl Clocks {
             wall_s: self.wall.duration_since(start.wall).as_secs_f64(),
             exchange_s: self.exchange_s - start.exchange_s,
             tool_s: self.tool_s - start.tool_s,
+            broker_s: self.broker_s - start.broker_s,
+            postgres_s: self.postgres_s - start.postgres_s,
             machine_s: self.machine_s - start.machine_s,
         }
     }
@@ -86,6 +114,10 @@ pub struct Spent {
     pub wall_s: f64,
     pub exchange_s: f64,
     pub tool_s: f64,
+    /// 0 without `LOAD_BROKER_PID`.
+    pub broker_s: f64,
+    /// Every PostgreSQL process of the machine (other users' too).
+    pub postgres_s: f64,
     pub machine_s: f64,
 }
 

@@ -20,7 +20,8 @@
 //! `LOAD_EXCHANGE_NODE` at a binary). Timing starts once the nodes have split the zones (`zones` on
 //! each) and a probe reading of every zone was stored. The nodes' CPU time is utime + stime from
 //! `/proc/<pid>/stat`; in-process, the CPU time reported is the whole tool's (exchange, senders and,
-//! for rumqttd, the broker).
+//! for rumqttd, the broker). `LOAD_BROKER_PID` adds the broker's CPU time (e.g. `pgrep -f
+//! mosquitto-load`); every `postgres` process of the machine is summed as the database's.
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -565,16 +566,19 @@ async fn run(broker: &BrokerAddr, gateways: usize, readings_each: u64, traders: 
 /// Prints the CPU figures of one phase: the exchange's CPU time per accepted message next to the
 /// batch-verification CPU time per message and their ratio.
 fn report_cpu(setup: &str, kind: &str, phase: &Phase, total: usize, parse_us: f64, verify_us: f64) {
-    let Spent { wall_s, exchange_s, tool_s, machine_s } = phase.spent;
-    let per_message_us = exchange_s / total as f64 * 1e6;
+    let Spent { wall_s, exchange_s, tool_s, broker_s, postgres_s, machine_s } = phase.spent;
+    let per_message_us = |seconds: f64| seconds / total as f64 * 1e6;
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     println!(
-        "{setup}: {kind} CPU: exchange {per_message_us:.1} µs/msg ({exchange_s:.2} s in {wall_s:.2} s), tool {:.1} µs/msg, \
-         machine busy {:.2} of {cores} cores; batch verification {verify_us:.1} µs/msg (+ parse {parse_us:.1}) on one thread; \
-         exchange / verification {:.1}x",
-        tool_s / total as f64 * 1e6,
+        "{setup}: {kind} CPU: exchange {:.1} µs/msg ({exchange_s:.2} s in {wall_s:.2} s), tool {:.1}, broker {:.1}, \
+         postgres (all) {:.1} µs/msg, machine busy {:.2} of {cores} cores; batch verification {verify_us:.1} µs/msg \
+         (+ parse {parse_us:.1}) on one thread; exchange / verification {:.1}x",
+        per_message_us(exchange_s),
+        per_message_us(tool_s),
+        per_message_us(broker_s),
+        per_message_us(postgres_s),
         machine_s / wall_s,
-        per_message_us / verify_us
+        per_message_us(exchange_s) / verify_us
     );
 }
 
