@@ -7,7 +7,8 @@ mod common;
 use ed25519_dalek::SigningKey;
 use gridex_store::clock::{Clock, SystemClock};
 use gridex_store::testing::TestDb;
-use protocol::{AccountId, DeviceId, MeterSerial, PowerW, Reading, Signed, TimestampMs, Wh, ZoneId};
+use protocol::testing::grid_reading;
+use protocol::{AccountId, DeviceId, MeterSerial, Signed, ZoneId};
 use serde_json::{json, Value};
 use settlement::registry::DeviceRole;
 use std::time::Duration;
@@ -150,21 +151,8 @@ impl TestApp {
 
     /// A reading of the household's device, signed by it, submitted through the exchange's pipeline.
     async fn submit(&self, seq: u64, ts_ms: i64, import_wh: i64) -> Result<(), exchange::ingest::Rejection> {
-        let reading = Reading {
-            device: device_id(&self.device),
-            zone: zone(),
-            meter_serial: MeterSerial::parse("SN-1").expect("a serial"),
-            seq,
-            ts_ms: TimestampMs(ts_ms),
-            import_wh: Wh(import_wh),
-            export_wh: Wh(0),
-            pv_wh: None,
-            power_w: PowerW(0),
-            battery_charge_wh: None,
-            battery_discharge_wh: None,
-            battery_soc_permille: None,
-            battery_capacity_wh: None,
-        };
+        let serial = MeterSerial::parse("SN-1").expect("a serial");
+        let reading = grid_reading(&self.device, zone(), serial, seq, ts_ms, import_wh, 0);
         let bytes = Signed::sign(reading, &self.device).expect("sign").to_json();
         self.exchange().submit_reading(bytes).await
     }
