@@ -16,7 +16,7 @@ use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use exchange::config::ExchangeConfig;
 use exchange::ingest::{self, DeviceState, Directory, Kind, Limits, Origin, Verifier, ZoneInfo};
-use protocol::{DeviceId, MeterSerial, PowerW, Reading, Signed, TimestampMs, Wh, ZoneId};
+use protocol::{DeviceId, Reading, Signed, TimestampMs, ZoneId};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -52,19 +52,10 @@ fn fixture(count: usize) -> Fixture {
             },
         );
         let reading = Reading {
-            device,
             zone: zone.clone(),
-            meter_serial: MeterSerial::parse("SN-0001").expect("a serial"),
             seq: 1,
             ts_ms: TimestampMs(NOW_MS - 1_000),
-            import_wh: Wh(1_234_567),
-            export_wh: Wh(7_654_321),
-            pv_wh: Some(Wh(9_000_000)),
-            power_w: PowerW(-2_500),
-            battery_charge_wh: None,
-            battery_discharge_wh: None,
-            battery_soc_permille: None,
-            battery_capacity_wh: None,
+            ..protocol::testing::sample_reading(&key)
         };
         let signed = Signed::sign(reading, &key).expect("sign");
         let origin = Origin::Mqtt { version: protocol::Version::V1, zone: zone.to_string(), sender: device.to_hex() };

@@ -625,6 +625,18 @@ pub fn check_slot(slot: SlotId, slot_len_ms: i64, limits: &Limits, now_ms: i64) 
 mod tests {
     use super::*;
 
+    /// An hour's horizon, gate closure 5 minutes before a slot, a minute's age for orders and readings.
+    fn limits() -> Limits {
+        Limits {
+            order_age_ms_max: 60_000,
+            reading_age_ms_max: 60_000,
+            future_skew_ms_max: 1_000,
+            horizon_ms: 3_600_000,
+            gate_closure_ms: 300_000,
+            order_commands: RateLimit { per_s: 20, burst: 100 },
+        }
+    }
+
     fn signed(seq: u64, ts_ms: i64, import_wh: i64) -> Signed<Reading> {
         let key = protocol::testing::signing_key(7);
         let mut reading = protocol::testing::sample_reading(&key);
@@ -673,14 +685,7 @@ mod tests {
     /// the cut-off, so that slot must be after every slot an order accepted up to then may name.
     #[test]
     fn a_whole_zone_cancel_all_is_logged_after_every_slot_an_order_may_name() {
-        let limits = Limits {
-            order_age_ms_max: 60_000,
-            reading_age_ms_max: 60_000,
-            future_skew_ms_max: 1_000,
-            horizon_ms: 3_600_000,
-            gate_closure_ms: 300_000,
-            order_commands: RateLimit { per_s: 20, burst: 100 },
-        };
+        let limits = limits();
         let slot_len_ms = 900_000;
         for now_ms in [9_000_000, 9_000_001, 9_899_999] {
             let logged = zone_wide_log_slot(slot_len_ms, &limits, now_ms);
@@ -696,14 +701,7 @@ mod tests {
 
     #[test]
     fn slots_must_be_aligned_open_and_within_the_horizon() {
-        let limits = Limits {
-            order_age_ms_max: 60_000,
-            reading_age_ms_max: 60_000,
-            future_skew_ms_max: 1_000,
-            horizon_ms: 3_600_000,
-            gate_closure_ms: 300_000,
-            order_commands: RateLimit { per_s: 20, burst: 100 },
-        };
+        let limits = limits();
         let now_ms = 9_000_000;
         let slot = |start_ms| SlotId::new(start_ms).expect("a slot");
         assert!(check_slot(slot(9_900_000), 900_000, &limits, now_ms).is_ok());

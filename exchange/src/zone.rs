@@ -317,18 +317,7 @@ impl ZoneOwner {
         let mut events = Vec::new();
         match command {
             Command::Order(signed) => {
-                let order = &signed.message;
-                let new_order = NewOrder {
-                    account: order.account,
-                    nonce: order.nonce,
-                    side: order.side,
-                    price: order.price_per_kwh,
-                    qty: order.qty_wh,
-                    tif: order.tif,
-                    post_only: order.post_only,
-                    ts_ms: order.ts_ms,
-                };
-                slot_book.book.submit(new_order, &mut events);
+                slot_book.book.submit(NewOrder::from(&signed.message), &mut events);
             }
             Command::Cancel(signed) => {
                 slot_book.book.cancel(signed.message.account, signed.message.order_nonce, &mut events)

@@ -9,7 +9,7 @@ use support::decode;
 
 use ed25519_dalek::{Signer, SigningKey};
 use exchange::config::ExchangeConfig;
-use exchange::service::{self, ExchangeHandle};
+use exchange::service::ExchangeHandle;
 use gridex_store::clock::ManualClock;
 use gridex_store::testing::TestDb;
 use protocol::{topics, AccountId, CancelAll, OrderStatus, OrderUpdate, Reason, Reject, Side, Signed, SlotId};
@@ -47,7 +47,7 @@ impl Env {
         // Only this test's zone: tests share Mosquitto.
         let config =
             ExchangeConfig { zones: vec![zone.clone()], ..ExchangeConfig::new(protocol::testing::operator_key()) };
-        let exchange = start(&config, &test_db, &clock, broker, &client_id).await;
+        let exchange = start_exchange(&config, &test_db.db, &clock, broker, &client_id).await;
         let probe = Probe::connect(broker, std::slice::from_ref(&zone)).await;
         Env { test_db, exchange, probe, zone, clock, trader, neighbour, client_id, config, broker: broker.clone() }
     }
@@ -85,20 +85,6 @@ impl Env {
             ts_ms: TimestampMs(NOW_MS),
         }
     }
-}
-
-async fn start(
-    config: &ExchangeConfig,
-    test_db: &TestDb,
-    clock: &Arc<ManualClock>,
-    broker: &BrokerAddr,
-    client_id: &str,
-) -> ExchangeHandle {
-    let options = mqtt_options(broker, client_id);
-    let exchange =
-        service::start(config.clone(), test_db.db.clone(), clock.clone(), Some(options)).await.expect("starts");
-    tokio::time::timeout(ANSWER_TIMEOUT, exchange.mqtt_subscribed()).await.expect("subscribed in time");
-    exchange
 }
 
 fn signed(message: CancelAll, key: &SigningKey) -> Vec<u8> {
@@ -262,14 +248,14 @@ async fn a_cancel_all_survives_a_restart() {
         assert!(live.iter().any(|book| book.slot == far && book.orders.len() == 2), "{live:?}");
 
         env.exchange.clone().shutdown().await;
-        env.exchange = start(&env.config, &env.test_db, &env.clock, &env.broker, &env.client_id).await;
+        env.exchange = start_exchange(&env.config, &env.test_db.db, &env.clock, &env.broker, &env.client_id).await;
         assert_eq!(env.exchange.resting_orders().await, live, "the replayed books equal the live books");
 
         // Down again until the near slot's gate has closed: its book is not rebuilt any more, and
         // the far book still comes back without the cancelled orders.
         env.exchange.clone().shutdown().await;
         env.clock.set(near.start_ms() - 60_000);
-        env.exchange = start(&env.config, &env.test_db, &env.clock, &env.broker, &env.client_id).await;
+        env.exchange = start_exchange(&env.config, &env.test_db.db, &env.clock, &env.broker, &env.client_id).await;
         let far_only: Vec<_> = live.iter().filter(|book| book.slot != near).cloned().collect();
         assert_eq!(env.exchange.resting_orders().await, far_only);
         assert_eq!(env.resting(&trader).await, vec![(far.start_ms(), 5)]);

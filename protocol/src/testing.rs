@@ -20,16 +20,35 @@ pub fn zone() -> ZoneId {
 }
 
 pub fn sample_reading(key: &SigningKey) -> Reading {
+    let meter_serial = MeterSerial::parse("SN-0001").expect("a valid literal");
     Reading {
-        device: DeviceId::from_verifying_key(&key.verifying_key()),
-        zone: zone(),
-        meter_serial: MeterSerial::parse("SN-0001").expect("a valid literal"),
-        seq: 42,
-        ts_ms: TimestampMs(1_790_000_000_000),
-        import_wh: Wh(1_234_567),
-        export_wh: Wh(7_654_321),
         pv_wh: Some(Wh(9_000_000)),
         power_w: PowerW(-2_500),
+        ..grid_reading(key, zone(), meter_serial, 42, 1_790_000_000_000, 1_234_567, 7_654_321)
+    }
+}
+
+/// A version 1 reading of `key`'s device with grid counters only: no PV, no battery, power 0.
+/// Tests change a field with struct update syntax (`Reading { pv_wh: …, ..grid_reading(…) }`).
+pub fn grid_reading(
+    key: &SigningKey,
+    zone: ZoneId,
+    meter_serial: MeterSerial,
+    seq: u64,
+    ts_ms: i64,
+    import_wh: i64,
+    export_wh: i64,
+) -> Reading {
+    Reading {
+        device: DeviceId::from_verifying_key(&key.verifying_key()),
+        zone,
+        meter_serial,
+        seq,
+        ts_ms: TimestampMs(ts_ms),
+        import_wh: Wh(import_wh),
+        export_wh: Wh(export_wh),
+        pv_wh: None,
+        power_w: PowerW(0),
         battery_charge_wh: None,
         battery_discharge_wh: None,
         battery_soc_permille: None,

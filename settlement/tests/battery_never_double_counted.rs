@@ -8,41 +8,12 @@ mod common;
 
 use common::*;
 use diesel::prelude::*;
-use gridex_store::schema::{ledger_entries, readings, settlement_slots, statements};
+use gridex_store::schema::readings;
 use gridex_store::testing::TestDb;
 use gridex_store::DbConnection;
 use protocol::{MicroMoney, PricePerKwh, Wh};
 use settlement::battery::{self, PriceBasis};
 use settlement::READING_GAP_MS_MAX_DEFAULT;
-
-/// Everything a settled ledger says: its lines, the statements and the slots' Merkle roots.
-type Ledger = (Vec<(i64, i64, String, String, String, i64)>, Vec<(i64, String, String)>, Vec<(i64, String)>);
-
-fn ledger(conn: &mut DbConnection) -> Ledger {
-    let lines = ledger_entries::table
-        .order((ledger_entries::tx_id, ledger_entries::line))
-        .select((
-            ledger_entries::tx_id,
-            ledger_entries::line,
-            ledger_entries::account_id,
-            ledger_entries::asset,
-            ledger_entries::kind,
-            ledger_entries::amount,
-        ))
-        .load(conn)
-        .expect("ledger lines");
-    let statements = statements::table
-        .order((statements::slot_start_ms, statements::account_id))
-        .select((statements::slot_start_ms, statements::account_id, statements::statement))
-        .load(conn)
-        .expect("statements");
-    let roots = settlement_slots::table
-        .order(settlement_slots::slot_start_ms)
-        .select((settlement_slots::slot_start_ms, settlement_slots::merkle_root))
-        .load(conn)
-        .expect("roots");
-    (lines, statements, roots)
-}
 
 /// Gives the household's readings at `ts_ms` battery counters, as a version 2 reading has them.
 fn battery_at(conn: &mut DbConnection, household: &Household, ts_ms: i64, counters: (i64, i64, i64)) {
@@ -125,21 +96,12 @@ fn battery_discharge_never_counts_as_export_or_for_grid_rewards() {
     for test_db in TestDb::all() {
         let conn = &mut *connection(&test_db);
         let (seller, _) = settle(conn, true);
-        let statement = |conn: &mut DbConnection, index: i64| {
-            let json: String = statements::table
-                .filter(statements::slot_start_ms.eq(slot(index).start_ms()))
-                .filter(statements::account_id.eq(seller.hex()))
-                .select(statements::statement)
-                .first(conn)
-                .expect("a statement");
-            protocol::decode::<protocol::Statement>(json.as_bytes()).expect("a statement")
-        };
-        let first = statement(conn, 0);
+        let first = statement(conn, 0, &seller);
         assert_eq!(first.metered_export_wh, Wh(600), "the grid meter's export, not the 2 000 Wh discharged");
         assert_eq!(first.imbalance_wh, Wh(-400), "sold 1 000, delivered 600: 400 bought back at retail");
         // GRID for the 600 Wh delivered peer to peer: the whole slot's emission, as the only deliverer.
         assert_eq!(first.tokens_earned.0, TOKENS_PER_SLOT);
-        let second = statement(conn, 1);
+        let second = statement(conn, 1, &seller);
         assert_eq!(second.metered_export_wh, Wh(0));
         assert_eq!(second.tokens_earned.0, 0, "nothing delivered through the grid earns nothing");
         assert_eq!(tokens(conn, &seller.hex()), TOKENS_PER_SLOT);

@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use diesel::prelude::*;
-use gridex_store::schema::{ledger_entries, ledger_transactions, settlement_slots};
+use gridex_store::schema::{ledger_transactions, settlement_slots};
 use gridex_store::testing::TestDb;
 use gridex_store::Database;
 use settlement::service::close_due;
@@ -31,12 +31,11 @@ fn seed(db: &Database) {
     // The fourth household sends nothing in the last slot: a gap, settled as such.
 }
 
-type Entry = (i64, i64, String, String, String, i64);
 type Transaction = (i64, String, i64, String, String, i64);
 type SlotRecord = (String, i64, i64, i64, String, String, i64, i64);
 
 /// Everything settlement wrote: ledger transactions and entries, and each slot's record with its root.
-fn written(db: &Database) -> (Vec<Transaction>, Vec<Entry>, Vec<SlotRecord>) {
+fn written(db: &Database) -> (Vec<Transaction>, Vec<LedgerLine>, Vec<SlotRecord>) {
     let conn = &mut *db.get().expect("a connection");
     let transactions = ledger_transactions::table
         .select((
@@ -50,18 +49,7 @@ fn written(db: &Database) -> (Vec<Transaction>, Vec<Entry>, Vec<SlotRecord>) {
         .order(ledger_transactions::tx_id)
         .load(conn)
         .expect("transactions");
-    let entries = ledger_entries::table
-        .select((
-            ledger_entries::tx_id,
-            ledger_entries::line,
-            ledger_entries::account_id,
-            ledger_entries::asset,
-            ledger_entries::kind,
-            ledger_entries::amount,
-        ))
-        .order((ledger_entries::tx_id, ledger_entries::line))
-        .load(conn)
-        .expect("entries");
+    let entries = ledger_lines(conn);
     let slots = settlement_slots::table
         .select((
             settlement_slots::zone_id,

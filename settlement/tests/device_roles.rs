@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use diesel::prelude::*;
-use gridex_store::schema::{ledger_entries, readings, settlement_slots, statements};
+use gridex_store::schema::{readings, settlement_slots};
 use gridex_store::testing::TestDb;
 use gridex_store::DbConnection;
 use protocol::testing::signing_key;
@@ -16,35 +16,6 @@ use protocol::{DeviceId, MeterSerial, Wh};
 use settlement::battery;
 use settlement::registry::{self, DeviceRole, NewDevice, RegistryError};
 use settlement::READING_GAP_MS_MAX_DEFAULT;
-
-/// Everything a settled ledger says: its lines, the statements and the slots' Merkle roots.
-type Ledger = (Vec<(i64, i64, String, String, String, i64)>, Vec<(i64, String, String)>, Vec<(i64, String)>);
-
-fn ledger(conn: &mut DbConnection) -> Ledger {
-    let lines = ledger_entries::table
-        .order((ledger_entries::tx_id, ledger_entries::line))
-        .select((
-            ledger_entries::tx_id,
-            ledger_entries::line,
-            ledger_entries::account_id,
-            ledger_entries::asset,
-            ledger_entries::kind,
-            ledger_entries::amount,
-        ))
-        .load(conn)
-        .expect("ledger lines");
-    let statements = statements::table
-        .order((statements::slot_start_ms, statements::account_id))
-        .select((statements::slot_start_ms, statements::account_id, statements::statement))
-        .load(conn)
-        .expect("statements");
-    let roots = settlement_slots::table
-        .order(settlement_slots::slot_start_ms)
-        .select((settlement_slots::slot_start_ms, settlement_slots::merkle_root))
-        .load(conn)
-        .expect("roots");
-    (lines, statements, roots)
-}
 
 /// Amounts summed per (ledger kind, asset, account kind) where the account kind is `household`,
 /// `utility`, `treasury` or `issuer`: what the brief compares, on top of the exact ledger lines.
@@ -146,13 +117,7 @@ fn a_home_with_a_grid_meter_and_a_pv_meter_settles_exactly_like_a_home_with_the_
             .get_result(conn)
             .expect("count");
         assert_eq!(pv_readings, 2);
-        let json: String = statements::table
-            .filter(statements::slot_start_ms.eq(slot(0).start_ms()))
-            .filter(statements::account_id.eq(seller.hex()))
-            .select(statements::statement)
-            .first(conn)
-            .expect("a statement");
-        let statement = protocol::decode::<protocol::Statement>(json.as_bytes()).expect("a statement");
+        let statement = statement(conn, 0, &seller);
         assert_eq!(statement.metered_export_wh, Wh(600), "the grid meter's export, not the 2 500 Wh produced");
         let no_data: Vec<i64> = settlement_slots::table
             .order(settlement_slots::slot_start_ms)

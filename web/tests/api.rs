@@ -10,7 +10,6 @@ use protocol::{AccountId, Order, PricePerKwh, Side, Signed, SlotId, TimeInForce,
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use web::application::Application;
 use web::auth::sign_request;
 use web::live::{LiveEvent, SlotSettled};
@@ -920,66 +919,6 @@ async fn order_updates_reach_only_their_traders_stream() {
     app.stop().await;
 }
 
-/// A POST as a webhook receiver saw it.
-#[derive(Debug)]
-struct Received {
-    signature: String,
-    attempt: String,
-    body: String,
-}
-
-/// A receiver that answers 500 to the first POST and 200 afterwards, reporting each request.
-async fn flaky_receiver() -> (String, tokio::sync::mpsc::Receiver<Received>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}/hook", listener.local_addr().expect("address"));
-    let (sender, receiver) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(async move {
-        for attempt in 0.. {
-            let Ok((mut socket, _)) = listener.accept().await else { return };
-            let mut raw = Vec::new();
-            let mut buffer = [0u8; 4096];
-            let (headers, body) = loop {
-                let read = socket.read(&mut buffer).await.unwrap_or(0);
-                if read == 0 {
-                    break (String::new(), String::new());
-                }
-                raw.extend_from_slice(&buffer[..read]);
-                let text = String::from_utf8_lossy(&raw).to_string();
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let length: usize = head
-                        .lines()
-                        .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_owned))
-                        .and_then(|value| value.trim().parse().ok())
-                        .unwrap_or(0);
-                    if body.len() >= length {
-                        break (head.to_owned(), body.to_owned());
-                    }
-                }
-            };
-            let status = if attempt == 0 { "500 Internal Server Error" } else { "200 OK" };
-            let _ = socket
-                .write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes())
-                .await;
-            let header = |name: &str| {
-                headers
-                    .lines()
-                    .find_map(|line| {
-                        let (key, value) = line.split_once(':')?;
-                        key.eq_ignore_ascii_case(name).then(|| value.trim().to_owned())
-                    })
-                    .unwrap_or_default()
-            };
-            let received = Received {
-                signature: header("x-gridex-signature"),
-                attempt: header("x-gridex-delivery-attempt"),
-                body,
-            };
-            let _ = sender.send(received).await;
-        }
-    });
-    (url, receiver)
-}
-
 /// Settles the zone's next slot (really, through settlement) and announces it on the live feed, as
 /// the running server does. Returns the announced slot.
 async fn settle_next_slot(app: &TestApp, announce: bool) -> SlotSettled {
@@ -1006,7 +945,7 @@ async fn settle_next_slot_in(db: &gridex_store::Database) -> SlotSettled {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_settled_slot_is_posted_to_webhooks_signed_and_retried_until_acknowledged() {
     let app = spawn_app().await;
-    let (url, mut received) = flaky_receiver().await;
+    let (url, mut received) = common::webhook_receiver(1).await;
     let (status, created) = app.utility("POST", "/api/v1/webhooks", Some(UTILITY_KEY), Some(json!({"url": url}))).await;
     assert_eq!(status, 201, "{created}");
     let secret = created["secret"].as_str().expect("secret").to_owned();
@@ -1040,7 +979,7 @@ async fn a_settled_slot_is_posted_to_webhooks_signed_and_retried_until_acknowled
 }
 
 /// The delivery passes the receiver's documented check (each attempt is signed at its own time).
-fn assert_signed(secret: &str, received: &Received) {
+fn assert_signed(secret: &str, received: &common::Delivery) {
     let now_s = now_ms() / 1_000;
     let tolerance_s = web::webhooks::SIGNATURE_TOLERANCE_S;
     let checked =
@@ -1078,7 +1017,7 @@ async fn a_failed_delivery_survives_a_restart_and_arrives_signed_afterwards() {
     // Two seconds before the retry: time enough to restart before it is due.
     let slow_retry = WebhookSettings { backoff_initial_ms: 2_000, ..Default::default() };
     let app = spawn_app_on(TestDb::any(), true, slow_retry.clone()).await;
-    let (url, mut received) = flaky_receiver().await;
+    let (url, mut received) = common::webhook_receiver(1).await;
     let (status, created) = app.utility("POST", "/api/v1/webhooks", Some(UTILITY_KEY), Some(json!({"url": url}))).await;
     assert_eq!(status, 201, "{created}");
     let (id, secret) = (created["id"].clone(), created["secret"].as_str().expect("secret").to_owned());
@@ -1111,7 +1050,7 @@ async fn a_failed_delivery_survives_a_restart_and_arrives_signed_afterwards() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_settled_while_the_web_server_was_down_is_delivered_after_it_restarts() {
     let app = spawn_app_on(TestDb::any(), true, WebhookSettings { backoff_initial_ms: 20, ..Default::default() }).await;
-    let (url, mut received) = flaky_receiver().await;
+    let (url, mut received) = common::webhook_receiver(1).await;
     let (status, created) = app.utility("POST", "/api/v1/webhooks", Some(UTILITY_KEY), Some(json!({"url": url}))).await;
     assert_eq!(status, 201, "{created}");
     let db = app.stop_keeping_database().await;
@@ -1275,21 +1214,12 @@ async fn the_demo_shows_trades_and_a_settled_slot_with_rewards_and_stops_cleanly
     assert!(exit.success(), "gridex demo exited with {exit}");
 }
 
-/// Runs `gridex` with a SQLite database in `dir` (GRIDEX_DATABASE_URL wins over DATABASE_URL).
-fn gridex(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_gridex"))
-        .args(args)
-        .env("GRIDEX_DATABASE_URL", format!("sqlite://{}", dir.join("admin.sqlite").display()))
-        .output()
-        .expect("gridex runs")
-}
-
 #[test]
 fn admin_subcommands_register_a_market_and_report_errors_in_one_line() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let key_path = |name: &str| dir.path().join(name).display().to_string();
     let ok = |args: &[&str]| {
-        let output = gridex(dir.path(), args);
+        let output = common::gridex(dir.path(), args);
         assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8(output.stdout).expect("utf-8").trim().to_owned()
     };
@@ -1314,12 +1244,12 @@ fn admin_subcommands_register_a_market_and_report_errors_in_one_line() {
         "--nameplate-w",
         "9000",
     ]);
-    let again = gridex(dir.path(), &["zone", "create", "--id", "north", "--name", "North"]);
+    let again = common::gridex(dir.path(), &["zone", "create", "--id", "north", "--name", "North"]);
     assert!(!again.status.success());
     let stderr = String::from_utf8(again.stderr).expect("utf-8");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("already exists"), "{stderr}");
-    let overwrite = gridex(dir.path(), &["keygen", "--key", &key_path("a.key")]);
+    let overwrite = common::gridex(dir.path(), &["keygen", "--key", &key_path("a.key")]);
     assert!(!overwrite.status.success(), "keygen never overwrites a key");
 }
 

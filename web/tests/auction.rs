@@ -1,6 +1,8 @@
 //! The closing auction through the API: orders signed by two households cross in a zone's call phase,
 //! and after gate closure `GET /api/v1/zones/{zone}/auctions` reports the uniform price and volume.
 
+mod common;
+
 use exchange::config::{ClosingAuction, ExchangeConfig};
 use gridex_store::clock::{Clock, ManualClock};
 use gridex_store::testing::TestDb;
@@ -36,19 +38,7 @@ async fn the_api_reports_the_closing_auctions_price_and_volume() {
     let seeded = zone.clone();
     settlement::registry::write(&db, move |conn| {
         web::registry::create_zone(conn, &seeded, "Auction zone", SLOT_LEN_MS, 0)?;
-        web::registry::set_tariff(
-            conn,
-            &seeded,
-            &web::public::TariffView {
-                effective_from_ms: 0,
-                retail_price_per_kwh: 300_000,
-                feed_in_price_per_kwh: 80_000,
-                grid_fee_per_kwh: 40_000,
-                protocol_fee_bps: 50,
-                utc_offset_minutes: 0,
-                bands: Vec::new(),
-            },
-        )?;
+        web::registry::set_tariff(conn, &seeded, &common::tariff(0))?;
         web::registry::register_account(conn, &seller_id, "Seller", &seeded, 0)?;
         web::registry::register_account(conn, &buyer_id, "Buyer", &seeded, 0)
     })

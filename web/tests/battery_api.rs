@@ -10,7 +10,8 @@ use common::{OBSERVER_KEY, UTILITY_KEY};
 use ed25519_dalek::SigningKey;
 use gridex_store::clock::{Clock, SystemClock};
 use gridex_store::testing::TestDb;
-use protocol::{AccountId, DeviceId, MeterSerial, PowerW, Reading, Signed, TimestampMs, Wh, ZoneId};
+use protocol::testing::grid_reading;
+use protocol::{AccountId, DeviceId, MeterSerial, Reading, Signed, Wh, ZoneId};
 use serde_json::{json, Value};
 use web::application::Application;
 use web::auth::sign_request;
@@ -88,20 +89,13 @@ impl TestApp {
     async fn reading(&self, seq: u64, ts_ms: i64, grid: (i64, i64), battery: (i64, i64, u16)) {
         let (import_wh, export_wh) = grid;
         let (charge_wh, discharge_wh, soc_permille) = battery;
+        let serial = MeterSerial::parse("SN-B").expect("valid");
         let reading = Reading {
-            device: DeviceId::from_verifying_key(&self.device.verifying_key()),
-            zone: zone(),
-            meter_serial: MeterSerial::parse("SN-B").expect("valid"),
-            seq,
-            ts_ms: TimestampMs(ts_ms),
-            import_wh: Wh(import_wh),
-            export_wh: Wh(export_wh),
-            pv_wh: None,
-            power_w: PowerW(0),
             battery_charge_wh: Some(Wh(charge_wh)),
             battery_discharge_wh: Some(Wh(discharge_wh)),
             battery_soc_permille: Some(soc_permille),
             battery_capacity_wh: Some(Wh(10_000)),
+            ..grid_reading(&self.device, zone(), serial, seq, ts_ms, import_wh, export_wh)
         };
         let bytes = Signed::sign(reading, &self.device).expect("signs").to_json();
         self.app.exchange().submit_reading(bytes).await.expect("the exchange stores the reading");

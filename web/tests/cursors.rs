@@ -11,7 +11,7 @@ use protocol::{AccountId, PricePerKwh, Side, SlotId, TimestampMs, Trade, Wh, Zon
 use serde_json::Value;
 use web::application::Application;
 use web::auth::sign_request;
-use web::settings::{ApiKey, Role, Secret, Settings};
+use web::settings::Settings;
 
 const ZONE: &str = "cursor-zone";
 const UTILITY_KEY: &str = "utility-key-0123456789";
@@ -66,15 +66,8 @@ async fn spawn_app(household: &SigningKey) -> TestApp {
     })
     .await
     .expect("seed the registry");
-    let settings = Settings {
-        api_keys: vec![ApiKey {
-            name: "utility".into(),
-            role: Role::Utility,
-            utility: Some(ZONE.into()),
-            key: Secret::new(UTILITY_KEY),
-        }],
-        ..Settings::default()
-    };
+    let settings =
+        Settings { api_keys: vec![common::utility_key("utility", ZONE, UTILITY_KEY)], ..Settings::default() };
     let app = common::start_app(settings, &test_db.db).await;
     TestApp {
         address: app.url(),
@@ -281,19 +274,7 @@ async fn registry_lists_are_all_reachable_through_cursors() {
             web::registry::create_zone(conn, &id, "Extra", SLOT_LEN_MS, created)?;
         }
         for i in 1..=6 {
-            web::registry::set_tariff(
-                conn,
-                &zone(),
-                &web::public::TariffView {
-                    effective_from_ms: i * 86_400_000,
-                    retail_price_per_kwh: 300_000,
-                    feed_in_price_per_kwh: 80_000,
-                    grid_fee_per_kwh: 40_000,
-                    protocol_fee_bps: 50,
-                    utc_offset_minutes: 0,
-                    bands: Vec::new(),
-                },
-            )?;
+            web::registry::set_tariff(conn, &zone(), &common::tariff(i * 86_400_000))?;
         }
         let mut registered = vec![protocol::DeviceId::from_verifying_key(&device_key(0).verifying_key()).to_hex()];
         for i in 1..=2u8 {

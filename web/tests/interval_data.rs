@@ -16,7 +16,8 @@ use common::{OBSERVER_KEY, UTILITY_KEY};
 use ed25519_dalek::SigningKey;
 use gridex_store::clock::{Clock, SystemClock};
 use gridex_store::testing::TestDb;
-use protocol::{AccountId, DeviceId, MeterSerial, PowerW, Reading, Signed, TimestampMs, Wh, ZoneId};
+use protocol::testing::grid_reading;
+use protocol::{AccountId, DeviceId, MeterSerial, Signed, ZoneId};
 use serde_json::{json, Value};
 use std::process::Command;
 use web::application::Application;
@@ -84,21 +85,8 @@ async fn spawn_app(test_db: TestDb) -> TestApp {
 impl TestApp {
     /// A signed version 1 reading, stored by the exchange (its direct path).
     async fn reading(&self, meter: &SigningKey, serial: &str, seq: u64, ts_ms: i64, import_wh: i64, export_wh: i64) {
-        let reading = Reading {
-            device: device_id(meter),
-            zone: zone(ZONE),
-            meter_serial: MeterSerial::parse(serial).expect("valid"),
-            seq,
-            ts_ms: TimestampMs(ts_ms),
-            import_wh: Wh(import_wh),
-            export_wh: Wh(export_wh),
-            pv_wh: None,
-            power_w: PowerW(0),
-            battery_charge_wh: None,
-            battery_discharge_wh: None,
-            battery_soc_permille: None,
-            battery_capacity_wh: None,
-        };
+        let serial = MeterSerial::parse(serial).expect("valid");
+        let reading = grid_reading(meter, zone(ZONE), serial, seq, ts_ms, import_wh, export_wh);
         let bytes = Signed::sign(reading, meter).expect("signs").to_json();
         self.app.exchange().submit_reading(bytes).await.expect("the exchange stores the reading");
     }

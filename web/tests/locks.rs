@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use web::application::Application;
 use web::live::{LiveEvent, SlotSettled};
-use web::settings::{ApiKey, Role, Secret, Settings, WebhookSettings};
+use web::settings::{ApiKey, Settings, WebhookSettings};
 use web::state::AppState;
 
 const UTILITY_KEY: &str = "utility-key-0123456789";
@@ -36,7 +36,7 @@ fn now_ms() -> i64 {
 }
 
 fn utility_key(name: &str, key: &str) -> ApiKey {
-    ApiKey { name: name.into(), role: Role::Utility, utility: Some(ZONE.into()), key: Secret::new(key) }
+    common::utility_key(name, ZONE, key)
 }
 
 /// A server on a fresh database with `settings` (these locks sit in front of the exchange).
@@ -275,58 +275,6 @@ async fn a_webhook_to_127_0_0_1_is_refused_unless_the_allow_list_names_it() {
     app.stop().await;
 }
 
-/// What a receiver saw of one POST.
-#[derive(Debug)]
-struct Received {
-    signature: String,
-    delivery: String,
-    body: String,
-}
-
-/// A receiver on loopback that answers 200 to every POST and reports it.
-async fn receiver() -> (String, tokio::sync::mpsc::Receiver<Received>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}/hook", listener.local_addr().expect("address"));
-    let (sender, received) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let mut raw = Vec::new();
-            let mut buffer = [0u8; 4096];
-            let (head, body) = loop {
-                let read = socket.read(&mut buffer).await.unwrap_or(0);
-                if read == 0 {
-                    break (String::new(), String::new());
-                }
-                raw.extend_from_slice(&buffer[..read]);
-                let text = String::from_utf8_lossy(&raw).to_string();
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let length: usize = header(head, "content-length").parse().unwrap_or(0);
-                    if body.len() >= length {
-                        break (head.to_owned(), body.to_owned());
-                    }
-                }
-            };
-            let _ = socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
-            let seen = Received {
-                signature: header(&head, "x-gridex-signature"),
-                delivery: header(&head, "x-gridex-delivery"),
-                body,
-            };
-            let _ = sender.send(seen).await;
-        }
-    });
-    (url, received)
-}
-
-fn header(head: &str, name: &str) -> String {
-    head.lines()
-        .find_map(|line| {
-            let (key, value) = line.split_once(':')?;
-            key.eq_ignore_ascii_case(name).then(|| value.trim().to_owned())
-        })
-        .unwrap_or_default()
-}
-
 /// Registers the zone (with the tariff and reward schedule settlement needs) and settles its next
 /// slot through settlement, announcing it as the running server does.
 async fn settle_a_slot(app: &TestApp) -> SlotSettled {
@@ -355,7 +303,7 @@ async fn a_replayed_webhook_delivery_is_detected_by_the_receivers_check() {
     use web::webhooks::{verify_signature, SignatureError, SIGNATURE_TOLERANCE_S};
     let allowed = WebhookSettings { allowed_private_networks: vec!["127.0.0.1".into()], ..WebhookSettings::default() };
     let app = spawn_app(settings_with(allowed)).await;
-    let (url, mut received) = receiver().await;
+    let (url, mut received) = common::webhook_receiver(0).await;
     let (status, created) = app.register_webhook(&url).await;
     assert_eq!(status, 201, "{created}");
     let secret = created["secret"].as_str().expect("the secret").to_owned();

@@ -13,7 +13,7 @@ use settlement::registry::DeviceRole;
 use std::time::{Duration, Instant};
 use web::application::Application;
 use web::auth::sign_request;
-use web::settings::{ApiKey, Role, Secret, Settings};
+use web::settings::Settings;
 
 const ZONE: &str = "lock-zone";
 const UTILITY_KEY: &str = "utility-key-0123456789";
@@ -52,15 +52,7 @@ async fn spawn_app_with(household: &SigningKey, settings: Settings) -> TestApp {
     })
     .await
     .expect("seed the registry");
-    let settings = Settings {
-        api_keys: vec![ApiKey {
-            name: "utility".into(),
-            role: Role::Utility,
-            utility: Some(ZONE.into()),
-            key: Secret::new(UTILITY_KEY),
-        }],
-        ..settings
-    };
+    let settings = Settings { api_keys: vec![common::utility_key("utility", ZONE, UTILITY_KEY)], ..settings };
     let app = common::start_app(settings, &test_db.db).await;
     let address = app.url();
     TestApp {

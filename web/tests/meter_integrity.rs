@@ -7,13 +7,14 @@ mod common;
 use ed25519_dalek::SigningKey;
 use gridex_store::clock::{Clock, SystemClock};
 use gridex_store::testing::TestDb;
-use protocol::{AccountId, DeviceId, MeterSerial, PowerW, Reading, Signed, TimestampMs, Wh, ZoneId};
+use protocol::testing::grid_reading;
+use protocol::{AccountId, DeviceId, MeterSerial, Signed, ZoneId};
 use serde_json::{json, Value};
 use settlement::registry::DeviceRole;
 use std::time::Duration;
 use web::application::Application;
 use web::auth::sign_request;
-use web::settings::{ApiKey, MarketSettings, Role, Secret, Settings};
+use web::settings::{MarketSettings, Settings};
 use web::state::AppState;
 
 const UTILITY_KEY: &str = "utility-key-0123456789";
@@ -53,16 +54,7 @@ async fn seed(db: &gridex_store::Database, household: AccountId, device: DeviceI
         let zone = zone();
         // Created two hours ago, so its first slot (the report's) is in the past.
         web::registry::create_zone(conn, &zone, "Meter zone", 900_000, now_ms() - 2 * 3_600_000)?;
-        let tariff = web::public::TariffView {
-            effective_from_ms: 0,
-            retail_price_per_kwh: 300_000,
-            feed_in_price_per_kwh: 80_000,
-            grid_fee_per_kwh: 40_000,
-            protocol_fee_bps: 50,
-            utc_offset_minutes: 0,
-            bands: Vec::new(),
-        };
-        web::registry::set_tariff(conn, &zone, &tariff)?;
+        web::registry::set_tariff(conn, &zone, &common::tariff(0))?;
         web::registry::register_account(conn, &household, "Carol", &zone, 0)?;
         // The household's grid meter and a sub-meter (an account has one grid meter).
         let roles = [(device, now_ms(), DeviceRole::Grid), (quiet, now_ms() - 3 * 3_600_000, DeviceRole::Submeter)];
@@ -90,12 +82,7 @@ async fn spawn_app() -> TestApp {
     let account = AccountId::from_verifying_key(&household.verifying_key());
     seed(&db, account, device_id(&device), device_id(&quiet_device)).await;
     let settings = Settings {
-        api_keys: vec![ApiKey {
-            name: "ops".into(),
-            role: Role::Utility,
-            utility: Some(ZONE.into()),
-            key: Secret::new(UTILITY_KEY),
-        }],
+        api_keys: vec![common::utility_key("ops", ZONE, UTILITY_KEY)],
         market: MarketSettings { silent_device_ms: SILENT_MS, ..MarketSettings::default() },
         ..Settings::default()
     };
@@ -150,21 +137,8 @@ impl TestApp {
 
     /// A reading of the household's device, signed by it, submitted through the exchange's pipeline.
     async fn submit(&self, seq: u64, ts_ms: i64, import_wh: i64) -> Result<(), exchange::ingest::Rejection> {
-        let reading = Reading {
-            device: device_id(&self.device),
-            zone: zone(),
-            meter_serial: MeterSerial::parse("SN-1").expect("a serial"),
-            seq,
-            ts_ms: TimestampMs(ts_ms),
-            import_wh: Wh(import_wh),
-            export_wh: Wh(0),
-            pv_wh: None,
-            power_w: PowerW(0),
-            battery_charge_wh: None,
-            battery_discharge_wh: None,
-            battery_soc_permille: None,
-            battery_capacity_wh: None,
-        };
+        let serial = MeterSerial::parse("SN-1").expect("a serial");
+        let reading = grid_reading(&self.device, zone(), serial, seq, ts_ms, import_wh, 0);
         let bytes = Signed::sign(reading, &self.device).expect("sign").to_json();
         self.exchange().submit_reading(bytes).await
     }
@@ -284,20 +258,11 @@ async fn a_device_silent_beyond_the_limit_is_listed_for_the_utility() {
     app.stop().await;
 }
 
-/// Runs `gridex` with a SQLite database in `dir`.
-fn gridex(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_gridex"))
-        .args(args)
-        .env("GRIDEX_DATABASE_URL", format!("sqlite://{}", dir.join("admin.sqlite").display()))
-        .output()
-        .expect("gridex runs")
-}
-
 #[test]
 fn the_cli_registers_a_meter_replacement_and_reports_a_refusal_in_one_line() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let key_path = |name: &str| dir.path().join(name).display().to_string();
-    let run = |args: &[&str]| gridex(dir.path(), args);
+    let run = |args: &[&str]| common::gridex(dir.path(), args);
     let ok = |args: &[&str]| {
         let output = run(args);
         assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));

@@ -7,10 +7,8 @@ mod common;
 
 use gridex_store::clock::{Clock, SystemClock};
 use gridex_store::testing::TestDb;
-use protocol::{
-    AccountId, DeviceId, MeterSerial, Order, PowerW, PricePerKwh, Reading, Side, Signed, SlotId, TimestampMs, Wh,
-    ZoneId,
-};
+use protocol::testing::grid_reading;
+use protocol::{AccountId, DeviceId, MeterSerial, Order, PricePerKwh, Side, Signed, SlotId, TimestampMs, Wh, ZoneId};
 use serde_json::{json, Value};
 use std::time::Duration;
 use web::application::Application;
@@ -121,21 +119,8 @@ async fn serve_trades_over_http_stores_mqtt_readings_answers_metrics_and_shuts_d
     let driver = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
     let base_ms = now_ms() - 120_000;
     for (seq, import_wh) in [(1_u64, 1_000_i64), (2, 1_010)] {
-        let reading = Reading {
-            device: device_id,
-            zone: zone.clone(),
-            meter_serial: MeterSerial::parse("SN-S").expect("a serial"),
-            seq,
-            ts_ms: TimestampMs(base_ms + seq as i64 * 60_000),
-            import_wh: Wh(import_wh),
-            export_wh: Wh(0),
-            pv_wh: None,
-            power_w: PowerW(0),
-            battery_charge_wh: None,
-            battery_discharge_wh: None,
-            battery_soc_permille: None,
-            battery_capacity_wh: None,
-        };
+        let serial = MeterSerial::parse("SN-S").expect("a serial");
+        let reading = grid_reading(&device, zone.clone(), serial, seq, base_ms + seq as i64 * 60_000, import_wh, 0);
         let payload = Signed::sign(reading, &device).expect("sign").to_json();
         mqtt.publish(protocol::topics::readings(&zone, &device_id), rumqttc::QoS::AtLeastOnce, false, payload)
             .await

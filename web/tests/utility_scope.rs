@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::process::Command;
 use web::application::Application;
-use web::settings::{ApiKey, Role, Secret, Settings, WebhookSettings};
+use web::settings::{ApiKey, Settings, WebhookSettings};
 
 const NORTH_KEY: &str = "north-9f86d081884c7d659a2feaa0c55ad015";
 const SOUTH_KEY: &str = "south-3c59dc048e8850243be8079a5c74d079";
@@ -44,7 +44,7 @@ impl TestApp {
 }
 
 fn key(name: &str, utility: &str, key: &str) -> ApiKey {
-    ApiKey { name: name.into(), role: Role::Utility, utility: Some(utility.into()), key: Secret::new(key) }
+    common::utility_key(name, utility, key)
 }
 
 /// A server with the keys of two utilities, `north` and `south`, each with the zone it created

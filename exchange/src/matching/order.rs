@@ -1,7 +1,7 @@
 //! Orders: what a caller submits ([`NewOrder`]), what the book shows of a resting one
 //! ([`RestingOrderView`]), and the node the book keeps a resting order in.
 
-use protocol::{AccountId, PricePerKwh, Side, TimeInForce, TimestampMs, Wh};
+use protocol::{AccountId, Order, PricePerKwh, Side, TimeInForce, TimestampMs, Wh};
 
 /// A limit order as the caller hands it to [`OrderBook::submit`](super::OrderBook::submit), after the
 /// signature, zone, slot and nonce checks of ingest.
@@ -19,6 +19,22 @@ pub struct NewOrder {
     /// The signed timestamp, carried for the caller. The book never reads it: time priority is arrival
     /// order, so that replaying the command log rebuilds exactly the same queues.
     pub ts_ms: TimestampMs,
+}
+
+impl From<&Order> for NewOrder {
+    /// A signed order's terms, as the book takes them.
+    fn from(order: &Order) -> Self {
+        NewOrder {
+            account: order.account,
+            nonce: order.nonce,
+            side: order.side,
+            price: order.price_per_kwh,
+            qty: order.qty_wh,
+            tif: order.tif,
+            post_only: order.post_only,
+            ts_ms: order.ts_ms,
+        }
+    }
 }
 
 /// A resting order as the book holds it.

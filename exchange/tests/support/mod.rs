@@ -12,7 +12,7 @@ use gridex_store::schema::reading_rejections;
 use gridex_store::testing::TestDb;
 use gridex_store::{Database, DbConnection};
 use protocol::{
-    AccountId, DeviceId, MeterSerial, Order, PowerW, PricePerKwh, Reading, ReadingAck, Reject, Side, Signed, SlotId,
+    AccountId, DeviceId, MeterSerial, Order, PricePerKwh, Reading, ReadingAck, Reject, Side, Signed, SlotId,
     TimeInForce, TimestampMs, Wh, ZoneId,
 };
 use settlement::registry::{self, AccountKind, RegistryError};
@@ -78,22 +78,10 @@ pub fn seed_keys(db: &Database, zone: &ZoneId, account_key: &SigningKey, device_
     });
 }
 
+/// A version 1 reading of `key`'s device (meter `SN-1`, as [`seed_keys`] registers it).
 pub fn reading(key: &SigningKey, zone: &ZoneId, seq: u64, ts_ms: i64, import_wh: i64, export_wh: i64) -> Reading {
-    Reading {
-        device: DeviceId::from_verifying_key(&key.verifying_key()),
-        zone: zone.clone(),
-        meter_serial: MeterSerial::parse("SN-1").expect("a valid literal"),
-        seq,
-        ts_ms: TimestampMs(ts_ms),
-        import_wh: Wh(import_wh),
-        export_wh: Wh(export_wh),
-        pv_wh: None,
-        power_w: PowerW(0),
-        battery_charge_wh: None,
-        battery_discharge_wh: None,
-        battery_soc_permille: None,
-        battery_capacity_wh: None,
-    }
+    let serial = MeterSerial::parse("SN-1").expect("a valid literal");
+    protocol::testing::grid_reading(key, zone.clone(), serial, seq, ts_ms, import_wh, export_wh)
 }
 
 pub fn signed_reading(key: &SigningKey, reading: Reading) -> Vec<u8> {

@@ -167,20 +167,7 @@ pub fn replay_log(test_db: &TestDb) -> (TradeMap, serde_json::Value) {
         let mut events = Vec::new();
         match &command {
             Command::Order(signed) => {
-                let order = &signed.message;
-                book.submit(
-                    NewOrder {
-                        account: order.account,
-                        nonce: order.nonce,
-                        side: order.side,
-                        price: order.price_per_kwh,
-                        qty: order.qty_wh,
-                        tif: order.tif,
-                        post_only: order.post_only,
-                        ts_ms: order.ts_ms,
-                    },
-                    &mut events,
-                );
+                book.submit(NewOrder::from(&signed.message), &mut events);
             }
             Command::Cancel(signed) => book.cancel(signed.message.account, signed.message.order_nonce, &mut events),
             Command::CancelAll(_) => unreachable!("handled above"),

@@ -226,27 +226,25 @@ fn blend(old: i64, new: i64, weight_per_mille: i64) -> i64 {
 mod tests {
     use super::*;
     use crate::simulator::{Home, HomeSpec};
-    use protocol::{testing, DeviceId, MeterSerial, PowerW, Wh};
+    use protocol::{testing, MeterSerial, Wh};
 
     const SLOT_MS: i64 = 15 * 60 * 1000;
     const MINUTE_MS: i64 = 60_000;
 
     fn reading(home: &Home, with_pv: bool) -> Reading {
         let state = home.state();
+        let (key, serial) = (testing::signing_key(9), MeterSerial::parse("SN").expect("valid"));
         Reading {
-            device: DeviceId::from_verifying_key(&testing::signing_key(9).verifying_key()),
-            zone: testing::zone(),
-            meter_serial: MeterSerial::parse("SN").expect("valid"),
-            seq: 1,
-            ts_ms: TimestampMs(state.sim_ms),
-            import_wh: Wh(state.import_wh()),
-            export_wh: Wh(state.export_wh()),
             pv_wh: with_pv.then_some(Wh(state.pv_wh())),
-            power_w: PowerW(0),
-            battery_charge_wh: None,
-            battery_discharge_wh: None,
-            battery_soc_permille: None,
-            battery_capacity_wh: None,
+            ..testing::grid_reading(
+                &key,
+                testing::zone(),
+                serial,
+                1,
+                state.sim_ms,
+                state.import_wh(),
+                state.export_wh(),
+            )
         }
     }
 

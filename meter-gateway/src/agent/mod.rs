@@ -825,7 +825,7 @@ pub async fn run_with_battery(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::{testing, DeviceId, MeterSerial, PowerW};
+    use protocol::{testing, MeterSerial};
 
     const MIN: i64 = 60_000;
 
@@ -865,22 +865,9 @@ mod tests {
     }
 
     fn reading(ts_ms: i64, import_wh: i64, export_wh: i64) -> Reading {
-        let key = testing::signing_key(9);
-        Reading {
-            device: DeviceId::from_verifying_key(&key.verifying_key()),
-            zone: testing::zone(),
-            meter_serial: MeterSerial::parse("SN").expect("valid"),
-            seq: u64::try_from(ts_ms).expect("positive"),
-            ts_ms: TimestampMs(ts_ms),
-            import_wh: Wh(import_wh),
-            export_wh: Wh(export_wh),
-            pv_wh: None,
-            power_w: PowerW(0),
-            battery_charge_wh: None,
-            battery_discharge_wh: None,
-            battery_soc_permille: None,
-            battery_capacity_wh: None,
-        }
+        let (key, serial) = (testing::signing_key(9), MeterSerial::parse("SN").expect("valid"));
+        let seq = u64::try_from(ts_ms).expect("positive");
+        testing::grid_reading(&key, testing::zone(), serial, seq, ts_ms, import_wh, export_wh)
     }
 
     fn planner() -> Planner {

@@ -3,7 +3,7 @@
 //! day of fills, and a restarted agent adopts its open orders instead of placing them again.
 
 use super::*;
-use protocol::{testing, DeviceId, MeterSerial, OrderStatus, PowerW};
+use protocol::{testing, MeterSerial, OrderStatus};
 
 const MIN: i64 = 60_000;
 const SLOT: i64 = SLOT_LEN_MS_DEFAULT;
@@ -36,21 +36,8 @@ fn account() -> AccountId {
 }
 
 fn reading(ts_ms: i64, import_wh: i64, export_wh: i64) -> Reading {
-    Reading {
-        device: DeviceId::from_verifying_key(&testing::signing_key(9).verifying_key()),
-        zone: testing::zone(),
-        meter_serial: MeterSerial::parse("SN").expect("valid"),
-        seq: 1,
-        ts_ms: TimestampMs(ts_ms),
-        import_wh: Wh(import_wh),
-        export_wh: Wh(export_wh),
-        pv_wh: None,
-        power_w: PowerW(0),
-        battery_charge_wh: None,
-        battery_discharge_wh: None,
-        battery_soc_permille: None,
-        battery_capacity_wh: None,
-    }
+    let serial = MeterSerial::parse("SN").expect("valid");
+    testing::grid_reading(&testing::signing_key(9), testing::zone(), serial, 1, ts_ms, import_wh, export_wh)
 }
 
 /// A planner that has seen `slots` slots of steady export (`wh_per_minute` > 0) or import (< 0).

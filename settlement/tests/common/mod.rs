@@ -4,11 +4,11 @@
 #![allow(dead_code)]
 
 use diesel::prelude::*;
-use gridex_store::schema::{readings, trades};
+use gridex_store::schema::{ledger_entries, readings, settlement_slots, statements, trades};
 use gridex_store::testing::TestDb;
 use gridex_store::DbConnection;
 use protocol::testing::signing_key;
-use protocol::{AccountId, DeviceId, MeterSerial, MicroMoney, MicroTokens, PricePerKwh, SlotId, ZoneId};
+use protocol::{AccountId, DeviceId, MeterSerial, MicroMoney, MicroTokens, PricePerKwh, SlotId, Statement, ZoneId};
 use settlement::queries;
 use settlement::registry::{self, AccountKind};
 use settlement::rewards::RewardSchedule;
@@ -228,4 +228,51 @@ pub fn count(conn: &mut DbConnection, table: &str) -> i64 {
         .get_result::<Count>(conn)
         .expect("count")
         .n
+}
+
+/// A ledger line: (tx id, line, account, asset, kind, amount).
+pub type LedgerLine = (i64, i64, String, String, String, i64);
+
+/// Everything a settled ledger says: its lines, the statements and the slots' Merkle roots.
+pub type Ledger = (Vec<LedgerLine>, Vec<(i64, String, String)>, Vec<(i64, String)>);
+
+/// Every ledger line, in order of transaction and line.
+pub fn ledger_lines(conn: &mut DbConnection) -> Vec<LedgerLine> {
+    ledger_entries::table
+        .order((ledger_entries::tx_id, ledger_entries::line))
+        .select((
+            ledger_entries::tx_id,
+            ledger_entries::line,
+            ledger_entries::account_id,
+            ledger_entries::asset,
+            ledger_entries::kind,
+            ledger_entries::amount,
+        ))
+        .load(conn)
+        .expect("ledger lines")
+}
+
+pub fn ledger(conn: &mut DbConnection) -> Ledger {
+    let statements = statements::table
+        .order((statements::slot_start_ms, statements::account_id))
+        .select((statements::slot_start_ms, statements::account_id, statements::statement))
+        .load(conn)
+        .expect("statements");
+    let roots = settlement_slots::table
+        .order(settlement_slots::slot_start_ms)
+        .select((settlement_slots::slot_start_ms, settlement_slots::merkle_root))
+        .load(conn)
+        .expect("roots");
+    (ledger_lines(conn), statements, roots)
+}
+
+/// The household's statement of slot `index`.
+pub fn statement(conn: &mut DbConnection, index: i64, household: &Household) -> Statement {
+    let json: String = statements::table
+        .filter(statements::slot_start_ms.eq(slot(index).start_ms()))
+        .filter(statements::account_id.eq(household.hex()))
+        .select(statements::statement)
+        .first(conn)
+        .expect("a statement");
+    protocol::decode::<Statement>(json.as_bytes()).expect("a statement")
 }

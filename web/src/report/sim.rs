@@ -491,16 +491,7 @@ fn action_slot(action: &Action) -> SlotId {
 fn apply(book: &mut OrderBook, action: &Action, events: &mut Vec<Event>) -> (&'static str, u64) {
     match action {
         Action::Order(order) => {
-            let new_order = NewOrder {
-                account: order.account,
-                nonce: order.nonce,
-                side: order.side,
-                price: order.price_per_kwh,
-                qty: order.qty_wh,
-                tif: TimeInForce::Gtc,
-                post_only: order.post_only,
-                ts_ms: order.ts_ms,
-            };
+            let new_order = NewOrder { tif: TimeInForce::Gtc, ..NewOrder::from(order) };
             book.submit(new_order, events);
             ("order", order.nonce)
         }

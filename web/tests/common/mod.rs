@@ -17,9 +17,100 @@ pub const OBSERVER_KEY: &str = "observer-key-0123456789";
 /// ([`OBSERVER_KEY`]).
 pub fn api_keys(zone: &str) -> Vec<ApiKey> {
     vec![
-        ApiKey { name: "ops".into(), role: Role::Utility, utility: Some(zone.into()), key: Secret::new(UTILITY_KEY) },
+        utility_key("ops", zone, UTILITY_KEY),
         ApiKey { name: "grafana".into(), role: Role::Observer, utility: None, key: Secret::new(OBSERVER_KEY) },
     ]
+}
+
+/// An API key `name` of the utility of `zone`.
+pub fn utility_key(name: &str, zone: &str, key: &str) -> ApiKey {
+    ApiKey { name: name.into(), role: Role::Utility, utility: Some(zone.into()), key: Secret::new(key) }
+}
+
+/// The test market's tariff from `effective_from_ms`: retail 0.30, feed-in 0.08, grid fee 0.04 per
+/// kWh, protocol fee 0.5 %, no time-of-use bands.
+pub fn tariff(effective_from_ms: i64) -> web::public::TariffView {
+    web::public::TariffView {
+        effective_from_ms,
+        retail_price_per_kwh: 300_000,
+        feed_in_price_per_kwh: 80_000,
+        grid_fee_per_kwh: 40_000,
+        protocol_fee_bps: 50,
+        utc_offset_minutes: 0,
+        bands: Vec::new(),
+    }
+}
+
+/// Runs the `gridex` binary with a SQLite database in `dir` (GRIDEX_DATABASE_URL wins over
+/// DATABASE_URL).
+pub fn gridex(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_gridex"))
+        .args(args)
+        .env("GRIDEX_DATABASE_URL", format!("sqlite://{}", dir.join("admin.sqlite").display()))
+        .output()
+        .expect("gridex runs")
+}
+
+/// A webhook delivery as a test receiver saw it: its signature, dedup key and attempt headers and
+/// its body.
+#[derive(Debug)]
+pub struct Delivery {
+    pub signature: String,
+    pub delivery: String,
+    pub attempt: String,
+    pub body: String,
+}
+
+/// A webhook receiver on loopback: answers the first `failures` POSTs with 500 and every later one
+/// with 200, and reports each. Returns its URL.
+pub async fn webhook_receiver(failures: usize) -> (String, tokio::sync::mpsc::Receiver<Delivery>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("address"));
+    let (sender, received) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        for attempt in 0.. {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let mut raw = Vec::new();
+            let mut buffer = [0u8; 4096];
+            let (head, body) = loop {
+                let read = socket.read(&mut buffer).await.unwrap_or(0);
+                if read == 0 {
+                    break (String::new(), String::new());
+                }
+                raw.extend_from_slice(&buffer[..read]);
+                let text = String::from_utf8_lossy(&raw).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length: usize = header(head, "content-length").parse().unwrap_or(0);
+                    if body.len() >= length {
+                        break (head.to_owned(), body.to_owned());
+                    }
+                }
+            };
+            let status = if attempt < failures { "500 Internal Server Error" } else { "200 OK" };
+            let _ = socket
+                .write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes())
+                .await;
+            let seen = Delivery {
+                signature: header(&head, "x-gridex-signature"),
+                delivery: header(&head, "x-gridex-delivery"),
+                attempt: header(&head, "x-gridex-delivery-attempt"),
+                body,
+            };
+            let _ = sender.send(seen).await;
+        }
+    });
+    (url, received)
+}
+
+/// The value of header `name` in an HTTP request's head, empty when absent.
+fn header(head: &str, name: &str) -> String {
+    head.lines()
+        .find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default()
 }
 
 /// Starts gridex as `serve` wires it, on `db` and a port-0 listener, with the default exchange
@@ -57,17 +148,5 @@ pub fn seed_zone_market(
             max_supply: 21_000_000_000_000,
         },
     )?;
-    web::registry::set_tariff(
-        conn,
-        zone,
-        &web::public::TariffView {
-            effective_from_ms: 0,
-            retail_price_per_kwh: 300_000,
-            feed_in_price_per_kwh: 80_000,
-            grid_fee_per_kwh: 40_000,
-            protocol_fee_bps: 50,
-            utc_offset_minutes: 0,
-            bands: Vec::new(),
-        },
-    )
+    web::registry::set_tariff(conn, zone, &tariff(0))
 }
