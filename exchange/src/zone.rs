@@ -13,9 +13,9 @@ use crate::service::outlets::Outlets;
 use crate::store::{self, CommandRow};
 use gridex_store::{Database, DbError};
 use protocol::topics;
-use protocol::{PriceBand, 
-    AccountId, AuctionResult, BookSnapshot, BookState, CancelAll, Command, OrderStatus, OrderUpdate, PricePerKwh,
-    Reason, Reject, SlotId, TimestampMs, Trade, Wh, ZoneId,
+use protocol::{
+    AccountId, AuctionResult, BookSnapshot, BookState, CancelAll, Command, OrderStatus, OrderUpdate, PriceBand,
+    PricePerKwh, Reason, Reject, SlotId, TimestampMs, Trade, Wh, ZoneId,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;

@@ -44,8 +44,8 @@ pub mod wire;
 
 pub use ids::{AccountId, DeviceId, IdError, MeterSerial, SlotId, ZoneId};
 pub use messages::{
-    AuctionResult, BookSnapshot, BookState, Cancel, CancelAll, Command, Level, Order, OrderStatus, OrderUpdate, PriceBand,
-    Reading, ReadingAck, Reject, Replace, Side, SlotRoot, Statement, Status, TimeInForce, Trade,
+    AuctionResult, BookSnapshot, BookState, Cancel, CancelAll, Command, Level, Order, OrderStatus, OrderUpdate,
+    PriceBand, Reading, ReadingAck, Reject, Replace, Side, SlotRoot, Statement, Status, TimeInForce, Trade,
 };
 pub use plan::{BatteryPlan, PlannedSlot};
 pub use reason::Reason;

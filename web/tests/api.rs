@@ -500,6 +500,28 @@ async fn a_utility_sets_time_of_use_bands_and_the_public_tariff_views_show_them(
     app.stop().await;
 }
 
+// A slot's book states the band of the time-of-use period it falls in, so an agent quotes inside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_slots_book_states_the_time_of_use_band_it_accepts() {
+    let app = spawn_app().await;
+    let key = Some(UTILITY_KEY);
+    let (status, _) =
+        app.utility("POST", "/api/v1/zones", key, Some(json!({"zone_id": "peak", "name": "Always peak"}))).await;
+    assert_eq!(status, 201);
+    // One band over the whole week: every slot is in it, whenever the test runs.
+    let always = json!({"days": 127, "start_minute": 0, "end_minute": 1440, "retail_price_per_kwh": 450000,
+                        "feed_in_price_per_kwh": 100000, "grid_fee_per_kwh": 60000});
+    let tariff = json!({"effective_from_ms": 0, "retail_price_per_kwh": 300000, "feed_in_price_per_kwh": 80000,
+                        "grid_fee_per_kwh": 40000, "protocol_fee_bps": 50, "bands": [always]});
+    let (status, body) = app.utility("PUT", "/api/v1/zones/peak/tariffs", key, Some(tariff)).await;
+    assert_eq!(status, 200, "{body}");
+    let slot = open_slot().start_ms();
+    let (status, book) = app.get(&format!("/api/v1/zones/peak/book?slot={slot}&levels=5")).await;
+    assert_eq!(status, 200, "{book}");
+    assert_eq!(book["price_band"], json!({"min_per_kwh": 100_000, "max_per_kwh": 450_000}), "{book}");
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_household_may_add_a_pv_meter_but_not_a_second_grid_meter_that_would_bill_it_twice() {
     let app = spawn_app().await;
@@ -623,6 +645,8 @@ async fn a_signed_order_rests_in_the_book_and_in_the_traders_open_orders() {
     let (status, empty) = app.get(&format!("/api/v1/zones/{ZONE}/book?slot={slot}&levels=5")).await;
     assert_eq!(status, 200, "{empty}");
     assert_eq!((&empty["state"], &empty["bids"], &empty["asks"]), (&json!("open"), &json!([]), &json!([])), "{empty}");
+    // It states the prices it accepts: the test tariff's feed-in to retail.
+    assert_eq!(empty["price_band"], json!({"min_per_kwh": 80_000, "max_per_kwh": 300_000}), "{empty}");
     // A slot whose gate has closed (and that never had a book) is not found.
     let past = open_slot().start_ms() - 4 * SLOT_LEN_MS;
     let (status, gone) = app.get(&format!("/api/v1/zones/{ZONE}/book?slot={past}&levels=5")).await;

@@ -278,8 +278,8 @@ mod tests {
             ts_ms: protocol::TimestampMs(slot_ms),
         };
         let auctions: Vec<AuctionResult> = (1..=1_000).map(|n| result(n * 900_000)).collect();
-        let payload = seal_answer(&key, query::PAYLOAD_BYTES_MAX, "r1", &zone, Answer::Auctions { auctions })
-            .expect("sealed");
+        let payload =
+            seal_answer(&key, query::PAYLOAD_BYTES_MAX, "r1", &zone, Answer::Auctions { auctions }).expect("sealed");
         assert!(payload.len() <= query::PAYLOAD_BYTES_MAX);
         let opened: AnswerBody =
             query::open(&key.verifying_key().to_bytes(), query::ANSWER_DOMAIN, &payload).expect("verifies");

@@ -297,6 +297,7 @@ mod tests {
             asks: Vec::new(),
             ts_ms: protocol::TimestampMs(1),
             call_phase: None,
+            price_band: None,
         };
         AnswerBody { request: request.to_owned(), zone: zone(), answer: Answer::Book { book: Some(book) } }
     }

@@ -26,8 +26,8 @@ use battery::{BatteryObservation, BatterySettings};
 use forecast::Forecaster;
 use position::Positions;
 use protocol::{
-    topics, AccountId, BatteryPlan, BookSnapshot, Cancel, Order, OrderUpdate, PlannedSlot, PriceBand, PricePerKwh, Reading,
-    Reject, Replace, Side, Signed, SlotId, TimestampMs, Wh, ZoneId,
+    topics, AccountId, BatteryPlan, BookSnapshot, Cancel, Order, OrderUpdate, PlannedSlot, PriceBand, PricePerKwh,
+    Reading, Reject, Replace, Side, Signed, SlotId, TimestampMs, Wh, ZoneId,
 };
 use quoting::{Band, Caps, Top};
 use rumqttc::{AsyncClient, QoS};

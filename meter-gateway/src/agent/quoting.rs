@@ -178,7 +178,8 @@ impl Planner {
                 self.settings.price_per_kwh_sell_min,
             )
         } else if self.settings.buy_deficit {
-            let mut limit = self.settings.price_per_kwh_buy_max.min(quoting.buy_break_even_per_kwh(band.retail_per_kwh));
+            let mut limit =
+                self.settings.price_per_kwh_buy_max.min(quoting.buy_break_even_per_kwh(band.retail_per_kwh));
             if charging {
                 // Energy bought to store must beat retail after the round trip's loss.
                 limit = limit.min(self.storage_break_even_per_kwh(quoting));

@@ -294,23 +294,29 @@ fn banded_book(slot: SlotId, ts_ms: i64, min_per_kwh: i64, max_per_kwh: i64) -> 
 
 #[test]
 fn a_time_of_use_band_in_the_book_keeps_the_quotes_inside_the_slots_band() {
-    // The configured tariffs are 0.08..0.30 (middle 0.19); an off-peak slot's book accepts 0.06..0.15
-    // and a peak slot's 0.20..0.40. Quoting by the configured tariffs would be refused in both.
+    // The configured tariffs are 0.08..0.30 (middle 0.19). A peak slot's book accepts 0.20..0.40: a
+    // seller quoting by the configured tariffs would ask at most 0.19 there and be refused. An
+    // off-peak slot's book accepts 0.06..0.15: a buyer quoting by them would bid above 0.15.
     let now_ms = START_MS + 3 * SLOT;
+    let price_in = |orders: &[Order], slot| orders.iter().find(|order| order.slot == slot).map(|o| o.price_per_kwh.0);
+
     let mut seller = planner(settings(quoting(None)), 20, 3);
     let slots = seller.tradable_slots(now_ms);
-    let (off_peak, flat) = (slots[0], slots[1]);
-    seller.observe_book(&banded_book(off_peak, now_ms, 60_000, 150_000));
+    let (peak, flat) = (slots[0], slots[1]);
+    seller.observe_book(&banded_book(peak, now_ms, 200_000, 400_000));
     let sells = orders(&seller.plan(now_ms));
-    let price_in = |orders: &[Order], slot| orders.iter().find(|order| order.slot == slot).map(|o| o.price_per_kwh.0);
-    let off_peak_price = price_in(&sells, off_peak).expect("sells in the off-peak slot");
-    assert!((120_000..=150_000).contains(&off_peak_price), "inside the slot's band, above the floor: {off_peak_price}");
-    assert_eq!(price_in(&sells, flat), Some(190_000), "a slot whose book is unheard quotes by the configured tariffs");
+    let peak_price = price_in(&sells, peak).expect("sells in the peak slot");
+    assert!((200_000..=400_000).contains(&peak_price), "inside the peak slot's band: {peak_price}");
+    let flat_price = price_in(&sells, flat).expect("sells in the unheard slot");
+    assert!(
+        (120_000..=190_000).contains(&flat_price),
+        "a slot whose book is unheard quotes by the configured tariffs, down to the owner's floor: {flat_price}"
+    );
 
     let mut buyer = planner(settings(quoting(None)), -20, 3);
-    let peak = buyer.tradable_slots(now_ms)[0];
-    buyer.observe_book(&banded_book(peak, now_ms, 200_000, 400_000));
+    let off_peak = buyer.tradable_slots(now_ms)[0];
+    buyer.observe_book(&banded_book(off_peak, now_ms, 60_000, 150_000));
     let buys = orders(&buyer.plan(now_ms));
-    let peak_price = price_in(&buys, peak).expect("buys in the peak slot");
-    assert!((200_000..=260_000).contains(&peak_price), "inside the slot's band, below the owner's cap: {peak_price}");
+    let off_peak_price = price_in(&buys, off_peak).expect("buys in the off-peak slot");
+    assert!((60_000..=150_000).contains(&off_peak_price), "inside the off-peak slot's band: {off_peak_price}");
 }
