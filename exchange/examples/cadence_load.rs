@@ -180,6 +180,13 @@ async fn main() {
             .collect();
         times.push((boundary_ms + offset_ms(&device, 8..16, spread_ms.max(1)), true));
         times.sort();
+        // A boundary reading that falls on an interval reading's millisecond goes a millisecond later:
+        // a gateway's readings have strictly increasing timestamps (the exchange refuses the second).
+        for next in 1..times.len() {
+            if times[next].0 <= times[next - 1].0 {
+                times[next].0 = times[next - 1].0 + 1;
+            }
+        }
         for (seq, (at_ms, boundary)) in times.into_iter().enumerate() {
             let seq = seq as u64 + 1;
             let payload =
