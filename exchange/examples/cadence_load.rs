@@ -143,6 +143,11 @@ async fn publish_paced(broker: &BrokerAddr, schedules: Vec<Schedule>, start: Ins
 
 #[tokio::main]
 async fn main() {
+    // The exchange's warnings (a lost broker link, shed load) on stderr; RUST_LOG overrides.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let numbers: Vec<u64> = std::env::args().skip(1).filter_map(|arg| arg.parse().ok()).collect();
     let homes = numbers.first().copied().unwrap_or(100_000) as usize;
     let seconds = numbers.get(1).copied().unwrap_or(60) as i64;
@@ -237,6 +242,7 @@ async fn main() {
                         ) =>
                     {
                         redelivered.fetch_add(1, Ordering::Relaxed);
+                        flood_window.add_permits(1);
                     }
                     Ok(MarketEvent::Rejected { reject, .. }) => {
                         eprintln!("rejected: {reject:?}");
@@ -267,9 +273,19 @@ async fn main() {
         let (sent, accepted) = (sent.clone(), accepted.clone());
         tokio::spawn(async move {
             let mut backlog_max = (0u64, 0i64);
+            let mut tick = 0u64;
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                tick += 1;
                 let backlog = sent.load(Ordering::Relaxed).saturating_sub(accepted.load(Ordering::Relaxed));
+                if tick % 50 == 0 {
+                    eprintln!(
+                        "{:>4} s: sent {}, accepted {}, backlog {backlog}",
+                        tick / 10,
+                        sent.load(Ordering::Relaxed),
+                        accepted.load(Ordering::Relaxed)
+                    );
+                }
                 if backlog > backlog_max.0 {
                     backlog_max = (backlog, start.elapsed().as_millis() as i64);
                 }
@@ -293,6 +309,26 @@ async fn main() {
     assert_eq!(stored(&test_db) as u64, total, "zero loss");
     assert_eq!(rejected.load(Ordering::Relaxed), 0, "no rejects");
 
+    let steady = homes as f64 / (interval_ms as f64 / 1_000.0);
+    let burst = steady + homes as f64 / (spread_ms.max(1) as f64 / 1_000.0);
+    println!(
+        "{} / {:?}: {homes} homes, every {} s + boundary spread over {} s, {seconds} s: {total} readings \
+         ({interval_total} interval, {boundary_total} boundary), zero loss, no rejects",
+        broker.name,
+        test_db.db.backend(),
+        interval_ms / 1_000,
+        spread_ms / 1_000
+    );
+    println!(
+        "  arrival {steady:.0}/s steady, {burst:.0}/s for {} s after the boundary; \
+         senders at most {late_ms_max} ms behind schedule",
+        spread_ms / 1_000,
+    );
+    println!(
+        "  backlog (published, not yet stored) at most {backlog_max} readings, {:.1} s after the boundary; \
+         everything stored {drain_ms} ms after the last publish",
+        (backlog_at_ms - boundary_ms) as f64 / 1_000.0
+    );
     // The reference, in the same process: a flood of readings, a window of 500 outstanding.
     let now_ms = chrono::Utc::now().timestamp_millis();
     let flood: Vec<Schedule> = flood_devices
@@ -338,7 +374,13 @@ async fn main() {
     while accepted.load(Ordering::Relaxed) < accepted_before + flood_total
         || (stored(&test_db) as u64) < before + flood_total
     {
-        assert!(flood_started.elapsed() < DRAIN_TIMEOUT, "flood not stored");
+        assert!(
+            flood_started.elapsed() < DRAIN_TIMEOUT,
+            "flood not stored: {} of {flood_total} accepted, {} stored, {} refused as copies",
+            accepted.load(Ordering::Relaxed) - accepted_before,
+            stored(&test_db) as u64 - before,
+            redelivered.load(Ordering::Relaxed)
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let flood_rate = flood_total as f64 / flood_started.elapsed().as_secs_f64();
@@ -348,29 +390,12 @@ async fn main() {
     }
     exchange.shutdown().await;
 
-    let steady = homes as f64 / (interval_ms as f64 / 1_000.0);
-    let burst = steady + homes as f64 / (spread_ms.max(1) as f64 / 1_000.0);
     println!(
-        "{} / {:?}: {homes} homes, every {} s + boundary spread over {} s, {seconds} s: {total} readings \
-         ({interval_total} interval, {boundary_total} boundary), zero loss, no rejects",
-        broker.name,
-        test_db.db.backend(),
-        interval_ms / 1_000,
-        spread_ms / 1_000
-    );
-    println!(
-        "  arrival {steady:.0}/s steady ({:.2}x the reference), {burst:.0}/s for {} s after the boundary ({:.2}x); \
-         senders at most {late_ms_max} ms behind schedule",
+        "  reference (same process, flood of {flood_total} at window {FLOOD_WINDOW}): {flood_rate:.0} readings/s; \
+         steady arrival {:.2}x it, after the boundary {:.2}x",
         steady / flood_rate,
-        spread_ms / 1_000,
         burst / flood_rate
     );
-    println!(
-        "  backlog (published, not yet stored) at most {backlog_max} readings, {:.1} s after the boundary; \
-         everything stored {drain_ms} ms after the last publish",
-        (backlog_at_ms - boundary_ms) as f64 / 1_000.0
-    );
-    println!("  reference (same process, flood of {flood_total} at window {FLOOD_WINDOW}): {flood_rate:.0} readings/s");
     println!(
         "  copies redelivered by the broker after a reconnect and refused as already stored: {}",
         redelivered.load(Ordering::Relaxed)

@@ -25,8 +25,9 @@ const MQTT_REQUEST_CHANNEL_LEN: usize = 4_096;
 const MQTT_RECONNECT_DELAY_MS: u64 = 500;
 /// Inbound MQTT messages held while the ingest queue is full. MQTT 3.1.1 has no receive maximum,
 /// but brokers bound their unacknowledged deliveries (Mosquitto's `max_inflight_messages`, 20 by
-/// default; rumqttd 100) and the exchange acknowledges only stored messages, so this is never
-/// reached with a sane broker; beyond it the exchange reconnects and the broker redelivers.
+/// default; rumqttd 100) and the exchange acknowledges only stored messages, so this is rarely
+/// reached; Mosquitto's count can run ahead of its window under a burst, and then the listener waits
+/// for room before it reads on (the broker keeps the rest queued).
 const INBOUND_HELD_MAX: usize = 1_024;
 
 /// The connection to the broker, before it is listened to.
@@ -276,13 +277,24 @@ impl MqttListener {
                     AckQueue::reconnected(&self.acks);
                     self.subscribe();
                 }
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(publish))) => {
-                    if !self.inbound(publish) {
-                        // Drop the connection; the next poll reconnects (ConnAck voids the old acks).
-                        eventloop.clean();
-                        tokio::time::sleep(Duration::from_millis(MQTT_RECONNECT_DELAY_MS)).await;
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(publish))) => match self.inbound(publish) {
+                    Handed::On => {}
+                    // The broker sent more than the exchange holds (Mosquitto's in-flight count can
+                    // run ahead of `max_inflight_messages`): read nothing more until there is room,
+                    // so the broker keeps the rest queued (TCP back-pressure). Not a reconnect: that
+                    // makes the broker redeliver every unacknowledged message while the first copies
+                    // are still queued here, the hold overflows again at once, and the exchange
+                    // never catches up (measured: a reconnect every 0.5 s, storing stopped).
+                    Handed::Wait(raw) => {
+                        metrics::counter!("gridex_inbound_held_overflow_total").increment(1);
+                        // Closed: shutting down; unacknowledged, so the broker redelivers it.
+                        let _ = self.held.send(raw).await;
                     }
-                }
+                    Handed::WaitPlan(raw) => {
+                        metrics::counter!("gridex_inbound_held_overflow_total").increment(1);
+                        let _ = self.plans.send(raw).await;
+                    }
+                },
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
                     self.subacks_pending = self.subacks_pending.saturating_sub(1);
                     if self.subacks_pending == 0 {
@@ -298,10 +310,9 @@ impl MqttListener {
         }
     }
 
-    /// Hands one inbound message on. `false` when it could not be held (a broker sending more than
-    /// [`INBOUND_HELD_MAX`] unacknowledged messages): it stays unacknowledged, and so does every
-    /// later one, so the caller reconnects and the broker redelivers them.
-    fn inbound(&self, publish: rumqttc::Publish) -> bool {
+    /// Hands one inbound message on, or back when it cannot be held now (a broker sending more
+    /// than [`INBOUND_HELD_MAX`] unacknowledged messages): the caller waits for room.
+    fn inbound(&self, publish: rumqttc::Publish) -> Handed {
         let ack = (publish.qos != rumqttc::QoS::AtMostOnce).then(|| AckQueue::take(&self.acks, publish.pkid));
         let topic = publish.topic.as_str();
         if let Some((zone, instance, request)) = topics::parse_relay(topic) {
@@ -310,7 +321,7 @@ impl MqttListener {
         if topics::parse_relay_replies(topic).is_some() {
             self.relay.answer(&publish.payload);
             acknowledge(ack);
-            return true;
+            return Handed::On;
         }
         if let Some((zone, instance, request)) = topics::parse_query(topic) {
             // Verified and answered by the desk, off the event loop; dropped when it is full (a
@@ -325,18 +336,18 @@ impl MqttListener {
                 metrics::counter!("gridex_relayed_queries_dropped_total").increment(1);
             }
             acknowledge(ack);
-            return true;
+            return Handed::On;
         }
         if topics::parse_query_replies(topic).is_some() {
             self.queries.answer(&publish.payload);
             acknowledge(ack);
-            return true;
+            return Handed::On;
         }
         if let (Some(feed), Some(_)) = (&self.feed, topics::parse_outbound(topic)) {
             // No subscriber is fine; the reader verifies what it uses.
             let _ = feed.send(FeedMessage { topic: publish.topic.clone(), payload: publish.payload.clone() });
             acknowledge(ack);
-            return true;
+            return Handed::On;
         }
         let (kind, version, zone, sender) = match topics::parse_inbound(topic) {
             Some(Inbound::Readings { version, zone, device }) => (Kind::Reading, version, zone, device),
@@ -347,7 +358,7 @@ impl MqttListener {
             }
             None => {
                 acknowledge(ack);
-                return true;
+                return Handed::On;
             }
         };
         if let Served::Leased(ownership) = &self.served {
@@ -356,20 +367,16 @@ impl MqttListener {
             if !ZoneId::parse(zone).is_ok_and(|zone| ownership.takes(&zone)) {
                 metrics::counter!("gridex_not_owned_messages_total").increment(1);
                 acknowledge(ack);
-                return true;
+                return Handed::On;
             }
         }
         let origin = Origin::Mqtt { version, zone: zone.to_owned(), sender: sender.to_owned() };
         let raw = Raw { kind, origin, bytes: publish.payload.to_vec(), reply: None, ack, relayed: false };
         match self.held.try_send(raw) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                metrics::counter!("gridex_inbound_held_overflow_total").increment(1);
-                tracing::warn!("more unacknowledged MQTT messages than the exchange holds; reconnecting");
-                false
-            }
+            Ok(()) => Handed::On,
+            Err(mpsc::error::TrySendError::Full(raw)) => Handed::Wait(raw),
             // Shutting down: unacknowledged, so the broker redelivers it to the next session.
-            Err(mpsc::error::TrySendError::Closed(_)) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => Handed::On,
         }
     }
 
@@ -384,10 +391,10 @@ impl MqttListener {
         request: &str,
         bytes: Vec<u8>,
         ack: Option<super::acks::MqttAck>,
-    ) -> bool {
+    ) -> Handed {
         let (Ok(zone), Some(_)) = (ZoneId::parse(zone), self.relay.name()) else {
             acknowledge(ack);
-            return true;
+            return Handed::On;
         };
         let (answer, outcome) = tokio::sync::oneshot::channel();
         let raw = Raw {
@@ -398,42 +405,41 @@ impl MqttListener {
             ack,
             relayed: true,
         };
+        // Answered once the command's outcome is known (nothing is sent if it is dropped).
+        self.relay.reply_later(zone, instance.to_owned(), request.to_owned(), outcome);
         match self.held.try_send(raw) {
-            Ok(()) => {
-                self.relay.reply_later(zone, instance.to_owned(), request.to_owned(), outcome);
-                true
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                metrics::counter!("gridex_inbound_held_overflow_total").increment(1);
-                tracing::warn!("more unacknowledged MQTT messages than the exchange holds; reconnecting");
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => true,
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Handed::On,
+            Err(mpsc::error::TrySendError::Full(raw)) => Handed::Wait(raw),
         }
     }
 }
 
 impl MqttListener {
     /// Hands a battery plan to the plan stage, as [`MqttListener::inbound`] does other messages.
-    fn plan(&self, raw: RawPlan) -> bool {
+    fn plan(&self, raw: RawPlan) -> Handed {
         if let Served::Leased(ownership) = &self.served {
             if !ZoneId::parse(&raw.zone).is_ok_and(|zone| ownership.takes(&zone)) {
                 metrics::counter!("gridex_not_owned_messages_total").increment(1);
                 acknowledge(raw.ack);
-                return true;
+                return Handed::On;
             }
         }
         match self.plans.try_send(raw) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                metrics::counter!("gridex_inbound_held_overflow_total").increment(1);
-                tracing::warn!("more unacknowledged battery plans than the exchange holds; reconnecting");
-                false
-            }
-            // Shutting down: unacknowledged, so the broker redelivers it to the next session.
-            Err(mpsc::error::TrySendError::Closed(_)) => true,
+            // Closed: shutting down; unacknowledged, so the broker redelivers it to the next session.
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Handed::On,
+            Err(mpsc::error::TrySendError::Full(raw)) => Handed::WaitPlan(raw),
         }
     }
+}
+
+/// What became of an inbound message in [`MqttListener::inbound`].
+enum Handed {
+    /// Handed on, or final here.
+    On,
+    /// The hold is full: the listener waits for room before it reads the next message.
+    Wait(Raw),
+    /// The battery plan stage's queue is full: the same.
+    WaitPlan(RawPlan),
 }
 
 /// Moves inbound MQTT messages into the ingest queue, waiting while it is full: back-pressure,
