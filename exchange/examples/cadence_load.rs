@@ -278,7 +278,7 @@ async fn main() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 tick += 1;
                 let backlog = sent.load(Ordering::Relaxed).saturating_sub(accepted.load(Ordering::Relaxed));
-                if tick % 50 == 0 {
+                if tick.is_multiple_of(50) {
                     eprintln!(
                         "{:>4} s: sent {}, accepted {}, backlog {backlog}",
                         tick / 10,
