@@ -95,30 +95,7 @@ async fn publish_paced(broker: &BrokerAddr, schedules: Vec<Schedule>, start: Ins
         let mut network = rumqttc::NetworkOptions::new();
         network.set_tcp_nodelay(true);
         eventloop.set_network_options(network);
-        let total = schedule.len();
-        let (acked_tx, acked_rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let (mut acked, mut acked_tx) = (0, Some(acked_tx));
-            loop {
-                match eventloop.poll().await {
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
-                        acked += 1;
-                        if acked == total {
-                            if let Some(sender) = acked_tx.take() {
-                                let _ = sender.send(());
-                            }
-                        }
-                    }
-                    Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
-                    Ok(_) => {}
-                    Err(rumqttc::ConnectionError::RequestsDone) => break,
-                    Err(error) => {
-                        eprintln!("publisher: {error}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-        });
+        let acked_rx = drive_publisher(eventloop, schedule.len(), "publisher");
         let sent = sent.clone();
         tasks.push(tokio::spawn(async move {
             let mut late_ms_max = 0i64;

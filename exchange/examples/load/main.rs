@@ -104,36 +104,7 @@ async fn publish_all(broker: &BrokerAddr, senders: Vec<Vec<(String, Vec<u8>)>>, 
         let (client, mut eventloop) =
             rumqttc::AsyncClient::new(mqtt_options(broker, &format!("load-{}", unique())), 1_000);
         eventloop.set_network_options(no_delay());
-        // The client lives until the broker acknowledged every message: dropping it earlier ends
-        // the event loop with messages still unsent.
-        let (acked_tx, acked_rx) = tokio::sync::oneshot::channel::<()>();
-        let total = messages.len();
-        tokio::spawn(async move {
-            let mut acked = 0;
-            let mut acked_tx = Some(acked_tx);
-            loop {
-                match eventloop.poll().await {
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
-                        acked += 1;
-                        if acked == total {
-                            if let Some(sender) = acked_tx.take() {
-                                let _ = sender.send(());
-                            }
-                        }
-                    }
-                    // The event loop keeps a request sender of its own, so it never sees
-                    // `RequestsDone`; without this it would reconnect every 100 ms for the rest of
-                    // the process, loading the broker during the later phases.
-                    Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
-                    Ok(_) => {}
-                    Err(rumqttc::ConnectionError::RequestsDone) => break,
-                    Err(error) => {
-                        eprintln!("load publisher: {error}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-        });
+        let acked_rx = drive_publisher(eventloop, messages.len(), "load publisher");
         let window = window.clone();
         tasks.push(tokio::spawn(async move {
             for (topic, payload) in messages {

@@ -36,6 +36,43 @@ pub fn mqtt_options(broker: &BrokerAddr, client_id: &str) -> rumqttc::MqttOption
     options
 }
 
+/// Drives a publisher's event loop until it disconnects; the receiver fires once the broker has
+/// acknowledged (PUBACK) `total` messages. The load tools keep their client until then: dropping it
+/// earlier ends the event loop with messages still unsent.
+pub fn drive_publisher(
+    mut eventloop: rumqttc::EventLoop,
+    total: usize,
+    name: &'static str,
+) -> tokio::sync::oneshot::Receiver<()> {
+    let (acked_tx, acked_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut acked, mut acked_tx) = (0, Some(acked_tx));
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                    acked += 1;
+                    if acked == total {
+                        if let Some(sender) = acked_tx.take() {
+                            let _ = sender.send(());
+                        }
+                    }
+                }
+                // The event loop keeps a request sender of its own, so it never sees
+                // `RequestsDone`; without this it would reconnect every 100 ms for the rest of
+                // the process, loading the broker during the later phases.
+                Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
+                Ok(_) => {}
+                Err(rumqttc::ConnectionError::RequestsDone) => break,
+                Err(error) => {
+                    eprintln!("{name}: {error}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    acked_rx
+}
+
 /// Runs registry writes in one transaction, failing the test with `what` if the registry refuses.
 fn registry_write(db: &Database, what: &str, work: impl FnOnce(&mut DbConnection) -> Result<(), RegistryError>) {
     db.write_blocking(|conn| Ok(work(conn)))
