@@ -132,6 +132,9 @@ pub(crate) struct ZoneOwner {
     books: BTreeMap<SlotId, SlotBook>,
     /// The zone's last closing auction results, oldest first (at most [`AUCTION_RESULTS_KEPT`]).
     auctions: std::collections::VecDeque<AuctionResult>,
+    /// The band an open slot without a book yet states, read once per slot (a book query must not
+    /// cost this task a database round trip each time); only open slots are kept.
+    empty_bands: BTreeMap<SlotId, PriceBand>,
 }
 
 impl std::fmt::Debug for ZoneOwner {
@@ -158,6 +161,7 @@ impl ZoneOwner {
             outlets,
             books: BTreeMap::new(),
             auctions: std::collections::VecDeque::new(),
+            empty_bands: BTreeMap::new(),
         };
         let now_ms = owner.outlets.now_ms();
         // The open books, and in a zone with a closing auction also the books whose gate closed while
@@ -513,11 +517,20 @@ impl ZoneOwner {
     /// The book of an open slot that has had no order yet: empty, version 0. `None` for a slot
     /// that is not open (gate closure passed, beyond the horizon or not aligned to the zone's slots).
     /// Its band is the one the book will have if it opens now (the tariff as it stands).
-    async fn empty_open_book(&self, slot: SlotId) -> Option<BookSnapshot> {
-        if !self.open_slots().into_iter().any(|open| open.slot == slot) {
+    async fn empty_open_book(&mut self, slot: SlotId) -> Option<BookSnapshot> {
+        let open = self.open_slots();
+        if !open.iter().any(|open| open.slot == slot) {
             return None;
         }
-        let band = price_band(&self.book_config(slot).await);
+        self.empty_bands.retain(|kept, _| open.iter().any(|open| open.slot == *kept));
+        let band = match self.empty_bands.get(&slot) {
+            Some(band) => *band,
+            None => {
+                let band = price_band(&self.book_config(slot).await);
+                self.empty_bands.insert(slot, band);
+                band
+            }
+        };
         Some(BookSnapshot {
             zone: self.zone.clone(),
             slot,
