@@ -485,23 +485,6 @@ pub fn tariffs(conn: &mut DbConnection, zone_id: &ZoneId) -> Result<Vec<Tariff>,
     Ok(rows.into_iter().map(tariff_from_row).collect())
 }
 
-/// The zone's tariffs oldest first (by effective time, unique per zone: the table's key), effective
-/// after `after_ms` when given (keyset paging: the previous page's last effective time), at most `limit`.
-pub fn tariffs_page(
-    conn: &mut DbConnection,
-    zone_id: &ZoneId,
-    after_ms: Option<i64>,
-    limit: i64,
-) -> Result<Vec<Tariff>, RegistryError> {
-    let mut query = tariffs::table.filter(tariffs::zone_id.eq(zone_id.as_str())).into_boxed();
-    if let Some(after_ms) = after_ms {
-        query = query.filter(tariffs::effective_from_ms.gt(after_ms));
-    }
-    let rows: Vec<TariffRow> =
-        query.order(tariffs::effective_from_ms).limit(limit).select(TARIFF_COLUMNS).load(conn)?;
-    Ok(rows.into_iter().map(tariff_from_row).collect())
-}
-
 /// Registers an account. Households are named by their key (64 hex digits); a utility must be
 /// `utility:<zone>` of an existing zone; `treasury` and `issuer` have those names.
 pub fn register_account(
