@@ -10,44 +10,30 @@ use protocol::tariff::{DaysOfWeek, SlotPrices, SlotTariff, TariffSchedule, Tarif
 use protocol::{PricePerKwh, ZoneId};
 use std::collections::BTreeMap;
 
-type VersionRow = (i64, i64, i64, i64, i64, i64);
-type BandRow = (i64, i64, i64, i64, i64, i64, i64, i64);
+/// A tariff version as stored: its flat prices, fee and local-time offset.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = tariffs)]
+struct VersionRow {
+    effective_from_ms: i64,
+    retail_price_per_kwh: i64,
+    feed_in_price_per_kwh: i64,
+    grid_fee_per_kwh: i64,
+    protocol_fee_bps: i64,
+    utc_offset_minutes: i64,
+}
 
-const VERSION_COLUMNS: (
-    tariffs::effective_from_ms,
-    tariffs::retail_price_per_kwh,
-    tariffs::feed_in_price_per_kwh,
-    tariffs::grid_fee_per_kwh,
-    tariffs::protocol_fee_bps,
-    tariffs::utc_offset_minutes,
-) = (
-    tariffs::effective_from_ms,
-    tariffs::retail_price_per_kwh,
-    tariffs::feed_in_price_per_kwh,
-    tariffs::grid_fee_per_kwh,
-    tariffs::protocol_fee_bps,
-    tariffs::utc_offset_minutes,
-);
-
-const BAND_COLUMNS: (
-    tariff_bands::effective_from_ms,
-    tariff_bands::days_mask,
-    tariff_bands::start_minute,
-    tariff_bands::end_minute,
-    tariff_bands::retail_price_per_kwh,
-    tariff_bands::feed_in_price_per_kwh,
-    tariff_bands::grid_fee_per_kwh,
-    tariff_bands::position,
-) = (
-    tariff_bands::effective_from_ms,
-    tariff_bands::days_mask,
-    tariff_bands::start_minute,
-    tariff_bands::end_minute,
-    tariff_bands::retail_price_per_kwh,
-    tariff_bands::feed_in_price_per_kwh,
-    tariff_bands::grid_fee_per_kwh,
-    tariff_bands::position,
-);
+/// One time-of-use band of a version as stored.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = tariff_bands)]
+struct BandRow {
+    effective_from_ms: i64,
+    days_mask: i64,
+    start_minute: i64,
+    end_minute: i64,
+    retail_price_per_kwh: i64,
+    feed_in_price_per_kwh: i64,
+    grid_fee_per_kwh: i64,
+}
 
 fn prices(retail: i64, feed_in: i64, grid_fee: i64) -> SlotPrices {
     SlotPrices {
@@ -58,33 +44,34 @@ fn prices(retail: i64, feed_in: i64, grid_fee: i64) -> SlotPrices {
 }
 
 fn band_from_row(row: BandRow) -> Result<TouBand, DbError> {
-    let (_, days, start, end, retail, feed_in, grid_fee, _) = row;
     // The table's checks keep these in range; a row that is not is reported, never truncated.
     let narrow = |value: i64| u16::try_from(value).map_err(|_| DbError::Invalid(format!("tariff band value {value}")));
-    let days = u8::try_from(days).map_err(|_| DbError::Invalid(format!("tariff band days {days}")))?;
+    let days =
+        u8::try_from(row.days_mask).map_err(|_| DbError::Invalid(format!("tariff band days {}", row.days_mask)))?;
     Ok(TouBand {
         days: DaysOfWeek(days),
-        start_minute: narrow(start)?,
-        end_minute: narrow(end)?,
-        prices: prices(retail, feed_in, grid_fee),
+        start_minute: narrow(row.start_minute)?,
+        end_minute: narrow(row.end_minute)?,
+        prices: prices(row.retail_price_per_kwh, row.feed_in_price_per_kwh, row.grid_fee_per_kwh),
     })
 }
 
 fn versions_from_rows(rows: Vec<VersionRow>, bands: Vec<BandRow>) -> Result<Vec<TariffVersion>, DbError> {
     let mut by_version: BTreeMap<i64, Vec<TouBand>> = BTreeMap::new();
     for row in bands {
-        by_version.entry(row.0).or_default().push(band_from_row(row)?);
+        by_version.entry(row.effective_from_ms).or_default().push(band_from_row(row)?);
     }
     rows.into_iter()
-        .map(|(effective_from_ms, retail, feed_in, grid_fee, protocol_fee_bps, offset)| {
+        .map(|row| {
+            let offset = row.utc_offset_minutes;
             let utc_offset_minutes =
                 i32::try_from(offset).map_err(|_| DbError::Invalid(format!("tariff UTC offset {offset}")))?;
             Ok(TariffVersion {
-                effective_from_ms,
-                protocol_fee_bps,
+                effective_from_ms: row.effective_from_ms,
+                protocol_fee_bps: row.protocol_fee_bps,
                 utc_offset_minutes,
-                flat: prices(retail, feed_in, grid_fee),
-                bands: by_version.remove(&effective_from_ms).unwrap_or_default(),
+                flat: prices(row.retail_price_per_kwh, row.feed_in_price_per_kwh, row.grid_fee_per_kwh),
+                bands: by_version.remove(&row.effective_from_ms).unwrap_or_default(),
             })
         })
         .collect()
@@ -98,7 +85,7 @@ fn bands_of(conn: &mut DbConnection, zone: &ZoneId, effective: &[i64]) -> Result
         .filter(tariff_bands::zone_id.eq(zone.as_str()))
         .filter(tariff_bands::effective_from_ms.eq_any(effective))
         .order((tariff_bands::effective_from_ms, tariff_bands::position))
-        .select(BAND_COLUMNS)
+        .select(BandRow::as_select())
         .load(conn)?)
 }
 
@@ -108,11 +95,11 @@ pub fn version_at(conn: &mut DbConnection, zone: &ZoneId, at_ms: i64) -> Result<
         .filter(tariffs::zone_id.eq(zone.as_str()))
         .filter(tariffs::effective_from_ms.le(at_ms))
         .order(tariffs::effective_from_ms.desc())
-        .select(VERSION_COLUMNS)
+        .select(VersionRow::as_select())
         .first(conn)
         .optional()?;
     let Some(row) = row else { return Ok(None) };
-    let bands = bands_of(conn, zone, &[row.0])?;
+    let bands = bands_of(conn, zone, &[row.effective_from_ms])?;
     Ok(versions_from_rows(vec![row], bands)?.pop())
 }
 
@@ -140,8 +127,8 @@ pub fn versions_page(
         query = query.filter(tariffs::effective_from_ms.gt(after_ms));
     }
     let rows: Vec<VersionRow> =
-        query.order(tariffs::effective_from_ms).limit(limit).select(VERSION_COLUMNS).load(conn)?;
-    let effective: Vec<i64> = rows.iter().map(|row| row.0).collect();
+        query.order(tariffs::effective_from_ms).limit(limit).select(VersionRow::as_select()).load(conn)?;
+    let effective: Vec<i64> = rows.iter().map(|row| row.effective_from_ms).collect();
     let bands = bands_of(conn, zone, &effective)?;
     versions_from_rows(rows, bands)
 }
@@ -152,12 +139,12 @@ pub fn schedule(conn: &mut DbConnection, zone: &ZoneId) -> Result<TariffSchedule
     let rows: Vec<VersionRow> = tariffs::table
         .filter(tariffs::zone_id.eq(zone.as_str()))
         .order(tariffs::effective_from_ms)
-        .select(VERSION_COLUMNS)
+        .select(VersionRow::as_select())
         .load(conn)?;
     let bands: Vec<BandRow> = tariff_bands::table
         .filter(tariff_bands::zone_id.eq(zone.as_str()))
         .order((tariff_bands::effective_from_ms, tariff_bands::position))
-        .select(BAND_COLUMNS)
+        .select(BandRow::as_select())
         .load(conn)?;
     Ok(TariffSchedule::new(versions_from_rows(rows, bands)?))
 }
