@@ -66,19 +66,8 @@ impl ModbusSettings {
 /// poll's length (a few requests per device).
 pub const DEVICES_MAX: usize = 8;
 
-/// What a device meters. The registry holds the same fact (`role` of the device, set by the
-/// utility) and settlement acts on it; here it decides how a reading is formed: a `pv` device
-/// reports its production as `export_wh` and `pv_wh` with `import_wh` 0 (an inverter without a
-/// meter model is read as such), every other role reports the meter's import and export.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceRole {
-    #[default]
-    Grid,
-    Pv,
-    Battery,
-    Submeter,
-}
+/// What a device meters; here it decides how a reading is formed (`protocol::DeviceRole`).
+pub use protocol::DeviceRole;
 
 /// One Modbus device on the gateway's connection (`[[devices]]`), with its own key, spool and
 /// broker login. Without `[[devices]]` the gateway reads one device from the top-level `key`,

@@ -33,6 +33,7 @@ pub mod merkle;
 pub mod messages;
 pub mod plan;
 pub mod reason;
+pub mod role;
 pub mod rules;
 pub mod strict;
 pub mod tariff;
@@ -49,5 +50,6 @@ pub use messages::{
 };
 pub use plan::{BatteryPlan, PlannedSlot};
 pub use reason::Reason;
+pub use role::DeviceRole;
 pub use units::{MicroMoney, MicroTokens, PowerW, PricePerKwh, Rounding, TimestampMs, Wh};
 pub use wire::{decode, encode, verify_batch, OperatorSigned, ProtocolError, Signable, Signed, Version, WireMessage};
