@@ -120,51 +120,8 @@ pub struct Account {
     pub created_ms: i64,
 }
 
-/// What a device meters, a registry fact (readings do not carry it). Settlement bills import and
-/// credits export from `Grid` meters only; the others sit behind the grid meter, so their energy is
-/// already in its counters and they serve reports only (see ARCHITECTURE.md, "Device roles").
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceRole {
-    /// The household's connection meter (the role of every device registered before roles existed).
-    #[default]
-    Grid,
-    /// A production meter or inverter behind the grid meter.
-    Pv,
-    /// A home battery's own meter behind the grid meter (a battery read through the grid meter's
-    /// gateway reports in that meter's readings instead, PROTOCOL.md §2).
-    Battery,
-    /// A circuit behind the grid meter (a heat pump, a charger).
-    Submeter,
-}
-
-impl DeviceRole {
-    pub const ALL: [DeviceRole; 4] = [DeviceRole::Grid, DeviceRole::Pv, DeviceRole::Battery, DeviceRole::Submeter];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeviceRole::Grid => "grid",
-            DeviceRole::Pv => "pv",
-            DeviceRole::Battery => "battery",
-            DeviceRole::Submeter => "submeter",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|role| role.as_str() == text)
-    }
-
-    /// Whether settlement bills and credits this device's counters.
-    pub fn is_settled(self) -> bool {
-        self == DeviceRole::Grid
-    }
-}
-
-impl std::fmt::Display for DeviceRole {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str(self.as_str())
-    }
-}
+/// What a device meters (one type for the registry, the API and the gateway: `protocol`).
+pub use protocol::DeviceRole;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Device {
@@ -255,38 +212,41 @@ pub fn create_zone(
             zones::created_ms.eq(now_ms),
         ))
         .execute(conn)?;
-    ensure_account(conn, &utility_account, AccountKind::Utility, &format!("Utility of {name}"), Some(zone_id), now_ms)?;
+    insert_account(conn, &utility_account, AccountKind::Utility, &format!("Utility of {name}"), Some(zone_id), now_ms)?;
     ensure_system_accounts(conn, now_ms)?;
     Ok(Zone { zone_id: zone_id.clone(), name: name.to_owned(), slot_len_ms, utility_account, created_ms: now_ms })
 }
 
-fn ensure_account(
+/// Inserts the account unless `id` is taken; whether it did. The one place an account row is written.
+fn insert_account(
     conn: &mut DbConnection,
     id: &str,
     kind: AccountKind,
     display_name: &str,
     zone: Option<&ZoneId>,
     now_ms: i64,
-) -> Result<(), RegistryError> {
-    let exists: i64 = accounts::table.filter(accounts::account_id.eq(id)).count().get_result(conn)?;
-    if exists == 0 {
-        diesel::insert_into(accounts::table)
-            .values((
-                accounts::account_id.eq(id),
-                accounts::kind.eq(kind.as_str()),
-                accounts::display_name.eq(display_name),
-                accounts::zone_id.eq(zone.map(ZoneId::as_str)),
-                accounts::created_ms.eq(now_ms),
-            ))
-            .execute(conn)?;
+) -> Result<bool, RegistryError> {
+    let taken: i64 = accounts::table.filter(accounts::account_id.eq(id)).count().get_result(conn)?;
+    if taken > 0 {
+        return Ok(false);
     }
-    Ok(())
+    diesel::insert_into(accounts::table)
+        .values((
+            accounts::account_id.eq(id),
+            accounts::kind.eq(kind.as_str()),
+            accounts::display_name.eq(display_name),
+            accounts::zone_id.eq(zone.map(ZoneId::as_str)),
+            accounts::created_ms.eq(now_ms),
+        ))
+        .execute(conn)?;
+    Ok(true)
 }
 
 /// Makes sure `treasury` and `issuer` exist.
 pub fn ensure_system_accounts(conn: &mut DbConnection, now_ms: i64) -> Result<(), RegistryError> {
-    ensure_account(conn, TREASURY_ACCOUNT, AccountKind::Treasury, "Protocol treasury", None, now_ms)?;
-    ensure_account(conn, ISSUER_ACCOUNT, AccountKind::Issuer, "GRID issuer", None, now_ms)
+    insert_account(conn, TREASURY_ACCOUNT, AccountKind::Treasury, "Protocol treasury", None, now_ms)?;
+    insert_account(conn, ISSUER_ACCOUNT, AccountKind::Issuer, "GRID issuer", None, now_ms)?;
+    Ok(())
 }
 
 fn check_price(field: &'static str, price: PricePerKwh) -> Result<(), RegistryError> {
@@ -436,31 +396,28 @@ pub fn set_time_of_use_tariff(
     })
 }
 
-type TariffRow = (i64, i64, i64, i64, i64);
-
-fn tariff_from_row((effective_from_ms, retail, feed_in, grid_fee, bps): TariffRow) -> Tariff {
-    Tariff {
-        effective_from_ms,
-        retail_price_per_kwh: PricePerKwh(retail),
-        feed_in_price_per_kwh: PricePerKwh(feed_in),
-        grid_fee_per_kwh: PricePerKwh(grid_fee),
-        protocol_fee_bps: bps,
-    }
+/// A tariff's flat prices as stored (its bands: `gridex_store::tariff`).
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = tariffs)]
+struct TariffRow {
+    effective_from_ms: i64,
+    retail_price_per_kwh: i64,
+    feed_in_price_per_kwh: i64,
+    grid_fee_per_kwh: i64,
+    protocol_fee_bps: i64,
 }
 
-const TARIFF_COLUMNS: (
-    tariffs::effective_from_ms,
-    tariffs::retail_price_per_kwh,
-    tariffs::feed_in_price_per_kwh,
-    tariffs::grid_fee_per_kwh,
-    tariffs::protocol_fee_bps,
-) = (
-    tariffs::effective_from_ms,
-    tariffs::retail_price_per_kwh,
-    tariffs::feed_in_price_per_kwh,
-    tariffs::grid_fee_per_kwh,
-    tariffs::protocol_fee_bps,
-);
+impl From<TariffRow> for Tariff {
+    fn from(row: TariffRow) -> Tariff {
+        Tariff {
+            effective_from_ms: row.effective_from_ms,
+            retail_price_per_kwh: PricePerKwh(row.retail_price_per_kwh),
+            feed_in_price_per_kwh: PricePerKwh(row.feed_in_price_per_kwh),
+            grid_fee_per_kwh: PricePerKwh(row.grid_fee_per_kwh),
+            protocol_fee_bps: row.protocol_fee_bps,
+        }
+    }
+}
 
 /// The tariff in force at `at_ms` (the latest one effective at or before it), its flat prices only:
 /// a slot's prices, bands included, are `gridex_store::tariff::tariff_for_slot`'s.
@@ -469,10 +426,10 @@ pub fn tariff_at(conn: &mut DbConnection, zone_id: &ZoneId, at_ms: i64) -> Resul
         .filter(tariffs::zone_id.eq(zone_id.as_str()))
         .filter(tariffs::effective_from_ms.le(at_ms))
         .order(tariffs::effective_from_ms.desc())
-        .select(TARIFF_COLUMNS)
+        .select(TariffRow::as_select())
         .first(conn)
         .optional()?;
-    Ok(row.map(tariff_from_row))
+    Ok(row.map(Tariff::from))
 }
 
 /// Every tariff of the zone, oldest first, flat prices only (bands: `gridex_store::tariff::schedule`).
@@ -480,9 +437,9 @@ pub fn tariffs(conn: &mut DbConnection, zone_id: &ZoneId) -> Result<Vec<Tariff>,
     let rows: Vec<TariffRow> = tariffs::table
         .filter(tariffs::zone_id.eq(zone_id.as_str()))
         .order(tariffs::effective_from_ms)
-        .select(TARIFF_COLUMNS)
+        .select(TariffRow::as_select())
         .load(conn)?;
-    Ok(rows.into_iter().map(tariff_from_row).collect())
+    Ok(rows.into_iter().map(Tariff::from).collect())
 }
 
 /// Registers an account. Households are named by their key (64 hex digits); a utility must be
@@ -511,19 +468,9 @@ pub fn register_account(
             return Err(RegistryError::UnknownZone(zone_id.to_string()));
         }
     }
-    let exists: i64 = accounts::table.filter(accounts::account_id.eq(id)).count().get_result(conn)?;
-    if exists > 0 {
+    if !insert_account(conn, id, kind, display_name, zone_id, now_ms)? {
         return Err(RegistryError::AccountExists(id.to_owned()));
     }
-    diesel::insert_into(accounts::table)
-        .values((
-            accounts::account_id.eq(id),
-            accounts::kind.eq(kind.as_str()),
-            accounts::display_name.eq(display_name),
-            accounts::zone_id.eq(zone_id.map(ZoneId::as_str)),
-            accounts::created_ms.eq(now_ms),
-        ))
-        .execute(conn)?;
     Ok(Account {
         account_id: id.to_owned(),
         kind,
