@@ -846,7 +846,8 @@ mod tests {
         assert_eq!(agent_login(MqttSettings::default(), None).expect("anonymous").username, None);
     }
 
-    fn settings() -> AgentSettings {
+    /// The owner's limits the agent's tests start from (`quoting_tests` adjusts them).
+    pub(super) fn settings() -> AgentSettings {
         AgentSettings {
             key: PathBuf::from("unused"),
             price_per_kwh_sell_min: 120_000,

@@ -15,19 +15,11 @@ fn quoting(state_file: Option<PathBuf>) -> QuotingSettings {
 
 fn settings(quoting: QuotingSettings) -> AgentSettings {
     AgentSettings {
-        key: PathBuf::from("unused"),
-        price_per_kwh_sell_min: 120_000,
         price_per_kwh_buy_max: 260_000,
         surplus_share_percent: 100,
-        buy_deficit: true,
         slot_len_ms: SLOT,
-        gate_closure_ms: GATE_CLOSURE_MS_DEFAULT,
-        slots_ahead: 2,
-        qty_min_wh: QTY_MIN_WH_DEFAULT,
-        forecast_window_ms: 30 * MIN,
-        mqtt: None,
-        battery: None,
         quoting: Some(quoting),
+        ..super::tests::settings()
     }
 }
 
@@ -249,17 +241,7 @@ fn without_word_from_the_exchange_the_battery_falls_back_to_self_consumption() {
     assert!(agent.battery_fallback(), "the fallback is visible");
     // A book is heard again: control resumes.
     let slot = agent.tradable_slots(silent)[0];
-    agent.observe_book(&protocol::BookSnapshot {
-        zone: testing::zone(),
-        slot,
-        seq: 1,
-        state: protocol::BookState::Open,
-        bids: Vec::new(),
-        asks: Vec::new(),
-        ts_ms: TimestampMs(silent),
-        call_phase: None,
-        price_band: None,
-    });
+    agent.observe_book(&open_book(slot, silent, None));
     agent.plan(silent + MIN);
     assert!(!agent.battery_fallback());
     assert!(matches!(agent.battery_mode(), Some(BatteryMode::Setpoint { .. })));
@@ -277,8 +259,8 @@ fn battery_settings_need_the_quoting_strategy_and_valid_limits() {
     assert!(no_budget.validate().is_err());
 }
 
-/// An empty book of `slot` as the exchange publishes it, with the band it accepts.
-fn banded_book(slot: SlotId, ts_ms: i64, min_per_kwh: i64, max_per_kwh: i64) -> protocol::BookSnapshot {
+/// An empty open book of `slot` as the exchange publishes it, with the band it accepts if any.
+fn open_book(slot: SlotId, ts_ms: i64, price_band: Option<PriceBand>) -> protocol::BookSnapshot {
     protocol::BookSnapshot {
         zone: testing::zone(),
         slot,
@@ -288,8 +270,14 @@ fn banded_book(slot: SlotId, ts_ms: i64, min_per_kwh: i64, max_per_kwh: i64) -> 
         asks: Vec::new(),
         ts_ms: TimestampMs(ts_ms),
         call_phase: None,
-        price_band: Some(PriceBand { min_per_kwh: PricePerKwh(min_per_kwh), max_per_kwh: PricePerKwh(max_per_kwh) }),
+        price_band,
     }
+}
+
+/// An empty book of `slot` with the band `min_per_kwh..=max_per_kwh`.
+fn banded_book(slot: SlotId, ts_ms: i64, min_per_kwh: i64, max_per_kwh: i64) -> protocol::BookSnapshot {
+    let band = PriceBand { min_per_kwh: PricePerKwh(min_per_kwh), max_per_kwh: PricePerKwh(max_per_kwh) };
+    open_book(slot, ts_ms, Some(band))
 }
 
 #[test]
