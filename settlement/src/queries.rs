@@ -20,10 +20,19 @@ pub const STATEMENTS_LIMIT_MAX: i64 = 1_000;
 /// Most price bars one request returns: a year of 15-minute slots.
 pub const PRICE_BARS_MAX: usize = 35_040;
 
+/// An account's balances from its ledger entries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+// The JSON has these fields only: `additionalProperties: false` in the OpenAPI document.
+#[cfg_attr(feature = "openapi", serde(deny_unknown_fields))]
 pub struct Balances {
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[0-9a-f]{64}$"))]
     pub account: String,
+    /// Micro-units of money.
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub money: MicroMoney,
+    /// Micro-GRID tokens.
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub grid: MicroTokens,
 }
 
@@ -227,20 +236,32 @@ pub struct SlotReport {
 /// A household's gap energy settled late, in the close of `slot` (table `gap_settlements`; its
 /// ledger transaction has kind `gap`). See `rules`, "Gaps".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+// The JSON has these fields only: `additionalProperties: false` in the OpenAPI document.
+#[cfg_attr(feature = "openapi", serde(deny_unknown_fields))]
 pub struct GapLine {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, pattern = "^[a-z0-9-]{1,32}$"))]
     pub zone: ZoneId,
     /// The slot whose close settled the gap; the gap is `[gap_start_ms, slot)`.
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub slot: SlotId,
     pub account: String,
     pub gap_start_ms: i64,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub import_wh: Wh,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub export_wh: Wh,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub bought_wh: Wh,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub retail_price_per_kwh: PricePerKwh,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub feed_in_price_per_kwh: PricePerKwh,
     /// Paid by the household (negative).
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub charged: MicroMoney,
     /// Paid to the household.
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub credited: MicroMoney,
     pub tx_id: i64,
 }
@@ -365,16 +386,28 @@ fn asset_sum_for_issuer(conn: &mut DbConnection) -> Result<i64, SettlementError>
 /// `household_savings` = what households would have paid at retail / been paid at feed-in for all
 /// metered energy, minus what they actually paid (micro-units).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+// The JSON has these fields only: `additionalProperties: false` in the OpenAPI document.
+#[cfg_attr(feature = "openapi", serde(deny_unknown_fields))]
 pub struct ZoneStats {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, pattern = "^[a-z0-9-]{1,32}$"))]
     pub zone: ZoneId,
+    /// Share of the zone's consumption met by its own households, in basis points.
     pub self_sufficiency_bps: i64,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub p2p_wh: Wh,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub traded_wh: Wh,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub utility_supplied_wh: Wh,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub utility_absorbed_wh: Wh,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub household_savings: MicroMoney,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub tokens_emitted: MicroTokens,
     pub settled_slots: i64,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<i64>))]
     pub last_settled_slot: Option<SlotId>,
 }
 

@@ -6,6 +6,7 @@
 //! exchange stored, read through `exchange::queries`.
 
 use crate::error::ApiError;
+use crate::public::{range_within, RangeQuery};
 use crate::state::AppState;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
@@ -19,31 +20,15 @@ pub const BATTERY_RANGE_MS_DEFAULT: i64 = 24 * 3_600_000;
 /// Slots of `/zones/{zone}/storage` without `slots`: the last six hours of 15-minute slots.
 pub const STORAGE_SLOTS_DEFAULT: i64 = 24;
 
-/// `/me/battery` query: slots starting in `[from_ms, to_ms)`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BatteryQuery {
-    pub from_ms: Option<i64>,
-    pub to_ms: Option<i64>,
-}
-
 /// The signer's battery per slot of the range (default: the last day up to now), at most
 /// [`settlement::battery::BATTERY_SLOTS_MAX`] slots (the latest), with its latest state and what it earned.
 pub async fn my_battery(
     state: web::Data<AppState>,
     request: HttpRequest,
-    query: web::Query<BatteryQuery>,
+    query: web::Query<RangeQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let account = crate::trader::authenticate(&state, &request, b"").await?;
-    let to_ms = query.to_ms.unwrap_or_else(|| state.now_ms());
-    let from_ms = query.from_ms.unwrap_or(to_ms.saturating_sub(BATTERY_RANGE_MS_DEFAULT));
-    if from_ms > to_ms || from_ms < 0 {
-        return Err(ApiError::bad_request("invalid_query", "from_ms must be ≥ 0 and ≤ to_ms"));
-    }
-    if to_ms - from_ms > BATTERY_RANGE_MS_MAX {
-        let message = format!("the range may span at most {BATTERY_RANGE_MS_MAX} ms");
-        return Err(ApiError::bad_request("range_too_long", message));
-    }
+    let (from_ms, to_ms) = range_within(&query, state.now_ms(), BATTERY_RANGE_MS_DEFAULT, BATTERY_RANGE_MS_MAX)?;
     let battery = settlement::registry::read(&state.db, move |conn| {
         household_battery(conn, &account, from_ms, to_ms, READING_GAP_MS_MAX_DEFAULT)
     })
@@ -85,8 +70,7 @@ pub async fn zone_storage_report(
     query: web::Query<StorageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = crate::utility::authorize(&state, &request).await?;
-    let zone = crate::public::parse_zone(&zone)?;
-    crate::utility::require_own_zone(&state, &caller, &zone).await?;
+    let (zone, _) = crate::utility::own_zone(&state, &caller, &zone).await?;
     let slots = query.slots.unwrap_or(STORAGE_SLOTS_DEFAULT);
     if !(1..=STORAGE_SLOTS_MAX).contains(&slots) {
         let message = format!("slots is 1..={STORAGE_SLOTS_MAX}");

@@ -114,8 +114,7 @@ pub async fn my_balances(state: web::Data<AppState>, request: HttpRequest) -> Re
 }
 
 pub async fn zone_stats(state: web::Data<AppState>, zone: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let zone = crate::public::parse_zone(&zone)?;
-    crate::public::require_zone(&state, &zone).await?;
+    let (zone, _) = crate::public::known_zone(&state, &zone).await?;
     let stats =
         query(&state, move |conn| queries::zone_stats(conn, &zone, 0, protocol::units::MAX_SAFE_INTEGER)).await?;
     Ok(HttpResponse::Ok().json(stats))

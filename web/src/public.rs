@@ -129,6 +129,14 @@ pub async fn require_zone(state: &AppState, zone: &ZoneId) -> Result<i64, ApiErr
     found.map(|zone| zone.slot_len_ms).ok_or_else(|| ApiError::not_found("unknown_zone", "no such zone"))
 }
 
+/// The registered zone a path names, with its slot length: 400 `invalid_zone` for a malformed id
+/// ([`parse_zone`]), 404 `unknown_zone` for one not registered ([`require_zone`]).
+pub async fn known_zone(state: &AppState, text: &str) -> Result<(ZoneId, i64), ApiError> {
+    let zone = parse_zone(text)?;
+    let slot_len_ms = require_zone(state, &zone).await?;
+    Ok((zone, slot_len_ms))
+}
+
 /// `/zones` and `/zones/{zone}/tariffs` query: the page length and, after the first page, the cursor.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -223,8 +231,7 @@ pub async fn zone_tariffs(
 }
 
 pub async fn zone_slots(state: web::Data<AppState>, zone: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let zone = parse_zone(&zone)?;
-    require_zone(&state, &zone).await?;
+    let (zone, _) = known_zone(&state, &zone).await?;
     Ok(HttpResponse::Ok().json(state.market.open_slots(&zone).await?))
 }
 
@@ -240,8 +247,7 @@ pub async fn zone_book(
     zone: web::Path<String>,
     query: web::Query<BookQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let zone = parse_zone(&zone)?;
-    let slot_len_ms = require_zone(&state, &zone).await?;
+    let (zone, slot_len_ms) = known_zone(&state, &zone).await?;
     let slot = parse_aligned_slot(query.slot, slot_len_ms)?;
     let levels =
         query.levels.unwrap_or(protocol::messages::BOOK_LEVELS_MAX).clamp(1, protocol::messages::BOOK_LEVELS_MAX);
@@ -258,8 +264,7 @@ pub async fn zone_book(
 /// The zone's recent closing auction results (uniform price, volume and trades per slot), oldest
 /// first; empty for a zone that trades continuously up to gate closure.
 pub async fn zone_auctions(state: web::Data<AppState>, zone: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let zone = parse_zone(&zone)?;
-    require_zone(&state, &zone).await?;
+    let (zone, _) = known_zone(&state, &zone).await?;
     Ok(HttpResponse::Ok().json(state.market.auctions(&zone).await?))
 }
 
@@ -308,8 +313,7 @@ pub async fn zone_trades(
     zone: web::Path<String>,
     query: web::Query<TradesQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let zone = parse_zone(&zone)?;
-    let slot_len_ms = require_zone(&state, &zone).await?;
+    let (zone, slot_len_ms) = known_zone(&state, &zone).await?;
     let query = query.into_inner();
     let limit = page_len(query.limit, TRADES_LIMIT_DEFAULT, TRADES_LIMIT_MAX)?;
     let slot = query.slot.map(|start_ms| parse_aligned_slot(start_ms, slot_len_ms)).transpose()?;
@@ -341,8 +345,19 @@ pub struct RangeQuery {
 
 /// `[from, to)`, defaulting to the last day (or the span ending at `to`), bounded by `span_max_ms`.
 pub fn range(query: &RangeQuery, now_ms: i64, span_max_ms: i64) -> Result<(i64, i64), ApiError> {
-    let to_ms = query.to_ms.unwrap_or(now_ms + 24 * 3_600_000);
-    let from_ms = query.from_ms.unwrap_or(to_ms.saturating_sub(2 * 24 * 3_600_000));
+    range_within(query, now_ms + 24 * 3_600_000, 2 * 24 * 3_600_000, span_max_ms)
+}
+
+/// `[from, to)`: `to` defaults to `to_default_ms` and `from` to `span_default_ms` before `to`;
+/// 400 `invalid_query` unless 0 ≤ from ≤ to, 400 `range_too_long` beyond `span_max_ms`.
+pub fn range_within(
+    query: &RangeQuery,
+    to_default_ms: i64,
+    span_default_ms: i64,
+    span_max_ms: i64,
+) -> Result<(i64, i64), ApiError> {
+    let to_ms = query.to_ms.unwrap_or(to_default_ms);
+    let from_ms = query.from_ms.unwrap_or(to_ms.saturating_sub(span_default_ms));
     if from_ms > to_ms || from_ms < 0 {
         return Err(ApiError::bad_request("invalid_query", "from_ms must be ≥ 0 and ≤ to_ms"));
     }
@@ -380,8 +395,7 @@ pub async fn zone_prices(
     zone: web::Path<String>,
     query: web::Query<RangeQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let zone = parse_zone(&zone)?;
-    require_zone(&state, &zone).await?;
+    let (zone, _) = known_zone(&state, &zone).await?;
     let (from_ms, to_ms) = range(&query, state.now_ms(), PRICE_RANGE_MS_MAX)?;
     let slots = state.db.run(move |conn| exchange::queries::slot_prices(conn, &zone, from_ms, to_ms)).await?;
     let candles: Vec<Candle> = slots

@@ -22,10 +22,9 @@
 
 use crate::error::ApiError;
 use crate::espi::checked_range;
-use crate::public::parse_zone;
 use crate::state::AppState;
 use crate::trader::read_limited_body;
-use crate::utility::{authorize, require_own_zone};
+use crate::utility::{authorize, own_zone};
 use actix_web::{web, HttpRequest, HttpResponse};
 use protocol::{DeviceId, ZoneId};
 use serde::{Deserialize, Serialize};
@@ -293,8 +292,7 @@ pub async fn reconcile_zone(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let caller = authorize(&state, &request).await?;
-    let zone = parse_zone(&zone)?;
-    let slot_len_ms = require_own_zone(&state, &caller, &zone).await?;
+    let (zone, slot_len_ms) = own_zone(&state, &caller, &zone).await?;
     let body = read_limited_body(payload, RECONCILE_BODY_BYTES_MAX).await?;
     let rows =
         parse_csv(&body, slot_len_ms).map_err(|error| ApiError::bad_request("invalid_csv", error.to_string()))?;

@@ -69,6 +69,14 @@ pub async fn require_own_zone(state: &AppState, caller: &UtilityCaller, zone: &Z
     }
 }
 
+/// The zone a path names, which must be one the caller may act on ([`require_own_zone`]), with its
+/// slot length; 400 `invalid_zone` for a malformed id.
+pub async fn own_zone(state: &AppState, caller: &UtilityCaller, text: &str) -> Result<(ZoneId, i64), ApiError> {
+    let zone = parse_zone(text)?;
+    let slot_len_ms = require_own_zone(state, caller, &zone).await?;
+    Ok((zone, slot_len_ms))
+}
+
 /// Whether `device` is registered in one of the zones the caller may act on.
 fn device_is_callers(
     conn: &mut gridex_store::DbConnection,
@@ -163,22 +171,44 @@ pub struct NewAccount {
     pub zone: ZoneId,
 }
 
+/// A registration in one of the caller's zones: reads the JSON body, requires its zone (`zone_of`)
+/// to be one the caller may act on, and runs `register` with the market clock's now in one registry
+/// transaction. Returns who called and the body, for the audit log and the answer.
+async fn register_in_own_zone<T>(
+    state: &AppState,
+    request: &HttpRequest,
+    payload: web::Payload,
+    zone_of: fn(&T) -> &ZoneId,
+    register: fn(&mut gridex_store::DbConnection, &T, i64) -> Result<(), settlement::registry::RegistryError>,
+) -> Result<(UtilityCaller, T), ApiError>
+where
+    T: DeserializeOwned + Clone + Send + 'static,
+{
+    let caller = authorize(state, request).await?;
+    let body: T = json_body(state, payload).await?;
+    require_own_zone(state, &caller, zone_of(&body)).await?;
+    let now_ms = state.now_ms();
+    let stored = body.clone();
+    crate::registry::write(&state.db, move |conn| register(conn, &stored, now_ms)).await?;
+    Ok((caller, body))
+}
+
 pub async fn register_account(
     state: web::Data<AppState>,
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = authorize(&state, &request).await?;
-    let by = caller.by.clone();
-    let account: NewAccount = json_body(&state, payload).await?;
-    require_own_zone(&state, &caller, &account.zone).await?;
-    let now_ms = state.now_ms();
-    let stored = account.clone();
-    crate::registry::write(&state.db, move |conn| {
-        crate::registry::register_account(conn, &stored.account_id, &stored.display_name, &stored.zone, now_ms)
-    })
+    let (caller, account) = register_in_own_zone(
+        &state,
+        &request,
+        payload,
+        |account: &NewAccount| &account.zone,
+        |conn, account, now_ms| {
+            crate::registry::register_account(conn, &account.account_id, &account.display_name, &account.zone, now_ms)
+        },
+    )
     .await?;
-    tracing::info!(account = %account.account_id, by, "account registered");
+    tracing::info!(account = %account.account_id, by = caller.by, "account registered");
     Ok(HttpResponse::Created().json(account))
 }
 
@@ -187,17 +217,15 @@ pub async fn register_device(
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = authorize(&state, &request).await?;
-    let by = caller.by.clone();
-    let device: DeviceRegistration = json_body(&state, payload).await?;
-    require_own_zone(&state, &caller, &device.zone).await?;
-    let now_ms = state.now_ms();
-    let (stored, role) = (device.device(), device.role);
-    crate::registry::write(&state.db, move |conn| {
-        crate::registry::register_device_with_role(conn, &stored, role, now_ms)
-    })
+    let (caller, device) = register_in_own_zone(
+        &state,
+        &request,
+        payload,
+        |device: &DeviceRegistration| &device.zone,
+        |conn, device, now_ms| crate::registry::register_device_with_role(conn, &device.device(), device.role, now_ms),
+    )
     .await?;
-    tracing::info!(device = %device.device_id, %role, by, "device registered");
+    tracing::info!(device = %device.device_id, role = %device.role, by = caller.by, "device registered");
     Ok(HttpResponse::Created().json(device))
 }
 

@@ -50,8 +50,8 @@ pub fn components() -> Components {
         .schema::<SlotReport>()
         .schema::<wire::Statement>()
         .schema::<wire::StatementProof>()
-        .schema::<wire::Balances>()
-        .schema::<wire::ZoneStats>()
+        .schema::<settlement::queries::Balances>()
+        .schema::<settlement::queries::ZoneStats>()
         .schema::<wire::BookSnapshot>()
         .schema::<wire::AuctionResult>()
         .schema::<wire::TokenSupply>()
@@ -117,6 +117,9 @@ pub struct SlotReport {
     totals: wire::SlotTotals,
     /// In Merkle leaf order (account id).
     statements: Vec<wire::Statement>,
-    gaps: Vec<wire::GapLine>,
+    // `GapLine` derives its schema in settlement and only serializes; this mirror is never read, and
+    // derives `Deserialize` only for `deny_unknown_fields` (`additionalProperties: false`).
+    #[schema(value_type = Vec<settlement::queries::GapLine>)]
+    gaps: Vec<serde::de::IgnoredAny>,
     silent_devices: Vec<crate::utility::SilentDevice>,
 }

@@ -239,6 +239,15 @@ fn price(per_kwh: i64) -> String {
     format!("{}.{:03}", per_kwh / 1_000_000, per_kwh % 1_000_000 / 1_000)
 }
 
+/// A Markdown table: the header row, its rule, then a row of cells per entry of `rows`.
+fn table(text: &mut String, header: &[&str], rows: impl Iterator<Item = Vec<String>>) {
+    let _ = writeln!(text, "| {} |", header.join(" | "));
+    let _ = writeln!(text, "|{}", "---|".repeat(header.len()));
+    for row in rows {
+        let _ = writeln!(text, "| {} |", row.join(" | "));
+    }
+}
+
 /// The report's text: a table per figure and the charts.
 pub fn markdown(options: &ReportOptions, summaries: &[Summary]) -> String {
     let mut text = String::new();
@@ -248,48 +257,69 @@ pub fn markdown(options: &ReportOptions, summaries: &[Summary]) -> String {
          (fixed seeds: the same command gives the same figures).\n",
         options.homes, options.days, options.homes, options.days
     );
-    let _ = writeln!(
-        text,
-        "| variant | self-sufficiency | export sold p2p | savings vs utility | of which market | worst household | sellers over feed-in | traded | delivered p2p / possible | mean price €/kWh | spread | GRID emitted | batteries | stored / returned | storage losses |"
+    let header = [
+        "variant",
+        "self-sufficiency",
+        "export sold p2p",
+        "savings vs utility",
+        "of which market",
+        "worst household",
+        "sellers over feed-in",
+        "traded",
+        "delivered p2p / possible",
+        "mean price €/kWh",
+        "spread",
+        "GRID emitted",
+        "batteries",
+        "stored / returned",
+        "storage losses",
+    ];
+    table(
+        &mut text,
+        &header,
+        summaries.iter().map(|summary| {
+            vec![
+                summary.variant.to_owned(),
+                percent(summary.self_sufficiency_per_mille),
+                percent(summary.p2p_export_share_per_mille),
+                euros(summary.household_savings),
+                euros(summary.market_savings),
+                euros(summary.worst_household_savings),
+                euros(summary.sellers_over_feed_in),
+                format!("{:.1} kWh", summary.traded_wh as f64 / 1000.0),
+                format!(
+                    "{:.1} / {:.1} kWh",
+                    summary.delivered_p2p_wh as f64 / 1000.0,
+                    summary.p2p_potential_wh as f64 / 1000.0
+                ),
+                price(summary.price_mean_per_kwh),
+                price(summary.price_spread_per_kwh),
+                (summary.tokens_emitted / 1_000_000).to_string(),
+                summary.batteries.to_string(),
+                format!(
+                    "{:.1} / {:.1} kWh",
+                    summary.battery_charged_wh as f64 / 1000.0,
+                    summary.battery_discharged_wh as f64 / 1000.0
+                ),
+                format!("{:.1} kWh", summary.battery_losses_wh as f64 / 1000.0),
+            ]
+        }),
     );
-    let _ = writeln!(text, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for summary in summaries {
-        let _ = writeln!(
-            text,
-            "| {} | {} | {} | {} | {} | {} | {} | {:.1} kWh | {:.1} / {:.1} kWh | {} | {} | {} | {} | {:.1} / {:.1} kWh | {:.1} kWh |",
-            summary.variant,
-            percent(summary.self_sufficiency_per_mille),
-            percent(summary.p2p_export_share_per_mille),
-            euros(summary.household_savings),
-            euros(summary.market_savings),
-            euros(summary.worst_household_savings),
-            euros(summary.sellers_over_feed_in),
-            summary.traded_wh as f64 / 1000.0,
-            summary.delivered_p2p_wh as f64 / 1000.0,
-            summary.p2p_potential_wh as f64 / 1000.0,
-            price(summary.price_mean_per_kwh),
-            price(summary.price_spread_per_kwh),
-            summary.tokens_emitted / 1_000_000,
-            summary.batteries,
-            summary.battery_charged_wh as f64 / 1000.0,
-            summary.battery_discharged_wh as f64 / 1000.0,
-            summary.battery_losses_wh as f64 / 1000.0,
-        );
-    }
     let _ = writeln!(
         text,
         "\nThe closing auction on each variant's own orders (the same commands at the same times, once per rule):\n"
     );
-    let _ = writeln!(text, "| orders of | continuous | closing auction |\n|---|---|---|");
-    for summary in summaries {
-        let _ = writeln!(
-            text,
-            "| {} | {:.1} kWh | {:.1} kWh |",
-            summary.variant,
-            summary.same_orders_continuous_wh as f64 / 1000.0,
-            summary.same_orders_auction_wh as f64 / 1000.0
-        );
-    }
+    table(
+        &mut text,
+        &["orders of", "continuous", "closing auction"],
+        summaries.iter().map(|summary| {
+            vec![
+                summary.variant.to_owned(),
+                format!("{:.1} kWh", summary.same_orders_continuous_wh as f64 / 1000.0),
+                format!("{:.1} kWh", summary.same_orders_auction_wh as f64 / 1000.0),
+            ]
+        }),
+    );
     let _ = writeln!(
         text,
         "\n![Savings per variant](savings.svg)\n\n![Share of exports sold peer to peer](p2p_share.svg)\n\n![Self-sufficiency](self_sufficiency.svg)\n\n![Mean price per slot](prices.svg)\n"

@@ -65,6 +65,42 @@ function yAxis(scaleY, values, format, left, right) {
     .join('');
 }
 
+/** Labels under the x axis for `items` (one per slot, `slotOf` its start), every few as fit in `width`. */
+function slotLabels(items, slotOf, cx, bottom, width) {
+  const every = Math.max(1, Math.ceil(items.length / Math.max(2, Math.floor(width / 70))));
+  return items
+    .map((r, i) => (i % every === 0 ? `<text class="axis" x="${cx(i).toFixed(1)}" y="${bottom + 18}" text-anchor="middle">${esc(slotLabel(slotOf(r)))}</text>` : ''))
+    .join('');
+}
+
+/**
+ * The scales of a chart of `count` slots with bars up from zero to `top` and down to `floor`
+ * (≤ 0), 8 % of the span spare: the y scale, the slots' centres and the bars' width.
+ */
+function upDownScales(count, top, floor, left, right, bottom) {
+  const span = (top - floor) * 1.08;
+  const high = top + (span - (top - floor)) / 2;
+  const low = floor - (span - (top - floor)) / 2;
+  const band = (right - left) / count;
+  const cx = (i) => left + band * (i + 0.5);
+  const y = (v) => bottom - ((v - low) / (high - low)) * (bottom - MARGIN.top);
+  const barWidth = Math.max(1.5, Math.min(14, band * 0.6));
+  return { low, high, cx, y, barWidth };
+}
+
+/** A slot's bars at `x0`: `up` (class `upClass`) above zero and `down` below it, each only when > 0. */
+function upDownBars(x0, barWidth, y, upClass, up, downClass, down) {
+  const upBar = up > 0 ? `<rect class="${upClass}" x="${x0}" y="${y(up).toFixed(1)}" width="${barWidth.toFixed(1)}" height="${(y(0) - y(up)).toFixed(1)}"/>` : '';
+  const downBar = down > 0 ? `<rect class="${downClass}" x="${x0}" y="${y(0).toFixed(1)}" width="${barWidth.toFixed(1)}" height="${(y(-down) - y(0)).toFixed(1)}"/>` : '';
+  return upBar + downBar;
+}
+
+/** The y axis of an up-and-down chart (`tickCount` ticks in kWh) and its zero line. */
+function upDownAxis(y, low, high, tickCount, left, right) {
+  return yAxis(y, ticks(low, high, tickCount), (v) => trimZeros(energyNumber(v)) || '0', left, right)
+    + `<line class="zero-line" x1="${left}" x2="${right}" y1="${y(0).toFixed(1)}" y2="${y(0).toFixed(1)}"/>`;
+}
+
 function cumulative(levels) {
   let total = 0;
   return levels.map((level) => {
@@ -150,10 +186,7 @@ export function priceChart(rows, width = WIDTH_DEFAULT, height = 260) {
     })
     .join('');
   const close = data.map((r, i) => `${i ? 'L' : 'M'}${cx(i).toFixed(1)},${y(r.close).toFixed(1)}`).join(' ');
-  const every = Math.max(1, Math.ceil(data.length / Math.max(2, Math.floor(width / 70))));
-  const labels = data
-    .map((r, i) => (i % every === 0 ? `<text class="axis" x="${cx(i).toFixed(1)}" y="${bottom + 18}" text-anchor="middle">${esc(slotLabel(r.slot))}</text>` : ''))
-    .join('');
+  const labels = slotLabels(data, (r) => r.slot, cx, bottom, width);
   const body = [
     yAxis(y, ticks(low, high, 4), priceNumber, left, right),
     candles,
@@ -178,29 +211,14 @@ export function energyChart(rows, width = WIDTH_DEFAULT, height = 240) {
   const bottom = height - MARGIN.bottom;
   const top = Math.max(1, ...rows.map((r) => Math.max(r.production_wh, r.consumption_wh, r.import_wh)));
   const floor = -Math.max(0, ...rows.map((r) => r.export_wh));
-  const span = (top - floor) * 1.08;
-  const high = top + (span - (top - floor)) / 2;
-  const low = floor - (span - (top - floor)) / 2;
-  const band = (right - left) / rows.length;
-  const cx = (i) => left + band * (i + 0.5);
-  const y = (v) => bottom - ((v - low) / (high - low)) * (bottom - MARGIN.top);
-  const barWidth = Math.max(1.5, Math.min(14, band * 0.6));
+  const { low, high, cx, y, barWidth } = upDownScales(rows.length, top, floor, left, right, bottom);
   const bars = rows
-    .map((r, i) => {
-      const x0 = (cx(i) - barWidth / 2).toFixed(1);
-      const imp = r.import_wh > 0 ? `<rect class="bar-import" x="${x0}" y="${y(r.import_wh).toFixed(1)}" width="${barWidth.toFixed(1)}" height="${(y(0) - y(r.import_wh)).toFixed(1)}"/>` : '';
-      const exp = r.export_wh > 0 ? `<rect class="bar-export" x="${x0}" y="${y(0).toFixed(1)}" width="${barWidth.toFixed(1)}" height="${(y(-r.export_wh) - y(0)).toFixed(1)}"/>` : '';
-      return imp + exp;
-    })
+    .map((r, i) => upDownBars((cx(i) - barWidth / 2).toFixed(1), barWidth, y, 'bar-import', r.import_wh, 'bar-export', r.export_wh))
     .join('');
   const line = (key) => rows.map((r, i) => `${i ? 'L' : 'M'}${cx(i).toFixed(1)},${y(r[key]).toFixed(1)}`).join(' ');
-  const every = Math.max(1, Math.ceil(rows.length / Math.max(2, Math.floor(width / 70))));
-  const labels = rows
-    .map((r, i) => (i % every === 0 ? `<text class="axis" x="${cx(i).toFixed(1)}" y="${bottom + 18}" text-anchor="middle">${esc(slotLabel(r.start_ms))}</text>` : ''))
-    .join('');
+  const labels = slotLabels(rows, (r) => r.start_ms, cx, bottom, width);
   const body = [
-    yAxis(y, ticks(low, high, 5), (v) => trimZeros(energyNumber(v)) || '0', left, right),
-    `<line class="zero-line" x1="${left}" x2="${right}" y1="${y(0).toFixed(1)}" y2="${y(0).toFixed(1)}"/>`,
+    upDownAxis(y, low, high, 5, left, right),
     bars,
     `<path class="line-production" d="${line('production_wh')}"/>`,
     `<path class="line-consumption" d="${line('consumption_wh')}"/>`,
@@ -224,23 +242,15 @@ export function batteryChart(rows, width = WIDTH_DEFAULT, height = 220) {
   const bottom = height - MARGIN.bottom;
   const top = Math.max(1, ...data.map((r) => Number(r.charge_wh ?? 0)));
   const floor = -Math.max(1, ...data.map((r) => Number(r.discharge_wh ?? 0)));
-  const span = (top - floor) * 1.08;
-  const high = top + (span - (top - floor)) / 2;
-  const low = floor - (span - (top - floor)) / 2;
-  const band = (right - left) / data.length;
-  const cx = (i) => left + band * (i + 0.5);
-  const y = (v) => bottom - ((v - low) / (high - low)) * (bottom - MARGIN.top);
+  const { low, high, cx, y, barWidth } = upDownScales(data.length, top, floor, left, right, bottom);
   const socY = (permille) => bottom - (permille / 1000) * (bottom - MARGIN.top);
-  const barWidth = Math.max(1.5, Math.min(14, band * 0.6));
   const bars = data
     .map((r, i) => {
-      const x0 = (cx(i) - barWidth / 2).toFixed(1);
       const charge = Number(r.charge_wh ?? 0);
       const discharge = Number(r.discharge_wh ?? 0);
       const title = `${slotLabel(r.slot, true)}: charged ${energyNumber(charge)} kWh, discharged ${energyNumber(discharge)} kWh`;
-      const up = charge > 0 ? `<rect class="bar-charge" x="${x0}" y="${y(charge).toFixed(1)}" width="${barWidth.toFixed(1)}" height="${(y(0) - y(charge)).toFixed(1)}"/>` : '';
-      const down = discharge > 0 ? `<rect class="bar-discharge" x="${x0}" y="${y(0).toFixed(1)}" width="${barWidth.toFixed(1)}" height="${(y(-discharge) - y(0)).toFixed(1)}"/>` : '';
-      return `<g><title>${esc(title)}</title>${up}${down}</g>`;
+      const x0 = (cx(i) - barWidth / 2).toFixed(1);
+      return `<g><title>${esc(title)}</title>${upDownBars(x0, barWidth, y, 'bar-charge', charge, 'bar-discharge', discharge)}</g>`;
     })
     .join('');
   let socLine = '';
@@ -257,13 +267,9 @@ export function batteryChart(rows, width = WIDTH_DEFAULT, height = 220) {
       .map((permille) => `<text class="axis" x="${right + 6}" y="${socY(permille).toFixed(1)}" dy="0.32em">${permille / 10} %</text>`)
       .join('');
   }
-  const every = Math.max(1, Math.ceil(data.length / Math.max(2, Math.floor(width / 70))));
-  const labels = data
-    .map((r, i) => (i % every === 0 ? `<text class="axis" x="${cx(i).toFixed(1)}" y="${bottom + 18}" text-anchor="middle">${esc(slotLabel(r.slot))}</text>` : ''))
-    .join('');
+  const labels = slotLabels(data, (r) => r.slot, cx, bottom, width);
   const body = [
-    yAxis(y, ticks(low, high, 4), (v) => trimZeros(energyNumber(v)) || '0', left, right),
-    `<line class="zero-line" x1="${left}" x2="${right}" y1="${y(0).toFixed(1)}" y2="${y(0).toFixed(1)}"/>`,
+    upDownAxis(y, low, high, 4, left, right),
     bars,
     socLine,
     socAxis,
