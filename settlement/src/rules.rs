@@ -231,28 +231,46 @@ pub struct SlotInput {
     pub reward_pool: i64,
 }
 
-/// Totals of a settled slot over its household statements (table `settlement_slots`).
+/// Totals of a settled slot over its household statements.
+// Stored in table `settlement_slots` (`close::TotalsColumns`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+// The JSON has these fields only: `additionalProperties: false` in the OpenAPI document.
+#[cfg_attr(feature = "openapi", serde(deny_unknown_fields))]
 pub struct SlotTotals {
     pub statements: i64,
     pub trades: i64,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub traded_wh: Wh,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub traded_value: MicroMoney,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub delivered_p2p_wh: Wh,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub metered_import_wh: Wh,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub metered_export_wh: Wh,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub utility_supplied_wh: Wh,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub utility_absorbed_wh: Wh,
     /// Paid by households to the utility for shortfalls.
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub utility_supplied_value: MicroMoney,
     /// Paid by the utility to households for surpluses.
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub utility_absorbed_value: MicroMoney,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub grid_fees: MicroMoney,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub protocol_fees: MicroMoney,
     /// What households would have paid buying every imported kWh at retail and selling every exported
     /// kWh at feed-in, minus what they paid; negative if trading cost them more.
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub household_savings: MicroMoney,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub tokens_emitted: MicroTokens,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub tokens_carry: MicroTokens,
     pub no_data_accounts: i64,
 }

@@ -114,11 +114,12 @@ pub struct SlotReport {
     root: String,
     root_signature: String,
     operator: String,
-    totals: wire::SlotTotals,
+    // `SlotTotals` and `GapLine` derive their schemas in settlement and only serialize; this mirror is
+    // never read, and derives `Deserialize` only for `deny_unknown_fields` (`additionalProperties: false`).
+    #[schema(value_type = settlement::rules::SlotTotals)]
+    totals: serde::de::IgnoredAny,
     /// In Merkle leaf order (account id).
     statements: Vec<wire::Statement>,
-    // `GapLine` derives its schema in settlement and only serializes; this mirror is never read, and
-    // derives `Deserialize` only for `deny_unknown_fields` (`additionalProperties: false`).
     #[schema(value_type = Vec<settlement::queries::GapLine>)]
     gaps: Vec<serde::de::IgnoredAny>,
     silent_devices: Vec<crate::utility::SilentDevice>,
