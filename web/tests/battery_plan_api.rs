@@ -17,7 +17,6 @@ use serde_json::Value;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use web::application::Application;
-use web::auth::sign_request;
 use web::settings::Settings;
 
 const ZONE: &str = "plan-zone";
@@ -30,12 +29,8 @@ fn zone() -> ZoneId {
 }
 
 async fn trader_get(app: &Application, key: &SigningKey, path: &str) -> (u16, Value) {
-    let mut request = reqwest::Client::new().get(format!("{}{path}", app.url()));
-    for (name, value) in sign_request(key, "GET", path, b"", SystemClock.now_ms()) {
-        request = request.header(name, value);
-    }
-    let response = request.send().await.expect("request");
-    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+    let request = common::signed(&reqwest::Client::new(), &app.url(), key, ("GET", path, b""), SystemClock.now_ms());
+    common::json_answer(request).await
 }
 
 /// The quoting agent of the account key at `key`, with a battery it does not control.
@@ -77,12 +72,9 @@ async fn a_household_sees_the_plan_its_battery_agent_published() {
     let mut options = rumqttc::MqttOptions::new("plan-exchange", broker.host.clone(), broker.port);
     options.set_keep_alive(Duration::from_secs(30));
     options.set_max_packet_size(64 * 1024, 64 * 1024);
-    let app = Application::builder(Settings::default())
-        .database(test_db.db.clone())
-        .listener(std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
+    let config = exchange::config::ExchangeConfig::new(protocol::testing::operator_key());
+    let app = common::app_builder(Settings::default(), test_db.db.clone(), config)
         .mqtt(Some(options))
-        .exchange_config(exchange::config::ExchangeConfig::new(protocol::testing::operator_key()))
-        .without_settlement()
         .build()
         .await
         .expect("the app starts");

@@ -9,7 +9,6 @@ use gridex_store::testing::TestDb;
 use protocol::{AccountId, CancelAll, Order, PricePerKwh, Side, Signed, SlotId, TimeInForce, TimestampMs, Wh, ZoneId};
 use serde_json::{json, Value};
 use web::application::Application;
-use web::auth::sign_request;
 use web::settings::Settings;
 
 const ZONE: &str = "cancel-all-zone";
@@ -29,14 +28,8 @@ fn slot(hours: i64) -> SlotId {
 }
 
 async fn signed_request(app: &Application, key: &SigningKey, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
-    let client = reqwest::Client::new();
-    let mut request =
-        client.request(method.parse().expect("method"), format!("{}{path}", app.url())).body(body.to_vec());
-    for (name, value) in sign_request(key, method, path, body, SystemClock.now_ms()) {
-        request = request.header(name, value);
-    }
-    let response = request.send().await.expect("request");
-    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+    let request = common::signed(&reqwest::Client::new(), &app.url(), key, (method, path, body), SystemClock.now_ms());
+    common::json_answer(request).await
 }
 
 /// Places a resting sell (above every buy: nothing trades).

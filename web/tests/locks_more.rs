@@ -11,7 +11,6 @@ use protocol::AccountId;
 use serde_json::Value;
 use settlement::registry::DeviceRole;
 use std::time::{Duration, Instant};
-use web::application::Application;
 use web::auth::sign_request;
 use web::settings::Settings;
 
@@ -21,12 +20,7 @@ const SLOT_LEN_MS: i64 = 900_000;
 /// Generous deadline of every wait for a condition (busy machines are slow, never this slow).
 const DEADLINE: Duration = Duration::from_secs(60);
 
-struct TestApp {
-    address: String,
-    client: reqwest::Client,
-    app: Option<Application>,
-    db: TestDb,
-}
+type TestApp = common::TestServer;
 
 fn now_ms() -> i64 {
     SystemClock.now_ms()
@@ -53,32 +47,17 @@ async fn spawn_app_with(household: &SigningKey, settings: Settings) -> TestApp {
     .await
     .expect("seed the registry");
     let settings = Settings { api_keys: vec![common::utility_key("utility", ZONE, UTILITY_KEY)], ..settings };
-    let app = common::start_app(settings, &test_db.db).await;
-    let address = app.url();
-    TestApp {
-        address,
-        client: reqwest::Client::builder().no_proxy().build().expect("client"),
-        app: Some(app),
-        db: test_db,
-    }
+    TestApp::start(settings, test_db).await
 }
 
 impl TestApp {
-    async fn stop(mut self) {
-        if let Some(app) = self.app.take() {
-            let _ = app.shutdown().await;
-        }
-    }
-
     /// Sends exactly these signature headers (a captured request is sent again byte for byte).
     async fn send_signed(&self, path: &str, headers: &[(String, String); 3]) -> (u16, Value) {
         let mut request = self.client.get(format!("{}{path}", self.address));
         for (name, value) in headers {
             request = request.header(name, value);
         }
-        let response = request.send().await.expect("the server answers");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        common::json_answer(request).await
     }
 }
 

@@ -103,13 +103,9 @@ async fn order_flood(test_db: TestDb) {
         order_commands_burst: BURST,
         ..ExchangeConfig::new(protocol::testing::operator_key())
     };
-    let app = web::application::Application::builder(Settings::default())
-        .database(test_db.db.clone())
+    let app = common::app_builder(Settings::default(), test_db.db.clone(), config)
         .clock(clock.clone(), 1)
-        .listener(std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
         .mqtt(None)
-        .exchange_config(config)
-        .without_settlement()
         .build()
         .await
         .expect("the app starts");

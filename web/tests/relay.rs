@@ -81,12 +81,8 @@ async fn server_taking(test_db: &TestDb, broker: &BrokerAddr, zone: Option<&Zone
     };
     let mut settings = Settings::default();
     settings.market.trade = zone.is_some();
-    let app = Application::builder(settings)
-        .database(Database::open(&test_db.url, 4).expect("a pool of its own"))
-        .listener(std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
+    let app = common::app_builder(settings, Database::open(&test_db.url, 4).expect("a pool of its own"), config)
         .mqtt(Some(options))
-        .exchange_config(config)
-        .without_settlement()
         .build()
         .await
         .expect("the server starts");

@@ -12,7 +12,6 @@ use protocol::{AccountId, DeviceId, MeterSerial, Order, PricePerKwh, Side, Signe
 use serde_json::{json, Value};
 use std::time::Duration;
 use web::application::Application;
-use web::auth::sign_request;
 use web::settings::{MqttSettings, Secret, Settings};
 
 const SLOT_LEN_MS: i64 = 900_000;
@@ -62,13 +61,7 @@ async fn signed_request(
     path: &str,
     body: &[u8],
 ) -> (u16, Value) {
-    let mut request = client.request(method.parse().expect("method"), format!("{base}{path}")).body(body.to_vec());
-    for (name, value) in sign_request(key, method, path, body, now_ms()) {
-        request = request.header(name, value);
-    }
-    let response = request.send().await.expect("request");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    common::json_answer(common::signed(client, base, key, (method, path, body), now_ms())).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
