@@ -533,15 +533,8 @@ async fn the_sdm630_profile_reads_float_registers_from_a_device() {
 async fn the_agent_publishes_orders_signed_with_the_account_key() {
     use meter_gateway::agent::{self, AgentSettings};
     let broker = start_broker().await;
-    let mut options = MqttOptions::new("orders-sub", "127.0.0.1", broker);
-    options.set_keep_alive(Duration::from_secs(30));
-    let (sub, mut eventloop) = AsyncClient::new(options, 16);
-    sub.subscribe("gridex/v1/agent/orders/+", QoS::AtLeastOnce).await.expect("subscribes");
-    loop {
-        if let Ok(Event::Incoming(Packet::SubAck(_))) = eventloop.poll().await {
-            break;
-        }
-    }
+    let (_sub, mut orders) =
+        common::subscribed("127.0.0.1", broker, "orders-sub", "gridex/v1/agent/orders/+".to_owned(), 16).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let account_key = keys::generate_file(&dir.path().join("account.key")).expect("key");
     let settings =
@@ -565,15 +558,7 @@ async fn the_agent_publishes_orders_signed_with_the_account_key() {
         reading.export_wh = protocol::Wh(1_000 + minute * 50);
         tx.send(reading).await.expect("agent listens");
     }
-    let payload = tokio::time::timeout(WAIT_MAX, async {
-        loop {
-            if let Ok(Event::Incoming(Packet::Publish(publish))) = eventloop.poll().await {
-                return publish.payload;
-            }
-        }
-    })
-    .await
-    .expect("an order arrives");
+    let payload = common::next_payload(&mut orders, "an order arrives").await;
     let command = protocol::Command::parse(&payload).expect("a command");
     command.verify().expect("verifies");
     assert_eq!(command.account().0, account_key.verifying_key().to_bytes());
@@ -643,11 +628,8 @@ async fn the_gateway_keeps_a_retained_online_status_and_goes_offline_when_stoppe
 async fn a_gateway_with_an_agent_trades_its_homes_forecast_with_the_account_key() {
     let broker = start_broker().await;
     let home = start_home(51).await;
-    let mut options = MqttOptions::new("gw-orders-sub", "127.0.0.1", broker);
-    options.set_keep_alive(Duration::from_secs(30));
-    let (sub, mut eventloop) = AsyncClient::new(options, 16);
-    sub.subscribe("gridex/v1/with-agent/orders/+", QoS::AtLeastOnce).await.expect("subscribes");
-    while !matches!(eventloop.poll().await, Ok(Event::Incoming(Packet::SubAck(_)))) {}
+    let (_sub, mut orders) =
+        common::subscribed("127.0.0.1", broker, "gw-orders-sub", "gridex/v1/with-agent/orders/+".to_owned(), 16).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let account_key = keys::generate_file(&dir.path().join("account.key")).expect("key");
     let mut settings = settings(
@@ -664,15 +646,7 @@ async fn a_gateway_with_an_agent_trades_its_homes_forecast_with_the_account_key(
         ..common::agent_settings(dir.path().join("account.key"))
     });
     let (stop, task) = spawn_gateway(settings);
-    let payload = tokio::time::timeout(WAIT_MAX, async {
-        loop {
-            if let Ok(Event::Incoming(Packet::Publish(publish))) = eventloop.poll().await {
-                return publish.payload;
-            }
-        }
-    })
-    .await
-    .expect("an order for the home's forecast");
+    let payload = common::next_payload(&mut orders, "an order for the home's forecast").await;
     let command = protocol::Command::parse(&payload).expect("a command");
     command.verify().expect("verifies");
     assert_eq!(command.account().0, account_key.verifying_key().to_bytes(), "signed with the ACCOUNT key");

@@ -3,19 +3,19 @@
 //! account key to a real broker (embedded rumqttd); the exchange verifies and stores it; the
 //! household reads it at `GET /api/v1/me/plan`, and nobody else does.
 
+#[path = "../../meter-gateway/tests/common/mod.rs"]
+mod agent_common;
 mod common;
 
 use ed25519_dalek::SigningKey;
 use gridex_store::clock::{Clock, SystemClock};
 use gridex_store::testing::TestDb;
-use meter_gateway::agent::battery::{BatteryObservation, BatterySettings};
-use meter_gateway::agent::{self, AgentSettings, BatteryLink, QuotingSettings};
+use meter_gateway::agent::battery::BatterySettings;
+use meter_gateway::agent::AgentSettings;
 use meter_gateway::clock::SimClock;
-use meter_gateway::publisher::MqttSettings;
 use protocol::{AccountId, BatteryPlan, Signed, ZoneId};
 use serde_json::Value;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
 use web::application::Application;
 use web::settings::Settings;
 
@@ -36,19 +36,10 @@ async fn trader_get(app: &Application, key: &SigningKey, path: &str) -> (u16, Va
 /// The quoting agent of the account key at `key`, with a battery it does not control.
 fn battery_agent(key: std::path::PathBuf) -> AgentSettings {
     AgentSettings {
-        key,
-        price_per_kwh_sell_min: 100_000,
-        price_per_kwh_buy_max: 250_000,
-        surplus_share_percent: 100,
-        buy_deficit: true,
         slot_len_ms: SLOT_LEN_MS,
-        gate_closure_ms: 300_000,
-        slots_ahead: 1,
-        qty_min_wh: 10,
-        forecast_window_ms: 3_600_000,
-        mqtt: None,
         battery: Some(BatterySettings::default()),
-        quoting: Some(QuotingSettings::with_tariffs(80_000, 300_000)),
+        quoting: Some(agent_common::quoting_settings(None)),
+        ..agent_common::agent_settings(key)
     }
 }
 
@@ -83,37 +74,11 @@ async fn a_household_sees_the_plan_its_battery_agent_published() {
     let (status, none) = trader_get(&app, &alice, "/api/v1/me/plan").await;
     assert_eq!((status, none["error"].clone()), (404, Value::from("no_plan")), "before the agent sent one");
 
-    let mqtt = MqttSettings {
-        url: format!("mqtt://{}:{}", broker.host, broker.port),
-        operator_key: Some(hex::encode(protocol::testing::operator_key().verifying_key().to_bytes())),
-        ..Default::default()
-    };
+    // The embedded broker listens on loopback.
+    let mqtt = agent_common::local_mqtt(broker.port);
     let clock = SimClock::starting_at(SystemClock.now_ms(), 1.0);
-    let (_readings_tx, readings) = mpsc::channel(8);
-    let (observations_tx, observations) = mpsc::channel(8);
-    let (modes, _modes_rx) = mpsc::channel(8);
-    let (stop, stop_rx) = watch::channel(false);
-    let link = BatteryLink { observations: Some(observations), modes };
-    let running = tokio::spawn(agent::run_with_battery(
-        battery_agent(key_path),
-        zone(),
-        mqtt,
-        clock,
-        readings,
-        stop_rx,
-        Some(link),
-    ));
-    observations_tx
-        .send(BatteryObservation {
-            ts_ms: clock.now_ms(),
-            soc_permille: 600,
-            capacity_wh: 10_000,
-            charged_wh: 0,
-            discharged_wh: 0,
-            home_net_w: Some(500),
-        })
-        .await
-        .expect("the agent listens");
+    let agent = agent_common::BatteryAgent::start(battery_agent(key_path), zone(), mqtt, clock);
+    agent.observe(600, 500).await;
 
     // The plan is stored once the exchange has it: wait for the API to show it (bounded).
     let deadline = tokio::time::Instant::now() + WAIT_MAX;
@@ -139,7 +104,6 @@ async fn a_household_sees_the_plan_its_battery_agent_published() {
     let unsigned = reqwest::get(format!("{}/api/v1/me/plan", app.url())).await.expect("request");
     assert_eq!(unsigned.status().as_u16(), 401);
 
-    let _ = stop.send(true);
-    running.await.expect("joins").expect("the agent ran");
+    agent.stop().await;
     app.shutdown().await.expect("a clean shutdown");
 }

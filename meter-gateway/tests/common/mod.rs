@@ -1,14 +1,19 @@
-//! Shared by the integration tests: the agent settings they run with, and an MQTT subscriber that
-//! is subscribed before the test gets it.
+//! Shared by the integration tests: the agent settings they run with, a battery agent running
+//! over a broker, and an MQTT subscriber that is subscribed before the test gets it. The web tests
+//! include it too (its agent publishes the plans they read).
 #![allow(dead_code)]
 
-use meter_gateway::agent::battery::BatterySettings;
-use meter_gateway::agent::{AgentSettings, QuotingSettings};
+use meter_gateway::agent::battery::{BatteryObservation, BatterySettings};
+use meter_gateway::agent::{self, AgentError, AgentSettings, BatteryLink, QuotingSettings};
+use meter_gateway::battery::BatteryMode;
+use meter_gateway::clock::SimClock;
 use meter_gateway::publisher::MqttSettings;
+use protocol::ZoneId;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use std::path::PathBuf;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 /// A bound on waiting for the broker's subscription acknowledgement (not a timing assertion).
 const SUBSCRIBED_WAIT_MAX: Duration = Duration::from_secs(60);
@@ -92,4 +97,60 @@ pub async fn subscribed(
     });
     tokio::time::timeout(SUBSCRIBED_WAIT_MAX, subscribed).await.expect("subscribed in time").expect("subscribed");
     (client, publishes)
+}
+
+/// The payload of the next message a [`subscribed`] client receives; panics saying `what` was
+/// awaited when none arrives within a minute (a hang guard, not a timing assertion).
+pub async fn next_payload(publishes: &mut mpsc::Receiver<Publish>, what: &str) -> Vec<u8> {
+    let publish = tokio::time::timeout(SUBSCRIBED_WAIT_MAX, publishes.recv())
+        .await
+        .unwrap_or_else(|_| panic!("{what} in time"))
+        .expect("the subscription runs");
+    publish.payload.to_vec()
+}
+
+/// The agent's run loop with a battery link (`agent::run_with_battery`), running on its own task:
+/// the test tells it what the battery reports and reads the modes it sends.
+pub struct BatteryAgent {
+    clock: SimClock,
+    observations: mpsc::Sender<BatteryObservation>,
+    /// The battery modes the agent sends.
+    pub modes: mpsc::Receiver<BatteryMode>,
+    /// Kept open: the agent runs until told to stop, not until its readings end.
+    _readings: mpsc::Sender<protocol::Reading>,
+    stop: watch::Sender<bool>,
+    running: JoinHandle<Result<(), AgentError>>,
+}
+
+impl BatteryAgent {
+    /// Starts the agent of `settings` trading in `zone` over `mqtt`, on `clock`.
+    pub fn start(settings: AgentSettings, zone: ZoneId, mqtt: MqttSettings, clock: SimClock) -> Self {
+        let (readings_tx, readings) = mpsc::channel(8);
+        let (observations, observations_rx) = mpsc::channel(8);
+        let (modes_tx, modes) = mpsc::channel(8);
+        let (stop, stop_rx) = watch::channel(false);
+        let link = BatteryLink { observations: Some(observations_rx), modes: modes_tx };
+        let running = tokio::spawn(agent::run_with_battery(settings, zone, mqtt, clock, readings, stop_rx, Some(link)));
+        Self { clock, observations, modes, _readings: readings_tx, stop, running }
+    }
+
+    /// The battery reports, now, `soc_permille` of its 10 kWh (nothing charged or discharged yet)
+    /// while the home needs `home_net_w`.
+    pub async fn observe(&self, soc_permille: i64, home_net_w: i64) {
+        let observation = BatteryObservation {
+            ts_ms: self.clock.now_ms(),
+            soc_permille,
+            capacity_wh: 10_000,
+            charged_wh: 0,
+            discharged_wh: 0,
+            home_net_w: Some(home_net_w),
+        };
+        self.observations.send(observation).await.expect("the agent listens");
+    }
+
+    /// Stops the agent and asserts that its run loop ended without an error.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.running.await.expect("joins").expect("the agent ran");
+    }
 }
