@@ -13,7 +13,7 @@ use meter_gateway::profile::Profile;
 use meter_gateway::publisher::MqttSettings;
 use meter_gateway::simulator::{self, Behaviour, DeviceService, HomeSpec, RegisterBank, Simulation};
 use meter_gateway::{keys, sunspec};
-use protocol::{Reading, Signed};
+use protocol::Reading;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -45,47 +45,14 @@ struct Subscriber {
 
 impl Subscriber {
     async fn start(host: &str, port: u16, filter: &str) -> Self {
-        let mut options = MqttOptions::new(format!("test-sub-{}", gridex_test_support::free_port()), host, port);
-        options.set_keep_alive(Duration::from_secs(30));
-        // Room for one answer per reading between polls (try_publish never waits).
-        let (client, mut eventloop) = AsyncClient::new(options, 1_024);
-        client.subscribe(filter, QoS::AtLeastOnce).await.expect("subscribe queued");
-        // Wait for SUBACK so no reading published after this returns is missed.
-        let deadline = Instant::now() + WAIT_MAX;
-        loop {
-            let event = tokio::time::timeout(WAIT_MAX, eventloop.poll()).await.expect("broker answers");
-            match event {
-                Ok(Event::Incoming(Packet::SubAck(_))) => break,
-                Ok(_) => {}
-                Err(error) => panic!("subscriber cannot connect to {host}:{port}: {error}"),
-            }
-            assert!(Instant::now() < deadline, "no SUBACK");
-        }
         let received = Arc::new(Mutex::new(Vec::new()));
         let sink = received.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::Publish(publish))) => {
-                        let signed = Signed::<Reading>::parse(&publish.payload).expect("a well-formed signed reading");
-                        signed.verify().expect("the signature verifies");
-                        let topic = protocol::topics::readings(&signed.message.zone, &signed.message.device);
-                        assert_eq!(publish.topic, topic, "published on the device's readings topic");
-                        // Stands in for the exchange: the gateway keeps a reading until it is answered.
-                        let reading = &signed.message;
-                        let ack =
-                            protocol::ReadingAck { device: reading.device, seq: reading.seq, ts_ms: reading.ts_ms };
-                        let operator = protocol::testing::operator_key();
-                        let answer = Signed::sign_operator(ack, &operator).expect("signs").to_json();
-                        let events = protocol::topics::events(&reading.zone, &reading.device);
-                        let _ = client.try_publish(events, QoS::AtLeastOnce, false, answer);
-                        sink.lock().expect("lock").push((signed.message.seq, signed.message, publish.payload.to_vec()));
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                }
-            }
-        });
+        let task = common::acking_exchange(host, port, "test-sub", filter, move |publish, reading| {
+            let topic = protocol::topics::readings(&reading.zone, &reading.device);
+            assert_eq!(publish.topic, topic, "published on the device's readings topic");
+            sink.lock().expect("lock").push((reading.seq, reading, publish.payload.to_vec()));
+        })
+        .await;
         Self { received, _task: task }
     }
 

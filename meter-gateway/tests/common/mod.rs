@@ -8,7 +8,7 @@ use meter_gateway::agent::{self, AgentError, AgentSettings, BatteryLink, Quoting
 use meter_gateway::battery::BatteryMode;
 use meter_gateway::clock::SimClock;
 use meter_gateway::publisher::MqttSettings;
-use protocol::ZoneId;
+use protocol::{Reading, ReadingAck, Signed, ZoneId};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -97,6 +97,54 @@ pub async fn subscribed(
     });
     tokio::time::timeout(SUBSCRIBED_WAIT_MAX, subscribed).await.expect("subscribed in time").expect("subscribed");
     (client, publishes)
+}
+
+/// Stands in for the exchange on `host:port` (its client id starts with `client_prefix`): subscribes
+/// to `filter` and returns once the broker has acknowledged that, then parses and verifies each
+/// signed reading that arrives, answers it with the operator's `reading_ack` on the device's events
+/// topic (the gateway keeps a reading until it is answered) and hands it to `seen` with the message
+/// it came in. It polls its connection until the test ends.
+pub async fn acking_exchange(
+    host: &str,
+    port: u16,
+    client_prefix: &str,
+    filter: &str,
+    mut seen: impl FnMut(&Publish, Reading) + Send + 'static,
+) -> JoinHandle<()> {
+    let mut options = MqttOptions::new(format!("{client_prefix}-{}", gridex_test_support::free_port()), host, port);
+    options.set_keep_alive(Duration::from_secs(30));
+    // Room for one answer per reading between polls (try_publish never waits).
+    let (client, mut eventloop) = AsyncClient::new(options, 1_024);
+    client.subscribe(filter, QoS::AtLeastOnce).await.expect("subscribe queued");
+    // Wait for the SUBACK so no reading published after this returns is missed.
+    let subscribing = async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => break,
+                Ok(_) => {}
+                Err(error) => panic!("subscriber cannot connect to {host}:{port}: {error}"),
+            }
+        }
+    };
+    tokio::time::timeout(SUBSCRIBED_WAIT_MAX, subscribing).await.expect("subscribed in time");
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    let signed = Signed::<Reading>::parse(&publish.payload).expect("a well-formed signed reading");
+                    signed.verify().expect("the signature verifies");
+                    let reading = signed.message;
+                    let ack = ReadingAck { device: reading.device, seq: reading.seq, ts_ms: reading.ts_ms };
+                    let answer = Signed::sign_operator(ack, &protocol::testing::operator_key()).expect("signs");
+                    let events = protocol::topics::events(&reading.zone, &reading.device);
+                    let _ = client.try_publish(events, QoS::AtLeastOnce, false, answer.to_json());
+                    seen(&publish, reading);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
 }
 
 /// The payload of the next message a [`subscribed`] client receives; panics saying `what` was
