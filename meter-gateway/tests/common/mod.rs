@@ -7,13 +7,52 @@ use meter_gateway::agent::battery::{BatteryObservation, BatterySettings};
 use meter_gateway::agent::{self, AgentError, AgentSettings, BatteryLink, QuotingSettings};
 use meter_gateway::battery::BatteryMode;
 use meter_gateway::clock::SimClock;
+use meter_gateway::modbus::{ModbusClient, ModbusUrl, RetryPolicy};
 use meter_gateway::publisher::MqttSettings;
+use meter_gateway::simulator::{self, DeviceService, Home, RegisterBank};
 use protocol::{Reading, ReadingAck, Signed, ZoneId};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+
+/// A simulated Modbus TCP device (tokio-modbus's server) on a loopback port, served until this is
+/// dropped.
+pub struct Served {
+    pub addr: SocketAddr,
+    /// The simulated home behind it, if any.
+    pub home: Option<Arc<Mutex<Home>>>,
+    /// Its registers, with the writes it received.
+    pub bank: Arc<Mutex<RegisterBank>>,
+    _stop: watch::Sender<bool>,
+}
+
+/// Serves `service` on a free loopback port.
+pub async fn serve(service: DeviceService) -> Served {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stop_rx) = watch::channel(false);
+    let (home, bank) = (service.home.clone(), service.bank.clone());
+    tokio::spawn(simulator::serve_tcp(listener, service, stop_rx));
+    Served { addr, home, bank, _stop: stop }
+}
+
+/// Serves the registers of `bank` alone (no home behind them), on the real clock.
+pub async fn serve_bank(bank: RegisterBank) -> Served {
+    serve(DeviceService { bank: Arc::new(Mutex::new(bank)), home: None, clock: SimClock::real() }).await
+}
+
+/// A Modbus client of unit 1 at `addr`: a second for each answer, two attempts.
+pub fn client(addr: SocketAddr) -> ModbusClient {
+    ModbusClient::new(
+        ModbusUrl::parse(&format!("tcp://{addr}")).expect("url"),
+        1,
+        RetryPolicy { timeout_ms: 1_000, attempts: 2, backoff_initial_ms: 10 },
+    )
+}
 
 /// A bound on waiting for the broker's subscription acknowledgement (not a timing assertion).
 const SUBSCRIBED_WAIT_MAX: Duration = Duration::from_secs(60);
