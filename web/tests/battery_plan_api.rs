@@ -53,13 +53,8 @@ async fn a_household_sees_the_plan_its_battery_agent_published() {
     let bob = protocol::testing::signing_key(72);
     let (alice_id, bob_id) =
         (AccountId::from_verifying_key(&alice.verifying_key()), AccountId::from_verifying_key(&bob.verifying_key()));
-    settlement::registry::write(&test_db.db, move |conn| {
-        common::seed_zone_market(conn, &zone(), "Plan zone", SLOT_LEN_MS, SystemClock.now_ms())?;
-        web::registry::register_account(conn, &alice_id, "Alice", &zone(), 0)?;
-        web::registry::register_account(conn, &bob_id, "Bob", &zone(), 0)
-    })
-    .await
-    .expect("seed the registry");
+    let homes = [(alice_id, "Alice"), (bob_id, "Bob")];
+    common::seed_market_with_homes(&test_db.db, &zone(), "Plan zone", SLOT_LEN_MS, &homes).await;
     let mut options = rumqttc::MqttOptions::new("plan-exchange", broker.host.clone(), broker.port);
     options.set_keep_alive(Duration::from_secs(30));
     options.set_max_packet_size(64 * 1024, 64 * 1024);

@@ -60,13 +60,8 @@ async fn a_cancel_all_posted_to_the_orders_endpoint_cancels_the_accounts_orders_
     let test_db = TestDb::any();
     let (alice, bob) = (protocol::testing::signing_key(41), protocol::testing::signing_key(42));
     let (alice_id, bob_id) = (account(&alice), account(&bob));
-    settlement::registry::write(&test_db.db, move |conn| {
-        common::seed_zone_market(conn, &zone(), "Cancel-all zone", SLOT_LEN_MS, SystemClock.now_ms())?;
-        web::registry::register_account(conn, &alice_id, "Alice", &zone(), 0)?;
-        web::registry::register_account(conn, &bob_id, "Bob", &zone(), 0)
-    })
-    .await
-    .expect("seed the registry");
+    let homes = [(alice_id, "Alice"), (bob_id, "Bob")];
+    common::seed_market_with_homes(&test_db.db, &zone(), "Cancel-all zone", SLOT_LEN_MS, &homes).await;
     let app = common::start_app(Settings::default(), &test_db.db).await;
 
     rest(&app, &alice, slot(1), 1).await;

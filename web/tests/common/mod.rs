@@ -43,6 +43,16 @@ pub fn tariff(effective_from_ms: i64) -> web::public::TariffView {
     }
 }
 
+/// `MQTT_URL`, or gridex's embedded broker (as `gridex demo` starts it) on a free port.
+pub fn broker_url() -> String {
+    if let Ok(url) = std::env::var("MQTT_URL") {
+        return url;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("address").port();
+    web::demo::start_broker(port).expect("the embedded broker starts");
+    format!("mqtt://127.0.0.1:{port}")
+}
+
 /// Runs the `gridex` binary with a SQLite database in `dir` (GRIDEX_DATABASE_URL wins over
 /// DATABASE_URL).
 pub fn gridex(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
@@ -229,6 +239,30 @@ impl TestServer {
     pub async fn stop_cleanly(self) {
         self.app.shutdown().await.expect("the server exits cleanly");
     }
+}
+
+/// Seeds `zone` (`name`, slots of `slot_len_ms`) with the test market as [`seed_zone_market`] does,
+/// from now, and registers each of `homes` (account, display name) in it.
+pub async fn seed_market_with_homes(
+    db: &Database,
+    zone: &ZoneId,
+    name: &str,
+    slot_len_ms: i64,
+    homes: &[(protocol::AccountId, &str)],
+) {
+    use gridex_store::clock::{Clock, SystemClock};
+    let (zone, name) = (zone.clone(), name.to_owned());
+    let homes: Vec<(protocol::AccountId, String)> =
+        homes.iter().map(|(account, display_name)| (*account, (*display_name).to_owned())).collect();
+    settlement::registry::write(db, move |conn| {
+        seed_zone_market(conn, &zone, &name, slot_len_ms, SystemClock.now_ms())?;
+        for (account, display_name) in &homes {
+            web::registry::register_account(conn, account, display_name, &zone, 0)?;
+        }
+        Ok::<(), RegistryError>(())
+    })
+    .await
+    .expect("seed the registry");
 }
 
 /// Registers `zone` with the test market's reward schedule (genesis an hour before `now_ms`) and
