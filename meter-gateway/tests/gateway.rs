@@ -11,7 +11,7 @@ use meter_gateway::gateway::{self, GatewayState};
 use meter_gateway::modbus::{Function, ModbusClient, ModbusError, ModbusUrl, RetryPolicy};
 use meter_gateway::profile::Profile;
 use meter_gateway::publisher::MqttSettings;
-use meter_gateway::simulator::{self, Behaviour, DeviceService, HomeSpec, RegisterBank, Simulation};
+use meter_gateway::simulator::{self, Behaviour, HomeSpec, RegisterBank, Simulation};
 use meter_gateway::{keys, sunspec};
 use protocol::Reading;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -20,7 +20,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_modbus::ExceptionCode;
@@ -387,16 +386,6 @@ async fn a_gateway_killed_with_sigkill_and_restarted_loses_nothing() {
 
 // ---- devices: sentinels, scale factors, exceptions, silence, chunking, profiles ----
 
-async fn serve_bank(bank: RegisterBank) -> (SocketAddr, Arc<Mutex<RegisterBank>>, watch::Sender<bool>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
-    let addr = listener.local_addr().expect("addr");
-    let bank = Arc::new(Mutex::new(bank));
-    let service = DeviceService { bank: bank.clone(), home: None, clock: SimClock::real() };
-    let (stop, stop_rx) = watch::channel(false);
-    tokio::spawn(simulator::serve_tcp(listener, service, stop_rx));
-    (addr, bank, stop)
-}
-
 fn client(addr: SocketAddr) -> ModbusClient {
     ModbusClient::new(
         ModbusUrl::parse(&format!("tcp://{addr}")).expect("url"),
@@ -419,7 +408,8 @@ async fn sentinels_are_missing_and_scale_factors_apply_on_a_real_modbus_device()
     let common = simulator::common_model("Acme", "M1", "", "");
     let mut bank = RegisterBank::default();
     bank.set_sunspec(40000, &[(1, common), (101, inverter), (201, meter)]);
-    let (addr, _bank, _stop) = serve_bank(bank).await;
+    let served = common::serve_bank(bank).await;
+    let addr = served.addr;
     let mut client = client(addr);
     let device = sunspec::discover(&mut client).await.expect("discovers");
     assert_eq!(device.base, 40000);
@@ -440,7 +430,8 @@ async fn discovery_finds_the_marker_at_one_based_and_low_addresses() {
     for base in [40001u16, 50000, 0, 1] {
         let mut bank = RegisterBank::default();
         bank.set_sunspec(base, &[(203, simulator::meter_model(5, 10, 20))]);
-        let (addr, _bank, _stop) = serve_bank(bank).await;
+        let served = common::serve_bank(bank).await;
+        let addr = served.addr;
         let device = sunspec::discover(&mut client(addr)).await.expect("discovers");
         assert_eq!(device.base, base);
         assert_eq!(device.meter().map(|m| m.id), Some(203));
@@ -450,7 +441,8 @@ async fn discovery_finds_the_marker_at_one_based_and_low_addresses() {
 #[tokio::test]
 async fn a_device_answering_with_exceptions_reports_them_without_retrying_forever() {
     let bank = RegisterBank { behaviour: Behaviour::Exception(ExceptionCode::ServerDeviceBusy), ..Default::default() };
-    let (addr, _bank, _stop) = serve_bank(bank).await;
+    let served = common::serve_bank(bank).await;
+    let addr = served.addr;
     let mut client = client(addr);
     let error = client.read(Function::Holding, 40000, 2).await.expect_err("an exception");
     assert!(matches!(error, ModbusError::Exception(ExceptionCode::ServerDeviceBusy)), "{error}");
@@ -461,7 +453,8 @@ async fn a_device_answering_with_exceptions_reports_them_without_retrying_foreve
 async fn a_device_that_does_not_answer_times_out_and_the_client_recovers_when_it_does() {
     let mut bank = RegisterBank { behaviour: Behaviour::Silent, ..Default::default() };
     bank.set_holding(100, &[7, 8]);
-    let (addr, bank, _stop) = serve_bank(bank).await;
+    let served = common::serve_bank(bank).await;
+    let (addr, bank) = (served.addr, served.bank.clone());
     let mut client = client(addr);
     let error = client.read(Function::Holding, 100, 2).await.expect_err("no answer");
     assert!(matches!(error, ModbusError::Timeout(_)), "{error}");
@@ -474,7 +467,8 @@ async fn a_read_of_300_registers_is_split_into_requests_the_device_accepts() {
     let mut bank = RegisterBank::default();
     let words: Vec<u16> = (0..300).collect();
     bank.set_input(1000, &words);
-    let (addr, _bank, _stop) = serve_bank(bank).await;
+    let served = common::serve_bank(bank).await;
+    let addr = served.addr;
     // The simulated device refuses more than 125 per request, as the specification requires.
     assert_eq!(client(addr).read(Function::Input, 1000, 300).await.expect("reads"), words);
 }
@@ -488,7 +482,8 @@ async fn the_sdm630_profile_reads_float_registers_from_a_device() {
     bank.set_input(0x004A, &float(89.5));
     bank.set_input(0x0034, &float(-1500.0));
     bank.set_holding(0xFC00, &[0x0001, 0xE240]); // 123456
-    let (addr, _bank, _stop) = serve_bank(bank).await;
+    let served = common::serve_bank(bank).await;
+    let addr = served.addr;
     let values = profile.read(&mut client(addr)).await.expect("reads");
     assert_eq!(values.import_wh, Some(1_234_567));
     assert_eq!(values.export_wh, Some(89_500));
