@@ -11,7 +11,6 @@ use meter_gateway::clock::SimClock;
 use meter_gateway::config::GatewaySettings;
 use meter_gateway::gateway::{self, GatewayHandle, GatewayState};
 use meter_gateway::keys;
-use meter_gateway::publisher::MqttSettings;
 use meter_gateway::simulator::{self, HomeSpec, Simulation};
 use protocol::market::SLOT_LEN_MS_DEFAULT;
 use protocol::{DeviceId, Reading};
@@ -99,11 +98,7 @@ async fn start_gateway(dir: &Path, seed: u8, sim: &Simulation, mqtt_port: u16, p
     };
     settings.modbus.url = format!("tcp://{}", sim.addrs[0]);
     settings.modbus.timeout_ms = 500;
-    settings.mqtt = MqttSettings {
-        url: format!("mqtt://127.0.0.1:{mqtt_port}"),
-        operator_key: Some(hex::encode(protocol::testing::operator_key().verifying_key().to_bytes())),
-        ..MqttSettings::default()
-    };
+    settings.mqtt = common::local_mqtt(mqtt_port);
     let spool_dir = settings.spool_dir.clone();
     let (stop, mut stop_rx) = watch::channel(false);
     let (started, handle) = oneshot::channel();

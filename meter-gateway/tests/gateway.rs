@@ -98,7 +98,8 @@ fn settings(dir: &Path, modbus_url: String, mqtt_url: String, zone: &str, clock:
     };
     settings.modbus.url = modbus_url;
     settings.modbus.timeout_ms = 500;
-    settings.mqtt = MqttSettings { url: mqtt_url, operator_key: Some(pinned_operator()), ..MqttSettings::default() };
+    settings.mqtt =
+        MqttSettings { url: mqtt_url, operator_key: Some(common::pinned_operator()), ..MqttSettings::default() };
     settings
 }
 
@@ -338,7 +339,7 @@ async fn a_gateway_killed_with_sigkill_and_restarted_loses_nothing() {
         "--mqtt",
         &format!("mqtt://127.0.0.1:{broker}"),
         "--operator-key",
-        &pinned_operator(),
+        &common::pinned_operator(),
         "--zone",
         "sigkill",
         "--key",
@@ -504,11 +505,7 @@ async fn the_agent_publishes_orders_signed_with_the_account_key() {
     let clock = SimClock::starting_at(1_800_000_000_000, 600.0);
     let (tx, rx) = mpsc::channel(16);
     let (stop, stop_rx) = watch::channel(false);
-    let mqtt = MqttSettings {
-        url: format!("mqtt://127.0.0.1:{broker}"),
-        operator_key: Some(pinned_operator()),
-        ..Default::default()
-    };
+    let mqtt = common::local_mqtt(broker);
     let zone = protocol::ZoneId::parse("agent").expect("zone");
     let task = tokio::spawn(agent::run(settings, zone.clone(), mqtt, clock, rx, stop_rx));
     let device_key = protocol::testing::signing_key(4);
@@ -640,9 +637,4 @@ async fn readings_travel_over_mqtts_checked_against_a_ca_file() {
     subscriber.wait_for("readings sent over TLS", |r| r.len() >= 3).await;
     let _ = stop.send(true);
     task.await.expect("joins").expect("gateway ran cleanly");
-}
-
-/// The operator key the tests pin (the stand-in exchange signs with the public test key).
-fn pinned_operator() -> String {
-    hex::encode(protocol::testing::operator_key().verifying_key().to_bytes())
 }

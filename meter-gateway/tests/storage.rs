@@ -431,8 +431,7 @@ async fn a_gateway_publishes_its_homes_battery_in_signed_version_2_readings() {
     let soc = served.home().battery().expect("battery").soc_permille();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut settings = gateway_settings(dir.path(), served.addr, false);
-    settings.mqtt.url = format!("mqtt://{}:{}", broker.host, broker.port);
-    settings.mqtt.operator_key = Some(hex::encode(protocol::testing::operator_key().verifying_key().to_bytes()));
+    settings.mqtt = common::local_mqtt(broker.port);
     let device = DeviceId::from_verifying_key(&keys::load(&settings.key).expect("key").verifying_key());
     let zone = ZoneId::parse(&settings.zone).expect("zone");
 
@@ -475,8 +474,7 @@ async fn a_gateways_own_trading_agent_drives_the_battery_through_the_gateway() {
     let mut settings = gateway_settings(dir.path(), served.addr, true);
     // Sixty times real time, so the agent plans (and misses the exchange) within seconds.
     settings.clock = Some(SimClock::starting_at(3_600_000, 60.0));
-    settings.mqtt.url = format!("mqtt://{}:{}", broker.host, broker.port);
-    settings.mqtt.operator_key = Some(hex::encode(protocol::testing::operator_key().verifying_key().to_bytes()));
+    settings.mqtt = common::local_mqtt(broker.port);
     let account_key = dir.path().join("account.key");
     keys::load_or_generate(&account_key).expect("account key");
     // The battery fallback after two simulated minutes: two seconds here.

@@ -93,11 +93,17 @@ pub fn battery_agent_settings(key: PathBuf) -> AgentSettings {
     }
 }
 
+/// The operator key the tests pin, hex-encoded (the stand-in exchange signs with the public test
+/// key).
+pub fn pinned_operator() -> String {
+    hex::encode(protocol::testing::operator_key().verifying_key().to_bytes())
+}
+
 /// The connection to a broker on this machine's `port`, pinning the tests' operator key.
 pub fn local_mqtt(port: u16) -> MqttSettings {
     MqttSettings {
         url: format!("mqtt://127.0.0.1:{port}"),
-        operator_key: Some(hex::encode(protocol::testing::operator_key().verifying_key().to_bytes())),
+        operator_key: Some(pinned_operator()),
         ..Default::default()
     }
 }
