@@ -10,7 +10,7 @@ mod common;
 use ed25519_dalek::SigningKey;
 use gridex_store::clock::{Clock, SystemClock};
 use gridex_store::testing::TestDb;
-use protocol::{AccountId, DeviceId, MeterSerial, PowerW, Reading, Signed, TimestampMs, Wh, ZoneId};
+use protocol::{AccountId, DeviceId, MeterSerial, Reading, Signed, TimestampMs, Wh, ZoneId};
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, QoS};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -228,22 +228,11 @@ impl Market {
     }
 
     fn signed_reading(&self, device: &SigningKey, seq: u64) -> Vec<u8> {
-        let reading = Reading {
-            device: device_id(device),
-            zone: self.zone.clone(),
-            meter_serial: MeterSerial::parse(if device == &self.devices[0] { "SN-ACL-0" } else { "SN-ACL-1" })
-                .expect("a serial"),
-            seq,
-            ts_ms: TimestampMs(SystemClock.now_ms() - 120_000 + seq as i64 * 1_000),
-            import_wh: Wh(1_000 + seq as i64),
-            export_wh: Wh(0),
-            pv_wh: None,
-            power_w: PowerW(0),
-            battery_charge_wh: None,
-            battery_discharge_wh: None,
-            battery_soc_permille: None,
-            battery_capacity_wh: None,
-        };
+        let serial =
+            MeterSerial::parse(if device == &self.devices[0] { "SN-ACL-0" } else { "SN-ACL-1" }).expect("a serial");
+        let ts_ms = SystemClock.now_ms() - 120_000 + seq as i64 * 1_000;
+        let reading =
+            protocol::testing::grid_reading(device, self.zone.clone(), serial, seq, ts_ms, 1_000 + seq as i64, 0);
         Signed::sign(reading, device).expect("sign").to_json()
     }
 
