@@ -51,6 +51,12 @@ async fn spawn_app_with(household: &SigningKey, settings: Settings) -> TestApp {
 }
 
 impl TestApp {
+    /// GETs `path` with the utility's API key.
+    async fn utility_get(&self, path: &str) -> reqwest::Response {
+        let request = common::with_api_key(&self.client, &self.address, ("GET", path), Some(UTILITY_KEY), None);
+        request.send().await.expect("the server answers")
+    }
+
     /// Sends exactly these signature headers (a captured request is sent again byte for byte).
     async fn send_signed(&self, path: &str, headers: &[(String, String); 3]) -> (u16, Value) {
         let mut request = self.client.get(format!("{}{path}", self.address));
@@ -196,13 +202,7 @@ async fn cursors_walk_a_120_000_row_export_whole() {
     let mut seen = std::collections::BTreeSet::new();
     let mut path = format!("/api/v1/export/readings?zone={ZONE}&from_ms={from_ms}&to_ms={to_ms}");
     for _ in 0..PAGES_MAX {
-        let response = app
-            .client
-            .get(format!("{}{path}", app.address))
-            .bearer_auth(UTILITY_KEY)
-            .send()
-            .await
-            .expect("the server answers");
+        let response = app.utility_get(&path).await;
         assert_eq!(response.status().as_u16(), 200);
         let next = response.headers().get("x-next-cursor").map(|v| v.to_str().expect("ascii").to_owned());
         let link = response.headers().get("link").map(|v| v.to_str().expect("ascii").to_owned());
@@ -248,13 +248,7 @@ async fn cursors_walk_a_120_000_row_export_whole() {
     assert!(seen == stored, "the JSON pages hold exactly the stored readings");
 
     // A cursor is validated, never trusted.
-    let response = app
-        .client
-        .get(format!("{}/api/v1/export/readings?zone={ZONE}&cursor=zz", app.address))
-        .bearer_auth(UTILITY_KEY)
-        .send()
-        .await
-        .expect("the server answers");
+    let response = app.utility_get(&format!("/api/v1/export/readings?zone={ZONE}&cursor=zz")).await;
     assert_eq!(response.status().as_u16(), 400);
     let error: Value = response.json().await.expect("a JSON error");
     assert_eq!(error["error"], "invalid_cursor");
