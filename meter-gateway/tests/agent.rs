@@ -7,13 +7,10 @@ use meter_gateway::agent::{self, AgentSettings};
 use meter_gateway::clock::SimClock;
 use meter_gateway::keys;
 use protocol::{Command, Reading, TimestampMs, Wh, ZoneId};
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use rumqttc::Publish;
 use std::path::Path;
-use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-/// A bound on waiting for the agent (not a timing assertion).
-const WAIT_MAX: Duration = Duration::from_secs(60);
 const SLOT_MS: i64 = 900_000;
 /// The clock starts at a slot boundary: the next slot's gate (5 minutes before it) is 10 simulated
 /// minutes away, 10 s of real time at 60×, far more than the test needs, so one slot is traded.
@@ -45,30 +42,15 @@ async fn feed(tx: &mpsc::Sender<Reading>, zone: &ZoneId, now_ms: i64, wh_per_min
     }
 }
 
-async fn next_command(eventloop: &mut EventLoop) -> Command {
-    tokio::time::timeout(WAIT_MAX, async {
-        loop {
-            if let Ok(Event::Incoming(Packet::Publish(publish))) = eventloop.poll().await {
-                return Command::parse(&publish.payload).expect("a command");
-            }
-        }
-    })
-    .await
-    .expect("the agent sends a command")
+async fn next_command(orders: &mut mpsc::Receiver<Publish>) -> Command {
+    Command::parse(&common::next_payload(orders, "the agent sends a command").await).expect("a command")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_quoting_agent_adopts_its_remembered_order_instead_of_placing_a_second() {
     let broker = start_broker().await;
-    let mut options = MqttOptions::new("orders-sub", "127.0.0.1", broker);
-    options.set_keep_alive(Duration::from_secs(30));
-    let (sub, mut eventloop) = AsyncClient::new(options, 16);
-    sub.subscribe("gridex/v1/agent/orders/+", QoS::AtLeastOnce).await.expect("subscribes");
-    loop {
-        if let Ok(Event::Incoming(Packet::SubAck(_))) = eventloop.poll().await {
-            break;
-        }
-    }
+    let (_sub, mut orders) =
+        common::subscribed("127.0.0.1", broker, "orders-sub", "gridex/v1/agent/orders/+".to_owned(), 16).await;
     let dir = tempfile::tempdir().expect("temp dir");
     keys::generate_file(&dir.path().join("account.key")).expect("a key");
     let mqtt = common::local_mqtt(broker);
@@ -80,7 +62,7 @@ async fn a_restarted_quoting_agent_adopts_its_remembered_order_instead_of_placin
     let (stop, stop_rx) = watch::channel(false);
     let first = tokio::spawn(agent::run(settings(dir.path()), zone.clone(), mqtt.clone(), clock, rx, stop_rx));
     feed(&tx, &zone, clock.now_ms(), 20).await;
-    let Command::Order(placed) = next_command(&mut eventloop).await else { panic!("expected an order first") };
+    let Command::Order(placed) = next_command(&mut orders).await else { panic!("expected an order first") };
     let _ = stop.send(true);
     first.await.expect("joins").expect("the agent ran");
 
@@ -90,7 +72,7 @@ async fn a_restarted_quoting_agent_adopts_its_remembered_order_instead_of_placin
     let (stop, stop_rx) = watch::channel(false);
     let second = tokio::spawn(agent::run(settings(dir.path()), zone.clone(), mqtt, clock, rx, stop_rx));
     feed(&tx, &zone, clock.now_ms(), 40).await;
-    match next_command(&mut eventloop).await {
+    match next_command(&mut orders).await {
         Command::Cancel(cancel) => assert_eq!(cancel.message.order_nonce, placed.message.nonce),
         other => panic!("after a restart the agent sent {other:?} instead of cancelling its remembered order"),
     }

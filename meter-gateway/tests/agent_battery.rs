@@ -6,14 +6,11 @@
 
 mod common;
 
-use meter_gateway::agent::battery::BatteryObservation;
-use meter_gateway::agent::{self, BatteryLink};
 use meter_gateway::battery::BatteryMode;
 use meter_gateway::clock::SimClock;
 use meter_gateway::keys;
 use protocol::{topics, AccountId, BatteryPlan, Signed, ZoneId};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
 
 /// A bound on waiting for the agent (not a timing assertion).
 const WAIT_MAX: Duration = Duration::from_secs(60);
@@ -26,43 +23,19 @@ async fn a_controlling_agent_sends_setpoints_and_falls_back_to_self_consumption_
     let broker = gridex_test_support::embedded_broker().port;
     let dir = tempfile::tempdir().expect("temp dir");
     keys::generate_file(&dir.path().join("account.key")).expect("a key");
-    let mqtt = common::local_mqtt(broker);
     let zone = ZoneId::parse("battery").expect("zone");
+    let settings = common::battery_agent_settings(dir.path().join("account.key"));
     let clock = SimClock::starting_at(ORIGIN_MS, SPEED);
-    let (_readings_tx, readings) = mpsc::channel(8);
-    let (observations_tx, observations) = mpsc::channel(8);
-    let (modes, mut modes_rx) = mpsc::channel(8);
-    let (stop, stop_rx) = watch::channel(false);
-    let link = BatteryLink { observations: Some(observations), modes };
-    let running = tokio::spawn(agent::run_with_battery(
-        common::battery_agent_settings(dir.path().join("account.key")),
-        zone,
-        mqtt,
-        clock,
-        readings,
-        stop_rx,
-        Some(link),
-    ));
+    let mut agent = common::BatteryAgent::start(settings, zone, common::local_mqtt(broker), clock);
     // Just above the 10 % reserve while the home needs 1 kW: only what keeps it above the reserve.
-    observations_tx
-        .send(BatteryObservation {
-            ts_ms: clock.now_ms(),
-            soc_permille: 101,
-            capacity_wh: 10_000,
-            charged_wh: 0,
-            discharged_wh: 0,
-            home_net_w: Some(1_000),
-        })
-        .await
-        .expect("the agent listens");
-    let first = tokio::time::timeout(WAIT_MAX, modes_rx.recv()).await.expect("a mode").expect("open");
+    agent.observe(101, 1_000).await;
+    let first = tokio::time::timeout(WAIT_MAX, agent.modes.recv()).await.expect("a mode").expect("open");
     let BatteryMode::Setpoint { power_w } = first else { panic!("expected a setpoint, got {first:?}") };
     assert!((-1_000..0).contains(&power_w), "a limited discharge: {power_w} W");
     // Nothing is ever heard from the exchange: self-consumption follows.
-    let fallback = tokio::time::timeout(WAIT_MAX, modes_rx.recv()).await.expect("a mode").expect("open");
+    let fallback = tokio::time::timeout(WAIT_MAX, agent.modes.recv()).await.expect("a mode").expect("open");
     assert_eq!(fallback, BatteryMode::SelfConsumption);
-    let _ = stop.send(true);
-    running.await.expect("joins").expect("the agent ran");
+    agent.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,32 +49,10 @@ async fn a_battery_agent_publishes_its_plan_signed_by_its_account() {
     let (_watcher, mut plans) =
         common::subscribed("127.0.0.1", broker, "plans", topics::plans(&zone, &account), 16).await;
     let clock = SimClock::starting_at(ORIGIN_MS, SPEED);
-    let (_readings_tx, readings) = mpsc::channel(8);
-    let (observations_tx, observations) = mpsc::channel(8);
-    let (modes, _modes_rx) = mpsc::channel(8);
-    let (stop, stop_rx) = watch::channel(false);
-    let link = BatteryLink { observations: Some(observations), modes };
-    let running = tokio::spawn(agent::run_with_battery(
-        common::battery_agent_settings(key_path),
-        zone.clone(),
-        common::local_mqtt(broker),
-        clock,
-        readings,
-        stop_rx,
-        Some(link),
-    ));
+    let settings = common::battery_agent_settings(key_path);
+    let agent = common::BatteryAgent::start(settings, zone.clone(), common::local_mqtt(broker), clock);
     // Half full while the home needs 1 kW: the plan covers the home from the battery.
-    observations_tx
-        .send(BatteryObservation {
-            ts_ms: clock.now_ms(),
-            soc_permille: 500,
-            capacity_wh: 10_000,
-            charged_wh: 0,
-            discharged_wh: 0,
-            home_net_w: Some(1_000),
-        })
-        .await
-        .expect("the agent listens");
+    agent.observe(500, 1_000).await;
     let published = tokio::time::timeout(WAIT_MAX, plans.recv()).await.expect("a plan").expect("open");
     let signed = Signed::<BatteryPlan>::parse(&published.payload).expect("a well-formed plan");
     signed.verify().expect("signed by the key it names");
@@ -113,6 +64,5 @@ async fn a_battery_agent_publishes_its_plan_signed_by_its_account() {
     assert!(first > plan.ts_ms.0 && first <= plan.ts_ms.0 + SLOT_MS, "it starts at the next slot");
     assert!(plan.slots.iter().all(|slot| slot.slot.is_aligned(SLOT_MS)));
     assert!(plan.slots.iter().all(|slot| slot.soc_permille_end <= 500), "nothing to charge from: {plan:?}");
-    let _ = stop.send(true);
-    running.await.expect("joins").expect("the agent ran");
+    agent.stop().await;
 }

@@ -3,17 +3,17 @@
 //! acknowledges what arrives (standing in for the exchange). The schedule's arithmetic is tested
 //! exactly in `cadence`'s unit tests; these check that the loop follows it through real components.
 
+mod common;
+
 use gridex_test_support::Proxy;
 use meter_gateway::cadence::{Cadence, PUBLISH_INTERVAL_MS_MAX};
 use meter_gateway::clock::SimClock;
 use meter_gateway::config::GatewaySettings;
 use meter_gateway::gateway::{self, GatewayHandle, GatewayState};
 use meter_gateway::keys;
-use meter_gateway::publisher::MqttSettings;
 use meter_gateway::simulator::{self, HomeSpec, Simulation};
 use protocol::market::SLOT_LEN_MS_DEFAULT;
-use protocol::{DeviceId, Reading, Signed};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use protocol::{DeviceId, Reading};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -31,37 +31,12 @@ type Received = Arc<Mutex<Vec<Reading>>>;
 
 /// Subscribes to `filter`, verifies each reading and answers it with the operator's `reading_ack`.
 async fn subscribe(port: u16, filter: &str) -> (Received, JoinHandle<()>) {
-    let mut options = MqttOptions::new(format!("cadence-sub-{}", gridex_test_support::free_port()), "127.0.0.1", port);
-    options.set_keep_alive(Duration::from_secs(30));
-    let (client, mut eventloop) = AsyncClient::new(options, 1_024);
-    client.subscribe(filter, QoS::AtLeastOnce).await.expect("subscribe queued");
-    loop {
-        match tokio::time::timeout(WAIT_MAX, eventloop.poll()).await.expect("broker answers") {
-            Ok(Event::Incoming(Packet::SubAck(_))) => break,
-            Ok(_) => {}
-            Err(error) => panic!("subscriber cannot connect: {error}"),
-        }
-    }
     let received: Received = Arc::default();
     let sink = received.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    let signed = Signed::<Reading>::parse(&publish.payload).expect("a signed reading");
-                    signed.verify().expect("the signature verifies");
-                    let reading = signed.message;
-                    let ack = protocol::ReadingAck { device: reading.device, seq: reading.seq, ts_ms: reading.ts_ms };
-                    let answer = Signed::sign_operator(ack, &protocol::testing::operator_key()).expect("signs");
-                    let events = protocol::topics::events(&reading.zone, &reading.device);
-                    let _ = client.try_publish(events, QoS::AtLeastOnce, false, answer.to_json());
-                    sink.lock().expect("lock").push(reading);
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    });
+    let task = common::acking_exchange("127.0.0.1", port, "cadence-sub", filter, move |_, reading| {
+        sink.lock().expect("lock").push(reading);
+    })
+    .await;
     (received, task)
 }
 
@@ -123,11 +98,7 @@ async fn start_gateway(dir: &Path, seed: u8, sim: &Simulation, mqtt_port: u16, p
     };
     settings.modbus.url = format!("tcp://{}", sim.addrs[0]);
     settings.modbus.timeout_ms = 500;
-    settings.mqtt = MqttSettings {
-        url: format!("mqtt://127.0.0.1:{mqtt_port}"),
-        operator_key: Some(hex::encode(protocol::testing::operator_key().verifying_key().to_bytes())),
-        ..MqttSettings::default()
-    };
+    settings.mqtt = common::local_mqtt(mqtt_port);
     let spool_dir = settings.spool_dir.clone();
     let (stop, mut stop_rx) = watch::channel(false);
     let (started, handle) = oneshot::channel();

@@ -11,16 +11,15 @@ use meter_gateway::gateway::{self, GatewayState};
 use meter_gateway::modbus::{Function, ModbusClient, ModbusError, ModbusUrl, RetryPolicy};
 use meter_gateway::profile::Profile;
 use meter_gateway::publisher::MqttSettings;
-use meter_gateway::simulator::{self, Behaviour, DeviceService, HomeSpec, RegisterBank, Simulation};
+use meter_gateway::simulator::{self, Behaviour, HomeSpec, RegisterBank, Simulation};
 use meter_gateway::{keys, sunspec};
-use protocol::{Reading, Signed};
+use protocol::Reading;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_modbus::ExceptionCode;
@@ -45,47 +44,14 @@ struct Subscriber {
 
 impl Subscriber {
     async fn start(host: &str, port: u16, filter: &str) -> Self {
-        let mut options = MqttOptions::new(format!("test-sub-{}", gridex_test_support::free_port()), host, port);
-        options.set_keep_alive(Duration::from_secs(30));
-        // Room for one answer per reading between polls (try_publish never waits).
-        let (client, mut eventloop) = AsyncClient::new(options, 1_024);
-        client.subscribe(filter, QoS::AtLeastOnce).await.expect("subscribe queued");
-        // Wait for SUBACK so no reading published after this returns is missed.
-        let deadline = Instant::now() + WAIT_MAX;
-        loop {
-            let event = tokio::time::timeout(WAIT_MAX, eventloop.poll()).await.expect("broker answers");
-            match event {
-                Ok(Event::Incoming(Packet::SubAck(_))) => break,
-                Ok(_) => {}
-                Err(error) => panic!("subscriber cannot connect to {host}:{port}: {error}"),
-            }
-            assert!(Instant::now() < deadline, "no SUBACK");
-        }
         let received = Arc::new(Mutex::new(Vec::new()));
         let sink = received.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::Publish(publish))) => {
-                        let signed = Signed::<Reading>::parse(&publish.payload).expect("a well-formed signed reading");
-                        signed.verify().expect("the signature verifies");
-                        let topic = protocol::topics::readings(&signed.message.zone, &signed.message.device);
-                        assert_eq!(publish.topic, topic, "published on the device's readings topic");
-                        // Stands in for the exchange: the gateway keeps a reading until it is answered.
-                        let reading = &signed.message;
-                        let ack =
-                            protocol::ReadingAck { device: reading.device, seq: reading.seq, ts_ms: reading.ts_ms };
-                        let operator = protocol::testing::operator_key();
-                        let answer = Signed::sign_operator(ack, &operator).expect("signs").to_json();
-                        let events = protocol::topics::events(&reading.zone, &reading.device);
-                        let _ = client.try_publish(events, QoS::AtLeastOnce, false, answer);
-                        sink.lock().expect("lock").push((signed.message.seq, signed.message, publish.payload.to_vec()));
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                }
-            }
-        });
+        let task = common::acking_exchange(host, port, "test-sub", filter, move |publish, reading| {
+            let topic = protocol::topics::readings(&reading.zone, &reading.device);
+            assert_eq!(publish.topic, topic, "published on the device's readings topic");
+            sink.lock().expect("lock").push((reading.seq, reading, publish.payload.to_vec()));
+        })
+        .await;
         Self { received, _task: task }
     }
 
@@ -132,7 +98,8 @@ fn settings(dir: &Path, modbus_url: String, mqtt_url: String, zone: &str, clock:
     };
     settings.modbus.url = modbus_url;
     settings.modbus.timeout_ms = 500;
-    settings.mqtt = MqttSettings { url: mqtt_url, operator_key: Some(pinned_operator()), ..MqttSettings::default() };
+    settings.mqtt =
+        MqttSettings { url: mqtt_url, operator_key: Some(common::pinned_operator()), ..MqttSettings::default() };
     settings
 }
 
@@ -372,7 +339,7 @@ async fn a_gateway_killed_with_sigkill_and_restarted_loses_nothing() {
         "--mqtt",
         &format!("mqtt://127.0.0.1:{broker}"),
         "--operator-key",
-        &pinned_operator(),
+        &common::pinned_operator(),
         "--zone",
         "sigkill",
         "--key",
@@ -420,16 +387,6 @@ async fn a_gateway_killed_with_sigkill_and_restarted_loses_nothing() {
 
 // ---- devices: sentinels, scale factors, exceptions, silence, chunking, profiles ----
 
-async fn serve_bank(bank: RegisterBank) -> (SocketAddr, Arc<Mutex<RegisterBank>>, watch::Sender<bool>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
-    let addr = listener.local_addr().expect("addr");
-    let bank = Arc::new(Mutex::new(bank));
-    let service = DeviceService { bank: bank.clone(), home: None, clock: SimClock::real() };
-    let (stop, stop_rx) = watch::channel(false);
-    tokio::spawn(simulator::serve_tcp(listener, service, stop_rx));
-    (addr, bank, stop)
-}
-
 fn client(addr: SocketAddr) -> ModbusClient {
     ModbusClient::new(
         ModbusUrl::parse(&format!("tcp://{addr}")).expect("url"),
@@ -452,7 +409,8 @@ async fn sentinels_are_missing_and_scale_factors_apply_on_a_real_modbus_device()
     let common = simulator::common_model("Acme", "M1", "", "");
     let mut bank = RegisterBank::default();
     bank.set_sunspec(40000, &[(1, common), (101, inverter), (201, meter)]);
-    let (addr, _bank, _stop) = serve_bank(bank).await;
+    let served = common::serve_bank(bank).await;
+    let addr = served.addr;
     let mut client = client(addr);
     let device = sunspec::discover(&mut client).await.expect("discovers");
     assert_eq!(device.base, 40000);
@@ -473,7 +431,8 @@ async fn discovery_finds_the_marker_at_one_based_and_low_addresses() {
     for base in [40001u16, 50000, 0, 1] {
         let mut bank = RegisterBank::default();
         bank.set_sunspec(base, &[(203, simulator::meter_model(5, 10, 20))]);
-        let (addr, _bank, _stop) = serve_bank(bank).await;
+        let served = common::serve_bank(bank).await;
+        let addr = served.addr;
         let device = sunspec::discover(&mut client(addr)).await.expect("discovers");
         assert_eq!(device.base, base);
         assert_eq!(device.meter().map(|m| m.id), Some(203));
@@ -483,7 +442,8 @@ async fn discovery_finds_the_marker_at_one_based_and_low_addresses() {
 #[tokio::test]
 async fn a_device_answering_with_exceptions_reports_them_without_retrying_forever() {
     let bank = RegisterBank { behaviour: Behaviour::Exception(ExceptionCode::ServerDeviceBusy), ..Default::default() };
-    let (addr, _bank, _stop) = serve_bank(bank).await;
+    let served = common::serve_bank(bank).await;
+    let addr = served.addr;
     let mut client = client(addr);
     let error = client.read(Function::Holding, 40000, 2).await.expect_err("an exception");
     assert!(matches!(error, ModbusError::Exception(ExceptionCode::ServerDeviceBusy)), "{error}");
@@ -494,7 +454,8 @@ async fn a_device_answering_with_exceptions_reports_them_without_retrying_foreve
 async fn a_device_that_does_not_answer_times_out_and_the_client_recovers_when_it_does() {
     let mut bank = RegisterBank { behaviour: Behaviour::Silent, ..Default::default() };
     bank.set_holding(100, &[7, 8]);
-    let (addr, bank, _stop) = serve_bank(bank).await;
+    let served = common::serve_bank(bank).await;
+    let (addr, bank) = (served.addr, served.bank.clone());
     let mut client = client(addr);
     let error = client.read(Function::Holding, 100, 2).await.expect_err("no answer");
     assert!(matches!(error, ModbusError::Timeout(_)), "{error}");
@@ -507,7 +468,8 @@ async fn a_read_of_300_registers_is_split_into_requests_the_device_accepts() {
     let mut bank = RegisterBank::default();
     let words: Vec<u16> = (0..300).collect();
     bank.set_input(1000, &words);
-    let (addr, _bank, _stop) = serve_bank(bank).await;
+    let served = common::serve_bank(bank).await;
+    let addr = served.addr;
     // The simulated device refuses more than 125 per request, as the specification requires.
     assert_eq!(client(addr).read(Function::Input, 1000, 300).await.expect("reads"), words);
 }
@@ -521,7 +483,8 @@ async fn the_sdm630_profile_reads_float_registers_from_a_device() {
     bank.set_input(0x004A, &float(89.5));
     bank.set_input(0x0034, &float(-1500.0));
     bank.set_holding(0xFC00, &[0x0001, 0xE240]); // 123456
-    let (addr, _bank, _stop) = serve_bank(bank).await;
+    let served = common::serve_bank(bank).await;
+    let addr = served.addr;
     let values = profile.read(&mut client(addr)).await.expect("reads");
     assert_eq!(values.import_wh, Some(1_234_567));
     assert_eq!(values.export_wh, Some(89_500));
@@ -533,15 +496,8 @@ async fn the_sdm630_profile_reads_float_registers_from_a_device() {
 async fn the_agent_publishes_orders_signed_with_the_account_key() {
     use meter_gateway::agent::{self, AgentSettings};
     let broker = start_broker().await;
-    let mut options = MqttOptions::new("orders-sub", "127.0.0.1", broker);
-    options.set_keep_alive(Duration::from_secs(30));
-    let (sub, mut eventloop) = AsyncClient::new(options, 16);
-    sub.subscribe("gridex/v1/agent/orders/+", QoS::AtLeastOnce).await.expect("subscribes");
-    loop {
-        if let Ok(Event::Incoming(Packet::SubAck(_))) = eventloop.poll().await {
-            break;
-        }
-    }
+    let (_sub, mut orders) =
+        common::subscribed("127.0.0.1", broker, "orders-sub", "gridex/v1/agent/orders/+".to_owned(), 16).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let account_key = keys::generate_file(&dir.path().join("account.key")).expect("key");
     let settings =
@@ -549,11 +505,7 @@ async fn the_agent_publishes_orders_signed_with_the_account_key() {
     let clock = SimClock::starting_at(1_800_000_000_000, 600.0);
     let (tx, rx) = mpsc::channel(16);
     let (stop, stop_rx) = watch::channel(false);
-    let mqtt = MqttSettings {
-        url: format!("mqtt://127.0.0.1:{broker}"),
-        operator_key: Some(pinned_operator()),
-        ..Default::default()
-    };
+    let mqtt = common::local_mqtt(broker);
     let zone = protocol::ZoneId::parse("agent").expect("zone");
     let task = tokio::spawn(agent::run(settings, zone.clone(), mqtt, clock, rx, stop_rx));
     let device_key = protocol::testing::signing_key(4);
@@ -565,15 +517,7 @@ async fn the_agent_publishes_orders_signed_with_the_account_key() {
         reading.export_wh = protocol::Wh(1_000 + minute * 50);
         tx.send(reading).await.expect("agent listens");
     }
-    let payload = tokio::time::timeout(WAIT_MAX, async {
-        loop {
-            if let Ok(Event::Incoming(Packet::Publish(publish))) = eventloop.poll().await {
-                return publish.payload;
-            }
-        }
-    })
-    .await
-    .expect("an order arrives");
+    let payload = common::next_payload(&mut orders, "an order arrives").await;
     let command = protocol::Command::parse(&payload).expect("a command");
     command.verify().expect("verifies");
     assert_eq!(command.account().0, account_key.verifying_key().to_bytes());
@@ -643,11 +587,8 @@ async fn the_gateway_keeps_a_retained_online_status_and_goes_offline_when_stoppe
 async fn a_gateway_with_an_agent_trades_its_homes_forecast_with_the_account_key() {
     let broker = start_broker().await;
     let home = start_home(51).await;
-    let mut options = MqttOptions::new("gw-orders-sub", "127.0.0.1", broker);
-    options.set_keep_alive(Duration::from_secs(30));
-    let (sub, mut eventloop) = AsyncClient::new(options, 16);
-    sub.subscribe("gridex/v1/with-agent/orders/+", QoS::AtLeastOnce).await.expect("subscribes");
-    while !matches!(eventloop.poll().await, Ok(Event::Incoming(Packet::SubAck(_)))) {}
+    let (_sub, mut orders) =
+        common::subscribed("127.0.0.1", broker, "gw-orders-sub", "gridex/v1/with-agent/orders/+".to_owned(), 16).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let account_key = keys::generate_file(&dir.path().join("account.key")).expect("key");
     let mut settings = settings(
@@ -664,15 +605,7 @@ async fn a_gateway_with_an_agent_trades_its_homes_forecast_with_the_account_key(
         ..common::agent_settings(dir.path().join("account.key"))
     });
     let (stop, task) = spawn_gateway(settings);
-    let payload = tokio::time::timeout(WAIT_MAX, async {
-        loop {
-            if let Ok(Event::Incoming(Packet::Publish(publish))) = eventloop.poll().await {
-                return publish.payload;
-            }
-        }
-    })
-    .await
-    .expect("an order for the home's forecast");
+    let payload = common::next_payload(&mut orders, "an order for the home's forecast").await;
     let command = protocol::Command::parse(&payload).expect("a command");
     command.verify().expect("verifies");
     assert_eq!(command.account().0, account_key.verifying_key().to_bytes(), "signed with the ACCOUNT key");
@@ -704,9 +637,4 @@ async fn readings_travel_over_mqtts_checked_against_a_ca_file() {
     subscriber.wait_for("readings sent over TLS", |r| r.len() >= 3).await;
     let _ = stop.send(true);
     task.await.expect("joins").expect("gateway ran cleanly");
-}
-
-/// The operator key the tests pin (the stand-in exchange signs with the public test key).
-fn pinned_operator() -> String {
-    hex::encode(protocol::testing::operator_key().verifying_key().to_bytes())
 }

@@ -2,37 +2,12 @@
 //! register dump built from the maker's published register map (tests/fixtures/*.dump), through the
 //! profile code path the gateway uses; and values no meter can mean are refused.
 
-use meter_gateway::clock::SimClock;
+mod common;
+
+use common::{client, serve_bank, Served};
 use meter_gateway::gateway::{GatewayError, Source};
-use meter_gateway::modbus::{ModbusClient, ModbusUrl, RetryPolicy};
 use meter_gateway::profile::{Profile, ProfileError, ProfileValues, ValueRefusal};
-use meter_gateway::simulator::{self, DeviceService, RegisterBank};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-
-struct Served {
-    addr: SocketAddr,
-    _stop: watch::Sender<bool>,
-}
-
-async fn serve_bank(bank: RegisterBank) -> Served {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stop_rx) = watch::channel(false);
-    let service = DeviceService { bank: Arc::new(Mutex::new(bank)), home: None, clock: SimClock::real() };
-    tokio::spawn(simulator::serve_tcp(listener, service, stop_rx));
-    Served { addr, _stop: stop }
-}
-
-fn client(addr: SocketAddr) -> ModbusClient {
-    ModbusClient::new(
-        ModbusUrl::parse(&format!("tcp://{addr}")).expect("url"),
-        1,
-        RetryPolicy { timeout_ms: 1_000, attempts: 2, backoff_initial_ms: 10 },
-    )
-}
+use meter_gateway::simulator::RegisterBank;
 
 /// Loads a register dump: lines of `ADDRESS WORD...` (holding registers) or `input ADDRESS WORD...`
 /// (input registers), the address in decimal and the words in hex; `#` starts a comment line.

@@ -4,19 +4,18 @@
 
 mod common;
 
+use common::{client, serve, serve_bank, Served};
 use meter_gateway::battery::{BatteryMode, BatterySpec};
 use meter_gateway::clock::SimClock;
 use meter_gateway::config::{BatterySettings, GatewaySettings};
 use meter_gateway::gateway::{self, Source};
-use meter_gateway::modbus::{ModbusClient, ModbusError, ModbusUrl, RetryPolicy};
+use meter_gateway::modbus::ModbusError;
 use meter_gateway::profile::Profile;
-use meter_gateway::simulator::{self, DeviceService, Home, HomeSpec, RegisterBank};
+use meter_gateway::simulator::{self, Home, HomeSpec, RegisterBank};
 use meter_gateway::storage::{self, Limit, StorageError};
 use meter_gateway::{keys, sunspec};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_modbus::ExceptionCode;
 
@@ -32,28 +31,8 @@ fn battery_home(battery: BatterySpec) -> HomeSpec {
     HomeSpec { battery: Some(battery), ..HomeSpec::from_seed(5) }
 }
 
-struct Served {
-    addr: SocketAddr,
-    home: Option<Arc<Mutex<Home>>>,
-    bank: Arc<Mutex<RegisterBank>>,
-    _stop: watch::Sender<bool>,
-}
-
-async fn serve(service: DeviceService) -> Served {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stop_rx) = watch::channel(false);
-    let (home, bank) = (service.home.clone(), service.bank.clone());
-    tokio::spawn(simulator::serve_tcp(listener, service, stop_rx));
-    Served { addr, home, bank, _stop: stop }
-}
-
 async fn serve_home(spec: HomeSpec) -> Served {
     serve(simulator::home_service(spec, frozen_at_midnight()).0).await
-}
-
-async fn serve_bank(bank: RegisterBank) -> Served {
-    serve(DeviceService { bank: Arc::new(Mutex::new(bank)), home: None, clock: SimClock::real() }).await
 }
 
 impl Served {
@@ -66,14 +45,6 @@ impl Served {
     fn mode(&self) -> BatteryMode {
         self.home().battery().expect("a battery").mode
     }
-}
-
-fn client(addr: SocketAddr) -> ModbusClient {
-    ModbusClient::new(
-        ModbusUrl::parse(&format!("tcp://{addr}")).expect("url"),
-        1,
-        RetryPolicy { timeout_ms: 1_000, attempts: 2, backoff_initial_ms: 10 },
-    )
 }
 
 async fn wait_for(what: &str, condition: impl Fn() -> bool) {
@@ -460,8 +431,7 @@ async fn a_gateway_publishes_its_homes_battery_in_signed_version_2_readings() {
     let soc = served.home().battery().expect("battery").soc_permille();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut settings = gateway_settings(dir.path(), served.addr, false);
-    settings.mqtt.url = format!("mqtt://{}:{}", broker.host, broker.port);
-    settings.mqtt.operator_key = Some(hex::encode(protocol::testing::operator_key().verifying_key().to_bytes()));
+    settings.mqtt = common::local_mqtt(broker.port);
     let device = DeviceId::from_verifying_key(&keys::load(&settings.key).expect("key").verifying_key());
     let zone = ZoneId::parse(&settings.zone).expect("zone");
 
@@ -504,8 +474,7 @@ async fn a_gateways_own_trading_agent_drives_the_battery_through_the_gateway() {
     let mut settings = gateway_settings(dir.path(), served.addr, true);
     // Sixty times real time, so the agent plans (and misses the exchange) within seconds.
     settings.clock = Some(SimClock::starting_at(3_600_000, 60.0));
-    settings.mqtt.url = format!("mqtt://{}:{}", broker.host, broker.port);
-    settings.mqtt.operator_key = Some(hex::encode(protocol::testing::operator_key().verifying_key().to_bytes()));
+    settings.mqtt = common::local_mqtt(broker.port);
     let account_key = dir.path().join("account.key");
     keys::load_or_generate(&account_key).expect("account key");
     // The battery fallback after two simulated minutes: two seconds here.

@@ -3,40 +3,12 @@
 
 mod common;
 
+use common::{client, serve, serve_bank};
 use meter_gateway::clock::SimClock;
 use meter_gateway::gateway::{GatewayError, Source};
-use meter_gateway::modbus::{ModbusClient, ModbusUrl, RetryPolicy};
-use meter_gateway::simulator::{self, DeviceService, HomeSpec, RegisterBank};
+use meter_gateway::simulator::{self, HomeSpec, RegisterBank};
 use meter_gateway::sunspec::{self, FloatRefusal, SunSpecError};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
-
-struct Served {
-    addr: SocketAddr,
-    _stop: watch::Sender<bool>,
-}
-
-async fn serve(service: DeviceService) -> Served {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stop_rx) = watch::channel(false);
-    tokio::spawn(simulator::serve_tcp(listener, service, stop_rx));
-    Served { addr, _stop: stop }
-}
-
-async fn serve_bank(bank: RegisterBank) -> Served {
-    serve(DeviceService { bank: Arc::new(Mutex::new(bank)), home: None, clock: SimClock::real() }).await
-}
-
-fn client(addr: SocketAddr) -> ModbusClient {
-    ModbusClient::new(
-        ModbusUrl::parse(&format!("tcp://{addr}")).expect("url"),
-        1,
-        RetryPolicy { timeout_ms: 1_000, attempts: 2, backoff_initial_ms: 10 },
-    )
-}
 
 fn common() -> (u16, Vec<u16>) {
     (1, simulator::common_model("Acme", "Meter", "1", "SN1"))

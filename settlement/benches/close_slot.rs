@@ -6,21 +6,20 @@
 //! interval with `SETTLEMENT_BENCH_READING_INTERVAL_MS`.
 //! Run: `DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo bench -p settlement`
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{default_schedule, tariff, GRACE_MS, SLOT_LEN_MS};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use gridex_store::schema::{accounts, devices, readings, trades};
 use gridex_store::testing::TestDb;
 use gridex_store::DbConnection;
-use protocol::testing::signing_key;
-use protocol::{PricePerKwh, SlotId, ZoneId};
-use settlement::rewards::RewardSchedule;
-use settlement::rules::Tariff;
-use settlement::{close_slot, registry, SettlementConfig};
+use protocol::{SlotId, ZoneId};
+use settlement::{close_slot, registry};
 use std::time::{Duration, Instant};
 
 const ACCOUNTS_DEFAULT: usize = 100_000;
-const SLOT_LEN_MS: i64 = 900_000;
-const GRACE_MS: i64 = 120_000;
 const SLOTS: i64 = 2;
 /// One reading a minute per device by default (gateways can report every second; the close reads
 /// only the readings around the slot boundaries, so the density changes load time, not close time).
@@ -139,22 +138,8 @@ fn pg(conn: &mut DbConnection) -> &mut PgConnection {
 fn load(conn: &mut DbConnection, households: usize, interval_ms: i64) {
     let zone = ZoneId::parse("bench").expect("valid");
     registry::create_zone(conn, &zone, "Bench", SLOT_LEN_MS, None, 0).expect("zone");
-    let tariff = Tariff {
-        effective_from_ms: 0,
-        retail_price_per_kwh: PricePerKwh(300_000),
-        feed_in_price_per_kwh: PricePerKwh(80_000),
-        grid_fee_per_kwh: PricePerKwh(20_000),
-        protocol_fee_bps: 50,
-    };
-    registry::set_tariff(conn, &zone, &tariff).expect("tariff");
-    let schedule = RewardSchedule {
-        genesis_ms: 0,
-        epoch_len_ms: 86_400_000,
-        initial_emission_per_epoch: 96_000_000,
-        halving_epochs: 365,
-        max_supply: 21_000_000_000_000,
-    };
-    registry::set_reward_schedule(conn, &schedule).expect("schedule");
+    registry::set_tariff(conn, &zone, &tariff()).expect("tariff");
+    registry::set_reward_schedule(conn, &default_schedule()).expect("schedule");
     // Households are copied in bulk rather than registered one by one through the registry: 100k
     // registrations would dominate the set-up, and the ids (`key_hex`) are not ed25519 keys, which
     // `registry::register_device` rightly refuses. Zone, tariff and schedule above go through it.
@@ -301,16 +286,9 @@ fn copy_reference(
     started.elapsed()
 }
 
+/// Rows in `table` (a table name, optionally with a `WHERE` clause).
 fn count(conn: &mut DbConnection, table: &str) -> usize {
-    #[derive(QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    diesel::sql_query(format!("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM {table}"))
-        .get_result::<Count>(conn)
-        .expect("count")
-        .n as usize
+    usize::try_from(common::count(conn, table)).expect("a row count is not negative")
 }
 
 fn main() {
@@ -337,7 +315,7 @@ fn main() {
         count(conn, "readings"),
         loading.elapsed()
     );
-    let config = SettlementConfig { grace_ms: GRACE_MS, ..SettlementConfig::new(signing_key(9)) };
+    let config = common::config();
     let zone = ZoneId::parse("bench").expect("valid");
     for slot_index in 0..SLOTS {
         let rows_before =

@@ -13,8 +13,7 @@ use std::sync::Arc;
 
 #[test]
 fn the_registry_refuses_invalid_input_with_typed_errors() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
+    on_every_backend(|conn| {
         setup(conn, default_schedule());
         let other = ZoneId::parse("south").expect("valid");
         assert!(matches!(
@@ -59,13 +58,12 @@ fn the_registry_refuses_invalid_input_with_typed_errors() {
         ));
         assert!(registry::account(conn, "issuer").expect("q").is_some());
         assert!(registry::account(conn, "utility:north").expect("q").is_some());
-    }
+    });
 }
 
 #[test]
 fn the_tariff_in_force_is_the_latest_effective_one_and_settled_slots_cannot_be_repriced() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
+    on_every_backend(|conn| {
         setup(conn, default_schedule());
         let later =
             Tariff { effective_from_ms: 3 * SLOT_LEN_MS, retail_price_per_kwh: PricePerKwh(350_000), ..tariff() };
@@ -77,7 +75,7 @@ fn the_tariff_in_force_is_the_latest_effective_one_and_settled_slots_cannot_be_r
         close(conn, 0).expect("closes");
         let repricing = Tariff { effective_from_ms: 0, ..tariff() };
         assert!(matches!(registry::set_tariff(conn, &zone(), &repricing), Err(RegistryError::TariffInThePast { .. })));
-    }
+    });
 }
 
 #[test]
@@ -107,8 +105,7 @@ fn stored_leaves_are_the_protocol_leaf_hashes_of_the_stored_statements() {
 
 #[test]
 fn price_history_zone_stats_and_token_supply_summarise_settled_slots() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
+    on_every_backend(|conn| {
         let (seller, buyer) = one_sale(conn, 1_000, 1_500, (200_000, 400));
         trade(conn, 2, 0, 250_000, 300, &buyer, &seller);
         trade(conn, 3, 0, 180_000, 300, &buyer, &seller);
@@ -144,7 +141,7 @@ fn price_history_zone_stats_and_token_supply_summarise_settled_slots() {
         assert_eq!(statements.len(), 1);
         assert_eq!(statements[0].bought_wh, Wh(1_000));
         assert!(queries::statement_with_proof(conn, &zone(), slot(1), &buyer.account).expect("q").is_none());
-    }
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,9 +151,7 @@ async fn the_loop_closes_due_slots_in_order_and_announces_them() {
         let conn = &mut *connection(&test_db);
         let (seller, buyer) = seller_and_buyer(conn);
         for index in 0..3 {
-            meter(conn, &seller, index, 0, 1_000);
-            meter(conn, &buyer, index, 1_000, 0);
-            trade(conn, index + 1, index, 200_000, 1_000, &buyer, &seller);
+            deliver(conn, index, &seller, &buyer);
         }
     }
     let clock = Arc::new(ManualClock::new(due(1) + service::COMMIT_MARGIN_MS));
@@ -200,8 +195,7 @@ async fn close_due_waits_for_the_grace_period_and_commit_margin_then_closes_in_o
 
 #[test]
 fn ledger_entries_cannot_be_changed_or_deleted() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
+    on_every_backend(|conn| {
         let (seller, _buyer) = one_sale(conn, 1_000, 1_000, (200_000, 1_000));
         close(conn, 0).expect("closes");
         use diesel::connection::SimpleConnection;
@@ -209,7 +203,7 @@ fn ledger_entries_cannot_be_changed_or_deleted() {
         assert!(conn.batch_execute("DELETE FROM ledger_entries").is_err());
         assert!(conn.batch_execute("DELETE FROM ledger_transactions").is_err());
         assert_eq!(queries::balances(conn, &seller.hex()).expect("q").money.0, 200_000);
-    }
+    });
 }
 
 /// An instance that settles a named set of zones leaves the other zones' slots to their own

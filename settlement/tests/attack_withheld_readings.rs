@@ -2,27 +2,25 @@
 //! rumqttd; Mosquitto too when MQTT_URL is set) → the exchange → the database (SQLite; PostgreSQL
 //! too when DATABASE_URL is set) → slot closes → the ledger.
 
+mod common;
 #[path = "../../exchange/tests/support/mod.rs"]
 mod support;
 
+use common::{assert_balanced, tariff, GRACE_MS, RETAIL, SLOT_LEN_MS};
 use support::decode;
 
 use exchange::config::ExchangeConfig;
 use gridex_store::clock::ManualClock;
 use gridex_store::testing::TestDb;
 use protocol::testing::signing_key;
-use protocol::{topics, AccountId, DeviceId, MeterSerial, PricePerKwh, ReadingAck, SlotId, Wh, ZoneId};
+use protocol::{topics, AccountId, DeviceId, MeterSerial, ReadingAck, SlotId, Wh, ZoneId};
 use settlement::registry::{self, AccountKind};
-use settlement::rules::Tariff;
-use settlement::{close_slot, queries, SettlementConfig, SlotOutcome};
+use settlement::{close_slot, queries, SlotOutcome};
 use std::sync::Arc;
 use support::*;
 
 /// The drill's clock: a slot boundary (1 790 000 000 000 rounded down to 15 minutes).
 const T0_MS: i64 = 1_789_999_200_000;
-const SLOT_LEN_MS: i64 = 900_000;
-const GRACE_MS: i64 = 120_000;
-const RETAIL: i64 = 300_000;
 /// 10 kW: 250 Wh over 45 minutes is plausible.
 const NAMEPLATE_W: i64 = 10_000;
 
@@ -34,14 +32,7 @@ fn seed(db: &gridex_store::Database, zone: &ZoneId, account: AccountId, device: 
     let zone = zone.clone();
     db.write_blocking(move |conn| {
         registry::create_zone(conn, &zone, "Drill", SLOT_LEN_MS, None, T0_MS).expect("zone");
-        let tariff = Tariff {
-            effective_from_ms: 0,
-            retail_price_per_kwh: PricePerKwh(RETAIL),
-            feed_in_price_per_kwh: PricePerKwh(80_000),
-            grid_fee_per_kwh: PricePerKwh(20_000),
-            protocol_fee_bps: 50,
-        };
-        registry::set_tariff(conn, &zone, &tariff).expect("tariff");
+        registry::set_tariff(conn, &zone, &tariff()).expect("tariff");
         registry::register_account(conn, &account.to_hex(), AccountKind::Household, "Withholder", Some(&zone), T0_MS)
             .expect("account");
         let serial = MeterSerial::parse("SN-1").expect("serial");
@@ -86,7 +77,7 @@ async fn withheld_readings_are_billed_when_readings_resume() {
             }
             exchange.shutdown().await;
 
-            let settlement_config = SettlementConfig { grace_ms: GRACE_MS, ..SettlementConfig::new(signing_key(200)) };
+            let settlement_config = common::config();
             let mut conn = test_db.db.get().expect("a connection");
             for index in 0..5 {
                 let slot = SlotId::new(boundary(index)).expect("a slot");
@@ -102,8 +93,7 @@ async fn withheld_readings_are_billed_when_readings_resume() {
             assert_eq!(gaps.len(), 1);
             assert_eq!((gaps[0].gap_start_ms, gaps[0].slot.start_ms()), (boundary(1), boundary(4)));
             assert_eq!(gaps[0].import_wh, Wh(250));
-            let totals = queries::asset_totals(&mut conn).expect("totals");
-            assert_eq!((totals.0 .0, totals.1 .0), (0, 0), "the ledger balances");
+            assert_balanced(&mut conn);
         }
     }
 }

@@ -35,23 +35,11 @@ fn battery_at(conn: &mut DbConnection, household: &Household, ts_ms: i64, counte
 /// settled; with `batteries` the readings carry the battery counters, without they do not.
 /// Returns the seller and the consumer.
 fn settle(conn: &mut DbConnection, batteries: bool) -> (Household, Household) {
-    let (seller, buyer) = seller_and_buyer(conn);
-    let consumer = household(conn, 3);
     // Slot 0: the seller sold 1 000 Wh but exported only 600 Wh through the grid meter, while its
     // battery discharged 2 000 Wh into the house. The consumer imported 500 Wh, its battery gave 700.
-    meter(conn, &seller, 0, 0, 600);
-    meter(conn, &buyer, 0, 1_000, 0);
-    meter(conn, &consumer, 0, 500, 0);
-    trade(conn, 1, 0, 200_000, 1_000, &buyer, &seller);
     // Slot 1: the seller sold 500 Wh and exported nothing, its battery charging 1 500 Wh from PV.
-    meter(conn, &seller, 1, 0, 0);
-    meter(conn, &buyer, 1, 800, 0);
-    meter(conn, &consumer, 1, 400, 0);
-    trade(conn, 2, 1, 200_000, 500, &buyer, &seller);
     // Slot 2: no trade; the seller exported 300 Wh while its battery charged 1 000 Wh.
-    meter(conn, &seller, 2, 0, 300);
-    meter(conn, &buyer, 2, 100, 0);
-    meter(conn, &consumer, 2, 100, 0);
+    let (seller, _, consumer) = three_homes_three_slots(conn, [(0, 600), (0, 0), (0, 300)]);
     if batteries {
         let slot_ms = |index: i64| slot(index).start_ms();
         battery_at(conn, &seller, slot_ms(0), (10_000, 20_000, 500));
@@ -61,9 +49,7 @@ fn settle(conn: &mut DbConnection, batteries: bool) -> (Household, Household) {
         battery_at(conn, &consumer, slot_ms(0), (0, 5_000, 900));
         battery_at(conn, &consumer, slot_ms(1), (0, 5_700, 830));
     }
-    for index in 0..3 {
-        close(conn, index).expect("closes");
-    }
+    close_all(conn, 3);
     assert_balanced(conn);
     (seller, consumer)
 }
@@ -93,8 +79,7 @@ fn a_household_with_battery_counters_settles_exactly_as_without_them() {
 
 #[test]
 fn battery_discharge_never_counts_as_export_or_for_grid_rewards() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
+    on_every_backend(|conn| {
         let (seller, _) = settle(conn, true);
         let first = statement(conn, 0, &seller);
         assert_eq!(first.metered_export_wh, Wh(600), "the grid meter's export, not the 2 000 Wh discharged");
@@ -105,13 +90,12 @@ fn battery_discharge_never_counts_as_export_or_for_grid_rewards() {
         assert_eq!(second.metered_export_wh, Wh(0));
         assert_eq!(second.tokens_earned.0, 0, "nothing delivered through the grid earns nothing");
         assert_eq!(tokens(conn, &seller.hex()), TOKENS_PER_SLOT);
-    }
+    });
 }
 
 #[test]
 fn what_a_battery_earned_is_valued_at_the_price_its_household_faced_in_each_slot() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
+    on_every_backend(|conn| {
         let (seller, consumer) = settle(conn, true);
         let report =
             battery::household_battery(conn, &seller.account, 0, slot(3).start_ms(), READING_GAP_MS_MAX_DEFAULT)
@@ -160,5 +144,5 @@ fn what_a_battery_earned_is_valued_at_the_price_its_household_faced_in_each_slot
         let later = slot(1).start_ms() + battery::STORAGE_RECENT_MS + 1;
         let storage = battery::zone_storage(conn, &zone(), later, 1, 900_000).expect("query").expect("the zone");
         assert_eq!((storage.batteries, storage.capacity_wh, storage.stored_wh), (1, Wh(10_000), Wh(5_500)));
-    }
+    });
 }

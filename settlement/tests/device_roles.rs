@@ -69,30 +69,16 @@ fn production(conn: &mut DbConnection, ts_ms: i64, produced_wh: i64) {
 /// also has a PV meter that produced far more than its grid meter exported (the house used the
 /// rest), and that stopped reporting after slot 0. Returns the seller.
 fn settle(conn: &mut DbConnection, pv_meter: bool) -> Household {
-    let (seller, buyer) = seller_and_buyer(conn);
-    let consumer = household(conn, 3);
+    // Slot 0: the seller sold 1 000 Wh and exported 600 Wh through its grid meter (2 500 produced).
+    // Slot 1: the seller sold 500 Wh and exported 700 Wh; its PV meter has no data from here on.
+    // Slot 2: no trade; the seller imported 200 Wh.
+    let (seller, _, _) = three_homes_three_slots(conn, [(0, 600), (0, 700), (200, 0)]);
     if pv_meter {
         register_pv(conn, &seller);
         production(conn, slot(0).start_ms(), 50_000);
         production(conn, slot(1).start_ms(), 52_500);
     }
-    // Slot 0: the seller sold 1 000 Wh and exported 600 Wh through its grid meter (2 500 produced).
-    meter(conn, &seller, 0, 0, 600);
-    meter(conn, &buyer, 0, 1_000, 0);
-    meter(conn, &consumer, 0, 500, 0);
-    trade(conn, 1, 0, 200_000, 1_000, &buyer, &seller);
-    // Slot 1: the seller sold 500 Wh and exported 700 Wh; its PV meter has no data from here on.
-    meter(conn, &seller, 1, 0, 700);
-    meter(conn, &buyer, 1, 800, 0);
-    meter(conn, &consumer, 1, 400, 0);
-    trade(conn, 2, 1, 200_000, 500, &buyer, &seller);
-    // Slot 2: no trade; the seller imported 200 Wh.
-    meter(conn, &seller, 2, 200, 0);
-    meter(conn, &buyer, 2, 100, 0);
-    meter(conn, &consumer, 2, 100, 0);
-    for index in 0..3 {
-        close(conn, index).expect("closes");
-    }
+    close_all(conn, 3);
     assert_balanced(conn);
     seller
 }
@@ -132,8 +118,7 @@ fn a_home_with_a_grid_meter_and_a_pv_meter_settles_exactly_like_a_home_with_the_
 fn a_pv_meter_does_not_change_the_price_a_household_battery_is_valued_at() {
     // Slot 2 of `settle`: the seller imported 200 Wh and traded nothing, so it faced retail; its PV
     // meter's counters (behind the grid meter) must not turn that into a net export at feed-in.
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
+    on_every_backend(|conn| {
         let seller = settle(conn, true);
         production(conn, slot(2).start_ms(), 60_000);
         production(conn, slot(3).start_ms(), 70_000);
@@ -148,13 +133,12 @@ fn a_pv_meter_does_not_change_the_price_a_household_battery_is_valued_at() {
         let last = report.slots.last().expect("slot 2");
         assert_eq!(last.slot, slot(2));
         assert_eq!(last.price_basis, Some(battery::PriceBasis::Retail));
-    }
+    });
 }
 
 #[test]
 fn an_account_has_at_most_one_grid_meter_and_devices_registered_without_a_role_are_grid_meters() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
+    on_every_backend(|conn| {
         let (seller, _) = seller_and_buyer(conn);
         assert_eq!(registry::device_role(conn, &seller.device).expect("query"), Some(DeviceRole::Grid));
         let second = DeviceId::from_verifying_key(&signing_key(151).verifying_key());
@@ -172,5 +156,5 @@ fn an_account_has_at_most_one_grid_meter_and_devices_registered_without_a_role_a
         assert!(roles.contains(&(seller.device.to_hex().as_str(), "grid")), "{roles:?}");
         assert_eq!(DeviceRole::parse("submeter"), Some(DeviceRole::Submeter));
         assert_eq!(DeviceRole::parse("meter"), None);
-    }
+    });
 }

@@ -52,21 +52,13 @@ fn snapshot(conn: &mut DbConnection) -> Snapshot {
     (entries, cursors)
 }
 
-fn close_all(conn: &mut DbConnection, slots: i64) {
-    for index in 0..slots {
-        assert!(matches!(close(conn, index).expect("closes"), SlotOutcome::Settled(_)), "slot {index}");
-    }
-}
-
 // The drill of issue 11 at the settlement level: the household stops sending readings across two
 // slot boundaries while its counters advance 250 Wh, buys nothing, and resumes. Before the fix those
 // slots were "no data" with import = bought = 0 and the 250 Wh were never billed.
 #[test]
 fn withheld_readings_are_billed_at_retail_when_readings_resume() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
-        setup(conn, default_schedule());
-        let house = household(conn, 1);
+    on_every_backend(|conn| {
+        let house = one_household(conn);
         reading(conn, &house.device, boundary(0), 1_000, 1_000);
         reading(conn, &house.device, boundary(1), 1_010, 1_000);
         // Boundaries 2 and 3 withheld.
@@ -98,7 +90,7 @@ fn withheld_readings_are_billed_at_retail_when_readings_resume() {
             assert!(matches!(close(conn, index).expect("closes"), SlotOutcome::AlreadySettled(_)));
         }
         assert_eq!(snapshot(conn), before, "a repeated close changes nothing");
-    }
+    });
 }
 
 // A registered meter replacement between two boundaries: the energy up to the old meter's final
@@ -106,10 +98,8 @@ fn withheld_readings_are_billed_at_retail_when_readings_resume() {
 // utility API and the CLI do.
 #[test]
 fn a_registered_meter_replacement_settles_energy_up_to_the_old_final_and_from_the_new_initial() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
-        setup(conn, default_schedule());
-        let house = household(conn, 1);
+    on_every_backend(|conn| {
+        let house = one_household(conn);
         reading(conn, &house.device, boundary(0), 1_000, 500);
         reading(conn, &house.device, boundary(1), 1_100, 500);
         let replacement = registry::MeterReplacement {
@@ -134,32 +124,29 @@ fn a_registered_meter_replacement_settles_energy_up_to_the_old_final_and_from_th
         // 100 + 130 + 40 + 30 Wh at retail, 30 Wh at feed-in (80 µ/Wh).
         assert_eq!(money(conn, &house.hex()), -300 * 300 + 80 * 30);
         assert_balanced(conn);
-    }
+    });
 }
 
 // A new device that withholds its first boundaries: its energy from its first reading on is billed
 // when it first has data (the cursor starts at its first reading, not at its first bracketed boundary).
 #[test]
 fn a_new_device_that_withholds_its_first_boundaries_is_billed_from_its_first_reading() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
-        setup(conn, default_schedule());
-        let house = household(conn, 1);
+    on_every_backend(|conn| {
+        let house = one_household(conn);
         reading(conn, &house.device, boundary(0) + SLOT_LEN_MS / 2, 1_000, 0);
         reading(conn, &house.device, boundary(3), 1_400, 0);
         reading(conn, &house.device, boundary(4), 1_410, 0);
         close_all(conn, 4);
         assert_eq!(money(conn, &house.hex()), -300 * 410);
         assert_balanced(conn);
-    }
+    });
 }
 
 // Energy bought peer-to-peer in a no-data slot was treated as imported there; the gap credits it at
 // feed-in. Across a tariff change the gap is billed at the highest retail and the lowest feed-in.
 #[test]
 fn a_gap_credits_purchases_at_feed_in_and_takes_the_worst_prices_across_a_tariff_change() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
+    on_every_backend(|conn| {
         setup(conn, default_schedule());
         let changed = Tariff {
             effective_from_ms: boundary(2),
@@ -188,15 +175,14 @@ fn a_gap_credits_purchases_at_feed_in_and_takes_the_worst_prices_across_a_tariff
         let expected = -300 * 10 - 350 * 10 - (20_000 + 2_000 + 100) - 87_500 + 6_000;
         assert_eq!(money(conn, &house.hex()), expected);
         assert_balanced(conn);
-    }
+    });
 }
 
 // Time-of-use bands (issue 16): a gap takes the worst prices of the slots it spans, bands
 // included, and not those of a band covering no slot of the gap.
 #[test]
 fn a_gap_takes_the_worst_prices_of_the_time_of_use_bands_it_spans_only() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
+    on_every_backend(|conn| {
         setup(conn, default_schedule());
         let band = |start_minute, retail, feed_in| TouBand {
             days: DaysOfWeek::ALL,
@@ -225,7 +211,7 @@ fn a_gap_takes_the_worst_prices_of_the_time_of_use_bands_it_spans_only() {
         assert_eq!((gap.retail_price_per_kwh, gap.feed_in_price_per_kwh), (PricePerKwh(450_000), PricePerKwh(50_000)));
         assert_eq!(gap.charged, MicroMoney(-112_500), "250 Wh at 450 µ/Wh");
         assert_balanced(conn);
-    }
+    });
 }
 
 // A household with two grid meters: one withholds a boundary, so the household is "no data" for two
@@ -234,10 +220,8 @@ fn a_gap_takes_the_worst_prices_of_the_time_of_use_bands_it_spans_only() {
 // two (migration 000012 made every device a grid meter), and they are still settled together.
 #[test]
 fn a_household_with_two_meters_is_billed_for_both_when_one_withholds() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
-        setup(conn, default_schedule());
-        let house = household(conn, 1);
+    on_every_backend(|conn| {
+        let house = one_household(conn);
         let second = DeviceId::from_verifying_key(&signing_key(150).verifying_key());
         let serial = MeterSerial::parse("SN-1b").expect("serial");
         let new = registry::NewDevice {
@@ -263,16 +247,14 @@ fn a_household_with_two_meters_is_billed_for_both_when_one_withholds() {
         // 30 + 130 + 30 Wh at retail.
         assert_eq!(money(conn, &house.hex()), -300 * 190);
         assert_balanced(conn);
-    }
+    });
 }
 
 // A reading delivered after its slot's cutoff does not reopen the slot; it is billed in the gap.
 #[test]
 fn a_reading_delivered_after_the_cutoff_is_billed_in_the_next_slot_with_data() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
-        setup(conn, default_schedule());
-        let house = household(conn, 1);
+    on_every_backend(|conn| {
+        let house = one_household(conn);
         reading(conn, &house.device, boundary(0), 1_000, 0);
         // Boundary 1 arrives after slot 1's cutoff: slots 0 and 1 are "no data", slot 2 sees it.
         reading_received(conn, &house.device, boundary(1), 1_100, 0, due(1) + 1);
@@ -282,7 +264,7 @@ fn a_reading_delivered_after_the_cutoff_is_billed_in_the_next_slot_with_data() {
         assert_eq!(money(conn, &house.hex()), -300 * 300);
         let gap = &queries::slot_report(conn, &zone(), slot(2)).expect("query").expect("settled").gaps[0];
         assert_eq!((gap.gap_start_ms, gap.import_wh), (boundary(0), Wh(200)));
-    }
+    });
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -27,8 +27,7 @@ fn statement(conn: &mut DbConnection, index: i64, household: &Household) -> Stat
 
 #[test]
 fn a_simple_sale_pays_the_seller_the_utility_and_the_treasury() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
+    on_every_backend(|conn| {
         let (seller, buyer) = one_sale(conn, 1_000, 1_000, (200_000, 1_000));
 
         let outcome = close(conn, 0).expect("closes");
@@ -52,13 +51,12 @@ fn a_simple_sale_pays_the_seller_the_utility_and_the_treasury() {
         assert_eq!(report.totals.traded_wh, Wh(1_000));
         assert_eq!(report.totals.delivered_p2p_wh, Wh(1_000));
         assert_eq!(report.statements.len(), 2);
-    }
+    });
 }
 
 #[test]
 fn a_seller_who_delivers_part_buys_the_rest_at_retail_and_earns_tokens_for_what_it_delivered() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
+    on_every_backend(|conn| {
         setup(conn, default_schedule());
         let (partial, full, buyer) = (household(conn, 1), household(conn, 2), household(conn, 3));
         meter(conn, &partial, 0, 0, 600);
@@ -77,13 +75,12 @@ fn a_seller_who_delivers_part_buys_the_rest_at_retail_and_earns_tokens_for_what_
         assert_eq!(tokens(conn, &full.hex()), 625_000);
         assert_eq!(statement(conn, 0, &buyer).imbalance_wh, Wh(0));
         assert_balanced(conn);
-    }
+    });
 }
 
 #[test]
 fn a_seller_who_delivers_more_than_it_sold_sells_the_surplus_at_feed_in() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
+    on_every_backend(|conn| {
         let (seller, _buyer) = one_sale(conn, 1_500, 1_000, (200_000, 1_000));
         close(conn, 0).expect("closes");
 
@@ -97,13 +94,12 @@ fn a_seller_who_delivers_more_than_it_sold_sells_the_surplus_at_feed_in() {
         assert_eq!(report.totals.utility_absorbed_wh, Wh(500));
         assert_eq!(report.totals.delivered_p2p_wh, Wh(1_000));
         assert_balanced(conn);
-    }
+    });
 }
 
 #[test]
 fn a_buyer_who_used_less_than_it_bought_sells_the_rest_to_the_utility() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
+    on_every_backend(|conn| {
         let (_seller, buyer) = one_sale(conn, 1_000, 700, (200_000, 1_000));
         close(conn, 0).expect("closes");
 
@@ -112,13 +108,12 @@ fn a_buyer_who_used_less_than_it_bought_sells_the_rest_to_the_utility() {
         assert_eq!(buyer_statement.utility_net, MicroMoney(24_000));
         assert_eq!(money(conn, &buyer.hex()), -221_000 + 24_000);
         assert_balanced(conn);
-    }
+    });
 }
 
 #[test]
 fn a_seller_without_readings_is_flagged_and_settled_conservatively() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
+    on_every_backend(|conn| {
         let (seller, buyer) = seller_and_buyer(conn);
         // Only a reading at the start: nothing brackets the end of the slot.
         reading(conn, &seller.device, 0, 0, 0);
@@ -136,15 +131,13 @@ fn a_seller_without_readings_is_flagged_and_settled_conservatively() {
         assert_eq!(report.totals.no_data_accounts, 1);
         assert_eq!(report.totals.tokens_carry, MicroTokens(TOKENS_PER_SLOT), "undistributed tokens are carried");
         assert_balanced(conn);
-    }
+    });
 }
 
 #[test]
 fn counters_between_readings_are_interpolated_at_the_boundaries() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
-        setup(conn, default_schedule());
-        let seller = household(conn, 1);
+    on_every_backend(|conn| {
+        let seller = one_household(conn);
         // 3 Wh exported per minute, readings 10 minutes apart straddling both boundaries.
         reading(conn, &seller.device, -300_000, 0, 0);
         reading(conn, &seller.device, 300_000, 0, 1_000);
@@ -154,13 +147,12 @@ fn counters_between_readings_are_interpolated_at_the_boundaries() {
         // At 0: 1000 × 300/600 = 500. At 900 s: 1000 + 1001 × 600/700 = 1858.0 → 1858.
         assert_eq!(metered.metered_export_wh, Wh(1_858 - 500));
         assert_eq!(metered.imbalance_wh, Wh(1_358));
-    }
+    });
 }
 
 #[test]
 fn fees_and_values_round_down_and_every_micro_unit_is_accounted_for() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
+    on_every_backend(|conn| {
         let (seller, buyer) = one_sale(conn, 333, 333, (123_457, 333));
         close(conn, 0).expect("closes");
         // 123457 × 333 / 1000 = 41111.181 → 41111; 20000 × 0.333 = 6660; 41111 × 50 bps = 205.55 → 205.
@@ -172,19 +164,12 @@ fn fees_and_values_round_down_and_every_micro_unit_is_accounted_for() {
         assert_eq!(buyer_statement.grid_fees, MicroMoney(-6_660));
         assert_eq!(buyer_statement.protocol_fees, MicroMoney(-205));
         assert_balanced(conn);
-    }
-}
-
-fn deliver(conn: &mut DbConnection, index: i64, seller: &Household, buyer: &Household) {
-    meter(conn, seller, index, 0, 1_000);
-    meter(conn, buyer, index, 1_000, 0);
-    trade(conn, index + 1, index, 200_000, 1_000, buyer, seller);
+    });
 }
 
 #[test]
 fn emission_halves_at_the_epoch_boundary() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
+    on_every_backend(|conn| {
         // Epochs of two slots, halving every epoch: 500k per slot in epoch 0, 250k in epoch 1.
         let schedule = RewardSchedule {
             epoch_len_ms: 2 * SLOT_LEN_MS,
@@ -205,13 +190,12 @@ fn emission_halves_at_the_epoch_boundary() {
         assert_eq!(supply.supply, MicroTokens(1_500_000));
         assert_eq!(supply.emission_per_epoch, MicroTokens(250_000));
         assert_balanced(conn);
-    }
+    });
 }
 
 #[test]
 fn no_more_than_the_maximum_supply_is_ever_minted() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
+    on_every_backend(|conn| {
         setup(conn, RewardSchedule { max_supply: 1_500_000, ..default_schedule() });
         let (seller, buyer) = (household(conn, 1), household(conn, 2));
         let mut earned = Vec::new();
@@ -223,13 +207,12 @@ fn no_more_than_the_maximum_supply_is_ever_minted() {
         assert_eq!(earned, vec![1_000_000, 500_000, 0]);
         assert_eq!(queries::token_supply(conn, due(2)).expect("supply").supply, MicroTokens(1_500_000));
         assert_balanced(conn);
-    }
+    });
 }
 
 #[test]
 fn closing_a_slot_again_changes_nothing() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
+    on_every_backend(|conn| {
         let (seller, buyer) = seller_and_buyer(conn);
         deliver(conn, 0, &seller, &buyer);
         let first = close(conn, 0).expect("closes");
@@ -241,7 +224,7 @@ fn closing_a_slot_again_changes_nothing() {
         assert_eq!(count(conn, "ledger_entries"), entries);
         assert_eq!(count(conn, "statements"), 2);
         assert_eq!(queries::all_balances(conn).expect("balances"), balances);
-    }
+    });
 }
 
 fn inject_failure(conn: &mut DbConnection, backend: Backend) {
@@ -285,8 +268,7 @@ fn a_crash_in_the_middle_of_a_close_leaves_nothing_and_the_close_then_succeeds()
 
 #[test]
 fn slots_close_in_order_and_only_after_the_grace_period() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
+    on_every_backend(|conn| {
         setup(conn, default_schedule());
         let error = settlement::close_slot(conn, &zone(), slot(0), &config(), due(0) - 1).expect_err("not due");
         assert!(matches!(error, SettlementError::NotDue { due_ms, .. } if due_ms == due(0)));
@@ -297,13 +279,12 @@ fn slots_close_in_order_and_only_after_the_grace_period() {
         assert!(matches!(error, SettlementError::Misaligned { .. }));
         close(conn, 0).expect("slot 0");
         close(conn, 1).expect("then slot 1");
-    }
+    });
 }
 
 #[test]
 fn late_readings_count_until_the_grace_period_ends_and_not_after() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
+    on_every_backend(|conn| {
         setup(conn, default_schedule());
         let (on_time, too_late) = (household(conn, 1), household(conn, 2));
         for household in [&on_time, &too_late] {
@@ -314,13 +295,12 @@ fn late_readings_count_until_the_grace_period_ends_and_not_after() {
         close(conn, 0).expect("closes");
         assert_eq!(statement(conn, 0, &on_time).metered_export_wh, Wh(500));
         assert!(statement(conn, 0, &too_late).no_data);
-    }
+    });
 }
 
 #[test]
 fn undistributed_tokens_and_rounding_remainders_are_carried_to_the_next_slot() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
+    on_every_backend(|conn| {
         setup(conn, default_schedule());
         let sellers: Vec<Household> = (1..=3).map(|seed| household(conn, seed)).collect();
         let buyer = household(conn, 9);
@@ -349,13 +329,12 @@ fn undistributed_tokens_and_rounding_remainders_are_carried_to_the_next_slot() {
         assert_eq!(statement(conn, 2, &sellers[0]).tokens_earned, MicroTokens(TOKENS_PER_SLOT + 2));
         assert_eq!(queries::token_supply(conn, due(2)).expect("q").supply, MicroTokens(3 * TOKENS_PER_SLOT));
         assert_balanced(conn);
-    }
+    });
 }
 
 #[test]
 fn zones_share_each_slots_emission_equally() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
+    on_every_backend(|conn| {
         setup(conn, default_schedule());
         let south = protocol::ZoneId::parse("south").expect("valid");
         settlement::registry::create_zone(conn, &south, "South", SLOT_LEN_MS, None, 0).expect("zone");
@@ -368,7 +347,7 @@ fn zones_share_each_slots_emission_equally() {
         let south_slot = settlement::close_slot(conn, &south, slot(0), &config(), due(0)).expect("closes");
         assert_eq!(south_slot.settled().totals.tokens_carry, MicroTokens(TOKENS_PER_SLOT / 2));
         assert_eq!(queries::token_supply(conn, due(0)).expect("q").supply, MicroTokens(TOKENS_PER_SLOT / 2));
-    }
+    });
 }
 
 #[test]
@@ -407,10 +386,8 @@ fn two_closers_racing_for_the_same_slot_settle_it_once() {
 
 #[test]
 fn dense_readings_meter_the_same_as_interpolating_over_all_of_them() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
-        setup(conn, default_schedule());
-        let house = household(conn, 1);
+    on_every_backend(|conn| {
+        let house = one_household(conn);
         // A reading every 7 s with uneven increments; some arrive after the cutoff and must not count.
         let mut samples = Vec::new();
         let (mut import_wh, mut export_wh) = (0_i64, 0_i64);
@@ -435,15 +412,14 @@ fn dense_readings_meter_the_same_as_interpolating_over_all_of_them() {
             (expected.import_wh, expected.export_wh)
         );
         assert!(expected.import_wh > 0 && expected.export_wh > 0);
-    }
+    });
 }
 
 #[test]
 fn a_correction_is_a_new_balanced_transaction_and_a_refused_one_writes_nothing() {
     use settlement::correction::{post_correction, Correction, CorrectionError, CorrectionLine};
     use settlement::rules::Asset;
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
+    on_every_backend(|conn| {
         let (seller, buyer) = one_sale(conn, 1_000, 1_000, (200_000, 1_000));
         let line = |account: &str, asset, amount| CorrectionLine { account: account.to_owned(), asset, amount };
         // The utility refunds the buyer's grid fee (a goodwill credit) for slot 0.
@@ -508,5 +484,5 @@ fn a_correction_is_a_new_balanced_transaction_and_a_refused_one_writes_nothing()
         let next = post_correction(conn, &refund, due(1)).expect("posts again");
         assert!(next > tx_id, "transaction ids increase: {tx_id} then {next}");
         assert_balanced(conn);
-    }
+    });
 }

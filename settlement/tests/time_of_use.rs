@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use gridex_store::testing::TestDb;
 use gridex_store::DbConnection;
 use protocol::tariff::{DaysOfWeek, SlotPrices, TouBand};
 use protocol::{MicroMoney, PricePerKwh, Statement};
@@ -47,16 +46,13 @@ fn statement(conn: &mut DbConnection, index: i64, household: &Household) -> Stat
 
 #[test]
 fn a_time_of_use_band_settles_the_slots_it_covers_at_its_prices_and_no_others() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
+    on_every_backend(|conn| {
         let (seller, buyer) = seller_and_buyer(conn);
         set_bands(conn, vec![quarter_past_midnight()]).expect("the registry takes the band");
         // The same slot three times: the seller exports 1 000 Wh and sells 600 Wh (400 Wh surplus to
         // the utility), the buyer imports 1 500 Wh and bought 600 Wh (900 Wh from the utility).
         for index in 0..3 {
-            meter(conn, &seller, index, 0, 1_000);
-            meter(conn, &buyer, index, 1_500, 0);
-            trade(conn, index + 1, index, 200_000, 600, &buyer, &seller);
+            sale(conn, index, (&seller, &buyer), (1_000, 1_500), (200_000, 600));
         }
         let mut utility_before = 0;
         for index in 0..3 {
@@ -80,13 +76,12 @@ fn a_time_of_use_band_settles_the_slots_it_covers_at_its_prices_and_no_others() 
         assert_eq!(statement(conn, 1, &buyer).grid_fees, MicroMoney(-24_000));
         assert_eq!(statement(conn, 0, &buyer).utility_net, MicroMoney(-270_000));
         assert_balanced(conn);
-    }
+    });
 }
 
 #[test]
 fn a_weekend_band_does_not_settle_a_weekday_slot() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
+    on_every_backend(|conn| {
         let (seller, buyer) = seller_and_buyer(conn);
         set_bands(conn, vec![TouBand { days: DaysOfWeek::WEEKEND, ..quarter_past_midnight() }]).expect("taken");
         meter(conn, &seller, 0, 0, 0);
@@ -96,13 +91,12 @@ fn a_weekend_band_does_not_settle_a_weekday_slot() {
         close(conn, 0).expect("closes");
         close(conn, 1).expect("closes");
         assert_eq!(statement(conn, 1, &buyer).utility_net, MicroMoney(-RETAIL), "1 kWh at the flat retail");
-    }
+    });
 }
 
 #[test]
 fn the_registry_refuses_bands_it_could_not_apply() {
-    for test_db in TestDb::all() {
-        let conn = &mut *connection(&test_db);
+    on_every_backend(|conn| {
         setup(conn, default_schedule());
         let band = quarter_past_midnight();
         let overlapping = TouBand { days: DaysOfWeek(1 << 3), start_minute: 29, end_minute: 45, ..band };
@@ -148,5 +142,5 @@ fn the_registry_refuses_bands_it_could_not_apply() {
         registry::set_tariff(conn, &zone(), &tariff()).expect("flat");
         let stored = gridex_store::tariff::version_at(conn, &zone(), 0).expect("query").expect("a version");
         assert!(stored.bands.is_empty());
-    }
+    });
 }

@@ -110,3 +110,24 @@ pub fn brokers() -> Vec<BrokerAddr> {
     brokers.extend(external_broker());
     brokers
 }
+
+/// Runs `scenario` once on each of [`brokers`], each time with a fresh database from `database`.
+/// When `database` gives none (the service a scenario needs is not configured, e.g. several
+/// processes need PostgreSQL) it says `missing` and runs nothing more. Generic over the database so
+/// this crate stays free of product crates.
+pub async fn on_each_broker<D, Fut>(
+    database: impl Fn() -> Option<D>,
+    missing: &str,
+    scenario: impl Fn(D, BrokerAddr) -> Fut,
+) where
+    Fut: std::future::Future<Output = ()>,
+{
+    for broker in brokers() {
+        let Some(db) = database() else {
+            eprintln!("{missing}");
+            return;
+        };
+        eprintln!("broker {}", broker.name);
+        scenario(db, broker).await;
+    }
+}

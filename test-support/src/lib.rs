@@ -10,6 +10,6 @@ pub mod certs;
 pub mod net;
 pub mod proxy;
 
-pub use broker::{brokers, embedded_broker, external_broker, BrokerAddr};
+pub use broker::{brokers, embedded_broker, external_broker, on_each_broker, BrokerAddr};
 pub use net::{free_port, unique, wait_listening};
 pub use proxy::Proxy;

@@ -134,19 +134,11 @@ impl TestApp {
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self.client.get(self.url(path)).send().await.expect("request");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        common::json_answer(self.client.get(self.url(path))).await
     }
 
     async fn signed(&self, key: &SigningKey, method: &str, path: &str, body: &[u8], ts_ms: i64) -> (u16, Value) {
-        let mut request = self.client.request(method.parse().expect("method"), self.url(path)).body(body.to_vec());
-        for (name, value) in sign_request(key, method, path, body, ts_ms) {
-            request = request.header(name, value);
-        }
-        let response = request.send().await.expect("request");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        common::json_answer(common::signed(&self.client, &self.address, key, (method, path, body), ts_ms)).await
     }
 
     async fn trader_get(&self, key: &SigningKey, path: &str) -> (u16, Value) {
@@ -154,16 +146,7 @@ impl TestApp {
     }
 
     async fn utility(&self, method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> (u16, Value) {
-        let mut request = self.client.request(method.parse().expect("method"), self.url(path));
-        if let Some(key) = key {
-            request = request.bearer_auth(key);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("request");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        common::json_answer(common::with_api_key(&self.client, &self.address, (method, path), key, body)).await
     }
 
     fn order(&self, key: &SigningKey, side: Side, price: i64, qty: i64) -> Vec<u8> {
@@ -456,22 +439,36 @@ async fn utility_endpoints_need_a_utility_key() {
     app.stop().await;
 }
 
+/// The test market's tariff as the utility API takes it (retail 0.30, feed-in 0.08, grid fee 0.04
+/// per kWh, protocol fee 0.5 %), with time-of-use `bands`.
+fn tariff_with_bands(bands: Value) -> Value {
+    json!({"effective_from_ms": 0, "retail_price_per_kwh": 300000, "feed_in_price_per_kwh": 80000,
+           "grid_fee_per_kwh": 40000, "protocol_fee_bps": 50, "bands": bands})
+}
+
+impl TestApp {
+    /// Creates zone `zone_id` (`name`) with the utility's key and sets `tariff` as its tariff.
+    async fn zone_with_tariff(&self, zone_id: &str, name: &str, tariff: Value) {
+        let key = Some(UTILITY_KEY);
+        let (status, _) =
+            self.utility("POST", "/api/v1/zones", key, Some(json!({"zone_id": zone_id, "name": name}))).await;
+        assert_eq!(status, 201);
+        let (status, body) = self.utility("PUT", &format!("/api/v1/zones/{zone_id}/tariffs"), key, Some(tariff)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
 // Time-of-use tariffs (issue 16): the body takes optional bands; the public views show them; an
 // overlap is refused with its own code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_utility_sets_time_of_use_bands_and_the_public_tariff_views_show_them() {
     let app = spawn_app().await;
     let key = Some(UTILITY_KEY);
-    let (status, _) =
-        app.utility("POST", "/api/v1/zones", key, Some(json!({"zone_id": "tou", "name": "Time of use"}))).await;
-    assert_eq!(status, 201);
     let peak = json!({"days": 31, "start_minute": 1020, "end_minute": 1260, "retail_price_per_kwh": 450000,
                       "feed_in_price_per_kwh": 100000, "grid_fee_per_kwh": 60000});
-    let tariff = json!({"effective_from_ms": 0, "retail_price_per_kwh": 300000, "feed_in_price_per_kwh": 80000,
-                        "grid_fee_per_kwh": 40000, "protocol_fee_bps": 50, "utc_offset_minutes": 60,
-                        "bands": [peak]});
-    let (status, body) = app.utility("PUT", "/api/v1/zones/tou/tariffs", key, Some(tariff)).await;
-    assert_eq!(status, 200, "{body}");
+    let mut tariff = tariff_with_bands(json!([peak]));
+    tariff["utc_offset_minutes"] = json!(60);
+    app.zone_with_tariff("tou", "Time of use", tariff).await;
     let (_, tariffs) = app.get("/api/v1/zones/tou/tariffs").await;
     assert_eq!(tariffs[0]["utc_offset_minutes"], 60);
     assert_eq!(tariffs[0]["bands"], json!([peak]));
@@ -479,20 +476,16 @@ async fn a_utility_sets_time_of_use_bands_and_the_public_tariff_views_show_them(
     let zone = zones.as_array().expect("array").iter().find(|zone| zone["zone_id"] == "tou").expect("listed").clone();
     assert_eq!(zone["tariff"]["bands"], json!([peak]));
 
-    let overlapping = json!({"effective_from_ms": 0, "retail_price_per_kwh": 300000, "feed_in_price_per_kwh": 80000,
-                             "grid_fee_per_kwh": 40000, "protocol_fee_bps": 50,
-                             "bands": [peak, {"days": 1, "start_minute": 1200, "end_minute": 1440,
-                                              "retail_price_per_kwh": 1, "feed_in_price_per_kwh": 0,
-                                              "grid_fee_per_kwh": 0}]});
+    let overlapping = tariff_with_bands(json!([peak, {"days": 1, "start_minute": 1200, "end_minute": 1440,
+                                                      "retail_price_per_kwh": 1, "feed_in_price_per_kwh": 0,
+                                                      "grid_fee_per_kwh": 0}]));
     assert_error(
         &app.utility("PUT", "/api/v1/zones/tou/tariffs", key, Some(overlapping)).await,
         400,
         "overlapping_bands",
     );
-    let no_days = json!({"effective_from_ms": 0, "retail_price_per_kwh": 300000, "feed_in_price_per_kwh": 80000,
-                         "grid_fee_per_kwh": 40000, "protocol_fee_bps": 50,
-                         "bands": [{"days": 0, "start_minute": 0, "end_minute": 60, "retail_price_per_kwh": 1,
-                                    "feed_in_price_per_kwh": 0, "grid_fee_per_kwh": 0}]});
+    let no_days = tariff_with_bands(json!([{"days": 0, "start_minute": 0, "end_minute": 60, "retail_price_per_kwh": 1,
+                                            "feed_in_price_per_kwh": 0, "grid_fee_per_kwh": 0}]));
     assert_error(&app.utility("PUT", "/api/v1/zones/tou/tariffs", key, Some(no_days)).await, 400, "invalid_value");
     // The refused bodies left the accepted version as it was.
     let (_, tariffs) = app.get("/api/v1/zones/tou/tariffs").await;
@@ -504,17 +497,10 @@ async fn a_utility_sets_time_of_use_bands_and_the_public_tariff_views_show_them(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_slots_book_states_the_time_of_use_band_it_accepts() {
     let app = spawn_app().await;
-    let key = Some(UTILITY_KEY);
-    let (status, _) =
-        app.utility("POST", "/api/v1/zones", key, Some(json!({"zone_id": "peak", "name": "Always peak"}))).await;
-    assert_eq!(status, 201);
     // One band over the whole week: every slot is in it, whenever the test runs.
     let always = json!({"days": 127, "start_minute": 0, "end_minute": 1440, "retail_price_per_kwh": 450000,
                         "feed_in_price_per_kwh": 100000, "grid_fee_per_kwh": 60000});
-    let tariff = json!({"effective_from_ms": 0, "retail_price_per_kwh": 300000, "feed_in_price_per_kwh": 80000,
-                        "grid_fee_per_kwh": 40000, "protocol_fee_bps": 50, "bands": [always]});
-    let (status, body) = app.utility("PUT", "/api/v1/zones/peak/tariffs", key, Some(tariff)).await;
-    assert_eq!(status, 200, "{body}");
+    app.zone_with_tariff("peak", "Always peak", tariff_with_bands(json!([always]))).await;
     let slot = open_slot().start_ms();
     let path = format!("/api/v1/zones/peak/book?slot={slot}&levels=5");
     // On PostgreSQL a new zone is served once an instance has taken its lease (within a renewal).
@@ -1245,32 +1231,12 @@ async fn the_demo_shows_trades_and_a_settled_slot_with_rewards_and_stops_cleanly
 fn admin_subcommands_register_a_market_and_report_errors_in_one_line() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let key_path = |name: &str| dir.path().join(name).display().to_string();
-    let ok = |args: &[&str]| {
-        let output = common::gridex(dir.path(), args);
-        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8(output.stdout).expect("utf-8").trim().to_owned()
-    };
-    ok(&["migrate"]);
-    let account = ok(&["keygen", "--key", &key_path("a.key")]);
-    let device = ok(&["keygen", "--key", &key_path("d.key")]);
+    let (account, _device) = common::gridex_home(dir.path(), "SN1", "9000");
     assert_eq!(account.len(), 64);
-    ok(&["zone", "create", "--id", "north", "--name", "North"]);
-    ok(&["tariff", "set", "--zone", "north", "--retail", "300000", "--feed-in", "80000", "--grid-fee", "40000"]);
-    ok(&["account", "add", "--id", &account, "--name", "Alice", "--zone", "north"]);
-    ok(&[
-        "device",
-        "add",
-        "--id",
-        &device,
-        "--account",
-        &account,
-        "--zone",
-        "north",
-        "--serial",
-        "SN1",
-        "--nameplate-w",
-        "9000",
-    ]);
+    common::gridex_ok(
+        dir.path(),
+        &["tariff", "set", "--zone", "north", "--retail", "300000", "--feed-in", "80000", "--grid-fee", "40000"],
+    );
     let again = common::gridex(dir.path(), &["zone", "create", "--id", "north", "--name", "North"]);
     assert!(!again.status.success());
     let stderr = String::from_utf8(again.stderr).expect("utf-8");

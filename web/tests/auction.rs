@@ -10,7 +10,6 @@ use protocol::{AccountId, Order, PricePerKwh, Side, Signed, SlotId, TimestampMs,
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
-use web::application::Application;
 use web::settings::Settings;
 
 const ZONE: &str = "auction-zone";
@@ -51,13 +50,9 @@ async fn the_api_reports_the_closing_auctions_price_and_volume() {
         ..ExchangeConfig::new(protocol::testing::operator_key())
     };
     let dyn_clock: Arc<dyn Clock> = clock.clone();
-    let app = Application::builder(Settings::default())
-        .database(db)
+    let app = common::app_builder(Settings::default(), db, config.clone())
         .clock(dyn_clock, 1)
-        .listener(std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
         .mqtt(None)
-        .exchange_config(config.clone())
-        .without_settlement()
         .build()
         .await
         .expect("the app starts");

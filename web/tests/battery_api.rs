@@ -14,7 +14,6 @@ use protocol::testing::grid_reading;
 use protocol::{AccountId, DeviceId, MeterSerial, Reading, Signed, Wh, ZoneId};
 use serde_json::{json, Value};
 use web::application::Application;
-use web::auth::sign_request;
 use web::settings::Settings;
 
 const ZONE: &str = "battery-zone";
@@ -68,21 +67,12 @@ async fn spawn_app() -> TestApp {
 
 impl TestApp {
     async fn trader_get(&self, key: &SigningKey, path: &str) -> (u16, Value) {
-        let mut request = self.client.get(format!("{}{path}", self.app.url()));
-        for (name, value) in sign_request(key, "GET", path, b"", SystemClock.now_ms()) {
-            request = request.header(name, value);
-        }
-        let response = request.send().await.expect("request");
-        (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+        let request = common::signed(&self.client, &self.app.url(), key, ("GET", path, b""), SystemClock.now_ms());
+        common::json_answer(request).await
     }
 
     async fn utility_get(&self, key: Option<&str>, path: &str) -> (u16, Value) {
-        let mut request = self.client.get(format!("{}{path}", self.app.url()));
-        if let Some(key) = key {
-            request = request.bearer_auth(key);
-        }
-        let response = request.send().await.expect("request");
-        (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+        common::json_answer(common::with_api_key(&self.client, &self.app.url(), ("GET", path), key, None)).await
     }
 
     /// A version 2 reading of Alice's device, stored by the exchange (its direct path).

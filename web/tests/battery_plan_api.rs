@@ -3,21 +3,20 @@
 //! account key to a real broker (embedded rumqttd); the exchange verifies and stores it; the
 //! household reads it at `GET /api/v1/me/plan`, and nobody else does.
 
+#[path = "../../meter-gateway/tests/common/mod.rs"]
+mod agent_common;
 mod common;
 
 use ed25519_dalek::SigningKey;
 use gridex_store::clock::{Clock, SystemClock};
 use gridex_store::testing::TestDb;
-use meter_gateway::agent::battery::{BatteryObservation, BatterySettings};
-use meter_gateway::agent::{self, AgentSettings, BatteryLink, QuotingSettings};
+use meter_gateway::agent::battery::BatterySettings;
+use meter_gateway::agent::AgentSettings;
 use meter_gateway::clock::SimClock;
-use meter_gateway::publisher::MqttSettings;
 use protocol::{AccountId, BatteryPlan, Signed, ZoneId};
 use serde_json::Value;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
 use web::application::Application;
-use web::auth::sign_request;
 use web::settings::Settings;
 
 const ZONE: &str = "plan-zone";
@@ -30,30 +29,17 @@ fn zone() -> ZoneId {
 }
 
 async fn trader_get(app: &Application, key: &SigningKey, path: &str) -> (u16, Value) {
-    let mut request = reqwest::Client::new().get(format!("{}{path}", app.url()));
-    for (name, value) in sign_request(key, "GET", path, b"", SystemClock.now_ms()) {
-        request = request.header(name, value);
-    }
-    let response = request.send().await.expect("request");
-    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+    let request = common::signed(&reqwest::Client::new(), &app.url(), key, ("GET", path, b""), SystemClock.now_ms());
+    common::json_answer(request).await
 }
 
 /// The quoting agent of the account key at `key`, with a battery it does not control.
 fn battery_agent(key: std::path::PathBuf) -> AgentSettings {
     AgentSettings {
-        key,
-        price_per_kwh_sell_min: 100_000,
-        price_per_kwh_buy_max: 250_000,
-        surplus_share_percent: 100,
-        buy_deficit: true,
         slot_len_ms: SLOT_LEN_MS,
-        gate_closure_ms: 300_000,
-        slots_ahead: 1,
-        qty_min_wh: 10,
-        forecast_window_ms: 3_600_000,
-        mqtt: None,
         battery: Some(BatterySettings::default()),
-        quoting: Some(QuotingSettings::with_tariffs(80_000, 300_000)),
+        quoting: Some(agent_common::quoting_settings(None)),
+        ..agent_common::agent_settings(key)
     }
 }
 
@@ -67,22 +53,14 @@ async fn a_household_sees_the_plan_its_battery_agent_published() {
     let bob = protocol::testing::signing_key(72);
     let (alice_id, bob_id) =
         (AccountId::from_verifying_key(&alice.verifying_key()), AccountId::from_verifying_key(&bob.verifying_key()));
-    settlement::registry::write(&test_db.db, move |conn| {
-        common::seed_zone_market(conn, &zone(), "Plan zone", SLOT_LEN_MS, SystemClock.now_ms())?;
-        web::registry::register_account(conn, &alice_id, "Alice", &zone(), 0)?;
-        web::registry::register_account(conn, &bob_id, "Bob", &zone(), 0)
-    })
-    .await
-    .expect("seed the registry");
+    let homes = [(alice_id, "Alice"), (bob_id, "Bob")];
+    common::seed_market_with_homes(&test_db.db, &zone(), "Plan zone", SLOT_LEN_MS, &homes).await;
     let mut options = rumqttc::MqttOptions::new("plan-exchange", broker.host.clone(), broker.port);
     options.set_keep_alive(Duration::from_secs(30));
     options.set_max_packet_size(64 * 1024, 64 * 1024);
-    let app = Application::builder(Settings::default())
-        .database(test_db.db.clone())
-        .listener(std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
+    let config = exchange::config::ExchangeConfig::new(protocol::testing::operator_key());
+    let app = common::app_builder(Settings::default(), test_db.db.clone(), config)
         .mqtt(Some(options))
-        .exchange_config(exchange::config::ExchangeConfig::new(protocol::testing::operator_key()))
-        .without_settlement()
         .build()
         .await
         .expect("the app starts");
@@ -91,37 +69,11 @@ async fn a_household_sees_the_plan_its_battery_agent_published() {
     let (status, none) = trader_get(&app, &alice, "/api/v1/me/plan").await;
     assert_eq!((status, none["error"].clone()), (404, Value::from("no_plan")), "before the agent sent one");
 
-    let mqtt = MqttSettings {
-        url: format!("mqtt://{}:{}", broker.host, broker.port),
-        operator_key: Some(hex::encode(protocol::testing::operator_key().verifying_key().to_bytes())),
-        ..Default::default()
-    };
+    // The embedded broker listens on loopback.
+    let mqtt = agent_common::local_mqtt(broker.port);
     let clock = SimClock::starting_at(SystemClock.now_ms(), 1.0);
-    let (_readings_tx, readings) = mpsc::channel(8);
-    let (observations_tx, observations) = mpsc::channel(8);
-    let (modes, _modes_rx) = mpsc::channel(8);
-    let (stop, stop_rx) = watch::channel(false);
-    let link = BatteryLink { observations: Some(observations), modes };
-    let running = tokio::spawn(agent::run_with_battery(
-        battery_agent(key_path),
-        zone(),
-        mqtt,
-        clock,
-        readings,
-        stop_rx,
-        Some(link),
-    ));
-    observations_tx
-        .send(BatteryObservation {
-            ts_ms: clock.now_ms(),
-            soc_permille: 600,
-            capacity_wh: 10_000,
-            charged_wh: 0,
-            discharged_wh: 0,
-            home_net_w: Some(500),
-        })
-        .await
-        .expect("the agent listens");
+    let agent = agent_common::BatteryAgent::start(battery_agent(key_path), zone(), mqtt, clock);
+    agent.observe(600, 500).await;
 
     // The plan is stored once the exchange has it: wait for the API to show it (bounded).
     let deadline = tokio::time::Instant::now() + WAIT_MAX;
@@ -147,7 +99,6 @@ async fn a_household_sees_the_plan_its_battery_agent_published() {
     let unsigned = reqwest::get(format!("{}/api/v1/me/plan", app.url())).await.expect("request");
     assert_eq!(unsigned.status().as_u16(), 401);
 
-    let _ = stop.send(true);
-    running.await.expect("joins").expect("the agent ran");
+    agent.stop().await;
     app.shutdown().await.expect("a clean shutdown");
 }

@@ -10,14 +10,14 @@ mod common;
 use ed25519_dalek::SigningKey;
 use gridex_store::clock::{Clock, SystemClock};
 use gridex_store::testing::TestDb;
-use protocol::{AccountId, DeviceId, MeterSerial, PowerW, Reading, Signed, TimestampMs, Wh, ZoneId};
+use protocol::{AccountId, DeviceId, MeterSerial, Reading, Signed, TimestampMs, Wh, ZoneId};
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, QoS};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use web::application::Application;
+use web::application::{Application, ApplicationBuilder};
 use web::broker_config::{BrokerSecret, ListenerOptions, EXCHANGE_USERNAME};
 use web::settings::{Secret, Settings};
 
@@ -218,23 +218,21 @@ impl Market {
         connect(options(self.broker.port, &username, Some((&username, &password)), true)).await
     }
 
+    /// The gateway of `device` (its hex id): connected with its credentials and subscribed to its
+    /// events topic, which is returned with it.
+    async fn gateway(&self, device: &str) -> (Client, String) {
+        let gateway = self.participant(device).await;
+        let events = protocol::topics::events(&self.zone, &device);
+        subscribe(&gateway, std::slice::from_ref(&events)).await;
+        (gateway, events)
+    }
+
     fn signed_reading(&self, device: &SigningKey, seq: u64) -> Vec<u8> {
-        let reading = Reading {
-            device: device_id(device),
-            zone: self.zone.clone(),
-            meter_serial: MeterSerial::parse(if device == &self.devices[0] { "SN-ACL-0" } else { "SN-ACL-1" })
-                .expect("a serial"),
-            seq,
-            ts_ms: TimestampMs(SystemClock.now_ms() - 120_000 + seq as i64 * 1_000),
-            import_wh: Wh(1_000 + seq as i64),
-            export_wh: Wh(0),
-            pv_wh: None,
-            power_w: PowerW(0),
-            battery_charge_wh: None,
-            battery_discharge_wh: None,
-            battery_soc_permille: None,
-            battery_capacity_wh: None,
-        };
+        let serial =
+            MeterSerial::parse(if device == &self.devices[0] { "SN-ACL-0" } else { "SN-ACL-1" }).expect("a serial");
+        let ts_ms = SystemClock.now_ms() - 120_000 + seq as i64 * 1_000;
+        let reading =
+            protocol::testing::grid_reading(device, self.zone.clone(), serial, seq, ts_ms, 1_000 + seq as i64, 0);
         Signed::sign(reading, device).expect("sign").to_json()
     }
 
@@ -256,16 +254,8 @@ impl Market {
     async fn exchange(&self) -> Application {
         let mut settings = self.settings.clone();
         settings.http.port = 0;
-        let app = Application::builder(settings)
-            .database(self.test_db.db.clone())
-            .listener(std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
-            .exchange_config(exchange::config::ExchangeConfig::new(protocol::testing::operator_key()))
-            .without_settlement()
-            .build()
-            .await
-            .expect("gridex starts");
-        tokio::time::timeout(DEADLINE, app.exchange().mqtt_subscribed()).await.expect("the exchange subscribes");
-        app
+        let config = exchange::config::ExchangeConfig::new(protocol::testing::operator_key());
+        started(common::app_builder(settings, self.test_db.db.clone(), config)).await
     }
 }
 
@@ -325,6 +315,21 @@ fn is_reading_ack(payload: &[u8]) -> bool {
     serde_json::from_slice::<serde_json::Value>(payload).is_ok_and(|value| value["type"] == "reading_ack")
 }
 
+/// Builds gridex (logged in to this test's broker) and waits until its exchange has subscribed.
+async fn started(builder: ApplicationBuilder) -> Application {
+    let app = builder.build().await.expect("gridex starts");
+    tokio::time::timeout(DEADLINE, app.exchange().mqtt_subscribed()).await.expect("the exchange subscribes");
+    app
+}
+
+/// Publishes `reading` on `topic` from `gateway` and asserts that the exchange acknowledges it on the
+/// device's `events` topic.
+async fn assert_acknowledged(gateway: &mut Client, events: &str, topic: &str, reading: Vec<u8>) {
+    publish(gateway, topic, reading).await;
+    let answer = next_on(gateway, events).await;
+    assert!(is_reading_ack(&answer), "{}", String::from_utf8_lossy(&answer));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_clients_are_refused() {
     let Some(market) = market().await else { return };
@@ -361,12 +366,9 @@ async fn a_client_cannot_take_over_the_exchanges_session() {
     // The other household's reading still reaches the exchange, which answers it.
     let victim = &market.devices[1];
     let victim_id = device_id(victim).to_hex();
-    let mut gateway = market.participant(&victim_id).await;
-    let events = protocol::topics::events(&market.zone, &victim_id);
-    subscribe(&gateway, std::slice::from_ref(&events)).await;
-    publish(&gateway, &protocol::topics::readings(&market.zone, &victim_id), market.signed_reading(victim, 1)).await;
-    let answer = next_on(&mut gateway, &events).await;
-    assert!(is_reading_ack(&answer), "{}", String::from_utf8_lossy(&answer));
+    let (mut gateway, events) = market.gateway(&victim_id).await;
+    let readings = protocol::topics::readings(&market.zone, &victim_id);
+    assert_acknowledged(&mut gateway, &events, &readings, market.signed_reading(victim, 1)).await;
     for attacker in &mut attackers {
         let stolen = drain(attacker).await;
         assert!(stolen.is_empty(), "the attacker received the exchange's messages: {stolen:?}");
@@ -415,9 +417,7 @@ async fn a_neighbour_cannot_subscribe_to_other_households_readings_or_events() {
     }
     // The victim's gateway publishes a reading, the exchange (here the observer, which may write
     // the outbound topics) answers on the victim's events, and the victim's agent orders.
-    let mut victim_gateway = market.participant(&victim).await;
-    let events = protocol::topics::events(&market.zone, &victim);
-    subscribe(&victim_gateway, std::slice::from_ref(&events)).await;
+    let (mut victim_gateway, events) = market.gateway(&victim).await;
     let mut observer = market.participant(OBSERVER).await;
     subscribe(
         &observer,
@@ -458,18 +458,13 @@ async fn a_device_with_its_credentials_publishes_its_own_readings() {
     let app = market.exchange().await;
     let device = &market.devices[0];
     let id = device_id(device).to_hex();
-    let mut gateway = market.participant(&id).await;
-    let events = protocol::topics::events(&market.zone, &id);
-    subscribe(&gateway, std::slice::from_ref(&events)).await;
-    publish(&gateway, &protocol::topics::readings(&market.zone, &id), market.signed_reading(device, 1)).await;
-    // The exchange stored it and answered on the device's own events topic.
-    let answer = next_on(&mut gateway, &events).await;
-    assert!(is_reading_ack(&answer), "{}", String::from_utf8_lossy(&answer));
+    let (mut gateway, events) = market.gateway(&id).await;
+    // The exchange stores it and answers on the device's own events topic.
+    let readings = protocol::topics::readings(&market.zone, &id);
+    assert_acknowledged(&mut gateway, &events, &readings, market.signed_reading(device, 1)).await;
     // A reading with a home battery goes on the device's version 2 topic, which the ACL lets it write.
     let v2 = protocol::topics::readings_in(protocol::Version::V2, &market.zone, &id);
-    publish(&gateway, &v2, market.signed_battery_reading(device, 2)).await;
-    let answer = next_on(&mut gateway, &events).await;
-    assert!(is_reading_ack(&answer), "{}", String::from_utf8_lossy(&answer));
+    assert_acknowledged(&mut gateway, &events, &v2, market.signed_battery_reading(device, 2)).await;
     // The public market data is readable by every participant.
     let book = protocol::topics::book(&market.zone);
     let mut trader = market.participant(&account_id(&market.accounts[1]).to_hex()).await;
@@ -506,9 +501,7 @@ async fn a_participant_cannot_forge_the_exchanges_trades_book_or_events() {
     let (victim_device, victim_account) =
         (device_id(&market.devices[1]).to_hex(), account_id(&market.accounts[1]).to_hex());
     let (trades, book) = (protocol::topics::trades(&market.zone), protocol::topics::book(&market.zone));
-    let events = protocol::topics::events(&market.zone, &victim_device);
-    let mut gateway = market.participant(&victim_device).await;
-    subscribe(&gateway, std::slice::from_ref(&events)).await;
+    let (mut gateway, events) = market.gateway(&victim_device).await;
     let mut trader = market.participant(&victim_account).await;
     subscribe(&trader, &[trades.clone(), book.clone()]).await;
     let mut observer = market.participant(OBSERVER).await;
@@ -696,15 +689,7 @@ impl Market {
             instance_id: username.to_owned(),
             ..exchange::config::ExchangeConfig::new(protocol::testing::operator_key())
         };
-        let app = Application::builder(settings)
-            .database(gridex_store::Database::open(&self.test_db.url, 4).expect("a pool of its own"))
-            .listener(std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
-            .exchange_config(config)
-            .without_settlement()
-            .build()
-            .await
-            .expect("gridex starts");
-        tokio::time::timeout(DEADLINE, app.exchange().mqtt_subscribed()).await.expect("the exchange subscribes");
-        app
+        let database = gridex_store::Database::open(&self.test_db.url, 4).expect("a pool of its own");
+        started(common::app_builder(settings, database, config)).await
     }
 }

@@ -9,7 +9,6 @@ use gridex_store::testing::TestDb;
 use protocol::{AccountId, CancelAll, Order, PricePerKwh, Side, Signed, SlotId, TimeInForce, TimestampMs, Wh, ZoneId};
 use serde_json::{json, Value};
 use web::application::Application;
-use web::auth::sign_request;
 use web::settings::Settings;
 
 const ZONE: &str = "cancel-all-zone";
@@ -29,14 +28,8 @@ fn slot(hours: i64) -> SlotId {
 }
 
 async fn signed_request(app: &Application, key: &SigningKey, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
-    let client = reqwest::Client::new();
-    let mut request =
-        client.request(method.parse().expect("method"), format!("{}{path}", app.url())).body(body.to_vec());
-    for (name, value) in sign_request(key, method, path, body, SystemClock.now_ms()) {
-        request = request.header(name, value);
-    }
-    let response = request.send().await.expect("request");
-    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+    let request = common::signed(&reqwest::Client::new(), &app.url(), key, (method, path, body), SystemClock.now_ms());
+    common::json_answer(request).await
 }
 
 /// Places a resting sell (above every buy: nothing trades).
@@ -67,13 +60,8 @@ async fn a_cancel_all_posted_to_the_orders_endpoint_cancels_the_accounts_orders_
     let test_db = TestDb::any();
     let (alice, bob) = (protocol::testing::signing_key(41), protocol::testing::signing_key(42));
     let (alice_id, bob_id) = (account(&alice), account(&bob));
-    settlement::registry::write(&test_db.db, move |conn| {
-        common::seed_zone_market(conn, &zone(), "Cancel-all zone", SLOT_LEN_MS, SystemClock.now_ms())?;
-        web::registry::register_account(conn, &alice_id, "Alice", &zone(), 0)?;
-        web::registry::register_account(conn, &bob_id, "Bob", &zone(), 0)
-    })
-    .await
-    .expect("seed the registry");
+    let homes = [(alice_id, "Alice"), (bob_id, "Bob")];
+    common::seed_market_with_homes(&test_db.db, &zone(), "Cancel-all zone", SLOT_LEN_MS, &homes).await;
     let app = common::start_app(Settings::default(), &test_db.db).await;
 
     rest(&app, &alice, slot(1), 1).await;

@@ -9,7 +9,6 @@ use gridex_store::clock::{Clock, SystemClock};
 use gridex_store::testing::TestDb;
 use protocol::{AccountId, PricePerKwh, Side, SlotId, TimestampMs, Trade, Wh, ZoneId};
 use serde_json::Value;
-use web::application::Application;
 use web::auth::sign_request;
 use web::settings::Settings;
 
@@ -19,12 +18,7 @@ const SLOT_LEN_MS: i64 = 900_000;
 /// Most pages a walk may take before the test calls it endless (the walks below take 3).
 const PAGES_MAX: usize = 10;
 
-struct TestApp {
-    address: String,
-    client: reqwest::Client,
-    app: Option<Application>,
-    db: TestDb,
-}
+type TestApp = common::TestServer;
 
 fn now_ms() -> i64 {
     SystemClock.now_ms()
@@ -68,13 +62,7 @@ async fn spawn_app(household: &SigningKey) -> TestApp {
     .expect("seed the registry");
     let settings =
         Settings { api_keys: vec![common::utility_key("utility", ZONE, UTILITY_KEY)], ..Settings::default() };
-    let app = common::start_app(settings, &test_db.db).await;
-    TestApp {
-        address: app.url(),
-        client: reqwest::Client::builder().no_proxy().build().expect("client"),
-        app: Some(app),
-        db: test_db,
-    }
+    TestApp::start(settings, test_db).await
 }
 
 /// Who asks: anyone, a household signing its request, or the utility with its key.
@@ -94,12 +82,6 @@ struct Page {
 }
 
 impl TestApp {
-    async fn stop(mut self) {
-        if let Some(app) = self.app.take() {
-            let _ = app.shutdown().await;
-        }
-    }
-
     /// GETs `path` as `auth`.
     async fn page(&self, path: &str, auth: Auth<'_>) -> Page {
         let mut request = self.client.get(format!("{}{path}", self.address));

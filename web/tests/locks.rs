@@ -12,10 +12,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use web::application::Application;
 use web::live::{LiveEvent, SlotSettled};
 use web::settings::{ApiKey, Settings, WebhookSettings};
-use web::state::AppState;
 
 const UTILITY_KEY: &str = "utility-key-0123456789";
 const ZONE: &str = "lock-zone";
@@ -23,13 +21,7 @@ const SLOT_LEN_MS: i64 = 900_000;
 /// Generous deadline of every wait for a condition (busy machines are slow, never this slow).
 const DEADLINE: Duration = Duration::from_secs(60);
 
-struct TestApp {
-    address: String,
-    client: reqwest::Client,
-    state: AppState,
-    app: Option<Application>,
-    _db: TestDb,
-}
+type TestApp = common::TestServer;
 
 fn now_ms() -> i64 {
     SystemClock.now_ms()
@@ -41,36 +33,15 @@ fn utility_key(name: &str, key: &str) -> ApiKey {
 
 /// A server on a fresh database with `settings` (these locks sit in front of the exchange).
 async fn spawn_app(settings: Settings) -> TestApp {
-    let test_db = TestDb::any();
-    let app = common::start_app(settings, &test_db.db).await;
-    let (address, state) = (app.url(), app.state().clone());
-    TestApp {
-        address,
-        client: reqwest::Client::builder().no_proxy().build().expect("client"),
-        state,
-        app: Some(app),
-        _db: test_db,
-    }
+    TestApp::start(settings, TestDb::any()).await
 }
 
 impl TestApp {
-    async fn stop(mut self) {
-        if let Some(app) = self.app.take() {
-            let _ = app.shutdown().await;
-        }
-    }
-
     async fn register_webhook(&self, url: &str) -> (u16, Value) {
-        let response = self
-            .client
-            .post(format!("{}/api/v1/webhooks", self.address))
-            .bearer_auth(UTILITY_KEY)
-            .json(&json!({ "url": url }))
-            .send()
-            .await
-            .expect("the server answers");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        let body = Some(json!({ "url": url }));
+        let request =
+            common::with_api_key(&self.client, &self.address, ("POST", "/api/v1/webhooks"), Some(UTILITY_KEY), body);
+        common::json_answer(request).await
     }
 }
 
@@ -264,7 +235,7 @@ async fn a_webhook_to_127_0_0_1_is_refused_unless_the_allow_list_names_it() {
     let message = body["message"].as_str().unwrap_or_default();
     assert!(message.contains("127.0.0.1") && message.contains("loopback"), "a clear error: {message}");
     assert!(message.contains("webhooks.allowed_private_networks"), "it says how to allow it: {message}");
-    let listed = app.state.webhooks.list().await.expect("list");
+    let listed = app.app.state().webhooks.list().await.expect("list");
     assert!(listed.is_empty(), "nothing was registered: {listed:?}");
     app.stop().await;
 
@@ -279,7 +250,7 @@ async fn a_webhook_to_127_0_0_1_is_refused_unless_the_allow_list_names_it() {
 /// slot through settlement, announcing it as the running server does.
 async fn settle_a_slot(app: &TestApp) -> SlotSettled {
     let config = settlement::SettlementConfig::new(protocol::testing::signing_key(50));
-    let outcome = settlement::registry::write(&app.state.db, move |conn| {
+    let outcome = settlement::registry::write(&app.app.state().db, move |conn| {
         let zone = protocol::ZoneId::parse(ZONE).expect("a valid zone");
         common::seed_zone_market(conn, &zone, "Lock zone", SLOT_LEN_MS, now_ms())?;
         let zone = settlement::registry::zone(conn, &zone)?.expect("the zone just created");
@@ -291,7 +262,7 @@ async fn settle_a_slot(app: &TestApp) -> SlotSettled {
     let settlement::SlotOutcome::Settled(settled) = outcome else { panic!("a new slot was settled") };
     let settled =
         SlotSettled { zone: settled.zone, slot: settled.slot, root: settled.root, statements: settled.statements };
-    app.state.publish(LiveEvent::Settlement(settled.clone()));
+    app.app.state().publish(LiveEvent::Settlement(settled.clone()));
     settled
 }
 

@@ -11,7 +11,6 @@ use protocol::AccountId;
 use serde_json::Value;
 use settlement::registry::DeviceRole;
 use std::time::{Duration, Instant};
-use web::application::Application;
 use web::auth::sign_request;
 use web::settings::Settings;
 
@@ -21,12 +20,7 @@ const SLOT_LEN_MS: i64 = 900_000;
 /// Generous deadline of every wait for a condition (busy machines are slow, never this slow).
 const DEADLINE: Duration = Duration::from_secs(60);
 
-struct TestApp {
-    address: String,
-    client: reqwest::Client,
-    app: Option<Application>,
-    db: TestDb,
-}
+type TestApp = common::TestServer;
 
 fn now_ms() -> i64 {
     SystemClock.now_ms()
@@ -53,21 +47,14 @@ async fn spawn_app_with(household: &SigningKey, settings: Settings) -> TestApp {
     .await
     .expect("seed the registry");
     let settings = Settings { api_keys: vec![common::utility_key("utility", ZONE, UTILITY_KEY)], ..settings };
-    let app = common::start_app(settings, &test_db.db).await;
-    let address = app.url();
-    TestApp {
-        address,
-        client: reqwest::Client::builder().no_proxy().build().expect("client"),
-        app: Some(app),
-        db: test_db,
-    }
+    TestApp::start(settings, test_db).await
 }
 
 impl TestApp {
-    async fn stop(mut self) {
-        if let Some(app) = self.app.take() {
-            let _ = app.shutdown().await;
-        }
+    /// GETs `path` with the utility's API key.
+    async fn utility_get(&self, path: &str) -> reqwest::Response {
+        let request = common::with_api_key(&self.client, &self.address, ("GET", path), Some(UTILITY_KEY), None);
+        request.send().await.expect("the server answers")
     }
 
     /// Sends exactly these signature headers (a captured request is sent again byte for byte).
@@ -76,9 +63,7 @@ impl TestApp {
         for (name, value) in headers {
             request = request.header(name, value);
         }
-        let response = request.send().await.expect("the server answers");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        common::json_answer(request).await
     }
 }
 
@@ -217,13 +202,7 @@ async fn cursors_walk_a_120_000_row_export_whole() {
     let mut seen = std::collections::BTreeSet::new();
     let mut path = format!("/api/v1/export/readings?zone={ZONE}&from_ms={from_ms}&to_ms={to_ms}");
     for _ in 0..PAGES_MAX {
-        let response = app
-            .client
-            .get(format!("{}{path}", app.address))
-            .bearer_auth(UTILITY_KEY)
-            .send()
-            .await
-            .expect("the server answers");
+        let response = app.utility_get(&path).await;
         assert_eq!(response.status().as_u16(), 200);
         let next = response.headers().get("x-next-cursor").map(|v| v.to_str().expect("ascii").to_owned());
         let link = response.headers().get("link").map(|v| v.to_str().expect("ascii").to_owned());
@@ -269,13 +248,7 @@ async fn cursors_walk_a_120_000_row_export_whole() {
     assert!(seen == stored, "the JSON pages hold exactly the stored readings");
 
     // A cursor is validated, never trusted.
-    let response = app
-        .client
-        .get(format!("{}/api/v1/export/readings?zone={ZONE}&cursor=zz", app.address))
-        .bearer_auth(UTILITY_KEY)
-        .send()
-        .await
-        .expect("the server answers");
+    let response = app.utility_get(&format!("/api/v1/export/readings?zone={ZONE}&cursor=zz")).await;
     assert_eq!(response.status().as_u16(), 400);
     let error: Value = response.json().await.expect("a JSON error");
     assert_eq!(error["error"], "invalid_cursor");

@@ -89,13 +89,8 @@ async fn an_order_flood_over_http_is_answered_429_rate_limited_with_retry_after(
 async fn order_flood(test_db: TestDb) {
     let (flooder, neighbour) = (protocol::testing::signing_key(31), protocol::testing::signing_key(32));
     let (flooder_id, neighbour_id) = (account(&flooder), account(&neighbour));
-    settlement::registry::write(&test_db.db, move |conn| {
-        common::seed_zone_market(conn, &zone(), "Flood zone", SLOT_LEN_MS, SystemClock.now_ms())?;
-        web::registry::register_account(conn, &flooder_id, "Flooder", &zone(), 0)?;
-        web::registry::register_account(conn, &neighbour_id, "Neighbour", &zone(), 0)
-    })
-    .await
-    .expect("seed the registry");
+    let homes = [(flooder_id, "Flooder"), (neighbour_id, "Neighbour")];
+    common::seed_market_with_homes(&test_db.db, &zone(), "Flood zone", SLOT_LEN_MS, &homes).await;
     // The market clock stands still unless the test moves it: the limit reads only this clock.
     let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
     let config = ExchangeConfig {
@@ -103,13 +98,9 @@ async fn order_flood(test_db: TestDb) {
         order_commands_burst: BURST,
         ..ExchangeConfig::new(protocol::testing::operator_key())
     };
-    let app = web::application::Application::builder(Settings::default())
-        .database(test_db.db.clone())
+    let app = common::app_builder(Settings::default(), test_db.db.clone(), config)
         .clock(clock.clone(), 1)
-        .listener(std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
         .mqtt(None)
-        .exchange_config(config)
-        .without_settlement()
         .build()
         .await
         .expect("the app starts");

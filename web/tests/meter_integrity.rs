@@ -112,16 +112,7 @@ impl TestApp {
     }
 
     async fn utility(&self, method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> (u16, Value) {
-        let mut request = self.client.request(method.parse().expect("method"), format!("{}{path}", self.address));
-        if let Some(key) = key {
-            request = request.bearer_auth(key);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("request");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        common::json_answer(common::with_api_key(&self.client, &self.address, (method, path), key, body)).await
     }
 
     async fn my_readings(&self) -> Value {
@@ -261,32 +252,8 @@ async fn a_device_silent_beyond_the_limit_is_listed_for_the_utility() {
 #[test]
 fn the_cli_registers_a_meter_replacement_and_reports_a_refusal_in_one_line() {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let key_path = |name: &str| dir.path().join(name).display().to_string();
     let run = |args: &[&str]| common::gridex(dir.path(), args);
-    let ok = |args: &[&str]| {
-        let output = run(args);
-        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8(output.stdout).expect("utf-8").trim().to_owned()
-    };
-    ok(&["migrate"]);
-    let account = ok(&["keygen", "--key", &key_path("a.key")]);
-    let device = ok(&["keygen", "--key", &key_path("d.key")]);
-    ok(&["zone", "create", "--id", "north", "--name", "North"]);
-    ok(&["account", "add", "--id", &account, "--name", "Alice", "--zone", "north"]);
-    ok(&[
-        "device",
-        "add",
-        "--id",
-        &device,
-        "--account",
-        &account,
-        "--zone",
-        "north",
-        "--serial",
-        "SN-1",
-        "--nameplate-w",
-        "5000",
-    ]);
+    let (_account, device) = common::gridex_home(dir.path(), "SN-1", "5000");
     let at = (now_ms() - 1_000).to_string();
     let replace = |id: &str, old_import: &str| {
         let old_import = format!("--old-import-wh={old_import}");

@@ -14,7 +14,7 @@ use exchange::config::ExchangeConfig;
 use gridex_store::clock::{Clock, SystemClock};
 use gridex_store::testing::TestDb;
 use gridex_store::Database;
-use gridex_test_support::{brokers, unique, BrokerAddr};
+use gridex_test_support::{on_each_broker, unique, BrokerAddr};
 use protocol::{AccountId, Order, PricePerKwh, Side, Signed, SlotId, TimestampMs, Wh, ZoneId};
 use serde_json::Value;
 use std::time::Duration;
@@ -28,6 +28,8 @@ const SLOT_LEN_MS: i64 = 900_000;
 const DEADLINE: Duration = Duration::from_secs(30);
 /// The servers' relay timeout: ample for an owner that runs; what a zone without one costs.
 const RELAY_TIMEOUT_MS: u64 = 3_000;
+/// Why a test here runs nothing without `DATABASE_URL`.
+const NEEDS_POSTGRES: &str = "DATABASE_URL is not set: several servers need PostgreSQL";
 
 fn account(key: &SigningKey) -> AccountId {
     AccountId::from_verifying_key(&key.verifying_key())
@@ -49,6 +51,11 @@ async fn post_order(client: &reqwest::Client, app: &Application, key: &SigningKe
     for (name, value) in sign_request(key, "POST", path, body, SystemClock.now_ms()) {
         request = request.header(name, value);
     }
+    answer(request).await
+}
+
+/// Sends `request` (within [`DEADLINE`]): status and JSON body (`null` when it has none).
+async fn answer(request: reqwest::RequestBuilder) -> (u16, Value) {
     let response = tokio::time::timeout(DEADLINE, request.send()).await.expect("answered in time").expect("answers");
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
@@ -74,12 +81,8 @@ async fn server_taking(test_db: &TestDb, broker: &BrokerAddr, zone: Option<&Zone
     };
     let mut settings = Settings::default();
     settings.market.trade = zone.is_some();
-    let app = Application::builder(settings)
-        .database(Database::open(&test_db.url, 4).expect("a pool of its own"))
-        .listener(std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
+    let app = common::app_builder(settings, Database::open(&test_db.url, 4).expect("a pool of its own"), config)
         .mqtt(Some(options))
-        .exchange_config(config)
-        .without_settlement()
         .build()
         .await
         .expect("the server starts");
@@ -87,39 +90,49 @@ async fn server_taking(test_db: &TestDb, broker: &BrokerAddr, zone: Option<&Zone
     app
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_order_posted_to_a_server_that_does_not_own_its_zone_is_relayed_and_answered_as_by_the_owner() {
-    for broker in brokers() {
-        let Some(test_db) = TestDb::postgres() else {
-            eprintln!("DATABASE_URL is not set: several servers need PostgreSQL");
-            return;
-        };
-        eprintln!("broker {}", broker.name);
-        relayed_over_http(test_db, &broker).await;
-    }
+/// Three fresh zones: `[north, south, orphan]`.
+fn three_zones() -> [ZoneId; 3] {
+    let id = unique();
+    ["n", "s", "x"].map(|prefix| ZoneId::parse(&format!("{prefix}{id}")).expect("zone"))
 }
 
-async fn relayed_over_http(test_db: TestDb, broker: &BrokerAddr) {
-    let id = unique();
-    let zones = ["n", "s", "x"].map(|prefix| ZoneId::parse(&format!("{prefix}{id}")).expect("zone"));
-    let [north, south, orphan] = zones.clone();
-    let keys = [31, 32, 33].map(protocol::testing::signing_key);
-    let (seller, buyer, stranded) = (&keys[0], &keys[1], &keys[2]);
-    let accounts =
-        [(account(seller), south.clone()), (account(buyer), south.clone()), (account(stranded), orphan.clone())];
+/// Seeds the test market in each of `zones` (`[north, south, orphan]`) and registers each of
+/// `traders` as a home in its zone, then starts one server owning north and one owning south:
+/// nobody owns the orphan.
+async fn seed_and_serve(
+    test_db: &TestDb,
+    broker: &BrokerAddr,
+    zones: [ZoneId; 3],
+    traders: Vec<(AccountId, ZoneId)>,
+) -> [Application; 2] {
+    let [north, south, _] = zones.clone();
     settlement::registry::write(&test_db.db, move |conn| {
         for zone in &zones {
             common::seed_zone_market(conn, zone, zone.as_str(), SLOT_LEN_MS, SystemClock.now_ms())?;
         }
-        for (index, (account, zone)) in accounts.iter().enumerate() {
+        for (index, (account, zone)) in traders.iter().enumerate() {
             web::registry::register_account(conn, account, &format!("Home {index}"), zone, 0)?;
         }
         Ok::<(), settlement::registry::RegistryError>(())
     })
     .await
     .expect("seed the registry");
-    let north_server = server(&test_db, broker, &north).await;
-    let south_server = server(&test_db, broker, &south).await;
+    [server(test_db, broker, &north).await, server(test_db, broker, &south).await]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_posted_to_a_server_that_does_not_own_its_zone_is_relayed_and_answered_as_by_the_owner() {
+    on_each_broker(TestDb::postgres, NEEDS_POSTGRES, relayed_over_http).await;
+}
+
+async fn relayed_over_http(test_db: TestDb, broker: BrokerAddr) {
+    let zones = three_zones();
+    let [_, south, orphan] = zones.clone();
+    let keys = [31, 32, 33].map(protocol::testing::signing_key);
+    let (seller, buyer, stranded) = (&keys[0], &keys[1], &keys[2]);
+    let traders =
+        vec![(account(seller), south.clone()), (account(buyer), south.clone()), (account(stranded), orphan.clone())];
+    let [north_server, south_server] = seed_and_serve(&test_db, &broker, zones, traders).await;
     let client = reqwest::Client::builder().no_proxy().build().expect("client");
     let mut north_live = north_server.live();
 
@@ -187,9 +200,7 @@ async fn get(client: &reqwest::Client, app: &Application, path: &str, key: Optio
             request = request.header(name, value);
         }
     }
-    let response = tokio::time::timeout(DEADLINE, request.send()).await.expect("answered in time").expect("answers");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    answer(request).await
 }
 
 /// A book snapshot, or each of a list of orders, without its `ts_ms` (the time it was taken, which
@@ -209,37 +220,17 @@ fn without_time(mut value: Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_does_not_own_a_zone_answers_its_book_slots_and_open_orders_as_the_owner() {
-    for broker in brokers() {
-        let Some(test_db) = TestDb::postgres() else {
-            eprintln!("DATABASE_URL is not set: several servers need PostgreSQL");
-            return;
-        };
-        eprintln!("broker {}", broker.name);
-        queries_answered_anywhere(test_db, &broker).await;
-    }
+    on_each_broker(TestDb::postgres, NEEDS_POSTGRES, queries_answered_anywhere).await;
 }
 
-async fn queries_answered_anywhere(test_db: TestDb, broker: &BrokerAddr) {
-    let id = unique();
-    let zones = ["n", "s", "x"].map(|prefix| ZoneId::parse(&format!("{prefix}{id}")).expect("zone"));
-    let [north, south, orphan] = zones.clone();
+async fn queries_answered_anywhere(test_db: TestDb, broker: BrokerAddr) {
+    let zones = three_zones();
+    let [_, south, orphan] = zones.clone();
     let keys = [41, 42].map(protocol::testing::signing_key);
     let (seller, buyer) = (&keys[0], &keys[1]);
-    let accounts = [(account(seller), south.clone()), (account(buyer), south.clone())];
-    settlement::registry::write(&test_db.db, move |conn| {
-        for zone in &zones {
-            common::seed_zone_market(conn, zone, zone.as_str(), SLOT_LEN_MS, SystemClock.now_ms())?;
-        }
-        for (index, (account, zone)) in accounts.iter().enumerate() {
-            web::registry::register_account(conn, account, &format!("Home {index}"), zone, 0)?;
-        }
-        Ok::<(), settlement::registry::RegistryError>(())
-    })
-    .await
-    .expect("seed the registry");
-    let north_server = server(&test_db, broker, &north).await;
-    let south_server = server(&test_db, broker, &south).await;
-    let web_only = server_taking(&test_db, broker, None).await;
+    let traders = vec![(account(seller), south.clone()), (account(buyer), south.clone())];
+    let [north_server, south_server] = seed_and_serve(&test_db, &broker, zones, traders).await;
+    let web_only = server_taking(&test_db, &broker, None).await;
     let client = reqwest::Client::builder().no_proxy().build().expect("client");
 
     // Orders placed through the servers that do not own the zone (relayed to its owner): two asks

@@ -262,23 +262,13 @@ impl MqttClient {
     }
 }
 
-/// `MQTT_URL`, or an embedded broker on a free port.
-fn broker_url() -> String {
-    if let Ok(url) = std::env::var("MQTT_URL") {
-        return url;
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("address").port();
-    web::demo::start_broker(port).expect("the embedded broker starts");
-    format!("mqtt://127.0.0.1:{port}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_exchanges_and_two_web_servers_lose_no_accepted_order_when_a_zone_owner_is_killed() {
     let Some(test_db) = TestDb::postgres() else {
         eprintln!("DATABASE_URL is not set: several gridex processes need PostgreSQL");
         return;
     };
-    let broker = broker_url();
+    let broker = common::broker_url();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let key_path = dir.path().join("operator.key");
     std::fs::write(&key_path, hex::encode(protocol::testing::operator_key().to_bytes())).expect("the operator key");

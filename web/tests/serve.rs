@@ -12,7 +12,6 @@ use protocol::{AccountId, DeviceId, MeterSerial, Order, PricePerKwh, Side, Signe
 use serde_json::{json, Value};
 use std::time::Duration;
 use web::application::Application;
-use web::auth::sign_request;
 use web::settings::{MqttSettings, Secret, Settings};
 
 const SLOT_LEN_MS: i64 = 900_000;
@@ -21,16 +20,6 @@ const DEADLINE: Duration = Duration::from_secs(30);
 
 fn now_ms() -> i64 {
     SystemClock.now_ms()
-}
-
-/// `MQTT_URL`, or an embedded broker on a free port.
-fn broker_url() -> String {
-    if let Ok(url) = std::env::var("MQTT_URL") {
-        return url;
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("address").port();
-    web::demo::start_broker(port).expect("the embedded broker starts");
-    format!("mqtt://127.0.0.1:{port}")
 }
 
 async fn seed(test_db: &TestDb, zone: &ZoneId, account: AccountId, device: DeviceId) {
@@ -62,13 +51,7 @@ async fn signed_request(
     path: &str,
     body: &[u8],
 ) -> (u16, Value) {
-    let mut request = client.request(method.parse().expect("method"), format!("{base}{path}")).body(body.to_vec());
-    for (name, value) in sign_request(key, method, path, body, now_ms()) {
-        request = request.header(name, value);
-    }
-    let response = request.send().await.expect("request");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    common::json_answer(common::signed(client, base, key, (method, path, body), now_ms())).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,7 +70,7 @@ async fn serve_trades_over_http_stores_mqtt_readings_answers_metrics_and_shuts_d
     let mut settings = Settings::default();
     settings.database.url = Secret::new(test_db.url.clone());
     settings.mqtt = MqttSettings {
-        url: Some(Secret::new(broker_url())),
+        url: Some(Secret::new(common::broker_url())),
         // A persistent session per exchange: a client id of its own, not another test's.
         client_id: Some(format!("gridex-serve-test-{}-{}", std::process::id(), now_ms())),
         ..MqttSettings::default()
@@ -162,7 +145,7 @@ async fn the_serve_binary_announces_its_address_on_stdout_and_logs_without_colou
     let settings = format!(
         "[http]\nport = 0\n\n[database]\nurl = \"sqlite://{db}\"\n\n[mqtt]\nurl = \"{broker}\"\nclient_id = \"gridex-serve-bin-{pid}-{now}\"\n\n[market]\noperator_key_path = \"{key}\"\n",
         db = dir.path().join("gridex.sqlite").display(),
-        broker = broker_url(),
+        broker = common::broker_url(),
         pid = std::process::id(),
         now = now_ms(),
         key = operator_key.display(),

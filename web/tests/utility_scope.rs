@@ -11,35 +11,26 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::process::Command;
-use web::application::Application;
 use web::settings::{ApiKey, Settings, WebhookSettings};
 
 const NORTH_KEY: &str = "north-9f86d081884c7d659a2feaa0c55ad015";
 const SOUTH_KEY: &str = "south-3c59dc048e8850243be8079a5c74d079";
 
-struct TestApp {
-    address: String,
-    client: reqwest::Client,
-    app: Application,
-    db: TestDb,
-}
+type TestApp = common::TestServer;
 
 impl TestApp {
     async fn call(&self, method: &str, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request =
-            self.client.request(method.parse().expect("method"), format!("{}{path}", self.address)).bearer_auth(key);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
+        let request = common::with_api_key(&self.client, &self.address, (method, path), Some(key), body);
         let response = request.send().await.expect("the server answers");
         let status = response.status().as_u16();
         let text = response.text().await.expect("a body");
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
-    async fn stop(self) {
-        self.app.shutdown().await.expect("stops");
-        drop(self.db);
+    /// Registers household `account` as `display_name` in `zone` with the utility's API `key`.
+    async fn register_account(&self, key: &str, account: &str, display_name: &str, zone: &str) -> (u16, Value) {
+        let body = json!({"account_id": account, "display_name": display_name, "zone": zone});
+        self.call("POST", "/api/v1/accounts", key, Some(body)).await
     }
 }
 
@@ -56,8 +47,7 @@ async fn spawn_app() -> TestApp {
         webhooks: WebhookSettings { allowed_private_networks: vec!["127.0.0.1".to_owned()], ..Default::default() },
         ..Settings::default()
     };
-    let app = common::start_app(settings, &db.db).await;
-    let test = TestApp { address: app.url(), client: reqwest::Client::new(), app, db };
+    let test = TestApp::start(settings, db).await;
     for (zone, key) in [("north-zone", NORTH_KEY), ("south-zone", SOUTH_KEY)] {
         let (status, body) =
             test.call("POST", "/api/v1/zones", key, Some(json!({"zone_id": zone, "name": zone}))).await;
@@ -93,14 +83,7 @@ async fn one_utility_cannot_touch_another_utilitys_zone() {
     let app = spawn_app().await;
     // South's household, device and webhook.
     let south_home = household(21);
-    let registered = app
-        .call(
-            "POST",
-            "/api/v1/accounts",
-            SOUTH_KEY,
-            Some(json!({"account_id": south_home, "display_name": "S", "zone": "south-zone"})),
-        )
-        .await;
+    let registered = app.register_account(SOUTH_KEY, &south_home, "S", "south-zone").await;
     assert_eq!(registered.0, 201, "{}", registered.1);
     let south_device = device(22, &south_home, "south-zone", "SN-S1");
     assert_eq!(app.call("POST", "/api/v1/devices", SOUTH_KEY, Some(south_device.clone())).await.0, 201);
@@ -110,14 +93,7 @@ async fn one_utility_cannot_touch_another_utilitys_zone() {
 
     // North in its own zone: allowed (so the refusals below are about the zone, not the key).
     let north_home = household(31);
-    let own = app
-        .call(
-            "POST",
-            "/api/v1/accounts",
-            NORTH_KEY,
-            Some(json!({"account_id": north_home, "display_name": "N", "zone": "north-zone"})),
-        )
-        .await;
+    let own = app.register_account(NORTH_KEY, &north_home, "N", "north-zone").await;
     assert_eq!(own.0, 201, "{}", own.1);
     assert_eq!(app.call("PUT", "/api/v1/zones/north-zone/tariffs", NORTH_KEY, Some(tariff())).await.0, 200);
     assert_eq!(app.call("GET", "/api/v1/zones/north-zone/devices/silent", NORTH_KEY, None).await.0, 200);
@@ -178,7 +154,7 @@ async fn one_utility_cannot_touch_another_utilitys_zone() {
     // Nothing of the above reached south's zone: no tariff, only south's own household's device.
     let (_, tariffs) = app.call("GET", "/api/v1/zones/south-zone/tariffs", SOUTH_KEY, None).await;
     assert_eq!(tariffs.as_array().map(Vec::len), Some(0), "{tariffs}");
-    app.stop().await;
+    app.stop_cleanly().await;
 }
 
 /// Runs `gridex` with `args` on the database at `url` (nothing else from the surroundings);
@@ -254,7 +230,7 @@ async fn api_keys_are_stored_only_as_hashes() {
     assert!(ok && listed.contains(&id) && listed.contains("north") && !listed.contains(&key), "{listed}");
     // Nor are the settings' keys stored anywhere.
     assert!(!contents.contains(NORTH_KEY) && !contents.contains(SOUTH_KEY));
-    app.stop().await;
+    app.stop_cleanly().await;
 }
 
 /// Before the fix a new key needed a restart (keys came from the settings only).
@@ -280,7 +256,7 @@ async fn a_new_key_works_without_a_restart() {
         "unknown_zone",
         "south",
     );
-    app.stop().await;
+    app.stop_cleanly().await;
 }
 
 /// Before the fix a key could be withdrawn only by editing the settings and restarting.
@@ -302,7 +278,7 @@ async fn a_revoked_key_is_refused_without_a_restart() {
     assert!(!line.ends_with("\t-"), "revoked: {line}");
     let other_line = listed.lines().find(|line| line.starts_with(&other_id)).expect("listed");
     assert!(other_line.ends_with("\t-"), "not revoked: {other_line}");
-    app.stop().await;
+    app.stop_cleanly().await;
 }
 
 /// Weak keys are refused whatever their source: a utility key in the settings without a utility
@@ -375,5 +351,5 @@ async fn a_key_limited_to_some_zones_acts_on_those_only() {
     assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")), "{body}");
     let (_, listed, _) = gridex(&app.db.url, &["api-key", "list"]);
     assert!(listed.lines().any(|line| line.contains("\tnorth-zone\t")), "{listed}");
-    app.stop().await;
+    app.stop_cleanly().await;
 }

@@ -169,25 +169,73 @@ pub fn trade(
         .expect("trade");
 }
 
+/// A zone with the default reward schedule and its first household.
+pub fn one_household(conn: &mut DbConnection) -> Household {
+    setup(conn, default_schedule());
+    household(conn, 1)
+}
+
 /// A zone with the default reward schedule and its first two households: (seller, buyer).
 pub fn seller_and_buyer(conn: &mut DbConnection) -> (Household, Household) {
     setup(conn, default_schedule());
     (household(conn, 1), household(conn, 2))
 }
 
-/// [`seller_and_buyer`] with one trade in slot 0 (`price` µ/kWh, `qty_wh`), the seller metered
+/// One trade in slot `index` (trade id `index + 1`, `price` µ/kWh, `qty_wh`), the seller metered
 /// exporting `seller_export_wh` and the buyer importing `buyer_import_wh` over the slot.
+pub fn sale(
+    conn: &mut DbConnection,
+    index: i64,
+    (seller, buyer): (&Household, &Household),
+    (seller_export_wh, buyer_import_wh): (i64, i64),
+    (price, qty_wh): (i64, i64),
+) {
+    meter(conn, seller, index, 0, seller_export_wh);
+    meter(conn, buyer, index, buyer_import_wh, 0);
+    trade(conn, index + 1, index, price, qty_wh, buyer, seller);
+}
+
+/// A [`sale`] of 1 000 Wh at 0.20 per kWh in slot `index`, delivered exactly as traded.
+pub fn deliver(conn: &mut DbConnection, index: i64, seller: &Household, buyer: &Household) {
+    sale(conn, index, (seller, buyer), (1_000, 1_000), (200_000, 1_000));
+}
+
+/// [`seller_and_buyer`] with one [`sale`] in slot 0.
 pub fn one_sale(
     conn: &mut DbConnection,
     seller_export_wh: i64,
     buyer_import_wh: i64,
-    (price, qty_wh): (i64, i64),
+    price_and_qty_wh: (i64, i64),
 ) -> (Household, Household) {
     let (seller, buyer) = seller_and_buyer(conn);
-    meter(conn, &seller, 0, 0, seller_export_wh);
-    meter(conn, &buyer, 0, buyer_import_wh, 0);
-    trade(conn, 1, 0, price, qty_wh, &buyer, &seller);
+    sale(conn, 0, (&seller, &buyer), (seller_export_wh, buyer_import_wh), price_and_qty_wh);
     (seller, buyer)
+}
+
+/// A seller, a buyer and a consumer (households 1, 2 and 3 of a zone with the default reward
+/// schedule) over slots 0 to 2, not closed yet. The seller sells the buyer 1 000 Wh in slot 0 and
+/// 500 Wh in slot 1 at 0.20 per kWh, nothing in slot 2; the buyer imports 1 000, 800 and 100 Wh,
+/// the consumer 500, 400 and 100 Wh; the seller's grid meter counts `seller_wh[i]`
+/// (import, export) in slot `i`. Returns (seller, buyer, consumer).
+pub fn three_homes_three_slots(
+    conn: &mut DbConnection,
+    seller_wh: [(i64, i64); 3],
+) -> (Household, Household, Household) {
+    let (seller, buyer) = seller_and_buyer(conn);
+    let consumer = household(conn, 3);
+    // Per slot: the buyer's and the consumer's import, and what the seller sold the buyer.
+    let others = [(1_000, 500, Some(1_000)), (800, 400, Some(500)), (100, 100, None)];
+    for (index, ((buyer_import_wh, consumer_import_wh, sold_wh), (seller_import_wh, seller_export_wh))) in
+        (0_i64..).zip(others.into_iter().zip(seller_wh))
+    {
+        meter(conn, &seller, index, seller_import_wh, seller_export_wh);
+        meter(conn, &buyer, index, buyer_import_wh, 0);
+        meter(conn, &consumer, index, consumer_import_wh, 0);
+        if let Some(qty_wh) = sold_wh {
+            trade(conn, index + 1, index, 200_000, qty_wh, &buyer, &seller);
+        }
+    }
+    (seller, buyer, consumer)
 }
 
 /// An account's money balance (µ).
@@ -214,8 +262,23 @@ pub fn close(conn: &mut DbConnection, index: i64) -> Result<SlotOutcome, Settlem
     close_slot(conn, &zone(), slot(index), &config(), due(index))
 }
 
+/// Closes slots `0..slots` in order, each settled by this close.
+pub fn close_all(conn: &mut DbConnection, slots: i64) {
+    for index in 0..slots {
+        assert!(matches!(close(conn, index).expect("closes"), SlotOutcome::Settled(_)), "slot {index}");
+    }
+}
+
 pub fn connection(test_db: &TestDb) -> gridex_store::PooledDb {
     test_db.db.get().expect("a connection")
+}
+
+/// Runs `test` on a connection to a fresh database of each backend: SQLite always, PostgreSQL too
+/// when DATABASE_URL is set.
+pub fn on_every_backend(mut test: impl FnMut(&mut DbConnection)) {
+    for test_db in TestDb::all() {
+        test(&mut connection(&test_db));
+    }
 }
 
 pub fn count(conn: &mut DbConnection, table: &str) -> i64 {
