@@ -74,7 +74,7 @@ pub(crate) fn sign_reply(
     REPLY.seal(key, &ReplyBody { request: request.to_owned(), zone: zone.clone(), outcome })
 }
 
-/// Why a relay reply was dropped.
+/// Why a relay reply was dropped: an [`OpenError`], in the words the relay's log has always used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub(crate) enum ReplyError {
     #[error("the reply does not parse")]
