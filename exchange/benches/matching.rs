@@ -100,6 +100,22 @@ struct Stream {
     occupied_levels_at_end: usize,
 }
 
+impl Stream {
+    /// The warm-up and the timed operations in a reference book's terms: `translate` turns one
+    /// operation into that book's orders (one or more, appended to its second argument).
+    fn translate<T>(&self, mut translate: impl FnMut(&Op, &mut Vec<T>)) -> (Vec<T>, Vec<T>) {
+        let mut warmup = Vec::new();
+        for op in &self.warmup {
+            translate(op, &mut warmup);
+        }
+        let mut orders = Vec::new();
+        for op in &self.ops {
+            translate(op, &mut orders);
+        }
+        (warmup, orders)
+    }
+}
+
 /// Live orders with O(1) random pick and removal.
 #[derive(Default)]
 struct LiveSet {
@@ -302,7 +318,7 @@ fn lobster_side(side: Side) -> lobster::Side {
 impl Lobster {
     fn new(stream: &Stream) -> Self {
         let mut sides = std::collections::HashMap::new();
-        let mut translate = |op: &Op, out: &mut Vec<lobster::OrderType>| match *op {
+        let translate = |op: &Op, out: &mut Vec<lobster::OrderType>| match *op {
             Op::New { id, side, level, qty, ioc } => {
                 sides.insert(id, side);
                 out.push(lobster::OrderType::Limit {
@@ -326,14 +342,7 @@ impl Lobster {
                 });
             }
         };
-        let mut warmup = Vec::new();
-        for op in &stream.warmup {
-            translate(op, &mut warmup);
-        }
-        let mut orders = Vec::new();
-        for op in &stream.ops {
-            translate(op, &mut orders);
-        }
+        let (warmup, orders) = stream.translate(translate);
         Self { warmup, orders }
     }
     fn prepared(&self) -> lobster::OrderBook {
@@ -388,7 +397,7 @@ impl OrderbookRs {
             Side::Sell => orderbook_rs::Side::Sell,
         };
         let mut sides = std::collections::HashMap::new();
-        let mut translate = |op: &Op, out: &mut Vec<ObOp>| match *op {
+        let translate = |op: &Op, out: &mut Vec<ObOp>| match *op {
             Op::New { id, side, level, qty, ioc } => {
                 sides.insert(id, side);
                 let tif = if ioc { orderbook_rs::TimeInForce::Ioc } else { orderbook_rs::TimeInForce::Gtc };
@@ -406,14 +415,7 @@ impl OrderbookRs {
                 });
             }
         };
-        let mut warmup = Vec::new();
-        for op in &stream.warmup {
-            translate(op, &mut warmup);
-        }
-        let mut orders = Vec::new();
-        for op in &stream.ops {
-            translate(op, &mut orders);
-        }
+        let (warmup, orders) = stream.translate(translate);
         Self { warmup, orders }
     }
     fn prepared(&self, record: bool) -> (orderbook_rs::OrderBook<()>, Arc<Mutex<TradeSink>>) {

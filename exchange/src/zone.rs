@@ -109,6 +109,41 @@ struct SlotBook {
     last_command_trades: u64,
 }
 
+impl SlotBook {
+    /// A matching `Event::Trade` of `slot` as published, with its id and time, once its quantity is
+    /// credited to the fills of both its orders (those tracked); `None` for any other event.
+    fn record_trade(
+        &mut self,
+        event: &Event,
+        zone: &ZoneId,
+        slot: SlotId,
+        trade_id: u64,
+        ts_ms: TimestampMs,
+    ) -> Option<Trade> {
+        let Event::Trade { price, qty, buyer, buy_nonce, seller, sell_nonce, aggressor, .. } = *event else {
+            return None;
+        };
+        for key in [(buyer, buy_nonce), (seller, sell_nonce)] {
+            if let Some(tracked) = self.tracked.get_mut(&key) {
+                tracked.filled += qty;
+            }
+        }
+        Some(Trade {
+            trade_id,
+            zone: zone.clone(),
+            slot,
+            price_per_kwh: price,
+            qty_wh: qty,
+            buyer,
+            seller,
+            buy_nonce,
+            sell_nonce,
+            aggressor,
+            ts_ms,
+        })
+    }
+}
+
 /// Closing auction results the owner keeps for the API, newest last: a day of 15-minute slots.
 pub const AUCTION_RESULTS_KEPT: usize = 96;
 
@@ -701,28 +736,12 @@ fn describe(
                 slot_book.tracked.insert((account, nonce), Tracked { price, filled: Wh(0), placed_ms });
                 touched.push((account, nonce));
             }
-            Event::Trade { price, qty, buyer, buy_nonce, seller, sell_nonce, aggressor, .. } => {
+            Event::Trade { buyer, buy_nonce, seller, sell_nonce, .. } => {
                 assert!(trade_index < TRADES_PER_COMMAND_MAX, "one command made more trades than trade ids allow");
-                applied.trades.push(Trade {
-                    trade_id: row.command_seq * TRADES_PER_COMMAND_MAX + trade_index,
-                    zone: zone.clone(),
-                    slot: row.slot,
-                    price_per_kwh: price,
-                    qty_wh: qty,
-                    buyer,
-                    seller,
-                    buy_nonce,
-                    sell_nonce,
-                    aggressor,
-                    ts_ms,
-                });
+                let trade_id = row.command_seq * TRADES_PER_COMMAND_MAX + trade_index;
+                applied.trades.extend(slot_book.record_trade(event, zone, row.slot, trade_id, ts_ms));
                 trade_index += 1;
-                for key in [(buyer, buy_nonce), (seller, sell_nonce)] {
-                    if let Some(tracked) = slot_book.tracked.get_mut(&key) {
-                        tracked.filled += qty;
-                    }
-                    touched.push(key);
-                }
+                touched.extend([(buyer, buy_nonce), (seller, sell_nonce)]);
             }
             Event::Rested { account, nonce, .. } => touched.push((account, nonce)),
             Event::Replaced { account, nonce, price, .. } => {

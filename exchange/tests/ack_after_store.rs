@@ -15,7 +15,6 @@ use exchange::config::ExchangeConfig;
 use exchange::service::{self, ExchangeHandle};
 use gridex_store::clock::ManualClock;
 use gridex_store::schema::{order_commands, readings};
-use gridex_store::testing::TestDb;
 use gridex_store::{Backend, Database, DbError};
 use protocol::{topics, AccountId, Reason, Reject, Side, SlotId, ZoneId};
 use std::collections::BTreeSet;
@@ -227,53 +226,51 @@ async fn a_failed_commit_is_not_acknowledged() {
     count_commit_failures();
     const READINGS: u64 = 10;
     const ORDERS: u64 = 5;
-    for broker in brokers() {
-        for test_db in TestDb::all() {
-            eprintln!("backend {:?}, broker {}", test_db.db.backend(), broker.name);
-            let db = &test_db.db;
-            let market = Market::seed(db, 2, ExchangeConfig::new(protocol::testing::operator_key()));
-            let exchange = market.start(db, &broker).await;
-            let mut probe = Probe::connect(&broker, std::slice::from_ref(&market.zone)).await;
-            let mut rejects = Vec::new();
+    each_backend_and_broker(|test_db, broker| async move {
+        let db = &test_db.db;
+        let market = Market::seed(db, 2, ExchangeConfig::new(protocol::testing::operator_key()));
+        let exchange = market.start(db, &broker).await;
+        let mut probe = Probe::connect(&broker, std::slice::from_ref(&market.zone)).await;
+        let mut rejects = Vec::new();
 
-            // The fault clears while the exchange runs: the retried commit stores everything.
-            set_fault(db, true);
-            let before = commit_failures();
-            for seq in 1..=READINGS {
-                market.publish_reading(&probe, 0, seq).await;
-            }
-            for nonce in 1..=ORDERS {
-                market.publish_order(&probe, 0, nonce).await;
-            }
-            wait_commit_failed(&mut probe, before, &mut rejects).await;
-            set_fault(db, false);
-            let (readings, commands) = wait_stored(db, READINGS as usize, ORDERS as usize).await;
-            exactly_once(&readings, &[device_hex(&market.devices[0])], READINGS as i64);
-            let account = AccountId::from_verifying_key(&market.accounts[0].verifying_key()).to_hex();
-            exactly_once(&commands, std::slice::from_ref(&account), ORDERS as i64);
-
-            // The exchange stops during the fault: nothing was acknowledged, so the broker
-            // redelivers to the restarted exchange and everything is stored once.
-            set_fault(db, true);
-            let before = commit_failures();
-            for seq in READINGS + 1..=2 * READINGS {
-                market.publish_reading(&probe, 0, seq).await;
-            }
-            for nonce in ORDERS + 1..=2 * ORDERS {
-                market.publish_order(&probe, 0, nonce).await;
-            }
-            wait_commit_failed(&mut probe, before, &mut rejects).await;
-            exchange.shutdown().await;
-            set_fault(db, false);
-            let exchange = market.start(db, &broker).await;
-            let (readings, commands) = wait_stored(db, 2 * READINGS as usize, 2 * ORDERS as usize).await;
-            exactly_once(&readings, &[device_hex(&market.devices[0])], 2 * READINGS as i64);
-            exactly_once(&commands, &[account], 2 * ORDERS as i64);
-            rejects_seen(&mut probe, &mut rejects).await;
-            assert!(rejects.is_empty(), "valid messages were refused: {rejects:?}");
-            exchange.shutdown().await;
+        // The fault clears while the exchange runs: the retried commit stores everything.
+        set_fault(db, true);
+        let before = commit_failures();
+        for seq in 1..=READINGS {
+            market.publish_reading(&probe, 0, seq).await;
         }
-    }
+        for nonce in 1..=ORDERS {
+            market.publish_order(&probe, 0, nonce).await;
+        }
+        wait_commit_failed(&mut probe, before, &mut rejects).await;
+        set_fault(db, false);
+        let (readings, commands) = wait_stored(db, READINGS as usize, ORDERS as usize).await;
+        exactly_once(&readings, &[device_hex(&market.devices[0])], READINGS as i64);
+        let account = AccountId::from_verifying_key(&market.accounts[0].verifying_key()).to_hex();
+        exactly_once(&commands, std::slice::from_ref(&account), ORDERS as i64);
+
+        // The exchange stops during the fault: nothing was acknowledged, so the broker
+        // redelivers to the restarted exchange and everything is stored once.
+        set_fault(db, true);
+        let before = commit_failures();
+        for seq in READINGS + 1..=2 * READINGS {
+            market.publish_reading(&probe, 0, seq).await;
+        }
+        for nonce in ORDERS + 1..=2 * ORDERS {
+            market.publish_order(&probe, 0, nonce).await;
+        }
+        wait_commit_failed(&mut probe, before, &mut rejects).await;
+        exchange.shutdown().await;
+        set_fault(db, false);
+        let exchange = market.start(db, &broker).await;
+        let (readings, commands) = wait_stored(db, 2 * READINGS as usize, 2 * ORDERS as usize).await;
+        exactly_once(&readings, &[device_hex(&market.devices[0])], 2 * READINGS as i64);
+        exactly_once(&commands, &[account], 2 * ORDERS as i64);
+        rejects_seen(&mut probe, &mut rejects).await;
+        assert!(rejects.is_empty(), "valid messages were refused: {rejects:?}");
+        exchange.shutdown().await;
+    })
+    .await;
 }
 
 /// The attack: a flood. The exchange used to refuse what did not fit its ingest queue as
@@ -292,38 +289,33 @@ async fn a_full_ingest_queue_applies_back_pressure() {
         group_commit_size_max: 2,
         ..ExchangeConfig::new(protocol::testing::operator_key())
     };
-    for broker in brokers() {
-        for test_db in TestDb::all() {
-            eprintln!("backend {:?}, broker {}", test_db.db.backend(), broker.name);
-            let db = &test_db.db;
-            let market = Market::seed(db, HOUSEHOLDS, config.clone());
-            let exchange = market.start(db, &broker).await;
-            let mut probe = Probe::connect(&broker, std::slice::from_ref(&market.zone)).await;
-            for seq in 1..=READINGS {
-                for index in 0..usize::from(HOUSEHOLDS) {
-                    market.publish_reading(&probe, index, seq).await;
-                }
+    let config = &config;
+    each_backend_and_broker(|test_db, broker| async move {
+        let db = &test_db.db;
+        let market = Market::seed(db, HOUSEHOLDS, config.clone());
+        let exchange = market.start(db, &broker).await;
+        let mut probe = Probe::connect(&broker, std::slice::from_ref(&market.zone)).await;
+        for seq in 1..=READINGS {
+            for index in 0..usize::from(HOUSEHOLDS) {
+                market.publish_reading(&probe, index, seq).await;
             }
-            for nonce in 1..=ORDERS {
-                for index in 0..usize::from(HOUSEHOLDS) {
-                    market.publish_order(&probe, index, nonce).await;
-                }
-            }
-            let households = usize::from(HOUSEHOLDS);
-            let (readings, commands) =
-                wait_stored(db, households * READINGS as usize, households * ORDERS as usize).await;
-            let devices: Vec<String> = market.devices.iter().map(device_hex).collect();
-            let accounts: Vec<String> = market
-                .accounts
-                .iter()
-                .map(|key| AccountId::from_verifying_key(&key.verifying_key()).to_hex())
-                .collect();
-            exactly_once(&readings, &devices, READINGS as i64);
-            exactly_once(&commands, &accounts, ORDERS as i64);
-            let mut rejects = Vec::new();
-            rejects_seen(&mut probe, &mut rejects).await;
-            assert!(rejects.is_empty(), "valid messages were refused: {rejects:?}");
-            exchange.shutdown().await;
         }
-    }
+        for nonce in 1..=ORDERS {
+            for index in 0..usize::from(HOUSEHOLDS) {
+                market.publish_order(&probe, index, nonce).await;
+            }
+        }
+        let households = usize::from(HOUSEHOLDS);
+        let (readings, commands) = wait_stored(db, households * READINGS as usize, households * ORDERS as usize).await;
+        let devices: Vec<String> = market.devices.iter().map(device_hex).collect();
+        let accounts: Vec<String> =
+            market.accounts.iter().map(|key| AccountId::from_verifying_key(&key.verifying_key()).to_hex()).collect();
+        exactly_once(&readings, &devices, READINGS as i64);
+        exactly_once(&commands, &accounts, ORDERS as i64);
+        let mut rejects = Vec::new();
+        rejects_seen(&mut probe, &mut rejects).await;
+        assert!(rejects.is_empty(), "valid messages were refused: {rejects:?}");
+        exchange.shutdown().await;
+    })
+    .await;
 }

@@ -69,12 +69,10 @@ fn logged_nonces(test_db: &TestDb, key: &SigningKey) -> Vec<i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_flood_from_one_account_is_rate_limited_and_its_neighbour_is_unaffected() {
-    for broker in brokers() {
-        for test_db in TestDb::all() {
-            eprintln!("backend {:?}, broker {}", test_db.db.backend(), broker.name);
-            order_flood(&test_db, &broker).await;
-        }
-    }
+    each_backend_and_broker(|test_db, broker| async move {
+        order_flood(&test_db, &broker).await;
+    })
+    .await;
 }
 
 async fn order_flood(test_db: &TestDb, broker: &BrokerAddr) {

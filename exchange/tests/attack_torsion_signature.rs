@@ -47,12 +47,10 @@ fn torsion_sell(key: &SigningKey, zone: &ZoneId, slot: SlotId, nonce: u64) -> Ve
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torsion_r_order_is_refused_in_every_batch_and_never_logged() {
-    for broker in brokers() {
-        for test_db in TestDb::all() {
-            eprintln!("backend {:?}, broker {}", test_db.db.backend(), broker.name);
-            run_attack(test_db, &broker).await;
-        }
-    }
+    each_backend_and_broker(|test_db, broker| async move {
+        run_attack(test_db, &broker).await;
+    })
+    .await;
 }
 
 async fn run_attack(test_db: TestDb, broker: &BrokerAddr) {

@@ -107,63 +107,57 @@ fn hex(key: &SigningKey) -> String {
 /// phase rebuilds the crossed book from the log, so the auction after it is the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resting_orders_cross_at_one_price_at_gate_closure_also_after_a_restart_in_the_call_phase() {
-    for broker in brokers() {
-        for test_db in TestDb::all() {
-            let (mut market, mut probe) = Market::start(&test_db, &broker).await;
-            let seller = market.seller.clone();
-            let [first, second] = market.buyers.clone();
+    each_backend_and_broker(|test_db, broker| async move {
+        let (mut market, mut probe) = Market::start(&test_db, &broker).await;
+        let seller = market.seller.clone();
+        let [first, second] = market.buyers.clone();
 
-            // Continuous trading before the call: a bid below the ask rests, as always.
-            let update = market.place(&mut probe, &first, Side::Buy, 100_000, 100, 1).await;
-            assert_eq!(update.status, OrderStatus::Open);
+        // Continuous trading before the call: a bid below the ask rests, as always.
+        let update = market.place(&mut probe, &first, Side::Buy, 100_000, 100, 1).await;
+        assert_eq!(update.status, OrderStatus::Open);
 
-            market.clock.set(market.gate_ms() - CALL_MS);
-            let update = market.place(&mut probe, &seller, Side::Sell, 120_000, 500, 1).await;
-            assert_eq!((update.status, update.open_qty_wh.0), (OrderStatus::Open, 500));
-            let update = market.place(&mut probe, &first, Side::Buy, 200_000, 300, 2).await;
-            assert_eq!((update.status, update.filled_qty_wh.0), (OrderStatus::Open, 0), "no trade in the call");
-            let update = market.place(&mut probe, &second, Side::Buy, 150_000, 400, 1).await;
-            assert_eq!((update.status, update.filled_qty_wh.0), (OrderStatus::Open, 0), "no trade in the call");
-            let book =
-                market.exchange.book(&market.zone, market.slot, 20).await.expect("answered").expect("the book is open");
-            assert_eq!(book.call_phase, Some(true));
-            assert_eq!(book.bids.first().map(|level| level.price_per_kwh.0), Some(200_000), "crossed while calling");
-            assert!(stored_trades(&test_db, &market.zone).is_empty());
+        market.clock.set(market.gate_ms() - CALL_MS);
+        let update = market.place(&mut probe, &seller, Side::Sell, 120_000, 500, 1).await;
+        assert_eq!((update.status, update.open_qty_wh.0), (OrderStatus::Open, 500));
+        let update = market.place(&mut probe, &first, Side::Buy, 200_000, 300, 2).await;
+        assert_eq!((update.status, update.filled_qty_wh.0), (OrderStatus::Open, 0), "no trade in the call");
+        let update = market.place(&mut probe, &second, Side::Buy, 150_000, 400, 1).await;
+        assert_eq!((update.status, update.filled_qty_wh.0), (OrderStatus::Open, 0), "no trade in the call");
+        let book =
+            market.exchange.book(&market.zone, market.slot, 20).await.expect("answered").expect("the book is open");
+        assert_eq!(book.call_phase, Some(true));
+        assert_eq!(book.bids.first().map(|level| level.price_per_kwh.0), Some(200_000), "crossed while calling");
+        assert!(stored_trades(&test_db, &market.zone).is_empty());
 
-            // A restart in the call phase: the books come back from the log, still calling and crossed.
-            market.exchange.clone().shutdown().await;
-            market.exchange =
-                start_exchange(&market.config, &test_db.db, &market.clock, &broker, &market.client_id).await;
-            let book = market
-                .exchange
-                .book(&market.zone, market.slot, 20)
-                .await
-                .expect("answered")
-                .expect("the book is rebuilt");
-            assert_eq!(book.call_phase, Some(true));
-            assert_eq!(book.asks.first().map(|level| (level.price_per_kwh.0, level.qty_wh.0)), Some((120_000, 500)));
+        // A restart in the call phase: the books come back from the log, still calling and crossed.
+        market.exchange.clone().shutdown().await;
+        market.exchange = start_exchange(&market.config, &test_db.db, &market.clock, &broker, &market.client_id).await;
+        let book =
+            market.exchange.book(&market.zone, market.slot, 20).await.expect("answered").expect("the book is rebuilt");
+        assert_eq!(book.call_phase, Some(true));
+        assert_eq!(book.asks.first().map(|level| (level.price_per_kwh.0, level.qty_wh.0)), Some((120_000, 500)));
 
-            market.clock.set(market.gate_ms());
-            let result = decode::<AuctionResult>(&probe.next_on(&topics::auction(&market.zone)).await)
-                .expect("an auction result");
-            assert_eq!((result.slot, result.price_per_kwh.map(|price| price.0)), (market.slot, Some(150_000)));
-            assert_eq!((result.qty_wh.0, result.trades), (500, 2));
-            let mut published = Vec::new();
-            for _ in 0..2 {
-                published.push(decode::<Trade>(&probe.next_on(&topics::trades(&market.zone)).await).expect("a trade"));
-            }
-            assert!(published.iter().all(|trade| trade.price_per_kwh.0 == 150_000 && trade.slot == market.slot));
-            assert!(published[0].trade_id < published[1].trade_id);
-            let stored = stored_trades(&test_db, &market.zone);
-            assert_eq!(
-                stored,
-                vec![(150_000, 300, hex(&first)), (150_000, 200, hex(&second))],
-                "the bid at 0.20 fills first (better price), the one at 0.15 with what is left"
-            );
-            assert_eq!(market.exchange.auctions(&market.zone).await.expect("answered"), vec![result]);
-            market.exchange.shutdown().await;
+        market.clock.set(market.gate_ms());
+        let result =
+            decode::<AuctionResult>(&probe.next_on(&topics::auction(&market.zone)).await).expect("an auction result");
+        assert_eq!((result.slot, result.price_per_kwh.map(|price| price.0)), (market.slot, Some(150_000)));
+        assert_eq!((result.qty_wh.0, result.trades), (500, 2));
+        let mut published = Vec::new();
+        for _ in 0..2 {
+            published.push(decode::<Trade>(&probe.next_on(&topics::trades(&market.zone)).await).expect("a trade"));
         }
-    }
+        assert!(published.iter().all(|trade| trade.price_per_kwh.0 == 150_000 && trade.slot == market.slot));
+        assert!(published[0].trade_id < published[1].trade_id);
+        let stored = stored_trades(&test_db, &market.zone);
+        assert_eq!(
+            stored,
+            vec![(150_000, 300, hex(&first)), (150_000, 200, hex(&second))],
+            "the bid at 0.20 fills first (better price), the one at 0.15 with what is left"
+        );
+        assert_eq!(market.exchange.auctions(&market.zone).await.expect("answered"), vec![result]);
+        market.exchange.shutdown().await;
+    })
+    .await;
 }
 
 /// A crash at gate closure (the exchange is down when the slot's gate closes) used to lose the slot's
@@ -173,51 +167,48 @@ async fn resting_orders_cross_at_one_price_at_gate_closure_also_after_a_restart_
 /// last command's, time the gate closure). A second restart stores and publishes nothing twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exchange_down_at_gate_closure_runs_the_closing_auction_when_it_comes_back() {
-    for broker in brokers() {
-        for test_db in TestDb::all() {
-            let (mut market, mut probe) = Market::start(&test_db, &broker).await;
-            let seller = market.seller.clone();
-            let [first, second] = market.buyers.clone();
+    each_backend_and_broker(|test_db, broker| async move {
+        let (mut market, mut probe) = Market::start(&test_db, &broker).await;
+        let seller = market.seller.clone();
+        let [first, second] = market.buyers.clone();
 
-            market.clock.set(market.gate_ms() - CALL_MS);
-            market.place(&mut probe, &seller, Side::Sell, 120_000, 500, 1).await;
-            market.place(&mut probe, &first, Side::Buy, 200_000, 300, 1).await;
-            market.place(&mut probe, &second, Side::Buy, 150_000, 400, 1).await;
+        market.clock.set(market.gate_ms() - CALL_MS);
+        market.place(&mut probe, &seller, Side::Sell, 120_000, 500, 1).await;
+        market.place(&mut probe, &first, Side::Buy, 200_000, 300, 1).await;
+        market.place(&mut probe, &second, Side::Buy, 150_000, 400, 1).await;
 
-            // Down through gate closure; back a minute later, before delivery starts.
-            market.exchange.clone().shutdown().await;
-            market.clock.set(market.gate_ms() + 60_000);
-            assert!(market.clock_now() < market.slot.start_ms());
-            market.exchange =
-                start_exchange(&market.config, &test_db.db, &market.clock, &broker, &market.client_id).await;
+        // Down through gate closure; back a minute later, before delivery starts.
+        market.exchange.clone().shutdown().await;
+        market.clock.set(market.gate_ms() + 60_000);
+        assert!(market.clock_now() < market.slot.start_ms());
+        market.exchange = start_exchange(&market.config, &test_db.db, &market.clock, &broker, &market.client_id).await;
 
-            let result = decode::<AuctionResult>(&probe.next_on(&topics::auction(&market.zone)).await)
-                .expect("an auction result");
-            assert_eq!((result.slot, result.price_per_kwh.map(|price| price.0)), (market.slot, Some(150_000)));
-            assert_eq!((result.qty_wh.0, result.trades, result.ts_ms.0), (500, 2, market.gate_ms()));
-            let mut published = Vec::new();
-            for _ in 0..2 {
-                published.push(decode::<Trade>(&probe.next_on(&topics::trades(&market.zone)).await).expect("a trade"));
-            }
-            assert!(published.iter().all(|trade| trade.ts_ms.0 == market.gate_ms()), "trades at the gate closure");
-            let expected = vec![(150_000, 300, hex(&first)), (150_000, 200, hex(&second))];
-            assert_eq!(stored_trades(&test_db, &market.zone), expected);
-            assert_eq!(market.exchange.auctions(&market.zone).await.expect("answered"), vec![result.clone()]);
-
-            // Another restart before delivery ends: the auction is known, nothing is stored or
-            // published twice.
-            market.exchange.clone().shutdown().await;
-            market.clock.set(market.slot.start_ms() + 60_000);
-            market.exchange =
-                start_exchange(&market.config, &test_db.db, &market.clock, &broker, &market.client_id).await;
-            let again = decode::<AuctionResult>(&probe.next_on(&topics::auction(&market.zone)).await)
-                .expect("the result again");
-            assert_eq!(again, result, "the same result, retained");
-            assert_eq!(stored_trades(&test_db, &market.zone), expected);
-            let trades_topic = topics::trades(&market.zone);
-            let later = probe.drain(std::time::Duration::from_millis(500)).await;
-            assert!(later.iter().all(|(topic, _)| *topic != trades_topic), "no trade is published twice");
-            market.exchange.shutdown().await;
+        let result =
+            decode::<AuctionResult>(&probe.next_on(&topics::auction(&market.zone)).await).expect("an auction result");
+        assert_eq!((result.slot, result.price_per_kwh.map(|price| price.0)), (market.slot, Some(150_000)));
+        assert_eq!((result.qty_wh.0, result.trades, result.ts_ms.0), (500, 2, market.gate_ms()));
+        let mut published = Vec::new();
+        for _ in 0..2 {
+            published.push(decode::<Trade>(&probe.next_on(&topics::trades(&market.zone)).await).expect("a trade"));
         }
-    }
+        assert!(published.iter().all(|trade| trade.ts_ms.0 == market.gate_ms()), "trades at the gate closure");
+        let expected = vec![(150_000, 300, hex(&first)), (150_000, 200, hex(&second))];
+        assert_eq!(stored_trades(&test_db, &market.zone), expected);
+        assert_eq!(market.exchange.auctions(&market.zone).await.expect("answered"), vec![result.clone()]);
+
+        // Another restart before delivery ends: the auction is known, nothing is stored or
+        // published twice.
+        market.exchange.clone().shutdown().await;
+        market.clock.set(market.slot.start_ms() + 60_000);
+        market.exchange = start_exchange(&market.config, &test_db.db, &market.clock, &broker, &market.client_id).await;
+        let again =
+            decode::<AuctionResult>(&probe.next_on(&topics::auction(&market.zone)).await).expect("the result again");
+        assert_eq!(again, result, "the same result, retained");
+        assert_eq!(stored_trades(&test_db, &market.zone), expected);
+        let trades_topic = topics::trades(&market.zone);
+        let later = probe.drain(std::time::Duration::from_millis(500)).await;
+        assert!(later.iter().all(|(topic, _)| *topic != trades_topic), "no trade is published twice");
+        market.exchange.shutdown().await;
+    })
+    .await;
 }

@@ -96,14 +96,12 @@ where
     F: Fn(Env) -> Fut,
     Fut: Future<Output = Env>,
 {
-    for broker in brokers() {
-        for test_db in TestDb::all() {
-            eprintln!("backend {:?}, broker {}", test_db.db.backend(), broker.name);
-            let env = Env::start(test_db, &broker).await;
-            let env = scenario(env).await;
-            env.exchange.shutdown().await;
-        }
-    }
+    let scenario = &scenario;
+    each_backend_and_broker(|test_db, broker| async move {
+        let env = scenario(Env::start(test_db, &broker).await).await;
+        env.exchange.shutdown().await;
+    })
+    .await;
 }
 
 /// Over MQTT, on the account's orders topic like any command: every resting order of the account in

@@ -142,10 +142,7 @@ fn start_node(test_db: &TestDb, broker: &BrokerAddr, name: &str) -> Node {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_then_a_killed_zone_owner_hands_its_zones_over_and_nothing_acknowledged_is_lost() {
-    let Some(test_db) = TestDb::postgres() else {
-        eprintln!("DATABASE_URL is not set: zone leases need PostgreSQL (SQLite takes one exchange)");
-        return;
-    };
+    let Some(test_db) = postgres_for("zone leases need PostgreSQL (SQLite takes one exchange)") else { return };
     let broker = external_broker().unwrap_or_else(embedded_broker);
     let zones: Vec<ZoneId> =
         (0..2).map(|index| ZoneId::parse(&format!("f{index}{}", unique())).expect("a zone id")).collect();

@@ -56,14 +56,10 @@ impl Env {
         let (_, other_device) = seed_household(&test_db.db, &other, 3, NAMEPLATE_W);
         let clock = Arc::new(ManualClock::new(NOW_MS));
         let client_id = format!("exchange-{}", unique());
-        let options = mqtt_options(broker, &client_id);
         // Only this test's zones: tests share Mosquitto, and an exchange serving every zone would
         // answer the other tests' messages too.
         let config = ExchangeConfig { zones: vec![zone.clone(), other.clone()], ..config };
-        let exchange = service::start(config.clone(), test_db.db.clone(), clock.clone(), Some(options))
-            .await
-            .expect("the exchange starts");
-        tokio::time::timeout(ANSWER_TIMEOUT, exchange.mqtt_subscribed()).await.expect("subscribed in time");
+        let exchange = start_exchange(&config, &test_db.db, &clock, broker, &client_id).await;
         let probe = Probe::connect(broker, &[zone.clone(), other.clone()]).await;
         Env {
             test_db,
@@ -113,47 +109,43 @@ where
     F: Fn(Env) -> Fut,
     Fut: Future<Output = Env>,
 {
-    for broker in brokers() {
-        for test_db in TestDb::all() {
-            eprintln!("backend {:?}, broker {}", test_db.db.backend(), broker.name);
-            let env = Env::start(test_db, &broker, config.clone()).await;
-            let env = scenario(env).await;
-            env.exchange.shutdown().await;
-        }
-    }
+    let (scenario, config) = (&scenario, &config);
+    each_backend_and_broker(|test_db, broker| async move {
+        let env = scenario(Env::start(test_db, &broker, config.clone()).await).await;
+        env.exchange.shutdown().await;
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readings_published_while_the_exchange_is_down_wait_in_its_session_and_are_stored_when_it_returns() {
-    for broker in brokers() {
-        for test_db in TestDb::all() {
-            eprintln!("backend {:?}, broker {}", test_db.db.backend(), broker.name);
-            let mut env = Env::start(test_db, &broker, ExchangeConfig::new(protocol::testing::operator_key())).await;
-            env.reading_acked(good_reading(&env, 1, NOW_MS - 3_000, 1)).await;
-            env.exchange.clone().shutdown().await;
-            // The exchange is gone; its gateways go on publishing and the broker acknowledges them.
-            let device = device_hex(&env.device);
-            for seq in 2..=4 {
-                let bytes = good_reading(&env, seq, NOW_MS - 3_000 + seq as i64 * 500, seq as i64);
-                env.probe.publish(topics::readings(&env.zone, &device), bytes).await;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            assert_eq!(env.stored_readings().await, 1, "nothing is stored while the exchange is down");
-            // Restarted with the same zones: an exchange serving every zone would subscribe with
-            // wildcards and, on the shared Mosquitto, refuse the other tests' messages as unknown_zone.
-            let options = mqtt_options(&broker, &env.client_id);
-            env.exchange = service::start(env.config.clone(), env.test_db.db.clone(), env.clock.clone(), Some(options))
-                .await
-                .expect("the exchange restarts");
-            for seq in 2..=4 {
-                let payload = env.probe.next_on(&topics::events(&env.zone, &device)).await;
-                let ack = decode::<ReadingAck>(&payload).expect("an ack");
-                assert_eq!(ack.seq, seq, "delivered from the session, in order");
-            }
-            assert_eq!(env.stored_readings().await, 4, "every reading published during the outage is stored");
-            env.exchange.shutdown().await;
+    each_backend_and_broker(|test_db, broker| async move {
+        let mut env = Env::start(test_db, &broker, ExchangeConfig::new(protocol::testing::operator_key())).await;
+        env.reading_acked(good_reading(&env, 1, NOW_MS - 3_000, 1)).await;
+        env.exchange.clone().shutdown().await;
+        // The exchange is gone; its gateways go on publishing and the broker acknowledges them.
+        let device = device_hex(&env.device);
+        for seq in 2..=4 {
+            let bytes = good_reading(&env, seq, NOW_MS - 3_000 + seq as i64 * 500, seq as i64);
+            env.probe.publish(topics::readings(&env.zone, &device), bytes).await;
         }
-    }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(env.stored_readings().await, 1, "nothing is stored while the exchange is down");
+        // Restarted with the same zones: an exchange serving every zone would subscribe with
+        // wildcards and, on the shared Mosquitto, refuse the other tests' messages as unknown_zone.
+        let options = mqtt_options(&broker, &env.client_id);
+        env.exchange = service::start(env.config.clone(), env.test_db.db.clone(), env.clock.clone(), Some(options))
+            .await
+            .expect("the exchange restarts");
+        for seq in 2..=4 {
+            let payload = env.probe.next_on(&topics::events(&env.zone, &device)).await;
+            let ack = decode::<ReadingAck>(&payload).expect("an ack");
+            assert_eq!(ack.seq, seq, "delivered from the session, in order");
+        }
+        assert_eq!(env.stored_readings().await, 4, "every reading published during the outage is stored");
+        env.exchange.shutdown().await;
+    })
+    .await;
 }
 
 /// A utility registers a zone (and households in it) while the exchange runs: the exchange serves it

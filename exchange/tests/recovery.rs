@@ -133,12 +133,10 @@ async fn settle(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_sigkill_the_restarted_exchange_rebuilds_the_same_books_and_loses_nothing_acknowledged() {
-    for broker in brokers() {
-        for test_db in TestDb::all() {
-            eprintln!("backend {:?}, broker {}", test_db.db.backend(), broker.name);
-            crash_and_recover(&test_db, &broker).await;
-        }
-    }
+    each_backend_and_broker(|test_db, broker| async move {
+        crash_and_recover(&test_db, &broker).await;
+    })
+    .await;
 }
 
 async fn crash_and_recover(test_db: &TestDb, broker: &BrokerAddr) {

@@ -61,10 +61,7 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     for broker in brokers() {
-        let Some(test_db) = TestDb::postgres() else {
-            eprintln!("DATABASE_URL is not set: relaying needs PostgreSQL (SQLite takes one exchange)");
-            return;
-        };
+        let Some(test_db) = postgres_for("relaying needs PostgreSQL (SQLite takes one exchange)") else { return };
         eprintln!("broker {}", broker.name);
         scenario(test_db, broker).await;
     }

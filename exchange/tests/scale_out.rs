@@ -55,10 +55,7 @@ async fn sell_all(exchange: &ExchangeHandle, key: &SigningKey, zone: &ZoneId) {
 /// from a sequence both commit, and each zone's log is in its arrival order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_exchanges_on_one_postgres_never_take_the_same_command_number() {
-    let Some(test_db) = TestDb::postgres() else {
-        eprintln!("DATABASE_URL is not set: this test needs PostgreSQL (SQLite takes one exchange)");
-        return;
-    };
+    let Some(test_db) = postgres_for("this test needs PostgreSQL (SQLite takes one exchange)") else { return };
     let zones = [
         ZoneId::parse(&format!("n{}", unique())).expect("zone"),
         ZoneId::parse(&format!("s{}", unique())).expect("zone"),
@@ -185,10 +182,7 @@ fn logged_nonces(db: &Database, account: &SigningKey) -> Vec<i64> {
 /// zones only; the other refuses them as moved (nothing stored), so a caller retries elsewhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zones_are_shared_between_two_instances_started_without_market_zones() {
-    let Some(test_db) = TestDb::postgres() else {
-        eprintln!("DATABASE_URL is not set: zone leases are taken on PostgreSQL only");
-        return;
-    };
+    let Some(test_db) = postgres_for("zone leases are taken on PostgreSQL only") else { return };
     let zones = zones(4);
     let mut keys = Vec::new();
     for (index, zone) in zones.iter().enumerate() {
@@ -229,10 +223,7 @@ async fn zones_are_shared_between_two_instances_started_without_market_zones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_owners_zones_move_to_the_survivor_and_nothing_acknowledged_is_lost() {
     for broker in brokers() {
-        let Some(test_db) = TestDb::postgres() else {
-            eprintln!("DATABASE_URL is not set: zone leases are taken on PostgreSQL only");
-            return;
-        };
+        let Some(test_db) = postgres_for("zone leases are taken on PostgreSQL only") else { return };
         eprintln!("broker {}", broker.name);
         dead_owner_failover(&test_db, &broker).await;
     }
@@ -309,10 +300,7 @@ async fn dead_owner_failover(test_db: &TestDb, broker: &BrokerAddr) {
 /// The same order sent again to the new owner commits normally, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_owner_whose_lease_was_taken_cannot_commit() {
-    let Some(test_db) = TestDb::postgres() else {
-        eprintln!("DATABASE_URL is not set: zone leases are taken on PostgreSQL only");
-        return;
-    };
+    let Some(test_db) = postgres_for("zone leases are taken on PostgreSQL only") else { return };
     let zones = zones(1);
     let zone = &zones[0];
     seed_zone(&test_db.db, zone, SLOT_LEN_MS);
@@ -352,10 +340,7 @@ async fn a_stale_owner_whose_lease_was_taken_cannot_commit() {
 /// the nonce logged and refuses the command `replayed`, and the instance goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nonce_logged_by_another_instance_is_refused_as_replayed_and_stalls_nothing() {
-    let Some(test_db) = TestDb::postgres() else {
-        eprintln!("DATABASE_URL is not set: zone leases are taken on PostgreSQL only");
-        return;
-    };
+    let Some(test_db) = postgres_for("zone leases are taken on PostgreSQL only") else { return };
     let zones = zones(2);
     for zone in &zones {
         seed_zone(&test_db.db, zone, SLOT_LEN_MS);

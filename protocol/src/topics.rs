@@ -94,17 +94,30 @@ pub fn relay_replies_filter(instance: &str) -> String {
     format!("{PREFIX}/+/relay-replies/{instance}")
 }
 
+/// The segments of a `{PREFIX}/{zone}/{channel}/…` topic with exactly `N` segments after
+/// `channel`: the zone and those, unparsed; `None` for any other topic.
+fn channel_segments<'a, const N: usize>(topic: &'a str, channel: &str) -> Option<(&'a str, [&'a str; N])> {
+    let mut parts = topic.strip_prefix(PREFIX)?.strip_prefix('/')?.split('/');
+    let zone = parts.next()?;
+    if parts.next()? != channel {
+        return None;
+    }
+    let mut after = [""; N];
+    for segment in &mut after {
+        *segment = parts.next()?;
+    }
+    parts.next().is_none().then_some((zone, after))
+}
+
 /// A relay topic's segments: `(zone, instance, request)` of [`relay`], unparsed.
 pub fn parse_relay(topic: &str) -> Option<(&str, &str, &str)> {
-    let mut parts = topic.strip_prefix(PREFIX)?.strip_prefix('/')?.split('/');
-    let (zone, channel, instance, request) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    (channel == "relay" && parts.next().is_none()).then_some((zone, instance, request))
+    let (zone, [instance, request]) = channel_segments(topic, "relay")?;
+    Some((zone, instance, request))
 }
 /// A relay reply topic's segments: `(zone, instance)` of [`relay_replies`], unparsed.
 pub fn parse_relay_replies(topic: &str) -> Option<(&str, &str)> {
-    let mut parts = topic.strip_prefix(PREFIX)?.strip_prefix('/')?.split('/');
-    let (zone, channel, instance) = (parts.next()?, parts.next()?, parts.next()?);
-    (channel == "relay-replies" && parts.next().is_none()).then_some((zone, instance))
+    let (zone, [instance]) = channel_segments(topic, "relay-replies")?;
+    Some((zone, instance))
 }
 
 /// A read query (book, slots, auctions, an account's open orders) that gridex server `instance`
@@ -127,15 +140,13 @@ pub fn query_replies_filter(instance: &str) -> String {
 }
 /// A read query topic's segments: `(zone, instance, request)` of [`query`], unparsed.
 pub fn parse_query(topic: &str) -> Option<(&str, &str, &str)> {
-    let mut parts = topic.strip_prefix(PREFIX)?.strip_prefix('/')?.split('/');
-    let (zone, channel, instance, request) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    (channel == "query" && parts.next().is_none()).then_some((zone, instance, request))
+    let (zone, [instance, request]) = channel_segments(topic, "query")?;
+    Some((zone, instance, request))
 }
 /// A read query answer topic's segments: `(zone, instance)` of [`query_replies`], unparsed.
 pub fn parse_query_replies(topic: &str) -> Option<(&str, &str)> {
-    let mut parts = topic.strip_prefix(PREFIX)?.strip_prefix('/')?.split('/');
-    let (zone, channel, instance) = (parts.next()?, parts.next()?, parts.next()?);
-    (channel == "query-replies" && parts.next().is_none()).then_some((zone, instance))
+    let (zone, [instance]) = channel_segments(topic, "query-replies")?;
+    Some((zone, instance))
 }
 
 /// Subscription filters for the exchange: inbound messages of every zone.

@@ -85,6 +85,12 @@ fn canonical_signing_bytes(kind: &str, object: &Map<String, Value>) -> Vec<u8> {
     crate::wire::signing_bytes(kind, object).expect("restricted values")
 }
 
+/// `object` signed by `key` over its own canonical signing bytes as a `kind`.
+fn signed_canonically(kind: &str, object: Map<String, Value>, key: &SigningKey) -> Value {
+    let bytes = canonical_signing_bytes(kind, &object);
+    with_sig(object, key, &bytes)
+}
+
 /// Every vector, in file order.
 pub fn vectors() -> Value {
     let device = signing_key(1);
@@ -218,23 +224,21 @@ pub fn vectors() -> Value {
 
     let mut unknown_object = reading_object.clone();
     unknown_object.insert("note".to_owned(), json!("hello"));
-    let unknown_bytes = canonical_signing_bytes(Reading::TYPE, &unknown_object);
     out.push(invalid(
         "unknown-field",
         "reading",
         &device_pub,
-        with_sig(unknown_object, &device, &unknown_bytes),
+        signed_canonically(Reading::TYPE, unknown_object, &device),
         "unknown_field",
     ));
 
     let mut oversized_object = reading_object.clone();
     oversized_object.insert("note".to_owned(), json!("x".repeat(1100)));
-    let oversized_bytes = canonical_signing_bytes(Reading::TYPE, &oversized_object);
     out.push(invalid(
         "oversized",
         "reading",
         &device_pub,
-        with_sig(oversized_object, &device, &oversized_bytes),
+        signed_canonically(Reading::TYPE, oversized_object, &device),
         "too_large",
     ));
 
@@ -254,12 +258,11 @@ pub fn vectors() -> Value {
 
     let mut negative_object = reading_object.clone();
     negative_object.insert("export_wh".to_owned(), json!(-1));
-    let negative_bytes = canonical_signing_bytes(Reading::TYPE, &negative_object);
     out.push(invalid(
         "negative-counter",
         "reading",
         &device_pub,
-        with_sig(negative_object, &device, &negative_bytes),
+        signed_canonically(Reading::TYPE, negative_object, &device),
         "invalid_value",
     ));
 
@@ -332,21 +335,19 @@ fn battery_plan_vectors(trader: &SigningKey) -> Vec<Value> {
     let trader_pub = trader.verifying_key().to_bytes();
     let mut out = vec![valid("battery-plan", sample_battery_plan(trader, 4), trader)];
     let object = object_of(&sample_battery_plan(trader, 4));
-    let bytes = canonical_signing_bytes(BatteryPlan::TYPE, &object);
     out.push(invalid(
         "battery-plan-not-by-its-account",
         BatteryPlan::TYPE,
         &trader_pub,
-        with_sig(object, &signing_key(1), &bytes),
+        signed_canonically(BatteryPlan::TYPE, object, &signing_key(1)),
         "bad_signature",
     ));
     let object = object_of(&sample_battery_plan(trader, BATTERY_PLAN_SLOTS_MAX + 1));
-    let bytes = canonical_signing_bytes(BatteryPlan::TYPE, &object);
     out.push(invalid(
         "battery-plan-too-many-slots",
         BatteryPlan::TYPE,
         &trader_pub,
-        with_sig(object, trader, &bytes),
+        signed_canonically(BatteryPlan::TYPE, object, trader),
         "invalid_value",
     ));
     out

@@ -1,11 +1,11 @@
 //! The exchange as separate `exchange-node` processes on the tool's broker and PostgreSQL database,
 //! sharing the zones by lease.
 
-use crate::support::BrokerAddr;
+use crate::support::{spawn_node, BrokerAddr};
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -46,30 +46,7 @@ pub struct Node {
 impl Node {
     /// Starts a node on `db_url` and `broker`, with the default lease settings, and waits for `ready`.
     pub fn start(db_url: &str, broker: &BrokerAddr, name: &str) -> Node {
-        let mut child = Command::new(binary())
-            .args(["--db", db_url, "--mqtt", &format!("{}:{}", broker.host, broker.port), "--client-id", name])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn exchange-node");
-        let stderr = child.stderr.take().expect("the node's stderr");
-        let prefix = name.to_owned();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[{prefix}] {line}");
-            }
-        });
-        let stdout = child.stdout.take().expect("the node's stdout");
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stdin = child.stdin.take().expect("the node's stdin");
+        let (child, stdin, lines) = spawn_node(&binary(), db_url, broker, name, &[]);
         let mut node = Node { name: name.to_owned(), child, stdin, lines, done: false };
         assert_eq!(node.line(), "ready", "{} starts", node.name);
         node

@@ -191,7 +191,7 @@ impl Desk {
 
     async fn answer(&self, raw: RawQuery) {
         let operator = self.key.verifying_key().to_bytes();
-        let body: QueryBody = match query::open(&operator, query::QUERY_DOMAIN, &raw.payload) {
+        let body: QueryBody = match query::QUERY.open(&operator, &raw.payload) {
             Ok(body) => body,
             Err(error) => {
                 metrics::counter!("gridex_relayed_queries_refused_total").increment(1);
@@ -240,7 +240,7 @@ fn seal_answer(
     answer: Answer,
 ) -> Option<Vec<u8>> {
     let body = AnswerBody { request: request.to_owned(), zone: zone.clone(), answer };
-    let refusal = match query::seal(key, query::ANSWER_DOMAIN, &body) {
+    let refusal = match query::ANSWER.seal(key, &body) {
         Ok(payload) if payload.len() <= payload_bytes_max => return Some(payload),
         Ok(payload) => Answer::Refused {
             reason: Reason::TooLarge,
@@ -257,7 +257,7 @@ fn seal_answer(
         }
     };
     let body = AnswerBody { answer: refusal, ..body };
-    query::seal(key, query::ANSWER_DOMAIN, &body).ok()
+    query::ANSWER.seal(key, &body).ok()
 }
 
 #[cfg(test)]
@@ -281,8 +281,7 @@ mod tests {
         let payload =
             seal_answer(&key, query::PAYLOAD_BYTES_MAX, "r1", &zone, Answer::Auctions { auctions }).expect("sealed");
         assert!(payload.len() <= query::PAYLOAD_BYTES_MAX);
-        let opened: AnswerBody =
-            query::open(&key.verifying_key().to_bytes(), query::ANSWER_DOMAIN, &payload).expect("verifies");
+        let opened: AnswerBody = query::ANSWER.open(&key.verifying_key().to_bytes(), &payload).expect("verifies");
         match opened.answer {
             Answer::Refused { reason, message } => {
                 assert_eq!(reason, Reason::TooLarge);
@@ -292,8 +291,7 @@ mod tests {
         }
         let few = Answer::Auctions { auctions: vec![result(900_000)] };
         let payload = seal_answer(&key, query::PAYLOAD_BYTES_MAX, "r2", &zone, few.clone()).expect("sealed");
-        let opened: AnswerBody =
-            query::open(&key.verifying_key().to_bytes(), query::ANSWER_DOMAIN, &payload).expect("verifies");
+        let opened: AnswerBody = query::ANSWER.open(&key.verifying_key().to_bytes(), &payload).expect("verifies");
         assert_eq!(opened.answer, few);
     }
 }

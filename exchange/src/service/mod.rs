@@ -39,12 +39,14 @@
 mod acks;
 mod answers;
 mod commit;
+mod envelope;
 pub(crate) mod error;
 pub(crate) mod events;
 mod leases;
 mod mqtt;
 pub(crate) mod outlets;
 mod ownership;
+mod pending;
 mod plans;
 mod query;
 mod relay;

@@ -14,19 +14,18 @@
 //! worth redelivering to a session that was away (its caller has timed out by then and retries).
 //!
 //! This file holds the wire format and the asking half; `answers.rs` the owner's half. A leaf of the
-//! service: of its modules it imports only [`super::events`].
+//! service: of its modules it imports only [`super::events`] and the leaves it shares with the
+//! command relay, [`super::envelope`] (the signed payloads) and [`super::pending`] (the waiting
+//! callers).
 
+use super::envelope::{Envelope, Framing};
 use super::events::{Outbound, SlotInfo};
+use super::pending::Pending;
 use crate::ingest::Rejection;
 use crate::zone::OpenOrder;
-use ed25519_dalek::{Signer, SigningKey};
 use protocol::{AccountId, AuctionResult, BookSnapshot, Reason, SlotId, ZoneId};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 /// Relayed queries waiting for their owner's answer at once: each holds an HTTP request open, so
@@ -46,6 +45,11 @@ pub(crate) const PACKET_OVERHEAD_BYTES: usize = 1_024;
 /// `open_orders_per_account_max` per slot, so about 200 of them) may not fit: the owner answers
 /// `too_large` rather than a truncated list.
 pub(crate) const PAYLOAD_BYTES_MAX: usize = 64 * 1024 - PACKET_OVERHEAD_BYTES;
+/// A relayed query on the wire: the signature in hex, a newline, then the body's JSON as signed.
+pub(crate) const QUERY: Envelope =
+    Envelope { domain: QUERY_DOMAIN, framing: Framing::Line, payload_bytes_max: PAYLOAD_BYTES_MAX };
+/// An answer on the wire, framed as a query.
+pub(crate) const ANSWER: Envelope = Envelope { domain: ANSWER_DOMAIN, ..QUERY };
 
 /// A read query, as the owner's zone task answers it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,50 +92,6 @@ pub(crate) struct AnswerBody {
     pub answer: Answer,
 }
 
-/// Hex digits of the signature that opens a payload.
-const SIG_HEX_LEN: usize = 128;
-
-fn signed_bytes(domain: &[u8], body: &str) -> Vec<u8> {
-    let mut bytes = domain.to_vec();
-    bytes.extend_from_slice(body.as_bytes());
-    bytes
-}
-
-/// `body`, signed with `key` under `domain`, as it goes on the wire: the operator's signature over
-/// domain ‖ body in hex, a newline, then the body's JSON exactly as signed (not escaped into an
-/// envelope: a book or a list keeps its size).
-pub(crate) fn seal(key: &SigningKey, domain: &[u8], body: &impl Serialize) -> Result<Vec<u8>, serde_json::Error> {
-    let body = serde_json::to_string(body)?;
-    let sig = hex::encode(key.sign(&signed_bytes(domain, &body)).to_bytes());
-    Ok(format!("{sig}\n{body}").into_bytes())
-}
-
-/// Why a relayed query or answer was dropped.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub(crate) enum OpenError {
-    #[error("the payload does not parse or is too large")]
-    Malformed,
-    #[error("the payload is not signed by the operator key")]
-    BadSignature,
-}
-
-/// The body of `payload`, once its signature under `domain` verified against `operator`.
-pub(crate) fn open<T: DeserializeOwned>(operator: &[u8; 32], domain: &[u8], payload: &[u8]) -> Result<T, OpenError> {
-    if payload.len() > PAYLOAD_BYTES_MAX {
-        return Err(OpenError::Malformed);
-    }
-    let (sig, body) = match (payload.get(..SIG_HEX_LEN), payload.get(SIG_HEX_LEN), payload.get(SIG_HEX_LEN + 1..)) {
-        (Some(sig), Some(b'\n'), Some(body)) => (sig, body),
-        _ => return Err(OpenError::Malformed),
-    };
-    let body = std::str::from_utf8(body).map_err(|_| OpenError::Malformed)?;
-    let sig: [u8; 64] = hex::decode(sig).ok().and_then(|bytes| bytes.try_into().ok()).ok_or(OpenError::Malformed)?;
-    let key = ed25519_dalek::VerifyingKey::from_bytes(operator).map_err(|_| OpenError::BadSignature)?;
-    key.verify_strict(&signed_bytes(domain, body), &ed25519_dalek::Signature::from_bytes(&sig))
-        .map_err(|_| OpenError::BadSignature)?;
-    serde_json::from_str(body).map_err(|_| OpenError::Malformed)
-}
-
 /// What the caller of a relayed query is told when no owner answered in time.
 pub(crate) fn no_live_owner(zone: &ZoneId, timeout_ms: u64) -> Rejection {
     Rejection::new(
@@ -143,62 +103,27 @@ pub(crate) fn no_live_owner(zone: &ZoneId, timeout_ms: u64) -> Rejection {
 type Waiting = oneshot::Sender<Answer>;
 
 /// The asking half of the query relay; cheap to clone. Off without a broker or leases.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, Debug)]
 pub(crate) struct QueryClient {
-    inner: Option<Arc<Inner>>,
-}
-
-struct Inner {
-    /// This server's segment of the query topics (as the command relay's: `relay::topic_segment`).
-    name: String,
-    publish: mpsc::Sender<Outbound>,
-    operator: [u8; 32],
-    timeout: Duration,
-    pending: Mutex<HashMap<String, Waiting>>,
-    /// Request ids: a per-process random prefix and a counter.
-    prefix: u64,
-    next: AtomicU64,
-}
-
-impl Inner {
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, Waiting>> {
-        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-impl std::fmt::Debug for QueryClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QueryClient").field("name", &self.name()).finish_non_exhaustive()
-    }
+    inner: Option<Arc<Pending<Waiting>>>,
 }
 
 /// Forgets a pending query when its caller stops waiting (answered, timed out or dropped).
 struct PendingGuard<'a> {
-    inner: &'a Inner,
+    inner: &'a Pending<Waiting>,
     request: String,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.inner.pending().remove(&self.request);
+        self.inner.take(&self.request);
     }
 }
 
 impl QueryClient {
     /// A client publishing through `publish` as `name` (already one topic segment).
     pub(crate) fn new(name: String, publish: mpsc::Sender<Outbound>, operator: [u8; 32], timeout_ms: u64) -> Self {
-        let prefix = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), &name);
-        QueryClient {
-            inner: Some(Arc::new(Inner {
-                name,
-                publish,
-                operator,
-                timeout: Duration::from_millis(timeout_ms),
-                pending: Mutex::new(HashMap::new()),
-                prefix,
-                next: AtomicU64::new(0),
-            })),
-        }
+        QueryClient { inner: Some(Arc::new(Pending::new(name, publish, operator, timeout_ms, QUERIES_PENDING_MAX))) }
     }
 
     /// This server's segment of the query topics; `None` when relaying is off.
@@ -213,24 +138,20 @@ impl QueryClient {
         Some(Self::ask_on(inner, zone, query).await)
     }
 
-    async fn ask_on(inner: &Inner, zone: &ZoneId, query: Query) -> Result<Answer, Rejection> {
-        let request = format!("{:016x}{:016x}", inner.prefix, inner.next.fetch_add(1, Ordering::Relaxed));
+    async fn ask_on(inner: &Pending<Waiting>, zone: &ZoneId, query: Query) -> Result<Answer, Rejection> {
         let (sender, receiver) = oneshot::channel();
-        {
-            let mut pending = inner.pending();
-            if pending.len() >= QUERIES_PENDING_MAX {
-                return Err(Rejection::new(
-                    Reason::Overloaded,
-                    "too many queries wait for another instance's answer; retry later",
-                ));
-            }
-            pending.insert(request.clone(), sender);
-        }
+        let Ok(request) = inner.wait(sender) else {
+            return Err(Rejection::new(
+                Reason::Overloaded,
+                "too many queries wait for another instance's answer; retry later",
+            ));
+        };
         let _guard = PendingGuard { inner, request: request.clone() };
         let topic = protocol::topics::query(zone, &inner.name, &request);
         let body = QueryBody { zone: zone.clone(), instance: inner.name.clone(), request, query };
         let sign: super::events::Sign = Box::new(move |key| {
-            seal(key, QUERY_DOMAIN, &body)
+            QUERY
+                .seal(key, &body)
                 .map_err(|error| protocol::ProtocolError::new(Reason::InternalError, error.to_string()))
         });
         let outbound = Outbound { topic, sign, qos: rumqttc::QoS::AtMostOnce, retain: false };
@@ -246,7 +167,7 @@ impl QueryClient {
             // Timed out (or the sender was dropped, which only a timeout's clean-up does).
             _ => {
                 metrics::counter!("gridex_relayed_queries_total", "result" => "timed_out").increment(1);
-                Err(no_live_owner(zone, inner.timeout.as_millis() as u64))
+                Err(no_live_owner(zone, inner.timeout_ms()))
             }
         }
     }
@@ -255,9 +176,9 @@ impl QueryClient {
     /// answer after the timeout, a duplicate or one that does not verify is dropped).
     pub(crate) fn answer(&self, payload: &[u8]) {
         let Some(inner) = &self.inner else { return };
-        match open::<AnswerBody>(&inner.operator, ANSWER_DOMAIN, payload) {
+        match ANSWER.open::<AnswerBody>(&inner.operator, payload) {
             Ok(body) => {
-                if let Some(waiting) = inner.pending().remove(&body.request) {
+                if let Some(waiting) = inner.take(&body.request) {
                     let _ = waiting.send(body.answer);
                 }
             }
@@ -271,13 +192,15 @@ impl QueryClient {
     /// Whether a caller waits for `request` (tests).
     #[cfg(test)]
     fn waits_for(&self, request: &str) -> bool {
-        self.inner.as_ref().is_some_and(|inner| inner.pending().contains_key(request))
+        self.inner.as_ref().is_some_and(|inner| inner.waits_for(request))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::envelope::OpenError;
     use super::*;
+    use ed25519_dalek::SigningKey;
 
     fn zone() -> ZoneId {
         ZoneId::parse("north").expect("valid")
@@ -312,11 +235,11 @@ mod tests {
             request: "r1".to_owned(),
             query: Query::OpenOrders { account: AccountId::from_verifying_key(&key.verifying_key()) },
         };
-        let payload = seal(&key, QUERY_DOMAIN, &query).expect("signs");
-        assert_eq!(open::<QueryBody>(&pinned, QUERY_DOMAIN, &payload), Ok(query));
+        let payload = QUERY.seal(&key, &query).expect("signs");
+        assert_eq!(QUERY.open::<QueryBody>(&pinned, &payload), Ok(query));
         let answer = book_answer("r1");
-        let payload = seal(&key, ANSWER_DOMAIN, &answer).expect("signs");
-        assert_eq!(open::<AnswerBody>(&pinned, ANSWER_DOMAIN, &payload), Ok(answer));
+        let payload = ANSWER.seal(&key, &answer).expect("signs");
+        assert_eq!(ANSWER.open::<AnswerBody>(&pinned, &payload), Ok(answer));
     }
 
     /// A neighbour on the broker (one without ACLs) forges a book, or passes a signed query off as
@@ -326,20 +249,21 @@ mod tests {
         let key = protocol::testing::operator_key();
         let pinned = key.verifying_key().to_bytes();
         let answer = book_answer("r1");
-        let forged = seal(&SigningKey::from_bytes(&[77; 32]), ANSWER_DOMAIN, &answer).expect("signs");
-        assert_eq!(open::<AnswerBody>(&pinned, ANSWER_DOMAIN, &forged), Err(OpenError::BadSignature));
-        let genuine = String::from_utf8(seal(&key, ANSWER_DOMAIN, &answer).expect("signs")).expect("utf-8");
+        let forged = ANSWER.seal(&SigningKey::from_bytes(&[77; 32]), &answer).expect("signs");
+        assert_eq!(ANSWER.open::<AnswerBody>(&pinned, &forged), Err(OpenError::BadSignature));
+        let genuine = String::from_utf8(ANSWER.seal(&key, &answer).expect("signs")).expect("utf-8");
         let altered = genuine.replace("120000", "999999");
         assert!(genuine.contains("\"price_per_kwh\":120000"), "not escaped: {genuine}");
         assert_ne!(altered, genuine);
-        assert_eq!(open::<AnswerBody>(&pinned, ANSWER_DOMAIN, altered.as_bytes()), Err(OpenError::BadSignature));
-        let as_query = seal(&key, QUERY_DOMAIN, &answer).expect("signs");
-        assert_eq!(open::<AnswerBody>(&pinned, ANSWER_DOMAIN, &as_query), Err(OpenError::BadSignature));
-        let command_reply_domain = seal(&key, super::super::relay::REPLY_DOMAIN, &answer).expect("signs");
-        assert_eq!(open::<AnswerBody>(&pinned, ANSWER_DOMAIN, &command_reply_domain), Err(OpenError::BadSignature));
-        assert_eq!(open::<AnswerBody>(&pinned, ANSWER_DOMAIN, b"{}"), Err(OpenError::Malformed));
+        assert_eq!(ANSWER.open::<AnswerBody>(&pinned, altered.as_bytes()), Err(OpenError::BadSignature));
+        let as_query = QUERY.seal(&key, &answer).expect("signs");
+        assert_eq!(ANSWER.open::<AnswerBody>(&pinned, &as_query), Err(OpenError::BadSignature));
+        let command_reply_domain =
+            Envelope { domain: super::super::relay::REPLY_DOMAIN, ..ANSWER }.seal(&key, &answer).expect("signs");
+        assert_eq!(ANSWER.open::<AnswerBody>(&pinned, &command_reply_domain), Err(OpenError::BadSignature));
+        assert_eq!(ANSWER.open::<AnswerBody>(&pinned, b"{}"), Err(OpenError::Malformed));
         let huge = vec![b' '; PAYLOAD_BYTES_MAX + 1];
-        assert_eq!(open::<AnswerBody>(&pinned, ANSWER_DOMAIN, &huge), Err(OpenError::Malformed));
+        assert_eq!(ANSWER.open::<AnswerBody>(&pinned, &huge), Err(OpenError::Malformed));
     }
 
     /// The same, through the client: a forged answer on the reply topic does not answer the caller,
@@ -358,9 +282,9 @@ mod tests {
             .map(|(z, i, r)| (z.to_owned(), i.to_owned(), r.to_owned()))
             .expect("a query topic");
         assert_eq!((topic_zone.as_str(), instance.as_str()), ("north", "web-a"));
-        let query: QueryBody =
-            open(&key.verifying_key().to_bytes(), QUERY_DOMAIN, &(outbound.sign)(&key).expect("signs"))
-                .expect("signed by the operator");
+        let query: QueryBody = QUERY
+            .open(&key.verifying_key().to_bytes(), &(outbound.sign)(&key).expect("signs"))
+            .expect("signed by the operator");
         assert_eq!(query.request, request);
 
         let mut forged_answer = book_answer(&request);
@@ -371,10 +295,10 @@ mod tests {
                 orders: 1,
             });
         }
-        client.answer(&seal(&SigningKey::from_bytes(&[77; 32]), ANSWER_DOMAIN, &forged_answer).expect("signs"));
+        client.answer(&ANSWER.seal(&SigningKey::from_bytes(&[77; 32]), &forged_answer).expect("signs"));
         assert!(client.waits_for(&request), "a forged answer must not answer the caller");
         let genuine = book_answer(&request);
-        client.answer(&seal(&key, ANSWER_DOMAIN, &genuine).expect("signs"));
+        client.answer(&ANSWER.seal(&key, &genuine).expect("signs"));
         let answered = asking.await.expect("joins").expect("relaying is on").expect("answered");
         assert_eq!(answered, genuine.answer);
         assert!(!client.waits_for(&request));

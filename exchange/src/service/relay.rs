@@ -10,17 +10,18 @@
 //! `protocol`: no trader or gateway ever reads it), signed with the operator key under its own
 //! domain tag ([`REPLY_DOMAIN`]) and verified against the operator key the server runs with, so a
 //! participant who could publish on a reply topic despite the broker's ACL still cannot forge an
-//! outcome. A leaf of the service: of its modules it imports only [`super::events`].
+//! outcome. A leaf of the service: of its modules it imports only [`super::events`] and the leaves
+//! it shares with the query relay, [`super::envelope`] (the signed reply) and [`super::pending`] (the
+//! waiting callers).
 
+use super::envelope::{Envelope, Framing, OpenError};
 use super::events::{CommandAck, Outbound};
+use super::pending::Pending;
 use crate::ingest::Rejection;
-use ed25519_dalek::{Signer, SigningKey};
+use ed25519_dalek::SigningKey;
 use protocol::{topics, OrderUpdate, Reason, Trade, ZoneId};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 /// Relayed commands waiting for their owner's answer at once: each holds an HTTP request open, so
@@ -32,6 +33,9 @@ pub(crate) const REPLY_DOMAIN: &[u8] = b"gridex-relay-reply/1\n";
 /// Largest reply body accepted: a command's updates and trades are bounded by the book's open orders
 /// per account; the broker's packet limit (64 KiB) bounds it anyway.
 const REPLY_BYTES_MAX: usize = 64 * 1024;
+/// A relay reply on the wire: the body's JSON as a string (so the signed bytes are exactly what is
+/// parsed) and the operator's signature over [`REPLY_DOMAIN`] ‖ body, in hex.
+const REPLY: Envelope = Envelope { domain: REPLY_DOMAIN, framing: Framing::Json, payload_bytes_max: REPLY_BYTES_MAX };
 
 /// What a relayed command's caller waits on.
 pub(crate) type Answer = oneshot::Sender<Result<CommandAck, Rejection>>;
@@ -54,21 +58,6 @@ enum Outcome {
     Refused { reason: Reason, message: String },
 }
 
-/// A relay reply on the wire: the body's JSON as a string (so the signed bytes are exactly what is
-/// parsed) and the operator's signature over [`REPLY_DOMAIN`] ‖ body, in hex.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Envelope {
-    body: String,
-    sig: String,
-}
-
-fn signed_bytes(body: &str) -> Vec<u8> {
-    let mut bytes = REPLY_DOMAIN.to_vec();
-    bytes.extend_from_slice(body.as_bytes());
-    bytes
-}
-
 /// The payload of the reply to `request`: its outcome, signed with the operator key.
 pub(crate) fn sign_reply(
     key: &SigningKey,
@@ -82,12 +71,10 @@ pub(crate) fn sign_reply(
         }
         Err(rejection) => Outcome::Refused { reason: rejection.reason, message: rejection.message.clone() },
     };
-    let body = serde_json::to_string(&ReplyBody { request: request.to_owned(), zone: zone.clone(), outcome })?;
-    let sig = hex::encode(key.sign(&signed_bytes(&body)).to_bytes());
-    serde_json::to_vec(&Envelope { body, sig })
+    REPLY.seal(key, &ReplyBody { request: request.to_owned(), zone: zone.clone(), outcome })
 }
 
-/// Why a relay reply was dropped.
+/// Why a relay reply was dropped: an [`OpenError`], in the words the relay's log has always used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub(crate) enum ReplyError {
     #[error("the reply does not parse")]
@@ -96,21 +83,21 @@ pub(crate) enum ReplyError {
     BadSignature,
 }
 
+impl From<OpenError> for ReplyError {
+    fn from(error: OpenError) -> Self {
+        match error {
+            OpenError::Malformed => ReplyError::Malformed,
+            OpenError::BadSignature => ReplyError::BadSignature,
+        }
+    }
+}
+
 /// The request id and outcome of a reply, once its signature verified against `operator`.
 pub(crate) fn open_reply(
     operator: &[u8; 32],
     payload: &[u8],
 ) -> Result<(String, ZoneId, Result<CommandAck, Rejection>), ReplyError> {
-    if payload.len() > REPLY_BYTES_MAX {
-        return Err(ReplyError::Malformed);
-    }
-    let envelope: Envelope = serde_json::from_slice(payload).map_err(|_| ReplyError::Malformed)?;
-    let sig: [u8; 64] =
-        hex::decode(&envelope.sig).ok().and_then(|bytes| bytes.try_into().ok()).ok_or(ReplyError::Malformed)?;
-    let key = ed25519_dalek::VerifyingKey::from_bytes(operator).map_err(|_| ReplyError::BadSignature)?;
-    key.verify_strict(&signed_bytes(&envelope.body), &ed25519_dalek::Signature::from_bytes(&sig))
-        .map_err(|_| ReplyError::BadSignature)?;
-    let body: ReplyBody = serde_json::from_str(&envelope.body).map_err(|_| ReplyError::Malformed)?;
+    let body: ReplyBody = REPLY.open(operator, payload)?;
     let result = match body.outcome {
         Outcome::Accepted { command_seq, updates, trades } => Ok(CommandAck { command_seq, updates, trades }),
         Outcome::Refused { reason, message } => Err(Rejection::new(reason, message)),
@@ -132,27 +119,10 @@ pub(crate) fn no_live_owner(zone: &ZoneId, timeout_ms: u64) -> Rejection {
 }
 
 /// The relay client and the owner's answering half; cheap to clone. Off without a broker or leases.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, Debug)]
 pub(crate) struct Relay {
-    inner: Option<Arc<Inner>>,
-}
-
-struct Inner {
-    /// This server's segment of the relay topics: its broker username, or its instance id.
-    name: String,
-    publish: mpsc::Sender<Outbound>,
-    operator: [u8; 32],
-    timeout: Duration,
-    pending: Mutex<HashMap<String, Answer>>,
-    /// Request ids: a per-process random prefix and a counter, unique across restarts.
-    prefix: u64,
-    next: AtomicU64,
-}
-
-impl std::fmt::Debug for Relay {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Relay").field("name", &self.name()).finish_non_exhaustive()
-    }
+    /// Named by this server's broker username, or its instance id.
+    inner: Option<Arc<Pending<Answer>>>,
 }
 
 /// `name` as one topic segment: characters outside `[A-Za-z0-9._-]` become `_`.
@@ -169,27 +139,14 @@ pub(crate) fn topic_segment(name: &str) -> String {
 impl Relay {
     /// A relay publishing through `publish` as `name` (see [`topic_segment`]).
     pub(crate) fn new(name: &str, publish: mpsc::Sender<Outbound>, operator: [u8; 32], timeout_ms: u64) -> Relay {
-        let prefix = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), name);
         Relay {
-            inner: Some(Arc::new(Inner {
-                name: topic_segment(name),
-                publish,
-                operator,
-                timeout: Duration::from_millis(timeout_ms),
-                pending: Mutex::new(HashMap::new()),
-                prefix,
-                next: AtomicU64::new(0),
-            })),
+            inner: Some(Arc::new(Pending::new(topic_segment(name), publish, operator, timeout_ms, RELAY_PENDING_MAX))),
         }
     }
 
     /// This server's segment of the relay topics; `None` when relaying is off.
     pub(crate) fn name(&self) -> Option<&str> {
         self.inner.as_ref().map(|inner| inner.name.as_str())
-    }
-
-    fn pending(inner: &Inner) -> std::sync::MutexGuard<'_, HashMap<String, Answer>> {
-        inner.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Forwards a command for `zone` to its owner and answers `answer` with the owner's reply, or
@@ -199,24 +156,22 @@ impl Relay {
             let _ = answer.send(Err(refused));
             return;
         };
-        let request = format!("{:016x}{:016x}", inner.prefix, inner.next.fetch_add(1, Ordering::Relaxed));
-        {
-            let mut pending = Relay::pending(inner);
-            if pending.len() >= RELAY_PENDING_MAX {
+        let request = match inner.wait(answer) {
+            Ok(request) => request,
+            Err(answer) => {
                 let _ = answer.send(Err(Rejection::new(
                     Reason::Overloaded,
                     "too many commands wait for another instance's answer; retry later",
                 )));
                 return;
             }
-            pending.insert(request.clone(), answer);
-        }
+        };
         let topic = topics::relay(zone, &inner.name, &request);
         // Exactly the bytes received: the owner verifies them as it verifies its own.
         let outbound =
             Outbound { topic, sign: Box::new(move |_| Ok(bytes)), qos: rumqttc::QoS::AtLeastOnce, retain: false };
         if inner.publish.try_send(outbound).is_err() {
-            if let Some(answer) = Relay::pending(inner).remove(&request) {
+            if let Some(answer) = inner.take(&request) {
                 let _ = answer.send(Err(Rejection::new(Reason::Overloaded, "the publish queue is full; retry later")));
             }
             return;
@@ -226,9 +181,9 @@ impl Relay {
         let zone = zone.clone();
         tokio::spawn(async move {
             tokio::time::sleep(inner.timeout).await;
-            if let Some(answer) = Relay::pending(&inner).remove(&request) {
+            if let Some(answer) = inner.take(&request) {
                 metrics::counter!("gridex_relayed_commands_total", "result" => "timed_out").increment(1);
-                let _ = answer.send(Err(no_live_owner(&zone, inner.timeout.as_millis() as u64)));
+                let _ = answer.send(Err(no_live_owner(&zone, inner.timeout_ms())));
             }
         });
     }
@@ -239,7 +194,7 @@ impl Relay {
         let Some(inner) = &self.inner else { return };
         match open_reply(&inner.operator, payload) {
             Ok((request, _, result)) => {
-                if let Some(answer) = Relay::pending(inner).remove(&request) {
+                if let Some(answer) = inner.take(&request) {
                     metrics::counter!("gridex_relayed_commands_total", "result" => "answered").increment(1);
                     let _ = answer.send(result);
                 }

@@ -66,30 +66,19 @@ impl ZoneOwner {
         let (mut trades, mut updates) = (Vec::new(), Vec::new());
         for event in events {
             match *event {
-                Event::Trade { price, qty, buyer, buy_nonce, seller, sell_nonce, aggressor, .. } => {
+                Event::Trade { .. } => {
                     let index = trades.len() as u64;
                     assert!(
                         slot_book.last_command_trades + index < TRADES_PER_COMMAND_MAX,
                         "a closing auction made more trades than trade ids allow"
                     );
-                    trades.push(Trade {
-                        trade_id: first_id + index,
-                        zone: self.zone.clone(),
+                    trades.extend(slot_book.record_trade(
+                        event,
+                        &self.zone,
                         slot,
-                        price_per_kwh: price,
-                        qty_wh: qty,
-                        buyer,
-                        seller,
-                        buy_nonce,
-                        sell_nonce,
-                        aggressor,
-                        ts_ms: TimestampMs(now_ms),
-                    });
-                    for key in [(buyer, buy_nonce), (seller, sell_nonce)] {
-                        if let Some(tracked) = slot_book.tracked.get_mut(&key) {
-                            tracked.filled += qty;
-                        }
-                    }
+                        first_id + index,
+                        TimestampMs(now_ms),
+                    ));
                 }
                 Event::Filled { account, nonce } => {
                     let tracked = slot_book.tracked.remove(&(account, nonce));

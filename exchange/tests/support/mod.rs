@@ -265,6 +265,71 @@ pub fn decode<T: protocol::OperatorSigned>(bytes: &[u8]) -> Result<T, protocol::
     Ok(signed.message)
 }
 
+/// The PostgreSQL test database; `None`, said on stderr with what `needs` it, when `DATABASE_URL`
+/// is not set (the test then passes without running).
+pub fn postgres_for(needs: &str) -> Option<TestDb> {
+    let test_db = TestDb::postgres();
+    if test_db.is_none() {
+        eprintln!("DATABASE_URL is not set: {needs}");
+    }
+    test_db
+}
+
+/// Runs `scenario` once on every backend (SQLite; PostgreSQL with `DATABASE_URL`) with every broker
+/// (the embedded one; Mosquitto with `MQTT_URL`), naming each pair on stderr.
+pub async fn each_backend_and_broker<F, Fut>(mut scenario: F)
+where
+    F: FnMut(TestDb, BrokerAddr) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for broker in brokers() {
+        for test_db in TestDb::all() {
+            eprintln!("backend {:?}, broker {}", test_db.db.backend(), broker.name);
+            scenario(test_db, broker.clone()).await;
+        }
+    }
+}
+
+/// An `exchange-node` process (`binary`) on `db_url` and `broker` as `client_id`, with `args` after
+/// those: its stdin, and its stdout line by line. Its log goes to ours, each line marked with the
+/// node it came from (several nodes share the output).
+pub fn spawn_node(
+    binary: &std::path::Path,
+    db_url: &str,
+    broker: &BrokerAddr,
+    client_id: &str,
+    args: &[&str],
+) -> (std::process::Child, std::process::ChildStdin, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(binary)
+        .args(["--db", db_url, "--mqtt", &format!("{}:{}", broker.host, broker.port), "--client-id", client_id])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn exchange-node");
+    let stderr = child.stderr.take().expect("the node's stderr");
+    let name = client_id.to_owned();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[{name}] {line}");
+        }
+    });
+    let stdout = child.stdout.take().expect("the node's stdout");
+    let (sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let stdin = child.stdin.take().expect("the node's stdin");
+    (child, stdin, lines)
+}
+
 /// Starts the exchange of `config` on `db` and `clock`, connected to `broker` as `client_id`, and
 /// waits until it has subscribed.
 pub async fn start_exchange(
@@ -325,14 +390,12 @@ impl DeviceEnv {
         F: Fn(DeviceEnv) -> Fut,
         Fut: std::future::Future<Output = DeviceEnv>,
     {
-        for broker in brokers() {
-            for test_db in TestDb::all() {
-                eprintln!("backend {:?}, broker {}", test_db.db.backend(), broker.name);
-                let env = DeviceEnv::start(test_db, &broker, setup).await;
-                let env = scenario(env).await;
-                env.exchange.shutdown().await;
-            }
-        }
+        let scenario = &scenario;
+        each_backend_and_broker(|test_db, broker| async move {
+            let env = scenario(DeviceEnv::start(test_db, &broker, setup).await).await;
+            env.exchange.shutdown().await;
+        })
+        .await;
     }
 
     /// Stops the exchange and starts it again on the same session and database: its directory of

@@ -4,7 +4,7 @@
 //! `support` and have no `CARGO_BIN_EXE_exchange-node`.
 #![allow(dead_code)]
 
-use crate::support::{decode, order, BrokerAddr, ANSWER_TIMEOUT};
+use crate::support::{decode, order, spawn_node, BrokerAddr, ANSWER_TIMEOUT};
 use diesel::prelude::*;
 use ed25519_dalek::SigningKey;
 use exchange::matching::{BookConfig, Event, NewOrder, OrderBook};
@@ -13,8 +13,8 @@ use gridex_store::schema::{order_commands, trades};
 use gridex_store::testing::TestDb;
 use protocol::{AccountId, Command, OrderUpdate, PricePerKwh, Side, SlotId, Wh, ZoneId};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command as Process, Stdio};
+use std::io::Write;
+use std::process::{Child, ChildStdin};
 use std::sync::mpsc as std_mpsc;
 
 /// The exchange-node child process with line access to its stdout.
@@ -32,32 +32,8 @@ impl Node {
 
     /// A node with more command-line arguments (`--zone`, `--lease-ttl-ms`, …).
     pub fn start_with(db_url: &str, broker: &BrokerAddr, client_id: &str, args: &[&str]) -> Node {
-        let mut child = Process::new(env!("CARGO_BIN_EXE_exchange-node"))
-            .args(["--db", db_url, "--mqtt", &format!("{}:{}", broker.host, broker.port), "--client-id", client_id])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn exchange-node");
-        // Its log, each line marked with the node it came from (several nodes share the output).
-        let stderr = child.stderr.take().expect("stderr");
-        let name = client_id.to_owned();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[{name}] {line}");
-            }
-        });
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
-        let (sender, lines) = std_mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let binary = std::path::Path::new(env!("CARGO_BIN_EXE_exchange-node"));
+        let (child, stdin, lines) = spawn_node(binary, db_url, broker, client_id, args);
         let mut node = Node { child, stdin, lines };
         assert_eq!(node.line(), "ready");
         node
