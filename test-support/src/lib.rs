@@ -7,9 +7,11 @@
 
 pub mod broker;
 pub mod certs;
+pub mod child;
 pub mod net;
 pub mod proxy;
 
 pub use broker::{brokers, embedded_broker, external_broker, on_each_broker, BrokerAddr};
+pub use child::follow_output;
 pub use net::{free_port, unique, wait_listening};
 pub use proxy::Proxy;

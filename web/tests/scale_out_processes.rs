@@ -17,9 +17,7 @@ use gridex_store::testing::TestDb;
 use gridex_test_support::unique;
 use protocol::{topics, AccountId, Order, OrderUpdate, PricePerKwh, Side, Signed, SlotId, TimestampMs, Wh, ZoneId};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 use web::auth::sign_request;
 
@@ -75,20 +73,7 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn gridex serve");
-        let stderr = child.stderr.take().expect("stderr");
-        let name = instance.to_owned();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[{name}] {line}");
-            }
-        });
-        let stdout = child.stdout.take().expect("stdout");
-        let (sender, lines) = std_mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = sender.send(line);
-            }
-        });
+        let lines = gridex_test_support::follow_output(&mut child, instance);
         let url = loop {
             let line = lines.recv_timeout(DEADLINE).expect("gridex serve announces its address");
             if let Some(url) = line.strip_prefix("gridex serving on ") {

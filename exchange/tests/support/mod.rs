@@ -300,7 +300,6 @@ pub fn spawn_node(
     client_id: &str,
     args: &[&str],
 ) -> (std::process::Child, std::process::ChildStdin, std::sync::mpsc::Receiver<String>) {
-    use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let mut child = Command::new(binary)
         .args(["--db", db_url, "--mqtt", &format!("{}:{}", broker.host, broker.port), "--client-id", client_id])
@@ -310,22 +309,7 @@ pub fn spawn_node(
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn exchange-node");
-    let stderr = child.stderr.take().expect("the node's stderr");
-    let name = client_id.to_owned();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[{name}] {line}");
-        }
-    });
-    let stdout = child.stdout.take().expect("the node's stdout");
-    let (sender, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let lines = gridex_test_support::follow_output(&mut child, client_id);
     let stdin = child.stdin.take().expect("the node's stdin");
     (child, stdin, lines)
 }
