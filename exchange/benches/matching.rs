@@ -18,6 +18,7 @@
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use exchange::matching::{BookConfig, Event, NewOrder, OrderBook};
 use hdrhistogram::Histogram;
+use meter_gateway::simulator::SplitMix64;
 use protocol::{AccountId, PricePerKwh, Side, TimeInForce, TimestampMs, Wh};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -49,23 +50,6 @@ fn config() -> BookConfig {
         price_min: PricePerKwh(PRICE_MIN),
         price_max: PricePerKwh(PRICE_MIN + (PRICE_LEVELS - 1) * TICK),
         open_orders_per_account_max: 16,
-    }
-}
-
-/// SplitMix64: a tiny, fixed, dependency-free generator so the stream never changes with a crate update.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `0..bound`.
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
     }
 }
 

@@ -329,7 +329,7 @@ pub struct HomeSpec {
 impl HomeSpec {
     /// A home whose size varies with `seed`: 3–10 kWp of PV, 300–800 W average load.
     pub fn from_seed(seed: u64) -> Self {
-        let mut rng = SplitMix(seed);
+        let mut rng = SplitMix64(seed);
         Self {
             seed,
             pv_peak_w: 3_000.0 + rng.unit() * 7_000.0,
@@ -343,12 +343,14 @@ impl HomeSpec {
     }
 }
 
-/// Deterministic generator (SplitMix64): the same seed gives the same weather.
+/// Deterministic generator (SplitMix64): the same seed gives the same weather. Small, fixed and
+/// dependency-free, so a seed's stream never changes with a crate update; the matching benchmark
+/// draws its order stream from it too.
 #[derive(Debug, Clone)]
-struct SplitMix(u64);
+pub struct SplitMix64(pub u64);
 
-impl SplitMix {
-    fn next(&mut self) -> u64 {
+impl SplitMix64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -356,8 +358,12 @@ impl SplitMix {
         z ^ (z >> 31)
     }
     /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// In `0..bound` (modulo: negligibly uneven for small bounds).
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.next_u64() % bound
     }
 }
 
@@ -409,7 +415,7 @@ pub struct Home {
     state: HomeState,
     battery: Option<Battery>,
     control: StorageControl,
-    rng: SplitMix,
+    rng: SplitMix64,
 }
 
 /// Clear-sky PV output share by local hour: a sine between 6:00 and 18:00, flattened at the top.
@@ -433,7 +439,7 @@ pub fn load_share(hour: f64) -> f64 {
 
 impl Home {
     pub fn new(spec: HomeSpec, start_ms: i64) -> Self {
-        let mut rng = SplitMix(spec.seed ^ 0xA5A5_5A5A);
+        let mut rng = SplitMix64(spec.seed ^ 0xA5A5_5A5A);
         let wh = |unit: f64, base: f64, spread: f64| (base + (unit * spread).round()) as i64 * MWH_PER_WH;
         let state = HomeState {
             sim_ms: start_ms,
